@@ -1,0 +1,52 @@
+//! `abi`: the values that cross the kernel boundary, shared by the kernel and `userlib`.
+//!
+//! Today it holds what the boot scenarios and the test harness agree on: how the kernel
+//! reports a scenario's end. Syscall numbers, error codes and the IPC header join it with
+//! user-level tasks (issue #4); VMCS field ids and exit reasons with VMX (issue #5).
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+/// I/O port of QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
+/// Writing `code` ends QEMU with status `(code << 1) | 1`.
+pub const QEMU_DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// I/O port of Bochs' power-management "shutdown" hack: writing the bytes of `Shutdown` ends Bochs.
+pub const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
+
+/// I/O port of the debug console (Bochs `port_e9_hack`, QEMU `-debugcon`); reading it returns 0xe9
+/// when the device is present.
+pub const DEBUGCON_PORT: u16 = 0xe9;
+
+/// The code the kernel ends a scenario with. The harness reads it from the serial line
+/// `umbra: exit <code>` (every emulator) and from QEMU's exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ExitCode {
+    /// Every check of the scenario passed.
+    Success = 0,
+    /// At least one check failed.
+    Failure = 1,
+    /// The command line named no scenario this kernel knows.
+    UnknownScenario = 2,
+    /// A CPU exception or a kernel panic stopped the machine.
+    Crash = 3,
+}
+
+impl ExitCode {
+    /// The process status QEMU's `isa-debug-exit` produces for this code.
+    pub const fn qemu_status(self) -> i32 {
+        ((self as i32) << 1) | 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_status_is_shifted_and_odd() {
+        assert_eq!(ExitCode::Success.qemu_status(), 1);
+        assert_eq!(ExitCode::Failure.qemu_status(), 3);
+        assert_eq!(ExitCode::Crash.qemu_status(), 7);
+    }
+}
