@@ -332,7 +332,7 @@ mod tests {
                         let got = a.alloc_contiguous(count, align, limit);
                         // The model's answer: the lowest fitting run of free usable frames.
                         let want = usable.iter().copied().find(|&f| {
-                            (f * PAGE_SIZE) % align == 0
+                            (f * PAGE_SIZE).is_multiple_of(align)
                                 && (f + count) * PAGE_SIZE <= limit
                                 && (f..f + count).all(|g| usable.contains(&g) && !held.contains(&g))
                         });
