@@ -1,0 +1,67 @@
+//! Scenarios, chosen on the kernel command line (`scenario=NAME`), and how the kernel ends one:
+//! a line `umbra: exit <code>`, then QEMU's `isa-debug-exit` and Bochs' shutdown port.
+
+use crate::arch::cpu::{self, outb, outl};
+use abi::ExitCode;
+use microkernel::bootinfo::BootInfo;
+
+/// Every scenario this kernel knows, with a one-line description.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("kernel", "in-kernel self-tests"),
+    (
+        "fault-selftest",
+        "takes a deliberate page fault: prints the exception report, exits with code 3",
+    ),
+];
+
+pub fn run(boot: &BootInfo, name: &str) -> ! {
+    match name {
+        "kernel" => {
+            let (passed, failed) = crate::selftest::run(boot);
+            crate::println!("kernel: {passed} passed, {failed} failed");
+            exit(if failed == 0 {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
+        }
+        "fault-selftest" => {
+            crate::log!(info, "scenario", "reading an unmapped address on purpose");
+            let va = crate::mm::paging::SCRATCH_BASE + 0x7ff0_0000;
+            // A plain (not probed) read: the fault is fatal and must produce the report.
+            let value = unsafe_read(va);
+            crate::log!(
+                error,
+                "scenario",
+                "read of {va:#x} returned {value:#x}: no fault taken"
+            );
+            exit(ExitCode::Failure)
+        }
+        other => {
+            crate::println!("umbra: unknown scenario '{other}'; known scenarios:");
+            for (name, what) in SCENARIOS {
+                crate::println!("  {name:<16} {what}");
+            }
+            exit(ExitCode::UnknownScenario)
+        }
+    }
+}
+
+/// A volatile read of `va` with no exception-table entry.
+fn unsafe_read(va: u64) -> u64 {
+    // SAFETY: not sound to rely on: `va` is unmapped on purpose and the read faults; the fault
+    // handler reports and stops the machine, so control never returns here with a value.
+    unsafe { core::ptr::read_volatile(va as *const u64) }
+}
+
+/// Ends the run: prints `umbra: exit <code>`, then stops the emulator (QEMU `isa-debug-exit`,
+/// Bochs shutdown port); on real hardware, where neither exists, halts.
+pub fn exit(code: ExitCode) -> ! {
+    crate::println!("umbra: exit {}", code as u32);
+    outl(abi::QEMU_DEBUG_EXIT_PORT, code as u32);
+    for b in b"Shutdown" {
+        outb(abi::BOCHS_SHUTDOWN_PORT, *b);
+    }
+    crate::println!("umbra: halted");
+    cpu::halt_forever()
+}
