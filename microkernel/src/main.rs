@@ -2,10 +2,16 @@
 //! `microkernel` library. Builds only for `x86_64-unknown-none` (see `Makefile`).
 #![no_std]
 #![no_main]
+// `unsafe` is allowed only in the modules named below: CPU instructions, traps and probes
+// (`arch`), page tables and frames (`mm`), loader entry (`boot`).
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 mod arch;
+#[allow(unsafe_code)]
 mod boot;
 mod console;
+#[allow(unsafe_code)]
 mod mm;
 mod scenario;
 mod selftest;

@@ -29,7 +29,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             crate::log!(info, "scenario", "reading an unmapped address on purpose");
             let va = crate::mm::paging::SCRATCH_BASE + 0x7ff0_0000;
             // A plain (not probed) read: the fault is fatal and must produce the report.
-            let value = unsafe_read(va);
+            let value = crate::arch::trap::unprotected_read(va);
             crate::log!(
                 error,
                 "scenario",
@@ -45,13 +45,6 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
             exit(ExitCode::UnknownScenario)
         }
     }
-}
-
-/// A volatile read of `va` with no exception-table entry.
-fn unsafe_read(va: u64) -> u64 {
-    // SAFETY: not sound to rely on: `va` is unmapped on purpose and the read faults; the fault
-    // handler reports and stops the machine, so control never returns here with a value.
-    unsafe { core::ptr::read_volatile(va as *const u64) }
 }
 
 /// Ends the run: prints `umbra: exit <code>`, then stops the emulator (QEMU `isa-debug-exit`,

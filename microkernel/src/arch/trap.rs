@@ -242,6 +242,14 @@ pub fn ud2() -> Result<(), ProbeFault> {
     }
 }
 
+/// A plain read of `va` with no exception-table entry, for the `fault-selftest` scenario: if
+/// `va` is unmapped the fault is fatal and produces the exception report.
+pub fn unprotected_read(va: u64) -> u64 {
+    // SAFETY: a volatile read creates no reference; callers aim it at an unmapped kernel
+    // address on purpose, and the fault handler stops the machine, so no value is produced.
+    unsafe { core::ptr::read_volatile(va as *const u64) }
+}
+
 /// The fixup for a faulting instruction at `rip`, from the exception table.
 fn fixup_for(rip: u64) -> Option<u64> {
     let start = (&raw const __ex_table_start) as usize;
