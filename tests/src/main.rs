@@ -1,1 +1,179 @@
-fn main() {}
+//! `umbra-harness`: the command-line front of the test harness. The Makefile is the user's
+//! entry point; it calls these subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use umbra_tests::bootcfg;
+use umbra_tests::emu::Emu;
+use umbra_tests::orchestrate::{self, TestOptions};
+use umbra_tests::runner::{self, RunOptions};
+use umbra_tests::scenarios::{self, Expect};
+
+const USAGE: &str = "\
+usage: umbra-harness <command> [options]
+
+commands:
+  run --emu qemu|kvm|bochs|auto --scenario NAME [--timeout SECS] [--expect-crash]
+                       boot the ISO with one scenario, stream the console, judge the log;
+                       exit 0 iff it passed (with --expect-crash: iff it crashed as expected)
+  test                 everything `make test` runs; the last line is `N passed, M failed`
+  list                 the scenario table
+  default-emu          print the emulator `make run` uses by default
+  boot-configs [--check]
+                       write grub/grub.cfg and limine.cfg from the scenario table
+                       (--check: only report whether they are up to date)
+
+common options:
+  --iso PATH           the ISO to boot (default build/umbra.iso)
+  --build-dir PATH     logs and per-run files (default build)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match real_main(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("umbra-harness: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Args {
+    command: String,
+    emu: Option<String>,
+    scenario: Option<String>,
+    timeout: Option<u64>,
+    expect_crash: bool,
+    check: bool,
+    iso: PathBuf,
+    build_dir: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut it = args.iter();
+    let command = it
+        .next()
+        .ok_or_else(|| format!("missing command\n{USAGE}"))?
+        .clone();
+    let mut a = Args {
+        command,
+        emu: None,
+        scenario: None,
+        timeout: None,
+        expect_crash: false,
+        check: false,
+        iso: PathBuf::from("build/umbra.iso"),
+        build_dir: PathBuf::from("build"),
+    };
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--emu" => a.emu = Some(value("--emu")?),
+            "--scenario" => a.scenario = Some(value("--scenario")?),
+            "--timeout" => {
+                let v = value("--timeout")?;
+                a.timeout = Some(
+                    v.parse()
+                        .map_err(|_| format!("--timeout {v}: not a number of seconds"))?,
+                );
+            }
+            "--expect-crash" => a.expect_crash = true,
+            "--check" => a.check = true,
+            "--iso" => a.iso = PathBuf::from(value("--iso")?),
+            "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn real_main(args: &[String]) -> Result<u8, String> {
+    let a = parse(args)?;
+    match a.command.as_str() {
+        "run" => {
+            let emu = match a.emu.as_deref() {
+                None | Some("auto") | Some("") => Emu::host_default(),
+                Some(e) => Emu::parse(e)
+                    .ok_or_else(|| format!("unknown emulator `{e}` (qemu, kvm or bochs)"))?,
+            };
+            let scenario = a
+                .scenario
+                .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string());
+            let opts = RunOptions {
+                emu,
+                scenario,
+                timeout_secs: a.timeout,
+                expect: a.expect_crash.then_some(Expect::Crash),
+                iso: a.iso,
+                build_dir: a.build_dir,
+            };
+            let r = runner::run(&opts).map_err(|e| e.0)?;
+            Ok(if r.verdict.check_passed { 0 } else { 1 })
+        }
+        "test" => {
+            let make = std::env::var("MAKE").unwrap_or_else(|_| "make".to_string());
+            let code = orchestrate::test(&TestOptions {
+                iso: a.iso,
+                build_dir: a.build_dir,
+                make,
+            });
+            Ok(if code == 0 { 0 } else { 1 })
+        }
+        "list" => {
+            for s in scenarios::SCENARIOS {
+                let on: Vec<&str> = s.test_on.iter().map(|e| e.name()).collect();
+                let expect = match s.expect {
+                    Expect::Pass => "passes",
+                    Expect::Crash => "must crash",
+                };
+                println!(
+                    "{:<16} {} ({expect}; make test: {}; timeout {} s)",
+                    s.name,
+                    s.title,
+                    on.join(", "),
+                    s.timeout_secs
+                );
+            }
+            Ok(0)
+        }
+        "default-emu" => {
+            println!("{}", Emu::host_default());
+            Ok(0)
+        }
+        "boot-configs" => {
+            let files = [
+                ("grub/grub.cfg", bootcfg::grub_cfg()),
+                ("limine.cfg", bootcfg::limine_cfg()),
+            ];
+            let mut stale = false;
+            for (path, text) in files {
+                let current = std::fs::read_to_string(path).unwrap_or_default();
+                if current == text {
+                    println!("{path}: up to date");
+                } else if a.check {
+                    println!("{path}: STALE (run `make boot-configs`)");
+                    stale = true;
+                } else {
+                    if let Some(dir) = std::path::Path::new(path).parent() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| format!("{}: {e}", dir.display()))?;
+                    }
+                    std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+                    println!("{path}: written");
+                }
+            }
+            Ok(u8::from(stale))
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    }
+}

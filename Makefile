@@ -1,0 +1,125 @@
+# Umbra: the user's entry point. `make help` lists the targets.
+#
+#   make run  [SCENARIO=kernel] [EMU=qemu|bochs|kvm] [TIMEOUT=secs]
+#   make test
+#
+# The scenario list lives in tests/src/scenarios.rs (`make scenarios` prints it).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+# Targets run their prerequisites in the order written (setup, then builds, then boots).
+.NOTPARALLEL:
+
+# rustup installs cargo here; `make setup` may have just done so.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO ?= cargo
+SCENARIO ?= kernel
+TIMEOUT ?=
+# Default emulator: QEMU+KVM where /dev/kvm exists and the CPU has VMX, otherwise Bochs.
+ifeq ($(origin EMU),undefined)
+EMU := $(shell if [ -e /dev/kvm ] && grep -qw vmx /proc/cpuinfo 2>/dev/null; then echo kvm; else echo bochs; fi)
+endif
+
+BUILD := build
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+KERNEL_TARGET := x86_64-unknown-none
+KERNEL := $(TARGET_DIR)/$(KERNEL_TARGET)/release/umbra-kernel
+ISO := $(BUILD)/umbra.iso
+ISO_ROOT := $(BUILD)/iso-root
+HARNESS := $(TARGET_DIR)/release/umbra-harness
+
+# Limine (optional): LIMINE_DIR holds Limine's binary release (limine-bios.sys,
+# limine-bios-cd.bin, limine-uefi-cd.bin, BOOTX64.EFI and the `limine` tool or limine.c).
+LIMINE_DIR ?=
+LIMINE_ISO := $(BUILD)/umbra-limine.iso
+LIMINE_ROOT := $(BUILD)/limine-root
+
+.PHONY: help setup ensure-setup kernel harness iso limine-iso run test bench boot-configs scenarios clean
+
+help:
+	@echo "Umbra: microkernel-based x86_64 hypervisor"
+	@echo
+	@echo "  make setup         install what is missing (apt packages, pinned Rust toolchain)"
+	@echo "  make iso           build the kernel and $(ISO) (GRUB, Multiboot2);"
+	@echo "                     with LIMINE_DIR=... also $(LIMINE_ISO)"
+	@echo "  make run           boot one scenario and stream its console:"
+	@echo "                       SCENARIO=$(SCENARIO) (make scenarios lists them), EMU=$(EMU) (qemu|bochs|kvm),"
+	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
+	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
+	@echo "                     last line: N passed, M failed"
+	@echo "  make bench         benchmarks (criterion benches of mmu-service for now)"
+	@echo "  make boot-configs  regenerate grub/grub.cfg and limine.cfg from the scenario table"
+	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
+
+setup:
+	@scripts/setup.sh
+
+# Cheap check first; the full setup only when something is missing.
+ensure-setup:
+	@scripts/setup.sh --check >/dev/null 2>&1 || scripts/setup.sh
+
+kernel:
+	$(CARGO) build -p microkernel --bin umbra-kernel --target $(KERNEL_TARGET) --release
+
+harness:
+	@$(CARGO) build -q -p umbra-tests --release --bin umbra-harness
+
+iso: ensure-setup kernel
+	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub
+	@cp $(KERNEL) $(ISO_ROOT)/boot/umbra-kernel
+	@cp grub/grub.cfg $(ISO_ROOT)/boot/grub/grub.cfg
+	@grub-mkrescue -o $(ISO) $(ISO_ROOT) >$(BUILD)/grub-mkrescue.log 2>&1 || \
+		{ cat $(BUILD)/grub-mkrescue.log; echo "grub-mkrescue failed (run \`make setup\`?)" >&2; exit 1; }
+	@echo "built $(ISO) (GRUB, Multiboot2; every scenario in its menu)"
+ifneq ($(strip $(LIMINE_DIR)),)
+	@$(MAKE) --no-print-directory limine-iso
+endif
+
+# The Limine ISO, as in Limine's own instructions: xorriso with the BIOS and UEFI CD images,
+# then `limine bios-install`. limine.cfg uses Limine >= 8 syntax and goes into the ISO as
+# /boot/limine/limine.conf, the name those versions look for.
+LIMINE_TOOL = $(or $(wildcard $(LIMINE_DIR)/limine),$(shell command -v limine 2>/dev/null))
+limine-iso: kernel
+	@test -n "$(LIMINE_DIR)" || { echo "make limine-iso: set LIMINE_DIR to Limine's binary release directory" >&2; exit 1; }
+	@for f in limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI; do \
+		test -f "$(LIMINE_DIR)/$$f" || { echo "make limine-iso: $(LIMINE_DIR)/$$f not found" >&2; exit 1; }; done
+	@if [ ! -x "$(LIMINE_DIR)/limine" ] && [ -f "$(LIMINE_DIR)/limine.c" ]; then $(MAKE) -C "$(LIMINE_DIR)"; fi
+	@rm -rf $(LIMINE_ROOT) && mkdir -p $(LIMINE_ROOT)/boot/limine $(LIMINE_ROOT)/EFI/BOOT
+	@cp $(KERNEL) $(LIMINE_ROOT)/boot/umbra-kernel
+	@cp limine.cfg $(LIMINE_ROOT)/boot/limine/limine.conf
+	@cp "$(LIMINE_DIR)"/limine-bios.sys "$(LIMINE_DIR)"/limine-bios-cd.bin "$(LIMINE_DIR)"/limine-uefi-cd.bin $(LIMINE_ROOT)/boot/limine/
+	@cp "$(LIMINE_DIR)"/BOOTX64.EFI $(LIMINE_ROOT)/EFI/BOOT/
+	@if [ -f "$(LIMINE_DIR)/BOOTIA32.EFI" ]; then cp "$(LIMINE_DIR)/BOOTIA32.EFI" $(LIMINE_ROOT)/EFI/BOOT/; fi
+	xorriso -as mkisofs -R -r -J -b boot/limine/limine-bios-cd.bin \
+		-no-emul-boot -boot-load-size 4 -boot-info-table -hfsplus \
+		-apm-block-size 2048 --efi-boot boot/limine/limine-uefi-cd.bin \
+		-efi-boot-part --efi-boot-image --protective-msdos-label \
+		$(LIMINE_ROOT) -o $(LIMINE_ISO)
+	@test -n "$(LIMINE_TOOL)" || { echo "make limine-iso: no \`limine\` tool in $(LIMINE_DIR) or on PATH" >&2; exit 1; }
+	$(LIMINE_TOOL) bios-install $(LIMINE_ISO)
+	@echo "built $(LIMINE_ISO) (Limine; boots the default scenario, \`kernel\`)"
+
+run: ensure-setup harness iso
+	@$(HARNESS) run --emu $(EMU) --scenario $(SCENARIO) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+# The harness runs every step (including `make iso`) and prints `N passed, M failed` last.
+test: ensure-setup harness
+	@$(HARNESS) test
+
+bench: ensure-setup
+	@if ls mmu-service/benches/*.rs >/dev/null 2>&1 || grep -q '^\[\[bench\]\]' mmu-service/Cargo.toml; then \
+		$(CARGO) bench -p mmu-service; \
+	else \
+		echo "make bench: mmu-service has no bench target yet (mmu-service/benches/); nothing to run"; \
+	fi
+
+boot-configs: harness
+	@$(HARNESS) boot-configs
+
+scenarios: harness
+	@$(HARNESS) list
+
+clean:
+	rm -rf $(BUILD)
+	$(CARGO) clean

@@ -1,0 +1,233 @@
+//! Boot-loader configuration: the GRUB menu and the Limine menu (both generated from the
+//! scenario table and checked in), and the per-run config disk that selects a scenario
+//! without rebuilding the ISO.
+//!
+//! How one ISO serves every scenario: `grub.cfg` sources `(hd0)/umbra.cfg` when that file
+//! exists. The harness attaches a small FAT disk image as the first hard disk holding that
+//! file, which sets `umbra_cmdline`, `default=harness` and `timeout=0`; `grub.cfg` then adds a
+//! `harness` entry booting the kernel with that command line. On real hardware the file is
+//! absent and the menu (every scenario, default `kernel`) is shown.
+//! A floppy works too but costs ~18 s of emulated floppy seeks in Bochs; a disk costs nothing.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::process::Command;
+
+use crate::emu::{CFG_DISK_BYTES, CFG_DISK_CYLINDERS, CFG_DISK_HEADS, CFG_DISK_SPT};
+use crate::scenarios::{Scenario, DEFAULT_SCENARIO, SCENARIOS};
+
+/// Where the kernel lives inside the ISO.
+pub const KERNEL_PATH_IN_ISO: &str = "/boot/umbra-kernel";
+
+/// The name of the harness' GRUB script on the config disk.
+pub const HARNESS_SCRIPT: &str = "umbra.cfg";
+
+/// Seconds the menus wait before booting the default scenario.
+pub const MENU_TIMEOUT_SECS: u32 = 5;
+
+/// `grub/grub.cfg`, generated from the scenario table.
+pub fn grub_cfg() -> String {
+    grub_cfg_for(SCENARIOS)
+}
+
+fn grub_cfg_for(scenarios: &[Scenario]) -> String {
+    let mut s = String::new();
+    s.push_str(
+        "# Umbra boot menu for GRUB (Multiboot2). GENERATED from tests/src/scenarios.rs by\n\
+         # `make boot-configs`; edit the scenario table there, not this file.\n\
+         #\n\
+         # Console on COM1 (115200 8N1) and the screen. One ISO serves every scenario: the test\n\
+         # harness attaches a small FAT disk as the first hard disk holding umbra.cfg, which sets\n\
+         # umbra_cmdline, default=harness and timeout=0. Without it this menu is shown.\n\
+         serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1\n\
+         terminal_input serial console\n\
+         terminal_output serial console\n",
+    );
+    s.push_str(&format!(
+        "set timeout={MENU_TIMEOUT_SECS}\nset default={DEFAULT_SCENARIO}\n\n"
+    ));
+    s.push_str(&format!(
+        "if [ -f (hd0)/{HARNESS_SCRIPT} ]; then\n  source (hd0)/{HARNESS_SCRIPT}\nfi\n\
+         if [ -n \"$umbra_cmdline\" ]; then\n\
+         \x20 menuentry \"Umbra (harness): $umbra_cmdline\" --id harness {{\n\
+         \x20   multiboot2 {KERNEL_PATH_IN_ISO} $umbra_cmdline\n\
+         \x20   boot\n\
+         \x20 }}\n\
+         fi\n"
+    ));
+    for sc in scenarios {
+        s.push_str(&format!(
+            "\nmenuentry \"Umbra: {name} - {title}\" --id {name} {{\n  multiboot2 {KERNEL_PATH_IN_ISO} {cmdline}\n  boot\n}}\n",
+            name = sc.name,
+            title = sc.title,
+            cmdline = sc.cmdline(),
+        ));
+    }
+    s
+}
+
+/// `limine.cfg` (Limine >= 8 syntax, i.e. the file Limine looks for as `limine.conf`),
+/// generated from the scenario table.
+pub fn limine_cfg() -> String {
+    limine_cfg_for(SCENARIOS)
+}
+
+fn limine_cfg_for(scenarios: &[Scenario]) -> String {
+    let default_index = scenarios
+        .iter()
+        .position(|s| s.name == DEFAULT_SCENARIO)
+        .unwrap_or(0)
+        + 1;
+    let mut s = String::new();
+    s.push_str(
+        "# Umbra boot menu for Limine (Limine protocol). GENERATED from tests/src/scenarios.rs by\n\
+         # `make boot-configs`; edit the scenario table there, not this file.\n\
+         #\n\
+         # Syntax of Limine >= 8: `make iso LIMINE_DIR=...` copies this file into the ISO as\n\
+         # /boot/limine/limine.conf, the name those versions look for.\n",
+    );
+    s.push_str(&format!(
+        "timeout: {MENU_TIMEOUT_SECS}\nserial: yes\ndefault_entry: {default_index}\n"
+    ));
+    for sc in scenarios {
+        s.push_str(&format!(
+            "\n/Umbra: {name} - {title}\n    protocol: limine\n    kernel_path: boot():{KERNEL_PATH_IN_ISO}\n    cmdline: {cmdline}\n",
+            name = sc.name,
+            title = sc.title,
+            cmdline = sc.cmdline(),
+        ));
+    }
+    s
+}
+
+/// The GRUB script the harness puts on the config disk to boot `cmdline` at once.
+pub fn harness_script(cmdline: &str) -> String {
+    // GRUB double-quoted strings treat `"`, `$` and `\` specially; scenario names never
+    // contain them, but escape anyway so any command line arrives intact.
+    let mut quoted = String::new();
+    for c in cmdline.chars() {
+        if matches!(c, '"' | '$' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    format!(
+        "# Written by umbra-harness: boot one scenario without showing the menu.\n\
+         set umbra_cmdline=\"{quoted}\"\n\
+         export umbra_cmdline\n\
+         set default=harness\n\
+         set timeout=0\n"
+    )
+}
+
+/// Writes the config disk: a FAT superfloppy holding [`HARNESS_SCRIPT`] (mtools).
+pub fn write_cfg_disk(image: &Path, cmdline: &str) -> io::Result<()> {
+    let script_path = image.with_extension("cfg");
+    fs::write(&script_path, harness_script(cmdline))?;
+    let _ = fs::remove_file(image);
+    // Bochs leaves `<image>.lock` behind when it is killed; a stale one refuses the next run.
+    let _ = fs::remove_file(format!("{}.lock", image.display()));
+    let file = fs::File::create(image)?;
+    file.set_len(CFG_DISK_BYTES)?;
+    drop(file);
+    run_tool(
+        Command::new("mformat")
+            .arg("-i")
+            .arg(image)
+            .args(["-t", &CFG_DISK_CYLINDERS.to_string()])
+            .args(["-h", &CFG_DISK_HEADS.to_string()])
+            .args(["-s", &CFG_DISK_SPT.to_string()])
+            .args(["-v", "UMBRARUN", "::"]),
+    )?;
+    run_tool(
+        Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(image)
+            .arg(&script_path)
+            .arg(format!("::{HARNESS_SCRIPT}")),
+    )
+}
+
+fn run_tool(cmd: &mut Command) -> io::Result<()> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot run `{program}` ({e}); run `make setup` (package mtools)"),
+        )
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "`{program}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::find;
+
+    fn repo_file(rel: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    #[test]
+    fn checked_in_grub_cfg_is_up_to_date() {
+        assert!(
+            repo_file("grub/grub.cfg") == grub_cfg(),
+            "grub/grub.cfg is stale: run `make boot-configs` after editing tests/src/scenarios.rs"
+        );
+    }
+
+    #[test]
+    fn checked_in_limine_cfg_is_up_to_date() {
+        assert!(
+            repo_file("limine.cfg") == limine_cfg(),
+            "limine.cfg is stale: run `make boot-configs` after editing tests/src/scenarios.rs"
+        );
+    }
+
+    #[test]
+    fn every_scenario_has_a_menu_entry() {
+        let grub = grub_cfg();
+        let limine = limine_cfg();
+        for sc in SCENARIOS {
+            assert!(grub.contains(&format!("--id {} {{", sc.name)));
+            assert!(grub.contains(&format!(
+                "multiboot2 /boot/umbra-kernel scenario={}\n",
+                sc.name
+            )));
+            assert!(limine.contains(&format!("    cmdline: scenario={}\n", sc.name)));
+        }
+        assert!(grub.contains("set default=kernel\n"));
+        assert!(grub.contains("source (hd0)/umbra.cfg"));
+    }
+
+    #[test]
+    fn limine_default_entry_is_one_based() {
+        let kernel = find("kernel").unwrap();
+        let cfg = limine_cfg_for(&[*find("fault-selftest").unwrap(), *kernel]);
+        assert!(cfg.contains("default_entry: 2\n"));
+        assert!(cfg.contains("/Umbra: kernel - "));
+        assert!(cfg.contains("    kernel_path: boot():/boot/umbra-kernel\n"));
+        assert!(cfg.contains("    protocol: limine\n"));
+    }
+
+    #[test]
+    fn harness_script_selects_the_harness_entry() {
+        let s = harness_script("scenario=kernel");
+        assert!(s.contains("set umbra_cmdline=\"scenario=kernel\"\n"));
+        assert!(s.contains("export umbra_cmdline\n"));
+        assert!(s.contains("set default=harness\n"));
+        assert!(s.contains("set timeout=0\n"));
+        assert!(harness_script("a=\"$x\\\"").contains(r#"set umbra_cmdline="a=\"\$x\\\"""#));
+    }
+}

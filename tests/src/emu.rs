@@ -1,0 +1,239 @@
+//! The emulators: how each one is started, headless, on the ISO plus the per-run config disk.
+
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+/// An emulator the harness can boot the ISO on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emu {
+    /// QEMU with TCG (`-cpu max`): fast, no VMX.
+    Qemu,
+    /// QEMU with KVM (`-enable-kvm -cpu host`): real VMX on an Intel host with nested VMX.
+    Kvm,
+    /// Bochs (`corei7_skylake_x`): emulated VMX with EPT; deterministic instruction counts.
+    Bochs,
+}
+
+impl Emu {
+    /// Every emulator, for listings.
+    pub const ALL: [Emu; 3] = [Emu::Qemu, Emu::Kvm, Emu::Bochs];
+
+    /// Parses `qemu`, `kvm` or `bochs`.
+    pub fn parse(s: &str) -> Option<Emu> {
+        match s {
+            "qemu" => Some(Emu::Qemu),
+            "kvm" => Some(Emu::Kvm),
+            "bochs" => Some(Emu::Bochs),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in log file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Emu::Qemu => "qemu",
+            Emu::Kvm => "kvm",
+            Emu::Bochs => "bochs",
+        }
+    }
+
+    /// Whether the emulator's exit status carries the kernel's exit code (`isa-debug-exit`).
+    pub fn exit_status_is_meaningful(self) -> bool {
+        matches!(self, Emu::Qemu | Emu::Kvm)
+    }
+
+    /// The program to run.
+    pub fn program(self) -> &'static str {
+        match self {
+            Emu::Qemu | Emu::Kvm => "qemu-system-x86_64",
+            Emu::Bochs => "bochs",
+        }
+    }
+
+    /// The default emulator: KVM where `/dev/kvm` exists and the CPU has `vmx`, else Bochs.
+    pub fn host_default() -> Emu {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        if Path::new("/dev/kvm").exists() && cpuinfo_has_vmx(&cpuinfo) {
+            Emu::Kvm
+        } else {
+            Emu::Bochs
+        }
+    }
+}
+
+impl fmt::Display for Emu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether a `/proc/cpuinfo` text lists the `vmx` flag.
+pub fn cpuinfo_has_vmx(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|w| w == "vmx"))
+}
+
+/// Geometry of the per-run config disk (a superfloppy FAT image): Bochs needs the CHS values
+/// of a flat disk image to multiply out to its size.
+pub const CFG_DISK_CYLINDERS: u32 = 2;
+/// Heads of the config disk.
+pub const CFG_DISK_HEADS: u32 = 16;
+/// Sectors per track of the config disk.
+pub const CFG_DISK_SPT: u32 = 63;
+/// Size of the config disk in bytes.
+pub const CFG_DISK_BYTES: u64 = (CFG_DISK_CYLINDERS * CFG_DISK_HEADS * CFG_DISK_SPT) as u64 * 512;
+
+/// The QEMU command line: CD-ROM boot, the config disk as the first IDE disk (GRUB's `hd0`),
+/// COM1 on stdout, `isa-debug-exit` for the verdict.
+pub fn qemu_command(emu: Emu, iso: &Path, cfg_disk: &Path) -> Command {
+    let mut cmd = Command::new(emu.program());
+    if emu == Emu::Kvm {
+        cmd.args(["-enable-kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-cpu", "max"]);
+    }
+    cmd.args([
+        "-m",
+        "256M",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+    ]);
+    cmd.arg("-drive").arg(format!(
+        "file={},format=raw,if=ide,index=2,media=cdrom,readonly=on",
+        qemu_path(iso)
+    ));
+    cmd.arg("-drive").arg(format!(
+        "file={},format=raw,if=ide,index=0,media=disk",
+        qemu_path(cfg_disk)
+    ));
+    cmd.args(["-boot", "order=d", "-serial", "stdio"]);
+    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    cmd
+}
+
+/// QEMU's `-drive` option list uses `,` as a separator; a literal comma is written `,,`.
+fn qemu_path(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// Files of one Bochs run.
+pub struct BochsFiles<'a> {
+    /// The ISO to boot.
+    pub iso: &'a Path,
+    /// The per-run config disk.
+    pub cfg_disk: &'a Path,
+    /// Where Bochs writes COM1 (complete only after Bochs exits).
+    pub com1: &'a Path,
+    /// Bochs' own log.
+    pub log: &'a Path,
+}
+
+/// The Bochs configuration (see `docs/bochs-vmx.md`), headless: Debian's Bochs has no `nogui`
+/// or `term` display library unless extra packages are installed, so `rfb` with no wait.
+pub fn bochs_config(f: &BochsFiles<'_>) -> String {
+    format!(
+        "# Written by umbra-harness for one run; see docs/bochs-vmx.md.\n\
+         display_library: rfb, options=\"timeout=0\"\n\
+         romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n\
+         vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
+         memory: guest=256, host=256\n\
+         ata0-master: type=cdrom, path=\"{iso}\", status=inserted\n\
+         ata0-slave: type=disk, path=\"{disk}\", mode=flat, cylinders={c}, heads={h}, spt={s}\n\
+         boot: cdrom\n\
+         cpu: model=corei7_skylake_x, count=1, ips=100000000, reset_on_triple_fault=0\n\
+         clock: sync=none\n\
+         com1: enabled=1, mode=file, dev=\"{com1}\"\n\
+         port_e9_hack: enabled=1\n\
+         speaker: enabled=0\n\
+         sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy\n\
+         log: \"{log}\"\n\
+         panic: action=fatal\n",
+        iso = f.iso.display(),
+        disk = f.cfg_disk.display(),
+        c = CFG_DISK_CYLINDERS,
+        h = CFG_DISK_HEADS,
+        s = CFG_DISK_SPT,
+        com1 = f.com1.display(),
+        log = f.log.display(),
+    )
+}
+
+/// `bochs -q -f <config> -rc <debugger commands>`: Debian's Bochs includes the debugger, which
+/// stops before the first instruction; the commands file holds `c` (continue).
+pub fn bochs_command(config: &Path, debugger_cmds: &Path) -> Command {
+    let mut cmd = Command::new("bochs");
+    cmd.arg("-q")
+        .arg("-f")
+        .arg(config)
+        .arg("-rc")
+        .arg(debugger_cmds);
+    cmd
+}
+
+/// Whether a line on Bochs' stdout is Bochs' own chatter (banner, debugger) rather than the
+/// kernel's port-0xe9 console mirror.
+pub fn is_bochs_chatter(line: &str) -> bool {
+    let t = line.trim();
+    t.starts_with("====")
+        || t.starts_with("Bochs x86 Emulator")
+        || t.starts_with("Built from SVN")
+        || t.starts_with("Timestamp:")
+        || t.starts_with("Next at t=")
+        || t.starts_with("<bochs:")
+        || (t.starts_with("(0)") && t.contains("[0x"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmx_flag_detection() {
+        assert!(cpuinfo_has_vmx(
+            "processor : 0\nflags\t\t: fpu vme vmx sse\n"
+        ));
+        assert!(!cpuinfo_has_vmx(
+            "flags\t\t: fpu vme svm sse\nvmx flags : ept\n"
+        ));
+        assert!(!cpuinfo_has_vmx(""));
+    }
+
+    #[test]
+    fn emu_names_round_trip() {
+        for e in Emu::ALL {
+            assert_eq!(Emu::parse(e.name()), Some(e));
+        }
+        assert_eq!(Emu::parse("vbox"), None);
+    }
+
+    #[test]
+    fn config_disk_geometry_matches_size() {
+        assert_eq!(CFG_DISK_BYTES, 2 * 16 * 63 * 512);
+    }
+
+    #[test]
+    fn bochs_chatter_is_recognised() {
+        assert!(is_bochs_chatter("Next at t=0"));
+        assert!(is_bochs_chatter(
+            "(0) [0x0000fffffff0] f000:fff0 (unk. ctxt): jmpf 0xf000:e05b"
+        ));
+        assert!(is_bochs_chatter(
+            "(0).[2331531777] [0x00000ff1b421] 0008:000000000ff1b421 (unk. ctxt): out dx, ax"
+        ));
+        assert!(!is_bochs_chatter("kernel: 12 passed, 0 failed"));
+        assert!(!is_bochs_chatter("umbra: exit 0"));
+    }
+
+    #[test]
+    fn qemu_paths_escape_commas() {
+        assert_eq!(qemu_path(Path::new("/a,b/c.iso")), "/a,,b/c.iso");
+    }
+}

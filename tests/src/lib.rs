@@ -1,0 +1,18 @@
+//! `umbra-tests`: the host-side harness that boots Umbra's ISO in QEMU or Bochs, streams the
+//! serial console, judges the serial log, and runs everything behind `make test`.
+//!
+//! - [`scenarios`]: the one table of boot scenarios.
+//! - [`bootcfg`]: GRUB/Limine menus generated from it, and the per-run config disk that picks
+//!   a scenario without rebuilding the ISO.
+//! - [`emu`]: QEMU and Bochs command lines and configuration.
+//! - [`runner`]: one boot: start, stream, time out, keep the log, judge, report.
+//! - [`judge`] and [`tally`]: pure log parsing and counting (unit-tested).
+//! - [`orchestrate`]: `make test`.
+
+pub mod bootcfg;
+pub mod emu;
+pub mod judge;
+pub mod orchestrate;
+pub mod runner;
+pub mod scenarios;
+pub mod tally;

@@ -1,0 +1,296 @@
+//! `make test`: every check, in order, each one run even when an earlier one failed; the
+//! last line printed is the total, `N passed, M failed`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::judge::clean_console;
+use crate::runner::{self, flush_stdout, RunOptions};
+use crate::scenarios::SCENARIOS;
+use crate::tally::{sum_cargo_results, Tally};
+
+/// Where `make test` finds things.
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    /// The ISO the scenarios boot.
+    pub iso: PathBuf,
+    /// `build/`.
+    pub build_dir: PathBuf,
+    /// Program used to (re)build the ISO (`make`).
+    pub make: String,
+}
+
+struct StepResult {
+    name: String,
+    ok: bool,
+    detail: String,
+    tally: Tally,
+    elapsed: Duration,
+}
+
+/// A command step: its name and argv.
+struct CmdStep {
+    name: &'static str,
+    argv: &'static [&'static str],
+    /// Sum the `test result:` lines of its output.
+    cargo_test: bool,
+}
+
+const CARGO_STEPS: &[CmdStep] = &[
+    CmdStep {
+        name: "rustfmt",
+        argv: &["cargo", "fmt", "--all", "--check"],
+        cargo_test: false,
+    },
+    CmdStep {
+        name: "clippy (host crates)",
+        argv: &[
+            "cargo",
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--exclude",
+            "microkernel",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        cargo_test: false,
+    },
+    CmdStep {
+        name: "clippy (microkernel lib, host)",
+        argv: &[
+            "cargo",
+            "clippy",
+            "-p",
+            "microkernel",
+            "--lib",
+            "--tests",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        cargo_test: false,
+    },
+    CmdStep {
+        name: "clippy (kernel, x86_64-unknown-none)",
+        argv: &[
+            "cargo",
+            "clippy",
+            "-p",
+            "microkernel",
+            "--bin",
+            "umbra-kernel",
+            "--target",
+            "x86_64-unknown-none",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        cargo_test: false,
+    },
+    CmdStep {
+        name: "host tests",
+        argv: &["cargo", "test", "--workspace", "--release"],
+        cargo_test: true,
+    },
+];
+
+/// Runs everything; returns the process exit code (0 iff nothing failed).
+pub fn test(opts: &TestOptions) -> i32 {
+    let started = Instant::now();
+    let scenario_runs: usize = SCENARIOS.iter().map(|s| s.test_on.len()).sum();
+    let total_steps = CARGO_STEPS.len() + 1 + scenario_runs;
+    let mut n = 0;
+    let mut results = Vec::new();
+
+    for step in CARGO_STEPS {
+        n += 1;
+        results.push(run_cmd_step(
+            n,
+            total_steps,
+            step.name,
+            step.argv,
+            step.cargo_test,
+        ));
+    }
+
+    n += 1;
+    let make_argv = [opts.make.as_str(), "--no-print-directory", "iso"];
+    let iso_step = run_cmd_step(n, total_steps, "kernel + ISO (make iso)", &make_argv, false);
+    let iso_ok = iso_step.ok;
+    results.push(iso_step);
+
+    for sc in SCENARIOS {
+        for &emu in sc.test_on {
+            n += 1;
+            let name = format!("scenario {} on {emu}", sc.name);
+            header(
+                n,
+                total_steps,
+                &name,
+                &format!("boot {} with scenario={}", runner::rel(&opts.iso), sc.name),
+            );
+            let t0 = Instant::now();
+            if !iso_ok {
+                let mut tally = Tally::default();
+                tally.add_check(false);
+                println!("FAIL {name}: not run, the ISO build failed");
+                results.push(StepResult {
+                    name,
+                    ok: false,
+                    detail: "not run: ISO build failed".into(),
+                    tally,
+                    elapsed: t0.elapsed(),
+                });
+                continue;
+            }
+            let run_opts = RunOptions {
+                emu,
+                scenario: sc.name.to_string(),
+                timeout_secs: None,
+                expect: Some(sc.expect),
+                iso: opts.iso.clone(),
+                build_dir: opts.build_dir.clone(),
+            };
+            let r = match runner::run(&run_opts) {
+                Ok(r) => StepResult {
+                    name,
+                    ok: r.verdict.check_passed,
+                    detail: format!("{} [{}]", r.verdict.seen, runner::rel(&r.log_path)),
+                    tally: r.verdict.tally,
+                    elapsed: r.elapsed,
+                },
+                Err(e) => {
+                    println!("FAIL {name}: {}", e.0);
+                    let mut tally = Tally::default();
+                    tally.add_check(false);
+                    StepResult {
+                        name,
+                        ok: false,
+                        detail: e.0,
+                        tally,
+                        elapsed: t0.elapsed(),
+                    }
+                }
+            };
+            results.push(r);
+        }
+    }
+
+    let mut total = Tally::default();
+    println!();
+    println!("==> summary ({:.0} s)", started.elapsed().as_secs_f64());
+    for r in &results {
+        total += r.tally;
+        println!(
+            "  {}  {:<40} {:>7.1} s  {} -> {}",
+            if r.ok { "PASS" } else { "FAIL" },
+            r.name,
+            r.elapsed.as_secs_f64(),
+            r.detail,
+            r.tally
+        );
+    }
+    let all_ok = results.iter().all(|r| r.ok) && total.ok();
+    println!("{total}");
+    flush_stdout();
+    if all_ok {
+        0
+    } else {
+        1
+    }
+}
+
+fn header(n: usize, total: usize, name: &str, what: &str) {
+    println!();
+    println!("==> [{n}/{total}] {name}: {what}");
+    flush_stdout();
+}
+
+fn run_cmd_step(n: usize, total: usize, name: &str, argv: &[&str], cargo_test: bool) -> StepResult {
+    header(n, total, name, &argv.join(" "));
+    let t0 = Instant::now();
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // The parent `make`'s jobserver is not passed to this child; do not let it look for it.
+    for var in ["MAKEFLAGS", "MFLAGS", "MAKELEVEL"] {
+        cmd.env_remove(var);
+    }
+    let mut tally = Tally::default();
+    let (ok, detail) = match cmd.spawn() {
+        Err(e) => (
+            false,
+            format!("cannot run `{}`: {e} (run `make setup`)", argv[0]),
+        ),
+        Ok(mut child) => {
+            let captured = Arc::new(Mutex::new(String::new()));
+            let sink = Arc::clone(&captured);
+            let out = child.stdout.take().map(|o| {
+                thread::spawn(move || {
+                    for line in BufReader::new(o).split(b'\n').map_while(Result::ok) {
+                        let line = clean_console(&line);
+                        println!("{line}");
+                        let mut c = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        c.push_str(&line);
+                        c.push('\n');
+                    }
+                })
+            });
+            let err = child.stderr.take().map(|e| {
+                thread::spawn(move || {
+                    for line in BufReader::new(e).split(b'\n').map_while(Result::ok) {
+                        eprintln!("{}", String::from_utf8_lossy(&line));
+                    }
+                })
+            });
+            let status = child.wait();
+            for h in [out, err].into_iter().flatten() {
+                let _ = h.join();
+            }
+            let ok = status.as_ref().is_ok_and(|s| s.success());
+            let status_text = match &status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let mut detail = if ok {
+                "ok".to_string()
+            } else {
+                format!("failed ({status_text})")
+            };
+            if cargo_test {
+                let out = captured.lock().unwrap_or_else(|e| e.into_inner());
+                match sum_cargo_results(&out) {
+                    Some(t) => {
+                        detail = format!("{detail}; test results: {t}");
+                        tally += t;
+                    }
+                    None => detail = format!("{detail}; no `test result:` lines"),
+                }
+            }
+            (ok, detail)
+        }
+    };
+    tally.add_check(ok);
+    println!(
+        "<== {} {name}: {detail} ({:.1} s)",
+        if ok { "PASS" } else { "FAIL" },
+        t0.elapsed().as_secs_f64()
+    );
+    flush_stdout();
+    StepResult {
+        name: name.to_string(),
+        ok,
+        detail,
+        tally,
+        elapsed: t0.elapsed(),
+    }
+}

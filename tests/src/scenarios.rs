@@ -1,0 +1,120 @@
+//! The one list of boot scenarios.
+//!
+//! Adding a scenario is one line in [`SCENARIOS`]; then `make boot-configs` regenerates the
+//! GRUB menu (`grub/grub.cfg`) and `limine.cfg` from this table (a unit test fails while they
+//! are stale). The harness, `make run SCENARIO=...` and `make test` all read this table.
+
+use crate::emu::Emu;
+use Emu::{Bochs, Qemu};
+
+/// What a scenario is expected to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Print `<name>: N passed, 0 failed` and `umbra: exit 0`.
+    Pass,
+    /// Deliberately crash: print an exception report and `umbra: exit 3`. The harness counts
+    /// the run as a pass of *its* check when the scenario is judged a failure for that reason.
+    Crash,
+}
+
+/// One entry of the scenario table.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// The name on the kernel command line (`scenario=NAME`).
+    pub name: &'static str,
+    /// One line for menus and listings.
+    pub title: &'static str,
+    /// What a correct kernel does in this scenario.
+    pub expect: Expect,
+    /// The emulators `make test` boots it on (`make run` takes any).
+    pub test_on: &'static [Emu],
+    /// Wall-clock limit for one boot, in seconds (generous: Bochs is the slow one).
+    pub timeout_secs: u64,
+}
+
+impl Scenario {
+    const fn new(
+        name: &'static str,
+        title: &'static str,
+        expect: Expect,
+        test_on: &'static [Emu],
+    ) -> Self {
+        Scenario {
+            name,
+            title,
+            expect,
+            test_on,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+        }
+    }
+
+    /// Overrides the default timeout.
+    #[allow(dead_code)]
+    const fn timeout(mut self, secs: u64) -> Self {
+        self.timeout_secs = secs;
+        self
+    }
+
+    /// The kernel command line that selects this scenario.
+    pub fn cmdline(&self) -> String {
+        cmdline_for(self.name)
+    }
+}
+
+/// Timeout for a scenario that does not set one (and for names not in the table).
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+
+/// The scenario the boot menus start by default.
+pub const DEFAULT_SCENARIO: &str = "kernel";
+
+/// Every scenario, in the order menus list them and `make test` runs them.
+#[rustfmt::skip]
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario::new("kernel", "in-kernel self-tests", Expect::Pass, &[Qemu, Bochs]),
+    Scenario::new("fault-selftest", "deliberate CPU exception: must print a crash report", Expect::Crash, &[Qemu, Bochs]),
+];
+
+/// Looks a scenario up by name.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// The kernel command line for a scenario name.
+pub fn cmdline_for(name: &str) -> String {
+    format!("scenario={name}")
+}
+
+/// Scenario names must be safe to put on a command line and in a GRUB script.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_valid() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(valid_name(s.name), "{}", s.name);
+            assert!(
+                SCENARIOS[..i].iter().all(|t| t.name != s.name),
+                "duplicate {}",
+                s.name
+            );
+            assert!(s.timeout_secs > 0);
+        }
+        assert!(find(DEFAULT_SCENARIO).is_some());
+    }
+
+    #[test]
+    fn name_validation() {
+        assert!(valid_name("bench-ipc"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("x\"; reboot"));
+    }
+}
