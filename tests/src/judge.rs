@@ -232,7 +232,8 @@ pub fn judge(scenario: &str, expect: Expect, emu: Emu, facts: &Facts, end: &End)
     }
     if !facts.any_output {
         reasons.push(
-            "the serial log is empty: nothing booted (see the emulator's messages above)".into(),
+            "the serial log is empty: nothing reached COM1 (see the emulator messages above)"
+                .into(),
         );
     }
     match facts.exit_code {
