@@ -101,7 +101,7 @@ limine-iso: kernel
 	@echo "built $(LIMINE_ISO) (Limine; boots the default scenario, \`kernel\`)"
 
 run: ensure-setup harness iso
-	@$(HARNESS) run --emu $(EMU) --scenario $(SCENARIO) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+	@$(HARNESS) run --emu $(or $(EMU),auto) --scenario $(or $(SCENARIO),kernel) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 # The harness runs every step (including `make iso`) and prints `N passed, M failed` last.
 test: ensure-setup harness
