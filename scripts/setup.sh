@@ -69,7 +69,8 @@ if ((${#pkgs[@]})); then
     fi
     echo "setup: installing Debian packages: ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -q
+    # .ci/run may have refreshed the package lists already (to install make).
+    [[ ${UMBRA_APT_UPDATED:-} == 1 ]] || "${sudo[@]}" apt-get update -q
     "${sudo[@]}" apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 else
     echo "setup: Debian packages present"

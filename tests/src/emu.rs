@@ -233,6 +233,51 @@ mod tests {
     }
 
     #[test]
+    fn bochs_config_has_what_the_harness_relies_on() {
+        let f = BochsFiles {
+            iso: Path::new("/b/umbra.iso"),
+            cfg_disk: Path::new("/b/run/cfg.img"),
+            com1: Path::new("/b/run/com1.raw"),
+            log: Path::new("/b/run/bochs.log"),
+        };
+        let c = bochs_config(&f);
+        for want in [
+            "display_library: rfb, options=\"timeout=0\"\n",
+            "options=fastboot\n",
+            "ata0-master: type=cdrom, path=\"/b/umbra.iso\", status=inserted\n",
+            "ata0-slave: type=disk, path=\"/b/run/cfg.img\", mode=flat, cylinders=2, heads=16, spt=63\n",
+            "boot: cdrom\n",
+            "cpu: model=corei7_skylake_x,",
+            "clock: sync=none\n",
+            "com1: enabled=1, mode=file, dev=\"/b/run/com1.raw\"\n",
+            "port_e9_hack: enabled=1\n",
+            "memory: guest=256,",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in\n{c}");
+        }
+    }
+
+    #[test]
+    fn qemu_command_lines() {
+        let args = |e| -> Vec<String> {
+            qemu_command(e, Path::new("/b/umbra.iso"), Path::new("/b/cfg.img"))
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let tcg = args(Emu::Qemu).join(" ");
+        assert!(tcg.starts_with("-cpu max "), "{tcg}");
+        assert!(tcg.contains("-display none -no-reboot"));
+        assert!(tcg.contains("file=/b/umbra.iso,format=raw,if=ide,index=2,media=cdrom"));
+        assert!(tcg.contains("file=/b/cfg.img,format=raw,if=ide,index=0,media=disk"));
+        assert!(tcg.contains("-serial stdio"));
+        assert!(tcg.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert!(!tcg.contains("kvm"));
+        let kvm = args(Emu::Kvm).join(" ");
+        assert!(kvm.starts_with("-enable-kvm -cpu host "), "{kvm}");
+    }
+
+    #[test]
     fn qemu_paths_escape_commas() {
         assert_eq!(qemu_path(Path::new("/a,b/c.iso")), "/a,,b/c.iso");
     }
