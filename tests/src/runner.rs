@@ -303,6 +303,13 @@ fn run_bochs(
     if serial.trim().is_empty() && !mirror.trim().is_empty() {
         fs::write(log_path, &mirror)?;
         extra.push("COM1 file was empty; the log holds the port-0xe9 mirror instead".to_string());
+    } else if !has_exit_line(&serial) && has_exit_line(&mirror) {
+        // The UART had not finished sending when the machine stopped; the mirror has the end.
+        fs::write(log_path, &mirror)?;
+        extra.push(
+            "COM1 lost the end of the output; the log holds the port-0xe9 mirror instead"
+                .to_string(),
+        );
     } else {
         fs::write(log_path, &serial)?;
     }
@@ -428,4 +435,9 @@ pub fn rel(p: &Path) -> String {
 /// Flushes stdout (the harness' output is interleaved with children's).
 pub fn flush_stdout() {
     let _ = io::stdout().flush();
+}
+
+fn has_exit_line(log: &str) -> bool {
+    log.lines()
+        .any(|l| judge::parse_exit_line(l.trim()).is_some())
 }
