@@ -4,7 +4,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::role::UnsupportedMode;
-use crate::shadow_page::{ShadowPage, NONE};
+use crate::shadow_page::{Heads, ShadowPage, NONE};
 use crate::stats::Stats;
 use crate::traits::{GuestMemory, MemoryError, ShadowPagePool};
 
@@ -88,9 +88,9 @@ pub struct Mmu<M, P> {
     pub(crate) free_high: Vec<u32>,
     pub(crate) free_low: Vec<u32>,
     /// Per gfn: first shadow page for that gfn (the `(gfn, role)` index; KVM's `mmu_page_hash`).
-    pub(crate) gfn_sp_head: Vec<u32>,
+    pub(crate) gfn_sp_head: Heads,
     /// Per gfn: first leaf spte mapping it (KVM's rmap).
-    pub(crate) rmap_head: Vec<u32>,
+    pub(crate) rmap_head: Heads,
     /// Per gfn: number of indirect shadow pages shadowing it (KVM's write tracking).
     pub(crate) write_track: Vec<u32>,
     /// Oldest and newest shadow page in LRU order.
@@ -138,8 +138,8 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             link: vec![NONE; frames * 512],
             free_high,
             free_low,
-            gfn_sp_head: vec![NONE; ram],
-            rmap_head: vec![NONE; ram],
+            gfn_sp_head: Heads::new(ram),
+            rmap_head: Heads::new(ram),
             write_track: vec![0; ram],
             lru_head: NONE,
             lru_tail: NONE,

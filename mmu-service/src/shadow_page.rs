@@ -82,6 +82,29 @@ impl ShadowPage {
     };
 }
 
+/// Per-gfn chain heads, stored off by one so that a fresh table is all zeroes (the allocator
+/// hands out lazily-mapped zero pages: a 4 GiB guest's tables cost nothing until used).
+#[derive(Clone, Debug)]
+pub(crate) struct Heads(alloc::vec::Vec<u32>);
+
+impl Heads {
+    pub(crate) fn new(n: usize) -> Self {
+        Heads(alloc::vec![0; n])
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub(crate) fn get(&self, i: usize) -> Option<u32> {
+        self.0.get(i).map(|v| v.wrapping_sub(1))
+    }
+    pub(crate) fn at(&self, i: usize) -> u32 {
+        self.0[i].wrapping_sub(1)
+    }
+    pub(crate) fn set(&mut self, i: usize, v: u32) {
+        self.0[i] = v.wrapping_add(1);
+    }
+}
+
 fn ptr(sp: SpId, index: usize) -> u32 {
     sp * 512 + index as u32
 }
@@ -181,7 +204,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
 
     /// Finds a usable shadow page for `(gfn, role)` and marks it recently used.
     pub(crate) fn find_sp(&mut self, gfn: u64, role: &PageRole) -> Option<SpId> {
-        let mut cur = *self.gfn_sp_head.get(gfn as usize)?;
+        let mut cur = self.gfn_sp_head.get(gfn as usize)?;
         while cur != NONE {
             let s = &self.sps[cur as usize];
             if s.role == *role && s.gfn == gfn && s.gen == self.gen {
@@ -207,7 +230,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         }
         let sp = self.alloc_frame(false).ok_or(Error::OutOfShadowPages)?;
         self.pool.zero_frame(sp as usize);
-        let head = self.gfn_sp_head[gfn as usize];
+        let head = self.gfn_sp_head.at(gfn as usize);
         self.sps[sp as usize] = ShadowPage {
             gfn,
             role,
@@ -220,7 +243,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             lru_next: NONE,
             present: [0; 8],
         };
-        self.gfn_sp_head[gfn as usize] = sp;
+        self.gfn_sp_head.set(gfn as usize, sp);
         self.lru_push_tail(sp);
         self.stats.sp_created += 1;
         if !role.direct {
@@ -236,7 +259,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         if self.write_track[g] != 1 {
             return;
         }
-        let mut cur = self.rmap_head[g];
+        let mut cur = self.rmap_head.at(g);
         while cur != NONE {
             let (sp, i) = ((cur / 512) as usize, (cur % 512) as usize);
             let spte = self.pool.read_entry(sp, i);
@@ -269,8 +292,14 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     }
 
     fn rmap_add(&mut self, gfn: u64, p: u32) {
-        self.link[p as usize] = self.rmap_head[gfn as usize];
-        self.rmap_head[gfn as usize] = p;
+        self.link[p as usize] = self.rmap_head.at(gfn as usize);
+        self.rmap_head.set(gfn as usize, p);
+    }
+
+    fn rmap_remove(&mut self, gfn: u64, p: u32) {
+        let mut head = self.rmap_head.at(gfn as usize);
+        Self::chain_remove(&mut self.link, &mut head, p);
+        self.rmap_head.set(gfn as usize, head);
     }
 
     /// Removes `p` from the chain starting at `*head`.
@@ -298,7 +327,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         if is_present(old) {
             let old_gfn = u64::from(self.aux[p as usize]);
             if old_gfn != gfn {
-                Self::chain_remove(&mut self.link, &mut self.rmap_head[old_gfn as usize], p);
+                self.rmap_remove(old_gfn, p);
                 self.aux[p as usize] = gfn as u32;
                 self.rmap_add(gfn, p);
             }
@@ -319,7 +348,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         let p = ptr(sp, index);
         let aux = self.aux[p as usize];
         if self.sps[sp as usize].role.level == 1 {
-            Self::chain_remove(&mut self.link, &mut self.rmap_head[aux as usize], p);
+            self.rmap_remove(u64::from(aux), p);
         } else {
             let head = &mut self.sps[aux as usize].parent_head;
             Self::chain_remove(&mut self.link, head, p);
@@ -332,10 +361,10 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     fn hash_remove(&mut self, sp: SpId) {
         let gfn = self.sps[sp as usize].gfn as usize;
         let next = self.sps[sp as usize].hash_next;
-        if self.gfn_sp_head[gfn] == sp {
-            self.gfn_sp_head[gfn] = next;
+        if self.gfn_sp_head.at(gfn) == sp {
+            self.gfn_sp_head.set(gfn, next);
         } else {
-            let mut cur = self.gfn_sp_head[gfn];
+            let mut cur = self.gfn_sp_head.at(gfn);
             while cur != NONE {
                 let n = self.sps[cur as usize].hash_next;
                 if n == sp {
@@ -394,7 +423,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// Zaps every indirect shadow page of `gfn` (the guest wrote that page table), which
     /// unprotects it (KVM's `kvm_mmu_unprotect_page`). Returns how many were zapped.
     pub(crate) fn zap_gfn(&mut self, gfn: u64) -> usize {
-        let Some(&head) = self.gfn_sp_head.get(gfn as usize) else {
+        let Some(head) = self.gfn_sp_head.get(gfn as usize) else {
             return 0;
         };
         let mut cur = head;

@@ -11,9 +11,9 @@ use mmu_service::roots::{root_previous, ROOTS_ALL, ROOT_CURRENT};
 use mmu_service::{Error, FaultOutcome, GuestMemory, MmuConfig, PagingMode, Vcpu};
 use proptest::prelude::*;
 
-const RAM_PAGES: u64 = 1 << 20; // 4 GiB, sparse
+const RAM_PAGES: u64 = 1 << 19; // 2 GiB, sparse
 const TABLES: [u64; 8] = [0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17];
-const DATA: [u64; 8] = [0x100, 0x101, 0x102, 0x1ff, 0x200, 0x401, 0x40000, 0xfffff];
+const DATA: [u64; 8] = [0x100, 0x101, 0x102, 0x1ff, 0x200, 0x401, 0x40000, 0x7ffff];
 const HUGE_BASES: [u64; 5] = [0, 0x200, 0x400, 0x600, 0x40000];
 const I8: [u64; 8] = [0, 1, 2, 3, 4, 256, 257, 511];
 const I10: [u64; 8] = [0, 1, 255, 256, 511, 512, 768, 1023];
@@ -278,7 +278,11 @@ impl Scenario {
                 let hw_ec =
                     hw_translate(&self.mmu, &self.vcpu, gva, a).expect_err("no shadow for it");
                 let r = self.mmu.handle_page_fault(&mut self.vcpu, gva, hw_ec);
-                assert_eq!(r, Err(Error::GuestTableOutsideRam { gpa: e.gpa & !7 }));
+                assert!(
+                    matches!(r, Err(Error::GuestTableOutsideRam { gpa }) if gpa >> 12 == e.gpa >> 12),
+                    "{r:?} for a guest table at {:#x}",
+                    e.gpa
+                );
                 return;
             }
         };
