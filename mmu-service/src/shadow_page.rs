@@ -202,12 +202,20 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         self.lru_tail = sp;
     }
 
-    /// Finds a usable shadow page for `(gfn, role)` and marks it recently used.
+    /// Finds a usable shadow page for `(gfn, role)` and marks it recently used. Obsolete pages
+    /// met on the way are zapped, so chains do not grow across `invalidate_all` calls (KVM zaps
+    /// obsolete pages in the background for the same reason).
     pub(crate) fn find_sp(&mut self, gfn: u64, role: &PageRole) -> Option<SpId> {
         let mut cur = self.gfn_sp_head.get(gfn as usize)?;
         while cur != NONE {
             let s = &self.sps[cur as usize];
-            if s.role == *role && s.gfn == gfn && s.gen == self.gen {
+            if s.gen != self.gen {
+                let next = s.hash_next;
+                self.zap_sp(cur);
+                cur = next;
+                continue;
+            }
+            if s.role == *role && s.gfn == gfn {
                 if self.lru_tail != cur {
                     self.lru_unlink(cur);
                     self.lru_push_tail(cur);

@@ -565,7 +565,10 @@ fn run(mode: usize, seed: u64, flags: u8, ops: &[Op]) {
 
 const CASES: u32 = 10_000;
 
+/// Replays a failing case by hand: `MMU_REPLAY=mode,seed,flags,sel,kind,... cargo test --release
+/// --test coherence -- --ignored replay` (with `MMU_TRACE=1` to print every fault).
 #[test]
+#[ignore]
 fn replay() {
     let Ok(spec) = std::env::var("MMU_REPLAY") else {
         return;
