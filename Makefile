@@ -49,15 +49,15 @@ help:
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
 	@echo "  make bench         benchmarks (criterion benches of mmu-service for now)"
-	@echo "  make boot-configs  regenerate grub/grub.cfg and limine.cfg from the scenario table"
+	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
 setup:
-	@scripts/setup.sh
+	@tests/setup.sh
 
 # Cheap check first; the full setup only when something is missing.
 ensure-setup:
-	@scripts/setup.sh --check >/dev/null 2>&1 || scripts/setup.sh
+	@tests/setup.sh --check >/dev/null 2>&1 || tests/setup.sh
 
 kernel:
 	$(CARGO) build -p microkernel --bin umbra-kernel --target $(KERNEL_TARGET) --release
@@ -68,7 +68,7 @@ harness:
 iso: ensure-setup kernel
 	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub
 	@cp $(KERNEL) $(ISO_ROOT)/boot/umbra-kernel
-	@cp grub/grub.cfg $(ISO_ROOT)/boot/grub/grub.cfg
+	@cp tests/boot/grub.cfg $(ISO_ROOT)/boot/grub/grub.cfg
 	@grub-mkrescue -o $(ISO) $(ISO_ROOT) >$(BUILD)/grub-mkrescue.log 2>&1 || \
 		{ cat $(BUILD)/grub-mkrescue.log; echo "grub-mkrescue failed (run \`make setup\`?)" >&2; exit 1; }
 	@echo "built $(ISO) (GRUB, Multiboot2; every scenario in its menu)"

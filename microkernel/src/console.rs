@@ -13,6 +13,8 @@ use spin::Mutex;
 const COM1: u16 = 0x3f8;
 /// Line status register bit: transmitter holding register empty.
 const LSR_THR_EMPTY: u8 = 1 << 5;
+/// Line status register bit: transmitter empty (holding and shift registers both drained).
+const LSR_TX_IDLE: u8 = 1 << 6;
 
 static MIRROR_E9: AtomicBool = AtomicBool::new(false);
 static LOCK: Mutex<()> = Mutex::new(());
@@ -40,6 +42,17 @@ fn put_byte(byte: u8) {
     outb(COM1, byte);
     if MIRROR_E9.load(Ordering::Relaxed) {
         outb(abi::DEBUGCON_PORT, byte);
+    }
+}
+
+/// Waits (bounded) until COM1 has sent every byte: call before stopping the machine, or the
+/// emulator may drop the last characters.
+pub fn drain() {
+    for _ in 0..1_000_000 {
+        if inb(COM1 + 5) & LSR_TX_IDLE != 0 {
+            return;
+        }
+        core::hint::spin_loop();
     }
 }
 

@@ -64,12 +64,12 @@ fn kernel_main(raw: &RawBootInfo<'_>) -> ! {
     log!(
         info,
         "boot",
-        "kernel at phys {:#x} virt {:#x}, {} KiB; hhdm {:#x}; rsdp {:#x?}; {} module(s)",
+        "kernel at phys {:#x} virt {:#x}, {} KiB; hhdm {:#x}; rsdp {:#x}; {} module(s)",
         boot.kernel.phys_start,
         boot.kernel.virt_start,
         boot.kernel.len >> 10,
         boot.hhdm_offset,
-        boot.rsdp,
+        boot.rsdp.unwrap_or(0),
         boot.modules.len()
     );
 

@@ -51,6 +51,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
 /// Bochs shutdown port); on real hardware, where neither exists, halts.
 pub fn exit(code: ExitCode) -> ! {
     crate::println!("umbra: exit {}", code as u32);
+    crate::console::drain();
     outl(abi::QEMU_DEBUG_EXIT_PORT, code as u32);
     for b in b"Shutdown" {
         outb(abi::BOCHS_SHUTDOWN_PORT, *b);

@@ -26,7 +26,7 @@ pub const HARNESS_SCRIPT: &str = "umbra.cfg";
 /// Seconds the menus wait before booting the default scenario.
 pub const MENU_TIMEOUT_SECS: u32 = 5;
 
-/// `grub/grub.cfg`, generated from the scenario table.
+/// `tests/boot/grub.cfg`, generated from the scenario table.
 pub fn grub_cfg() -> String {
     grub_cfg_for(SCENARIOS)
 }
@@ -182,8 +182,8 @@ mod tests {
     #[test]
     fn checked_in_grub_cfg_is_up_to_date() {
         assert!(
-            repo_file("grub/grub.cfg") == grub_cfg(),
-            "grub/grub.cfg is stale: run `make boot-configs` after editing tests/src/scenarios.rs"
+            repo_file("tests/boot/grub.cfg") == grub_cfg(),
+            "tests/boot/grub.cfg is stale: run `make boot-configs` after editing tests/src/scenarios.rs"
         );
     }
 

@@ -21,7 +21,7 @@ commands:
   list                 the scenario table
   default-emu          print the emulator `make run` uses by default
   boot-configs [--check]
-                       write grub/grub.cfg and limine.cfg from the scenario table
+                       write tests/boot/grub.cfg and limine.cfg from the scenario table
                        (--check: only report whether they are up to date)
 
 common options:
@@ -152,7 +152,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         }
         "boot-configs" => {
             let files = [
-                ("grub/grub.cfg", bootcfg::grub_cfg()),
+                ("tests/boot/grub.cfg", bootcfg::grub_cfg()),
                 ("limine.cfg", bootcfg::limine_cfg()),
             ];
             let mut stale = false;

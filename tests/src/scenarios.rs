@@ -1,7 +1,7 @@
 //! The one list of boot scenarios.
 //!
 //! Adding a scenario is one line in [`SCENARIOS`]; then `make boot-configs` regenerates the
-//! GRUB menu (`grub/grub.cfg`) and `limine.cfg` from this table (a unit test fails while they
+//! GRUB menu (`tests/boot/grub.cfg`) and `limine.cfg` from this table (a unit test fails while they
 //! are stale). The harness, `make run SCENARIO=...` and `make test` all read this table.
 
 use crate::emu::Emu;

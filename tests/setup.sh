@@ -2,8 +2,8 @@
 # `make setup`: installs what Umbra's build and tests need, and only what is missing.
 # Idempotent and non-interactive (CI runs it as root on Debian 12 with no stdin).
 #
-#   scripts/setup.sh           install what is missing
-#   scripts/setup.sh --check   only report what is missing (exit 1 when something is)
+#   tests/setup.sh           install what is missing
+#   tests/setup.sh --check   only report what is missing (exit 1 when something is)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
