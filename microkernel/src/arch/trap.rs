@@ -188,11 +188,17 @@ static LAST_PROBE_VECTOR: AtomicU32 = AtomicU32::new(0);
 static LAST_PROBE_ERROR: AtomicU64 = AtomicU64::new(0);
 static LAST_PROBE_ADDRESS: AtomicU64 = AtomicU64::new(0);
 
-fn last_probe_fault() -> ProbeFault {
-    ProbeFault {
-        vector: LAST_PROBE_VECTOR.load(Ordering::Relaxed) as u8,
-        error_code: LAST_PROBE_ERROR.load(Ordering::Relaxed),
-        address: LAST_PROBE_ADDRESS.load(Ordering::Relaxed),
+impl ProbeResult {
+    /// The value, or the fault the probe took (recorded by `trap_dispatch`).
+    fn into_result(self) -> Result<u64, ProbeFault> {
+        if self.faulted == 0 {
+            return Ok(self.value);
+        }
+        Err(ProbeFault {
+            vector: LAST_PROBE_VECTOR.load(Ordering::Relaxed) as u8,
+            error_code: LAST_PROBE_ERROR.load(Ordering::Relaxed),
+            address: LAST_PROBE_ADDRESS.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -200,46 +206,28 @@ fn last_probe_fault() -> ProbeFault {
 pub fn read_u64(addr: u64) -> Result<u64, ProbeFault> {
     // SAFETY: the probe's only access is covered by an exception-table entry, so any fault
     // resumes at its fixup; a successful read of a mapped kernel address has no side effects.
-    let r = unsafe { probe_read_u64(addr) };
-    if r.faulted != 0 {
-        Err(last_probe_fault())
-    } else {
-        Ok(r.value)
-    }
+    unsafe { probe_read_u64(addr) }.into_result()
 }
 
 /// Writes a u64 at `addr`; a fault is returned, not fatal. Callers only aim it at memory no
 /// Rust object owns (a test page, later user memory).
 pub fn write_u64(addr: u64, value: u64) -> Result<(), ProbeFault> {
     // SAFETY: as for `read_u64`; callers only pass addresses outside any Rust object.
-    let r = unsafe { probe_write_u64(addr, value) };
-    if r.faulted != 0 {
-        Err(last_probe_fault())
-    } else {
-        Ok(())
-    }
+    unsafe { probe_write_u64(addr, value) }
+        .into_result()
+        .map(drop)
 }
 
 /// Reads an MSR; a #GP (the MSR does not exist) is returned, not fatal.
 pub fn rdmsr(msr: u32) -> Result<u64, ProbeFault> {
     // SAFETY: reading an MSR has no memory effects; a #GP resumes at the fixup.
-    let r = unsafe { probe_rdmsr(msr) };
-    if r.faulted != 0 {
-        Err(last_probe_fault())
-    } else {
-        Ok(r.value)
-    }
+    unsafe { probe_rdmsr(msr) }.into_result()
 }
 
 /// Executes `ud2` under a probe: always returns the #UD it takes (a self-test of recovery).
 pub fn ud2() -> Result<(), ProbeFault> {
     // SAFETY: `ud2` only raises #UD, which resumes at the probe's fixup.
-    let r = unsafe { probe_ud2() };
-    if r.faulted != 0 {
-        Err(last_probe_fault())
-    } else {
-        Ok(())
-    }
+    unsafe { probe_ud2() }.into_result().map(drop)
 }
 
 /// A plain read of `va` with no exception-table entry, for the `fault-selftest` scenario: if

@@ -15,7 +15,7 @@ use limine::request::{
 };
 use limine::BaseRevision;
 use microkernel::bootinfo::{KernelImage, Loader, RawBootInfo, MAX_MODULES};
-use microkernel::memmap::{Region, RegionKind, MAX_REGIONS};
+use microkernel::memmap::{Region, RegionKind};
 
 #[used]
 #[link_section = ".limine_requests_start"]
@@ -90,18 +90,11 @@ extern "C" fn limine_main() -> ! {
     };
     let hhdm_offset = hhdm.offset();
 
-    let mut memory: Vec<Region, MAX_REGIONS> = Vec::new();
-    for entry in map.entries() {
-        let region = Region::new(entry.base, entry.length, region_kind(entry.entry_type));
-        if memory.push(region).is_err() {
-            crate::log!(
-                warn,
-                "boot",
-                "memory map truncated at {MAX_REGIONS} entries"
-            );
-            break;
-        }
-    }
+    let memory = super::collect_regions(
+        map.entries()
+            .iter()
+            .map(|e| Region::new(e.base, e.length, region_kind(e.entry_type))),
+    );
 
     let mut modules: Vec<(u64, u64, &str), { MAX_MODULES * 4 }> = Vec::new();
     if let Some(response) = MODULES.get_response() {

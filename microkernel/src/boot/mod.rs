@@ -5,6 +5,8 @@ pub mod limine;
 pub mod multiboot2;
 
 use core::arch::global_asm;
+use heapless::Vec;
+use microkernel::memmap::{Region, MAX_REGIONS};
 
 /// Higher-half base the kernel is linked at (see `linker.ld`).
 pub const KERNEL_OFFSET: u64 = 0xffff_ffff_8000_0000;
@@ -38,4 +40,21 @@ pub fn kernel_extent() -> (u64, u64) {
     let start = (&raw const __kernel_start) as u64;
     let end = (&raw const __kernel_end) as u64;
     (start, end - start)
+}
+
+/// The loader's memory map as raw regions. Entries beyond [`MAX_REGIONS`] are dropped with a
+/// warning; firmware maps are far shorter (tens of entries), so this only guards the array.
+pub fn collect_regions(entries: impl Iterator<Item = Region>) -> Vec<Region, MAX_REGIONS> {
+    let mut memory = Vec::new();
+    for region in entries {
+        if memory.push(region).is_err() {
+            crate::log!(
+                warn,
+                "boot",
+                "memory map truncated at {MAX_REGIONS} entries"
+            );
+            break;
+        }
+    }
+    memory
 }

@@ -7,7 +7,7 @@ use super::KERNEL_OFFSET;
 use core::arch::global_asm;
 use heapless::Vec;
 use microkernel::bootinfo::{KernelImage, Loader, RawBootInfo, MAX_MODULES};
-use microkernel::memmap::{Region, RegionKind, MAX_REGIONS};
+use microkernel::memmap::{Region, RegionKind};
 use multiboot2::{BootInformation, BootInformationHeader, MemoryAreaType};
 
 /// Where the stub puts the direct map of physical memory.
@@ -172,23 +172,15 @@ extern "C" fn multiboot2_main(magic: u32, info_phys: u32) -> ! {
         Err(e) => crate::fatal(format_args!("multiboot2: bad information block: {e:?}")),
     };
 
-    let mut memory: Vec<Region, MAX_REGIONS> = Vec::new();
-    if let Some(tag) = mbi.memory_map_tag() {
-        for area in tag.memory_areas() {
-            let kind = region_kind(area.typ());
-            if memory
-                .push(Region::new(area.start_address(), area.size(), kind))
-                .is_err()
-            {
-                crate::log!(
-                    warn,
-                    "boot",
-                    "memory map truncated at {MAX_REGIONS} entries"
-                );
-                break;
-            }
-        }
-    }
+    let areas = mbi
+        .memory_map_tag()
+        .map(|tag| tag.memory_areas())
+        .unwrap_or(&[]);
+    let memory = super::collect_regions(
+        areas
+            .iter()
+            .map(|a| Region::new(a.start_address(), a.size(), region_kind(a.typ()))),
+    );
 
     let mut modules: Vec<(u64, u64, &str), { MAX_MODULES * 4 }> = Vec::new();
     for module in mbi.module_tags() {
