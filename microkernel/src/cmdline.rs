@@ -3,8 +3,7 @@
 //! The scenario to run is named by `scenario=NAME`; `run=NAME` and `test=NAME` are accepted as
 //! synonyms (DESIGN.md writes `run=demo`, `test=ipc`). When several are given the first wins.
 
-/// The scenario run when the command line names none.
-pub const DEFAULT_SCENARIO: &str = "kernel";
+pub use abi::scenario::DEFAULT as DEFAULT_SCENARIO;
 
 /// A parsed view of the command line; borrows the original text.
 #[derive(Clone, Copy, Debug)]

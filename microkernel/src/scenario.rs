@@ -5,18 +5,9 @@ use crate::arch::cpu::{self, outb, outl};
 use abi::ExitCode;
 use microkernel::bootinfo::BootInfo;
 
-/// Every scenario this kernel knows, with a one-line description.
-pub const SCENARIOS: &[(&str, &str)] = &[
-    ("kernel", "in-kernel self-tests"),
-    (
-        "fault-selftest",
-        "takes a deliberate page fault: prints the exception report, exits with code 3",
-    ),
-];
-
 pub fn run(boot: &BootInfo, name: &str) -> ! {
     match name {
-        "kernel" => {
+        abi::scenario::KERNEL => {
             let (passed, failed) = crate::selftest::run(boot);
             crate::println!("kernel: {passed} passed, {failed} failed");
             exit(if failed == 0 {
@@ -25,7 +16,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
                 ExitCode::Failure
             })
         }
-        "fault-selftest" => {
+        abi::scenario::FAULT_SELFTEST => {
             crate::log!(info, "scenario", "reading an unmapped address on purpose");
             let va = crate::mm::paging::SCRATCH_BASE + 0x7ff0_0000;
             // A plain (not probed) read: the fault is fatal and must produce the report.
@@ -39,7 +30,7 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
         }
         other => {
             crate::println!("umbra: unknown scenario '{other}'; known scenarios:");
-            for (name, what) in SCENARIOS {
+            for (name, what) in abi::scenario::ALL {
                 crate::println!("  {name:<16} {what}");
             }
             exit(ExitCode::UnknownScenario)

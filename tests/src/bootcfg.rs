@@ -60,7 +60,7 @@ fn grub_cfg_for(scenarios: &[Scenario]) -> String {
         s.push_str(&format!(
             "\nmenuentry \"Umbra: {name} - {title}\" --id {name} {{\n  multiboot2 {KERNEL_PATH_IN_ISO} {cmdline}\n  boot\n}}\n",
             name = sc.name,
-            title = sc.title,
+            title = sc.title(),
             cmdline = sc.cmdline(),
         ));
     }
@@ -94,7 +94,7 @@ fn limine_cfg_for(scenarios: &[Scenario]) -> String {
         s.push_str(&format!(
             "\n/Umbra: {name} - {title}\n    protocol: limine\n    kernel_path: boot():{KERNEL_PATH_IN_ISO}\n    cmdline: {cmdline}\n",
             name = sc.name,
-            title = sc.title,
+            title = sc.title(),
             cmdline = sc.cmdline(),
         ));
     }

@@ -139,7 +139,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
                 println!(
                     "{:<16} {} ({expect}; make test: {}; timeout {} s)",
                     s.name,
-                    s.title,
+                    s.title(),
                     on.join(", "),
                     s.timeout_secs
                 );

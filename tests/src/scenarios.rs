@@ -17,13 +17,12 @@ pub enum Expect {
     Crash,
 }
 
-/// One entry of the scenario table.
+/// One entry of the scenario table: how the harness tests a scenario the kernel knows
+/// (`abi::scenario::ALL` holds the names and descriptions).
 #[derive(Clone, Copy, Debug)]
 pub struct Scenario {
     /// The name on the kernel command line (`scenario=NAME`).
     pub name: &'static str,
-    /// One line for menus and listings.
-    pub title: &'static str,
     /// What a correct kernel does in this scenario.
     pub expect: Expect,
     /// The emulators `make test` boots it on (`make run` takes any).
@@ -33,15 +32,9 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    const fn new(
-        name: &'static str,
-        title: &'static str,
-        expect: Expect,
-        test_on: &'static [Emu],
-    ) -> Self {
+    const fn new(name: &'static str, expect: Expect, test_on: &'static [Emu]) -> Self {
         Scenario {
             name,
-            title,
             expect,
             test_on,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
@@ -55,6 +48,11 @@ impl Scenario {
         self
     }
 
+    /// One line for menus and listings, from the kernel's own list.
+    pub fn title(&self) -> &'static str {
+        abi::scenario::title(self.name).unwrap_or("(unknown to the kernel)")
+    }
+
     /// The kernel command line that selects this scenario.
     pub fn cmdline(&self) -> String {
         cmdline_for(self.name)
@@ -65,13 +63,13 @@ impl Scenario {
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 
 /// The scenario the boot menus start by default.
-pub const DEFAULT_SCENARIO: &str = "kernel";
+pub const DEFAULT_SCENARIO: &str = abi::scenario::DEFAULT;
 
 /// Every scenario, in the order menus list them and `make test` runs them.
 #[rustfmt::skip]
 pub const SCENARIOS: &[Scenario] = &[
-    Scenario::new("kernel", "in-kernel self-tests", Expect::Pass, &[Qemu, Bochs]),
-    Scenario::new("fault-selftest", "deliberate CPU exception: must print a crash report", Expect::Crash, &[Qemu, Bochs]),
+    Scenario::new(abi::scenario::KERNEL, Expect::Pass, &[Qemu, Bochs]),
+    Scenario::new(abi::scenario::FAULT_SELFTEST, Expect::Crash, &[Qemu, Bochs]),
 ];
 
 /// Looks a scenario up by name.
@@ -108,6 +106,16 @@ mod tests {
             assert!(s.timeout_secs > 0);
         }
         assert!(find(DEFAULT_SCENARIO).is_some());
+    }
+
+    #[test]
+    fn table_matches_the_kernels_scenarios() {
+        let ours: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        let kernels: Vec<&str> = abi::scenario::ALL.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            ours, kernels,
+            "tests/src/scenarios.rs and abi::scenario::ALL differ"
+        );
     }
 
     #[test]

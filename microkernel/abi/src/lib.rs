@@ -17,6 +17,30 @@ pub const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
 /// when the device is present.
 pub const DEBUGCON_PORT: u16 = 0xe9;
 
+/// Boot scenarios: the names the kernel command line selects with `scenario=NAME`, shared by
+/// the kernel (which runs them) and the harness (which boots and judges them).
+pub mod scenario {
+    pub const KERNEL: &str = "kernel";
+    pub const FAULT_SELFTEST: &str = "fault-selftest";
+
+    /// The scenario run when the command line names none.
+    pub const DEFAULT: &str = KERNEL;
+
+    /// Every scenario the kernel knows, with a one-line description.
+    pub const ALL: &[(&str, &str)] = &[
+        (KERNEL, "in-kernel self-tests"),
+        (
+            FAULT_SELFTEST,
+            "deliberate page fault: prints the exception report, exits with code 3",
+        ),
+    ];
+
+    /// The description of a scenario, if the kernel knows it.
+    pub fn title(name: &str) -> Option<&'static str> {
+        ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+    }
+}
+
 /// The code the kernel ends a scenario with. The harness reads it from the serial line
 /// `umbra: exit <code>` (every emulator) and from QEMU's exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
