@@ -99,22 +99,27 @@ trap_common:
     options(att_syntax)
 );
 
-// Probes: single instructions allowed to fault. Each has an exception-table entry
-// (faulting instruction, fixup); the fixup returns `faulted = 1` to the caller.
+// Probes: single instructions allowed to fault. Each labels its faulting instruction `1:` and
+// ends with `probe_fixup`, which adds the fixup (return `faulted = 1` to the caller) and the
+// exception-table entry (faulting instruction, fixup).
 global_asm!(
     r#"
-    .section .text
-    .global probe_read_u64
-probe_read_u64:
-    xorl %edx, %edx
-1:  movq (%rdi), %rax
-    ret
+    .macro probe_fixup
 2:  xorl %eax, %eax
     movl $1, %edx
     ret
     .pushsection .ex_table, "a"
     .quad 1b, 2b
     .popsection
+    .endm
+
+    .section .text
+    .global probe_read_u64
+probe_read_u64:
+    xorl %edx, %edx
+1:  movq (%rdi), %rax
+    ret
+    probe_fixup
 
     .global probe_write_u64
 probe_write_u64:
@@ -122,22 +127,12 @@ probe_write_u64:
 1:  movq %rsi, (%rdi)
     xorl %eax, %eax
     ret
-2:  xorl %eax, %eax
-    movl $1, %edx
-    ret
-    .pushsection .ex_table, "a"
-    .quad 1b, 2b
-    .popsection
+    probe_fixup
 
     .global probe_ud2
 probe_ud2:
 1:  ud2
-2:  xorl %eax, %eax
-    movl $1, %edx
-    ret
-    .pushsection .ex_table, "a"
-    .quad 1b, 2b
-    .popsection
+    probe_fixup
 
     .global probe_rdmsr
 probe_rdmsr:
@@ -147,12 +142,7 @@ probe_rdmsr:
     orq %rdx, %rax
     xorl %edx, %edx
     ret
-2:  xorl %eax, %eax
-    movl $1, %edx
-    ret
-    .pushsection .ex_table, "a"
-    .quad 1b, 2b
-    .popsection
+    probe_fixup
 "#,
     options(att_syntax)
 );
