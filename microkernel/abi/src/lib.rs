@@ -1,10 +1,19 @@
 //! `abi`: the values that cross the kernel boundary, shared by the kernel and `userlib`.
 //!
-//! Today it holds what the boot scenarios and the test harness agree on: how the kernel
-//! reports a scenario's end. Syscall numbers, error codes and the IPC header join it with
-//! user-level tasks (issue #4); VMCS field ids and exit reasons with VMX (issue #5).
+//! Syscall numbers and the register convention ([`syscall`]), error codes ([`error`]),
+//! capability slots, kinds and rights ([`cap`]), the IPC limits and the fault notice ([`ipc`]),
+//! and what the boot scenarios and the test harness agree on.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod cap;
+pub mod error;
+pub mod ipc;
+pub mod syscall;
+
+pub use cap::{CapKind, CapSlot, Rights, NO_CAP};
+pub use error::Error;
+pub use syscall::Sys;
 
 /// I/O port of QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
 /// Writing `code` ends QEMU with status `(code << 1) | 1`.
@@ -22,6 +31,8 @@ pub const DEBUGCON_PORT: u16 = 0xe9;
 pub mod scenario {
     pub const KERNEL: &str = "kernel";
     pub const FAULT_SELFTEST: &str = "fault-selftest";
+    pub const IPC: &str = "ipc";
+    pub const BENCH_IPC: &str = "bench-ipc";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = KERNEL;

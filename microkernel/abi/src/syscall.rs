@@ -1,0 +1,149 @@
+//! Syscall numbers and the register convention.
+//!
+//! A task enters the kernel with `syscall`: `rax` holds the number, the arguments are in
+//! `rdi, rsi, rdx, r10, r8, r9` (the System V order with `r10` for `rcx`, which `syscall`
+//! clobbers). On return `rax` holds an [`crate::Error`] code (0 = success) and the results are
+//! in `rdi, rsi, rdx, r8` (`Ret.0..3` below). `rcx` and `r11` are clobbered; every other
+//! register is preserved.
+
+/// Syscall numbers. Each entry documents `args -> results`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Sys {
+    /// `(ptr, len)`: writes bytes to the console, prefixed with the task's name.
+    DebugWrite = 0,
+    /// `(code)`: ends the calling task (all threads). Never returns.
+    TaskExit = 1,
+    /// `(ptr, len)`: reports a panic with its message; the task is stopped as if it faulted
+    /// with vector [`crate::ipc::FAULT_PANIC`]. Never returns.
+    Panic = 2,
+    /// `()`: gives up the rest of the time slice.
+    Yield = 3,
+    /// `() -> (ticks, tick_hz)`: timer ticks since boot.
+    Clock = 4,
+    /// `(ticks)`: sleeps at least that many timer ticks.
+    Sleep = 5,
+    /// `(entry, stack_top, arg, priority) -> (thread id)`: starts a thread in the caller's task;
+    /// `rdi` of the new thread holds `arg`. Priority is capped at the caller's.
+    ThreadCreate = 6,
+    /// `()`: ends the calling thread; the last thread ends the task with code 0.
+    ThreadExit = 7,
+
+    /// `(ep, buf, send_len, buf_cap, label, grant) -> (reply_len, reply_label, _, got_cap)`:
+    /// sends `buf[..send_len]` on the endpoint and waits for the reply, which overwrites
+    /// `buf[..buf_cap]`.
+    Call = 16,
+    /// `(ep, buf, send_len, label, grant)`: sends and waits until a receiver takes the message.
+    Send = 17,
+    /// `(ep, buf, buf_cap) -> (len, label, badge, got_cap)`: waits for a message.
+    Recv = 18,
+    /// `(buf, len, label, grant)`: answers the last `call` this thread received.
+    Reply = 19,
+    /// `(ep, buf, reply_len, buf_cap, label, grant) -> (len, label, badge, got_cap)`:
+    /// [`Sys::Reply`] then [`Sys::Recv`] in one entry.
+    ReplyRecv = 20,
+
+    /// `() -> (cap)`: a new endpoint; the caller gets a capability with every right.
+    EndpointCreate = 32,
+    /// `() -> (cap)`: a new notification with every right.
+    NotificationCreate = 33,
+    /// `(ntfn, bits)`: ORs `bits` into the notification and wakes a waiter.
+    Signal = 34,
+    /// `(ntfn) -> (bits)`: waits until some bit is set, then takes (clears) all of them.
+    Wait = 35,
+    /// `(ntfn) -> (bits)`: takes the bits without waiting (0 if none).
+    Poll = 36,
+
+    /// `(pages) -> (cap)`: a new zeroed memory object of `pages` 4 KiB pages.
+    MemAlloc = 48,
+    /// `(mem, vaddr, rights)`: maps the whole object at `vaddr` (page aligned, user half) with
+    /// `rights` ([`crate::Rights::READ`]/`WRITE`/`EXEC`), which the capability must hold.
+    MemMap = 49,
+    /// `(mem, vaddr)`: removes the mapping made by [`Sys::MemMap`] at `vaddr`.
+    MemUnmap = 50,
+    /// `(mem) -> (pages, phys_base)`.
+    MemInfo = 51,
+
+    /// `(cap, rights, badge) -> (new cap)`: a copy with rights reduced to `rights` and, for an
+    /// unbadged endpoint capability, the given badge (0 keeps it unbadged).
+    CapCopy = 64,
+    /// `(cap)`: empties the slot.
+    CapDelete = 65,
+    /// `(cap)`: destroys the object; every other capability to it becomes stale
+    /// ([`crate::Error::StaleCap`]). Needs [`crate::Rights::REVOKE`].
+    CapRevoke = 66,
+    /// `(cap) -> (kind, rights, badge)`.
+    CapInfo = 67,
+
+    /// `(module, generation, priority, fault_ep) -> (task cap)`: loads boot module `module`
+    /// (an ELF) into a new, suspended task. Faults of its threads go to `fault_ep`.
+    /// Needs the [`crate::CapKind::Spawn`] capability in `r8`.
+    TaskSpawn = 80,
+    /// `(task, cap, rights) -> (slot in the task)`: copies one of the caller's capabilities
+    /// into the task (with reduced rights).
+    TaskGrant = 81,
+    /// `(task, arg)`: starts the task's first thread with `rdi = arg`.
+    TaskStart = 82,
+    /// `(task)`: stops and destroys the task; endpoints it served report
+    /// [`crate::Error::ServerRestarted`] to waiting callers.
+    TaskKill = 83,
+    /// `(ep, task)`: names the task that serves the endpoint (sets the endpoint's
+    /// generation to the task's and reopens it).
+    EndpointBind = 84,
+    /// `(ep)`: closes the endpoint: waiting and later callers get [`crate::Error::ServerGone`].
+    EndpointClose = 85,
+    /// `(index, buf, buf_cap) -> (name_len, size, count)`: boot module `index`'s name
+    /// (its command line) and size, and the number of modules.
+    ModuleInfo = 86,
+    /// `(machine, code)`: ends the scenario: prints `umbra: exit <code>` and powers off.
+    /// Needs the [`crate::CapKind::Machine`] capability.
+    MachineExit = 87,
+    /// `(buf, buf_cap) -> (len)`: the kernel command line.
+    KernelCmdline = 88,
+}
+
+impl Sys {
+    /// Every syscall, for tests that sweep them.
+    pub const ALL: &'static [Sys] = &[
+        Sys::DebugWrite,
+        Sys::TaskExit,
+        Sys::Panic,
+        Sys::Yield,
+        Sys::Clock,
+        Sys::Sleep,
+        Sys::ThreadCreate,
+        Sys::ThreadExit,
+        Sys::Call,
+        Sys::Send,
+        Sys::Recv,
+        Sys::Reply,
+        Sys::ReplyRecv,
+        Sys::EndpointCreate,
+        Sys::NotificationCreate,
+        Sys::Signal,
+        Sys::Wait,
+        Sys::Poll,
+        Sys::MemAlloc,
+        Sys::MemMap,
+        Sys::MemUnmap,
+        Sys::MemInfo,
+        Sys::CapCopy,
+        Sys::CapDelete,
+        Sys::CapRevoke,
+        Sys::CapInfo,
+        Sys::TaskSpawn,
+        Sys::TaskGrant,
+        Sys::TaskStart,
+        Sys::TaskKill,
+        Sys::EndpointBind,
+        Sys::EndpointClose,
+        Sys::ModuleInfo,
+        Sys::MachineExit,
+        Sys::KernelCmdline,
+    ];
+
+    /// Decodes a syscall number.
+    pub fn from_u64(n: u64) -> Option<Sys> {
+        Sys::ALL.iter().copied().find(|s| *s as u64 == n)
+    }
+}
