@@ -4,3 +4,8 @@
 //! user-level tasks and IPC (issue #4). The crate exists so the workspace has its final shape.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod codec;
+pub mod proto;
+pub mod server;
