@@ -1,0 +1,223 @@
+//! Hostile input: random bytes, truncated encodings, out-of-range opcodes and trailing bytes,
+//! fed to every decoder and to `serve_one`. Nothing panics; every failure is a typed error.
+
+mod common;
+
+use core::fmt::Debug;
+
+use common::*;
+use proptest::prelude::*;
+use userlib::codec::{self, label, DecodeError, Message};
+use userlib::proto::echo::{self, Echo};
+use userlib::proto::supervisor::{self, Supervisor};
+use userlib::proto::{ProtoError, Protocol};
+use userlib::server::serve_one;
+
+fn encode<M: Message>(value: &M) -> Vec<u8> {
+    let mut buf = [0u8; abi::ipc::MAX_PAYLOAD];
+    let len = codec::encode(value, &mut buf).expect("encodes");
+    buf[..len].to_vec()
+}
+
+/// Postcard varint of `value`.
+fn varint(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Random bytes: a decode either fails with a typed error or gives a value that re-encodes
+/// and decodes to itself; an out-of-range first byte is always `UnknownOpcode`.
+fn random_bytes<M: Message + PartialEq + Debug>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    match codec::decode::<M>(bytes) {
+        Ok(value) => {
+            let again = encode(&value);
+            prop_assert_eq!(codec::decode::<M>(&again), Ok(value));
+        }
+        Err(DecodeError::TooLarge) => prop_assert!(false, "TooLarge is an encode error"),
+        Err(_) => {}
+    }
+    if let Some(&first) = bytes.first() {
+        if first < 0x80 && u32::from(first) >= M::OPCODE_COUNT {
+            prop_assert_eq!(codec::decode::<M>(bytes), Err(DecodeError::UnknownOpcode));
+        }
+    } else {
+        prop_assert_eq!(codec::decode::<M>(bytes), Err(DecodeError::Truncated));
+    }
+    Ok(())
+}
+
+/// Every strict prefix of a valid encoding is `Truncated`; any trailing byte is `Malformed`;
+/// the same body behind an out-of-range opcode is `UnknownOpcode`.
+fn damaged<M: Message>(
+    value: &M,
+    cut: usize,
+    extra: &[u8],
+    opcode: u64,
+) -> Result<(), TestCaseError> {
+    let bytes = encode(value);
+    let cut = cut % bytes.len();
+    prop_assert_eq!(
+        codec::decode::<M>(&bytes[..cut]).err(),
+        Some(DecodeError::Truncated)
+    );
+
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(extra);
+    prop_assert_eq!(
+        codec::decode::<M>(&longer).err(),
+        Some(DecodeError::Malformed)
+    );
+
+    // Every variant index here is below 128, so the opcode is the first byte.
+    let opcode = u64::from(M::OPCODE_COUNT) + opcode;
+    let mut renumbered = varint(opcode);
+    renumbered.extend_from_slice(&bytes[1..]);
+    prop_assert_eq!(
+        codec::decode::<M>(&renumbered).err(),
+        Some(DecodeError::UnknownOpcode)
+    );
+    Ok(())
+}
+
+/// `serve_one` on any label and bytes: the reply always has the protocol's label and decodes
+/// to the handler's response or to the error `decode`/`check_label` predicted.
+fn serve_any<P: Protocol>(
+    label: u64,
+    bytes: &[u8],
+    answer: P::Response,
+) -> Result<(), TestCaseError>
+where
+    P::Response: PartialEq + Debug + Clone,
+    P::ServiceError: PartialEq + Debug,
+{
+    let mut reply = [0u8; abi::ipc::MAX_PAYLOAD];
+    let mut handled = 0;
+    let (reply_label, len) = serve_one::<P>(label, bytes, &mut reply, |_| {
+        handled += 1;
+        answer.clone()
+    });
+    prop_assert_eq!(reply_label, P::LABEL);
+    let response = codec::decode::<P::Response>(&reply[..len]);
+    let decoded = userlib::server::check_label::<P>(label)
+        .and_then(|()| codec::decode::<P::Request>(bytes).map_err(ProtoError::from));
+    prop_assert_eq!(handled, usize::from(decoded.is_ok()));
+    let expected = match decoded {
+        Ok(_) => answer,
+        Err(error) => P::error_response(error),
+    };
+    prop_assert_eq!(response, Ok(expected));
+    Ok(())
+}
+
+fn any_label() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(supervisor::LABEL),
+        Just(echo::LABEL),
+        any::<u16>().prop_map(|version| label(supervisor::PROTOCOL_ID, version)),
+        any::<u16>().prop_map(|version| label(echo::PROTOCOL_ID, version)),
+        any::<u64>(),
+    ]
+}
+
+/// Random bytes, half of them behind a valid opcode so decoding gets past the first byte.
+fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let random = proptest::collection::vec(any::<u8>(), 0..=600);
+    prop_oneof![
+        random.clone(),
+        (0u8..7, random).prop_map(|(opcode, body)| {
+            let mut bytes = vec![opcode];
+            bytes.extend(body);
+            bytes
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+    #[test]
+    fn random_bytes_supervisor(bytes in any_bytes()) {
+        random_bytes::<supervisor::Request>(&bytes)?;
+        random_bytes::<supervisor::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn random_bytes_echo(bytes in any_bytes()) {
+        random_bytes::<echo::Request>(&bytes)?;
+        random_bytes::<echo::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn damaged_supervisor_request(
+        value in any_supervisor_request(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_supervisor_response(
+        value in any_supervisor_response(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_echo_request(
+        value in any_echo_request(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_echo_response(
+        value in any_echo_response(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn serve_one_supervisor(label in any_label(), bytes in any_bytes(), answer in any_supervisor_response()) {
+        serve_any::<Supervisor>(label, &bytes, answer)?;
+    }
+
+    #[test]
+    fn serve_one_echo(label in any_label(), bytes in any_bytes(), answer in any_echo_response()) {
+        serve_any::<Echo>(label, &bytes, answer)?;
+    }
+
+    /// Valid requests behind the right label reach the handler; behind a truncated body
+    /// they are answered `Truncated` without calling it.
+    #[test]
+    fn serve_one_valid_and_truncated(value in any_echo_request(), cut in any::<usize>()) {
+        let bytes = encode(&value);
+        let mut reply = [0u8; abi::ipc::MAX_PAYLOAD];
+        let mut seen = None;
+        let (_, len) = serve_one::<Echo>(echo::LABEL, &bytes, &mut reply, |request| {
+            seen = Some(request);
+            echo::Response::Pong { generation: 9 }
+        });
+        prop_assert_eq!(seen.as_ref(), Some(&value));
+        prop_assert_eq!(codec::decode(&reply[..len]), Ok(echo::Response::Pong { generation: 9 }));
+
+        let cut = cut % bytes.len();
+        let (_, len) = serve_one::<Echo>(echo::LABEL, &bytes[..cut], &mut reply, |_| {
+            panic!("handler called on a truncated request")
+        });
+        prop_assert_eq!(
+            codec::decode(&reply[..len]),
+            Ok(echo::Response::Error(ProtoError::Truncated))
+        );
+    }
+}
