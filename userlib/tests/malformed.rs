@@ -221,3 +221,78 @@ proptest! {
         );
     }
 }
+
+/// One example of each way a payload can be wrong, with the error it gets.
+#[test]
+fn typed_errors_by_example() {
+    use supervisor::Request as Sup;
+    let cases: &[(&str, &[u8], DecodeError)] = &[
+        ("empty", &[], DecodeError::Truncated),
+        ("opcode ends early", &[0x80], DecodeError::Truncated),
+        (
+            "opcode 6 (variants are 0..=5)",
+            &[0x06],
+            DecodeError::UnknownOpcode,
+        ),
+        (
+            "opcode 128, 2 bytes",
+            &[0x80, 0x01],
+            DecodeError::UnknownOpcode,
+        ),
+        (
+            "opcode over u32",
+            &[0xff, 0xff, 0xff, 0xff, 0x7f],
+            DecodeError::UnknownOpcode,
+        ),
+        (
+            "name ends early",
+            &[0x02, 0x04, b'e', b'c'],
+            DecodeError::Truncated,
+        ),
+        (
+            "name of 17 bytes",
+            &[
+                0x02, 0x11, b'a', b'a', b'a', b'a', b'a', b'a', b'a', b'a', b'a', b'a', b'a', b'a',
+                b'a', b'a', b'a', b'a', b'a',
+            ],
+            DecodeError::Malformed,
+        ),
+        (
+            "name not UTF-8",
+            &[0x02, 0x01, 0xff],
+            DecodeError::Malformed,
+        ),
+        (
+            "code varint over u32",
+            &[0x05, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            DecodeError::Malformed,
+        ),
+        ("trailing byte", &[0x00, 0x00], DecodeError::Malformed),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(codec::decode::<Sup>(bytes), Err(*error), "{what}");
+    }
+
+    use echo::Request as Echo;
+    let mut too_long = vec![0x01, 0xfe, 0x03]; // Echo, length 510
+    too_long.extend([0u8; 510]);
+    let mut sixty_five = vec![0x02, 0x41]; // Sum, 65 values
+    sixty_five.extend([0x01u8; 65]);
+    let cases: &[(&str, &[u8], DecodeError)] = &[
+        (
+            "crash kind 4 (nested enum, variants are 0..=3)",
+            &[0x03, 0x04],
+            DecodeError::Malformed,
+        ),
+        ("echo data over capacity", &too_long, DecodeError::Malformed),
+        ("sum of 65 values", &sixty_five, DecodeError::Malformed),
+        (
+            "sum values end early",
+            &[0x02, 0x02, 0x01],
+            DecodeError::Truncated,
+        ),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(codec::decode::<Echo>(bytes), Err(*error), "{what}");
+    }
+}
