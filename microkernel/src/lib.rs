@@ -8,6 +8,7 @@
 pub mod bootinfo;
 pub mod cmdline;
 pub mod frame_alloc;
+pub mod kobj;
 pub mod memmap;
 pub mod vmx_caps;
 

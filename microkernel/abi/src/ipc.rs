@@ -6,6 +6,11 @@ pub const MAX_PAYLOAD: usize = 512;
 /// Vector number reported for a task that called [`crate::Sys::Panic`].
 pub const FAULT_PANIC: u64 = 0x100;
 
+/// Vector number reported for a task that ended itself with [`crate::Sys::TaskExit`] (the
+/// notice's `error_code` holds the exit code). Not a fault, but the supervisor hears of it the
+/// same way.
+pub const FAULT_EXIT: u64 = 0x101;
+
 /// Label of a fault notice delivered on a fault endpoint.
 pub const FAULT_LABEL: u64 = 0xfa17;
 

@@ -1,0 +1,303 @@
+//! Endpoint IPC: `call`, `send`, `recv`, `reply`, `reply_recv`. A message is copied from the
+//! sender into the kernel when it is sent (so a bad buffer fails the sender at once) and from
+//! the kernel into the receiver's buffer, which was checked when it started receiving.
+
+use abi::ipc::{FaultNotice, FAULT_LABEL, MAX_PAYLOAD};
+use abi::{CapKind, Error, Rights, NO_CAP};
+
+use super::kernel::Kernel;
+use super::machine::Machine;
+use super::objects::*;
+use super::queue::ThreadId;
+
+/// A syscall's outcome: results now, or `None` when the thread blocked (its result is set
+/// when it wakes); errors carry one extra value for `rdi`.
+pub type SysResult = Result<Option<[u64; 4]>, (Error, u64)>;
+
+pub(crate) fn err(e: Error) -> (Error, u64) {
+    (e, 0)
+}
+
+/// Copies a kernel-held message into a task's buffer. Returns the bytes copied and whether
+/// the message was cut short.
+fn copy_out<M: Machine>(
+    machine: &mut M,
+    tasks: &[Slot<Task<M::Space>>],
+    task: u16,
+    buf: u64,
+    buf_cap: u64,
+    msg: &Message,
+) -> Result<bool, Error> {
+    let n = msg.len.min(buf_cap as usize);
+    let space = &tasks[task as usize].obj.as_ref().expect("live task").space;
+    machine
+        .copy_to_user(space, buf, &msg.data[..n])
+        .map_err(|_| Error::BadPointer)?;
+    Ok(n < msg.len)
+}
+
+impl<M: Machine> Kernel<M> {
+    /// Copies the current thread's outgoing message in from its buffer.
+    fn load_message(
+        &mut self,
+        ep_cap: super::captable::Cap,
+        buf: u64,
+        len: u64,
+        label: u64,
+        grant: u64,
+    ) -> Result<(), (Error, u64)> {
+        if len > MAX_PAYLOAD as u64 {
+            return Err(err(Error::BadLength));
+        }
+        let grant_cap = if grant == NO_CAP {
+            None
+        } else {
+            if !ep_cap.rights.contains(Rights::GRANT) {
+                return Err(err(Error::NoRights));
+            }
+            let g = self.task(self.cur_task()).caps.get(grant).map_err(err)?;
+            if !self.alive(g.obj) {
+                return Err(err(Error::StaleCap));
+            }
+            Some(g)
+        };
+        let c = self.current.expect("current");
+        let ti = self.cur_task();
+        let th = self.threads.0[c as usize].as_mut().expect("live");
+        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        self.machine
+            .copy_from_user(space, buf, &mut th.msg.data[..len as usize])
+            .map_err(|_| err(Error::BadPointer))?;
+        th.msg.len = len as usize;
+        th.msg.label = label;
+        th.msg.grant = grant_cap;
+        th.msg.badge = ep_cap.badge;
+        Ok(())
+    }
+
+    /// Checks and records where the current thread takes its next message.
+    fn set_receive_buffer(&mut self, buf: u64, buf_cap: u64) -> Result<(), (Error, u64)> {
+        let cap = buf_cap.min(MAX_PAYLOAD as u64);
+        let ti = self.cur_task();
+        if !self
+            .machine
+            .user_range_ok(&self.task(ti).space, buf, cap, true)
+        {
+            return Err(err(Error::BadPointer));
+        }
+        let c = self.current.expect("current");
+        let th = self.thread_mut(c);
+        th.buf = buf;
+        th.buf_cap = cap;
+        Ok(())
+    }
+
+    /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its
+    /// capability. Returns `to`'s syscall result.
+    fn transfer(&mut self, from: ThreadId, to: ThreadId) -> Result<[u64; 4], (Error, u64)> {
+        let (to_task, buf, buf_cap) = {
+            let t = self.thread(to);
+            (t.task, t.buf, t.buf_cap)
+        };
+        let msg = &self.threads.0[from as usize].as_ref().expect("live").msg;
+        let (label, len, badge, grant) = (msg.label, msg.len, msg.badge, msg.grant);
+        let cut =
+            copy_out(&mut self.machine, &self.tasks, to_task, buf, buf_cap, msg).map_err(err)?;
+        let got = match grant {
+            Some(g) if self.alive(g.obj) => self.insert_cap(to_task, g).unwrap_or(NO_CAP),
+            _ => NO_CAP,
+        };
+        if cut {
+            return Err((Error::Truncated, len as u64));
+        }
+        Ok([len as u64, label, badge, got])
+    }
+
+    /// Delivers a fault notice to the current thread, which is receiving.
+    fn take_notice(&mut self, notice: FaultNotice, badge: u64) -> SysResult {
+        let c = self.current.expect("current");
+        let (task, buf, buf_cap) = {
+            let t = self.thread(c);
+            (t.task, t.buf, t.buf_cap)
+        };
+        let mut msg = Message::empty();
+        msg.label = FAULT_LABEL;
+        msg.len = FaultNotice::SIZE;
+        msg.data[..FaultNotice::SIZE].copy_from_slice(&notice.to_bytes());
+        let cut =
+            copy_out(&mut self.machine, &self.tasks, task, buf, buf_cap, &msg).map_err(err)?;
+        if cut {
+            return Err((Error::Truncated, FaultNotice::SIZE as u64));
+        }
+        Ok(Some([FaultNotice::SIZE as u64, FAULT_LABEL, badge, NO_CAP]))
+    }
+
+    /// Delivers a kernel-built message (a fault notice) to a thread blocked in `recv`.
+    pub(crate) fn deliver(&mut self, to: ThreadId, msg: &Message) {
+        let (to_task, buf, buf_cap) = {
+            let t = self.thread(to);
+            (t.task, t.buf, t.buf_cap)
+        };
+        let result = match copy_out(&mut self.machine, &self.tasks, to_task, buf, buf_cap, msg) {
+            Ok(false) => (0, [msg.len as u64, msg.label, msg.badge, NO_CAP]),
+            Ok(true) => (Error::Truncated as u64, [msg.len as u64, 0, 0, 0]),
+            Err(e) => (e as u64, [0; 4]),
+        };
+        self.thread_mut(to).regs.set_result(result.0, result.1);
+    }
+
+    /// `call(ep, buf, send_len, buf_cap, label, grant)`.
+    pub(crate) fn sys_call(&mut self, a: [u64; 6]) -> SysResult {
+        self.sys_send_common(a[0], a[1], a[2], Some(a[3]), a[4], a[5])
+    }
+
+    /// `send(ep, buf, len, label, grant)`.
+    pub(crate) fn sys_send(&mut self, a: [u64; 6]) -> SysResult {
+        self.sys_send_common(a[0], a[1], a[2], None, a[3], a[4])
+    }
+
+    fn sys_send_common(
+        &mut self,
+        ep: u64,
+        buf: u64,
+        len: u64,
+        reply_cap: Option<u64>,
+        label: u64,
+        grant: u64,
+    ) -> SysResult {
+        let cap = self.cap(ep, CapKind::Endpoint, Rights::SEND).map_err(err)?;
+        let call = reply_cap.is_some();
+        if let Some(rc) = reply_cap {
+            self.set_receive_buffer(buf, rc)?;
+        }
+        self.load_message(cap, buf, len, label, grant)?;
+        let c = self.current.expect("current");
+        let epi = cap.obj.index;
+        let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+        if e.state == EndpointState::Closed {
+            return Err(err(Error::ServerGone));
+        }
+        let Some(r) = e.receivers.pop_front(&mut self.threads) else {
+            let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+            e.senders.push_back(&mut self.threads, c);
+            self.thread_mut(c).state = ThreadState::BlockedSend { ep: epi, call };
+            return Ok(None);
+        };
+        let result = self.transfer(c, r);
+        self.set_regs(r, result);
+        if call {
+            self.thread_mut(c).state = ThreadState::BlockedReply { server: r, ep: epi };
+            self.set_reply_to(r, c);
+            self.wake_direct(r);
+            Ok(None)
+        } else {
+            self.make_ready(r);
+            Ok(Some([0; 4]))
+        }
+    }
+
+    fn set_regs(&mut self, t: ThreadId, result: Result<[u64; 4], (Error, u64)>) {
+        let regs = &mut self.thread_mut(t).regs;
+        match result {
+            Ok(ret) => regs.set_result(0, ret),
+            Err((e, info)) => regs.set_result(e as u64, [info, 0, 0, 0]),
+        }
+    }
+
+    /// Records that `server` owes `caller` a reply; a caller it still owed one to is told
+    /// the server moved on.
+    fn set_reply_to(&mut self, server: ThreadId, caller: ThreadId) {
+        if let Some(old) = self.thread_mut(server).reply_to.replace(caller) {
+            self.complete(old, Err(err(Error::ServerGone)));
+        }
+    }
+
+    /// `recv(ep, buf, buf_cap)`.
+    pub(crate) fn sys_recv(&mut self, a: [u64; 6]) -> SysResult {
+        let cap = self
+            .cap(a[0], CapKind::Endpoint, Rights::RECV)
+            .map_err(err)?;
+        self.set_receive_buffer(a[1], a[2])?;
+        self.receive(cap.obj.index)
+    }
+
+    /// The receiving half: a pending notice, a queued sender, or block.
+    fn receive(&mut self, epi: u16) -> SysResult {
+        let c = self.current.expect("current");
+        let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+        if let Some((notice, badge)) = e.notices.pop_front() {
+            return self.take_notice(notice, badge);
+        }
+        let Some(s) = e.senders.pop_front(&mut self.threads) else {
+            let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+            e.receivers.push_back(&mut self.threads, c);
+            self.thread_mut(c).state = ThreadState::BlockedRecv { ep: epi };
+            return Ok(None);
+        };
+        let result = self.transfer(s, c);
+        match self.thread(s).state {
+            ThreadState::BlockedSend { call: true, .. } => {
+                self.thread_mut(s).state = ThreadState::BlockedReply { server: c, ep: epi };
+                self.set_reply_to(c, s);
+            }
+            _ => self.complete(s, Ok([0; 4])),
+        }
+        result.map(Some)
+    }
+
+    /// The replying half: copies the reply in and hands it to the caller. Returns the
+    /// caller to wake (the caller of `reply_recv` wakes it after receiving).
+    fn reply_part(
+        &mut self,
+        buf: u64,
+        len: u64,
+        label: u64,
+        grant: u64,
+    ) -> Result<ThreadId, (Error, u64)> {
+        let c = self.current.expect("current");
+        let caller = self.thread(c).reply_to.ok_or(err(Error::NoCaller))?;
+        let reply_ep = super::captable::Cap {
+            obj: super::captable::ObjRef {
+                kind: CapKind::Endpoint,
+                index: 0,
+                generation: 0,
+            },
+            rights: Rights::GRANT,
+            badge: 0,
+        };
+        self.load_message(reply_ep, buf, len, label, grant)?;
+        self.thread_mut(c).reply_to = None;
+        let result = self.transfer(c, caller);
+        self.set_regs(caller, result);
+        Ok(caller)
+    }
+
+    /// `reply(buf, len, label, grant)`.
+    pub(crate) fn sys_reply(&mut self, a: [u64; 6]) -> SysResult {
+        let caller = self.reply_part(a[0], a[1], a[2], a[3])?;
+        self.make_ready(caller);
+        Ok(Some([0; 4]))
+    }
+
+    /// `reply_recv(ep, buf, reply_len, buf_cap, label, grant)`: no caller to answer is not an
+    /// error here (the first call of a server loop, or a caller that died).
+    pub(crate) fn sys_reply_recv(&mut self, a: [u64; 6]) -> SysResult {
+        let cap = self
+            .cap(a[0], CapKind::Endpoint, Rights::RECV)
+            .map_err(err)?;
+        let c = self.current.expect("current");
+        let caller = if self.thread(c).reply_to.is_some() {
+            Some(self.reply_part(a[1], a[2], a[4], a[5])?)
+        } else {
+            None
+        };
+        let received = self
+            .set_receive_buffer(a[1], a[3])
+            .and_then(|()| self.receive(cap.obj.index));
+        if let Some(caller) = caller {
+            // The caller's registers already hold its result.
+            self.wake_direct(caller);
+        }
+        received
+    }
+}

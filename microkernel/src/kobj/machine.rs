@@ -1,0 +1,89 @@
+//! What the kernel object model needs from the machine: address spaces, frames, user-memory
+//! copies, boot modules and the console. The kernel binary implements it over real page
+//! tables (`mm::uspace`); host tests implement it over plain memory.
+
+/// Errors of [`Machine::map`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    /// The page is already mapped.
+    AlreadyMapped,
+    /// No frame for an intermediate page table.
+    NoMemory,
+    /// The address is not a canonical, page-aligned user address.
+    BadAddress,
+}
+
+/// A user buffer that is not mapped with the access a copy needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadUserAddress;
+
+/// Access a user page is mapped with (it is always readable and user-accessible).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PageAccess {
+    pub write: bool,
+    pub exec: bool,
+}
+
+/// The machine under the kernel object model.
+pub trait Machine {
+    /// An address space (the kernel half is shared by all of them).
+    type Space;
+
+    /// A new, empty user address space; `None` when out of memory.
+    fn space_new(&mut self) -> Option<Self::Space>;
+    /// Frees the space's page-table frames (not the frames it maps: memory objects own those).
+    fn space_destroy(&mut self, space: Self::Space);
+    /// Maps one 4 KiB user page.
+    fn map(
+        &mut self,
+        space: &mut Self::Space,
+        va: u64,
+        phys: u64,
+        access: PageAccess,
+    ) -> Result<(), MapError>;
+    /// Unmaps one page; returns the frame it mapped.
+    fn unmap(&mut self, space: &mut Self::Space, va: u64) -> Option<u64>;
+    /// Copies `out.len()` bytes from user address `va`. Fails (copying nothing useful) unless
+    /// every byte is mapped user-readable in `space`.
+    fn copy_from_user(
+        &self,
+        space: &Self::Space,
+        va: u64,
+        out: &mut [u8],
+    ) -> Result<(), BadUserAddress>;
+    /// Whether `[va, va + len)` is mapped user-accessible (and writable if `write`) in `space`.
+    /// Lets the kernel refuse a bad buffer before it commits to a message transfer.
+    /// The default answers by the copy rules alone and should be overridden with a walk.
+    fn user_range_ok(&self, space: &Self::Space, va: u64, len: u64, write: bool) -> bool {
+        let _ = (space, write);
+        va.checked_add(len).is_some_and(|end| {
+            va >= abi::ipc::layout::USER_MIN && end <= abi::ipc::layout::USER_END
+        })
+    }
+    /// Copies `data` to user address `va`. Fails unless every byte is mapped user-writable.
+    fn copy_to_user(
+        &mut self,
+        space: &Self::Space,
+        va: u64,
+        data: &[u8],
+    ) -> Result<(), BadUserAddress>;
+
+    /// `pages` zeroed, physically contiguous frames; returns the physical base.
+    fn frames_alloc(&mut self, pages: u64) -> Option<u64>;
+    /// Returns frames from [`Machine::frames_alloc`].
+    fn frames_free(&mut self, phys: u64, pages: u64);
+    /// Writes bytes into physical memory (loading ELF segments into fresh frames).
+    fn write_phys(&mut self, phys: u64, data: &[u8]);
+
+    /// Boot module `index`: its command line (name and arguments) and its bytes.
+    fn module(&self, index: usize) -> Option<(&str, &[u8])>;
+    /// Number of boot modules.
+    fn module_count(&self) -> usize;
+    /// The kernel command line.
+    fn cmdline(&self) -> &str;
+
+    /// Writes a task's console output (the kernel prefixes it with the task's name).
+    fn console_write(&mut self, task: &str, bytes: &[u8]);
+    /// Timer ticks since boot and the tick rate.
+    fn clock(&self) -> (u64, u64);
+}

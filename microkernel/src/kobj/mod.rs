@@ -1,0 +1,18 @@
+//! The kernel object model: tasks, threads, capabilities, endpoints, notifications, memory
+//! objects and the scheduler, as plain data over a [`machine::Machine`]. The kernel binary
+//! drives it from its entry points; host tests drive it with a model machine.
+
+pub mod captable;
+pub mod image;
+mod ipc;
+pub mod kernel;
+pub mod machine;
+pub mod objects;
+pub mod queue;
+pub mod regs;
+mod syscalls;
+
+pub use kernel::{Kernel, Next};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! The kernel objects: threads, tasks, endpoints, notifications and memory objects, and the
+//! generation-checked slots they live in.
+
+use abi::ipc::{FaultNotice, MAX_PAYLOAD};
+use heapless::{Deque, String};
+
+use super::captable::{Cap, CapTable, ObjRef};
+use super::queue::{Links, Queue, ThreadId};
+use super::regs::UserRegs;
+
+pub const MAX_TASKS: usize = 16;
+pub const MAX_THREADS: usize = 48;
+pub const MAX_ENDPOINTS: usize = 48;
+pub const MAX_NOTIFICATIONS: usize = 32;
+pub const MAX_MEMORY: usize = 128;
+/// Mappings one task may hold (image segments, stack, mapped memory objects).
+pub const MAX_MAPPINGS: usize = 24;
+/// Fault notices an endpoint holds while nobody receives.
+pub const MAX_PENDING_NOTICES: usize = 8;
+
+/// A slot of an object table: the object, if any, and the generation that capabilities
+/// must name to reach it.
+#[derive(Debug)]
+pub struct Slot<T> {
+    pub generation: u32,
+    pub obj: Option<T>,
+}
+
+impl<T> Slot<T> {
+    pub const fn empty() -> Self {
+        Slot {
+            generation: 1,
+            obj: None,
+        }
+    }
+}
+
+/// Finds a free slot, fills it, returns (index, generation).
+pub fn slot_insert<T>(slots: &mut [Slot<T>], obj: T) -> Option<(u16, u32)> {
+    let i = slots.iter().position(|s| s.obj.is_none())?;
+    slots[i].obj = Some(obj);
+    Some((i as u16, slots[i].generation))
+}
+
+/// Empties a slot and moves its generation on, so capabilities to the old object go stale.
+pub fn slot_remove<T>(slots: &mut [Slot<T>], index: u16) -> Option<T> {
+    let s = slots.get_mut(index as usize)?;
+    let obj = s.obj.take();
+    if obj.is_some() {
+        s.generation = s.generation.wrapping_add(1).max(1);
+    }
+    obj
+}
+
+/// The live object an [`ObjRef`] names.
+pub fn slot_get<T>(slots: &[Slot<T>], r: ObjRef) -> Option<&T> {
+    let s = slots.get(r.index as usize)?;
+    if s.generation != r.generation {
+        return None;
+    }
+    s.obj.as_ref()
+}
+
+pub fn slot_get_mut<T>(slots: &mut [Slot<T>], r: ObjRef) -> Option<&mut T> {
+    let s = slots.get_mut(r.index as usize)?;
+    if s.generation != r.generation {
+        return None;
+    }
+    s.obj.as_mut()
+}
+
+/// A message held by the kernel between a send and its delivery.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub label: u64,
+    pub len: usize,
+    pub data: [u8; MAX_PAYLOAD],
+    /// A capability travelling with the message.
+    pub grant: Option<Cap>,
+    /// The badge of the capability it was sent through.
+    pub badge: u64,
+}
+
+impl Message {
+    pub const fn empty() -> Self {
+        Message {
+            label: 0,
+            len: 0,
+            data: [0; MAX_PAYLOAD],
+            grant: None,
+            badge: 0,
+        }
+    }
+}
+
+/// What a thread is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadState {
+    /// Created, not started.
+    Suspended,
+    /// Running or in the run queue.
+    Ready,
+    /// In endpoint `ep`'s sender queue with its message; `call` waits for a reply after.
+    BlockedSend { ep: u16, call: bool },
+    /// In endpoint `ep`'s receiver queue.
+    BlockedRecv { ep: u16 },
+    /// Waiting for `server`'s reply to a call made on endpoint `ep`.
+    BlockedReply { server: ThreadId, ep: u16 },
+    /// In notification `ntfn`'s waiter queue.
+    BlockedWait { ntfn: u16 },
+    /// Until the tick count reaches `until`.
+    Sleeping { until: u64 },
+}
+
+#[derive(Debug)]
+pub struct Thread {
+    pub task: u16,
+    pub prio: u8,
+    pub state: ThreadState,
+    pub links: Links,
+    pub regs: UserRegs,
+    /// The outgoing message while blocked sending.
+    pub msg: Message,
+    /// The caller waiting for this thread's reply.
+    pub reply_to: Option<ThreadId>,
+    /// Where an incoming message or reply goes.
+    pub buf: u64,
+    pub buf_cap: u64,
+}
+
+/// A mapping of a memory object into a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub va: u64,
+    pub pages: u64,
+    pub mem: ObjRef,
+}
+
+#[derive(Debug)]
+pub struct Task<S> {
+    pub name: String<16>,
+    pub generation: u64,
+    pub space: S,
+    pub caps: CapTable,
+    pub prio: u8,
+    /// Where fault and exit notices of this task go.
+    pub fault_ep: Option<Cap>,
+    pub mappings: [Option<Mapping>; MAX_MAPPINGS],
+    pub threads: u16,
+    pub main_thread: ThreadId,
+}
+
+/// Serving state of an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    /// Served (or never bound to a server task).
+    Open,
+    /// Its server died; a new one is expected (callers queue up meanwhile).
+    Restarting,
+    /// No server will come back: callers get `ServerGone`.
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub senders: Queue,
+    pub receivers: Queue,
+    /// The task serving it, as (task index, task slot generation).
+    pub server: Option<(u16, u32)>,
+    /// The generation of the server incarnation (the task's generation at bind time).
+    pub generation: u64,
+    pub state: EndpointState,
+    pub notices: Deque<(FaultNotice, u64), MAX_PENDING_NOTICES>,
+    /// Capabilities naming it.
+    pub refs: u32,
+}
+
+#[derive(Debug)]
+pub struct Notification {
+    pub bits: u64,
+    pub waiters: Queue,
+    pub refs: u32,
+}
+
+#[derive(Debug)]
+pub struct Memory {
+    pub phys: u64,
+    pub pages: u64,
+    /// Capabilities and mappings naming it; the frames are freed at zero.
+    pub refs: u32,
+}

@@ -1,0 +1,515 @@
+//! Syscall entry: decoding and every syscall except the endpoint ones (`ipc.rs`).
+
+use abi::ipc::layout::{USER_END, USER_MIN};
+use abi::ipc::{FAULT_EXIT, FAULT_PANIC};
+use abi::{CapKind, Error, Rights, Sys, NO_CAP};
+
+use super::captable::{Cap, ObjRef};
+use super::ipc::{err, SysResult};
+use super::kernel::{Death, Kernel, Next};
+use super::machine::{Machine, PageAccess};
+use super::objects::*;
+use super::queue::PRIORITIES;
+use super::regs::UserRegs;
+
+/// Threads one task may have.
+pub const MAX_THREADS_PER_TASK: u16 = 8;
+/// Longest `DebugWrite`.
+pub const MAX_DEBUG_WRITE: u64 = 4096;
+
+fn user_addr(va: u64) -> bool {
+    (USER_MIN..USER_END).contains(&va)
+}
+
+impl<M: Machine> Kernel<M> {
+    /// A `syscall` from the current thread, whose registers are `regs`.
+    pub fn on_syscall(&mut self, regs: &UserRegs) -> Next {
+        let Some(c) = self.current else {
+            return self.schedule();
+        };
+        self.thread_mut(c).regs = *regs;
+        let (n, a) = regs.syscall_args();
+        let result = match Sys::from_u64(n) {
+            Some(sys) => self.dispatch(sys, a),
+            None => Err(err(Error::UnknownSyscall)),
+        };
+        let alive = self.threads.0[c as usize].is_some();
+        match result {
+            Ok(Some(ret)) if alive => self.thread_mut(c).regs.set_result(0, ret),
+            Err((e, info)) if alive => self
+                .thread_mut(c)
+                .regs
+                .set_result(e as u64, [info, 0, 0, 0]),
+            _ => {}
+        }
+        self.schedule()
+    }
+
+    fn dispatch(&mut self, sys: Sys, a: [u64; 6]) -> SysResult {
+        match sys {
+            Sys::DebugWrite => self.sys_debug_write(a[0], a[1]),
+            Sys::TaskExit => {
+                self.fault_current(FAULT_EXIT, a[0], 0);
+                Ok(None)
+            }
+            Sys::Panic => self.sys_panic(a[0], a[1]),
+            Sys::Yield => {
+                self.rotate = true;
+                Ok(Some([0; 4]))
+            }
+            Sys::Clock => {
+                let (ticks, hz) = self.machine.clock();
+                Ok(Some([ticks, hz, 0, 0]))
+            }
+            Sys::Sleep => self.sys_sleep(a[0]),
+            Sys::ThreadCreate => self.sys_thread_create(a),
+            Sys::ThreadExit => self.sys_thread_exit(),
+            Sys::Call => self.sys_call(a),
+            Sys::Send => self.sys_send(a),
+            Sys::Recv => self.sys_recv(a),
+            Sys::Reply => self.sys_reply(a),
+            Sys::ReplyRecv => self.sys_reply_recv(a),
+            Sys::EndpointCreate => self.sys_endpoint_create(),
+            Sys::NotificationCreate => self.sys_notification_create(),
+            Sys::Signal => self.sys_signal(a[0], a[1]),
+            Sys::Wait => self.sys_wait(a[0], true),
+            Sys::Poll => self.sys_wait(a[0], false),
+            Sys::MemAlloc => self.sys_mem_alloc(a[0]),
+            Sys::MemMap => self.sys_mem_map(a[0], a[1], a[2]),
+            Sys::MemUnmap => self.sys_mem_unmap(a[0], a[1]),
+            Sys::MemInfo => {
+                let cap = self
+                    .cap(a[0], CapKind::Memory, Rights::empty())
+                    .map_err(err)?;
+                let m = slot_get(&self.memory, cap.obj).ok_or(err(Error::StaleCap))?;
+                Ok(Some([m.pages, m.phys, 0, 0]))
+            }
+            Sys::CapCopy => self.sys_cap_copy(a[0], a[1], a[2]),
+            Sys::CapDelete => {
+                let ti = self.cur_task();
+                let cap = self.task_mut(ti).caps.remove(a[0]).map_err(err)?;
+                self.release(cap.obj);
+                Ok(Some([0; 4]))
+            }
+            Sys::CapRevoke => self.sys_cap_revoke(a[0]),
+            Sys::CapInfo => {
+                let cap = self.task(self.cur_task()).caps.get(a[0]).map_err(err)?;
+                if !self.alive(cap.obj) {
+                    return Err(err(Error::StaleCap));
+                }
+                Ok(Some([cap.obj.kind as u64, cap.rights.bits(), cap.badge, 0]))
+            }
+            Sys::TaskSpawn => self.sys_task_spawn(a),
+            Sys::TaskGrant => self.sys_task_grant(a[0], a[1], a[2]),
+            Sys::TaskStart => self.sys_task_start(a[0], a[1]),
+            Sys::TaskKill => {
+                let cap = self.cap(a[0], CapKind::Task, Rights::WRITE).map_err(err)?;
+                self.end_task(cap.obj.index, Death::Killed);
+                Ok(Some([0; 4]))
+            }
+            Sys::EndpointBind => self.sys_endpoint_bind(a[0], a[1]),
+            Sys::EndpointClose => self.sys_endpoint_close(a[0]),
+            Sys::ModuleInfo => self.sys_module_info(a[0], a[1], a[2]),
+            Sys::MachineExit => {
+                self.cap(a[0], CapKind::Machine, Rights::empty())
+                    .map_err(err)?;
+                self.exit_code = Some(a[1] as u32);
+                Ok(Some([0; 4]))
+            }
+            Sys::KernelCmdline => {
+                let mut tmp = [0u8; 256];
+                let line = self.machine.cmdline().as_bytes();
+                let n = line.len().min(tmp.len());
+                tmp[..n].copy_from_slice(&line[..n]);
+                self.copy_to_current(a[0], a[1], &tmp[..n])?;
+                Ok(Some([n as u64, 0, 0, 0]))
+            }
+        }
+    }
+
+    /// Copies `data` to the current task at `buf` (capacity `cap`): `BadLength` if it does
+    /// not fit, `BadPointer` if the buffer is not writable.
+    fn copy_to_current(&mut self, buf: u64, cap: u64, data: &[u8]) -> Result<(), (Error, u64)> {
+        if (data.len() as u64) > cap {
+            return Err((Error::BadLength, data.len() as u64));
+        }
+        let ti = self.cur_task();
+        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        self.machine
+            .copy_to_user(space, buf, data)
+            .map_err(|_| err(Error::BadPointer))
+    }
+
+    fn sys_debug_write(&mut self, ptr: u64, len: u64) -> SysResult {
+        if len > MAX_DEBUG_WRITE {
+            return Err(err(Error::BadLength));
+        }
+        let ti = self.cur_task();
+        let space = &self.task(ti).space;
+        if !self.machine.user_range_ok(space, ptr, len, false) {
+            return Err(err(Error::BadPointer));
+        }
+        let name = self.task(ti).name.clone();
+        let mut chunk = [0u8; 256];
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(chunk.len() as u64) as usize;
+            let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+            self.machine
+                .copy_from_user(space, ptr + off, &mut chunk[..n])
+                .map_err(|_| err(Error::BadPointer))?;
+            self.machine.console_write(&name, &chunk[..n]);
+            off += n as u64;
+        }
+        Ok(Some([len, 0, 0, 0]))
+    }
+
+    fn sys_panic(&mut self, ptr: u64, len: u64) -> SysResult {
+        let ti = self.cur_task();
+        let mut text = [0u8; 200];
+        let n = len.min(text.len() as u64) as usize;
+        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        let got = self
+            .machine
+            .copy_from_user(space, ptr, &mut text[..n])
+            .is_ok();
+        let name = self.task(ti).name.clone();
+        self.machine.console_write(&name, b"panic: ");
+        if got {
+            self.machine.console_write(&name, &text[..n]);
+        } else {
+            self.machine
+                .console_write(&name, b"(message at a bad address)");
+        }
+        self.machine.console_write(&name, b"\n");
+        let rip = self.thread(self.current.expect("current")).regs.rip;
+        self.fault_current(FAULT_PANIC, 0, rip);
+        Ok(None)
+    }
+
+    fn sys_sleep(&mut self, ticks: u64) -> SysResult {
+        if ticks == 0 {
+            self.rotate = true;
+            return Ok(Some([0; 4]));
+        }
+        let now = self.machine.clock().0;
+        let c = self.current.expect("current");
+        self.thread_mut(c).state = ThreadState::Sleeping {
+            until: now.saturating_add(ticks),
+        };
+        Ok(None)
+    }
+
+    fn sys_thread_create(&mut self, a: [u64; 6]) -> SysResult {
+        let (entry, stack_top, arg, prio) = (a[0], a[1], a[2], a[3]);
+        let ti = self.cur_task();
+        if !user_addr(entry) || !user_addr(stack_top.wrapping_sub(8)) || stack_top % 16 != 0 {
+            return Err(err(Error::InvalidArgument));
+        }
+        if prio >= PRIORITIES as u64 || prio > self.task(ti).prio as u64 {
+            return Err(err(Error::InvalidArgument));
+        }
+        if self.task(ti).threads >= MAX_THREADS_PER_TASK {
+            return Err(err(Error::NoMemory));
+        }
+        let regs = UserRegs::new_thread(entry, stack_top, arg);
+        let t = self
+            .new_thread(ti, regs, prio as u8)
+            .ok_or(err(Error::NoMemory))?;
+        self.make_ready(t);
+        Ok(Some([t as u64, 0, 0, 0]))
+    }
+
+    fn sys_thread_exit(&mut self) -> SysResult {
+        let ti = self.cur_task();
+        if self.task(ti).threads <= 1 {
+            self.fault_current(FAULT_EXIT, 0, 0);
+            return Ok(None);
+        }
+        let c = self.current.expect("current");
+        self.end_thread(c);
+        Ok(None)
+    }
+
+    fn new_cap_for_current(&mut self, obj: ObjRef) -> Result<u64, (Error, u64)> {
+        let ti = self.cur_task();
+        let cap = Cap {
+            obj,
+            rights: Rights::all(),
+            badge: 0,
+        };
+        match self.insert_cap(ti, cap) {
+            Ok(slot) => Ok(slot),
+            Err(e) => {
+                self.destroy(obj);
+                Err(err(e))
+            }
+        }
+    }
+
+    fn sys_endpoint_create(&mut self) -> SysResult {
+        let (index, generation) = slot_insert(
+            &mut self.endpoints,
+            Endpoint {
+                senders: Default::default(),
+                receivers: Default::default(),
+                server: None,
+                generation: 0,
+                state: EndpointState::Open,
+                notices: heapless::Deque::new(),
+                refs: 0,
+            },
+        )
+        .ok_or(err(Error::NoMemory))?;
+        let obj = ObjRef {
+            kind: CapKind::Endpoint,
+            index,
+            generation,
+        };
+        Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
+    }
+
+    fn sys_notification_create(&mut self) -> SysResult {
+        let (index, generation) = slot_insert(
+            &mut self.notifications,
+            Notification {
+                bits: 0,
+                waiters: Default::default(),
+                refs: 0,
+            },
+        )
+        .ok_or(err(Error::NoMemory))?;
+        let obj = ObjRef {
+            kind: CapKind::Notification,
+            index,
+            generation,
+        };
+        Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
+    }
+
+    fn sys_signal(&mut self, slot: u64, bits: u64) -> SysResult {
+        let cap = self
+            .cap(slot, CapKind::Notification, Rights::WRITE)
+            .map_err(err)?;
+        let n = slot_get_mut(&mut self.notifications, cap.obj).expect("alive");
+        n.bits |= bits;
+        if n.bits != 0 {
+            if let Some(w) = n.waiters.pop_front(&mut self.threads) {
+                let n = slot_get_mut(&mut self.notifications, cap.obj).expect("alive");
+                let got = core::mem::take(&mut n.bits);
+                self.complete(w, Ok([got, 0, 0, 0]));
+            }
+        }
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_wait(&mut self, slot: u64, block: bool) -> SysResult {
+        let cap = self
+            .cap(slot, CapKind::Notification, Rights::READ)
+            .map_err(err)?;
+        let n = slot_get_mut(&mut self.notifications, cap.obj).expect("alive");
+        let bits = core::mem::take(&mut n.bits);
+        if bits != 0 || !block {
+            return Ok(Some([bits, 0, 0, 0]));
+        }
+        let c = self.current.expect("current");
+        n.waiters.push_back(&mut self.threads, c);
+        self.thread_mut(c).state = ThreadState::BlockedWait {
+            ntfn: cap.obj.index,
+        };
+        Ok(None)
+    }
+
+    fn sys_mem_alloc(&mut self, pages: u64) -> SysResult {
+        let obj = self.new_memory(pages).map_err(err)?;
+        Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
+    }
+
+    fn sys_mem_map(&mut self, slot: u64, va: u64, rights: u64) -> SysResult {
+        let want = Rights::from_bits(rights).ok_or(err(Error::InvalidArgument))?;
+        let map_rights = Rights::READ | Rights::WRITE | Rights::EXEC;
+        if !map_rights.contains(want)
+            || !want.contains(Rights::READ)
+            || want.contains(Rights::WRITE | Rights::EXEC)
+        {
+            return Err(err(Error::InvalidArgument));
+        }
+        let cap = self.cap(slot, CapKind::Memory, want).map_err(err)?;
+        let access = PageAccess {
+            write: want.contains(Rights::WRITE),
+            exec: want.contains(Rights::EXEC),
+        };
+        let ti = self.cur_task();
+        self.map_memory(ti, cap.obj, va, access).map_err(err)?;
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_mem_unmap(&mut self, slot: u64, va: u64) -> SysResult {
+        let cap = self
+            .cap(slot, CapKind::Memory, Rights::empty())
+            .map_err(err)?;
+        let ti = self.cur_task();
+        let found = self
+            .task(ti)
+            .mappings
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| m.filter(|m| m.va == va && m.mem == cap.obj).map(|m| (i, m)));
+        let (mi, m) = found.ok_or(err(Error::InvalidArgument))?;
+        self.unmap_mapping(ti, mi, m, true);
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_cap_copy(&mut self, slot: u64, rights: u64, badge: u64) -> SysResult {
+        let ti = self.cur_task();
+        let mut cap = self.task(ti).caps.get(slot).map_err(err)?;
+        if !self.alive(cap.obj) {
+            return Err(err(Error::StaleCap));
+        }
+        if matches!(cap.obj.kind, CapKind::Spawn | CapKind::Machine) {
+            return Err(err(Error::WrongCapKind));
+        }
+        cap.rights &= Rights::from_bits_truncate(rights);
+        if cap.obj.kind == CapKind::Endpoint && cap.badge == 0 {
+            cap.badge = badge;
+        }
+        Ok(Some([self.insert_cap(ti, cap).map_err(err)?, 0, 0, 0]))
+    }
+
+    fn sys_cap_revoke(&mut self, slot: u64) -> SysResult {
+        let ti = self.cur_task();
+        let cap = self.task(ti).caps.get(slot).map_err(err)?;
+        if !cap.rights.contains(Rights::REVOKE) {
+            return Err(err(Error::NoRights));
+        }
+        if matches!(cap.obj.kind, CapKind::Spawn | CapKind::Machine) {
+            return Err(err(Error::WrongCapKind));
+        }
+        if !self.alive(cap.obj) {
+            return Err(err(Error::StaleCap));
+        }
+        let own_task = cap.obj.kind == CapKind::Task && cap.obj.index == ti;
+        if !own_task {
+            let _ = self.task_mut(ti).caps.remove(slot);
+        }
+        self.destroy(cap.obj);
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_task_spawn(&mut self, a: [u64; 6]) -> SysResult {
+        let (module, generation, prio, fault_slot, spawn_slot) = (a[0], a[1], a[2], a[3], a[4]);
+        self.cap(spawn_slot, CapKind::Spawn, Rights::empty())
+            .map_err(err)?;
+        let fault_ep = if fault_slot == NO_CAP {
+            None
+        } else {
+            Some(
+                self.cap(fault_slot, CapKind::Endpoint, Rights::SEND)
+                    .map_err(err)?,
+            )
+        };
+        let ti = self.cur_task();
+        if prio > self.task(ti).prio as u64 {
+            return Err(err(Error::InvalidArgument));
+        }
+        let module = usize::try_from(module).map_err(|_| err(Error::InvalidArgument))?;
+        let new = self
+            .spawn(module, generation, prio as u8, fault_ep)
+            .map_err(err)?;
+        let obj = ObjRef {
+            kind: CapKind::Task,
+            index: new,
+            generation: self.tasks[new as usize].generation,
+        };
+        let cap = Cap {
+            obj,
+            rights: Rights::all(),
+            badge: 0,
+        };
+        match self.insert_cap(ti, cap) {
+            Ok(slot) => Ok(Some([slot, 0, 0, 0])),
+            Err(e) => {
+                self.end_task(new, Death::Killed);
+                Err(err(e))
+            }
+        }
+    }
+
+    fn sys_task_grant(&mut self, task: u64, slot: u64, rights: u64) -> SysResult {
+        let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
+        let ti = self.cur_task();
+        let mut cap = self.task(ti).caps.get(slot).map_err(err)?;
+        if !self.alive(cap.obj) {
+            return Err(err(Error::StaleCap));
+        }
+        cap.rights &= Rights::from_bits_truncate(rights);
+        let got = self.insert_cap(tcap.obj.index, cap).map_err(err)?;
+        Ok(Some([got, 0, 0, 0]))
+    }
+
+    fn sys_task_start(&mut self, task: u64, arg: u64) -> SysResult {
+        let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
+        let t = self.task(tcap.obj.index).main_thread;
+        if self.thread(t).state != ThreadState::Suspended {
+            return Err(err(Error::InvalidArgument));
+        }
+        self.thread_mut(t).regs.rdi = arg;
+        self.make_ready(t);
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_endpoint_bind(&mut self, ep: u64, task: u64) -> SysResult {
+        let ecap = self
+            .cap(ep, CapKind::Endpoint, Rights::REVOKE)
+            .map_err(err)?;
+        let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
+        let generation = self.task(tcap.obj.index).generation;
+        let e = slot_get_mut(&mut self.endpoints, ecap.obj).expect("alive");
+        e.server = Some((tcap.obj.index, tcap.obj.generation));
+        e.generation = generation;
+        e.state = EndpointState::Open;
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_endpoint_close(&mut self, ep: u64) -> SysResult {
+        let ecap = self
+            .cap(ep, CapKind::Endpoint, Rights::REVOKE)
+            .map_err(err)?;
+        let e = slot_get_mut(&mut self.endpoints, ecap.obj).expect("alive");
+        e.state = EndpointState::Closed;
+        e.server = None;
+        loop {
+            let e = slot_get_mut(&mut self.endpoints, ecap.obj).expect("alive");
+            match e.senders.pop_front(&mut self.threads) {
+                Some(s) => self.complete(s, Err(err(Error::ServerGone))),
+                None => break,
+            }
+        }
+        Ok(Some([0; 4]))
+    }
+
+    fn sys_module_info(&mut self, index: u64, buf: u64, cap: u64) -> SysResult {
+        let count = self.machine.module_count() as u64;
+        let i = usize::try_from(index).map_err(|_| err(Error::InvalidArgument))?;
+        let (name, size) = {
+            let (name, bytes) = self.machine.module(i).ok_or(err(Error::InvalidArgument))?;
+            let mut tmp: heapless::Vec<u8, 128> = heapless::Vec::new();
+            let n = name.len().min(128);
+            let _ = tmp.extend_from_slice(&name.as_bytes()[..n]);
+            (tmp, bytes.len() as u64)
+        };
+        self.copy_to_current(buf, cap, &name)?;
+        Ok(Some([name.len() as u64, size, count, 0]))
+    }
+
+    /// Ends one thread of a task that keeps others.
+    fn end_thread(&mut self, t: super::queue::ThreadId) {
+        let ti = self.thread(t).task;
+        self.detach(t, ti);
+        self.threads.0[t as usize] = None;
+        self.task_mut(ti).threads -= 1;
+        if self.current == Some(t) {
+            self.current = None;
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! Host tests of the object model over a model machine: page maps in a `BTreeMap`, physical
+//! memory in a `HashMap`, and syscalls issued as register files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::string::String;
+use std::vec::Vec;
+
+use abi::ipc::{FaultNotice, FAULT_LABEL};
+use abi::{CapKind, Error, Rights, Sys, NO_CAP};
+use elf::abi::{PF_R, PF_W, PF_X};
+use proptest::prelude::*;
+
+use super::image::build_test_elf;
+use super::kernel::{Kernel, Next};
+use super::machine::{BadUserAddress, Machine, MapError, PageAccess};
+use super::queue::ThreadId;
+use super::regs::UserRegs;
+use crate::PAGE_SIZE;
+
+#[derive(Default)]
+struct Model {
+    phys: HashMap<u64, Vec<u8>>,
+    next_frame: u64,
+    modules: Vec<(String, Vec<u8>)>,
+    console: String,
+    ticks: u64,
+    spaces_live: i64,
+    frames_live: i64,
+}
+
+type Space = BTreeMap<u64, (u64, PageAccess)>;
+
+impl Model {
+    fn byte(&mut self, pa: u64) -> &mut u8 {
+        let frame = self
+            .phys
+            .entry(pa & !(PAGE_SIZE - 1))
+            .or_insert_with(|| vec![0; PAGE_SIZE as usize]);
+        &mut frame[(pa % PAGE_SIZE) as usize]
+    }
+}
+
+impl Machine for Model {
+    type Space = Space;
+    fn space_new(&mut self) -> Option<Space> {
+        self.spaces_live += 1;
+        Some(BTreeMap::new())
+    }
+    fn space_destroy(&mut self, space: Space) {
+        assert!(space.is_empty(), "mappings left in a destroyed space");
+        self.spaces_live -= 1;
+    }
+    fn map(
+        &mut self,
+        s: &mut Space,
+        va: u64,
+        phys: u64,
+        access: PageAccess,
+    ) -> Result<(), MapError> {
+        if !va.is_multiple_of(PAGE_SIZE) || va >= abi::ipc::layout::USER_END {
+            return Err(MapError::BadAddress);
+        }
+        if s.contains_key(&va) {
+            return Err(MapError::AlreadyMapped);
+        }
+        s.insert(va, (phys, access));
+        Ok(())
+    }
+    fn unmap(&mut self, s: &mut Space, va: u64) -> Option<u64> {
+        s.remove(&va).map(|(p, _)| p)
+    }
+    fn copy_from_user(&self, s: &Space, va: u64, out: &mut [u8]) -> Result<(), BadUserAddress> {
+        for (i, b) in out.iter_mut().enumerate() {
+            let a = va.checked_add(i as u64).ok_or(BadUserAddress)?;
+            let (p, _) = s.get(&(a & !(PAGE_SIZE - 1))).ok_or(BadUserAddress)?;
+            let pa = p + a % PAGE_SIZE;
+            *b = self
+                .phys
+                .get(&(pa & !(PAGE_SIZE - 1)))
+                .map_or(0, |f| f[(pa % PAGE_SIZE) as usize]);
+        }
+        Ok(())
+    }
+    fn copy_to_user(&mut self, s: &Space, va: u64, data: &[u8]) -> Result<(), BadUserAddress> {
+        if !self.user_range_ok(s, va, data.len() as u64, true) {
+            return Err(BadUserAddress);
+        }
+        for (i, b) in data.iter().enumerate() {
+            let a = va + i as u64;
+            let (p, _) = s[&(a & !(PAGE_SIZE - 1))];
+            *self.byte(p + a % PAGE_SIZE) = *b;
+        }
+        Ok(())
+    }
+    fn user_range_ok(&self, s: &Space, va: u64, len: u64, write: bool) -> bool {
+        let Some(end) = va.checked_add(len) else {
+            return false;
+        };
+        let mut page = va & !(PAGE_SIZE - 1);
+        while page < end {
+            match s.get(&page) {
+                Some((_, acc)) if acc.write || !write => {}
+                _ => return false,
+            }
+            page += PAGE_SIZE;
+        }
+        true
+    }
+    fn frames_alloc(&mut self, pages: u64) -> Option<u64> {
+        if self.frames_live + pages as i64 > 4096 {
+            return None;
+        }
+        self.next_frame += pages * PAGE_SIZE;
+        self.frames_live += pages as i64;
+        Some(0x1000_0000 + self.next_frame)
+    }
+    fn frames_free(&mut self, _phys: u64, pages: u64) {
+        self.frames_live -= pages as i64;
+    }
+    fn write_phys(&mut self, phys: u64, data: &[u8]) {
+        for (i, b) in data.iter().enumerate() {
+            *self.byte(phys + i as u64) = *b;
+        }
+    }
+    fn module(&self, index: usize) -> Option<(&str, &[u8])> {
+        self.modules
+            .get(index)
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+    }
+    fn module_count(&self) -> usize {
+        self.modules.len()
+    }
+    fn cmdline(&self) -> &str {
+        "scenario=ipc"
+    }
+    fn console_write(&mut self, task: &str, bytes: &[u8]) {
+        self.console
+            .push_str(&format!("[{task}] {}", String::from_utf8_lossy(bytes)));
+    }
+    fn clock(&self) -> (u64, u64) {
+        (self.ticks, 100)
+    }
+}
+
+/// Data page every test image has (writable), where tests put buffers.
+const DATA: u64 = 0x50_0000;
+
+fn image() -> Vec<u8> {
+    build_test_elf(
+        0x40_0000,
+        &[
+            (0x40_0000, PF_R | PF_X, &[0x90; 16]),
+            (DATA, PF_R | PF_W, &[0; 8192]),
+        ],
+    )
+}
+
+fn kernel(modules: &[&str]) -> Kernel<Model> {
+    let mut m = Model::default();
+    for name in modules {
+        m.modules.push((name.to_string(), image()));
+    }
+    m.modules.push(("broken".into(), b"not an elf".to_vec()));
+    Kernel::new(m)
+}
+
+/// Issues a syscall from the current thread; returns the kernel's choice and the caller's
+/// registers afterwards (meaningful when it did not block).
+fn sys(k: &mut Kernel<Model>, n: Sys, args: [u64; 6]) -> (Next, UserRegs) {
+    let t = k.current.expect("a current thread");
+    let mut regs = k.thread(t).regs;
+    regs.rax = n as u64;
+    [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = args;
+    let next = k.on_syscall(&regs);
+    let after = k.threads.0[t as usize].as_ref().map_or(regs, |th| th.regs);
+    (next, after)
+}
+
+fn ok(r: &UserRegs) -> u64 {
+    assert_eq!(Error::check(r.rax), Ok(()), "syscall failed: {r:?}");
+    r.rdi
+}
+
+fn status(r: &UserRegs) -> Result<(), Error> {
+    Error::check(r.rax)
+}
+
+fn write_user(k: &mut Kernel<Model>, t: ThreadId, va: u64, data: &[u8]) {
+    let ti = k.thread(t).task;
+    let space = k.task(ti).space.clone();
+    k.machine.copy_to_user(&space, va, data).unwrap();
+}
+
+fn read_user(k: &Kernel<Model>, t: ThreadId, va: u64, len: usize) -> Vec<u8> {
+    let ti = k.thread(t).task;
+    let mut out = vec![0; len];
+    k.machine
+        .copy_from_user(&k.task(ti).space, va, &mut out)
+        .unwrap();
+    out
+}
+
+/// Boots: init (supervisor) from module 0 runs; returns its thread.
+fn boot(k: &mut Kernel<Model>) -> ThreadId {
+    k.start_init(0).unwrap();
+    match k.schedule() {
+        Next::User(t) => t,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Init spawns module `m` with an endpoint cap granted; returns (task cap slot in init).
+fn spawn_with(k: &mut Kernel<Model>, m: u64, grant: &[(u64, Rights)], fault_ep: u64) -> u64 {
+    let (_, r) = sys(
+        k,
+        Sys::TaskSpawn,
+        [m, 1, 5, fault_ep, abi::cap::slot::SPAWN, 0],
+    );
+    let task = ok(&r);
+    for (slot, rights) in grant {
+        let (_, r) = sys(k, Sys::TaskGrant, [task, *slot, rights.bits(), 0, 0, 0]);
+        ok(&r);
+    }
+    task
+}
+
+#[test]
+fn init_writes_to_the_console_and_bad_pointers_fail() {
+    let mut k = kernel(&["supervisor"]);
+    let t = boot(&mut k);
+    write_user(&mut k, t, DATA, b"hello\n");
+    let (_, r) = sys(&mut k, Sys::DebugWrite, [DATA, 6, 0, 0, 0, 0]);
+    assert_eq!(ok(&r), 6);
+    assert_eq!(k.machine.console, "[supervisor] hello\n");
+    for bad in [0, 0x1000, 0xffff_8000_0000_0000, u64::MAX - 2, DATA + 8190] {
+        let (_, r) = sys(&mut k, Sys::DebugWrite, [bad, 6, 0, 0, 0, 0]);
+        assert_eq!(status(&r), Err(Error::BadPointer), "{bad:#x}");
+    }
+    let (_, r) = sys(&mut k, Sys::DebugWrite, [DATA, 1 << 20, 0, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::BadLength));
+    let (_, r) = sys(&mut k, Sys::DebugWrite, [DATA, 0, 0, 0, 0, 0]);
+    assert_eq!(ok(&r), 0);
+    let (_, r) = sys(&mut k, Sys::DebugWrite, [0, 0, 0, 0, 0, 0]);
+    assert_eq!(ok(&r), 0, "an empty write needs no buffer");
+    let mut regs = k.thread(t).regs;
+    regs.rax = 9999;
+    k.on_syscall(&regs);
+    assert_eq!(status(&k.thread(t).regs), Err(Error::UnknownSyscall));
+}
+
+#[test]
+fn call_and_reply_between_tasks_with_a_badge_and_a_granted_cap() {
+    let mut k = kernel(&["supervisor", "echo"]);
+    let sup = boot(&mut k);
+    let (_, r) = sys(&mut k, Sys::EndpointCreate, [0; 6]);
+    let ep = ok(&r);
+    let (_, r) = sys(
+        &mut k,
+        Sys::CapCopy,
+        [ep, (Rights::SEND | Rights::GRANT).bits(), 42, 0, 0, 0],
+    );
+    let client_ep = ok(&r);
+    let task = spawn_with(&mut k, 1, &[(ep, Rights::RECV)], NO_CAP);
+    let (_, r) = sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]);
+    ok(&r);
+    let (_, r) = sys(&mut k, Sys::NotificationCreate, [0; 6]);
+    let ntfn = ok(&r);
+    // Init sleeps so the server runs.
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    let Next::User(server) = next else {
+        panic!("{next:?}")
+    };
+    assert_ne!(server, sup);
+    // The server's endpoint cap is its first granted slot.
+    let (next, _) = sys(&mut k, Sys::Recv, [2, DATA, 512, 0, 0, 0]);
+    assert_eq!(next, Next::Idle, "server blocks, init sleeps");
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(sup));
+    let (_, r) = sys(&mut k, Sys::MemAlloc, [1, 0, 0, 0, 0, 0]);
+    let mem = ok(&r);
+    write_user(&mut k, sup, DATA, b"ping");
+    let (next, _) = sys(&mut k, Sys::Call, [client_ep, DATA, 4, 512, 7, mem]);
+    assert_eq!(
+        next,
+        Next::User(server),
+        "the call switches straight to the server"
+    );
+    let sr = k.thread(server).regs;
+    assert_eq!(ok(&sr), 4);
+    assert_eq!((sr.rsi, sr.rdx), (7, 42), "label and badge");
+    assert_ne!(sr.r8, NO_CAP, "the memory cap arrived");
+    assert_eq!(read_user(&k, server, DATA, 4), b"ping");
+    write_user(&mut k, server, DATA, b"pong!");
+    let (next, _) = sys(&mut k, Sys::ReplyRecv, [2, DATA, 5, 512, 9, NO_CAP]);
+    assert_eq!(
+        next,
+        Next::User(sup),
+        "reply_recv switches back to the caller"
+    );
+    let cr = k.thread(sup).regs;
+    assert_eq!((ok(&cr), cr.rsi), (5, 9));
+    assert_eq!(read_user(&k, sup, DATA, 5), b"pong!");
+    // Oversized reply buffer contents are cut: Truncated with the full length.
+    let (next, _) = sys(&mut k, Sys::Call, [client_ep, DATA, 4, 2, 7, NO_CAP]);
+    assert_eq!(next, Next::User(server));
+    let (_, _) = sys(&mut k, Sys::ReplyRecv, [2, DATA, 5, 512, 9, NO_CAP]);
+    let cr = k.thread(sup).regs;
+    assert_eq!((status(&cr), cr.rdi), (Err(Error::Truncated), 5));
+    // Sending without SEND, receiving without RECV, over-long payloads.
+    let (_, r) = sys(
+        &mut k,
+        Sys::CapCopy,
+        [client_ep, Rights::RECV.bits(), 0, 0, 0, 0],
+    );
+    let weak = ok(&r);
+    let (_, r) = sys(&mut k, Sys::Call, [weak, DATA, 4, 512, 7, NO_CAP]);
+    assert_eq!(status(&r), Err(Error::NoRights));
+    let (_, r) = sys(&mut k, Sys::Call, [client_ep, DATA, 513, 512, 7, NO_CAP]);
+    assert_eq!(status(&r), Err(Error::BadLength));
+    let (_, r) = sys(
+        &mut k,
+        Sys::Call,
+        [client_ep, 0xdead_0000, 4, 512, 7, NO_CAP],
+    );
+    assert_eq!(status(&r), Err(Error::BadPointer));
+    let (_, r) = sys(&mut k, Sys::Call, [ntfn, DATA, 4, 512, 7, NO_CAP]);
+    assert_eq!(status(&r), Err(Error::WrongCapKind));
+    let (_, r) = sys(&mut k, Sys::Call, [63, DATA, 4, 512, 7, NO_CAP]);
+    assert_eq!(status(&r), Err(Error::InvalidCap));
+    let (_, r) = sys(&mut k, Sys::Reply, [DATA, 4, 0, NO_CAP, 0, 0]);
+    assert_eq!(status(&r), Err(Error::NoCaller));
+}
+
+#[test]
+fn server_fault_mid_call_gives_server_restarted_and_a_fault_notice() {
+    let mut k = kernel(&["supervisor", "echo"]);
+    let sup = boot(&mut k);
+    let (_, r) = sys(&mut k, Sys::EndpointCreate, [0; 6]);
+    let ep = ok(&r);
+    let (_, r) = sys(&mut k, Sys::EndpointCreate, [0; 6]);
+    let fault_ep = ok(&r);
+    let (_, r) = sys(
+        &mut k,
+        Sys::CapCopy,
+        [fault_ep, Rights::SEND.bits(), 0x77, 0, 0, 0],
+    );
+    let fault_send = ok(&r);
+    let task = spawn_with(&mut k, 1, &[(ep, Rights::RECV)], fault_send);
+    ok(&sys(&mut k, Sys::EndpointBind, [ep, task, 0, 0, 0, 0]).1);
+    ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
+    // A client thread in init calls; the server receives, then faults before replying.
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    assert!(matches!(next, Next::User(t) if t != sup));
+    // The server blocks in recv; init wakes.
+    let (_, _) = sys(&mut k, Sys::Recv, [2, DATA, 512, 0, 0, 0]);
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(sup));
+    let (next, _) = sys(&mut k, Sys::Call, [ep, DATA, 3, 512, 1, NO_CAP]);
+    let Next::User(server) = next else { panic!() };
+    let regs = k.thread(server).regs;
+    let next = k.on_user_fault(&regs, 14, 4, 0xdead);
+    assert_eq!(next, Next::User(sup));
+    let cr = k.thread(sup).regs;
+    assert_eq!((status(&cr), cr.rdi), (Err(Error::ServerRestarted), 2));
+    // The supervisor gets the notice with the fault endpoint's badge.
+    let (_, r) = sys(&mut k, Sys::Recv, [fault_ep, DATA, 512, 0, 0, 0]);
+    assert_eq!(
+        (ok(&r), r.rsi, r.rdx),
+        (FaultNotice::SIZE as u64, FAULT_LABEL, 0x77)
+    );
+    let notice = FaultNotice::from_bytes(&read_user(&k, sup, DATA, FaultNotice::SIZE)).unwrap();
+    assert_eq!(
+        (notice.vector, notice.address, notice.generation),
+        (14, 0xdead, 1)
+    );
+    // The task cap is stale now; a new incarnation rebinds and serves the retry.
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1),
+        Err(Error::StaleCap)
+    );
+    let (_, r) = sys(&mut k, Sys::TaskSpawn, [1, 2, 5, fault_send, 0, 0]);
+    let task2 = ok(&r);
+    ok(&sys(
+        &mut k,
+        Sys::TaskGrant,
+        [task2, ep, Rights::RECV.bits(), 0, 0, 0],
+    )
+    .1);
+    ok(&sys(&mut k, Sys::EndpointBind, [ep, task2, 0, 0, 0, 0]).1);
+    ok(&sys(&mut k, Sys::TaskStart, [task2, 0, 0, 0, 0, 0]).1);
+    // The retry queues until the new server receives.
+    let (next, _) = sys(&mut k, Sys::Call, [ep, DATA, 3, 512, 1, NO_CAP]);
+    let Next::User(server2) = next else {
+        panic!("{next:?}")
+    };
+    assert_ne!(server2, sup);
+    assert_eq!(
+        k.thread(server2).regs.rip,
+        0x40_0000,
+        "the new server starts fresh"
+    );
+    let (next, _) = sys(&mut k, Sys::Recv, [2, DATA, 512, 0, 0, 0]);
+    assert_eq!(
+        next,
+        Next::User(server2),
+        "a queued caller is received at once"
+    );
+    let (next, _) = sys(&mut k, Sys::ReplyRecv, [2, DATA, 1, 512, 0, NO_CAP]);
+    assert_eq!(next, Next::User(sup));
+    assert_eq!(ok(&k.thread(sup).regs), 1);
+    // Closing the endpoint: later callers get ServerGone.
+    ok(&sys(&mut k, Sys::EndpointClose, [ep, 0, 0, 0, 0, 0]).1);
+    assert_eq!(
+        status(&sys(&mut k, Sys::Call, [ep, DATA, 1, 512, 0, NO_CAP]).1),
+        Err(Error::ServerGone)
+    );
+}
+
+#[test]
+fn revoked_caps_are_stale_and_memory_is_shared_and_freed() {
+    let mut k = kernel(&["supervisor"]);
+    let _sup = boot(&mut k);
+    let (_, r) = sys(&mut k, Sys::MemAlloc, [2, 0, 0, 0, 0, 0]);
+    let mem = ok(&r);
+    let (_, r) = sys(&mut k, Sys::CapCopy, [mem, Rights::READ.bits(), 0, 0, 0, 0]);
+    let ro = ok(&r);
+    ok(&sys(
+        &mut k,
+        Sys::MemMap,
+        [
+            mem,
+            0x60_0000,
+            (Rights::READ | Rights::WRITE).bits(),
+            0,
+            0,
+            0,
+        ],
+    )
+    .1);
+    ok(&sys(
+        &mut k,
+        Sys::MemMap,
+        [ro, 0x70_0000, Rights::READ.bits(), 0, 0, 0],
+    )
+    .1);
+    assert_eq!(
+        status(
+            &sys(
+                &mut k,
+                Sys::MemMap,
+                [
+                    ro,
+                    0x80_0000,
+                    (Rights::READ | Rights::WRITE).bits(),
+                    0,
+                    0,
+                    0
+                ]
+            )
+            .1
+        ),
+        Err(Error::NoRights)
+    );
+    assert_eq!(
+        status(
+            &sys(
+                &mut k,
+                Sys::MemMap,
+                [mem, 0x60_1000, Rights::READ.bits(), 0, 0, 0]
+            )
+            .1
+        ),
+        Err(Error::AddressInUse)
+    );
+    assert_eq!(
+        status(
+            &sys(
+                &mut k,
+                Sys::MemMap,
+                [mem, 0x60_0001, Rights::READ.bits(), 0, 0, 0]
+            )
+            .1
+        ),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        status(
+            &sys(
+                &mut k,
+                Sys::MemMap,
+                [mem, 0x90_0000, (Rights::all()).bits(), 0, 0, 0]
+            )
+            .1
+        ),
+        Err(Error::InvalidArgument)
+    );
+    let t = k.current.unwrap();
+    write_user(&mut k, t, 0x60_0010, b"shared");
+    assert_eq!(read_user(&k, t, 0x70_0010, 6), b"shared");
+    let frames = k.machine.frames_live;
+    ok(&sys(&mut k, Sys::CapRevoke, [mem, 0, 0, 0, 0, 0]).1);
+    assert_eq!(
+        status(&sys(&mut k, Sys::MemInfo, [ro, 0, 0, 0, 0, 0]).1),
+        Err(Error::StaleCap)
+    );
+    assert_eq!(
+        k.machine.frames_live,
+        frames - 2,
+        "revocation frees the frames"
+    );
+    let space = &k.task(k.thread(t).task).space;
+    assert!(!space.contains_key(&0x60_0000) && !space.contains_key(&0x70_0000));
+    ok(&sys(&mut k, Sys::CapDelete, [ro, 0, 0, 0, 0, 0]).1);
+    assert_eq!(
+        status(&sys(&mut k, Sys::CapDelete, [ro, 0, 0, 0, 0, 0]).1),
+        Err(Error::InvalidCap)
+    );
+}
+
+#[test]
+fn bad_modules_and_spawn_without_the_right_fail() {
+    let mut k = kernel(&["supervisor"]);
+    boot(&mut k);
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskSpawn, [1, 1, 1, NO_CAP, 0, 0]).1),
+        Err(Error::BadImage)
+    );
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskSpawn, [99, 1, 1, NO_CAP, 0, 0]).1),
+        Err(Error::InvalidArgument)
+    );
+    let (_, r) = sys(&mut k, Sys::EndpointCreate, [0; 6]);
+    let ep = ok(&r);
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskSpawn, [0, 1, 1, NO_CAP, ep, 0]).1),
+        Err(Error::WrongCapKind)
+    );
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskSpawn, [0, 1, 31, NO_CAP, 0, 0]).1),
+        Err(Error::InvalidArgument)
+    );
+}
+
+#[test]
+fn higher_priority_threads_preempt_and_sleepers_wake() {
+    let mut k = kernel(&["supervisor"]);
+    let sup = boot(&mut k);
+    let (_, r) = sys(
+        &mut k,
+        Sys::ThreadCreate,
+        [0x40_0000, 0x50_1000, 5, 3, 0, 0],
+    );
+    let low = ok(&r) as ThreadId;
+    assert_eq!(
+        k.current,
+        Some(sup),
+        "a lower-priority thread does not preempt"
+    );
+    let (next, _) = sys(&mut k, Sys::Sleep, [2, 0, 0, 0, 0, 0]);
+    assert_eq!(next, Next::User(low));
+    assert_eq!(k.thread(low).regs.rdi, 5);
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(low));
+    k.machine.ticks = 2;
+    assert_eq!(
+        k.on_tick(None),
+        Next::User(sup),
+        "the woken sleeper preempts"
+    );
+    assert_eq!(
+        status(&sys(&mut k, Sys::ThreadCreate, [0, 0x50_1000, 0, 3, 0, 0]).1),
+        Err(Error::InvalidArgument)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Random syscalls with random and half-valid arguments from whichever thread runs never
+    /// panic the kernel, and whatever runs next exists.
+    #[test]
+    fn random_syscalls_never_panic(calls in proptest::collection::vec(
+        (0u64..100, proptest::array::uniform6(prop_oneof![
+            Just(0u64), Just(2), Just(3), Just(4), Just(NO_CAP), 0u64..64,
+            Just(DATA), Just(DATA + 4096), Just(0x40_0000), any::<u64>(),
+            Just(512), Just(513), Just(0xffff_8000_0000_0000),
+        ])), 1..60)) {
+        let mut k = kernel(&["supervisor", "echo"]);
+        boot(&mut k);
+        for (n, args) in calls {
+            let n = if n == 87 { 3 } else { n }; // MachineExit would end the run
+            let Some(t) = k.current else {
+                k.machine.ticks += 1000;
+                match k.on_tick(None) {
+                    Next::User(_) => continue,
+                    _ => break,
+                }
+            };
+            let mut regs = k.thread(t).regs;
+            regs.rax = n;
+            [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = args;
+            match k.on_syscall(&regs) {
+                Next::User(t) => prop_assert!(k.threads.0[t as usize].is_some()),
+                Next::Idle => prop_assert!(k.current.is_none()),
+                Next::MachineExit(_) => break,
+            }
+            let kinds_ok = (0..64).all(|s| {
+                k.tasks.iter().flat_map(|t| t.obj.as_ref()).all(|t| t.caps.get(s).map_or(true, |c| CapKind::from_u64(c.obj.kind as u64).is_some()))
+            });
+            prop_assert!(kinds_ok);
+        }
+    }
+}
