@@ -28,6 +28,14 @@ KERNEL := $(TARGET_DIR)/$(KERNEL_TARGET)/release/umbra-kernel
 ISO := $(BUILD)/umbra.iso
 ISO_ROOT := $(BUILD)/iso-root
 HARNESS := $(TARGET_DIR)/release/umbra-harness
+# User services (services/*): static ELFs linked with userlib/link.ld, loaded as Multiboot2
+# modules from /boot/services/<name> (the manifest lines are in tests/src/bootcfg.rs).
+SERVICES := supervisor echo ipc-suite bench-ipc
+SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
+# Copy a service into an ISO root without its DWARF (it keeps its symbol table): the loader
+# reads every module into memory, and the debug info is most of the file.
+OBJCOPY := $(shell command -v objcopy 2>/dev/null)
+copy_service = $(if $(OBJCOPY),$(OBJCOPY) --strip-debug $(1) $(2),cp $(1) $(2))
 
 # Limine (optional): LIMINE_DIR holds Limine's binary release (limine-bios.sys,
 # limine-bios-cd.bin, limine-uefi-cd.bin, BOOTX64.EFI and the `limine` tool or limine.c).
@@ -35,13 +43,14 @@ LIMINE_DIR ?=
 LIMINE_ISO := $(BUILD)/umbra-limine.iso
 LIMINE_ROOT := $(BUILD)/limine-root
 
-.PHONY: help setup ensure-setup kernel harness iso limine-iso run test bench boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso run test bench boot-configs scenarios clean
 
 help:
 	@echo "Umbra: microkernel-based x86_64 hypervisor"
 	@echo
 	@echo "  make setup         install what is missing (apt packages, pinned Rust toolchain)"
-	@echo "  make iso           build the kernel and $(ISO) (GRUB, Multiboot2);"
+	@echo "  make services      build the user services ($(SERVICES))"
+	@echo "  make iso           build the kernel, the services and $(ISO) (GRUB, Multiboot2);"
 	@echo "                     with LIMINE_DIR=... also $(LIMINE_ISO)"
 	@echo "  make run           boot one scenario and stream its console:"
 	@echo "                       SCENARIO=$(SCENARIO) (make scenarios lists them), EMU=$(EMU) (qemu|bochs|kvm),"
@@ -62,12 +71,16 @@ ensure-setup:
 kernel:
 	$(CARGO) build -p microkernel --bin umbra-kernel --target $(KERNEL_TARGET) --release
 
+services:
+	$(CARGO) build --target $(KERNEL_TARGET) --release $(addprefix -p ,$(SERVICES))
+
 harness:
 	@$(CARGO) build -q -p umbra-tests --release --bin umbra-harness
 
-iso: ensure-setup kernel
-	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub
+iso: ensure-setup kernel services
+	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub $(ISO_ROOT)/boot/services
 	@cp $(KERNEL) $(ISO_ROOT)/boot/umbra-kernel
+	@$(foreach s,$(SERVICES),$(call copy_service,$(SERVICE_BIN)/$(s),$(ISO_ROOT)/boot/services/$(s)) &&) true
 	@cp tests/boot/grub.cfg $(ISO_ROOT)/boot/grub/grub.cfg
 	@grub-mkrescue -o $(ISO) $(ISO_ROOT) >$(BUILD)/grub-mkrescue.log 2>&1 || \
 		{ cat $(BUILD)/grub-mkrescue.log; echo "grub-mkrescue failed (run \`make setup\`?)" >&2; exit 1; }
@@ -80,13 +93,14 @@ endif
 # then `limine bios-install`. limine.cfg uses Limine >= 8 syntax and goes into the ISO as
 # /boot/limine/limine.conf, the name those versions look for.
 LIMINE_TOOL = $(or $(wildcard $(LIMINE_DIR)/limine),$(shell command -v limine 2>/dev/null))
-limine-iso: kernel
+limine-iso: kernel services
 	@test -n "$(LIMINE_DIR)" || { echo "make limine-iso: set LIMINE_DIR to Limine's binary release directory" >&2; exit 1; }
 	@for f in limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI; do \
 		test -f "$(LIMINE_DIR)/$$f" || { echo "make limine-iso: $(LIMINE_DIR)/$$f not found" >&2; exit 1; }; done
 	@if [ ! -x "$(LIMINE_DIR)/limine" ] && [ -f "$(LIMINE_DIR)/limine.c" ]; then $(MAKE) -C "$(LIMINE_DIR)"; fi
-	@rm -rf $(LIMINE_ROOT) && mkdir -p $(LIMINE_ROOT)/boot/limine $(LIMINE_ROOT)/EFI/BOOT
+	@rm -rf $(LIMINE_ROOT) && mkdir -p $(LIMINE_ROOT)/boot/limine $(LIMINE_ROOT)/boot/services $(LIMINE_ROOT)/EFI/BOOT
 	@cp $(KERNEL) $(LIMINE_ROOT)/boot/umbra-kernel
+	@$(foreach s,$(SERVICES),$(call copy_service,$(SERVICE_BIN)/$(s),$(LIMINE_ROOT)/boot/services/$(s)) &&) true
 	@cp limine.cfg $(LIMINE_ROOT)/boot/limine/limine.conf
 	@cp "$(LIMINE_DIR)"/limine-bios.sys "$(LIMINE_DIR)"/limine-bios-cd.bin "$(LIMINE_DIR)"/limine-uefi-cd.bin $(LIMINE_ROOT)/boot/limine/
 	@cp "$(LIMINE_DIR)"/BOOTX64.EFI $(LIMINE_ROOT)/EFI/BOOT/

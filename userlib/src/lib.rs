@@ -1,11 +1,18 @@
 //! `userlib`: the user-level runtime every service links against.
 //!
-//! Not built yet: `_start`, syscall wrappers, IPC helpers and `userlib::proto` arrive with
-//! user-level tasks and IPC (issue #4). The crate exists so the workspace has its final shape.
+//! `sys`: the syscalls (raw and typed) and `print!`/`println!`; `rt`: the entry point
+//! (`userlib::entry!`) and the panic handler; `manifest`: the boot manifest lines the
+//! supervisor reads.
 #![cfg_attr(not(test), no_std)]
-#![forbid(unsafe_code)]
+// `unsafe` is allowed only in `sys` (the `syscall` instruction and what the kernel does with
+// the memory it is given); every other module is safe code.
+#![deny(unsafe_code)]
 
 pub mod client;
 pub mod codec;
+pub mod manifest;
 pub mod proto;
+pub mod rt;
 pub mod server;
+#[allow(unsafe_code)]
+pub mod sys;

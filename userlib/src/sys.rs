@@ -1,0 +1,980 @@
+//! System calls: the raw `syscall` instruction and one typed wrapper per [`abi::Sys`] entry.
+//!
+//! This is the only module of `userlib` that contains `unsafe` code. The register convention
+//! is the one of [`abi::syscall`]: `rax` holds the number, the arguments go in
+//! `rdi, rsi, rdx, r10, r8, r9`; on return `rax` holds the error code (0 = success) and the
+//! results are in `rdi, rsi, rdx, r8`; `rcx` and `r11` are clobbered.
+//!
+//! On the host (any `target_os` but `none`) there is no kernel: the raw calls return
+//! [`Error::UnknownSyscall`] so the crate builds and its pure parts can be unit-tested; the
+//! calls that never return panic there.
+//!
+//! Safety model: the kernel checks every pointer it is given against the task's mappings, so
+//! the typed wrappers only have to make sure that the memory the kernel reads or writes is a
+//! Rust object the call may read or write (a `&[u8]` or a `&mut [u8]` of at least that
+//! length). The calls that change the address space under running code ([`mem_unmap`],
+//! [`thread_create`]) are `unsafe fn`.
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use abi::ipc::MAX_PAYLOAD;
+use abi::{CapKind, CapSlot, Error, Rights, Sys, NO_CAP};
+
+/// What the kernel returns: `rax` (the error code) and the result registers
+/// `[rdi, rsi, rdx, r8]`.
+pub type RawRet = (u64, [u64; 4]);
+
+/// The raw `syscall` instruction with six arguments.
+///
+/// # Safety
+///
+/// The kernel may read or write user memory at any pointer among the arguments, change the
+/// address space (map, unmap, revoke memory), start threads on any stack, or end the task:
+/// the caller must make sure the call, with these arguments, does not break Rust's rules for
+/// the memory it names (e.g. a buffer the kernel writes must be exclusively borrowed, and
+/// memory that is unmapped must not be referenced any more). Pointers to addresses that hold
+/// no Rust object (unmapped pages, kernel addresses) are fine: the kernel refuses them with
+/// [`Error::BadPointer`].
+#[cfg(target_os = "none")]
+#[inline(always)]
+pub unsafe fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> RawRet {
+    let rax: u64;
+    let (r0, r1, r2, r3): (u64, u64, u64, u64);
+    // SAFETY: `syscall` enters the kernel, which preserves every register but the ones named
+    // here (rax and the result registers are outputs, rcx/r11 are clobbered) and does not
+    // touch the user stack. What the kernel does with the arguments is the caller's contract.
+    unsafe {
+        core::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => rax,
+            inlateout("rdi") a0 => r0,
+            inlateout("rsi") a1 => r1,
+            inlateout("rdx") a2 => r2,
+            in("r10") a3,
+            inlateout("r8") a4 => r3,
+            in("r9") a5,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    (rax, [r0, r1, r2, r3])
+}
+
+/// The host stand-in for [`syscall6`]: there is no kernel, every call fails with
+/// [`Error::UnknownSyscall`].
+///
+/// # Safety
+///
+/// None needed on the host; `unsafe` only to match the bare-metal signature.
+#[cfg(not(target_os = "none"))]
+#[inline(always)]
+pub unsafe fn syscall6(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> RawRet {
+    let _ = (nr, a0, a1, a2, a3, a4, a5);
+    (Error::UnknownSyscall as u64, [0; 4])
+}
+
+/// [`syscall6`] with no argument.
+///
+/// # Safety
+///
+/// As for [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall0(nr: u64) -> RawRet {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, 0, 0, 0, 0, 0, 0) }
+}
+
+/// [`syscall6`] with one argument.
+///
+/// # Safety
+///
+/// As for [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall1(nr: u64, a0: u64) -> RawRet {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, a0, 0, 0, 0, 0, 0) }
+}
+
+/// [`syscall6`] with two arguments.
+///
+/// # Safety
+///
+/// As for [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall2(nr: u64, a0: u64, a1: u64) -> RawRet {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, a0, a1, 0, 0, 0, 0) }
+}
+
+/// [`syscall6`] with three arguments.
+///
+/// # Safety
+///
+/// As for [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall3(nr: u64, a0: u64, a1: u64, a2: u64) -> RawRet {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, a0, a1, a2, 0, 0, 0) }
+}
+
+/// [`syscall6`] with four arguments.
+///
+/// # Safety
+///
+/// As for [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall4(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> RawRet {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, a0, a1, a2, a3, 0, 0) }
+}
+
+/// [`syscall6`] with five arguments.
+///
+/// # Safety
+///
+/// As for [`syscall6`].
+#[inline(always)]
+pub unsafe fn syscall5(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> RawRet {
+    // SAFETY: forwarded contract.
+    unsafe { syscall6(nr, a0, a1, a2, a3, a4, 0) }
+}
+
+/// Calls that take no pointer and cannot change the address space: safe whatever the values.
+#[inline(always)]
+fn plain(nr: Sys, args: [u64; 5]) -> Result<[u64; 4], Error> {
+    // SAFETY: only used for syscalls whose arguments are numbers and capability slots, and
+    // which do not unmap memory of this task (checked at each caller).
+    let (rax, ret) = unsafe { syscall5(nr as u64, args[0], args[1], args[2], args[3], args[4]) };
+    Error::check(rax).map(|()| ret)
+}
+
+/// `NO_CAP` → `None`.
+fn cap_or_none(v: u64) -> Option<CapSlot> {
+    (v != NO_CAP).then_some(v)
+}
+
+/// `None` → `NO_CAP`.
+fn grant_arg(grant: Option<CapSlot>) -> u64 {
+    grant.unwrap_or(NO_CAP)
+}
+
+/// What `syscall` leaves when a call that never returns did return anyway.
+#[cold]
+fn returned_from_noreturn(what: &str) -> ! {
+    #[cfg(target_os = "none")]
+    {
+        let _ = what;
+        loop {
+            yield_now();
+        }
+    }
+    #[cfg(not(target_os = "none"))]
+    panic!("{what}: no kernel on the host")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Console, tasks, threads, time
+// ---------------------------------------------------------------------------------------------
+
+/// Writes bytes to the console; the kernel prefixes them with the task's name.
+pub fn debug_write(bytes: &[u8]) -> Result<(), Error> {
+    // SAFETY: the kernel reads `bytes.len()` bytes from a live shared slice.
+    let (rax, _) = unsafe {
+        syscall2(
+            Sys::DebugWrite as u64,
+            bytes.as_ptr() as u64,
+            bytes.len() as u64,
+        )
+    };
+    Error::check(rax)
+}
+
+/// Ends the calling task (all its threads) with `code`.
+pub fn task_exit(code: u64) -> ! {
+    // SAFETY: the task ends; nothing of it is used any more.
+    let _ = unsafe { syscall1(Sys::TaskExit as u64, code) };
+    returned_from_noreturn("task_exit")
+}
+
+/// Reports a panic with its message: the kernel stops the task and sends a fault notice with
+/// vector [`abi::ipc::FAULT_PANIC`] to its fault endpoint.
+pub fn panic(message: &[u8]) -> ! {
+    // SAFETY: the kernel reads `message.len()` bytes from a live shared slice, then stops
+    // the task.
+    let _ = unsafe {
+        syscall2(
+            Sys::Panic as u64,
+            message.as_ptr() as u64,
+            message.len() as u64,
+        )
+    };
+    returned_from_noreturn("panic")
+}
+
+/// Gives up the rest of the time slice.
+pub fn yield_now() {
+    let _ = plain(Sys::Yield, [0; 5]);
+}
+
+/// Timer ticks since boot and the tick frequency: `(ticks, tick_hz)`.
+pub fn clock() -> Result<(u64, u64), Error> {
+    plain(Sys::Clock, [0; 5]).map(|r| (r[0], r[1]))
+}
+
+/// Sleeps at least `ticks` timer ticks.
+pub fn sleep(ticks: u64) -> Result<(), Error> {
+    plain(Sys::Sleep, [ticks, 0, 0, 0, 0]).map(drop)
+}
+
+/// Starts a thread of the calling task at `entry` with `rsp = stack_top` and `rdi = arg`;
+/// returns its thread id. `priority` is capped at the caller's.
+///
+/// # Safety
+///
+/// `stack_top` must be the top of memory the new thread owns exclusively for as long as it
+/// runs, aligned so that `entry` sees the System V stack alignment (`stack_top % 16 == 8`).
+/// [`thread_spawn`] is the safe way.
+pub unsafe fn thread_create(
+    entry: extern "C" fn(u64) -> !,
+    stack_top: u64,
+    arg: u64,
+    priority: u64,
+) -> Result<u64, Error> {
+    // SAFETY: the new thread's stack is the caller's contract; the entry is a valid function.
+    let (rax, ret) = unsafe {
+        syscall4(
+            Sys::ThreadCreate as u64,
+            entry as usize as u64,
+            stack_top,
+            arg,
+            priority,
+        )
+    };
+    Error::check(rax).map(|()| ret[0])
+}
+
+/// Memory for one thread's stack, handed out once: a `static` the thread owns after
+/// [`ThreadStack::take`].
+///
+/// ```ignore
+/// static STACK: ThreadStack<16384> = ThreadStack::new();
+/// sys::thread_spawn(worker, STACK.take().unwrap(), 0, 1)?;
+/// ```
+#[repr(C, align(16))]
+pub struct ThreadStack<const N: usize> {
+    mem: UnsafeCell<[u8; N]>,
+    taken: AtomicBool,
+}
+
+// SAFETY: the memory is only reachable through the one `&'static mut` that `take` hands out
+// (guarded by the atomic flag), so sharing the `ThreadStack` itself between threads is sound.
+unsafe impl<const N: usize> Sync for ThreadStack<N> {}
+
+impl<const N: usize> ThreadStack<N> {
+    /// A stack not handed out yet.
+    pub const fn new() -> Self {
+        ThreadStack {
+            mem: UnsafeCell::new([0; N]),
+            taken: AtomicBool::new(false),
+        }
+    }
+
+    /// The stack memory, the first time only.
+    // The one `&mut` is handed out once, guarded by the flag: not a `&self` -> `&mut` leak.
+    #[allow(clippy::mut_from_ref)]
+    pub fn take(&'static self) -> Option<&'static mut [u8]> {
+        if self.taken.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: the flag was clear, so no other reference to the memory exists and none
+        // will be made: this is the only `&mut` ever created, and it lives for `'static`.
+        Some(unsafe { &mut *self.mem.get() })
+    }
+}
+
+impl<const N: usize> Default for ThreadStack<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// The new thread's first instructions: the entry function and its argument are on top of the
+// stack `thread_spawn` prepared; align the stack and call the entry. It never returns.
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    ".pushsection .text.umbra_thread_trampoline,\"ax\",@progbits",
+    ".globl umbra_thread_trampoline",
+    "umbra_thread_trampoline:",
+    "    mov rax, [rsp]",
+    "    mov rdi, [rsp + 8]",
+    "    xor ebp, ebp",
+    "    and rsp, -16",
+    "    call rax",
+    "    ud2",
+    ".popsection",
+);
+
+#[cfg(target_os = "none")]
+extern "C" {
+    fn umbra_thread_trampoline() -> !;
+}
+
+/// The address a thread made by [`thread_spawn`] starts at.
+fn trampoline_addr(entry: extern "C" fn(u64) -> !) -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        let _ = entry;
+        umbra_thread_trampoline as *const () as u64
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        entry as usize as u64
+    }
+}
+
+/// Starts a thread running `entry(arg)` on `stack` (e.g. from a [`ThreadStack`]); returns its
+/// thread id. The stack must hold at least 48 bytes; `priority` is capped at the caller's.
+pub fn thread_spawn(
+    entry: extern "C" fn(u64) -> !,
+    stack: &'static mut [u8],
+    arg: u64,
+    priority: u64,
+) -> Result<u64, Error> {
+    let top = trampoline_frame(entry, stack, arg)?;
+    // SAFETY: `stack` is given to the new thread exclusively and for good (`'static mut`);
+    // `top` lies inside it with the entry and argument the trampoline reads from `[top]` and
+    // `[top + 8]`, and the trampoline aligns the stack before calling `entry`.
+    let (rax, ret) = unsafe {
+        syscall4(
+            Sys::ThreadCreate as u64,
+            trampoline_addr(entry),
+            top,
+            arg,
+            priority,
+        )
+    };
+    Error::check(rax).map(|()| ret[0])
+}
+
+/// Writes `entry` and `arg` at the 16-aligned top of `stack` for the trampoline; returns the
+/// address of that frame, the new thread's initial `rsp`.
+fn trampoline_frame(
+    entry: extern "C" fn(u64) -> !,
+    stack: &mut [u8],
+    arg: u64,
+) -> Result<u64, Error> {
+    let base = stack.as_ptr() as u64;
+    let end = base + stack.len() as u64;
+    let top = (end & !15).checked_sub(16).ok_or(Error::BadLength)?;
+    if top < base + 32 {
+        return Err(Error::BadLength);
+    }
+    let off = (top - base) as usize;
+    stack[off..off + 8].copy_from_slice(&(entry as usize as u64).to_le_bytes());
+    stack[off + 8..off + 16].copy_from_slice(&arg.to_le_bytes());
+    Ok(top)
+}
+
+/// Ends the calling thread; the last thread ends the task with code 0.
+pub fn thread_exit() -> ! {
+    // SAFETY: the thread ends; its stack is not used any more.
+    let _ = unsafe { syscall0(Sys::ThreadExit as u64) };
+    returned_from_noreturn("thread_exit")
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPC
+// ---------------------------------------------------------------------------------------------
+
+/// Why an IPC call failed: the error code, with the value the kernel gives for some of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysError {
+    /// The server died during the call and is being restarted; `generation` is the one of
+    /// the server that will handle a retry.
+    ServerRestarted { generation: u64 },
+    /// The message did not fit the buffer; `len` is its size.
+    Truncated { len: u64 },
+    /// Any other error.
+    Other(Error),
+}
+
+impl SysError {
+    /// The bare error code.
+    pub fn code(self) -> Error {
+        match self {
+            SysError::ServerRestarted { .. } => Error::ServerRestarted,
+            SysError::Truncated { .. } => Error::Truncated,
+            SysError::Other(e) => e,
+        }
+    }
+
+    fn from_ret(rax: u64, ret: [u64; 4]) -> Result<[u64; 4], SysError> {
+        match Error::check(rax) {
+            Ok(()) => Ok(ret),
+            Err(Error::ServerRestarted) => Err(SysError::ServerRestarted { generation: ret[0] }),
+            Err(Error::Truncated) => Err(SysError::Truncated { len: ret[0] }),
+            Err(e) => Err(SysError::Other(e)),
+        }
+    }
+}
+
+impl From<Error> for SysError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::ServerRestarted => SysError::ServerRestarted { generation: 0 },
+            Error::Truncated => SysError::Truncated { len: 0 },
+            e => SysError::Other(e),
+        }
+    }
+}
+
+impl From<SysError> for Error {
+    fn from(e: SysError) -> Self {
+        e.code()
+    }
+}
+
+impl fmt::Display for SysError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SysError::ServerRestarted { generation } => {
+                write!(f, "ServerRestarted (generation {generation})")
+            }
+            SysError::Truncated { len } => write!(f, "Truncated ({len} bytes)"),
+            SysError::Other(e) => write!(f, "{e:?}"),
+        }
+    }
+}
+
+/// The reply to a [`call`]: it is in `buf[..len]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallResult {
+    pub len: usize,
+    pub label: u64,
+    /// The slot of the capability the server granted, if any.
+    pub cap: Option<CapSlot>,
+}
+
+/// A message taken by [`recv`] or [`reply_recv`]: it is in `buf[..len]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvResult {
+    pub len: usize,
+    pub label: u64,
+    /// The badge of the capability the sender used (0 if unbadged).
+    pub badge: u64,
+    /// The slot of the capability the sender granted, if any.
+    pub cap: Option<CapSlot>,
+}
+
+/// The buffer capacity given to the kernel: the slice length, at most [`MAX_PAYLOAD`].
+fn buf_cap(buf: &[u8]) -> u64 {
+    buf.len().min(MAX_PAYLOAD) as u64
+}
+
+/// Sends `buf[..send_len]` on endpoint `ep` with `label` (granting capability `grant`) and
+/// waits for the reply, which overwrites `buf` (at most [`MAX_PAYLOAD`] bytes).
+pub fn call(
+    ep: CapSlot,
+    buf: &mut [u8],
+    send_len: usize,
+    label: u64,
+    grant: Option<CapSlot>,
+) -> Result<CallResult, SysError> {
+    if send_len > buf.len() {
+        return Err(SysError::Other(Error::BadLength));
+    }
+    // SAFETY: the kernel reads `send_len <= buf.len()` bytes and writes at most
+    // `buf_cap(buf) <= buf.len()` bytes of the exclusively borrowed `buf`.
+    let (rax, ret) = unsafe {
+        syscall6(
+            Sys::Call as u64,
+            ep,
+            buf.as_mut_ptr() as u64,
+            send_len as u64,
+            buf_cap(buf),
+            label,
+            grant_arg(grant),
+        )
+    };
+    let r = SysError::from_ret(rax, ret)?;
+    Ok(CallResult {
+        len: r[0] as usize,
+        label: r[1],
+        cap: cap_or_none(r[3]),
+    })
+}
+
+/// Sends `msg` on endpoint `ep` and waits until a receiver takes it (no reply).
+pub fn send(ep: CapSlot, msg: &[u8], label: u64, grant: Option<CapSlot>) -> Result<(), SysError> {
+    // SAFETY: the kernel reads `msg.len()` bytes of a live shared slice.
+    let (rax, ret) = unsafe {
+        syscall5(
+            Sys::Send as u64,
+            ep,
+            msg.as_ptr() as u64,
+            msg.len() as u64,
+            label,
+            grant_arg(grant),
+        )
+    };
+    SysError::from_ret(rax, ret).map(drop)
+}
+
+/// Waits for a message on endpoint `ep`; it is written into `buf`.
+pub fn recv(ep: CapSlot, buf: &mut [u8]) -> Result<RecvResult, SysError> {
+    // SAFETY: the kernel writes at most `buf_cap(buf) <= buf.len()` bytes of the exclusively
+    // borrowed `buf`.
+    let (rax, ret) =
+        unsafe { syscall3(Sys::Recv as u64, ep, buf.as_mut_ptr() as u64, buf_cap(buf)) };
+    SysError::from_ret(rax, ret).map(recv_result)
+}
+
+fn recv_result(r: [u64; 4]) -> RecvResult {
+    RecvResult {
+        len: r[0] as usize,
+        label: r[1],
+        badge: r[2],
+        cap: cap_or_none(r[3]),
+    }
+}
+
+/// Answers the last [`call`] this thread received with `msg`.
+pub fn reply(msg: &[u8], label: u64, grant: Option<CapSlot>) -> Result<(), Error> {
+    // SAFETY: the kernel reads `msg.len()` bytes of a live shared slice.
+    let (rax, _) = unsafe {
+        syscall4(
+            Sys::Reply as u64,
+            msg.as_ptr() as u64,
+            msg.len() as u64,
+            label,
+            grant_arg(grant),
+        )
+    };
+    Error::check(rax)
+}
+
+/// [`reply`] with `buf[..reply_len]`, then [`recv`] on `ep` into `buf`, in one entry.
+pub fn reply_recv(
+    ep: CapSlot,
+    buf: &mut [u8],
+    reply_len: usize,
+    label: u64,
+    grant: Option<CapSlot>,
+) -> Result<RecvResult, SysError> {
+    if reply_len > buf.len() {
+        return Err(SysError::Other(Error::BadLength));
+    }
+    // SAFETY: the kernel reads `reply_len <= buf.len()` bytes and writes at most
+    // `buf_cap(buf) <= buf.len()` bytes of the exclusively borrowed `buf`.
+    let (rax, ret) = unsafe {
+        syscall6(
+            Sys::ReplyRecv as u64,
+            ep,
+            buf.as_mut_ptr() as u64,
+            reply_len as u64,
+            buf_cap(buf),
+            label,
+            grant_arg(grant),
+        )
+    };
+    SysError::from_ret(rax, ret).map(recv_result)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints and notifications
+// ---------------------------------------------------------------------------------------------
+
+/// A new endpoint; the capability has every right.
+pub fn endpoint_create() -> Result<CapSlot, Error> {
+    plain(Sys::EndpointCreate, [0; 5]).map(|r| r[0])
+}
+
+/// A new notification; the capability has every right.
+pub fn notification_create() -> Result<CapSlot, Error> {
+    plain(Sys::NotificationCreate, [0; 5]).map(|r| r[0])
+}
+
+/// ORs `bits` into notification `ntfn` and wakes a waiter.
+pub fn signal(ntfn: CapSlot, bits: u64) -> Result<(), Error> {
+    plain(Sys::Signal, [ntfn, bits, 0, 0, 0]).map(drop)
+}
+
+/// Waits until some bit of `ntfn` is set, then takes (clears) them all.
+pub fn wait(ntfn: CapSlot) -> Result<u64, Error> {
+    plain(Sys::Wait, [ntfn, 0, 0, 0, 0]).map(|r| r[0])
+}
+
+/// Takes the bits of `ntfn` without waiting (0 if none).
+pub fn poll(ntfn: CapSlot) -> Result<u64, Error> {
+    match plain(Sys::Poll, [ntfn, 0, 0, 0, 0]) {
+        Err(Error::WouldBlock) => Ok(0),
+        r => r.map(|r| r[0]),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------------------------
+
+/// A new zeroed memory object of `pages` 4 KiB pages.
+pub fn mem_alloc(pages: u64) -> Result<CapSlot, Error> {
+    plain(Sys::MemAlloc, [pages, 0, 0, 0, 0]).map(|r| r[0])
+}
+
+/// Maps the whole memory object `mem` at `vaddr` (page aligned) with `rights`. The kernel
+/// refuses ranges that overlap an existing mapping ([`Error::AddressInUse`]), so this never
+/// changes memory already in use. Accessing the mapping needs `unsafe` code of the caller.
+pub fn mem_map(mem: CapSlot, vaddr: u64, rights: Rights) -> Result<(), Error> {
+    plain(Sys::MemMap, [mem, vaddr, rights.bits(), 0, 0]).map(drop)
+}
+
+/// Removes the mapping of `mem` at `vaddr`.
+///
+/// # Safety
+///
+/// No reference into the mapping may be used afterwards.
+pub unsafe fn mem_unmap(mem: CapSlot, vaddr: u64) -> Result<(), Error> {
+    // SAFETY: the caller guarantees nothing uses the mapping any more.
+    let (rax, _) = unsafe { syscall2(Sys::MemUnmap as u64, mem, vaddr) };
+    Error::check(rax)
+}
+
+/// `(pages, phys_base)` of memory object `mem`.
+pub fn mem_info(mem: CapSlot) -> Result<(u64, u64), Error> {
+    plain(Sys::MemInfo, [mem, 0, 0, 0, 0]).map(|r| (r[0], r[1]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capabilities
+// ---------------------------------------------------------------------------------------------
+
+/// What [`cap_info`] reports about a capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapInfo {
+    /// `None` when the kernel reports a kind this `abi` does not know.
+    pub kind: Option<CapKind>,
+    pub rights: Rights,
+    pub badge: u64,
+}
+
+/// A copy of `cap` with rights reduced to `rights` and, for an unbadged endpoint capability,
+/// `badge` (0 keeps it unbadged).
+pub fn cap_copy(cap: CapSlot, rights: Rights, badge: u64) -> Result<CapSlot, Error> {
+    plain(Sys::CapCopy, [cap, rights.bits(), badge, 0, 0]).map(|r| r[0])
+}
+
+/// Empties slot `cap`.
+pub fn cap_delete(cap: CapSlot) -> Result<(), Error> {
+    plain(Sys::CapDelete, [cap, 0, 0, 0, 0]).map(drop)
+}
+
+/// Destroys the object `cap` names (needs [`Rights::REVOKE`]); every other capability to it
+/// becomes stale. Do not revoke a memory object this task has mapped and still uses.
+pub fn cap_revoke(cap: CapSlot) -> Result<(), Error> {
+    plain(Sys::CapRevoke, [cap, 0, 0, 0, 0]).map(drop)
+}
+
+/// Kind, rights and badge of `cap`.
+pub fn cap_info(cap: CapSlot) -> Result<CapInfo, Error> {
+    plain(Sys::CapInfo, [cap, 0, 0, 0, 0]).map(|r| CapInfo {
+        kind: CapKind::from_u64(r[0]),
+        rights: Rights::from_bits_retain(r[1]),
+        badge: r[2],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks, boot modules, machine
+// ---------------------------------------------------------------------------------------------
+
+/// Loads boot module `module` into a new, suspended task with `generation` and `priority`;
+/// faults of its threads go to `fault_ep`. Needs the spawn capability `spawn`
+/// ([`abi::cap::slot::SPAWN`]). Returns the task capability.
+pub fn task_spawn(
+    spawn: CapSlot,
+    module: u64,
+    generation: u64,
+    priority: u64,
+    fault_ep: CapSlot,
+) -> Result<CapSlot, Error> {
+    plain(
+        Sys::TaskSpawn,
+        [module, generation, priority, fault_ep, spawn],
+    )
+    .map(|r| r[0])
+}
+
+/// Copies the caller's capability `cap` (with `rights`) into `task`; returns its slot there.
+pub fn task_grant(task: CapSlot, cap: CapSlot, rights: Rights) -> Result<CapSlot, Error> {
+    plain(Sys::TaskGrant, [task, cap, rights.bits(), 0, 0]).map(|r| r[0])
+}
+
+/// Starts `task`'s first thread with `rdi = arg`.
+pub fn task_start(task: CapSlot, arg: u64) -> Result<(), Error> {
+    plain(Sys::TaskStart, [task, arg, 0, 0, 0]).map(drop)
+}
+
+/// Stops and destroys `task`.
+pub fn task_kill(task: CapSlot) -> Result<(), Error> {
+    plain(Sys::TaskKill, [task, 0, 0, 0, 0]).map(drop)
+}
+
+/// Names `task` as the server of endpoint `ep` (and reopens it).
+pub fn endpoint_bind(ep: CapSlot, task: CapSlot) -> Result<(), Error> {
+    plain(Sys::EndpointBind, [ep, task, 0, 0, 0]).map(drop)
+}
+
+/// Closes endpoint `ep`: callers get [`Error::ServerGone`].
+pub fn endpoint_close(ep: CapSlot) -> Result<(), Error> {
+    plain(Sys::EndpointClose, [ep, 0, 0, 0, 0]).map(drop)
+}
+
+/// What [`module_info`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Length of the module's command line (copied into the buffer, cut to its size).
+    pub name_len: usize,
+    /// Size of the module in bytes.
+    pub size: u64,
+    /// Number of boot modules.
+    pub count: u64,
+}
+
+/// Boot module `index`: its command line (written into `buf`), size, and the module count.
+pub fn module_info(index: u64, buf: &mut [u8]) -> Result<ModuleInfo, Error> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
+    let (rax, r) = unsafe {
+        syscall3(
+            Sys::ModuleInfo as u64,
+            index,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+        )
+    };
+    Error::check(rax).map(|()| ModuleInfo {
+        name_len: r[0] as usize,
+        size: r[1],
+        count: r[2],
+    })
+}
+
+/// Ends the scenario with `code` (`umbra: exit <code>`) and powers off. Needs the machine
+/// capability ([`abi::cap::slot::MACHINE`]). Returns only on error.
+pub fn machine_exit(machine: CapSlot, code: u64) -> Error {
+    match plain(Sys::MachineExit, [machine, code, 0, 0, 0]) {
+        Err(e) => e,
+        Ok(_) => returned_from_noreturn("machine_exit"),
+    }
+}
+
+/// The kernel command line, written into `buf`; returns its length (which may exceed
+/// `buf.len()`, then only the start was written).
+pub fn kernel_cmdline(buf: &mut [u8]) -> Result<usize, Error> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
+    let (rax, r) = unsafe {
+        syscall2(
+            Sys::KernelCmdline as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+        )
+    };
+    Error::check(rax).map(|()| r[0] as usize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// print! / println!
+// ---------------------------------------------------------------------------------------------
+
+/// Size of the stack buffer `print!` formats into; longer output is written in pieces.
+pub const PRINT_BUF: usize = 256;
+
+/// A [`fmt::Write`] sink over [`debug_write`] that buffers up to [`PRINT_BUF`] bytes, so that
+/// a line normally reaches the console in one piece (the kernel prefixes each write with the
+/// task's name).
+pub struct DebugWriter {
+    buf: [u8; PRINT_BUF],
+    len: usize,
+}
+
+impl DebugWriter {
+    pub const fn new() -> Self {
+        DebugWriter {
+            buf: [0; PRINT_BUF],
+            len: 0,
+        }
+    }
+
+    /// What is buffered and not written yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&mut self) {
+        if self.len > 0 {
+            let _ = debug_write(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+impl Default for DebugWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Write for DebugWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut bytes = s.as_bytes();
+        while !bytes.is_empty() {
+            if self.len == PRINT_BUF {
+                self.flush();
+            }
+            let n = bytes.len().min(PRINT_BUF - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+}
+
+/// The body of [`print!`](crate::print) and [`println!`](crate::println).
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments<'_>) {
+    let mut w = DebugWriter::new();
+    let _ = fmt::Write::write_fmt(&mut w, args);
+    w.flush();
+}
+
+/// Prints to the console (the kernel prefixes each write with the task's name).
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::sys::_print(::core::format_args!($($arg)*))
+    };
+}
+
+/// Prints a line to the console (the kernel prefixes each write with the task's name).
+#[macro_export]
+macro_rules! println {
+    () => {
+        $crate::sys::_print(::core::format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::sys::_print(::core::format_args!("{}\n", ::core::format_args!($($arg)*)))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::fmt::Write;
+
+    #[test]
+    fn host_calls_report_unknown_syscall() {
+        assert_eq!(debug_write(b"x"), Err(Error::UnknownSyscall));
+        assert_eq!(clock(), Err(Error::UnknownSyscall));
+        assert_eq!(
+            call(3, &mut [0u8; 8], 4, 1, None),
+            Err(SysError::Other(Error::UnknownSyscall))
+        );
+    }
+
+    #[test]
+    fn call_refuses_send_len_beyond_buffer() {
+        assert_eq!(
+            call(3, &mut [0u8; 8], 9, 1, None),
+            Err(SysError::Other(Error::BadLength))
+        );
+        assert_eq!(
+            reply_recv(3, &mut [0u8; 8], 9, 1, None),
+            Err(SysError::Other(Error::BadLength))
+        );
+    }
+
+    #[test]
+    fn ipc_errors_carry_the_kernel_value() {
+        let ret = [7, 0, 0, 0];
+        assert_eq!(
+            SysError::from_ret(Error::ServerRestarted as u64, ret),
+            Err(SysError::ServerRestarted { generation: 7 })
+        );
+        assert_eq!(
+            SysError::from_ret(Error::Truncated as u64, ret),
+            Err(SysError::Truncated { len: 7 })
+        );
+        assert_eq!(
+            SysError::from_ret(Error::StaleCap as u64, ret),
+            Err(SysError::Other(Error::StaleCap))
+        );
+        assert_eq!(SysError::from_ret(0, ret), Ok(ret));
+        assert_eq!(
+            Error::from(SysError::ServerRestarted { generation: 2 }),
+            Error::ServerRestarted
+        );
+    }
+
+    #[test]
+    fn buffer_capacity_is_capped_at_max_payload() {
+        assert_eq!(buf_cap(&[0u8; 8]), 8);
+        assert_eq!(buf_cap(&[0u8; 2 * MAX_PAYLOAD]), MAX_PAYLOAD as u64);
+    }
+
+    #[test]
+    fn no_cap_is_none() {
+        assert_eq!(cap_or_none(NO_CAP), None);
+        assert_eq!(cap_or_none(5), Some(5));
+        assert_eq!(grant_arg(None), NO_CAP);
+        assert_eq!(grant_arg(Some(4)), 4);
+    }
+
+    #[test]
+    fn writer_buffers_and_splits_long_output() {
+        let mut w = DebugWriter::new();
+        write!(w, "hello {}", 42).unwrap();
+        assert_eq!(w.pending(), b"hello 42");
+        let long = "x".repeat(PRINT_BUF + 10);
+        let mut w = DebugWriter::new();
+        w.write_str(&long).unwrap();
+        // The first PRINT_BUF bytes went out (to the host stub); the rest is pending.
+        assert_eq!(w.pending().len(), 10);
+    }
+
+    #[test]
+    fn thread_stack_is_handed_out_once() {
+        static STACK: ThreadStack<256> = ThreadStack::new();
+        let s = STACK.take().unwrap();
+        assert_eq!(s.len(), 256);
+        assert!(STACK.take().is_none());
+    }
+
+    #[test]
+    fn thread_spawn_prepares_the_trampoline_frame() {
+        extern "C" fn entry(_: u64) -> ! {
+            panic!("not run on the host")
+        }
+        let mut stack = [0u8; 100];
+        let base = stack.as_ptr() as u64;
+        let top = trampoline_frame(entry, &mut stack, 0x1234).unwrap();
+        assert_eq!(top % 16, 0);
+        assert!(top >= base + 32 && top + 16 <= base + 100);
+        let off = (top - base) as usize;
+        let word = |o: usize| u64::from_le_bytes(stack[o..o + 8].try_into().unwrap());
+        assert_eq!(word(off), entry as *const () as u64);
+        assert_eq!(word(off + 8), 0x1234);
+        assert_eq!(
+            trampoline_frame(entry, &mut [0u8; 16], 0),
+            Err(Error::BadLength)
+        );
+        static STACK: ThreadStack<256> = ThreadStack::new();
+        assert_eq!(
+            thread_spawn(entry, STACK.take().unwrap(), 0, 1),
+            Err(Error::UnknownSyscall)
+        );
+    }
+}
