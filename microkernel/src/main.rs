@@ -11,10 +11,12 @@ mod arch;
 #[allow(unsafe_code)]
 mod boot;
 mod console;
+mod kentry;
 #[allow(unsafe_code)]
 mod mm;
 mod scenario;
 mod selftest;
+mod usertest;
 mod vmx;
 
 use core::fmt;

@@ -1,6 +1,8 @@
 //! The `kernel` scenario: in-kernel self-tests of boot information, the frame allocator, the
-//! kernel page tables, exception recovery, the GDT/TSS and VMX discovery. Each check prints
-//! `ok`/`FAIL` with its name; the caller prints `kernel: N passed, M failed`.
+//! kernel page tables, exception recovery, the GDT/TSS and VMX discovery, user address spaces,
+//! the timer, then the ring-3 tests of `usertest`. Each check prints `ok`/`FAIL` with its name
+//! and is tallied by [`record`]; the last ring-3 test prints `kernel: N passed, M failed` and
+//! ends the scenario (entries from ring 3 never return, so neither does [`run`]).
 
 // A failure carries its message inline (no heap in the kernel); size is no concern off the hot
 // path.
@@ -9,7 +11,7 @@
 use crate::arch::{cpu, gdt, trap};
 use crate::mm::{self, paging, FRAMES};
 use core::fmt::Write;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use heapless::String;
 use microkernel::bootinfo::BootInfo;
 use microkernel::cmdline::Cmdline;
@@ -19,8 +21,8 @@ use microkernel::vmx_caps::MSR_IA32_VMX_BASIC;
 use microkernel::PAGE_SIZE;
 use x86_64::structures::paging::PageTableFlags as Flags;
 
-type Outcome = Result<(), String<160>>;
-type Check = fn(&BootInfo) -> Outcome;
+pub type Outcome = Result<(), String<160>>;
+pub type Check = fn(&BootInfo) -> Outcome;
 
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
@@ -31,8 +33,36 @@ macro_rules! ensure {
         }
     };
 }
+pub(crate) use ensure;
 
-/// Runs every check; returns (passed, failed).
+static PASSED: AtomicU32 = AtomicU32::new(0);
+static FAILED: AtomicU32 = AtomicU32::new(0);
+
+/// Prints and tallies one check's outcome.
+pub fn record(name: &str, outcome: Outcome) {
+    match outcome {
+        Ok(()) => {
+            PASSED.fetch_add(1, Ordering::Relaxed);
+            crate::println!("  ok   {name}");
+        }
+        Err(why) => {
+            FAILED.fetch_add(1, Ordering::Relaxed);
+            crate::println!("  FAIL {name}: {why}");
+        }
+    }
+}
+
+/// The tally so far: (passed, failed).
+pub fn totals() -> (u32, u32) {
+    (
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    )
+}
+
+/// Runs every in-kernel check, then the ring-3 tests (`usertest::run`), which print the
+/// summary and end the scenario: this never actually returns (the type is what
+/// `scenario::run` expects).
 pub fn run(boot: &BootInfo) -> (u32, u32) {
     let checks: &[(&str, Check)] = &[
         ("boot.memory_map", boot_memory_map),
@@ -57,20 +87,10 @@ pub fn run(boot: &BootInfo) -> (u32, u32) {
         ("gdt.tss_and_ist", gdt_tss_and_ist),
         ("vmx.discovery_consistent", vmx_discovery_consistent),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, check) in checks {
-        match check(boot) {
-            Ok(()) => {
-                passed += 1;
-                crate::println!("  ok   {name}");
-            }
-            Err(why) => {
-                failed += 1;
-                crate::println!("  FAIL {name}: {why}");
-            }
-        }
+    for (name, check) in checks.iter().chain(crate::usertest::KERNEL_CHECKS) {
+        record(name, check(boot));
     }
-    (passed, failed)
+    crate::usertest::run()
 }
 
 fn boot_memory_map(boot: &BootInfo) -> Outcome {
@@ -402,13 +422,13 @@ fn vmx_discovery_consistent(_: &BootInfo) -> Outcome {
     Ok(())
 }
 
-fn msg(text: &str) -> String<160> {
+pub fn msg(text: &str) -> String<160> {
     let mut s = String::new();
     let _ = s.push_str(text);
     s
 }
 
-fn msg_dbg(what: &str, e: impl core::fmt::Debug) -> String<160> {
+pub fn msg_dbg(what: &str, e: impl core::fmt::Debug) -> String<160> {
     let mut s = String::new();
     let _ = write!(s, "{what}: {e:?}");
     s

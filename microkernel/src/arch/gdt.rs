@@ -1,5 +1,9 @@
 //! The kernel's own GDT and TSS, replacing the loader's. The TSS's first interrupt stack (IST1)
 //! is a dedicated stack for double faults, so a kernel stack overflow still gets reported.
+//!
+//! The segments are laid out as `syscall`/`sysret` need them (see `arch::user`): kernel code
+//! 0x08, kernel data 0x10, user data 0x1b, user code (64-bit) 0x23, then the TSS. The TSS's
+//! `rsp0` is the top of the kernel entry stack, where every entry from ring 3 starts.
 
 use spin::LazyLock;
 use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
@@ -21,12 +25,17 @@ static TSS: LazyLock<TaskStateSegment> = LazyLock::new(|| {
     let mut tss = TaskStateSegment::new();
     let base = VirtAddr::from_ptr(&raw const DOUBLE_FAULT_STACK);
     tss.interrupt_stack_table[DOUBLE_FAULT_IST as usize] = base + DOUBLE_FAULT_STACK_SIZE as u64;
+    tss.privilege_stack_table[0] = VirtAddr::new(super::user::entry_stack_top());
     tss
 });
 
 pub struct Selectors {
     pub kernel_code: SegmentSelector,
     pub kernel_data: SegmentSelector,
+    /// RPL 3.
+    pub user_data: SegmentSelector,
+    /// 64-bit, RPL 3.
+    pub user_code: SegmentSelector,
     pub tss: SegmentSelector,
 }
 
@@ -34,18 +43,24 @@ static GDT: LazyLock<(GlobalDescriptorTable, Selectors)> = LazyLock::new(|| {
     let mut gdt = GlobalDescriptorTable::new();
     let kernel_code = gdt.append(Descriptor::kernel_code_segment());
     let kernel_data = gdt.append(Descriptor::kernel_data_segment());
+    // `sysret` takes SS from STAR[63:48] + 8 and CS from STAR[63:48] + 16: user data first.
+    let user_data = gdt.append(Descriptor::user_data_segment());
+    let user_code = gdt.append(Descriptor::user_code_segment());
     let tss = gdt.append(Descriptor::tss_segment(&TSS));
     (
         gdt,
         Selectors {
             kernel_code,
             kernel_data,
+            user_data,
+            user_code,
             tss,
         },
     )
 });
 
-/// Loads the GDT, reloads the segment registers and loads the TSS.
+/// Loads the GDT, reloads the segment registers and loads the TSS, then programs the
+/// `syscall` MSRs (`arch::user::init_syscall`), which name these selectors.
 pub fn init() {
     let (gdt, sel) = &*GDT;
     gdt.load();
@@ -58,6 +73,7 @@ pub fn init() {
         SS::set_reg(sel.kernel_data);
         load_tss(sel.tss);
     }
+    super::user::init_syscall(sel);
 }
 
 pub fn selectors() -> &'static Selectors {
@@ -73,4 +89,9 @@ pub fn double_fault_stack() -> (u64, u64) {
 /// The IST entry the TSS holds for double faults.
 pub fn double_fault_ist_top() -> u64 {
     TSS.interrupt_stack_table[DOUBLE_FAULT_IST as usize].as_u64()
+}
+
+/// The TSS's `rsp0`: where the CPU switches to on an interrupt or exception from ring 3.
+pub fn tss_rsp0() -> u64 {
+    TSS.privilege_stack_table[0].as_u64()
 }

@@ -1,5 +1,8 @@
 //! x86_64 glue: the only modules of the kernel binary that contain `unsafe` besides `mm` and
-//! `boot`. Each `unsafe` block says why it is sound in a `// SAFETY:` line.
+//! `boot`. Each `unsafe` block says why it is sound in a `// SAFETY:` line. Ring 3 entry and
+//! exit live in `user`, the PIC and PIT in `timer`.
 pub mod cpu;
 pub mod gdt;
+pub mod timer;
 pub mod trap;
+pub mod user;

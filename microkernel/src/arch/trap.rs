@@ -3,11 +3,16 @@
 //! allowed to fault, whose fixup reports the fault to its caller — the mechanism user-memory
 //! access will use) or is fatal: the report (vector, error code, RIP, CR2, registers) goes to
 //! the console and the machine stops with `ExitCode::Crash`.
+//!
+//! An exception from ring 3 is the user's, not the kernel's: it goes to
+//! `kentry::user_exception` with the thread's registers (see `arch::user`). The IDT also holds
+//! the PIC vectors 32..47, whose stubs live in `arch::user`.
 
 use crate::console::RawConsole;
 use core::arch::global_asm;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use microkernel::kobj::regs::UserRegs;
 use spin::LazyLock;
 use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr4};
 use x86_64::structures::idt::InterruptDescriptorTable;
@@ -250,7 +255,9 @@ static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
     let stub = |vector: u64| VirtAddr::from_ptr(&raw const trap_stubs) + 16 * vector;
     // SAFETY: (for every `set_handler_addr` below) each stub saves all registers, calls
     // `trap_dispatch` with a valid frame and returns with `iretq`, with the error-code layout
-    // the vector has; the double-fault IST index names a stack the TSS provides.
+    // the vector has; the double-fault IST index names a stack the TSS provides. The PIC
+    // stubs (no error code) either return with `iretq` (from ring 0) or never return (from
+    // ring 3, see `arch::user`).
     unsafe {
         idt.divide_error.set_handler_addr(stub(0));
         idt.debug.set_handler_addr(stub(1));
@@ -277,13 +284,17 @@ static IDT: LazyLock<InterruptDescriptorTable> = LazyLock::new(|| {
         idt.hv_injection_exception.set_handler_addr(stub(28));
         idt.vmm_communication_exception.set_handler_addr(stub(29));
         idt.security_exception.set_handler_addr(stub(30));
+        for irq in 0..16 {
+            idt[super::timer::IRQ_BASE + irq].set_handler_addr(super::user::irq_stub(irq));
+        }
     }
     idt
 });
 
-/// Loads the IDT.
+/// Loads the IDT, then remaps the PICs and starts the timer (interrupts stay disabled).
 pub fn init() {
     IDT.load();
+    super::timer::init();
 }
 
 const NAMES: [&str; 32] = [
@@ -324,8 +335,47 @@ const NAMES: [&str; 32] = [
 /// Faults taken while reporting a fault: a second one skips the report and stops at once.
 static REPORTING: AtomicU32 = AtomicU32::new(0);
 
+/// Exceptions a user thread cannot cause on its own, fatal even when taken in ring 3.
+fn machine_fatal(vector: u64) -> bool {
+    matches!(vector, 2 | 8 | 18)
+}
+
+/// The user registers of a frame taken in ring 3.
+fn user_regs(f: &TrapFrame) -> UserRegs {
+    UserRegs {
+        rax: f.rax,
+        rbx: f.rbx,
+        rcx: f.rcx,
+        rdx: f.rdx,
+        rsi: f.rsi,
+        rdi: f.rdi,
+        rbp: f.rbp,
+        r8: f.r8,
+        r9: f.r9,
+        r10: f.r10,
+        r11: f.r11,
+        r12: f.r12,
+        r13: f.r13,
+        r14: f.r14,
+        r15: f.r15,
+        rip: f.rip,
+        rflags: f.rflags,
+        rsp: f.rsp,
+    }
+}
+
 #[no_mangle]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.cs & 3 == 3 && !machine_fatal(frame.vector) {
+        super::user::clear_ac();
+        let cr2 = if frame.vector == 14 {
+            Cr2::read_raw()
+        } else {
+            0
+        };
+        let mut regs = user_regs(frame);
+        crate::kentry::user_exception(frame.vector as u8, frame.error_code, cr2, &mut regs)
+    }
     match frame.vector {
         3 => {
             BREAKPOINTS.fetch_add(1, Ordering::Relaxed);

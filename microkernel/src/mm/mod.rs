@@ -1,7 +1,8 @@
 //! Physical memory: the global frame allocator, the direct map (HHDM), and the kernel's page
-//! tables (`paging`). Together with `arch` and `boot`, the only place with `unsafe`.
+//! tables (`paging`), user address spaces and the kernel's `Machine` (`uspace`). Together with `arch` and `boot`, the only place with `unsafe`.
 
 pub mod paging;
+pub mod uspace;
 
 use microkernel::bootinfo::BootInfo;
 use microkernel::frame_alloc::FrameAllocator;
@@ -50,7 +51,9 @@ pub fn init(boot: &mut BootInfo) -> Result<(), MemError> {
     let bitmap: &'static mut [u64] = unsafe { core::slice::from_raw_parts_mut(ptr, words) };
     let alloc = FrameAllocator::new(&boot.memory_map, bitmap).map_err(MemError::Alloc)?;
     *FRAMES.lock() = Some(alloc);
-    paging::init(boot).map_err(MemError::Paging)
+    paging::init(boot).map_err(MemError::Paging)?;
+    uspace::init(boot);
+    Ok(())
 }
 
 /// Allocates a zeroed frame below `limit`.

@@ -2,6 +2,10 @@
 //! memory (1 GiB pages where the CPU has them, else 2 MiB), and the kernel image mapped section
 //! by section (text R-X, rodata R--, data RW-), all global. CR0.WP and EFER.NXE are turned on
 //! so the kernel honours its own permissions.
+//!
+//! Every upper-half PML4 entry (256..511) exists from boot on, so user address spaces
+//! (`mm::uspace`), which copy them, share every later kernel mapping (the scratch window too).
+//! SMEP and SMAP are turned on where the CPU has them.
 
 use super::{alloc_zeroed_frame_below, phys_to_virt};
 use crate::arch::cpu;
@@ -141,6 +145,17 @@ pub fn init(boot: &BootInfo) -> Result<(), PagingError> {
         }
     }
 
+    // Every upper-half PML4 entry, present from now on: user spaces copy them.
+    let pml4 = tables.level_4_table_mut();
+    for entry in pml4.iter_mut().skip(256) {
+        if entry.is_unused() {
+            let frame = TableFrames
+                .allocate_frame()
+                .ok_or(PagingError::OutOfFrames)?;
+            entry.set_frame(frame, table_flags);
+        }
+    }
+
     // SAFETY: NXE before any NX bit is live; WP and PGE only tighten and speed up translation.
     // The new tables map everything the kernel touches (image, stacks in .bss, direct map), so
     // switching CR3 keeps every live address valid.
@@ -156,8 +171,21 @@ pub fn init(boot: &BootInfo) -> Result<(), PagingError> {
         );
     }
     TABLE_FRAME_LIMIT.store(u64::MAX, Ordering::Relaxed);
+    KERNEL_PML4.store(pml4_phys, Ordering::Relaxed);
     *KERNEL_TABLES.lock() = Some(tables);
+    let (smep, smap) = crate::arch::user::enable_smep_smap();
+    let on = |b: bool| if b { "on" } else { "off (not supported)" };
+    crate::log!(info, "cpu", "SMEP {}, SMAP {}", on(smep), on(smap));
     Ok(())
+}
+
+/// Physical address of the kernel's PML4 (0 before `init`).
+static KERNEL_PML4: AtomicU64 = AtomicU64::new(0);
+
+/// Physical address of the kernel's own PML4: the CR3 of the kernel's address space, whose
+/// upper half every user space shares.
+pub fn kernel_pml4() -> u64 {
+    KERNEL_PML4.load(Ordering::Relaxed)
 }
 
 /// The physical address and leaf flags `va` translates to, if mapped.

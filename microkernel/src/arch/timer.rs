@@ -1,0 +1,97 @@
+//! The timer: the 8259 PICs remapped to vectors 32..47 with every line but IRQ 0 masked, and
+//! PIT channel 0 as a rate generator at [`HZ`]. A few port writes, by hand.
+
+use super::cpu::{inb, outb};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Timer interrupts per second.
+pub const HZ: u64 = 100;
+/// The vector of PIC line 0; lines 0..15 use vectors 32..47.
+pub const IRQ_BASE: u8 = 32;
+/// The timer's vector (PIC line 0).
+pub const TIMER_VECTOR: u8 = IRQ_BASE;
+
+const PIC1_CMD: u16 = 0x20;
+const PIC1_DATA: u16 = 0x21;
+const PIC2_CMD: u16 = 0xa0;
+const PIC2_DATA: u16 = 0xa1;
+const PIC_EOI: u8 = 0x20;
+/// OCW3: the next read of the command port returns the in-service register.
+const PIC_READ_ISR: u8 = 0x0b;
+
+const PIT_CH0: u16 = 0x40;
+const PIT_CMD: u16 = 0x43;
+const PIT_INPUT_HZ: u64 = 1_193_182;
+
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// Timer ticks since [`init`].
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// A write to an unused port: the classic delay between PIC initialisation words.
+fn io_wait() {
+    outb(0x80, 0);
+}
+
+/// Remaps the PICs to 32..47, masks every line but IRQ 0, and starts PIT channel 0 at [`HZ`].
+/// Interrupts stay disabled (IF = 0) until ring 3 or [`super::user::idle_wait`].
+pub fn init() {
+    // ICW1: edge triggered, cascade, ICW4 follows.
+    outb(PIC1_CMD, 0x11);
+    io_wait();
+    outb(PIC2_CMD, 0x11);
+    io_wait();
+    // ICW2: vector bases.
+    outb(PIC1_DATA, IRQ_BASE);
+    io_wait();
+    outb(PIC2_DATA, IRQ_BASE + 8);
+    io_wait();
+    // ICW3: the slave is on line 2 of the master.
+    outb(PIC1_DATA, 1 << 2);
+    io_wait();
+    outb(PIC2_DATA, 2);
+    io_wait();
+    // ICW4: 8086 mode.
+    outb(PIC1_DATA, 0x01);
+    io_wait();
+    outb(PIC2_DATA, 0x01);
+    io_wait();
+    // OCW1: only IRQ 0 unmasked.
+    outb(PIC1_DATA, !1);
+    outb(PIC2_DATA, 0xff);
+
+    // Channel 0, lobyte/hibyte, mode 2 (rate generator), binary.
+    let divisor = (PIT_INPUT_HZ + HZ / 2) / HZ;
+    outb(PIT_CMD, 0x34);
+    outb(PIT_CH0, divisor as u8);
+    outb(PIT_CH0, (divisor >> 8) as u8);
+}
+
+fn in_service(cmd_port: u16) -> u8 {
+    outb(cmd_port, PIC_READ_ISR);
+    inb(cmd_port)
+}
+
+/// Acknowledges PIC vector `vector`: counts a timer tick and sends the EOI. Returns `false` for
+/// a spurious IRQ 7 or 15 (not in service: no EOI to that PIC; for 15 the master still gets
+/// one, for the cascade line), which the caller then ignores.
+pub(super) fn acknowledge(vector: u8) -> bool {
+    let irq = vector.wrapping_sub(IRQ_BASE);
+    if irq == 7 && in_service(PIC1_CMD) & (1 << 7) == 0 {
+        return false;
+    }
+    if irq == 15 && in_service(PIC2_CMD) & (1 << 7) == 0 {
+        outb(PIC1_CMD, PIC_EOI);
+        return false;
+    }
+    if vector == TIMER_VECTOR {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+    }
+    if irq >= 8 {
+        outb(PIC2_CMD, PIC_EOI);
+    }
+    outb(PIC1_CMD, PIC_EOI);
+    true
+}

@@ -1,0 +1,118 @@
+//! TEMPORARY kernel entry handlers, until the kernel object model (`microkernel::kobj`) is
+//! wired in: one user thread at a time (the ring-3 self-tests of `usertest`), no scheduler.
+//!
+//! `arch::user` and `arch::trap` call these four functions on every entry from ring 3 (and
+//! `irq_in_kernel` from the idle loop); none returns to its caller except `irq_in_kernel`:
+//! each ends by returning to user mode or by handing the end of the thread to `usertest`.
+//! The real glue keeps the same four signatures and must keep calling the `usertest` hooks
+//! (`usertest::ended`, `usertest::irq_from_user`) while `usertest::active()`.
+
+use crate::arch::user::return_to_user;
+use crate::mm::uspace::{self, AddressSpace, KernelMachine};
+use crate::usertest::{self, End};
+use abi::{Error, Sys};
+use core::sync::atomic::{AtomicU64, Ordering};
+use microkernel::kobj::machine::Machine;
+use microkernel::kobj::regs::UserRegs;
+use spin::Mutex;
+
+/// The running user thread: its task's name and address space.
+struct Current {
+    name: &'static str,
+    space: AddressSpace,
+}
+
+static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
+
+/// Interrupts taken from ring 3 and in the idle loop.
+static IRQS_FROM_USER: AtomicU64 = AtomicU64::new(0);
+static IRQS_IN_KERNEL: AtomicU64 = AtomicU64::new(0);
+
+/// Longest `DebugWrite` accepted.
+const DEBUG_WRITE_MAX: usize = 1024;
+
+/// Interrupts seen so far: (from ring 3, in the kernel's idle loop).
+pub fn irq_counts() -> (u64, u64) {
+    (
+        IRQS_FROM_USER.load(Ordering::Relaxed),
+        IRQS_IN_KERNEL.load(Ordering::Relaxed),
+    )
+}
+
+/// Runs `space` as the one user thread (of task `name`) from `regs`.
+pub fn enter(name: &'static str, space: AddressSpace, regs: &UserRegs) -> ! {
+    uspace::activate(&space);
+    let old = CURRENT.lock().replace(Current { name, space });
+    if let Some(old) = old {
+        KernelMachine.space_destroy(old.space);
+    }
+    return_to_user(regs)
+}
+
+/// Ends the current thread: its space is freed and `usertest` decides what runs next.
+fn end(how: End) -> ! {
+    let current = CURRENT.lock().take();
+    if let Some(current) = current {
+        KernelMachine.space_destroy(current.space);
+    }
+    usertest::ended(how)
+}
+
+/// `syscall` from ring 3.
+pub fn syscall(regs: &mut UserRegs) -> ! {
+    let (number, args) = regs.syscall_args();
+    let (status, ret) = match Sys::from_u64(number) {
+        Some(Sys::DebugWrite) => (debug_write(args[0], args[1]), [0; 4]),
+        Some(Sys::TaskExit) => end(End::Exit(args[0])),
+        Some(Sys::Yield) => (0, [0; 4]),
+        Some(Sys::Clock) => {
+            let (ticks, hz) = KernelMachine.clock();
+            (0, [ticks, hz, 0, 0])
+        }
+        _ => (Error::UnknownSyscall as u64, [0; 4]),
+    };
+    regs.set_result(status, ret);
+    return_to_user(regs)
+}
+
+fn debug_write(ptr: u64, len: u64) -> u64 {
+    let len = match usize::try_from(len) {
+        Ok(len) if len <= DEBUG_WRITE_MAX => len,
+        _ => return Error::BadLength as u64,
+    };
+    let mut buf = [0u8; DEBUG_WRITE_MAX];
+    let guard = CURRENT.lock();
+    let Some(current) = guard.as_ref() else {
+        return Error::InvalidArgument as u64;
+    };
+    if KernelMachine
+        .copy_from_user(&current.space, ptr, &mut buf[..len])
+        .is_err()
+    {
+        return Error::BadPointer as u64;
+    }
+    KernelMachine.console_write(current.name, &buf[..len]);
+    0
+}
+
+/// A hardware interrupt (already acknowledged) taken in ring 3: resume the same thread.
+pub fn irq_from_user(vector: u8, regs: &mut UserRegs) -> ! {
+    IRQS_FROM_USER.fetch_add(1, Ordering::Relaxed);
+    usertest::irq_from_user(vector);
+    return_to_user(regs)
+}
+
+/// A hardware interrupt (already acknowledged) taken in the idle loop.
+pub fn irq_in_kernel(_vector: u8) {
+    IRQS_IN_KERNEL.fetch_add(1, Ordering::Relaxed);
+}
+
+/// An exception in ring 3 (`cr2` is 0 unless `vector` is 14): the thread ends with a fault.
+pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs) -> ! {
+    end(End::Fault {
+        vector,
+        error_code,
+        cr2,
+        regs: *regs,
+    })
+}

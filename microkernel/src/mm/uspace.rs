@@ -1,0 +1,444 @@
+//! User address spaces and the kernel's [`Machine`]: what the kernel object model
+//! (`microkernel::kobj`) asks of the hardware.
+//!
+//! An [`AddressSpace`] is a PML4 frame whose upper half (entries 256..511) copies the kernel's
+//! (all present from boot, so later kernel mappings are shared); its lower half maps 4 KiB
+//! user pages through tables it owns. The kernel reaches user memory only by walking those
+//! tables and touching the frames through the direct map, so a bad user pointer is an error,
+//! never a fault, and SMAP never fires.
+
+use super::{paging, phys_to_virt, FRAMES};
+use crate::arch::timer;
+use heapless::{String, Vec};
+use microkernel::bootinfo::{BootInfo, MAX_MODULES, MODULE_CMDLINE_MAX};
+use microkernel::kobj::machine::{BadUserAddress, Machine, MapError, PageAccess};
+use microkernel::memmap::{MemoryMap, RegionKind};
+use microkernel::PAGE_SIZE;
+use spin::Once;
+use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags};
+use x86_64::structures::paging::PhysFrame;
+use x86_64::PhysAddr;
+
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const HUGE: u64 = 1 << 7;
+const NO_EXECUTE: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Flags of the lower half's intermediate tables: the leaf decides the access.
+const TABLE_FLAGS: u64 = PRESENT | WRITABLE | USER;
+
+const USER_MIN: u64 = abi::ipc::layout::USER_MIN;
+const USER_END: u64 = abi::ipc::layout::USER_END;
+
+/// A user address space: its PML4 frame. Freed with [`Machine::space_destroy`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct AddressSpace {
+    pml4: u64,
+}
+
+impl AddressSpace {
+    /// Physical address of the PML4 (what CR3 holds while the space is active).
+    pub fn root(&self) -> u64 {
+        self.pml4
+    }
+}
+
+fn entry_ptr(table: u64, index: usize) -> *mut u64 {
+    (phys_to_virt(table) as *mut u64).wrapping_add(index)
+}
+
+/// Entry `index` of the page table at physical `table`.
+fn read_entry(table: u64, index: usize) -> u64 {
+    debug_assert!(index < 512);
+    // SAFETY: `table` is a page-table frame (the kernel's PML4 or one a space owns), mapped in
+    // the direct map; the entry is read as a plain value, no reference is formed.
+    unsafe { entry_ptr(table, index).read_volatile() }
+}
+
+fn write_entry(table: u64, index: usize, value: u64) {
+    debug_assert!(index < 512);
+    // SAFETY: as for `read_entry`; only tables of the lower half of a user space are written,
+    // which belong to that space alone and hold no Rust objects.
+    unsafe { entry_ptr(table, index).write_volatile(value) }
+}
+
+fn indices(va: u64) -> [usize; 4] {
+    [39, 30, 21, 12].map(|shift| ((va >> shift) & 0x1ff) as usize)
+}
+
+fn alloc_frame() -> Option<u64> {
+    super::alloc_zeroed_frame_below(u64::MAX)
+}
+
+fn free_frame(phys: u64) {
+    if let Some(frames) = FRAMES.lock().as_mut() {
+        let _ = frames.free(phys);
+    }
+}
+
+fn nx_enabled() -> bool {
+    Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE)
+}
+
+/// The leaf entry's table and index for `va`, creating missing tables when `create`.
+fn walk(space: &AddressSpace, va: u64, create: bool) -> Result<(u64, usize), MapError> {
+    let idx = indices(va);
+    let mut table = space.pml4;
+    for &i in &idx[..3] {
+        let e = read_entry(table, i);
+        table = if e & PRESENT != 0 {
+            if e & HUGE != 0 {
+                return Err(MapError::BadAddress);
+            }
+            e & ADDR_MASK
+        } else if create {
+            let frame = alloc_frame().ok_or(MapError::NoMemory)?;
+            write_entry(table, i, frame | TABLE_FLAGS);
+            frame
+        } else {
+            return Err(MapError::BadAddress);
+        };
+    }
+    Ok((table, idx[3]))
+}
+
+/// The physical address `va` maps to when user code may read (and, if `write`, write) it.
+fn user_phys(space: &AddressSpace, va: u64, write: bool) -> Option<u64> {
+    if va >= USER_END {
+        return None;
+    }
+    let need = PRESENT | USER | if write { WRITABLE } else { 0 };
+    let mut table = space.pml4;
+    for (level, &i) in indices(va).iter().enumerate() {
+        let e = read_entry(table, i);
+        if e & need != need || (level < 3 && e & HUGE != 0) {
+            return None;
+        }
+        table = e & ADDR_MASK;
+    }
+    Some(table + (va & (PAGE_SIZE - 1)))
+}
+
+/// Splits `[va, va + len)` into per-page pieces `(va, offset into the buffer, length)`; `None`
+/// if the range is not inside the user half.
+fn pieces(va: u64, len: usize) -> Option<impl Iterator<Item = (u64, usize, usize)>> {
+    let end = va.checked_add(len as u64)?;
+    if end > USER_END {
+        return None;
+    }
+    let mut cur = va;
+    Some(core::iter::from_fn(move || {
+        if cur >= end {
+            return None;
+        }
+        let page_end = (cur & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+        let n = (page_end.min(end) - cur) as usize;
+        let piece = (cur, (cur - va) as usize, n);
+        cur += n as u64;
+        Some(piece)
+    }))
+}
+
+/// Loads `space` into CR3 (nothing if it is already there).
+pub fn activate(space: &AddressSpace) {
+    load_cr3(space.pml4);
+}
+
+/// Loads the kernel's own address space into CR3 (nothing if it is already there).
+pub fn activate_kernel() {
+    load_cr3(paging::kernel_pml4());
+}
+
+/// Physical address of the PML4 in CR3.
+pub fn current_root() -> u64 {
+    Cr3::read().0.start_address().as_u64()
+}
+
+fn load_cr3(pml4: u64) {
+    if current_root() == pml4 {
+        return;
+    }
+    // SAFETY: `pml4` is the kernel's PML4 or a user space's, whose upper half is the kernel's:
+    // every kernel address (image, stacks, direct map) stays mapped the same way.
+    unsafe {
+        Cr3::write(
+            PhysFrame::containing_address(PhysAddr::new(pml4)),
+            Cr3Flags::empty(),
+        )
+    };
+}
+
+fn invalidate_if_active(space: &AddressSpace, va: u64) {
+    if current_root() == space.pml4 {
+        x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(va));
+    }
+}
+
+/// What the kernel keeps of the boot information: module views and command lines.
+struct BootView {
+    modules: Vec<(String<MODULE_CMDLINE_MAX>, &'static [u8]), MAX_MODULES>,
+    cmdline: String<{ microkernel::bootinfo::CMDLINE_MAX }>,
+    /// The memory map after `mm::init`'s reservations: the allocator's frames are `Usable`.
+    memory: MemoryMap,
+}
+
+static BOOT_VIEW: Once<BootView> = Once::new();
+
+/// Records the boot modules (as `'static` views through the direct map) and the command line
+/// for [`KernelMachine`]. Called once from `mm::init`.
+pub fn init(boot: &BootInfo) {
+    BOOT_VIEW.call_once(|| {
+        let mut modules = Vec::new();
+        for m in &boot.modules {
+            let ptr = phys_to_virt(m.phys_start) as *const u8;
+            // SAFETY: the module's frames are reserved (`RegionKind::Modules`) in the memory
+            // map, so the allocator never hands them out and nothing writes them: they stay
+            // valid and unchanged for the kernel's lifetime, in the direct map.
+            let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(ptr, m.len as usize) };
+            let _ = modules.push((m.cmdline.clone(), bytes));
+        }
+        BootView {
+            modules,
+            cmdline: boot.cmdline.clone(),
+            memory: boot.memory_map.clone(),
+        }
+    });
+}
+
+/// The machine under the kernel object model. All its state is global (frame allocator, boot
+/// view, timer), so it is a unit value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelMachine;
+
+/// Bytes shown as text: valid UTF-8 as is, each invalid sequence as U+FFFD, control characters
+/// (but tab) as `?`.
+struct Lossy<'a>(&'a [u8]);
+
+impl core::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::fmt::Write;
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                f.write_char(if c.is_control() && c != '\t' { '?' } else { c })?;
+            }
+            if !chunk.invalid().is_empty() {
+                f.write_char('\u{fffd}')?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Machine for KernelMachine {
+    type Space = AddressSpace;
+
+    fn space_new(&mut self) -> Option<AddressSpace> {
+        let kernel = paging::kernel_pml4();
+        if kernel == 0 {
+            return None;
+        }
+        let pml4 = alloc_frame()?;
+        for i in 256..512 {
+            write_entry(pml4, i, read_entry(kernel, i));
+        }
+        Some(AddressSpace { pml4 })
+    }
+
+    fn space_destroy(&mut self, space: AddressSpace) {
+        if current_root() == space.pml4 {
+            activate_kernel();
+        }
+        let table_of = |e: u64| (e & PRESENT != 0 && e & HUGE == 0).then_some(e & ADDR_MASK);
+        for i4 in 0..256 {
+            let Some(pdpt) = table_of(read_entry(space.pml4, i4)) else {
+                continue;
+            };
+            for i3 in 0..512 {
+                let Some(pd) = table_of(read_entry(pdpt, i3)) else {
+                    continue;
+                };
+                for i2 in 0..512 {
+                    if let Some(pt) = table_of(read_entry(pd, i2)) {
+                        free_frame(pt);
+                    }
+                }
+                free_frame(pd);
+            }
+            free_frame(pdpt);
+        }
+        free_frame(space.pml4);
+    }
+
+    fn map(
+        &mut self,
+        space: &mut AddressSpace,
+        va: u64,
+        phys: u64,
+        access: PageAccess,
+    ) -> Result<(), MapError> {
+        if !(USER_MIN..USER_END).contains(&va)
+            || !va.is_multiple_of(PAGE_SIZE)
+            || !phys.is_multiple_of(PAGE_SIZE)
+            || phys & !ADDR_MASK != 0
+        {
+            return Err(MapError::BadAddress);
+        }
+        let (table, i) = walk(space, va, true)?;
+        if read_entry(table, i) & PRESENT != 0 {
+            return Err(MapError::AlreadyMapped);
+        }
+        let mut entry = phys | PRESENT | USER;
+        if access.write {
+            entry |= WRITABLE;
+        }
+        if !access.exec && nx_enabled() {
+            entry |= NO_EXECUTE;
+        }
+        write_entry(table, i, entry);
+        invalidate_if_active(space, va);
+        Ok(())
+    }
+
+    fn unmap(&mut self, space: &mut AddressSpace, va: u64) -> Option<u64> {
+        if !(USER_MIN..USER_END).contains(&va) || !va.is_multiple_of(PAGE_SIZE) {
+            return None;
+        }
+        let (table, i) = walk(space, va, false).ok()?;
+        let e = read_entry(table, i);
+        if e & PRESENT == 0 {
+            return None;
+        }
+        write_entry(table, i, 0);
+        invalidate_if_active(space, va);
+        Some(e & ADDR_MASK)
+    }
+
+    fn copy_from_user(
+        &self,
+        space: &AddressSpace,
+        va: u64,
+        out: &mut [u8],
+    ) -> Result<(), BadUserAddress> {
+        for (uva, off, n) in pieces(va, out.len()).ok_or(BadUserAddress)? {
+            let phys = user_phys(space, uva, false).ok_or(BadUserAddress)?;
+            let src = phys_to_virt(phys) as *const u8;
+            // SAFETY: `phys..phys + n` lies in one user-readable frame of `space` (checked by
+            // the walk), read through the direct map; `out[off..off + n]` is in bounds and a
+            // user frame never overlaps a kernel buffer.
+            unsafe { core::ptr::copy_nonoverlapping(src, out[off..off + n].as_mut_ptr(), n) };
+        }
+        Ok(())
+    }
+
+    fn user_range_ok(&self, space: &AddressSpace, va: u64, len: u64, write: bool) -> bool {
+        let Ok(len) = usize::try_from(len) else {
+            return false;
+        };
+        pieces(va, len)
+            .is_some_and(|mut p| p.all(|(uva, _, _)| user_phys(space, uva, write).is_some()))
+    }
+
+    fn copy_to_user(
+        &mut self,
+        space: &AddressSpace,
+        va: u64,
+        data: &[u8],
+    ) -> Result<(), BadUserAddress> {
+        let pieces = || pieces(va, data.len()).ok_or(BadUserAddress);
+        // Check every page first: a refused copy writes nothing.
+        for (uva, _, _) in pieces()? {
+            user_phys(space, uva, true).ok_or(BadUserAddress)?;
+        }
+        for (uva, off, n) in pieces()? {
+            let phys = user_phys(space, uva, true).ok_or(BadUserAddress)?;
+            let dst = phys_to_virt(phys) as *mut u8;
+            // SAFETY: `phys..phys + n` lies in one user-writable frame of `space`, which holds
+            // no Rust objects (user memory); written through the direct map.
+            unsafe { core::ptr::copy_nonoverlapping(data[off..off + n].as_ptr(), dst, n) };
+        }
+        Ok(())
+    }
+
+    fn frames_alloc(&mut self, pages: u64) -> Option<u64> {
+        if pages == 0 {
+            return None;
+        }
+        let base = FRAMES
+            .lock()
+            .as_mut()?
+            .alloc_contiguous(pages, PAGE_SIZE, u64::MAX)?;
+        let bytes = pages.checked_mul(PAGE_SIZE)? as usize;
+        // SAFETY: the frames were just allocated, so nothing else refers to them, and the
+        // direct map covers them.
+        unsafe { core::ptr::write_bytes(phys_to_virt(base) as *mut u8, 0, bytes) };
+        Some(base)
+    }
+
+    fn frames_free(&mut self, phys: u64, pages: u64) {
+        let mut guard = FRAMES.lock();
+        if let Some(frames) = guard.as_mut() {
+            for i in 0..pages {
+                let _ = frames.free(phys + i * PAGE_SIZE);
+            }
+        }
+    }
+
+    fn write_phys(&mut self, phys: u64, data: &[u8]) {
+        let end = phys.saturating_add(data.len() as u64);
+        // Only frames the allocator handed out (never the kernel image, modules or tables of
+        // the boot loader) may be written.
+        let usable = |f: u64| {
+            BOOT_VIEW
+                .get()
+                .is_some_and(|v| v.memory.kind_at(f) == Some(RegionKind::Usable))
+        };
+        let allocated = {
+            let guard = FRAMES.lock();
+            guard.as_ref().is_some_and(|frames| {
+                let first = phys & !(PAGE_SIZE - 1);
+                (first..end)
+                    .step_by(PAGE_SIZE as usize)
+                    .all(|f| usable(f) && !frames.is_free(f))
+            })
+        };
+        if !allocated || data.is_empty() {
+            return;
+        }
+        // SAFETY: every byte lies in frames the allocator handed out (checked above), which
+        // callers own (from `frames_alloc`) and which hold no Rust objects.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys) as *mut u8, data.len())
+        };
+    }
+
+    fn module(&self, index: usize) -> Option<(&str, &[u8])> {
+        let (name, bytes) = BOOT_VIEW.get()?.modules.get(index)?;
+        Some((name.as_str(), bytes))
+    }
+
+    fn module_count(&self) -> usize {
+        BOOT_VIEW.get().map_or(0, |v| v.modules.len())
+    }
+
+    fn cmdline(&self) -> &str {
+        BOOT_VIEW.get().map_or("", |v| v.cmdline.as_str())
+    }
+
+    fn console_write(&mut self, task: &str, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (line, tail) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &[][..]),
+            };
+            crate::println!("[{task}] {}", Lossy(line));
+            rest = tail;
+        }
+    }
+
+    fn clock(&self) -> (u64, u64) {
+        (timer::ticks(), timer::HZ)
+    }
+}
