@@ -434,7 +434,8 @@ fn expect_fault(
     };
     ensure!(
         v == vector && error_code == error && c == cr2 && regs.rip == rip,
-        "vector {v} error {error_code:#x} cr2 {c:#x} rip {:#x}, expected {vector} {error:#x} {cr2:#x} {rip:#x}",
+        "vector {v} error {error_code:#x} cr2 {c:#x} rip {:#x}, \
+         expected {vector} {error:#x} {cr2:#x} {rip:#x}",
         regs.rip
     );
     Ok(regs)

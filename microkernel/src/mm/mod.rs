@@ -1,5 +1,6 @@
-//! Physical memory: the global frame allocator, the direct map (HHDM), and the kernel's page
-//! tables (`paging`), user address spaces and the kernel's `Machine` (`uspace`). Together with `arch` and `boot`, the only place with `unsafe`.
+//! Physical memory: the global frame allocator, the direct map (HHDM), the kernel's page
+//! tables (`paging`), and user address spaces with the kernel's `Machine` (`uspace`). Together
+//! with `arch` and `boot`, the only place with `unsafe`.
 
 pub mod paging;
 pub mod uspace;
