@@ -1,20 +1,88 @@
-//! TEMPORARY kernel entry handlers, until the kernel object model (`microkernel::kobj`) is
-//! wired in: one user thread at a time (the ring-3 self-tests of `usertest`), no scheduler.
+//! Kernel entry handlers: `arch::user` and `arch::trap` call these four functions on every
+//! entry from ring 3 (and `irq_in_kernel` from the idle loop); none returns to its caller
+//! except `irq_in_kernel`. Each hands the entry to the kernel object model
+//! (`microkernel::kobj::Kernel`, in [`KERNEL`]) and runs what it picks next: a user thread,
+//! the idle loop, or the end of the scenario.
 //!
-//! `arch::user` and `arch::trap` call these four functions on every entry from ring 3 (and
-//! `irq_in_kernel` from the idle loop); none returns to its caller except `irq_in_kernel`:
-//! each ends by returning to user mode or by handing the end of the thread to `usertest`.
-//! The real glue keeps the same four signatures and must keep calling the `usertest` hooks
-//! (`usertest::ended`, `usertest::irq_from_user`) while `usertest::active()`.
+//! The ring-3 self-tests of the `kernel` scenario (`usertest`) run one hand-made thread at a
+//! time without the object model; while `usertest::active()`, entries go to that path.
 
-use crate::arch::user::return_to_user;
+use crate::arch::user::{idle_wait, return_to_user};
 use crate::mm::uspace::{self, AddressSpace, KernelMachine};
 use crate::usertest::{self, End};
-use abi::{Error, Sys};
+use abi::{Error, ExitCode, Sys};
 use core::sync::atomic::{AtomicU64, Ordering};
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
+use microkernel::kobj::{Kernel, Next};
 use spin::Mutex;
+
+/// The kernel object model: every task, thread and object.
+static KERNEL: Mutex<Kernel<KernelMachine>> = Mutex::new(Kernel::new(KernelMachine));
+
+/// Starts the first task (the boot module named `supervisor`) and runs user mode from then on.
+pub fn start_services() -> ! {
+    let next = {
+        let mut k = KERNEL.lock();
+        let count = k.machine.module_count();
+        let index = (0..count).find(|&i| {
+            k.machine
+                .module(i)
+                .is_some_and(|(line, _)| line.split_whitespace().next() == Some("supervisor"))
+        });
+        let Some(index) = index else {
+            drop(k);
+            crate::log!(
+                error,
+                "task",
+                "no boot module named 'supervisor' ({count} module(s))"
+            );
+            crate::scenario::exit(ExitCode::Failure)
+        };
+        match k.start_init(index) {
+            Ok(task) => crate::log!(
+                info,
+                "task",
+                "started supervisor (module {index}) as task {task}"
+            ),
+            Err(e) => {
+                drop(k);
+                crate::log!(error, "task", "cannot start the supervisor: {e:?}");
+                crate::scenario::exit(ExitCode::Failure)
+            }
+        }
+        k.schedule()
+    };
+    run(next)
+}
+
+/// Runs what the object model picked.
+fn run(mut next: Next) -> ! {
+    loop {
+        match next {
+            Next::User(t) => {
+                let regs = {
+                    let k = KERNEL.lock();
+                    let (regs, space) = k.context(t);
+                    uspace::activate(space);
+                    *regs
+                };
+                return_to_user(&regs)
+            }
+            Next::MachineExit(code) => crate::scenario::exit(match code {
+                0 => ExitCode::Success,
+                2 => ExitCode::UnknownScenario,
+                3 => ExitCode::Crash,
+                _ => ExitCode::Failure,
+            }),
+            Next::Idle => {
+                // Interrupts are taken only here; `irq_in_kernel` wakes sleepers.
+                idle_wait();
+                next = KERNEL.lock().schedule();
+            }
+        }
+    }
+}
 
 /// The running user thread: its task's name and address space.
 struct Current {
@@ -60,6 +128,10 @@ fn end(how: End) -> ! {
 
 /// `syscall` from ring 3.
 pub fn syscall(regs: &mut UserRegs) -> ! {
+    if !usertest::active() {
+        let next = KERNEL.lock().on_syscall(regs);
+        run(next)
+    }
     let (number, args) = regs.syscall_args();
     let (status, ret) = match Sys::from_u64(number) {
         Some(Sys::DebugWrite) => (debug_write(args[0], args[1]), [0; 4]),
@@ -98,6 +170,10 @@ fn debug_write(ptr: u64, len: u64) -> u64 {
 /// A hardware interrupt (already acknowledged) taken in ring 3: resume the same thread.
 pub fn irq_from_user(vector: u8, regs: &mut UserRegs) -> ! {
     IRQS_FROM_USER.fetch_add(1, Ordering::Relaxed);
+    if !usertest::active() {
+        let next = KERNEL.lock().on_tick(Some(regs));
+        run(next)
+    }
     usertest::irq_from_user(vector);
     return_to_user(regs)
 }
@@ -105,10 +181,31 @@ pub fn irq_from_user(vector: u8, regs: &mut UserRegs) -> ! {
 /// A hardware interrupt (already acknowledged) taken in the idle loop.
 pub fn irq_in_kernel(_vector: u8) {
     IRQS_IN_KERNEL.fetch_add(1, Ordering::Relaxed);
+    if !usertest::active() {
+        KERNEL.lock().on_tick(None);
+    }
 }
 
 /// An exception in ring 3 (`cr2` is 0 unless `vector` is 14): the thread ends with a fault.
 pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs) -> ! {
+    if !usertest::active() {
+        let address = if vector == 14 { cr2 } else { regs.rip };
+        let next = {
+            let mut k = KERNEL.lock();
+            if let Some(t) = k.current {
+                let task = k.thread(t).task;
+                crate::log!(
+                    warn,
+                    "task",
+                    "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
+                    k.task(task).name,
+                    regs.rip
+                );
+            }
+            k.on_user_fault(regs, vector.into(), error_code, address)
+        };
+        run(next)
+    }
     end(End::Fault {
         vector,
         error_code,

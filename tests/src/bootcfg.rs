@@ -42,7 +42,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/echo",
-        manifest: "echo restart=3 backoff=1",
+        manifest: "echo restart=8 backoff=1",
     },
     BootModule {
         path: "/boot/services/ipc-suite",
@@ -50,7 +50,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/bench-ipc",
-        manifest: "bench-ipc run=bench-ipc",
+        manifest: "bench-ipc run=bench-ipc needs=echo,supervisor",
     },
 ];
 

@@ -99,7 +99,10 @@ pub fn read_facts(log: &str, scenario: &str) -> Facts {
             f.exception = Some(t.to_string());
             exception_at = Some(i);
         }
-        if f.panic.is_none() && (t.contains("panicked at") || t.contains("PANIC")) {
+        // Task output is prefixed `[task] `: a user task's panic (reported by the kernel and
+        // handled by the supervisor) is not a kernel panic.
+        let task_output = t.starts_with('[');
+        if f.panic.is_none() && !task_output && (t.contains("panicked at") || t.contains("PANIC")) {
             f.panic = Some(t.to_string());
         }
     }
@@ -387,6 +390,15 @@ mod tests {
 
     fn facts(raw: &str, scenario: &str) -> Facts {
         read_facts(&clean_console(raw.as_bytes()), scenario)
+    }
+
+    #[test]
+    fn a_task_panic_is_not_a_kernel_panic() {
+        let log = "[echo] panic: panicked at services/echo/src/main.rs:1:1: asked to\n\
+                   ipc: 3 passed, 0 failed\numbra: exit 0\n";
+        assert_eq!(facts(log, "ipc").panic, None);
+        let log = "PANIC: panicked at microkernel/src/main.rs:1:1\numbra: exit 3\n";
+        assert!(facts(log, "ipc").panic.is_some());
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub const DEFAULT_SCENARIO: &str = abi::scenario::DEFAULT;
 pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::KERNEL, Expect::Pass, &[Qemu, Bochs]),
     Scenario::new(abi::scenario::FAULT_SELFTEST, Expect::Crash, &[Qemu, Bochs]),
+    Scenario::new(abi::scenario::IPC, Expect::Pass, &[Qemu, Bochs]),
+    Scenario::new(abi::scenario::BENCH_IPC, Expect::Pass, &[]),
 ];
 
 /// Looks a scenario up by name.

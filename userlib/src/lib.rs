@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod ipc;
 pub mod manifest;
 pub mod proto;
 pub mod rt;

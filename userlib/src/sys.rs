@@ -978,3 +978,88 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scoped mappings, deliberate crashes, hostile arguments
+// ---------------------------------------------------------------------------------------------
+
+/// Maps memory object `mem` readable and writable at `vaddr`, runs `f` over its bytes, and
+/// unmaps it: the mapping never outlives the borrow.
+pub fn with_mapped<R>(
+    mem: CapSlot,
+    vaddr: u64,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> Result<R, Error> {
+    let (pages, _) = mem_info(mem)?;
+    mem_map(mem, vaddr, Rights::READ | Rights::WRITE)?;
+    let len = (pages * 4096) as usize;
+    // SAFETY: the kernel just mapped `len` bytes at `vaddr` readable and writable in this
+    // task; nothing else refers to that range (it was free, or `mem_map` would have failed),
+    // and it stays mapped until the unmap below, after the slice is gone.
+    let result = f(unsafe { core::slice::from_raw_parts_mut(vaddr as *mut u8, len) });
+    // SAFETY: the slice given to `f` ended with the call above.
+    let _ = unsafe { mem_unmap(mem, vaddr) };
+    Ok(result)
+}
+
+/// Maps memory object `mem` read-only at `vaddr`, runs `f` over its bytes, and unmaps it.
+pub fn with_mapped_read<R>(
+    mem: CapSlot,
+    vaddr: u64,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, Error> {
+    let (pages, _) = mem_info(mem)?;
+    mem_map(mem, vaddr, Rights::READ)?;
+    let len = (pages * 4096) as usize;
+    // SAFETY: the kernel just mapped `len` bytes at `vaddr` readable in this task; the range
+    // was free (or `mem_map` fails), and it stays mapped until the unmap below.
+    let result = f(unsafe { core::slice::from_raw_parts(vaddr as *const u8, len) });
+    // SAFETY: the slice given to `f` ended with the call above.
+    let _ = unsafe { mem_unmap(mem, vaddr) };
+    Ok(result)
+}
+
+/// Deliberate CPU exceptions, for the test servers that crash on request.
+pub mod crash {
+    /// Reads an address that is never mapped (the first 4 MiB are not): #PF.
+    pub fn page_fault() -> ! {
+        // SAFETY: the read faults; the kernel stops the task, so nothing observes a value.
+        unsafe {
+            let _ = core::ptr::read_volatile(0x10 as *const u64);
+        }
+        super::task_exit(99)
+    }
+
+    /// Executes `ud2`: #UD.
+    pub fn invalid_opcode() -> ! {
+        // SAFETY: `ud2` only raises #UD; the kernel stops the task.
+        unsafe { core::arch::asm!("ud2", options(noreturn)) }
+    }
+
+    /// Executes a privileged instruction in ring 3 (`hlt`): #GP.
+    pub fn general_protection() -> ! {
+        // SAFETY: `hlt` at CPL 3 raises #GP; the kernel stops the task.
+        unsafe { core::arch::asm!("hlt", options(noreturn)) }
+    }
+}
+
+/// Addresses no task ever maps: below `USER_MIN`, and a 1 GiB window userlib reserves.
+pub const NEVER_MAPPED: core::ops::Range<u64> = 0x6000_0000_0000..0x6000_4000_0000;
+
+/// Whether a value is safe to pass as any syscall argument: the kernel cannot reach this
+/// task's memory through it (it is below the lowest user address, in [`NEVER_MAPPED`], or
+/// outside the user half).
+pub fn is_hostile_safe(v: u64) -> bool {
+    v < abi::ipc::layout::USER_MIN || NEVER_MAPPED.contains(&v) || v >= abi::ipc::layout::USER_END
+}
+
+/// Issues syscall `nr` with arguments that cannot point into this task's memory (checked
+/// with [`is_hostile_safe`]; `None` if one could). For tests of the kernel's argument checks.
+pub fn hostile_syscall(nr: u64, args: [u64; 6]) -> Option<RawRet> {
+    if !args.iter().all(|&a| is_hostile_safe(a)) {
+        return None;
+    }
+    // SAFETY: no argument can name memory of this task, so whatever the kernel does with
+    // them (it should refuse them) cannot write into memory Rust code owns.
+    Some(unsafe { syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5]) })
+}

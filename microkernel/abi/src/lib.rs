@@ -44,6 +44,14 @@ pub mod scenario {
             FAULT_SELFTEST,
             "deliberate page fault: prints the exception report, exits with code 3",
         ),
+        (
+            IPC,
+            "IPC protocol suite: user tasks, capabilities, supervisor restarts",
+        ),
+        (
+            BENCH_IPC,
+            "IPC call+reply round trip in cycles for 0, 64 and 512-byte payloads",
+        ),
     ];
 
     /// The description of a scenario, if the kernel knows it.

@@ -166,6 +166,9 @@ impl<M: Machine> Kernel<M> {
         grant: u64,
     ) -> SysResult {
         let cap = self.cap(ep, CapKind::Endpoint, Rights::SEND).map_err(err)?;
+        if len > MAX_PAYLOAD as u64 {
+            return Err(err(Error::BadLength));
+        }
         let call = reply_cap.is_some();
         if let Some(rc) = reply_cap {
             self.set_receive_buffer(buf, rc)?;

@@ -63,7 +63,7 @@ pub struct Kernel<M: Machine> {
 }
 
 impl<M: Machine> Kernel<M> {
-    pub fn new(machine: M) -> Self {
+    pub const fn new(machine: M) -> Self {
         Kernel {
             machine,
             threads: Threads([const { None }; MAX_THREADS]),

@@ -166,22 +166,27 @@ impl<M: Machine> Kernel<M> {
 
     fn sys_panic(&mut self, ptr: u64, len: u64) -> SysResult {
         let ti = self.cur_task();
-        let mut text = [0u8; 200];
-        let n = len.min(text.len() as u64) as usize;
+        let mut line = [0u8; 220];
+        line[..7].copy_from_slice(b"panic: ");
+        let n = len.min(200) as usize;
         let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
-        let got = self
+        let mut end = if self
             .machine
-            .copy_from_user(space, ptr, &mut text[..n])
-            .is_ok();
-        let name = self.task(ti).name.clone();
-        self.machine.console_write(&name, b"panic: ");
-        if got {
-            self.machine.console_write(&name, &text[..n]);
+            .copy_from_user(space, ptr, &mut line[7..7 + n])
+            .is_ok()
+        {
+            7 + n
         } else {
-            self.machine
-                .console_write(&name, b"(message at a bad address)");
+            let what = b"(message at a bad address)";
+            line[7..7 + what.len()].copy_from_slice(what);
+            7 + what.len()
+        };
+        if line[end - 1] != b'\n' {
+            line[end] = b'\n';
+            end += 1;
         }
-        self.machine.console_write(&name, b"\n");
+        let name = self.task(ti).name.clone();
+        self.machine.console_write(&name, &line[..end]);
         let rip = self.thread(self.current.expect("current")).regs.rip;
         self.fault_current(FAULT_PANIC, 0, rip);
         Ok(None)
