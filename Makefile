@@ -57,7 +57,7 @@ help:
 	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
-	@echo "  make bench         benchmarks (criterion benches of mmu-service for now)"
+	@echo "  make bench         benchmarks: IPC round trips in Bochs (build/bench/ipc.csv), shadow MMU (criterion)"
 	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
@@ -123,7 +123,10 @@ test: ensure-setup
 		{ echo "make test: the harness (tests/) does not build"; echo "0 passed, 1 failed"; exit 1; }
 	@$(HARNESS) test
 
-bench: ensure-setup
+# IPC round trips in Bochs (deterministic instruction counts; writes build/bench/ipc.csv),
+# then the host benchmarks of the shadow MMU (criterion).
+bench: ensure-setup harness iso
+	@$(HARNESS) bench-ipc
 	@if ls mmu-service/benches/*.rs >/dev/null 2>&1 || grep -q '^\[\[bench\]\]' mmu-service/Cargo.toml; then \
 		$(CARGO) bench -p mmu-service; \
 	else \

@@ -292,7 +292,7 @@ mod tests {
             "    multiboot2 /boot/umbra-kernel $umbra_cmdline\n    module2 /boot/services/supervisor supervisor\n"
         ));
         assert!(grub.contains(
-            "  module2 /boot/services/ipc-suite ipc-suite run=ipc needs=echo,supervisor\n  module2 /boot/services/bench-ipc bench-ipc run=bench-ipc\n  boot\n"
+            "  module2 /boot/services/ipc-suite ipc-suite run=ipc needs=echo,supervisor\n  module2 /boot/services/bench-ipc bench-ipc run=bench-ipc needs=echo,supervisor\n  boot\n"
         ));
     }
 

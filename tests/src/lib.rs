@@ -8,7 +8,9 @@
 //! - [`runner`]: one boot: start, stream, time out, keep the log, judge, report.
 //! - [`judge`] and [`tally`]: pure log parsing and counting (unit-tested).
 //! - [`orchestrate`]: `make test`.
+//! - [`bench`]: `make bench`'s IPC round trips.
 
+pub mod bench;
 pub mod bootcfg;
 pub mod emu;
 pub mod judge;

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use umbra_tests::bootcfg;
 use umbra_tests::emu::Emu;
 use umbra_tests::orchestrate::{self, TestOptions};
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
+use umbra_tests::{bench, bootcfg};
 
 const USAGE: &str = "\
 usage: umbra-harness <command> [options]
@@ -19,6 +19,7 @@ commands:
                        exit 0 iff it passed (with --expect-crash: iff it crashed as expected)
   test                 everything `make test` runs; the last line is `N passed, M failed`
   list                 the scenario table
+  bench-ipc            boot scenario=bench-ipc in Bochs; print the round trips, write BUILD/bench/ipc.csv
   default-emu          print the emulator `make run` uses by default
   boot-configs [--check]
                        write tests/boot/grub.cfg and limine.cfg from the scenario table
@@ -146,6 +147,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
             }
             Ok(0)
         }
+        "bench-ipc" => bench::run_ipc(&a.iso, &a.build_dir),
         "default-emu" => {
             println!("{}", Emu::host_default());
             Ok(0)

@@ -71,7 +71,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::KERNEL, Expect::Pass, &[Qemu, Bochs]),
     Scenario::new(abi::scenario::FAULT_SELFTEST, Expect::Crash, &[Qemu, Bochs]),
     Scenario::new(abi::scenario::IPC, Expect::Pass, &[Qemu, Bochs]),
-    Scenario::new(abi::scenario::BENCH_IPC, Expect::Pass, &[]),
+    Scenario::new(abi::scenario::BENCH_IPC, Expect::Pass, &[Qemu]),
 ];
 
 /// Looks a scenario up by name.

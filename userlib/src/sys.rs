@@ -1063,3 +1063,17 @@ pub fn hostile_syscall(nr: u64, args: [u64; 6]) -> Option<RawRet> {
     // them (it should refuse them) cannot write into memory Rust code owns.
     Some(unsafe { syscall6(nr, args[0], args[1], args[2], args[3], args[4], args[5]) })
 }
+
+/// The time-stamp counter (`rdtsc`; the kernel leaves CR4.TSD clear). In Bochs it counts
+/// instructions, so differences are deterministic path lengths.
+pub fn rdtsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `rdtsc` only reads the time-stamp counter into edx:eax.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
