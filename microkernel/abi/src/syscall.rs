@@ -142,8 +142,60 @@ impl Sys {
         Sys::KernelCmdline,
     ];
 
-    /// Decodes a syscall number.
+    /// Decodes a syscall number (a jump table, not a search: this is on every syscall).
     pub fn from_u64(n: u64) -> Option<Sys> {
-        Sys::ALL.iter().copied().find(|s| *s as u64 == n)
+        Some(match n {
+            0 => Sys::DebugWrite,
+            1 => Sys::TaskExit,
+            2 => Sys::Panic,
+            3 => Sys::Yield,
+            4 => Sys::Clock,
+            5 => Sys::Sleep,
+            6 => Sys::ThreadCreate,
+            7 => Sys::ThreadExit,
+            16 => Sys::Call,
+            17 => Sys::Send,
+            18 => Sys::Recv,
+            19 => Sys::Reply,
+            20 => Sys::ReplyRecv,
+            32 => Sys::EndpointCreate,
+            33 => Sys::NotificationCreate,
+            34 => Sys::Signal,
+            35 => Sys::Wait,
+            36 => Sys::Poll,
+            48 => Sys::MemAlloc,
+            49 => Sys::MemMap,
+            50 => Sys::MemUnmap,
+            51 => Sys::MemInfo,
+            64 => Sys::CapCopy,
+            65 => Sys::CapDelete,
+            66 => Sys::CapRevoke,
+            67 => Sys::CapInfo,
+            80 => Sys::TaskSpawn,
+            81 => Sys::TaskGrant,
+            82 => Sys::TaskStart,
+            83 => Sys::TaskKill,
+            84 => Sys::EndpointBind,
+            85 => Sys::EndpointClose,
+            86 => Sys::ModuleInfo,
+            87 => Sys::MachineExit,
+            88 => Sys::KernelCmdline,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_u64_decodes_every_number_and_only_those() {
+        for &s in Sys::ALL {
+            assert_eq!(Sys::from_u64(s as u64), Some(s));
+        }
+        let known: usize = (0..200).filter(|&n| Sys::from_u64(n).is_some()).count();
+        assert_eq!(known, Sys::ALL.len());
+        assert_eq!(Sys::from_u64(u64::MAX), None);
     }
 }

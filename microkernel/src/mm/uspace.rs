@@ -105,21 +105,78 @@ fn walk(space: &AddressSpace, va: u64, create: bool) -> Result<(u64, usize), Map
 }
 
 /// The physical address `va` maps to when user code may read (and, if `write`, write) it.
+/// Recent translations are kept in [`TRANSLATIONS`], a small software TLB that `map`, `unmap`
+/// and `space_destroy` flush, so IPC to the same buffers does not walk the tables every time.
 fn user_phys(space: &AddressSpace, va: u64, write: bool) -> Option<u64> {
     if va >= USER_END {
         return None;
     }
+    let page = va & !(PAGE_SIZE - 1);
+    let offset = va & (PAGE_SIZE - 1);
+    if let Some(frame) = TRANSLATIONS.lock().lookup(space.pml4, page, write) {
+        return Some(frame + offset);
+    }
     let need = PRESENT | USER | if write { WRITABLE } else { 0 };
     let mut table = space.pml4;
+    let mut writable = true;
     for (level, &i) in indices(va).iter().enumerate() {
         let e = read_entry(table, i);
         if e & need != need || (level < 3 && e & HUGE != 0) {
             return None;
         }
+        writable &= e & WRITABLE != 0;
         table = e & ADDR_MASK;
     }
-    Some(table + (va & (PAGE_SIZE - 1)))
+    TRANSLATIONS
+        .lock()
+        .insert(space.pml4, page, table, writable);
+    Some(table + offset)
 }
+
+/// One cached user translation: (PML4, page) -> frame, and whether every level allows writes.
+#[derive(Clone, Copy)]
+struct Translation {
+    pml4: u64,
+    page: u64,
+    frame: u64,
+    writable: bool,
+}
+
+/// A few recent user translations, replaced round robin. Only the functions in this module
+/// change user page tables, and each flushes it.
+struct Translations {
+    entries: [Option<Translation>; 8],
+    next: usize,
+}
+
+impl Translations {
+    fn lookup(&self, pml4: u64, page: u64, write: bool) -> Option<u64> {
+        self.entries
+            .iter()
+            .flatten()
+            .find(|t| t.pml4 == pml4 && t.page == page && (t.writable || !write))
+            .map(|t| t.frame)
+    }
+
+    fn insert(&mut self, pml4: u64, page: u64, frame: u64, writable: bool) {
+        self.entries[self.next] = Some(Translation {
+            pml4,
+            page,
+            frame,
+            writable,
+        });
+        self.next = (self.next + 1) % self.entries.len();
+    }
+
+    fn flush(&mut self) {
+        self.entries = [None; 8];
+    }
+}
+
+static TRANSLATIONS: spin::Mutex<Translations> = spin::Mutex::new(Translations {
+    entries: [None; 8],
+    next: 0,
+});
 
 /// Splits `[va, va + len)` into per-page pieces `(va, offset into the buffer, length)`; `None`
 /// if the range is not inside the user half.
@@ -247,6 +304,7 @@ impl Machine for KernelMachine {
     }
 
     fn space_destroy(&mut self, space: AddressSpace) {
+        TRANSLATIONS.lock().flush();
         if current_root() == space.pml4 {
             activate_kernel();
         }
@@ -297,6 +355,7 @@ impl Machine for KernelMachine {
             entry |= NO_EXECUTE;
         }
         write_entry(table, i, entry);
+        TRANSLATIONS.lock().flush();
         invalidate_if_active(space, va);
         Ok(())
     }
@@ -311,6 +370,7 @@ impl Machine for KernelMachine {
             return None;
         }
         write_entry(table, i, 0);
+        TRANSLATIONS.lock().flush();
         invalidate_if_active(space, va);
         Some(e & ADDR_MASK)
     }
@@ -346,12 +406,35 @@ impl Machine for KernelMachine {
         va: u64,
         data: &[u8],
     ) -> Result<(), BadUserAddress> {
-        let pieces = || pieces(va, data.len()).ok_or(BadUserAddress);
-        // Check every page first: a refused copy writes nothing.
-        for (uva, _, _) in pieces()? {
-            user_phys(space, uva, true).ok_or(BadUserAddress)?;
+        if data.is_empty() {
+            return Ok(());
         }
-        for (uva, off, n) in pieces()? {
+        // Translate every page first: a refused copy writes nothing.
+        let mut frames = [(0u64, 0usize, 0usize); 3];
+        let mut count = 0;
+        for (uva, off, n) in pieces(va, data.len()).ok_or(BadUserAddress)? {
+            let phys = user_phys(space, uva, true).ok_or(BadUserAddress)?;
+            if let Some(slot) = frames.get_mut(count) {
+                *slot = (phys, off, n);
+            }
+            count += 1;
+        }
+        if count <= frames.len() {
+            for &(phys, off, n) in &frames[..count] {
+                // SAFETY: `phys..phys + n` lies in one user-writable frame of `space` (checked
+                // above), which holds no Rust objects (user memory); written through the
+                // direct map.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(
+                        data[off..off + n].as_ptr(),
+                        phys_to_virt(phys) as *mut u8,
+                        n,
+                    )
+                };
+            }
+            return Ok(());
+        }
+        for (uva, off, n) in pieces(va, data.len()).ok_or(BadUserAddress)? {
             let phys = user_phys(space, uva, true).ok_or(BadUserAddress)?;
             let dst = phys_to_virt(phys) as *mut u8;
             // SAFETY: `phys..phys + n` lies in one user-writable frame of `space`, which holds

@@ -49,6 +49,18 @@ fn bench_main(_generation: u64) {
             None => failed += 1,
         }
     }
+    let mut null = [0u32; ROUNDS];
+    for sample in null.iter_mut() {
+        let t0 = sys::rdtsc();
+        let _ = sys::clock();
+        *sample = (sys::rdtsc() - t0) as u32;
+    }
+    null.sort_unstable();
+    userlib::println!(
+        "bench-ipc: null syscall (clock) median {} cycles, min {}",
+        null[ROUNDS / 2],
+        null[0]
+    );
     userlib::println!("bench-ipc: {passed} passed, {failed} failed");
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&Request::Shutdown {
