@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
 use microkernel::kobj::{Kernel, Next};
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 
 /// The kernel object model: every task, thread and object.
 static KERNEL: Mutex<Kernel<KernelMachine>> = Mutex::new(Kernel::new(KernelMachine));
@@ -56,32 +56,43 @@ pub fn start_services() -> ! {
     run(next)
 }
 
-/// Runs what the object model picked.
-fn run(mut next: Next) -> ! {
-    loop {
-        match next {
-            Next::User(t) => {
-                let regs = {
-                    let k = KERNEL.lock();
-                    let (regs, space) = k.context(t);
-                    uspace::activate(space);
-                    *regs
-                };
-                return_to_user(&regs)
-            }
-            Next::MachineExit(code) => crate::scenario::exit(match code {
+/// Runs what the object model picked: one lock of the kernel from the entry to here.
+fn resume(k: MutexGuard<'_, Kernel<KernelMachine>>, next: Next) -> ! {
+    match next {
+        Next::User(t) => {
+            let (regs, space) = k.context(t);
+            uspace::activate(space);
+            let regs = *regs;
+            drop(k);
+            return_to_user(&regs)
+        }
+        Next::MachineExit(code) => {
+            drop(k);
+            crate::scenario::exit(match code {
                 0 => ExitCode::Success,
                 2 => ExitCode::UnknownScenario,
                 3 => ExitCode::Crash,
                 _ => ExitCode::Failure,
-            }),
-            Next::Idle => {
+            })
+        }
+        Next::Idle => {
+            drop(k);
+            loop {
                 // Interrupts are taken only here; `irq_in_kernel` wakes sleepers.
                 idle_wait();
-                next = KERNEL.lock().schedule();
+                let mut k = KERNEL.lock();
+                let next = k.schedule();
+                if next != Next::Idle {
+                    resume(k, next)
+                }
             }
         }
     }
+}
+
+/// Runs what the object model picked.
+fn run(next: Next) -> ! {
+    resume(KERNEL.lock(), next)
 }
 
 /// The running user thread: its task's name and address space.
@@ -129,8 +140,9 @@ fn end(how: End) -> ! {
 /// `syscall` from ring 3.
 pub fn syscall(regs: &mut UserRegs) -> ! {
     if !usertest::active() {
-        let next = KERNEL.lock().on_syscall(regs);
-        run(next)
+        let mut k = KERNEL.lock();
+        let next = k.on_syscall(regs);
+        resume(k, next)
     }
     let (number, args) = regs.syscall_args();
     let (status, ret) = match Sys::from_u64(number) {

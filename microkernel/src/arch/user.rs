@@ -268,20 +268,20 @@ pub fn return_to_user(regs: &UserRegs) -> ! {
         let mut copy = *regs;
         crate::kentry::user_exception(13, 0, 0, &mut copy)
     }
-    let mut r = *regs;
-    r.rflags = sanitize_rflags(r.rflags);
+    let rflags = sanitize_rflags(regs.rflags);
     let sel = gdt::selectors();
     let cs = u64::from(sel.user_code.0);
     let ss = u64::from(sel.user_data.0);
     // SAFETY: the frame names the ring-3 code and data selectors, a user-half rip and
     // sanitized flags, so `iretq` goes to ring 3 without faulting (a bad user rsp faults in
     // ring 3). Nothing on the abandoned kernel stack is used again: every later entry starts
-    // at the top of the entry stack. The pushes go below `r`, which stays intact until read.
+    // at the top of the entry stack. `regs` lies above the stack pointer (in a caller's frame
+    // or a static), so the pushes below it leave it intact until it is read.
     unsafe {
         asm!(
             "pushq {ss}",
             "pushq 136(%rdi)",
-            "pushq 128(%rdi)",
+            "pushq {rflags}",
             "pushq {cs}",
             "pushq 120(%rdi)",
             "movq 0(%rdi), %rax",
@@ -300,9 +300,10 @@ pub fn return_to_user(regs: &UserRegs) -> ! {
             "movq 112(%rdi), %r15",
             "movq 40(%rdi), %rdi",
             "iretq",
-            in("rdi") &raw const r,
+            in("rdi") regs as *const UserRegs,
             ss = in(reg) ss,
             cs = in(reg) cs,
+            rflags = in(reg) rflags,
             options(noreturn, att_syntax)
         )
     }

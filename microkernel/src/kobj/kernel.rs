@@ -30,6 +30,7 @@ pub enum Next {
 pub struct Threads(pub [Option<Thread>; MAX_THREADS]);
 
 impl LinkArena for Threads {
+    #[inline]
     fn links(&mut self, t: ThreadId) -> &mut Links {
         &mut self.0[t as usize]
             .as_mut()
@@ -60,6 +61,8 @@ pub struct Kernel<M: Machine> {
     pub(crate) rotate: bool,
     /// Set when a syscall ends the scenario.
     pub(crate) exit_code: Option<u32>,
+    /// Whether `call` and `reply_recv` may take the fast path (tests turn it off to compare).
+    pub fast_ipc: bool,
 }
 
 impl<M: Machine> Kernel<M> {
@@ -75,26 +78,32 @@ impl<M: Machine> Kernel<M> {
             current: None,
             rotate: false,
             exit_code: None,
+            fast_ipc: true,
         }
     }
 
+    #[inline]
     pub fn thread(&self, t: ThreadId) -> &Thread {
         self.threads.0[t as usize].as_ref().expect("live thread")
     }
 
+    #[inline]
     pub fn thread_mut(&mut self, t: ThreadId) -> &mut Thread {
         self.threads.0[t as usize].as_mut().expect("live thread")
     }
 
+    #[inline]
     pub fn task(&self, index: u16) -> &Task<M::Space> {
         self.tasks[index as usize].obj.as_ref().expect("live task")
     }
 
+    #[inline]
     pub fn task_mut(&mut self, index: u16) -> &mut Task<M::Space> {
         self.tasks[index as usize].obj.as_mut().expect("live task")
     }
 
     /// The registers and address space to return to for a [`Next::User`] thread.
+    #[inline]
     pub fn context(&self, t: ThreadId) -> (&UserRegs, &M::Space) {
         let th = self.thread(t);
         (&th.regs, &self.task(th.task).space)
@@ -392,6 +401,7 @@ impl<M: Machine> Kernel<M> {
                 access,
             );
             if let Err(e) = r {
+                self.task_mut(task).unmaps += 1;
                 for j in 0..i {
                     let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
                     self.machine.unmap(&mut task_ref.space, va + j * PAGE_SIZE);
@@ -411,6 +421,7 @@ impl<M: Machine> Kernel<M> {
     /// Removes mapping `mi` of a task; `release` drops its reference (false while the
     /// object is being destroyed anyway).
     pub(crate) fn unmap_mapping(&mut self, task: u16, mi: usize, m: Mapping, release: bool) {
+        self.task_mut(task).unmaps += 1;
         for i in 0..m.pages {
             let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
             self.machine
@@ -466,6 +477,7 @@ impl<M: Machine> Kernel<M> {
                 mappings: [None; MAX_MAPPINGS],
                 threads: 0,
                 main_thread: 0,
+                unmaps: 0,
             },
         )
         .expect("checked for a free slot");
@@ -535,6 +547,7 @@ impl<M: Machine> Kernel<M> {
             reply_to: None,
             buf: 0,
             buf_cap: 0,
+            checked_buf: None,
         });
         self.task_mut(ti).threads += 1;
         Some(i as ThreadId)

@@ -68,6 +68,23 @@ pub trait Machine {
         data: &[u8],
     ) -> Result<(), BadUserAddress>;
 
+    /// Copies `len` bytes from `src_va` in `src` to `dst_va` in `dst` (the IPC fast path's
+    /// single copy). Fails, having written nothing, unless the source is user-readable and
+    /// the destination user-writable. The default bounces through a kernel buffer.
+    fn copy_user_to_user(
+        &mut self,
+        src: &Self::Space,
+        src_va: u64,
+        dst: &Self::Space,
+        dst_va: u64,
+        len: usize,
+    ) -> Result<(), BadUserAddress> {
+        let mut bounce = [0u8; abi::ipc::MAX_PAYLOAD];
+        let chunk = bounce.get_mut(..len).ok_or(BadUserAddress)?;
+        self.copy_from_user(src, src_va, chunk)?;
+        self.copy_to_user(dst, dst_va, chunk)
+    }
+
     /// `pages` zeroed, physically contiguous frames; returns the physical base.
     fn frames_alloc(&mut self, pages: u64) -> Option<u64>;
     /// Returns frames from [`Machine::frames_alloc`].

@@ -3,6 +3,7 @@
 //! drives it from its entry points; host tests drive it with a model machine.
 
 pub mod captable;
+mod fastpath;
 pub mod image;
 mod ipc;
 pub mod kernel;

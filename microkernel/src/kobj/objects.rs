@@ -126,6 +126,9 @@ pub struct Thread {
     /// Where an incoming message or reply goes.
     pub buf: u64,
     pub buf_cap: u64,
+    /// The last buffer found writable, `(buf, cap, task's unmap count)`: still good while the
+    /// task has unmapped nothing since (mappings only go away through unmaps).
+    pub checked_buf: Option<(u64, u64, u64)>,
 }
 
 /// A mapping of a memory object into a task.
@@ -148,6 +151,8 @@ pub struct Task<S> {
     pub mappings: [Option<Mapping>; MAX_MAPPINGS],
     pub threads: u16,
     pub main_thread: ThreadId,
+    /// Pages unmapped from this task so far (see [`Thread::checked_buf`]).
+    pub unmaps: u64,
 }
 
 /// Serving state of an endpoint.

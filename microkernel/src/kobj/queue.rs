@@ -37,6 +37,7 @@ impl Queue {
         self.head.is_none()
     }
 
+    #[inline]
     pub fn push_back(&mut self, arena: &mut impl LinkArena, t: ThreadId) {
         debug_assert!(!arena.links(t).queued, "thread {t} is already queued");
         *arena.links(t) = Links {
@@ -51,6 +52,7 @@ impl Queue {
         self.tail = Some(t);
     }
 
+    #[inline]
     pub fn pop_front(&mut self, arena: &mut impl LinkArena) -> Option<ThreadId> {
         let t = self.head?;
         self.remove(arena, t);
@@ -58,6 +60,7 @@ impl Queue {
     }
 
     /// Removes `t`, which must be in this queue.
+    #[inline]
     pub fn remove(&mut self, arena: &mut impl LinkArena, t: ThreadId) {
         let Links { next, prev, .. } = *arena.links(t);
         match prev {

@@ -29,6 +29,16 @@ impl<M: Machine> Kernel<M> {
         };
         self.thread_mut(c).regs = *regs;
         let (n, a) = regs.syscall_args();
+        if self.fast_ipc && self.exit_code.is_none() {
+            let fast = match n {
+                n if n == Sys::Call as u64 => self.fast_call(c, a),
+                n if n == Sys::ReplyRecv as u64 => self.fast_reply_recv(c, a),
+                _ => None,
+            };
+            if let Some(next) = fast {
+                return next;
+            }
+        }
         let result = match Sys::from_u64(n) {
             Some(sys) => self.dispatch(sys, a),
             None => Err(err(Error::UnknownSyscall)),

@@ -610,3 +610,131 @@ proptest! {
         }
     }
 }
+
+/// A client task (init) and an echo-like server task sharing an endpoint, ready for calls:
+/// the server is blocked receiving and the client runs.
+fn ipc_pair(fast: bool) -> (Kernel<Model>, u64) {
+    let mut k = kernel(&["supervisor", "echo"]);
+    k.fast_ipc = fast;
+    boot(&mut k);
+    let (_, r) = sys(&mut k, Sys::EndpointCreate, [0; 6]);
+    let ep = ok(&r);
+    let (_, r) = sys(
+        &mut k,
+        Sys::CapCopy,
+        [ep, (Rights::SEND | Rights::GRANT).bits(), 9, 0, 0, 0],
+    );
+    let client_ep = ok(&r);
+    let task = spawn_with(&mut k, 1, &[(ep, Rights::RECV)], NO_CAP);
+    ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
+    sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    sys(&mut k, Sys::Recv, [2, DATA, 512, 0, 0, 0]);
+    k.machine.ticks = 1;
+    k.on_tick(None);
+    (k, client_ep)
+}
+
+/// Everything a syscall can change that user code or later syscalls see.
+fn observable(k: &Kernel<Model>) -> Vec<String> {
+    let mut out = vec![format!("current {:?}", k.current)];
+    for (i, t) in k.threads.0.iter().enumerate() {
+        if let Some(t) = t {
+            out.push(format!(
+                "{i}: {:?} {:?} reply_to {:?}",
+                t.state, t.regs, t.reply_to
+            ));
+            out.push(format!("{:?}", read_user(k, i as ThreadId, DATA, 600)));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    /// The fast path and the general path give the same registers, states and memory for
+    /// random calls and replies (lengths past the buffers, bad buffers, grants, labels).
+    #[test]
+    fn fast_path_matches_the_general_path(steps in proptest::collection::vec(
+        (0u64..600, prop_oneof![Just(512u64), Just(4), 0u64..600], any::<u8>(),
+         prop_oneof![Just(DATA), Just(DATA + 4000), Just(0xdead_0000u64), Just(0x40_0000u64)],
+         prop_oneof![4 => Just(NO_CAP), 1 => Just(0u64)]), 1..30)) {
+        let (mut fast, client_ep) = ipc_pair(true);
+        let (mut slow, _) = ipc_pair(false);
+        let client = fast.current.unwrap();
+        for (len, buf_cap, fill, buf, grant) in steps {
+            let mut nexts = Vec::new();
+            for k in [&mut fast, &mut slow] {
+                let Some(t) = k.current else {
+                    nexts.push(None);
+                    continue;
+                };
+                write_user(k, t, DATA, &[fill; 600]);
+                let grant = if grant == NO_CAP { NO_CAP } else { client_ep };
+                let (next, _) = if t == client {
+                    sys(k, Sys::Call, [client_ep, buf, len, buf_cap, u64::from(fill), grant])
+                } else {
+                    sys(k, Sys::ReplyRecv, [2, buf, len, buf_cap, u64::from(fill) + 1, grant])
+                };
+                nexts.push(Some(next));
+            }
+            prop_assert_eq!(nexts[0], nexts[1]);
+            prop_assert_eq!(observable(&fast), observable(&slow));
+        }
+    }
+}
+
+#[test]
+fn the_fast_path_is_taken_for_plain_calls_and_replies() {
+    let (mut k, ep) = ipc_pair(true);
+    let client = k.current.unwrap();
+    let server = k
+        .threads
+        .0
+        .iter()
+        .position(|t| t.as_ref().is_some_and(|t| t.task != k.thread(client).task))
+        .unwrap() as ThreadId;
+    // Turn the general path into a trap: if it ran, the server's message buffer would change.
+    k.thread_mut(client).msg.label = 0xaaaa;
+    write_user(&mut k, client, DATA, b"abc");
+    let next = k.fast_call(client, [ep, DATA, 3, 512, 5, NO_CAP]);
+    assert_eq!(next, Some(Next::User(server)));
+    assert_eq!(
+        k.thread(client).msg.label,
+        0xaaaa,
+        "the message went user to user"
+    );
+    assert_eq!(read_user(&k, server, DATA, 3), b"abc");
+    let next = k.fast_reply_recv(server, [2, DATA, 2, 512, 6, NO_CAP]);
+    assert_eq!(next, Some(Next::User(client)));
+    assert_eq!(
+        (ok(&k.thread(client).regs), k.thread(client).regs.rsi),
+        (2, 6)
+    );
+    // A grant, or a reply longer than the caller's buffer, is the general path's.
+    assert_eq!(k.fast_call(client, [ep, DATA, 3, 512, 5, 2]), None);
+}
+
+#[test]
+fn a_remembered_buffer_check_is_dropped_when_the_task_unmaps() {
+    let (mut k, ep) = ipc_pair(true);
+    let client = k.current.unwrap();
+    let (_, r) = sys(&mut k, Sys::MemAlloc, [1, 0, 0, 0, 0, 0]);
+    let mem = ok(&r);
+    let rw = (Rights::READ | Rights::WRITE).bits();
+    ok(&sys(&mut k, Sys::MemMap, [mem, 0x60_0000, rw, 0, 0, 0]).1);
+    // A call with its reply buffer in the mapped page: checked and remembered.
+    let (next, _) = sys(&mut k, Sys::Call, [ep, 0x60_0000, 0, 512, 1, NO_CAP]);
+    let Next::User(server) = next else { panic!() };
+    assert!(k.thread(client).checked_buf.is_some());
+    sys(&mut k, Sys::ReplyRecv, [2, DATA, 0, 512, 1, NO_CAP]);
+    assert_eq!(k.current, Some(client));
+    ok(&sys(&mut k, Sys::MemUnmap, [mem, 0x60_0000, 0, 0, 0, 0]).1);
+    // The same buffer again: now unmapped, so the call fails instead of reaching the server.
+    let (next, r) = sys(&mut k, Sys::Call, [ep, 0x60_0000, 0, 512, 1, NO_CAP]);
+    assert_eq!(next, Next::User(client));
+    assert_eq!(status(&r), Err(Error::BadPointer));
+    assert_eq!(
+        k.thread(server).state,
+        super::objects::ThreadState::BlockedRecv { ep: 0 }
+    );
+}

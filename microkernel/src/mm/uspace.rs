@@ -105,78 +105,33 @@ fn walk(space: &AddressSpace, va: u64, create: bool) -> Result<(u64, usize), Map
 }
 
 /// The physical address `va` maps to when user code may read (and, if `write`, write) it.
-/// Recent translations are kept in [`TRANSLATIONS`], a small software TLB that `map`, `unmap`
-/// and `space_destroy` flush, so IPC to the same buffers does not walk the tables every time.
+/// On every IPC: one pass over the four levels, the direct-map offset read once.
 fn user_phys(space: &AddressSpace, va: u64, write: bool) -> Option<u64> {
     if va >= USER_END {
         return None;
     }
-    let page = va & !(PAGE_SIZE - 1);
-    let offset = va & (PAGE_SIZE - 1);
-    if let Some(frame) = TRANSLATIONS.lock().lookup(space.pml4, page, write) {
-        return Some(frame + offset);
-    }
     let need = PRESENT | USER | if write { WRITABLE } else { 0 };
+    let hhdm = phys_to_virt(0);
     let mut table = space.pml4;
-    let mut writable = true;
-    for (level, &i) in indices(va).iter().enumerate() {
-        let e = read_entry(table, i);
-        if e & need != need || (level < 3 && e & HUGE != 0) {
+    let mut shift = 39;
+    loop {
+        let index = ((va >> shift) & 0x1ff) as usize;
+        // SAFETY: `table` is a page-table frame of `space` (its PML4, or a table an entry
+        // checked present points to), mapped in the direct map at `hhdm`; read as a value.
+        let e = unsafe { ((hhdm + table) as *const u64).add(index).read_volatile() };
+        if e & need != need {
             return None;
         }
-        writable &= e & WRITABLE != 0;
+        if shift == 12 {
+            return Some((e & ADDR_MASK) + (va & (PAGE_SIZE - 1)));
+        }
+        if e & HUGE != 0 {
+            return None;
+        }
         table = e & ADDR_MASK;
-    }
-    TRANSLATIONS
-        .lock()
-        .insert(space.pml4, page, table, writable);
-    Some(table + offset)
-}
-
-/// One cached user translation: (PML4, page) -> frame, and whether every level allows writes.
-#[derive(Clone, Copy)]
-struct Translation {
-    pml4: u64,
-    page: u64,
-    frame: u64,
-    writable: bool,
-}
-
-/// A few recent user translations, replaced round robin. Only the functions in this module
-/// change user page tables, and each flushes it.
-struct Translations {
-    entries: [Option<Translation>; 8],
-    next: usize,
-}
-
-impl Translations {
-    fn lookup(&self, pml4: u64, page: u64, write: bool) -> Option<u64> {
-        self.entries
-            .iter()
-            .flatten()
-            .find(|t| t.pml4 == pml4 && t.page == page && (t.writable || !write))
-            .map(|t| t.frame)
-    }
-
-    fn insert(&mut self, pml4: u64, page: u64, frame: u64, writable: bool) {
-        self.entries[self.next] = Some(Translation {
-            pml4,
-            page,
-            frame,
-            writable,
-        });
-        self.next = (self.next + 1) % self.entries.len();
-    }
-
-    fn flush(&mut self) {
-        self.entries = [None; 8];
+        shift -= 9;
     }
 }
-
-static TRANSLATIONS: spin::Mutex<Translations> = spin::Mutex::new(Translations {
-    entries: [None; 8],
-    next: 0,
-});
 
 /// Splits `[va, va + len)` into per-page pieces `(va, offset into the buffer, length)`; `None`
 /// if the range is not inside the user half.
@@ -304,7 +259,6 @@ impl Machine for KernelMachine {
     }
 
     fn space_destroy(&mut self, space: AddressSpace) {
-        TRANSLATIONS.lock().flush();
         if current_root() == space.pml4 {
             activate_kernel();
         }
@@ -355,7 +309,6 @@ impl Machine for KernelMachine {
             entry |= NO_EXECUTE;
         }
         write_entry(table, i, entry);
-        TRANSLATIONS.lock().flush();
         invalidate_if_active(space, va);
         Ok(())
     }
@@ -370,7 +323,6 @@ impl Machine for KernelMachine {
             return None;
         }
         write_entry(table, i, 0);
-        TRANSLATIONS.lock().flush();
         invalidate_if_active(space, va);
         Some(e & ADDR_MASK)
     }
@@ -440,6 +392,45 @@ impl Machine for KernelMachine {
             // SAFETY: `phys..phys + n` lies in one user-writable frame of `space`, which holds
             // no Rust objects (user memory); written through the direct map.
             unsafe { core::ptr::copy_nonoverlapping(data[off..off + n].as_ptr(), dst, n) };
+        }
+        Ok(())
+    }
+
+    fn copy_user_to_user(
+        &mut self,
+        src: &AddressSpace,
+        src_va: u64,
+        dst: &AddressSpace,
+        dst_va: u64,
+        len: usize,
+    ) -> Result<(), BadUserAddress> {
+        // Translate every piece first (at most three for a payload of one page or less: each
+        // side crosses at most one page boundary), so a refused copy writes nothing.
+        let mut pieces = [(0u64, 0u64, 0usize); 3];
+        let mut count = 0;
+        let mut done = 0;
+        while done < len {
+            let (s, d) = (src_va + done as u64, dst_va + done as u64);
+            let n = (len - done)
+                .min((PAGE_SIZE - (s & (PAGE_SIZE - 1))) as usize)
+                .min((PAGE_SIZE - (d & (PAGE_SIZE - 1))) as usize);
+            let sp = user_phys(src, s, false).ok_or(BadUserAddress)?;
+            let dp = user_phys(dst, d, true).ok_or(BadUserAddress)?;
+            *pieces.get_mut(count).ok_or(BadUserAddress)? = (sp, dp, n);
+            count += 1;
+            done += n;
+        }
+        for &(sp, dp, n) in &pieces[..count] {
+            // SAFETY: both pieces lie in one user frame each (checked by the walks above),
+            // readable and writable respectively, holding no Rust objects; `ptr::copy` allows
+            // the two to overlap (a task sending to itself).
+            unsafe {
+                core::ptr::copy(
+                    phys_to_virt(sp) as *const u8,
+                    phys_to_virt(dp) as *mut u8,
+                    n,
+                )
+            };
         }
         Ok(())
     }

@@ -1,0 +1,147 @@
+//! The IPC fast path: `call` to a waiting receiver and `reply_recv` to a waiting caller with
+//! nothing queued, no capability transfer and a payload that fits, handled in one pass with a
+//! single user-to-user copy and a direct switch. Anything else (and any failure before the
+//! first state change) takes the general path in `ipc.rs`, which gives the same results;
+//! `tests.rs` checks that both paths agree.
+
+use abi::ipc::MAX_PAYLOAD;
+use abi::{CapKind, Rights, NO_CAP};
+
+use super::kernel::{Kernel, Next};
+use super::machine::Machine;
+use super::objects::{slot_get, EndpointState, ThreadState};
+use super::queue::ThreadId;
+
+impl<M: Machine> Kernel<M> {
+    /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
+    /// until its task unmaps something.
+    fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
+        let task = self.thread(t).task;
+        let unmaps = self.task(task).unmaps;
+        if self.thread(t).checked_buf == Some((buf, cap, unmaps)) {
+            return true;
+        }
+        let ok = self
+            .machine
+            .user_range_ok(&self.task(task).space, buf, cap, true);
+        if ok {
+            self.thread_mut(t).checked_buf = Some((buf, cap, unmaps));
+        }
+        ok
+    }
+
+    /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
+    pub(crate) fn fast_call(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
+        let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
+        if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
+            return None;
+        }
+        let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
+        let ct = self.thread(c).task;
+        let cap = self.task(ct).caps.get(ep_slot).ok()?;
+        if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::SEND) {
+            return None;
+        }
+        let ep = slot_get(&self.endpoints, cap.obj)?;
+        if ep.state == EndpointState::Closed {
+            return None;
+        }
+        let r = ep.receivers.head?;
+        let (rt, rbuf, rcap, rprio) = {
+            let th = self.thread(r);
+            if th.reply_to.is_some() {
+                return None;
+            }
+            (th.task, th.buf, th.buf_cap, th.prio)
+        };
+        if len > rcap || self.run_queue.highest().is_some_and(|h| h > rprio) {
+            return None;
+        }
+        if !self.buffer_writable(c, buf, buf_cap) {
+            return None;
+        }
+        if len > 0 {
+            let tasks = &self.tasks;
+            let src = &tasks[ct as usize].obj.as_ref()?.space;
+            let dst = &tasks[rt as usize].obj.as_ref()?.space;
+            self.machine
+                .copy_user_to_user(src, buf, dst, rbuf, len as usize)
+                .ok()?;
+        }
+        // Committed: nothing below fails.
+        let epi = cap.obj.index;
+        let e = self.endpoints[epi as usize].obj.as_mut()?;
+        e.receivers.remove(&mut self.threads, r);
+        {
+            let th = self.thread_mut(c);
+            th.buf = buf;
+            th.buf_cap = buf_cap;
+            th.state = ThreadState::BlockedReply { server: r, ep: epi };
+        }
+        let th = self.thread_mut(r);
+        th.regs.set_result(0, [len, label, cap.badge, NO_CAP]);
+        th.reply_to = Some(c);
+        th.state = ThreadState::Ready;
+        self.current = Some(r);
+        Some(Next::User(r))
+    }
+
+    /// `reply_recv(ep, buf, reply_len, buf_cap, label, grant)` answering a caller when the
+    /// endpoint has nothing queued: the server blocks receiving, the caller runs.
+    pub(crate) fn fast_reply_recv(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
+        let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
+        if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
+            return None;
+        }
+        let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
+        let (ct, caller) = {
+            let th = self.thread(c);
+            (th.task, th.reply_to?)
+        };
+        let cap = self.task(ct).caps.get(ep_slot).ok()?;
+        if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::RECV) {
+            return None;
+        }
+        let ep = slot_get(&self.endpoints, cap.obj)?;
+        if !ep.senders.is_empty() || !ep.notices.is_empty() {
+            return None;
+        }
+        let (kt, kbuf, kcap, kprio) = {
+            let th = self.thread(caller);
+            if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c) {
+                return None;
+            }
+            (th.task, th.buf, th.buf_cap, th.prio)
+        };
+        if len > kcap || self.run_queue.highest().is_some_and(|h| h > kprio) {
+            return None;
+        }
+        if !self.buffer_writable(c, buf, buf_cap) {
+            return None;
+        }
+        if len > 0 {
+            let tasks = &self.tasks;
+            let src = &tasks[ct as usize].obj.as_ref()?.space;
+            let dst = &tasks[kt as usize].obj.as_ref()?.space;
+            self.machine
+                .copy_user_to_user(src, buf, dst, kbuf, len as usize)
+                .ok()?;
+        }
+        // Committed: nothing below fails.
+        let epi = cap.obj.index;
+        {
+            let th = self.thread_mut(c);
+            th.reply_to = None;
+            th.buf = buf;
+            th.buf_cap = buf_cap;
+            th.state = ThreadState::BlockedRecv { ep: epi };
+        }
+        let e = self.endpoints[epi as usize].obj.as_mut()?;
+        e.receivers.push_back(&mut self.threads, c);
+        let th = self.thread_mut(caller);
+        th.regs.set_result(0, [len, label, 0, NO_CAP]);
+        th.state = ThreadState::Ready;
+        self.current = Some(caller);
+        Some(Next::User(caller))
+    }
+}
