@@ -7,6 +7,7 @@
 //! The ring-3 self-tests of the `kernel` scenario (`usertest`) run one hand-made thread at a
 //! time without the object model; while `usertest::active()`, entries go to that path.
 
+use crate::arch::entry_cell::{Entered, EntryCell};
 use crate::arch::user::{idle_wait, return_to_user};
 use crate::mm::uspace::{self, AddressSpace, KernelMachine};
 use crate::usertest::{self, End};
@@ -15,15 +16,15 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
 use microkernel::kobj::{Kernel, Next};
-use spin::{Mutex, MutexGuard};
+use spin::Mutex;
 
 /// The kernel object model: every task, thread and object.
-static KERNEL: Mutex<Kernel<KernelMachine>> = Mutex::new(Kernel::new(KernelMachine));
+static KERNEL: EntryCell<Kernel<KernelMachine>> = EntryCell::new(Kernel::new(KernelMachine));
 
 /// Starts the first task (the boot module named `supervisor`) and runs user mode from then on.
 pub fn start_services() -> ! {
     let next = {
-        let mut k = KERNEL.lock();
+        let mut k = KERNEL.enter();
         let count = k.machine.module_count();
         let index = (0..count).find(|&i| {
             k.machine
@@ -56,16 +57,14 @@ pub fn start_services() -> ! {
     run(next)
 }
 
-/// Runs what the object model picked: one lock of the kernel from the entry to here.
-fn resume(k: MutexGuard<'_, Kernel<KernelMachine>>, next: Next) -> ! {
+/// Runs what the object model picked: the kernel state is entered once per entry.
+fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
     match next {
-        Next::User(t) => {
+        Next::User(t) => k.return_to_user(|k| {
             let (regs, space) = k.context(t);
             uspace::activate(space);
-            let regs = *regs;
-            drop(k);
-            return_to_user(&regs)
-        }
+            regs
+        }),
         Next::MachineExit(code) => {
             drop(k);
             crate::scenario::exit(match code {
@@ -80,7 +79,7 @@ fn resume(k: MutexGuard<'_, Kernel<KernelMachine>>, next: Next) -> ! {
             loop {
                 // Interrupts are taken only here; `irq_in_kernel` wakes sleepers.
                 idle_wait();
-                let mut k = KERNEL.lock();
+                let mut k = KERNEL.enter();
                 let next = k.schedule();
                 if next != Next::Idle {
                     resume(k, next)
@@ -92,7 +91,7 @@ fn resume(k: MutexGuard<'_, Kernel<KernelMachine>>, next: Next) -> ! {
 
 /// Runs what the object model picked.
 fn run(next: Next) -> ! {
-    resume(KERNEL.lock(), next)
+    resume(KERNEL.enter(), next)
 }
 
 /// The running user thread: its task's name and address space.
@@ -140,7 +139,7 @@ fn end(how: End) -> ! {
 /// `syscall` from ring 3.
 pub fn syscall(regs: &mut UserRegs) -> ! {
     if !usertest::active() {
-        let mut k = KERNEL.lock();
+        let mut k = KERNEL.enter();
         let next = k.on_syscall(regs);
         resume(k, next)
     }
@@ -183,7 +182,7 @@ fn debug_write(ptr: u64, len: u64) -> u64 {
 pub fn irq_from_user(vector: u8, regs: &mut UserRegs) -> ! {
     IRQS_FROM_USER.fetch_add(1, Ordering::Relaxed);
     if !usertest::active() {
-        let next = KERNEL.lock().on_tick(Some(regs));
+        let next = KERNEL.enter().on_tick(Some(regs));
         run(next)
     }
     usertest::irq_from_user(vector);
@@ -194,7 +193,7 @@ pub fn irq_from_user(vector: u8, regs: &mut UserRegs) -> ! {
 pub fn irq_in_kernel(_vector: u8) {
     IRQS_IN_KERNEL.fetch_add(1, Ordering::Relaxed);
     if !usertest::active() {
-        KERNEL.lock().on_tick(None);
+        KERNEL.enter().on_tick(None);
     }
 }
 
@@ -203,7 +202,7 @@ pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs
     if !usertest::active() {
         let address = if vector == 14 { cr2 } else { regs.rip };
         let next = {
-            let mut k = KERNEL.lock();
+            let mut k = KERNEL.enter();
             if let Some(t) = k.current {
                 let task = k.thread(t).task;
                 crate::log!(

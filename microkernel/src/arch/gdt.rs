@@ -76,6 +76,7 @@ pub fn init() {
     super::user::init_syscall(sel);
 }
 
+#[inline]
 pub fn selectors() -> &'static Selectors {
     &GDT.1
 }

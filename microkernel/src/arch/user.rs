@@ -250,11 +250,13 @@ pub(super) fn clear_ac() {
 }
 
 /// The RFLAGS a user thread resumes with (see [`USER_RFLAGS_KEEP`]).
+#[inline]
 pub fn sanitize_rflags(rflags: u64) -> u64 {
     (rflags & USER_RFLAGS_KEEP) | USER_RFLAGS_FORCE
 }
 
 /// Whether `rip` is an address user code may resume at (canonical lower half).
+#[inline]
 pub fn is_user_rip(rip: u64) -> bool {
     rip < USER_END
 }

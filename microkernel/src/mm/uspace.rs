@@ -154,6 +154,7 @@ fn pieces(va: u64, len: usize) -> Option<impl Iterator<Item = (u64, usize, usize
 }
 
 /// Loads `space` into CR3 (nothing if it is already there).
+#[inline]
 pub fn activate(space: &AddressSpace) {
     load_cr3(space.pml4);
 }
@@ -168,6 +169,7 @@ pub fn current_root() -> u64 {
     Cr3::read().0.start_address().as_u64()
 }
 
+#[inline]
 fn load_cr3(pml4: u64) {
     if current_root() == pml4 {
         return;
