@@ -13,6 +13,32 @@ use super::objects::{slot_get, EndpointState, ThreadState};
 use super::queue::ThreadId;
 
 impl<M: Machine> Kernel<M> {
+    /// The part both fast paths share: `c`'s next receive buffer `[buf, buf + buf_cap)` must
+    /// be writable, and its `len` payload bytes at `buf` go to `to = (task, buffer, capacity)`
+    /// (which must hold them all). `None` leaves everything as it was.
+    fn fast_transfer(
+        &mut self,
+        c: ThreadId,
+        buf: u64,
+        buf_cap: u64,
+        len: u64,
+        to: (u16, u64, u64),
+    ) -> Option<()> {
+        let (to_task, to_buf, to_cap) = to;
+        if len > to_cap || !self.buffer_writable(c, buf, buf_cap) {
+            return None;
+        }
+        if len > 0 {
+            let tasks = &self.tasks;
+            let src = &tasks[self.thread(c).task as usize].obj.as_ref()?.space;
+            let dst = &tasks[to_task as usize].obj.as_ref()?.space;
+            self.machine
+                .copy_user_to_user(src, buf, dst, to_buf, len as usize)
+                .ok()?;
+        }
+        Some(())
+    }
+
     /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
     /// until its task unmaps something.
     fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
@@ -54,20 +80,10 @@ impl<M: Machine> Kernel<M> {
             }
             (th.task, th.buf, th.buf_cap, th.prio)
         };
-        if len > rcap || self.run_queue.highest().is_some_and(|h| h > rprio) {
+        if self.run_queue.highest().is_some_and(|h| h > rprio) {
             return None;
         }
-        if !self.buffer_writable(c, buf, buf_cap) {
-            return None;
-        }
-        if len > 0 {
-            let tasks = &self.tasks;
-            let src = &tasks[ct as usize].obj.as_ref()?.space;
-            let dst = &tasks[rt as usize].obj.as_ref()?.space;
-            self.machine
-                .copy_user_to_user(src, buf, dst, rbuf, len as usize)
-                .ok()?;
-        }
+        self.fast_transfer(c, buf, buf_cap, len, (rt, rbuf, rcap))?;
         // Committed: nothing below fails.
         let epi = cap.obj.index;
         let e = self.endpoints[epi as usize].obj.as_mut()?;
@@ -113,20 +129,10 @@ impl<M: Machine> Kernel<M> {
             }
             (th.task, th.buf, th.buf_cap, th.prio)
         };
-        if len > kcap || self.run_queue.highest().is_some_and(|h| h > kprio) {
+        if self.run_queue.highest().is_some_and(|h| h > kprio) {
             return None;
         }
-        if !self.buffer_writable(c, buf, buf_cap) {
-            return None;
-        }
-        if len > 0 {
-            let tasks = &self.tasks;
-            let src = &tasks[ct as usize].obj.as_ref()?.space;
-            let dst = &tasks[kt as usize].obj.as_ref()?.space;
-            self.machine
-                .copy_user_to_user(src, buf, dst, kbuf, len as usize)
-                .ok()?;
-        }
+        self.fast_transfer(c, buf, buf_cap, len, (kt, kbuf, kcap))?;
         // Committed: nothing below fails.
         let epi = cap.obj.index;
         {
