@@ -39,23 +39,6 @@ impl<M: Machine> Kernel<M> {
         Some(())
     }
 
-    /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
-    /// until its task unmaps something.
-    fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
-        let task = self.thread(t).task;
-        let unmaps = self.task(task).unmaps;
-        if self.thread(t).checked_buf == Some((buf, cap, unmaps)) {
-            return true;
-        }
-        let ok = self
-            .machine
-            .user_range_ok(&self.task(task).space, buf, cap, true);
-        if ok {
-            self.thread_mut(t).checked_buf = Some((buf, cap, unmaps));
-        }
-        ok
-    }
-
     /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
     pub(crate) fn fast_call(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
         let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);

@@ -78,18 +78,31 @@ impl<M: Machine> Kernel<M> {
     /// Checks and records where the current thread takes its next message.
     fn set_receive_buffer(&mut self, buf: u64, buf_cap: u64) -> Result<(), (Error, u64)> {
         let cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let ti = self.cur_task();
-        if !self
-            .machine
-            .user_range_ok(&self.task(ti).space, buf, cap, true)
-        {
+        let c = self.current.expect("current");
+        if !self.buffer_writable(c, buf, cap) {
             return Err(err(Error::BadPointer));
         }
-        let c = self.current.expect("current");
         let th = self.thread_mut(c);
         th.buf = buf;
         th.buf_cap = cap;
         Ok(())
+    }
+
+    /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
+    /// until its task unmaps something.
+    pub(crate) fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
+        let task = self.thread(t).task;
+        let unmaps = self.task(task).unmaps;
+        if self.thread(t).checked_buf == Some((buf, cap, unmaps)) {
+            return true;
+        }
+        let ok = self
+            .machine
+            .user_range_ok(&self.task(task).space, buf, cap, true);
+        if ok {
+            self.thread_mut(t).checked_buf = Some((buf, cap, unmaps));
+        }
+        ok
     }
 
     /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its
