@@ -90,6 +90,9 @@ impl<M: Machine> Kernel<M> {
 
     /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
     /// until its task unmaps something.
+    // Inlined into both IPC fast paths: as a call it costs 37 instructions per round trip
+    // (`make bench`, Bochs).
+    #[inline(always)]
     pub(crate) fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
         let task = self.thread(t).task;
         let unmaps = self.task(task).unmaps;
