@@ -761,6 +761,22 @@ pub fn module_info(index: u64, buf: &mut [u8]) -> Result<ModuleInfo, Error> {
     })
 }
 
+/// Copies bytes of boot module `index` from `offset` into `buf`; returns how many (fewer
+/// than `buf.len()` at the end of the module, 0 past it).
+pub fn module_read(index: u64, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
+    let (rax, r) = unsafe {
+        syscall4(
+            Sys::ModuleRead as u64,
+            index,
+            offset,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+        )
+    };
+    Error::check(rax).map(|()| r[0] as usize)
+}
+
 /// Ends the scenario with `code` (`umbra: exit <code>`) and powers off. Needs the machine
 /// capability ([`abi::cap::slot::MACHINE`]). Returns only on error.
 pub fn machine_exit(machine: CapSlot, code: u64) -> Error {
@@ -1076,4 +1092,128 @@ pub fn rdtsc() -> u64 {
     {
         0
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Virtual machines
+// ---------------------------------------------------------------------------------------------
+
+/// A new VM whose guest RAM (at guest-physical 0) is the memory object `ram`.
+/// [`Error::NoVmx`] on a machine without VMX.
+pub fn vm_create(ram: CapSlot) -> Result<CapSlot, Error> {
+    plain(Sys::VmCreate, [ram, 0, 0, 0, 0]).map(|r| r[0])
+}
+
+/// Maps guest RAM `[gpa, gpa + pages * 4 KiB)` into the VM's EPT with `rights`.
+pub fn vm_map_ram(vm: CapSlot, gpa: u64, pages: u64, rights: Rights) -> Result<(), Error> {
+    plain(Sys::VmMapRam, [vm, gpa, pages, rights.bits(), 0]).map(drop)
+}
+
+/// Removes EPT mappings of `[gpa, gpa + pages * 4 KiB)`.
+pub fn vm_unmap(vm: CapSlot, gpa: u64, pages: u64) -> Result<(), Error> {
+    plain(Sys::VmUnmap, [vm, gpa, pages, 0, 0]).map(drop)
+}
+
+/// A new vCPU of `vm`; exit messages carry `id`.
+pub fn vcpu_create(vm: CapSlot, id: u64) -> Result<CapSlot, Error> {
+    plain(Sys::VcpuCreate, [vm, id, 0, 0, 0]).map(|r| r[0])
+}
+
+/// Where the exits of basic reason `reason` go: an endpoint with the state groups in `mask`
+/// ([`abi::vmx::group`]), `None` to remove the portal.
+pub fn vcpu_portal(
+    vcpu: CapSlot,
+    reason: u32,
+    ep: Option<CapSlot>,
+    mask: u32,
+) -> Result<(), Error> {
+    plain(
+        Sys::VcpuPortal,
+        [vcpu, reason as u64, grant_arg(ep), mask as u64, 0],
+    )
+    .map(drop)
+}
+
+/// Has the kernel answer exits of `reason` itself (CPUID, VMCALL, port I/O only): the
+/// floor an exit round trip is measured against.
+pub fn vcpu_portal_reflect(vcpu: CapSlot, reason: u32) -> Result<(), Error> {
+    plain(
+        Sys::VcpuPortal,
+        [vcpu, reason as u64, abi::vmx::PORTAL_REFLECT, 0, 0],
+    )
+    .map(drop)
+}
+
+/// Writes `(field, value)` pairs into a stopped vCPU ([`abi::vmx::field`]). On an error the
+/// second value is the index of the pair that failed.
+pub fn vcpu_write(vcpu: CapSlot, pairs: &[(u64, u64)]) -> Result<(), (Error, usize)> {
+    // `(u64, u64)` has no guaranteed layout: the pairs go through a flat array.
+    vcpu_state(
+        vcpu,
+        pairs.iter().flat_map(|&(f, v)| [f, v]),
+        pairs.len(),
+        true,
+    )
+    .map(drop)
+}
+
+/// Reads the fields named in `fields` of a stopped vCPU into `values`.
+pub fn vcpu_read(vcpu: CapSlot, fields: &[u64], values: &mut [u64]) -> Result<(), (Error, usize)> {
+    let n = fields.len().min(values.len());
+    let out = vcpu_state(vcpu, fields.iter().flat_map(|&f| [f, 0]), n, false)?;
+    for (i, v) in values.iter_mut().take(n).enumerate() {
+        *v = out[2 * i + 1];
+    }
+    Ok(())
+}
+
+/// Pairs per [`vcpu_state`] call.
+const STATE_BATCH: usize = 32;
+
+fn vcpu_state(
+    vcpu: CapSlot,
+    words: impl Iterator<Item = u64>,
+    count: usize,
+    write: bool,
+) -> Result<[u64; 2 * STATE_BATCH], (Error, usize)> {
+    let mut flat = [0u64; 2 * STATE_BATCH];
+    if count > STATE_BATCH {
+        return Err((Error::BadLength, 0));
+    }
+    for (slot, w) in flat.iter_mut().zip(words) {
+        *slot = w;
+    }
+    // SAFETY: `flat` is a local array of `2 * STATE_BATCH` u64; the kernel reads and (for a
+    // read) writes at most `count` ≤ STATE_BATCH pairs of it.
+    let (rax, r) = unsafe {
+        syscall4(
+            Sys::VcpuState as u64,
+            vcpu,
+            flat.as_mut_ptr() as u64,
+            count as u64,
+            write as u64,
+        )
+    };
+    match Error::check(rax) {
+        Ok(()) => Ok(flat),
+        Err(e) => Err((e, r[0] as usize)),
+    }
+}
+
+/// Why [`vcpu_run`] returned: the stop value ([`abi::vmx::stop`]), the last basic exit reason
+/// and its qualification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuStop {
+    pub stop: u64,
+    pub reason: u64,
+    pub qualification: u64,
+}
+
+/// Runs the vCPU until it stops; the calling thread waits meanwhile.
+pub fn vcpu_run(vcpu: CapSlot) -> Result<VcpuStop, Error> {
+    plain(Sys::VcpuRun, [vcpu, 0, 0, 0, 0]).map(|r| VcpuStop {
+        stop: r[0],
+        reason: r[1],
+        qualification: r[2],
+    })
 }

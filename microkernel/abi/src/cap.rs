@@ -33,6 +33,8 @@ pub enum CapKind {
     Task = 4,
     Spawn = 5,
     Machine = 6,
+    Vm = 7,
+    Vcpu = 8,
 }
 
 impl CapKind {
@@ -44,6 +46,8 @@ impl CapKind {
             CapKind::Task,
             CapKind::Spawn,
             CapKind::Machine,
+            CapKind::Vm,
+            CapKind::Vcpu,
         ]
         .into_iter()
         .find(|k| *k as u64 == v)

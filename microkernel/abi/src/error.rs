@@ -37,6 +37,10 @@ pub enum Error {
     BadImage = 15,
     /// [`crate::Sys::Poll`] found no bits (also returned as `Ok(0)`; kept for completeness).
     WouldBlock = 16,
+    /// The machine has no usable VMX (no VM or vCPU can be created).
+    NoVmx = 17,
+    /// The vCPU is running a guest (or waiting for a handler): its state cannot be touched.
+    Busy = 18,
 }
 
 impl Error {
@@ -58,6 +62,8 @@ impl Error {
         Error::AddressInUse,
         Error::BadImage,
         Error::WouldBlock,
+        Error::NoVmx,
+        Error::Busy,
     ];
 
     /// Decodes `rax` after a syscall: `Ok(())` for 0, the error otherwise (an unknown

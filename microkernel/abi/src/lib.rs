@@ -10,6 +10,7 @@ pub mod cap;
 pub mod error;
 pub mod ipc;
 pub mod syscall;
+pub mod vmx;
 
 pub use cap::{CapKind, CapSlot, Rights, NO_CAP};
 pub use error::Error;

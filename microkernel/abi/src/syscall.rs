@@ -100,6 +100,34 @@ pub enum Sys {
     MachineExit = 87,
     /// `(buf, buf_cap) -> (len)`: the kernel command line.
     KernelCmdline = 88,
+    /// `(index, offset, buf, len) -> (copied)`: copies bytes of boot module `index` from
+    /// `offset` (fewer at the end of the module).
+    ModuleRead = 89,
+
+    /// `(ram) -> (vm cap)`: a new VM whose guest-physical RAM is the memory object `ram`
+    /// (at guest-physical 0). Nothing is mapped yet: see [`Sys::VmMapRam`].
+    /// [`crate::Error::NoVmx`] without VMX.
+    VmCreate = 96,
+    /// `(vm, gpa, pages, rights)`: maps guest RAM `[gpa, gpa + pages * 4 KiB)` into the VM's
+    /// EPT at the same guest-physical address with `rights` (READ/WRITE/EXEC). Only the VM's
+    /// own RAM can be mapped. Mapped pages are simply remapped.
+    VmMapRam = 97,
+    /// `(vm, gpa, pages)`: removes EPT mappings (absent pages are skipped).
+    VmUnmap = 98,
+    /// `(vm, id) -> (vcpu cap)`: a new vCPU in the VM, stopped, with no portals. `id` is
+    /// reported in every exit message.
+    VcpuCreate = 99,
+    /// `(vcpu, reason, ep, mask)`: exits of basic reason `reason` go to endpoint `ep` as an
+    /// [`crate::vmx::ExitMessage`] with the state groups in `mask`; `ep` = [`crate::NO_CAP`]
+    /// removes the portal, [`crate::vmx::PORTAL_REFLECT`] has the kernel answer it.
+    VcpuPortal = 100,
+    /// `(vcpu, pairs, count, write)`: reads (`write` = 0) or writes `count` (field, value)
+    /// pairs of u64 at `pairs` ([`crate::vmx::field`]). Stops at the first field that is out
+    /// of reach, with `rdi` = its index. Only while the vCPU is not running a guest.
+    VcpuState = 101,
+    /// `(vcpu) -> (stop, reason, qualification)`: runs the vCPU until it stops
+    /// ([`crate::vmx::stop`]); the calling thread waits meanwhile.
+    VcpuRun = 102,
 }
 
 impl Sys {
@@ -140,6 +168,14 @@ impl Sys {
         Sys::ModuleInfo,
         Sys::MachineExit,
         Sys::KernelCmdline,
+        Sys::ModuleRead,
+        Sys::VmCreate,
+        Sys::VmMapRam,
+        Sys::VmUnmap,
+        Sys::VcpuCreate,
+        Sys::VcpuPortal,
+        Sys::VcpuState,
+        Sys::VcpuRun,
     ];
 
     /// Decodes a syscall number (a jump table, not a search: this is on every syscall).
@@ -180,6 +216,14 @@ impl Sys {
             86 => Sys::ModuleInfo,
             87 => Sys::MachineExit,
             88 => Sys::KernelCmdline,
+            89 => Sys::ModuleRead,
+            96 => Sys::VmCreate,
+            97 => Sys::VmMapRam,
+            98 => Sys::VmUnmap,
+            99 => Sys::VcpuCreate,
+            100 => Sys::VcpuPortal,
+            101 => Sys::VcpuState,
+            102 => Sys::VcpuRun,
             _ => return None,
         })
     }

@@ -1,0 +1,820 @@
+//! What crosses the kernel boundary for virtual machines: basic exit reasons, the VMCS fields a
+//! service may name, the state groups an exit portal asks for, and the byte layouts of the
+//! exit message (kernel → handler) and of the exit reply (handler → kernel).
+//!
+//! Both messages are fixed little-endian layouts rather than postcard: the kernel builds and
+//! reads them on every exit, and the groups a portal did not ask for are simply absent.
+//! `ExitMessage::decode` and `ExitReply::decode` never panic on bad input.
+
+/// Label of an exit message (the IPC label the handler receives).
+pub const EXIT_LABEL: u64 = 0xe417;
+/// Label a handler replies with (any label is accepted; this one is conventional).
+pub const REPLY_LABEL: u64 = 0xe418;
+
+/// `ep` value for [`crate::Sys::VcpuPortal`]: the kernel answers the exit itself (CPUID with
+/// the host's values, VMCALL and port I/O by skipping the instruction). Kept for measuring the
+/// floor of an exit round trip; only those three reasons accept it.
+pub const PORTAL_REFLECT: u64 = u64::MAX - 1;
+
+/// Number of basic exit reasons the kernel routes (reasons 0..EXIT_REASONS).
+pub const EXIT_REASONS: usize = 70;
+
+/// Basic exit reasons (Intel SDM vol. 3, appendix C), the ones Umbra names.
+pub mod reason {
+    pub const EXCEPTION_NMI: u32 = 0;
+    pub const EXTERNAL_INTERRUPT: u32 = 1;
+    pub const TRIPLE_FAULT: u32 = 2;
+    pub const INIT: u32 = 3;
+    pub const SIPI: u32 = 4;
+    pub const INTERRUPT_WINDOW: u32 = 7;
+    pub const TASK_SWITCH: u32 = 9;
+    pub const CPUID: u32 = 10;
+    pub const GETSEC: u32 = 11;
+    pub const HLT: u32 = 12;
+    pub const INVD: u32 = 13;
+    pub const INVLPG: u32 = 14;
+    pub const RDPMC: u32 = 15;
+    pub const RDTSC: u32 = 16;
+    pub const VMCALL: u32 = 18;
+    pub const CR_ACCESS: u32 = 28;
+    pub const DR_ACCESS: u32 = 29;
+    pub const IO: u32 = 30;
+    pub const RDMSR: u32 = 31;
+    pub const WRMSR: u32 = 32;
+    pub const INVALID_GUEST_STATE: u32 = 33;
+    pub const MSR_LOADING: u32 = 34;
+    pub const MWAIT: u32 = 36;
+    pub const MONITOR: u32 = 39;
+    pub const PAUSE: u32 = 40;
+    pub const MACHINE_CHECK: u32 = 41;
+    pub const EPT_VIOLATION: u32 = 48;
+    pub const EPT_MISCONFIG: u32 = 49;
+    pub const PREEMPTION_TIMER: u32 = 52;
+    pub const WBINVD: u32 = 54;
+    pub const XSETBV: u32 = 55;
+
+    /// A short name for reports ("cpuid", "io", ...); `None` for reasons Umbra does not name.
+    pub fn name(r: u32) -> Option<&'static str> {
+        Some(match r {
+            EXCEPTION_NMI => "exception",
+            EXTERNAL_INTERRUPT => "external-interrupt",
+            TRIPLE_FAULT => "triple-fault",
+            INIT => "init",
+            SIPI => "sipi",
+            INTERRUPT_WINDOW => "interrupt-window",
+            TASK_SWITCH => "task-switch",
+            CPUID => "cpuid",
+            GETSEC => "getsec",
+            HLT => "hlt",
+            INVD => "invd",
+            INVLPG => "invlpg",
+            RDPMC => "rdpmc",
+            RDTSC => "rdtsc",
+            VMCALL => "vmcall",
+            CR_ACCESS => "cr-access",
+            DR_ACCESS => "dr-access",
+            IO => "io",
+            RDMSR => "rdmsr",
+            WRMSR => "wrmsr",
+            INVALID_GUEST_STATE => "invalid-guest-state",
+            MSR_LOADING => "msr-loading",
+            MWAIT => "mwait",
+            MONITOR => "monitor",
+            PAUSE => "pause",
+            MACHINE_CHECK => "machine-check",
+            EPT_VIOLATION => "ept-violation",
+            EPT_MISCONFIG => "ept-misconfig",
+            PREEMPTION_TIMER => "preemption-timer",
+            WBINVD => "wbinvd",
+            XSETBV => "xsetbv",
+            _ => return None,
+        })
+    }
+}
+
+/// Why a vCPU stopped: the first result of [`crate::Sys::VcpuRun`].
+pub mod stop {
+    /// A handler's reply asked to stop, with code `code`: the result is `HANDLER | code`.
+    pub const HANDLER: u64 = 0;
+    /// No portal for the exit reason (the second result is the reason).
+    pub const UNHANDLED: u64 = 1 << 32;
+    /// A malformed reply to an exit message.
+    pub const BAD_REPLY: u64 = 2 << 32;
+    /// VM entry failed (invalid guest state, or a VMfail: the third result holds the
+    /// VM-instruction error).
+    pub const ENTRY_FAILED: u64 = 3 << 32;
+    /// The portal's endpoint was closed or its server is gone.
+    pub const PORTAL_GONE: u64 = 4 << 32;
+    /// The kind part of a stop value.
+    pub const KIND_MASK: u64 = 0xffff_ffff << 32;
+}
+
+/// State groups an exit portal asks for (the `mask` of [`crate::Sys::VcpuPortal`]).
+pub mod group {
+    /// The 16 general-purpose registers, in [`super::Gpr`] order.
+    pub const GPRS: u32 = 1 << 0;
+    /// RIP, RFLAGS and the exiting instruction's length.
+    pub const RIP: u32 = 1 << 1;
+    /// CR0, CR3, CR4, EFER and the CR0/CR4 read shadows.
+    pub const CRS: u32 = 1 << 2;
+    /// CS, SS, DS, ES, FS, GS, TR, LDTR: selector, access rights, limit, base.
+    pub const SEGS: u32 = 1 << 3;
+    /// Exit qualification, interruption info and error code, IDT-vectoring info and error
+    /// code, VM-exit instruction info.
+    pub const QUAL: u32 = 1 << 4;
+    /// Guest-physical and guest-linear address.
+    pub const ADDR: u32 = 1 << 5;
+    pub const ALL: u32 = 0x3f;
+}
+
+/// General-purpose registers in the order of the instruction encoding (so the register fields
+/// of exit qualifications index them directly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Gpr {
+    Rax = 0,
+    Rcx = 1,
+    Rdx = 2,
+    Rbx = 3,
+    Rsp = 4,
+    Rbp = 5,
+    Rsi = 6,
+    Rdi = 7,
+    R8 = 8,
+    R9 = 9,
+    R10 = 10,
+    R11 = 11,
+    R12 = 12,
+    R13 = 13,
+    R14 = 14,
+    R15 = 15,
+}
+
+/// VMCS field encodings (SDM vol. 3, appendix B) a service may name in
+/// [`crate::Sys::VcpuState`], plus pseudo-fields for the registers the VMCS does not hold.
+/// The kernel decides which are readable and writable ([`field::access`]).
+pub mod field {
+    // 16-bit guest state.
+    pub const GUEST_ES_SELECTOR: u64 = 0x0800;
+    pub const GUEST_CS_SELECTOR: u64 = 0x0802;
+    pub const GUEST_SS_SELECTOR: u64 = 0x0804;
+    pub const GUEST_DS_SELECTOR: u64 = 0x0806;
+    pub const GUEST_FS_SELECTOR: u64 = 0x0808;
+    pub const GUEST_GS_SELECTOR: u64 = 0x080a;
+    pub const GUEST_LDTR_SELECTOR: u64 = 0x080c;
+    pub const GUEST_TR_SELECTOR: u64 = 0x080e;
+    // 64-bit.
+    pub const GUEST_PHYSICAL_ADDRESS: u64 = 0x2400;
+    pub const GUEST_IA32_PAT: u64 = 0x2804;
+    pub const GUEST_IA32_EFER: u64 = 0x2806;
+    pub const GUEST_PDPTE0: u64 = 0x280a;
+    pub const GUEST_PDPTE1: u64 = 0x280c;
+    pub const GUEST_PDPTE2: u64 = 0x280e;
+    pub const GUEST_PDPTE3: u64 = 0x2810;
+    // 32-bit control and exit information.
+    pub const EXCEPTION_BITMAP: u64 = 0x4004;
+    pub const VM_ENTRY_CONTROLS: u64 = 0x4012;
+    pub const VM_ENTRY_INTR_INFO: u64 = 0x4016;
+    pub const VM_ENTRY_EXCEPTION_ERROR_CODE: u64 = 0x4018;
+    pub const VM_ENTRY_INSTRUCTION_LEN: u64 = 0x401a;
+    pub const VM_INSTRUCTION_ERROR: u64 = 0x4400;
+    pub const EXIT_REASON: u64 = 0x4402;
+    pub const EXIT_INTR_INFO: u64 = 0x4404;
+    pub const EXIT_INTR_ERROR_CODE: u64 = 0x4406;
+    pub const IDT_VECTORING_INFO: u64 = 0x4408;
+    pub const IDT_VECTORING_ERROR_CODE: u64 = 0x440a;
+    pub const EXIT_INSTRUCTION_LEN: u64 = 0x440c;
+    pub const EXIT_INSTRUCTION_INFO: u64 = 0x440e;
+    // 32-bit guest state.
+    pub const GUEST_ES_LIMIT: u64 = 0x4800;
+    pub const GUEST_CS_LIMIT: u64 = 0x4802;
+    pub const GUEST_SS_LIMIT: u64 = 0x4804;
+    pub const GUEST_DS_LIMIT: u64 = 0x4806;
+    pub const GUEST_FS_LIMIT: u64 = 0x4808;
+    pub const GUEST_GS_LIMIT: u64 = 0x480a;
+    pub const GUEST_LDTR_LIMIT: u64 = 0x480c;
+    pub const GUEST_TR_LIMIT: u64 = 0x480e;
+    pub const GUEST_GDTR_LIMIT: u64 = 0x4810;
+    pub const GUEST_IDTR_LIMIT: u64 = 0x4812;
+    pub const GUEST_ES_AR: u64 = 0x4814;
+    pub const GUEST_CS_AR: u64 = 0x4816;
+    pub const GUEST_SS_AR: u64 = 0x4818;
+    pub const GUEST_DS_AR: u64 = 0x481a;
+    pub const GUEST_FS_AR: u64 = 0x481c;
+    pub const GUEST_GS_AR: u64 = 0x481e;
+    pub const GUEST_LDTR_AR: u64 = 0x4820;
+    pub const GUEST_TR_AR: u64 = 0x4822;
+    pub const GUEST_INTERRUPTIBILITY: u64 = 0x4824;
+    pub const GUEST_ACTIVITY_STATE: u64 = 0x4826;
+    pub const GUEST_SYSENTER_CS: u64 = 0x482a;
+    // Natural-width control and exit information.
+    pub const CR0_GUEST_HOST_MASK: u64 = 0x6000;
+    pub const CR4_GUEST_HOST_MASK: u64 = 0x6002;
+    pub const CR0_READ_SHADOW: u64 = 0x6004;
+    pub const CR4_READ_SHADOW: u64 = 0x6006;
+    pub const EXIT_QUALIFICATION: u64 = 0x6400;
+    pub const GUEST_LINEAR_ADDRESS: u64 = 0x640a;
+    // Natural-width guest state.
+    pub const GUEST_CR0: u64 = 0x6800;
+    pub const GUEST_CR3: u64 = 0x6802;
+    pub const GUEST_CR4: u64 = 0x6804;
+    pub const GUEST_ES_BASE: u64 = 0x6806;
+    pub const GUEST_CS_BASE: u64 = 0x6808;
+    pub const GUEST_SS_BASE: u64 = 0x680a;
+    pub const GUEST_DS_BASE: u64 = 0x680c;
+    pub const GUEST_FS_BASE: u64 = 0x680e;
+    pub const GUEST_GS_BASE: u64 = 0x6810;
+    pub const GUEST_LDTR_BASE: u64 = 0x6812;
+    pub const GUEST_TR_BASE: u64 = 0x6814;
+    pub const GUEST_GDTR_BASE: u64 = 0x6816;
+    pub const GUEST_IDTR_BASE: u64 = 0x6818;
+    pub const GUEST_DR7: u64 = 0x681a;
+    pub const GUEST_RSP: u64 = 0x681c;
+    pub const GUEST_RIP: u64 = 0x681e;
+    pub const GUEST_RFLAGS: u64 = 0x6820;
+    pub const GUEST_SYSENTER_ESP: u64 = 0x6824;
+    pub const GUEST_SYSENTER_EIP: u64 = 0x6826;
+
+    /// Pseudo-field: general-purpose register `n` (`GPR_BASE + n`, [`super::Gpr`] order;
+    /// `n` = 4 is RSP, which is the VMCS field).
+    pub const GPR_BASE: u64 = 0x1_0000_0000;
+    /// Pseudo-field, read-only: exits of basic reason `r` so far (`EXIT_COUNT_BASE + r`).
+    pub const EXIT_COUNT_BASE: u64 = 0x2_0000_0000;
+
+    /// Who may touch a field from user level.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Access {
+        /// Not reachable from user level (host state, controls the kernel relies on).
+        None,
+        ReadOnly,
+        ReadWrite,
+    }
+
+    /// The kernel's rule for `f`. Guest state is read-write (the kernel still forces the
+    /// bits VMX requires, such as CR4.VMXE and CR0.NE); exit information is read-only;
+    /// host state and execution controls are unreachable.
+    pub fn access(f: u64) -> Access {
+        if (GPR_BASE..GPR_BASE + 16).contains(&f) {
+            return Access::ReadWrite;
+        }
+        if (EXIT_COUNT_BASE..EXIT_COUNT_BASE + super::EXIT_REASONS as u64).contains(&f) {
+            return Access::ReadOnly;
+        }
+        match f {
+            VM_INSTRUCTION_ERROR
+            | EXIT_REASON
+            | EXIT_INTR_INFO
+            | EXIT_INTR_ERROR_CODE
+            | IDT_VECTORING_INFO
+            | IDT_VECTORING_ERROR_CODE
+            | EXIT_INSTRUCTION_LEN
+            | EXIT_INSTRUCTION_INFO
+            | EXIT_QUALIFICATION
+            | GUEST_LINEAR_ADDRESS
+            | GUEST_PHYSICAL_ADDRESS
+            | VM_ENTRY_CONTROLS => Access::ReadOnly,
+            GUEST_ES_SELECTOR..=GUEST_TR_SELECTOR
+            | GUEST_IA32_PAT
+            | GUEST_IA32_EFER
+            | GUEST_PDPTE0..=GUEST_PDPTE3
+            | EXCEPTION_BITMAP
+            | VM_ENTRY_INTR_INFO
+            | VM_ENTRY_EXCEPTION_ERROR_CODE
+            | VM_ENTRY_INSTRUCTION_LEN
+            | GUEST_ES_LIMIT..=GUEST_ACTIVITY_STATE
+            | GUEST_SYSENTER_CS
+            | CR0_GUEST_HOST_MASK..=CR4_READ_SHADOW
+            | GUEST_CR0..=GUEST_SYSENTER_EIP => {
+                if f & 1 == 1 {
+                    Access::None // the "high" half encodings of 64-bit fields
+                } else {
+                    Access::ReadWrite
+                }
+            }
+            _ => Access::None,
+        }
+    }
+}
+
+/// A malformed exit message or reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// The bytes end before the fields the header announces.
+    Truncated,
+    /// Bytes left over after the announced fields.
+    TrailingBytes,
+    /// Unknown bits in a mask or flags word.
+    UnknownBits,
+}
+
+/// One segment register as the VMCS holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub selector: u16,
+    pub access_rights: u32,
+    pub limit: u32,
+    pub base: u64,
+}
+
+/// Segment order in the [`group::SEGS`] group.
+pub const SEGMENT_ORDER: [&str; 8] = ["cs", "ss", "ds", "es", "fs", "gs", "tr", "ldtr"];
+
+/// An exit as a handler sees it. Groups the portal did not ask for read as zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitMessage {
+    /// The full exit reason (bits 15:0 basic reason, bit 31 entry failure).
+    pub reason: u32,
+    /// The groups present ([`group`]).
+    pub mask: u32,
+    /// The vCPU's id (set at [`crate::Sys::VcpuCreate`]).
+    pub vcpu: u32,
+    pub gprs: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub instruction_len: u32,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub cr0_shadow: u64,
+    pub cr4_shadow: u64,
+    /// In [`SEGMENT_ORDER`].
+    pub segments: [Segment; 8],
+    pub qualification: u64,
+    pub intr_info: u32,
+    pub intr_error: u32,
+    pub idt_vectoring_info: u32,
+    pub idt_vectoring_error: u32,
+    pub instruction_info: u32,
+    pub gpa: u64,
+    pub gla: u64,
+}
+
+/// Little-endian cursor helpers for the two layouts.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.at.checked_add(bytes.len())?;
+        self.out.get_mut(self.at..end)?.copy_from_slice(bytes);
+        self.at = end;
+        Some(())
+    }
+    fn u16(&mut self, v: u16) -> Option<()> {
+        self.put(&v.to_le_bytes())
+    }
+    fn u32(&mut self, v: u32) -> Option<()> {
+        self.put(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) -> Option<()> {
+        self.put(&v.to_le_bytes())
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], LayoutError> {
+        let end = self.at.checked_add(N).ok_or(LayoutError::Truncated)?;
+        let s = self.bytes.get(self.at..end).ok_or(LayoutError::Truncated)?;
+        self.at = end;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<u16, LayoutError> {
+        self.take::<2>().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, LayoutError> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, LayoutError> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+    fn finish(&self) -> Result<(), LayoutError> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(LayoutError::TrailingBytes)
+        }
+    }
+}
+
+impl ExitMessage {
+    /// Bytes of the header (reason, mask, vcpu, reserved).
+    pub const HEADER: usize = 16;
+    /// The largest message (every group).
+    pub const MAX_SIZE: usize = Self::size_of_mask(group::ALL);
+
+    /// The encoded size for a mask.
+    pub const fn size_of_mask(mask: u32) -> usize {
+        let mut n = Self::HEADER;
+        if mask & group::GPRS != 0 {
+            n += 16 * 8;
+        }
+        if mask & group::RIP != 0 {
+            n += 8 + 8 + 8;
+        }
+        if mask & group::CRS != 0 {
+            n += 6 * 8;
+        }
+        if mask & group::SEGS != 0 {
+            n += 8 * 24;
+        }
+        if mask & group::QUAL != 0 {
+            n += 8 + 5 * 4 + 4;
+        }
+        if mask & group::ADDR != 0 {
+            n += 16;
+        }
+        n
+    }
+
+    /// Writes the header and the groups in `self.mask`; returns the length, or `None` when
+    /// `out` is too small.
+    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        let mask = self.mask & group::ALL;
+        let mut w = Writer { out, at: 0 };
+        w.u32(self.reason)?;
+        w.u32(mask)?;
+        w.u32(self.vcpu)?;
+        w.u32(0)?;
+        if mask & group::GPRS != 0 {
+            for g in self.gprs {
+                w.u64(g)?;
+            }
+        }
+        if mask & group::RIP != 0 {
+            w.u64(self.rip)?;
+            w.u64(self.rflags)?;
+            w.u64(self.instruction_len as u64)?;
+        }
+        if mask & group::CRS != 0 {
+            for v in [
+                self.cr0,
+                self.cr3,
+                self.cr4,
+                self.efer,
+                self.cr0_shadow,
+                self.cr4_shadow,
+            ] {
+                w.u64(v)?;
+            }
+        }
+        if mask & group::SEGS != 0 {
+            for s in self.segments {
+                w.u16(s.selector)?;
+                w.u16(0)?;
+                w.u32(s.access_rights)?;
+                w.u32(s.limit)?;
+                w.u32(0)?;
+                w.u64(s.base)?;
+            }
+        }
+        if mask & group::QUAL != 0 {
+            w.u64(self.qualification)?;
+            w.u32(self.intr_info)?;
+            w.u32(self.intr_error)?;
+            w.u32(self.idt_vectoring_info)?;
+            w.u32(self.idt_vectoring_error)?;
+            w.u32(self.instruction_info)?;
+            w.u32(0)?;
+        }
+        if mask & group::ADDR != 0 {
+            w.u64(self.gpa)?;
+            w.u64(self.gla)?;
+        }
+        Some(w.at)
+    }
+
+    /// Reads a message; exactly the announced groups must be present.
+    pub fn decode(bytes: &[u8]) -> Result<ExitMessage, LayoutError> {
+        let mut r = Reader { bytes, at: 0 };
+        let mut m = ExitMessage {
+            reason: r.u32()?,
+            mask: r.u32()?,
+            vcpu: r.u32()?,
+            ..ExitMessage::default()
+        };
+        r.u32()?;
+        if m.mask & !group::ALL != 0 {
+            return Err(LayoutError::UnknownBits);
+        }
+        if m.mask & group::GPRS != 0 {
+            for g in m.gprs.iter_mut() {
+                *g = r.u64()?;
+            }
+        }
+        if m.mask & group::RIP != 0 {
+            m.rip = r.u64()?;
+            m.rflags = r.u64()?;
+            m.instruction_len = r.u64()? as u32;
+        }
+        if m.mask & group::CRS != 0 {
+            m.cr0 = r.u64()?;
+            m.cr3 = r.u64()?;
+            m.cr4 = r.u64()?;
+            m.efer = r.u64()?;
+            m.cr0_shadow = r.u64()?;
+            m.cr4_shadow = r.u64()?;
+        }
+        if m.mask & group::SEGS != 0 {
+            for s in m.segments.iter_mut() {
+                s.selector = r.u16()?;
+                r.u16()?;
+                s.access_rights = r.u32()?;
+                s.limit = r.u32()?;
+                r.u32()?;
+                s.base = r.u64()?;
+            }
+        }
+        if m.mask & group::QUAL != 0 {
+            m.qualification = r.u64()?;
+            m.intr_info = r.u32()?;
+            m.intr_error = r.u32()?;
+            m.idt_vectoring_info = r.u32()?;
+            m.idt_vectoring_error = r.u32()?;
+            m.instruction_info = r.u32()?;
+            r.u32()?;
+        }
+        if m.mask & group::ADDR != 0 {
+            m.gpa = r.u64()?;
+            m.gla = r.u64()?;
+        }
+        r.finish()?;
+        Ok(m)
+    }
+
+    /// The basic exit reason (bits 15:0).
+    pub fn basic_reason(&self) -> u32 {
+        self.reason & 0xffff
+    }
+}
+
+/// What a reply asks the kernel to do before resuming (bits of [`ExitReply::flags`]).
+pub mod reply {
+    /// Add the exiting instruction's length to RIP.
+    pub const ADVANCE_RIP: u32 = 1 << 0;
+    /// Set RIP (applied before `ADVANCE_RIP`).
+    pub const SET_RIP: u32 = 1 << 1;
+    pub const SET_RFLAGS: u32 = 1 << 2;
+    /// Set guest CR0 (the kernel forces the bits VMX needs; the read shadow gets the value).
+    pub const SET_CR0: u32 = 1 << 3;
+    pub const SET_CR3: u32 = 1 << 4;
+    /// Set guest CR4 (CR4.VMXE is forced on and hidden by the read shadow).
+    pub const SET_CR4: u32 = 1 << 5;
+    pub const SET_EFER: u32 = 1 << 6;
+    /// Inject an event: `inject` = VM-entry interruption info (bit 31 valid) | error code << 32.
+    pub const INJECT: u32 = 1 << 7;
+    /// Stop the VM; [`crate::Sys::VcpuRun`] returns with `stop_code`.
+    pub const STOP: u32 = 1 << 8;
+    pub const ALL: u32 = 0x1ff;
+}
+
+/// A handler's answer to an exit message. Registers named in `gpr_mask` are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitReply {
+    pub flags: u32,
+    /// Bit `n` set: write `gprs[n]`.
+    pub gpr_mask: u16,
+    pub gprs: [u64; 16],
+    pub rip: u64,
+    pub rflags: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub inject: u64,
+    pub stop_code: u64,
+}
+
+impl ExitReply {
+    /// The largest reply.
+    pub const MAX_SIZE: usize = 8 + 16 * 8 + 8 * 8;
+
+    /// Resume after the instruction.
+    pub fn advance() -> ExitReply {
+        ExitReply {
+            flags: reply::ADVANCE_RIP,
+            ..ExitReply::default()
+        }
+    }
+
+    /// Resume at the same instruction (e.g. after a mapping was filled in).
+    pub fn resume() -> ExitReply {
+        ExitReply::default()
+    }
+
+    /// Stop the VM with `code`.
+    pub fn stop(code: u64) -> ExitReply {
+        ExitReply {
+            flags: reply::STOP,
+            stop_code: code,
+            ..ExitReply::default()
+        }
+    }
+
+    /// Writes register `r`.
+    pub fn set_gpr(&mut self, r: Gpr, value: u64) -> &mut Self {
+        self.gpr_mask |= 1 << r as usize;
+        self.gprs[r as usize] = value;
+        self
+    }
+
+    /// Header (flags u32, gpr_mask u16, 0u16), then the named registers in order, then
+    /// rip, rflags, cr0, cr3, cr4, efer, inject, stop_code for the flags that are set.
+    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        let mut w = Writer { out, at: 0 };
+        w.u32(self.flags & reply::ALL)?;
+        w.u16(self.gpr_mask)?;
+        w.u16(0)?;
+        for (i, g) in self.gprs.iter().enumerate() {
+            if self.gpr_mask & (1 << i) != 0 {
+                w.u64(*g)?;
+            }
+        }
+        for (flag, v) in self.values() {
+            if self.flags & flag != 0 {
+                w.u64(v)?;
+            }
+        }
+        Some(w.at)
+    }
+
+    fn values(&self) -> [(u32, u64); 8] {
+        [
+            (reply::SET_RIP, self.rip),
+            (reply::SET_RFLAGS, self.rflags),
+            (reply::SET_CR0, self.cr0),
+            (reply::SET_CR3, self.cr3),
+            (reply::SET_CR4, self.cr4),
+            (reply::SET_EFER, self.efer),
+            (reply::INJECT, self.inject),
+            (reply::STOP, self.stop_code),
+        ]
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ExitReply, LayoutError> {
+        let mut r = Reader { bytes, at: 0 };
+        let mut x = ExitReply {
+            flags: r.u32()?,
+            gpr_mask: r.u16()?,
+            ..ExitReply::default()
+        };
+        if x.flags & !reply::ALL != 0 || r.u16()? != 0 {
+            return Err(LayoutError::UnknownBits);
+        }
+        for i in 0..16 {
+            if x.gpr_mask & (1 << i) != 0 {
+                x.gprs[i] = r.u64()?;
+            }
+        }
+        let f = x.flags;
+        let mut next = |flag: u32| -> Result<u64, LayoutError> {
+            if f & flag != 0 {
+                r.u64()
+            } else {
+                Ok(0)
+            }
+        };
+        x.rip = next(reply::SET_RIP)?;
+        x.rflags = next(reply::SET_RFLAGS)?;
+        x.cr0 = next(reply::SET_CR0)?;
+        x.cr3 = next(reply::SET_CR3)?;
+        x.cr4 = next(reply::SET_CR4)?;
+        x.efer = next(reply::SET_EFER)?;
+        x.inject = next(reply::INJECT)?;
+        x.stop_code = next(reply::STOP)?;
+        r.finish()?;
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_message() -> ExitMessage {
+        let mut m = ExitMessage {
+            reason: reason::IO,
+            mask: group::ALL,
+            vcpu: 3,
+            rip: 0x1000,
+            rflags: 2,
+            instruction_len: 1,
+            cr0: 0x31,
+            cr3: 0x5000,
+            cr4: 0x2000,
+            efer: 0x500,
+            cr0_shadow: 0x11,
+            cr4_shadow: 0,
+            qualification: 0x3f8_0000,
+            intr_info: 1,
+            intr_error: 2,
+            idt_vectoring_info: 3,
+            idt_vectoring_error: 4,
+            instruction_info: 5,
+            gpa: 0xfee0_0000,
+            gla: 0x1234,
+            ..ExitMessage::default()
+        };
+        for (i, g) in m.gprs.iter_mut().enumerate() {
+            *g = 0x100 + i as u64;
+        }
+        for (i, s) in m.segments.iter_mut().enumerate() {
+            *s = Segment {
+                selector: 8 * i as u16,
+                access_rights: 0x9b,
+                limit: 0xffff,
+                base: i as u64,
+            };
+        }
+        m
+    }
+
+    #[test]
+    fn every_mask_round_trips_and_has_its_size() {
+        let full = full_message();
+        for mask in 0..=group::ALL {
+            let mut m = ExitMessage {
+                mask,
+                ..ExitMessage::default()
+            };
+            let mut buf = [0u8; ExitMessage::MAX_SIZE + 1];
+            let mut src = full;
+            src.mask = mask;
+            let n = src.encode(&mut buf).expect("fits");
+            assert_eq!(n, ExitMessage::size_of_mask(mask));
+            let back = ExitMessage::decode(&buf[..n]).expect("decodes");
+            // Only the announced groups come back.
+            m.reason = full.reason;
+            m.vcpu = full.vcpu;
+            assert_eq!(back.mask, mask);
+            assert_eq!(back.gprs == full.gprs, mask & group::GPRS != 0);
+            assert_eq!(back.rip == full.rip, mask & group::RIP != 0);
+            assert_eq!(back.segments == full.segments, mask & group::SEGS != 0);
+            assert_eq!(back.gpa == full.gpa, mask & group::ADDR != 0);
+            // Truncated or padded input is an error, never a panic.
+            for cut in 0..n {
+                assert_eq!(
+                    ExitMessage::decode(&buf[..cut]),
+                    Err(LayoutError::Truncated)
+                );
+            }
+            assert_eq!(
+                ExitMessage::decode(&buf[..n + 1]),
+                Err(LayoutError::TrailingBytes)
+            );
+        }
+    }
+
+    #[test]
+    fn replies_round_trip_and_reject_bad_input() {
+        let mut r = ExitReply::advance();
+        r.set_gpr(Gpr::Rax, 7).set_gpr(Gpr::R15, 9);
+        r.flags |= reply::INJECT | reply::SET_CR0 | reply::STOP;
+        r.inject = 0x8000_0b0d | (5 << 32);
+        r.cr0 = 0x8000_0031;
+        r.stop_code = 42;
+        let mut buf = [0u8; ExitReply::MAX_SIZE];
+        let n = r.encode(&mut buf).expect("fits");
+        assert_eq!(n, 8 + 2 * 8 + 3 * 8);
+        assert_eq!(ExitReply::decode(&buf[..n]), Ok(r));
+        assert_eq!(
+            ExitReply::decode(&buf[..n - 1]),
+            Err(LayoutError::Truncated)
+        );
+        let mut bad = buf;
+        bad[3] = 0x80;
+        assert_eq!(ExitReply::decode(&bad[..n]), Err(LayoutError::UnknownBits));
+        assert_eq!(
+            ExitReply::decode(&[0u8; 9]),
+            Err(LayoutError::TrailingBytes)
+        );
+        // The empty reply is "resume".
+        assert_eq!(ExitReply::decode(&[0u8; 8]), Ok(ExitReply::resume()));
+    }
+
+    #[test]
+    fn host_state_and_controls_are_out_of_reach() {
+        use field::{access, Access};
+        for host in [0x0c00u64, 0x2c00, 0x4c00, 0x6c00, 0x6c14, 0x6c16] {
+            assert_eq!(access(host), Access::None, "{host:#x}");
+        }
+        for ctl in [0x4000u64, 0x4002, 0x400c, 0x401e, 0x201a, 0x2000] {
+            assert_eq!(access(ctl), Access::None, "{ctl:#x}");
+        }
+        assert_eq!(access(field::GUEST_RIP), Access::ReadWrite);
+        assert_eq!(access(field::GUEST_RIP + 1), Access::None);
+        assert_eq!(access(field::EXIT_QUALIFICATION), Access::ReadOnly);
+        assert_eq!(access(field::GPR_BASE + 3), Access::ReadWrite);
+        assert_eq!(access(field::GPR_BASE + 16), Access::None);
+        assert_eq!(access(field::EXIT_COUNT_BASE + 10), Access::ReadOnly);
+    }
+}
