@@ -107,7 +107,9 @@ impl<M: Machine> Kernel<M> {
         }
         let (kt, kbuf, kcap, kprio) = {
             let th = self.thread(caller);
-            if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c) {
+            if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c)
+                || th.vcpu.is_some()
+            {
                 return None;
             }
             (th.task, th.buf, th.buf_cap, th.prio)

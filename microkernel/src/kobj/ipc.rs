@@ -111,6 +111,13 @@ impl<M: Machine> Kernel<M> {
     /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its
     /// capability. Returns `to`'s syscall result.
     fn transfer(&mut self, from: ThreadId, to: ThreadId) -> Result<[u64; 4], (Error, u64)> {
+        if self.thread(to).vcpu.is_some() {
+            // A reply to an exit message: the kernel keeps it for `vcpu_prepare`.
+            let msg = self.thread(from).msg.clone();
+            let (len, label) = (msg.len, msg.label);
+            self.thread_mut(to).msg = msg;
+            return Ok([len as u64, label, 0, NO_CAP]);
+        }
         let (to_task, buf, buf_cap) = {
             let t = self.thread(to);
             (t.task, t.buf, t.buf_cap)
@@ -196,6 +203,13 @@ impl<M: Machine> Kernel<M> {
         if e.state == EndpointState::Closed {
             return Err(err(Error::ServerGone));
         }
+        self.send_loaded(c, epi, call)
+    }
+
+    /// Sends the message thread `c` holds on endpoint `epi` (open): to a waiting receiver,
+    /// or into the sender queue. A `call` then waits for the reply.
+    pub(crate) fn send_loaded(&mut self, c: ThreadId, epi: u16, call: bool) -> SysResult {
+        let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
         let Some(r) = e.receivers.pop_front(&mut self.threads) else {
             let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
             e.senders.push_back(&mut self.threads, c);
@@ -216,6 +230,10 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn set_regs(&mut self, t: ThreadId, result: Result<[u64; 4], (Error, u64)>) {
+        if let Some(vi) = self.thread(t).vcpu {
+            self.vcpu_call_done(vi, result.map(drop).map_err(|e| e.0));
+            return;
+        }
         let regs = &mut self.thread_mut(t).regs;
         match result {
             Ok(ret) => regs.set_result(0, ret),

@@ -13,6 +13,7 @@ use super::machine::{Machine, PageAccess};
 use super::objects::*;
 use super::queue::{LinkArena, Links, RunQueue, ThreadId};
 use super::regs::UserRegs;
+use super::vm::{Vcpu, Vm, MAX_VCPUS, MAX_VMS};
 use crate::PAGE_SIZE;
 
 /// What the machine runs after a kernel entry.
@@ -24,6 +25,8 @@ pub enum Next {
     Idle,
     /// A task with the machine capability ended the scenario with this code.
     MachineExit(u32),
+    /// Enter the guest of this vCPU thread ([`Kernel::guest_context`]).
+    Guest(ThreadId),
 }
 
 /// Thread slots, as the queues see them.
@@ -55,6 +58,8 @@ pub struct Kernel<M: Machine> {
     pub endpoints: [Slot<Endpoint>; MAX_ENDPOINTS],
     pub notifications: [Slot<Notification>; MAX_NOTIFICATIONS],
     pub memory: [Slot<Memory>; MAX_MEMORY],
+    pub vms: [Slot<Vm<M::Ept>>; MAX_VMS],
+    pub vcpus: [Slot<Vcpu<M::Vmcs>>; MAX_VCPUS],
     pub run_queue: RunQueue,
     pub current: Option<ThreadId>,
     /// Set by yield and the timer: the current thread goes behind its peers.
@@ -74,6 +79,8 @@ impl<M: Machine> Kernel<M> {
             endpoints: [const { Slot::empty() }; MAX_ENDPOINTS],
             notifications: [const { Slot::empty() }; MAX_NOTIFICATIONS],
             memory: [const { Slot::empty() }; MAX_MEMORY],
+            vms: [const { Slot::empty() }; MAX_VMS],
+            vcpus: [const { Slot::empty() }; MAX_VCPUS],
             run_queue: RunQueue::new(),
             current: None,
             rotate: false,
@@ -145,6 +152,11 @@ impl<M: Machine> Kernel<M> {
 
     /// Sets a blocked thread's syscall result and makes it ready.
     pub(crate) fn complete(&mut self, t: ThreadId, result: Result<[u64; 4], (Error, u64)>) {
+        if let Some(vi) = self.thread(t).vcpu {
+            self.vcpu_call_done(vi, result.map(drop).map_err(|e| e.0));
+            self.make_ready(t);
+            return;
+        }
         let regs = &mut self.thread_mut(t).regs;
         match result {
             Ok(ret) => regs.set_result(0, ret),
@@ -153,8 +165,23 @@ impl<M: Machine> Kernel<M> {
         self.make_ready(t);
     }
 
-    /// Picks what runs next.
+    /// Picks what runs next: a user thread, a guest, idle or the end.
     pub fn schedule(&mut self) -> Next {
+        loop {
+            match self.schedule_thread() {
+                Next::User(t) if self.threads.0[t as usize].as_ref().is_some_and(|th| th.vcpu.is_some()) => {
+                    if self.vcpu_prepare(t) {
+                        return Next::Guest(t);
+                    }
+                    // It blocked again or stopped: pick another.
+                }
+                next => return next,
+            }
+        }
+    }
+
+    /// Picks the next thread (vCPU threads included).
+    fn schedule_thread(&mut self) -> Next {
         if let Some(code) = self.exit_code {
             return Next::MachineExit(code);
         }
@@ -219,6 +246,7 @@ impl<M: Machine> Kernel<M> {
                     m.refs += 1;
                 }
             }
+            CapKind::Vm | CapKind::Vcpu => self.acquire_vm_object(r),
             _ => {}
         }
     }
@@ -238,6 +266,7 @@ impl<M: Machine> Kernel<M> {
                 m.refs = m.refs.saturating_sub(1);
                 m.refs == 0
             }),
+            CapKind::Vm | CapKind::Vcpu => Some(self.release_vm_object(r)),
             _ => None,
         };
         if last == Some(true) {
@@ -301,6 +330,7 @@ impl<M: Machine> Kernel<M> {
                     self.end_task(r.index, Death::Killed);
                 }
             }
+            CapKind::Vm | CapKind::Vcpu => self.destroy_vm_object(r),
             CapKind::Spawn | CapKind::Machine => {}
         }
     }
@@ -312,6 +342,8 @@ impl<M: Machine> Kernel<M> {
             CapKind::Notification => slot_get(&self.notifications, r).is_some(),
             CapKind::Memory => slot_get(&self.memory, r).is_some(),
             CapKind::Task => slot_get(&self.tasks, r).is_some(),
+            CapKind::Vm => slot_get(&self.vms, r).is_some(),
+            CapKind::Vcpu => slot_get(&self.vcpus, r).is_some(),
             CapKind::Spawn | CapKind::Machine => true,
         }
     }
@@ -548,6 +580,7 @@ impl<M: Machine> Kernel<M> {
             buf: 0,
             buf_cap: 0,
             checked_buf: None,
+            vcpu: None,
         });
         self.task_mut(ti).threads += 1;
         Some(i as ThreadId)
@@ -585,6 +618,13 @@ impl<M: Machine> Kernel<M> {
                     }
                 }
             }
+            ThreadState::BlockedRun { vcpu } => {
+                if let Some(v) = self.vcpus[vcpu as usize].obj.as_mut() {
+                    if v.runner == Some(t) {
+                        v.runner = None;
+                    }
+                }
+            }
             _ => {}
         }
         if let Some(caller) = self.thread_mut(t).reply_to.take() {
@@ -619,6 +659,23 @@ impl<M: Machine> Kernel<M> {
     pub fn end_task(&mut self, ti: u16, death: Death) {
         if self.tasks[ti as usize].obj.is_none() {
             return;
+        }
+        // vCPUs run on threads of the task that created them: they go with it.
+        for vi in 0..MAX_VCPUS as u16 {
+            let s = &self.vcpus[vi as usize];
+            let mine = s.obj.as_ref().is_some_and(|v| {
+                self.threads.0[v.thread as usize]
+                    .as_ref()
+                    .is_some_and(|th| th.task == ti)
+            });
+            if mine {
+                let r = ObjRef {
+                    kind: CapKind::Vcpu,
+                    index: vi,
+                    generation: s.generation,
+                };
+                self.destroy_vm_object(r);
+            }
         }
         for t in 0..MAX_THREADS as ThreadId {
             if self.threads.0[t as usize]

@@ -99,6 +99,37 @@ pub trait Machine {
     /// The kernel command line.
     fn cmdline(&self) -> &str;
 
+    /// Reads bytes of physical memory (guest RAM, for PAE PDPTEs).
+    fn read_phys(&self, phys: u64, out: &mut [u8]);
+
+    // ----- VMX (a machine without it answers `vmx_available() == false`) -----
+
+    /// An EPT hierarchy (guest-physical → host-physical).
+    type Ept;
+    /// A VMCS and what the machine keeps with it.
+    type Vmcs;
+    /// Whether VM and vCPU objects can be created.
+    fn vmx_available(&self) -> bool;
+    /// A new, empty EPT.
+    fn ept_new(&mut self) -> Option<Self::Ept>;
+    /// Frees the EPT's table frames.
+    fn ept_destroy(&mut self, ept: Self::Ept);
+    /// Maps one 4 KiB guest page with EPT `rights` (bit 0 read, 1 write, 2 execute);
+    /// a mapped page is replaced.
+    fn ept_map(&mut self, ept: &mut Self::Ept, gpa: u64, hpa: u64, rights: u64)
+        -> Result<(), MapError>;
+    /// Unmaps one guest page (nothing if absent) and flushes what the CPU cached of it.
+    fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64);
+    /// A new VMCS using `ept`, with the kernel's controls and host state, and a valid
+    /// initial guest state; `vpid` tags its TLB entries.
+    fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16) -> Option<Self::Vmcs>;
+    fn vmcs_destroy(&mut self, vmcs: Self::Vmcs);
+    /// Reads a VMCS field (the kernel checked that the field exists).
+    fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64;
+    fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64);
+    /// The host's CPUID values (eax, ebx, ecx, edx).
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+
     /// Writes a task's console output (the kernel prefixes it with the task's name).
     fn console_write(&mut self, task: &str, bytes: &[u8]);
     /// Timer ticks since boot and the tick rate.

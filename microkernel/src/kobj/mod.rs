@@ -12,6 +12,7 @@ pub mod objects;
 pub mod queue;
 pub mod regs;
 mod syscalls;
+pub mod vm;
 
 pub use kernel::{Kernel, Next};
 

@@ -110,6 +110,8 @@ pub enum ThreadState {
     BlockedWait { ntfn: u16 },
     /// Until the tick count reaches `until`.
     Sleeping { until: u64 },
+    /// In `VcpuRun` until vCPU `vcpu` stops.
+    BlockedRun { vcpu: u16 },
 }
 
 #[derive(Debug)]
@@ -129,6 +131,8 @@ pub struct Thread {
     /// The last buffer found writable, `(buf, cap, task's unmap count)`: still good while the
     /// task has unmapped nothing since (mappings only go away through unmaps).
     pub checked_buf: Option<(u64, u64, u64)>,
+    /// The vCPU this thread runs (its `regs` are then the guest's registers).
+    pub vcpu: Option<u16>,
 }
 
 /// A mapping of a memory object into a task.

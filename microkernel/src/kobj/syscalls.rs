@@ -126,6 +126,14 @@ impl<M: Machine> Kernel<M> {
                 self.exit_code = Some(a[1] as u32);
                 Ok(Some([0; 4]))
             }
+            Sys::ModuleRead => self.sys_module_read(a),
+            Sys::VmCreate => self.sys_vm_create(a[0]),
+            Sys::VmMapRam => self.sys_vm_map_ram(a),
+            Sys::VmUnmap => self.sys_vm_unmap(a),
+            Sys::VcpuCreate => self.sys_vcpu_create(a[0], a[1]),
+            Sys::VcpuPortal => self.sys_vcpu_portal(a),
+            Sys::VcpuState => self.sys_vcpu_state(a),
+            Sys::VcpuRun => self.sys_vcpu_run(a[0]),
             Sys::KernelCmdline => {
                 let mut tmp = [0u8; 256];
                 let line = self.machine.cmdline().as_bytes();
@@ -148,6 +156,36 @@ impl<M: Machine> Kernel<M> {
         self.machine
             .copy_to_user(space, buf, data)
             .map_err(|_| err(Error::BadPointer))
+    }
+
+    /// `ModuleRead(index, offset, buf, len) -> (copied)`.
+    fn sys_module_read(&mut self, a: [u64; 6]) -> SysResult {
+        let (index, offset, buf, len) = (a[0], a[1], a[2], a[3]);
+        let size = {
+            let (_, bytes) = self
+                .machine
+                .module(index as usize)
+                .ok_or(err(Error::InvalidArgument))?;
+            bytes.len() as u64
+        };
+        let n = len.min(size.saturating_sub(offset));
+        let ti = self.cur_task();
+        if n > 0 && !self.machine.user_range_ok(&self.task(ti).space, buf, n, true) {
+            return Err(err(Error::BadPointer));
+        }
+        let mut chunk = [0u8; 512];
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(chunk.len() as u64) as usize;
+            let from = (offset + done) as usize;
+            {
+                let (_, bytes) = self.machine.module(index as usize).expect("checked");
+                chunk[..k].copy_from_slice(&bytes[from..from + k]);
+            }
+            self.copy_to_current(buf + done, k as u64, &chunk[..k])?;
+            done += k as u64;
+        }
+        Ok(Some([n, 0, 0, 0]))
     }
 
     fn sys_debug_write(&mut self, ptr: u64, len: u64) -> SysResult {

@@ -26,6 +26,7 @@ struct Model {
     ticks: u64,
     spaces_live: i64,
     frames_live: i64,
+    vmx: bool,
 }
 
 type Space = BTreeMap<u64, (u64, PageAccess)>;
@@ -139,6 +140,51 @@ impl Machine for Model {
     }
     fn clock(&self) -> (u64, u64) {
         (self.ticks, 100)
+    }
+    fn read_phys(&self, phys: u64, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate() {
+            let pa = phys + i as u64;
+            *b = self
+                .phys
+                .get(&(pa & !(PAGE_SIZE - 1)))
+                .map_or(0, |f| f[(pa % PAGE_SIZE) as usize]);
+        }
+    }
+
+    type Ept = BTreeMap<u64, (u64, u64)>;
+    type Vmcs = BTreeMap<u64, u64>;
+    fn vmx_available(&self) -> bool {
+        self.vmx
+    }
+    fn ept_new(&mut self) -> Option<Self::Ept> {
+        Some(BTreeMap::new())
+    }
+    fn ept_destroy(&mut self, _ept: Self::Ept) {}
+    fn ept_map(
+        &mut self,
+        ept: &mut Self::Ept,
+        gpa: u64,
+        hpa: u64,
+        rights: u64,
+    ) -> Result<(), MapError> {
+        ept.insert(gpa, (hpa, rights));
+        Ok(())
+    }
+    fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64) {
+        ept.remove(&gpa);
+    }
+    fn vmcs_new(&mut self, _ept: &Self::Ept, _vpid: u16) -> Option<Self::Vmcs> {
+        Some(BTreeMap::new())
+    }
+    fn vmcs_destroy(&mut self, _vmcs: Self::Vmcs) {}
+    fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64 {
+        vmcs.get(&field).copied().unwrap_or(0)
+    }
+    fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64) {
+        vmcs.insert(field, value);
+    }
+    fn host_cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
+        [leaf, 1, 2, 3]
     }
 }
 
@@ -602,6 +648,7 @@ proptest! {
                 Next::User(t) => prop_assert!(k.threads.0[t as usize].is_some()),
                 Next::Idle => prop_assert!(k.current.is_none()),
                 Next::MachineExit(_) => break,
+                Next::Guest(t) => prop_assert!(k.vcpu_of(t).is_some()),
             }
             let kinds_ok = (0..64).all(|s| {
                 k.tasks.iter().flat_map(|t| t.obj.as_ref()).all(|t| t.caps.get(s).map_or(true, |c| CapKind::from_u64(c.obj.kind as u64).is_some()))

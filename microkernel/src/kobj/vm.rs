@@ -1,0 +1,870 @@
+//! Virtual machines and vCPUs as kernel objects, and exit portals.
+//!
+//! A VM owns guest RAM (a memory object at guest-physical 0) and an EPT (`Machine::Ept`) that
+//! only ever maps that RAM. A vCPU is a VMCS (`Machine::Vmcs`) plus a kernel thread of the
+//! task that created it: the thread's register file holds the guest's general-purpose
+//! registers, and the scheduler runs it like any thread, except that "running" means a VM
+//! entry ([`Next::Guest`]).
+//!
+//! On an exit the kernel looks up the vCPU's portal for the basic exit reason. A portal is an
+//! endpoint plus a mask of state groups: the vCPU thread *calls* that endpoint with an
+//! [`ExitMessage`] holding just those groups, and stays blocked until the handler replies with
+//! an [`ExitReply`], which is applied when the vCPU is next scheduled ([`Kernel::vcpu_prepare`]).
+//! A caller whose server restarts re-sends the same exit, so a restarted handler sees it again
+//! and the guest notices nothing. No portal, a malformed reply, a closed endpoint, a failed VM
+//! entry or a reply asking to stop: the vCPU stops, and the thread waiting in `VcpuRun` gets
+//! why.
+
+use abi::vmx::{self, field, group, reason, reply, stop, ExitMessage, ExitReply, EXIT_REASONS};
+use abi::{CapKind, Error, Rights, NO_CAP};
+
+use super::captable::{Cap, ObjRef};
+use super::ipc::{err, SysResult};
+use super::kernel::{Kernel, Next};
+use super::machine::Machine;
+use super::objects::*;
+use super::queue::ThreadId;
+use crate::PAGE_SIZE;
+
+pub const MAX_VMS: usize = 4;
+pub const MAX_VCPUS: usize = 8;
+
+/// CR0.NE, CR0.PE, CR0.PG; CR4.VMXE, CR4.PAE; EFER.LME, EFER.LMA.
+const CR0_PE: u64 = 1;
+const CR0_NE: u64 = 1 << 5;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_VMXE: u64 = 1 << 13;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// VM-entry control "IA-32e mode guest".
+const ENTRY_IA32E: u64 = 1 << 9;
+/// The CR0 bits the kernel always intercepts: NE must stay set under VMX, and PE/PG
+/// changes decide long mode and PAE PDPTE loading.
+pub const CR0_OWNED: u64 = CR0_NE | CR0_PE | CR0_PG;
+/// The CR4 bits the kernel always intercepts (VMXE must stay set and is hidden).
+pub const CR4_OWNED: u64 = CR4_VMXE;
+
+/// Where an exit reason goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Portal {
+    /// Nowhere: the vCPU stops ([`stop::UNHANDLED`]).
+    None,
+    /// A call on the endpoint with the state groups in `mask`.
+    Endpoint { cap: Cap, mask: u32 },
+    /// The kernel answers (CPUID, VMCALL, port I/O): the measurement floor.
+    Reflect,
+}
+
+#[derive(Debug)]
+pub struct Vm<E> {
+    pub ram: ObjRef,
+    pub ram_phys: u64,
+    pub ram_pages: u64,
+    pub ept: E,
+    pub refs: u32,
+}
+
+/// What a vCPU is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuRun {
+    /// Not running (never started, or stopped).
+    Stopped,
+    /// In the guest, or ready to enter it.
+    Running,
+    /// Blocked on an exit message until the handler replies.
+    AwaitingReply,
+}
+
+#[derive(Debug)]
+pub struct Vcpu<V> {
+    pub vm: ObjRef,
+    pub id: u32,
+    pub thread: ThreadId,
+    pub hw: V,
+    pub portals: [Portal; EXIT_REASONS],
+    pub run: VcpuRun,
+    /// The thread waiting in `VcpuRun`.
+    pub runner: Option<ThreadId>,
+    pub exits: [u32; EXIT_REASONS],
+    /// The last exit: (full reason, qualification, instruction length).
+    pub last_exit: (u32, u64, u64),
+    /// The outcome of the pending exit call, set when the handler replies (or the call
+    /// fails); the reply itself is in the thread's message buffer.
+    pub call_result: Option<Result<(), Error>>,
+    /// The portal endpoint the pending exit went to.
+    pub call_ep: Option<Cap>,
+    pub refs: u32,
+}
+
+/// An exit as the machine reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmExit {
+    pub reason: u32,
+    pub qualification: u64,
+    pub instruction_len: u64,
+}
+
+impl<M: Machine> Kernel<M> {
+    fn vcpu(&self, vi: u16) -> &Vcpu<M::Vmcs> {
+        self.vcpus[vi as usize].obj.as_ref().expect("live vcpu")
+    }
+
+    fn vcpu_mut(&mut self, vi: u16) -> &mut Vcpu<M::Vmcs> {
+        self.vcpus[vi as usize].obj.as_mut().expect("live vcpu")
+    }
+
+    /// The vCPU a thread runs, if it is a vCPU thread.
+    #[inline]
+    pub fn vcpu_of(&self, t: ThreadId) -> Option<u16> {
+        self.threads.0[t as usize].as_ref().and_then(|th| th.vcpu)
+    }
+
+    /// The guest register file and VMCS to enter for a [`Next::Guest`] thread.
+    pub fn guest_context(&mut self, t: ThreadId) -> (&mut super::regs::UserRegs, &mut M::Vmcs) {
+        let vi = self.vcpu_of(t).expect("a vcpu thread");
+        let th = self.threads.0[t as usize].as_mut().expect("live");
+        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
+        (&mut th.regs, &mut v.hw)
+    }
+
+    // ----- syscalls -----
+
+    pub(crate) fn sys_vm_create(&mut self, ram: u64) -> SysResult {
+        if !self.machine.vmx_available() {
+            return Err(err(Error::NoVmx));
+        }
+        let cap = self
+            .cap(ram, CapKind::Memory, Rights::READ | Rights::WRITE)
+            .map_err(err)?;
+        let (ram_phys, ram_pages) = {
+            let m = slot_get(&self.memory, cap.obj).ok_or(err(Error::StaleCap))?;
+            (m.phys, m.pages)
+        };
+        if !self.vms.iter().any(|s| s.obj.is_none()) {
+            return Err(err(Error::NoMemory));
+        }
+        let ept = self.machine.ept_new().ok_or(err(Error::NoMemory))?;
+        let (index, generation) = slot_insert(
+            &mut self.vms,
+            Vm {
+                ram: cap.obj,
+                ram_phys,
+                ram_pages,
+                ept,
+                refs: 0,
+            },
+        )
+        .expect("checked for a free slot");
+        self.acquire(cap.obj);
+        let vm = ObjRef {
+            kind: CapKind::Vm,
+            index,
+            generation,
+        };
+        let slot = self.new_cap(vm)?;
+        Ok(Some([slot, 0, 0, 0]))
+    }
+
+    /// Puts a capability with every right to a new object into the current task.
+    fn new_cap(&mut self, obj: ObjRef) -> Result<u64, (Error, u64)> {
+        let cap = Cap {
+            obj,
+            rights: Rights::all(),
+            badge: 0,
+        };
+        let ti = self.cur_task();
+        match self.insert_cap(ti, cap) {
+            Ok(slot) => Ok(slot),
+            Err(e) => {
+                self.destroy(obj);
+                Err(err(e))
+            }
+        }
+    }
+
+    pub(crate) fn sys_vm_map_ram(&mut self, a: [u64; 6]) -> SysResult {
+        let (gpa, pages, rights) = (a[1], a[2], a[3]);
+        let cap = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
+        let rights = Rights::from_bits(rights).ok_or(err(Error::InvalidArgument))?;
+        let ept_rights = rights & (Rights::READ | Rights::WRITE | Rights::EXEC);
+        if ept_rights != rights || !rights.contains(Rights::READ) {
+            return Err(err(Error::InvalidArgument)); // EPT: write or execute needs read
+        }
+        let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| gpa.checked_add(len));
+        let Some(end) = end.filter(|&e| e <= vm.ram_pages * PAGE_SIZE) else {
+            return Err(err(Error::InvalidArgument));
+        };
+        if !gpa.is_multiple_of(PAGE_SIZE) || pages == 0 {
+            return Err(err(Error::InvalidArgument));
+        }
+        let mut g = gpa;
+        while g < end {
+            let hpa = vm.ram_phys + g;
+            self.machine
+                .ept_map(&mut vm.ept, g, hpa, ept_rights.bits())
+                .map_err(|_| err(Error::NoMemory))?;
+            g += PAGE_SIZE;
+        }
+        Ok(Some([0; 4]))
+    }
+
+    pub(crate) fn sys_vm_unmap(&mut self, a: [u64; 6]) -> SysResult {
+        let (gpa, pages) = (a[1], a[2]);
+        let cap = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
+        let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        if !gpa.is_multiple_of(PAGE_SIZE) || pages > vm.ram_pages {
+            return Err(err(Error::InvalidArgument));
+        }
+        for i in 0..pages {
+            let g = gpa.saturating_add(i * PAGE_SIZE);
+            self.machine.ept_unmap(&mut vm.ept, g);
+        }
+        Ok(Some([0; 4]))
+    }
+
+    pub(crate) fn sys_vcpu_create(&mut self, vm_slot: u64, id: u64) -> SysResult {
+        let cap = self.cap(vm_slot, CapKind::Vm, Rights::WRITE).map_err(err)?;
+        if !self.vcpus.iter().any(|s| s.obj.is_none()) {
+            return Err(err(Error::NoMemory));
+        }
+        let ti = self.cur_task();
+        let prio = self.thread(self.current.expect("current")).prio;
+        let vm = slot_get(&self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        let hw = self
+            .machine
+            .vmcs_new(&vm.ept, id as u16)
+            .ok_or(err(Error::NoMemory))?;
+        let Some(t) = self.new_thread(ti, Default::default(), prio) else {
+            self.machine.vmcs_destroy(hw);
+            return Err(err(Error::NoMemory));
+        };
+        let (index, generation) = slot_insert(
+            &mut self.vcpus,
+            Vcpu {
+                vm: cap.obj,
+                id: id as u32,
+                thread: t,
+                hw,
+                portals: [Portal::None; EXIT_REASONS],
+                run: VcpuRun::Stopped,
+                runner: None,
+                exits: [0; EXIT_REASONS],
+                last_exit: (0, 0, 0),
+                call_result: None,
+                call_ep: None,
+                refs: 0,
+            },
+        )
+        .expect("checked for a free slot");
+        self.thread_mut(t).vcpu = Some(index);
+        self.acquire(cap.obj);
+        let vcpu = ObjRef {
+            kind: CapKind::Vcpu,
+            index,
+            generation,
+        };
+        let slot = self.new_cap(vcpu)?;
+        // The kernel's share of the CR masks.
+        self.write_state(index, field::CR0_GUEST_HOST_MASK, 0);
+        self.write_state(index, field::CR4_GUEST_HOST_MASK, 0);
+        Ok(Some([slot, 0, 0, 0]))
+    }
+
+    pub(crate) fn sys_vcpu_portal(&mut self, a: [u64; 6]) -> SysResult {
+        let cap = self.cap(a[0], CapKind::Vcpu, Rights::WRITE).map_err(err)?;
+        let r = a[1] as usize;
+        if a[1] >= EXIT_REASONS as u64 {
+            return Err(err(Error::InvalidArgument));
+        }
+        let portal = match a[2] {
+            NO_CAP => Portal::None,
+            vmx::PORTAL_REFLECT => {
+                if ![reason::CPUID, reason::VMCALL, reason::IO].contains(&(r as u32)) {
+                    return Err(err(Error::InvalidArgument));
+                }
+                Portal::Reflect
+            }
+            ep => {
+                let ep = self.cap(ep, CapKind::Endpoint, Rights::SEND).map_err(err)?;
+                let mask = a[3] as u32;
+                if a[3] & !(group::ALL as u64) != 0 {
+                    return Err(err(Error::InvalidArgument));
+                }
+                Portal::Endpoint { cap: ep, mask }
+            }
+        };
+        let vcpu = slot_get_mut(&mut self.vcpus, cap.obj).ok_or(err(Error::StaleCap))?;
+        vcpu.portals[r] = portal;
+        Ok(Some([0; 4]))
+    }
+
+    /// `VcpuState(vcpu, pairs, count, write)`.
+    pub(crate) fn sys_vcpu_state(&mut self, a: [u64; 6]) -> SysResult {
+        const BATCH: usize = 32;
+        let (buf, count, write) = (a[1], a[2], a[3] != 0);
+        let rights = if write { Rights::WRITE } else { Rights::READ };
+        let cap = self.cap(a[0], CapKind::Vcpu, rights).map_err(err)?;
+        let vi = cap.obj.index;
+        if count as usize > BATCH {
+            return Err(err(Error::BadLength));
+        }
+        let n = count as usize;
+        let mut bytes = [0u8; BATCH * 16];
+        {
+            let ti = self.cur_task();
+            let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+            self.machine
+                .copy_from_user(space, buf, &mut bytes[..n * 16])
+                .map_err(|_| err(Error::BadPointer))?;
+        }
+        let word = |b: &[u8], i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        for i in 0..n {
+            let f = word(&bytes, 2 * i);
+            let access = field::access(f);
+            let ok = match access {
+                field::Access::None => false,
+                field::Access::ReadOnly => !write,
+                field::Access::ReadWrite => true,
+            };
+            if !ok {
+                return Err((Error::InvalidArgument, i as u64));
+            }
+            if write {
+                let v = word(&bytes, 2 * i + 1);
+                self.write_state(vi, f, v);
+            } else {
+                let v = self.read_state(vi, f);
+                bytes[(2 * i + 1) * 8..(2 * i + 2) * 8].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        if write {
+            self.refresh_paging(vi);
+        } else {
+            self.copy_to_current_raw(buf, &bytes[..n * 16])?;
+        }
+        Ok(Some([0; 4]))
+    }
+
+    fn copy_to_current_raw(&mut self, buf: u64, data: &[u8]) -> Result<(), (Error, u64)> {
+        let ti = self.cur_task();
+        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        self.machine
+            .copy_to_user(space, buf, data)
+            .map_err(|_| err(Error::BadPointer))
+    }
+
+    /// `VcpuRun(vcpu)`: the caller waits until the vCPU stops.
+    pub(crate) fn sys_vcpu_run(&mut self, slot: u64) -> SysResult {
+        let cap = self.cap(slot, CapKind::Vcpu, Rights::WRITE).map_err(err)?;
+        let vi = cap.obj.index;
+        let c = self.current.expect("current");
+        let (t, run) = {
+            let v = self.vcpu(vi);
+            (v.thread, v.run)
+        };
+        if run != VcpuRun::Stopped || self.threads.0[t as usize].is_none() {
+            return Err(err(Error::Busy));
+        }
+        let v = self.vcpu_mut(vi);
+        v.run = VcpuRun::Running;
+        v.runner = Some(c);
+        v.call_result = None;
+        self.thread_mut(c).state = ThreadState::BlockedRun { vcpu: vi };
+        self.make_ready(t);
+        Ok(None)
+    }
+
+    // ----- state access -----
+
+    fn gpr_mut(regs: &mut super::regs::UserRegs, n: usize) -> Option<&mut u64> {
+        Some(match n {
+            0 => &mut regs.rax,
+            1 => &mut regs.rcx,
+            2 => &mut regs.rdx,
+            3 => &mut regs.rbx,
+            5 => &mut regs.rbp,
+            6 => &mut regs.rsi,
+            7 => &mut regs.rdi,
+            8 => &mut regs.r8,
+            9 => &mut regs.r9,
+            10 => &mut regs.r10,
+            11 => &mut regs.r11,
+            12 => &mut regs.r12,
+            13 => &mut regs.r13,
+            14 => &mut regs.r14,
+            15 => &mut regs.r15,
+            _ => return None, // 4 is RSP, in the VMCS
+        })
+    }
+
+    fn read_state(&mut self, vi: u16, f: u64) -> u64 {
+        if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) {
+            let n = (f - field::GPR_BASE) as usize;
+            let t = self.vcpu(vi).thread;
+            let mut regs = self.thread(t).regs;
+            return match Self::gpr_mut(&mut regs, n) {
+                Some(r) => *r,
+                None => self.vmcs_read(vi, field::GUEST_RSP),
+            };
+        }
+        if (field::EXIT_COUNT_BASE..field::EXIT_COUNT_BASE + EXIT_REASONS as u64).contains(&f) {
+            return self.vcpu(vi).exits[(f - field::EXIT_COUNT_BASE) as usize] as u64;
+        }
+        self.vmcs_read(vi, f)
+    }
+
+    fn vmcs_read(&mut self, vi: u16, f: u64) -> u64 {
+        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
+        self.machine.vmcs_read(&mut v.hw, f)
+    }
+
+    fn vmcs_write(&mut self, vi: u16, f: u64, value: u64) {
+        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
+        self.machine.vmcs_write(&mut v.hw, f, value);
+    }
+
+    /// Writes a field the caller may write, forcing what VMX and the kernel need.
+    fn write_state(&mut self, vi: u16, f: u64, value: u64) {
+        match f {
+            _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
+                let n = (f - field::GPR_BASE) as usize;
+                let t = self.vcpu(vi).thread;
+                match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                    Some(r) => *r = value,
+                    None => self.vmcs_write(vi, field::GUEST_RSP, value),
+                }
+            }
+            field::GUEST_CR0 => {
+                self.vmcs_write(vi, field::GUEST_CR0, value | CR0_NE);
+                self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
+            }
+            field::GUEST_CR4 => {
+                self.vmcs_write(vi, field::GUEST_CR4, value | CR4_VMXE);
+                self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE);
+            }
+            field::CR0_GUEST_HOST_MASK => self.vmcs_write(vi, f, value | CR0_OWNED),
+            field::CR4_GUEST_HOST_MASK => self.vmcs_write(vi, f, value | CR4_OWNED),
+            field::CR4_READ_SHADOW => self.vmcs_write(vi, f, value & !CR4_VMXE),
+            field::GUEST_RFLAGS => self.vmcs_write(vi, f, sanitize_rflags(value)),
+            _ => self.vmcs_write(vi, f, value),
+        }
+    }
+
+    /// After CR0, CR3, CR4 or EFER changed: EFER.LMA and the IA-32e entry control follow
+    /// EFER.LME and CR0.PG, and PAE paging without long mode gets its PDPTEs loaded from the
+    /// guest's CR3 (the VMCS holds them under EPT).
+    fn refresh_paging(&mut self, vi: u16) {
+        let cr0 = self.vmcs_read(vi, field::GUEST_CR0);
+        let cr4 = self.vmcs_read(vi, field::GUEST_CR4);
+        let efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
+        let lma = efer & EFER_LME != 0 && cr0 & CR0_PG != 0;
+        let new_efer = if lma { efer | EFER_LMA } else { efer & !EFER_LMA };
+        if new_efer != efer {
+            self.vmcs_write(vi, field::GUEST_IA32_EFER, new_efer);
+        }
+        let ctl = self.vmcs_read(vi, field::VM_ENTRY_CONTROLS);
+        let new_ctl = if lma {
+            ctl | ENTRY_IA32E
+        } else {
+            ctl & !ENTRY_IA32E
+        };
+        if new_ctl != ctl {
+            self.vmcs_write(vi, field::VM_ENTRY_CONTROLS, new_ctl);
+        }
+        if cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && !lma {
+            let cr3 = self.vmcs_read(vi, field::GUEST_CR3) & 0xffff_ffe0;
+            let vm = slot_get(&self.vms, self.vcpu(vi).vm).map(|v| (v.ram_phys, v.ram_pages));
+            let mut pdptes = [0u64; 4];
+            if let Some((phys, pages)) = vm {
+                if cr3 + 32 <= pages * PAGE_SIZE {
+                    let mut b = [0u8; 32];
+                    self.machine.read_phys(phys + cr3, &mut b);
+                    for (i, p) in pdptes.iter_mut().enumerate() {
+                        let mut w = [0u8; 8];
+                        w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+                        *p = u64::from_le_bytes(w);
+                    }
+                }
+            }
+            for (i, p) in pdptes.into_iter().enumerate() {
+                self.vmcs_write(vi, field::GUEST_PDPTE0 + 2 * i as u64, p);
+            }
+        }
+    }
+
+    // ----- exits -----
+
+    /// A VM exit of the current thread's vCPU; its guest registers are already in the
+    /// thread's register file.
+    pub fn on_vm_exit(&mut self, exit: VmExit) -> Next {
+        let Some(c) = self.current else {
+            return self.schedule();
+        };
+        let Some(vi) = self.vcpu_of(c) else {
+            return self.schedule();
+        };
+        let basic = exit.reason & 0xffff;
+        {
+            let v = self.vcpu_mut(vi);
+            if let Some(n) = v.exits.get_mut(basic as usize) {
+                *n = n.saturating_add(1);
+            }
+            v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
+        }
+        if exit.reason & (1 << 31) != 0 {
+            self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
+            return self.schedule();
+        }
+        let portal = self
+            .vcpu(vi)
+            .portals
+            .get(basic as usize)
+            .copied()
+            .unwrap_or(Portal::None);
+        match portal {
+            Portal::Reflect => {
+                self.reflect(vi, basic, exit.instruction_len);
+                self.schedule()
+            }
+            Portal::None => {
+                self.vcpu_stop(vi, stop::UNHANDLED | basic as u64);
+                self.schedule()
+            }
+            Portal::Endpoint { cap, mask } => {
+                let msg = self.exit_message(vi, exit, mask);
+                let th = self.thread_mut(c);
+                th.msg.label = vmx::EXIT_LABEL;
+                th.msg.badge = cap.badge;
+                th.msg.grant = None;
+                th.msg.len = msg.encode(&mut th.msg.data).unwrap_or(0);
+                self.send_exit(vi, cap);
+                self.schedule()
+            }
+        }
+    }
+
+    /// Answers CPUID, VMCALL and port I/O in the kernel (the floor of an exit round trip).
+    fn reflect(&mut self, vi: u16, basic: u32, len: u64) {
+        let t = self.vcpu(vi).thread;
+        if basic == reason::CPUID {
+            let (leaf, sub) = {
+                let r = &self.thread(t).regs;
+                (r.rax as u32, r.rcx as u32)
+            };
+            let v = self.machine.host_cpuid(leaf, sub);
+            let r = &mut self.thread_mut(t).regs;
+            r.rax = v[0] as u64;
+            r.rbx = v[1] as u64;
+            r.rcx = v[2] as u64;
+            r.rdx = v[3] as u64;
+        } else if basic == reason::VMCALL {
+            self.thread_mut(t).regs.rax = 0;
+        }
+        let rip = self.vmcs_read(vi, field::GUEST_RIP);
+        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+    }
+
+    /// The exit message with the groups in `mask`.
+    fn exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> ExitMessage {
+        let mut m = ExitMessage {
+            reason: exit.reason,
+            mask,
+            vcpu: self.vcpu(vi).id,
+            ..ExitMessage::default()
+        };
+        if mask & group::GPRS != 0 {
+            for n in 0..16 {
+                m.gprs[n] = self.read_state(vi, field::GPR_BASE + n as u64);
+            }
+        }
+        if mask & group::RIP != 0 {
+            m.rip = self.vmcs_read(vi, field::GUEST_RIP);
+            m.rflags = self.vmcs_read(vi, field::GUEST_RFLAGS);
+            m.instruction_len = exit.instruction_len as u32;
+        }
+        if mask & group::CRS != 0 {
+            m.cr0 = self.vmcs_read(vi, field::GUEST_CR0);
+            m.cr3 = self.vmcs_read(vi, field::GUEST_CR3);
+            m.cr4 = self.vmcs_read(vi, field::GUEST_CR4);
+            m.efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
+            m.cr0_shadow = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+            m.cr4_shadow = self.vmcs_read(vi, field::CR4_READ_SHADOW);
+        }
+        if mask & group::SEGS != 0 {
+            // cs, ss, ds, es, fs, gs, tr, ldtr: VMCS index (es = 0, cs = 1, ss = 2, ds = 3,
+            // fs = 4, gs = 5, ldtr = 6, tr = 7).
+            for (i, n) in [1u64, 2, 3, 0, 4, 5, 7, 6].into_iter().enumerate() {
+                m.segments[i] = vmx::Segment {
+                    selector: self.vmcs_read(vi, field::GUEST_ES_SELECTOR + 2 * n) as u16,
+                    access_rights: self.vmcs_read(vi, field::GUEST_ES_AR + 2 * n) as u32,
+                    limit: self.vmcs_read(vi, field::GUEST_ES_LIMIT + 2 * n) as u32,
+                    base: self.vmcs_read(vi, field::GUEST_ES_BASE + 2 * n),
+                };
+            }
+        }
+        if mask & group::QUAL != 0 {
+            m.qualification = exit.qualification;
+            m.intr_info = self.vmcs_read(vi, field::EXIT_INTR_INFO) as u32;
+            m.intr_error = self.vmcs_read(vi, field::EXIT_INTR_ERROR_CODE) as u32;
+            m.idt_vectoring_info = self.vmcs_read(vi, field::IDT_VECTORING_INFO) as u32;
+            m.idt_vectoring_error = self.vmcs_read(vi, field::IDT_VECTORING_ERROR_CODE) as u32;
+            m.instruction_info = self.vmcs_read(vi, field::EXIT_INSTRUCTION_INFO) as u32;
+        }
+        if mask & group::ADDR != 0 {
+            m.gpa = self.vmcs_read(vi, field::GUEST_PHYSICAL_ADDRESS);
+            m.gla = self.vmcs_read(vi, field::GUEST_LINEAR_ADDRESS);
+        }
+        m
+    }
+
+    /// Calls the portal endpoint with the exit message held in the vCPU thread.
+    fn send_exit(&mut self, vi: u16, cap: Cap) {
+        let t = self.vcpu(vi).thread;
+        {
+            let v = self.vcpu_mut(vi);
+            v.run = VcpuRun::AwaitingReply;
+            v.call_result = None;
+            v.call_ep = Some(cap);
+        }
+        let open = slot_get(&self.endpoints, cap.obj)
+            .is_some_and(|e| e.state != EndpointState::Closed);
+        if !open {
+            self.vcpu_stop(vi, stop::PORTAL_GONE);
+            return;
+        }
+        // A call always blocks the caller (`Ok(None)`); delivery errors go to the receiver.
+        let _ = self.send_loaded(t, cap.obj.index, true);
+    }
+
+    /// Runs before a vCPU thread enters the guest: applies the handler's reply, re-sends an
+    /// exit whose handler restarted, or stops the vCPU. Returns whether to enter.
+    pub(crate) fn vcpu_prepare(&mut self, t: ThreadId) -> bool {
+        let Some(vi) = self.vcpu_of(t) else {
+            return false;
+        };
+        match self.vcpu(vi).run {
+            VcpuRun::Running => return true,
+            VcpuRun::Stopped => {
+                self.thread_mut(t).state = ThreadState::Suspended;
+                return false;
+            }
+            VcpuRun::AwaitingReply => {}
+        }
+        match self.vcpu_mut(vi).call_result.take() {
+            None => {
+                // Woken without an answer: wait on.
+                false
+            }
+            Some(Ok(())) => {
+                let reply = {
+                    let msg = &self.thread(t).msg;
+                    ExitReply::decode(&msg.data[..msg.len.min(msg.data.len())])
+                };
+                match reply {
+                    Ok(r) => {
+                        self.vcpu_mut(vi).run = VcpuRun::Running;
+                        self.apply_reply(vi, &r)
+                    }
+                    Err(_) => {
+                        self.vcpu_stop(vi, stop::BAD_REPLY);
+                        false
+                    }
+                }
+            }
+            Some(Err(Error::ServerRestarted)) => {
+                // The handler died before answering: the same exit goes to its successor
+                // (the message is still in the thread). Rebuild it (the reply did not
+                // overwrite it, but be safe about the label).
+                let cap = self.vcpu(vi).call_ep;
+                match cap {
+                    Some(cap) if self.alive(cap.obj) => {
+                        self.thread_mut(t).msg.label = vmx::EXIT_LABEL;
+                        self.send_exit(vi, cap);
+                    }
+                    _ => self.vcpu_stop(vi, stop::PORTAL_GONE),
+                }
+                false
+            }
+            Some(Err(_)) => {
+                self.vcpu_stop(vi, stop::PORTAL_GONE);
+                false
+            }
+        }
+    }
+
+    /// Applies a handler's reply; `false` when it stopped the vCPU.
+    fn apply_reply(&mut self, vi: u16, r: &ExitReply) -> bool {
+        let t = self.vcpu(vi).thread;
+        for n in 0..16 {
+            if r.gpr_mask & (1 << n) != 0 {
+                match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                    Some(reg) => *reg = r.gprs[n],
+                    None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n]),
+                }
+            }
+        }
+        if r.flags & reply::SET_RIP != 0 {
+            self.vmcs_write(vi, field::GUEST_RIP, r.rip);
+        }
+        if r.flags & reply::ADVANCE_RIP != 0 {
+            let len = self.vcpu(vi).last_exit.2;
+            let rip = self.vmcs_read(vi, field::GUEST_RIP);
+            self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+        }
+        if r.flags & reply::SET_RFLAGS != 0 {
+            self.write_state(vi, field::GUEST_RFLAGS, r.rflags);
+        }
+        let paging = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;
+        if r.flags & reply::SET_CR0 != 0 {
+            self.write_state(vi, field::GUEST_CR0, r.cr0);
+        }
+        if r.flags & reply::SET_CR3 != 0 {
+            self.write_state(vi, field::GUEST_CR3, r.cr3);
+        }
+        if r.flags & reply::SET_CR4 != 0 {
+            self.write_state(vi, field::GUEST_CR4, r.cr4);
+        }
+        if r.flags & reply::SET_EFER != 0 {
+            self.write_state(vi, field::GUEST_IA32_EFER, r.efer);
+        }
+        if r.flags & paging != 0 {
+            self.refresh_paging(vi);
+        }
+        if r.flags & reply::INJECT != 0 {
+            // Valid bit, type and vector, deliver-error-code: reserved bits 30:12 clear.
+            let info = (r.inject as u32) & 0x8000_0fff;
+            self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info as u64);
+            self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32);
+            let len = self.vcpu(vi).last_exit.2;
+            self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
+        }
+        if r.flags & reply::STOP != 0 {
+            self.vcpu_stop(vi, stop::HANDLER | (r.stop_code & !stop::KIND_MASK));
+            return false;
+        }
+        true
+    }
+
+    /// Stops a vCPU and answers the thread waiting in `VcpuRun`.
+    pub(crate) fn vcpu_stop(&mut self, vi: u16, code: u64) {
+        let (t, runner, last) = {
+            let v = self.vcpu_mut(vi);
+            v.run = VcpuRun::Stopped;
+            v.call_ep = None;
+            (v.thread, v.runner.take(), v.last_exit)
+        };
+        if let Some(th) = self.threads.0[t as usize].as_ref() {
+            let (state, prio) = (th.state, th.prio);
+            if state == ThreadState::Ready && self.current != Some(t) {
+                self.run_queue.remove(&mut self.threads, t, prio);
+            }
+            self.thread_mut(t).state = ThreadState::Suspended;
+        }
+        if let Some(r) = runner {
+            if self.threads.0[r as usize].is_some() {
+                self.complete(r, Ok([code, (last.0 & 0xffff) as u64, last.1, 0]));
+            }
+        }
+    }
+
+    /// Records the outcome of the vCPU thread's pending exit call (instead of writing
+    /// syscall results into guest registers).
+    pub(crate) fn vcpu_call_done(&mut self, vi: u16, result: Result<(), Error>) {
+        self.vcpu_mut(vi).call_result = Some(result);
+    }
+
+    /// Drops a reference to a VM or vCPU; destroys it at zero.
+    pub(crate) fn release_vm_object(&mut self, r: ObjRef) -> bool {
+        match r.kind {
+            CapKind::Vm => slot_get_mut(&mut self.vms, r).is_some_and(|v| {
+                v.refs = v.refs.saturating_sub(1);
+                v.refs == 0
+            }),
+            CapKind::Vcpu => slot_get_mut(&mut self.vcpus, r).is_some_and(|v| {
+                v.refs = v.refs.saturating_sub(1);
+                v.refs == 0
+            }),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn acquire_vm_object(&mut self, r: ObjRef) {
+        match r.kind {
+            CapKind::Vm => {
+                if let Some(v) = slot_get_mut(&mut self.vms, r) {
+                    v.refs += 1;
+                }
+            }
+            CapKind::Vcpu => {
+                if let Some(v) = slot_get_mut(&mut self.vcpus, r) {
+                    v.refs += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Destroys a VM (its vCPUs first) or a vCPU.
+    pub(crate) fn destroy_vm_object(&mut self, r: ObjRef) {
+        match r.kind {
+            CapKind::Vcpu => {
+                if slot_get(&self.vcpus, r).is_none() {
+                    return;
+                }
+                self.vcpu_stop(r.index, stop::PORTAL_GONE);
+                let v = slot_remove(&mut self.vcpus, r.index).expect("checked");
+                let t = v.thread;
+                if let Some(th) = self.threads.0[t as usize].as_ref() {
+                    let task = th.task;
+                    self.detach(t, u16::MAX);
+                    self.threads.0[t as usize] = None;
+                    if self.current == Some(t) {
+                        self.current = None;
+                    }
+                    if let Some(task) = self.tasks[task as usize].obj.as_mut() {
+                        task.threads = task.threads.saturating_sub(1);
+                    }
+                }
+                self.machine.vmcs_destroy(v.hw);
+                self.release(v.vm);
+            }
+            CapKind::Vm => {
+                if slot_get(&self.vms, r).is_none() {
+                    return;
+                }
+                for i in 0..MAX_VCPUS as u16 {
+                    let of_vm = self.vcpus[i as usize]
+                        .obj
+                        .as_ref()
+                        .is_some_and(|v| v.vm == r);
+                    if of_vm {
+                        let generation = self.vcpus[i as usize].generation;
+                        self.destroy_vm_object(ObjRef {
+                            kind: CapKind::Vcpu,
+                            index: i,
+                            generation,
+                        });
+                    }
+                }
+                if let Some(vm) = slot_remove(&mut self.vms, r.index) {
+                    self.machine.ept_destroy(vm.ept);
+                    self.release(vm.ram);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// RFLAGS a guest may hold: reserved bits clear, bit 1 set.
+fn sanitize_rflags(v: u64) -> u64 {
+    (v & 0x003f_7fd5) | 2
+}
