@@ -1,0 +1,27 @@
+//! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
+//! 1 MiB, multiboot header first), the flat 64-bit `guest-bench` with `link-flat.ld` (2 MiB).
+const MULTIBOOT_BINS: [&str; 6] = [
+    "guest-multiboot",
+    "guest-long",
+    "guest-pae",
+    "guest-badmem",
+    "guest-unsupported",
+    "guest-triple",
+];
+
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
+    let multiboot = format!("{dir}/link.ld");
+    let flat = format!("{dir}/link-flat.ld");
+    println!("cargo:rerun-if-changed={multiboot}");
+    println!("cargo:rerun-if-changed={flat}");
+    println!("cargo:rerun-if-changed={dir}/src/rt");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
+        for bin in MULTIBOOT_BINS {
+            println!("cargo:rustc-link-arg-bin={bin}=-T{multiboot}");
+        }
+        println!("cargo:rustc-link-arg-bin=guest-bench=-T{flat}");
+        println!("cargo:rustc-link-arg-bins=-zmax-page-size=0x1000");
+        println!("cargo:rustc-link-arg-bins=--no-pie");
+    }
+}
