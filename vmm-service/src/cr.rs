@@ -1,0 +1,266 @@
+//! Control-register access exits: MOV to/from CR0, CR3, CR4, CLTS and LMSW.
+//!
+//! The guest-visible CR0 and CR4 are the read shadows in the message (the kernel sets the
+//! shadow to the full value on every `SET_CR0`/`SET_CR4`; it forces CR0.NE and CR4.VMXE in
+//! the real registers and hides them). New values are checked as hardware would (#GP(0) is
+//! injected without advancing RIP) and written back with `SET_CR0`/`SET_CR4` + `ADVANCE_RIP`.
+//! Turning paging on with EFER.LME set activates long mode (EFER.LMA, sent with `SET_EFER`);
+//! turning it off leaves long mode.
+
+use abi::vmx::{reply, ExitMessage, ExitReply};
+
+use crate::exit::CrAccessKind;
+use crate::msr::efer;
+
+pub mod cr0 {
+    pub const PE: u64 = 1 << 0;
+    pub const MP: u64 = 1 << 1;
+    pub const EM: u64 = 1 << 2;
+    pub const TS: u64 = 1 << 3;
+    pub const ET: u64 = 1 << 4;
+    pub const NE: u64 = 1 << 5;
+    pub const WP: u64 = 1 << 16;
+    pub const AM: u64 = 1 << 18;
+    pub const NW: u64 = 1 << 29;
+    pub const CD: u64 = 1 << 30;
+    pub const PG: u64 = 1 << 31;
+    /// Bits that exist (writes to other bits of 31:0 are ignored; bits 63:32 are #GP).
+    pub const DEFINED: u64 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
+}
+
+pub mod cr4 {
+    pub const PAE: u64 = 1 << 5;
+    pub const VMXE: u64 = 1 << 13;
+    pub const SMXE: u64 = 1 << 14;
+    /// Bits a guest may set: VME..LA57 (0-12) except VMXE, FSGSBASE, PCIDE, OSXSAVE, SMEP,
+    /// SMAP, PKE. Everything else (VMXE and SMXE included: VMX and SMX are hidden) is #GP.
+    pub const ALLOWED: u64 = 0x1fff | (1 << 16) | (1 << 17) | (1 << 18) | (7 << 20);
+}
+
+/// Why a CR access is not handled here (the VM stops with a report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrError {
+    /// A control register other than 0, 3, 4, or an access form that cannot occur for it.
+    Unsupported { cr: u8 },
+}
+
+/// The reply, and EFER when it changed (the MSR model must learn it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrOutcome {
+    pub reply: ExitReply,
+    pub efer: Option<u64>,
+}
+
+/// #GP(0): VM-entry interruption info (valid | hardware exception | error code | vector 13).
+pub const GP_INJECT: u64 = 0x8000_0b0d;
+
+/// A reply injecting #GP(0) without advancing RIP.
+pub fn gp() -> ExitReply {
+    ExitReply {
+        flags: reply::INJECT,
+        inject: GP_INJECT,
+        ..ExitReply::default()
+    }
+}
+
+fn gp_outcome() -> CrOutcome {
+    CrOutcome {
+        reply: gp(),
+        efer: None,
+    }
+}
+
+/// Handles an access to CR`cr` of kind `access`; `efer` is the guest's EFER (MSR model).
+/// The message must carry GPRS and CRS (and SEGS to tell 64-bit from compatibility mode when
+/// paging is turned off in long mode; without it that case is allowed).
+pub fn handle(
+    m: &ExitMessage,
+    cr: u8,
+    access: CrAccessKind,
+    efer: u64,
+) -> Result<CrOutcome, CrError> {
+    let gpr = |n: u8| m.gprs[(n & 15) as usize];
+    let old0 = m.cr0_shadow;
+    match (cr, access) {
+        (0, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr0(m, gpr(r), efer)),
+        (0, CrAccessKind::Clts) => Ok(set_cr0(m, old0 & !cr0::TS, efer)),
+        (0, CrAccessKind::Lmsw { source_data }) => {
+            // LMSW loads PE, MP, EM, TS but cannot clear PE.
+            let new = (old0 & !0xf) | (source_data as u64 & 0xf) | (old0 & cr0::PE);
+            Ok(set_cr0(m, new, efer))
+        }
+        (4, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr4(gpr(r), efer)),
+        (3, CrAccessKind::MovTo { gpr: r }) => {
+            let mut reply = ExitReply::advance();
+            reply.flags |= reply::SET_CR3;
+            reply.cr3 = gpr(r);
+            Ok(CrOutcome { reply, efer: None })
+        }
+        (0 | 3 | 4, CrAccessKind::MovFrom { gpr: r }) => {
+            let v = match cr {
+                0 => m.cr0_shadow,
+                3 => m.cr3,
+                _ => m.cr4_shadow,
+            };
+            let mut reply = ExitReply::advance();
+            reply.gpr_mask = 1 << (r & 15);
+            reply.gprs[(r & 15) as usize] = v;
+            Ok(CrOutcome { reply, efer: None })
+        }
+        _ => Err(CrError::Unsupported { cr }),
+    }
+}
+
+fn set_cr0(m: &ExitMessage, requested: u64, efer_now: u64) -> CrOutcome {
+    if requested >> 32 != 0 {
+        return gp_outcome();
+    }
+    // Undefined bits of 31:0 are ignored; ET is hardwired to 1.
+    let new = (requested & cr0::DEFINED) | cr0::ET;
+    if new & cr0::PG != 0 && new & cr0::PE == 0 {
+        return gp_outcome();
+    }
+    if new & cr0::NW != 0 && new & cr0::CD == 0 {
+        return gp_outcome();
+    }
+    let old = m.cr0_shadow;
+    let mut efer = efer_now;
+    if old & cr0::PG == 0 && new & cr0::PG != 0 && efer & efer::LME != 0 {
+        if m.cr4_shadow & cr4::PAE == 0 {
+            return gp_outcome();
+        }
+        efer |= efer::LMA;
+    }
+    if old & cr0::PG != 0 && new & cr0::PG == 0 && efer & efer::LMA != 0 {
+        let cs_l =
+            m.mask & abi::vmx::group::SEGS != 0 && m.segments[0].access_rights & (1 << 13) != 0;
+        if cs_l {
+            return gp_outcome();
+        }
+        efer &= !efer::LMA;
+    }
+    let mut reply = ExitReply::advance();
+    reply.flags |= reply::SET_CR0;
+    reply.cr0 = new;
+    let changed = (efer != efer_now).then_some(efer);
+    if let Some(e) = changed {
+        reply.flags |= reply::SET_EFER;
+        reply.efer = e;
+    }
+    CrOutcome {
+        reply,
+        efer: changed,
+    }
+}
+
+fn set_cr4(new: u64, efer: u64) -> CrOutcome {
+    if new & !cr4::ALLOWED != 0 {
+        return gp_outcome();
+    }
+    if efer & efer::LMA != 0 && new & cr4::PAE == 0 {
+        return gp_outcome();
+    }
+    let mut reply = ExitReply::advance();
+    reply.flags |= reply::SET_CR4;
+    reply.cr4 = new;
+    CrOutcome { reply, efer: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi::vmx::{group, reason};
+
+    fn msg(cr0: u64, cr4: u64, rbx: u64) -> ExitMessage {
+        let mut m = ExitMessage {
+            reason: reason::CR_ACCESS,
+            mask: group::GPRS | group::CRS | group::QUAL,
+            cr0_shadow: cr0,
+            cr4_shadow: cr4,
+            cr3: 0x5000,
+            ..ExitMessage::default()
+        };
+        m.gprs[3] = rbx;
+        m
+    }
+
+    const TO_RBX: CrAccessKind = CrAccessKind::MovTo { gpr: 3 };
+
+    #[test]
+    fn cr0_checks() {
+        let m = msg(0x11, 0, 0x8000_0000);
+        assert_eq!(handle(&m, 0, TO_RBX, 0).unwrap().reply, gp()); // PG without PE
+        let m = msg(0x11, 0, 0x2000_0011);
+        assert_eq!(handle(&m, 0, TO_RBX, 0).unwrap().reply, gp()); // NW without CD
+        let m = msg(0x11, 0, 1 << 32 | 0x11);
+        assert_eq!(handle(&m, 0, TO_RBX, 0).unwrap().reply, gp());
+        let m = msg(0x11, 0, 0x8000_0001 | 1 << 7); // undefined bit 7 ignored, ET forced
+        let r = handle(&m, 0, TO_RBX, 0).unwrap();
+        assert_eq!(r.reply.flags, reply::ADVANCE_RIP | reply::SET_CR0);
+        assert_eq!(r.reply.cr0, 0x8000_0011);
+        assert_eq!(r.efer, None);
+    }
+
+    #[test]
+    fn long_mode_activation_and_exit() {
+        let lme = efer::LME;
+        // PG with LME but no PAE: #GP.
+        let m = msg(0x11, 0, 0x8000_0011);
+        assert_eq!(handle(&m, 0, TO_RBX, lme).unwrap().reply, gp());
+        let m = msg(0x11, cr4::PAE, 0x8000_0011);
+        let r = handle(&m, 0, TO_RBX, lme).unwrap();
+        assert_eq!(r.efer, Some(lme | efer::LMA));
+        assert_ne!(r.reply.flags & reply::SET_EFER, 0);
+        // Leaving paging in compatibility mode clears LMA; in 64-bit mode it is #GP.
+        let mut m = msg(0x8000_0011, cr4::PAE, 0x11);
+        let r = handle(&m, 0, TO_RBX, lme | efer::LMA).unwrap();
+        assert_eq!(r.efer, Some(lme));
+        m.mask |= group::SEGS;
+        m.segments[0].access_rights = 0xa09b;
+        assert_eq!(handle(&m, 0, TO_RBX, lme | efer::LMA).unwrap().reply, gp());
+    }
+
+    #[test]
+    fn cr4_checks() {
+        let ok = handle(&msg(0x11, 0, cr4::PAE), 4, TO_RBX, 0).unwrap().reply;
+        assert_eq!(ok.flags, reply::ADVANCE_RIP | reply::SET_CR4);
+        assert_eq!(ok.cr4, cr4::PAE);
+        for bad in [cr4::VMXE, cr4::SMXE, 1 << 15, 1 << 40] {
+            assert_eq!(
+                handle(&msg(0x11, 0, bad), 4, TO_RBX, 0).unwrap().reply,
+                gp()
+            );
+        }
+        assert_eq!(
+            handle(&msg(0, 0, 0), 4, TO_RBX, efer::LMA).unwrap().reply,
+            gp()
+        );
+    }
+
+    #[test]
+    fn clts_lmsw_cr3_and_reads() {
+        let r = handle(&msg(0x1b, 0, 0), 0, CrAccessKind::Clts, 0)
+            .unwrap()
+            .reply;
+        assert_eq!(r.cr0, 0x13);
+        // LMSW cannot clear PE but sets MP/EM/TS.
+        let lmsw = CrAccessKind::Lmsw { source_data: 0xe };
+        let r = handle(&msg(0x11, 0, 0), 0, lmsw, 0).unwrap().reply;
+        assert_eq!(r.cr0, 0x1f);
+        let r = handle(&msg(0x11, 0, 0x9000), 3, TO_RBX, 0).unwrap().reply;
+        assert_eq!(
+            (r.flags, r.cr3),
+            (reply::ADVANCE_RIP | reply::SET_CR3, 0x9000)
+        );
+        let from = CrAccessKind::MovFrom { gpr: 1 };
+        let r = handle(&msg(0x11, 0x20, 0), 4, from, 0).unwrap().reply;
+        assert_eq!((r.gpr_mask, r.gprs[1]), (2, 0x20));
+        let r = handle(&msg(0x11, 0x20, 0), 3, from, 0).unwrap().reply;
+        assert_eq!(r.gprs[1], 0x5000);
+        assert_eq!(
+            handle(&msg(0, 0, 0), 8, TO_RBX, 0),
+            Err(CrError::Unsupported { cr: 8 })
+        );
+        assert!(handle(&msg(0, 0, 0), 3, CrAccessKind::Clts, 0).is_err());
+    }
+}

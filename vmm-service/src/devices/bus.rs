@@ -1,0 +1,220 @@
+//! The port I/O bus: dispatches byte accesses to the devices, splits wider accesses into
+//! byte accesses to consecutive ports (little-endian), except for the debug-exit port, which
+//! takes the whole value.
+//!
+//! An unhandled port reads as all ones and ignores writes; the first access to each unhandled
+//! port (read or write, tracked separately) is reported once as a [`BusEvent::FirstUnhandled`].
+
+use super::{cmos::Cmos, debug_exit, pic::Pic, pit::Pit, serial, serial::Serial, Text};
+
+/// Something the service should know about after an access.
+// No allocator: the line travels by value.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A complete serial console line (without the newline).
+    SerialLine(Text),
+    /// The first access to an unhandled port (`write` tells the direction).
+    FirstUnhandled { port: u16, write: bool },
+    /// The guest wrote to the debug-exit port: stop with this code.
+    DebugExit { code: u64 },
+}
+
+const PORTS: usize = 1 << 16;
+
+/// One bit per port.
+#[derive(Clone, Debug)]
+struct PortSet([u32; PORTS / 32]);
+
+impl PortSet {
+    /// Sets the bit for `port`; returns whether it was clear.
+    fn insert(&mut self, port: u16) -> bool {
+        let (w, b) = ((port >> 5) as usize, port & 31);
+        let was_clear = self.0[w] & (1 << b) == 0;
+        self.0[w] |= 1 << b;
+        was_clear
+    }
+}
+
+/// The devices on the bus (about 16 KiB, mostly the two once-bitsets).
+#[derive(Clone, Debug)]
+pub struct PortBus {
+    pub serial: Serial,
+    pub pit: Pit,
+    pub pic: Pic,
+    pub cmos: Cmos,
+    read_logged: PortSet,
+    write_logged: PortSet,
+}
+
+impl PortBus {
+    /// A bus for a guest with `ram_bytes` of RAM (for the CMOS memory sizes).
+    pub fn new(ram_bytes: u64) -> PortBus {
+        PortBus {
+            serial: Serial::new(),
+            pit: Pit::new(),
+            pic: Pic::new(),
+            cmos: Cmos::new(ram_bytes),
+            read_logged: PortSet([0; PORTS / 32]),
+            write_logged: PortSet([0; PORTS / 32]),
+        }
+    }
+
+    /// Whether some device answers `port` (the debug-exit port counts).
+    pub fn claims(port: u16) -> bool {
+        port == debug_exit::PORT
+            || Serial::claims(port)
+            || Pit::claims(port)
+            || Pic::claims(port)
+            || Cmos::claims(port)
+    }
+
+    /// `IN` of `size` bytes (1, 2 or 4; other sizes are treated as 4) at `port`; the result
+    /// has the access's size. `ticks` drives the PIT.
+    pub fn read(
+        &mut self,
+        port: u16,
+        size: u8,
+        ticks: u64,
+        sink: &mut impl FnMut(BusEvent),
+    ) -> u32 {
+        let mut v = 0u32;
+        for i in 0..size.clamp(1, 4) {
+            let p = port.wrapping_add(i as u16);
+            v |= (self.read_byte(p, ticks, sink) as u32) << (8 * i);
+        }
+        v
+    }
+
+    fn read_byte(&mut self, port: u16, ticks: u64, sink: &mut impl FnMut(BusEvent)) -> u8 {
+        if Serial::claims(port) {
+            self.serial.read(port - serial::COM1)
+        } else if Pit::claims(port) {
+            self.pit.read(port, ticks)
+        } else if Pic::claims(port) {
+            self.pic.read(port)
+        } else if Cmos::claims(port) {
+            self.cmos.read(port)
+        } else {
+            // Includes the debug-exit port, which is write-only.
+            if self.read_logged.insert(port) {
+                sink(BusEvent::FirstUnhandled { port, write: false });
+            }
+            0xff
+        }
+    }
+
+    /// `OUT` of the low `size` bytes of `value` to `port`.
+    pub fn write(
+        &mut self,
+        port: u16,
+        size: u8,
+        value: u32,
+        ticks: u64,
+        sink: &mut impl FnMut(BusEvent),
+    ) {
+        if port == debug_exit::PORT {
+            let v = match size {
+                1 => value & 0xff,
+                2 => value & 0xffff,
+                _ => value,
+            };
+            sink(BusEvent::DebugExit {
+                code: debug_exit::code(v),
+            });
+            return;
+        }
+        for i in 0..size.clamp(1, 4) {
+            let p = port.wrapping_add(i as u16);
+            self.write_byte(p, (value >> (8 * i)) as u8, ticks, sink);
+        }
+    }
+
+    fn write_byte(&mut self, port: u16, v: u8, ticks: u64, sink: &mut impl FnMut(BusEvent)) {
+        if Serial::claims(port) {
+            if let Some(line) = self.serial.write(port - serial::COM1, v) {
+                sink(BusEvent::SerialLine(line));
+            }
+        } else if Pit::claims(port) {
+            self.pit.write(port, v, ticks);
+        } else if Pic::claims(port) {
+            self.pic.write(port, v);
+        } else if Cmos::claims(port) {
+            self.cmos.write(port, v);
+        } else if self.write_logged.insert(port) {
+            sink(BusEvent::FirstUnhandled { port, write: true });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhandled_reads_are_all_ones_and_logged_once() {
+        let mut bus = PortBus::new(32 << 20);
+        let mut ev = Vec::new();
+        let mut sink = |e| ev.push(e);
+        assert_eq!(bus.read(0x510, 1, 0, &mut sink), 0xff);
+        assert_eq!(bus.read(0x510, 2, 0, &mut sink), 0xffff);
+        assert_eq!(bus.read(0xcfc, 4, 0, &mut sink), 0xffff_ffff);
+        bus.write(0x510, 1, 0, 0, &mut sink);
+        bus.write(0x510, 1, 0, 0, &mut sink);
+        assert_eq!(
+            ev,
+            vec![
+                BusEvent::FirstUnhandled {
+                    port: 0x510,
+                    write: false
+                },
+                BusEvent::FirstUnhandled {
+                    port: 0x511,
+                    write: false
+                },
+                BusEvent::FirstUnhandled {
+                    port: 0xcfc,
+                    write: false
+                },
+                BusEvent::FirstUnhandled {
+                    port: 0xcfd,
+                    write: false
+                },
+                BusEvent::FirstUnhandled {
+                    port: 0xcfe,
+                    write: false
+                },
+                BusEvent::FirstUnhandled {
+                    port: 0xcff,
+                    write: false
+                },
+                BusEvent::FirstUnhandled {
+                    port: 0x510,
+                    write: true
+                },
+            ]
+        );
+        // The last port wraps without panicking.
+        assert_eq!(bus.read(0xffff, 4, 0, &mut |_| {}), 0xffff_ffff);
+        bus.write(0xffff, 4, 0, 0, &mut |_| {});
+    }
+
+    #[test]
+    fn serial_line_and_debug_exit() {
+        let mut bus = PortBus::new(32 << 20);
+        let mut ev = Vec::new();
+        let mut sink = |e| ev.push(e);
+        for b in b"ok\n" {
+            bus.write(0x3f8, 1, *b as u32, 0, &mut sink);
+        }
+        assert_eq!(bus.read(0x3fd, 1, 0, &mut sink), 0x60);
+        bus.write(0xf4, 4, 0x10, 0, &mut sink);
+        assert_eq!(
+            ev,
+            vec![
+                BusEvent::SerialLine(Text::from_slice(b"ok").unwrap()),
+                BusEvent::DebugExit { code: 0x21 }
+            ]
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Legacy PC devices the VMM service emulates on the I/O port bus. Each device is byte-wide;
+//! [`bus::PortBus`] splits wider accesses into byte accesses to consecutive ports, as the ISA
+//! bus does.
+
+pub mod bus;
+pub mod cmos;
+pub mod debug_exit;
+pub mod pic;
+pub mod pit;
+pub mod serial;
+
+/// Bytes of text carried by one console event (a serial line or a hypercall print).
+pub const TEXT_MAX: usize = 256;
+
+/// A piece of guest console output.
+pub type Text = heapless::Vec<u8, TEXT_MAX>;

@@ -1,0 +1,487 @@
+//! Exit decoding: an [`ExitMessage`] becomes a typed [`Exit`], read per the SDM's
+//! exit-qualification formats (vol. 3, "Exit Qualification for ..." tables).
+//!
+//! [`decode`] never panics: an exit whose needed state groups are missing from the message's
+//! `mask`, or whose qualification is malformed, is an [`ExitError`].
+
+use abi::vmx::{group, reason, ExitMessage, Gpr};
+
+/// Direction of a port I/O access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDirection {
+    In,
+    Out,
+}
+
+/// What a control-register access exit did (exit qualification bits 5:4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrAccessKind {
+    /// `MOV CRn, reg`: `gpr` indexes [`ExitMessage::gprs`] ([`Gpr`] order).
+    MovTo {
+        gpr: u8,
+    },
+    /// `MOV reg, CRn`.
+    MovFrom {
+        gpr: u8,
+    },
+    Clts,
+    /// `LMSW`: the 16-bit source operand (only bits 3:0 matter).
+    Lmsw {
+        source_data: u16,
+    },
+}
+
+/// A decoded exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// CPUID with EAX = `leaf`, ECX = `subleaf`.
+    Cpuid {
+        leaf: u32,
+        subleaf: u32,
+    },
+    /// IN/OUT/INS/OUTS. `size` is 1, 2 or 4; `value` is the low `size` bytes of RAX for a
+    /// non-string OUT, 0 otherwise.
+    Io {
+        port: u16,
+        size: u8,
+        direction: IoDirection,
+        string: bool,
+        rep: bool,
+        value: u32,
+    },
+    /// RDMSR of ECX.
+    Rdmsr {
+        msr: u32,
+    },
+    /// WRMSR of ECX with EDX:EAX.
+    Wrmsr {
+        msr: u32,
+        value: u64,
+    },
+    /// MOV to/from CRn, CLTS, LMSW.
+    CrAccess {
+        cr: u8,
+        access: CrAccessKind,
+    },
+    Hlt,
+    /// VMCALL: `nr` = RAX, `args` = RBX, RCX, RDX, RSI.
+    Vmcall {
+        nr: u64,
+        args: [u64; 4],
+    },
+    /// EPT violation: the access (`read`/`write`/`fetch`) and what the translation allowed
+    /// (`readable`/`writable`/`executable`, bits 3-5).
+    EptViolation {
+        gpa: u64,
+        gla: Option<u64>,
+        read: bool,
+        write: bool,
+        fetch: bool,
+        readable: bool,
+        writable: bool,
+        executable: bool,
+    },
+    TripleFault,
+    /// VM entry failed on invalid guest state (basic reason 33).
+    InvalidGuestState,
+    /// Another VM-entry failure (reason bit 31 set; MSR loading, machine check).
+    EntryFailure {
+        reason: u32,
+    },
+    /// Exception or NMI (interruption info bits 7:0 vector, bit 11 error code valid).
+    Exception {
+        vector: u8,
+        error_code: Option<u32>,
+    },
+    ExternalInterrupt,
+    /// Any other basic reason.
+    Other {
+        reason: u32,
+    },
+}
+
+/// Why an exit message cannot be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitError {
+    /// The message lacks state groups the reason needs (`need` is the full requirement,
+    /// see [`required_groups`]).
+    MissingGroups { reason: u32, need: u32 },
+    /// I/O qualification with a size encoding other than 0, 1 or 3.
+    BadIoSize { qualification: u64 },
+}
+
+/// Entry-failure bit of the full exit reason.
+pub const ENTRY_FAILURE_BIT: u32 = 1 << 31;
+
+/// The state groups [`decode`] needs for basic reason `basic` (and what the VM model needs to
+/// handle it). The service binary can use this (plus [`group::RIP`] for reports) as the exit
+/// portal mask.
+pub fn required_groups(basic: u32) -> u32 {
+    match basic {
+        reason::CPUID | reason::RDMSR | reason::WRMSR | reason::VMCALL => group::GPRS,
+        reason::IO => group::QUAL | group::GPRS,
+        reason::CR_ACCESS => group::QUAL | group::GPRS | group::CRS,
+        reason::EPT_VIOLATION => group::QUAL | group::ADDR,
+        reason::EXCEPTION_NMI => group::QUAL,
+        _ => 0,
+    }
+}
+
+/// The portal mask the VMM service should ask for: the needed groups plus RIP (for reports).
+pub fn portal_mask(basic: u32) -> u32 {
+    required_groups(basic) | group::RIP
+}
+
+fn bit(v: u64, n: u32) -> bool {
+    (v >> n) & 1 == 1
+}
+
+/// Decodes `m`; never panics.
+pub fn decode(m: &ExitMessage) -> Result<Exit, ExitError> {
+    let basic = m.basic_reason();
+    if m.reason & ENTRY_FAILURE_BIT != 0 {
+        return Ok(if basic == reason::INVALID_GUEST_STATE {
+            Exit::InvalidGuestState
+        } else {
+            Exit::EntryFailure { reason: m.reason }
+        });
+    }
+    let need = required_groups(basic);
+    if m.mask & need != need {
+        return Err(ExitError::MissingGroups {
+            reason: m.reason,
+            need,
+        });
+    }
+    let g = |r: Gpr| m.gprs[r as usize];
+    let q = m.qualification;
+    Ok(match basic {
+        reason::CPUID => Exit::Cpuid {
+            leaf: g(Gpr::Rax) as u32,
+            subleaf: g(Gpr::Rcx) as u32,
+        },
+        reason::IO => {
+            let size: u8 = match q & 7 {
+                0 => 1,
+                1 => 2,
+                3 => 4,
+                _ => return Err(ExitError::BadIoSize { qualification: q }),
+            };
+            let direction = if bit(q, 3) {
+                IoDirection::In
+            } else {
+                IoDirection::Out
+            };
+            let string = bit(q, 4);
+            let value = if direction == IoDirection::Out && !string {
+                (g(Gpr::Rax) & size_mask(size)) as u32
+            } else {
+                0
+            };
+            Exit::Io {
+                port: (q >> 16) as u16,
+                size,
+                direction,
+                string,
+                rep: bit(q, 5),
+                value,
+            }
+        }
+        reason::RDMSR => Exit::Rdmsr {
+            msr: g(Gpr::Rcx) as u32,
+        },
+        reason::WRMSR => Exit::Wrmsr {
+            msr: g(Gpr::Rcx) as u32,
+            value: (g(Gpr::Rdx) << 32) | (g(Gpr::Rax) & 0xffff_ffff),
+        },
+        reason::CR_ACCESS => {
+            let gpr = ((q >> 8) & 0xf) as u8;
+            let access = match (q >> 4) & 3 {
+                0 => CrAccessKind::MovTo { gpr },
+                1 => CrAccessKind::MovFrom { gpr },
+                2 => CrAccessKind::Clts,
+                _ => CrAccessKind::Lmsw {
+                    source_data: (q >> 16) as u16,
+                },
+            };
+            Exit::CrAccess {
+                cr: (q & 0xf) as u8,
+                access,
+            }
+        }
+        reason::HLT => Exit::Hlt,
+        reason::VMCALL => Exit::Vmcall {
+            nr: g(Gpr::Rax),
+            args: [g(Gpr::Rbx), g(Gpr::Rcx), g(Gpr::Rdx), g(Gpr::Rsi)],
+        },
+        reason::EPT_VIOLATION => Exit::EptViolation {
+            gpa: m.gpa,
+            gla: bit(q, 7).then_some(m.gla),
+            read: bit(q, 0),
+            write: bit(q, 1),
+            fetch: bit(q, 2),
+            readable: bit(q, 3),
+            writable: bit(q, 4),
+            executable: bit(q, 5),
+        },
+        reason::TRIPLE_FAULT => Exit::TripleFault,
+        reason::INVALID_GUEST_STATE => Exit::InvalidGuestState,
+        reason::EXCEPTION_NMI => Exit::Exception {
+            vector: m.intr_info as u8,
+            error_code: (m.intr_info & (1 << 11) != 0).then_some(m.intr_error),
+        },
+        reason::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
+        _ => Exit::Other { reason: m.reason },
+    })
+}
+
+/// All-ones mask of `size` bytes (1, 2, 4 or 8; anything else is treated as 8).
+pub fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(reason: u32, mask: u32) -> ExitMessage {
+        ExitMessage {
+            reason,
+            mask,
+            ..ExitMessage::default()
+        }
+    }
+
+    #[test]
+    fn io_out_word_with_port_and_value() {
+        let mut m = msg(reason::IO, group::QUAL | group::GPRS);
+        m.qualification = (0x3f8 << 16) | 1; // OUT, 2 bytes
+        m.gprs[0] = 0xdead_beef_1234_5678;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::Io {
+                port: 0x3f8,
+                size: 2,
+                direction: IoDirection::Out,
+                string: false,
+                rep: false,
+                value: 0x5678
+            })
+        );
+    }
+
+    #[test]
+    fn io_in_string_rep_and_bad_size() {
+        let mut m = msg(reason::IO, group::QUAL | group::GPRS);
+        m.qualification = (0x1f0 << 16) | (1 << 5) | (1 << 4) | (1 << 3) | 3;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::Io {
+                port: 0x1f0,
+                size: 4,
+                direction: IoDirection::In,
+                string: true,
+                rep: true,
+                value: 0
+            })
+        );
+        m.qualification = 2;
+        assert_eq!(decode(&m), Err(ExitError::BadIoSize { qualification: 2 }));
+    }
+
+    #[test]
+    fn missing_groups_are_errors() {
+        let m = msg(reason::IO, group::QUAL);
+        assert_eq!(
+            decode(&m),
+            Err(ExitError::MissingGroups {
+                reason: reason::IO,
+                need: group::QUAL | group::GPRS
+            })
+        );
+        assert!(decode(&msg(reason::CPUID, 0)).is_err());
+        assert!(decode(&msg(reason::CR_ACCESS, group::QUAL | group::GPRS)).is_err());
+        assert_eq!(decode(&msg(reason::HLT, 0)), Ok(Exit::Hlt));
+    }
+
+    #[test]
+    fn msr_cpuid_vmcall() {
+        let mut m = msg(reason::WRMSR, group::GPRS);
+        m.gprs[0] = 0xffff_ffff_0000_0501; // upper half of RAX ignored
+        m.gprs[1] = 0xc000_0080;
+        m.gprs[2] = 0x1;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::Wrmsr {
+                msr: 0xc000_0080,
+                value: 0x1_0000_0501
+            })
+        );
+        m.reason = reason::RDMSR;
+        assert_eq!(decode(&m), Ok(Exit::Rdmsr { msr: 0xc000_0080 }));
+        m.reason = reason::CPUID;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::Cpuid {
+                leaf: 0x501,
+                subleaf: 0xc000_0080
+            })
+        );
+        m.reason = reason::VMCALL;
+        m.gprs[3] = 7;
+        m.gprs[6] = 9;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::Vmcall {
+                nr: 0xffff_ffff_0000_0501,
+                args: [7, 0xc000_0080, 1, 9]
+            })
+        );
+    }
+
+    #[test]
+    fn cr_access_forms() {
+        let mut m = msg(reason::CR_ACCESS, group::QUAL | group::GPRS | group::CRS);
+        m.qualification = (3 << 8) | 4; // mov cr4, rbx
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::CrAccess {
+                cr: 4,
+                access: CrAccessKind::MovTo { gpr: 3 }
+            })
+        );
+        m.qualification = (15 << 8) | (1 << 4) | 3;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::CrAccess {
+                cr: 3,
+                access: CrAccessKind::MovFrom { gpr: 15 }
+            })
+        );
+        m.qualification = 2 << 4;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::CrAccess {
+                cr: 0,
+                access: CrAccessKind::Clts
+            })
+        );
+        m.qualification = (0xbeef << 16) | (3 << 4);
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::CrAccess {
+                cr: 0,
+                access: CrAccessKind::Lmsw {
+                    source_data: 0xbeef
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn ept_exception_and_failures() {
+        let mut m = msg(reason::EPT_VIOLATION, group::QUAL | group::ADDR);
+        m.qualification = 0b1000_1010; // write, readable, gla valid
+        m.gpa = 0xfee0_0030;
+        m.gla = 0xffff_8000_0000_0030;
+        assert_eq!(
+            decode(&m),
+            Ok(Exit::EptViolation {
+                gpa: 0xfee0_0030,
+                gla: Some(0xffff_8000_0000_0030),
+                read: false,
+                write: true,
+                fetch: false,
+                readable: true,
+                writable: false,
+                executable: false
+            })
+        );
+        m.qualification = 0b100;
+        assert!(matches!(
+            decode(&m),
+            Ok(Exit::EptViolation {
+                gla: None,
+                fetch: true,
+                ..
+            })
+        ));
+        let mut e = msg(reason::EXCEPTION_NMI, group::QUAL);
+        e.intr_info = 0x8000_0b0e;
+        e.intr_error = 2;
+        assert_eq!(
+            decode(&e),
+            Ok(Exit::Exception {
+                vector: 14,
+                error_code: Some(2)
+            })
+        );
+        e.intr_info = 0x8000_0306;
+        assert_eq!(
+            decode(&e),
+            Ok(Exit::Exception {
+                vector: 6,
+                error_code: None
+            })
+        );
+        assert_eq!(
+            decode(&msg(reason::INVALID_GUEST_STATE | ENTRY_FAILURE_BIT, 0)),
+            Ok(Exit::InvalidGuestState)
+        );
+        assert_eq!(
+            decode(&msg(reason::MSR_LOADING | ENTRY_FAILURE_BIT, 0)),
+            Ok(Exit::EntryFailure {
+                reason: reason::MSR_LOADING | ENTRY_FAILURE_BIT
+            })
+        );
+        assert_eq!(decode(&msg(reason::TRIPLE_FAULT, 0)), Ok(Exit::TripleFault));
+        assert_eq!(
+            decode(&msg(reason::XSETBV, 0)),
+            Ok(Exit::Other {
+                reason: reason::XSETBV
+            })
+        );
+    }
+
+    fn any_message() -> impl Strategy<Value = ExitMessage> {
+        (
+            any::<u32>(),
+            0u32..64,
+            prop::array::uniform16(any::<u64>()),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            0u32..80,
+        )
+            .prop_map(|(reason, mask, gprs, q, info, err, gpa, gla, small)| {
+                // Half the time use a small (routed) reason so the interesting arms run.
+                let reason = if reason & 1 == 0 { small } else { reason };
+                ExitMessage {
+                    reason,
+                    mask,
+                    gprs,
+                    qualification: q,
+                    intr_info: info,
+                    intr_error: err,
+                    gpa,
+                    gla,
+                    ..ExitMessage::default()
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(m in any_message()) {
+            let _ = decode(&m);
+        }
+    }
+}
