@@ -9,12 +9,14 @@
 
 use crate::arch::entry_cell::{Entered, EntryCell};
 use crate::arch::user::{idle_wait, return_to_user};
+use crate::arch::vmx;
 use crate::mm::uspace::{self, AddressSpace, KernelMachine};
 use crate::usertest::{self, End};
 use abi::{Error, ExitCode, Sys};
 use core::sync::atomic::{AtomicU64, Ordering};
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
+use microkernel::kobj::vm::VmExit;
 use microkernel::kobj::{Kernel, Next};
 use spin::Mutex;
 
@@ -65,6 +67,7 @@ fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
             uspace::activate(space);
             regs
         }),
+        Next::Guest(t) => k.enter_guest(|k| k.guest_context(t)),
         Next::MachineExit(code) => {
             drop(k);
             crate::scenario::exit(match code {
@@ -195,6 +198,50 @@ pub fn irq_in_kernel(_vector: u8) {
     if !usertest::active() {
         KERNEL.enter().on_tick(None);
     }
+}
+
+/// A VM exit: the guest's general-purpose registers are in `regs`.
+pub fn vm_exit(regs: &mut UserRegs) -> ! {
+    let reason = vmx::read_current(abi::vmx::field::EXIT_REASON) as u32;
+    let mut k = KERNEL.enter();
+    let Some(t) = k.current else {
+        drop(k);
+        crate::log!(
+            error,
+            "vmx",
+            "VM exit (reason {reason:#x}) without a current vCPU"
+        );
+        crate::scenario::exit(ExitCode::Crash)
+    };
+    {
+        let (guest, vmcs) = k.guest_context(t);
+        let (rip, rflags, rsp) = (guest.rip, guest.rflags, guest.rsp);
+        *guest = *regs;
+        (guest.rip, guest.rflags, guest.rsp) = (rip, rflags, rsp);
+        vmcs.launched = true;
+    }
+    if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
+        let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
+        let (real, _vector) = vmx::acknowledge_exit_interrupt(info);
+        k.count_exit(t, reason);
+        let next = if real { k.on_tick(None) } else { k.schedule() };
+        resume(k, next)
+    }
+    let exit = VmExit {
+        reason,
+        qualification: vmx::read_current(abi::vmx::field::EXIT_QUALIFICATION),
+        instruction_len: vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
+    };
+    let next = k.on_vm_exit(exit);
+    resume(k, next)
+}
+
+/// VMLAUNCH/VMRESUME failed (VMfail): the vCPU stops with the VM-instruction error.
+pub fn vm_entry_failed(error: u64) -> ! {
+    let mut k = KERNEL.enter();
+    crate::log!(warn, "vmx", "VM entry failed: VM-instruction error {error}");
+    let next = k.on_entry_failed(error);
+    resume(k, next)
 }
 
 /// An exception in ring 3 (`cr2` is 0 unless `vector` is 14): the thread ends with a fault.

@@ -98,6 +98,14 @@ fn kernel_main(raw: &RawBootInfo<'_>) -> ! {
         );
     }
     println!("{}", vmx::discover());
+    match arch::vmx::init() {
+        Ok(()) => log!(
+            info,
+            "vmx",
+            "VMX root operation on (EPT, VPID, unrestricted guest)"
+        ),
+        Err(why) => log!(info, "vmx", "no VMs on this machine: {why}"),
+    }
 
     let scenario = Cmdline::new(&boot.cmdline).scenario();
     log!(info, "scenario", "running '{scenario}'");

@@ -67,6 +67,23 @@ impl<T> Drop for Entered<'_, T> {
 }
 
 impl<T> Entered<'_, T> {
+    /// Leaves the cell and enters a guest with the registers and VMCS `pick` chooses inside
+    /// it (see [`super::vmx::enter`]).
+    #[inline]
+    pub fn enter_guest(
+        mut self,
+        pick: impl FnOnce(&mut T) -> (&mut UserRegs, &mut super::vmx::Vmcs),
+    ) -> ! {
+        let (regs, vmcs) = pick(&mut self);
+        let (regs, vmcs): (*const UserRegs, *const super::vmx::Vmcs) = (regs, vmcs);
+        let cell = self.cell;
+        core::mem::forget(self);
+        cell.entered.store(false, Ordering::Release);
+        // SAFETY: both point into the cell's value, in a static. Interrupts are off and there
+        // is one CPU, so nothing enters the cell before VM entry has read them.
+        super::vmx::enter(unsafe { &*regs }, unsafe { &*vmcs })
+    }
+
     /// Leaves the cell and returns to ring 3 with the registers `regs` picks inside it (see
     /// [`super::user::return_to_user`] for what is checked on the way).
     #[inline]

@@ -92,6 +92,12 @@ pub fn double_fault_ist_top() -> u64 {
     TSS.interrupt_stack_table[DOUBLE_FAULT_IST as usize].as_u64()
 }
 
+/// The TSS's address (the VMCS host state names it).
+pub fn tss_base() -> u64 {
+    let tss: &TaskStateSegment = &TSS;
+    VirtAddr::from_ptr(tss).as_u64()
+}
+
 /// The TSS's `rsp0`: where the CPU switches to on an interrupt or exception from ring 3.
 pub fn tss_rsp0() -> u64 {
     TSS.privilege_stack_table[0].as_u64()

@@ -7,3 +7,4 @@ pub mod gdt;
 pub mod timer;
 pub mod trap;
 pub mod user;
+pub mod vmx;

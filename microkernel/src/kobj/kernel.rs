@@ -169,7 +169,11 @@ impl<M: Machine> Kernel<M> {
     pub fn schedule(&mut self) -> Next {
         loop {
             match self.schedule_thread() {
-                Next::User(t) if self.threads.0[t as usize].as_ref().is_some_and(|th| th.vcpu.is_some()) => {
+                Next::User(t)
+                    if self.threads.0[t as usize]
+                        .as_ref()
+                        .is_some_and(|th| th.vcpu.is_some()) =>
+                {
                     if self.vcpu_prepare(t) {
                         return Next::Guest(t);
                     }

@@ -116,8 +116,13 @@ pub trait Machine {
     fn ept_destroy(&mut self, ept: Self::Ept);
     /// Maps one 4 KiB guest page with EPT `rights` (bit 0 read, 1 write, 2 execute);
     /// a mapped page is replaced.
-    fn ept_map(&mut self, ept: &mut Self::Ept, gpa: u64, hpa: u64, rights: u64)
-        -> Result<(), MapError>;
+    fn ept_map(
+        &mut self,
+        ept: &mut Self::Ept,
+        gpa: u64,
+        hpa: u64,
+        rights: u64,
+    ) -> Result<(), MapError>;
     /// Unmaps one guest page (nothing if absent) and flushes what the CPU cached of it.
     fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64);
     /// A new VMCS using `ept`, with the kernel's controls and host state, and a valid

@@ -170,7 +170,11 @@ impl<M: Machine> Kernel<M> {
         };
         let n = len.min(size.saturating_sub(offset));
         let ti = self.cur_task();
-        if n > 0 && !self.machine.user_range_ok(&self.task(ti).space, buf, n, true) {
+        if n > 0
+            && !self
+                .machine
+                .user_range_ok(&self.task(ti).space, buf, n, true)
+        {
             return Err(err(Error::BadPointer));
         }
         let mut chunk = [0u8; 512];

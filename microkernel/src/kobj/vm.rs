@@ -466,7 +466,11 @@ impl<M: Machine> Kernel<M> {
         let cr4 = self.vmcs_read(vi, field::GUEST_CR4);
         let efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
         let lma = efer & EFER_LME != 0 && cr0 & CR0_PG != 0;
-        let new_efer = if lma { efer | EFER_LMA } else { efer & !EFER_LMA };
+        let new_efer = if lma {
+            efer | EFER_LMA
+        } else {
+            efer & !EFER_LMA
+        };
         if new_efer != efer {
             self.vmcs_write(vi, field::GUEST_IA32_EFER, new_efer);
         }
@@ -549,6 +553,24 @@ impl<M: Machine> Kernel<M> {
                 self.schedule()
             }
         }
+    }
+
+    /// Counts an exit the machine handled itself (an external interrupt).
+    pub fn count_exit(&mut self, t: ThreadId, reason: u32) {
+        if let Some(vi) = self.vcpu_of(t) {
+            if let Some(n) = self.vcpu_mut(vi).exits.get_mut((reason & 0xffff) as usize) {
+                *n = n.saturating_add(1);
+            }
+        }
+    }
+
+    /// VMLAUNCH or VMRESUME of the current vCPU failed with VM-instruction error `error`.
+    pub fn on_entry_failed(&mut self, error: u64) -> Next {
+        if let Some(vi) = self.current.and_then(|c| self.vcpu_of(c)) {
+            self.vcpu_mut(vi).last_exit = (1 << 31, error, 0);
+            self.vcpu_stop(vi, stop::ENTRY_FAILED);
+        }
+        self.schedule()
     }
 
     /// Answers CPUID, VMCALL and port I/O in the kernel (the floor of an exit round trip).
@@ -634,8 +656,8 @@ impl<M: Machine> Kernel<M> {
             v.call_result = None;
             v.call_ep = Some(cap);
         }
-        let open = slot_get(&self.endpoints, cap.obj)
-            .is_some_and(|e| e.state != EndpointState::Closed);
+        let open =
+            slot_get(&self.endpoints, cap.obj).is_some_and(|e| e.state != EndpointState::Closed);
         if !open {
             self.vcpu_stop(vi, stop::PORTAL_GONE);
             return;

@@ -2,6 +2,7 @@
 //! tables (`paging`), and user address spaces with the kernel's `Machine` (`uspace`). Together
 //! with `arch` and `boot`, the only place with `unsafe`.
 
+pub mod ept;
 pub mod paging;
 pub mod uspace;
 
@@ -55,6 +56,13 @@ pub fn init(boot: &mut BootInfo) -> Result<(), MemError> {
     paging::init(boot).map_err(MemError::Paging)?;
     uspace::init(boot);
     Ok(())
+}
+
+/// Returns a frame to the allocator.
+pub fn free_frame(phys: u64) {
+    if let Some(frames) = FRAMES.lock().as_mut() {
+        let _ = frames.free(phys);
+    }
 }
 
 /// Allocates a zeroed frame below `limit`.

@@ -8,7 +8,7 @@
 //! never a fault, and SMAP never fires.
 
 use super::{paging, phys_to_virt, FRAMES};
-use crate::arch::timer;
+use crate::arch::{timer, vmx};
 use heapless::{String, Vec};
 use microkernel::bootinfo::{BootInfo, MAX_MODULES, MODULE_CMDLINE_MAX};
 use microkernel::kobj::machine::{BadUserAddress, Machine, MapError, PageAccess};
@@ -50,29 +50,29 @@ fn entry_ptr(table: u64, index: usize) -> *mut u64 {
 }
 
 /// Entry `index` of the page table at physical `table`.
-fn read_entry(table: u64, index: usize) -> u64 {
+pub(super) fn read_entry(table: u64, index: usize) -> u64 {
     debug_assert!(index < 512);
     // SAFETY: `table` is a page-table frame (the kernel's PML4 or one a space owns), mapped in
     // the direct map; the entry is read as a plain value, no reference is formed.
     unsafe { entry_ptr(table, index).read_volatile() }
 }
 
-fn write_entry(table: u64, index: usize, value: u64) {
+pub(super) fn write_entry(table: u64, index: usize, value: u64) {
     debug_assert!(index < 512);
     // SAFETY: as for `read_entry`; only tables of the lower half of a user space are written,
     // which belong to that space alone and hold no Rust objects.
     unsafe { entry_ptr(table, index).write_volatile(value) }
 }
 
-fn indices(va: u64) -> [usize; 4] {
+pub(super) fn indices(va: u64) -> [usize; 4] {
     [39, 30, 21, 12].map(|shift| ((va >> shift) & 0x1ff) as usize)
 }
 
-fn alloc_frame() -> Option<u64> {
+pub(super) fn alloc_frame() -> Option<u64> {
     super::alloc_zeroed_frame_below(u64::MAX)
 }
 
-fn free_frame(phys: u64) {
+pub(super) fn free_frame(phys: u64) {
     if let Some(frames) = FRAMES.lock().as_mut() {
         let _ = frames.free(phys);
     }
@@ -516,5 +516,73 @@ impl Machine for KernelMachine {
 
     fn clock(&self) -> (u64, u64) {
         (timer::ticks(), timer::HZ)
+    }
+
+    fn read_phys(&self, phys: u64, out: &mut [u8]) {
+        // SAFETY: callers name guest RAM, frames of a memory object, mapped in the direct
+        // map; the bytes are copied out, no reference is kept.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(phys) as *const u8,
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+    }
+
+    type Ept = super::ept::Ept;
+    type Vmcs = vmx::Vmcs;
+
+    fn vmx_available(&self) -> bool {
+        vmx::available()
+    }
+
+    fn ept_new(&mut self) -> Option<Self::Ept> {
+        super::ept::Ept::new()
+    }
+
+    fn ept_destroy(&mut self, ept: Self::Ept) {
+        vmx::invept(ept.eptp());
+        ept.destroy();
+    }
+
+    fn ept_map(
+        &mut self,
+        ept: &mut Self::Ept,
+        gpa: u64,
+        hpa: u64,
+        rights: u64,
+    ) -> Result<(), MapError> {
+        if ept.map(gpa, hpa, rights)? {
+            vmx::invept(ept.eptp());
+        }
+        Ok(())
+    }
+
+    fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64) {
+        if ept.unmap(gpa) {
+            vmx::invept(ept.eptp());
+        }
+    }
+
+    fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16) -> Option<Self::Vmcs> {
+        vmx::vmcs_new(ept.eptp(), vpid)
+    }
+
+    fn vmcs_destroy(&mut self, vmcs: Self::Vmcs) {
+        vmx::vmcs_destroy(vmcs);
+    }
+
+    fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64 {
+        vmx::read(vmcs, field)
+    }
+
+    fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64) {
+        vmx::write(vmcs, field, value);
+    }
+
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let (a, b, c, d) = crate::arch::cpu::cpuid(leaf, subleaf);
+        [a, b, c, d]
     }
 }

@@ -1,0 +1,473 @@
+//! VMX root operation: VMXON, the VMCS instructions, a new VMCS's controls and host state,
+//! VM entry and the VM-exit entry point.
+//!
+//! Like the `syscall` entry, a VM exit lands at the top of the kernel entry stack (HOST_RSP),
+//! saves the guest's general-purpose registers there as a `UserRegs` and calls
+//! `kentry::vm_exit`, which never returns: it ends in a VM entry or a return to ring 3.
+//! Single CPU: the current VMCS is tracked in a static.
+
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use abi::vmx::field;
+use microkernel::kobj::regs::UserRegs;
+use spin::Once;
+use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
+
+use super::gdt;
+use super::trap;
+
+const MSR_FEATURE_CONTROL: u32 = 0x3a;
+const MSR_VMX_BASIC: u32 = 0x480;
+const MSR_VMX_CR0_FIXED0: u32 = 0x486;
+const MSR_VMX_CR0_FIXED1: u32 = 0x487;
+const MSR_VMX_CR4_FIXED0: u32 = 0x488;
+const MSR_VMX_CR4_FIXED1: u32 = 0x489;
+const MSR_VMX_PROCBASED_CTLS2: u32 = 0x48b;
+const MSR_VMX_TRUE_PINBASED: u32 = 0x48d;
+const MSR_VMX_TRUE_PROCBASED: u32 = 0x48e;
+const MSR_VMX_TRUE_EXIT: u32 = 0x48f;
+const MSR_VMX_TRUE_ENTRY: u32 = 0x490;
+const MSR_PAT: u32 = 0x277;
+const MSR_EFER: u32 = 0xc000_0080;
+
+// VMCS fields the kernel alone writes (controls and host state).
+const VPID: u64 = 0x0000;
+const HOST_ES_SELECTOR: u64 = 0x0c00;
+const HOST_CS_SELECTOR: u64 = 0x0c02;
+const HOST_SS_SELECTOR: u64 = 0x0c04;
+const HOST_DS_SELECTOR: u64 = 0x0c06;
+const HOST_FS_SELECTOR: u64 = 0x0c08;
+const HOST_GS_SELECTOR: u64 = 0x0c0a;
+const HOST_TR_SELECTOR: u64 = 0x0c0c;
+const EPT_POINTER: u64 = 0x201a;
+const VMCS_LINK_POINTER: u64 = 0x2800;
+const GUEST_IA32_DEBUGCTL: u64 = 0x2802;
+const HOST_IA32_PAT: u64 = 0x2c00;
+const HOST_IA32_EFER: u64 = 0x2c02;
+const PIN_BASED_CONTROLS: u64 = 0x4000;
+const PROC_BASED_CONTROLS: u64 = 0x4002;
+const PAGE_FAULT_ERROR_MASK: u64 = 0x4006;
+const PAGE_FAULT_ERROR_MATCH: u64 = 0x4008;
+const CR3_TARGET_COUNT: u64 = 0x400a;
+const EXIT_CONTROLS: u64 = 0x400c;
+const EXIT_MSR_STORE_COUNT: u64 = 0x400e;
+const EXIT_MSR_LOAD_COUNT: u64 = 0x4010;
+const ENTRY_MSR_LOAD_COUNT: u64 = 0x4014;
+const PROC_BASED_CONTROLS2: u64 = 0x401e;
+const HOST_SYSENTER_CS: u64 = 0x4c00;
+const GUEST_PENDING_DEBUG: u64 = 0x6822;
+const HOST_CR0: u64 = 0x6c00;
+const HOST_CR3: u64 = 0x6c02;
+const HOST_CR4: u64 = 0x6c04;
+const HOST_FS_BASE: u64 = 0x6c06;
+const HOST_GS_BASE: u64 = 0x6c08;
+const HOST_TR_BASE: u64 = 0x6c0a;
+const HOST_GDTR_BASE: u64 = 0x6c0c;
+const HOST_IDTR_BASE: u64 = 0x6c0e;
+const HOST_SYSENTER_ESP: u64 = 0x6c10;
+const HOST_SYSENTER_EIP: u64 = 0x6c12;
+const HOST_RSP: u64 = 0x6c14;
+const HOST_RIP: u64 = 0x6c16;
+
+/// Pin-based: external-interrupt exiting (the host's timer keeps ticking).
+const PIN_WANT: u32 = 1;
+/// Primary: HLT exiting, unconditional I/O exiting, secondary controls. No MSR bitmaps, so
+/// every RDMSR/WRMSR exits; CPUID always exits.
+const PROC_WANT: u32 = (1 << 7) | (1 << 24) | (1 << 31);
+/// Secondary: EPT, VPID, unrestricted guest.
+const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
+/// Exit: 64-bit host, acknowledge interrupt on exit, save/load PAT and EFER.
+const EXIT_WANT: u32 = (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
+/// Entry: load PAT and EFER (IA-32e mode guest is set per vCPU by the object model).
+const ENTRY_WANT: u32 = (1 << 14) | (1 << 15);
+
+/// The control values every VMCS gets, computed once from the capability MSRs.
+#[derive(Clone, Copy, Debug)]
+struct Controls {
+    revision: u32,
+    pin: u32,
+    proc: u32,
+    proc2: u32,
+    exit: u32,
+    entry: u32,
+}
+
+static CONTROLS: Once<Controls> = Once::new();
+/// Physical address of the current VMCS (`u64::MAX`: none).
+static CURRENT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// A VMCS region and whether it was launched.
+#[derive(Debug)]
+pub struct Vmcs {
+    pub phys: u64,
+    pub launched: bool,
+}
+
+/// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
+/// cannot be 1.
+fn adjust(msr: u64, want: u32) -> Option<u32> {
+    let must = msr as u32;
+    let may = (msr >> 32) as u32;
+    let v = (want | must) & may;
+    (v & want == want).then_some(v)
+}
+
+/// Enters VMX root operation if the CPU offers what Umbra needs (true controls, EPT, VPID,
+/// unrestricted guest). Returns why not otherwise.
+pub fn init() -> Result<(), &'static str> {
+    if !super::cpu::has_vmx() {
+        return Err("CPUID.1:ECX.VMX is clear");
+    }
+    let read = |msr| trap::rdmsr(msr).map_err(|_| "a VMX capability MSR is missing");
+    let basic = read(MSR_VMX_BASIC)?;
+    if basic & (1 << 55) == 0 {
+        return Err("no true VMX controls");
+    }
+    let fc = read(MSR_FEATURE_CONTROL)?;
+    if fc & 1 != 0 && fc & 4 == 0 {
+        return Err("VMXON disabled by firmware (IA32_FEATURE_CONTROL)");
+    }
+    let proc = adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_WANT).ok_or("primary controls")?;
+    let c = Controls {
+        revision: basic as u32 & 0x7fff_ffff,
+        pin: adjust(read(MSR_VMX_TRUE_PINBASED)?, PIN_WANT).ok_or("pin controls")?,
+        proc,
+        proc2: adjust(read(MSR_VMX_PROCBASED_CTLS2)?, PROC2_WANT)
+            .ok_or("EPT, VPID or unrestricted guest missing")?,
+        exit: adjust(read(MSR_VMX_TRUE_EXIT)?, EXIT_WANT).ok_or("exit controls")?,
+        entry: adjust(read(MSR_VMX_TRUE_ENTRY)?, ENTRY_WANT).ok_or("entry controls")?,
+    };
+    if fc & 1 == 0 {
+        // Unlocked: allow VMXON outside SMX and lock.
+        // SAFETY: the MSR exists (it was just read) and is unlocked; setting the lock and
+        // "VMXON outside SMX" bits has no memory effects.
+        unsafe {
+            x86_64::registers::model_specific::Msr::new(MSR_FEATURE_CONTROL).write(fc | 1 | 4)
+        };
+    }
+    let (cr0_0, cr0_1) = (read(MSR_VMX_CR0_FIXED0)?, read(MSR_VMX_CR0_FIXED1)?);
+    let (cr4_0, cr4_1) = (read(MSR_VMX_CR4_FIXED0)?, read(MSR_VMX_CR4_FIXED1)?);
+    let region = crate::mm::alloc_zeroed_frame_below(u64::MAX).ok_or("no frame for VMXON")?;
+    write_revision(region, c.revision);
+    // SAFETY: CR0 and CR4 get the bits VMX operation requires (fixed0 set, fixed1 clear
+    // already hold for this kernel's values except VMXE, which only enables VMXON).
+    unsafe {
+        let cr0 = (Cr0::read_raw() | cr0_0) & cr0_1;
+        Cr0::write_raw(cr0);
+        Cr4::write_raw(
+            (Cr4::read_raw() | cr4_0 | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS.bits()) & cr4_1,
+        );
+    }
+    let ok: u8;
+    // SAFETY: `region` is a zeroed, page-aligned frame holding the VMCS revision; CR0/CR4
+    // satisfy the fixed bits and IA32_FEATURE_CONTROL allows VMXON. The frame is never freed.
+    unsafe {
+        asm!("vmxon [{p}]", "setna {ok}", p = in(reg) &region, ok = out(reg_byte) ok,
+             options(nostack))
+    };
+    if ok != 0 {
+        return Err("VMXON failed");
+    }
+    CONTROLS.call_once(|| c);
+    Ok(())
+}
+
+/// Whether [`init`] succeeded.
+pub fn available() -> bool {
+    CONTROLS.get().is_some()
+}
+
+fn write_revision(frame: u64, revision: u32) {
+    let p = crate::mm::phys_to_virt(frame) as *mut u32;
+    // SAFETY: `frame` is a frame this module just allocated, mapped in the direct map.
+    unsafe { p.write_volatile(revision) };
+}
+
+/// Makes `phys` the current VMCS (VMPTRLD) unless it already is.
+fn make_current(phys: u64) {
+    if CURRENT.load(Ordering::Relaxed) == phys {
+        return;
+    }
+    // SAFETY: `phys` is a VMCS region created by `vmcs_new` (revision written, VMCLEARed).
+    unsafe { asm!("vmptrld [{p}]", p = in(reg) &phys, options(nostack)) };
+    CURRENT.store(phys, Ordering::Relaxed);
+}
+
+/// VMREAD from the current VMCS (0 if the field does not exist).
+fn vmread(f: u64) -> u64 {
+    let v: u64;
+    // SAFETY: VMREAD only reads the current VMCS; an unsupported field sets RFLAGS and
+    // leaves the output, which is zeroed first.
+    unsafe {
+        asm!("xor {v:e}, {v:e}", "vmread {v}, {f}", f = in(reg) f, v = out(reg) v,
+             options(nostack, nomem))
+    };
+    v
+}
+
+/// VMWRITE to the current VMCS. Fails silently for a field that does not exist (the
+/// object model only names fields that do).
+fn vmwrite(f: u64, v: u64) {
+    // SAFETY: VMWRITE changes the current VMCS only; host state and controls are written only
+    // by this module, and guest state is checked again at VM entry by the CPU.
+    unsafe { asm!("vmwrite {f}, {v}", f = in(reg) f, v = in(reg) v, options(nostack, nomem)) };
+}
+
+pub fn read(vmcs: &Vmcs, f: u64) -> u64 {
+    make_current(vmcs.phys);
+    vmread(f)
+}
+
+pub fn write(vmcs: &Vmcs, f: u64, v: u64) {
+    make_current(vmcs.phys);
+    vmwrite(f, v);
+}
+
+/// Reads a field of the current VMCS (the exit handler's).
+pub fn read_current(f: u64) -> u64 {
+    vmread(f)
+}
+
+/// Flushes what the CPU cached for an EPT (INVEPT, single context).
+pub fn invept(eptp: u64) {
+    if !available() {
+        return;
+    }
+    let desc: [u64; 2] = [eptp, 0];
+    // SAFETY: INVEPT only invalidates cached translations; the descriptor is valid.
+    unsafe { asm!("invept {t}, [{d}]", t = in(reg) 1u64, d = in(reg) &desc, options(nostack)) };
+}
+
+fn sgdt_sidt() -> (u64, u64) {
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: SGDT/SIDT store 10 bytes each into the local buffers.
+    unsafe {
+        asm!("sgdt [{g}]", "sidt [{i}]", g = in(reg) &mut gdtr, i = in(reg) &mut idtr,
+             options(nostack))
+    };
+    let base = |b: &[u8; 10]| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[2..10]);
+        u64::from_le_bytes(w)
+    };
+    (base(&gdtr), base(&idtr))
+}
+
+/// A new VMCS for an EPT pointer: controls, host state, and a valid 32-bit flat guest.
+pub fn vmcs_new(eptp: u64, vpid: u16) -> Option<Vmcs> {
+    let c = *CONTROLS.get()?;
+    let phys = crate::mm::alloc_zeroed_frame_below(u64::MAX)?;
+    write_revision(phys, c.revision);
+    // SAFETY: a fresh VMCS region with its revision: VMCLEAR initialises it.
+    unsafe { asm!("vmclear [{p}]", p = in(reg) &phys, options(nostack)) };
+    if CURRENT.load(Ordering::Relaxed) == phys {
+        CURRENT.store(u64::MAX, Ordering::Relaxed);
+    }
+    make_current(phys);
+    let sel = gdt::selectors();
+    let (gdt_base, idt_base) = sgdt_sidt();
+    let rdmsr = |m| trap::rdmsr(m).unwrap_or(0);
+    for (f, v) in [
+        (PIN_BASED_CONTROLS, c.pin as u64),
+        (PROC_BASED_CONTROLS, c.proc as u64),
+        (PROC_BASED_CONTROLS2, c.proc2 as u64),
+        (EXIT_CONTROLS, c.exit as u64),
+        (field::VM_ENTRY_CONTROLS, c.entry as u64),
+        (field::EXCEPTION_BITMAP, 0),
+        (PAGE_FAULT_ERROR_MASK, 0),
+        (PAGE_FAULT_ERROR_MATCH, 0),
+        (CR3_TARGET_COUNT, 0),
+        (EXIT_MSR_STORE_COUNT, 0),
+        (EXIT_MSR_LOAD_COUNT, 0),
+        (ENTRY_MSR_LOAD_COUNT, 0),
+        (EPT_POINTER, eptp),
+        (VPID, u64::from(vpid) + 1),
+        (VMCS_LINK_POINTER, u64::MAX),
+        // Host state.
+        (HOST_CR0, Cr0::read_raw()),
+        (HOST_CR3, crate::mm::paging::kernel_pml4()),
+        (HOST_CR4, Cr4::read_raw()),
+        (HOST_CS_SELECTOR, u64::from(sel.kernel_code.0)),
+        (HOST_SS_SELECTOR, u64::from(sel.kernel_data.0)),
+        (HOST_DS_SELECTOR, u64::from(sel.kernel_data.0)),
+        (HOST_ES_SELECTOR, u64::from(sel.kernel_data.0)),
+        (HOST_FS_SELECTOR, 0),
+        (HOST_GS_SELECTOR, 0),
+        (HOST_TR_SELECTOR, u64::from(sel.tss.0)),
+        (HOST_FS_BASE, 0),
+        (HOST_GS_BASE, 0),
+        (HOST_TR_BASE, gdt::tss_base()),
+        (HOST_GDTR_BASE, gdt_base),
+        (HOST_IDTR_BASE, idt_base),
+        (HOST_SYSENTER_CS, 0),
+        (HOST_SYSENTER_ESP, 0),
+        (HOST_SYSENTER_EIP, 0),
+        (HOST_IA32_PAT, rdmsr(MSR_PAT)),
+        (HOST_IA32_EFER, rdmsr(MSR_EFER)),
+        (HOST_RSP, super::user::entry_stack_top()),
+        (HOST_RIP, vmx_exit_entry as *const () as u64),
+        // Guest: 32-bit flat protected mode, paging off (the VMM sets its own).
+        (field::GUEST_CR0, 0x31),
+        (field::CR0_READ_SHADOW, 0x11),
+        (field::GUEST_CR3, 0),
+        (field::GUEST_CR4, 1 << 13),
+        (field::CR4_READ_SHADOW, 0),
+        (field::GUEST_DR7, 0x400),
+        (GUEST_IA32_DEBUGCTL, 0),
+        (field::GUEST_RSP, 0),
+        (field::GUEST_RIP, 0),
+        (field::GUEST_RFLAGS, 2),
+        (field::GUEST_IA32_EFER, 0),
+        (field::GUEST_IA32_PAT, 0x0007_0406_0007_0406),
+        (field::GUEST_GDTR_BASE, 0),
+        (field::GUEST_GDTR_LIMIT, 0xffff),
+        (field::GUEST_IDTR_BASE, 0),
+        (field::GUEST_IDTR_LIMIT, 0xffff),
+        (field::GUEST_TR_SELECTOR, 0),
+        (field::GUEST_TR_BASE, 0),
+        (field::GUEST_TR_LIMIT, 0x67),
+        (field::GUEST_TR_AR, 0x8b),
+        (field::GUEST_LDTR_SELECTOR, 0),
+        (field::GUEST_LDTR_AR, 0x1_0000),
+        (field::GUEST_INTERRUPTIBILITY, 0),
+        (field::GUEST_ACTIVITY_STATE, 0),
+        (GUEST_PENDING_DEBUG, 0),
+        (field::GUEST_SYSENTER_CS, 0),
+        (field::GUEST_SYSENTER_ESP, 0),
+        (field::GUEST_SYSENTER_EIP, 0),
+        (field::VM_ENTRY_INTR_INFO, 0),
+    ] {
+        vmwrite(f, v);
+    }
+    for n in 0..6u64 {
+        let code = n == 1;
+        vmwrite(
+            field::GUEST_ES_SELECTOR + 2 * n,
+            if code { 0x08 } else { 0x10 },
+        );
+        vmwrite(field::GUEST_ES_BASE + 2 * n, 0);
+        vmwrite(field::GUEST_ES_LIMIT + 2 * n, 0xffff_ffff);
+        vmwrite(
+            field::GUEST_ES_AR + 2 * n,
+            if code { 0xc09b } else { 0xc093 },
+        );
+    }
+    Some(Vmcs {
+        phys,
+        launched: false,
+    })
+}
+
+/// Frees a VMCS region (VMCLEAR first so the CPU holds no cached copy).
+pub fn vmcs_destroy(vmcs: Vmcs) {
+    // SAFETY: the region is a VMCS this module created; after VMCLEAR the CPU no longer
+    // uses it.
+    unsafe { asm!("vmclear [{p}]", p = in(reg) &vmcs.phys, options(nostack)) };
+    if CURRENT.load(Ordering::Relaxed) == vmcs.phys {
+        CURRENT.store(u64::MAX, Ordering::Relaxed);
+    }
+    crate::mm::free_frame(vmcs.phys);
+}
+
+global_asm!(
+    r#"
+    .section .text
+    .balign 16
+    .global vmx_exit_entry
+vmx_exit_entry:
+    /* HOST_RSP is the top of the entry stack. A UserRegs: rsp, rflags, rip (unused for a
+       guest: they are in the VMCS), then r15 .. rax. */
+    pushq $0
+    pushq $0
+    pushq $0
+    pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rbp
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rbx
+    pushq %rax
+    movq %rsp, %rdi
+    cld
+    call vmx_exit_rust
+    ud2
+"#,
+    options(att_syntax)
+);
+
+extern "C" {
+    fn vmx_exit_entry();
+}
+
+/// Enters the guest whose VMCS is `vmcs` with general-purpose registers from `regs`
+/// (VMLAUNCH the first time, VMRESUME after). Never returns: the next VM exit enters
+/// `kentry::vm_exit`; a failed entry enters `kentry::vm_entry_failed`.
+pub fn enter(regs: &UserRegs, vmcs: &Vmcs) -> ! {
+    make_current(vmcs.phys);
+    let launched = u64::from(vmcs.launched);
+    // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
+    // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is
+    // whatever the object model allowed; the CPU checks it and fails the entry cleanly.
+    // `regs` lives in the kernel's static state, above the stack, and is only read. The
+    // abandoned kernel stack is not used again: the exit starts at the top of it.
+    unsafe {
+        asm!(
+            "cmpq $0, %rsi",
+            "movq 0(%rdi), %rax",
+            "movq 8(%rdi), %rbx",
+            "movq 16(%rdi), %rcx",
+            "movq 24(%rdi), %rdx",
+            "movq 32(%rdi), %rsi",
+            "movq 48(%rdi), %rbp",
+            "movq 56(%rdi), %r8",
+            "movq 64(%rdi), %r9",
+            "movq 72(%rdi), %r10",
+            "movq 80(%rdi), %r11",
+            "movq 88(%rdi), %r12",
+            "movq 96(%rdi), %r13",
+            "movq 104(%rdi), %r14",
+            "movq 112(%rdi), %r15",
+            "movq 40(%rdi), %rdi",
+            "jne 1f",
+            "vmlaunch",
+            "jmp 2f",
+            "1: vmresume",
+            "2: leaq user_entry_stack_top(%rip), %rsp",
+            "cld",
+            "call vmx_entry_failed_rust",
+            "ud2",
+            in("rdi") regs as *const UserRegs,
+            in("rsi") launched,
+            options(noreturn, att_syntax)
+        )
+    }
+}
+
+#[no_mangle]
+extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
+    super::user::clear_ac();
+    crate::kentry::vm_exit(regs)
+}
+
+#[no_mangle]
+extern "C" fn vmx_entry_failed_rust() -> ! {
+    let error = vmread(field::VM_INSTRUCTION_ERROR);
+    crate::kentry::vm_entry_failed(error)
+}
+
+/// With "acknowledge interrupt on exit", the vector of an external-interrupt exit; the PIC
+/// still needs its EOI ([`super::timer`]). Returns whether it was a real (not spurious) IRQ.
+pub fn acknowledge_exit_interrupt(intr_info: u64) -> (bool, u8) {
+    let vector = intr_info as u8;
+    (super::timer::acknowledge(vector), vector)
+}
