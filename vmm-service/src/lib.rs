@@ -8,4 +8,5 @@ pub mod cpuid;
 pub mod cr;
 pub mod devices;
 pub mod exit;
+pub mod loader;
 pub mod msr;
