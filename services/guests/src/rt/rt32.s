@@ -43,6 +43,7 @@ gdt_desc:
     .word gdt_end - gdt - 1
     .long gdt
     .word 0
+    .globl idt32_desc
 idt32_desc:
     .word 32 * 8 - 1
     .long idt32
