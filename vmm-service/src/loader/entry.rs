@@ -1,0 +1,225 @@
+//! Initial vCPU state as (VMCS field, value) pairs for [`abi::vmx::field`] writes
+//! (`VcpuState`), for a multiboot entry (32-bit protected mode, flat segments, paging off)
+//! and for a flat 64-bit image (long mode, identity-mapped).
+//!
+//! The kernel forces the bits VMX requires (CR0.NE, CR4.VMXE) when it loads these; the read
+//! shadows are given the guest-visible values. The VM-entry control "IA-32e mode guest" is
+//! not a writable field: the kernel must derive it from `GUEST_IA32_EFER.LMA`.
+
+use abi::vmx::field::*;
+
+use super::multiboot::BOOTLOADER_MAGIC;
+
+/// A VMCS field id and its value.
+pub type Pair = (u64, u64);
+
+/// Number of pairs from [`protected_mode_entry`].
+pub const PROTECTED_MODE_PAIRS: usize = 47;
+/// Number of pairs from [`long_mode_entry`].
+pub const LONG_MODE_PAIRS: usize = 45;
+
+/// Access rights: 32-bit code (G, D, P, S, type 0xb: execute/read, accessed).
+pub const AR_CODE32: u64 = 0xc09b;
+/// 64-bit code (G, L, P, S, type 0xb).
+pub const AR_CODE64: u64 = 0xa09b;
+/// Data (G, D/B, P, S, type 3: read/write, accessed).
+pub const AR_DATA: u64 = 0xc093;
+/// Busy 32/64-bit TSS, present.
+pub const AR_TSS: u64 = 0x8b;
+/// Unusable segment.
+pub const AR_UNUSABLE: u64 = 0x1_0000;
+
+pub const SEL_CODE: u64 = 0x08;
+pub const SEL_DATA: u64 = 0x10;
+
+/// CR0 = PE | ET (the kernel adds NE).
+pub const CR0_PROTECTED: u64 = 0x11;
+/// CR0 = PE | ET | PG.
+pub const CR0_PAGED: u64 = 0x8000_0011;
+/// CR4 = PAE.
+pub const CR4_PAE: u64 = 0x20;
+/// EFER = LME | LMA.
+pub const EFER_LONG: u64 = 0x500;
+/// RFLAGS with only the reserved bit 1.
+pub const RFLAGS_INIT: u64 = 2;
+
+/// Segment registers: (selector, access rights, limit, base) field ids.
+const SEGMENTS: [(u64, u64, u64, u64); 8] = [
+    (
+        GUEST_CS_SELECTOR,
+        GUEST_CS_AR,
+        GUEST_CS_LIMIT,
+        GUEST_CS_BASE,
+    ),
+    (
+        GUEST_SS_SELECTOR,
+        GUEST_SS_AR,
+        GUEST_SS_LIMIT,
+        GUEST_SS_BASE,
+    ),
+    (
+        GUEST_DS_SELECTOR,
+        GUEST_DS_AR,
+        GUEST_DS_LIMIT,
+        GUEST_DS_BASE,
+    ),
+    (
+        GUEST_ES_SELECTOR,
+        GUEST_ES_AR,
+        GUEST_ES_LIMIT,
+        GUEST_ES_BASE,
+    ),
+    (
+        GUEST_FS_SELECTOR,
+        GUEST_FS_AR,
+        GUEST_FS_LIMIT,
+        GUEST_FS_BASE,
+    ),
+    (
+        GUEST_GS_SELECTOR,
+        GUEST_GS_AR,
+        GUEST_GS_LIMIT,
+        GUEST_GS_BASE,
+    ),
+    (
+        GUEST_TR_SELECTOR,
+        GUEST_TR_AR,
+        GUEST_TR_LIMIT,
+        GUEST_TR_BASE,
+    ),
+    (
+        GUEST_LDTR_SELECTOR,
+        GUEST_LDTR_AR,
+        GUEST_LDTR_LIMIT,
+        GUEST_LDTR_BASE,
+    ),
+];
+
+/// Fills `out` from `pairs` (extra pairs or slots are dropped; the sizes match by
+/// construction, see the tests).
+fn fill<const N: usize>(pairs: impl Iterator<Item = Pair>) -> [Pair; N] {
+    let mut out = [(0, 0); N];
+    for (slot, p) in out.iter_mut().zip(pairs) {
+        *slot = p;
+    }
+    out
+}
+
+/// Flat segments, TR, LDTR, GDTR and IDTR: 36 pairs.
+fn segments(cs_ar: u64, gdtr: (u64, u64)) -> impl Iterator<Item = Pair> {
+    SEGMENTS
+        .into_iter()
+        .enumerate()
+        .flat_map(move |(i, (sel, ar, limit, base))| {
+            let (s, a, l) = match i {
+                0 => (SEL_CODE, cs_ar, 0xffff_ffff),
+                6 => (0, AR_TSS, 0x67),
+                7 => (0, AR_UNUSABLE, 0),
+                _ => (SEL_DATA, AR_DATA, 0xffff_ffff),
+            };
+            [(sel, s), (ar, a), (limit, l), (base, 0)]
+        })
+        .chain([
+            (GUEST_GDTR_BASE, gdtr.0),
+            (GUEST_GDTR_LIMIT, gdtr.1),
+            (GUEST_IDTR_BASE, 0),
+            (GUEST_IDTR_LIMIT, 0xffff),
+        ])
+}
+
+/// Control registers and RIP/RSP/RFLAGS: 9 pairs.
+fn control(cr0: u64, cr3: u64, cr4: u64, efer: u64, rip: u64, rsp: u64) -> [Pair; 9] {
+    [
+        (GUEST_CR0, cr0),
+        (CR0_READ_SHADOW, cr0),
+        (GUEST_CR3, cr3),
+        (GUEST_CR4, cr4),
+        (CR4_READ_SHADOW, cr4),
+        (GUEST_IA32_EFER, efer),
+        (GUEST_RFLAGS, RFLAGS_INIT),
+        (GUEST_RIP, rip),
+        (GUEST_RSP, rsp),
+    ]
+}
+
+/// The multiboot machine state: 32-bit protected mode, paging off, flat 4 GiB CS (0x08) and
+/// data segments (0x10), EAX = 0x2BADB002, EBX = `info_gpa`, RIP = `entry`. RSP is 0 (the
+/// multiboot spec leaves the stack undefined); GDTR/IDTR are base 0, limit 0xffff (the OS
+/// must load its own).
+pub fn protected_mode_entry(entry: u32, info_gpa: u32) -> [Pair; PROTECTED_MODE_PAIRS] {
+    fill(
+        segments(AR_CODE32, (0, 0xffff))
+            .chain(control(CR0_PROTECTED, 0, 0, 0, entry as u64, 0))
+            .chain([
+                (GPR_BASE, BOOTLOADER_MAGIC as u64),
+                (GPR_BASE + 3, info_gpa as u64),
+            ]),
+    )
+}
+
+/// Long mode with paging on (`cr3`), 64-bit CS 0x08 and data 0x10 from the GDT at
+/// `gdtr = (base, limit)`, RIP = `rip`, RSP = `rsp`.
+pub fn long_mode_entry(rip: u64, rsp: u64, cr3: u64, gdtr: (u64, u64)) -> [Pair; LONG_MODE_PAIRS] {
+    fill(segments(AR_CODE64, gdtr).chain(control(CR0_PAGED, cr3, CR4_PAE, EFER_LONG, rip, rsp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(pairs: &[Pair], f: u64) -> u64 {
+        let hits: Vec<u64> = pairs.iter().filter(|p| p.0 == f).map(|p| p.1).collect();
+        assert_eq!(hits.len(), 1, "field {f:#x} appears {} times", hits.len());
+        hits[0]
+    }
+
+    fn all_distinct_and_writable(pairs: &[Pair]) {
+        for (i, p) in pairs.iter().enumerate() {
+            assert_eq!(access(p.0), Access::ReadWrite, "{:#x}", p.0);
+            assert!(pairs[..i].iter().all(|q| q.0 != p.0), "{:#x} twice", p.0);
+        }
+    }
+
+    #[test]
+    fn multiboot_state() {
+        let p = protected_mode_entry(0x10_000c, 0x8000);
+        all_distinct_and_writable(&p);
+        assert_eq!(get(&p, GUEST_CS_SELECTOR), 8);
+        assert_eq!(get(&p, GUEST_CS_AR), 0xc09b);
+        assert_eq!(get(&p, GUEST_CS_LIMIT), 0xffff_ffff);
+        for (sel, ar, _, base) in &SEGMENTS[1..6] {
+            assert_eq!(get(&p, *sel), 0x10);
+            assert_eq!(get(&p, *ar), 0xc093);
+            assert_eq!(get(&p, *base), 0);
+        }
+        assert_eq!(get(&p, GUEST_TR_AR), 0x8b);
+        assert_eq!(get(&p, GUEST_TR_LIMIT), 0x67);
+        assert_eq!(get(&p, GUEST_LDTR_AR), 0x1_0000);
+        assert_eq!(get(&p, GUEST_GDTR_LIMIT), 0xffff);
+        assert_eq!(get(&p, GUEST_IDTR_LIMIT), 0xffff);
+        assert_eq!(get(&p, GUEST_CR0), 0x11);
+        assert_eq!(get(&p, GUEST_CR4), 0);
+        assert_eq!(get(&p, GUEST_IA32_EFER), 0);
+        assert_eq!(get(&p, GUEST_RFLAGS), 2);
+        assert_eq!(get(&p, GUEST_RIP), 0x10_000c);
+        assert_eq!(get(&p, GUEST_RSP), 0);
+        assert_eq!(get(&p, GPR_BASE), 0x2bad_b002);
+        assert_eq!(get(&p, GPR_BASE + 3), 0x8000);
+    }
+
+    #[test]
+    fn long_mode_state() {
+        let p = long_mode_entry(0x20_0000, 0x9_f000, 0x1000, (0x4000, 23));
+        all_distinct_and_writable(&p);
+        assert_eq!(get(&p, GUEST_CS_AR), 0xa09b);
+        assert_eq!(get(&p, GUEST_SS_AR), 0xc093);
+        assert_eq!(get(&p, GUEST_CR0), 0x8000_0011);
+        assert_eq!(get(&p, GUEST_CR4), 0x20);
+        assert_eq!(get(&p, GUEST_IA32_EFER), 0x500);
+        assert_eq!(get(&p, GUEST_CR3), 0x1000);
+        assert_eq!(get(&p, GUEST_GDTR_BASE), 0x4000);
+        assert_eq!(get(&p, GUEST_GDTR_LIMIT), 23);
+        assert_eq!(get(&p, GUEST_RIP), 0x20_0000);
+        assert_eq!(get(&p, GUEST_RSP), 0x9_f000);
+    }
+}
