@@ -8,6 +8,7 @@
 //! [`VcpuPagingState`]) so it runs unchanged in the MMU service and in host tests.
 //!
 //! Modules:
+//! - [`ept`]: what an EPT-violation exit gets (the service maps guest RAM on demand).
 //! - [`traits`]: what the service gets from outside, plus the register bits it reads.
 //! - [`role`]: paging mode, the CPU role of a vCPU and the [`PageRole`] of shadow pages.
 //! - [`walker`]: the guest page-table walker (2-level, PAE, 4-level), A/D bits, #PF codes.
@@ -33,6 +34,7 @@
 
 extern crate alloc;
 
+pub mod ept;
 pub mod fault;
 pub mod mmu;
 pub mod role;

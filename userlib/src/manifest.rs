@@ -14,6 +14,7 @@
 //! | `backoff` | timer ticks to wait before a restart | 1 |
 //! | `run` | comma-separated scenarios the service runs in | empty: every scenario |
 //! | `needs` | comma-separated services that must be started first | empty |
+//! | `image` | `service` (a task the supervisor starts) or `guest` (a guest image the VMM loads; never started as a task) | `service` |
 //!
 //! Names (the service's, scenarios', needed services') are non-empty words of ASCII letters,
 //! digits, `-`, `_` and `.`. Unknown keys, repeated keys, empty values or list items and
@@ -51,12 +52,14 @@ pub struct ManifestEntry {
     pub run: Vec<Name, MAX_RUN>,
     /// Services that must be running before it starts.
     pub needs: Vec<Name, MAX_NEEDS>,
+    /// A guest image (`image=guest`), not a service.
+    pub guest: bool,
 }
 
 impl ManifestEntry {
     /// Whether the service runs in `scenario`.
     pub fn runs_in(&self, scenario: &str) -> bool {
-        self.run.is_empty() || self.run.iter().any(|s| s == scenario)
+        !self.guest && self.run.is_empty() || !self.guest && self.run.iter().any(|s| s == scenario)
     }
 
     /// Whether it needs service `name`.
@@ -96,7 +99,7 @@ impl fmt::Display for ManifestError {
             ManifestError::Empty => "empty manifest line",
             ManifestError::BadName => "the first word must be the service name",
             ManifestError::NotKeyValue => "expected key=value",
-            ManifestError::UnknownKey => "unknown key (restart, backoff, run, needs)",
+            ManifestError::UnknownKey => "unknown key (restart, backoff, run, needs, image)",
             ManifestError::DuplicateKey => "key given twice",
             ManifestError::EmptyValue => "empty value",
             ManifestError::BadNumber => "not a decimal number in range",
@@ -149,9 +152,10 @@ pub fn parse(line: &str) -> Result<ManifestEntry, ManifestError> {
         backoff: DEFAULT_BACKOFF,
         run: Vec::new(),
         needs: Vec::new(),
+        guest: false,
     };
-    // restart, backoff, run, needs
-    let mut seen = [false; 4];
+    // restart, backoff, run, needs, image
+    let mut seen = [false; 5];
     for word in words {
         let (key, value) = word.split_once('=').ok_or(ManifestError::NotKeyValue)?;
         let index = match key {
@@ -159,6 +163,7 @@ pub fn parse(line: &str) -> Result<ManifestEntry, ManifestError> {
             "backoff" => 1,
             "run" => 2,
             "needs" => 3,
+            "image" => 4,
             "" => return Err(ManifestError::NotKeyValue),
             _ => return Err(ManifestError::UnknownKey),
         };
@@ -172,7 +177,14 @@ pub fn parse(line: &str) -> Result<ManifestEntry, ManifestError> {
             0 => entry.restart = number(value)?,
             1 => entry.backoff = number(value)?,
             2 => entry.run = list(value)?,
-            _ => entry.needs = list(value)?,
+            3 => entry.needs = list(value)?,
+            _ => {
+                entry.guest = match value {
+                    "service" => false,
+                    "guest" => true,
+                    _ => return Err(ManifestError::BadListItem),
+                }
+            }
         }
     }
     if entry.needs(&entry.name) {
@@ -197,6 +209,19 @@ mod tests {
         assert_eq!(e.backoff, DEFAULT_BACKOFF);
         assert!(e.run.is_empty() && e.needs.is_empty());
         assert!(e.runs_in("kernel") && e.runs_in("ipc"));
+    }
+
+    #[test]
+    fn guest_images_never_run_as_services() {
+        let e = parse("guest-multiboot image=guest").unwrap();
+        assert!(e.guest);
+        assert!(!e.runs_in("demo") && !e.runs_in("kernel"));
+        assert!(!parse("echo image=service").unwrap().guest);
+        assert_eq!(parse("g image=vm"), Err(ManifestError::BadListItem));
+        assert_eq!(
+            parse("g image=guest image=guest"),
+            Err(ManifestError::DuplicateKey)
+        );
     }
 
     #[test]
@@ -272,7 +297,7 @@ mod tests {
     fn errors_explain_themselves() {
         assert_eq!(
             std::format!("{}", ManifestError::UnknownKey),
-            "unknown key (restart, backoff, run, needs)"
+            "unknown key (restart, backoff, run, needs, image)"
         );
     }
 }

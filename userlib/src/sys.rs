@@ -1217,3 +1217,57 @@ pub fn vcpu_run(vcpu: CapSlot) -> Result<VcpuStop, Error> {
         qualification: r[2],
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Heap (feature `heap`)
+// ---------------------------------------------------------------------------------------------
+
+/// A bump allocator over a static arena, for services whose libraries allocate once at
+/// construction (the MMU service's shadow-MMU tables). Freed memory is not reused, so a
+/// service must not allocate in its steady state. Written by hand: it is a dozen lines, and
+/// the maintained allocator crates need an unsafe initialisation call of their own.
+#[cfg(all(feature = "heap", target_os = "none"))]
+pub mod heap {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::cell::UnsafeCell;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Arena size.
+    pub const HEAP_BYTES: usize = 256 << 10;
+
+    #[repr(align(4096))]
+    struct Arena(UnsafeCell<[u8; HEAP_BYTES]>);
+
+    // SAFETY: the arena is only handed out in disjoint pieces (the bump index is atomic).
+    unsafe impl Sync for Arena {}
+
+    static ARENA: Arena = Arena(UnsafeCell::new([0; HEAP_BYTES]));
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct Bump;
+
+    // SAFETY: `alloc` returns disjoint, suitably aligned pieces of a static arena (or null
+    // when it is exhausted); `dealloc` does nothing, which is always allowed.
+    unsafe impl GlobalAlloc for Bump {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let base = ARENA.0.get() as usize;
+            let mut cur = NEXT.load(Ordering::Relaxed);
+            loop {
+                let start = (base + cur).next_multiple_of(layout.align()) - base;
+                let Some(end) = start.checked_add(layout.size()).filter(|&e| e <= HEAP_BYTES)
+                else {
+                    return core::ptr::null_mut();
+                };
+                match NEXT.compare_exchange(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return (base + start) as *mut u8,
+                    Err(now) => cur = now,
+                }
+            }
+        }
+
+        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+    }
+
+    #[global_allocator]
+    static GLOBAL: Bump = Bump;
+}

@@ -12,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod echo;
+pub mod mmu;
 pub mod supervisor;
+pub mod vmm;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +25,9 @@ use crate::codec::{DecodeError, Message};
 pub mod ids {
     /// [`super::supervisor`].
     pub const SUPERVISOR: u16 = 0x0001;
-    /// Reserved for the VMM service protocol.
+    /// [`super::vmm`].
     pub const VMM: u16 = 0x0002;
-    /// Reserved for the MMU service protocol.
+    /// [`super::mmu`].
     pub const MMU: u16 = 0x0003;
     /// Reserved for the trace service protocol.
     pub const TRACE: u16 = 0x0004;

@@ -1,0 +1,173 @@
+//! Umbra's MMU service: owns the guest-physical mappings of the VMs handed to it. In this
+//! issue that is EPT: it answers EPT-violation exits by mapping guest RAM on demand
+//! ([`mmu_service::ept`]) or by stopping the VM for an access outside RAM, with a report.
+//! The shadow MMU library of this crate will serve shadow paging on the same endpoint.
+//!
+//! Capabilities (granted by the supervisor): slot 2 = its own endpoint (receive).
+//! Messages: `proto::mmu` requests (the VMM attaches VMs), and exit messages
+//! (`abi::vmx::EXIT_LABEL`) whose badge is `handle + 1` of an attached VM.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
+
+use abi::ipc::MAX_PAYLOAD;
+use abi::vmx::{self, ExitMessage, ExitReply};
+use abi::{CapSlot, Rights};
+use mmu_service::ept::{on_violation, Violation};
+use userlib::proto::mmu::{Mmu, MmuError, Request, Response, MAX_VMS, STOP_OUTSIDE_RAM};
+use userlib::proto::ProtoError;
+use userlib::server::serve_one;
+use userlib::sys;
+
+userlib::entry!(mmu_main);
+
+const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
+
+#[derive(Clone, Copy, Default)]
+struct VmEntry {
+    cap: CapSlot,
+    ram_pages: u64,
+    violations: u64,
+    pages_mapped: u64,
+    stopped: u64,
+}
+
+struct State {
+    vms: [Option<VmEntry>; MAX_VMS],
+}
+
+fn mmu_main(generation: u64) {
+    userlib::println!("mmu: serving, generation {generation} (EPT)");
+    let mut state = State {
+        vms: [None; MAX_VMS],
+    };
+    let mut buf = [0u8; MAX_PAYLOAD];
+    let mut request = [0u8; MAX_PAYLOAD];
+    let mut msg = loop {
+        match sys::recv(OWN_EP, &mut buf) {
+            Ok(m) => break m,
+            Err(e) => userlib::println!("mmu: recv: {e}"),
+        }
+    };
+    loop {
+        let n = msg.len.min(MAX_PAYLOAD);
+        request[..n].copy_from_slice(&buf[..n]);
+        let (label, len) = if msg.label == vmx::EXIT_LABEL {
+            let reply = on_exit(&mut state, msg.badge, &request[..n]);
+            let len = reply.encode(&mut buf).unwrap_or(0);
+            (vmx::REPLY_LABEL, len)
+        } else {
+            let grant = msg.cap;
+            serve_one::<Mmu>(msg.label, &request[..n], &mut buf, |req| {
+                handle(&mut state, req, grant).unwrap_or_else(|e| Response::Error(ProtoError::Service(e)))
+            })
+        };
+        msg = loop {
+            match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
+                Ok(m) => break m,
+                Err(e) => userlib::println!("mmu: reply_recv: {e}"),
+            }
+        };
+    }
+}
+
+fn handle(
+    state: &mut State,
+    req: Request,
+    grant: Option<CapSlot>,
+) -> Result<Response, MmuError> {
+    match req {
+        Request::AttachVm { ram_pages } => {
+            let cap = grant.ok_or(MmuError::NoGrant)?;
+            let Some(i) = state.vms.iter().position(Option::is_none) else {
+                let _ = sys::cap_delete(cap);
+                return Err(MmuError::Full);
+            };
+            state.vms[i] = Some(VmEntry {
+                cap,
+                ram_pages,
+                ..VmEntry::default()
+            });
+            Ok(Response::Attached { handle: i as u32 })
+        }
+        Request::DetachVm { handle } => {
+            let vm = slot(state, handle)?.take().ok_or(MmuError::UnknownVm)?;
+            let _ = sys::cap_delete(vm.cap);
+            Ok(Response::Detached)
+        }
+        Request::Stats { handle } => {
+            let vm = slot(state, handle)?.as_ref().ok_or(MmuError::UnknownVm)?;
+            Ok(Response::Stats {
+                violations: vm.violations,
+                pages_mapped: vm.pages_mapped,
+                stopped: vm.stopped,
+            })
+        }
+    }
+}
+
+fn slot(state: &mut State, handle: u32) -> Result<&mut Option<VmEntry>, MmuError> {
+    state
+        .vms
+        .get_mut(handle as usize)
+        .ok_or(MmuError::UnknownVm)
+}
+
+/// An exit routed here by a portal: EPT violations map RAM or stop the VM; anything else
+/// (a portal set up wrongly) stops it with a report.
+fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
+    let msg = match ExitMessage::decode(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            userlib::println!("mmu: malformed exit message ({e:?}); stopping the VM");
+            return ExitReply::stop(STOP_OUTSIDE_RAM);
+        }
+    };
+    let vm = badge
+        .checked_sub(1)
+        .and_then(|h| state.vms.get_mut(h as usize))
+        .and_then(Option::as_mut);
+    let Some(vm) = vm else {
+        userlib::println!("mmu: exit for an unknown VM (badge {badge}); stopping it");
+        return ExitReply::stop(STOP_OUTSIDE_RAM);
+    };
+    if msg.basic_reason() != vmx::reason::EPT_VIOLATION {
+        userlib::println!(
+            "mmu: unexpected exit reason {} at rip {:#x}; stopping the VM",
+            msg.basic_reason(),
+            msg.rip
+        );
+        return ExitReply::stop(STOP_OUTSIDE_RAM);
+    }
+    vm.violations += 1;
+    match on_violation(msg.gpa, vm.ram_pages) {
+        Violation::Map { gpa, pages } => {
+            let rights = Rights::READ | Rights::WRITE | Rights::EXEC;
+            match sys::vm_map_ram(vm.cap, gpa, pages, rights) {
+                Ok(()) => {
+                    vm.pages_mapped += pages;
+                    ExitReply::resume()
+                }
+                Err(e) => {
+                    userlib::println!("mmu: mapping gpa {gpa:#x} failed: {e:?}; stopping the VM");
+                    vm.stopped += 1;
+                    ExitReply::stop(STOP_OUTSIDE_RAM | (msg.gpa & 0xffff_ffff_ffff))
+                }
+            }
+        }
+        Violation::OutsideRam { gpa } => {
+            let q = msg.qualification;
+            let access = match (q & 1 != 0, q & 2 != 0, q & 4 != 0) {
+                (_, true, _) => "write",
+                (_, _, true) => "fetch",
+                _ => "read",
+            };
+            userlib::println!(
+                "mmu: guest {access} at gpa {gpa:#x} outside RAM ({} MiB) and outside any device, rip {:#x}: stopping the VM",
+                vm.ram_pages / 256,
+                msg.rip
+            );
+            vm.stopped += 1;
+            ExitReply::stop(STOP_OUTSIDE_RAM | (gpa & 0xffff_ffff_ffff))
+        }
+    }
+}
