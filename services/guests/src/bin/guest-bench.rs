@@ -8,8 +8,19 @@
 //! For each op, 1000 rounds of `rdtsc; shl rdx,32; or rax,rdx; mov r8,rax; <op>; rdtsc; ...`
 //! (no lfence), the samples sorted: min = the smallest, median = the mean of the 500th and
 //! 501st. Ops: `cpuid` (leaf 0), `vmcall` (RAX = 2, the nop hypercall), `out` (`out 0x3ff, al`,
-//! COM1's scratch register). First with the exits handled by the VMM service, then after
-//! hypercall 3 (this vCPU's CPUID/VMCALL/OUT exits go to the kernel's reflect floor).
+//! COM1's scratch register). First with the exits handled by the VMM service (each op
+//! measured and printed in turn), then through the kernel's reflect floor, one exit reason at a
+//! time, since a reflected reason is answered by the kernel (the instruction skipped): with
+//! I/O reflected the guest's COM1 output and its 0xf4 exit would be swallowed too. Switching:
+//! - `vmcall` RAX = 3, RBX = exit reason (10 CPUID, 18 VMCALL, 30 I/O): that reason to the
+//!   kernel floor;
+//! - `vmcall` RAX = 4: every reason back to the VMM (while VMCALL is not reflected);
+//! - `cpuid` EAX = 0x400000ff, ECX = 0: every reason back (while CPUID is not reflected).
+//!
+//! Kernel phase, with nothing printed in between: vmcall(3, 10), measure cpuid, vmcall(4);
+//! vmcall(3, 18), measure vmcall (the floor sets RAX = 0 and skips it), cpuid(0x400000ff);
+//! vmcall(3, 30), measure out, vmcall(4). Each op's samples are kept in its own buffer, and
+//! only then are the kernel lines printed.
 //!
 //! Console on success (N decimal):
 //! ```text
@@ -25,8 +36,9 @@
 //! result: pass
 //! ```
 //! then exit 0x10 through port 0xf4. `vmcall-nop` fails (and the guest exits with 0x11) when
-//! a nop hypercall returned RAX != 0 or raised #UD, `reflect-switch` when hypercall 3 did;
-//! a #UD of a vmcall in the kernel phase fails the result as well.
+//! a nop hypercall returned RAX != 0 or raised #UD, `reflect-switch` when one of the switching
+//! hypercalls (3 and 4) did; a #UD of a measured vmcall in the kernel phase fails the result
+//! as well.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[path = "../rt/mod.rs"]
@@ -38,11 +50,18 @@ core::arch::global_asm!(
     include_str!("../rt/rt64.s"),
     r#"
     .set ROUNDS, 1000
+    .set REASON_CPUID, 10
+    .set REASON_VMCALL, 18
+    .set REASON_IO, 30
 
     .section .bss.guest, "aw", @nobits
     .balign 8
-samples:    .skip ROUNDS * 8
+samples_cpuid:  .skip ROUNDS * 8   # one buffer per op: the kernel phase measures all three
+samples_vmcall: .skip ROUNDS * 8   # before it prints
+samples_out:    .skip ROUNDS * 8
 nop_or:     .skip 8                # OR of the RAX values the nop hypercalls returned
+switch_or:  .skip 8                # OR of the RAX values the switching hypercalls returned
+switch_ud:  .skip 4                # #UDs raised by the switching hypercalls
 
     .section .rodata.guest, "a"
 msg_hello:  .asciz "bench-vmm: start, 1000 rounds per op\n"
@@ -59,7 +78,7 @@ name_nop:   .asciz "vmcall-nop"
 name_switch: .asciz "reflect-switch"
 name_ud:    .asciz "vmcall-kernel"
 det_nop:    .asciz "a nop hypercall returned nonzero RAX or raised #UD, OR of RAX ="
-det_switch: .asciz "hypercall 3 returned nonzero RAX or raised #UD, RAX ="
+det_switch: .asciz "a switching hypercall (3 or 4) returned nonzero RAX or raised #UD, OR of RAX ="
 det_ud:     .asciz "vmcall raised #UD in the kernel phase, count ="
 
     .section .text.entry, "ax"
@@ -79,11 +98,22 @@ _start:
     movq $msg_hello, %rsi
     call puts64
 
-    # Through the VMM service.
+    # Through the VMM service: measure and print each op.
     movl $0, ud_vmcall_count
     movq $0, nop_or
     movq $via_vmm, %r15
-    call bench_all
+    movq $samples_cpuid, %rdi
+    call measure_cpuid
+    movq $op_cpuid, %rsi
+    call stats_and_print
+    movq $samples_vmcall, %rdi
+    call measure_vmcall
+    movq $op_vmcall, %rsi
+    call stats_and_print
+    movq $samples_out, %rdi
+    call measure_out
+    movq $op_out, %rsi
+    call stats_and_print
     movq nop_or, %rdx
     xorl %eax, %eax
     testq %rdx, %rdx
@@ -95,26 +125,62 @@ _start:
     movq $det_nop, %rdi
     call report64_val
 
-    # Switch this vCPU's CPUID/VMCALL/OUT exits to the kernel's reflect floor.
+    # Through the kernel's reflect floor, one exit reason at a time. Nothing is printed until
+    # every reason is back with the VMM (a reflected I/O reason would swallow COM1 output).
+    # What a nop hypercall returns in the floor is not checked.
     movl $0, ud_vmcall_count
-    movl $3, %eax
-    vmcall
-    movq %rax, %rdx
+    movq $0, switch_or
+    movl $0, switch_ud
+
+    movl $3, %eax                  # CPUID to the floor
+    movl $REASON_CPUID, %ebx
+    call switch_call
+    movq $samples_cpuid, %rdi
+    call measure_cpuid
+    movl $4, %eax                  # all back (VMCALL is still the VMM's)
+    call switch_call
+
+    movl $3, %eax                  # VMCALL to the floor
+    movl $REASON_VMCALL, %ebx
+    call switch_call
+    movq $samples_vmcall, %rdi
+    call measure_vmcall
+    movl $0x400000ff, %eax         # all back (CPUID is still the VMM's)
+    xorl %ecx, %ecx
+    cpuid
+
+    movl $3, %eax                  # I/O to the floor
+    movl $REASON_IO, %ebx
+    call switch_call
+    movq $samples_out, %rdi
+    call measure_out
+    movl $4, %eax                  # all back (VMCALL is still the VMM's)
+    call switch_call
+
+    # Every reason is the VMM's again: report the switching, then print.
+    movq switch_or, %rdx
     xorl %eax, %eax
     testq %rdx, %rdx
     setnz %al
-    cmpl $0, ud_vmcall_count
+    cmpl $0, switch_ud
     je 1f
     movl $1, %eax
 1:  movq $name_switch, %rsi
     movq $det_switch, %rdi
     call report64_val
 
-    # Through the kernel's reflect floor (what a nop hypercall returns there is not checked).
-    movl $0, ud_vmcall_count
     movq $via_kernel, %r15
-    call bench_all
-    movl ud_vmcall_count, %edx
+    movq $samples_cpuid, %rdi
+    movq $op_cpuid, %rsi
+    call stats_and_print
+    movq $samples_vmcall, %rdi
+    movq $op_vmcall, %rsi
+    call stats_and_print
+    movq $samples_out, %rdi
+    movq $op_out, %rsi
+    call stats_and_print
+
+    movl ud_vmcall_count, %edx     # #UDs of the measured vmcalls only (see switch_call)
     testl %edx, %edx
     jz 1f
     movl $1, %eax                  # only reported when it fails
@@ -126,21 +192,23 @@ _start:
     .section .text.guest, "ax"
     .code64
 
-# bench_all: measure the three ops and print one line each; R15 = the "via" string.
-bench_all:
-    call measure_cpuid
-    movq $op_cpuid, %rsi
-    call stats_and_print
-    call measure_vmcall
-    movq $op_vmcall, %rsi
-    call stats_and_print
-    call measure_out
-    movq $op_out, %rsi
-    call stats_and_print
+# switch_call: a switching hypercall, RAX (3 or 4) and RBX (the exit reason for 3) as given.
+# The RAX it returns is ORed into switch_or; a #UD it raised is counted in switch_ud and not
+# left in ud_vmcall_count. Prints nothing (I/O may be reflected). Clobbers RAX.
+switch_call:
+    pushq %rdx
+    movl ud_vmcall_count, %edx
+    vmcall
+    orq %rax, switch_or
+    cmpl ud_vmcall_count, %edx
+    je 1f
+    incl switch_ud
+    movl %edx, ud_vmcall_count
+1:  popq %rdx
     ret
 
-# measure_cpuid / measure_vmcall / measure_out: ROUNDS samples (TSC deltas) into samples[].
-# The timed region is: mov r8,rax; <setup of the op's register>; <op>; rdtsc.
+# measure_cpuid / measure_vmcall / measure_out: ROUNDS samples (TSC deltas) into the buffer
+# at RDI. The timed region is: mov r8,rax; <setup of the op's register>; <op>; rdtsc.
 measure_cpuid:
     pushq %rbx
     xorl %ecx, %ecx                # round
@@ -157,7 +225,7 @@ measure_cpuid:
     orq %rdx, %rax
     subq %r8, %rax
     movq %r10, %rcx
-    movq %rax, samples(,%rcx,8)
+    movq %rax, (%rdi,%rcx,8)
     incl %ecx
     cmpl $ROUNDS, %ecx
     jb .Lm_cpuid
@@ -179,7 +247,7 @@ measure_vmcall:
     shlq $32, %rdx
     orq %rdx, %rax
     subq %r8, %rax
-    movq %rax, samples(,%rcx,8)
+    movq %rax, (%rdi,%rcx,8)
     incl %ecx
     cmpl $ROUNDS, %ecx
     jb .Lm_vmcall
@@ -199,14 +267,14 @@ measure_out:
     shlq $32, %rdx
     orq %rdx, %rax
     subq %r8, %rax
-    movq %rax, samples(,%rcx,8)
+    movq %rax, (%rdi,%rcx,8)
     incl %ecx
     cmpl $ROUNDS, %ecx
     jb .Lm_out
     ret
 
-# stats_and_print: sort samples[] (insertion sort, ascending), then print
-# "bench-vmm: via=<R15> op=<RSI> min=<samples[0]> median=<(samples[499] + samples[500]) / 2>".
+# stats_and_print: sort the ROUNDS samples at RDI (insertion sort, ascending), then print
+# "bench-vmm: via=<R15> op=<RSI> min=<s[0]> median=<(s[499] + s[500]) / 2>".
 stats_and_print:
     pushq %rax
     pushq %rbx
@@ -215,19 +283,19 @@ stats_and_print:
     pushq %rsi
     movl $1, %ecx                  # i
 .Lsort_outer:
-    movq samples(,%rcx,8), %rax    # key = samples[i]
+    movq (%rdi,%rcx,8), %rax       # key = s[i]
     movl %ecx, %edx                # j = i
 .Lsort_inner:
     testl %edx, %edx
     jz .Lsort_place
-    movq samples - 8(,%rdx,8), %rbx    # samples[j - 1]
+    movq -8(%rdi,%rdx,8), %rbx     # s[j - 1]
     cmpq %rax, %rbx
     jbe .Lsort_place
-    movq %rbx, samples(,%rdx,8)    # shift up
+    movq %rbx, (%rdi,%rdx,8)       # shift up
     decl %edx
     jmp .Lsort_inner
 .Lsort_place:
-    movq %rax, samples(,%rdx,8)
+    movq %rax, (%rdi,%rdx,8)
     incl %ecx
     cmpl $ROUNDS, %ecx
     jb .Lsort_outer
@@ -242,12 +310,12 @@ stats_and_print:
     call puts64
     movq $msg_min, %rsi
     call puts64
-    movq samples, %rax
+    movq (%rdi), %rax
     call putdec64
     movq $msg_median, %rsi
     call puts64
-    movq samples + (ROUNDS / 2 - 1) * 8, %rax
-    addq samples + (ROUNDS / 2) * 8, %rax
+    movq (ROUNDS / 2 - 1) * 8(%rdi), %rax
+    addq (ROUNDS / 2) * 8(%rdi), %rax
     shrq $1, %rax
     call putdec64
     movq $str_nl, %rsi
