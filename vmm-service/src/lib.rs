@@ -10,3 +10,5 @@ pub mod devices;
 pub mod exit;
 pub mod loader;
 pub mod msr;
+pub mod report;
+pub mod vm;

@@ -1,0 +1,195 @@
+//! How a VM ended: [`VmResult`], its [`Report`] for the console, and the `stop_code` encoding
+//! carried by the stopping [`abi::vmx::ExitReply`].
+
+use core::fmt;
+
+use abi::vmx::{group, reason, ExitMessage, SEGMENT_ORDER};
+
+/// A VM's name (truncated to 32 bytes).
+pub type Name = heapless::String<32>;
+
+/// The `stop_code` of a stopping reply: `kind | (detail & DETAIL_MASK)`. It fits in 32 bits,
+/// so `VcpuRun` returns it unchanged as `abi::vmx::stop::HANDLER | stop_code`. The full
+/// values (64-bit exit codes and the report) are in the [`VmResult`] of the `Stopped` event.
+pub mod stop_code {
+    /// Hypercall exit: detail = the guest's code (RBX), truncated.
+    pub const EXITED: u64 = 1 << 24;
+    /// Debug-exit port: detail = `(v << 1) | 1`, truncated.
+    pub const DEBUG_EXIT: u64 = 2 << 24;
+    /// Triple fault: detail 0.
+    pub const TRIPLE_FAULT: u64 = 3 << 24;
+    /// VM entry failed (invalid guest state, MSR loading, machine check): detail = full
+    /// exit reason & DETAIL_MASK.
+    pub const ENTRY_FAILED: u64 = 4 << 24;
+    /// An exit the model does not handle: detail = basic exit reason.
+    pub const UNHANDLED: u64 = 5 << 24;
+    /// A malformed exit message (missing state groups): detail = basic exit reason.
+    pub const BAD_EXIT: u64 = 6 << 24;
+    /// HLT with interrupts disabled (nothing can wake the vCPU): detail 0.
+    pub const HALTED: u64 = 7 << 24;
+    pub const KIND_MASK: u64 = 0xff << 24;
+    pub const DETAIL_MASK: u64 = 0xff_ffff;
+}
+
+/// What the console should show about an exit that stopped the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub vm: Name,
+    pub vcpu: u32,
+    /// Full exit reason.
+    pub reason: u32,
+    /// Why the VM stopped, in words.
+    pub what: &'static str,
+    /// Present when the message carried the group.
+    pub rip: Option<u64>,
+    pub qualification: Option<u64>,
+    pub intr_info: Option<u32>,
+    pub gpa: Option<u64>,
+    pub gprs: Option<[u64; 16]>,
+    pub cs: Option<(u16, u64)>,
+}
+
+impl Report {
+    /// A report from whatever groups `m` carries.
+    pub fn new(vm: &Name, m: &ExitMessage, what: &'static str) -> Report {
+        let has = |g: u32| m.mask & g != 0;
+        Report {
+            vm: vm.clone(),
+            vcpu: m.vcpu,
+            reason: m.reason,
+            what,
+            rip: has(group::RIP).then_some(m.rip),
+            qualification: has(group::QUAL).then_some(m.qualification),
+            intr_info: has(group::QUAL).then_some(m.intr_info),
+            gpa: has(group::ADDR).then_some(m.gpa),
+            gprs: has(group::GPRS).then_some(m.gprs),
+            cs: has(group::SEGS).then_some((m.segments[0].selector, m.segments[0].base)),
+        }
+    }
+}
+
+const GPR_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let basic = self.reason & 0xffff;
+        let name = reason::name(basic).unwrap_or("unknown");
+        write!(
+            f,
+            "vm {} vcpu {}: {} (exit {} = {}, reason {:#x})",
+            self.vm, self.vcpu, self.what, basic, name, self.reason
+        )?;
+        if let Some(rip) = self.rip {
+            write!(f, "\n  rip={rip:#018x}")?;
+            if let Some((sel, base)) = self.cs {
+                write!(f, " {}={sel:#06x} base={base:#x}", SEGMENT_ORDER[0])?;
+            }
+        }
+        if let (Some(q), Some(i)) = (self.qualification, self.intr_info) {
+            write!(f, "\n  qualification={q:#x} intr_info={i:#010x}")?;
+        }
+        if let Some(gpa) = self.gpa {
+            write!(f, " gpa={gpa:#x}")?;
+        }
+        if let Some(g) = self.gprs {
+            for (row, names) in GPR_NAMES.chunks(4).enumerate() {
+                f.write_str("\n ")?;
+                for (i, n) in names.iter().enumerate() {
+                    write!(f, " {n:>3}={:#018x}", g[row * 4 + i])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmResult {
+    /// Hypercall 0 with this code.
+    Exited {
+        code: u64,
+    },
+    /// A write of `v` to the debug-exit port: `code = (v << 1) | 1`.
+    DebugExit {
+        code: u64,
+    },
+    TripleFault(Report),
+    /// VM entry failed.
+    EntryFailed(Report),
+    /// An exit the model does not handle (reason, or a form such as string I/O).
+    Unhandled(Report),
+    /// A malformed exit message.
+    BadExit(Report),
+    /// HLT with RFLAGS.IF clear: no interrupt can ever wake the vCPU.
+    Halted(Report),
+}
+
+impl VmResult {
+    /// The `stop_code` for the reply (see [`stop_code`]).
+    pub fn stop_code(&self) -> u64 {
+        use stop_code::*;
+        let basic = |r: &Report| (r.reason & 0xffff) as u64;
+        let (kind, detail) = match self {
+            VmResult::Exited { code } => (EXITED, *code),
+            VmResult::DebugExit { code } => (DEBUG_EXIT, *code),
+            VmResult::TripleFault(_) => (TRIPLE_FAULT, 0),
+            VmResult::EntryFailed(r) => (ENTRY_FAILED, r.reason as u64),
+            VmResult::Unhandled(r) => (UNHANDLED, basic(r)),
+            VmResult::BadExit(r) => (BAD_EXIT, basic(r)),
+            VmResult::Halted(_) => (HALTED, 0),
+        };
+        kind | (detail & DETAIL_MASK)
+    }
+
+    /// The report, for the results that have one.
+    pub fn report(&self) -> Option<&Report> {
+        match self {
+            VmResult::Exited { .. } | VmResult::DebugExit { .. } => None,
+            VmResult::TripleFault(r)
+            | VmResult::EntryFailed(r)
+            | VmResult::Unhandled(r)
+            | VmResult::BadExit(r)
+            | VmResult::Halted(r) => Some(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_display_and_codes() {
+        let mut m = ExitMessage {
+            reason: reason::XSETBV,
+            mask: group::RIP | group::GPRS | group::QUAL,
+            vcpu: 1,
+            rip: 0x10_0040,
+            qualification: 0x12,
+            ..ExitMessage::default()
+        };
+        m.gprs[15] = 0xabcd;
+        let name = Name::try_from("guest-a").unwrap();
+        let r = Report::new(&name, &m, "exit not handled");
+        let s = format!("{r}");
+        assert!(
+            s.starts_with("vm guest-a vcpu 1: exit not handled (exit 55 = xsetbv"),
+            "{s}"
+        );
+        assert!(s.contains("rip=0x0000000000100040"), "{s}");
+        assert!(s.contains("qualification=0x12"), "{s}");
+        assert!(s.contains("r15=0x000000000000abcd"), "{s}");
+        assert_eq!(s.lines().count(), 7);
+        assert_eq!(VmResult::Unhandled(r.clone()).stop_code(), 0x0500_0037);
+        assert_eq!(VmResult::DebugExit { code: 0x21 }.stop_code(), 0x0200_0021);
+        assert_eq!(VmResult::Exited { code: u64::MAX }.stop_code(), 0x01ff_ffff);
+        assert_eq!(VmResult::TripleFault(r).stop_code(), 0x0300_0000);
+        // A report of a bare message is one line.
+        let bare = Report::new(&name, &ExitMessage::default(), "x");
+        assert_eq!(format!("{bare}").lines().count(), 1);
+    }
+}

@@ -1,0 +1,346 @@
+//! The per-VM model: turns each exit message into the reply to send and the events the
+//! service must act on (console output, "first unhandled port" logs, a reflect request, the
+//! VM's end).
+//!
+//! Exits handled: CPUID ([`crate::cpuid`]), port I/O ([`PortBus`]; string I/O stops the VM),
+//! RDMSR/WRMSR ([`MsrModel`]; unknown MSRs inject #GP(0) without advancing), CR access
+//! ([`crate::cr`]), HLT (resumes after the instruction, since no interrupts are injected yet;
+//! with RFLAGS.IF clear, when RIP is in the message, the VM stops as [`VmResult::Halted`]
+//! since nothing could wake it), VMCALL ([`hypercall`]), external interrupts (resume).
+//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions and every
+//! other reason stop the VM with a [`Report`]. Once stopped, every later exit gets the same
+//! stop reply.
+
+use abi::vmx::{group, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
+use heapless::Vec;
+
+use crate::cr::{self, gp};
+use crate::devices::bus::{BusEvent, PortBus};
+use crate::devices::Text;
+use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
+use crate::msr::{MsrModel, MsrWrite};
+pub use crate::report::{stop_code, Name, Report, VmResult};
+
+/// What the model needs from the outside world.
+pub trait Env {
+    /// The host's CPUID values `[eax, ebx, ecx, edx]`.
+    fn host_cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// The host TSC now.
+    fn tsc(&mut self) -> u64;
+    /// Copies guest-physical memory at `gpa` into `buf`; false if any of it is not RAM.
+    fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// PIT input-clock ticks (1.193182 MHz) since a fixed origin.
+    fn ticks(&mut self) -> u64;
+}
+
+/// VMCALL numbers (RAX) and results (RAX on return).
+pub mod hypercall {
+    /// Stop the VM: RBX = exit code.
+    pub const EXIT: u64 = 0;
+    /// Print RCX (≤ [`PRINT_MAX`]) bytes at guest-physical RBX to the console.
+    pub const PRINT: u64 = 1;
+    /// Do nothing (for measuring the exit round trip).
+    pub const NOP: u64 = 2;
+    /// Ask the service to switch this VM's VMCALL portal to the kernel's reflect portal.
+    pub const REFLECT: u64 = 3;
+    pub const PRINT_MAX: usize = 256;
+    /// RAX after success.
+    pub const OK: u64 = 0;
+    /// RAX after an unknown number or a bad argument.
+    pub const ERROR: u64 = u64::MAX;
+}
+
+/// Something the service must act on.
+// No allocator: texts and reports travel by value.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A complete line from the serial port (without the newline), or the partial line
+    /// flushed when the VM stops.
+    SerialLine(Text),
+    /// Bytes from the print hypercall, as the guest gave them.
+    Print(Text),
+    /// First access to an unhandled port (logged once per port and direction).
+    UnhandledPort { port: u16, write: bool },
+    /// The guest asked for the reflect portal (hypercall 3).
+    ReflectRequested,
+    /// The VM ended; the reply is `ExitReply::stop(result.stop_code())`.
+    Stopped(VmResult),
+}
+
+/// Most events one exit produces (a 4-byte access to unhandled ports gives 4; a stop adds a
+/// flushed line and the `Stopped` event).
+pub const MAX_EVENTS: usize = 8;
+
+/// The answer to one exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub reply: ExitReply,
+    pub events: Vec<Event, MAX_EVENTS>,
+}
+
+impl Outcome {
+    fn new(reply: ExitReply) -> Outcome {
+        Outcome {
+            reply,
+            events: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, e: Event) {
+        // Bounded by MAX_EVENTS above; an overflow would drop a log event, never a stop
+        // (stops are pushed into a fresh list, see `VmModel::stop`).
+        let _ = self.events.push(e);
+    }
+
+    /// The result, if this exit stopped the VM.
+    pub fn stopped(&self) -> Option<&VmResult> {
+        self.events.iter().find_map(|e| match e {
+            Event::Stopped(r) => Some(r),
+            _ => None,
+        })
+    }
+}
+
+/// One VM's device and CPU model.
+#[derive(Clone, Debug)]
+pub struct VmModel {
+    pub name: Name,
+    pub bus: PortBus,
+    pub msr: MsrModel,
+    counts: [u64; EXIT_REASONS],
+    result: Option<VmResult>,
+}
+
+fn truncated_name(name: &str) -> Name {
+    let mut n = Name::new();
+    for c in name.chars() {
+        if n.push(c).is_err() {
+            break;
+        }
+    }
+    n
+}
+
+impl VmModel {
+    /// A model for VM `name` (truncated to 32 bytes) with `ram_bytes` of RAM.
+    pub fn new(name: &str, ram_bytes: u64) -> VmModel {
+        VmModel {
+            name: truncated_name(name),
+            bus: PortBus::new(ram_bytes),
+            msr: MsrModel::new(),
+            counts: [0; EXIT_REASONS],
+            result: None,
+        }
+    }
+
+    /// Exits of basic reason `reason` handled so far.
+    pub fn exit_count(&self, reason: u32) -> u64 {
+        self.counts.get(reason as usize).copied().unwrap_or(0)
+    }
+
+    /// How the VM ended, once it has.
+    pub fn result(&self) -> Option<&VmResult> {
+        self.result.as_ref()
+    }
+
+    /// Handles one exit.
+    pub fn handle(&mut self, m: &ExitMessage, env: &mut impl Env) -> Outcome {
+        if let Some(r) = &self.result {
+            let mut o = Outcome::new(ExitReply::stop(r.stop_code()));
+            o.push(Event::Stopped(r.clone()));
+            return o;
+        }
+        if let Some(c) = self.counts.get_mut(m.basic_reason() as usize) {
+            *c += 1;
+        }
+        let exit = match decode(m) {
+            Ok(e) => e,
+            Err(e) => {
+                let what = match e {
+                    ExitError::MissingGroups { .. } => "exit message lacks the state it needs",
+                    ExitError::BadIoSize { .. } => "I/O exit with an invalid size",
+                };
+                return self.stop(VmResult::BadExit(self.report(m, what)), Vec::new());
+            }
+        };
+        match exit {
+            Exit::Cpuid { leaf, subleaf } => {
+                let r = crate::cpuid::cpuid(leaf, subleaf, |l, s| env.host_cpuid(l, s));
+                let mut reply = ExitReply::advance();
+                for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
+                    reply.set_gpr(g, v as u64);
+                }
+                Outcome::new(reply)
+            }
+            Exit::Io { string: true, .. } => {
+                self.unhandled(m, "string port I/O (INS/OUTS) is not emulated")
+            }
+            Exit::Io {
+                port,
+                size,
+                direction,
+                value,
+                ..
+            } => self.io(m, port, size, direction, value, env),
+            Exit::Rdmsr { msr } => match self.msr.read(msr, env.tsc()) {
+                Ok(v) => {
+                    let mut reply = ExitReply::advance();
+                    reply
+                        .set_gpr(Gpr::Rax, v & 0xffff_ffff)
+                        .set_gpr(Gpr::Rdx, v >> 32);
+                    Outcome::new(reply)
+                }
+                Err(_) => Outcome::new(gp()),
+            },
+            Exit::Wrmsr { msr, value } => {
+                let pg = (m.mask & group::CRS != 0).then_some(m.cr0_shadow & cr::cr0::PG != 0);
+                match self.msr.write(msr, value, env.tsc(), pg) {
+                    Ok(MsrWrite::Stored) => Outcome::new(ExitReply::advance()),
+                    Ok(MsrWrite::Efer(e)) => {
+                        let mut reply = ExitReply::advance();
+                        reply.flags |= reply::SET_EFER;
+                        reply.efer = e;
+                        Outcome::new(reply)
+                    }
+                    Err(_) => Outcome::new(gp()),
+                }
+            }
+            Exit::CrAccess { cr, access } => match cr::handle(m, cr, access, self.msr.efer) {
+                Ok(o) => {
+                    if let Some(e) = o.efer {
+                        self.msr.efer = e;
+                    }
+                    Outcome::new(o.reply)
+                }
+                Err(_) => self.unhandled(m, "control-register access not emulated"),
+            },
+            Exit::Hlt => {
+                if m.mask & group::RIP != 0 && m.rflags & (1 << 9) == 0 {
+                    let r = self.report(m, "HLT with interrupts disabled");
+                    return self.stop(VmResult::Halted(r), Vec::new());
+                }
+                Outcome::new(ExitReply::advance())
+            }
+            Exit::Vmcall { nr, args } => self.hypercall(nr, args, env),
+            Exit::TripleFault => {
+                let r = self.report(m, "triple fault");
+                self.stop(VmResult::TripleFault(r), Vec::new())
+            }
+            Exit::InvalidGuestState | Exit::EntryFailure { .. } => {
+                let r = self.report(m, "VM entry failed");
+                self.stop(VmResult::EntryFailed(r), Vec::new())
+            }
+            Exit::ExternalInterrupt => Outcome::new(ExitReply::resume()),
+            Exit::EptViolation { .. } => {
+                self.unhandled(m, "EPT violation: no memory or device at this address")
+            }
+            Exit::Exception { .. } => self.unhandled(m, "guest exception not handled"),
+            Exit::Other { .. } => self.unhandled(m, "exit reason not handled"),
+        }
+    }
+
+    fn report(&self, m: &ExitMessage, what: &'static str) -> Report {
+        Report::new(&self.name, m, what)
+    }
+
+    fn unhandled(&mut self, m: &ExitMessage, what: &'static str) -> Outcome {
+        let r = self.report(m, what);
+        self.stop(VmResult::Unhandled(r), Vec::new())
+    }
+
+    /// Ends the VM: `before` (already produced events), the flushed serial line, `Stopped`.
+    fn stop(&mut self, result: VmResult, before: Vec<Event, MAX_EVENTS>) -> Outcome {
+        let mut o = Outcome::new(ExitReply::stop(result.stop_code()));
+        // Keep room for the flushed line and the stop itself.
+        for e in before.into_iter().take(MAX_EVENTS - 2) {
+            o.push(e);
+        }
+        if let Some(line) = self.bus.serial.flush() {
+            o.push(Event::SerialLine(line));
+        }
+        o.push(Event::Stopped(result.clone()));
+        self.result = Some(result);
+        o
+    }
+
+    fn io(
+        &mut self,
+        m: &ExitMessage,
+        port: u16,
+        size: u8,
+        direction: IoDirection,
+        value: u32,
+        env: &mut impl Env,
+    ) -> Outcome {
+        let ticks = env.ticks();
+        let mut events: Vec<Event, MAX_EVENTS> = Vec::new();
+        let mut debug_exit = None;
+        let mut sink = |e: BusEvent| {
+            let _ = events.push(match e {
+                BusEvent::SerialLine(l) => Event::SerialLine(l),
+                BusEvent::FirstUnhandled { port, write } => Event::UnhandledPort { port, write },
+                BusEvent::DebugExit { code } => {
+                    debug_exit = Some(code);
+                    return;
+                }
+            });
+        };
+        let mut reply = ExitReply::advance();
+        match direction {
+            IoDirection::Out => self.bus.write(port, size, value, ticks, &mut sink),
+            IoDirection::In => {
+                let v = self.bus.read(port, size, ticks, &mut sink) as u64;
+                let rax = m.gprs[Gpr::Rax as usize];
+                // 8/16-bit IN keeps the rest of RAX; 32-bit IN zero-extends like any 32-bit
+                // register write in 64-bit mode (bits 63:32 are 0 outside 64-bit mode anyway).
+                let new = if size == 4 {
+                    v
+                } else {
+                    (rax & !size_mask(size)) | v
+                };
+                reply.set_gpr(Gpr::Rax, new);
+            }
+        }
+        if let Some(code) = debug_exit {
+            return self.stop(VmResult::DebugExit { code }, events);
+        }
+        Outcome { reply, events }
+    }
+
+    fn hypercall(&mut self, nr: u64, args: [u64; 4], env: &mut impl Env) -> Outcome {
+        let mut o = Outcome::new(ExitReply::advance());
+        let rax = match nr {
+            hypercall::EXIT => return self.stop(VmResult::Exited { code: args[0] }, Vec::new()),
+            hypercall::PRINT => {
+                let (gpa, len) = (args[0], args[1]);
+                let mut buf = [0u8; hypercall::PRINT_MAX];
+                let read = match usize::try_from(len).ok().and_then(|n| buf.get_mut(..n)) {
+                    Some(dst) => env.read_guest(gpa, dst).then_some(dst.len()),
+                    None => None,
+                };
+                match read.and_then(|n| buf.get(..n)) {
+                    Some(bytes) => {
+                        let mut t = Text::new();
+                        // Cannot fail: bytes.len() ≤ PRINT_MAX = TEXT_MAX.
+                        let _ = t.extend_from_slice(bytes);
+                        o.push(Event::Print(t));
+                        hypercall::OK
+                    }
+                    None => hypercall::ERROR,
+                }
+            }
+            hypercall::NOP => hypercall::OK,
+            hypercall::REFLECT => {
+                o.push(Event::ReflectRequested);
+                hypercall::OK
+            }
+            _ => hypercall::ERROR,
+        };
+        o.reply.set_gpr(Gpr::Rax, rax);
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,385 @@
+//! Made-up exit messages in, replies and events out.
+
+use super::*;
+use abi::vmx::reason;
+use proptest::prelude::*;
+
+struct TestEnv {
+    ram: std::vec::Vec<u8>,
+    tsc: u64,
+    ticks: u64,
+}
+
+impl TestEnv {
+    fn new() -> TestEnv {
+        TestEnv {
+            ram: vec![0; 1 << 20],
+            tsc: 1_000_000,
+            ticks: 0,
+        }
+    }
+}
+
+impl Env for TestEnv {
+    fn host_cpuid(&mut self, leaf: u32, sub: u32) -> [u32; 4] {
+        match leaf {
+            1 => [0x906ea, 0x0010_0800, 0x7ffa_fbff, 0xbfeb_fbff], // VMX (bit 5) set
+            _ => [leaf, sub, 0, 0],
+        }
+    }
+    fn tsc(&mut self) -> u64 {
+        self.tsc
+    }
+    fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Ok(a) = usize::try_from(gpa) else {
+            return false;
+        };
+        match a.checked_add(buf.len()).and_then(|e| self.ram.get(a..e)) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+    fn ticks(&mut self) -> u64 {
+        self.ticks
+    }
+}
+
+const RAM: u64 = 32 << 20;
+
+fn vm() -> VmModel {
+    VmModel::new("test-vm", RAM)
+}
+
+/// A message for `reason` carrying the groups the VMM service's portals ask for.
+fn msg(reason: u32) -> ExitMessage {
+    ExitMessage {
+        reason,
+        mask: crate::exit::portal_mask(reason),
+        rip: 0x10_0000,
+        rflags: 0x202,
+        instruction_len: 2,
+        cr0_shadow: 0x11,
+        ..ExitMessage::default()
+    }
+}
+
+fn io(port: u16, size: u8, input: bool, rax: u64) -> ExitMessage {
+    let mut m = msg(reason::IO);
+    let size_bits = match size {
+        1 => 0,
+        2 => 1,
+        _ => 3,
+    };
+    m.qualification = ((port as u64) << 16) | ((input as u64) << 3) | size_bits;
+    m.gprs[0] = rax;
+    m
+}
+
+fn gprs(m: &mut ExitMessage, regs: &[(Gpr, u64)]) {
+    for (g, v) in regs {
+        m.gprs[*g as usize] = *v;
+    }
+}
+
+fn run(vm: &mut VmModel, m: &ExitMessage) -> Outcome {
+    vm.handle(m, &mut TestEnv::new())
+}
+
+fn rax_of(o: &Outcome) -> u64 {
+    assert_ne!(o.reply.gpr_mask & 1, 0, "rax not written: {o:?}");
+    o.reply.gprs[0]
+}
+
+#[test]
+fn cpuid_hides_vmx_and_shows_vendor() {
+    let mut v = vm();
+    let mut m = msg(reason::CPUID);
+    gprs(&mut m, &[(Gpr::Rax, 0xffff_ffff_0000_0001)]);
+    let o = run(&mut v, &m);
+    assert_eq!(o.reply.flags, reply::ADVANCE_RIP);
+    assert_eq!(o.reply.gpr_mask, 0b1111);
+    let ecx = o.reply.gprs[Gpr::Rcx as usize];
+    assert_eq!(ecx & (1 << 5), 0);
+    assert_ne!(ecx & (1 << 31), 0);
+    gprs(&mut m, &[(Gpr::Rax, 0x4000_0000)]);
+    let o = run(&mut v, &m);
+    let r = o.reply.gprs;
+    let mut sig = vec![];
+    for g in [Gpr::Rbx, Gpr::Rcx, Gpr::Rdx] {
+        sig.extend_from_slice(&(r[g as usize] as u32).to_le_bytes());
+    }
+    assert_eq!(&sig, b"UmbraUmbraUm");
+    assert_eq!(r[0], 0x4000_0001);
+    assert_eq!(v.exit_count(reason::CPUID), 2);
+}
+
+#[test]
+fn serial_line_and_lsr() {
+    let mut v = vm();
+    let mut lines = vec![];
+    for b in b"hi\n" {
+        let o = run(&mut v, &io(0x3f8, 1, false, 0xffff_ff00 | *b as u64));
+        assert_eq!(o.reply, ExitReply::advance());
+        lines.extend(o.events);
+    }
+    assert_eq!(
+        lines,
+        vec![Event::SerialLine(Text::from_slice(b"hi").unwrap())]
+    );
+    let o = run(&mut v, &io(0x3fd, 1, true, 0x1234_5678_9abc_def0));
+    assert_eq!(rax_of(&o), 0x1234_5678_9abc_de60);
+    assert_eq!(o.reply.flags, reply::ADVANCE_RIP);
+}
+
+#[test]
+fn unknown_ports_read_all_ones_and_log_once() {
+    let mut v = vm();
+    let o = run(&mut v, &io(0x510, 1, true, 0xaaaa_aaaa_aaaa_aaaa));
+    assert_eq!(rax_of(&o), 0xaaaa_aaaa_aaaa_aaff);
+    assert_eq!(
+        o.events.as_slice(),
+        &[Event::UnhandledPort {
+            port: 0x510,
+            write: false
+        }]
+    );
+    let o = run(&mut v, &io(0x510, 2, true, 0xaaaa_aaaa_aaaa_aaaa));
+    assert_eq!(rax_of(&o), 0xaaaa_aaaa_aaaa_ffff);
+    assert_eq!(o.events.len(), 1); // only 0x511 is new
+    let o = run(&mut v, &io(0x510, 4, true, 0xaaaa_aaaa_aaaa_aaaa));
+    assert_eq!(rax_of(&o), 0xffff_ffff);
+    assert_eq!(o.events.len(), 2);
+    let o = run(&mut v, &io(0x510, 4, true, 0));
+    assert!(o.events.is_empty());
+    let o = run(&mut v, &io(0x80, 1, false, 0));
+    assert_eq!(o.reply, ExitReply::advance());
+    assert_eq!(o.events.len(), 1);
+    assert!(run(&mut v, &io(0x80, 1, false, 0)).events.is_empty());
+}
+
+#[test]
+fn debug_exit_stops_with_code() {
+    let mut v = vm();
+    run(&mut v, &io(0x3f8, 1, false, b'x' as u64));
+    let o = run(&mut v, &io(0xf4, 1, false, 0x10));
+    assert_eq!(o.reply, ExitReply::stop(stop_code::DEBUG_EXIT | 0x21));
+    assert_eq!(
+        o.events.as_slice(),
+        &[
+            Event::SerialLine(Text::from_slice(b"x").unwrap()),
+            Event::Stopped(VmResult::DebugExit { code: 0x21 })
+        ]
+    );
+    assert_eq!(v.result(), Some(&VmResult::DebugExit { code: 0x21 }));
+    // Later exits get the same stop.
+    let o = run(&mut v, &msg(reason::HLT));
+    assert_eq!(o.reply.flags, reply::STOP);
+    assert_eq!(o.stopped(), Some(&VmResult::DebugExit { code: 0x21 }));
+}
+
+#[test]
+fn msrs() {
+    let mut v = vm();
+    let mut m = msg(reason::RDMSR);
+    gprs(&mut m, &[(Gpr::Rcx, 0x3a)]);
+    let o = run(&mut v, &m);
+    assert_eq!(o.reply.flags, reply::INJECT);
+    assert_eq!(o.reply.inject, 0x8000_0b0d);
+    assert_eq!(o.reply.gpr_mask, 0);
+    let mut w = msg(reason::WRMSR);
+    gprs(
+        &mut w,
+        &[(Gpr::Rcx, 0x174), (Gpr::Rax, 0xdead_0008), (Gpr::Rdx, 0)],
+    );
+    assert_eq!(run(&mut v, &w).reply, ExitReply::advance());
+    gprs(&mut m, &[(Gpr::Rcx, 0x174)]);
+    let o = run(&mut v, &m);
+    assert_eq!((o.reply.gprs[0], o.reply.gprs[2]), (0xdead_0008, 0));
+    assert_eq!(o.reply.gpr_mask, 0b101);
+    // EFER: LME|NXE → SET_EFER.
+    gprs(
+        &mut w,
+        &[(Gpr::Rcx, 0xc000_0080), (Gpr::Rax, 0x900), (Gpr::Rdx, 0)],
+    );
+    let o = run(&mut v, &w);
+    assert_eq!(o.reply.flags, reply::ADVANCE_RIP | reply::SET_EFER);
+    assert_eq!(o.reply.efer, 0x900);
+    // Reserved EFER bit: #GP, nothing stored.
+    gprs(&mut w, &[(Gpr::Rax, 0x2)]);
+    assert_eq!(run(&mut v, &w).reply, cr::gp());
+    assert_eq!(v.msr.efer, 0x900);
+    // TSC read comes from the environment, split into EDX:EAX.
+    gprs(&mut m, &[(Gpr::Rcx, 0x10)]);
+    let mut env = TestEnv::new();
+    env.tsc = 0x1_2345_6789;
+    let o = v.handle(&m, &mut env);
+    assert_eq!((o.reply.gprs[0], o.reply.gprs[2]), (0x2345_6789, 1));
+}
+
+#[test]
+fn cr_writes() {
+    let mut v = vm();
+    let mut m = msg(reason::CR_ACCESS);
+    m.qualification = 3 << 8; // mov cr0, rbx
+    gprs(&mut m, &[(Gpr::Rbx, 0x8000_0010)]); // PG without PE
+    assert_eq!(run(&mut v, &m).reply, cr::gp());
+    gprs(&mut m, &[(Gpr::Rbx, 0x8000_0011)]);
+    let o = run(&mut v, &m);
+    assert_eq!(o.reply.flags, reply::ADVANCE_RIP | reply::SET_CR0);
+    assert_eq!(o.reply.cr0, 0x8000_0011);
+    // Long mode: EFER.LME (via WRMSR), CR4.PAE, then PG → SET_EFER with LMA.
+    v.msr.efer = 0x100;
+    m.cr4_shadow = 0x20;
+    let o = run(&mut v, &m);
+    assert_eq!(o.reply.efer, 0x500);
+    assert_eq!(v.msr.efer, 0x500);
+    // MOV to CR8 is not emulated: the VM stops with a report.
+    m.qualification = 8;
+    let o = run(&mut v, &m);
+    assert!(matches!(o.stopped(), Some(VmResult::Unhandled(_))));
+    assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 28);
+}
+
+#[test]
+fn cmos_memory_and_pit_through_the_bus() {
+    let mut v = vm();
+    let read_cmos = |v: &mut VmModel, i: u64| {
+        run(v, &io(0x70, 1, false, i));
+        rax_of(&run(v, &io(0x71, 1, true, 0))) as u16
+    };
+    let ext = read_cmos(&mut v, 0x17) | read_cmos(&mut v, 0x18) << 8;
+    assert_eq!(ext, 31 * 1024);
+    let above16 = read_cmos(&mut v, 0x34) | read_cmos(&mut v, 0x35) << 8;
+    assert_eq!(above16, 256);
+    // PIT channel 0: lo/hi, mode 2, reload 1000; latch 10 ticks later.
+    let mut env = TestEnv::new();
+    for (p, val) in [(0x43, 0x34), (0x40, 1000 & 0xff), (0x40, 1000 >> 8)] {
+        v.handle(&io(p, 1, false, val), &mut env);
+    }
+    env.ticks = 10;
+    v.handle(&io(0x43, 1, false, 0x00), &mut env);
+    env.ticks = 500;
+    let lo = rax_of(&v.handle(&io(0x40, 1, true, 0), &mut env));
+    let hi = rax_of(&v.handle(&io(0x40, 1, true, 0), &mut env));
+    assert_eq!(lo | hi << 8, 990);
+}
+
+#[test]
+fn hypercalls() {
+    let mut v = vm();
+    let mut env = TestEnv::new();
+    env.ram[0x5000..0x5005].copy_from_slice(b"hello");
+    let mut m = msg(reason::VMCALL);
+    gprs(&mut m, &[(Gpr::Rax, 1), (Gpr::Rbx, 0x5000), (Gpr::Rcx, 5)]);
+    let o = v.handle(&m, &mut env);
+    assert_eq!(
+        o.events.as_slice(),
+        &[Event::Print(Text::from_slice(b"hello").unwrap())]
+    );
+    assert_eq!(rax_of(&o), 0);
+    assert_eq!(o.reply.flags, reply::ADVANCE_RIP);
+    // Too long, or outside guest memory: error, no event.
+    for (gpa, len) in [(0x5000, 257), (u64::MAX, 4), (0xf_fffe, 4), (0, u64::MAX)] {
+        gprs(&mut m, &[(Gpr::Rbx, gpa), (Gpr::Rcx, len)]);
+        let o = v.handle(&m, &mut env);
+        assert_eq!(rax_of(&o), u64::MAX);
+        assert!(o.events.is_empty());
+    }
+    gprs(&mut m, &[(Gpr::Rax, 2)]);
+    assert_eq!(rax_of(&v.handle(&m, &mut env)), 0);
+    gprs(&mut m, &[(Gpr::Rax, 3)]);
+    let o = v.handle(&m, &mut env);
+    assert_eq!(o.events.as_slice(), &[Event::ReflectRequested]);
+    gprs(&mut m, &[(Gpr::Rax, 99)]);
+    assert_eq!(rax_of(&v.handle(&m, &mut env)), u64::MAX);
+    gprs(&mut m, &[(Gpr::Rax, 0), (Gpr::Rbx, 7)]);
+    let o = v.handle(&m, &mut env);
+    assert_eq!(o.reply, ExitReply::stop(stop_code::EXITED | 7));
+    assert_eq!(o.stopped(), Some(&VmResult::Exited { code: 7 }));
+}
+
+#[test]
+fn hlt_resumes_or_stops_when_interrupts_are_off() {
+    let mut v = vm();
+    let o = run(&mut v, &msg(reason::HLT));
+    assert_eq!(o.reply, ExitReply::advance());
+    assert_eq!(v.exit_count(reason::HLT), 1);
+    let mut m = msg(reason::HLT);
+    m.rflags = 0x2;
+    let o = run(&mut v, &m);
+    assert!(matches!(o.stopped(), Some(VmResult::Halted(_))));
+    assert_eq!(o.reply.stop_code, stop_code::HALTED);
+}
+
+#[test]
+fn fatal_exits_stop_with_reports() {
+    let mut v = vm();
+    let o = run(&mut v, &msg(reason::TRIPLE_FAULT));
+    let Some(VmResult::TripleFault(r)) = o.stopped() else {
+        panic!("{o:?}")
+    };
+    assert_eq!(r.rip, Some(0x10_0000));
+    assert!(format!("{r}").contains("triple fault"));
+    assert_eq!(o.reply.stop_code, stop_code::TRIPLE_FAULT);
+
+    let mut v = vm();
+    let o = run(&mut v, &msg(reason::INVALID_GUEST_STATE | (1 << 31)));
+    assert!(matches!(o.stopped(), Some(VmResult::EntryFailed(_))));
+    assert_eq!(o.reply.stop_code, stop_code::ENTRY_FAILED | 33);
+
+    let mut v = vm();
+    let o = run(&mut v, &msg(reason::XSETBV));
+    assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 55);
+
+    let mut v = vm();
+    let mut m = io(0x3f8, 1, false, 0);
+    m.qualification |= 1 << 4; // OUTS
+    assert!(matches!(
+        run(&mut v, &m).stopped(),
+        Some(VmResult::Unhandled(_))
+    ));
+
+    let mut v = vm();
+    let mut m = msg(reason::IO);
+    m.mask = group::QUAL; // no GPRS
+    let o = run(&mut v, &m);
+    assert_eq!(o.reply.stop_code, stop_code::BAD_EXIT | 30);
+
+    let mut v = vm();
+    let o = run(&mut v, &msg(reason::EXTERNAL_INTERRUPT));
+    assert_eq!(o.reply, ExitReply::resume());
+    assert!(o.events.is_empty());
+}
+
+#[test]
+fn long_names_are_truncated() {
+    let v = VmModel::new(&"é".repeat(40), RAM);
+    assert_eq!(v.name.len(), 32);
+}
+
+proptest! {
+    #[test]
+    fn handle_never_panics_and_replies_encode(
+        reason in prop_oneof![0u32..70, any::<u32>()],
+        mask in 0u32..64,
+        g in prop::array::uniform16(any::<u64>()),
+        q in any::<u64>(),
+        rflags in any::<u64>(),
+        shadow in any::<u64>(),
+    ) {
+        let mut v = vm();
+        let m = ExitMessage { reason, mask, gprs: g, qualification: q, rflags, cr0_shadow: shadow, cr4_shadow: shadow, ..ExitMessage::default() };
+        let o = run(&mut v, &m);
+        let mut buf = [0u8; ExitReply::MAX_SIZE];
+        let n = o.reply.encode(&mut buf);
+        prop_assert!(n.is_some());
+        prop_assert_eq!(ExitReply::decode(&buf[..n.unwrap()]), Ok(o.reply));
+        if o.reply.flags & reply::STOP != 0 {
+            prop_assert!(o.stopped().is_some());
+            prop_assert!(o.reply.stop_code >> 32 == 0);
+        }
+    }
+}
