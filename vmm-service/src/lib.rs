@@ -1,6 +1,13 @@
 //! `vmm-service`: exit decoding, device models, CPUID/MSR/CR policy, guest loaders and the
-//! per-VM model that turns exit messages into replies. Host-testable: no system calls here;
-//! the service binary feeds [`vm::VmModel::handle`] with exit messages and an [`vm::Env`].
+//! per-VM model that turns exit messages into replies. Host-testable: no system calls here.
+//!
+//! The service binary:
+//! 1. loads a guest with [`loader::boot::boot_multiboot`] or [`loader::boot::boot_flat64`]
+//!    into the guest RAM it mapped, and writes the returned (field, value) pairs with
+//!    `VcpuState`;
+//! 2. creates exit portals with [`exit::portal_mask`] for each reason it routes here;
+//! 3. for each exit message: [`vm::VmModel::handle`] with an [`vm::Env`], sends
+//!    `outcome.reply`, and acts on `outcome.events` ([`vm::Event`]).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

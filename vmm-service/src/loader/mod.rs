@@ -10,6 +10,7 @@
 //! - `[0x9fc00, 0x100000)`: the legacy EBDA / VGA / BIOS hole (reported reserved).
 //! - Images load anywhere else inside RAM (normally at or above 1 MiB).
 
+pub mod boot;
 pub mod entry;
 pub mod flat64;
 pub mod info;
