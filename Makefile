@@ -14,7 +14,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 CARGO ?= cargo
-SCENARIO ?= kernel
+SCENARIO ?= demo
 TIMEOUT ?=
 # Default emulator: QEMU+KVM where /dev/kvm exists and the CPU has VMX, otherwise Bochs.
 ifeq ($(origin EMU),undefined)
@@ -30,7 +30,11 @@ ISO_ROOT := $(BUILD)/iso-root
 HARNESS := $(TARGET_DIR)/release/umbra-harness
 # User services (services/*): static ELFs linked with userlib/link.ld, loaded as Multiboot2
 # modules from /boot/services/<name> (the manifest lines are in tests/src/bootcfg.rs).
-SERVICES := supervisor echo ipc-suite bench-ipc
+SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite
+# Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
+# guest-bench is a flat 64-bit image (objcopy -O binary).
+GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple
+FLAT_GUESTS := guest-bench
 SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 # Copy a service into an ISO root without its DWARF (it keeps its symbol table): the loader
 # reads every module into memory, and the debug info is most of the file.
@@ -72,15 +76,23 @@ kernel:
 	$(CARGO) build -p microkernel --bin umbra-kernel --target $(KERNEL_TARGET) --release
 
 services:
-	$(CARGO) build --target $(KERNEL_TARGET) --release $(addprefix -p ,$(SERVICES))
+	$(CARGO) build --target $(KERNEL_TARGET) --release $(addprefix -p ,$(SERVICES)) -p guests
 
 harness:
 	@$(CARGO) build -q -p umbra-tests --release --bin umbra-harness
 
+# Copies the services and guests into an ISO root ($(1)).
+define copy_modules
+	@mkdir -p $(1)/boot/services $(1)/boot/guests
+	@$(foreach s,$(SERVICES),$(call copy_service,$(SERVICE_BIN)/$(s),$(1)/boot/services/$(s)) &&) true
+	@$(foreach g,$(GUESTS),$(call copy_service,$(SERVICE_BIN)/$(g),$(1)/boot/guests/$(g)) &&) true
+	@$(foreach g,$(FLAT_GUESTS),objcopy -O binary $(SERVICE_BIN)/$(g) $(1)/boot/guests/$(g).bin &&) true
+endef
+
 iso: ensure-setup kernel services
-	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub $(ISO_ROOT)/boot/services
+	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub
 	@cp $(KERNEL) $(ISO_ROOT)/boot/umbra-kernel
-	@$(foreach s,$(SERVICES),$(call copy_service,$(SERVICE_BIN)/$(s),$(ISO_ROOT)/boot/services/$(s)) &&) true
+	$(call copy_modules,$(ISO_ROOT))
 	@cp tests/boot/grub.cfg $(ISO_ROOT)/boot/grub/grub.cfg
 	@grub-mkrescue -o $(ISO) $(ISO_ROOT) >$(BUILD)/grub-mkrescue.log 2>&1 || \
 		{ cat $(BUILD)/grub-mkrescue.log; echo "grub-mkrescue failed (run \`make setup\`?)" >&2; exit 1; }
@@ -98,9 +110,9 @@ limine-iso: kernel services
 	@for f in limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI; do \
 		test -f "$(LIMINE_DIR)/$$f" || { echo "make limine-iso: $(LIMINE_DIR)/$$f not found" >&2; exit 1; }; done
 	@if [ ! -x "$(LIMINE_DIR)/limine" ] && [ -f "$(LIMINE_DIR)/limine.c" ]; then $(MAKE) -C "$(LIMINE_DIR)"; fi
-	@rm -rf $(LIMINE_ROOT) && mkdir -p $(LIMINE_ROOT)/boot/limine $(LIMINE_ROOT)/boot/services $(LIMINE_ROOT)/EFI/BOOT
+	@rm -rf $(LIMINE_ROOT) && mkdir -p $(LIMINE_ROOT)/boot/limine $(LIMINE_ROOT)/EFI/BOOT
 	@cp $(KERNEL) $(LIMINE_ROOT)/boot/umbra-kernel
-	@$(foreach s,$(SERVICES),$(call copy_service,$(SERVICE_BIN)/$(s),$(LIMINE_ROOT)/boot/services/$(s)) &&) true
+	$(call copy_modules,$(LIMINE_ROOT))
 	@cp limine.cfg $(LIMINE_ROOT)/boot/limine/limine.conf
 	@cp "$(LIMINE_DIR)"/limine-bios.sys "$(LIMINE_DIR)"/limine-bios-cd.bin "$(LIMINE_DIR)"/limine-uefi-cd.bin $(LIMINE_ROOT)/boot/limine/
 	@cp "$(LIMINE_DIR)"/BOOTX64.EFI $(LIMINE_ROOT)/EFI/BOOT/
@@ -112,10 +124,10 @@ limine-iso: kernel services
 		$(LIMINE_ROOT) -o $(LIMINE_ISO)
 	@test -n "$(LIMINE_TOOL)" || { echo "make limine-iso: no \`limine\` tool in $(LIMINE_DIR) or on PATH" >&2; exit 1; }
 	$(LIMINE_TOOL) bios-install $(LIMINE_ISO)
-	@echo "built $(LIMINE_ISO) (Limine; boots the default scenario, \`kernel\`)"
+	@echo "built $(LIMINE_ISO) (Limine; boots the default scenario, \`demo\`)"
 
 run: ensure-setup harness iso
-	@$(HARNESS) run --emu $(or $(EMU),auto) --scenario $(or $(SCENARIO),kernel) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+	@$(HARNESS) run --emu $(or $(EMU),auto) --scenario $(or $(SCENARIO),demo) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 # The harness runs every step (including `make iso`) and prints `N passed, M failed` last.
 test: ensure-setup

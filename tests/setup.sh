@@ -23,6 +23,7 @@ need_file /usr/share/vgabios/vgabios.bin vgabios
 need_cmd grub-mkrescue grub-common
 need_file /usr/lib/grub/i386-pc/cdboot.img grub-pc-bin
 need_cmd xorriso xorriso
+need_cmd objcopy binutils                          # service stripping, flat guest images
 need_cmd mformat mtools
 need_cmd mcopy mtools
 need_cmd cc gcc                                   # host linker for build scripts and tests

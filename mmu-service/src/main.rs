@@ -13,7 +13,9 @@ use abi::ipc::MAX_PAYLOAD;
 use abi::vmx::{self, ExitMessage, ExitReply};
 use abi::{CapSlot, Rights};
 use mmu_service::ept::{on_violation, Violation};
-use userlib::proto::mmu::{Mmu, MmuError, Request, Response, MAX_VMS, STOP_OUTSIDE_RAM};
+use userlib::proto::mmu::{
+    outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS,
+};
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;
 use userlib::sys;
@@ -21,6 +23,8 @@ use userlib::sys;
 userlib::entry!(mmu_main);
 
 const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
+/// Stop code for an exit the MMU service cannot take (malformed, unknown VM, wrong reason).
+const STOP_MMU_ERROR: u64 = 0x0b << 24;
 
 #[derive(Clone, Copy, Default)]
 struct VmEntry {
@@ -119,7 +123,7 @@ fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
         Ok(m) => m,
         Err(e) => {
             userlib::println!("mmu: malformed exit message ({e:?}); stopping the VM");
-            return ExitReply::stop(STOP_OUTSIDE_RAM);
+            return ExitReply::stop(STOP_MMU_ERROR);
         }
     };
     let vm = badge
@@ -128,7 +132,7 @@ fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
         .and_then(Option::as_mut);
     let Some(vm) = vm else {
         userlib::println!("mmu: exit for an unknown VM (badge {badge}); stopping it");
-        return ExitReply::stop(STOP_OUTSIDE_RAM);
+        return ExitReply::stop(STOP_MMU_ERROR);
     };
     if msg.basic_reason() != vmx::reason::EPT_VIOLATION {
         userlib::println!(
@@ -136,7 +140,7 @@ fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
             msg.basic_reason(),
             msg.rip
         );
-        return ExitReply::stop(STOP_OUTSIDE_RAM);
+        return ExitReply::stop(STOP_MMU_ERROR);
     }
     vm.violations += 1;
     match on_violation(msg.gpa, vm.ram_pages) {
@@ -150,7 +154,7 @@ fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
                 Err(e) => {
                     userlib::println!("mmu: mapping gpa {gpa:#x} failed: {e:?}; stopping the VM");
                     vm.stopped += 1;
-                    ExitReply::stop(STOP_OUTSIDE_RAM | (msg.gpa & 0xffff_ffff_ffff))
+                    ExitReply::stop(outside_ram_code(msg.gpa))
                 }
             }
         }
@@ -167,7 +171,7 @@ fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
                 msg.rip
             );
             vm.stopped += 1;
-            ExitReply::stop(STOP_OUTSIDE_RAM | (gpa & 0xffff_ffff_ffff))
+            ExitReply::stop(outside_ram_code(gpa))
         }
     }
 }

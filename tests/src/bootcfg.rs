@@ -52,6 +52,46 @@ pub const BOOT_MODULES: &[BootModule] = &[
         path: "/boot/services/bench-ipc",
         manifest: "bench-ipc run=bench-ipc needs=echo,supervisor",
     },
+    BootModule {
+        path: "/boot/services/mmu-service",
+        manifest: "mmu-service run=demo,vmm,bench-vmm restart=8",
+    },
+    BootModule {
+        path: "/boot/services/vmm-service",
+        manifest: "vmm-service run=demo,vmm,bench-vmm needs=mmu-service,supervisor",
+    },
+    BootModule {
+        path: "/boot/services/vmm-suite",
+        manifest: "vmm-suite run=demo,vmm,bench-vmm needs=vmm-service,supervisor",
+    },
+    BootModule {
+        path: "/boot/guests/guest-multiboot",
+        manifest: "guest-multiboot image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-long",
+        manifest: "guest-long image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-pae",
+        manifest: "guest-pae image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-bench.bin",
+        manifest: "guest-bench image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-badmem",
+        manifest: "guest-badmem image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-unsupported",
+        manifest: "guest-unsupported image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-triple",
+        manifest: "guest-triple image=guest",
+    },
 ];
 
 /// The `module2` lines of one GRUB entry, each indented by `indent`.

@@ -72,6 +72,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::FAULT_SELFTEST, Expect::Crash, &[Qemu, Bochs]),
     Scenario::new(abi::scenario::IPC, Expect::Pass, &[Qemu, Bochs]),
     Scenario::new(abi::scenario::BENCH_IPC, Expect::Pass, &[Qemu]),
+    Scenario::new(abi::scenario::DEMO, Expect::Pass, &[Bochs]),
+    Scenario::new(abi::scenario::VMM, Expect::Pass, &[Bochs]).timeout(300),
+    Scenario::new(abi::scenario::BENCH_VMM, Expect::Pass, &[Bochs]).timeout(300),
 ];
 
 /// Looks a scenario up by name.

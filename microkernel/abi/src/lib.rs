@@ -34,9 +34,12 @@ pub mod scenario {
     pub const FAULT_SELFTEST: &str = "fault-selftest";
     pub const IPC: &str = "ipc";
     pub const BENCH_IPC: &str = "bench-ipc";
+    pub const DEMO: &str = "demo";
+    pub const VMM: &str = "vmm";
+    pub const BENCH_VMM: &str = "bench-vmm";
 
     /// The scenario run when the command line names none.
-    pub const DEFAULT: &str = KERNEL;
+    pub const DEFAULT: &str = DEMO;
 
     /// Every scenario the kernel knows, with a one-line description.
     pub const ALL: &[(&str, &str)] = &[
@@ -52,6 +55,18 @@ pub mod scenario {
         (
             BENCH_IPC,
             "IPC call+reply round trip in cycles for 0, 64 and 512-byte payloads",
+        ),
+        (
+            DEMO,
+            "the VMM service boots the multiboot demo guest (needs VMX: Bochs or KVM)",
+        ),
+        (
+            VMM,
+            "VMX/VMM suite: every test guest, bad configurations, stopped guests",
+        ),
+        (
+            BENCH_VMM,
+            "VM exit round trips (CPUID, VMCALL, OUT) via the VMM and the in-kernel floor",
         ),
     ];
 

@@ -14,9 +14,15 @@ pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// VMs the MMU service tracks at once.
 pub const MAX_VMS: usize = 4;
-/// Stop code the MMU service puts in a "stop VM" reply for an access outside RAM; the
-/// guest-physical address is in the low 48 bits.
-pub const STOP_OUTSIDE_RAM: u64 = 0x0a00 << 48;
+/// Stop code the MMU service puts in a "stop VM" reply for an access outside RAM (kind in
+/// bits 24..32, like the VMM's own stop codes); the guest page number (gpa >> 12) is in the
+/// low 24 bits ([`outside_ram_code`]).
+pub const STOP_OUTSIDE_RAM: u64 = 0x0a << 24;
+
+/// The stop code for an access at `gpa` outside RAM.
+pub fn outside_ram_code(gpa: u64) -> u64 {
+    STOP_OUTSIDE_RAM | ((gpa >> 12) & 0xff_ffff)
+}
 
 pub type Error = ProtoError<MmuError>;
 

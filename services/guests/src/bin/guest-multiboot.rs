@@ -129,8 +129,11 @@ guest_main:
     call port_test
     call vmcall_tests
 
-    # hlt: with interrupts off, the VMM resumes at the next instruction
+    # hlt with interrupts enabled: no interrupt is injected yet, so the VMM resumes at the
+    # next instruction (with IF clear it would stop the VM: nothing could ever wake it)
+    sti
     hlt
+    cli
     xorl %eax, %eax
     movl $name_hlt, %esi
     xorl %edi, %edi

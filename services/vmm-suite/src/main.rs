@@ -1,0 +1,293 @@
+//! The VMM service's client for three scenarios, chosen by the kernel command line:
+//!
+//! - `demo`: runs the multiboot demo guest; prints `demo: N passed, M failed`.
+//! - `vmm`: the VMX/VMM suite: every test guest, configurations the VMM must refuse, guests the
+//!   hypervisor must stop (outside RAM, unsupported exit, triple fault), a malformed request;
+//!   prints `vmm: N passed, M failed`.
+//! - `bench-vmm`: runs the exit-benchmark guest (its figures are console lines the harness
+//!   reads); prints `bench-vmm: N passed, M failed`.
+//!
+//! Then it asks the supervisor to end the scenario with the matching code.
+//!
+//! Capabilities (manifest `needs=vmm-service,supervisor`): slot 2 = own endpoint,
+//! 3 = supervisor, 4 = VMM service, 5 = supervisor again.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
+
+use core::fmt;
+
+use abi::CapSlot;
+use heapless::String;
+use userlib::client::ClientError;
+use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
+use userlib::proto::vmm::{
+    ConfigError, EntryMode, Request, Response, VmConfig, VmResult, VmSummary, Vmm, VmmError,
+};
+use userlib::proto::ProtoError;
+use userlib::sys;
+
+userlib::entry!(suite_main);
+
+const SUPERVISOR: CapSlot = 3;
+const VMM: CapSlot = 4;
+
+/// What every passing test guest reports: it wrote 0x10 to the debug-exit port.
+const GUEST_PASS: u32 = 0x21;
+const MIB: u64 = 1 << 20;
+
+struct Tally {
+    name: &'static str,
+    passed: u32,
+    failed: u32,
+}
+
+impl Tally {
+    fn check(&mut self, what: &str, ok: bool, detail: fmt::Arguments<'_>) {
+        if ok {
+            self.passed += 1;
+            userlib::println!("{}: ok   {what}", self.name);
+        } else {
+            self.failed += 1;
+            userlib::println!("{}: FAIL {what}: {detail}", self.name);
+        }
+    }
+}
+
+fn scenario() -> String<32> {
+    let mut buf = [0u8; 256];
+    let n = sys::kernel_cmdline(&mut buf).unwrap_or(0).min(buf.len());
+    let line = core::str::from_utf8(&buf[..n]).unwrap_or("");
+    let name = line
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("scenario="))
+        .unwrap_or(abi::scenario::DEFAULT);
+    String::try_from(&name[..name.len().min(32)]).unwrap_or_default()
+}
+
+fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig {
+    VmConfig {
+        name: String::try_from(name).unwrap_or_default(),
+        module: String::try_from(module).unwrap_or_default(),
+        ram_mib,
+        entry,
+        vcpus: 1,
+        cmdline: String::try_from("umbra-test-guest").unwrap_or_default(),
+    }
+}
+
+fn run(config: &VmConfig) -> Result<Response, ClientError> {
+    let mut vmm = userlib::ipc::client::<Vmm>(VMM);
+    vmm.call(&Request::RunVm {
+        config: config.clone(),
+    })
+}
+
+fn finished(r: &Result<Response, ClientError>) -> Option<&VmSummary> {
+    match r {
+        Ok(Response::Finished(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn exits_of(s: &VmSummary, reason: u32) -> u32 {
+    s.exits
+        .iter()
+        .find(|(r, _)| u32::from(*r) == reason)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Runs a guest that must verify itself and exit through the debug-exit port.
+fn passing_guest(t: &mut Tally, what: &str, cfg: &VmConfig) -> Option<VmSummary> {
+    let r = run(cfg);
+    let s = finished(&r).cloned();
+    let ok = s
+        .as_ref()
+        .is_some_and(|s| s.result == VmResult::DebugExit { code: GUEST_PASS });
+    t.check(what, ok, format_args!("{r:?}"));
+    s
+}
+
+fn refused(t: &mut Tally, what: &str, cfg: &VmConfig, want: VmmError) {
+    let r = run(cfg);
+    let ok = matches!(&r, Ok(Response::Error(ProtoError::Service(e))) if *e == want);
+    t.check(what, ok, format_args!("{r:?}"));
+}
+
+fn stopped(t: &mut Tally, what: &str, cfg: &VmConfig, want: fn(&VmResult) -> bool) {
+    let r = run(cfg);
+    let ok = finished(&r).is_some_and(|s| want(&s.result));
+    t.check(what, ok, format_args!("{r:?}"));
+}
+
+fn vmm_suite(t: &mut Tally) {
+    use abi::vmx::reason;
+    let mb = config("mb", "guest-multiboot", 16, EntryMode::Multiboot);
+    if let Some(s) = passing_guest(t, "multiboot guest verifies itself", &mb) {
+        for (name, r) in [
+            ("cpuid", reason::CPUID),
+            ("io", reason::IO),
+            ("rdmsr", reason::RDMSR),
+            ("wrmsr", reason::WRMSR),
+            ("vmcall", reason::VMCALL),
+            ("hlt", reason::HLT),
+            ("ept-violation", reason::EPT_VIOLATION),
+        ] {
+            let n = exits_of(&s, r);
+            t.check(
+                name,
+                n > 0,
+                format_args!("no {name} exit counted: {:?}", s.exits),
+            );
+        }
+    }
+    passing_guest(
+        t,
+        "64-bit guest with three address spaces",
+        &config("long", "guest-long", 32, EntryMode::Multiboot),
+    );
+    passing_guest(
+        t,
+        "32-bit PAE guest with three address spaces",
+        &config("pae", "guest-pae", 32, EntryMode::Multiboot),
+    );
+    passing_guest(
+        t,
+        "flat 64-bit image",
+        &config(
+            "flat",
+            "guest-bench",
+            16,
+            EntryMode::Flat64 {
+                load_gpa: 2 * MIB,
+            },
+        ),
+    );
+    stopped(
+        t,
+        "access outside RAM stops the VM",
+        &config("badmem", "guest-badmem", 16, EntryMode::Multiboot),
+        |r| matches!(r, VmResult::OutsideRam { gpa } if *gpa == 0x4000_0000),
+    );
+    stopped(
+        t,
+        "unsupported exit (invd) stops the VM",
+        &config("unsupported", "guest-unsupported", 16, EntryMode::Multiboot),
+        |r| *r == VmResult::Unhandled { reason: reason::INVD },
+    );
+    stopped(
+        t,
+        "triple fault stops the VM",
+        &config("triple", "guest-triple", 16, EntryMode::Multiboot),
+        |r| *r == VmResult::TripleFault,
+    );
+    let bad = |f: fn(&mut VmConfig)| {
+        let mut c = mb.clone();
+        f(&mut c);
+        c
+    };
+    let cfg_err = |e| VmmError::InvalidConfig(e);
+    refused(
+        t,
+        "RAM of 0 MiB refused",
+        &bad(|c| c.ram_mib = 0),
+        cfg_err(ConfigError::RamSize),
+    );
+    refused(
+        t,
+        "RAM of 4 GiB refused",
+        &bad(|c| c.ram_mib = 4096),
+        cfg_err(ConfigError::RamSize),
+    );
+    refused(
+        t,
+        "0 vCPUs refused",
+        &bad(|c| c.vcpus = 0),
+        cfg_err(ConfigError::VcpuCount),
+    );
+    refused(
+        t,
+        "2 vCPUs refused (one per VM for now)",
+        &bad(|c| c.vcpus = 2),
+        cfg_err(ConfigError::VcpuCount),
+    );
+    refused(
+        t,
+        "empty name refused",
+        &bad(|c| c.name.clear()),
+        cfg_err(ConfigError::EmptyName),
+    );
+    refused(
+        t,
+        "unaligned flat load address refused",
+        &bad(|c| {
+            c.module = String::try_from("guest-bench").unwrap_or_default();
+            c.entry = EntryMode::Flat64 { load_gpa: 0x1234 };
+        }),
+        cfg_err(ConfigError::LoadAddress),
+    );
+    refused(
+        t,
+        "unknown module refused",
+        &bad(|c| c.module = String::try_from("no-such-guest").unwrap_or_default()),
+        VmmError::NoSuchModule,
+    );
+    let r = run(&bad(|c| {
+        c.module = String::try_from("echo").unwrap_or_default()
+    }));
+    t.check(
+        "an ELF without a multiboot header refused",
+        matches!(
+            r,
+            Ok(Response::Error(ProtoError::Service(VmmError::BadImage { .. })))
+        ),
+        format_args!("{r:?}"),
+    );
+    // Garbage on the wire: a typed error, and the service keeps serving.
+    let mut buf = [0xffu8; 16];
+    let r = sys::call(VMM, &mut buf, 16, userlib::proto::vmm::LABEL, None);
+    let ok = matches!(r, Ok(ref m) if m.len > 0 && buf[0] == 0);
+    t.check(
+        "malformed request answered with an error",
+        ok,
+        format_args!("{r:?}"),
+    );
+    passing_guest(t, "multiboot guest again after the failures", &mb);
+}
+
+fn suite_main(generation: u64) {
+    let scenario = scenario();
+    let name: &'static str = match scenario.as_str() {
+        abi::scenario::VMM => "vmm",
+        abi::scenario::BENCH_VMM => "bench-vmm",
+        _ => "demo",
+    };
+    userlib::println!("{name}: client starting (generation {generation})");
+    let mut t = Tally {
+        name,
+        passed: 0,
+        failed: 0,
+    };
+    match name {
+        "vmm" => vmm_suite(&mut t),
+        "bench-vmm" => {
+            let cfg = config(
+                "bench",
+                "guest-bench",
+                16,
+                EntryMode::Flat64 {
+                    load_gpa: 2 * MIB,
+                },
+            );
+            passing_guest(&mut t, "exit benchmark guest", &cfg);
+        }
+        _ => {
+            let cfg = config("demo", "guest-multiboot", 16, EntryMode::Multiboot);
+            passing_guest(&mut t, "demo guest ran and exited cleanly", &cfg);
+        }
+    }
+    userlib::println!("{name}: {} passed, {} failed", t.passed, t.failed);
+    let code = u32::from(t.failed > 0);
+    let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
+    let r = sup.call(&SupRequest::Shutdown { code });
+    userlib::println!("{name}: shutdown request returned {r:?}");
+}

@@ -1,0 +1,278 @@
+//! The exit thread: receives the exit messages of the VMM's portals and answers each with the
+//! reply of the running VM's model ([`VmModel::handle`]), printing what the guest writes.
+//!
+//! Besides the model's hypercalls, the benchmark guest switches exit reasons to the kernel's
+//! in-kernel floor and back (`PORTAL_REFLECT`): VMCALL 3 with RBX = CPUID (10), VMCALL (18) or
+//! I/O (30) switches that reason; VMCALL 4, or CPUID leaf 0x400000ff, switches all back.
+
+use abi::ipc::MAX_PAYLOAD;
+use abi::vmx::{self, field, reason, ExitMessage, ExitReply, Gpr};
+use abi::{CapSlot, Error};
+use spin::Mutex;
+use userlib::proto::vmm::VmResult;
+use userlib::sys::{self, ThreadStack};
+use vmm_service::exit::portal_mask;
+use vmm_service::vm::{self, Env, Event, VmModel};
+
+/// The reasons the VMM handles itself (EPT violations go to the MMU service).
+const HANDLED: [u32; 9] = [
+    reason::CPUID,
+    reason::IO,
+    reason::RDMSR,
+    reason::WRMSR,
+    reason::CR_ACCESS,
+    reason::HLT,
+    reason::VMCALL,
+    reason::TRIPLE_FAULT,
+    reason::EPT_MISCONFIG,
+];
+/// What the benchmark guest may switch to the kernel floor.
+const REFLECTABLE: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
+const SWITCH_TO_FLOOR: u64 = 3;
+const SWITCH_BACK: u64 = 4;
+const SWITCH_BACK_LEAF: u64 = 0x4000_00ff;
+
+/// The VM being run, shared by the main thread (which starts and ends it) and the exit thread.
+struct Run {
+    model: VmModel,
+    vcpu: CapSlot,
+    ram: CapSlot,
+    exit_ep: CapSlot,
+    result: Option<vm::VmResult>,
+}
+
+static RUN: Mutex<Option<Run>> = Mutex::new(None);
+static STACK: ThreadStack<32768> = ThreadStack::new();
+
+/// What the model concluded when the run ended.
+pub struct Outcome {
+    pub result: Option<VmResult>,
+}
+
+/// Creates the exit endpoint and starts the exit thread on it.
+pub fn start() -> Result<CapSlot, Error> {
+    let ep = sys::endpoint_create()?;
+    let stack = STACK.take().ok_or(Error::NoMemory)?;
+    sys::thread_spawn(exit_thread, stack, ep, 20)?;
+    Ok(ep)
+}
+
+/// Points the VMM's portals of a new vCPU at the exit endpoint.
+pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
+    for r in HANDLED {
+        sys::vcpu_portal(vcpu, r, Some(exit_ep), portal_mask(r) | vmx::group::RIP)?;
+    }
+    Ok(())
+}
+
+pub fn begin(model: VmModel, vcpu: CapSlot, ram: CapSlot, exit_ep: CapSlot) {
+    *RUN.lock() = Some(Run {
+        model,
+        vcpu,
+        ram,
+        exit_ep,
+        result: None,
+    });
+}
+
+pub fn end() -> Outcome {
+    let run = RUN.lock().take();
+    Outcome {
+        result: run.and_then(|r| r.result).map(to_proto),
+    }
+}
+
+fn to_proto(r: vm::VmResult) -> VmResult {
+    match r {
+        vm::VmResult::Exited { code } => VmResult::HypercallExit { code },
+        vm::VmResult::DebugExit { code } => VmResult::DebugExit { code: code as u32 },
+        vm::VmResult::TripleFault(_) => VmResult::TripleFault,
+        vm::VmResult::EntryFailed(r) => VmResult::EntryFailed {
+            reason: r.reason,
+            error: 0,
+        },
+        vm::VmResult::Unhandled(r) | vm::VmResult::BadExit(r) | vm::VmResult::Halted(r) => {
+            VmResult::Unhandled {
+                reason: r.reason & 0xffff,
+            }
+        }
+    }
+}
+
+/// The model's view of the machine: host CPUID, the TSC, guest RAM through a scoped mapping.
+struct ServiceEnv {
+    ram: CapSlot,
+}
+
+impl Env for ServiceEnv {
+    fn host_cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+    fn tsc(&mut self) -> u64 {
+        sys::rdtsc()
+    }
+    fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        sys::with_mapped_read(self.ram, crate::setup::RAM_VA, |ram| {
+            let start = usize::try_from(gpa).ok();
+            let piece = start.and_then(|s| ram.get(s..s.checked_add(buf.len())?));
+            match piece {
+                Some(p) => {
+                    buf.copy_from_slice(p);
+                    true
+                }
+                None => false,
+            }
+        })
+        .unwrap_or(false)
+    }
+    fn ticks(&mut self) -> u64 {
+        // The PIT input clock (1.193182 MHz) from the kernel's 100 Hz tick.
+        sys::clock().map_or(0, |(t, hz)| t * 1_193_182 / hz.max(1))
+    }
+}
+
+extern "C" fn exit_thread(ep: u64) -> ! {
+    let mut buf = [0u8; MAX_PAYLOAD];
+    let mut reply_len = 0;
+    loop {
+        let msg = match sys::reply_recv(ep, &mut buf, reply_len, vmx::REPLY_LABEL, None) {
+            Ok(m) => m,
+            Err(e) => {
+                userlib::println!("vmm: exit thread: {e}");
+                reply_len = 0;
+                continue;
+            }
+        };
+        let reply = if msg.label == vmx::EXIT_LABEL {
+            match ExitMessage::decode(&buf[..msg.len.min(MAX_PAYLOAD)]) {
+                Ok(m) => on_exit(&m),
+                Err(e) => {
+                    userlib::println!("vmm: malformed exit message: {e:?}");
+                    ExitReply::stop(0)
+                }
+            }
+        } else {
+            userlib::println!("vmm: exit endpoint got label {:#x}; ignored", msg.label);
+            ExitReply::resume()
+        };
+        reply_len = reply.encode(&mut buf).unwrap_or(0);
+    }
+}
+
+fn on_exit(m: &ExitMessage) -> ExitReply {
+    let mut guard = RUN.lock();
+    let Some(run) = guard.as_mut() else {
+        userlib::println!("vmm: exit with no VM running; stopping it");
+        return ExitReply::stop(0);
+    };
+    if let Some(reply) = bench_switch(run, m) {
+        return reply;
+    }
+    let mut env = ServiceEnv { ram: run.ram };
+    let out = run.model.handle(m, &mut env);
+    let name = run.model.name.clone();
+    for e in &out.events {
+        match e {
+            Event::SerialLine(t) | Event::Print(t) => {
+                let text = core::str::from_utf8(t).unwrap_or("(not UTF-8)");
+                userlib::println!("{}: {}", name.as_str(), text.trim_end_matches('\n'));
+            }
+            Event::UnhandledPort { port, write } => userlib::println!(
+                "vmm: {}: unhandled port {port:#x} ({}; reads return all ones, logged once)",
+                name.as_str(),
+                if *write { "write" } else { "read" }
+            ),
+            Event::ReflectRequested => {}
+            Event::Stopped(r) => {
+                if let Some(report) = r.report() {
+                    userlib::println!("{report}");
+                }
+                run.result = Some(r.clone());
+            }
+        }
+    }
+    out.reply
+}
+
+/// The benchmark's switches between the VMM and the kernel floor.
+fn bench_switch(run: &mut Run, m: &ExitMessage) -> Option<ExitReply> {
+    let basic = m.basic_reason();
+    let rax = m.gprs[Gpr::Rax as usize];
+    let switch_back = (basic == reason::VMCALL && rax == SWITCH_BACK)
+        || (basic == reason::CPUID && rax & 0xffff_ffff == SWITCH_BACK_LEAF);
+    let mut reply = ExitReply::advance();
+    if basic == reason::VMCALL && rax == SWITCH_TO_FLOOR {
+        let which = m.gprs[Gpr::Rbx as usize] as u32;
+        let ok = REFLECTABLE.contains(&which)
+            && sys::vcpu_portal_reflect(run.vcpu, which).is_ok();
+        reply.set_gpr(Gpr::Rax, if ok { 0 } else { u64::MAX });
+        return Some(reply);
+    }
+    if switch_back {
+        let ok = REFLECTABLE.iter().all(|&r| {
+            sys::vcpu_portal(run.vcpu, r, Some(run.exit_ep), portal_mask(r) | vmx::group::RIP)
+                .is_ok()
+        });
+        let v = if ok { 0 } else { u64::MAX };
+        reply.set_gpr(Gpr::Rax, v);
+        if basic == reason::CPUID {
+            reply.set_gpr(Gpr::Rbx, 0).set_gpr(Gpr::Rcx, 0).set_gpr(Gpr::Rdx, 0);
+        }
+        return Some(reply);
+    }
+    None
+}
+
+/// Prints what the kernel knows about a stop it decided itself (no portal for the reason, a
+/// failed VM entry).
+pub fn report_kernel_stop(name: &str, vcpu: CapSlot, s: &sys::VcpuStop) {
+    let mut regs = [0u64; 16];
+    let fields: [u64; 16] = core::array::from_fn(|n| field::GPR_BASE + n as u64);
+    let _ = sys::vcpu_read(vcpu, &fields, &mut regs);
+    let mut v = [0u64; 4];
+    let _ = sys::vcpu_read(
+        vcpu,
+        &[
+            field::GUEST_RIP,
+            field::GUEST_RFLAGS,
+            field::GUEST_CR0,
+            field::GUEST_CR3,
+        ],
+        &mut v,
+    );
+    let what = match s.stop & abi::vmx::stop::KIND_MASK {
+        abi::vmx::stop::UNHANDLED => "no handler for this exit",
+        abi::vmx::stop::ENTRY_FAILED => "VM entry failed",
+        abi::vmx::stop::PORTAL_GONE => "the exit's handler is gone",
+        abi::vmx::stop::BAD_REPLY => "malformed reply to an exit",
+        _ => "stopped",
+    };
+    userlib::println!(
+        "vmm: {name}: VM stopped: {what}: exit reason {} ({}), qualification {:#x}, rip {:#x}, rflags {:#x}, cr0 {:#x}, cr3 {:#x}",
+        s.reason,
+        reason::name(s.reason as u32).unwrap_or("unknown"),
+        s.qualification,
+        v[0],
+        v[1],
+        v[2],
+        v[3]
+    );
+    let names = [
+        "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
+        "r13", "r14", "r15",
+    ];
+    for row in 0..4 {
+        userlib::println!(
+            "vmm: {name}:   {}={:#x} {}={:#x} {}={:#x} {}={:#x}",
+            names[row * 4],
+            regs[row * 4],
+            names[row * 4 + 1],
+            regs[row * 4 + 1],
+            names[row * 4 + 2],
+            regs[row * 4 + 2],
+            names[row * 4 + 3],
+            regs[row * 4 + 3]
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Umbra's VMM service: creates VMs from a configuration (`proto::vmm::RunVm`), loads the
+//! guest image from a boot module, hands the VM's guest-physical memory to the MMU service,
+//! and handles the vCPU's exits with the device and CPU model of `vmm_service::vm`.
+//!
+//! Two threads: the main thread serves the protocol and waits in `VcpuRun` while a VM runs;
+//! the exit thread receives the exit messages of the VMM's portals (CPUID, I/O, MSRs, CR
+//! access, HLT, VMCALL, triple fault) and answers each with the model's reply. EPT violations
+//! go to the MMU service directly (its endpoint, badged with the VM's handle there).
+//!
+//! Capabilities (manifest `needs=mmu-service,supervisor`): slot 2 = own endpoint,
+//! 3 = supervisor, 4 = MMU service, 5 = supervisor again.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+#![forbid(unsafe_code)]
+
+mod exits;
+mod setup;
+
+use abi::ipc::MAX_PAYLOAD;
+use abi::CapSlot;
+use userlib::proto::vmm::{Request, Response, Vmm, VmmError};
+use userlib::proto::ProtoError;
+use userlib::server::serve_one;
+use userlib::sys;
+
+userlib::entry!(vmm_main);
+
+const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
+const MMU: CapSlot = 4;
+
+fn vmm_main(generation: u64) {
+    userlib::println!("vmm: serving, generation {generation}");
+    let exit_ep = match exits::start() {
+        Ok(ep) => ep,
+        Err(e) => {
+            userlib::println!("vmm: cannot start the exit thread: {e:?}");
+            sys::task_exit(1)
+        }
+    };
+    let mut buf = [0u8; MAX_PAYLOAD];
+    let mut request = [0u8; MAX_PAYLOAD];
+    let mut msg = loop {
+        match sys::recv(OWN_EP, &mut buf) {
+            Ok(m) => break m,
+            Err(e) => userlib::println!("vmm: recv: {e}"),
+        }
+    };
+    loop {
+        let n = msg.len.min(MAX_PAYLOAD);
+        request[..n].copy_from_slice(&buf[..n]);
+        let (label, len) = serve_one::<Vmm>(msg.label, &request[..n], &mut buf, |req| {
+            match req {
+                Request::RunVm { config } => setup::run_vm(&config, exit_ep),
+            }
+            .unwrap_or_else(|e: VmmError| Response::Error(ProtoError::Service(e)))
+        });
+        msg = loop {
+            match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
+                Ok(m) => break m,
+                Err(e) => userlib::println!("vmm: reply_recv: {e}"),
+            }
+        };
+    }
+}

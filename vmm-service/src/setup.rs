@@ -1,0 +1,295 @@
+//! `RunVm`: check the configuration, load the image into fresh guest RAM, create the VM and
+//! its vCPU, hand the VM to the MMU service, set the portals and the entry state, run it, and
+//! report how it ended.
+
+use abi::vmx::{field, reason, stop, EXIT_REASONS};
+use abi::{CapSlot, Error, Rights};
+use heapless::Vec;
+use spin::Mutex;
+use userlib::proto::mmu::{self, Mmu};
+use userlib::proto::vmm::{
+    ConfigError, EntryMode, Response, VmConfig, VmResult, VmSummary, VmmError, MAX_VCPUS,
+    RAM_MAX_MIB, RAM_MIN_MIB, SUMMARY_REASONS,
+};
+use userlib::sys;
+use vmm_service::loader::{self, entry, flat64, info, multiboot, LoadError, LoadPlan};
+use vmm_service::vm::VmModel;
+
+use crate::exits::{self, Outcome as RunOutcome};
+
+/// Where guest RAM is mapped in this task while an image is loaded.
+pub const RAM_VA: u64 = 0x4000_0000;
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+/// Largest guest image (a boot module) this service loads.
+const IMAGE_MAX: usize = 256 * 1024;
+
+static IMAGE: Mutex<[u8; IMAGE_MAX]> = Mutex::new([0; IMAGE_MAX]);
+
+fn kernel(e: Error) -> VmmError {
+    VmmError::Kernel { error: e as u64 }
+}
+
+/// A short code for a loader error (the `what` of [`VmmError::BadImage`]).
+fn bad_image(e: LoadError) -> VmmError {
+    userlib::println!("vmm: image refused: {e:?}");
+    let what = match e {
+        LoadError::NoHeader => 1,
+        LoadError::BadChecksum => 2,
+        LoadError::UnsupportedFlags(_) => 3,
+        LoadError::BadElf(_) => 4,
+        LoadError::Truncated => 5,
+        LoadError::SegmentOutsideRam { .. } => 6,
+        LoadError::SegmentInReservedArea { .. } => 7,
+        LoadError::Overlap => 8,
+        LoadError::EntryOutsideImage => 9,
+        LoadError::TooManySegments => 10,
+        LoadError::NoSegments => 11,
+        LoadError::BadAoutKludge => 12,
+        LoadError::FileLargerThanMemory => 13,
+        LoadError::RamTooSmall => 14,
+        LoadError::BadCmdline => 15,
+        LoadError::InfoDoesNotFit => 16,
+    };
+    VmmError::BadImage { what }
+}
+
+fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
+    if cfg.name.is_empty() {
+        return Err(ConfigError::EmptyName);
+    }
+    if !(RAM_MIN_MIB..=RAM_MAX_MIB).contains(&cfg.ram_mib) {
+        return Err(ConfigError::RamSize);
+    }
+    if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
+        return Err(ConfigError::VcpuCount);
+    }
+    if let EntryMode::Flat64 { load_gpa } = cfg.entry {
+        let ram = u64::from(cfg.ram_mib) * MIB;
+        if load_gpa % (2 * MIB) != 0 || load_gpa < MIB || load_gpa >= ram {
+            return Err(ConfigError::LoadAddress);
+        }
+    }
+    Ok(())
+}
+
+/// The boot module whose command line starts with `name` (a path's last part counts):
+/// (index, size).
+fn find_module(name: &str) -> Result<(u64, u64), VmmError> {
+    let mut buf = [0u8; 128];
+    let count = sys::module_info(0, &mut buf).map_err(kernel)?.count;
+    for i in 0..count {
+        let info = sys::module_info(i, &mut buf).map_err(kernel)?;
+        let line = core::str::from_utf8(&buf[..info.name_len.min(buf.len())]).unwrap_or("");
+        let first = line.split_ascii_whitespace().next().unwrap_or("");
+        if first.rsplit('/').next() == Some(name) {
+            return Ok((i, info.size));
+        }
+    }
+    Err(VmmError::NoSuchModule)
+}
+
+/// Capabilities deleted when a run ends, however it ends.
+struct Held(Vec<CapSlot, 6>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for &c in self.0.iter().rev() {
+            let _ = sys::cap_delete(c);
+        }
+    }
+}
+
+impl Held {
+    fn keep(&mut self, c: CapSlot) -> CapSlot {
+        if self.0.push(c).is_err() {
+            userlib::println!("vmm: internal: too many capabilities held");
+        }
+        c
+    }
+}
+
+/// Runs a VM to its end.
+pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
+    validate(cfg).map_err(VmmError::InvalidConfig)?;
+    let (module, size) = find_module(&cfg.module)?;
+    let ram_bytes = u64::from(cfg.ram_mib) * MIB;
+    let mut image_buf = IMAGE.lock();
+    if size > IMAGE_MAX as u64 {
+        return Err(bad_image(LoadError::Truncated));
+    }
+    let mut len = 0;
+    while (len as u64) < size {
+        let n = sys::module_read(module, len as u64, &mut image_buf[len..size as usize])
+            .map_err(kernel)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let image = &image_buf[..len];
+    let plan: LoadPlan = match cfg.entry {
+        EntryMode::Multiboot => multiboot::plan(image, ram_bytes),
+        EntryMode::Flat64 { load_gpa } => flat64::flat64_plan(len, load_gpa, ram_bytes),
+    }
+    .map_err(bad_image)?;
+
+    let mut held = Held(Vec::new());
+    let ram = held.keep(sys::mem_alloc(ram_bytes / PAGE).map_err(kernel)?);
+    let pairs = sys::with_mapped(ram, RAM_VA, |ram| -> Result<Vec<(u64, u64), 64>, LoadError> {
+        loader::load(&plan, image, ram)?;
+        let mut v = Vec::new();
+        match cfg.entry {
+            EntryMode::Multiboot => {
+                let info = info::write_info(ram, info::INFO_GPA, cfg.cmdline.as_bytes())?;
+                let _ = v.extend_from_slice(&entry::protected_mode_entry(plan.entry as u32, info));
+            }
+            EntryMode::Flat64 { load_gpa } => {
+                flat64::write_tables(ram)?;
+                let gdtr = (flat64::GDT_GPA, (flat64::GDT.len() * 8 - 1) as u64);
+                let _ = v.extend_from_slice(&entry::long_mode_entry(
+                    load_gpa,
+                    flat64::STACK_TOP,
+                    flat64::PML4_GPA,
+                    gdtr,
+                ));
+            }
+        }
+        Ok(v)
+    })
+    .map_err(kernel)?
+    .map_err(bad_image)?;
+    drop(image_buf);
+
+    let vm = held.keep(sys::vm_create(ram).map_err(|e| match e {
+        Error::NoVmx => VmmError::NoVmx,
+        e => kernel(e),
+    })?);
+    let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
+    let handle = match mmu.call_with_cap(&mmu::Request::AttachVm { ram_pages: ram_bytes / PAGE }, Some(vm)) {
+        Ok(r) => match r.response {
+            mmu::Response::Attached { handle } => handle,
+            other => {
+                userlib::println!("vmm: the MMU service refused the VM: {other:?}");
+                return Err(VmmError::Mmu);
+            }
+        },
+        Err(e) => {
+            userlib::println!("vmm: the MMU service is unreachable: {e:?}");
+            return Err(VmmError::Mmu);
+        }
+    };
+    let detach = Detach { handle };
+    let mmu_portal = held.keep(
+        sys::cap_copy(crate::MMU, Rights::SEND, u64::from(handle) + 1).map_err(kernel)?,
+    );
+    let vcpu = held.keep(sys::vcpu_create(vm, 0).map_err(kernel)?);
+    sys::vcpu_portal(
+        vcpu,
+        reason::EPT_VIOLATION,
+        Some(mmu_portal),
+        abi::vmx::group::QUAL | abi::vmx::group::ADDR | abi::vmx::group::RIP,
+    )
+    .map_err(kernel)?;
+    exits::set_portals(vcpu, exit_ep).map_err(kernel)?;
+    for chunk in pairs.chunks(32) {
+        sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
+            userlib::println!("vmm: entry state refused at {:#x}: {e:?}", chunk[i.min(chunk.len() - 1)].0);
+            kernel(e)
+        })?;
+    }
+
+    userlib::println!(
+        "vmm: {}: starting {} ({} MiB RAM, {:?}, entry {:#x})",
+        cfg.name.as_str(),
+        cfg.module.as_str(),
+        cfg.ram_mib,
+        cfg.entry,
+        plan.entry
+    );
+    exits::begin(VmModel::new(&cfg.name, ram_bytes), vcpu, ram, exit_ep);
+    let run = sys::vcpu_run(vcpu);
+    let outcome = exits::end();
+    let stopped = run.map_err(kernel)?;
+    let summary = summarize(cfg, vcpu, &stopped, outcome);
+    drop(detach);
+    Ok(Response::Finished(summary))
+}
+
+/// Tells the MMU service to forget the VM when the run ends.
+struct Detach {
+    handle: u32,
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
+        let _ = mmu.call(&mmu::Request::DetachVm {
+            handle: self.handle,
+        });
+    }
+}
+
+/// How the VM ended, its exits by reason, printed and returned.
+fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOutcome) -> VmSummary {
+    let kind = s.stop & stop::KIND_MASK;
+    let detail = s.stop & !stop::KIND_MASK;
+    let result = if kind == stop::HANDLER {
+        if detail & vmm_service::vm::stop_code::KIND_MASK == mmu::STOP_OUTSIDE_RAM {
+            VmResult::OutsideRam {
+                gpa: (detail & 0xff_ffff) << 12,
+            }
+        } else {
+            model.result.unwrap_or(VmResult::Stopped { stop: s.stop })
+        }
+    } else if kind == stop::UNHANDLED {
+        VmResult::Unhandled {
+            reason: s.reason as u32,
+        }
+    } else if kind == stop::ENTRY_FAILED {
+        VmResult::EntryFailed {
+            reason: s.reason as u32,
+            error: s.qualification,
+        }
+    } else {
+        VmResult::Stopped { stop: s.stop }
+    };
+    let mut rip = [0u64];
+    let _ = sys::vcpu_read(vcpu, &[field::GUEST_RIP], &mut rip);
+    if kind != stop::HANDLER {
+        exits::report_kernel_stop(cfg.name.as_str(), vcpu, s);
+    }
+    let mut counts = [(0u8, 0u32); EXIT_REASONS];
+    let mut total = 0u64;
+    for (r, c) in counts.iter_mut().enumerate() {
+        let mut v = [0u64];
+        let _ = sys::vcpu_read(vcpu, &[field::EXIT_COUNT_BASE + r as u64], &mut v);
+        *c = (r as u8, v[0] as u32);
+        total += v[0];
+    }
+    counts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut exits: Vec<(u8, u32), SUMMARY_REASONS> = Vec::new();
+    for &(r, c) in counts.iter().filter(|(_, c)| *c > 0) {
+        if exits.push((r, c)).is_err() {
+            break;
+        }
+    }
+    let summary = VmSummary {
+        result,
+        rip: rip[0],
+        exits,
+        total_exits: total,
+    };
+    print_summary(cfg.name.as_str(), &summary);
+    summary
+}
+
+fn print_summary(name: &str, s: &VmSummary) {
+    userlib::println!("vmm: {name}: result {:?}, last rip {:#x}", s.result, s.rip);
+    let mut line: heapless::String<200> = heapless::String::new();
+    for (r, c) in &s.exits {
+        let rname = reason::name(u32::from(*r)).unwrap_or("other");
+        let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {rname}={c}"));
+    }
+    userlib::println!("vmm: {name}: {} exits:{}", s.total_exits, line.as_str());
+}
