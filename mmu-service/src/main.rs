@@ -5,7 +5,7 @@
 //!
 //! Capabilities (granted by the supervisor): slot 2 = its own endpoint (receive).
 //! Messages: `proto::mmu` requests (the VMM attaches VMs), and exit messages
-//! (`abi::vmx::EXIT_LABEL`) whose badge is `handle + 1` of an attached VM.
+//! (`abi::vmx::EXIT_LABEL`) from vCPUs whose id names an attached VM (`proto::mmu::vcpu_id`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -14,7 +14,7 @@ use abi::vmx::{self, ExitMessage, ExitReply};
 use abi::{CapSlot, Rights};
 use mmu_service::ept::{on_violation, Violation};
 use userlib::proto::mmu::{
-    outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS,
+    handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS,
 };
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;
@@ -56,7 +56,7 @@ fn mmu_main(generation: u64) {
         let n = msg.len.min(MAX_PAYLOAD);
         request[..n].copy_from_slice(&buf[..n]);
         let (label, len) = if msg.label == vmx::EXIT_LABEL {
-            let reply = on_exit(&mut state, msg.badge, &request[..n]);
+            let reply = on_exit(&mut state, &request[..n]);
             let len = reply.encode(&mut buf).unwrap_or(0);
             (vmx::REPLY_LABEL, len)
         } else {
@@ -118,7 +118,7 @@ fn slot(state: &mut State, handle: u32) -> Result<&mut Option<VmEntry>, MmuError
 
 /// An exit routed here by a portal: EPT violations map RAM or stop the VM; anything else
 /// (a portal set up wrongly) stops it with a report.
-fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
+fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
     let msg = match ExitMessage::decode(bytes) {
         Ok(m) => m,
         Err(e) => {
@@ -126,12 +126,10 @@ fn on_exit(state: &mut State, badge: u64, bytes: &[u8]) -> ExitReply {
             return ExitReply::stop(STOP_MMU_ERROR);
         }
     };
-    let vm = badge
-        .checked_sub(1)
-        .and_then(|h| state.vms.get_mut(h as usize))
-        .and_then(Option::as_mut);
+    let handle = handle_of(msg.vcpu);
+    let vm = state.vms.get_mut(handle as usize).and_then(Option::as_mut);
     let Some(vm) = vm else {
-        userlib::println!("mmu: exit for an unknown VM (badge {badge}); stopping it");
+        userlib::println!("mmu: exit for an unknown VM (handle {handle}); stopping it");
         return ExitReply::stop(STOP_MMU_ERROR);
     };
     if msg.basic_reason() != vmx::reason::EPT_VIOLATION {

@@ -3,7 +3,7 @@
 //! report how it ended.
 
 use abi::vmx::{field, reason, stop, EXIT_REASONS};
-use abi::{CapSlot, Error, Rights};
+use abi::{CapSlot, Error};
 use heapless::Vec;
 use spin::Mutex;
 use userlib::proto::mmu::{self, Mmu};
@@ -180,14 +180,13 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         }
     };
     let detach = Detach { handle };
-    let mmu_portal = held.keep(
-        sys::cap_copy(crate::MMU, Rights::SEND, u64::from(handle) + 1).map_err(kernel)?,
-    );
-    let vcpu = held.keep(sys::vcpu_create(vm, 0).map_err(kernel)?);
+    // The vCPU id names the VM to the MMU service: its handle there, then the vCPU index.
+    let vcpu_id = mmu::vcpu_id(handle, 0);
+    let vcpu = held.keep(sys::vcpu_create(vm, vcpu_id).map_err(kernel)?);
     sys::vcpu_portal(
         vcpu,
         reason::EPT_VIOLATION,
-        Some(mmu_portal),
+        Some(crate::MMU),
         abi::vmx::group::QUAL | abi::vmx::group::ADDR | abi::vmx::group::RIP,
     )
     .map_err(kernel)?;

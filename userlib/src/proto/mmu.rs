@@ -12,6 +12,17 @@ pub const VERSION: u16 = 1;
 /// `0x0003_0001`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
+/// The vCPU id (reported in every exit message) that names VM `handle` of the MMU service
+/// and its vCPU `index`.
+pub const fn vcpu_id(handle: u32, index: u16) -> u64 {
+    ((handle as u64) << 16) | index as u64
+}
+
+/// The MMU service's VM handle in a vCPU id made by [`vcpu_id`].
+pub const fn handle_of(vcpu_id: u32) -> u32 {
+    vcpu_id >> 16
+}
+
 /// VMs the MMU service tracks at once.
 pub const MAX_VMS: usize = 4;
 /// Stop code the MMU service puts in a "stop VM" reply for an access outside RAM (kind in
@@ -43,8 +54,9 @@ impl Protocol for Mmu {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Grants the VM capability; answered with [`Response::Attached`]. The VMM then points
-    /// the vCPUs' EPT-violation portals at the MMU endpoint with badge `handle`.
+    /// Grants the VM capability; answered with [`Response::Attached`]. The VMM then creates
+    /// the vCPUs with ids [`vcpu_id`]`(handle, n)` and points their EPT-violation portals at
+    /// the MMU endpoint.
     AttachVm { ram_pages: u64 },
     /// Forgets the VM (its capability is deleted).
     DetachVm { handle: u32 },
