@@ -115,7 +115,8 @@ pub mod group {
     pub const GPRS: u32 = 1 << 0;
     /// RIP, RFLAGS and the exiting instruction's length.
     pub const RIP: u32 = 1 << 1;
-    /// CR0, CR3, CR4, EFER and the CR0/CR4 read shadows.
+    /// CR0, CR3, CR4, EFER, and CR0/CR4 as the guest reads them (the read shadow for the
+    /// intercepted bits, the real value for the others).
     pub const CRS: u32 = 1 << 2;
     /// CS, SS, DS, ES, FS, GS, TR, LDTR: selector, access rights, limit, base.
     pub const SEGS: u32 = 1 << 3;

@@ -617,8 +617,17 @@ impl<M: Machine> Kernel<M> {
             m.cr3 = self.vmcs_read(vi, field::GUEST_CR3);
             m.cr4 = self.vmcs_read(vi, field::GUEST_CR4);
             m.efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
-            m.cr0_shadow = self.vmcs_read(vi, field::CR0_READ_SHADOW);
-            m.cr4_shadow = self.vmcs_read(vi, field::CR4_READ_SHADOW);
+            // What the guest reads: the shadow for the intercepted bits, the rest as is.
+            let (mask0, mask4) = (
+                self.vmcs_read(vi, field::CR0_GUEST_HOST_MASK),
+                self.vmcs_read(vi, field::CR4_GUEST_HOST_MASK),
+            );
+            let (shadow0, shadow4) = (
+                self.vmcs_read(vi, field::CR0_READ_SHADOW),
+                self.vmcs_read(vi, field::CR4_READ_SHADOW),
+            );
+            m.cr0_shadow = (m.cr0 & !mask0) | (shadow0 & mask0);
+            m.cr4_shadow = (m.cr4 & !mask4) | (shadow4 & mask4);
         }
         if mask & group::SEGS != 0 {
             // cs, ss, ds, es, fs, gs, tr, ldtr: VMCS index (es = 0, cs = 1, ss = 2, ds = 3,
