@@ -71,7 +71,7 @@ mod tests {
                 Violation::Map { gpa: start, pages } => {
                     prop_assert!(start <= gpa && gpa < start + pages * PAGE_SIZE);
                     prop_assert!(start + pages * PAGE_SIZE <= ram * PAGE_SIZE);
-                    prop_assert!(pages >= 1 && pages <= CHUNK_PAGES);
+                    prop_assert!((1..=CHUNK_PAGES).contains(&pages));
                     prop_assert_eq!(start % (CHUNK_PAGES * PAGE_SIZE), 0);
                 }
                 Violation::OutsideRam { gpa: g } => {

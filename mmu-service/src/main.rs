@@ -13,9 +13,7 @@ use abi::ipc::MAX_PAYLOAD;
 use abi::vmx::{self, ExitMessage, ExitReply};
 use abi::{CapSlot, Rights};
 use mmu_service::ept::{on_violation, Violation};
-use userlib::proto::mmu::{
-    handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS,
-};
+use userlib::proto::mmu::{handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS};
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;
 use userlib::sys;
@@ -62,7 +60,8 @@ fn mmu_main(generation: u64) {
         } else {
             let grant = msg.cap;
             serve_one::<Mmu>(msg.label, &request[..n], &mut buf, |req| {
-                handle(&mut state, req, grant).unwrap_or_else(|e| Response::Error(ProtoError::Service(e)))
+                handle(&mut state, req, grant)
+                    .unwrap_or_else(|e| Response::Error(ProtoError::Service(e)))
             })
         };
         msg = loop {
@@ -74,11 +73,7 @@ fn mmu_main(generation: u64) {
     }
 }
 
-fn handle(
-    state: &mut State,
-    req: Request,
-    grant: Option<CapSlot>,
-) -> Result<Response, MmuError> {
+fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Response, MmuError> {
     match req {
         Request::AttachVm { ram_pages } => {
             let cap = grant.ok_or(MmuError::NoGrant)?;

@@ -59,7 +59,7 @@ pub struct ManifestEntry {
 impl ManifestEntry {
     /// Whether the service runs in `scenario`.
     pub fn runs_in(&self, scenario: &str) -> bool {
-        !self.guest && self.run.is_empty() || !self.guest && self.run.iter().any(|s| s == scenario)
+        !self.guest && (self.run.is_empty() || self.run.iter().any(|s| s == scenario))
     }
 
     /// Whether it needs service `name`.

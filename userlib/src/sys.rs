@@ -1254,7 +1254,9 @@ pub mod heap {
             let mut cur = NEXT.load(Ordering::Relaxed);
             loop {
                 let start = (base + cur).next_multiple_of(layout.align()) - base;
-                let Some(end) = start.checked_add(layout.size()).filter(|&e| e <= HEAP_BYTES)
+                let Some(end) = start
+                    .checked_add(layout.size())
+                    .filter(|&e| e <= HEAP_BYTES)
                 else {
                     return core::ptr::null_mut();
                 };

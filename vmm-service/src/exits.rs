@@ -206,20 +206,27 @@ fn bench_switch(run: &mut Run, m: &ExitMessage) -> Option<ExitReply> {
     let mut reply = ExitReply::advance();
     if basic == reason::VMCALL && rax == SWITCH_TO_FLOOR {
         let which = m.gprs[Gpr::Rbx as usize] as u32;
-        let ok = REFLECTABLE.contains(&which)
-            && sys::vcpu_portal_reflect(run.vcpu, which).is_ok();
+        let ok = REFLECTABLE.contains(&which) && sys::vcpu_portal_reflect(run.vcpu, which).is_ok();
         reply.set_gpr(Gpr::Rax, if ok { 0 } else { u64::MAX });
         return Some(reply);
     }
     if switch_back {
         let ok = REFLECTABLE.iter().all(|&r| {
-            sys::vcpu_portal(run.vcpu, r, Some(run.exit_ep), portal_mask(r) | vmx::group::RIP)
-                .is_ok()
+            sys::vcpu_portal(
+                run.vcpu,
+                r,
+                Some(run.exit_ep),
+                portal_mask(r) | vmx::group::RIP,
+            )
+            .is_ok()
         });
         let v = if ok { 0 } else { u64::MAX };
         reply.set_gpr(Gpr::Rax, v);
         if basic == reason::CPUID {
-            reply.set_gpr(Gpr::Rbx, 0).set_gpr(Gpr::Rcx, 0).set_gpr(Gpr::Rdx, 0);
+            reply
+                .set_gpr(Gpr::Rbx, 0)
+                .set_gpr(Gpr::Rcx, 0)
+                .set_gpr(Gpr::Rdx, 0);
         }
         return Some(reply);
     }

@@ -136,27 +136,32 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
 
     let mut held = Held(Vec::new());
     let ram = held.keep(sys::mem_alloc(ram_bytes / PAGE).map_err(kernel)?);
-    let pairs = sys::with_mapped(ram, RAM_VA, |ram| -> Result<Vec<(u64, u64), 64>, LoadError> {
-        loader::load(&plan, image, ram)?;
-        let mut v = Vec::new();
-        match cfg.entry {
-            EntryMode::Multiboot => {
-                let info = info::write_info(ram, info::INFO_GPA, cfg.cmdline.as_bytes())?;
-                let _ = v.extend_from_slice(&entry::protected_mode_entry(plan.entry as u32, info));
+    let pairs = sys::with_mapped(
+        ram,
+        RAM_VA,
+        |ram| -> Result<Vec<(u64, u64), 64>, LoadError> {
+            loader::load(&plan, image, ram)?;
+            let mut v = Vec::new();
+            match cfg.entry {
+                EntryMode::Multiboot => {
+                    let info = info::write_info(ram, info::INFO_GPA, cfg.cmdline.as_bytes())?;
+                    let _ =
+                        v.extend_from_slice(&entry::protected_mode_entry(plan.entry as u32, info));
+                }
+                EntryMode::Flat64 { load_gpa } => {
+                    flat64::write_tables(ram)?;
+                    let gdtr = (flat64::GDT_GPA, (flat64::GDT.len() * 8 - 1) as u64);
+                    let _ = v.extend_from_slice(&entry::long_mode_entry(
+                        load_gpa,
+                        flat64::STACK_TOP,
+                        flat64::PML4_GPA,
+                        gdtr,
+                    ));
+                }
             }
-            EntryMode::Flat64 { load_gpa } => {
-                flat64::write_tables(ram)?;
-                let gdtr = (flat64::GDT_GPA, (flat64::GDT.len() * 8 - 1) as u64);
-                let _ = v.extend_from_slice(&entry::long_mode_entry(
-                    load_gpa,
-                    flat64::STACK_TOP,
-                    flat64::PML4_GPA,
-                    gdtr,
-                ));
-            }
-        }
-        Ok(v)
-    })
+            Ok(v)
+        },
+    )
     .map_err(kernel)?
     .map_err(bad_image)?;
     drop(image_buf);
@@ -166,7 +171,12 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         e => kernel(e),
     })?);
     let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
-    let handle = match mmu.call_with_cap(&mmu::Request::AttachVm { ram_pages: ram_bytes / PAGE }, Some(vm)) {
+    let handle = match mmu.call_with_cap(
+        &mmu::Request::AttachVm {
+            ram_pages: ram_bytes / PAGE,
+        },
+        Some(vm),
+    ) {
         Ok(r) => match r.response {
             mmu::Response::Attached { handle } => handle,
             other => {
@@ -193,7 +203,10 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     exits::set_portals(vcpu, exit_ep).map_err(kernel)?;
     for chunk in pairs.chunks(32) {
         sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
-            userlib::println!("vmm: entry state refused at {:#x}: {e:?}", chunk[i.min(chunk.len() - 1)].0);
+            userlib::println!(
+                "vmm: entry state refused at {:#x}: {e:?}",
+                chunk[i.min(chunk.len() - 1)].0
+            );
             kernel(e)
         })?;
     }

@@ -157,9 +157,7 @@ fn vmm_suite(t: &mut Tally) {
             "flat",
             "guest-bench",
             16,
-            EntryMode::Flat64 {
-                load_gpa: 2 * MIB,
-            },
+            EntryMode::Flat64 { load_gpa: 2 * MIB },
         ),
     );
     stopped(
@@ -172,7 +170,11 @@ fn vmm_suite(t: &mut Tally) {
         t,
         "unsupported exit (invd) stops the VM",
         &config("unsupported", "guest-unsupported", 16, EntryMode::Multiboot),
-        |r| *r == VmResult::Unhandled { reason: reason::INVD },
+        |r| {
+            *r == VmResult::Unhandled {
+                reason: reason::INVD,
+            }
+        },
     );
     stopped(
         t,
@@ -238,7 +240,9 @@ fn vmm_suite(t: &mut Tally) {
         "an ELF without a multiboot header refused",
         matches!(
             r,
-            Ok(Response::Error(ProtoError::Service(VmmError::BadImage { .. })))
+            Ok(Response::Error(ProtoError::Service(
+                VmmError::BadImage { .. }
+            )))
         ),
         format_args!("{r:?}"),
     );
@@ -274,9 +278,7 @@ fn suite_main(generation: u64) {
                 "bench",
                 "guest-bench",
                 16,
-                EntryMode::Flat64 {
-                    load_gpa: 2 * MIB,
-                },
+                EntryMode::Flat64 { load_gpa: 2 * MIB },
             );
             passing_guest(&mut t, "exit benchmark guest", &cfg);
         }

@@ -71,10 +71,16 @@ impl Message for Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Error(Error),
-    Attached { handle: u32 },
+    Attached {
+        handle: u32,
+    },
     Detached,
     /// EPT violations answered, pages mapped, VMs stopped for an access outside RAM.
-    Stats { violations: u64, pages_mapped: u64, stopped: u64 },
+    Stats {
+        violations: u64,
+        pages_mapped: u64,
+        stopped: u64,
+    },
 }
 
 impl Message for Response {

@@ -137,11 +137,15 @@ pub enum VmmError {
     /// No boot module has that name.
     NoSuchModule,
     /// The image could not be loaded (`what` is a short code of the loader error).
-    BadImage { what: u8 },
+    BadImage {
+        what: u8,
+    },
     /// This machine has no usable VMX.
     NoVmx,
     /// The MMU service refused or is unreachable.
     Mmu,
     /// A kernel call failed with this error code.
-    Kernel { error: u64 },
+    Kernel {
+        error: u64,
+    },
 }
