@@ -61,7 +61,8 @@ help:
 	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
-	@echo "  make bench         benchmarks: IPC round trips in Bochs (build/bench/ipc.csv), shadow MMU (criterion)"
+	@echo "  make bench         benchmarks in Bochs: IPC round trips (build/bench/ipc.csv), VM exit round trips"
+	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv); shadow MMU (criterion)"
 	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
@@ -139,6 +140,7 @@ test: ensure-setup
 # then the host benchmarks of the shadow MMU (criterion).
 bench: ensure-setup harness iso
 	@$(HARNESS) bench-ipc
+	@$(HARNESS) bench-vmm
 	@if ls mmu-service/benches/*.rs >/dev/null 2>&1 || grep -q '^\[\[bench\]\]' mmu-service/Cargo.toml; then \
 		$(CARGO) bench -p mmu-service; \
 	else \

@@ -308,7 +308,7 @@ mod tests {
             )));
             assert!(limine.contains(&format!("    cmdline: scenario={}\n", sc.name)));
         }
-        assert!(grub.contains("set default=kernel\n"));
+        assert!(grub.contains(&format!("set default={DEFAULT_SCENARIO}\n")));
         assert!(grub.contains("source (hd0)/umbra.cfg"));
     }
 
@@ -328,11 +328,14 @@ mod tests {
             assert_eq!(limine.matches(&pair).count(), entries, "{pair}");
         }
         // Modules follow the kernel line, in table order.
+        assert!(
+            grub.contains("  module2 /boot/guests/guest-triple guest-triple image=guest\n  boot\n")
+        );
         assert!(grub.contains(
             "    multiboot2 /boot/umbra-kernel $umbra_cmdline\n    module2 /boot/services/supervisor supervisor\n"
         ));
         assert!(grub.contains(
-            "  module2 /boot/services/ipc-suite ipc-suite run=ipc needs=echo,supervisor\n  module2 /boot/services/bench-ipc bench-ipc run=bench-ipc needs=echo,supervisor\n  boot\n"
+            "  module2 /boot/services/ipc-suite ipc-suite run=ipc needs=echo,supervisor\n  module2 /boot/services/bench-ipc bench-ipc run=bench-ipc needs=echo,supervisor\n  module2 /boot/services/mmu-service"
         ));
     }
 
@@ -341,13 +344,23 @@ mod tests {
         assert_eq!(BOOT_MODULES[0].manifest, "supervisor");
         for m in BOOT_MODULES {
             let name = m.manifest.split(' ').next().unwrap();
-            assert_eq!(m.path, format!("/boot/services/{name}"));
+            if m.manifest.ends_with(" image=guest") {
+                // Guests: ELF images, or flat binaries (`.bin`).
+                assert!(
+                    m.path == format!("/boot/guests/{name}")
+                        || m.path == format!("/boot/guests/{name}.bin"),
+                    "{}",
+                    m.path
+                );
+            } else {
+                assert_eq!(m.path, format!("/boot/services/{name}"));
+            }
             // The kernel keeps module command lines up to 64 bytes (bootinfo::MODULE_CMDLINE_MAX).
             assert!(m.manifest.len() <= 64, "{}", m.manifest);
             for word in m.manifest.split(' ').skip(1) {
                 let (key, value) = word.split_once('=').expect("key=value");
                 assert!(
-                    ["restart", "backoff", "run", "needs"].contains(&key),
+                    ["restart", "backoff", "run", "needs", "image"].contains(&key),
                     "{word}"
                 );
                 assert!(!value.is_empty());
@@ -357,10 +370,10 @@ mod tests {
 
     #[test]
     fn limine_default_entry_is_one_based() {
-        let kernel = find("kernel").unwrap();
-        let cfg = limine_cfg_for(&[*find("fault-selftest").unwrap(), *kernel]);
+        let default = find(DEFAULT_SCENARIO).unwrap();
+        let cfg = limine_cfg_for(&[*find("fault-selftest").unwrap(), *default]);
         assert!(cfg.contains("default_entry: 2\n"));
-        assert!(cfg.contains("/Umbra: kernel - "));
+        assert!(cfg.contains(&format!("/Umbra: {DEFAULT_SCENARIO} - ")));
         assert!(cfg.contains("    kernel_path: boot():/boot/umbra-kernel\n"));
         assert!(cfg.contains("    protocol: limine\n"));
     }

@@ -20,6 +20,8 @@ commands:
   test                 everything `make test` runs; the last line is `N passed, M failed`
   list                 the scenario table
   bench-ipc            boot scenario=bench-ipc in Bochs; print the round trips, write BUILD/bench/ipc.csv
+  bench-vmm            boot scenario=bench-vmm in Bochs; print exit round trips via the VMM and the
+                       in-kernel floor, write BUILD/bench/vmm.csv
   default-emu          print the emulator `make run` uses by default
   boot-configs [--check]
                        write tests/boot/grub.cfg and limine.cfg from the scenario table
@@ -148,6 +150,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
             Ok(0)
         }
         "bench-ipc" => bench::run_ipc(&a.iso, &a.build_dir),
+        "bench-vmm" => bench::run_vmm(&a.iso, &a.build_dir),
         "default-emu" => {
             println!("{}", Emu::host_default());
             Ok(0)
