@@ -42,6 +42,8 @@ struct Run {
 }
 
 static RUN: Mutex<Option<Run>> = Mutex::new(None);
+/// The events of the exit being handled (kept here: they are too large to move per exit).
+static EVENTS: Mutex<heapless::Vec<Event, { vm::MAX_EVENTS }>> = Mutex::new(heapless::Vec::new());
 static STACK: ThreadStack<32768> = ThreadStack::new();
 
 /// What the model concluded when the run ended.
@@ -137,6 +139,7 @@ impl Env for ServiceEnv {
 extern "C" fn exit_thread(ep: u64) -> ! {
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut reply_len = 0;
+    let mut m = ExitMessage::default();
     loop {
         let msg = match sys::reply_recv(ep, &mut buf, reply_len, vmx::REPLY_LABEL, None) {
             Ok(m) => m,
@@ -147,8 +150,8 @@ extern "C" fn exit_thread(ep: u64) -> ! {
             }
         };
         let reply = if msg.label == vmx::EXIT_LABEL {
-            match ExitMessage::decode(&buf[..msg.len.min(MAX_PAYLOAD)]) {
-                Ok(m) => on_exit(&m),
+            match m.decode_into(&buf[..msg.len.min(MAX_PAYLOAD)]) {
+                Ok(()) => on_exit(&m),
                 Err(e) => {
                     userlib::println!("vmm: malformed exit message: {e:?}");
                     ExitReply::stop(0)
@@ -172,9 +175,11 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
         return reply;
     }
     let mut env = ServiceEnv { ram: run.ram };
-    let out = run.model.handle(m, &mut env);
-    let name = run.model.name.clone();
-    for e in &out.events {
+    let mut events = EVENTS.lock();
+    events.clear();
+    let reply = run.model.handle_into(m, &mut env, &mut events);
+    let name = &run.model.name;
+    for e in events.iter() {
         match e {
             Event::SerialLine(t) | Event::Print(t) => {
                 let text = core::str::from_utf8(t).unwrap_or("(not UTF-8)");
@@ -194,7 +199,7 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
             }
         }
     }
-    out.reply
+    reply
 }
 
 /// The benchmark's switches between the VMM and the kernel floor.
@@ -203,8 +208,12 @@ fn bench_switch(run: &mut Run, m: &ExitMessage) -> Option<ExitReply> {
     let rax = m.gprs[Gpr::Rax as usize];
     let switch_back = (basic == reason::VMCALL && rax == SWITCH_BACK)
         || (basic == reason::CPUID && rax & 0xffff_ffff == SWITCH_BACK_LEAF);
+    let to_floor = basic == reason::VMCALL && rax == SWITCH_TO_FLOOR;
+    if !switch_back && !to_floor {
+        return None;
+    }
     let mut reply = ExitReply::advance();
-    if basic == reason::VMCALL && rax == SWITCH_TO_FLOOR {
+    if to_floor {
         let which = m.gprs[Gpr::Rbx as usize] as u32;
         let ok = REFLECTABLE.contains(&which) && sys::vcpu_portal_reflect(run.vcpu, which).is_ok();
         reply.set_gpr(Gpr::Rax, if ok { 0 } else { u64::MAX });
@@ -228,9 +237,8 @@ fn bench_switch(run: &mut Run, m: &ExitMessage) -> Option<ExitReply> {
                 .set_gpr(Gpr::Rcx, 0)
                 .set_gpr(Gpr::Rdx, 0);
         }
-        return Some(reply);
     }
-    None
+    Some(reply)
 }
 
 /// Prints what the kernel knows about a stop it decided itself (no portal for the reason, a

@@ -80,19 +80,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(reply: ExitReply) -> Outcome {
-        Outcome {
-            reply,
-            events: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, e: Event) {
-        // Bounded by MAX_EVENTS above; an overflow would drop a log event, never a stop
-        // (stops are pushed into a fresh list, see `VmModel::stop`).
-        let _ = self.events.push(e);
-    }
-
     /// The result, if this exit stopped the VM.
     pub fn stopped(&self) -> Option<&VmResult> {
         self.events.iter().find_map(|e| match e {
@@ -146,10 +133,22 @@ impl VmModel {
 
     /// Handles one exit.
     pub fn handle(&mut self, m: &ExitMessage, env: &mut impl Env) -> Outcome {
+        let mut events = Vec::new();
+        let reply = self.handle_into(m, env, &mut events);
+        Outcome { reply, events }
+    }
+
+    /// Handles one exit, appending its events to `ev` (which the caller empties): the form
+    /// the service uses, since an [`Outcome`] is large to move around on every exit.
+    pub fn handle_into(
+        &mut self,
+        m: &ExitMessage,
+        env: &mut impl Env,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
         if let Some(r) = &self.result {
-            let mut o = Outcome::new(ExitReply::stop(r.stop_code()));
-            o.push(Event::Stopped(r.clone()));
-            return o;
+            let _ = ev.push(Event::Stopped(r.clone()));
+            return ExitReply::stop(r.stop_code());
         }
         if let Some(c) = self.counts.get_mut(m.basic_reason() as usize) {
             *c += 1;
@@ -161,7 +160,7 @@ impl VmModel {
                     ExitError::MissingGroups { .. } => "exit message lacks the state it needs",
                     ExitError::BadIoSize { .. } => "I/O exit with an invalid size",
                 };
-                return self.stop(VmResult::BadExit(self.report(m, what)), Vec::new());
+                return self.stop(VmResult::BadExit(self.report(m, what)), ev);
             }
         };
         match exit {
@@ -171,10 +170,10 @@ impl VmModel {
                 for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
                     reply.set_gpr(g, v as u64);
                 }
-                Outcome::new(reply)
+                reply
             }
             Exit::Io { string: true, .. } => {
-                self.unhandled(m, "string port I/O (INS/OUTS) is not emulated")
+                self.unhandled(m, "string port I/O (INS/OUTS) is not emulated", ev)
             }
             Exit::Io {
                 port,
@@ -182,28 +181,28 @@ impl VmModel {
                 direction,
                 value,
                 ..
-            } => self.io(m, port, size, direction, value, env),
+            } => self.io(m, port, size, direction, value, env, ev),
             Exit::Rdmsr { msr } => match self.msr.read(msr, env.tsc()) {
                 Ok(v) => {
                     let mut reply = ExitReply::advance();
                     reply
                         .set_gpr(Gpr::Rax, v & 0xffff_ffff)
                         .set_gpr(Gpr::Rdx, v >> 32);
-                    Outcome::new(reply)
+                    reply
                 }
-                Err(_) => Outcome::new(gp()),
+                Err(_) => gp(),
             },
             Exit::Wrmsr { msr, value } => {
                 let pg = (m.mask & group::CRS != 0).then_some(m.cr0_shadow & cr::cr0::PG != 0);
                 match self.msr.write(msr, value, env.tsc(), pg) {
-                    Ok(MsrWrite::Stored) => Outcome::new(ExitReply::advance()),
+                    Ok(MsrWrite::Stored) => ExitReply::advance(),
                     Ok(MsrWrite::Efer(e)) => {
                         let mut reply = ExitReply::advance();
                         reply.flags |= reply::SET_EFER;
                         reply.efer = e;
-                        Outcome::new(reply)
+                        reply
                     }
-                    Err(_) => Outcome::new(gp()),
+                    Err(_) => gp(),
                 }
             }
             Exit::CrAccess { cr, access } => match cr::handle(m, cr, access, self.msr.efer) {
@@ -211,32 +210,32 @@ impl VmModel {
                     if let Some(e) = o.efer {
                         self.msr.efer = e;
                     }
-                    Outcome::new(o.reply)
+                    o.reply
                 }
-                Err(_) => self.unhandled(m, "control-register access not emulated"),
+                Err(_) => self.unhandled(m, "control-register access not emulated", ev),
             },
             Exit::Hlt => {
                 if m.mask & group::RIP != 0 && m.rflags & (1 << 9) == 0 {
                     let r = self.report(m, "HLT with interrupts disabled");
-                    return self.stop(VmResult::Halted(r), Vec::new());
+                    return self.stop(VmResult::Halted(r), ev);
                 }
-                Outcome::new(ExitReply::advance())
+                ExitReply::advance()
             }
-            Exit::Vmcall { nr, args } => self.hypercall(nr, args, env),
+            Exit::Vmcall { nr, args } => self.hypercall(nr, args, env, ev),
             Exit::TripleFault => {
                 let r = self.report(m, "triple fault");
-                self.stop(VmResult::TripleFault(r), Vec::new())
+                self.stop(VmResult::TripleFault(r), ev)
             }
             Exit::InvalidGuestState | Exit::EntryFailure { .. } => {
                 let r = self.report(m, "VM entry failed");
-                self.stop(VmResult::EntryFailed(r), Vec::new())
+                self.stop(VmResult::EntryFailed(r), ev)
             }
-            Exit::ExternalInterrupt => Outcome::new(ExitReply::resume()),
+            Exit::ExternalInterrupt => ExitReply::resume(),
             Exit::EptViolation { .. } => {
-                self.unhandled(m, "EPT violation: no memory or device at this address")
+                self.unhandled(m, "EPT violation: no memory or device at this address", ev)
             }
-            Exit::Exception { .. } => self.unhandled(m, "guest exception not handled"),
-            Exit::Other { .. } => self.unhandled(m, "exit reason not handled"),
+            Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", ev),
+            Exit::Other { .. } => self.unhandled(m, "exit reason not handled", ev),
         }
     }
 
@@ -244,24 +243,27 @@ impl VmModel {
         Report::new(&self.name, m, what)
     }
 
-    fn unhandled(&mut self, m: &ExitMessage, what: &'static str) -> Outcome {
+    fn unhandled(
+        &mut self,
+        m: &ExitMessage,
+        what: &'static str,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
         let r = self.report(m, what);
-        self.stop(VmResult::Unhandled(r), Vec::new())
+        self.stop(VmResult::Unhandled(r), ev)
     }
 
-    /// Ends the VM: `before` (already produced events), the flushed serial line, `Stopped`.
-    fn stop(&mut self, result: VmResult, before: Vec<Event, MAX_EVENTS>) -> Outcome {
-        let mut o = Outcome::new(ExitReply::stop(result.stop_code()));
+    /// Ends the VM: after the events already in `ev`, the flushed serial line and `Stopped`.
+    fn stop(&mut self, result: VmResult, ev: &mut Vec<Event, MAX_EVENTS>) -> ExitReply {
+        let reply = ExitReply::stop(result.stop_code());
         // Keep room for the flushed line and the stop itself.
-        for e in before.into_iter().take(MAX_EVENTS - 2) {
-            o.push(e);
-        }
+        ev.truncate(MAX_EVENTS - 2);
         if let Some(line) = self.bus.serial.flush() {
-            o.push(Event::SerialLine(line));
+            let _ = ev.push(Event::SerialLine(line));
         }
-        o.push(Event::Stopped(result.clone()));
+        let _ = ev.push(Event::Stopped(result.clone()));
         self.result = Some(result);
-        o
+        reply
     }
 
     fn io(
@@ -272,9 +274,9 @@ impl VmModel {
         direction: IoDirection,
         value: u32,
         env: &mut impl Env,
-    ) -> Outcome {
+        events: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
         let ticks = env.ticks();
-        let mut events: Vec<Event, MAX_EVENTS> = Vec::new();
         let mut debug_exit = None;
         let mut sink = |e: BusEvent| {
             let _ = events.push(match e {
@@ -305,13 +307,19 @@ impl VmModel {
         if let Some(code) = debug_exit {
             return self.stop(VmResult::DebugExit { code }, events);
         }
-        Outcome { reply, events }
+        reply
     }
 
-    fn hypercall(&mut self, nr: u64, args: [u64; 4], env: &mut impl Env) -> Outcome {
-        let mut o = Outcome::new(ExitReply::advance());
+    fn hypercall(
+        &mut self,
+        nr: u64,
+        args: [u64; 4],
+        env: &mut impl Env,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
+        let mut reply = ExitReply::advance();
         let rax = match nr {
-            hypercall::EXIT => return self.stop(VmResult::Exited { code: args[0] }, Vec::new()),
+            hypercall::EXIT => return self.stop(VmResult::Exited { code: args[0] }, ev),
             hypercall::PRINT => {
                 let (gpa, len) = (args[0], args[1]);
                 let mut buf = [0u8; hypercall::PRINT_MAX];
@@ -324,7 +332,7 @@ impl VmModel {
                         let mut t = Text::new();
                         // Cannot fail: bytes.len() ≤ PRINT_MAX = TEXT_MAX.
                         let _ = t.extend_from_slice(bytes);
-                        o.push(Event::Print(t));
+                        let _ = ev.push(Event::Print(t));
                         hypercall::OK
                     }
                     None => hypercall::ERROR,
@@ -332,13 +340,13 @@ impl VmModel {
             }
             hypercall::NOP => hypercall::OK,
             hypercall::REFLECT => {
-                o.push(Event::ReflectRequested);
+                let _ = ev.push(Event::ReflectRequested);
                 hypercall::OK
             }
             _ => hypercall::ERROR,
         };
-        o.reply.set_gpr(Gpr::Rax, rax);
-        o
+        reply.set_gpr(Gpr::Rax, rax);
+        reply
     }
 }
 

@@ -496,60 +496,98 @@ impl ExitMessage {
 
     /// Reads a message; exactly the announced groups must be present.
     pub fn decode(bytes: &[u8]) -> Result<ExitMessage, LayoutError> {
-        let mut r = Reader { bytes, at: 0 };
-        let mut m = ExitMessage {
-            reason: r.u32()?,
-            mask: r.u32()?,
-            vcpu: r.u32()?,
-            ..ExitMessage::default()
+        let mut m = ExitMessage::default();
+        m.decode_into(bytes)?;
+        Ok(m)
+    }
+
+    /// [`ExitMessage::decode`] into an existing value (a handler's, reused for every exit:
+    /// the struct is large to build and move). Groups not in the message are zeroed; on an
+    /// error `self` is left unspecified.
+    pub fn decode_into(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
+        let word32 = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
-        r.u32()?;
-        if m.mask & !group::ALL != 0 {
+        if bytes.len() < Self::HEADER {
+            return Err(LayoutError::Truncated);
+        }
+        let mask = word32(4);
+        if mask & !group::ALL != 0 {
             return Err(LayoutError::UnknownBits);
         }
-        if m.mask & group::GPRS != 0 {
-            for g in m.gprs.iter_mut() {
-                *g = r.u64()?;
+        let size = Self::size_of_mask(mask);
+        if bytes.len() < size {
+            return Err(LayoutError::Truncated);
+        }
+        if bytes.len() > size {
+            return Err(LayoutError::TrailingBytes);
+        }
+        // The length is checked: the reads below cannot run past the end.
+        let mut r = Reader { bytes, at: 16 };
+        let mut u64_ = || r.u64().unwrap_or(0);
+        self.reason = word32(0);
+        self.mask = mask;
+        self.vcpu = word32(8);
+        if mask & group::GPRS != 0 {
+            for g in self.gprs.iter_mut() {
+                *g = u64_();
             }
+        } else {
+            self.gprs = [0; 16];
         }
-        if m.mask & group::RIP != 0 {
-            m.rip = r.u64()?;
-            m.rflags = r.u64()?;
-            m.instruction_len = r.u64()? as u32;
+        if mask & group::RIP != 0 {
+            self.rip = u64_();
+            self.rflags = u64_();
+            self.instruction_len = u64_() as u32;
+        } else {
+            (self.rip, self.rflags, self.instruction_len) = (0, 0, 0);
         }
-        if m.mask & group::CRS != 0 {
-            m.cr0 = r.u64()?;
-            m.cr3 = r.u64()?;
-            m.cr4 = r.u64()?;
-            m.efer = r.u64()?;
-            m.cr0_shadow = r.u64()?;
-            m.cr4_shadow = r.u64()?;
+        if mask & group::CRS != 0 {
+            self.cr0 = u64_();
+            self.cr3 = u64_();
+            self.cr4 = u64_();
+            self.efer = u64_();
+            self.cr0_shadow = u64_();
+            self.cr4_shadow = u64_();
+        } else {
+            (self.cr0, self.cr3, self.cr4, self.efer) = (0, 0, 0, 0);
+            (self.cr0_shadow, self.cr4_shadow) = (0, 0);
         }
-        if m.mask & group::SEGS != 0 {
-            for s in m.segments.iter_mut() {
-                s.selector = r.u16()?;
-                r.u16()?;
-                s.access_rights = r.u32()?;
-                s.limit = r.u32()?;
-                r.u32()?;
-                s.base = r.u64()?;
+        drop(u64_);
+        if mask & group::SEGS != 0 {
+            for s in self.segments.iter_mut() {
+                s.selector = r.u16().unwrap_or(0);
+                r.at += 2;
+                s.access_rights = r.u32().unwrap_or(0);
+                s.limit = r.u32().unwrap_or(0);
+                r.at += 4;
+                s.base = r.u64().unwrap_or(0);
             }
+        } else {
+            self.segments = [Segment::default(); 8];
         }
-        if m.mask & group::QUAL != 0 {
-            m.qualification = r.u64()?;
-            m.intr_info = r.u32()?;
-            m.intr_error = r.u32()?;
-            m.idt_vectoring_info = r.u32()?;
-            m.idt_vectoring_error = r.u32()?;
-            m.instruction_info = r.u32()?;
-            r.u32()?;
+        if mask & group::QUAL != 0 {
+            self.qualification = r.u64().unwrap_or(0);
+            self.intr_info = r.u32().unwrap_or(0);
+            self.intr_error = r.u32().unwrap_or(0);
+            self.idt_vectoring_info = r.u32().unwrap_or(0);
+            self.idt_vectoring_error = r.u32().unwrap_or(0);
+            self.instruction_info = r.u32().unwrap_or(0);
+            r.at += 4;
+        } else {
+            self.qualification = 0;
+            (self.intr_info, self.intr_error, self.instruction_info) = (0, 0, 0);
+            (self.idt_vectoring_info, self.idt_vectoring_error) = (0, 0);
         }
-        if m.mask & group::ADDR != 0 {
-            m.gpa = r.u64()?;
-            m.gla = r.u64()?;
+        if mask & group::ADDR != 0 {
+            self.gpa = r.u64().unwrap_or(0);
+            self.gla = r.u64().unwrap_or(0);
+        } else {
+            (self.gpa, self.gla) = (0, 0);
         }
-        r.finish()?;
-        Ok(m)
+        Ok(())
     }
 
     /// The basic exit reason (bits 15:0).

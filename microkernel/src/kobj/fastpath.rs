@@ -107,9 +107,7 @@ impl<M: Machine> Kernel<M> {
         }
         let (kt, kbuf, kcap, kprio) = {
             let th = self.thread(caller);
-            if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c)
-                || th.vcpu.is_some()
-            {
+            if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c) {
                 return None;
             }
             (th.task, th.buf, th.buf_cap, th.prio)
@@ -117,7 +115,24 @@ impl<M: Machine> Kernel<M> {
         if self.run_queue.highest().is_some_and(|h| h > kprio) {
             return None;
         }
-        self.fast_transfer(c, buf, buf_cap, len, (kt, kbuf, kcap))?;
+        let vcpu = self.thread(caller).vcpu;
+        if vcpu.is_some() {
+            // The answer to an exit message: into the vCPU thread's message buffer, where
+            // `vcpu_prepare` reads it.
+            if !self.buffer_writable(c, buf, buf_cap) {
+                return None;
+            }
+            let ct = self.thread(c).task;
+            let vth = self.threads.0[caller as usize].as_mut()?;
+            let space = &self.tasks[ct as usize].obj.as_ref()?.space;
+            self.machine
+                .copy_from_user(space, buf, &mut vth.msg.data[..len as usize])
+                .ok()?;
+            vth.msg.len = len as usize;
+            vth.msg.label = label;
+        } else {
+            self.fast_transfer(c, buf, buf_cap, len, (kt, kbuf, kcap))?;
+        }
         // Committed: nothing below fails.
         let epi = cap.obj.index;
         {
@@ -129,6 +144,16 @@ impl<M: Machine> Kernel<M> {
         }
         let e = self.endpoints[epi as usize].obj.as_mut()?;
         e.receivers.push_back(&mut self.threads, c);
+        if let Some(vi) = vcpu {
+            self.thread_mut(caller).state = ThreadState::Ready;
+            self.current = Some(caller);
+            self.vcpu_call_done(vi, Ok(()));
+            return Some(if self.vcpu_prepare(caller) {
+                Next::Guest(caller)
+            } else {
+                self.schedule()
+            });
+        }
         let th = self.thread_mut(caller);
         th.regs.set_result(0, [len, label, 0, NO_CAP]);
         th.state = ThreadState::Ready;

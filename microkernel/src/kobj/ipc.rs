@@ -112,10 +112,23 @@ impl<M: Machine> Kernel<M> {
     /// capability. Returns `to`'s syscall result.
     fn transfer(&mut self, from: ThreadId, to: ThreadId) -> Result<[u64; 4], (Error, u64)> {
         if self.thread(to).vcpu.is_some() {
-            // A reply to an exit message: the kernel keeps it for `vcpu_prepare`.
-            let msg = self.thread(from).msg.clone();
-            let (len, label) = (msg.len, msg.label);
-            self.thread_mut(to).msg = msg;
+            // A reply to an exit message: the kernel keeps it for `vcpu_prepare` (only the
+            // bytes; a grant to a vCPU is dropped).
+            let (len, label) = {
+                let m = &self.thread(from).msg;
+                (m.len.min(MAX_PAYLOAD), m.label)
+            };
+            let [Some(src), Some(dst)] = self
+                .threads
+                .0
+                .get_disjoint_mut([from as usize, to as usize])
+                .map_err(|_| err(Error::InvalidArgument))?
+            else {
+                return Err(err(Error::InvalidArgument));
+            };
+            dst.msg.data[..len].copy_from_slice(&src.msg.data[..len]);
+            dst.msg.len = len;
+            dst.msg.label = label;
             return Ok([len as u64, label, 0, NO_CAP]);
         }
         let (to_task, buf, buf_cap) = {

@@ -15,7 +15,7 @@
 //! entry or a reply asking to stop: the vCPU stops, and the thread waiting in `VcpuRun` gets
 //! why.
 
-use abi::vmx::{self, field, group, reason, reply, stop, ExitMessage, ExitReply, EXIT_REASONS};
+use abi::vmx::{self, field, group, reason, reply, stop, ExitReply, EXIT_REASONS};
 use abi::{CapKind, Error, Rights, NO_CAP};
 
 use super::captable::{Cap, ObjRef};
@@ -405,13 +405,34 @@ impl<M: Machine> Kernel<M> {
         })
     }
 
+    /// Guest register `n` (Intel order) from the thread's register file; `None` for RSP.
+    fn gpr(regs: &super::regs::UserRegs, n: usize) -> Option<u64> {
+        Some(match n {
+            0 => regs.rax,
+            1 => regs.rcx,
+            2 => regs.rdx,
+            3 => regs.rbx,
+            5 => regs.rbp,
+            6 => regs.rsi,
+            7 => regs.rdi,
+            8 => regs.r8,
+            9 => regs.r9,
+            10 => regs.r10,
+            11 => regs.r11,
+            12 => regs.r12,
+            13 => regs.r13,
+            14 => regs.r14,
+            15 => regs.r15,
+            _ => return None,
+        })
+    }
+
     fn read_state(&mut self, vi: u16, f: u64) -> u64 {
         if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) {
             let n = (f - field::GPR_BASE) as usize;
             let t = self.vcpu(vi).thread;
-            let mut regs = self.thread(t).regs;
-            return match Self::gpr_mut(&mut regs, n) {
-                Some(r) => *r,
+            return match Self::gpr(&self.thread(t).regs, n) {
+                Some(r) => r,
                 None => self.vmcs_read(vi, field::GUEST_RSP),
             };
         }
@@ -543,12 +564,12 @@ impl<M: Machine> Kernel<M> {
                 self.schedule()
             }
             Portal::Endpoint { cap, mask } => {
-                let msg = self.exit_message(vi, exit, mask);
+                let len = self.write_exit_message(vi, exit, mask);
                 let th = self.thread_mut(c);
                 th.msg.label = vmx::EXIT_LABEL;
                 th.msg.badge = cap.badge;
                 th.msg.grant = None;
-                th.msg.len = msg.encode(&mut th.msg.data).unwrap_or(0);
+                th.msg.len = len;
                 self.send_exit(vi, cap);
                 self.schedule()
             }
@@ -594,66 +615,87 @@ impl<M: Machine> Kernel<M> {
         self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
     }
 
-    /// The exit message with the groups in `mask`.
-    fn exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> ExitMessage {
-        let mut m = ExitMessage {
-            reason: exit.reason,
-            mask,
-            vcpu: self.vcpu(vi).id,
-            ..ExitMessage::default()
+    /// Writes the exit message with the groups in `mask` straight into the vCPU thread's
+    /// message buffer (the `ExitMessage` layout of `abi::vmx`, without building the struct:
+    /// this is on every exit). Returns its length.
+    fn write_exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> usize {
+        let Some(v) = self.vcpus[vi as usize].obj.as_mut() else {
+            return 0;
         };
+        let Some(th) = self.threads.0[v.thread as usize].as_mut() else {
+            return 0;
+        };
+        let m = &mut self.machine;
+        let hw = &mut v.hw;
+        let out = &mut th.msg.data;
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(d) = out.get_mut(at..at + bytes.len()) {
+                d.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
+        put(&exit.reason.to_le_bytes());
+        put(&mask.to_le_bytes());
+        put(&v.id.to_le_bytes());
+        put(&0u32.to_le_bytes());
+        let mut rd = |f: u64| m.vmcs_read(hw, f);
         if mask & group::GPRS != 0 {
             for n in 0..16 {
-                m.gprs[n] = self.read_state(vi, field::GPR_BASE + n as u64);
+                let g = match Self::gpr(&th.regs, n) {
+                    Some(g) => g,
+                    None => rd(field::GUEST_RSP),
+                };
+                put(&g.to_le_bytes());
             }
         }
         if mask & group::RIP != 0 {
-            m.rip = self.vmcs_read(vi, field::GUEST_RIP);
-            m.rflags = self.vmcs_read(vi, field::GUEST_RFLAGS);
-            m.instruction_len = exit.instruction_len as u32;
+            put(&rd(field::GUEST_RIP).to_le_bytes());
+            put(&rd(field::GUEST_RFLAGS).to_le_bytes());
+            put(&exit.instruction_len.to_le_bytes());
         }
         if mask & group::CRS != 0 {
-            m.cr0 = self.vmcs_read(vi, field::GUEST_CR0);
-            m.cr3 = self.vmcs_read(vi, field::GUEST_CR3);
-            m.cr4 = self.vmcs_read(vi, field::GUEST_CR4);
-            m.efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
+            let (cr0, cr4) = (rd(field::GUEST_CR0), rd(field::GUEST_CR4));
+            let (mask0, mask4) = (rd(field::CR0_GUEST_HOST_MASK), rd(field::CR4_GUEST_HOST_MASK));
+            let (shadow0, shadow4) = (rd(field::CR0_READ_SHADOW), rd(field::CR4_READ_SHADOW));
+            put(&cr0.to_le_bytes());
+            put(&rd(field::GUEST_CR3).to_le_bytes());
+            put(&cr4.to_le_bytes());
+            put(&rd(field::GUEST_IA32_EFER).to_le_bytes());
             // What the guest reads: the shadow for the intercepted bits, the rest as is.
-            let (mask0, mask4) = (
-                self.vmcs_read(vi, field::CR0_GUEST_HOST_MASK),
-                self.vmcs_read(vi, field::CR4_GUEST_HOST_MASK),
-            );
-            let (shadow0, shadow4) = (
-                self.vmcs_read(vi, field::CR0_READ_SHADOW),
-                self.vmcs_read(vi, field::CR4_READ_SHADOW),
-            );
-            m.cr0_shadow = (m.cr0 & !mask0) | (shadow0 & mask0);
-            m.cr4_shadow = (m.cr4 & !mask4) | (shadow4 & mask4);
+            put(&((cr0 & !mask0) | (shadow0 & mask0)).to_le_bytes());
+            put(&((cr4 & !mask4) | (shadow4 & mask4)).to_le_bytes());
         }
         if mask & group::SEGS != 0 {
             // cs, ss, ds, es, fs, gs, tr, ldtr: VMCS index (es = 0, cs = 1, ss = 2, ds = 3,
             // fs = 4, gs = 5, ldtr = 6, tr = 7).
-            for (i, n) in [1u64, 2, 3, 0, 4, 5, 7, 6].into_iter().enumerate() {
-                m.segments[i] = vmx::Segment {
-                    selector: self.vmcs_read(vi, field::GUEST_ES_SELECTOR + 2 * n) as u16,
-                    access_rights: self.vmcs_read(vi, field::GUEST_ES_AR + 2 * n) as u32,
-                    limit: self.vmcs_read(vi, field::GUEST_ES_LIMIT + 2 * n) as u32,
-                    base: self.vmcs_read(vi, field::GUEST_ES_BASE + 2 * n),
-                };
+            for n in [1u64, 2, 3, 0, 4, 5, 7, 6] {
+                put(&(rd(field::GUEST_ES_SELECTOR + 2 * n) as u16).to_le_bytes());
+                put(&0u16.to_le_bytes());
+                put(&(rd(field::GUEST_ES_AR + 2 * n) as u32).to_le_bytes());
+                put(&(rd(field::GUEST_ES_LIMIT + 2 * n) as u32).to_le_bytes());
+                put(&0u32.to_le_bytes());
+                put(&rd(field::GUEST_ES_BASE + 2 * n).to_le_bytes());
             }
         }
         if mask & group::QUAL != 0 {
-            m.qualification = exit.qualification;
-            m.intr_info = self.vmcs_read(vi, field::EXIT_INTR_INFO) as u32;
-            m.intr_error = self.vmcs_read(vi, field::EXIT_INTR_ERROR_CODE) as u32;
-            m.idt_vectoring_info = self.vmcs_read(vi, field::IDT_VECTORING_INFO) as u32;
-            m.idt_vectoring_error = self.vmcs_read(vi, field::IDT_VECTORING_ERROR_CODE) as u32;
-            m.instruction_info = self.vmcs_read(vi, field::EXIT_INSTRUCTION_INFO) as u32;
+            put(&exit.qualification.to_le_bytes());
+            for f in [
+                field::EXIT_INTR_INFO,
+                field::EXIT_INTR_ERROR_CODE,
+                field::IDT_VECTORING_INFO,
+                field::IDT_VECTORING_ERROR_CODE,
+                field::EXIT_INSTRUCTION_INFO,
+            ] {
+                put(&(rd(f) as u32).to_le_bytes());
+            }
+            put(&0u32.to_le_bytes());
         }
         if mask & group::ADDR != 0 {
-            m.gpa = self.vmcs_read(vi, field::GUEST_PHYSICAL_ADDRESS);
-            m.gla = self.vmcs_read(vi, field::GUEST_LINEAR_ADDRESS);
+            put(&rd(field::GUEST_PHYSICAL_ADDRESS).to_le_bytes());
+            put(&rd(field::GUEST_LINEAR_ADDRESS).to_le_bytes());
         }
-        m
+        at.min(out.len())
     }
 
     /// Calls the portal endpoint with the exit message held in the vCPU thread.
