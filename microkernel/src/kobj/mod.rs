@@ -18,3 +18,6 @@ pub use kernel::{Kernel, Next};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_vm;

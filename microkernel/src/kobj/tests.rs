@@ -18,15 +18,15 @@ use super::regs::UserRegs;
 use crate::PAGE_SIZE;
 
 #[derive(Default)]
-struct Model {
+pub(super) struct Model {
     phys: HashMap<u64, Vec<u8>>,
     next_frame: u64,
     modules: Vec<(String, Vec<u8>)>,
     console: String,
-    ticks: u64,
+    pub(super) ticks: u64,
     spaces_live: i64,
     frames_live: i64,
-    vmx: bool,
+    pub(super) vmx: bool,
 }
 
 type Space = BTreeMap<u64, (u64, PageAccess)>;
@@ -189,7 +189,7 @@ impl Machine for Model {
 }
 
 /// Data page every test image has (writable), where tests put buffers.
-const DATA: u64 = 0x50_0000;
+pub(super) const DATA: u64 = 0x50_0000;
 
 fn image() -> Vec<u8> {
     build_test_elf(
@@ -201,7 +201,7 @@ fn image() -> Vec<u8> {
     )
 }
 
-fn kernel(modules: &[&str]) -> Kernel<Model> {
+pub(super) fn kernel(modules: &[&str]) -> Kernel<Model> {
     let mut m = Model::default();
     for name in modules {
         m.modules.push((name.to_string(), image()));
@@ -212,7 +212,7 @@ fn kernel(modules: &[&str]) -> Kernel<Model> {
 
 /// Issues a syscall from the current thread; returns the kernel's choice and the caller's
 /// registers afterwards (meaningful when it did not block).
-fn sys(k: &mut Kernel<Model>, n: Sys, args: [u64; 6]) -> (Next, UserRegs) {
+pub(super) fn sys(k: &mut Kernel<Model>, n: Sys, args: [u64; 6]) -> (Next, UserRegs) {
     let t = k.current.expect("a current thread");
     let mut regs = k.thread(t).regs;
     regs.rax = n as u64;
@@ -222,22 +222,22 @@ fn sys(k: &mut Kernel<Model>, n: Sys, args: [u64; 6]) -> (Next, UserRegs) {
     (next, after)
 }
 
-fn ok(r: &UserRegs) -> u64 {
+pub(super) fn ok(r: &UserRegs) -> u64 {
     assert_eq!(Error::check(r.rax), Ok(()), "syscall failed: {r:?}");
     r.rdi
 }
 
-fn status(r: &UserRegs) -> Result<(), Error> {
+pub(super) fn status(r: &UserRegs) -> Result<(), Error> {
     Error::check(r.rax)
 }
 
-fn write_user(k: &mut Kernel<Model>, t: ThreadId, va: u64, data: &[u8]) {
+pub(super) fn write_user(k: &mut Kernel<Model>, t: ThreadId, va: u64, data: &[u8]) {
     let ti = k.thread(t).task;
     let space = k.task(ti).space.clone();
     k.machine.copy_to_user(&space, va, data).unwrap();
 }
 
-fn read_user(k: &Kernel<Model>, t: ThreadId, va: u64, len: usize) -> Vec<u8> {
+pub(super) fn read_user(k: &Kernel<Model>, t: ThreadId, va: u64, len: usize) -> Vec<u8> {
     let ti = k.thread(t).task;
     let mut out = vec![0; len];
     k.machine
@@ -247,7 +247,7 @@ fn read_user(k: &Kernel<Model>, t: ThreadId, va: u64, len: usize) -> Vec<u8> {
 }
 
 /// Boots: init (supervisor) from module 0 runs; returns its thread.
-fn boot(k: &mut Kernel<Model>) -> ThreadId {
+pub(super) fn boot(k: &mut Kernel<Model>) -> ThreadId {
     k.start_init(0).unwrap();
     match k.schedule() {
         Next::User(t) => t,
