@@ -11,7 +11,7 @@ use abi::{CapSlot, Error};
 use spin::Mutex;
 use userlib::proto::vmm::VmResult;
 use userlib::sys::{self, ThreadStack};
-use vmm_service::exit::portal_mask;
+use vmm_service::exit::{portal_mask, required_groups};
 use vmm_service::vm::{self, Env, Event, VmModel};
 
 /// The reasons the VMM handles itself (EPT violations go to the MMU service).
@@ -61,10 +61,21 @@ pub fn start() -> Result<CapSlot, Error> {
     Ok(ep)
 }
 
+/// The state a portal asks for: what handling needs, plus RIP and RFLAGS for reports and
+/// HLT, except on the frequent exits (CPUID, VMCALL, I/O), where the message stays small;
+/// a report of one of those reads RIP from the vCPU afterwards.
+fn mask_for(reason: u32) -> u32 {
+    if REFLECTABLE.contains(&reason) {
+        required_groups(reason)
+    } else {
+        portal_mask(reason) | vmx::group::RIP
+    }
+}
+
 /// Points the VMM's portals of a new vCPU at the exit endpoint.
 pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
     for r in HANDLED {
-        sys::vcpu_portal(vcpu, r, Some(exit_ep), portal_mask(r) | vmx::group::RIP)?;
+        sys::vcpu_portal(vcpu, r, Some(exit_ep), mask_for(r))?;
     }
     Ok(())
 }
@@ -220,15 +231,9 @@ fn bench_switch(run: &mut Run, m: &ExitMessage) -> Option<ExitReply> {
         return Some(reply);
     }
     if switch_back {
-        let ok = REFLECTABLE.iter().all(|&r| {
-            sys::vcpu_portal(
-                run.vcpu,
-                r,
-                Some(run.exit_ep),
-                portal_mask(r) | vmx::group::RIP,
-            )
-            .is_ok()
-        });
+        let ok = REFLECTABLE
+            .iter()
+            .all(|&r| sys::vcpu_portal(run.vcpu, r, Some(run.exit_ep), mask_for(r)).is_ok());
         let v = if ok { 0 } else { u64::MAX };
         reply.set_gpr(Gpr::Rax, v);
         if basic == reason::CPUID {

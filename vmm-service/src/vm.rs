@@ -181,7 +181,7 @@ impl VmModel {
                 direction,
                 value,
                 ..
-            } => self.io(m, port, size, direction, value, env, ev),
+            } => self.io(m, (port, size, direction, value), env, ev),
             Exit::Rdmsr { msr } => match self.msr.read(msr, env.tsc()) {
                 Ok(v) => {
                     let mut reply = ExitReply::advance();
@@ -266,16 +266,15 @@ impl VmModel {
         reply
     }
 
+    /// Port I/O; `access` is (port, size, direction, value written).
     fn io(
         &mut self,
         m: &ExitMessage,
-        port: u16,
-        size: u8,
-        direction: IoDirection,
-        value: u32,
+        access: (u16, u8, IoDirection, u32),
         env: &mut impl Env,
         events: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
+        let (port, size, direction, value) = access;
         let ticks = env.ticks();
         let mut debug_exit = None;
         let mut sink = |e: BusEvent| {

@@ -398,13 +398,6 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64, LayoutError> {
         self.take::<8>().map(u64::from_le_bytes)
     }
-    fn finish(&self) -> Result<(), LayoutError> {
-        if self.at == self.bytes.len() {
-            Ok(())
-        } else {
-            Err(LayoutError::TrailingBytes)
-        }
-    }
 }
 
 impl ExitMessage {
@@ -526,17 +519,19 @@ impl ExitMessage {
         }
         // The length is checked: the reads below cannot run past the end.
         let mut r = Reader { bytes, at: 16 };
-        let mut u64_ = || r.u64().unwrap_or(0);
         self.reason = word32(0);
         self.mask = mask;
         self.vcpu = word32(8);
         if mask & group::GPRS != 0 {
-            for g in self.gprs.iter_mut() {
-                *g = u64_();
+            let regs = bytes.get(16..16 + 128).unwrap_or(&[]);
+            for (g, w) in self.gprs.iter_mut().zip(regs.chunks_exact(8)) {
+                *g = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
             }
+            r.at = 16 + 128;
         } else {
             self.gprs = [0; 16];
         }
+        let mut u64_ = || r.u64().unwrap_or(0);
         if mask & group::RIP != 0 {
             self.rip = u64_();
             self.rflags = u64_();
@@ -555,7 +550,6 @@ impl ExitMessage {
             (self.cr0, self.cr3, self.cr4, self.efer) = (0, 0, 0, 0);
             (self.cr0_shadow, self.cr4_shadow) = (0, 0);
         }
-        drop(u64_);
         if mask & group::SEGS != 0 {
             for s in self.segments.iter_mut() {
                 s.selector = r.u16().unwrap_or(0);
@@ -666,71 +660,107 @@ impl ExitReply {
         self
     }
 
+    /// The flags that carry a value, in layout order.
+    const VALUE_FLAGS: [u32; 8] = [
+        reply::SET_RIP,
+        reply::SET_RFLAGS,
+        reply::SET_CR0,
+        reply::SET_CR3,
+        reply::SET_CR4,
+        reply::SET_EFER,
+        reply::INJECT,
+        reply::STOP,
+    ];
+
+    /// The encoded size of a reply with these flags and registers.
+    pub const fn size_of(flags: u32, gpr_mask: u16) -> usize {
+        let values = (flags & !reply::ADVANCE_RIP & reply::ALL).count_ones();
+        8 + 8 * (gpr_mask.count_ones() + values) as usize
+    }
+
     /// Header (flags u32, gpr_mask u16, 0u16), then the named registers in order, then
     /// rip, rflags, cr0, cr3, cr4, efer, inject, stop_code for the flags that are set.
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
-        let mut w = Writer { out, at: 0 };
-        w.u32(self.flags & reply::ALL)?;
-        w.u16(self.gpr_mask)?;
-        w.u16(0)?;
-        for (i, g) in self.gprs.iter().enumerate() {
-            if self.gpr_mask & (1 << i) != 0 {
-                w.u64(*g)?;
+        let flags = self.flags & reply::ALL;
+        let n = Self::size_of(flags, self.gpr_mask);
+        let out = out.get_mut(..n)?;
+        out[..4].copy_from_slice(&flags.to_le_bytes());
+        out[4..6].copy_from_slice(&self.gpr_mask.to_le_bytes());
+        out[6..8].copy_from_slice(&[0, 0]);
+        let mut words = out[8..].chunks_exact_mut(8);
+        let mut regs = self.gpr_mask;
+        while regs != 0 {
+            let i = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            if let (Some(w), Some(v)) = (words.next(), self.gprs.get(i)) {
+                w.copy_from_slice(&v.to_le_bytes());
             }
         }
-        for (flag, v) in self.values() {
-            if self.flags & flag != 0 {
-                w.u64(v)?;
+        let values = [
+            self.rip,
+            self.rflags,
+            self.cr0,
+            self.cr3,
+            self.cr4,
+            self.efer,
+            self.inject,
+            self.stop_code,
+        ];
+        for (flag, v) in Self::VALUE_FLAGS.iter().zip(values) {
+            if flags & flag != 0 {
+                if let Some(w) = words.next() {
+                    w.copy_from_slice(&v.to_le_bytes());
+                }
             }
         }
-        Some(w.at)
-    }
-
-    fn values(&self) -> [(u32, u64); 8] {
-        [
-            (reply::SET_RIP, self.rip),
-            (reply::SET_RFLAGS, self.rflags),
-            (reply::SET_CR0, self.cr0),
-            (reply::SET_CR3, self.cr3),
-            (reply::SET_CR4, self.cr4),
-            (reply::SET_EFER, self.efer),
-            (reply::INJECT, self.inject),
-            (reply::STOP, self.stop_code),
-        ]
+        Some(n)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ExitReply, LayoutError> {
-        let mut r = Reader { bytes, at: 0 };
-        let mut x = ExitReply {
-            flags: r.u32()?,
-            gpr_mask: r.u16()?,
-            ..ExitReply::default()
-        };
-        if x.flags & !reply::ALL != 0 || r.u16()? != 0 {
+        let header = bytes.get(..8).ok_or(LayoutError::Truncated)?;
+        let flags = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let gpr_mask = u16::from_le_bytes([header[4], header[5]]);
+        if flags & !reply::ALL != 0 || header[6] != 0 || header[7] != 0 {
             return Err(LayoutError::UnknownBits);
         }
-        for i in 0..16 {
-            if x.gpr_mask & (1 << i) != 0 {
-                x.gprs[i] = r.u64()?;
+        let n = Self::size_of(flags, gpr_mask);
+        if bytes.len() < n {
+            return Err(LayoutError::Truncated);
+        }
+        if bytes.len() > n {
+            return Err(LayoutError::TrailingBytes);
+        }
+        let mut x = ExitReply {
+            flags,
+            gpr_mask,
+            ..ExitReply::default()
+        };
+        let mut words = bytes[8..]
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+        let mut regs = gpr_mask;
+        while regs != 0 {
+            let i = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            if let (Some(g), Some(v)) = (x.gprs.get_mut(i), words.next()) {
+                *g = v;
             }
         }
-        let f = x.flags;
-        let mut next = |flag: u32| -> Result<u64, LayoutError> {
-            if f & flag != 0 {
-                r.u64()
+        let mut next = |flag: u32| {
+            if flags & flag != 0 {
+                words.next().unwrap_or(0)
             } else {
-                Ok(0)
+                0
             }
         };
-        x.rip = next(reply::SET_RIP)?;
-        x.rflags = next(reply::SET_RFLAGS)?;
-        x.cr0 = next(reply::SET_CR0)?;
-        x.cr3 = next(reply::SET_CR3)?;
-        x.cr4 = next(reply::SET_CR4)?;
-        x.efer = next(reply::SET_EFER)?;
-        x.inject = next(reply::INJECT)?;
-        x.stop_code = next(reply::STOP)?;
-        r.finish()?;
+        x.rip = next(reply::SET_RIP);
+        x.rflags = next(reply::SET_RFLAGS);
+        x.cr0 = next(reply::SET_CR0);
+        x.cr3 = next(reply::SET_CR3);
+        x.cr4 = next(reply::SET_CR4);
+        x.efer = next(reply::SET_EFER);
+        x.inject = next(reply::INJECT);
+        x.stop_code = next(reply::STOP);
         Ok(x)
     }
 }

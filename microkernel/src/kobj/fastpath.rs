@@ -118,8 +118,9 @@ impl<M: Machine> Kernel<M> {
         let vcpu = self.thread(caller).vcpu;
         if vcpu.is_some() {
             // The answer to an exit message: into the vCPU thread's message buffer, where
-            // `vcpu_prepare` reads it.
-            if !self.buffer_writable(c, buf, buf_cap) {
+            // `vcpu_prepare` reads it. Only from inside the checked buffer, so the copy cannot
+            // fail half way (the exit message must stay intact for a re-send).
+            if len > buf_cap || !self.buffer_writable(c, buf, buf_cap) {
                 return None;
             }
             let ct = self.thread(c).task;

@@ -111,9 +111,10 @@ impl Machine for Model {
         if self.frames_live + pages as i64 > 4096 {
             return None;
         }
+        let base = 0x1000_0000 + self.next_frame;
         self.next_frame += pages * PAGE_SIZE;
         self.frames_live += pages as i64;
-        Some(0x1000_0000 + self.next_frame)
+        Some(base)
     }
     fn frames_free(&mut self, _phys: u64, pages: u64) {
         self.frames_live -= pages as i64;

@@ -1268,7 +1268,6 @@ fn revoking_a_vm_destroys_its_vcpus_and_their_threads() {
 /// following `detach` unlinks nothing; the freed thread id stays in the endpoint queue (or
 /// in the handler's `reply_to`) and the kernel panics on the next use of it.
 #[test]
-#[ignore = "kernel bug: a vCPU destroyed while its exit call waits leaves a dangling thread"]
 fn killing_the_vmm_while_its_vcpu_waits_for_a_handler_does_not_panic() {
     let mut k = kernel(&["supervisor", "echo"]);
     k.machine.vmx = true;
@@ -1291,7 +1290,6 @@ fn killing_the_vmm_while_its_vcpu_waits_for_a_handler_does_not_panic() {
 }
 
 #[test]
-#[ignore = "kernel bug: a vCPU destroyed while its exit call waits leaves a dangling thread"]
 fn deleting_a_vcpu_that_awaits_a_reply_leaves_the_handler_nothing_to_answer() {
     let mut v = vmm();
     let run = run(&mut v, true);
@@ -1375,7 +1373,6 @@ proptest! {
 /// (which fails the handler with `BadPointer`), but the exit message held for a re-send is
 /// already overwritten: a restarted handler receives a corrupted exit.
 #[test]
-#[ignore = "kernel bug: a failed fast-path reply to a vCPU corrupts the held exit message"]
 fn a_failed_reply_leaves_the_exit_message_for_a_restarted_handler_intact() {
     let mut v = vmm();
     let run = run(&mut v, true);

@@ -335,6 +335,9 @@ impl<M: Machine> Kernel<M> {
                 field::Access::ReadWrite => true,
             };
             if !ok {
+                if write {
+                    self.refresh_paging(vi);
+                }
                 return Err((Error::InvalidArgument, i as u64));
             }
             if write {
@@ -629,26 +632,37 @@ impl<M: Machine> Kernel<M> {
         let hw = &mut v.hw;
         let out = &mut th.msg.data;
         let mut at = 0;
+        if mask & group::GPRS != 0 {
+            // The header and the registers in one pass: this is what most portals ask for.
+            let r = &th.regs;
+            let rsp = m.vmcs_read(hw, field::GUEST_RSP);
+            let words = [
+                r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ];
+            if let Some(dst) = out.get_mut(16..16 + 128) {
+                for (w, v) in dst.chunks_exact_mut(8).zip(words) {
+                    w.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            at = 16 + 128;
+        }
+        if let Some(h) = out.get_mut(..16) {
+            h[..4].copy_from_slice(&exit.reason.to_le_bytes());
+            h[4..8].copy_from_slice(&mask.to_le_bytes());
+            h[8..12].copy_from_slice(&v.id.to_le_bytes());
+            h[12..16].copy_from_slice(&0u32.to_le_bytes());
+        }
+        if at == 0 {
+            at = 16;
+        }
         let mut put = |bytes: &[u8]| {
             if let Some(d) = out.get_mut(at..at + bytes.len()) {
                 d.copy_from_slice(bytes);
             }
             at += bytes.len();
         };
-        put(&exit.reason.to_le_bytes());
-        put(&mask.to_le_bytes());
-        put(&v.id.to_le_bytes());
-        put(&0u32.to_le_bytes());
         let mut rd = |f: u64| m.vmcs_read(hw, f);
-        if mask & group::GPRS != 0 {
-            for n in 0..16 {
-                let g = match Self::gpr(&th.regs, n) {
-                    Some(g) => g,
-                    None => rd(field::GUEST_RSP),
-                };
-                put(&g.to_le_bytes());
-            }
-        }
         if mask & group::RIP != 0 {
             put(&rd(field::GUEST_RIP).to_le_bytes());
             put(&rd(field::GUEST_RFLAGS).to_le_bytes());
@@ -656,7 +670,10 @@ impl<M: Machine> Kernel<M> {
         }
         if mask & group::CRS != 0 {
             let (cr0, cr4) = (rd(field::GUEST_CR0), rd(field::GUEST_CR4));
-            let (mask0, mask4) = (rd(field::CR0_GUEST_HOST_MASK), rd(field::CR4_GUEST_HOST_MASK));
+            let (mask0, mask4) = (
+                rd(field::CR0_GUEST_HOST_MASK),
+                rd(field::CR4_GUEST_HOST_MASK),
+            );
             let (shadow0, shadow4) = (rd(field::CR0_READ_SHADOW), rd(field::CR4_READ_SHADOW));
             put(&cr0.to_le_bytes());
             put(&rd(field::GUEST_CR3).to_le_bytes());
@@ -737,6 +754,9 @@ impl<M: Machine> Kernel<M> {
                 false
             }
             Some(Ok(())) => {
+                if let Some(entered) = self.apply_simple_reply(vi, t) {
+                    return entered;
+                }
                 let reply = {
                     let msg = &self.thread(t).msg;
                     ExitReply::decode(&msg.data[..msg.len.min(msg.data.len())])
@@ -773,15 +793,59 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
+    /// The common reply (registers and "advance RIP", nothing else) applied straight from
+    /// its bytes, without building an `ExitReply`; `None` for any other reply (including a
+    /// malformed one), which the general path decodes and judges.
+    fn apply_simple_reply(&mut self, vi: u16, t: ThreadId) -> Option<bool> {
+        let mut words = [0u64; 16];
+        let (flags, gpr_mask) = {
+            let msg = &self.thread(t).msg;
+            let bytes = msg.data.get(..msg.len)?;
+            let h = bytes.get(..8)?;
+            let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+            let gpr_mask = u16::from_le_bytes([h[4], h[5]]);
+            if flags & !reply::ADVANCE_RIP != 0
+                || h[6] != 0
+                || h[7] != 0
+                || bytes.len() != ExitReply::size_of(flags, gpr_mask)
+            {
+                return None;
+            }
+            for (w, b) in words.iter_mut().zip(bytes[8..].chunks_exact(8)) {
+                *w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            }
+            (flags, gpr_mask)
+        };
+        self.vcpu_mut(vi).run = VcpuRun::Running;
+        let mut regs = gpr_mask;
+        let mut next = words.into_iter();
+        while regs != 0 {
+            let n = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            let v = next.next().unwrap_or(0);
+            match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                Some(reg) => *reg = v,
+                None => self.vmcs_write(vi, field::GUEST_RSP, v),
+            }
+        }
+        if flags & reply::ADVANCE_RIP != 0 {
+            let len = self.vcpu(vi).last_exit.2;
+            let rip = self.vmcs_read(vi, field::GUEST_RIP);
+            self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+        }
+        Some(true)
+    }
+
     /// Applies a handler's reply; `false` when it stopped the vCPU.
     fn apply_reply(&mut self, vi: u16, r: &ExitReply) -> bool {
         let t = self.vcpu(vi).thread;
-        for n in 0..16 {
-            if r.gpr_mask & (1 << n) != 0 {
-                match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
-                    Some(reg) => *reg = r.gprs[n],
-                    None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n]),
-                }
+        let mut regs = r.gpr_mask;
+        while regs != 0 {
+            let n = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                Some(reg) => *reg = r.gprs[n],
+                None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n]),
             }
         }
         if r.flags & reply::SET_RIP != 0 {
@@ -834,11 +898,10 @@ impl<M: Machine> Kernel<M> {
             v.call_ep = None;
             (v.thread, v.runner.take(), v.last_exit)
         };
-        if let Some(th) = self.threads.0[t as usize].as_ref() {
-            let (state, prio) = (th.state, th.prio);
-            if state == ThreadState::Ready && self.current != Some(t) {
-                self.run_queue.remove(&mut self.threads, t, prio);
-            }
+        if self.threads.0[t as usize].is_some() {
+            // Out of every queue it is in (run queue, a portal's senders, a handler's
+            // `reply_to`), so nothing names the thread once it is stopped or destroyed.
+            self.detach(t, u16::MAX);
             self.thread_mut(t).state = ThreadState::Suspended;
         }
         if let Some(r) = runner {
