@@ -89,12 +89,12 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn thread(&self, t: ThreadId) -> &Thread {
         self.threads.0[t as usize].as_ref().expect("live thread")
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn thread_mut(&mut self, t: ThreadId) -> &mut Thread {
         self.threads.0[t as usize].as_mut().expect("live thread")
     }
