@@ -46,11 +46,16 @@ pub fn parse_ipc_rows(log: &str) -> Vec<IpcRow> {
         .collect()
 }
 
-/// Runs the benchmark; returns the process exit code.
-pub fn run_ipc(iso: &Path, build_dir: &Path) -> Result<u8, String> {
+/// Boots a benchmark scenario in Bochs; returns whether its check passed, its cleaned
+/// console log and the log's path.
+fn boot_bench(
+    scenario: &str,
+    iso: &Path,
+    build_dir: &Path,
+) -> Result<(bool, String, PathBuf), String> {
     let opts = RunOptions {
         emu: Emu::Bochs,
-        scenario: abi::scenario::BENCH_IPC.to_string(),
+        scenario: scenario.to_string(),
         timeout_secs: None,
         expect: Some(Expect::Pass),
         iso: iso.to_path_buf(),
@@ -59,12 +64,19 @@ pub fn run_ipc(iso: &Path, build_dir: &Path) -> Result<u8, String> {
     let r = runner::run(&opts).map_err(|e| e.0)?;
     let log =
         fs::read_to_string(&r.log_path).map_err(|e| format!("{}: {e}", r.log_path.display()))?;
-    let rows = parse_ipc_rows(&crate::judge::clean_console(log.as_bytes()));
-    if !r.verdict.check_passed || rows.len() != 3 {
+    let log = crate::judge::clean_console(log.as_bytes());
+    Ok((r.verdict.check_passed, log, r.log_path))
+}
+
+/// Runs the benchmark; returns the process exit code.
+pub fn run_ipc(iso: &Path, build_dir: &Path) -> Result<u8, String> {
+    let (passed, log, log_path) = boot_bench(abi::scenario::BENCH_IPC, iso, build_dir)?;
+    let rows = parse_ipc_rows(&log);
+    if !passed || rows.len() != 3 {
         return Err(format!(
             "bench-ipc did not complete ({} rows; see {})",
             rows.len(),
-            r.log_path.display()
+            log_path.display()
         ));
     }
     println!();
@@ -140,23 +152,13 @@ pub fn parse_exit_rows(log: &str) -> Vec<ExitRow> {
 /// `make bench`, second part: boots `scenario=bench-vmm` in Bochs and prints each exit round
 /// trip through the VMM service next to the in-kernel floor; writes `build/bench/vmm.csv`.
 pub fn run_vmm(iso: &Path, build_dir: &Path) -> Result<u8, String> {
-    let opts = RunOptions {
-        emu: Emu::Bochs,
-        scenario: abi::scenario::BENCH_VMM.to_string(),
-        timeout_secs: None,
-        expect: Some(Expect::Pass),
-        iso: iso.to_path_buf(),
-        build_dir: build_dir.to_path_buf(),
-    };
-    let r = runner::run(&opts).map_err(|e| e.0)?;
-    let log =
-        fs::read_to_string(&r.log_path).map_err(|e| format!("{}: {e}", r.log_path.display()))?;
-    let rows = parse_exit_rows(&crate::judge::clean_console(log.as_bytes()));
-    if !r.verdict.check_passed || rows.len() != 6 {
+    let (passed, log, log_path) = boot_bench(abi::scenario::BENCH_VMM, iso, build_dir)?;
+    let rows = parse_exit_rows(&log);
+    if !passed || rows.len() != 6 {
         return Err(format!(
             "bench-vmm did not complete ({} rows; see {})",
             rows.len(),
-            r.log_path.display()
+            log_path.display()
         ));
     }
     let find = |via: &str, op: &str| rows.iter().find(|r| r.via == via && r.op == op);
