@@ -99,6 +99,12 @@ fn exits_of(s: &VmSummary, reason: u32) -> u32 {
 /// Runs a guest that must verify itself and exit through the debug-exit port.
 fn passing_guest(t: &mut Tally, what: &str, cfg: &VmConfig) -> Option<VmSummary> {
     let r = run(cfg);
+    if matches!(r, Ok(Response::Error(ProtoError::Service(VmmError::NoVmx)))) {
+        userlib::println!(
+            "{}: this machine has no usable VMX (QEMU TCG has none): run it on Bochs (EMU=bochs) or KVM",
+            t.name
+        );
+    }
     let s = finished(&r).cloned();
     let ok = s
         .as_ref()
