@@ -222,7 +222,7 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
     }
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
-        let (real, _vector) = vmx::acknowledge_exit_interrupt(info);
+        let real = vmx::acknowledge_exit_interrupt(info);
         k.count_exit(t, reason);
         let next = if real { k.on_tick(None) } else { k.schedule() };
         resume(k, next)

@@ -1,9 +1,8 @@
 //! The exit thread: receives the exit messages of the VMM's portals and answers each with the
 //! reply of the running VM's model ([`VmModel::handle`]), printing what the guest writes.
 //!
-//! Besides the model's hypercalls, the benchmark guest switches exit reasons to the kernel's
-//! in-kernel floor and back (`PORTAL_REFLECT`): VMCALL 3 with RBX = CPUID (10), VMCALL (18) or
-//! I/O (30) switches that reason; VMCALL 4, or CPUID leaf 0x400000ff, switches all back.
+//! The model's `Reflect`/`Unreflect` events (the benchmark guest's hypercalls 3 and 4) switch
+//! an exit reason's portal to the kernel's floor (`PORTAL_REFLECT`) and back.
 
 use abi::ipc::MAX_PAYLOAD;
 use abi::vmx::{self, field, reason, ExitMessage, ExitReply, Gpr};
@@ -26,11 +25,7 @@ const HANDLED: [u32; 9] = [
     reason::TRIPLE_FAULT,
     reason::EPT_MISCONFIG,
 ];
-/// What the benchmark guest may switch to the kernel floor.
-const REFLECTABLE: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
-const SWITCH_TO_FLOOR: u64 = 3;
-const SWITCH_BACK: u64 = 4;
-const SWITCH_BACK_LEAF: u64 = 0x4000_00ff;
+use vm::hypercall::REFLECTABLE;
 
 /// The VM being run, shared by the main thread (which starts and ends it) and the exit thread.
 struct Run {
@@ -182,13 +177,10 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
         userlib::println!("vmm: exit with no VM running; stopping it");
         return ExitReply::stop(0);
     };
-    if let Some(reply) = bench_switch(run, m) {
-        return reply;
-    }
     let mut env = ServiceEnv { ram: run.ram };
     let mut events = EVENTS.lock();
     events.clear();
-    let reply = run.model.handle_into(m, &mut env, &mut events);
+    let mut reply = run.model.handle_into(m, &mut env, &mut events);
     let name = &run.model.name;
     for e in events.iter() {
         match e {
@@ -201,7 +193,19 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
                 name.as_str(),
                 if *write { "write" } else { "read" }
             ),
-            Event::ReflectRequested => {}
+            Event::Reflect { reason } => {
+                if sys::vcpu_portal_reflect(run.vcpu, *reason).is_err() {
+                    reply.set_gpr(Gpr::Rax, vm::hypercall::ERROR);
+                }
+            }
+            Event::Unreflect => {
+                let back = REFLECTABLE.iter().all(|&r| {
+                    sys::vcpu_portal(run.vcpu, r, Some(run.exit_ep), mask_for(r)).is_ok()
+                });
+                if !back {
+                    reply.set_gpr(Gpr::Rax, vm::hypercall::ERROR);
+                }
+            }
             Event::Stopped(r) => {
                 if let Some(report) = r.report() {
                     userlib::println!("{report}");
@@ -211,39 +215,6 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
         }
     }
     reply
-}
-
-/// The benchmark's switches between the VMM and the kernel floor.
-fn bench_switch(run: &mut Run, m: &ExitMessage) -> Option<ExitReply> {
-    let basic = m.basic_reason();
-    let rax = m.gprs[Gpr::Rax as usize];
-    let switch_back = (basic == reason::VMCALL && rax == SWITCH_BACK)
-        || (basic == reason::CPUID && rax & 0xffff_ffff == SWITCH_BACK_LEAF);
-    let to_floor = basic == reason::VMCALL && rax == SWITCH_TO_FLOOR;
-    if !switch_back && !to_floor {
-        return None;
-    }
-    let mut reply = ExitReply::advance();
-    if to_floor {
-        let which = m.gprs[Gpr::Rbx as usize] as u32;
-        let ok = REFLECTABLE.contains(&which) && sys::vcpu_portal_reflect(run.vcpu, which).is_ok();
-        reply.set_gpr(Gpr::Rax, if ok { 0 } else { u64::MAX });
-        return Some(reply);
-    }
-    if switch_back {
-        let ok = REFLECTABLE
-            .iter()
-            .all(|&r| sys::vcpu_portal(run.vcpu, r, Some(run.exit_ep), mask_for(r)).is_ok());
-        let v = if ok { 0 } else { u64::MAX };
-        reply.set_gpr(Gpr::Rax, v);
-        if basic == reason::CPUID {
-            reply
-                .set_gpr(Gpr::Rbx, 0)
-                .set_gpr(Gpr::Rcx, 0)
-                .set_gpr(Gpr::Rdx, 0);
-        }
-    }
-    Some(reply)
 }
 
 /// Prints what the kernel knows about a stop it decided itself (no portal for the reason, a

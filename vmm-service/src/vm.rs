@@ -41,8 +41,21 @@ pub mod hypercall {
     pub const PRINT: u64 = 1;
     /// Do nothing (for measuring the exit round trip).
     pub const NOP: u64 = 2;
-    /// Ask the service to switch this VM's VMCALL portal to the kernel's reflect portal.
+    /// Benchmark only: have the kernel answer exits of basic reason RBX (CPUID, VMCALL or
+    /// I/O) itself, the floor an exit round trip is measured against ([`Event::Reflect`]).
     pub const REFLECT: u64 = 3;
+    /// Benchmark only: give every reflected reason back to the service
+    /// ([`Event::Unreflect`]). While VMCALL is reflected, CPUID leaf [`UNREFLECT_LEAF`] does
+    /// the same.
+    pub const UNREFLECT: u64 = 4;
+    /// The CPUID leaf that acts as [`UNREFLECT`] (it reads as zeros).
+    pub const UNREFLECT_LEAF: u32 = 0x4000_00ff;
+    /// The exit reasons [`REFLECT`] accepts.
+    pub const REFLECTABLE: [u32; 3] = [
+        abi::vmx::reason::CPUID,
+        abi::vmx::reason::VMCALL,
+        abi::vmx::reason::IO,
+    ];
     pub const PRINT_MAX: usize = 256;
     /// RAX after success.
     pub const OK: u64 = 0;
@@ -62,8 +75,11 @@ pub enum Event {
     Print(Text),
     /// First access to an unhandled port (logged once per port and direction).
     UnhandledPort { port: u16, write: bool },
-    /// The guest asked for the reflect portal (hypercall 3).
-    ReflectRequested,
+    /// The guest asked for exits of `reason` to be answered by the kernel (hypercall 3).
+    Reflect { reason: u32 },
+    /// The guest asked for every reflected reason back (hypercall 4 or CPUID leaf
+    /// [`hypercall::UNREFLECT_LEAF`]).
+    Unreflect,
     /// The VM ended; the reply is `ExitReply::stop(result.stop_code())`.
     Stopped(VmResult),
 }
@@ -165,6 +181,9 @@ impl VmModel {
         };
         match exit {
             Exit::Cpuid { leaf, subleaf } => {
+                if leaf == hypercall::UNREFLECT_LEAF {
+                    let _ = ev.push(Event::Unreflect);
+                }
                 let r = crate::cpuid::cpuid(leaf, subleaf, |l, s| env.host_cpuid(l, s));
                 let mut reply = ExitReply::advance();
                 for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
@@ -339,7 +358,16 @@ impl VmModel {
             }
             hypercall::NOP => hypercall::OK,
             hypercall::REFLECT => {
-                let _ = ev.push(Event::ReflectRequested);
+                let reason = args[0] as u32;
+                if hypercall::REFLECTABLE.contains(&reason) {
+                    let _ = ev.push(Event::Reflect { reason });
+                    hypercall::OK
+                } else {
+                    hypercall::ERROR
+                }
+            }
+            hypercall::UNREFLECT => {
+                let _ = ev.push(Event::Unreflect);
                 hypercall::OK
             }
             _ => hypercall::ERROR,

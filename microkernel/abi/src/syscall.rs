@@ -123,7 +123,8 @@ pub enum Sys {
     VcpuPortal = 100,
     /// `(vcpu, pairs, count, write)`: reads (`write` = 0) or writes `count` (field, value)
     /// pairs of u64 at `pairs` ([`crate::vmx::field`]). Stops at the first field that is out
-    /// of reach, with `rdi` = its index. Only while the vCPU is not running a guest.
+    /// of reach, with `rdi` = its index. (One CPU runs everything, so a syscall never runs
+    /// while the vCPU is in the guest: the state read is that of its last exit.)
     VcpuState = 101,
     /// `(vcpu) -> (stop, reason, qualification)`: runs the vCPU until it stops
     /// ([`crate::vmx::stop`]); the calling thread waits meanwhile.

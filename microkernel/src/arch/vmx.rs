@@ -465,9 +465,8 @@ extern "C" fn vmx_entry_failed_rust() -> ! {
     crate::kentry::vm_entry_failed(error)
 }
 
-/// With "acknowledge interrupt on exit", the vector of an external-interrupt exit; the PIC
-/// still needs its EOI ([`super::timer`]). Returns whether it was a real (not spurious) IRQ.
-pub fn acknowledge_exit_interrupt(intr_info: u64) -> (bool, u8) {
-    let vector = intr_info as u8;
-    (super::timer::acknowledge(vector), vector)
+/// With "acknowledge interrupt on exit", the exit's interruption info names the vector; the
+/// PIC still needs its EOI ([`super::timer`]). Returns whether it was a real (not spurious) IRQ.
+pub fn acknowledge_exit_interrupt(intr_info: u64) -> bool {
+    super::timer::acknowledge(intr_info as u8)
 }

@@ -290,9 +290,18 @@ fn hypercalls() {
     }
     gprs(&mut m, &[(Gpr::Rax, 2)]);
     assert_eq!(rax_of(&v.handle(&m, &mut env)), 0);
-    gprs(&mut m, &[(Gpr::Rax, 3)]);
+    gprs(&mut m, &[(Gpr::Rax, 3), (Gpr::Rbx, 10)]);
     let o = v.handle(&m, &mut env);
-    assert_eq!(o.events.as_slice(), &[Event::ReflectRequested]);
+    assert_eq!(o.events.as_slice(), &[Event::Reflect { reason: 10 }]);
+    assert_eq!(rax_of(&o), 0);
+    gprs(&mut m, &[(Gpr::Rax, 3), (Gpr::Rbx, 12)]); // HLT cannot be reflected
+    let o = v.handle(&m, &mut env);
+    assert!(o.events.is_empty());
+    assert_eq!(rax_of(&o), u64::MAX);
+    gprs(&mut m, &[(Gpr::Rax, 4)]);
+    let o = v.handle(&m, &mut env);
+    assert_eq!(o.events.as_slice(), &[Event::Unreflect]);
+    assert_eq!(rax_of(&o), 0);
     gprs(&mut m, &[(Gpr::Rax, 99)]);
     assert_eq!(rax_of(&v.handle(&m, &mut env)), u64::MAX);
     gprs(&mut m, &[(Gpr::Rax, 0), (Gpr::Rbx, 7)]);
