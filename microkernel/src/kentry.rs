@@ -219,6 +219,7 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         *guest = *regs;
         (guest.rip, guest.rflags, guest.rsp) = (rip, rflags, rsp);
         vmcs.launched = true;
+        vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
     }
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);

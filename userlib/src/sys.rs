@@ -1100,8 +1100,14 @@ pub fn rdtsc() -> u64 {
 
 /// A new VM whose guest RAM (at guest-physical 0) is the memory object `ram`.
 /// [`Error::NoVmx`] on a machine without VMX.
-pub fn vm_create(ram: CapSlot) -> Result<CapSlot, Error> {
-    plain(Sys::VmCreate, [ram, 0, 0, 0, 0]).map(|r| r[0])
+pub fn vm_create(ram: CapSlot, flags: u64) -> Result<CapSlot, Error> {
+    plain(Sys::VmCreate, [ram, flags, 0, 0, 0]).map(|r| r[0])
+}
+
+/// Makes `pool` the shadow page pool of the shadow-paged VM `vm`, and `ep` the endpoint whose
+/// exit replies may set shadow roots (a page of `pool`). Once per VM.
+pub fn vm_set_shadow(vm: CapSlot, pool: CapSlot, ep: CapSlot) -> Result<(), Error> {
+    plain(Sys::VmSetShadow, [vm, pool, ep, 0, 0]).map(drop)
 }
 
 /// Maps guest RAM `[gpa, gpa + pages * 4 KiB)` into the VM's EPT with `rights`.

@@ -166,7 +166,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     .map_err(bad_image)?;
     drop(image_buf);
 
-    let vm = held.keep(sys::vm_create(ram).map_err(|e| match e {
+    let vm = held.keep(sys::vm_create(ram, 0).map_err(|e| match e {
         Error::NoVmx => VmmError::NoVmx,
         e => kernel(e),
     })?);

@@ -104,9 +104,10 @@ pub enum Sys {
     /// `offset` (fewer at the end of the module).
     ModuleRead = 89,
 
-    /// `(ram) -> (vm cap)`: a new VM whose guest-physical RAM is the memory object `ram`
-    /// (at guest-physical 0). Nothing is mapped yet: see [`Sys::VmMapRam`].
-    /// [`crate::Error::NoVmx`] without VMX.
+    /// `(ram, flags) -> (vm cap)`: a new VM whose guest-physical RAM is the memory object `ram`
+    /// (at guest-physical 0). `flags` ([`crate::vmx::vm_flags`]) picks the MMU mode: EPT
+    /// (nothing is mapped yet: see [`Sys::VmMapRam`]) or shadow paging (see
+    /// [`Sys::VmSetShadow`]). [`crate::Error::NoVmx`] without VMX.
     VmCreate = 96,
     /// `(vm, gpa, pages, rights)`: maps guest RAM `[gpa, gpa + pages * 4 KiB)` into the VM's
     /// EPT at the same guest-physical address with `rights` (READ/WRITE/EXEC). Only the VM's
@@ -129,6 +130,12 @@ pub enum Sys {
     /// `(vcpu) -> (stop, reason, qualification)`: runs the vCPU until it stops
     /// ([`crate::vmx::stop`]); the calling thread waits meanwhile.
     VcpuRun = 102,
+    /// `(vm, pool, ep)`: makes the memory object `pool` (READ|WRITE) the shadow page pool of
+    /// the shadow-paged VM `vm`, and endpoint `ep` the one whose exit replies may set a vCPU's
+    /// shadow root ([`crate::vmx::reply::SET_SHADOW_CR3`]): a root must be a page of `pool`.
+    /// Once per VM ([`crate::Error::Busy`] after); [`crate::Error::InvalidArgument`] for an
+    /// EPT VM.
+    VmSetShadow = 103,
 }
 
 impl Sys {
@@ -177,6 +184,7 @@ impl Sys {
         Sys::VcpuPortal,
         Sys::VcpuState,
         Sys::VcpuRun,
+        Sys::VmSetShadow,
     ];
 
     /// Decodes a syscall number (a jump table, not a search: this is on every syscall).
@@ -225,6 +233,7 @@ impl Sys {
             100 => Sys::VcpuPortal,
             101 => Sys::VcpuState,
             102 => Sys::VcpuRun,
+            103 => Sys::VmSetShadow,
             _ => return None,
         })
     }

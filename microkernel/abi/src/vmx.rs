@@ -16,6 +16,18 @@ pub const REPLY_LABEL: u64 = 0xe418;
 /// floor of an exit round trip; only those three reasons accept it.
 pub const PORTAL_REFLECT: u64 = u64::MAX - 1;
 
+/// Flags of [`crate::Sys::VmCreate`].
+pub mod vm_flags {
+    /// Shadow paging instead of EPT: the guest's #PF, CR3 accesses, INVLPG and paging-relevant
+    /// CR0/CR4 bits exit, and the hardware CR3 is a shadow root set by the VM's MMU endpoint.
+    pub const SHADOW: u64 = 1 << 0;
+    /// With `SHADOW`: before every VM entry the kernel walks the shadow tables reachable from
+    /// the root and stops the VM ([`super::stop::AUDIT`]) if a present entry names a frame
+    /// outside the VM's RAM (leaf) or its pool (table).
+    pub const AUDIT: u64 = 1 << 1;
+    pub const ALL: u64 = SHADOW | AUDIT;
+}
+
 /// Number of basic exit reasons the kernel routes (reasons 0..EXIT_REASONS).
 pub const EXIT_REASONS: usize = 70;
 
@@ -105,6 +117,13 @@ pub mod stop {
     pub const ENTRY_FAILED: u64 = 3 << 32;
     /// The portal's endpoint was closed or its server is gone.
     pub const PORTAL_GONE: u64 = 4 << 32;
+    /// A shadow-paged VM: a reply set a shadow root that is not a page of the VM's pool, or
+    /// came from an endpoint other than its MMU endpoint (the second result is the exit
+    /// reason, the third the refused root).
+    pub const BAD_ROOT: u64 = 5 << 32;
+    /// Audit mode: a shadow table names a frame outside the VM's RAM or pool (the third
+    /// result is the physical address of the offending entry).
+    pub const AUDIT: u64 = 6 << 32;
     /// The kind part of a stop value.
     pub const KIND_MASK: u64 = 0xffff_ffff << 32;
 }
@@ -241,6 +260,12 @@ pub mod field {
     pub const GPR_BASE: u64 = 0x1_0000_0000;
     /// Pseudo-field, read-only: exits of basic reason `r` so far (`EXIT_COUNT_BASE + r`).
     pub const EXIT_COUNT_BASE: u64 = 0x2_0000_0000;
+    /// Pseudo-field: the guest's CR2 (VMX does not switch it; the kernel keeps it per vCPU,
+    /// saves it at every exit and loads it before every entry).
+    pub const GUEST_CR2: u64 = 0x3_0000_0000;
+    /// Pseudo-field, read-only: the CR3 the hardware uses. For an EPT VM it is `GUEST_CR3`;
+    /// for a shadow-paged VM `GUEST_CR3` is the guest's own value and this the shadow root.
+    pub const SHADOW_CR3: u64 = 0x3_0000_0001;
 
     /// Who may touch a field from user level.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +287,8 @@ pub mod field {
             return Access::ReadOnly;
         }
         match f {
+            GUEST_CR2 => Access::ReadWrite,
+            SHADOW_CR3 => Access::ReadOnly,
             VM_INSTRUCTION_ERROR
             | EXIT_REASON
             | EXIT_INTR_INFO
@@ -607,7 +634,12 @@ pub mod reply {
     pub const INJECT: u32 = 1 << 7;
     /// Stop the VM; [`crate::Sys::VcpuRun`] returns with `stop_code`.
     pub const STOP: u32 = 1 << 8;
-    pub const ALL: u32 = 0x1ff;
+    /// Set the guest's CR2 (before injecting a #PF).
+    pub const SET_CR2: u32 = 1 << 9;
+    /// Shadow-paged VMs, from the VM's MMU endpoint only: the hardware CR3 (a page of the
+    /// VM's pool), applied after every other change of the reply.
+    pub const SET_SHADOW_CR3: u32 = 1 << 10;
+    pub const ALL: u32 = 0x7ff;
 }
 
 /// A handler's answer to an exit message. Registers named in `gpr_mask` are written.
@@ -625,11 +657,13 @@ pub struct ExitReply {
     pub efer: u64,
     pub inject: u64,
     pub stop_code: u64,
+    pub cr2: u64,
+    pub shadow_cr3: u64,
 }
 
 impl ExitReply {
     /// The largest reply.
-    pub const MAX_SIZE: usize = 8 + 16 * 8 + 8 * 8;
+    pub const MAX_SIZE: usize = 8 + 16 * 8 + Self::VALUE_FLAGS.len() * 8;
 
     /// Resume after the instruction.
     pub fn advance() -> ExitReply {
@@ -661,7 +695,7 @@ impl ExitReply {
     }
 
     /// The flags that carry a value, in layout order.
-    const VALUE_FLAGS: [u32; 8] = [
+    const VALUE_FLAGS: [u32; 10] = [
         reply::SET_RIP,
         reply::SET_RFLAGS,
         reply::SET_CR0,
@@ -670,7 +704,25 @@ impl ExitReply {
         reply::SET_EFER,
         reply::INJECT,
         reply::STOP,
+        reply::SET_CR2,
+        reply::SET_SHADOW_CR3,
     ];
+
+    /// The values of the flags in [`Self::VALUE_FLAGS`], in the same order.
+    fn values_mut(&mut self) -> [&mut u64; 10] {
+        [
+            &mut self.rip,
+            &mut self.rflags,
+            &mut self.cr0,
+            &mut self.cr3,
+            &mut self.cr4,
+            &mut self.efer,
+            &mut self.inject,
+            &mut self.stop_code,
+            &mut self.cr2,
+            &mut self.shadow_cr3,
+        ]
+    }
 
     /// The encoded size of a reply with these flags and registers.
     pub const fn size_of(flags: u32, gpr_mask: u16) -> usize {
@@ -696,16 +748,8 @@ impl ExitReply {
                 w.copy_from_slice(&v.to_le_bytes());
             }
         }
-        let values = [
-            self.rip,
-            self.rflags,
-            self.cr0,
-            self.cr3,
-            self.cr4,
-            self.efer,
-            self.inject,
-            self.stop_code,
-        ];
+        let mut copy = *self;
+        let values = copy.values_mut().map(|v| *v);
         for (flag, v) in Self::VALUE_FLAGS.iter().zip(values) {
             if flags & flag != 0 {
                 if let Some(w) = words.next() {
@@ -746,21 +790,11 @@ impl ExitReply {
                 *g = v;
             }
         }
-        let mut next = |flag: u32| {
+        for (flag, v) in Self::VALUE_FLAGS.iter().zip(x.values_mut()) {
             if flags & flag != 0 {
-                words.next().unwrap_or(0)
-            } else {
-                0
+                *v = words.next().unwrap_or(0);
             }
-        };
-        x.rip = next(reply::SET_RIP);
-        x.rflags = next(reply::SET_RFLAGS);
-        x.cr0 = next(reply::SET_CR0);
-        x.cr3 = next(reply::SET_CR3);
-        x.cr4 = next(reply::SET_CR4);
-        x.efer = next(reply::SET_EFER);
-        x.inject = next(reply::INJECT);
-        x.stop_code = next(reply::STOP);
+        }
         Ok(x)
     }
 }
@@ -842,18 +876,33 @@ mod tests {
     fn replies_round_trip_and_reject_bad_input() {
         let mut r = ExitReply::advance();
         r.set_gpr(Gpr::Rax, 7).set_gpr(Gpr::R15, 9);
-        r.flags |= reply::INJECT | reply::SET_CR0 | reply::STOP;
+        r.flags |= reply::INJECT | reply::SET_CR0 | reply::STOP | reply::SET_SHADOW_CR3;
         r.inject = 0x8000_0b0d | (5 << 32);
         r.cr0 = 0x8000_0031;
         r.stop_code = 42;
+        r.shadow_cr3 = 0x7000;
         let mut buf = [0u8; ExitReply::MAX_SIZE];
         let n = r.encode(&mut buf).expect("fits");
-        assert_eq!(n, 8 + 2 * 8 + 3 * 8);
+        assert_eq!(n, 8 + 2 * 8 + 4 * 8);
+        // The values follow the registers in flag order: the shadow root is last.
+        assert_eq!(buf[n - 8..n], 0x7000u64.to_le_bytes());
         assert_eq!(ExitReply::decode(&buf[..n]), Ok(r));
         assert_eq!(
             ExitReply::decode(&buf[..n - 1]),
             Err(LayoutError::Truncated)
         );
+        // Every value flag round-trips with its own value.
+        for bit in 1..11 {
+            let mut one = ExitReply {
+                flags: 1 << bit,
+                ..ExitReply::default()
+            };
+            *one.values_mut()[bit - 1] = 0x1000 + bit as u64;
+            let n = one.encode(&mut buf).expect("fits");
+            assert_eq!(n, 16);
+            assert_eq!(ExitReply::decode(&buf[..n]), Ok(one));
+        }
+        let n = r.encode(&mut buf).expect("fits");
         let mut bad = buf;
         bad[3] = 0x80;
         assert_eq!(ExitReply::decode(&bad[..n]), Err(LayoutError::UnknownBits));

@@ -77,6 +77,8 @@ const PIN_WANT: u32 = 1;
 const PROC_WANT: u32 = (1 << 7) | (1 << 24) | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
+/// Primary, shadow-paged VMs: also INVLPG, CR3-load and CR3-store exiting.
+const PROC_SHADOW_WANT: u32 = PROC_WANT | (1 << 9) | (1 << 15) | (1 << 16);
 /// Exit: 64-bit host, acknowledge interrupt on exit, save/load PAT and EFER.
 const EXIT_WANT: u32 = (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
 /// Entry: load PAT and EFER (IA-32e mode guest is set per vCPU by the object model).
@@ -89,6 +91,11 @@ struct Controls {
     pin: u32,
     proc: u32,
     proc2: u32,
+    /// Primary and secondary controls of a shadow-paged VM (no EPT, VPID or unrestricted
+    /// guest: without VPIDs every VM entry and exit flushes the guest's TLB, which keeps the
+    /// hardware coherent with every shadow entry the MMU service changes during an exit).
+    proc_shadow: u32,
+    proc2_shadow: u32,
     exit: u32,
     entry: u32,
 }
@@ -102,6 +109,8 @@ static CURRENT: AtomicU64 = AtomicU64::new(u64::MAX);
 pub struct Vmcs {
     pub phys: u64,
     pub launched: bool,
+    /// The guest's CR2 (VMX does not switch it): saved at every exit, loaded before entry.
+    pub cr2: u64,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -129,12 +138,17 @@ pub fn init() -> Result<(), &'static str> {
         return Err("VMXON disabled by firmware (IA32_FEATURE_CONTROL)");
     }
     let proc = adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_WANT).ok_or("primary controls")?;
+    let proc_shadow = adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_SHADOW_WANT)
+        .ok_or("INVLPG or CR3 exiting")?;
+    let proc2_shadow = adjust(read(MSR_VMX_PROCBASED_CTLS2)?, 0).ok_or("secondary controls")?;
     let c = Controls {
         revision: basic as u32 & 0x7fff_ffff,
         pin: adjust(read(MSR_VMX_TRUE_PINBASED)?, PIN_WANT).ok_or("pin controls")?,
         proc,
         proc2: adjust(read(MSR_VMX_PROCBASED_CTLS2)?, PROC2_WANT)
             .ok_or("EPT, VPID or unrestricted guest missing")?,
+        proc_shadow,
+        proc2_shadow,
         exit: adjust(read(MSR_VMX_TRUE_EXIT)?, EXIT_WANT).ok_or("exit controls")?,
         entry: adjust(read(MSR_VMX_TRUE_ENTRY)?, ENTRY_WANT).ok_or("entry controls")?,
     };
@@ -255,8 +269,9 @@ fn sgdt_sidt() -> (u64, u64) {
     (base(&gdtr), base(&idtr))
 }
 
-/// A new VMCS for an EPT pointer: controls, host state, and a valid 32-bit flat guest.
-pub fn vmcs_new(eptp: u64, vpid: u16) -> Option<Vmcs> {
+/// A new VMCS for an EPT pointer (or, with `shadow`, for shadow paging: no EPT): controls,
+/// host state, and a valid 32-bit flat guest.
+pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
     let c = *CONTROLS.get()?;
     let phys = crate::mm::alloc_zeroed_frame_below(u64::MAX)?;
     write_revision(phys, c.revision);
@@ -269,10 +284,15 @@ pub fn vmcs_new(eptp: u64, vpid: u16) -> Option<Vmcs> {
     let sel = gdt::selectors();
     let (gdt_base, idt_base) = sgdt_sidt();
     let rdmsr = |m| trap::rdmsr(m).unwrap_or(0);
+    let (proc, proc2, eptp, vpid) = if shadow {
+        (c.proc_shadow, c.proc2_shadow, 0, 0)
+    } else {
+        (c.proc, c.proc2, eptp, u64::from(vpid) + 1)
+    };
     for (f, v) in [
         (PIN_BASED_CONTROLS, c.pin as u64),
-        (PROC_BASED_CONTROLS, c.proc as u64),
-        (PROC_BASED_CONTROLS2, c.proc2 as u64),
+        (PROC_BASED_CONTROLS, proc as u64),
+        (PROC_BASED_CONTROLS2, proc2 as u64),
         (EXIT_CONTROLS, c.exit as u64),
         (field::VM_ENTRY_CONTROLS, c.entry as u64),
         (field::EXCEPTION_BITMAP, 0),
@@ -283,7 +303,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16) -> Option<Vmcs> {
         (EXIT_MSR_LOAD_COUNT, 0),
         (ENTRY_MSR_LOAD_COUNT, 0),
         (EPT_POINTER, eptp),
-        (VPID, u64::from(vpid) + 1),
+        (VPID, vpid),
         (VMCS_LINK_POINTER, u64::MAX),
         // Host state.
         (HOST_CR0, Cr0::read_raw()),
@@ -357,6 +377,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16) -> Option<Vmcs> {
     Some(Vmcs {
         phys,
         launched: false,
+        cr2: 0,
     })
 }
 
@@ -414,6 +435,9 @@ extern "C" {
 /// `kentry::vm_exit`; a failed entry enters `kentry::vm_entry_failed`.
 pub fn enter(regs: &UserRegs, vmcs: &Vmcs) -> ! {
     make_current(vmcs.phys);
+    // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
+    // between here and the VM entry, so the guest finds its own value.
+    unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
     let launched = u64::from(vmcs.launched);
     // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
     // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is

@@ -126,8 +126,10 @@ pub trait Machine {
     /// Unmaps one guest page (nothing if absent) and flushes what the CPU cached of it.
     fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64);
     /// A new VMCS using `ept`, with the kernel's controls and host state, and a valid
-    /// initial guest state; `vpid` tags its TLB entries.
-    fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16) -> Option<Self::Vmcs>;
+    /// initial guest state; `vpid` tags its TLB entries. With `shadow`, EPT is off instead
+    /// (and VPIDs, so that every VM entry flushes the guest's TLB): #PF exits are set by the
+    /// object model, CR3 loads and stores and INVLPG exit.
+    fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16, shadow: bool) -> Option<Self::Vmcs>;
     fn vmcs_destroy(&mut self, vmcs: Self::Vmcs);
     /// Reads a VMCS field (the kernel checked that the field exists).
     fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64;

@@ -11,6 +11,7 @@ pub mod machine;
 pub mod objects;
 pub mod queue;
 pub mod regs;
+pub mod shadow;
 mod syscalls;
 pub mod vm;
 
@@ -19,5 +20,7 @@ pub use kernel::{Kernel, Next};
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod tests_shadow;
 #[cfg(test)]
 mod tests_vm;

@@ -127,13 +127,14 @@ impl<M: Machine> Kernel<M> {
                 Ok(Some([0; 4]))
             }
             Sys::ModuleRead => self.sys_module_read(a),
-            Sys::VmCreate => self.sys_vm_create(a[0]),
+            Sys::VmCreate => self.sys_vm_create(a[0], a[1]),
             Sys::VmMapRam => self.sys_vm_map_ram(a),
             Sys::VmUnmap => self.sys_vm_unmap(a),
             Sys::VcpuCreate => self.sys_vcpu_create(a[0], a[1]),
             Sys::VcpuPortal => self.sys_vcpu_portal(a),
             Sys::VcpuState => self.sys_vcpu_state(a),
             Sys::VcpuRun => self.sys_vcpu_run(a[0]),
+            Sys::VmSetShadow => self.sys_vm_set_shadow(a),
             Sys::KernelCmdline => {
                 let mut tmp = [0u8; 256];
                 let line = self.machine.cmdline().as_bytes();

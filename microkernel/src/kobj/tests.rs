@@ -174,7 +174,7 @@ impl Machine for Model {
     fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64) {
         ept.remove(&gpa);
     }
-    fn vmcs_new(&mut self, _ept: &Self::Ept, _vpid: u16) -> Option<Self::Vmcs> {
+    fn vmcs_new(&mut self, _ept: &Self::Ept, _vpid: u16, _shadow: bool) -> Option<Self::Vmcs> {
         Some(BTreeMap::new())
     }
     fn vmcs_destroy(&mut self, _vmcs: Self::Vmcs) {}

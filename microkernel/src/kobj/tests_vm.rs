@@ -20,7 +20,7 @@ use super::tests::{boot, kernel, ok, read_user, status, sys, write_user, Model, 
 use super::vm::{VcpuRun, VmExit};
 use crate::PAGE_SIZE;
 
-const RAM_PAGES: u64 = 16;
+pub(super) const RAM_PAGES: u64 = 16;
 const RWX: u64 = 0b111;
 /// The portal mask of the round-trip tests.
 const MASK: u32 = group::GPRS | group::RIP;
@@ -34,27 +34,34 @@ const EFER_LMA: u64 = 1 << 10;
 const ENTRY_IA32E: u64 = 1 << 9;
 
 /// Init (the VMM) with guest RAM, a VM with all of it mapped, one vCPU (id 3) and an endpoint.
-struct Vmm {
-    k: Kernel<Model>,
-    sup: ThreadId,
-    mem: u64,
-    ram_phys: u64,
-    vm: u64,
-    vcpu: u64,
+pub(super) struct Vmm {
+    pub(super) k: Kernel<Model>,
+    pub(super) sup: ThreadId,
+    pub(super) mem: u64,
+    pub(super) ram_phys: u64,
+    pub(super) vm: u64,
+    pub(super) vcpu: u64,
     /// The vCPU's object index and thread.
-    vi: u16,
-    vt: ThreadId,
-    ep: u64,
+    pub(super) vi: u16,
+    pub(super) vt: ThreadId,
+    pub(super) ep: u64,
 }
 
 fn vmm() -> Vmm {
+    vmm_with(0)
+}
+
+/// [`vmm`] with `VmCreate` flags (`vm_flags`); an EPT VM gets all its RAM mapped.
+pub(super) fn vmm_with(flags: u64) -> Vmm {
     let mut k = kernel(&["supervisor", "echo"]);
     k.machine.vmx = true;
     let sup = boot(&mut k);
     let mem = ok(&sys(&mut k, Sys::MemAlloc, [RAM_PAGES, 0, 0, 0, 0, 0]).1);
     let ram_phys = sys(&mut k, Sys::MemInfo, [mem, 0, 0, 0, 0, 0]).1.rsi;
-    let vm = ok(&sys(&mut k, Sys::VmCreate, [mem, 0, 0, 0, 0, 0]).1);
-    ok(&sys(&mut k, Sys::VmMapRam, [vm, 0, RAM_PAGES, RWX, 0, 0]).1);
+    let vm = ok(&sys(&mut k, Sys::VmCreate, [mem, flags, 0, 0, 0, 0]).1);
+    if flags == 0 {
+        ok(&sys(&mut k, Sys::VmMapRam, [vm, 0, RAM_PAGES, RWX, 0, 0]).1);
+    }
     let vcpu = ok(&sys(&mut k, Sys::VcpuCreate, [vm, 3, 0, 0, 0, 0]).1);
     let vi = k.task(k.cur_task()).caps.get(vcpu).unwrap().obj.index;
     let vt = k.vcpus[vi as usize].obj.as_ref().unwrap().thread;
@@ -74,7 +81,7 @@ fn vmm() -> Vmm {
 
 /// `VcpuState` from the current thread with the pairs at `DATA`; returns the registers
 /// afterwards and the pairs as they are in the buffer then.
-fn state(
+pub(super) fn state(
     k: &mut Kernel<Model>,
     vcpu: u64,
     pairs: &[(u64, u64)],
@@ -100,36 +107,36 @@ fn state(
     (r, back)
 }
 
-fn write_state(k: &mut Kernel<Model>, vcpu: u64, pairs: &[(u64, u64)]) {
+pub(super) fn write_state(k: &mut Kernel<Model>, vcpu: u64, pairs: &[(u64, u64)]) {
     let (r, _) = state(k, vcpu, pairs, true);
     ok(&r);
 }
 
-fn read_one(k: &mut Kernel<Model>, vcpu: u64, f: u64) -> u64 {
+pub(super) fn read_one(k: &mut Kernel<Model>, vcpu: u64, f: u64) -> u64 {
     let (r, back) = state(k, vcpu, &[(f, 0)], false);
     ok(&r);
     back[0].1
 }
 
 /// A VMCS field as the model machine holds it.
-fn vmcs(k: &Kernel<Model>, vi: u16, f: u64) -> u64 {
+pub(super) fn vmcs(k: &Kernel<Model>, vi: u16, f: u64) -> u64 {
     let v = k.vcpus[vi as usize].obj.as_ref().unwrap();
     v.hw.get(&f).copied().unwrap_or(0)
 }
 
 /// A server task and a runner thread, as they are once the guest runs.
-struct Running {
+pub(super) struct Running {
     /// The server task's cap (in init) and the server's thread.
-    task: u64,
-    server: ThreadId,
+    pub(super) task: u64,
+    pub(super) server: ThreadId,
     /// The endpoint's slot in the server task.
-    server_ep: u64,
-    runner: ThreadId,
+    pub(super) server_ep: u64,
+    pub(super) runner: ThreadId,
 }
 
 /// Spawns a server task (module 1) receiving on `ep`, which is bound to it; returns (task cap,
 /// endpoint slot in the task).
-fn spawn_server(v: &mut Vmm, generation: u64) -> (u64, u64) {
+pub(super) fn spawn_server(v: &mut Vmm, generation: u64) -> (u64, u64) {
     let k = &mut v.k;
     let task = ok(&sys(
         k,
@@ -151,7 +158,7 @@ fn spawn_server(v: &mut Vmm, generation: u64) -> (u64, u64) {
 /// Sets the guest up (RIP 0x1000, RAX 1, RSP 0x8000), optionally routes CPUID to the server
 /// over `ep`, starts the server (priority 5) and a runner thread (priority 3) in init: init
 /// sleeps, the server blocks receiving, the runner calls `VcpuRun` and the guest is entered.
-fn run(v: &mut Vmm, cpuid_portal: bool) -> Running {
+pub(super) fn run(v: &mut Vmm, cpuid_portal: bool) -> Running {
     write_state(
         &mut v.k,
         v.vcpu,
@@ -192,7 +199,7 @@ fn run(v: &mut Vmm, cpuid_portal: bool) -> Running {
     }
 }
 
-fn exit(k: &mut Kernel<Model>, reason: u32, qualification: u64, instruction_len: u64) -> Next {
+pub(super) fn exit(k: &mut Kernel<Model>, reason: u32, qualification: u64, instruction_len: u64) -> Next {
     k.on_vm_exit(VmExit {
         reason,
         qualification,
@@ -201,7 +208,7 @@ fn exit(k: &mut Kernel<Model>, reason: u32, qualification: u64, instruction_len:
 }
 
 /// The exit message the server thread `t` received (checks the label).
-fn received(k: &Kernel<Model>, t: ThreadId) -> (ExitMessage, Vec<u8>) {
+pub(super) fn received(k: &Kernel<Model>, t: ThreadId) -> (ExitMessage, Vec<u8>) {
     let r = k.thread(t).regs;
     let len = ok(&r) as usize;
     assert_eq!(r.rsi, EXIT_LABEL);
@@ -213,7 +220,7 @@ fn received(k: &Kernel<Model>, t: ThreadId) -> (ExitMessage, Vec<u8>) {
 }
 
 /// The current thread replies with `bytes`.
-fn reply_bytes(k: &mut Kernel<Model>, bytes: &[u8]) -> Next {
+pub(super) fn reply_bytes(k: &mut Kernel<Model>, bytes: &[u8]) -> Next {
     let t = k.current.unwrap();
     write_user(k, t, DATA, bytes);
     let (next, r) = sys(
@@ -225,14 +232,14 @@ fn reply_bytes(k: &mut Kernel<Model>, bytes: &[u8]) -> Next {
     next
 }
 
-fn reply_with(k: &mut Kernel<Model>, r: &ExitReply) -> Next {
+pub(super) fn reply_with(k: &mut Kernel<Model>, r: &ExitReply) -> Next {
     let mut buf = [0u8; ExitReply::MAX_SIZE];
     let n = r.encode(&mut buf).unwrap();
     reply_bytes(k, &buf[..n])
 }
 
 /// The runner's `VcpuRun` results: (stop, reason, qualification).
-fn run_result(k: &Kernel<Model>, runner: ThreadId) -> (u64, u64, u64) {
+pub(super) fn run_result(k: &Kernel<Model>, runner: ThreadId) -> (u64, u64, u64) {
     let r = k.thread(runner).regs;
     (ok(&r), r.rsi, r.rdx)
 }

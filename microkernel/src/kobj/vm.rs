@@ -15,7 +15,7 @@
 //! entry or a reply asking to stop: the vCPU stops, and the thread waiting in `VcpuRun` gets
 //! why.
 
-use abi::vmx::{self, field, group, reason, reply, stop, ExitReply, EXIT_REASONS};
+use abi::vmx::{self, field, group, reason, reply, stop, vm_flags, ExitReply, EXIT_REASONS};
 use abi::{CapKind, Error, Rights, NO_CAP};
 
 use super::captable::{Cap, ObjRef};
@@ -24,6 +24,7 @@ use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::objects::*;
 use super::queue::ThreadId;
+use super::shadow::{self, Pool, ShadowVm};
 use crate::PAGE_SIZE;
 
 pub const MAX_VMS: usize = 4;
@@ -62,6 +63,8 @@ pub struct Vm<E> {
     pub ram_phys: u64,
     pub ram_pages: u64,
     pub ept: E,
+    /// `Some` for a shadow-paged VM (the EPT is then unused).
+    pub shadow: Option<ShadowVm>,
     pub refs: u32,
 }
 
@@ -94,6 +97,11 @@ pub struct Vcpu<V> {
     pub call_result: Option<Result<(), Error>>,
     /// The portal endpoint the pending exit went to.
     pub call_ep: Option<Cap>,
+    /// Whether its VM is shadow-paged.
+    pub shadow: bool,
+    /// Shadow-paged vCPUs: the guest's own CR3 and EFER (the VMCS holds the hardware's).
+    pub guest_cr3: u64,
+    pub guest_efer: u64,
     pub refs: u32,
 }
 
@@ -130,9 +138,13 @@ impl<M: Machine> Kernel<M> {
 
     // ----- syscalls -----
 
-    pub(crate) fn sys_vm_create(&mut self, ram: u64) -> SysResult {
+    pub(crate) fn sys_vm_create(&mut self, ram: u64, flags: u64) -> SysResult {
         if !self.machine.vmx_available() {
             return Err(err(Error::NoVmx));
+        }
+        let audit_alone = flags & vm_flags::AUDIT != 0 && flags & vm_flags::SHADOW == 0;
+        if flags & !vm_flags::ALL != 0 || audit_alone {
+            return Err(err(Error::InvalidArgument));
         }
         let cap = self
             .cap(ram, CapKind::Memory, Rights::READ | Rights::WRITE)
@@ -144,7 +156,26 @@ impl<M: Machine> Kernel<M> {
         if !self.vms.iter().any(|s| s.obj.is_none()) {
             return Err(err(Error::NoMemory));
         }
-        let ept = self.machine.ept_new().ok_or(err(Error::NoMemory))?;
+        let shadow = if flags & vm_flags::SHADOW != 0 {
+            let root = self.machine.frames_alloc(1).ok_or(err(Error::NoMemory))?;
+            if root >= 1 << 32 {
+                self.machine.frames_free(root, 1);
+                return Err(err(Error::NoMemory));
+            }
+            Some(ShadowVm {
+                empty_root: root,
+                audit: flags & vm_flags::AUDIT != 0,
+                pool: None,
+            })
+        } else {
+            None
+        };
+        let Some(ept) = self.machine.ept_new() else {
+            if let Some(s) = shadow {
+                self.machine.frames_free(s.empty_root, 1);
+            }
+            return Err(err(Error::NoMemory));
+        };
         let (index, generation) = slot_insert(
             &mut self.vms,
             Vm {
@@ -152,6 +183,7 @@ impl<M: Machine> Kernel<M> {
                 ram_phys,
                 ram_pages,
                 ept,
+                shadow,
                 refs: 0,
             },
         )
@@ -183,6 +215,37 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
+    /// `VmSetShadow(vm, pool, ep)`.
+    pub(crate) fn sys_vm_set_shadow(&mut self, a: [u64; 6]) -> SysResult {
+        let vm = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
+        let pool = self
+            .cap(a[1], CapKind::Memory, Rights::READ | Rights::WRITE)
+            .map_err(err)?;
+        let ep = self
+            .cap(a[2], CapKind::Endpoint, Rights::empty())
+            .map_err(err)?;
+        let (phys, pages) = {
+            let m = slot_get(&self.memory, pool.obj).ok_or(err(Error::StaleCap))?;
+            (m.phys, m.pages)
+        };
+        let v = slot_get_mut(&mut self.vms, vm.obj).ok_or(err(Error::StaleCap))?;
+        let Some(s) = v.shadow.as_mut() else {
+            return Err(err(Error::InvalidArgument));
+        };
+        if s.pool.is_some() {
+            return Err(err(Error::Busy));
+        }
+        s.pool = Some(Pool {
+            mem: pool.obj,
+            phys,
+            pages,
+            mmu_ep: ep.obj,
+        });
+        self.acquire(pool.obj);
+        self.acquire(ep.obj);
+        Ok(Some([0; 4]))
+    }
+
     pub(crate) fn sys_vm_map_ram(&mut self, a: [u64; 6]) -> SysResult {
         let (gpa, pages, rights) = (a[1], a[2], a[3]);
         let cap = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
@@ -192,6 +255,9 @@ impl<M: Machine> Kernel<M> {
             return Err(err(Error::InvalidArgument)); // EPT: write or execute needs read
         }
         let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        if vm.shadow.is_some() {
+            return Err(err(Error::InvalidArgument)); // no EPT: the MMU service shadows
+        }
         let end = pages
             .checked_mul(PAGE_SIZE)
             .and_then(|len| gpa.checked_add(len));
@@ -234,9 +300,10 @@ impl<M: Machine> Kernel<M> {
         let ti = self.cur_task();
         let prio = self.thread(self.current.expect("current")).prio;
         let vm = slot_get(&self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        let shadow = vm.shadow;
         let hw = self
             .machine
-            .vmcs_new(&vm.ept, id as u16)
+            .vmcs_new(&vm.ept, id as u16, shadow.is_some())
             .ok_or(err(Error::NoMemory))?;
         let Some(t) = self.new_thread(ti, Default::default(), prio) else {
             self.machine.vmcs_destroy(hw);
@@ -256,6 +323,9 @@ impl<M: Machine> Kernel<M> {
                 last_exit: (0, 0, 0),
                 call_result: None,
                 call_ep: None,
+                shadow: shadow.is_some(),
+                guest_cr3: 0,
+                guest_efer: 0,
                 refs: 0,
             },
         )
@@ -271,6 +341,17 @@ impl<M: Machine> Kernel<M> {
         // The kernel's share of the CR masks.
         self.write_state(index, field::CR0_GUEST_HOST_MASK, 0);
         self.write_state(index, field::CR4_GUEST_HOST_MASK, 0);
+        if let Some(s) = shadow {
+            // #PF exits; the initial guest state (vmcs_new's) as the guest's view, on the
+            // empty root.
+            self.write_state(index, field::EXCEPTION_BITMAP, 0);
+            let cr0 = self.vmcs_read(index, field::CR0_READ_SHADOW);
+            self.write_state(index, field::GUEST_CR0, cr0);
+            self.write_state(index, field::GUEST_CR4, 0);
+            self.write_state(index, field::GUEST_IA32_EFER, 0);
+            self.vmcs_write(index, field::GUEST_CR3, s.empty_root);
+            self.refresh_paging(index);
+        }
         Ok(Some([slot, 0, 0, 0]))
     }
 
@@ -442,7 +523,60 @@ impl<M: Machine> Kernel<M> {
         if (field::EXIT_COUNT_BASE..field::EXIT_COUNT_BASE + EXIT_REASONS as u64).contains(&f) {
             return self.vcpu(vi).exits[(f - field::EXIT_COUNT_BASE) as usize] as u64;
         }
-        self.vmcs_read(vi, f)
+        let v = self.vcpu(vi);
+        match f {
+            field::GUEST_CR3 if v.shadow => v.guest_cr3,
+            field::GUEST_IA32_EFER if v.shadow => v.guest_efer,
+            field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
+            _ => self.vmcs_read(vi, f),
+        }
+    }
+
+    /// The shadow state of vCPU `vi`'s VM (`None` for an EPT VM).
+    fn shadow_vm(&self, vi: u16) -> Option<ShadowVm> {
+        slot_get(&self.vms, self.vcpu(vi).vm).and_then(|vm| vm.shadow)
+    }
+
+    /// A shadow vCPU's guest paging state changed other than through its MMU endpoint: back
+    /// to the empty root, so that the next guest access faults to the MMU service, which then
+    /// builds the root for the new state.
+    fn drop_shadow_root(&mut self, vi: u16) {
+        if let Some(s) = self.shadow_vm(vi) {
+            self.vmcs_write(vi, field::GUEST_CR3, s.empty_root);
+        }
+    }
+
+    /// [`Kernel::write_state`] for the paging registers of a shadow vCPU: `value` is the
+    /// guest's view; the hardware gets what [`shadow`] derives from it. Returns `false` for
+    /// the fields that are the same in both modes.
+    fn write_shadow_state(&mut self, vi: u16, f: u64, value: u64) -> bool {
+        match f {
+            field::GUEST_CR0 | field::CR0_READ_SHADOW => {
+                self.vmcs_write(vi, field::GUEST_CR0, shadow::hw_cr0(value));
+                self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
+            }
+            field::GUEST_CR4 | field::CR4_READ_SHADOW => {
+                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(value));
+                self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE);
+            }
+            field::GUEST_CR3 => self.vcpu_mut(vi).guest_cr3 = value,
+            field::GUEST_IA32_EFER => self.vcpu_mut(vi).guest_efer = value,
+            field::CR0_GUEST_HOST_MASK => {
+                self.vmcs_write(vi, f, value | CR0_OWNED | shadow::CR0_OWNED);
+                return true;
+            }
+            field::CR4_GUEST_HOST_MASK => {
+                self.vmcs_write(vi, f, value | CR4_OWNED | shadow::CR4_OWNED);
+                return true;
+            }
+            field::EXCEPTION_BITMAP => {
+                self.vmcs_write(vi, f, value | shadow::PF_EXITS);
+                return true;
+            }
+            _ => return false,
+        }
+        self.drop_shadow_root(vi);
+        true
     }
 
     fn vmcs_read(&mut self, vi: u16, f: u64) -> u64 {
@@ -457,6 +591,9 @@ impl<M: Machine> Kernel<M> {
 
     /// Writes a field the caller may write, forcing what VMX and the kernel need.
     fn write_state(&mut self, vi: u16, f: u64, value: u64) {
+        if self.vcpu(vi).shadow && self.write_shadow_state(vi, f, value) {
+            return;
+        }
         match f {
             _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
                 let n = (f - field::GPR_BASE) as usize;
@@ -486,6 +623,22 @@ impl<M: Machine> Kernel<M> {
     /// EFER.LME and CR0.PG, and PAE paging without long mode gets its PDPTEs loaded from the
     /// guest's CR3 (the VMCS holds them under EPT).
     fn refresh_paging(&mut self, vi: u16) {
+        if self.vcpu(vi).shadow {
+            // The guest's view decides long mode; the PDPTEs come from the shadow root at
+            // VM entry (no EPT).
+            let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+            let efer = self.vcpu(vi).guest_efer;
+            self.vcpu_mut(vi).guest_efer = shadow::guest_efer(efer, cr0);
+            self.vmcs_write(vi, field::GUEST_IA32_EFER, shadow::hw_efer(efer, cr0));
+            let ctl = self.vmcs_read(vi, field::VM_ENTRY_CONTROLS);
+            let ctl = if shadow::long_mode(cr0, efer) {
+                ctl | ENTRY_IA32E
+            } else {
+                ctl & !ENTRY_IA32E
+            };
+            self.vmcs_write(vi, field::VM_ENTRY_CONTROLS, ctl);
+            return;
+        }
         let cr0 = self.vmcs_read(vi, field::GUEST_CR0);
         let cr4 = self.vmcs_read(vi, field::GUEST_CR4);
         let efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
@@ -675,10 +828,16 @@ impl<M: Machine> Kernel<M> {
                 rd(field::CR4_GUEST_HOST_MASK),
             );
             let (shadow0, shadow4) = (rd(field::CR0_READ_SHADOW), rd(field::CR4_READ_SHADOW));
+            // A shadow vCPU's guest has its own CR3 and EFER.
+            let (cr3, efer) = if v.shadow {
+                (v.guest_cr3, v.guest_efer)
+            } else {
+                (rd(field::GUEST_CR3), rd(field::GUEST_IA32_EFER))
+            };
             put(&cr0.to_le_bytes());
-            put(&rd(field::GUEST_CR3).to_le_bytes());
+            put(&cr3.to_le_bytes());
             put(&cr4.to_le_bytes());
-            put(&rd(field::GUEST_IA32_EFER).to_le_bytes());
+            put(&efer.to_le_bytes());
             // What the guest reads: the shadow for the intercepted bits, the rest as is.
             put(&((cr0 & !mask0) | (shadow0 & mask0)).to_le_bytes());
             put(&((cr4 & !mask4) | (shadow4 & mask4)).to_le_bytes());
@@ -735,11 +894,20 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Runs before a vCPU thread enters the guest: applies the handler's reply, re-sends an
-    /// exit whose handler restarted, or stops the vCPU. Returns whether to enter.
+    /// exit whose handler restarted, or stops the vCPU; audits a shadow VM's tables when
+    /// asked to. Returns whether to enter.
     pub(crate) fn vcpu_prepare(&mut self, t: ThreadId) -> bool {
         let Some(vi) = self.vcpu_of(t) else {
             return false;
         };
+        let enter = self.prepare_entry(vi, t);
+        if enter && self.vcpu(vi).shadow {
+            return self.audit_entry(vi);
+        }
+        enter
+    }
+
+    fn prepare_entry(&mut self, vi: u16, t: ThreadId) -> bool {
         match self.vcpu(vi).run {
             VcpuRun::Running => return true,
             VcpuRun::Stopped => {
@@ -875,6 +1043,13 @@ impl<M: Machine> Kernel<M> {
         if r.flags & paging != 0 {
             self.refresh_paging(vi);
         }
+        if r.flags & reply::SET_CR2 != 0 {
+            self.vmcs_write(vi, field::GUEST_CR2, r.cr2);
+        }
+        if r.flags & reply::SET_SHADOW_CR3 != 0 && !self.set_shadow_root(vi, r.shadow_cr3) {
+            self.vcpu_stop(vi, stop::BAD_ROOT);
+            return false;
+        }
         if r.flags & reply::INJECT != 0 {
             // Valid bit, type and vector, deliver-error-code: reserved bits 30:12 clear.
             let info = (r.inject as u32) & 0x8000_0fff;
@@ -888,6 +1063,62 @@ impl<M: Machine> Kernel<M> {
             return false;
         }
         true
+    }
+
+    /// Makes `root` the hardware CR3 of shadow vCPU `vi` if the exit being answered went to
+    /// the VM's MMU endpoint and `root` is one the kernel may enter with
+    /// ([`ShadowVm::root_ok`]). Returns whether it did; nothing changes otherwise.
+    fn set_shadow_root(&mut self, vi: u16, root: u64) -> bool {
+        let Some(s) = self.shadow_vm(vi) else {
+            return false;
+        };
+        let from_mmu = match (s.pool, self.vcpu(vi).call_ep) {
+            (Some(pool), Some(ep)) => ep.obj == pool.mmu_ep,
+            _ => false,
+        };
+        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+        let long = shadow::long_mode(cr0, self.vcpu(vi).guest_efer);
+        if !from_mmu || !s.root_ok(root, long) {
+            self.vcpu_mut(vi).last_exit.1 = root;
+            return false;
+        }
+        self.vmcs_write(vi, field::GUEST_CR3, root);
+        true
+    }
+
+    /// Audit mode: walks the shadow tables vCPU `vi` is about to enter with; stops it (with
+    /// the physical address of the bad entry as the qualification) when one names a frame
+    /// outside the VM's RAM or pool. Returns whether to enter.
+    fn audit_entry(&mut self, vi: u16) -> bool {
+        let Some(vm) = slot_get(&self.vms, self.vcpu(vi).vm) else {
+            return true;
+        };
+        let (Some(s), ram_phys, ram_pages) = (vm.shadow, vm.ram_phys, vm.ram_pages) else {
+            return true;
+        };
+        let root = self.vmcs_read(vi, field::GUEST_CR3);
+        let (true, Some(pool)) = (s.audit, s.pool) else {
+            return true;
+        };
+        if root == s.empty_root {
+            return true;
+        }
+        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+        let long = shadow::long_mode(cr0, self.vcpu(vi).guest_efer);
+        let m = &self.machine;
+        let mut read = |pa: u64| {
+            let mut b = [0u8; 8];
+            m.read_phys(pa, &mut b);
+            u64::from_le_bytes(b)
+        };
+        match shadow::audit(root, long, &pool, ram_phys, ram_pages, &mut read) {
+            Ok(()) => true,
+            Err(at) => {
+                self.vcpu_mut(vi).last_exit.1 = at;
+                self.vcpu_stop(vi, stop::AUDIT);
+                false
+            }
+        }
     }
 
     /// Stops a vCPU and answers the thread waiting in `VcpuRun`.
@@ -993,6 +1224,13 @@ impl<M: Machine> Kernel<M> {
                 if let Some(vm) = slot_remove(&mut self.vms, r.index) {
                     self.machine.ept_destroy(vm.ept);
                     self.release(vm.ram);
+                    if let Some(s) = vm.shadow {
+                        self.machine.frames_free(s.empty_root, 1);
+                        if let Some(pool) = s.pool {
+                            self.release(pool.mem);
+                            self.release(pool.mmu_ep);
+                        }
+                    }
                 }
             }
             _ => {}

@@ -565,8 +565,8 @@ impl Machine for KernelMachine {
         }
     }
 
-    fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16) -> Option<Self::Vmcs> {
-        vmx::vmcs_new(ept.eptp(), vpid)
+    fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16, shadow: bool) -> Option<Self::Vmcs> {
+        vmx::vmcs_new(ept.eptp(), vpid, shadow)
     }
 
     fn vmcs_destroy(&mut self, vmcs: Self::Vmcs) {
@@ -574,10 +574,17 @@ impl Machine for KernelMachine {
     }
 
     fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64 {
+        if field == abi::vmx::field::GUEST_CR2 {
+            return vmcs.cr2;
+        }
         vmx::read(vmcs, field)
     }
 
     fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64) {
+        if field == abi::vmx::field::GUEST_CR2 {
+            vmcs.cr2 = value;
+            return;
+        }
         vmx::write(vmcs, field, value);
     }
 
