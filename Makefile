@@ -33,7 +33,7 @@ HARNESS := $(TARGET_DIR)/release/umbra-harness
 SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench is a flat 64-bit image (objcopy -O binary).
-GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple
+GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-spaces64 guest-spacespae guest-spaces32
 FLAT_GUESTS := guest-bench
 SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 # Copy a service into an ISO root without its DWARF (it keeps its symbol table): the loader

@@ -9,11 +9,11 @@ use crate::PAGE_SIZE;
 use heapless::{String, Vec};
 
 /// Most boot modules kept; further ones are counted in `modules_dropped`.
-pub const MAX_MODULES: usize = 16;
+pub const MAX_MODULES: usize = 24;
 /// Longest kernel command line kept, in bytes.
 pub const CMDLINE_MAX: usize = 256;
 /// Longest module command line (its name and arguments) kept, in bytes.
-pub const MODULE_CMDLINE_MAX: usize = 64;
+pub const MODULE_CMDLINE_MAX: usize = 128;
 
 /// Which loader started the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,7 +236,7 @@ mod tests {
     fn long_strings_and_many_modules_are_cut_not_refused() {
         let mem = [Region::new(0x10_0000, 0x100_0000, RegionKind::Usable)];
         let long = "é".repeat(200);
-        let mods: std::vec::Vec<(u64, u64, &str)> = (0..20)
+        let mods: std::vec::Vec<(u64, u64, &str)> = (0..MAX_MODULES as u64 + 4)
             .map(|i| (0x80_0000 + i * 0x1000, 0x100, long.as_str()))
             .collect();
         let mut r = raw(&mem, &mods);
@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(bi.modules[0].cmdline.len(), MODULE_CMDLINE_MAX);
         // Every module is reserved, kept or not.
         assert_eq!(
-            bi.memory_map.kind_at(0x80_0000 + 19 * 0x1000),
+            bi.memory_map.kind_at(0x80_0000 + (MAX_MODULES as u64 + 3) * 0x1000),
             Some(RegionKind::Modules)
         );
     }

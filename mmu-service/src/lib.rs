@@ -17,6 +17,8 @@
 //!   write tracking, zapping and the LRU used under pool pressure.
 //! - [`roots`]: roots, `prev_roots`, the fast CR3 switch, `pae_root` and PAE root sets.
 //! - [`fault`]: shadow page-fault handling, INVLPG, emulated writes.
+//! - [`emulate`]: the instructions that write guest page tables, decoded with `iced-x86`.
+//! - [`shadow_exit`]: a shadow-paged vCPU's exits (#PF, CR access, INVLPG) to replies.
 //! - [`mmu`]: the [`Mmu`] object, its configuration and errors, `invalidate_all`.
 //! - [`stats`]: the counters.
 //!
@@ -34,11 +36,13 @@
 
 extern crate alloc;
 
+pub mod emulate;
 pub mod ept;
 pub mod fault;
 pub mod mmu;
 pub mod role;
 pub mod roots;
+pub mod shadow_exit;
 pub mod shadow_page;
 pub mod spte;
 pub mod stats;

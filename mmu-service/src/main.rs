@@ -1,7 +1,10 @@
-//! Umbra's MMU service: owns the guest-physical mappings of the VMs handed to it. In this
-//! issue that is EPT: it answers EPT-violation exits by mapping guest RAM on demand
-//! ([`mmu_service::ept`]) or by stopping the VM for an access outside RAM, with a report.
-//! The shadow MMU library of this crate will serve shadow paging on the same endpoint.
+//! Umbra's MMU service: owns the guest-physical mappings of the VMs handed to it. For an EPT
+//! VM it answers EPT-violation exits by mapping guest RAM on demand ([`mmu_service::ept`]) or
+//! by stopping the VM for an access outside RAM, with a report. For a shadow-paged VM it
+//! allocates the VM's shadow page pool, registers it with the kernel (`VmSetShadow`, naming
+//! this service's endpoint as the only one that may set roots), maps it and the guest's RAM,
+//! and answers #PF, CR-access and INVLPG exits with the shadow MMU
+//! ([`mmu_service::shadow_exit`]).
 //!
 //! Capabilities (granted by the supervisor): slot 2 = its own endpoint (receive).
 //! Messages: `proto::mmu` requests (the VMM attaches VMs), and exit messages
@@ -9,11 +12,18 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
+mod shadow;
+
 use abi::ipc::MAX_PAYLOAD;
 use abi::vmx::{self, ExitMessage, ExitReply};
 use abi::{CapSlot, Rights};
+use alloc::boxed::Box;
 use mmu_service::ept::{on_violation, Violation};
-use userlib::proto::mmu::{handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS};
+use userlib::proto::mmu::{
+    handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS, STOP_MMU_ERROR,
+};
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;
 use userlib::sys;
@@ -21,16 +31,18 @@ use userlib::sys;
 userlib::entry!(mmu_main);
 
 const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
-/// Stop code for an exit the MMU service cannot take (malformed, unknown VM, wrong reason).
-const STOP_MMU_ERROR: u64 = 0x0b << 24;
+/// Pages of heap (the shadow MMUs' bookkeeping: about 4 KiB per pool page).
+const HEAP_PAGES: u64 = 3072;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 struct VmEntry {
     cap: CapSlot,
     ram_pages: u64,
     violations: u64,
     pages_mapped: u64,
     stopped: u64,
+    /// A shadow-paged VM's MMU.
+    shadow: Option<Box<shadow::ShadowVm>>,
 }
 
 struct State {
@@ -38,9 +50,14 @@ struct State {
 }
 
 fn mmu_main(generation: u64) {
-    userlib::println!("mmu: serving, generation {generation} (EPT)");
+    userlib::println!("mmu: serving, generation {generation} (EPT and shadow paging)");
+    match sys::heap::init(HEAP_PAGES) {
+        // The decoder's tables, built once, before any guest waits on them.
+        Ok(()) => mmu_service::emulate::init(),
+        Err(e) => userlib::println!("mmu: no heap ({e:?}): shadow-paged VMs will be refused"),
+    }
     let mut state = State {
-        vms: [None; MAX_VMS],
+        vms: Default::default(),
     };
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut request = [0u8; MAX_PAYLOAD];
@@ -75,21 +92,44 @@ fn mmu_main(generation: u64) {
 
 fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Response, MmuError> {
     match req {
-        Request::AttachVm { ram_pages } => {
+        Request::AttachVm { ram_pages, shadow } => {
             let cap = grant.ok_or(MmuError::NoGrant)?;
             let Some(i) = state.vms.iter().position(Option::is_none) else {
                 let _ = sys::cap_delete(cap);
                 return Err(MmuError::Full);
             };
+            let shadow = match shadow {
+                None => None,
+                Some(p) => match shadow::ShadowVm::new(i as u32, cap, OWN_EP, p) {
+                    Ok(s) => Some(Box::new(s)),
+                    Err(e) => {
+                        let _ = sys::cap_delete(cap);
+                        return Err(e);
+                    }
+                },
+            };
             state.vms[i] = Some(VmEntry {
                 cap,
                 ram_pages,
+                shadow,
                 ..VmEntry::default()
             });
             Ok(Response::Attached { handle: i as u32 })
         }
+        Request::GrantRam { handle } => {
+            let ram = grant.ok_or(MmuError::NoGrant)?;
+            let vm = slot(state, handle).ok().and_then(Option::as_mut);
+            let Some(s) = vm.and_then(|v| v.shadow.as_mut()) else {
+                let _ = sys::cap_delete(ram);
+                return Err(MmuError::NotShadow);
+            };
+            s.grant_ram(ram)?;
+            Ok(Response::RamGranted)
+        }
         Request::DetachVm { handle } => {
             let vm = slot(state, handle)?.take().ok_or(MmuError::UnknownVm)?;
+            // The shadow MMU (its mappings, pool and RAM capabilities) goes first.
+            drop(vm.shadow);
             let _ = sys::cap_delete(vm.cap);
             Ok(Response::Detached)
         }
@@ -99,6 +139,7 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Res
                 violations: vm.violations,
                 pages_mapped: vm.pages_mapped,
                 stopped: vm.stopped,
+                shadow: vm.shadow.as_ref().map(|s| s.stats()),
             })
         }
     }
@@ -127,6 +168,12 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
         userlib::println!("mmu: exit for an unknown VM (handle {handle}); stopping it");
         return ExitReply::stop(STOP_MMU_ERROR);
     };
+    if let Some(s) = vm.shadow.as_mut() {
+        return s.on_exit(&msg).unwrap_or_else(|code| {
+            vm.stopped += 1;
+            ExitReply::stop(code)
+        });
+    }
     if msg.basic_reason() != vmx::reason::EPT_VIOLATION {
         userlib::println!(
             "mmu: unexpected exit reason {} at rip {:#x}; stopping the VM",

@@ -21,6 +21,9 @@ pub struct MmuConfig {
     /// How many frames beyond `min_free_frames` one reclaim frees, so that reclaim runs in
     /// batches rather than on every fault.
     pub reclaim_batch: usize,
+    /// Cache per-vCPU (PAE) root sets in `prev_roots` (Umbra); `false` is Linux KVM's policy,
+    /// which frees the current root on every CR3 load when it is a per-vCPU root.
+    pub cache_pae_roots: bool,
 }
 
 impl Default for MmuConfig {
@@ -30,6 +33,7 @@ impl Default for MmuConfig {
             maxphyaddr: 46,
             min_free_frames: 8,
             reclaim_batch: 8,
+            cache_pae_roots: true,
         }
     }
 }

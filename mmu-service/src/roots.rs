@@ -271,6 +271,27 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// ```
     fn fast_pgd_switch(&mut self, vcpu: &mut Vcpu, pgd: u64, role: &PageRole) -> bool {
         let pdptes = vcpu.pdptes;
+        // An obsolete or zapped root is freed, not rotated into `prev_roots`; so is a per-vCPU
+        // root under KVM's policy (`cache_pae_roots` off), which never caches one.
+        let current = vcpu.root;
+        let per_vcpu = current.role.mode.uses_pae_root();
+        if current.is_valid()
+            && (!current.shadow_pages().all(|sp| self.sp_usable(sp))
+                || (per_vcpu && !self.config.cache_pae_roots))
+        {
+            self.free_roots(vcpu, ROOT_CURRENT);
+        }
+        if !vcpu.root.is_valid() {
+            // KVM's `cached_root_find_without_current`: take a usable cached root without
+            // evicting any valid one.
+            for i in 0..vcpu.prev_roots.len() {
+                if self.is_root_usable(&vcpu.prev_roots[i], pgd, role, &pdptes) {
+                    core::mem::swap(&mut vcpu.root, &mut vcpu.prev_roots[i]);
+                    return true;
+                }
+            }
+            return false;
+        }
         if self.is_root_usable(&vcpu.root, pgd, role, &pdptes) {
             return true;
         }

@@ -1,12 +1,15 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
 //! 1 MiB, multiboot header first), the flat 64-bit `guest-bench` with `link-flat.ld` (2 MiB).
-const MULTIBOOT_BINS: [&str; 6] = [
+const MULTIBOOT_BINS: [&str; 9] = [
     "guest-multiboot",
     "guest-long",
     "guest-pae",
     "guest-badmem",
     "guest-unsupported",
     "guest-triple",
+    "guest-spaces64",
+    "guest-spacespae",
+    "guest-spaces32",
 ];
 
 fn main() {

@@ -54,15 +54,15 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm restart=8",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow restart=8",
     },
     BootModule {
         path: "/boot/services/vmm-service",
-        manifest: "vmm-service run=demo,vmm,bench-vmm needs=mmu-service,supervisor",
+        manifest: "vmm-service run=demo,vmm,bench-vmm,shadow needs=mmu-service,supervisor",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
-        manifest: "vmm-suite run=demo,vmm,bench-vmm needs=vmm-service,supervisor",
+        manifest: "vmm-suite run=demo,vmm,bench-vmm,shadow needs=vmm-service,supervisor",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -91,6 +91,18 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/guests/guest-triple",
         manifest: "guest-triple image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-spaces64",
+        manifest: "guest-spaces64 image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-spacespae",
+        manifest: "guest-spacespae image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-spaces32",
+        manifest: "guest-spaces32 image=guest",
     },
 ];
 
@@ -329,7 +341,7 @@ mod tests {
         }
         // Modules follow the kernel line, in table order.
         assert!(
-            grub.contains("  module2 /boot/guests/guest-triple guest-triple image=guest\n  boot\n")
+            grub.contains("  module2 /boot/guests/guest-spaces32 guest-spaces32 image=guest\n  boot\n")
         );
         assert!(grub.contains(
             "    multiboot2 /boot/umbra-kernel $umbra_cmdline\n    module2 /boot/services/supervisor supervisor\n"

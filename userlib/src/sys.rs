@@ -1018,6 +1018,47 @@ pub fn with_mapped<R>(
     Ok(result)
 }
 
+/// A memory object mapped readable and writable in this task until the value is dropped
+/// (for memory a service keeps using: the MMU service's view of guest RAM and of a shadow
+/// page pool). The byte slices borrow the value, so none outlives the mapping.
+pub struct Mapping {
+    mem: CapSlot,
+    vaddr: u64,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps all of `mem` at `vaddr`.
+    pub fn new(mem: CapSlot, vaddr: u64) -> Result<Mapping, Error> {
+        let (pages, _) = mem_info(mem)?;
+        mem_map(mem, vaddr, Rights::READ | Rights::WRITE)?;
+        Ok(Mapping {
+            mem,
+            vaddr,
+            len: (pages * 4096) as usize,
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` bytes at `vaddr` are mapped readable while `self` lives (it unmaps
+        // them only in `drop`), and the slice borrows `self`.
+        unsafe { core::slice::from_raw_parts(self.vaddr as *const u8, self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and writable; the mutable borrow of `self` makes the slice
+        // the only access through this mapping.
+        unsafe { core::slice::from_raw_parts_mut(self.vaddr as *mut u8, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: every slice of the mapping borrowed `self`, so none is left.
+        let _ = unsafe { mem_unmap(self.mem, self.vaddr) };
+    }
+}
+
 /// Maps memory object `mem` read-only at `vaddr`, runs `f` over its bytes, and unmaps it.
 pub fn with_mapped_read<R>(
     mem: CapSlot,
@@ -1228,54 +1269,57 @@ pub fn vcpu_run(vcpu: CapSlot) -> Result<VcpuStop, Error> {
 // Heap (feature `heap`)
 // ---------------------------------------------------------------------------------------------
 
-/// A bump allocator over a static arena, for services whose libraries allocate once at
-/// construction (the MMU service's shadow-MMU tables). Freed memory is not reused, so a
-/// service must not allocate in its steady state. Written by hand: it is a dozen lines, and
-/// the maintained allocator crates need an unsafe initialisation call of their own.
+/// The heap of services whose libraries allocate (the MMU service's shadow-MMU tables, one set
+/// per VM, freed when the VM goes): a first-fit free-list allocator (`linked_list_allocator`)
+/// over a memory object mapped at [`heap::HEAP_VA`] by [`heap::init`]. Before `init`, and
+/// when it is exhausted, allocation fails (the allocation-error handler ends the task).
 #[cfg(all(feature = "heap", target_os = "none"))]
 pub mod heap {
     use core::alloc::{GlobalAlloc, Layout};
-    use core::cell::UnsafeCell;
-    use core::sync::atomic::{AtomicUsize, Ordering};
+    use core::ptr::NonNull;
 
-    /// Arena size.
-    pub const HEAP_BYTES: usize = 256 << 10;
+    use abi::{Error, Rights};
+    use linked_list_allocator::Heap;
+    use spin::Mutex;
 
-    #[repr(align(4096))]
-    struct Arena(UnsafeCell<[u8; HEAP_BYTES]>);
+    /// Where the heap is mapped.
+    pub const HEAP_VA: u64 = 0x0000_6000_0000_0000;
 
-    // SAFETY: the arena is only handed out in disjoint pieces (the bump index is atomic).
-    unsafe impl Sync for Arena {}
+    static HEAP: Mutex<Heap> = Mutex::new(Heap::empty());
 
-    static ARENA: Arena = Arena(UnsafeCell::new([0; HEAP_BYTES]));
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    /// Gives the heap `pages` fresh pages (once; a second call fails with `Busy`).
+    pub fn init(pages: u64) -> Result<(), Error> {
+        let mut heap = HEAP.lock();
+        if heap.size() != 0 {
+            return Err(Error::Busy);
+        }
+        let mem = super::mem_alloc(pages)?;
+        super::mem_map(mem, HEAP_VA, Rights::READ | Rights::WRITE)?;
+        // SAFETY: the kernel just mapped `pages` pages at HEAP_VA, readable and writable, for
+        // the rest of the task's life (nothing unmaps HEAP_VA); the heap owns them from here.
+        unsafe { heap.init(HEAP_VA as *mut u8, (pages * 4096) as usize) };
+        Ok(())
+    }
 
-    pub struct Bump;
+    pub struct FreeList;
 
-    // SAFETY: `alloc` returns disjoint, suitably aligned pieces of a static arena (or null
-    // when it is exhausted); `dealloc` does nothing, which is always allowed.
-    unsafe impl GlobalAlloc for Bump {
+    // SAFETY: `Heap` hands out disjoint, suitably aligned blocks of the mapped region and
+    // takes back only blocks it handed out (GlobalAlloc's contract on `dealloc`).
+    unsafe impl GlobalAlloc for FreeList {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let base = ARENA.0.get() as usize;
-            let mut cur = NEXT.load(Ordering::Relaxed);
-            loop {
-                let start = (base + cur).next_multiple_of(layout.align()) - base;
-                let Some(end) = start
-                    .checked_add(layout.size())
-                    .filter(|&e| e <= HEAP_BYTES)
-                else {
-                    return core::ptr::null_mut();
-                };
-                match NEXT.compare_exchange(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
-                    Ok(_) => return (base + start) as *mut u8,
-                    Err(now) => cur = now,
-                }
-            }
+            HEAP.lock()
+                .allocate_first_fit(layout)
+                .map_or(core::ptr::null_mut(), NonNull::as_ptr)
         }
 
-        unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            if let Some(p) = NonNull::new(ptr) {
+                // SAFETY: `ptr` came from `alloc` with this `layout` (GlobalAlloc's contract).
+                unsafe { HEAP.lock().deallocate(p, layout) };
+            }
+        }
     }
 
     #[global_allocator]
-    static GLOBAL: Bump = Bump;
+    static GLOBAL: FreeList = FreeList;
 }

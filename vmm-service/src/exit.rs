@@ -118,7 +118,10 @@ pub const ENTRY_FAILURE_BIT: u32 = 1 << 31;
 /// portal mask.
 pub fn required_groups(basic: u32) -> u32 {
     match basic {
-        reason::CPUID | reason::RDMSR | reason::WRMSR | reason::VMCALL => group::GPRS,
+        reason::CPUID | reason::WRMSR | reason::VMCALL => group::GPRS,
+        // EFER as the kernel keeps it (LMA follows CR0.PG, which the MMU service handles for
+        // a shadow-paged VM).
+        reason::RDMSR => group::GPRS | group::CRS,
         reason::IO => group::QUAL | group::GPRS,
         reason::CR_ACCESS => group::QUAL | group::GPRS | group::CRS,
         reason::EPT_VIOLATION => group::QUAL | group::ADDR,

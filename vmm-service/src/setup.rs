@@ -2,14 +2,15 @@
 //! its vCPU, hand the VM to the MMU service, set the portals and the entry state, run it, and
 //! report how it ended.
 
-use abi::vmx::{field, reason, stop, EXIT_REASONS};
+use abi::vmx::{field, group, reason, stop, vm_flags, EXIT_REASONS};
 use abi::{CapSlot, Error};
 use heapless::Vec;
 use spin::Mutex;
 use userlib::proto::mmu::{self, Mmu};
 use userlib::proto::vmm::{
-    ConfigError, EntryMode, Response, VmConfig, VmResult, VmSummary, VmmError, MAX_VCPUS,
-    RAM_MAX_MIB, RAM_MIN_MIB, SUMMARY_REASONS,
+    ConfigError, EntryMode, MmuMode, Response, VmConfig, VmResult, VmSummary, VmmError,
+    MAX_PREV_ROOTS, MAX_VCPUS, POOL_MAX_PAGES, POOL_MIN_PAGES, RAM_MAX_MIB, RAM_MIN_MIB,
+    SUMMARY_REASONS,
 };
 use userlib::sys;
 use vmm_service::loader::{self, entry, flat64, info, multiboot, LoadError, LoadPlan};
@@ -63,6 +64,13 @@ fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
     }
     if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
         return Err(ConfigError::VcpuCount);
+    }
+    if let MmuMode::Shadow(s) = cfg.mmu {
+        if s.prev_roots > MAX_PREV_ROOTS
+            || !(POOL_MIN_PAGES..=POOL_MAX_PAGES).contains(&s.pool_pages)
+        {
+            return Err(ConfigError::ShadowConfig);
+        }
     }
     if let EntryMode::Flat64 { load_gpa } = cfg.entry {
         let ram = u64::from(cfg.ram_mib) * MIB;
@@ -166,7 +174,19 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     .map_err(bad_image)?;
     drop(image_buf);
 
-    let vm = held.keep(sys::vm_create(ram, 0).map_err(|e| match e {
+    let (flags, shadow) = match cfg.mmu {
+        MmuMode::Ept => (0, None),
+        MmuMode::Shadow(s) => {
+            let audit = if s.audit { vm_flags::AUDIT } else { 0 };
+            let params = mmu::ShadowParams {
+                prev_roots: s.prev_roots,
+                pool_pages: s.pool_pages,
+                kvm_policy: s.kvm_policy,
+            };
+            (vm_flags::SHADOW | audit, Some(params))
+        }
+    };
+    let vm = held.keep(sys::vm_create(ram, flags).map_err(|e| match e {
         Error::NoVmx => VmmError::NoVmx,
         e => kernel(e),
     })?);
@@ -174,6 +194,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     let handle = match mmu.call_with_cap(
         &mmu::Request::AttachVm {
             ram_pages: ram_bytes / PAGE,
+            shadow,
         },
         Some(vm),
     ) {
@@ -190,17 +211,32 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         }
     };
     let detach = Detach { handle };
+    if shadow.is_some() {
+        // The MMU service walks the guest's tables in its RAM.
+        let granted = mmu.call_with_cap(&mmu::Request::GrantRam { handle }, Some(ram));
+        if !matches!(granted, Ok(ref r) if r.response == mmu::Response::RamGranted) {
+            userlib::println!("vmm: the MMU service did not take the VM's RAM: {granted:?}");
+            return Err(VmmError::Mmu);
+        }
+    }
     // The vCPU id names the VM to the MMU service: its handle there, then the vCPU index.
     let vcpu_id = mmu::vcpu_id(handle, 0);
     let vcpu = held.keep(sys::vcpu_create(vm, vcpu_id).map_err(kernel)?);
-    sys::vcpu_portal(
-        vcpu,
-        reason::EPT_VIOLATION,
-        Some(crate::MMU),
-        abi::vmx::group::QUAL | abi::vmx::group::ADDR | abi::vmx::group::RIP,
-    )
-    .map_err(kernel)?;
     exits::set_portals(vcpu, exit_ep).map_err(kernel)?;
+    // What the MMU service takes: EPT violations, or the exits of shadow paging (the VMM's
+    // CR-access portal is replaced: CR0/CR4/CR3 changes are paging changes there).
+    let mmu_portals: &[(u32, u32)] = if shadow.is_some() {
+        &[
+            (reason::EXCEPTION_NMI, group::ALL),
+            (reason::CR_ACCESS, group::ALL),
+            (reason::INVLPG, group::QUAL | group::CRS | group::RIP),
+        ]
+    } else {
+        &[(reason::EPT_VIOLATION, group::QUAL | group::ADDR | group::RIP)]
+    };
+    for &(r, mask) in mmu_portals {
+        sys::vcpu_portal(vcpu, r, Some(crate::MMU), mask).map_err(kernel)?;
+    }
     for chunk in pairs.chunks(32) {
         sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
             userlib::println!(
@@ -223,9 +259,48 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     let run = sys::vcpu_run(vcpu);
     let outcome = exits::end();
     let stopped = run.map_err(kernel)?;
-    let summary = summarize(cfg, vcpu, &stopped, outcome);
+    let mut summary = summarize(cfg, vcpu, &stopped, outcome);
+    if shadow.is_some() {
+        summary.shadow = shadow_stats(handle);
+        if let Some(s) = &summary.shadow {
+            print_shadow(cfg.name.as_str(), s);
+        }
+    }
     drop(detach);
     Ok(Response::Finished(summary))
+}
+
+/// The MMU service's counters of a shadow-paged VM.
+fn shadow_stats(handle: u32) -> Option<mmu::ShadowStats> {
+    let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
+    match mmu.call(&mmu::Request::Stats { handle }) {
+        Ok(mmu::Response::Stats { shadow, .. }) => shadow,
+        _ => None,
+    }
+}
+
+fn print_shadow(name: &str, s: &mmu::ShadowStats) {
+    let modes = ["unpaged", "2-level", "pae", "4-level"];
+    let mut line: heapless::String<200> = heapless::String::new();
+    for (i, m) in modes.iter().enumerate() {
+        let (h, x) = (s.prev_roots_hits[i], s.prev_roots_misses[i]);
+        if h + x > 0 {
+            let _ = core::fmt::Write::write_fmt(&mut line, format_args!(" {m}={h}/{}", h + x));
+        }
+    }
+    userlib::println!(
+        "vmm: {name}: shadow: {} faults ({} fixed), {} #PF injected, {} writes emulated, {} zaps, {} CR3 loads, {} invlpg, pool {}/{} pages",
+        s.faults,
+        s.faults_fixed,
+        s.pf_injected,
+        s.emulated_writes,
+        s.zaps,
+        s.cr3_loads,
+        s.invlpg,
+        s.pool_used,
+        s.pool_pages
+    );
+    userlib::println!("vmm: {name}: shadow: prev_roots hits/root loads by mode:{}", line.as_str());
 }
 
 /// Tells the MMU service to forget the VM when the run ends.
@@ -291,6 +366,7 @@ fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOutcome
         rip: rip[0],
         exits,
         total_exits: total,
+        shadow: None,
     };
     print_summary(cfg.name.as_str(), &summary);
     summary

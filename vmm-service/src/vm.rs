@@ -201,7 +201,12 @@ impl VmModel {
                 value,
                 ..
             } => self.io(m, (port, size, direction, value), env, ev),
-            Exit::Rdmsr { msr } => match self.msr.read(msr, env.tsc()) {
+            Exit::Rdmsr { msr } => match {
+                if m.mask & group::CRS != 0 {
+                    self.msr.efer = m.efer;
+                }
+                self.msr.read(msr, env.tsc())
+            } {
                 Ok(v) => {
                     let mut reply = ExitReply::advance();
                     reply

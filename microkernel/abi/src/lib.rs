@@ -37,6 +37,7 @@ pub mod scenario {
     pub const DEMO: &str = "demo";
     pub const VMM: &str = "vmm";
     pub const BENCH_VMM: &str = "bench-vmm";
+    pub const SHADOW: &str = "shadow";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -67,6 +68,10 @@ pub mod scenario {
         (
             BENCH_VMM,
             "VM exit round trips (CPUID, VMCALL, OUT) via the VMM and the in-kernel floor",
+        ),
+        (
+            SHADOW,
+            "shadow paging: the multi-address-space guests on the MMU service's shadow tables, audited",
         ),
     ];
 

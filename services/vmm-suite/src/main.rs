@@ -21,7 +21,8 @@ use heapless::String;
 use userlib::client::ClientError;
 use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
 use userlib::proto::vmm::{
-    ConfigError, EntryMode, Request, Response, VmConfig, VmResult, VmSummary, Vmm, VmmError,
+    ConfigError, EntryMode, MmuMode, Request, Response, ShadowConfig, VmConfig, VmResult,
+    VmSummary, Vmm, VmmError,
 };
 use userlib::proto::ProtoError;
 use userlib::sys;
@@ -72,7 +73,33 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         entry,
         vcpus: 1,
         cmdline: String::try_from("umbra-test-guest").unwrap_or_default(),
+        mmu: MmuMode::Ept,
     }
+}
+
+/// `cfg` on shadow paging (`audit`: the kernel audits the shadow tables before each entry).
+fn shadow(cfg: &VmConfig, audit: bool) -> VmConfig {
+    let mut c = cfg.clone();
+    c.mmu = MmuMode::Shadow(ShadowConfig {
+        audit,
+        ..ShadowConfig::DEFAULT
+    });
+    c
+}
+
+/// A guest on shadow paging: it passes, the MMU service fixed faults and kept statistics,
+/// and every #PF and CR3 load of the guest went through it.
+fn passing_shadow_guest(t: &mut Tally, what: &str, cfg: &VmConfig, audit: bool) {
+    let cfg = shadow(cfg, audit);
+    let Some(s) = passing_guest(t, what, &cfg) else {
+        return;
+    };
+    let ok = s.shadow.is_some_and(|m| m.faults_fixed > 0 && m.pool_used > 0);
+    t.check(
+        "  its shadow MMU statistics",
+        ok,
+        format_args!("{:?}", s.shadow),
+    );
 }
 
 fn run(config: &VmConfig) -> Result<Response, ClientError> {
@@ -146,6 +173,7 @@ fn vmm_suite(t: &mut Tally) {
             );
         }
     }
+    passing_shadow_guest(t, "multiboot guest on shadow paging", &mb, false);
     passing_guest(
         t,
         "64-bit guest with three address spaces",
@@ -158,20 +186,39 @@ fn vmm_suite(t: &mut Tally) {
     );
     passing_guest(
         t,
-        "flat 64-bit image",
-        &config(
-            "flat",
-            "guest-bench",
-            16,
-            EntryMode::Flat64 { load_gpa: 2 * MIB },
-        ),
+        "64-bit guest switching and editing four address spaces",
+        &config("spaces64", "guest-spaces64", 16, EntryMode::Multiboot),
     );
-    stopped(
+    passing_guest(
         t,
-        "access outside RAM stops the VM",
-        &config("badmem", "guest-badmem", 16, EntryMode::Multiboot),
-        |r| matches!(r, VmResult::OutsideRam { gpa } if *gpa == 0x4000_0000),
+        "PAE guest switching and editing four address spaces",
+        &config("spacespae", "guest-spacespae", 16, EntryMode::Multiboot),
     );
+    passing_guest(
+        t,
+        "2-level paging guest switching and editing four address spaces",
+        &config("spaces32", "guest-spaces32", 16, EntryMode::Multiboot),
+    );
+    for (what, cfg) in [
+        ("64-bit guest", config("long", "guest-long", 32, EntryMode::Multiboot)),
+        ("PAE guest", config("pae", "guest-pae", 32, EntryMode::Multiboot)),
+    ] {
+        passing_shadow_guest(t, what, &cfg, false);
+    }
+    let flat = config(
+        "flat",
+        "guest-bench",
+        16,
+        EntryMode::Flat64 { load_gpa: 2 * MIB },
+    );
+    passing_guest(t, "flat 64-bit image", &flat);
+    passing_shadow_guest(t, "flat 64-bit image on shadow paging", &flat, false);
+    let badmem = config("badmem", "guest-badmem", 16, EntryMode::Multiboot);
+    for cfg in [badmem.clone(), shadow(&badmem, false)] {
+        stopped(t, "access outside RAM stops the VM", &cfg, |r| {
+            matches!(r, VmResult::OutsideRam { gpa } if *gpa == 0x4000_0000)
+        });
+    }
     stopped(
         t,
         "unsupported exit (invd) stops the VM",
@@ -182,12 +229,12 @@ fn vmm_suite(t: &mut Tally) {
             }
         },
     );
-    stopped(
-        t,
-        "triple fault stops the VM",
-        &config("triple", "guest-triple", 16, EntryMode::Multiboot),
-        |r| *r == VmResult::TripleFault,
-    );
+    let triple = config("triple", "guest-triple", 16, EntryMode::Multiboot);
+    for cfg in [triple.clone(), shadow(&triple, false)] {
+        stopped(t, "triple fault stops the VM", &cfg, |r| {
+            *r == VmResult::TripleFault
+        });
+    }
     let bad = |f: fn(&mut VmConfig)| {
         let mut c = mb.clone();
         f(&mut c);
@@ -235,6 +282,17 @@ fn vmm_suite(t: &mut Tally) {
     );
     refused(
         t,
+        "a shadow pool of 8 pages refused",
+        &bad(|c| {
+            c.mmu = MmuMode::Shadow(ShadowConfig {
+                pool_pages: 8,
+                ..ShadowConfig::DEFAULT
+            })
+        }),
+        cfg_err(ConfigError::ShadowConfig),
+    );
+    refused(
+        t,
         "unknown module refused",
         &bad(|c| c.module = String::try_from("no-such-guest").unwrap_or_default()),
         VmmError::NoSuchModule,
@@ -264,11 +322,50 @@ fn vmm_suite(t: &mut Tally) {
     passing_guest(t, "multiboot guest again after the failures", &mb);
 }
 
+/// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with
+/// the kernel auditing the shadow tables before every entry; then once more without the audit.
+fn shadow_suite(t: &mut Tally) {
+    let guests = [
+        ("64-bit", "spaces64", "guest-spaces64", 3usize),
+        ("PAE", "spacespae", "guest-spacespae", 2),
+        ("2-level", "spaces32", "guest-spaces32", 1),
+    ];
+    for audit in [true, false] {
+        for (mode, name, module, mode_index) in guests {
+            let cfg = shadow(&config(name, module, 16, EntryMode::Multiboot), audit);
+            let what = if audit {
+                "four address spaces, audited"
+            } else {
+                "four address spaces"
+            };
+            let Some(s) = passing_guest(t, what, &cfg) else {
+                continue;
+            };
+            let Some(m) = s.shadow else {
+                t.check(mode, false, format_args!("no shadow statistics"));
+                continue;
+            };
+            let hits = m.prev_roots_hits[mode_index];
+            t.check(
+                "  CR3 switches hit prev_roots",
+                hits > 1000,
+                format_args!("{mode}: {m:?}"),
+            );
+            t.check(
+                "  guest page-table writes emulated or zapped",
+                m.emulated_writes + m.zaps > 0 && m.pf_injected > 0,
+                format_args!("{mode}: {m:?}"),
+            );
+        }
+    }
+}
+
 fn suite_main(generation: u64) {
     let scenario = scenario();
     let name: &'static str = match scenario.as_str() {
         abi::scenario::VMM => "vmm",
         abi::scenario::BENCH_VMM => "bench-vmm",
+        abi::scenario::SHADOW => "shadow",
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
@@ -279,6 +376,7 @@ fn suite_main(generation: u64) {
     };
     match name {
         "vmm" => vmm_suite(&mut t),
+        "shadow" => shadow_suite(&mut t),
         "bench-vmm" => {
             let cfg = config(
                 "bench",

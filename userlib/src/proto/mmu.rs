@@ -1,5 +1,6 @@
 //! The MMU service protocol: the VMM hands a VM to the MMU service, which owns its
-//! guest-physical mappings (EPT) from then on and answers the VM's EPT-violation exits.
+//! guest-physical mappings from then on: the EPT of an EPT VM (it answers EPT violations), or
+//! the shadow page tables of a shadow-paged VM (it answers #PF, CR access and INVLPG exits).
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
@@ -8,8 +9,8 @@ use super::{ids, ProtoError, Protocol};
 use crate::codec::{label, Message};
 
 pub const PROTOCOL_ID: u16 = ids::MMU;
-pub const VERSION: u16 = 1;
-/// `0x0003_0001`.
+pub const VERSION: u16 = 2;
+/// `0x0003_0002`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// The vCPU id (reported in every exit message) that names VM `handle` of the MMU service
@@ -29,6 +30,11 @@ pub const MAX_VMS: usize = 4;
 /// bits 24..32, like the VMM's own stop codes); the guest page number (gpa >> 12) is in the
 /// low 24 bits ([`outside_ram_code`]).
 pub const STOP_OUTSIDE_RAM: u64 = 0x0a << 24;
+/// Stop code for an exit the MMU service cannot take (malformed, unknown VM, wrong reason,
+/// the shadow MMU out of pool pages or failing).
+pub const STOP_MMU_ERROR: u64 = 0x0b << 24;
+/// Stop code for a write to a guest page table that could not be emulated.
+pub const STOP_UNEMULATED: u64 = 0x0c << 24;
 
 /// The stop code for an access at `gpa` outside RAM.
 pub fn outside_ram_code(gpa: u64) -> u64 {
@@ -52,12 +58,54 @@ impl Protocol for Mmu {
     }
 }
 
+/// A shadow-paged VM as the MMU service serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowParams {
+    /// Previous roots per vCPU.
+    pub prev_roots: u8,
+    /// Pages of the pool the service allocates (and registers with `VmSetShadow`).
+    pub pool_pages: u32,
+    /// Never cache per-vCPU PAE roots (Linux KVM's policy).
+    pub kvm_policy: bool,
+}
+
+/// The MMU service's counters of a shadow-paged VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowStats {
+    /// #PF exits handled, of which fixed by building shadow entries.
+    pub faults: u64,
+    pub faults_fixed: u64,
+    /// #PFs injected into the guest.
+    pub pf_injected: u64,
+    /// Guest page-table writes emulated.
+    pub emulated_writes: u64,
+    /// Shadow pages zapped.
+    pub zaps: u64,
+    /// CR3 loads handled.
+    pub cr3_loads: u64,
+    /// INVLPGs handled.
+    pub invlpg: u64,
+    /// Fast CR3 switch hits and misses, by paging mode: no paging, 2-level, PAE, 4-level.
+    pub prev_roots_hits: [u64; 4],
+    pub prev_roots_misses: [u64; 4],
+    /// Pool pages in use and in all.
+    pub pool_used: u32,
+    pub pool_pages: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Grants the VM capability; answered with [`Response::Attached`]. The VMM then creates
-    /// the vCPUs with ids [`vcpu_id`]`(handle, n)` and points their EPT-violation portals at
-    /// the MMU endpoint.
-    AttachVm { ram_pages: u64 },
+    /// the vCPUs with ids [`vcpu_id`]`(handle, n)` and points their EPT-violation portals (an
+    /// EPT VM) or #PF, CR-access and INVLPG portals (`shadow`) at the MMU endpoint. A shadow
+    /// VM also needs [`Request::GrantRam`] before it runs.
+    AttachVm {
+        ram_pages: u64,
+        shadow: Option<ShadowParams>,
+    },
+    /// Grants the VM's RAM (a memory object), which the service maps to walk the guest's
+    /// tables. Shadow-paged VMs only.
+    GrantRam { handle: u32 },
     /// Forgets the VM (its capability is deleted).
     DetachVm { handle: u32 },
     /// Answered with [`Response::Stats`].
@@ -65,7 +113,7 @@ pub enum Request {
 }
 
 impl Message for Request {
-    const OPCODE_COUNT: u32 = 3;
+    const OPCODE_COUNT: u32 = 4;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,16 +123,19 @@ pub enum Response {
         handle: u32,
     },
     Detached,
-    /// EPT violations answered, pages mapped, VMs stopped for an access outside RAM.
+    /// EPT violations answered, pages mapped, VMs stopped for an access outside RAM, and
+    /// the shadow MMU's counters for a shadow-paged VM.
     Stats {
         violations: u64,
         pages_mapped: u64,
         stopped: u64,
+        shadow: Option<ShadowStats>,
     },
+    RamGranted,
 }
 
 impl Message for Response {
-    const OPCODE_COUNT: u32 = 4;
+    const OPCODE_COUNT: u32 = 5;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,4 +148,8 @@ pub enum MmuError {
     UnknownVm,
     /// A kernel call failed with this error code.
     Kernel { error: u64 },
+    /// The request needs a shadow-paged VM (or the parameters are out of range).
+    NotShadow,
+    /// The service has no memory left for the VM's shadow MMU.
+    NoMemory,
 }

@@ -12,8 +12,8 @@ use super::{ids, ProtoError, Protocol};
 use crate::codec::{label, Message};
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 1;
-/// `0x0002_0001`.
+pub const VERSION: u16 = 2;
+/// `0x0002_0002`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
@@ -55,6 +55,48 @@ pub enum EntryMode {
     Flat64 { load_gpa: u64 },
 }
 
+/// Default number of previous roots a shadow-paged vCPU caches (KVM: 3).
+pub const DEFAULT_PREV_ROOTS: u8 = 8;
+/// Most previous roots a vCPU may cache.
+pub const MAX_PREV_ROOTS: u8 = 30;
+/// Default shadow page pool of a VM (pages of 4 KiB).
+pub const DEFAULT_POOL_PAGES: u32 = 512;
+/// Pool size limits (pages).
+pub const POOL_MIN_PAGES: u32 = 16;
+pub const POOL_MAX_PAGES: u32 = 2048;
+
+/// Who translates guest-physical addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MmuMode {
+    /// The hardware, through EPT tables the MMU service fills on demand.
+    Ept,
+    /// The MMU service's shadow page tables.
+    Shadow(ShadowConfig),
+}
+
+/// How a shadow-paged VM is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowConfig {
+    /// Previous roots cached per vCPU for the fast CR3 switch.
+    pub prev_roots: u8,
+    /// Pages of the shadow page pool.
+    pub pool_pages: u32,
+    /// Per-vCPU PAE roots are never cached, as in Linux KVM (for comparisons).
+    pub kvm_policy: bool,
+    /// The kernel audits the shadow tables before every VM entry.
+    pub audit: bool,
+}
+
+impl ShadowConfig {
+    /// The default: [`DEFAULT_PREV_ROOTS`], [`DEFAULT_POOL_PAGES`], Umbra's policy, no audit.
+    pub const DEFAULT: ShadowConfig = ShadowConfig {
+        prev_roots: DEFAULT_PREV_ROOTS,
+        pool_pages: DEFAULT_POOL_PAGES,
+        kvm_policy: false,
+        audit: false,
+    };
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
     /// Prefix of the guest's console lines.
@@ -66,6 +108,7 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// The guest's command line (multiboot info).
     pub cmdline: String<CMDLINE_MAX>,
+    pub mmu: MmuMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +148,8 @@ pub struct VmSummary {
     /// (basic exit reason, count), highest counts first.
     pub exits: Vec<(u8, u32), SUMMARY_REASONS>,
     pub total_exits: u64,
+    /// The MMU service's counters for a shadow-paged VM.
+    pub shadow: Option<super::mmu::ShadowStats>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +173,9 @@ pub enum ConfigError {
     LoadAddress,
     /// The name is empty.
     EmptyName,
+    /// `prev_roots` above [`MAX_PREV_ROOTS`], or the pool outside
+    /// [`POOL_MIN_PAGES`]..=[`POOL_MAX_PAGES`].
+    ShadowConfig,
 }
 
 /// Errors of the VMM service (`ProtoError::Service`).

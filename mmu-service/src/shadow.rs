@@ -1,0 +1,256 @@
+//! The MMU service's side of a shadow-paged VM: its pool (allocated here, registered with the
+//! kernel), guest RAM mapped here, the shadow MMU over both, and the per-vCPU state.
+
+use abi::vmx::{ExitMessage, ExitReply};
+use abi::CapSlot;
+use mmu_service::shadow_exit::{handle_exit, ShadowVcpu, Stop};
+use mmu_service::{GuestMemory, MemoryError, MmuConfig, ShadowPagePool};
+use userlib::proto::mmu::{
+    outside_ram_code, MmuError, ShadowParams, ShadowStats, STOP_MMU_ERROR, STOP_UNEMULATED,
+};
+use userlib::sys::{self, Mapping};
+
+/// vCPUs per VM this service tracks (the index in the vCPU id).
+pub const MAX_VCPUS: usize = 8;
+/// Where VM `handle`'s pool and RAM are mapped in this task (64 GiB apart each).
+const POOL_VA: u64 = 0x0000_1000_0000_0000;
+const RAM_VA: u64 = 0x0000_2000_0000_0000;
+const VA_STRIDE: u64 = 1 << 36;
+const PAGE: u64 = 4096;
+
+fn kernel(e: abi::Error) -> MmuError {
+    MmuError::Kernel { error: e as u64 }
+}
+
+/// Guest RAM, mapped in this task.
+pub struct GuestRam {
+    map: Mapping,
+    phys: u64,
+    pages: u64,
+}
+
+impl GuestMemory for GuestRam {
+    fn ram_pages(&self) -> u64 {
+        self.pages
+    }
+    fn gfn_to_hpa(&self, gfn: u64) -> Option<u64> {
+        (gfn < self.pages).then(|| self.phys + gfn * PAGE)
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let piece = usize::try_from(gpa)
+            .ok()
+            .and_then(|s| self.map.bytes().get(s..s.checked_add(buf.len())?));
+        buf.copy_from_slice(piece.ok_or(MemoryError { gpa })?);
+        Ok(())
+    }
+    fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        let piece = usize::try_from(gpa)
+            .ok()
+            .and_then(|s| self.map.bytes_mut().get_mut(s..s.checked_add(data.len())?));
+        piece.ok_or(MemoryError { gpa })?.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// The shadow page pool, mapped in this task.
+pub struct Pool {
+    map: Mapping,
+    phys: u64,
+    frames: usize,
+}
+
+impl ShadowPagePool for Pool {
+    fn frame_count(&self) -> usize {
+        self.frames
+    }
+    fn frame_hpa(&self, frame: usize) -> u64 {
+        self.phys + frame as u64 * PAGE
+    }
+    fn read_entry(&self, frame: usize, index: usize) -> u64 {
+        let at = frame * 4096 + index * 8;
+        self.map
+            .bytes()
+            .get(at..at + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+    fn write_entry(&mut self, frame: usize, index: usize, value: u64) {
+        let at = frame * 4096 + index * 8;
+        if let Some(b) = self.map.bytes_mut().get_mut(at..at + 8) {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+    fn zero_frame(&mut self, frame: usize) {
+        let at = frame * 4096;
+        if let Some(b) = self.map.bytes_mut().get_mut(at..at + 4096) {
+            b.fill(0);
+        }
+    }
+}
+
+type ShadowMmu = mmu_service::Mmu<GuestRam, Pool>;
+
+pub struct ShadowVm {
+    handle: u32,
+    params: ShadowParams,
+    pool_cap: CapSlot,
+    /// The pool until RAM is granted; then both live in the MMU.
+    pool: Option<Pool>,
+    ram_cap: Option<CapSlot>,
+    mmu: Option<ShadowMmu>,
+    vcpus: [ShadowVcpu; MAX_VCPUS],
+}
+
+impl ShadowVm {
+    /// Allocates VM `handle`'s pool, maps it, and registers it with the kernel for `vm`, with
+    /// `own_ep` as the endpoint that sets roots.
+    pub fn new(
+        handle: u32,
+        vm: CapSlot,
+        own_ep: CapSlot,
+        params: ShadowParams,
+    ) -> Result<ShadowVm, MmuError> {
+        if params.prev_roots > 30 || params.pool_pages < 16 {
+            return Err(MmuError::NotShadow);
+        }
+        let pool_cap = sys::mem_alloc(u64::from(params.pool_pages)).map_err(kernel)?;
+        let made = (|| {
+            let (pages, phys) = sys::mem_info(pool_cap)?;
+            let map = Mapping::new(pool_cap, POOL_VA + u64::from(handle) * VA_STRIDE)?;
+            sys::vm_set_shadow(vm, pool_cap, own_ep)?;
+            Ok(Pool {
+                map,
+                phys,
+                frames: pages as usize,
+            })
+        })();
+        let pool = match made {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = sys::cap_delete(pool_cap);
+                return Err(kernel(e));
+            }
+        };
+        Ok(ShadowVm {
+            handle,
+            params,
+            pool_cap,
+            pool: Some(pool),
+            ram_cap: None,
+            mmu: None,
+            vcpus: Default::default(),
+        })
+    }
+
+    /// Maps guest RAM and builds the shadow MMU.
+    pub fn grant_ram(&mut self, ram: CapSlot) -> Result<(), MmuError> {
+        if self.mmu.is_some() {
+            let _ = sys::cap_delete(ram);
+            return Err(MmuError::NotShadow);
+        }
+        let built = (|| {
+            let (pages, phys) = sys::mem_info(ram).map_err(kernel)?;
+            let va = RAM_VA + u64::from(self.handle) * VA_STRIDE;
+            let map = Mapping::new(ram, va).map_err(kernel)?;
+            let pool = self.pool.take().ok_or(MmuError::NotShadow)?;
+            let config = MmuConfig {
+                prev_roots: usize::from(self.params.prev_roots),
+                cache_pae_roots: !self.params.kvm_policy,
+                ..MmuConfig::default()
+            };
+            let mem = GuestRam { map, phys, pages };
+            mmu_service::Mmu::new(mem, pool, config).map_err(|_| MmuError::NoMemory)
+        })();
+        match built {
+            Ok(mmu) => {
+                self.mmu = Some(mmu);
+                self.ram_cap = Some(ram);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = sys::cap_delete(ram);
+                Err(e)
+            }
+        }
+    }
+
+    /// An exit of one of the VM's vCPUs: the reply, or the code to stop the VM with.
+    pub fn on_exit(&mut self, m: &ExitMessage) -> Result<ExitReply, u64> {
+        let Some(mmu) = self.mmu.as_mut() else {
+            userlib::println!("mmu: shadow VM {} runs before its RAM was granted; stopping it", self.handle);
+            return Err(STOP_MMU_ERROR);
+        };
+        let index = (m.vcpu & 0xffff) as usize;
+        let Some(sv) = self.vcpus.get_mut(index) else {
+            userlib::println!("mmu: vCPU index {index} out of range; stopping the VM");
+            return Err(STOP_MMU_ERROR);
+        };
+        handle_exit(mmu, sv, m).map_err(|stop| report(m, &stop))
+    }
+
+    pub fn stats(&self) -> ShadowStats {
+        let Some(mmu) = self.mmu.as_ref() else {
+            return ShadowStats::default();
+        };
+        let s = mmu.stats();
+        ShadowStats {
+            faults: s.faults_handled,
+            faults_fixed: s.faults_fixed,
+            pf_injected: s.pf_injected,
+            emulated_writes: s.emulate_writes,
+            zaps: s.zaps,
+            cr3_loads: self.vcpus.iter().map(|v| v.cr3_loads).sum(),
+            invlpg: s.invlpg,
+            prev_roots_hits: s.prev_roots_hits,
+            prev_roots_misses: s.prev_roots_misses,
+            pool_used: s.pool_used as u32,
+            pool_pages: s.pool_frames as u32,
+        }
+    }
+}
+
+impl Drop for ShadowVm {
+    fn drop(&mut self) {
+        // Unmap (the MMU owns the mappings) before the capabilities go.
+        self.mmu = None;
+        self.pool = None;
+        if let Some(ram) = self.ram_cap.take() {
+            let _ = sys::cap_delete(ram);
+        }
+        let _ = sys::cap_delete(self.pool_cap);
+    }
+}
+
+/// Prints why the VM stops and returns the stop code.
+fn report(m: &ExitMessage, stop: &Stop) -> u64 {
+    match stop {
+        Stop::OutsideRam { gpa } => {
+            userlib::println!(
+                "mmu: guest access at gpa {gpa:#x} outside RAM and outside any device (shadow paging), rip {:#x}: stopping the VM",
+                m.rip
+            );
+            outside_ram_code(*gpa)
+        }
+        Stop::Unemulated { rip, bytes, error } => {
+            userlib::println!(
+                "mmu: cannot emulate the write to a guest page table at rip {rip:#x} ({error:?}); bytes {bytes:02x?}: stopping the VM"
+            );
+            STOP_UNEMULATED
+        }
+        Stop::Mmu(e) => {
+            userlib::println!(
+                "mmu: shadow MMU error {e:?} (exit reason {}, rip {:#x}): stopping the VM",
+                m.reason,
+                m.rip
+            );
+            STOP_MMU_ERROR
+        }
+        Stop::Unexpected { reason } => {
+            userlib::println!(
+                "mmu: unexpected exit (reason {reason:#x}, qualification {:#x}, rip {:#x}) for a shadow VM: stopping it",
+                m.qualification,
+                m.rip
+            );
+            STOP_MMU_ERROR
+        }
+    }
+}
