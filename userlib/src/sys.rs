@@ -1269,6 +1269,15 @@ pub fn vcpu_run(vcpu: CapSlot) -> Result<VcpuStop, Error> {
 // Heap (feature `heap`)
 // ---------------------------------------------------------------------------------------------
 
+/// On the host the system allocator serves: `init` has nothing to do.
+#[cfg(all(feature = "heap", not(target_os = "none")))]
+pub mod heap {
+    /// Nothing to set up on the host.
+    pub fn init(_pages: u64) -> Result<(), abi::Error> {
+        Ok(())
+    }
+}
+
 /// The heap of services whose libraries allocate (the MMU service's shadow-MMU tables, one set
 /// per VM, freed when the VM goes): a first-fit free-list allocator (`linked_list_allocator`)
 /// over a memory object mapped at [`heap::HEAP_VA`] by [`heap::init`]. Before `init`, and

@@ -1,0 +1,223 @@
+//! The MMU service's exit handling for shadow-paged vCPUs (`shadow_exit`): exit messages in,
+//! replies out, checked against the guest's own tables and the hardware model of `common`.
+
+mod common;
+
+use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
+use common::*;
+use mmu_service::shadow_exit::{handle_exit, ShadowVcpu, Stop};
+use mmu_service::{GuestMemory, Mmu, MmuConfig};
+
+const CR0_PE: u64 = 1;
+const PML4: u64 = 0x1000;
+const PML4_B: u64 = 0x8000;
+const PT: u64 = 0x4000;
+const CODE: u64 = 0x10000;
+/// Valid hardware exception #PF with an error code.
+const PF_INFO: u32 = 0x8000_0b0e;
+
+/// A 64-bit guest: two address spaces (PML4 at 0x1000 and 0x8000) sharing one PDPT, PD and
+/// page table; the table maps the first 2 MiB one to one, itself included (entry 4), except
+/// that entry 6 is not present.
+fn guest() -> (TestMmu, ShadowVcpu) {
+    let mut mem = TestMemory::new(1024);
+    for pml4 in [PML4, PML4_B] {
+        mem.w64(pml4, 0x2000 | 3);
+    }
+    mem.w64(0x2000, 0x3000 | 3);
+    mem.w64(0x3000, PT | 3);
+    for i in 0..512u64 {
+        if i != 6 {
+            mem.w64(PT + 8 * i, (i << 12) | 3);
+        }
+    }
+    // mov [rdi], rax
+    mem.write(CODE, &[0x48, 0x89, 0x07]).unwrap();
+    let pool = TestPool::new(64, 0);
+    let mmu = Mmu::new(mem, pool, MmuConfig::default()).unwrap();
+    (mmu, ShadowVcpu::default())
+}
+
+/// An exit message of the 64-bit guest in ring 0 on CR3 `cr3`.
+fn message(basic: u32, cr3: u64) -> ExitMessage {
+    let mut m = ExitMessage {
+        reason: basic,
+        mask: group::ALL,
+        cr0_shadow: CR0_PG | CR0_PE | CR0_WP,
+        cr3,
+        cr4_shadow: CR4_PAE,
+        efer: EFER_LME | EFER_LMA,
+        rip: CODE,
+        ..ExitMessage::default()
+    };
+    m.segments[0].access_rights = 0xa09b; // CS: 64-bit code, DPL 0
+    m.segments[1].access_rights = 0xc093; // SS: DPL 0
+    m
+}
+
+fn page_fault(gva: u64, error_code: u32) -> ExitMessage {
+    let mut m = message(reason::EXCEPTION_NMI, PML4);
+    m.intr_info = PF_INFO;
+    m.intr_error = error_code;
+    m.qualification = gva;
+    m
+}
+
+fn read() -> Acc {
+    Acc::ALL[0]
+}
+
+fn exit(mmu: &mut TestMmu, sv: &mut ShadowVcpu, m: &ExitMessage) -> ExitReply {
+    handle_exit(mmu, sv, m).expect("handled")
+}
+
+#[test]
+fn a_fault_on_a_mapped_page_builds_the_shadow_and_names_the_root() {
+    let (mut mmu, mut sv) = guest();
+    let r = exit(&mut mmu, &mut sv, &page_fault(0x5123, 0));
+    assert_eq!(r.flags, reply::SET_SHADOW_CR3, "resume at the same instruction");
+    let vcpu = sv.vcpu.as_ref().unwrap();
+    assert_eq!(r.shadow_cr3, vcpu.shadow_cr3());
+    assert_eq!(
+        hw_translate(&mmu, vcpu, 0x5123, read()),
+        Ok(RAM_HPA + 0x5123)
+    );
+    // The guest's accessed bit is set, as the processor would.
+    assert_ne!(mmu.mem().r64(PT + 8 * 5) & (1 << 5), 0);
+}
+
+#[test]
+fn a_fault_the_guest_tables_deny_is_injected_with_cr2() {
+    let (mut mmu, mut sv) = guest();
+    let r = exit(&mut mmu, &mut sv, &page_fault(0x6008, 2));
+    assert_eq!(
+        r.flags,
+        reply::INJECT | reply::SET_CR2 | reply::SET_SHADOW_CR3
+    );
+    assert_eq!(r.inject, u64::from(PF_INFO) | (2 << 32), "not present, write");
+    assert_eq!(r.cr2, 0x6008);
+}
+
+#[test]
+fn a_fault_while_delivering_an_event_delivers_it_again_and_a_second_pf_is_a_double_fault() {
+    let (mut mmu, mut sv) = guest();
+    let mut m = page_fault(0x5000, 2);
+    m.idt_vectoring_info = 0x8000_0020; // external interrupt 0x20
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_eq!(r.flags, reply::INJECT | reply::SET_SHADOW_CR3);
+    assert_eq!(r.inject, 0x8000_0020);
+    let mut m = page_fault(0x6000, 2);
+    m.idt_vectoring_info = PF_INFO;
+    m.idt_vectoring_error = 2;
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_eq!(r.inject, 0x8000_0b08, "#DF with error code 0");
+    assert_eq!(r.flags & reply::SET_CR2, 0);
+}
+
+#[test]
+fn cr3_loads_switch_roots_and_come_back_to_the_cached_one() {
+    let (mut mmu, mut sv) = guest();
+    exit(&mut mmu, &mut sv, &page_fault(0x5000, 0));
+    let root_a = sv.vcpu.as_ref().unwrap().shadow_cr3();
+    let mov_cr3 = |to: u64, from_cr3: u64| {
+        let mut m = message(reason::CR_ACCESS, from_cr3);
+        m.qualification = 3 | (3 << 8); // MOV CR3, rbx
+        m.gprs[3] = to;
+        m.instruction_len = 3;
+        m
+    };
+    let r = exit(&mut mmu, &mut sv, &mov_cr3(PML4_B, PML4));
+    assert_eq!(
+        r.flags,
+        reply::ADVANCE_RIP | reply::SET_CR3 | reply::SET_SHADOW_CR3
+    );
+    assert_eq!(r.cr3, PML4_B);
+    assert_ne!(r.shadow_cr3, root_a);
+    let r = exit(&mut mmu, &mut sv, &mov_cr3(PML4, PML4_B));
+    assert_eq!(r.shadow_cr3, root_a, "the first root came back from prev_roots");
+    let s = mmu.stats();
+    // Built for the first CR3 and for the second, found again for the return.
+    assert_eq!((s.prev_roots_hits[3], s.prev_roots_misses[3]), (1, 2), "{s:?}");
+    assert_eq!(sv.cr3_loads, 2);
+    // The shadow built before the switch is still there.
+    let vcpu = sv.vcpu.as_ref().unwrap();
+    assert_eq!(
+        hw_translate(&mmu, vcpu, 0x5000, read()),
+        Ok(RAM_HPA + 0x5000)
+    );
+}
+
+#[test]
+fn a_write_to_a_table_on_its_own_walk_is_emulated() {
+    let (mut mmu, mut sv) = guest();
+    // The guest maps 0x6000 by writing entry 6 of the table through the table's own mapping.
+    let mut m = page_fault(PT + 8 * 6, 3);
+    m.gprs[7] = PT + 8 * 6; // rdi
+    m.gprs[0] = 0x7000 | 3; // rax
+    m.rflags = 2;
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_eq!(
+        r.flags & !reply::SET_SHADOW_CR3,
+        reply::SET_RIP | reply::SET_RFLAGS
+    );
+    assert_eq!(r.rip, CODE + 3);
+    assert_eq!(r.gpr_mask, 0, "mov changes no register");
+    assert_eq!(mmu.mem().r64(PT + 8 * 6) & !0x60, 0x7000 | 3);
+    assert_eq!(mmu.stats().emulate_writes, 1);
+    // The new mapping is used: the next access to 0x6000 reaches 0x7000.
+    exit(&mut mmu, &mut sv, &page_fault(0x6000, 0));
+    let vcpu = sv.vcpu.as_ref().unwrap();
+    assert_eq!(
+        hw_translate(&mmu, vcpu, 0x6000, read()),
+        Ok(RAM_HPA + 0x7000)
+    );
+}
+
+#[test]
+fn an_instruction_that_cannot_be_emulated_stops_the_vm_with_its_bytes() {
+    let (mut mmu, mut sv) = guest();
+    mmu.mem_mut().write(CODE, &[0x0f, 0x0b]).unwrap(); // ud2
+    let m = page_fault(PT + 8 * 6, 3);
+    match handle_exit(&mut mmu, &mut sv, &m) {
+        Err(Stop::Unemulated { rip, bytes, .. }) => {
+            assert_eq!(rip, CODE);
+            assert_eq!(bytes[..2], [0x0f, 0x0b]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_access_outside_ram_stops_the_vm_and_other_exits_are_refused() {
+    let (mut mmu, mut sv) = guest();
+    let mut m = page_fault(0x4000_0000, 0);
+    // Paging off: linear = physical, 1 GiB is beyond the 4 MiB of RAM.
+    m.cr0_shadow = CR0_PE;
+    m.efer = 0;
+    m.cr4_shadow = 0;
+    assert_eq!(
+        handle_exit(&mut mmu, &mut sv, &m),
+        Err(Stop::OutsideRam { gpa: 0x4000_0000 })
+    );
+    let m = message(reason::CPUID, PML4);
+    assert_eq!(
+        handle_exit(&mut mmu, &mut sv, &m),
+        Err(Stop::Unexpected {
+            reason: reason::CPUID
+        })
+    );
+}
+
+#[test]
+fn invlpg_drops_the_shadow_of_the_page_and_advances() {
+    let (mut mmu, mut sv) = guest();
+    exit(&mut mmu, &mut sv, &page_fault(0x5000, 0));
+    // The guest unmaps 0x5000 (its table is write-protected: do it behind the MMU's back, as
+    // a write the MMU was told about would) and executes INVLPG.
+    let mut m = message(reason::INVLPG, PML4);
+    m.qualification = 0x5000;
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_eq!(r.flags, reply::ADVANCE_RIP | reply::SET_SHADOW_CR3);
+    let vcpu = sv.vcpu.as_ref().unwrap();
+    assert!(hw_translate(&mmu, vcpu, 0x5000, read()).is_err());
+}
