@@ -249,7 +249,8 @@ mod tests {
         assert_eq!(bi.modules[0].cmdline.len(), MODULE_CMDLINE_MAX);
         // Every module is reserved, kept or not.
         assert_eq!(
-            bi.memory_map.kind_at(0x80_0000 + (MAX_MODULES as u64 + 3) * 0x1000),
+            bi.memory_map
+                .kind_at(0x80_0000 + (MAX_MODULES as u64 + 3) * 0x1000),
             Some(RegionKind::Modules)
         );
     }

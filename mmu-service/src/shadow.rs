@@ -176,7 +176,10 @@ impl ShadowVm {
     /// An exit of one of the VM's vCPUs: the reply, or the code to stop the VM with.
     pub fn on_exit(&mut self, m: &ExitMessage) -> Result<ExitReply, u64> {
         let Some(mmu) = self.mmu.as_mut() else {
-            userlib::println!("mmu: shadow VM {} runs before its RAM was granted; stopping it", self.handle);
+            userlib::println!(
+                "mmu: shadow VM {} runs before its RAM was granted; stopping it",
+                self.handle
+            );
             return Err(STOP_MMU_ERROR);
         };
         let index = (m.vcpu & 0xffff) as usize;

@@ -111,10 +111,26 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
                 sv.cr3_loads += 1;
             }
             sv.regs = PagingRegs {
-                cr0: if r.flags & reply::SET_CR0 != 0 { r.cr0 } else { regs.cr0 },
-                cr3: if r.flags & reply::SET_CR3 != 0 { r.cr3 } else { regs.cr3 },
-                cr4: if r.flags & reply::SET_CR4 != 0 { r.cr4 } else { regs.cr4 },
-                efer: if r.flags & reply::SET_EFER != 0 { r.efer } else { regs.efer },
+                cr0: if r.flags & reply::SET_CR0 != 0 {
+                    r.cr0
+                } else {
+                    regs.cr0
+                },
+                cr3: if r.flags & reply::SET_CR3 != 0 {
+                    r.cr3
+                } else {
+                    regs.cr3
+                },
+                cr4: if r.flags & reply::SET_CR4 != 0 {
+                    r.cr4
+                } else {
+                    regs.cr4
+                },
+                efer: if r.flags & reply::SET_EFER != 0 {
+                    r.efer
+                } else {
+                    regs.efer
+                },
             };
             r
         }
@@ -296,7 +312,9 @@ fn emulate_write<M: GuestMemory, P: ShadowPagePool>(
         rip: m.rip,
         rflags: m.rflags,
         bitness,
-        seg_base: [s[3].base, s[0].base, s[1].base, s[2].base, s[4].base, s[5].base],
+        seg_base: [
+            s[3].base, s[0].base, s[1].base, s[2].base, s[4].base, s[5].base,
+        ],
     };
     let mut mem = Linear {
         mmu,
@@ -313,7 +331,10 @@ fn emulate_write<M: GuestMemory, P: ShadowPagePool>(
     // decoder then reports a truncated instruction if it needed those bytes).
     let first = ((PAGE_SIZE - (fetch_at & (PAGE_SIZE - 1))) as usize).min(MAX_INSN_LEN);
     let mut got = 0;
-    for (at, len) in [(fetch_at, first), (fetch_at + first as u64, MAX_INSN_LEN - first)] {
+    for (at, len) in [
+        (fetch_at, first),
+        (fetch_at + first as u64, MAX_INSN_LEN - first),
+    ] {
         if len == 0 {
             continue;
         }

@@ -75,7 +75,11 @@ fn exit(mmu: &mut TestMmu, sv: &mut ShadowVcpu, m: &ExitMessage) -> ExitReply {
 fn a_fault_on_a_mapped_page_builds_the_shadow_and_names_the_root() {
     let (mut mmu, mut sv) = guest();
     let r = exit(&mut mmu, &mut sv, &page_fault(0x5123, 0));
-    assert_eq!(r.flags, reply::SET_SHADOW_CR3, "resume at the same instruction");
+    assert_eq!(
+        r.flags,
+        reply::SET_SHADOW_CR3,
+        "resume at the same instruction"
+    );
     let vcpu = sv.vcpu.as_ref().unwrap();
     assert_eq!(r.shadow_cr3, vcpu.shadow_cr3());
     assert_eq!(
@@ -94,7 +98,11 @@ fn a_fault_the_guest_tables_deny_is_injected_with_cr2() {
         r.flags,
         reply::INJECT | reply::SET_CR2 | reply::SET_SHADOW_CR3
     );
-    assert_eq!(r.inject, u64::from(PF_INFO) | (2 << 32), "not present, write");
+    assert_eq!(
+        r.inject,
+        u64::from(PF_INFO) | (2 << 32),
+        "not present, write"
+    );
     assert_eq!(r.cr2, 0x6008);
 }
 
@@ -134,10 +142,17 @@ fn cr3_loads_switch_roots_and_come_back_to_the_cached_one() {
     assert_eq!(r.cr3, PML4_B);
     assert_ne!(r.shadow_cr3, root_a);
     let r = exit(&mut mmu, &mut sv, &mov_cr3(PML4, PML4_B));
-    assert_eq!(r.shadow_cr3, root_a, "the first root came back from prev_roots");
+    assert_eq!(
+        r.shadow_cr3, root_a,
+        "the first root came back from prev_roots"
+    );
     let s = mmu.stats();
     // Built for the first CR3 and for the second, found again for the return.
-    assert_eq!((s.prev_roots_hits[3], s.prev_roots_misses[3]), (1, 2), "{s:?}");
+    assert_eq!(
+        (s.prev_roots_hits[3], s.prev_roots_misses[3]),
+        (1, 2),
+        "{s:?}"
+    );
     assert_eq!(sv.cr3_loads, 2);
     // The shadow built before the switch is still there.
     let vcpu = sv.vcpu.as_ref().unwrap();

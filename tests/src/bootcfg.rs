@@ -340,9 +340,9 @@ mod tests {
             assert_eq!(limine.matches(&pair).count(), entries, "{pair}");
         }
         // Modules follow the kernel line, in table order.
-        assert!(
-            grub.contains("  module2 /boot/guests/guest-spaces32 guest-spaces32 image=guest\n  boot\n")
-        );
+        assert!(grub.contains(
+            "  module2 /boot/guests/guest-spaces32 guest-spaces32 image=guest\n  boot\n"
+        ));
         assert!(grub.contains(
             "    multiboot2 /boot/umbra-kernel $umbra_cmdline\n    module2 /boot/services/supervisor supervisor\n"
         ));

@@ -232,7 +232,10 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
             (reason::INVLPG, group::QUAL | group::CRS | group::RIP),
         ]
     } else {
-        &[(reason::EPT_VIOLATION, group::QUAL | group::ADDR | group::RIP)]
+        &[(
+            reason::EPT_VIOLATION,
+            group::QUAL | group::ADDR | group::RIP,
+        )]
     };
     for &(r, mask) in mmu_portals {
         sys::vcpu_portal(vcpu, r, Some(crate::MMU), mask).map_err(kernel)?;
@@ -300,7 +303,10 @@ fn print_shadow(name: &str, s: &mmu::ShadowStats) {
         s.pool_used,
         s.pool_pages
     );
-    userlib::println!("vmm: {name}: shadow: prev_roots hits/root loads by mode:{}", line.as_str());
+    userlib::println!(
+        "vmm: {name}: shadow: prev_roots hits/root loads by mode:{}",
+        line.as_str()
+    );
 }
 
 /// Tells the MMU service to forget the VM when the run ends.

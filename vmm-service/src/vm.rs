@@ -201,21 +201,23 @@ impl VmModel {
                 value,
                 ..
             } => self.io(m, (port, size, direction, value), env, ev),
-            Exit::Rdmsr { msr } => match {
+            Exit::Rdmsr { msr } => {
+                // The kernel's EFER is the guest's (LMA follows CR0.PG, which the MMU service
+                // handles for a shadow-paged VM).
                 if m.mask & group::CRS != 0 {
                     self.msr.efer = m.efer;
                 }
-                self.msr.read(msr, env.tsc())
-            } {
-                Ok(v) => {
-                    let mut reply = ExitReply::advance();
-                    reply
-                        .set_gpr(Gpr::Rax, v & 0xffff_ffff)
-                        .set_gpr(Gpr::Rdx, v >> 32);
-                    reply
+                match self.msr.read(msr, env.tsc()) {
+                    Ok(v) => {
+                        let mut reply = ExitReply::advance();
+                        reply
+                            .set_gpr(Gpr::Rax, v & 0xffff_ffff)
+                            .set_gpr(Gpr::Rdx, v >> 32);
+                        reply
+                    }
+                    Err(_) => gp(),
                 }
-                Err(_) => gp(),
-            },
+            }
             Exit::Wrmsr { msr, value } => {
                 let pg = (m.mask & group::CRS != 0).then_some(m.cr0_shadow & cr::cr0::PG != 0);
                 match self.msr.write(msr, value, env.tsc(), pg) {

@@ -138,8 +138,8 @@ pub fn init() -> Result<(), &'static str> {
         return Err("VMXON disabled by firmware (IA32_FEATURE_CONTROL)");
     }
     let proc = adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_WANT).ok_or("primary controls")?;
-    let proc_shadow = adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_SHADOW_WANT)
-        .ok_or("INVLPG or CR3 exiting")?;
+    let proc_shadow =
+        adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_SHADOW_WANT).ok_or("INVLPG or CR3 exiting")?;
     let proc2_shadow = adjust(read(MSR_VMX_PROCBASED_CTLS2)?, 0).ok_or("secondary controls")?;
     let c = Controls {
         revision: basic as u32 & 0x7fff_ffff,

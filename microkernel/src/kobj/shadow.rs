@@ -254,7 +254,10 @@ mod tests {
         high.phys = 1 << 32;
         s.pool = Some(high);
         assert!(s.root_ok(1 << 32, true));
-        assert!(!s.root_ok(1 << 32, false), "a PAE root must lie below 4 GiB");
+        assert!(
+            !s.root_ok(1 << 32, false),
+            "a PAE root must lie below 4 GiB"
+        );
     }
 
     #[test]

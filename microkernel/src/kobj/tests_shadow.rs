@@ -9,8 +9,7 @@ use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::tests::{ok, status, sys, write_user, Model, DATA};
 use super::tests_vm::{
-    exit, read_one, received, run, run_result, vmcs, vmm_with, write_state, Running,
-    Vmm, RAM_PAGES,
+    exit, read_one, received, run, run_result, vmcs, vmm_with, write_state, Running, Vmm, RAM_PAGES,
 };
 use crate::PAGE_SIZE;
 
@@ -45,7 +44,11 @@ fn the_guest_sees_its_own_paging_state_and_the_hardware_stays_paged() {
     let root = empty_root(&v);
     let k = &mut v.k;
     assert_ne!(root, 0);
-    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), root, "starts on the empty root");
+    assert_eq!(
+        vmcs(k, v.vi, field::GUEST_CR3),
+        root,
+        "starts on the empty root"
+    );
     assert_eq!(read_one(k, v.vcpu, field::SHADOW_CR3), root);
     assert_ne!(vmcs(k, v.vi, field::EXCEPTION_BITMAP) & (1 << 14), 0);
     // Paging off in the guest: paged (and WP) in hardware.
@@ -198,7 +201,11 @@ fn the_audit_lets_sound_tables_through() {
     // 32-bit guest: a PAE root page -> page directory -> page table -> a RAM page.
     put(k, pool_phys, (pool_phys + PAGE_SIZE) | 1);
     put(k, pool_phys + PAGE_SIZE, (pool_phys + 2 * PAGE_SIZE) | 3);
-    put(k, pool_phys + 2 * PAGE_SIZE, (v.ram_phys + 3 * PAGE_SIZE) | 3);
+    put(
+        k,
+        pool_phys + 2 * PAGE_SIZE,
+        (v.ram_phys + 3 * PAGE_SIZE) | 3,
+    );
     assert_eq!(fault_and_set_root(k, &r, pool_phys), Next::Guest(v.vt));
     assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), pool_phys);
 }

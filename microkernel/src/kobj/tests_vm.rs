@@ -199,7 +199,12 @@ pub(super) fn run(v: &mut Vmm, cpuid_portal: bool) -> Running {
     }
 }
 
-pub(super) fn exit(k: &mut Kernel<Model>, reason: u32, qualification: u64, instruction_len: u64) -> Next {
+pub(super) fn exit(
+    k: &mut Kernel<Model>,
+    reason: u32,
+    qualification: u64,
+    instruction_len: u64,
+) -> Next {
     k.on_vm_exit(VmExit {
         reason,
         qualification,
