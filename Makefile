@@ -33,7 +33,8 @@ HARNESS := $(TARGET_DIR)/release/umbra-harness
 SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench is a flat 64-bit image (objcopy -O binary).
-GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-spaces64 guest-spacespae guest-spaces32
+GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-spaces64 guest-spacespae guest-spaces32 \
+	guest-mmubench64 guest-mmubenchpae guest-mmubench32
 FLAT_GUESTS := guest-bench
 SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 # Copy a service into an ISO root without its DWARF (it keeps its symbol table): the loader
@@ -62,7 +63,8 @@ help:
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
 	@echo "  make bench         benchmarks in Bochs: IPC round trips (build/bench/ipc.csv), VM exit round trips"
-	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv); shadow MMU (criterion)"
+	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv), the shadow MMU per"
+	@echo "                     paging mode (build/bench/mmu.csv); shadow MMU on the host (criterion)"
 	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
@@ -136,11 +138,13 @@ test: ensure-setup
 		{ echo "make test: the harness (tests/) does not build"; echo "0 passed, 1 failed"; exit 1; }
 	@$(HARNESS) test
 
-# IPC round trips in Bochs (deterministic instruction counts; writes build/bench/ipc.csv),
-# then the host benchmarks of the shadow MMU (criterion).
+# IPC round trips, VM exit round trips and the shadow MMU in Bochs (deterministic instruction
+# counts; writes build/bench/ipc.csv, vmm.csv and mmu.csv), then the host benchmarks of the
+# shadow MMU (criterion).
 bench: ensure-setup harness iso
 	@$(HARNESS) bench-ipc
 	@$(HARNESS) bench-vmm
+	@$(HARNESS) bench-mmu
 	@if ls mmu-service/benches/*.rs >/dev/null 2>&1 || grep -q '^\[\[bench\]\]' mmu-service/Cargo.toml; then \
 		$(CARGO) bench -p mmu-service; \
 	else \

@@ -34,16 +34,26 @@ pub enum FaultOutcome {
 
 impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// Handles a #PF taken by `vcpu` at `gva` with the hardware `error_code` (which describes the
-    /// shadow tables; only its W, U/S and I/D bits are used).
+    /// shadow tables; only its W, U/S and I/D bits are used), for an access SMAP checks.
     pub fn handle_page_fault(
         &mut self,
         vcpu: &mut Vcpu,
         gva: u64,
         error_code: u32,
     ) -> Result<FaultOutcome, Error> {
+        self.handle_access_fault(vcpu, gva, AccessKind::from_error_code(error_code))
+    }
+
+    /// Handles a #PF taken by `vcpu` at `gva` for `access` (the caller knows what the error
+    /// code does not: whether SMAP lets a supervisor access through).
+    pub fn handle_access_fault(
+        &mut self,
+        vcpu: &mut Vcpu,
+        gva: u64,
+        access: AccessKind,
+    ) -> Result<FaultOutcome, Error> {
         self.stats.faults_handled += 1;
         self.reload(vcpu)?;
-        let access = AccessKind::from_error_code(error_code);
         let mut tries = 0;
         let w = loop {
             match walk(&vcpu.cpu, vcpu.cr3, &vcpu.pdptes, &self.mem, gva, access)? {
@@ -79,17 +89,14 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
                 acc &= !ACC_EXEC;
             }
         }
-        if access.write {
-            if Self::walk_uses_table(&w, gfn) || self.is_current_root_table(vcpu, gfn) {
-                self.stats.emulate_writes += 1;
-                return Ok(FaultOutcome::EmulateWrite { gpa: w.gpa });
-            }
-            if self.write_track[gfn as usize] > 0 {
-                // A write to a shadowed guest page table: zap its shadows, which unprotects it,
-                // and map it writable. The zap may have hit one of our roots.
-                self.zap_gfn(gfn);
-                self.reload(vcpu)?;
-            }
+        if access.write && (self.write_track[gfn as usize] > 0 || Self::walk_uses_table(&w, gfn)) {
+            // A write to a shadowed guest page table (or one this very walk read, which the
+            // shadow would write-protect): the caller emulates it and reports it with
+            // `emulated_write`, which drops only the sptes of the gptes it changed (KVM
+            // emulates such writes too). A page written often without being used as a table
+            // stops being shadowed (write flooding).
+            self.stats.emulate_writes += 1;
+            return Ok(FaultOutcome::EmulateWrite { gpa: w.gpa });
         }
         self.make_frames_available(vcpu, 4)?;
         self.fetch(vcpu, &w, acc)?;
@@ -102,12 +109,26 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         w.top_level != 0 && (w.level..=w.top_level).any(|l| w.table_gfn[usize::from(l)] == gfn)
     }
 
-    /// Whether `gfn` holds one of the guest tables the current root shadows (the four page
-    /// directories of a PAE root set): zapping it would rebuild and re-protect it at once.
-    fn is_current_root_table(&self, vcpu: &Vcpu, gfn: u64) -> bool {
-        vcpu.root
-            .shadow_pages()
-            .any(|sp| !self.sps[sp as usize].role.direct && self.sps[sp as usize].gfn == gfn)
+    /// The write at `gva` (after [`FaultOutcome::EmulateWrite`]) could not be emulated: stop
+    /// shadowing its page so that the guest can retry it on the hardware (KVM's
+    /// `kvm_mmu_unprotect_gfn_and_retry`). Returns `false`, changing nothing, when the page is
+    /// a table of the write's own translation: it would be shadowed again at once.
+    pub fn unprotect_for_retry(&mut self, vcpu: &mut Vcpu, gva: u64) -> Result<bool, Error> {
+        let access = AccessKind {
+            write: true,
+            ..AccessKind::default()
+        };
+        let w = match walk(&vcpu.cpu, vcpu.cr3, &vcpu.pdptes, &self.mem, gva, access)? {
+            WalkOutcome::Ok(w) => w,
+            WalkOutcome::Fault(_) => return Ok(false),
+        };
+        let gfn = w.gfn();
+        if Self::walk_uses_table(&w, gfn) || gfn >= self.mem.ram_pages() {
+            return Ok(false);
+        }
+        self.zap_gfn(gfn);
+        self.reload(vcpu)?;
+        Ok(true)
     }
 
     /// Builds the missing shadow levels for `w` and the leaf spte with access `acc`.
@@ -152,6 +173,8 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
                 child = self.get_sp(child_gfn, role)?;
                 self.link_child(sp, index, child);
             }
+            // Used as a table: not a page that is only being written (write flooding).
+            self.sps[child as usize].write_flooding = 0;
             sp = child;
             level = child_level;
         }
@@ -193,18 +216,19 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     }
 
     /// The VMM wrote `data` at `gpa` on the guest's behalf (after [`FaultOutcome::EmulateWrite`]):
-    /// the write is done here and the shadows of the page tables it touched are zapped
-    /// (KVM's `kvm_mmu_track_write`). `vcpu` gets a usable root again.
+    /// the write is done here and, in the shadow pages of the page tables it touched, the sptes
+    /// built from the gptes it changed are dropped (KVM's `kvm_mmu_track_write`). `vcpu` gets
+    /// a usable root again.
     pub fn emulated_write(&mut self, vcpu: &mut Vcpu, gpa: u64, data: &[u8]) -> Result<(), Error> {
         self.mem.write(gpa, data)?;
-        if !data.is_empty() {
-            let first = gpa >> 12;
-            let last = (gpa + data.len() as u64 - 1) >> 12;
-            for gfn in first..=last {
-                if self.write_track_count(gfn) > 0 {
-                    self.zap_gfn(gfn);
-                }
+        let mut at = gpa;
+        let end = gpa.saturating_add(data.len() as u64);
+        while at < end {
+            let piece = (crate::traits::PAGE_SIZE - (at & 0xfff)).min(end - at);
+            if self.write_track_count(at >> 12) > 0 {
+                self.track_guest_write(at, piece as usize);
             }
+            at += piece;
         }
         self.reload(vcpu)?;
         Ok(())

@@ -82,6 +82,7 @@ pub struct Vcpu {
     pub(crate) pae_root: u32,
     pub(crate) pae_root_hpa: u64,
     pub(crate) cpu: CpuRole,
+    pub(crate) cr0: u64,
     pub(crate) cr3: u64,
     pub(crate) cr4: u64,
     pub(crate) pdptes: [u64; 4],
@@ -146,6 +147,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             pae_root,
             pae_root_hpa: self.pool.frame_hpa(pae_root as usize),
             cpu,
+            cr0: state.cr0(),
             cr3: state.cr3(),
             cr4: state.cr4(),
             pdptes: [0; 4],
@@ -201,6 +203,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             [0; 4]
         };
         vcpu.cpu = cpu;
+        vcpu.cr0 = state.cr0();
         vcpu.cr3 = state.cr3();
         vcpu.cr4 = state.cr4();
         vcpu.pdptes = pdptes;
@@ -209,8 +212,8 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
 
     /// CR0, CR4 or EFER changed: recomputes the CPU role from the state *after* the transition
     /// and switches root if the role changed. The PDPTEs are reloaded when the architecture does
-    /// (PAE paging on after a change of CR0.PG, CR4.PAE, CR4.PSE, CR4.PGE or CR4.SMEP, or a
-    /// change of mode).
+    /// (SDM 4.4.1: PAE paging on after a MOV to CR0 or CR4 that changes CR0.CD, CR0.NW,
+    /// CR0.PG, CR4.PAE, CR4.PGE, CR4.PSE or CR4.SMEP).
     pub fn set_paging_state<S: VcpuPagingState + ?Sized>(
         &mut self,
         vcpu: &mut Vcpu,
@@ -221,8 +224,10 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             | crate::traits::CR4_PSE
             | (1 << 7) // PGE
             | crate::traits::CR4_SMEP;
+        const PDPTE_RELOAD_CR0: u64 = (1 << 29) | (1 << 30) | crate::traits::CR0_PG; // NW, CD
         let reload = cpu.mode == PagingMode::Pae
             && (vcpu.cpu.mode != PagingMode::Pae
+                || (vcpu.cr0 ^ state.cr0()) & PDPTE_RELOAD_CR0 != 0
                 || (vcpu.cr4 ^ state.cr4()) & PDPTE_RELOAD_CR4 != 0);
         let pdptes = if reload {
             self.load_pdptes(state, &cpu)?
@@ -233,6 +238,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         };
         let changed = cpu != vcpu.cpu || pdptes != vcpu.pdptes || state.cr3() != vcpu.cr3;
         vcpu.cpu = cpu;
+        vcpu.cr0 = state.cr0();
         vcpu.cr3 = state.cr3();
         vcpu.cr4 = state.cr4();
         vcpu.pdptes = pdptes;

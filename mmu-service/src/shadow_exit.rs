@@ -162,7 +162,9 @@ fn page_fault<M: GuestMemory, P: ShadowPagePool>(
     m: &ExitMessage,
 ) -> Result<ExitReply, Stop> {
     let gva = m.qualification;
-    let outcome = match mmu.handle_page_fault(vcpu, gva, m.intr_error) {
+    let mut access = AccessKind::from_error_code(m.intr_error);
+    access.smap_allowed = !access.fetch && smap_allowed(m);
+    let outcome = match mmu.handle_access_fault(vcpu, gva, access) {
         Ok(o) => o,
         // The walk met a guest table outside RAM.
         Err(Error::GuestTableOutsideRam { gpa }) => return Err(Stop::OutsideRam { gpa }),
@@ -199,12 +201,20 @@ fn cpl(m: &ExitMessage) -> u8 {
     ((m.segments[1].access_rights >> 5) & 3) as u8
 }
 
+/// Whether SMAP lets the guest's explicit supervisor data accesses reach user pages now:
+/// CPL < 3 and EFLAGS.AC set (`stac`).
+fn smap_allowed(m: &ExitMessage) -> bool {
+    const RFLAGS_AC: u64 = 1 << 18;
+    cpl(m) < 3 && m.rflags & RFLAGS_AC != 0
+}
+
 /// Guest memory through the guest's own tables, as the emulated instruction accesses it;
 /// writes go through [`Mmu::emulated_write`], which zaps the shadows of what they change.
 struct Linear<'a, M, P> {
     mmu: &'a mut Mmu<M, P>,
     vcpu: &'a mut Vcpu,
     user: bool,
+    smap_allowed: bool,
 }
 
 impl<M: GuestMemory, P: ShadowPagePool> Linear<'_, M, P> {
@@ -214,6 +224,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Linear<'_, M, P> {
             write,
             user: self.user,
             fetch,
+            smap_allowed: !fetch && self.smap_allowed,
         };
         let (cpu, cr3, pdptes) = (*self.vcpu.cpu_role(), self.vcpu.cr3(), self.vcpu.pdptes());
         let not_ram = AccessFault::NotRam { gla };
@@ -320,6 +331,7 @@ fn emulate_write<M: GuestMemory, P: ShadowPagePool>(
         mmu,
         vcpu,
         user: cpl(m) == 3,
+        smap_allowed: smap_allowed(m),
     };
     let mut bytes = [0u8; MAX_INSN_LEN];
     let fetch_at = if long {
@@ -357,11 +369,17 @@ fn emulate_write<M: GuestMemory, P: ShadowPagePool>(
             return Ok(r);
         }
         Err(error) => {
+            // Not a write this service emulates (a string or vector store into a page that was
+            // a page table, say): stop shadowing the page and let the hardware do it, unless
+            // the page is a table of the write's own translation.
+            if let Ok(true) = mem.mmu.unprotect_for_retry(mem.vcpu, m.qualification) {
+                return Ok(ExitReply::resume());
+            }
             return Err(Stop::Unemulated {
                 rip: m.rip,
                 bytes,
                 error,
-            })
+            });
         }
     }
     let mut r = ExitReply {

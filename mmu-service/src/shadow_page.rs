@@ -46,6 +46,9 @@ pub struct ShadowPage {
     pub root_count: u32,
     /// State.
     pub state: SpState,
+    /// Guest writes to the shadowed table since a fault last walked through this page (KVM's
+    /// `write_flooding_count`).
+    pub write_flooding: u8,
     pub(crate) parent_head: u32,
     pub(crate) hash_next: u32,
     pub(crate) lru_prev: u32,
@@ -74,6 +77,7 @@ impl ShadowPage {
         gen: 0,
         root_count: 0,
         state: SpState::Free,
+        write_flooding: 0,
         parent_head: NONE,
         hash_next: NONE,
         lru_prev: NONE,
@@ -103,6 +107,32 @@ impl Heads {
     pub(crate) fn set(&mut self, i: usize, v: u32) {
         self.0[i] = v.wrapping_add(1);
     }
+}
+
+/// Guest writes after which a shadow page is zapped ([`Mmu::track_guest_write`]); KVM uses 3.
+pub const WRITE_FLOODING_LIMIT: u8 = 3;
+
+/// The sptes of a shadow page with `role` that shadow the gpte at byte `offset` of its guest
+/// table: (first index, count), `None` when that gpte lies in another quadrant (KVM's
+/// `get_written_sptes`). A 4-byte gpte is half an spte's reach: a 2-level page directory entry
+/// maps 4 MiB, two PAE directory entries; a 2-level page table's 1024 entries span two
+/// shadow pages.
+pub fn written_sptes(role: &PageRole, offset: u64) -> Option<(usize, usize)> {
+    let mut off = offset & 0xfff;
+    let mut n = 1;
+    if role.has_4_byte_gpte {
+        off <<= 1; // 4-byte gptes, 8-byte sptes
+        if role.level == 2 {
+            off &= !7;
+            off <<= 1;
+            n = 2;
+        }
+        if off >> 12 != u64::from(role.quadrant) {
+            return None;
+        }
+        off &= 0xfff;
+    }
+    Some(((off / 8) as usize, n))
 }
 
 fn ptr(sp: SpId, index: usize) -> u32 {
@@ -245,6 +275,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             gen: self.gen,
             root_count: 0,
             state: SpState::Active,
+            write_flooding: 0,
             parent_head: NONE,
             hash_next: head,
             lru_prev: NONE,
@@ -446,6 +477,46 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         }
         self.stats.write_zaps += n as u64;
         n
+    }
+
+    /// A guest write of `len` bytes at `gpa`, a page holding shadowed guest page tables (KVM's
+    /// `kvm_mmu_track_write`): in every shadow page of that table, the sptes built from the
+    /// gptes the write changed are dropped (the next fault rebuilds them from the new gptes).
+    /// A shadow page written misaligned (across gptes, or fewer than 4 bytes), or written
+    /// [`WRITE_FLOODING_LIMIT`] times with no fault walking through it in between, is zapped:
+    /// the page is probably no longer a page table (KVM's write-flooding detection).
+    pub(crate) fn track_guest_write(&mut self, gpa: u64, len: usize) {
+        let Some(mut cur) = self.gfn_sp_head.get((gpa >> 12) as usize) else {
+            return;
+        };
+        let offset = gpa & 0xfff;
+        while cur != NONE {
+            let s = self.sps[cur as usize];
+            let next = s.hash_next;
+            if s.role.direct || s.state != SpState::Active {
+                cur = next;
+                continue;
+            }
+            let size = if s.role.has_4_byte_gpte { 4 } else { 8 };
+            let last = offset + len.max(1) as u64 - 1;
+            let misaligned = (offset ^ last) & !(size - 1) != 0 || len < 4;
+            let flooded = s.write_flooding + 1 >= WRITE_FLOODING_LIMIT;
+            if misaligned || flooded {
+                self.zap_sp(cur);
+                self.stats.write_zaps += 1;
+            } else {
+                self.sps[cur as usize].write_flooding += 1;
+                if let Some((first, n)) = written_sptes(&s.role, offset) {
+                    for i in first..(first + n).min(512) {
+                        if is_present(self.pool.read_entry(cur as usize, i)) {
+                            self.drop_spte(cur, i);
+                            self.stats.write_sptes_dropped += 1;
+                        }
+                    }
+                }
+            }
+            cur = next;
+        }
     }
 
     /// Takes a root reference on `sp`.

@@ -27,8 +27,11 @@ pub struct Stats {
     pub mmio_faults: u64,
     /// Shadow pages zapped (all causes).
     pub zaps: u64,
-    /// Of those, zapped because their guest page table was written (unprotect).
+    /// Of those, zapped because their guest page table was written: unprotected after a
+    /// write that could not be emulated, written misaligned, or write-flooded.
     pub write_zaps: u64,
+    /// Sptes dropped because the gpte they were built from was written.
+    pub write_sptes_dropped: u64,
     /// Of those, zapped to reclaim frames under pool pressure.
     pub reclaim_zaps: u64,
     /// Previous roots freed to reclaim frames.

@@ -46,6 +46,10 @@ pub struct AccessKind {
     pub user: bool,
     /// An instruction fetch.
     pub fetch: bool,
+    /// A supervisor data access SMAP lets through: an explicit access at CPL < 3 with
+    /// EFLAGS.AC = 1 (`stac`; Linux's `copy_to_user`). Implicit supervisor accesses and
+    /// accesses at CPL 3 never are. The #PF error code does not say it: the caller does.
+    pub smap_allowed: bool,
 }
 
 impl AccessKind {
@@ -56,6 +60,7 @@ impl AccessKind {
             write: error_code & PFERR_WRITE != 0,
             user: error_code & PFERR_USER != 0,
             fetch: error_code & PFERR_FETCH != 0,
+            smap_allowed: false,
         }
     }
 
@@ -228,8 +233,8 @@ fn is_leaf(cpu: &CpuRole, level: u8, gpte: u64) -> bool {
 }
 
 /// Whether the guest denies `access` to a translation with effective access `acc`
-/// (Intel SDM 4.6; KVM's `permission_fault`). EFLAGS.AC is not modelled: a supervisor data access
-/// to a user page with SMAP on is treated as explicit with AC = 0.
+/// (Intel SDM 4.6; KVM's `permission_fault`). A supervisor data access to a user page with SMAP
+/// on is allowed only when `access.smap_allowed` (explicit, CPL < 3, EFLAGS.AC = 1).
 pub fn permission_fault(cpu: &CpuRole, acc: u8, access: AccessKind) -> bool {
     let user_page = acc & ACC_USER != 0;
     let writable = acc & ACC_WRITE != 0;
@@ -239,7 +244,7 @@ pub fn permission_fault(cpu: &CpuRole, acc: u8, access: AccessKind) -> bool {
     } else if access.fetch {
         !exec || (cpu.smep && user_page)
     } else {
-        (cpu.smap && user_page) || (access.write && !writable && cpu.wp)
+        (cpu.smap && user_page && !access.smap_allowed) || (access.write && !writable && cpu.wp)
     }
 }
 

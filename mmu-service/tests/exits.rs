@@ -236,3 +236,27 @@ fn invlpg_drops_the_shadow_of_the_page_and_advances() {
     let vcpu = sv.vcpu.as_ref().unwrap();
     assert!(hw_translate(&mmu, vcpu, 0x5000, read()).is_err());
 }
+
+#[test]
+fn a_kernel_access_to_a_user_page_after_stac_is_not_a_smap_fault() {
+    let (mut mmu, mut sv) = guest();
+    let user_page = |mmu: &mut TestMmu, n: u64| {
+        for table in [PML4, 0x2000, 0x3000] {
+            let e = mmu.mem().r64(table);
+            mmu.mem_mut().w64(table, e | 4);
+        }
+        mmu.mem_mut().w64(PT + 8 * n, (n << 12) | 7);
+    };
+    user_page(&mut mmu, 5);
+    user_page(&mut mmu, 7);
+    let with = |gva: u64, rflags: u64| {
+        let mut m = page_fault(gva, 0);
+        m.cr4_shadow |= CR4_SMAP;
+        m.rflags = rflags;
+        m
+    };
+    let r = exit(&mut mmu, &mut sv, &with(0x5000, 2 | (1 << 18)));
+    assert_eq!(r.flags, reply::SET_SHADOW_CR3, "EFLAGS.AC = 1: built");
+    let r = exit(&mut mmu, &mut sv, &with(0x7000, 2));
+    assert_eq!(r.inject, u64::from(PF_INFO) | (1 << 32), "AC = 0: #PF(P)");
+}

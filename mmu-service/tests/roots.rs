@@ -420,11 +420,10 @@ fn pool_pressure_zaps_oldest_instead_of_failing() {
     );
 }
 
-#[test]
-fn write_to_shadowed_page_table_zaps_and_unprotects() {
+/// Two 64-bit spaces whose page tables 0x400 (space 0) and 0x401 (space 1) both map gfn 0x400
+/// at gva 0x10000: in space 0 the table maps itself. Both spaces have touched pages 0 and 1.
+fn self_mapped_table() -> (TestMmu, Vcpu, Guest) {
     let mut mmu = mmu_with(4, 64, 4);
-    // Map the PT of space 0 (gfn 0x400) writable at gva 0x10_0000 through PD entry... use PT
-    // entry 16 of space 0: gva 0x10000 -> gfn 0x400.
     mmu.mem_mut().w64((0x400 << 12) + 16 * 8, (0x400 << 12) | 7);
     mmu.mem_mut().w64((0x401 << 12) + 16 * 8, (0x400 << 12) | 7);
     let mut g = guest64(0x100);
@@ -436,38 +435,103 @@ fn write_to_shadowed_page_table_zaps_and_unprotects() {
     mmu.load_cr3(&mut v, &g).unwrap();
     touch(&mut mmu, &mut v, 0, 2);
     assert_eq!(mmu.write_track_count(0x400), 1);
-    let w = Acc {
-        write: true,
+    (mmu, v, g)
+}
+
+const USER_WRITE: Acc = Acc {
+    write: true,
+    fetch: false,
+    user: true,
+};
+
+#[test]
+fn a_write_to_a_shadowed_page_table_is_emulated_and_drops_only_the_written_spte() {
+    let (mut mmu, mut v, mut g) = self_mapped_table();
+    // In space 0 the PT maps itself; from space 1 the same page is data, but still a shadowed
+    // table: both writes are emulated, and the page stays write-protected.
+    for cr3 in [0x100, 0x101] {
+        g.cr3 = cr3 << 12;
+        mmu.load_cr3(&mut v, &g).unwrap();
+        let ec = hw_translate(&mmu, &v, 0x10000, USER_WRITE).unwrap_err();
+        assert_eq!(
+            mmu.handle_page_fault(&mut v, 0x10000, ec),
+            Ok(FaultOutcome::EmulateWrite { gpa: 0x400 << 12 })
+        );
+    }
+    // The write changes gpte 0 of space 0's table (gva 0 now maps gfn 0x1234).
+    let dropped = mmu.stats().write_sptes_dropped;
+    mmu.emulated_write(&mut v, 0x400 << 12, &((0x1234 << 12) | 7u64).to_le_bytes())
+        .unwrap();
+    assert_eq!(mmu.stats().write_sptes_dropped, dropped + 1);
+    assert_eq!(mmu.write_track_count(0x400), 1, "still shadowed");
+    // Back in space 0: page 1's spte survived, page 0's is rebuilt from the new gpte with one
+    // fault (zapping the whole table cost a fault per page and per table level).
+    g.cr3 = 0x100 << 12;
+    mmu.load_cr3(&mut v, &g).unwrap();
+    assert!(hw_leaf(&mmu, &v, 0x1000).is_some());
+    assert!(hw_leaf(&mmu, &v, 0).is_none());
+    assert_eq!(touch(&mut mmu, &mut v, 0, 2), 1);
+    let read = Acc {
+        write: false,
         fetch: false,
         user: true,
     };
-    // In space 0 the PT maps itself: a write there must be emulated.
-    let ec = hw_translate(&mmu, &v, 0x10000, w).unwrap_err();
     assert_eq!(
-        mmu.handle_page_fault(&mut v, 0x10000, ec),
-        Ok(FaultOutcome::EmulateWrite { gpa: 0x400 << 12 })
+        hw_translate(&mmu, &v, 0, read),
+        Ok(RAM_HPA + (0x1234 << 12))
     );
-    // From space 1 the same page is just data: zap, unprotect, retry, then it is writable.
+}
+
+#[test]
+fn a_page_table_written_again_and_again_stops_being_shadowed() {
+    let (mut mmu, mut v, mut g) = self_mapped_table();
     g.cr3 = 0x101 << 12;
     mmu.load_cr3(&mut v, &g).unwrap();
-    let ec = hw_translate(&mmu, &v, 0x10000, w).unwrap_err();
     let zaps = mmu.stats().write_zaps;
+    // Writes with no fault walking through the table in between: flooding.
+    for i in 0..3u64 {
+        mmu.emulated_write(&mut v, (0x400 << 12) + 8 * (100 + i), &[0; 8])
+            .unwrap();
+    }
+    assert_eq!(mmu.stats().write_zaps, zaps + 1);
+    assert_eq!(mmu.write_track_count(0x400), 0);
+    // The page is plain data now: space 1 writes it on the hardware.
+    touch(&mut mmu, &mut v, 0x10000, 1);
+    let ec = hw_translate(&mmu, &v, 0x10000, USER_WRITE).unwrap_err();
     assert_eq!(
         mmu.handle_page_fault(&mut v, 0x10000, ec),
         Ok(FaultOutcome::Retry)
     );
-    assert_eq!(mmu.stats().write_zaps, zaps + 1);
-    assert_eq!(mmu.write_track_count(0x400), 0);
     assert_eq!(
-        hw_translate(&mmu, &v, 0x10000, w),
+        hw_translate(&mmu, &v, 0x10000, USER_WRITE),
         Ok(RAM_HPA + (0x400 << 12))
     );
-    // Space 0's shadow of that PT is gone; switching back and touching rebuilds it and
-    // write-protects the page again.
-    g.cr3 = 0x100 << 12;
-    mmu.load_cr3(&mut v, &g).unwrap();
-    touch(&mut mmu, &mut v, 0, 1);
+    // A misaligned write (across two gptes) zaps at once.
+    let (mut mmu, mut v, _) = self_mapped_table();
+    let zaps = mmu.stats().write_zaps;
+    mmu.emulated_write(&mut v, (0x400 << 12) + 4, &[0; 8])
+        .unwrap();
+    assert_eq!(mmu.stats().write_zaps, zaps + 1);
+    assert_eq!(mmu.write_track_count(0x400), 0);
+}
+
+#[test]
+fn a_write_that_cannot_be_emulated_unprotects_unless_the_table_is_on_its_walk() {
+    let (mut mmu, mut v, mut g) = self_mapped_table();
+    // Space 0: the table is on the write's own translation: nothing changes.
+    assert_eq!(mmu.unprotect_for_retry(&mut v, 0x10000), Ok(false));
     assert_eq!(mmu.write_track_count(0x400), 1);
+    // Space 1: unprotected, and the write then goes through on the hardware.
+    g.cr3 = 0x101 << 12;
+    mmu.load_cr3(&mut v, &g).unwrap();
+    assert_eq!(mmu.unprotect_for_retry(&mut v, 0x10000), Ok(true));
+    assert_eq!(mmu.write_track_count(0x400), 0);
+    touch(&mut mmu, &mut v, 0x10000, 1);
+    let ec = hw_translate(&mmu, &v, 0x10000, USER_WRITE).unwrap_err();
+    assert_eq!(
+        mmu.handle_page_fault(&mut v, 0x10000, ec),
+        Ok(FaultOutcome::Retry)
+    );
 }
 
 #[test]
@@ -515,7 +579,12 @@ fn walker_error_codes() {
     mem.w64((0x13 << 12) + 8, (0x21 << 12) | 3 | (1 << 63));
     mem.w64((0x13 << 12) + 24, (0x22 << 12) | 7 | (1 << 45));
     let c = cpu(PagingMode::FourLevel, true, true, true, true, false);
-    let acc = |write, user, fetch| AccessKind { write, user, fetch };
+    let acc = |write, user, fetch| AccessKind {
+        write,
+        user,
+        fetch,
+        smap_allowed: false,
+    };
     let f = |a| fault_of(walk(&c, 0x10 << 12, &[0; 4], &mem, 0, a).unwrap());
     assert_eq!(f(acc(false, true, false)), None);
     assert_eq!(f(acc(true, true, false)), Some((0x7, 0)));
@@ -584,8 +653,7 @@ fn walker_huge_pages_and_accessed_dirty() {
     let c = cpu(PagingMode::TwoLevel, true, false, false, false, true);
     let a = AccessKind {
         write: true,
-        user: false,
-        fetch: false,
+        ..AccessKind::default()
     };
     match walk(&c, 0x30 << 12, &[0; 4], &mem, 0x12_3456, a).unwrap() {
         WalkOutcome::Ok(w) => assert_eq!(w.gpa, (1 << 32) | 0x40_0000 | 0x12_3456),
@@ -644,4 +712,130 @@ fn walker_huge_pages_and_accessed_dirty() {
     // the writable one (KVM's validate_direct_spte relinks rather than upgrading in place).
     assert_eq!(mmu.shadow_page_count(), 6);
     let _ = mmu.pool().frame_count();
+}
+
+#[test]
+fn an_invalid_current_root_takes_a_cached_one_without_evicting_a_valid_one() {
+    // prev_roots 2: spaces A, B, C loaded in turn leave C current, B and A cached.
+    let mut mmu = mmu_with(4, 64, 2);
+    let mut g = guest64(0x100);
+    let mut v = mmu.create_vcpu(&g).unwrap();
+    for k in [0x100, 0x101, 0x102] {
+        g.cr3 = k << 12;
+        mmu.load_cr3(&mut v, &g).unwrap();
+    }
+    assert_eq!(pgds(&v), vec![0x101, 0x100]);
+    // The current root goes (as after a zap of its page); a load of A finds A and keeps B.
+    mmu.free_roots(&mut v, mmu_service::roots::ROOT_CURRENT);
+    g.cr3 = 0x100 << 12;
+    let hits = mmu.stats().prev_roots_hits[3];
+    mmu.load_cr3(&mut v, &g).unwrap();
+    assert_eq!(mmu.stats().prev_roots_hits[3], hits + 1);
+    assert_eq!(v.root().pgd >> 12, 0x100);
+    assert!(pgds(&v).contains(&0x101), "B stays cached: {:?}", pgds(&v));
+    // A miss with an invalid current root evicts nothing either.
+    mmu.free_roots(&mut v, mmu_service::roots::ROOT_CURRENT);
+    g.cr3 = 0x103 << 12;
+    mmu.load_cr3(&mut v, &g).unwrap();
+    assert!(pgds(&v).contains(&0x101), "{:?}", pgds(&v));
+}
+
+#[test]
+fn an_obsolete_root_is_freed_not_cached() {
+    let mut mmu = mmu_with(4, 64, 4);
+    let mut g = guest64(0x100);
+    let mut v = mmu.create_vcpu(&g).unwrap();
+    mmu.load_cr3(&mut v, &g).unwrap();
+    mmu.invalidate_all();
+    g.cr3 = 0x101 << 12;
+    mmu.load_cr3(&mut v, &g).unwrap();
+    assert!(
+        v.prev_roots().iter().all(|r| !r.is_valid()),
+        "the obsolete root was rotated into prev_roots: {:?}",
+        pgds(&v)
+    );
+}
+
+#[test]
+fn kvm_policy_never_caches_per_vcpu_roots() {
+    let mut mem = TestMemory::new(RAM);
+    for k in 0..2 {
+        build_space_pae(&mut mem, k);
+        build_space64(&mut mem, k);
+    }
+    let config = MmuConfig {
+        cache_pae_roots: false,
+        ..MmuConfig::default()
+    };
+    let mut mmu = TestMmu::new(mem, TestPool::new(4, 64), config).unwrap();
+    let (a, b) = (0x500 << 12, (0x500 << 12) + 32);
+    let mut g = guest_pae(a);
+    let mut v = mmu.create_vcpu(&g).unwrap();
+    for cr3 in [a, b, a, b, a] {
+        g.cr3 = cr3;
+        mmu.load_cr3(&mut v, &g).unwrap();
+    }
+    let s = mmu.stats();
+    assert_eq!((s.prev_roots_hits[2], s.prev_roots_misses[2]), (0, 5));
+    // 64-bit roots are still cached under the same policy.
+    let mut g = guest64(0x100);
+    for k in [0x100, 0x101, 0x100, 0x101] {
+        g.cr3 = k << 12;
+        mmu.load_cr3(&mut v, &g).unwrap();
+    }
+    let s = mmu.stats();
+    assert_eq!((s.prev_roots_hits[3], s.prev_roots_misses[3]), (2, 2));
+}
+
+#[test]
+fn pdptes_are_reloaded_when_cr0_cd_or_nw_changes() {
+    let mut mmu = mmu_with(4, 64, 4);
+    let pdpt = 0x500 << 12;
+    let mut g = guest_pae(pdpt);
+    let mut v = mmu.create_vcpu(&g).unwrap();
+    mmu.load_cr3(&mut v, &g).unwrap();
+    let old = v.pdptes()[1];
+    mmu.mem_mut().w64(pdpt + 8, (0x6ff << 12) | 1);
+    // CR0.WP alone: no reload (SDM 4.4.1 lists CD, NW and PG).
+    g.cr0 &= !CR0_WP;
+    mmu.set_paging_state(&mut v, &g).unwrap();
+    assert_eq!(v.pdptes()[1], old);
+    for bit in [1u64 << 30, 1 << 29] {
+        mmu.mem_mut().w64(pdpt + 8, (0x6f0 << 12) | bit >> 17 | 1);
+        let want = mmu.mem().r64(pdpt + 8);
+        g.cr0 ^= bit;
+        mmu.set_paging_state(&mut v, &g).unwrap();
+        assert_eq!(v.pdptes()[1], want, "CR0 bit {bit:#x}");
+    }
+}
+
+#[test]
+fn smap_lets_explicit_supervisor_accesses_through_with_eflags_ac() {
+    // A user page (U=1 all the way) read by the guest kernel with SMAP on.
+    let c = cpu(PagingMode::FourLevel, true, true, false, true, false);
+    let mut mem = TestMemory::new(RAM);
+    build_space64(&mut mem, 0);
+    let read = AccessKind::default();
+    let fault = walk(&c, 0x100 << 12, &[0; 4], &mem, 0x1000, read).unwrap();
+    assert_eq!(fault_of(fault), Some((1, 0x1000)), "AC = 0: SMAP faults");
+    let stac = AccessKind {
+        smap_allowed: true,
+        ..read
+    };
+    let ok = walk(&c, 0x100 << 12, &[0; 4], &mem, 0x1000, stac).unwrap();
+    assert_eq!(fault_of(ok), None, "AC = 1: allowed");
+    // The MMU builds the spte instead of injecting a #PF it would inject forever.
+    let mut mmu = mmu_with(4, 64, 4);
+    let mut g = guest64(0x100);
+    g.cr4 |= CR4_SMAP;
+    let mut v = mmu.create_vcpu(&g).unwrap();
+    mmu.load_cr3(&mut v, &g).unwrap();
+    assert_eq!(
+        mmu.handle_access_fault(&mut v, 0x1000, stac),
+        Ok(FaultOutcome::Retry)
+    );
+    assert!(matches!(
+        mmu.handle_access_fault(&mut v, 0x2000, read),
+        Ok(FaultOutcome::InjectPageFault(_))
+    ));
 }

@@ -1,6 +1,6 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
 //! 1 MiB, multiboot header first), the flat 64-bit `guest-bench` with `link-flat.ld` (2 MiB).
-const MULTIBOOT_BINS: [&str; 9] = [
+const MULTIBOOT_BINS: [&str; 12] = [
     "guest-multiboot",
     "guest-long",
     "guest-pae",
@@ -10,6 +10,9 @@ const MULTIBOOT_BINS: [&str; 9] = [
     "guest-spaces64",
     "guest-spacespae",
     "guest-spaces32",
+    "guest-mmubench64",
+    "guest-mmubenchpae",
+    "guest-mmubench32",
 ];
 
 fn main() {

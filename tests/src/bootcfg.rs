@@ -54,15 +54,16 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow restart=8",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu restart=8",
     },
     BootModule {
         path: "/boot/services/vmm-service",
-        manifest: "vmm-service run=demo,vmm,bench-vmm,shadow needs=mmu-service,supervisor",
+        manifest:
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,supervisor",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
-        manifest: "vmm-suite run=demo,vmm,bench-vmm,shadow needs=vmm-service,supervisor",
+        manifest: "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=vmm-service,supervisor",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -103,6 +104,18 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/guests/guest-spaces32",
         manifest: "guest-spaces32 image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-mmubench64",
+        manifest: "guest-mmubench64 image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-mmubenchpae",
+        manifest: "guest-mmubenchpae image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-mmubench32",
+        manifest: "guest-mmubench32 image=guest",
     },
 ];
 
@@ -341,7 +354,7 @@ mod tests {
         }
         // Modules follow the kernel line, in table order.
         assert!(grub.contains(
-            "  module2 /boot/guests/guest-spaces32 guest-spaces32 image=guest\n  boot\n"
+            "  module2 /boot/guests/guest-mmubench32 guest-mmubench32 image=guest\n  boot\n"
         ));
         assert!(grub.contains(
             "    multiboot2 /boot/umbra-kernel $umbra_cmdline\n    module2 /boot/services/supervisor supervisor\n"
@@ -367,8 +380,9 @@ mod tests {
             } else {
                 assert_eq!(m.path, format!("/boot/services/{name}"));
             }
-            // The kernel keeps module command lines up to 64 bytes (bootinfo::MODULE_CMDLINE_MAX).
-            assert!(m.manifest.len() <= 64, "{}", m.manifest);
+            // The kernel keeps module command lines up to 128 bytes (bootinfo::MODULE_CMDLINE_MAX),
+            // the supervisor reads them into 128 bytes.
+            assert!(m.manifest.len() <= 128, "{}", m.manifest);
             for word in m.manifest.split(' ').skip(1) {
                 let (key, value) = word.split_once('=').expect("key=value");
                 assert!(

@@ -8,7 +8,7 @@
 //! - [`runner`]: one boot: start, stream, time out, keep the log, judge, report.
 //! - [`judge`] and [`tally`]: pure log parsing and counting (unit-tested).
 //! - [`orchestrate`]: `make test`.
-//! - [`bench`]: `make bench`'s IPC round trips.
+//! - [`bench`]: `make bench`: IPC round trips, VM exit round trips, the shadow MMU.
 
 pub mod bench;
 pub mod bootcfg;

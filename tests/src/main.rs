@@ -22,6 +22,8 @@ commands:
   bench-ipc            boot scenario=bench-ipc in Bochs; print the round trips, write BUILD/bench/ipc.csv
   bench-vmm            boot scenario=bench-vmm in Bochs; print exit round trips via the VMM and the
                        in-kernel floor, write BUILD/bench/vmm.csv
+  bench-mmu            boot scenario=bench-mmu in Bochs; print the shadow MMU's first touch, CR3 hit and
+                       miss and hit rates per paging mode and policy, write BUILD/bench/mmu.csv
   default-emu          print the emulator `make run` uses by default
   boot-configs [--check]
                        write tests/boot/grub.cfg and limine.cfg from the scenario table
@@ -151,6 +153,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         }
         "bench-ipc" => bench::run_ipc(&a.iso, &a.build_dir),
         "bench-vmm" => bench::run_vmm(&a.iso, &a.build_dir),
+        "bench-mmu" => bench::run_mmu(&a.iso, &a.build_dir),
         "default-emu" => {
             println!("{}", Emu::host_default());
             Ok(0)

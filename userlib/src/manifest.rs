@@ -28,7 +28,7 @@ use heapless::{String, Vec};
 /// Longest name (service or scenario), in bytes.
 pub const NAME_MAX: usize = 32;
 /// Most scenarios in one `run=` list.
-pub const MAX_RUN: usize = 4;
+pub const MAX_RUN: usize = 8;
 /// Most services in one `needs=` list.
 pub const MAX_NEEDS: usize = 8;
 /// Restart limit when the line sets none.
@@ -273,7 +273,7 @@ mod tests {
             ("echo needs=a,", BadListItem),
             ("echo run=,ipc", BadListItem),
             ("echo run=ip=c", BadListItem),
-            ("echo run=a,b,c,d,e", TooLong),
+            ("echo run=a,b,c,d,e,f,g,h,i", TooLong),
             ("echo needs=1,2,3,4,5,6,7,8,9", TooLong),
             ("an-overly-long-service-name-over-32b", TooLong),
             ("echo needs=x,echo", NeedsItself),

@@ -13,8 +13,12 @@ use common::{bytes, hex, name};
 use heapless::Vec;
 use userlib::codec::{self, DecodeError, Message};
 use userlib::proto::echo::{self, CrashKind, EchoError};
+use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
 use userlib::proto::supervisor::{self, ServiceInfo, ServiceState, SupervisorError};
-use userlib::proto::ProtoError;
+use userlib::proto::vmm::{
+    self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
+};
+use userlib::proto::{ProtoError, Protocol};
 
 /// Every value encodes to exactly its bytes and decodes back; the first bytes cover every
 /// opcode `0..OPCODE_COUNT`, so the table holds every variant.
@@ -41,6 +45,10 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0001);
     assert_eq!(echo::LABEL, 0x0100_0001);
+    assert_eq!(vmm::LABEL, 0x0002_0002);
+    assert_eq!(mmu::LABEL, 0x0003_0002);
+    assert_eq!(<vmm::Vmm as Protocol>::LABEL, vmm::LABEL);
+    assert_eq!(<mmu::Mmu as Protocol>::LABEL, mmu::LABEL);
 }
 
 #[test]
@@ -251,6 +259,353 @@ fn echo_responses() {
     ]);
 }
 
+/// Shadow counters with varints of one and two bytes; 16 bytes in all:
+/// `e8 07  de 07  0a  81 01  00  05  02  00 01 02 7f  80 01 00 00 03  25  80 04`.
+fn sample_shadow_stats() -> ShadowStats {
+    ShadowStats {
+        // 1000 = 7 * 128 + 0x68: 0x68 | 0x80, then 7.
+        faults: 1000,
+        // 990 = 7 * 128 + 0x5e.
+        faults_fixed: 990,
+        pf_injected: 10,
+        // 129 = 128 + 1.
+        emulated_writes: 129,
+        zaps: 0,
+        cr3_loads: 5,
+        invlpg: 2,
+        // Arrays have no length prefix: four varints each.
+        prev_roots_hits: [0, 1, 2, 127],
+        prev_roots_misses: [128, 0, 0, 3],
+        pool_used: 37,
+        // 512 = 0x200: 0x00 | 0x80, then 4.
+        pool_pages: 512,
+    }
+}
+
+const SAMPLE_SHADOW_STATS: &str =
+    "e8 07 de 07 0a 81 01 00 05 02  00 01 02 7f  80 01 00 00 03  25 80 04";
+
+/// `prefix`, then [`SAMPLE_SHADOW_STATS`].
+fn then_stats(prefix: &str) -> String {
+    format!("{prefix} {SAMPLE_SHADOW_STATS}")
+}
+
+#[test]
+fn vmm_requests() {
+    use vmm::Request;
+    check_golden(&[
+        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu.
+        (
+            Request::RunVm {
+                config: VmConfig {
+                    name: common::ascii("linux"),
+                    module: common::ascii("guest.elf"),
+                    ram_mib: 64,
+                    entry: EntryMode::Multiboot,
+                    vcpus: 1,
+                    cmdline: common::ascii("console=ttyS0"),
+                    mmu: MmuMode::Ept,
+                },
+            },
+            "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  00  01 \
+             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00",
+        ),
+        // load_gpa 0x20_0000 = 1 << 21: three 7-bit groups of zeros, then 1.
+        // Shadow: variant 1, prev_roots (raw u8), pool_pages 512, kvm_policy, audit.
+        (
+            Request::RunVm {
+                config: VmConfig {
+                    name: common::ascii("shadow"),
+                    module: common::ascii("flat"),
+                    ram_mib: 32,
+                    entry: EntryMode::Flat64 {
+                        load_gpa: 0x20_0000,
+                    },
+                    vcpus: 1,
+                    cmdline: common::ascii(""),
+                    mmu: MmuMode::Shadow(ShadowConfig {
+                        prev_roots: 8,
+                        pool_pages: 512,
+                        kvm_policy: true,
+                        audit: false,
+                    }),
+                },
+            },
+            "00  06 73 68 61 64 6f 77  04 66 6c 61 74  20  01 80 80 80 01  01  00 \
+             01 08 80 04 01 00",
+        ),
+        // 2048 = 0x800 = 16 * 128: 0x80, then 0x10; 30 = 0x1e.
+        (
+            Request::RunVm {
+                config: VmConfig {
+                    name: common::ascii("a"),
+                    module: common::ascii("m"),
+                    ram_mib: 2,
+                    entry: EntryMode::Multiboot,
+                    vcpus: 0,
+                    cmdline: common::ascii("x y"),
+                    mmu: MmuMode::Shadow(ShadowConfig {
+                        prev_roots: 30,
+                        pool_pages: 2048,
+                        kvm_policy: false,
+                        audit: true,
+                    }),
+                },
+            },
+            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01",
+        ),
+        (
+            Request::RunVm {
+                config: VmConfig {
+                    name: common::ascii("d"),
+                    module: common::ascii("d"),
+                    ram_mib: 16,
+                    entry: EntryMode::Multiboot,
+                    vcpus: 1,
+                    cmdline: common::ascii(""),
+                    mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
+                },
+            },
+            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00",
+        ),
+    ]);
+}
+
+#[test]
+fn vmm_responses() {
+    use vmm::Response;
+    let summary = |result, rip, exits: &[(u8, u32)], total_exits, shadow| {
+        Response::Finished(VmSummary {
+            result,
+            rip,
+            exits: Vec::from_slice(exits).expect("exits fit"),
+            total_exits,
+            shadow,
+        })
+    };
+    let service = |error| Response::Error(ProtoError::Service(error));
+    let config = |error| service(VmmError::InvalidConfig(error));
+    let stats_case = then_stats(
+        // HypercallExit { code: 0 }; rip 0xffff_ffff_8000_0000: bits 0..28 zero (four 0x80),
+        // bits 28..35 = 0b1111000 (0xf8 with the continuation bit), four groups of seven
+        // ones, then bit 63 alone; exits [(0, 1000), (28, 5), (14, 2)];
+        // total 1007 = 7 * 128 + 0x6f; Some.
+        "01 01 00  80 80 80 80 f8 ff ff ff ff 01  03 00 e8 07 1c 05 0e 02  ef 07  01",
+    );
+    check_golden(&[
+        (Response::Error(ProtoError::Truncated), "00 00"),
+        (Response::Error(ProtoError::UnknownOpcode), "00 01"),
+        (Response::Error(ProtoError::Malformed), "00 02"),
+        (
+            Response::Error(ProtoError::VersionMismatch {
+                expected: 2,
+                got: 1,
+            }),
+            "00 03 02 01",
+        ),
+        (
+            Response::Error(ProtoError::WrongProtocol { got: 3 }),
+            "00 04 03",
+        ),
+        (Response::Error(ProtoError::TooLarge), "00 05"),
+        // Service, InvalidConfig, then the config error.
+        (config(ConfigError::RamSize), "00 06 00 00"),
+        (config(ConfigError::VcpuCount), "00 06 00 01"),
+        (config(ConfigError::LoadAddress), "00 06 00 02"),
+        (config(ConfigError::EmptyName), "00 06 00 03"),
+        (config(ConfigError::ShadowConfig), "00 06 00 04"),
+        (service(VmmError::NoSuchModule), "00 06 01"),
+        // `what` is a u8: one raw byte, even above 0x7f.
+        (service(VmmError::BadImage { what: 0xff }), "00 06 02 ff"),
+        (service(VmmError::NoVmx), "00 06 03"),
+        (service(VmmError::Mmu), "00 06 04"),
+        (service(VmmError::Kernel { error: 300 }), "00 06 05 ac 02"),
+        // DebugExit 0x21; rip 0x10_0000 = 1 << 20 (bit 6 of the third group); exits
+        // [(30, 2), (10, 1)]: a u8 then a varint each; total 3; no shadow.
+        (
+            summary(
+                VmResult::DebugExit { code: 0x21 },
+                0x10_0000,
+                &[(30, 2), (10, 1)],
+                3,
+                None,
+            ),
+            "01  00 21  80 80 40  02 1e 02 0a 01  03  00",
+        ),
+        (
+            summary(
+                VmResult::HypercallExit { code: 0 },
+                0xffff_ffff_8000_0000,
+                &[(0, 1000), (28, 5), (14, 2)],
+                1007,
+                Some(sample_shadow_stats()),
+            ),
+            stats_case.as_str(),
+        ),
+        // Unhandled 52; everything zero or empty; Some(all-zero stats): 1 + 17 zero bytes.
+        (
+            summary(
+                VmResult::Unhandled { reason: 52 },
+                0,
+                &[],
+                0,
+                Some(ShadowStats::default()),
+            ),
+            "01  02 34  00  00  00  01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+        ),
+        // rip 0xfff0: 0x70 | 0x80, 0x7f | 0x80, 3.
+        (
+            summary(VmResult::TripleFault, 0xfff0, &[(2, 1)], 1, None),
+            "01  03  f0 ff 03  01 02 01  01  00",
+        ),
+        // reason 0x8000_0021: 0x21 | 0x80, three 0x80, then bit 31 = bit 3 of the fifth
+        // group; rip 0x7c00: 0x80, 0x78 | 0x80, 1.
+        (
+            summary(
+                VmResult::EntryFailed {
+                    reason: 0x8000_0021,
+                    error: 7,
+                },
+                0x7c00,
+                &[],
+                0,
+                None,
+            ),
+            "01  04 a1 80 80 80 08 07  80 f8 01  00  00  00",
+        ),
+        // gpa 0xfee0_0000: bits 0..21 zero (three 0x80), bits 21..28 = 0x77, bits 28..32 = 0xf.
+        (
+            summary(
+                VmResult::OutsideRam { gpa: 0xfee0_0000 },
+                0x1000,
+                &[(48, 1)],
+                1,
+                None,
+            ),
+            "01  05 80 80 80 f7 0f  80 20  01 30 01  01  00",
+        ),
+        // stop 0x0b00_0000 = 0x58 << 21; faults u64::MAX (nine 0xff, then 1), 14 zero
+        // counters, pool 16 of 2048.
+        (
+            summary(
+                VmResult::Stopped { stop: 0x0b00_0000 },
+                0,
+                &[],
+                12,
+                Some(ShadowStats {
+                    faults: u64::MAX,
+                    pool_used: 16,
+                    pool_pages: 2048,
+                    ..ShadowStats::default()
+                }),
+            ),
+            "01  06 80 80 80 58  00  00  0c  01  ff ff ff ff ff ff ff ff ff 01 \
+             00 00 00 00 00 00  00 00 00 00  00 00 00 00  10  80 10",
+        ),
+    ]);
+}
+
+#[test]
+fn mmu_requests() {
+    use mmu::Request;
+    check_golden(&[
+        // ram_pages 16384 = 1 << 14: 0x80 0x80 1; shadow None.
+        (
+            Request::AttachVm {
+                ram_pages: 16384,
+                shadow: None,
+            },
+            "00 80 80 01 00",
+        ),
+        // Some, prev_roots (raw u8), pool_pages 512, kvm_policy.
+        (
+            Request::AttachVm {
+                ram_pages: 512,
+                shadow: Some(ShadowParams {
+                    prev_roots: 8,
+                    pool_pages: 512,
+                    kvm_policy: false,
+                }),
+            },
+            "00 80 04 01 08 80 04 00",
+        ),
+        (
+            Request::AttachVm {
+                ram_pages: 0,
+                shadow: Some(ShadowParams {
+                    prev_roots: 0,
+                    pool_pages: 16,
+                    kvm_policy: true,
+                }),
+            },
+            "00 00 01 00 10 01",
+        ),
+        (Request::GrantRam { handle: 1 }, "01 01"),
+        (Request::GrantRam { handle: u32::MAX }, "01 ff ff ff ff 0f"),
+        (Request::DetachVm { handle: 2 }, "02 02"),
+        // 200 = 0x48 | 0x80, then 1.
+        (Request::Stats { handle: 200 }, "03 c8 01"),
+    ]);
+}
+
+#[test]
+fn mmu_responses() {
+    use mmu::Response;
+    let service = |error| Response::Error(ProtoError::Service(error));
+    // violations 0, pages_mapped 0, stopped 1, Some.
+    let stats_case = then_stats("03 00 00 01 01");
+    check_golden(&[
+        (Response::Error(ProtoError::Truncated), "00 00"),
+        (Response::Error(ProtoError::UnknownOpcode), "00 01"),
+        (Response::Error(ProtoError::Malformed), "00 02"),
+        (
+            Response::Error(ProtoError::VersionMismatch {
+                expected: 2,
+                got: 0xffff,
+            }),
+            "00 03 02 ff ff 03",
+        ),
+        (
+            Response::Error(ProtoError::WrongProtocol { got: 2 }),
+            "00 04 02",
+        ),
+        (Response::Error(ProtoError::TooLarge), "00 05"),
+        (service(MmuError::NoGrant), "00 06 00"),
+        (service(MmuError::Full), "00 06 01"),
+        (service(MmuError::UnknownVm), "00 06 02"),
+        // 0x8000 = 1 << 15: 0x80, 0x80, 2.
+        (
+            service(MmuError::Kernel { error: 0x8000 }),
+            "00 06 03 80 80 02",
+        ),
+        (service(MmuError::NotShadow), "00 06 04"),
+        (service(MmuError::NoMemory), "00 06 05"),
+        (Response::Attached { handle: 0 }, "01 00"),
+        (Response::Attached { handle: 3 }, "01 03"),
+        (Response::Detached, "02"),
+        // 300 = 0x2c | 0x80, then 2; shadow None.
+        (
+            Response::Stats {
+                violations: 1,
+                pages_mapped: 300,
+                stopped: 0,
+                shadow: None,
+            },
+            "03 01 ac 02 00 00",
+        ),
+        (
+            Response::Stats {
+                violations: 0,
+                pages_mapped: 0,
+                stopped: 1,
+                shadow: Some(sample_shadow_stats()),
+            },
+            stats_case.as_str(),
+        ),
+        (Response::RamGranted, "04"),
+    ]);
+}
+
 /// Encoded length of every maximal value; each must fit one message.
 fn encoded_lengths<M: Message>(values: &[M]) -> std::vec::Vec<usize> {
     values
@@ -284,6 +639,22 @@ fn maximal_messages_fit_one_payload() {
     assert_eq!(
         encoded_lengths(&common::maximal_echo_responses()),
         [8, 6, 512, 11, 16]
+    );
+    // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
+    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1 = 141; RunVm 142.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [142]);
+    // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
+    // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161 = 295.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_responses()), [13, 295]);
+    // AttachVm: 1 + 10 + Some (1 + 1 + 5 + 1) = 19.
+    assert_eq!(
+        encoded_lengths(&common::maximal_mmu_requests()),
+        [19, 6, 6, 6]
+    );
+    // Stats: 1 + 3 * 10 + 161 = 192.
+    assert_eq!(
+        encoded_lengths(&common::maximal_mmu_responses()),
+        [13, 6, 1, 192, 1]
     );
 }
 

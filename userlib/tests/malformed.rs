@@ -9,7 +9,9 @@ use common::*;
 use proptest::prelude::*;
 use userlib::codec::{self, label, DecodeError, Message};
 use userlib::proto::echo::{self, Echo};
+use userlib::proto::mmu::{self, Mmu};
 use userlib::proto::supervisor::{self, Supervisor};
+use userlib::proto::vmm::{self, Vmm};
 use userlib::proto::{ProtoError, Protocol};
 use userlib::server::serve_one;
 
@@ -87,6 +89,14 @@ fn damaged<M: Message>(
     Ok(())
 }
 
+/// Arbitrary values encode within one payload and decode to themselves.
+fn round_trip<M: Message + PartialEq + Debug>(value: &M) -> Result<(), TestCaseError> {
+    let bytes = encode(value);
+    let decoded = codec::decode::<M>(&bytes);
+    prop_assert_eq!(decoded.as_ref(), Ok(value));
+    Ok(())
+}
+
 /// `serve_one` on any label and bytes: the reply always has the protocol's label and decodes
 /// to the handler's response or to the error `decode`/`check_label` predicted.
 fn serve_any<P: Protocol>(
@@ -121,8 +131,12 @@ fn any_label() -> impl Strategy<Value = u64> {
     prop_oneof![
         Just(supervisor::LABEL),
         Just(echo::LABEL),
+        Just(vmm::LABEL),
+        Just(mmu::LABEL),
         any::<u16>().prop_map(|version| label(supervisor::PROTOCOL_ID, version)),
         any::<u16>().prop_map(|version| label(echo::PROTOCOL_ID, version)),
+        any::<u16>().prop_map(|version| label(vmm::PROTOCOL_ID, version)),
+        any::<u16>().prop_map(|version| label(mmu::PROTOCOL_ID, version)),
         any::<u64>(),
     ]
 }
@@ -140,6 +154,24 @@ fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// A valid encoding with one to three bytes overwritten: reaches deeper into the nested
+/// types than random bytes do (a bool or `Option` tag of 2, a string length over capacity,
+/// a nested variant out of range, a varint that now runs on or ends early).
+fn any_mutated<M: Message>(values: impl Strategy<Value = M>) -> impl Strategy<Value = Vec<u8>> {
+    (
+        values,
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 1..=3),
+    )
+        .prop_map(|(value, edits)| {
+            let mut bytes = encode(&value);
+            let len = bytes.len();
+            for (at, byte) in edits {
+                bytes[at % len] = byte;
+            }
+            bytes
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(10_000))]
 
@@ -153,6 +185,38 @@ proptest! {
     fn random_bytes_echo(bytes in any_bytes()) {
         random_bytes::<echo::Request>(&bytes)?;
         random_bytes::<echo::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn random_bytes_vmm(bytes in any_bytes()) {
+        random_bytes::<vmm::Request>(&bytes)?;
+        random_bytes::<vmm::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn random_bytes_mmu(bytes in any_bytes()) {
+        random_bytes::<mmu::Request>(&bytes)?;
+        random_bytes::<mmu::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_vmm_request(bytes in any_mutated(any_vmm_request())) {
+        random_bytes::<vmm::Request>(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_vmm_response(bytes in any_mutated(any_vmm_response())) {
+        random_bytes::<vmm::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_mmu_request(bytes in any_mutated(any_mmu_request())) {
+        random_bytes::<mmu::Request>(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_mmu_response(bytes in any_mutated(any_mmu_response())) {
+        random_bytes::<mmu::Response>(&bytes)?;
     }
 
     #[test]
@@ -188,6 +252,50 @@ proptest! {
     }
 
     #[test]
+    fn damaged_vmm_request(
+        value in any_vmm_request(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_vmm_response(
+        value in any_vmm_response(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_mmu_request(
+        value in any_mmu_request(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_mmu_response(
+        value in any_mmu_response(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn round_trip_vmm(request in any_vmm_request(), response in any_vmm_response()) {
+        round_trip(&request)?;
+        round_trip(&response)?;
+    }
+
+    #[test]
+    fn round_trip_mmu(request in any_mmu_request(), response in any_mmu_response()) {
+        round_trip(&request)?;
+        round_trip(&response)?;
+    }
+
+    #[test]
     fn serve_one_supervisor(label in any_label(), bytes in any_bytes(), answer in any_supervisor_response()) {
         serve_any::<Supervisor>(label, &bytes, answer)?;
     }
@@ -195,6 +303,16 @@ proptest! {
     #[test]
     fn serve_one_echo(label in any_label(), bytes in any_bytes(), answer in any_echo_response()) {
         serve_any::<Echo>(label, &bytes, answer)?;
+    }
+
+    #[test]
+    fn serve_one_vmm(label in any_label(), bytes in any_bytes(), answer in any_vmm_response()) {
+        serve_any::<Vmm>(label, &bytes, answer)?;
+    }
+
+    #[test]
+    fn serve_one_mmu(label in any_label(), bytes in any_bytes(), answer in any_mmu_response()) {
+        serve_any::<Mmu>(label, &bytes, answer)?;
     }
 
     /// Valid requests behind the right label reach the handler; behind a truncated body
@@ -294,5 +412,116 @@ fn typed_errors_by_example() {
     ];
     for (what, bytes, error) in cases {
         assert_eq!(codec::decode::<Echo>(bytes), Err(*error), "{what}");
+    }
+}
+
+/// The same for the nested types of the VMM and MMU protocols.
+#[test]
+fn typed_errors_by_example_vmm_mmu() {
+    // RunVm { name "a", module "m", ram 2, Multiboot, vcpus 1, cmdline "" } before its mmu.
+    let config = |mmu: &[u8]| {
+        let mut bytes = vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x00, 0x01, 0x00];
+        bytes.extend_from_slice(mmu);
+        bytes
+    };
+    let mut name_17 = vec![0x00, 0x11];
+    name_17.extend([b'a'; 17]);
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00])).is_ok());
+    let cases: &[(&str, Vec<u8>, DecodeError)] = &[
+        ("mmu mode 2", config(&[0x02]), DecodeError::Malformed),
+        (
+            "kvm_policy 2",
+            config(&[0x01, 0x08, 0x80, 0x04, 0x02, 0x00]),
+            DecodeError::Malformed,
+        ),
+        (
+            "ends inside pool_pages",
+            config(&[0x01, 0x08, 0x80]),
+            DecodeError::Truncated,
+        ),
+        (
+            "entry mode 2",
+            vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x02],
+            DecodeError::Malformed,
+        ),
+        ("name of 17 bytes", name_17, DecodeError::Malformed),
+        (
+            "module not UTF-8",
+            vec![0x00, 0x01, b'a', 0x01, 0xff],
+            DecodeError::Malformed,
+        ),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(codec::decode::<vmm::Request>(bytes), Err(*error), "{what}");
+    }
+
+    // Finished { TripleFault, rip 0, 17 exits, total 0, None }.
+    let mut exits_17 = vec![0x01, 0x03, 0x00, 0x11];
+    for _ in 0..17 {
+        exits_17.extend([0x01, 0x01]);
+    }
+    exits_17.extend([0x00, 0x00]);
+    let cases: &[(&str, Vec<u8>, DecodeError)] = &[
+        ("17 exit reasons", exits_17, DecodeError::Malformed),
+        (
+            "shadow Option tag 2",
+            vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x02],
+            DecodeError::Malformed,
+        ),
+        ("vm result 7", vec![0x01, 0x07], DecodeError::Malformed),
+        (
+            "config error 5",
+            vec![0x00, 0x06, 0x00, 0x05],
+            DecodeError::Malformed,
+        ),
+        (
+            "vmm error 6",
+            vec![0x00, 0x06, 0x06],
+            DecodeError::Malformed,
+        ),
+        (
+            "no shadow byte",
+            vec![0x01, 0x03, 0x00, 0x00, 0x00],
+            DecodeError::Truncated,
+        ),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(codec::decode::<vmm::Response>(bytes), Err(*error), "{what}");
+    }
+
+    let cases: &[(&str, &[u8], DecodeError)] = &[
+        (
+            "shadow Option tag 2",
+            &[0x00, 0x00, 0x02],
+            DecodeError::Malformed,
+        ),
+        (
+            "kvm_policy 2",
+            &[0x00, 0x00, 0x01, 0x00, 0x10, 0x02],
+            DecodeError::Malformed,
+        ),
+        (
+            "handle varint over u32",
+            &[0x01, 0xff, 0xff, 0xff, 0xff, 0x1f],
+            DecodeError::Malformed,
+        ),
+        ("GrantRam without handle", &[0x01], DecodeError::Truncated),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(codec::decode::<mmu::Request>(bytes), Err(*error), "{what}");
+    }
+
+    let mut short_stats = vec![0x03, 0x00, 0x00, 0x00, 0x01];
+    short_stats.extend([0x00; 16]); // ShadowStats holds 17 varints
+    let cases: &[(&str, Vec<u8>, DecodeError)] = &[
+        (
+            "mmu error 6",
+            vec![0x00, 0x06, 0x06],
+            DecodeError::Malformed,
+        ),
+        ("stats end early", short_stats, DecodeError::Truncated),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(codec::decode::<mmu::Response>(bytes), Err(*error), "{what}");
     }
 }

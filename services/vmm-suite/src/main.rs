@@ -1,4 +1,4 @@
-//! The VMM service's client for three scenarios, chosen by the kernel command line:
+//! The VMM service's client for these scenarios, chosen by the kernel command line:
 //!
 //! - `demo`: runs the multiboot demo guest; prints `demo: N passed, M failed`.
 //! - `vmm`: the VMX/VMM suite: every test guest, configurations the VMM must refuse, guests the
@@ -6,6 +6,12 @@
 //!   prints `vmm: N passed, M failed`.
 //! - `bench-vmm`: runs the exit-benchmark guest (its figures are console lines the harness
 //!   reads); prints `bench-vmm: N passed, M failed`.
+//! - `shadow`: the multi-address-space guests on shadow paging; prints `shadow: N passed, M
+//!   failed`.
+//! - `bench-mmu`: the shadow-MMU benchmark guests, one per paging mode, each run once for its
+//!   micro-benchmarks and once per number of address spaces of its workload, with Umbra's
+//!   policy and (PAE, 2-level) KVM's; prints the MMU's counters of each run as `bench-mmu: csv`
+//!   lines next to the guests' own cycle lines, then `bench-mmu: N passed, M failed`.
 //!
 //! Then it asks the supervisor to end the scenario with the matching code.
 //!
@@ -94,7 +100,9 @@ fn passing_shadow_guest(t: &mut Tally, what: &str, cfg: &VmConfig, audit: bool) 
     let Some(s) = passing_guest(t, what, &cfg) else {
         return;
     };
-    let ok = s.shadow.is_some_and(|m| m.faults_fixed > 0 && m.pool_used > 0);
+    let ok = s
+        .shadow
+        .is_some_and(|m| m.faults_fixed > 0 && m.pool_used > 0);
     t.check(
         "  its shadow MMU statistics",
         ok,
@@ -200,8 +208,14 @@ fn vmm_suite(t: &mut Tally) {
         &config("spaces32", "guest-spaces32", 16, EntryMode::Multiboot),
     );
     for (what, cfg) in [
-        ("64-bit guest", config("long", "guest-long", 32, EntryMode::Multiboot)),
-        ("PAE guest", config("pae", "guest-pae", 32, EntryMode::Multiboot)),
+        (
+            "64-bit guest",
+            config("long", "guest-long", 32, EntryMode::Multiboot),
+        ),
+        (
+            "PAE guest",
+            config("pae", "guest-pae", 32, EntryMode::Multiboot),
+        ),
     ] {
         passing_shadow_guest(t, what, &cfg, false);
     }
@@ -215,9 +229,12 @@ fn vmm_suite(t: &mut Tally) {
     passing_shadow_guest(t, "flat 64-bit image on shadow paging", &flat, false);
     let badmem = config("badmem", "guest-badmem", 16, EntryMode::Multiboot);
     for cfg in [badmem.clone(), shadow(&badmem, false)] {
-        stopped(t, "access outside RAM stops the VM", &cfg, |r| {
-            matches!(r, VmResult::OutsideRam { gpa } if *gpa == 0x4000_0000)
-        });
+        stopped(
+            t,
+            "access outside RAM stops the VM",
+            &cfg,
+            |r| matches!(r, VmResult::OutsideRam { gpa } if *gpa == 0x4000_0000),
+        );
     }
     stopped(
         t,
@@ -360,12 +377,94 @@ fn shadow_suite(t: &mut Tally) {
     }
 }
 
+/// The benchmark guests of `bench-mmu`: (mode name, module, index of the mode in the MMU's
+/// per-mode counters, whether KVM's policy differs from Umbra's for it).
+const MMU_BENCH_GUESTS: [(&str, &str, usize, bool); 3] = [
+    ("64-bit", "guest-mmubench64", 3, false),
+    ("pae", "guest-mmubenchpae", 2, true),
+    ("2-level", "guest-mmubench32", 1, true),
+];
+/// Address spaces of the workload runs; 0 is the micro-benchmark run (rt/mmubench.s).
+const MMU_BENCH_SPACES: [u32; 5] = [0, 2, 4, 8, 16];
+/// CR3 loads of one workload run (the guest's SWITCHES) and the one that turns paging on.
+const MMU_BENCH_SWITCHES: u64 = 400;
+/// Timed first touches of the micro-benchmark run (the guest's FT_SAMPLES).
+const MMU_BENCH_FIRST_TOUCHES: u64 = 256;
+
+/// The `bench-mmu` scenario: each benchmark guest (rt/mmubench.s) on shadow paging, with
+/// the default configuration (prev_roots 8) and, where it differs, KVM's policy (per-vCPU PAE
+/// roots never cached). The guest measures cycles and prints them; after each run this prints
+/// `bench-mmu: csv mode,policy,spaces,hits,misses,faults,cr3_loads,pool_used` from the MMU's
+/// counters (hits and misses of prev_roots in the guest's paging mode), which the harness joins
+/// with the guest's lines by (mode, policy, spaces): the guest echoes its command line
+/// `policy=P spaces=N`.
+fn bench_mmu_suite(t: &mut Tally) {
+    userlib::println!("bench-mmu: csv mode,policy,spaces,hits,misses,faults,cr3_loads,pool_used");
+    for (mode, module, mode_index, kvm_differs) in MMU_BENCH_GUESTS {
+        for kvm_policy in [false, true] {
+            if kvm_policy && !kvm_differs {
+                continue;
+            }
+            let policy = if kvm_policy { "kvm" } else { "umbra" };
+            for spaces in MMU_BENCH_SPACES {
+                let mut name: String<16> = String::new();
+                let _ = fmt::write(&mut name, format_args!("{mode}-{policy}-{spaces}"));
+                let mut cfg = config(&name, module, 16, EntryMode::Multiboot);
+                cfg.cmdline.clear();
+                let _ = fmt::write(
+                    &mut cfg.cmdline,
+                    format_args!("policy={policy} spaces={spaces}"),
+                );
+                cfg.mmu = MmuMode::Shadow(ShadowConfig {
+                    kvm_policy,
+                    ..ShadowConfig::DEFAULT
+                });
+                let mut what: String<48> = String::new();
+                let _ = fmt::write(&mut what, format_args!("benchmark guest {name}"));
+                let Some(s) = passing_guest(t, &what, &cfg) else {
+                    continue;
+                };
+                let Some(m) = s.shadow else {
+                    t.check(mode, false, format_args!("no shadow statistics"));
+                    continue;
+                };
+                let (hits, misses) = (
+                    m.prev_roots_hits[mode_index],
+                    m.prev_roots_misses[mode_index],
+                );
+                userlib::println!(
+                    "bench-mmu: csv {mode},{policy},{spaces},{hits},{misses},{},{},{}",
+                    m.faults,
+                    m.cr3_loads,
+                    m.pool_used
+                );
+                if spaces == 0 {
+                    t.check(
+                        "  every first touch a shadow #PF",
+                        m.faults_fixed >= MMU_BENCH_FIRST_TOUCHES,
+                        format_args!("{name}: {m:?}"),
+                    );
+                } else {
+                    // Every CR3 load of the workload, and the one turning paging on, went
+                    // through prev_roots in the guest's mode.
+                    t.check(
+                        "  every CR3 load counted as a hit or a miss",
+                        hits + misses == MMU_BENCH_SWITCHES + 1,
+                        format_args!("{name}: {m:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn suite_main(generation: u64) {
     let scenario = scenario();
     let name: &'static str = match scenario.as_str() {
         abi::scenario::VMM => "vmm",
         abi::scenario::BENCH_VMM => "bench-vmm",
         abi::scenario::SHADOW => "shadow",
+        abi::scenario::BENCH_MMU => "bench-mmu",
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
@@ -377,6 +476,7 @@ fn suite_main(generation: u64) {
     match name {
         "vmm" => vmm_suite(&mut t),
         "shadow" => shadow_suite(&mut t),
+        "bench-mmu" => bench_mmu_suite(&mut t),
         "bench-vmm" => {
             let cfg = config(
                 "bench",

@@ -5,8 +5,13 @@
 use heapless::{String, Vec};
 use proptest::prelude::*;
 use userlib::proto::echo::{self, CrashKind, EchoError, ECHO_CAPACITY, SUM_CAPACITY};
+use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
 use userlib::proto::supervisor::{
     self, ServiceInfo, ServiceName, ServiceState, SupervisorError, MAX_SERVICES, NAME_LEN,
+};
+use userlib::proto::vmm::{
+    self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
+    CMDLINE_MAX, MODULE_MAX, NAME_MAX, SUMMARY_REASONS,
 };
 use userlib::proto::ProtoError;
 
@@ -254,5 +259,309 @@ pub fn maximal_echo_responses() -> std::vec::Vec<echo::Response> {
             calls: u64::MAX,
             generation: u32::MAX,
         },
+    ]
+}
+
+// ---- vmm and mmu: strategies ----
+
+/// Strings of 0..=N ASCII characters (one byte each, so any length up to N fits).
+pub fn any_ascii<const N: usize>() -> impl Strategy<Value = String<N>> {
+    proptest::collection::vec(0u8..0x80, 0..=N).prop_map(|chars| {
+        let mut text = String::new();
+        for c in chars {
+            text.push(char::from(c)).expect("ASCII fits");
+        }
+        text
+    })
+}
+
+pub fn any_entry_mode() -> impl Strategy<Value = EntryMode> {
+    prop_oneof![
+        Just(EntryMode::Multiboot),
+        any::<u64>().prop_map(|load_gpa| EntryMode::Flat64 { load_gpa }),
+    ]
+}
+
+pub fn any_shadow_config() -> impl Strategy<Value = ShadowConfig> {
+    (any::<u8>(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+        |(prev_roots, pool_pages, kvm_policy, audit)| ShadowConfig {
+            prev_roots,
+            pool_pages,
+            kvm_policy,
+            audit,
+        },
+    )
+}
+
+pub fn any_mmu_mode() -> impl Strategy<Value = MmuMode> {
+    prop_oneof![
+        Just(MmuMode::Ept),
+        any_shadow_config().prop_map(MmuMode::Shadow),
+    ]
+}
+
+pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
+    (
+        any_ascii::<NAME_MAX>(),
+        any_ascii::<MODULE_MAX>(),
+        any::<u32>(),
+        any_entry_mode(),
+        any::<u8>(),
+        any_ascii::<CMDLINE_MAX>(),
+        any_mmu_mode(),
+    )
+        .prop_map(
+            |(name, module, ram_mib, entry, vcpus, cmdline, mmu)| VmConfig {
+                name,
+                module,
+                ram_mib,
+                entry,
+                vcpus,
+                cmdline,
+                mmu,
+            },
+        )
+}
+
+pub fn any_vmm_request() -> impl Strategy<Value = vmm::Request> {
+    any_vm_config().prop_map(|config| vmm::Request::RunVm { config })
+}
+
+pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
+    prop_oneof![
+        any::<u32>().prop_map(|code| VmResult::DebugExit { code }),
+        any::<u64>().prop_map(|code| VmResult::HypercallExit { code }),
+        any::<u32>().prop_map(|reason| VmResult::Unhandled { reason }),
+        Just(VmResult::TripleFault),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(reason, error)| VmResult::EntryFailed { reason, error }),
+        any::<u64>().prop_map(|gpa| VmResult::OutsideRam { gpa }),
+        any::<u64>().prop_map(|stop| VmResult::Stopped { stop }),
+    ]
+}
+
+pub fn any_shadow_stats() -> impl Strategy<Value = ShadowStats> {
+    (
+        any::<[u64; 7]>(),
+        any::<[u64; 4]>(),
+        any::<[u64; 4]>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(
+                [faults, faults_fixed, pf_injected, emulated_writes, zaps, cr3_loads, invlpg],
+                prev_roots_hits,
+                prev_roots_misses,
+                pool_used,
+                pool_pages,
+            )| ShadowStats {
+                faults,
+                faults_fixed,
+                pf_injected,
+                emulated_writes,
+                zaps,
+                cr3_loads,
+                invlpg,
+                prev_roots_hits,
+                prev_roots_misses,
+                pool_used,
+                pool_pages,
+            },
+        )
+}
+
+pub fn any_vm_summary() -> impl Strategy<Value = VmSummary> {
+    (
+        any_vm_result(),
+        any::<u64>(),
+        proptest::collection::vec(any::<(u8, u32)>(), 0..=SUMMARY_REASONS),
+        any::<u64>(),
+        proptest::option::of(any_shadow_stats()),
+    )
+        .prop_map(|(result, rip, exits, total_exits, shadow)| VmSummary {
+            result,
+            rip,
+            exits: Vec::from_slice(&exits).expect("exits fit"),
+            total_exits,
+            shadow,
+        })
+}
+
+pub fn any_config_error() -> impl Strategy<Value = ConfigError> {
+    prop_oneof![
+        Just(ConfigError::RamSize),
+        Just(ConfigError::VcpuCount),
+        Just(ConfigError::LoadAddress),
+        Just(ConfigError::EmptyName),
+        Just(ConfigError::ShadowConfig),
+    ]
+}
+
+pub fn any_vmm_error() -> impl Strategy<Value = VmmError> {
+    prop_oneof![
+        any_config_error().prop_map(VmmError::InvalidConfig),
+        Just(VmmError::NoSuchModule),
+        any::<u8>().prop_map(|what| VmmError::BadImage { what }),
+        Just(VmmError::NoVmx),
+        Just(VmmError::Mmu),
+        any::<u64>().prop_map(|error| VmmError::Kernel { error }),
+    ]
+}
+
+pub fn any_vmm_response() -> impl Strategy<Value = vmm::Response> {
+    use vmm::Response;
+    prop_oneof![
+        any_proto_error(any_vmm_error()).prop_map(Response::Error),
+        any_vm_summary().prop_map(Response::Finished),
+    ]
+}
+
+pub fn any_shadow_params() -> impl Strategy<Value = ShadowParams> {
+    (any::<u8>(), any::<u32>(), any::<bool>()).prop_map(|(prev_roots, pool_pages, kvm_policy)| {
+        ShadowParams {
+            prev_roots,
+            pool_pages,
+            kvm_policy,
+        }
+    })
+}
+
+pub fn any_mmu_request() -> impl Strategy<Value = mmu::Request> {
+    use mmu::Request;
+    prop_oneof![
+        (any::<u64>(), proptest::option::of(any_shadow_params()))
+            .prop_map(|(ram_pages, shadow)| Request::AttachVm { ram_pages, shadow }),
+        any::<u32>().prop_map(|handle| Request::GrantRam { handle }),
+        any::<u32>().prop_map(|handle| Request::DetachVm { handle }),
+        any::<u32>().prop_map(|handle| Request::Stats { handle }),
+    ]
+}
+
+pub fn any_mmu_error() -> impl Strategy<Value = MmuError> {
+    prop_oneof![
+        Just(MmuError::NoGrant),
+        Just(MmuError::Full),
+        Just(MmuError::UnknownVm),
+        any::<u64>().prop_map(|error| MmuError::Kernel { error }),
+        Just(MmuError::NotShadow),
+        Just(MmuError::NoMemory),
+    ]
+}
+
+pub fn any_mmu_response() -> impl Strategy<Value = mmu::Response> {
+    use mmu::Response;
+    prop_oneof![
+        any_proto_error(any_mmu_error()).prop_map(Response::Error),
+        any::<u32>().prop_map(|handle| Response::Attached { handle }),
+        Just(Response::Detached),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any_shadow_stats())
+        )
+            .prop_map(|(violations, pages_mapped, stopped, shadow)| {
+                Response::Stats {
+                    violations,
+                    pages_mapped,
+                    stopped,
+                    shadow,
+                }
+            }),
+        Just(Response::RamGranted),
+    ]
+}
+
+// ---- vmm and mmu: maximal values ----
+
+pub fn ascii<const N: usize>(text: &str) -> String<N> {
+    String::try_from(text).expect("text fits")
+}
+
+/// Every counter at its maximum: 15 * 10 + 2 * 5 = 160 bytes.
+pub fn longest_shadow_stats() -> ShadowStats {
+    ShadowStats {
+        faults: u64::MAX,
+        faults_fixed: u64::MAX,
+        pf_injected: u64::MAX,
+        emulated_writes: u64::MAX,
+        zaps: u64::MAX,
+        cr3_loads: u64::MAX,
+        invlpg: u64::MAX,
+        prev_roots_hits: [u64::MAX; 4],
+        prev_roots_misses: [u64::MAX; 4],
+        pool_used: u32::MAX,
+        pool_pages: u32::MAX,
+    }
+}
+
+pub fn maximal_vmm_requests() -> std::vec::Vec<vmm::Request> {
+    vec![vmm::Request::RunVm {
+        config: VmConfig {
+            name: ascii(&"n".repeat(NAME_MAX)),
+            module: ascii(&"m".repeat(MODULE_MAX)),
+            ram_mib: u32::MAX,
+            entry: EntryMode::Flat64 { load_gpa: u64::MAX },
+            vcpus: u8::MAX,
+            cmdline: ascii(&"c".repeat(CMDLINE_MAX)),
+            mmu: MmuMode::Shadow(ShadowConfig {
+                prev_roots: u8::MAX,
+                pool_pages: u32::MAX,
+                kvm_policy: true,
+                audit: true,
+            }),
+        },
+    }]
+}
+
+pub fn maximal_vmm_responses() -> std::vec::Vec<vmm::Response> {
+    use vmm::Response;
+    vec![
+        // Longer than `longest_proto_error`: a u64 inside the service error.
+        Response::Error(ProtoError::Service(VmmError::Kernel { error: u64::MAX })),
+        Response::Finished(VmSummary {
+            result: VmResult::EntryFailed {
+                reason: u32::MAX,
+                error: u64::MAX,
+            },
+            rip: u64::MAX,
+            exits: Vec::from_slice(&[(u8::MAX, u32::MAX); SUMMARY_REASONS]).expect("exits fit"),
+            total_exits: u64::MAX,
+            shadow: Some(longest_shadow_stats()),
+        }),
+    ]
+}
+
+pub fn maximal_mmu_requests() -> std::vec::Vec<mmu::Request> {
+    use mmu::Request;
+    vec![
+        Request::AttachVm {
+            ram_pages: u64::MAX,
+            shadow: Some(ShadowParams {
+                prev_roots: u8::MAX,
+                pool_pages: u32::MAX,
+                kvm_policy: true,
+            }),
+        },
+        Request::GrantRam { handle: u32::MAX },
+        Request::DetachVm { handle: u32::MAX },
+        Request::Stats { handle: u32::MAX },
+    ]
+}
+
+pub fn maximal_mmu_responses() -> std::vec::Vec<mmu::Response> {
+    use mmu::Response;
+    vec![
+        Response::Error(ProtoError::Service(MmuError::Kernel { error: u64::MAX })),
+        Response::Attached { handle: u32::MAX },
+        Response::Detached,
+        Response::Stats {
+            violations: u64::MAX,
+            pages_mapped: u64::MAX,
+            stopped: u64::MAX,
+            shadow: Some(longest_shadow_stats()),
+        },
+        Response::RamGranted,
     ]
 }

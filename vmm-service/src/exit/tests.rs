@@ -76,6 +76,8 @@ fn msr_cpuid_vmcall() {
         })
     );
     m.reason = reason::RDMSR;
+    assert!(decode(&m).is_err(), "RDMSR needs the kernel's EFER (CRS)");
+    m.mask |= group::CRS;
     assert_eq!(decode(&m), Ok(Exit::Rdmsr { msr: 0xc000_0080 }));
     m.reason = reason::CPUID;
     assert_eq!(
