@@ -47,6 +47,7 @@ struct VmEntry {
 
 struct State {
     vms: [Option<VmEntry>; MAX_VMS],
+    exit: ExitMessage,
 }
 
 fn mmu_main(generation: u64) {
@@ -58,6 +59,7 @@ fn mmu_main(generation: u64) {
     }
     let mut state = State {
         vms: Default::default(),
+        exit: ExitMessage::default(),
     };
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut request = [0u8; MAX_PAYLOAD];
@@ -126,6 +128,16 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Res
             s.grant_ram(ram)?;
             Ok(Response::RamGranted)
         }
+        Request::AttachVcpu { handle, index } => {
+            let cap = grant.ok_or(MmuError::NoGrant)?;
+            let vm = slot(state, handle).ok().and_then(Option::as_mut);
+            let Some(s) = vm.and_then(|v| v.shadow.as_mut()) else {
+                let _ = sys::cap_delete(cap);
+                return Err(MmuError::NotShadow);
+            };
+            s.attach_vcpu(index, cap)?;
+            Ok(Response::VcpuAttached)
+        }
         Request::DetachVm { handle } => {
             let vm = slot(state, handle)?.take().ok_or(MmuError::UnknownVm)?;
             // The shadow MMU (its mappings, pool and RAM capabilities) goes first.
@@ -155,13 +167,13 @@ fn slot(state: &mut State, handle: u32) -> Result<&mut Option<VmEntry>, MmuError
 /// An exit routed here by a portal: EPT violations map RAM or stop the VM; anything else
 /// (a portal set up wrongly) stops it with a report.
 fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
-    let msg = match ExitMessage::decode(bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            userlib::println!("mmu: malformed exit message ({e:?}); stopping the VM");
-            return ExitReply::stop(STOP_MMU_ERROR);
-        }
-    };
+    // Decoded into the state's message, reused for every exit (the struct is large).
+    let msg = &mut state.exit;
+    if let Err(e) = msg.decode_into(bytes) {
+        userlib::println!("mmu: malformed exit message ({e:?}); stopping the VM");
+        return ExitReply::stop(STOP_MMU_ERROR);
+    }
+    let msg = &state.exit;
     let handle = handle_of(msg.vcpu);
     let vm = state.vms.get_mut(handle as usize).and_then(Option::as_mut);
     let Some(vm) = vm else {
@@ -169,7 +181,7 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
         return ExitReply::stop(STOP_MMU_ERROR);
     };
     if let Some(s) = vm.shadow.as_mut() {
-        return s.on_exit(&msg).unwrap_or_else(|code| {
+        return s.on_exit(msg).unwrap_or_else(|code| {
             vm.stopped += 1;
             ExitReply::stop(code)
         });

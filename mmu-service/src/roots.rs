@@ -456,10 +456,11 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// exit after [`Mmu::invalidate_all`] does) and returns the value for the hardware CR3
     /// (KVM's `kvm_mmu_reload`).
     pub fn reload(&mut self, vcpu: &mut Vcpu) -> Result<u64, Error> {
-        let role = vcpu.cpu.root_role();
-        let pgd = pgd_of(vcpu.cpu.mode, vcpu.cr3);
-        let pdptes = vcpu.pdptes;
-        if !self.is_root_usable(&vcpu.root, pgd, &role, &pdptes) {
+        // A valid current root was built or found for the vCPU's CR3 and role (every change
+        // of those goes through `new_pgd`); it is usable unless a page of it was zapped or
+        // made obsolete since.
+        let usable = vcpu.root.is_valid() && vcpu.root.shadow_pages().all(|sp| self.sp_usable(sp));
+        if !usable {
             self.free_roots(vcpu, ROOT_CURRENT);
             self.alloc_root(vcpu)?;
         }

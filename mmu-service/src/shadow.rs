@@ -1,9 +1,9 @@
 //! The MMU service's side of a shadow-paged VM: its pool (allocated here, registered with the
 //! kernel), guest RAM mapped here, the shadow MMU over both, and the per-vCPU state.
 
-use abi::vmx::{ExitMessage, ExitReply};
+use abi::vmx::{field, group, ExitMessage, ExitReply};
 use abi::CapSlot;
-use mmu_service::shadow_exit::{handle_exit, ShadowVcpu, Stop};
+use mmu_service::shadow_exit::{handle_exit, MoreState, ShadowVcpu, Stop};
 use mmu_service::{GuestMemory, MemoryError, MmuConfig, ShadowPagePool};
 use userlib::proto::mmu::{
     outside_ram_code, MmuError, ShadowParams, ShadowStats, STOP_MMU_ERROR, STOP_UNEMULATED,
@@ -98,6 +98,42 @@ pub struct ShadowVm {
     ram_cap: Option<CapSlot>,
     mmu: Option<ShadowMmu>,
     vcpus: [ShadowVcpu; MAX_VCPUS],
+    /// Read-only vCPU capabilities (`AttachVcpu`), for the registers of emulated writes.
+    vcpu_caps: [Option<CapSlot>; MAX_VCPUS],
+}
+
+/// Reads a vCPU's registers and segments when a write must be emulated.
+struct VcpuRegs(Option<CapSlot>);
+
+/// The general-purpose registers, then for CS, SS, DS, ES, FS, GS (the message's order)
+/// access rights and base.
+const SEGMENT_VMCS_INDEX: [u64; 6] = [1, 2, 3, 0, 4, 5];
+
+impl MoreState for VcpuRegs {
+    fn fill(&mut self, m: &mut ExitMessage) -> bool {
+        let Some(cap) = self.0 else {
+            return false;
+        };
+        let mut fields = [0u64; 28];
+        for (n, f) in fields.iter_mut().take(16).enumerate() {
+            *f = field::GPR_BASE + n as u64;
+        }
+        for (i, n) in SEGMENT_VMCS_INDEX.iter().enumerate() {
+            fields[16 + 2 * i] = field::GUEST_ES_AR + 2 * n;
+            fields[17 + 2 * i] = field::GUEST_ES_BASE + 2 * n;
+        }
+        let mut values = [0u64; 28];
+        if sys::vcpu_read(cap, &fields[..28], &mut values).is_err() {
+            return false;
+        }
+        m.gprs.copy_from_slice(&values[..16]);
+        for i in 0..6 {
+            m.segments[i].access_rights = values[16 + 2 * i] as u32;
+            m.segments[i].base = values[17 + 2 * i];
+        }
+        m.mask |= group::GPRS | group::SEGS;
+        true
+    }
 }
 
 impl ShadowVm {
@@ -109,7 +145,10 @@ impl ShadowVm {
         own_ep: CapSlot,
         params: ShadowParams,
     ) -> Result<ShadowVm, MmuError> {
-        if params.prev_roots > 30 || params.pool_pages < 16 {
+        if params.prev_roots > 30
+            || params.pool_pages < 16
+            || !(32..=52).contains(&params.maxphyaddr)
+        {
             return Err(MmuError::NotShadow);
         }
         let pool_cap = sys::mem_alloc(u64::from(params.pool_pages)).map_err(kernel)?;
@@ -138,6 +177,7 @@ impl ShadowVm {
             ram_cap: None,
             mmu: None,
             vcpus: Default::default(),
+            vcpu_caps: [None; MAX_VCPUS],
         })
     }
 
@@ -155,6 +195,7 @@ impl ShadowVm {
             let config = MmuConfig {
                 prev_roots: usize::from(self.params.prev_roots),
                 cache_pae_roots: !self.params.kvm_policy,
+                maxphyaddr: self.params.maxphyaddr,
                 ..MmuConfig::default()
             };
             let mem = GuestRam { map, phys, pages };
@@ -173,6 +214,18 @@ impl ShadowVm {
         }
     }
 
+    /// Takes a read-only capability to vCPU `index` (a second one replaces the first).
+    pub fn attach_vcpu(&mut self, index: u16, cap: CapSlot) -> Result<(), MmuError> {
+        let Some(slot) = self.vcpu_caps.get_mut(usize::from(index)) else {
+            let _ = sys::cap_delete(cap);
+            return Err(MmuError::NotShadow);
+        };
+        if let Some(old) = slot.replace(cap) {
+            let _ = sys::cap_delete(old);
+        }
+        Ok(())
+    }
+
     /// An exit of one of the VM's vCPUs: the reply, or the code to stop the VM with.
     pub fn on_exit(&mut self, m: &ExitMessage) -> Result<ExitReply, u64> {
         let Some(mmu) = self.mmu.as_mut() else {
@@ -187,7 +240,8 @@ impl ShadowVm {
             userlib::println!("mmu: vCPU index {index} out of range; stopping the VM");
             return Err(STOP_MMU_ERROR);
         };
-        handle_exit(mmu, sv, m).map_err(|stop| report(m, &stop))
+        let mut regs = VcpuRegs(self.vcpu_caps[index]);
+        handle_exit(mmu, sv, m, &mut regs).map_err(|stop| report(m, &stop))
     }
 
     pub fn stats(&self) -> ShadowStats {
@@ -219,6 +273,9 @@ impl Drop for ShadowVm {
         if let Some(ram) = self.ram_cap.take() {
             let _ = sys::cap_delete(ram);
         }
+        for cap in self.vcpu_caps.iter_mut().filter_map(Option::take) {
+            let _ = sys::cap_delete(cap);
+        }
         let _ = sys::cap_delete(self.pool_cap);
     }
 }
@@ -243,6 +300,13 @@ fn report(m: &ExitMessage, stop: &Stop) -> u64 {
             userlib::println!(
                 "mmu: shadow MMU error {e:?} (exit reason {}, rip {:#x}): stopping the VM",
                 m.reason,
+                m.rip
+            );
+            STOP_MMU_ERROR
+        }
+        Stop::NoRegisters => {
+            userlib::println!(
+                "mmu: a page-table write to emulate at rip {:#x}, and the vCPU's registers cannot be read (no AttachVcpu?): stopping the VM",
                 m.rip
             );
             STOP_MMU_ERROR

@@ -8,7 +8,7 @@
 //! access faults here) is seen before the exit is handled. Every reply names the root the
 //! hardware must use (`SET_SHADOW_CR3`).
 
-use abi::vmx::{reason, reply, ExitMessage, ExitReply};
+use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
 use vmm_service::cr;
 use vmm_service::exit::{decode, Exit};
 
@@ -26,6 +26,9 @@ const DF_VECTOR: u32 = 8;
 const INTR_VALID: u32 = 1 << 31;
 const INTR_HW_EXCEPTION: u32 = 3 << 8;
 const INTR_ERROR_CODE: u32 = 1 << 11;
+/// CR4 bits the shadow MMU does not implement.
+const CR4_LA57: u64 = 1 << 12;
+const CR4_PKE: u64 = 1 << 22;
 /// Segment access rights: L (64-bit code) and D/B.
 const AR_L: u32 = 1 << 13;
 const AR_DB: u32 = 1 << 14;
@@ -39,6 +42,25 @@ pub struct ShadowVcpu {
     pub regs: PagingRegs,
     /// CR3 loads handled.
     pub cr3_loads: u64,
+}
+
+/// Where the guest state an emulated page-table write needs comes from when the exit message
+/// does not carry it: the #PF portal asks only for what every fault needs (qualification,
+/// paging registers, RIP and RFLAGS); the registers and segments are read from the vCPU only
+/// for the rare fault that is a write to emulate.
+pub trait MoreState {
+    /// Fills `m.gprs` and `m.segments` (the GPRS and SEGS groups) from the vCPU. Returns
+    /// `false` if they cannot be read.
+    fn fill(&mut self, m: &mut ExitMessage) -> bool;
+}
+
+/// For messages that carry every group (and tests): nothing more to read.
+pub struct InMessage;
+
+impl MoreState for InMessage {
+    fn fill(&mut self, _m: &mut ExitMessage) -> bool {
+        false
+    }
 }
 
 /// Why a VM is stopped instead of resumed.
@@ -56,6 +78,8 @@ pub enum Stop {
     Mmu(Error),
     /// An exit this service does not take (a portal set up wrongly, a malformed message).
     Unexpected { reason: u32 },
+    /// A write to emulate, and the vCPU's registers could not be read.
+    NoRegisters,
 }
 
 fn view(m: &ExitMessage) -> PagingRegs {
@@ -83,6 +107,7 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
     mmu: &mut Mmu<M, P>,
     sv: &mut ShadowVcpu,
     m: &ExitMessage,
+    more: &mut impl MoreState,
 ) -> Result<ExitReply, Stop> {
     let regs = view(m);
     let vcpu = match &mut sv.vcpu {
@@ -100,7 +125,7 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
     };
     sv.regs = regs;
     let mut r = match m.basic_reason() {
-        reason::EXCEPTION_NMI if m.intr_info & 0xff == PF_VECTOR => page_fault(mmu, vcpu, m)?,
+        reason::EXCEPTION_NMI if m.intr_info & 0xff == PF_VECTOR => page_fault(mmu, vcpu, m, more)?,
         reason::INVLPG => {
             mmu.invlpg(vcpu, m.qualification).map_err(Stop::Mmu)?;
             ExitReply::advance()
@@ -160,10 +185,14 @@ fn page_fault<M: GuestMemory, P: ShadowPagePool>(
     mmu: &mut Mmu<M, P>,
     vcpu: &mut Vcpu,
     m: &ExitMessage,
+    more: &mut impl MoreState,
 ) -> Result<ExitReply, Stop> {
     let gva = m.qualification;
     let mut access = AccessKind::from_error_code(m.intr_error);
-    access.smap_allowed = !access.fetch && smap_allowed(m);
+    // SMAP lets an explicit supervisor access through with EFLAGS.AC set. The error code's U/S
+    // bit stands for CPL < 3 (the message has no segments); an implicit supervisor access at
+    // CPL 3 with AC set is the one case this cannot tell apart.
+    access.smap_allowed = !access.fetch && !access.user && m.rflags & RFLAGS_AC != 0;
     let outcome = match mmu.handle_access_fault(vcpu, gva, access) {
         Ok(o) => o,
         // The walk met a guest table outside RAM.
@@ -190,7 +219,17 @@ fn page_fault<M: GuestMemory, P: ShadowPagePool>(
                 r.cr2 = pf.address;
             }
         }
-        FaultOutcome::EmulateWrite { .. } => return emulate_write(mmu, vcpu, m),
+        FaultOutcome::EmulateWrite { .. } => {
+            let full = group::GPRS | group::SEGS;
+            if m.mask & full == full {
+                return emulate_write(mmu, vcpu, m);
+            }
+            let mut m = *m;
+            if !more.fill(&mut m) {
+                return Err(Stop::NoRegisters);
+            }
+            return emulate_write(mmu, vcpu, &m);
+        }
         FaultOutcome::Mmio { gpa } => return Err(Stop::OutsideRam { gpa }),
     }
     Ok(r)
@@ -201,10 +240,12 @@ fn cpl(m: &ExitMessage) -> u8 {
     ((m.segments[1].access_rights >> 5) & 3) as u8
 }
 
+/// EFLAGS.AC: with SMAP, explicit supervisor accesses may reach user pages (`stac`).
+const RFLAGS_AC: u64 = 1 << 18;
+
 /// Whether SMAP lets the guest's explicit supervisor data accesses reach user pages now:
-/// CPL < 3 and EFLAGS.AC set (`stac`).
+/// CPL < 3 and EFLAGS.AC set. Needs the message's segments.
 fn smap_allowed(m: &ExitMessage) -> bool {
-    const RFLAGS_AC: u64 = 1 << 18;
     cpl(m) < 3 && m.rflags & RFLAGS_AC != 0
 }
 
@@ -413,6 +454,11 @@ fn cr_access<M: GuestMemory, P: ShadowPagePool>(
     let mut r = outcome.reply;
     if r.flags & reply::INJECT != 0 {
         return Ok(r);
+    }
+    // Protection keys and 5-level paging are not shadowed (the VMM's CPUID hides them): #GP,
+    // as on a processor without them.
+    if r.flags & reply::SET_CR4 != 0 && r.cr4 & (CR4_PKE | CR4_LA57) != 0 {
+        return Ok(cr::gp());
     }
     let paging = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;
     if r.flags & paging == 0 {

@@ -5,7 +5,7 @@ mod common;
 
 use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
 use common::*;
-use mmu_service::shadow_exit::{handle_exit, ShadowVcpu, Stop};
+use mmu_service::shadow_exit::{handle_exit, InMessage, ShadowVcpu, Stop};
 use mmu_service::{GuestMemory, Mmu, MmuConfig};
 
 const CR0_PE: u64 = 1;
@@ -68,7 +68,7 @@ fn read() -> Acc {
 }
 
 fn exit(mmu: &mut TestMmu, sv: &mut ShadowVcpu, m: &ExitMessage) -> ExitReply {
-    handle_exit(mmu, sv, m).expect("handled")
+    handle_exit(mmu, sv, m, &mut InMessage).expect("handled")
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn an_instruction_that_cannot_be_emulated_stops_the_vm_with_its_bytes() {
     let (mut mmu, mut sv) = guest();
     mmu.mem_mut().write(CODE, &[0x0f, 0x0b]).unwrap(); // ud2
     let m = page_fault(PT + 8 * 6, 3);
-    match handle_exit(&mut mmu, &mut sv, &m) {
+    match handle_exit(&mut mmu, &mut sv, &m, &mut InMessage) {
         Err(Stop::Unemulated { rip, bytes, .. }) => {
             assert_eq!(rip, CODE);
             assert_eq!(bytes[..2], [0x0f, 0x0b]);
@@ -211,12 +211,12 @@ fn an_access_outside_ram_stops_the_vm_and_other_exits_are_refused() {
     m.efer = 0;
     m.cr4_shadow = 0;
     assert_eq!(
-        handle_exit(&mut mmu, &mut sv, &m),
+        handle_exit(&mut mmu, &mut sv, &m, &mut InMessage),
         Err(Stop::OutsideRam { gpa: 0x4000_0000 })
     );
     let m = message(reason::CPUID, PML4);
     assert_eq!(
-        handle_exit(&mut mmu, &mut sv, &m),
+        handle_exit(&mut mmu, &mut sv, &m, &mut InMessage),
         Err(Stop::Unexpected {
             reason: reason::CPUID
         })
@@ -259,4 +259,61 @@ fn a_kernel_access_to_a_user_page_after_stac_is_not_a_smap_fault() {
     assert_eq!(r.flags, reply::SET_SHADOW_CR3, "EFLAGS.AC = 1: built");
     let r = exit(&mut mmu, &mut sv, &with(0x7000, 2));
     assert_eq!(r.inject, u64::from(PF_INFO) | (1 << 32), "AC = 0: #PF(P)");
+}
+
+/// The vCPU's registers and segments, read only when a write must be emulated.
+struct FromVcpu(ExitMessage, u32);
+
+impl mmu_service::shadow_exit::MoreState for FromVcpu {
+    fn fill(&mut self, m: &mut ExitMessage) -> bool {
+        self.1 += 1;
+        m.gprs = self.0.gprs;
+        m.segments = self.0.segments;
+        m.mask |= group::GPRS | group::SEGS;
+        true
+    }
+}
+
+#[test]
+fn a_lean_fault_message_reads_the_registers_only_to_emulate() {
+    let (mut mmu, mut sv) = guest();
+    let lean = |m: &ExitMessage| ExitMessage {
+        mask: group::QUAL | group::CRS | group::RIP,
+        gprs: [0; 16],
+        segments: Default::default(),
+        ..*m
+    };
+    let mut full = page_fault(PT + 8 * 6, 3);
+    full.gprs[7] = PT + 8 * 6;
+    full.gprs[0] = 0x7000 | 3;
+    let mut vcpu = FromVcpu(full, 0);
+    // An ordinary fault needs nothing more.
+    let r = handle_exit(&mut mmu, &mut sv, &lean(&page_fault(0x5000, 0)), &mut vcpu).unwrap();
+    assert_eq!(r.flags, reply::SET_SHADOW_CR3);
+    assert_eq!(vcpu.1, 0);
+    // The write to the table is emulated with the registers read from the vCPU.
+    let r = handle_exit(&mut mmu, &mut sv, &lean(&full), &mut vcpu).unwrap();
+    assert_eq!(vcpu.1, 1);
+    assert_eq!(r.rip, CODE + 3);
+    assert_eq!(mmu.mem().r64(PT + 8 * 6) & !0x60, 0x7000 | 3);
+    // Without a way to read them, the VM stops with a clear reason.
+    let mut full = page_fault(PT + 8 * 7, 3);
+    full.gprs[7] = PT + 8 * 7;
+    assert_eq!(
+        handle_exit(&mut mmu, &mut sv, &lean(&full), &mut InMessage),
+        Err(Stop::NoRegisters)
+    );
+}
+
+#[test]
+fn cr4_bits_the_shadow_mmu_does_not_implement_are_a_gp() {
+    let (mut mmu, mut sv) = guest();
+    for bit in [1u64 << 12, 1 << 22] {
+        let mut m = message(reason::CR_ACCESS, PML4);
+        m.qualification = 4; // MOV CR4, rax
+        m.gprs[0] = CR4_PAE | bit;
+        let r = exit(&mut mmu, &mut sv, &m);
+        assert_eq!(r.inject, 0x8000_0b0d, "CR4 bit {bit:#x}: #GP(0)");
+        assert_eq!(r.flags & (reply::SET_CR4 | reply::ADVANCE_RIP), 0);
+    }
 }

@@ -517,7 +517,8 @@ fn mmu_requests() {
             },
             "00 80 80 01 00",
         ),
-        // Some, prev_roots (raw u8), pool_pages 512, kvm_policy.
+        // Some, prev_roots (raw u8), pool_pages 512, kvm_policy, maxphyaddr (raw u8 40 =
+        // 0x28), gbpages.
         (
             Request::AttachVm {
                 ram_pages: 512,
@@ -525,9 +526,11 @@ fn mmu_requests() {
                     prev_roots: 8,
                     pool_pages: 512,
                     kvm_policy: false,
+                    maxphyaddr: 40,
+                    gbpages: true,
                 }),
             },
-            "00 80 04 01 08 80 04 00",
+            "00 80 04 01 08 80 04 00 28 01",
         ),
         (
             Request::AttachVm {
@@ -536,15 +539,25 @@ fn mmu_requests() {
                     prev_roots: 0,
                     pool_pages: 16,
                     kvm_policy: true,
+                    maxphyaddr: 46,
+                    gbpages: false,
                 }),
             },
-            "00 00 01 00 10 01",
+            "00 00 01 00 10 01 2e 00",
         ),
         (Request::GrantRam { handle: 1 }, "01 01"),
         (Request::GrantRam { handle: u32::MAX }, "01 ff ff ff ff 0f"),
         (Request::DetachVm { handle: 2 }, "02 02"),
         // 200 = 0x48 | 0x80, then 1.
         (Request::Stats { handle: 200 }, "03 c8 01"),
+        // handle 1, index 300 = 0x2c | 0x80, then 2.
+        (
+            Request::AttachVcpu {
+                handle: 1,
+                index: 300,
+            },
+            "04 01 ac 02",
+        ),
     ]);
 }
 
@@ -603,6 +616,7 @@ fn mmu_responses() {
             stats_case.as_str(),
         ),
         (Response::RamGranted, "04"),
+        (Response::VcpuAttached, "05"),
     ]);
 }
 
@@ -646,15 +660,15 @@ fn maximal_messages_fit_one_payload() {
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161 = 295.
     assert_eq!(encoded_lengths(&common::maximal_vmm_responses()), [13, 295]);
-    // AttachVm: 1 + 10 + Some (1 + 1 + 5 + 1) = 19.
+    // AttachVm: 1 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 21; AttachVcpu 1 + 5 + 3 = 9.
     assert_eq!(
         encoded_lengths(&common::maximal_mmu_requests()),
-        [19, 6, 6, 6]
+        [21, 6, 6, 6, 9]
     );
     // Stats: 1 + 3 * 10 + 161 = 192.
     assert_eq!(
         encoded_lengths(&common::maximal_mmu_responses()),
-        [13, 6, 1, 192, 1]
+        [13, 6, 1, 192, 1, 1]
     );
 }
 

@@ -17,6 +17,37 @@ pub const SIGNATURE: &[u8; 12] = b"UmbraUmbraUm";
 /// The guest's CPUID result `[eax, ebx, ecx, edx]` for `leaf`/`subleaf`; `host` gives the
 /// host's values for leaves passed through. Leaves in the hypervisor range are never passed
 /// through (so an outer hypervisor's leaves do not leak).
+/// CPUID.(7,0):ECX: protection keys, OS support for them, 5-level paging.
+pub const ECX7_PKU: u32 = 1 << 3;
+pub const ECX7_OSPKE: u32 = 1 << 4;
+pub const ECX7_LA57: u32 = 1 << 16;
+/// CPUID.80000001H:EDX: 1 GiB pages.
+pub const EDX_EXT_GBPAGES: u32 = 1 << 26;
+
+/// The guest's view for a shadow-paged VM: [`cpuid`] without what the shadow MMU does not
+/// implement (protection keys, 5-level paging), as Linux KVM hides PKU from shadow-paged
+/// guests.
+pub fn cpuid_shadow(leaf: u32, subleaf: u32, host: impl FnOnce(u32, u32) -> [u32; 4]) -> [u32; 4] {
+    let mut r = cpuid(leaf, subleaf, host);
+    if leaf == 7 && subleaf == 0 {
+        r[2] &= !(ECX7_PKU | ECX7_OSPKE | ECX7_LA57);
+    }
+    r
+}
+
+/// What the guest's CPUID says about its page tables, which the shadow MMU must read the same
+/// way: MAXPHYADDR (80000008H:EAX[7:0], 36 when the leaf is absent) and 1 GiB pages.
+pub fn paging_features(mut host: impl FnMut(u32, u32) -> [u32; 4]) -> (u8, bool) {
+    let max_ext = host(0x8000_0000, 0)[0];
+    let maxphyaddr = if max_ext >= 0x8000_0008 {
+        (host(0x8000_0008, 0)[0] & 0xff) as u8
+    } else {
+        36
+    };
+    let gbpages = max_ext >= 0x8000_0001 && host(0x8000_0001, 0)[3] & EDX_EXT_GBPAGES != 0;
+    (maxphyaddr, gbpages)
+}
+
 pub fn cpuid(leaf: u32, subleaf: u32, host: impl FnOnce(u32, u32) -> [u32; 4]) -> [u32; 4] {
     match leaf {
         HV_BASE => {
@@ -56,6 +87,32 @@ mod tests {
         assert_ne!(r[2] & ECX_HYPERVISOR, 0);
         assert_eq!(r[2], 0xffff_ff9f);
         assert_eq!((r[0], r[3]), (1, 0xdead));
+    }
+
+    #[test]
+    fn shadow_vms_see_neither_protection_keys_nor_5_level_paging() {
+        let all = |_, _| [u32::MAX; 4];
+        let r = cpuid_shadow(7, 0, all);
+        assert_eq!(r[2] & (ECX7_PKU | ECX7_OSPKE | ECX7_LA57), 0);
+        assert_eq!(r[2] | ECX7_PKU | ECX7_OSPKE | ECX7_LA57, u32::MAX);
+        assert_eq!(cpuid_shadow(7, 1, all), [u32::MAX; 4]);
+        assert_eq!(cpuid_shadow(1, 0, host), cpuid(1, 0, host));
+    }
+
+    #[test]
+    fn paging_features_follow_the_extended_leaves() {
+        let cpu = |max: u32, bits: u32, gb: bool| {
+            move |l: u32, _| match l {
+                0x8000_0000 => [max, 0, 0, 0],
+                0x8000_0001 => [0, 0, 0, if gb { EDX_EXT_GBPAGES } else { 0 }],
+                0x8000_0008 => [0x3000 | bits, 0, 0, 0],
+                _ => [0; 4],
+            }
+        };
+        assert_eq!(paging_features(cpu(0x8000_0008, 40, true)), (40, true));
+        assert_eq!(paging_features(cpu(0x8000_0008, 46, false)), (46, false));
+        assert_eq!(paging_features(cpu(0x8000_0001, 46, true)), (36, true));
+        assert_eq!(paging_features(cpu(0x8000_0000, 46, true)), (36, false));
     }
 
     #[test]

@@ -178,10 +178,17 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         MmuMode::Ept => (0, None),
         MmuMode::Shadow(s) => {
             let audit = if s.audit { vm_flags::AUDIT } else { 0 };
+            // The MMU reads the guest's tables as its CPUID describes them.
+            let (maxphyaddr, gbpages) = vmm_service::cpuid::paging_features(|l, s| {
+                let r = core::arch::x86_64::__cpuid_count(l, s);
+                [r.eax, r.ebx, r.ecx, r.edx]
+            });
             let params = mmu::ShadowParams {
                 prev_roots: s.prev_roots,
                 pool_pages: s.pool_pages,
                 kvm_policy: s.kvm_policy,
+                maxphyaddr,
+                gbpages,
             };
             (vm_flags::SHADOW | audit, Some(params))
         }
@@ -223,12 +230,26 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     let vcpu_id = mmu::vcpu_id(handle, 0);
     let vcpu = held.keep(sys::vcpu_create(vm, vcpu_id).map_err(kernel)?);
     exits::set_portals(vcpu, exit_ep).map_err(kernel)?;
+    if shadow.is_some() {
+        // Read-only: the MMU service reads the registers of a page-table write it emulates.
+        let ro = sys::cap_copy(vcpu, abi::Rights::READ, 0).map_err(kernel)?;
+        let r = mmu.call_with_cap(&mmu::Request::AttachVcpu { handle, index: 0 }, Some(ro));
+        let _ = sys::cap_delete(ro);
+        if !matches!(r, Ok(ref r) if r.response == mmu::Response::VcpuAttached) {
+            userlib::println!("vmm: the MMU service did not take the vCPU: {r:?}");
+            return Err(VmmError::Mmu);
+        }
+    }
     // What the MMU service takes: EPT violations, or the exits of shadow paging (the VMM's
     // CR-access portal is replaced: CR0/CR4/CR3 changes are paging changes there).
     let mmu_portals: &[(u32, u32)] = if shadow.is_some() {
         &[
-            (reason::EXCEPTION_NMI, group::ALL),
-            (reason::CR_ACCESS, group::ALL),
+            // Registers and segments are read from the vCPU for the rare emulated write.
+            (reason::EXCEPTION_NMI, group::QUAL | group::CRS | group::RIP),
+            (
+                reason::CR_ACCESS,
+                group::QUAL | group::CRS | group::RIP | group::GPRS,
+            ),
             (reason::INVLPG, group::QUAL | group::CRS | group::RIP),
         ]
     } else {
@@ -258,7 +279,13 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         cfg.entry,
         plan.entry
     );
-    exits::begin(VmModel::new(&cfg.name, ram_bytes), vcpu, ram, exit_ep);
+    let model = VmModel::new(&cfg.name, ram_bytes);
+    let model = if shadow.is_some() {
+        model.shadow_paged()
+    } else {
+        model
+    };
+    exits::begin(model, vcpu, ram, exit_ep);
     let run = sys::vcpu_run(vcpu);
     let outcome = exits::end();
     let stopped = run.map_err(kernel)?;

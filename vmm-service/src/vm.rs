@@ -113,6 +113,8 @@ pub struct VmModel {
     pub msr: MsrModel,
     counts: [u64; EXIT_REASONS],
     result: Option<VmResult>,
+    /// Shadow-paged: CPUID hides what the shadow MMU does not implement.
+    shadow: bool,
 }
 
 fn truncated_name(name: &str) -> Name {
@@ -127,6 +129,12 @@ fn truncated_name(name: &str) -> Name {
 
 impl VmModel {
     /// A model for VM `name` (truncated to 32 bytes) with `ram_bytes` of RAM.
+    /// The model of a shadow-paged VM (see [`crate::cpuid::cpuid_shadow`]).
+    pub fn shadow_paged(mut self) -> VmModel {
+        self.shadow = true;
+        self
+    }
+
     pub fn new(name: &str, ram_bytes: u64) -> VmModel {
         VmModel {
             name: truncated_name(name),
@@ -134,6 +142,7 @@ impl VmModel {
             msr: MsrModel::new(),
             counts: [0; EXIT_REASONS],
             result: None,
+            shadow: false,
         }
     }
 
@@ -184,7 +193,12 @@ impl VmModel {
                 if leaf == hypercall::UNREFLECT_LEAF {
                     let _ = ev.push(Event::Unreflect);
                 }
-                let r = crate::cpuid::cpuid(leaf, subleaf, |l, s| env.host_cpuid(l, s));
+                let host = |l, s| env.host_cpuid(l, s);
+                let r = if self.shadow {
+                    crate::cpuid::cpuid_shadow(leaf, subleaf, host)
+                } else {
+                    crate::cpuid::cpuid(leaf, subleaf, host)
+                };
                 let mut reply = ExitReply::advance();
                 for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
                     reply.set_gpr(g, v as u64);

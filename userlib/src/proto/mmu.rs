@@ -67,6 +67,12 @@ pub struct ShadowParams {
     pub pool_pages: u32,
     /// Never cache per-vCPU PAE roots (Linux KVM's policy).
     pub kvm_policy: bool,
+    /// The guest's MAXPHYADDR (CPUID 0x80000008 as the VMM reports it): gpte address bits
+    /// beyond it are reserved.
+    pub maxphyaddr: u8,
+    /// The guest's CPUID has 1 GiB pages (0x80000001:EDX.26); without it PS in a PDPTE is
+    /// reserved.
+    pub gbpages: bool,
 }
 
 /// The MMU service's counters of a shadow-paged VM.
@@ -110,10 +116,14 @@ pub enum Request {
     DetachVm { handle: u32 },
     /// Answered with [`Response::Stats`].
     Stats { handle: u32 },
+    /// Grants a read-only capability to vCPU `index` of shadow-paged VM `handle`: the service
+    /// reads the registers and segments an emulated page-table write needs from it (the #PF
+    /// exit message carries only what every fault needs).
+    AttachVcpu { handle: u32, index: u16 },
 }
 
 impl Message for Request {
-    const OPCODE_COUNT: u32 = 4;
+    const OPCODE_COUNT: u32 = 5;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,10 +142,11 @@ pub enum Response {
         shadow: Option<ShadowStats>,
     },
     RamGranted,
+    VcpuAttached,
 }
 
 impl Message for Response {
-    const OPCODE_COUNT: u32 = 5;
+    const OPCODE_COUNT: u32 = 6;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

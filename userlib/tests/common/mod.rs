@@ -418,13 +418,22 @@ pub fn any_vmm_response() -> impl Strategy<Value = vmm::Response> {
 }
 
 pub fn any_shadow_params() -> impl Strategy<Value = ShadowParams> {
-    (any::<u8>(), any::<u32>(), any::<bool>()).prop_map(|(prev_roots, pool_pages, kvm_policy)| {
-        ShadowParams {
-            prev_roots,
-            pool_pages,
-            kvm_policy,
-        }
-    })
+    (
+        any::<u8>(),
+        any::<u32>(),
+        any::<bool>(),
+        any::<u8>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(prev_roots, pool_pages, kvm_policy, maxphyaddr, gbpages)| ShadowParams {
+                prev_roots,
+                pool_pages,
+                kvm_policy,
+                maxphyaddr,
+                gbpages,
+            },
+        )
 }
 
 pub fn any_mmu_request() -> impl Strategy<Value = mmu::Request> {
@@ -435,6 +444,8 @@ pub fn any_mmu_request() -> impl Strategy<Value = mmu::Request> {
         any::<u32>().prop_map(|handle| Request::GrantRam { handle }),
         any::<u32>().prop_map(|handle| Request::DetachVm { handle }),
         any::<u32>().prop_map(|handle| Request::Stats { handle }),
+        (any::<u32>(), any::<u16>())
+            .prop_map(|(handle, index)| Request::AttachVcpu { handle, index }),
     ]
 }
 
@@ -470,6 +481,7 @@ pub fn any_mmu_response() -> impl Strategy<Value = mmu::Response> {
                 }
             }),
         Just(Response::RamGranted),
+        Just(Response::VcpuAttached),
     ]
 }
 
@@ -542,11 +554,17 @@ pub fn maximal_mmu_requests() -> std::vec::Vec<mmu::Request> {
                 prev_roots: u8::MAX,
                 pool_pages: u32::MAX,
                 kvm_policy: true,
+                maxphyaddr: u8::MAX,
+                gbpages: true,
             }),
         },
         Request::GrantRam { handle: u32::MAX },
         Request::DetachVm { handle: u32::MAX },
         Request::Stats { handle: u32::MAX },
+        Request::AttachVcpu {
+            handle: u32::MAX,
+            index: u16::MAX,
+        },
     ]
 }
 
@@ -563,5 +581,6 @@ pub fn maximal_mmu_responses() -> std::vec::Vec<mmu::Response> {
             shadow: Some(longest_shadow_stats()),
         },
         Response::RamGranted,
+        Response::VcpuAttached,
     ]
 }
