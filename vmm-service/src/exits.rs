@@ -239,6 +239,12 @@ pub fn report_kernel_stop(name: &str, vcpu: CapSlot, s: &sys::VcpuStop) {
         abi::vmx::stop::ENTRY_FAILED => "VM entry failed",
         abi::vmx::stop::PORTAL_GONE => "the exit's handler is gone",
         abi::vmx::stop::BAD_REPLY => "malformed reply to an exit",
+        abi::vmx::stop::BAD_ROOT => {
+            "a shadow root outside the VM's pool, or not from its MMU service (the qualification is the refused root)"
+        }
+        abi::vmx::stop::AUDIT => {
+            "audit: a shadow table names a frame outside the VM's RAM or pool (the qualification is the entry's address)"
+        }
         _ => "stopped",
     };
     userlib::println!(

@@ -228,7 +228,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     }
     // The vCPU id names the VM to the MMU service: its handle there, then the vCPU index.
     let vcpu_id = mmu::vcpu_id(handle, 0);
-    let vcpu = held.keep(sys::vcpu_create(vm, vcpu_id).map_err(kernel)?);
+    let vcpu = held.keep(sys::vcpu_create(vm, u64::from(vcpu_id)).map_err(kernel)?);
     exits::set_portals(vcpu, exit_ep).map_err(kernel)?;
     if shadow.is_some() {
         // Read-only: the MMU service reads the registers of a page-table write it emulates.

@@ -236,16 +236,14 @@ fn vmm_suite(t: &mut Tally) {
             |r| matches!(r, VmResult::OutsideRam { gpa } if *gpa == 0x4000_0000),
         );
     }
-    stopped(
-        t,
-        "unsupported exit (invd) stops the VM",
-        &config("unsupported", "guest-unsupported", 16, EntryMode::Multiboot),
-        |r| {
+    let unsupported = config("unsupported", "guest-unsupported", 16, EntryMode::Multiboot);
+    for cfg in [unsupported.clone(), shadow(&unsupported, false)] {
+        stopped(t, "unsupported exit (invd) stops the VM", &cfg, |r| {
             *r == VmResult::Unhandled {
                 reason: reason::INVD,
             }
-        },
-    );
+        });
+    }
     let triple = config("triple", "guest-triple", 16, EntryMode::Multiboot);
     for cfg in [triple.clone(), shadow(&triple, false)] {
         stopped(t, "triple fault stops the VM", &cfg, |r| {

@@ -15,8 +15,8 @@ pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// The vCPU id (reported in every exit message) that names VM `handle` of the MMU service
 /// and its vCPU `index`.
-pub const fn vcpu_id(handle: u32, index: u16) -> u64 {
-    ((handle as u64) << 16) | index as u64
+pub const fn vcpu_id(handle: u32, index: u16) -> u32 {
+    (handle << 16) | index as u32
 }
 
 /// The MMU service's VM handle in a vCPU id made by [`vcpu_id`].
