@@ -209,3 +209,55 @@ fn the_audit_lets_sound_tables_through() {
     assert_eq!(fault_and_set_root(k, &r, pool_phys), Next::Guest(v.vt));
     assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), pool_phys);
 }
+
+#[test]
+fn a_paging_change_behind_the_mmus_back_drops_the_root_and_a_rewrite_does_not() {
+    let (mut v, r, pool_phys) = running_shadow(0, true);
+    let k = &mut v.k;
+    let root = pool_phys + PAGE_SIZE;
+    assert_eq!(fault_and_set_root(k, &r, root), Next::Guest(v.vt));
+    let empty = {
+        let vm = k.vms.iter().find_map(|s| s.obj.as_ref()).unwrap();
+        vm.shadow.unwrap().empty_root
+    };
+    // The VMM's reply to a WRMSR that writes EFER with the value it has: the root stays.
+    let efer = k.vcpus[v.vi as usize].obj.as_ref().unwrap().guest_efer;
+    let same = ExitReply {
+        flags: reply::SET_EFER,
+        efer,
+        ..ExitReply::default()
+    };
+    exit(k, reason::EXCEPTION_NMI, 0, 0);
+    assert_eq!(reply_recv(k, &r, &same), Next::Guest(v.vt));
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), root);
+    // EFER.NXE changes: the empty root, until the MMU names a root for the new state.
+    let nxe = ExitReply {
+        flags: reply::SET_EFER,
+        efer: efer | EFER_NXE,
+        ..ExitReply::default()
+    };
+    exit(k, reason::EXCEPTION_NMI, 0, 0);
+    assert_eq!(reply_recv(k, &r, &nxe), Next::Guest(v.vt));
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), empty);
+    // CR0.TS is not a paging bit: no drop either.
+    assert_eq!(fault_and_set_root(k, &r, root), Next::Guest(v.vt));
+    let cr0 = vmcs(k, v.vi, field::CR0_READ_SHADOW);
+    let ts = ExitReply {
+        flags: reply::SET_CR0,
+        cr0: cr0 ^ (1 << 3),
+        ..ExitReply::default()
+    };
+    exit(k, reason::EXCEPTION_NMI, 0, 0);
+    assert_eq!(reply_recv(k, &r, &ts), Next::Guest(v.vt));
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), root);
+}
+
+/// The server answers the pending exit with `reply` and waits for the next one.
+fn reply_recv(k: &mut Kernel<Model>, r: &Running, reply: &ExitReply) -> Next {
+    received(k, r.server);
+    let mut buf = [0u8; ExitReply::MAX_SIZE];
+    let n = reply.encode(&mut buf).unwrap();
+    write_user(k, r.server, DATA, &buf[..n]);
+    let a = [r.server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
+    sys(k, Sys::ReplyRecv, a).0
+}

@@ -550,17 +550,28 @@ impl<M: Machine> Kernel<M> {
     /// guest's view; the hardware gets what [`shadow`] derives from it. Returns `false` for
     /// the fields that are the same in both modes.
     fn write_shadow_state(&mut self, vi: u16, f: u64, value: u64) -> bool {
-        match f {
+        // Whether the write changes how the guest's tables are read: only then is the root
+        // dropped (a write of the same value keeps it, which the MMU service relies on).
+        let changed = match f {
             field::GUEST_CR0 | field::CR0_READ_SHADOW => {
+                let old = self.vmcs_read(vi, field::CR0_READ_SHADOW);
                 self.vmcs_write(vi, field::GUEST_CR0, shadow::hw_cr0(value));
                 self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
+                (old ^ value) & shadow::CR0_OWNED != 0
             }
             field::GUEST_CR4 | field::CR4_READ_SHADOW => {
+                let old = self.vmcs_read(vi, field::CR4_READ_SHADOW);
                 self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(value));
                 self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE);
+                (old ^ value) & shadow::CR4_OWNED & !CR4_VMXE != 0
             }
-            field::GUEST_CR3 => self.vcpu_mut(vi).guest_cr3 = value,
-            field::GUEST_IA32_EFER => self.vcpu_mut(vi).guest_efer = value,
+            field::GUEST_CR3 => {
+                core::mem::replace(&mut self.vcpu_mut(vi).guest_cr3, value) != value
+            }
+            field::GUEST_IA32_EFER => {
+                let old = core::mem::replace(&mut self.vcpu_mut(vi).guest_efer, value);
+                (old ^ value) & !EFER_LMA != 0 // LMA follows LME and CR0.PG
+            }
             field::CR0_GUEST_HOST_MASK => {
                 self.vmcs_write(vi, f, value | CR0_OWNED | shadow::CR0_OWNED);
                 return true;
@@ -574,8 +585,10 @@ impl<M: Machine> Kernel<M> {
                 return true;
             }
             _ => return false,
+        };
+        if changed {
+            self.drop_shadow_root(vi);
         }
-        self.drop_shadow_root(vi);
         true
     }
 
