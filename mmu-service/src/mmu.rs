@@ -15,6 +15,8 @@ pub struct MmuConfig {
     pub prev_roots: usize,
     /// Guest MAXPHYADDR: physical-address bits beyond it are reserved in gptes.
     pub maxphyaddr: u8,
+    /// The guest's CPUID offers 1 GiB pages (otherwise PS in a PDPTE is a reserved bit).
+    pub gbpages: bool,
     /// When fewer frames than this are free before a fault or a root build, the oldest unused
     /// shadow pages are zapped.
     pub min_free_frames: usize,
@@ -31,6 +33,7 @@ impl Default for MmuConfig {
         MmuConfig {
             prev_roots: 4,
             maxphyaddr: 46,
+            gbpages: true,
             min_free_frames: 8,
             reclaim_batch: 8,
             cache_pae_roots: true,

@@ -61,6 +61,8 @@ pub struct CpuRole {
     pub pse: bool,
     /// Guest MAXPHYADDR (bits of physical address).
     pub maxphyaddr: u8,
+    /// The guest's CPUID has 1 GiB pages; without them PS in a 4-level PDPTE is reserved.
+    pub gbpages: bool,
 }
 
 /// The paging configuration cannot be shadowed.
@@ -72,6 +74,7 @@ impl CpuRole {
     pub fn from_state<S: VcpuPagingState + ?Sized>(
         state: &S,
         maxphyaddr: u8,
+        gbpages: bool,
     ) -> Result<Self, UnsupportedMode> {
         let (cr0, cr4, efer) = (state.cr0(), state.cr4(), state.efer());
         let mode = if cr0 & CR0_PG == 0 {
@@ -95,6 +98,7 @@ impl CpuRole {
             smap: paging && cr4 & CR4_SMAP != 0,
             pse: mode == PagingMode::TwoLevel && cr4 & CR4_PSE != 0,
             maxphyaddr,
+            gbpages,
         })
     }
 

@@ -137,7 +137,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// Creates the MMU state of a vCPU, with its `pae_root` page taken from below 4 GiB, in
     /// the paging state `state` (no root is built until the first CR3 load or fault).
     pub fn create_vcpu<S: VcpuPagingState + ?Sized>(&mut self, state: &S) -> Result<Vcpu, Error> {
-        let cpu = CpuRole::from_state(state, self.config.maxphyaddr)?;
+        let cpu = CpuRole::from_state(state, self.config.maxphyaddr, self.config.gbpages)?;
         let pae_root = self.alloc_low_frame()?;
         self.pool.zero_frame(pae_root as usize);
         self.sps[pae_root as usize].state = crate::shadow_page::SpState::PaeRoot;
@@ -165,6 +165,10 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         self.free_frame(f);
     }
 
+    /// The PDPTEs a PAE CR3 load puts in the PDPTE registers: the caller's, or the four at CR3
+    /// (SDM 4.4.1). A PDPT outside RAM reads as all ones, as any read where guest-physical
+    /// memory holds nothing: such a PDPTE is present with reserved bits set, so the load is a
+    /// #GP (`Err(InvalidPdpte)`), as on the processor.
     fn load_pdptes<S: VcpuPagingState + ?Sized>(
         &self,
         state: &S,
@@ -176,7 +180,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
                 let base = state.cr3() & 0xffff_ffe0;
                 let mut p = [0u64; 4];
                 for (i, e) in p.iter_mut().enumerate() {
-                    *e = self.mem.read_u64(base + 8 * i as u64)?;
+                    *e = self.mem.read_u64(base + 8 * i as u64).unwrap_or(u64::MAX);
                 }
                 p
             }
@@ -196,7 +200,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         vcpu: &mut Vcpu,
         state: &S,
     ) -> Result<(), Error> {
-        let cpu = CpuRole::from_state(state, self.config.maxphyaddr)?;
+        let cpu = CpuRole::from_state(state, self.config.maxphyaddr, self.config.gbpages)?;
         let pdptes = if cpu.mode == PagingMode::Pae {
             self.load_pdptes(state, &cpu)?
         } else {
@@ -219,7 +223,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         vcpu: &mut Vcpu,
         state: &S,
     ) -> Result<(), Error> {
-        let cpu = CpuRole::from_state(state, self.config.maxphyaddr)?;
+        let cpu = CpuRole::from_state(state, self.config.maxphyaddr, self.config.gbpages)?;
         const PDPTE_RELOAD_CR4: u64 = crate::traits::CR4_PAE
             | crate::traits::CR4_PSE
             | (1 << 7) // PGE

@@ -196,6 +196,7 @@ impl ShadowVm {
                 prev_roots: usize::from(self.params.prev_roots),
                 cache_pae_roots: !self.params.kvm_policy,
                 maxphyaddr: self.params.maxphyaddr,
+                gbpages: self.params.gbpages,
                 ..MmuConfig::default()
             };
             let mem = GuestRam { map, phys, pages };

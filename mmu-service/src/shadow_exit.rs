@@ -42,6 +42,10 @@ pub struct ShadowVcpu {
     pub regs: PagingRegs,
     /// CR3 loads handled.
     pub cr3_loads: u64,
+    /// The root the last reply named. The kernel keeps it until the guest's paging state
+    /// changes other than through this service (then it runs the vCPU on its empty root, and
+    /// the next exit shows the new state): a reply names the root only when it changed.
+    pub sent_root: Option<u64>,
 }
 
 /// Where the guest state an emulated page-table write needs comes from when the exit message
@@ -113,6 +117,7 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
     let vcpu = match &mut sv.vcpu {
         Some(v) => {
             if regs != sv.regs {
+                sv.sent_root = None;
                 mmu.set_paging_state(v, &regs).map_err(Stop::Mmu)?;
             }
             v
@@ -134,6 +139,11 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
             let r = cr_access(mmu, vcpu, m)?;
             if r.flags & reply::SET_CR3 != 0 {
                 sv.cr3_loads += 1;
+            }
+            let view = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;
+            if r.flags & view != 0 {
+                // The kernel drops the root when the reply changes the view: name it again.
+                sv.sent_root = None;
             }
             sv.regs = PagingRegs {
                 cr0: if r.flags & reply::SET_CR0 != 0 {
@@ -162,8 +172,12 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
         _ => return Err(Stop::Unexpected { reason: m.reason }),
     };
     if r.flags & reply::STOP == 0 {
-        r.flags |= reply::SET_SHADOW_CR3;
-        r.shadow_cr3 = mmu.reload(vcpu).map_err(Stop::Mmu)?;
+        let root = mmu.reload(vcpu).map_err(Stop::Mmu)?;
+        if sv.sent_root != Some(root) {
+            r.flags |= reply::SET_SHADOW_CR3;
+            r.shadow_cr3 = root;
+            sv.sent_root = Some(root);
+        }
     }
     Ok(r)
 }

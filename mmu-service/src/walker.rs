@@ -4,6 +4,14 @@
 //! ([`GuestWalk`]) or the exact #PF the processor would deliver ([`PageFault`]). Accessed and
 //! dirty bits are set afterwards, only for a walk that succeeded, with a compare-and-exchange like
 //! the processor's locked update ([`update_accessed_dirty`]).
+//!
+//! A guest table outside RAM is not an error: on a PC a read of guest-physical memory where
+//! nothing is returns all ones, so such a gpte reads as `u64::MAX` (`u32::MAX` for a 4-byte
+//! one) and the walk gives whatever the processor makes of that entry. In 4-level and PAE
+//! paging its reserved bits make it a #PF with P = 1 and RSVD = 1; in 2-level paging it is a
+//! present, writable user entry (a 4 MiB page with a reserved bit 21 under CR4.PSE, #PF with
+//! RSVD; without PSE a page table at 0xffff_f000). Accessed and dirty bits are already set in
+//! such an entry, and a write to it would go nowhere.
 
 use crate::role::{CpuRole, PagingMode, ACC_ALL, ACC_EXEC, ACC_USER, ACC_WRITE};
 use crate::traits::{GuestMemory, MemoryError};
@@ -177,7 +185,8 @@ pub fn reserved_bits(cpu: &CpuRole, level: u8, gpte: u64) -> u64 {
             let base = bits(m, 51) | nx;
             match level {
                 4 => base | PT_PAGE_SIZE,
-                3 if ps => base | bits(13, 29),
+                3 if ps && cpu.gbpages => base | bits(13, 29),
+                3 if ps => base | PT_PAGE_SIZE, // no 1 GiB pages in the guest's CPUID
                 2 if ps => base | bits(13, 20),
                 _ => base,
             }
@@ -248,10 +257,21 @@ pub fn permission_fault(cpu: &CpuRole, acc: u8, access: AccessKind) -> bool {
     }
 }
 
+/// Reads the `size`-byte (4 or 8) gpte at `gpa`: all ones where guest-physical memory holds
+/// nothing (a table outside RAM), as the processor's read would return.
+fn read_gpte<M: GuestMemory + ?Sized>(mem: &M, gpa: u64, size: u8) -> u64 {
+    if size == 4 {
+        u64::from(mem.read_u32(gpa).unwrap_or(u32::MAX))
+    } else {
+        mem.read_u64(gpa).unwrap_or(u64::MAX)
+    }
+}
+
 /// Walks the guest tables for `access` at `gva` without changing anything.
 ///
-/// `pdptes` are the PAE PDPTE registers (unused in other modes). An error is a guest table
-/// outside RAM.
+/// `pdptes` are the PAE PDPTE registers (unused in other modes). A gpte outside RAM reads as
+/// all ones (see the module documentation), so the walk never fails: the `Result` is kept for
+/// the callers and is always `Ok`.
 pub fn walk<M: GuestMemory + ?Sized>(
     cpu: &CpuRole,
     cr3: u64,
@@ -314,11 +334,7 @@ pub fn walk<M: GuestMemory + ?Sized>(
         } else {
             table + ((gva >> (12 + 9 * u32::from(level - 1))) & 0x1ff) * 8
         };
-        let gpte = if w.gpte_size == 4 {
-            u64::from(mem.read_u32(gpte_gpa)?)
-        } else {
-            mem.read_u64(gpte_gpa)?
-        };
+        let gpte = read_gpte(mem, gpte_gpa, w.gpte_size);
         w.pte_gpa[usize::from(level)] = gpte_gpa;
         w.gptes[usize::from(level)] = gpte;
         if gpte & PT_PRESENT == 0 {
@@ -356,7 +372,8 @@ pub fn walk<M: GuestMemory + ?Sized>(
 
 /// Sets the accessed bit of every gpte of a successful walk and, for a write, the dirty bit of
 /// the leaf, as the processor does. Returns `Ok(false)` if a gpte changed under the walk (the
-/// caller walks again).
+/// caller walks again). A gpte outside RAM is not written (the write would go nowhere; an
+/// all-ones entry has both bits set anyway), so this never fails either.
 pub fn update_accessed_dirty<M: GuestMemory + ?Sized>(
     mem: &mut M,
     w: &mut GuestWalk,
@@ -374,10 +391,12 @@ pub fn update_accessed_dirty<M: GuestMemory + ?Sized>(
             new |= PT_DIRTY;
         }
         if new != old {
-            if !mem.cmpxchg_gpte(w.pte_gpa[l], w.gpte_size, old, new)? {
-                return Ok(false);
+            match mem.cmpxchg_gpte(w.pte_gpa[l], w.gpte_size, old, new) {
+                Ok(true) => w.gptes[l] = new,
+                Ok(false) => return Ok(false),
+                // Outside RAM: nothing there to update.
+                Err(_) => {}
             }
-            w.gptes[l] = new;
         }
         if level == w.level {
             return Ok(true);

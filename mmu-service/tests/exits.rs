@@ -83,11 +83,20 @@ fn a_fault_on_a_mapped_page_builds_the_shadow_and_names_the_root() {
     let vcpu = sv.vcpu.as_ref().unwrap();
     assert_eq!(r.shadow_cr3, vcpu.shadow_cr3());
     assert_eq!(
-        hw_translate(&mmu, vcpu, 0x5123, read()),
+        hw_translate(&mmu, vcpu, &sv.regs, 0x5123, read()),
         Ok(RAM_HPA + 0x5123)
     );
     // The guest's accessed bit is set, as the processor would.
     assert_ne!(mmu.mem().r64(PT + 8 * 5) & (1 << 5), 0);
+    // The kernel keeps the root: the next reply does not name it again...
+    let r = exit(&mut mmu, &mut sv, &page_fault(0x7000, 0));
+    assert_eq!(r.flags, 0);
+    // ...until the guest's paging state changed behind the service's back (the kernel then
+    // ran the vCPU on its empty root): then it is named again.
+    let mut m = page_fault(0x8000, 0);
+    m.cr0_shadow &= !CR0_WP;
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_eq!(r.flags, reply::SET_SHADOW_CR3);
 }
 
 #[test]
@@ -157,7 +166,7 @@ fn cr3_loads_switch_roots_and_come_back_to_the_cached_one() {
     // The shadow built before the switch is still there.
     let vcpu = sv.vcpu.as_ref().unwrap();
     assert_eq!(
-        hw_translate(&mmu, vcpu, 0x5000, read()),
+        hw_translate(&mmu, vcpu, &sv.regs, 0x5000, read()),
         Ok(RAM_HPA + 0x5000)
     );
 }
@@ -183,7 +192,7 @@ fn a_write_to_a_table_on_its_own_walk_is_emulated() {
     exit(&mut mmu, &mut sv, &page_fault(0x6000, 0));
     let vcpu = sv.vcpu.as_ref().unwrap();
     assert_eq!(
-        hw_translate(&mmu, vcpu, 0x6000, read()),
+        hw_translate(&mmu, vcpu, &sv.regs, 0x6000, read()),
         Ok(RAM_HPA + 0x7000)
     );
 }
@@ -232,9 +241,13 @@ fn invlpg_drops_the_shadow_of_the_page_and_advances() {
     let mut m = message(reason::INVLPG, PML4);
     m.qualification = 0x5000;
     let r = exit(&mut mmu, &mut sv, &m);
-    assert_eq!(r.flags, reply::ADVANCE_RIP | reply::SET_SHADOW_CR3);
+    assert_eq!(
+        r.flags,
+        reply::ADVANCE_RIP,
+        "the root did not change: not named again"
+    );
     let vcpu = sv.vcpu.as_ref().unwrap();
-    assert!(hw_translate(&mmu, vcpu, 0x5000, read()).is_err());
+    assert!(hw_translate(&mmu, vcpu, &sv.regs, 0x5000, read()).is_err());
 }
 
 #[test]

@@ -51,11 +51,17 @@ pub fn hw_cr0(cr0: u64) -> u64 {
     cr0 | CR0_PE | CR0_PG | CR0_WP | CR0_NE
 }
 
-/// The hardware CR4 for the guest's `cr4`: PAE-format tables always; no PSE, PGE, PCID, LA57
-/// or protection keys in hardware (the shadow tables have none of those); SMEP and SMAP are the
-/// guest's (the hardware then checks them, EFLAGS.AC included, on the shadow tables).
-pub fn hw_cr4(cr4: u64) -> u64 {
-    (cr4 & !(CR4_PSE | CR4_PGE | CR4_PCIDE | CR4_LA57 | CR4_PKE)) | CR4_PAE | CR4_VMXE
+/// The hardware CR4 for the guest's `cr4` and `cr0`: PAE-format tables always; no PSE, PGE,
+/// PCID, LA57 or protection keys in hardware (the shadow tables have none of those); SMEP and
+/// SMAP are the guest's while it pages (the hardware then checks them, EFLAGS.AC included, on
+/// the shadow tables) and off while it does not, when its processor ignores them but the
+/// hardware still pages (as KVM does).
+pub fn hw_cr4(cr4: u64, cr0: u64) -> u64 {
+    let mut off = CR4_PSE | CR4_PGE | CR4_PCIDE | CR4_LA57 | CR4_PKE;
+    if cr0 & CR0_PG == 0 {
+        off |= CR4_SMEP | CR4_SMAP;
+    }
+    (cr4 & !off) | CR4_PAE | CR4_VMXE
 }
 
 /// Whether the guest's view is in long mode (EFER.LME with CR0.PG).
@@ -223,9 +229,11 @@ mod tests {
         // A guest with paging off still runs paged, with WP and PAE.
         assert_eq!(hw_cr0(0x11), 0x11 | CR0_PG | CR0_WP | CR0_NE);
         assert_eq!(
-            hw_cr4(CR4_PSE | CR4_PGE | CR4_SMEP | CR4_PKE | 1),
+            hw_cr4(CR4_PSE | CR4_PGE | CR4_SMEP | CR4_PKE | 1, CR0_PG),
             CR4_SMEP | CR4_PAE | CR4_VMXE | 1
         );
+        // Without guest paging the identity map's user sptes must not trip SMEP/SMAP.
+        assert_eq!(hw_cr4(CR4_SMEP | CR4_SMAP, 0x11), CR4_PAE | CR4_VMXE);
         // 32-bit guest: no long mode even with LME set (and NXE always).
         assert_eq!(hw_efer(EFER_LME, 0x11), EFER_NXE);
         assert_eq!(guest_efer(EFER_LME, 0x11), EFER_LME);

@@ -557,11 +557,15 @@ impl<M: Machine> Kernel<M> {
                 let old = self.vmcs_read(vi, field::CR0_READ_SHADOW);
                 self.vmcs_write(vi, field::GUEST_CR0, shadow::hw_cr0(value));
                 self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
+                // The hardware's SMEP/SMAP follow the guest's CR0.PG.
+                let cr4 = self.vmcs_read(vi, field::CR4_READ_SHADOW);
+                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(cr4, value));
                 (old ^ value) & shadow::CR0_OWNED != 0
             }
             field::GUEST_CR4 | field::CR4_READ_SHADOW => {
                 let old = self.vmcs_read(vi, field::CR4_READ_SHADOW);
-                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(value));
+                let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(value, cr0));
                 self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE);
                 (old ^ value) & shadow::CR4_OWNED & !CR4_VMXE != 0
             }
