@@ -446,6 +446,12 @@ impl<M: Machine> Kernel<M> {
         if !self.alive(cap.obj) {
             return Err(err(Error::StaleCap));
         }
+        // Guest RAM and shadow page pools stay while a VM uses them: the hardware reaches
+        // their frames through the EPT or the shadow root without any mapping the kernel
+        // could take away (freeing them would hand a guest the frames' next owner).
+        if cap.obj.kind == CapKind::Memory && self.memory_used_by_vm(cap.obj) {
+            return Err(err(Error::Busy));
+        }
         let own_task = cap.obj.kind == CapKind::Task && cap.obj.index == ti;
         if !own_task {
             let _ = self.task_mut(ti).caps.remove(slot);

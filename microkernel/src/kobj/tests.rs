@@ -32,6 +32,11 @@ pub(super) struct Model {
 type Space = BTreeMap<u64, (u64, PageAccess)>;
 
 impl Model {
+    /// Frames allocated and not freed.
+    pub(super) fn frames_in_use(&self) -> i64 {
+        self.frames_live
+    }
+
     fn byte(&mut self, pa: u64) -> &mut u8 {
         let frame = self
             .phys

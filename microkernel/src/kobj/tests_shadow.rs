@@ -261,3 +261,18 @@ fn reply_recv(k: &mut Kernel<Model>, r: &Running, reply: &ExitReply) -> Next {
     let a = [r.server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
     sys(k, Sys::ReplyRecv, a).0
 }
+
+#[test]
+fn a_shadow_pool_cannot_be_revoked_while_its_vm_lives() {
+    let mut v = vmm_with(vm_flags::SHADOW);
+    let k = &mut v.k;
+    let pool = ok(&sys(k, Sys::MemAlloc, [POOL_PAGES, 0, 0, 0, 0, 0]).1);
+    ok(&sys(k, Sys::VmSetShadow, [v.vm, pool, v.ep, 0, 0, 0]).1);
+    // The hardware walks the pool's frames from the vCPU's root: they must not be freed.
+    assert_eq!(
+        status(&sys(k, Sys::CapRevoke, [pool, 0, 0, 0, 0, 0]).1),
+        Err(Error::Busy)
+    );
+    ok(&sys(k, Sys::CapRevoke, [v.vm, 0, 0, 0, 0, 0]).1);
+    ok(&sys(k, Sys::CapRevoke, [pool, 0, 0, 0, 0, 0]).1);
+}

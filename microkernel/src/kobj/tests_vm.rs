@@ -1443,3 +1443,26 @@ fn a_reply_recv_to_a_vcpu_enters_the_guest_and_the_handler_waits_again() {
         hw.insert(field::GUEST_RIP, 0x1000);
     }
 }
+
+#[test]
+fn a_vms_ram_cannot_be_revoked_while_the_vm_lives() {
+    let mut v = vmm();
+    let k = &mut v.k;
+    let ram = k.task(k.cur_task()).caps.get(v.mem).unwrap().obj;
+    let frames = k.machine.frames_in_use();
+    // Revocation would free frames the EPT still maps: refused, nothing changes.
+    assert_eq!(
+        status(&sys(k, Sys::CapRevoke, [v.mem, 0, 0, 0, 0, 0]).1),
+        Err(Error::Busy)
+    );
+    assert!(slot_get(&k.memory, ram).is_some());
+    assert_eq!(k.machine.frames_in_use(), frames);
+    assert!(
+        k.task(k.cur_task()).caps.get(v.mem).is_ok(),
+        "the cap stays too"
+    );
+    // Once the VM is gone, the RAM can go.
+    ok(&sys(k, Sys::CapRevoke, [v.vm, 0, 0, 0, 0, 0]).1);
+    ok(&sys(k, Sys::CapRevoke, [v.mem, 0, 0, 0, 0, 0]).1);
+    assert!(slot_get(&k.memory, ram).is_none());
+}

@@ -1165,6 +1165,14 @@ impl<M: Machine> Kernel<M> {
         self.vcpu_mut(vi).call_result = Some(result);
     }
 
+    /// Whether memory object `r` is a live VM's RAM or shadow page pool.
+    pub(crate) fn memory_used_by_vm(&self, r: ObjRef) -> bool {
+        self.vms
+            .iter()
+            .filter_map(|s| s.obj.as_ref())
+            .any(|vm| vm.ram == r || vm.shadow.and_then(|s| s.pool).is_some_and(|p| p.mem == r))
+    }
+
     /// Drops a reference to a VM or vCPU; destroys it at zero.
     pub(crate) fn release_vm_object(&mut self, r: ObjRef) -> bool {
         match r.kind {
