@@ -294,7 +294,7 @@ fn then_stats(prefix: &str) -> String {
 fn vmm_requests() {
     use vmm::Request;
     check_golden(&[
-        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu.
+        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark.
         (
             Request::RunVm {
                 config: VmConfig {
@@ -305,10 +305,11 @@ fn vmm_requests() {
                     vcpus: 1,
                     cmdline: common::ascii("console=ttyS0"),
                     mmu: MmuMode::Ept,
+                    benchmark: false,
                 },
             },
             "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  00  01 \
-             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00",
+             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00",
         ),
         // load_gpa 0x20_0000 = 1 << 21: three 7-bit groups of zeros, then 1.
         // Shadow: variant 1, prev_roots (raw u8), pool_pages 512, kvm_policy, audit.
@@ -329,10 +330,11 @@ fn vmm_requests() {
                         kvm_policy: true,
                         audit: false,
                     }),
+                    benchmark: true,
                 },
             },
             "00  06 73 68 61 64 6f 77  04 66 6c 61 74  20  01 80 80 80 01  01  00 \
-             01 08 80 04 01 00",
+             01 08 80 04 01 00  01",
         ),
         // 2048 = 0x800 = 16 * 128: 0x80, then 0x10; 30 = 0x1e.
         (
@@ -350,9 +352,10 @@ fn vmm_requests() {
                         kvm_policy: false,
                         audit: true,
                     }),
+                    benchmark: false,
                 },
             },
-            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01",
+            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00",
         ),
         (
             Request::RunVm {
@@ -364,9 +367,10 @@ fn vmm_requests() {
                     vcpus: 1,
                     cmdline: common::ascii(""),
                     mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
+                    benchmark: false,
                 },
             },
-            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00",
+            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00",
         ),
     ]);
 }
@@ -655,8 +659,8 @@ fn maximal_messages_fit_one_payload() {
         [8, 6, 512, 11, 16]
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
-    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1 = 141; RunVm 142.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [142]);
+    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1 = 142; RunVm 143.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [143]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161 = 295.
     assert_eq!(encoded_lengths(&common::maximal_vmm_responses()), [13, 295]);

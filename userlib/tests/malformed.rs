@@ -418,7 +418,8 @@ fn typed_errors_by_example() {
 /// The same for the nested types of the VMM and MMU protocols.
 #[test]
 fn typed_errors_by_example_vmm_mmu() {
-    // RunVm { name "a", module "m", ram 2, Multiboot, vcpus 1, cmdline "" } before its mmu.
+    // RunVm { name "a", module "m", ram 2, Multiboot, vcpus 1, cmdline "" } before its mmu
+    // (and benchmark).
     let config = |mmu: &[u8]| {
         let mut bytes = vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x00, 0x01, 0x00];
         bytes.extend_from_slice(mmu);
@@ -426,9 +427,15 @@ fn typed_errors_by_example_vmm_mmu() {
     };
     let mut name_17 = vec![0x00, 0x11];
     name_17.extend([b'a'; 17]);
-    assert!(codec::decode::<vmm::Request>(&config(&[0x00])).is_ok());
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00])).is_ok());
     let cases: &[(&str, Vec<u8>, DecodeError)] = &[
         ("mmu mode 2", config(&[0x02]), DecodeError::Malformed),
+        ("benchmark 2", config(&[0x00, 0x02]), DecodeError::Malformed),
+        (
+            "ends before benchmark",
+            config(&[0x00]),
+            DecodeError::Truncated,
+        ),
         (
             "kvm_policy 2",
             config(&[0x01, 0x08, 0x80, 0x04, 0x02, 0x00]),

@@ -285,6 +285,11 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     } else {
         model
     };
+    let model = if cfg.benchmark {
+        model.with_benchmark_hypercalls()
+    } else {
+        model
+    };
     exits::begin(model, vcpu, ram, exit_ep);
     let run = sys::vcpu_run(vcpu);
     let outcome = exits::end();

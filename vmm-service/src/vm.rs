@@ -115,6 +115,8 @@ pub struct VmModel {
     result: Option<VmResult>,
     /// Shadow-paged: CPUID hides what the shadow MMU does not implement.
     shadow: bool,
+    /// The benchmark's hypercalls are honoured (`VmConfig::benchmark`).
+    benchmark: bool,
 }
 
 fn truncated_name(name: &str) -> Name {
@@ -129,6 +131,14 @@ fn truncated_name(name: &str) -> Name {
 
 impl VmModel {
     /// A model for VM `name` (truncated to 32 bytes) with `ram_bytes` of RAM.
+    /// The model of a VM whose creator asked for the exit benchmark's hypercalls
+    /// ([`hypercall::REFLECT`], [`hypercall::UNREFLECT`]); no other guest may switch its exits
+    /// to the kernel's reflect path (it would read the host's CPUID and bypass the devices).
+    pub fn with_benchmark_hypercalls(mut self) -> VmModel {
+        self.benchmark = true;
+        self
+    }
+
     /// The model of a shadow-paged VM (see [`crate::cpuid::cpuid_shadow`]).
     pub fn shadow_paged(mut self) -> VmModel {
         self.shadow = true;
@@ -143,6 +153,7 @@ impl VmModel {
             counts: [0; EXIT_REASONS],
             result: None,
             shadow: false,
+            benchmark: false,
         }
     }
 
@@ -190,7 +201,7 @@ impl VmModel {
         };
         match exit {
             Exit::Cpuid { leaf, subleaf } => {
-                if leaf == hypercall::UNREFLECT_LEAF {
+                if self.benchmark && leaf == hypercall::UNREFLECT_LEAF {
                     let _ = ev.push(Event::Unreflect);
                 }
                 let host = |l, s| env.host_cpuid(l, s);
@@ -380,14 +391,14 @@ impl VmModel {
             hypercall::NOP => hypercall::OK,
             hypercall::REFLECT => {
                 let reason = args[0] as u32;
-                if hypercall::REFLECTABLE.contains(&reason) {
+                if self.benchmark && hypercall::REFLECTABLE.contains(&reason) {
                     let _ = ev.push(Event::Reflect { reason });
                     hypercall::OK
                 } else {
                     hypercall::ERROR
                 }
             }
-            hypercall::UNREFLECT => {
+            hypercall::UNREFLECT if self.benchmark => {
                 let _ = ev.push(Event::Unreflect);
                 hypercall::OK
             }

@@ -109,6 +109,10 @@ pub struct VmConfig {
     /// The guest's command line (multiboot info).
     pub cmdline: String<CMDLINE_MAX>,
     pub mmu: MmuMode,
+    /// The exit benchmark's hypercalls (3 and 4: switch CPUID, VMCALL and I/O exits to the
+    /// kernel's reflect path and back) are honoured. Off, they fail like unknown hypercalls:
+    /// a guest must not bypass the VMM's CPUID policy and devices.
+    pub benchmark: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -309,9 +309,10 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         any::<u8>(),
         any_ascii::<CMDLINE_MAX>(),
         any_mmu_mode(),
+        any::<bool>(),
     )
         .prop_map(
-            |(name, module, ram_mib, entry, vcpus, cmdline, mmu)| VmConfig {
+            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, benchmark)| VmConfig {
                 name,
                 module,
                 ram_mib,
@@ -319,6 +320,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
                 vcpus,
                 cmdline,
                 mmu,
+                benchmark,
             },
         )
 }
@@ -523,6 +525,7 @@ pub fn maximal_vmm_requests() -> std::vec::Vec<vmm::Request> {
                 kvm_policy: true,
                 audit: true,
             }),
+            benchmark: true,
         },
     }]
 }
