@@ -29,10 +29,16 @@ pub const EDX_EXT_GBPAGES: u32 = 1 << 26;
 /// guests.
 pub fn cpuid_shadow(leaf: u32, subleaf: u32, host: impl FnOnce(u32, u32) -> [u32; 4]) -> [u32; 4] {
     let mut r = cpuid(leaf, subleaf, host);
+    hide_from_shadow(leaf, subleaf, &mut r);
+    r
+}
+
+/// Clears in `r`, the answer to `leaf`/`subleaf`, what a shadow-paged VM does not have.
+#[inline]
+pub fn hide_from_shadow(leaf: u32, subleaf: u32, r: &mut [u32; 4]) {
     if leaf == 7 && subleaf == 0 {
         r[2] &= !(ECX7_PKU | ECX7_OSPKE | ECX7_LA57);
     }
-    r
 }
 
 /// What the guest's CPUID says about its page tables, which the shadow MMU must read the same

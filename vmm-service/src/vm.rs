@@ -204,12 +204,10 @@ impl VmModel {
                 if self.benchmark && leaf == hypercall::UNREFLECT_LEAF {
                     let _ = ev.push(Event::Unreflect);
                 }
-                let host = |l, s| env.host_cpuid(l, s);
-                let r = if self.shadow {
-                    crate::cpuid::cpuid_shadow(leaf, subleaf, host)
-                } else {
-                    crate::cpuid::cpuid(leaf, subleaf, host)
-                };
+                let mut r = crate::cpuid::cpuid(leaf, subleaf, |l, s| env.host_cpuid(l, s));
+                if self.shadow {
+                    crate::cpuid::hide_from_shadow(leaf, subleaf, &mut r);
+                }
                 let mut reply = ExitReply::advance();
                 for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
                     reply.set_gpr(g, v as u64);

@@ -748,6 +748,9 @@ impl ExitReply {
                 w.copy_from_slice(&v.to_le_bytes());
             }
         }
+        if flags & !reply::ADVANCE_RIP == 0 {
+            return Some(n); // the common reply: registers only
+        }
         let mut copy = *self;
         let values = copy.values_mut().map(|v| *v);
         for (flag, v) in Self::VALUE_FLAGS.iter().zip(values) {

@@ -924,6 +924,7 @@ impl<M: Machine> Kernel<M> {
         enter
     }
 
+    #[inline]
     fn prepare_entry(&mut self, vi: u16, t: ThreadId) -> bool {
         match self.vcpu(vi).run {
             VcpuRun::Running => return true,
