@@ -8,6 +8,8 @@
 //! access faults here) is seen before the exit is handled. Every reply names the root the
 //! hardware must use (`SET_SHADOW_CR3`).
 
+use abi::cpu::cr4::{LA57 as CR4_LA57, PKE as CR4_PKE};
+use abi::cpu::rflags::AC as RFLAGS_AC;
 use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
 use vmm_service::cr;
 use vmm_service::exit::{decode, Exit};
@@ -26,9 +28,6 @@ const DF_VECTOR: u32 = 8;
 const INTR_VALID: u32 = 1 << 31;
 const INTR_HW_EXCEPTION: u32 = 3 << 8;
 const INTR_ERROR_CODE: u32 = 1 << 11;
-/// CR4 bits the shadow MMU does not implement.
-const CR4_LA57: u64 = 1 << 12;
-const CR4_PKE: u64 = 1 << 22;
 /// Segment access rights: L (64-bit code) and D/B.
 const AR_L: u32 = 1 << 13;
 const AR_DB: u32 = 1 << 14;
@@ -253,9 +252,6 @@ fn page_fault<M: GuestMemory, P: ShadowPagePool>(
 fn cpl(m: &ExitMessage) -> u8 {
     ((m.segments[1].access_rights >> 5) & 3) as u8
 }
-
-/// EFLAGS.AC: with SMAP, explicit supervisor accesses may reach user pages (`stac`).
-const RFLAGS_AC: u64 = 1 << 18;
 
 /// Whether SMAP lets the guest's explicit supervisor data accesses reach user pages now:
 /// CPL < 3 and EFLAGS.AC set. Needs the message's segments.

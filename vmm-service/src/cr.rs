@@ -13,25 +13,13 @@ use crate::exit::CrAccessKind;
 use crate::msr::efer;
 
 pub mod cr0 {
-    pub const PE: u64 = 1 << 0;
-    pub const MP: u64 = 1 << 1;
-    pub const EM: u64 = 1 << 2;
-    pub const TS: u64 = 1 << 3;
-    pub const ET: u64 = 1 << 4;
-    pub const NE: u64 = 1 << 5;
-    pub const WP: u64 = 1 << 16;
-    pub const AM: u64 = 1 << 18;
-    pub const NW: u64 = 1 << 29;
-    pub const CD: u64 = 1 << 30;
-    pub const PG: u64 = 1 << 31;
+    pub use abi::cpu::cr0::*;
     /// Bits that exist (writes to other bits of 31:0 are ignored; bits 63:32 are #GP).
     pub const DEFINED: u64 = PE | MP | EM | TS | ET | NE | WP | AM | NW | CD | PG;
 }
 
 pub mod cr4 {
-    pub const PAE: u64 = 1 << 5;
-    pub const VMXE: u64 = 1 << 13;
-    pub const SMXE: u64 = 1 << 14;
+    pub use abi::cpu::cr4::*;
     /// Bits a guest may set: VME..LA57 (0-12) except VMXE, FSGSBASE, PCIDE, OSXSAVE, SMEP,
     /// SMAP, PKE. Everything else (VMXE and SMXE included: VMX and SMX are hidden) is #GP.
     pub const ALLOWED: u64 = 0x1fff | (1 << 16) | (1 << 17) | (1 << 18) | (7 << 20);

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cap;
+pub mod cpu;
 pub mod error;
 pub mod ipc;
 pub mod syscall;

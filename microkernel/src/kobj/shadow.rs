@@ -16,24 +16,14 @@
 
 use super::captable::ObjRef;
 
-const CR0_PE: u64 = 1 << 0;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PGE: u64 = 1 << 7;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_VMXE: u64 = 1 << 13;
-const CR4_PCIDE: u64 = 1 << 17;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
-const CR4_PKE: u64 = 1 << 22;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use abi::cpu::cr0::WP as CR0_WP;
+use abi::cpu::cr0::{CD as CR0_CD, NE as CR0_NE, NW as CR0_NW, PE as CR0_PE, PG as CR0_PG};
+use abi::cpu::cr4::{
+    LA57 as CR4_LA57, PAE as CR4_PAE, PCIDE as CR4_PCIDE, PGE as CR4_PGE, PKE as CR4_PKE,
+    PSE as CR4_PSE, SMAP as CR4_SMAP, SMEP as CR4_SMEP, VMXE as CR4_VMXE,
+};
+use abi::cpu::efer::{LMA as EFER_LMA, LME as EFER_LME, NXE as EFER_NXE};
+
 const PAGE: u64 = 4096;
 
 /// CR0 bits a shadow vCPU's guest never owns: the paging ones, plus NE (VMX needs it).

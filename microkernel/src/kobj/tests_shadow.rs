@@ -13,16 +13,9 @@ use super::tests_vm::{
 };
 use crate::PAGE_SIZE;
 
-const CR0_PE: u64 = 1;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_VMXE: u64 = 1 << 13;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const EFER_NXE: u64 = 1 << 11;
+use abi::cpu::cr0::{NE as CR0_NE, PE as CR0_PE, PG as CR0_PG, WP as CR0_WP};
+use abi::cpu::cr4::{PAE as CR4_PAE, PSE as CR4_PSE, VMXE as CR4_VMXE};
+use abi::cpu::efer::{LMA as EFER_LMA, LME as EFER_LME, NXE as EFER_NXE};
 const ENTRY_IA32E: u64 = 1 << 9;
 const POOL_PAGES: u64 = 4;
 

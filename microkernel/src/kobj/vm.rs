@@ -30,14 +30,9 @@ use crate::PAGE_SIZE;
 pub const MAX_VMS: usize = 4;
 pub const MAX_VCPUS: usize = 8;
 
-/// CR0.NE, CR0.PE, CR0.PG; CR4.VMXE, CR4.PAE; EFER.LME, EFER.LMA.
-const CR0_PE: u64 = 1;
-const CR0_NE: u64 = 1 << 5;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_VMXE: u64 = 1 << 13;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+use abi::cpu::cr0::{NE as CR0_NE, PE as CR0_PE, PG as CR0_PG};
+use abi::cpu::cr4::{PAE as CR4_PAE, VMXE as CR4_VMXE};
+use abi::cpu::efer::{LMA as EFER_LMA, LME as EFER_LME};
 /// VM-entry control "IA-32e mode guest".
 const ENTRY_IA32E: u64 = 1 << 9;
 /// The CR0 bits the kernel always intercepts: NE must stay set under VMX, and PE/PG
