@@ -218,7 +218,11 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         let (rip, rflags, rsp) = (guest.rip, guest.rflags, guest.rsp);
         *guest = *regs;
         (guest.rip, guest.rflags, guest.rsp) = (rip, rflags, rsp);
-        vmcs.launched = true;
+        // A VM-entry failure (reason bit 31) leaves the VMCS's launch state as it was: a
+        // failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
+        if reason & (1 << 31) == 0 {
+            vmcs.launched = true;
+        }
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
     }
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {

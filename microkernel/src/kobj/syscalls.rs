@@ -513,8 +513,19 @@ impl<M: Machine> Kernel<M> {
 
     fn sys_task_start(&mut self, task: u64, arg: u64) -> SysResult {
         let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
-        let t = self.task(tcap.obj.index).main_thread;
-        if self.thread(t).state != ThreadState::Suspended {
+        let ti = tcap.obj.index;
+        let t = self.task(ti).main_thread;
+        // The main thread may have exited since (and its slot been reused): only a live,
+        // never-started thread of this task, not a vCPU's, is started.
+        let startable = self
+            .threads
+            .0
+            .get(t as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|th| {
+                th.task == ti && th.state == ThreadState::Suspended && th.vcpu.is_none()
+            });
+        if !startable {
             return Err(err(Error::InvalidArgument));
         }
         self.thread_mut(t).regs.rdi = arg;

@@ -791,3 +791,41 @@ fn a_remembered_buffer_check_is_dropped_when_the_task_unmaps() {
         super::objects::ThreadState::BlockedRecv { ep: 0 }
     );
 }
+
+#[test]
+fn task_start_after_the_main_thread_exited_is_an_error_not_a_panic() {
+    let mut k = kernel(&["supervisor", "echo"]);
+    let sup = boot(&mut k);
+    let task = spawn_with(&mut k, 1, &[], NO_CAP);
+    ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
+    // A second start of a running task is refused.
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1),
+        Err(Error::InvalidArgument)
+    );
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    let Next::User(main) = next else {
+        panic!("{next:?}")
+    };
+    assert_ne!(main, sup);
+    // The task's main thread starts a second thread and exits: the task lives on.
+    ok(&sys(
+        &mut k,
+        Sys::ThreadCreate,
+        [0x40_0000, DATA + 0x2000, 0, 3, 0, 0],
+    )
+    .1);
+    sys(&mut k, Sys::ThreadExit, [0; 6]);
+    assert!(
+        k.threads.0[main as usize].is_none(),
+        "the main thread is gone"
+    );
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(sup));
+    // Starting the task again names a thread that no longer exists (or, once the slot is
+    // reused, someone else's): an error, and nothing runs.
+    assert_eq!(
+        status(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1),
+        Err(Error::InvalidArgument)
+    );
+}

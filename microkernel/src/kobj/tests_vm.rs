@@ -401,6 +401,8 @@ fn vcpu_state_refuses_host_state_and_controls_with_the_index() {
         true,
     );
     assert_eq!((status(&r), r.rdi), (Err(Error::InvalidArgument), 2));
+    // A refused batch changes nothing, not even the pairs before the bad one.
+    assert_eq!(vmcs(&v.k, v.vi, field::GUEST_RIP), 0);
     assert!(!v.k.vcpus[v.vi as usize]
         .obj
         .as_ref()
@@ -451,7 +453,7 @@ fn vcpu_state_refuses_host_state_and_controls_with_the_index() {
     let ro = ok(&sys(k, Sys::CapCopy, [v.vcpu, Rights::READ.bits(), 0, 0, 0, 0]).1);
     let (r, _) = state(k, ro, &[(field::GUEST_RIP, 5)], true);
     assert_eq!(status(&r), Err(Error::NoRights));
-    assert_eq!(read_one(k, ro, field::GUEST_RIP), 0x7000);
+    assert_eq!(read_one(k, ro, field::GUEST_RIP), 0);
 }
 
 #[test]
@@ -1465,4 +1467,28 @@ fn a_vms_ram_cannot_be_revoked_while_the_vm_lives() {
     ok(&sys(k, Sys::CapRevoke, [v.vm, 0, 0, 0, 0, 0]).1);
     ok(&sys(k, Sys::CapRevoke, [v.mem, 0, 0, 0, 0, 0]).1);
     assert!(slot_get(&k.memory, ram).is_none());
+}
+
+#[test]
+fn vcpu_state_refuses_activity_states_the_kernel_cannot_leave_and_changes_nothing() {
+    let mut v = vmm();
+    let k = &mut v.k;
+    write_state(k, v.vcpu, &[(field::GUEST_RIP, 0x1000)]);
+    // Shutdown (2) and wait-for-SIPI (3): no external interrupt would bring the CPU back.
+    for bad in [2u64, 3, 4, u64::MAX] {
+        let (r, _) = state(
+            k,
+            v.vcpu,
+            &[
+                (field::GUEST_RIP, 0x2000),
+                (field::GUEST_ACTIVITY_STATE, bad),
+            ],
+            true,
+        );
+        assert_eq!((status(&r), r.rdi), (Err(Error::InvalidArgument), 1));
+        assert_eq!(vmcs(k, v.vi, field::GUEST_RIP), 0x1000, "nothing written");
+        assert_eq!(vmcs(k, v.vi, field::GUEST_ACTIVITY_STATE), 0);
+    }
+    write_state(k, v.vcpu, &[(field::GUEST_ACTIVITY_STATE, 1)]); // HLT is fine
+    assert_eq!(vmcs(k, v.vi, field::GUEST_ACTIVITY_STATE), 1);
 }

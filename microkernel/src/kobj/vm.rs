@@ -402,20 +402,20 @@ impl<M: Machine> Kernel<M> {
             w.copy_from_slice(&b[i * 8..i * 8 + 8]);
             u64::from_le_bytes(w)
         };
+        // Every pair is checked before any is applied: a refused batch changes nothing.
         for i in 0..n {
             let f = word(&bytes, 2 * i);
-            let access = field::access(f);
-            let ok = match access {
+            let ok = match field::access(f) {
                 field::Access::None => false,
                 field::Access::ReadOnly => !write,
-                field::Access::ReadWrite => true,
+                field::Access::ReadWrite => !write || value_ok(f, word(&bytes, 2 * i + 1)),
             };
             if !ok {
-                if write {
-                    self.refresh_paging(vi);
-                }
                 return Err((Error::InvalidArgument, i as u64));
             }
+        }
+        for i in 0..n {
+            let f = word(&bytes, 2 * i);
             if write {
                 let v = word(&bytes, 2 * i + 1);
                 self.write_state(vi, f, v);
@@ -1256,6 +1256,16 @@ impl<M: Machine> Kernel<M> {
             }
             _ => {}
         }
+    }
+}
+
+/// Whether `value` may be written to field `f`. The activity state may only be the ones the
+/// kernel manages: active (0) or HLT (1). In shutdown or wait-for-SIPI an external interrupt
+/// does not exit, and the only CPU would stay in the guest for good.
+fn value_ok(f: u64, value: u64) -> bool {
+    match f {
+        field::GUEST_ACTIVITY_STATE => value <= 1,
+        _ => true,
     }
 }
 
