@@ -506,6 +506,30 @@ fn vmm_responses() {
             "01  06 80 80 80 58  00  00  0c  01  ff ff ff ff ff ff ff ff ff 01 \
              00 00 00 00 00 00  00 00 00 00  00 00 00 00  10  80 10",
         ),
+        // Halted { rip 0x100163 = 0x63 | 0x02 << 7 | 0x40 << 14 }, rip 0x100163 again.
+        (
+            summary(
+                VmResult::Halted { rip: 0x10_0163 },
+                0x10_0163,
+                &[(12, 1)],
+                1,
+                None,
+            ),
+            "01  07 e3 82 40  e3 82 40  01 0c 01  01  00",
+        ),
+        // BadExit { reason 0x8000_0021 = 0x21 | 0x02 << 28 (fifth byte 0x08) }.
+        (
+            summary(
+                VmResult::BadExit {
+                    reason: 0x8000_0021,
+                },
+                0,
+                &[],
+                0,
+                None,
+            ),
+            "01  08 a1 80 80 80 08  00  00  00  00",
+        ),
     ]);
 }
 

@@ -475,7 +475,7 @@ fn typed_errors_by_example_vmm_mmu() {
             vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x02],
             DecodeError::Malformed,
         ),
-        ("vm result 7", vec![0x01, 0x07], DecodeError::Malformed),
+        ("vm result 9", vec![0x01, 0x09], DecodeError::Malformed),
         (
             "config error 5",
             vec![0x00, 0x06, 0x00, 0x05],

@@ -88,24 +88,7 @@ pub fn begin(model: VmModel, vcpu: CapSlot, ram: CapSlot, exit_ep: CapSlot) {
 pub fn end() -> Outcome {
     let run = RUN.lock().take();
     Outcome {
-        result: run.and_then(|r| r.result).map(to_proto),
-    }
-}
-
-fn to_proto(r: vm::VmResult) -> VmResult {
-    match r {
-        vm::VmResult::Exited { code } => VmResult::HypercallExit { code },
-        vm::VmResult::DebugExit { code } => VmResult::DebugExit { code: code as u32 },
-        vm::VmResult::TripleFault(_) => VmResult::TripleFault,
-        vm::VmResult::EntryFailed(r) => VmResult::EntryFailed {
-            reason: r.reason,
-            error: 0,
-        },
-        vm::VmResult::Unhandled(r) | vm::VmResult::BadExit(r) | vm::VmResult::Halted(r) => {
-            VmResult::Unhandled {
-                reason: r.reason & 0xffff,
-            }
-        }
+        result: run.and_then(|r| r.result).map(|r| r.to_proto()),
     }
 }
 

@@ -145,6 +145,27 @@ impl VmResult {
         kind | (detail & DETAIL_MASK)
     }
 
+    /// The result as the protocol reports it, losing nothing a client acts on.
+    pub fn to_proto(&self) -> userlib::proto::vmm::VmResult {
+        use userlib::proto::vmm::VmResult as P;
+        match self {
+            VmResult::Exited { code } => P::HypercallExit { code: *code },
+            VmResult::DebugExit { code } => P::DebugExit { code: *code as u32 },
+            VmResult::TripleFault(_) => P::TripleFault,
+            VmResult::EntryFailed(r) => P::EntryFailed {
+                reason: r.reason,
+                error: r.qualification.unwrap_or(0),
+            },
+            VmResult::Unhandled(r) => P::Unhandled {
+                reason: r.reason & 0xffff,
+            },
+            VmResult::BadExit(r) => P::BadExit { reason: r.reason },
+            VmResult::Halted(r) => P::Halted {
+                rip: r.rip.unwrap_or(0),
+            },
+        }
+    }
+
     /// The report, for the results that have one.
     pub fn report(&self) -> Option<&Report> {
         match self {
@@ -187,7 +208,35 @@ mod tests {
         assert_eq!(VmResult::Unhandled(r.clone()).stop_code(), 0x0500_0037);
         assert_eq!(VmResult::DebugExit { code: 0x21 }.stop_code(), 0x0200_0021);
         assert_eq!(VmResult::Exited { code: u64::MAX }.stop_code(), 0x01ff_ffff);
-        assert_eq!(VmResult::TripleFault(r).stop_code(), 0x0300_0000);
+        assert_eq!(VmResult::TripleFault(r.clone()).stop_code(), 0x0300_0000);
+        // Every result keeps what a client needs: HLT and a bad message are not "unhandled",
+        // and a failed entry carries its qualification.
+        use userlib::proto::vmm::VmResult as P;
+        assert_eq!(
+            VmResult::Halted(r.clone()).to_proto(),
+            P::Halted { rip: 0x10_0040 }
+        );
+        assert_eq!(
+            VmResult::BadExit(r.clone()).to_proto(),
+            P::BadExit {
+                reason: reason::XSETBV
+            }
+        );
+        let mut failed = r.clone();
+        failed.reason = (1 << 31) | 33;
+        assert_eq!(
+            VmResult::EntryFailed(failed).to_proto(),
+            P::EntryFailed {
+                reason: (1 << 31) | 33,
+                error: 0x12
+            }
+        );
+        assert_eq!(
+            VmResult::Unhandled(r).to_proto(),
+            P::Unhandled {
+                reason: reason::XSETBV
+            }
+        );
         // A report of a bare message is one line.
         let bare = Report::new(&name, &ExitMessage::default(), "x");
         assert_eq!(format!("{bare}").lines().count(), 1);

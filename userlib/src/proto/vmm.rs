@@ -136,12 +136,18 @@ pub enum VmResult {
     Unhandled { reason: u32 },
     /// The guest triple-faulted.
     TripleFault,
-    /// VM entry failed (invalid guest state or a VM-instruction error).
+    /// VM entry failed (invalid guest state or a VM-instruction error): `reason` the full
+    /// exit reason, `error` the failed entry's exit qualification (which check failed) or the
+    /// VM-instruction error of a VMfail.
     EntryFailed { reason: u32, error: u64 },
     /// The MMU service stopped it: an access outside RAM and outside any device.
     OutsideRam { gpa: u64 },
     /// Any other stop (the kernel's stop value).
     Stopped { stop: u64 },
+    /// HLT with interrupts disabled, at `rip`: nothing could ever wake the vCPU.
+    Halted { rip: u64 },
+    /// The VMM got an exit message it could not decode (full exit reason).
+    BadExit { reason: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

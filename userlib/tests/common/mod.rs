@@ -339,6 +339,8 @@ pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
             .prop_map(|(reason, error)| VmResult::EntryFailed { reason, error }),
         any::<u64>().prop_map(|gpa| VmResult::OutsideRam { gpa }),
         any::<u64>().prop_map(|stop| VmResult::Stopped { stop }),
+        any::<u64>().prop_map(|rip| VmResult::Halted { rip }),
+        any::<u32>().prop_map(|reason| VmResult::BadExit { reason }),
     ]
 }
 
