@@ -1,6 +1,5 @@
 //! The [`Mmu`] object: configuration, construction, errors and generation-based invalidation.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::role::UnsupportedMode;
@@ -63,6 +62,16 @@ pub enum Error {
     WalkRaced,
     /// An internal invariant did not hold (a bug in this crate, reported instead of panicking).
     Internal,
+    /// The heap cannot hold the tables for this pool and RAM size.
+    NoHeap,
+}
+
+/// `n` copies of `value`, or [`Error::NoHeap`] instead of the allocator's abort.
+pub(crate) fn try_vec<T: Clone>(value: T, n: usize) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::NoHeap)?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 impl From<MemoryError> for Error {
@@ -122,8 +131,14 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             return Err(Error::BadConfig);
         }
         let ram = ram as usize;
-        let mut free_high = Vec::with_capacity(frames);
-        let mut free_low = Vec::with_capacity(frames);
+        let mut free_high = try_vec(0u32, 0)?;
+        let mut free_low = try_vec(0u32, 0)?;
+        free_high
+            .try_reserve_exact(frames)
+            .map_err(|_| Error::NoHeap)?;
+        free_low
+            .try_reserve_exact(frames)
+            .map_err(|_| Error::NoHeap)?;
         // Pushed in reverse so that frame 0 is handed out first.
         for f in (0..frames).rev() {
             if pool.frame_hpa(f) < (1u64 << 32) {
@@ -140,14 +155,14 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             mem,
             pool,
             config,
-            sps: vec![ShadowPage::FREE; frames],
-            aux: vec![NONE; frames * 512],
-            link: vec![NONE; frames * 512],
+            sps: try_vec(ShadowPage::FREE, frames)?,
+            aux: try_vec(NONE, frames * 512)?,
+            link: try_vec(NONE, frames * 512)?,
             free_high,
             free_low,
-            gfn_sp_head: Heads::new(ram),
-            rmap_head: Heads::new(ram),
-            write_track: vec![0; ram],
+            gfn_sp_head: Heads::new(ram)?,
+            rmap_head: Heads::new(ram)?,
+            write_track: try_vec(0, ram)?,
             lru_head: NONE,
             lru_tail: NONE,
             gen: 0,

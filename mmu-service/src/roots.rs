@@ -6,7 +6,6 @@
 //! such a *set* of four pages is cached in `prev_roots` too, keyed by the guest CR3, the four
 //! guest PDPTEs and the role; a hit rewrites the four entries of `pae_root`.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::mmu::{Error, Mmu};
@@ -138,12 +137,13 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// the paging state `state` (no root is built until the first CR3 load or fault).
     pub fn create_vcpu<S: VcpuPagingState + ?Sized>(&mut self, state: &S) -> Result<Vcpu, Error> {
         let cpu = CpuRole::from_state(state, self.config.maxphyaddr, self.config.gbpages)?;
+        let prev_roots = crate::mmu::try_vec(RootInfo::INVALID, self.config.prev_roots)?;
         let pae_root = self.alloc_low_frame()?;
         self.pool.zero_frame(pae_root as usize);
         self.sps[pae_root as usize].state = crate::shadow_page::SpState::PaeRoot;
         let mut vcpu = Vcpu {
             root: RootInfo::INVALID,
-            prev_roots: vec![RootInfo::INVALID; self.config.prev_roots],
+            prev_roots,
             pae_root,
             pae_root_hpa: self.pool.frame_hpa(pae_root as usize),
             cpu,
@@ -153,7 +153,14 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
             pdptes: [0; 4],
         };
         if cpu.mode == PagingMode::Pae {
-            vcpu.pdptes = self.load_pdptes(state, &cpu)?;
+            match self.load_pdptes(state, &cpu) {
+                Ok(p) => vcpu.pdptes = p,
+                Err(e) => {
+                    // Nothing changes: the root page goes back.
+                    self.free_frame(pae_root);
+                    return Err(e);
+                }
+            }
         }
         Ok(vcpu)
     }

@@ -92,8 +92,8 @@ impl ShadowPage {
 pub(crate) struct Heads(alloc::vec::Vec<u32>);
 
 impl Heads {
-    pub(crate) fn new(n: usize) -> Self {
-        Heads(alloc::vec![0; n])
+    pub(crate) fn new(n: usize) -> Result<Self, Error> {
+        crate::mmu::try_vec(0, n).map(Heads)
     }
     pub(crate) fn len(&self) -> usize {
         self.0.len()

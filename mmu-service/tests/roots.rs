@@ -1272,3 +1272,16 @@ fn a_1g_page_without_gbpages_in_cpuid_is_a_reserved_bit_fault() {
     let rsvd = walk(&c, 0x100 << 12, &[0; 4], &mem, gva, read).unwrap();
     assert_eq!(fault_of(rsvd), Some((0b1001, gva)), "P and RSVD");
 }
+
+#[test]
+fn a_vcpu_refused_for_bad_pdptes_leaves_the_pool_as_it_was() {
+    let mut mmu = mmu_with(4, 64, 4);
+    let pdpt = 0x500 << 12;
+    mmu.mem_mut().w64(pdpt, (0x600 << 12) | 0x1 | (1 << 7)); // bit 7: reserved in a PDPTE
+    let free = mmu.free_frames();
+    assert_eq!(
+        mmu.create_vcpu(&guest_pae(pdpt)).map(|_| ()),
+        Err(Error::InvalidPdpte)
+    );
+    assert_eq!(mmu.free_frames(), free, "the PAE root page was returned");
+}
