@@ -1076,6 +1076,23 @@ pub fn with_mapped_read<R>(
     Ok(result)
 }
 
+/// The GDTR and IDTR limits as ring 3 reads them with SGDT/SIDT (allowed at CPL 3 while the
+/// kernel leaves CR4.UMIP off): for the suites that check what a task can see of the kernel.
+#[cfg(target_os = "none")]
+pub fn descriptor_table_limits() -> (u16, u16) {
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: SGDT and SIDT store 10 bytes each into the local buffers and change nothing else.
+    unsafe {
+        core::arch::asm!("sgdt [{g}]", "sidt [{i}]", g = in(reg) &mut gdtr, i = in(reg) &mut idtr,
+            options(nostack))
+    };
+    (
+        u16::from_le_bytes([gdtr[0], gdtr[1]]),
+        u16::from_le_bytes([idtr[0], idtr[1]]),
+    )
+}
+
 /// Deliberate CPU exceptions, for the test servers that crash on request.
 pub mod crash {
     /// Reads an address that is never mapped (the first 4 MiB are not): #PF.

@@ -101,6 +101,19 @@ struct Controls {
 }
 
 static CONTROLS: Once<Controls> = Once::new();
+/// The kernel's GDTR and IDTR as `lgdt`/`lidt` read them (limit, then base), for the VM-exit
+/// entry; written once by [`init`] before any VM runs.
+#[repr(C, packed)]
+struct TablePointer {
+    limit: u16,
+    base: u64,
+}
+
+#[no_mangle]
+static mut UMBRA_KERNEL_GDTR: TablePointer = TablePointer { limit: 0, base: 0 };
+#[no_mangle]
+static mut UMBRA_KERNEL_IDTR: TablePointer = TablePointer { limit: 0, base: 0 };
+
 /// Physical address of the current VMCS (`u64::MAX`: none).
 static CURRENT: AtomicU64 = AtomicU64::new(u64::MAX);
 
@@ -183,6 +196,12 @@ pub fn init() -> Result<(), &'static str> {
     if ok != 0 {
         return Err("VMXON failed");
     }
+    // SAFETY: one CPU, no VM has run yet (so the exit entry does not read them), and SGDT/SIDT
+    // store exactly the 10 bytes of each packed pointer.
+    unsafe {
+        asm!("sgdt [{g}]", "sidt [{i}]", g = in(reg) &raw mut UMBRA_KERNEL_GDTR,
+             i = in(reg) &raw mut UMBRA_KERNEL_IDTR, options(nostack))
+    };
     CONTROLS.call_once(|| c);
     Ok(())
 }
@@ -418,6 +437,10 @@ vmx_exit_entry:
     pushq %rcx
     pushq %rbx
     pushq %rax
+    /* The exit set the GDTR and IDTR limits to 0xFFFF (the host-state area has no field for
+       them): load the kernel's, or ring 3 reaches kernel memory past the GDT. */
+    lgdt UMBRA_KERNEL_GDTR(%rip)
+    lidt UMBRA_KERNEL_IDTR(%rip)
     movq %rsp, %rdi
     cld
     call vmx_exit_rust

@@ -183,6 +183,17 @@ fn vmm_suite(t: &mut Tally) {
         }
     }
     passing_shadow_guest(t, "multiboot guest on shadow paging", &mb, false);
+    // A VM exit leaves the GDTR and IDTR limits at 0xFFFF; the kernel must load its tables
+    // again, or ring 3 reaches kernel memory past the GDT through LAR, LSL and selectors.
+    #[cfg(target_os = "none")]
+    {
+        let (gdt, idt) = sys::descriptor_table_limits();
+        t.check(
+            "after VM exits the GDT and IDT limits are the kernel's",
+            gdt < 0x100 && idt == 0xfff,
+            format_args!("GDTR limit {gdt:#x}, IDTR limit {idt:#x}"),
+        );
+    }
     passing_guest(
         t,
         "64-bit guest with three address spaces",
