@@ -90,6 +90,13 @@ impl CapTable {
         self.slots.iter_mut().filter_map(Option::take)
     }
 
+    /// Whether [`CapTable::insert`] would find a slot.
+    pub fn has_free_slot(&self) -> bool {
+        self.slots[slot::FIRST_GRANTED as usize..]
+            .iter()
+            .any(Option::is_none)
+    }
+
     /// Number of full slots.
     pub fn count(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()

@@ -477,6 +477,11 @@ impl<M: Machine> Kernel<M> {
             return Err(err(Error::InvalidArgument));
         }
         let module = usize::try_from(module).map_err(|_| err(Error::InvalidArgument))?;
+        // Everything that can fail is checked before the task exists: a refused spawn leaves
+        // no trace (not a task started and killed again).
+        if !self.task(ti).caps.has_free_slot() {
+            return Err(err(Error::NoMemory));
+        }
         let new = self
             .spawn(module, generation, prio as u8, fault_ep)
             .map_err(err)?;

@@ -829,3 +829,26 @@ fn task_start_after_the_main_thread_exited_is_an_error_not_a_panic() {
         Err(Error::InvalidArgument)
     );
 }
+
+#[test]
+fn a_spawn_refused_for_a_full_capability_table_leaves_no_trace() {
+    let mut k = kernel(&["supervisor", "echo"]);
+    boot(&mut k);
+    // Fill init's table with copies of one endpoint capability.
+    let ep = ok(&sys(&mut k, Sys::EndpointCreate, [0; 6]).1);
+    while k.task(k.cur_task()).caps.has_free_slot() {
+        ok(&sys(&mut k, Sys::CapCopy, [ep, Rights::SEND.bits(), 0, 0, 0, 0]).1);
+    }
+    let generations: Vec<u32> = k.tasks.iter().map(|s| s.generation).collect();
+    let frames = k.machine.frames_in_use();
+    let (_, r) = sys(
+        &mut k,
+        Sys::TaskSpawn,
+        [1, 1, 5, NO_CAP, abi::cap::slot::SPAWN, 0],
+    );
+    assert_eq!(status(&r), Err(Error::NoMemory));
+    // No task was made and unmade: no slot moved its generation, no frame is held.
+    let after: Vec<u32> = k.tasks.iter().map(|s| s.generation).collect();
+    assert_eq!(after, generations);
+    assert_eq!(k.machine.frames_in_use(), frames);
+}
