@@ -59,11 +59,12 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,supervisor",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,supervisor,boot",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
-        manifest: "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=vmm-service,supervisor",
+        manifest:
+            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=vmm-service,supervisor,boot",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",

@@ -744,14 +744,16 @@ pub struct ModuleInfo {
 }
 
 /// Boot module `index`: its command line (written into `buf`), size, and the module count.
-pub fn module_info(index: u64, buf: &mut [u8]) -> Result<ModuleInfo, Error> {
+/// Needs the boot capability `boot` ([`abi::CapKind::Boot`]).
+pub fn module_info(boot: CapSlot, index: u64, buf: &mut [u8]) -> Result<ModuleInfo, Error> {
     // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
     let (rax, r) = unsafe {
-        syscall3(
+        syscall4(
             Sys::ModuleInfo as u64,
             index,
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
+            boot,
         )
     };
     Error::check(rax).map(|()| ModuleInfo {
@@ -762,16 +764,17 @@ pub fn module_info(index: u64, buf: &mut [u8]) -> Result<ModuleInfo, Error> {
 }
 
 /// Copies bytes of boot module `index` from `offset` into `buf`; returns how many (fewer
-/// than `buf.len()` at the end of the module, 0 past it).
-pub fn module_read(index: u64, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+/// than `buf.len()` at the end of the module, 0 past it). Needs the boot capability `boot`.
+pub fn module_read(boot: CapSlot, index: u64, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
     // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
     let (rax, r) = unsafe {
-        syscall4(
+        syscall5(
             Sys::ModuleRead as u64,
             index,
             offset,
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
+            boot,
         )
     };
     Error::check(rax).map(|()| r[0] as usize)
@@ -787,14 +790,15 @@ pub fn machine_exit(machine: CapSlot, code: u64) -> Error {
 }
 
 /// The kernel command line, written into `buf`; returns its length (which may exceed
-/// `buf.len()`, then only the start was written).
-pub fn kernel_cmdline(buf: &mut [u8]) -> Result<usize, Error> {
+/// `buf.len()`, then only the start was written). Needs the boot capability `boot`.
+pub fn kernel_cmdline(boot: CapSlot, buf: &mut [u8]) -> Result<usize, Error> {
     // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
     let (rax, r) = unsafe {
-        syscall2(
+        syscall3(
             Sys::KernelCmdline as u64,
             buf.as_mut_ptr() as u64,
             buf.len() as u64,
+            boot,
         )
     };
     Error::check(rax).map(|()| r[0] as usize)

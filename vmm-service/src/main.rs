@@ -7,8 +7,8 @@
 //! access, HLT, VMCALL, triple fault) and answers each with the model's reply. EPT violations
 //! go to the MMU service directly (its endpoint, badged with the VM's handle there).
 //!
-//! Capabilities (manifest `needs=mmu-service,supervisor`): slot 2 = own endpoint,
-//! 3 = supervisor, 4 = MMU service, 5 = supervisor again.
+//! Capabilities (manifest `needs=mmu-service,supervisor,boot`): slot 2 = own endpoint,
+//! 3 = supervisor, 4 = MMU service, 5 = supervisor again, 6 = boot (reads the guest images).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -26,6 +26,8 @@ userlib::entry!(vmm_main);
 
 const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
 const MMU: CapSlot = 4;
+/// The boot capability (manifest `needs=mmu-service,supervisor,boot`): reads guest images.
+const BOOT: CapSlot = 6;
 
 fn vmm_main(generation: u64) {
     userlib::println!("vmm: serving, generation {generation}");

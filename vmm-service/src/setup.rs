@@ -85,9 +85,11 @@ fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
 /// (index, size).
 fn find_module(name: &str) -> Result<(u64, u64), VmmError> {
     let mut buf = [0u8; 128];
-    let count = sys::module_info(0, &mut buf).map_err(kernel)?.count;
+    let count = sys::module_info(crate::BOOT, 0, &mut buf)
+        .map_err(kernel)?
+        .count;
     for i in 0..count {
-        let info = sys::module_info(i, &mut buf).map_err(kernel)?;
+        let info = sys::module_info(crate::BOOT, i, &mut buf).map_err(kernel)?;
         let line = core::str::from_utf8(&buf[..info.name_len.min(buf.len())]).unwrap_or("");
         let first = line.split_ascii_whitespace().next().unwrap_or("");
         if first.rsplit('/').next() == Some(name) {
@@ -128,8 +130,13 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     }
     let mut len = 0;
     while (len as u64) < size {
-        let n = sys::module_read(module, len as u64, &mut image_buf[len..size as usize])
-            .map_err(kernel)?;
+        let n = sys::module_read(
+            crate::BOOT,
+            module,
+            len as u64,
+            &mut image_buf[len..size as usize],
+        )
+        .map_err(kernel)?;
         if n == 0 {
             break;
         }

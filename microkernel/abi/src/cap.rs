@@ -18,6 +18,8 @@ pub mod slot {
     pub const MACHINE: CapSlot = 1;
     /// First slot the spawner fills with [`crate::Sys::TaskGrant`] in a new task.
     pub const FIRST_GRANTED: CapSlot = 2;
+    /// The first task's [`crate::CapKind::Boot`] capability (its first granted slot).
+    pub const BOOT: CapSlot = FIRST_GRANTED;
 }
 
 /// Number of slots in every task's table.
@@ -35,6 +37,9 @@ pub enum CapKind {
     Machine = 6,
     Vm = 7,
     Vcpu = 8,
+    /// Reads the boot modules and the kernel command line (`ModuleInfo`, `ModuleRead`,
+    /// `KernelCmdline`). The kernel gives it to the first task; it can be granted.
+    Boot = 9,
 }
 
 impl CapKind {
@@ -48,6 +53,7 @@ impl CapKind {
             CapKind::Machine,
             CapKind::Vm,
             CapKind::Vcpu,
+            CapKind::Boot,
         ]
         .into_iter()
         .find(|k| *k as u64 == v)

@@ -92,16 +92,19 @@ pub enum Sys {
     EndpointBind = 84,
     /// `(ep)`: closes the endpoint: waiting and later callers get [`crate::Error::ServerGone`].
     EndpointClose = 85,
-    /// `(index, buf, buf_cap) -> (name_len, size, count)`: boot module `index`'s name
-    /// (its command line) and size, and the number of modules.
+    /// `(index, buf, buf_cap, boot) -> (name_len, size, count)`: boot module `index`'s name
+    /// (its command line) and size, and the number of modules. Needs the
+    /// [`crate::CapKind::Boot`] capability `boot`.
     ModuleInfo = 86,
     /// `(machine, code)`: ends the scenario: prints `umbra: exit <code>` and powers off.
     /// Needs the [`crate::CapKind::Machine`] capability.
     MachineExit = 87,
-    /// `(buf, buf_cap) -> (len)`: the kernel command line.
+    /// `(buf, buf_cap, boot) -> (len)`: the kernel command line. Needs the
+    /// [`crate::CapKind::Boot`] capability `boot`.
     KernelCmdline = 88,
-    /// `(index, offset, buf, len) -> (copied)`: copies bytes of boot module `index` from
-    /// `offset` (fewer at the end of the module).
+    /// `(index, offset, buf, len, boot) -> (copied)`: copies bytes of boot module `index` from
+    /// `offset` (fewer at the end of the module). Needs the [`crate::CapKind::Boot`]
+    /// capability `boot`.
     ModuleRead = 89,
 
     /// `(ram, flags) -> (vm cap)`: a new VM whose guest-physical RAM is the memory object `ram`

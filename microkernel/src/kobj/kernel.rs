@@ -335,7 +335,7 @@ impl<M: Machine> Kernel<M> {
                 }
             }
             CapKind::Vm | CapKind::Vcpu => self.destroy_vm_object(r),
-            CapKind::Spawn | CapKind::Machine => {}
+            CapKind::Spawn | CapKind::Machine | CapKind::Boot => {}
         }
     }
 
@@ -348,7 +348,7 @@ impl<M: Machine> Kernel<M> {
             CapKind::Task => slot_get(&self.tasks, r).is_some(),
             CapKind::Vm => slot_get(&self.vms, r).is_some(),
             CapKind::Vcpu => slot_get(&self.vcpus, r).is_some(),
-            CapKind::Spawn | CapKind::Machine => true,
+            CapKind::Spawn | CapKind::Machine | CapKind::Boot => true,
         }
     }
 
@@ -795,9 +795,18 @@ impl<M: Machine> Kernel<M> {
             },
             ..spawn
         };
+        let boot = Cap {
+            obj: ObjRef {
+                kind: CapKind::Boot,
+                ..spawn.obj
+            },
+            rights: Rights::READ | Rights::GRANT,
+            ..spawn
+        };
         let caps = &mut self.task_mut(ti).caps;
         caps.insert_at(slot::SPAWN, spawn);
         caps.insert_at(slot::MACHINE, machine);
+        caps.insert_at(slot::BOOT, boot);
         let t = self.task(ti).main_thread;
         self.make_ready(t);
         Ok(ti)

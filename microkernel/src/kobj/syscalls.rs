@@ -119,14 +119,20 @@ impl<M: Machine> Kernel<M> {
             }
             Sys::EndpointBind => self.sys_endpoint_bind(a[0], a[1]),
             Sys::EndpointClose => self.sys_endpoint_close(a[0]),
-            Sys::ModuleInfo => self.sys_module_info(a[0], a[1], a[2]),
+            Sys::ModuleInfo => {
+                self.cap(a[3], CapKind::Boot, Rights::READ).map_err(err)?;
+                self.sys_module_info(a[0], a[1], a[2])
+            }
             Sys::MachineExit => {
                 self.cap(a[0], CapKind::Machine, Rights::empty())
                     .map_err(err)?;
                 self.exit_code = Some(a[1] as u32);
                 Ok(Some([0; 4]))
             }
-            Sys::ModuleRead => self.sys_module_read(a),
+            Sys::ModuleRead => {
+                self.cap(a[4], CapKind::Boot, Rights::READ).map_err(err)?;
+                self.sys_module_read(a)
+            }
             Sys::VmCreate => self.sys_vm_create(a[0], a[1]),
             Sys::VmMapRam => self.sys_vm_map_ram(a),
             Sys::VmUnmap => self.sys_vm_unmap(a),
@@ -136,6 +142,7 @@ impl<M: Machine> Kernel<M> {
             Sys::VcpuRun => self.sys_vcpu_run(a[0]),
             Sys::VmSetShadow => self.sys_vm_set_shadow(a),
             Sys::KernelCmdline => {
+                self.cap(a[2], CapKind::Boot, Rights::READ).map_err(err)?;
                 let mut tmp = [0u8; 256];
                 let line = self.machine.cmdline().as_bytes();
                 let n = line.len().min(tmp.len());

@@ -852,3 +852,42 @@ fn a_spawn_refused_for_a_full_capability_table_leaves_no_trace() {
     assert_eq!(after, generations);
     assert_eq!(k.machine.frames_in_use(), frames);
 }
+
+#[test]
+fn boot_modules_and_the_command_line_need_the_boot_capability() {
+    let mut k = kernel(&["supervisor", "echo"]);
+    let sup = boot(&mut k);
+    let boot_cap = abi::cap::slot::BOOT;
+    // The first task holds it.
+    let (_, r) = sys(&mut k, Sys::KernelCmdline, [DATA, 256, boot_cap, 0, 0, 0]);
+    ok(&r);
+    let (_, r) = sys(&mut k, Sys::ModuleInfo, [1, DATA, 128, boot_cap, 0, 0]);
+    assert_eq!(ok(&r), "echo".len() as u64);
+    let (_, r) = sys(&mut k, Sys::ModuleRead, [1, 0, DATA, 16, boot_cap, 0]);
+    assert!(ok(&r) > 0);
+    // Not without it, nor with something else in its place, nor without the read right.
+    let ep = ok(&sys(&mut k, Sys::EndpointCreate, [0; 6]).1);
+    let no_read = ok(&sys(&mut k, Sys::CapCopy, [boot_cap, 0, 0, 0, 0, 0]).1);
+    for (slot, want) in [
+        (40, Error::InvalidCap),
+        (ep, Error::WrongCapKind),
+        (no_read, Error::NoRights),
+    ] {
+        let (_, r) = sys(&mut k, Sys::KernelCmdline, [DATA, 256, slot, 0, 0, 0]);
+        assert_eq!(status(&r), Err(want), "slot {slot}");
+        let (_, r) = sys(&mut k, Sys::ModuleInfo, [1, DATA, 128, slot, 0, 0]);
+        assert_eq!(status(&r), Err(want), "slot {slot}");
+        let (_, r) = sys(&mut k, Sys::ModuleRead, [1, 0, DATA, 16, slot, 0]);
+        assert_eq!(status(&r), Err(want), "slot {slot}");
+    }
+    // A task it was not granted to cannot read them; a granted read-only copy can.
+    let task = spawn_with(&mut k, 1, &[], NO_CAP);
+    ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    let Next::User(other) = next else {
+        panic!("{next:?}")
+    };
+    assert_ne!(other, sup);
+    let (_, r) = sys(&mut k, Sys::KernelCmdline, [DATA, 256, boot_cap, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::InvalidCap));
+}

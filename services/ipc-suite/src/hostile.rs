@@ -110,23 +110,31 @@ pub fn bad_arguments(t: &mut Tally) {
             [OWN_EP, unmapped, 0, 512, 0, NO_CAP],
             Error::BadPointer,
         ),
+        // This suite holds no boot capability: the boot modules and the command line are
+        // not its to read (slot 0 is empty in every task but the first).
         (
-            "ModuleInfo, unmapped buffer",
+            "ModuleInfo without the boot capability",
             Sys::ModuleInfo,
             [0, unmapped, 100, 0, 0, 0],
-            Error::BadPointer,
+            Error::InvalidCap,
         ),
         (
-            "ModuleInfo, no such module",
-            Sys::ModuleInfo,
-            [999, unmapped, 100, 0, 0, 0],
-            Error::InvalidArgument,
+            "ModuleRead without the boot capability",
+            Sys::ModuleRead,
+            [0, 0, unmapped, 16, 0, 0],
+            Error::InvalidCap,
         ),
         (
-            "KernelCmdline, kernel buffer",
+            "KernelCmdline without the boot capability",
             Sys::KernelCmdline,
             [KERNEL_VA, 256, 0, 0, 0, 0],
-            Error::BadPointer,
+            Error::InvalidCap,
+        ),
+        (
+            "ModuleInfo with an endpoint for the boot capability",
+            Sys::ModuleInfo,
+            [0, unmapped, 100, OWN_EP, 0, 0],
+            Error::WrongCapKind,
         ),
         (
             "MemMap, kernel address",

@@ -5,7 +5,9 @@
 //!
 //! Capabilities a service starts with (slots, in order): 2 = its own endpoint (receive),
 //! 3 = the supervisor's endpoint (send, badged with the service), then one endpoint per
-//! `needs=` name, in manifest order. Start argument: the service's generation.
+//! `needs=` name, in manifest order (`boot` gives a read-only copy of the boot capability,
+//! which reads the boot modules and the kernel command line). Start argument: the service's
+//! generation.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -72,7 +74,7 @@ fn supervisor_main(_arg: u64) {
 /// Reads the scenario and the manifest, creates the endpoints.
 fn setup() -> Result<Registry, &'static str> {
     let mut line = [0u8; 256];
-    let n = sys::kernel_cmdline(&mut line).map_err(|_| "no kernel command line")?;
+    let n = sys::kernel_cmdline(slot::BOOT, &mut line).map_err(|_| "no kernel command line")?;
     let cmdline = core::str::from_utf8(&line[..n.min(line.len())]).unwrap_or("");
     let scenario = cmdline
         .split_whitespace()
@@ -86,11 +88,11 @@ fn setup() -> Result<Registry, &'static str> {
     };
     let _ = sup.scenario.push_str(&scenario[..scenario.len().min(32)]);
     let mut buf = [0u8; 128];
-    let count = sys::module_info(0, &mut buf)
+    let count = sys::module_info(slot::BOOT, 0, &mut buf)
         .map_err(|_| "no boot modules")?
         .count;
     for module in 1..count {
-        let info = sys::module_info(module, &mut buf).map_err(|_| "module info")?;
+        let info = sys::module_info(slot::BOOT, module, &mut buf).map_err(|_| "module info")?;
         let text = core::str::from_utf8(&buf[..info.name_len.min(buf.len())]).unwrap_or("");
         let entry = match manifest::parse(text) {
             Ok(e) => e,
@@ -154,6 +156,11 @@ impl Registry {
             sys::task_grant(task, s.ep, Rights::RECV | Rights::GRANT)?;
             self.grant_badged(task, self.ep, CLIENT_BADGE | i as u64)?;
             for need in &s.entry.needs {
+                if need == "boot" {
+                    // Reading the boot modules and the command line: read-only, no grant.
+                    sys::task_grant(task, slot::BOOT, Rights::READ)?;
+                    continue;
+                }
                 let ep = if need == "supervisor" {
                     self.ep
                 } else {

@@ -15,8 +15,8 @@
 //!
 //! Then it asks the supervisor to end the scenario with the matching code.
 //!
-//! Capabilities (manifest `needs=vmm-service,supervisor`): slot 2 = own endpoint,
-//! 3 = supervisor, 4 = VMM service, 5 = supervisor again.
+//! Capabilities (manifest `needs=vmm-service,supervisor,boot`): slot 2 = own endpoint,
+//! 3 = supervisor, 4 = VMM service, 5 = supervisor again, 6 = boot (the command line).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -37,6 +37,8 @@ userlib::entry!(suite_main);
 
 const SUPERVISOR: CapSlot = 3;
 const VMM: CapSlot = 4;
+/// The boot capability (manifest `needs=vmm-service,supervisor,boot`): the command line.
+const BOOT: CapSlot = 6;
 
 /// What every passing test guest reports: it wrote 0x10 to the debug-exit port.
 const GUEST_PASS: u32 = 0x21;
@@ -62,7 +64,9 @@ impl Tally {
 
 fn scenario() -> String<32> {
     let mut buf = [0u8; 256];
-    let n = sys::kernel_cmdline(&mut buf).unwrap_or(0).min(buf.len());
+    let n = sys::kernel_cmdline(BOOT, &mut buf)
+        .unwrap_or(0)
+        .min(buf.len());
     let line = core::str::from_utf8(&buf[..n]).unwrap_or("");
     let name = line
         .split_ascii_whitespace()
