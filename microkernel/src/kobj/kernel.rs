@@ -775,8 +775,8 @@ impl<M: Machine> Kernel<M> {
         self.end_task(ti, Death::Notice(notice));
     }
 
-    /// Starts the first task (the supervisor) from module `module` with the spawn and
-    /// machine capabilities in their fixed slots.
+    /// Starts the first task (the supervisor) from module `module` with the spawn, machine
+    /// and boot capabilities in their fixed slots.
     pub fn start_init(&mut self, module: usize) -> Result<u16, Error> {
         let ti = self.spawn(module, 1, super::queue::PRIORITIES as u8 - 2, None)?;
         let spawn = Cap {
