@@ -68,6 +68,8 @@ pub struct Kernel<M: Machine> {
     pub(crate) exit_code: Option<u32>,
     /// Whether `call` and `reply_recv` may take the fast path (tests turn it off to compare).
     pub fast_ipc: bool,
+    /// The first task (the supervisor): its objects are not counted against a quota.
+    pub(crate) init_task: Option<u16>,
 }
 
 impl<M: Machine> Kernel<M> {
@@ -86,6 +88,7 @@ impl<M: Machine> Kernel<M> {
             rotate: false,
             exit_code: None,
             fast_ipc: true,
+            init_task: None,
         }
     }
 
@@ -779,6 +782,7 @@ impl<M: Machine> Kernel<M> {
     /// and boot capabilities in their fixed slots.
     pub fn start_init(&mut self, module: usize) -> Result<u16, Error> {
         let ti = self.spawn(module, 1, super::queue::PRIORITIES as u8 - 2, None)?;
+        self.init_task = Some(ti);
         let spawn = Cap {
             obj: ObjRef {
                 kind: CapKind::Spawn,

@@ -182,6 +182,8 @@ pub struct Endpoint {
     pub notices: Deque<(FaultNotice, u64), MAX_PENDING_NOTICES>,
     /// Capabilities naming it.
     pub refs: u32,
+    /// The task that created it, as (task index, task slot generation): what its quota counts.
+    pub owner: (u16, u32),
 }
 
 #[derive(Debug)]
@@ -189,7 +191,15 @@ pub struct Notification {
     pub bits: u64,
     pub waiters: Queue,
     pub refs: u32,
+    /// The task that created it (see [`Endpoint::owner`]).
+    pub owner: (u16, u32),
 }
+
+/// Endpoints and notifications a task other than the first may have created and still alive
+/// (each), and the slots of each table only the first task (the supervisor) may fill: however
+/// many a service takes, the supervisor can still restart the others.
+pub const OBJECT_QUOTA: usize = 16;
+pub const SUPERVISOR_RESERVE: usize = 8;
 
 #[derive(Debug)]
 pub struct Memory {

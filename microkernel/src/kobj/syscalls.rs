@@ -312,7 +312,28 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
+    /// Whether the calling task may create one more endpoint or notification, owning `owned`
+    /// live ones of that kind with `free` slots left in the table: the first task always;
+    /// others up to [`OBJECT_QUOTA`], and never into the supervisor's reserve.
+    fn within_quota(&self, owned: usize, free: usize) -> bool {
+        self.init_task == Some(self.cur_task())
+            || (owned < OBJECT_QUOTA && free > SUPERVISOR_RESERVE)
+    }
+
     fn sys_endpoint_create(&mut self) -> SysResult {
+        let owner = (
+            self.cur_task(),
+            self.tasks[self.cur_task() as usize].generation,
+        );
+        let owned = self
+            .endpoints
+            .iter()
+            .filter(|s| s.obj.as_ref().is_some_and(|e| e.owner == owner))
+            .count();
+        let free = self.endpoints.iter().filter(|s| s.obj.is_none()).count();
+        if !self.within_quota(owned, free) {
+            return Err(err(Error::NoMemory));
+        }
         let (index, generation) = slot_insert(
             &mut self.endpoints,
             Endpoint {
@@ -323,6 +344,7 @@ impl<M: Machine> Kernel<M> {
                 state: EndpointState::Open,
                 notices: heapless::Deque::new(),
                 refs: 0,
+                owner,
             },
         )
         .ok_or(err(Error::NoMemory))?;
@@ -335,12 +357,30 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn sys_notification_create(&mut self) -> SysResult {
+        let owner = (
+            self.cur_task(),
+            self.tasks[self.cur_task() as usize].generation,
+        );
+        let owned = self
+            .notifications
+            .iter()
+            .filter(|s| s.obj.as_ref().is_some_and(|n| n.owner == owner))
+            .count();
+        let free = self
+            .notifications
+            .iter()
+            .filter(|s| s.obj.is_none())
+            .count();
+        if !self.within_quota(owned, free) {
+            return Err(err(Error::NoMemory));
+        }
         let (index, generation) = slot_insert(
             &mut self.notifications,
             Notification {
                 bits: 0,
                 waiters: Default::default(),
                 refs: 0,
+                owner,
             },
         )
         .ok_or(err(Error::NoMemory))?;

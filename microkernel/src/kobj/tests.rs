@@ -891,3 +891,34 @@ fn boot_modules_and_the_command_line_need_the_boot_capability() {
     let (_, r) = sys(&mut k, Sys::KernelCmdline, [DATA, 256, boot_cap, 0, 0, 0]);
     assert_eq!(status(&r), Err(Error::InvalidCap));
 }
+
+#[test]
+fn a_task_cannot_take_every_endpoint_and_notification_from_the_supervisor() {
+    use super::objects::{OBJECT_QUOTA, SUPERVISOR_RESERVE};
+    let mut k = kernel(&["supervisor", "echo"]);
+    let sup = boot(&mut k);
+    let task = spawn_with(&mut k, 1, &[], NO_CAP);
+    ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    let Next::User(hog) = next else {
+        panic!("{next:?}")
+    };
+    assert_ne!(hog, sup);
+    for call in [Sys::EndpointCreate, Sys::NotificationCreate] {
+        let mut made = 0;
+        while status(&sys(&mut k, call, [0; 6]).1).is_ok() {
+            made += 1;
+            assert!(made <= 64, "{call:?}: no limit");
+        }
+        assert_eq!(made, OBJECT_QUOTA, "{call:?}");
+        assert_eq!(status(&sys(&mut k, call, [0; 6]).1), Err(Error::NoMemory));
+    }
+    // The supervisor still creates them, into the reserve too.
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(sup));
+    let free = k.endpoints.iter().filter(|s| s.obj.is_none()).count();
+    assert!(free > SUPERVISOR_RESERVE);
+    for _ in 0..free {
+        ok(&sys(&mut k, Sys::EndpointCreate, [0; 6]).1);
+    }
+}
