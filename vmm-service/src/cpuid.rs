@@ -24,16 +24,9 @@ pub const ECX7_LA57: u32 = 1 << 16;
 /// CPUID.80000001H:EDX: 1 GiB pages.
 pub const EDX_EXT_GBPAGES: u32 = 1 << 26;
 
-/// The guest's view for a shadow-paged VM: [`cpuid`] without what the shadow MMU does not
-/// implement (protection keys, 5-level paging), as Linux KVM hides PKU from shadow-paged
-/// guests.
-pub fn cpuid_shadow(leaf: u32, subleaf: u32, host: impl FnOnce(u32, u32) -> [u32; 4]) -> [u32; 4] {
-    let mut r = cpuid(leaf, subleaf, host);
-    hide_from_shadow(leaf, subleaf, &mut r);
-    r
-}
-
-/// Clears in `r`, the answer to `leaf`/`subleaf`, what a shadow-paged VM does not have.
+/// Clears in `r`, the answer to `leaf`/`subleaf` from [`cpuid`], what a shadow-paged VM does
+/// not have: the shadow MMU implements neither protection keys nor 5-level paging (Linux KVM
+/// hides PKU from shadow-paged guests too).
 #[inline]
 pub fn hide_from_shadow(leaf: u32, subleaf: u32, r: &mut [u32; 4]) {
     if leaf == 7 && subleaf == 0 {
@@ -93,6 +86,13 @@ mod tests {
         assert_ne!(r[2] & ECX_HYPERVISOR, 0);
         assert_eq!(r[2], 0xffff_ff9f);
         assert_eq!((r[0], r[3]), (1, 0xdead));
+    }
+
+    /// What a shadow-paged VM's CPUID answers.
+    fn cpuid_shadow(leaf: u32, sub: u32, host: impl FnOnce(u32, u32) -> [u32; 4]) -> [u32; 4] {
+        let mut r = cpuid(leaf, sub, host);
+        hide_from_shadow(leaf, sub, &mut r);
+        r
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl VmModel {
         self
     }
 
-    /// The model of a shadow-paged VM (see [`crate::cpuid::cpuid_shadow`]).
+    /// The model of a shadow-paged VM (see [`crate::cpuid::hide_from_shadow`]).
     pub fn shadow_paged(mut self) -> VmModel {
         self.shadow = true;
         self
