@@ -47,12 +47,15 @@ const PF_WRITE_RO: u64 = 0x3d0;
 const KERNEL_READ: u64 = 0x3e0;
 const NX_EXEC: u64 = 0x3f0;
 const PRIV_CLI: u64 = 0x400;
+const UMIP_SGDT: u64 = 0x488;
+const SEGMENTS: u64 = 0x4a0;
+const LSL_SWEEP: u64 = 0x4e0;
 
 /// The user programs, assembled by hand for the layout above (GNU as, Intel syntax; the
 /// source is the comments). Data: `hello` text, the expected stack top and the values every
 /// register is loaded with (`expected`, one quadword per register, rax..r15).
 #[rustfmt::skip]
-static CODE: [u8; 1160] = [
+static CODE: [u8; 1288] = [
     // hello: (offset 0x0)
     0x48, 0x8d, 0x3d, 0x15, 0x00, 0x00, 0x00, // lea rdi,[rip+0x15]
     0xbe, 0x11, 0x00, 0x00, 0x00, // mov esi,0x11
@@ -298,6 +301,48 @@ static CODE: [u8; 1160] = [
     0xcd, 0xcd, 0xcd, 0xcd, 0xcd, 0xcd, 0xcd, 0xcd, // expected r13 = 0xcdcdcdcdcdcdcdcd
     0xde, 0xde, 0xde, 0xde, 0xde, 0xde, 0xde, 0xde, // expected r14 = 0xdededededededede
     0xef, 0xef, 0xef, 0xef, 0xef, 0xef, 0xef, 0xef, // expected r15 = 0xefefefefefefefef
+    // umip_sgdt: (offset 0x488)
+    0x0f, 0x01, 0x04, 0x25, 0x00, 0x10, 0x40, 0x00, // sgdt ds:0x401000
+    0xbf, 0x05, 0x00, 0x00, 0x00, // mov edi,0x5
+    0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax,0x1
+    0x0f, 0x05, // syscall
+    0x0f, 0x0b, // ud2
+    0x00, 0x00, // padding
+    // segments: (offset 0x4a0)
+    0x66, 0x8c, 0xd0, // mov ax,ss
+    0x8e, 0xd8, // mov ds,eax
+    0x8e, 0xc0, // mov es,eax
+    0x8e, 0xe0, // mov fs,eax
+    0x8e, 0xe8, // mov gs,eax
+    0xb8, 0x03, 0x00, 0x00, 0x00, // mov eax,0x3
+    0x0f, 0x05, // syscall
+    0x66, 0x8c, 0xd8, // mov ax,ds
+    0x66, 0x8c, 0xc3, // mov bx,es
+    0x66, 0x09, 0xd8, // or ax,bx
+    0x66, 0x8c, 0xe3, // mov bx,fs
+    0x66, 0x09, 0xd8, // or ax,bx
+    0x66, 0x8c, 0xeb, // mov bx,gs
+    0x66, 0x09, 0xd8, // or ax,bx
+    0x0f, 0xb7, 0xf8, // movzx edi,ax
+    0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax,0x1
+    0x0f, 0x05, // syscall
+    0x0f, 0x0b, // ud2
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // padding
+    // lsl_sweep: (offset 0x4e0)
+    0x89, 0xf9, // mov ecx,edi
+    0x0f, 0x03, 0xc1, // lsl eax,ecx
+    0x74, 0x16, // je lsl_sweep+0x1d
+    0x83, 0xc1, 0x08, // add ecx,0x8
+    0x81, 0xf9, 0x00, 0x00, 0x01, 0x00, // cmp ecx,0x10000
+    0x72, 0xf0, // jb lsl_sweep+0x2
+    0x31, 0xff, // xor edi,edi
+    0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax,0x1
+    0x0f, 0x05, // syscall
+    0x0f, 0x0b, // ud2
+    0x89, 0xcf, // mov edi,ecx
+    0xb8, 0x01, 0x00, 0x00, 0x00, // mov eax,0x1
+    0x0f, 0x05, // syscall
+    0x0f, 0x0b, // ud2
 ];
 
 /// Iterations the timer program spins at most before giving up (exit code 0xdead).
@@ -326,6 +371,8 @@ struct Test {
     rip: u64,
     /// Whether this machine can run the test (else it is reported as skipped).
     runs: fn() -> bool,
+    /// The program's argument (in `rdi`).
+    arg: fn() -> u64,
     check: fn(&End) -> Outcome,
 }
 
@@ -333,17 +380,23 @@ fn always() -> bool {
     true
 }
 
+fn no_arg() -> u64 {
+    0
+}
+
 const TESTS: &[Test] = &[
     Test {
         name: "user.debug_write",
         rip: CODE_VA + HELLO,
         runs: always,
+        arg: no_arg,
         check: |end| expect_exit(end, 0),
     },
     Test {
         name: "user.debug_write_bad_pointers",
         rip: CODE_VA + BADPTR,
         runs: always,
+        arg: no_arg,
         // Kernel pointer, unmapped pointer, range running off a mapped page: BadPointer each.
         check: |end| expect_exit(end, 0x06_0606),
     },
@@ -351,18 +404,21 @@ const TESTS: &[Test] = &[
         name: "user.syscall_preserves_registers",
         rip: CODE_VA + REGS,
         runs: always,
+        arg: no_arg,
         check: |end| expect_exit(end, 0),
     },
     Test {
         name: "user.timer_irq_preserves_registers",
         rip: CODE_VA + TIMER,
         runs: always,
+        arg: no_arg,
         check: check_timer,
     },
     Test {
         name: "user.page_fault_unmapped_read",
         rip: CODE_VA + PF_READ,
         runs: always,
+        arg: no_arg,
         check: |end| {
             let regs = expect_fault(end, 14, 0b100, UNMAPPED_VA, CODE_VA + PF_READ + 10)?;
             ensure!(
@@ -378,31 +434,63 @@ const TESTS: &[Test] = &[
         name: "user.page_fault_readonly_write",
         rip: CODE_VA + PF_WRITE_RO,
         runs: always,
+        arg: no_arg,
         check: |end| expect_fault(end, 14, 0b111, RO_VA, CODE_VA + PF_WRITE_RO).map(drop),
     },
     Test {
         name: "user.kernel_address_faults",
         rip: CODE_VA + KERNEL_READ,
         runs: always,
+        arg: no_arg,
         check: |end| expect_fault(end, 14, 0b101, KERNEL_VA, CODE_VA + KERNEL_READ + 10).map(drop),
     },
     Test {
         name: "user.nx_page_fetch_faults",
         rip: CODE_VA + NX_EXEC,
         runs: crate::arch::cpu::has_nx,
+        arg: no_arg,
         check: |end| expect_fault(end, 14, 0b10101, DATA_VA, DATA_VA).map(drop),
     },
     Test {
         name: "user.privileged_instruction_gp",
         rip: CODE_VA + PRIV_CLI,
         runs: always,
+        arg: no_arg,
         check: |end| expect_fault(end, 13, 0, 0, CODE_VA + PRIV_CLI).map(drop),
     },
     Test {
         name: "user.noncanonical_rip_gp",
         rip: NONCANONICAL_RIP,
         runs: always,
+        arg: no_arg,
         check: |end| expect_fault(end, 13, 0, 0, NONCANONICAL_RIP).map(drop),
+    },
+    Test {
+        name: "user.umip_sgdt_gp",
+        rip: CODE_VA + UMIP_SGDT,
+        runs: || user::protections().umip,
+        arg: no_arg,
+        // With CR4.UMIP, SGDT at CPL 3 is #GP(0); without it the program exits with 5.
+        check: |end| expect_fault(end, 13, 0, 0, CODE_VA + UMIP_SGDT).map(drop),
+    },
+    Test {
+        // The program loads its data selector into DS, ES, FS and GS, yields, and exits with
+        // the OR of the four selectors it finds after the syscall.
+        name: "user.segment_registers_cleared",
+        rip: CODE_VA + SEGMENTS,
+        runs: always,
+        arg: no_arg,
+        check: |end| expect_exit(end, 0),
+    },
+    Test {
+        // LSL on every selector from the first past the GDT to the last: each must fail
+        // (ZF clear), or the GDT limit lets ring 3 read memory past the table as descriptors.
+        // The program exits with the first selector LSL accepts, or 0.
+        name: "user.no_selector_past_the_gdt",
+        rip: CODE_VA + LSL_SWEEP,
+        runs: always,
+        arg: || gdt::first_selector_past(),
+        check: |end| expect_exit(end, 0),
     },
 ];
 
@@ -479,13 +567,15 @@ pub fn active() -> bool {
 /// Starts the ring-3 tests; the last one prints `kernel: N passed, M failed` and ends the
 /// scenario.
 pub fn run() -> ! {
-    let (smep, smap) = user::smep_smap();
+    let p = user::protections();
+    let on = |b: bool| if b { "on" } else { "off" };
     crate::log!(
         info,
         "usertest",
-        "SMEP {}, SMAP {}; entering ring 3",
-        if smep { "on" } else { "off" },
-        if smap { "on" } else { "off" }
+        "SMEP {}, SMAP {}, UMIP {}; entering ring 3",
+        on(p.smep),
+        on(p.smap),
+        on(p.umip)
     );
     ACTIVE.store(true, Ordering::Relaxed);
     next()
@@ -566,7 +656,10 @@ fn setup(test: &Test) -> Result<(AddressSpace, UserRegs), String<160>> {
     }
     *PAGES.lock() = Some(pages);
     DATA_FRAME.store(data, Ordering::Relaxed);
-    Ok((space, UserRegs::new_thread(test.rip, STACK_TOP, 0)))
+    Ok((
+        space,
+        UserRegs::new_thread(test.rip, STACK_TOP, (test.arg)()),
+    ))
 }
 
 /// The running test program ended (its space is already destroyed): check, start the next.
@@ -602,7 +695,7 @@ pub fn irq_from_user(vector: u8) {
 /// Kernel-side checks of ring-3 support, run with the other in-kernel checks.
 pub const KERNEL_CHECKS: &[(&str, Check)] = &[
     ("user.gdt_tss_syscall_msrs", gdt_tss_syscall_msrs),
-    ("user.smep_smap_state", smep_smap_state),
+    ("user.smep_smap_umip_state", protections_state),
     ("uspace.map_unmap_destroy", uspace_map_unmap_destroy),
     ("uspace.copy_user_checks_access", uspace_copy_user),
     ("timer.ticks_in_idle", timer_ticks_in_idle),
@@ -639,22 +732,25 @@ fn gdt_tss_syscall_msrs(_: &BootInfo) -> Outcome {
     Ok(())
 }
 
-fn smep_smap_state(_: &BootInfo) -> Outcome {
+fn protections_state(_: &BootInfo) -> Outcome {
     use x86_64::registers::control::{Cr4, Cr4Flags};
-    let (smep, smap) = user::smep_smap();
+    let p = user::protections();
     let cr4 = Cr4::read();
+    let on = |b: bool| if b { "on" } else { "off: CPU lacks it" };
     crate::log!(
         info,
         "usertest",
-        "SMEP {}, SMAP {} (CR4 {:#x})",
-        if smep { "on" } else { "off: CPU lacks it" },
-        if smap { "on" } else { "off: CPU lacks it" },
+        "SMEP {}, SMAP {}, UMIP {} (CR4 {:#x})",
+        on(p.smep),
+        on(p.smap),
+        on(p.umip),
         cr4.bits()
     );
     ensure!(
-        cr4.contains(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION) == smep
-            && cr4.contains(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION) == smap,
-        "CR4 {:#x} disagrees with SMEP {smep} SMAP {smap}",
+        cr4.contains(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION) == p.smep
+            && cr4.contains(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION) == p.smap
+            && cr4.contains(Cr4Flags::USER_MODE_INSTRUCTION_PREVENTION) == p.umip,
+        "CR4 {:#x} disagrees with {p:?}",
         cr4.bits()
     );
     ensure!(

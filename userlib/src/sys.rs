@@ -1080,21 +1080,54 @@ pub fn with_mapped_read<R>(
     Ok(result)
 }
 
-/// The GDTR and IDTR limits as ring 3 reads them with SGDT/SIDT (allowed at CPL 3 while the
-/// kernel leaves CR4.UMIP off): for the suites that check what a task can see of the kernel.
+/// Whether the CPU has UMIP (CPUID.(7,0):ECX bit 2); the kernel turns it on wherever it
+/// exists, and then SGDT, SIDT, SLDT, STR and SMSW raise #GP in ring 3.
 #[cfg(target_os = "none")]
-pub fn descriptor_table_limits() -> (u16, u16) {
+pub fn cpu_has_umip() -> bool {
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    max >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 2) != 0
+}
+
+/// The GDTR and IDTR limits as ring 3 reads them with SGDT/SIDT, or `None` where the kernel
+/// has turned CR4.UMIP on (they would raise #GP): for the suites that check what a task can
+/// see of the kernel.
+#[cfg(target_os = "none")]
+pub fn descriptor_table_limits() -> Option<(u16, u16)> {
+    if cpu_has_umip() {
+        return None;
+    }
     let mut gdtr = [0u8; 10];
     let mut idtr = [0u8; 10];
-    // SAFETY: SGDT and SIDT store 10 bytes each into the local buffers and change nothing else.
+    // SAFETY: SGDT and SIDT store 10 bytes each into the local buffers and change nothing
+    // else; without UMIP they are allowed at CPL 3.
     unsafe {
         core::arch::asm!("sgdt [{g}]", "sidt [{i}]", g = in(reg) &mut gdtr, i = in(reg) &mut idtr,
             options(nostack))
     };
-    (
+    Some((
         u16::from_le_bytes([gdtr[0], gdtr[1]]),
         u16::from_le_bytes([idtr[0], idtr[1]]),
-    )
+    ))
+}
+
+/// How many of the 8,192 ring-3 selectors of the GDT (index 0 to 8191, RPL 3) LSL accepts:
+/// the few user-visible descriptors of the kernel's GDT, unless the GDT limit lets ring 3
+/// read memory past the table as descriptors. Works with and without UMIP.
+#[cfg(target_os = "none")]
+pub fn gdt_selectors_accepted() -> u32 {
+    let mut accepted = 0u32;
+    for index in 0..8192u32 {
+        let selector = (index << 3) | 3;
+        let ok: u8;
+        // SAFETY: LSL only reads a descriptor through the CPU's own checks (it sets ZF or
+        // not) and writes the two named registers.
+        unsafe {
+            core::arch::asm!("lsl {lim:e}, {sel:e}", "setz {ok}", sel = in(reg) selector,
+                lim = out(reg) _, ok = out(reg_byte) ok, options(nomem, nostack))
+        };
+        accepted += u32::from(ok);
+    }
+    accepted
 }
 
 /// Deliberate CPU exceptions, for the test servers that crash on request.

@@ -6,7 +6,7 @@
 //! `rsp0` is the top of the kernel entry stack, where every entry from ring 3 starts.
 
 use spin::LazyLock;
-use x86_64::instructions::segmentation::{Segment, CS, DS, ES, SS};
+use x86_64::instructions::segmentation::{Segment, CS, DS, ES, FS, GS, SS};
 use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
@@ -60,20 +60,31 @@ static GDT: LazyLock<(GlobalDescriptorTable, Selectors)> = LazyLock::new(|| {
 });
 
 /// Loads the GDT, reloads the segment registers and loads the TSS, then programs the
-/// `syscall` MSRs (`arch::user::init_syscall`), which name these selectors.
+/// `syscall` MSRs (`arch::user::init_syscall`), which name these selectors. DS, ES, FS and GS
+/// hold the null selector in the kernel (64-bit mode does not use them), so that
+/// `user::return_to_user` can tell in one comparison whether ring 3 loaded one of them.
 pub fn init() {
     let (gdt, sel) = &*GDT;
     gdt.load();
     // SAFETY: the selectors index descriptors of the GDT just loaded, which lives in a static
     // for the kernel's lifetime: a 64-bit code segment, a data segment and an available TSS.
+    // The null selector is valid in DS, ES, FS and GS in 64-bit mode.
     unsafe {
         CS::set_reg(sel.kernel_code);
-        DS::set_reg(sel.kernel_data);
-        ES::set_reg(sel.kernel_data);
+        DS::set_reg(SegmentSelector(0));
+        ES::set_reg(SegmentSelector(0));
+        FS::set_reg(SegmentSelector(0));
+        GS::set_reg(SegmentSelector(0));
         SS::set_reg(sel.kernel_data);
         load_tss(sel.tss);
     }
     super::user::init_syscall(sel);
+}
+
+/// The first ring-3 selector past the end of the GDT: LSL, LAR and segment loads must refuse
+/// it and every selector above it.
+pub fn first_selector_past() -> u64 {
+    (u64::from(GDT.0.limit()) + 1) | 3
 }
 
 #[inline]

@@ -14,9 +14,11 @@ use super::timer;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, Ordering};
 use microkernel::kobj::regs::UserRegs;
+use x86_64::instructions::segmentation::{Segment, DS, ES, FS, GS};
 use x86_64::registers::control::{Cr4, Cr4Flags};
-use x86_64::registers::model_specific::{Efer, EferFlags, LStar, SFMask, Star};
+use x86_64::registers::model_specific::{Efer, EferFlags, FsBase, GsBase, LStar, SFMask, Star};
 use x86_64::registers::rflags::RFlags;
+use x86_64::structures::gdt::SegmentSelector;
 use x86_64::VirtAddr;
 
 /// Size of the kernel entry stack.
@@ -206,38 +208,59 @@ pub(super) fn init_syscall(sel: &Selectors) {
 
 static SMAP_ON: AtomicBool = AtomicBool::new(false);
 static SMEP_ON: AtomicBool = AtomicBool::new(false);
+static UMIP_ON: AtomicBool = AtomicBool::new(false);
 
-/// Turns on CR4.SMEP and CR4.SMAP where CPUID.(7,0):EBX bits 7 and 20 say the CPU has them;
-/// returns (smep, smap). CR4.TSD stays clear: user code may use `rdtsc`.
-pub fn enable_smep_smap() -> (bool, bool) {
-    let ebx = if super::cpu::cpuid_max().0 >= 7 {
-        super::cpu::cpuid(7, 0).1
+/// The protections of the kernel from ring 3 that depend on the CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct Protections {
+    /// CR4.SMEP: the kernel never executes a user page.
+    pub smep: bool,
+    /// CR4.SMAP: the kernel never reads or writes a user page through a user address.
+    pub smap: bool,
+    /// CR4.UMIP: ring 3 cannot read the GDTR, IDTR, LDTR, TR or MSW (SGDT, SIDT, SLDT, STR and
+    /// SMSW raise #GP), so a task learns nothing of where the kernel's tables are.
+    pub umip: bool,
+}
+
+/// Turns on CR4.SMEP, CR4.SMAP and CR4.UMIP where CPUID.(7,0) says the CPU has them (EBX bits
+/// 7 and 20, ECX bit 2). CR4.TSD stays clear: user code may use `rdtsc`.
+pub fn enable_protections() -> Protections {
+    let (ebx, ecx) = if super::cpu::cpuid_max().0 >= 7 {
+        let (_, ebx, ecx, _) = super::cpu::cpuid(7, 0);
+        (ebx, ecx)
     } else {
-        0
+        (0, 0)
     };
-    let smep = ebx & (1 << 7) != 0;
-    let smap = ebx & (1 << 20) != 0;
+    let on = Protections {
+        smep: ebx & (1 << 7) != 0,
+        smap: ebx & (1 << 20) != 0,
+        umip: ecx & (1 << 2) != 0,
+    };
     // SAFETY: the kernel never executes user pages, and it reaches user memory only through
     // the direct map (`mm::uspace`), never through user addresses; RFLAGS.AC is clear in
-    // kernel mode (SFMASK and the entries clear it), so SMAP enforces that.
+    // kernel mode (SFMASK and the entries clear it), so SMAP enforces that. UMIP only makes
+    // the descriptor-table store instructions fault at CPL 3; the kernel runs at CPL 0.
     unsafe {
         Cr4::update(|f| {
-            f.set(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION, smep);
-            f.set(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION, smap);
+            f.set(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION, on.smep);
+            f.set(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION, on.smap);
+            f.set(Cr4Flags::USER_MODE_INSTRUCTION_PREVENTION, on.umip);
             f.remove(Cr4Flags::TIMESTAMP_DISABLE);
         })
     };
-    SMEP_ON.store(smep, Ordering::Relaxed);
-    SMAP_ON.store(smap, Ordering::Relaxed);
-    (smep, smap)
+    SMEP_ON.store(on.smep, Ordering::Relaxed);
+    SMAP_ON.store(on.smap, Ordering::Relaxed);
+    UMIP_ON.store(on.umip, Ordering::Relaxed);
+    on
 }
 
-/// Whether SMEP and SMAP are on: (smep, smap).
-pub fn smep_smap() -> (bool, bool) {
-    (
-        SMEP_ON.load(Ordering::Relaxed),
-        SMAP_ON.load(Ordering::Relaxed),
-    )
+/// The protections [`enable_protections`] turned on.
+pub fn protections() -> Protections {
+    Protections {
+        smep: SMEP_ON.load(Ordering::Relaxed),
+        smap: SMAP_ON.load(Ordering::Relaxed),
+        umip: UMIP_ON.load(Ordering::Relaxed),
+    }
 }
 
 /// Clears RFLAGS.AC after an interrupt or exception from ring 3 (which do not clear it), so a
@@ -261,8 +284,32 @@ pub fn is_user_rip(rip: u64) -> bool {
     rip < USER_END
 }
 
+/// Puts the null selector back into DS, ES, FS and GS (and zero into the FS and GS bases) if
+/// ring 3 loaded any of them. The kernel keeps them null (`gdt::init`) and does not keep them
+/// per thread: a selector a task loads never reaches the next thread that runs, whichever
+/// task it belongs to. The common case is four register reads.
+fn clear_user_segments() {
+    let loaded = DS::get_reg().0 | ES::get_reg().0 | FS::get_reg().0 | GS::get_reg().0;
+    if loaded == 0 {
+        return;
+    }
+    let null = SegmentSelector(0);
+    // SAFETY: the null selector is valid in DS, ES, FS and GS in 64-bit mode, and the kernel
+    // does not use them; writing zero to the FS and GS base MSRs only changes those bases
+    // (AMD CPUs keep the base when a null selector is loaded; zero is what the kernel expects).
+    unsafe {
+        DS::set_reg(null);
+        ES::set_reg(null);
+        FS::set_reg(null);
+        GS::set_reg(null);
+        FsBase::write(VirtAddr::zero());
+        GsBase::write(VirtAddr::zero());
+    }
+}
+
 /// Loads every register from `regs` and returns to ring 3 with `iretq` (in the address space
-/// currently in CR3), abandoning the current kernel stack. RFLAGS is sanitized (IF on, IOPL 0,
+/// currently in CR3), abandoning the current kernel stack. DS, ES, FS and GS are null on the
+/// way out ([`clear_user_segments`]). RFLAGS is sanitized (IF on, IOPL 0,
 /// no TF/NT/AC/...). A `rip` outside the user half is not returned to: it is delivered as a
 /// #GP through `kentry::user_exception` instead, so `iretq` cannot fault in ring 0.
 pub fn return_to_user(regs: &UserRegs) -> ! {
@@ -270,6 +317,7 @@ pub fn return_to_user(regs: &UserRegs) -> ! {
         let mut copy = *regs;
         crate::kentry::user_exception(13, 0, 0, &mut copy)
     }
+    clear_user_segments();
     let rflags = sanitize_rflags(regs.rflags);
     let sel = gdt::selectors();
     let cs = u64::from(sel.user_code.0);

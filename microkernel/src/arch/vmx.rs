@@ -330,8 +330,9 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         (HOST_CR4, Cr4::read_raw()),
         (HOST_CS_SELECTOR, u64::from(sel.kernel_code.0)),
         (HOST_SS_SELECTOR, u64::from(sel.kernel_data.0)),
-        (HOST_DS_SELECTOR, u64::from(sel.kernel_data.0)),
-        (HOST_ES_SELECTOR, u64::from(sel.kernel_data.0)),
+        // DS and ES are null in the kernel (see `gdt::init`).
+        (HOST_DS_SELECTOR, 0),
+        (HOST_ES_SELECTOR, 0),
         (HOST_FS_SELECTOR, 0),
         (HOST_GS_SELECTOR, 0),
         (HOST_TR_SELECTOR, u64::from(sel.tss.0)),

@@ -173,9 +173,16 @@ pub fn init(boot: &BootInfo) -> Result<(), PagingError> {
     TABLE_FRAME_LIMIT.store(u64::MAX, Ordering::Relaxed);
     KERNEL_PML4.store(pml4_phys, Ordering::Relaxed);
     *KERNEL_TABLES.lock() = Some(tables);
-    let (smep, smap) = crate::arch::user::enable_smep_smap();
+    let p = crate::arch::user::enable_protections();
     let on = |b: bool| if b { "on" } else { "off (not supported)" };
-    crate::log!(info, "cpu", "SMEP {}, SMAP {}", on(smep), on(smap));
+    crate::log!(
+        info,
+        "cpu",
+        "SMEP {}, SMAP {}, UMIP {}",
+        on(p.smep),
+        on(p.smap),
+        on(p.umip)
+    );
     Ok(())
 }
 
