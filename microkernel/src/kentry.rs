@@ -214,17 +214,13 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         crate::scenario::exit(ExitCode::Crash)
     };
     {
-        let (guest, vmcs) = k.guest_context(t);
+        let (guest, vmcs, _) = k.guest_context(t);
         let (rip, rflags, rsp) = (guest.rip, guest.rflags, guest.rsp);
         *guest = *regs;
         (guest.rip, guest.rflags, guest.rsp) = (rip, rflags, rsp);
-        // A VM-entry failure (reason bit 31) leaves the VMCS's launch state as it was: a
-        // failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
-        if reason & (1 << 31) == 0 {
-            vmcs.launched = true;
-        }
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
     }
+    k.vm_exited(t, reason);
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
         let real = vmx::acknowledge_exit_interrupt(info);

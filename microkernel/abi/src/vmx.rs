@@ -65,6 +65,11 @@ pub mod reason {
     pub const WBINVD: u32 = 54;
     pub const XSETBV: u32 = 55;
 
+    /// Exits the kernel handles itself and never routes through a portal: a host interrupt,
+    /// and the end of a run's time slice (the VMX-preemption timer bounds every run). The
+    /// vCPU goes on running after other threads had their turn.
+    pub const KERNEL_HANDLED: [u32; 2] = [EXTERNAL_INTERRUPT, PREEMPTION_TIMER];
+
     /// A short name for reports ("cpuid", "io", ...); `None` for reasons Umbra does not name.
     pub fn name(r: u32) -> Option<&'static str> {
         Some(match r {

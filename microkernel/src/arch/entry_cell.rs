@@ -72,16 +72,16 @@ impl<T> Entered<'_, T> {
     #[inline]
     pub fn enter_guest(
         mut self,
-        pick: impl FnOnce(&mut T) -> (&mut UserRegs, &mut super::vmx::Vmcs),
+        pick: impl FnOnce(&mut T) -> (&mut UserRegs, &mut super::vmx::Vmcs, bool),
     ) -> ! {
-        let (regs, vmcs) = pick(&mut self);
+        let (regs, vmcs, launched) = pick(&mut self);
         let (regs, vmcs): (*const UserRegs, *const super::vmx::Vmcs) = (regs, vmcs);
         let cell = self.cell;
         core::mem::forget(self);
         cell.entered.store(false, Ordering::Release);
         // SAFETY: both point into the cell's value, in a static. Interrupts are off and there
         // is one CPU, so nothing enters the cell before VM entry has read them.
-        super::vmx::enter(unsafe { &*regs }, unsafe { &*vmcs })
+        super::vmx::enter(unsafe { &*regs }, unsafe { &*vmcs }, launched)
     }
 
     /// Leaves the cell and returns to ring 3 with the registers `regs` picks inside it (see

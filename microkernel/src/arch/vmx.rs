@@ -28,6 +28,7 @@ const MSR_VMX_TRUE_PINBASED: u32 = 0x48d;
 const MSR_VMX_TRUE_PROCBASED: u32 = 0x48e;
 const MSR_VMX_TRUE_EXIT: u32 = 0x48f;
 const MSR_VMX_TRUE_ENTRY: u32 = 0x490;
+const MSR_VMX_MISC: u32 = 0x485;
 const MSR_PAT: u32 = 0x277;
 const MSR_EFER: u32 = 0xc000_0080;
 
@@ -46,6 +47,7 @@ const GUEST_IA32_DEBUGCTL: u64 = 0x2802;
 const HOST_IA32_PAT: u64 = 0x2c00;
 const HOST_IA32_EFER: u64 = 0x2c02;
 const PIN_BASED_CONTROLS: u64 = 0x4000;
+const PREEMPTION_TIMER_VALUE: u64 = 0x482e;
 const PROC_BASED_CONTROLS: u64 = 0x4002;
 const PAGE_FAULT_ERROR_MASK: u64 = 0x4006;
 const PAGE_FAULT_ERROR_MATCH: u64 = 0x4008;
@@ -70,8 +72,16 @@ const HOST_SYSENTER_EIP: u64 = 0x6c12;
 const HOST_RSP: u64 = 0x6c14;
 const HOST_RIP: u64 = 0x6c16;
 
-/// Pin-based: external-interrupt exiting (the host's timer keeps ticking).
-const PIN_WANT: u32 = 1;
+/// Pin-based: external-interrupt exiting (the host's timer keeps ticking) and the
+/// VMX-preemption timer.
+const PIN_WANT: u32 = 1 | (1 << 6);
+/// The longest a guest runs between two VM exits, in TSC ticks: every entry arms the
+/// VMX-preemption timer with it. External interrupts already exit in the active and HLT
+/// states; the timer also bounds a run in which they cannot (an activity state the object
+/// model refused to set, a CPU quirk). 2^18 ticks is about 90 us at 3 GHz (some 11,000 exits
+/// a second, about 1% of a core) and about a quarter of a 100 Hz timer tick in Bochs, where
+/// the TSC counts instructions, so the suites see the timer fire.
+pub const GUEST_SLICE_TSC: u64 = 1 << 18;
 /// Primary: HLT exiting, unconditional I/O exiting, secondary controls. No MSR bitmaps, so
 /// every RDMSR/WRMSR exits; CPUID always exits.
 const PROC_WANT: u32 = (1 << 7) | (1 << 24) | (1 << 31);
@@ -98,6 +108,9 @@ struct Controls {
     proc2_shadow: u32,
     exit: u32,
     entry: u32,
+    /// The VMX-preemption timer's value for one slice: [`GUEST_SLICE_TSC`] scaled by the
+    /// timer's rate (IA32_VMX_MISC bits 4:0).
+    slice: u32,
 }
 
 static CONTROLS: Once<Controls> = Once::new();
@@ -117,11 +130,10 @@ static mut UMBRA_KERNEL_IDTR: TablePointer = TablePointer { limit: 0, base: 0 };
 /// Physical address of the current VMCS (`u64::MAX`: none).
 static CURRENT: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// A VMCS region and whether it was launched.
+/// A VMCS region (the object model keeps whether it was launched).
 #[derive(Debug)]
 pub struct Vmcs {
     pub phys: u64,
-    pub launched: bool,
     /// The guest's CR2 (VMX does not switch it): saved at every exit, loaded before entry.
     pub cr2: u64,
 }
@@ -136,7 +148,7 @@ fn adjust(msr: u64, want: u32) -> Option<u32> {
 }
 
 /// Enters VMX root operation if the CPU offers what Umbra needs (true controls, EPT, VPID,
-/// unrestricted guest). Returns why not otherwise.
+/// unrestricted guest, the VMX-preemption timer). Returns why not otherwise.
 pub fn init() -> Result<(), &'static str> {
     if !super::cpu::has_vmx() {
         return Err("CPUID.1:ECX.VMX is clear");
@@ -154,9 +166,13 @@ pub fn init() -> Result<(), &'static str> {
     let proc_shadow =
         adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_SHADOW_WANT).ok_or("INVLPG or CR3 exiting")?;
     let proc2_shadow = adjust(read(MSR_VMX_PROCBASED_CTLS2)?, 0).ok_or("secondary controls")?;
+    // Every CPU with unrestricted guest has the preemption timer; Umbra needs both.
+    let pin = adjust(read(MSR_VMX_TRUE_PINBASED)?, PIN_WANT).ok_or("VMX-preemption timer")?;
+    let rate = read(MSR_VMX_MISC)? & 0x1f;
+    let slice = (GUEST_SLICE_TSC >> rate).clamp(1, u64::from(u32::MAX)) as u32;
     let c = Controls {
         revision: basic as u32 & 0x7fff_ffff,
-        pin: adjust(read(MSR_VMX_TRUE_PINBASED)?, PIN_WANT).ok_or("pin controls")?,
+        pin,
         proc,
         proc2: adjust(read(MSR_VMX_PROCBASED_CTLS2)?, PROC2_WANT)
             .ok_or("EPT, VPID or unrestricted guest missing")?,
@@ -164,6 +180,7 @@ pub fn init() -> Result<(), &'static str> {
         proc2_shadow,
         exit: adjust(read(MSR_VMX_TRUE_EXIT)?, EXIT_WANT).ok_or("exit controls")?,
         entry: adjust(read(MSR_VMX_TRUE_ENTRY)?, ENTRY_WANT).ok_or("entry controls")?,
+        slice,
     };
     if fc & 1 == 0 {
         // Unlocked: allow VMXON outside SMX and lock.
@@ -394,11 +411,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
             if code { 0xc09b } else { 0xc093 },
         );
     }
-    Some(Vmcs {
-        phys,
-        launched: false,
-        cr2: 0,
-    })
+    Some(Vmcs { phys, cr2: 0 })
 }
 
 /// Frees a VMCS region (VMCLEAR first so the CPU holds no cached copy).
@@ -455,14 +468,18 @@ extern "C" {
 }
 
 /// Enters the guest whose VMCS is `vmcs` with general-purpose registers from `regs`
-/// (VMLAUNCH the first time, VMRESUME after). Never returns: the next VM exit enters
+/// (VMRESUME if the object model says it was `launched`, VMLAUNCH otherwise). Never returns: the next VM exit enters
 /// `kentry::vm_exit`; a failed entry enters `kentry::vm_entry_failed`.
-pub fn enter(regs: &UserRegs, vmcs: &Vmcs) -> ! {
+pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     make_current(vmcs.phys);
+    if let Some(c) = CONTROLS.get() {
+        // The timer counts down from here; reaching zero exits (reason 52).
+        vmwrite(PREEMPTION_TIMER_VALUE, u64::from(c.slice));
+    }
     // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
     // between here and the VM entry, so the guest finds its own value.
     unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
-    let launched = u64::from(vmcs.launched);
+    let launched = u64::from(launched);
     // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
     // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is
     // whatever the object model allowed; the CPU checks it and fails the entry cleanly.

@@ -205,6 +205,9 @@ pub(super) fn exit(
     qualification: u64,
     instruction_len: u64,
 ) -> Next {
+    // As `kentry::vm_exit` does: the launch state first, then the exit's handling.
+    let t = k.current.expect("a guest is running");
+    k.vm_exited(t, reason);
     k.on_vm_exit(VmExit {
         reason,
         qualification,
@@ -886,6 +889,65 @@ fn failed_entries_and_closed_portals_stop_the_vcpu() {
     assert_eq!(next, Next::User(run.runner));
     assert_eq!(run_result(k, run.runner).0, stop::PORTAL_GONE);
     assert_eq!(k.thread(vt).state, ThreadState::Suspended);
+}
+
+#[test]
+fn only_an_exit_after_a_successful_entry_marks_the_vmcs_launched() {
+    let mut v = vmm();
+    let run = run(&mut v, true);
+    let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
+    let launched = |k: &Kernel<Model>| k.vcpus[vi as usize].obj.as_ref().unwrap().launched;
+    assert!(
+        !k.guest_context(vt).2,
+        "a new vCPU is entered with VMLAUNCH"
+    );
+    // The first entry fails (invalid guest state): the next one must still be VMLAUNCH.
+    assert_eq!(
+        exit(k, 1 << 31 | reason::INVALID_GUEST_STATE, 0, 0),
+        Next::User(run.runner)
+    );
+    assert!(!launched(k), "a failed entry marked the VMCS launched");
+    assert_eq!(
+        sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]).0,
+        Next::Guest(vt)
+    );
+    assert!(!k.guest_context(vt).2);
+    // An ordinary exit: from now on VMRESUME.
+    exit(k, reason::HLT, 0, 1);
+    assert!(launched(k));
+}
+
+#[test]
+fn the_preemption_timer_ends_a_slice_and_the_guest_goes_on() {
+    let mut v = vmm();
+    // The kernel's own exits take no portal.
+    for r in reason::KERNEL_HANDLED {
+        let (_, regs) = sys(
+            &mut v.k,
+            Sys::VcpuPortal,
+            [v.vcpu, u64::from(r), v.ep, 0, 0, 0],
+        );
+        assert_eq!(status(&regs), Err(Error::InvalidArgument), "reason {r}");
+    }
+    let run = run(&mut v, true);
+    let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
+    let next = exit(k, reason::PREEMPTION_TIMER, 0, 0);
+    assert_eq!(
+        next,
+        Next::Guest(vt),
+        "nothing else is runnable: the guest goes on"
+    );
+    let vcpu = k.vcpus[vi as usize].obj.as_ref().unwrap();
+    assert_eq!(vcpu.exits[reason::PREEMPTION_TIMER as usize], 1);
+    assert_eq!(
+        k.thread(run.runner).state,
+        ThreadState::BlockedRun { vcpu: vi },
+        "VcpuRun did not return"
+    );
+    assert!(
+        matches!(k.thread(run.server).state, ThreadState::BlockedRecv { .. }),
+        "the server got nothing"
+    );
 }
 
 #[test]

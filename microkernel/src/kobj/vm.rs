@@ -97,6 +97,9 @@ pub struct Vcpu<V> {
     /// Shadow-paged vCPUs: the guest's own CR3 and EFER (the VMCS holds the hardware's).
     pub guest_cr3: u64,
     pub guest_efer: u64,
+    /// Whether its VMCS was launched: the next entry is VMRESUME. Set by the first exit
+    /// that follows a successful entry ([`Kernel::vm_exited`]), never by a failed entry.
+    pub launched: bool,
     pub refs: u32,
 }
 
@@ -123,12 +126,28 @@ impl<M: Machine> Kernel<M> {
         self.threads.0[t as usize].as_ref().and_then(|th| th.vcpu)
     }
 
-    /// The guest register file and VMCS to enter for a [`Next::Guest`] thread.
-    pub fn guest_context(&mut self, t: ThreadId) -> (&mut super::regs::UserRegs, &mut M::Vmcs) {
+    /// The guest register file and VMCS to enter for a [`Next::Guest`] thread, and whether
+    /// the VMCS was launched (VMRESUME) or not (VMLAUNCH).
+    pub fn guest_context(
+        &mut self,
+        t: ThreadId,
+    ) -> (&mut super::regs::UserRegs, &mut M::Vmcs, bool) {
         let vi = self.vcpu_of(t).expect("a vcpu thread");
         let th = self.threads.0[t as usize].as_mut().expect("live");
         let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
-        (&mut th.regs, &mut v.hw)
+        (&mut th.regs, &mut v.hw, v.launched)
+    }
+
+    /// The machine left the guest of thread `t` with exit `reason` (every exit, before it is
+    /// handled). An exit with the entry-failure bit (31) leaves the launch state as it was:
+    /// a failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
+    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) {
+        if reason & (1 << 31) != 0 {
+            return;
+        }
+        if let Some(vi) = self.vcpu_of(t) {
+            self.vcpu_mut(vi).launched = true;
+        }
     }
 
     // ----- syscalls -----
@@ -321,6 +340,7 @@ impl<M: Machine> Kernel<M> {
                 shadow: shadow.is_some(),
                 guest_cr3: 0,
                 guest_efer: 0,
+                launched: false,
                 refs: 0,
             },
         )
@@ -353,7 +373,7 @@ impl<M: Machine> Kernel<M> {
     pub(crate) fn sys_vcpu_portal(&mut self, a: [u64; 6]) -> SysResult {
         let cap = self.cap(a[0], CapKind::Vcpu, Rights::WRITE).map_err(err)?;
         let r = a[1] as usize;
-        if a[1] >= EXIT_REASONS as u64 {
+        if a[1] >= EXIT_REASONS as u64 || reason::KERNEL_HANDLED.contains(&(r as u32)) {
             return Err(err(Error::InvalidArgument));
         }
         let portal = match a[2] {
@@ -714,6 +734,11 @@ impl<M: Machine> Kernel<M> {
         }
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
+            return self.schedule();
+        }
+        if reason::KERNEL_HANDLED.contains(&basic) {
+            // The run's slice ended (or a host interrupt the machine already took): counted,
+            // and the vCPU stays runnable.
             return self.schedule();
         }
         let portal = self

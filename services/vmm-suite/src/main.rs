@@ -180,6 +180,8 @@ fn vmm_suite(t: &mut Tally) {
             ("vmcall", reason::VMCALL),
             ("hlt", reason::HLT),
             ("ept-violation", reason::EPT_VIOLATION),
+            // The kernel bounds every run with the VMX-preemption timer and counts its exits.
+            ("preemption-timer", reason::PREEMPTION_TIMER),
         ] {
             let n = exits_of(&s, r);
             t.check(
