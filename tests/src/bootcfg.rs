@@ -46,11 +46,11 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/ipc-suite",
-        manifest: "ipc-suite run=ipc needs=echo,supervisor",
+        manifest: "ipc-suite run=ipc needs=echo",
     },
     BootModule {
         path: "/boot/services/bench-ipc",
-        manifest: "bench-ipc run=bench-ipc needs=echo,supervisor",
+        manifest: "bench-ipc run=bench-ipc needs=echo",
     },
     BootModule {
         path: "/boot/services/mmu-service",
@@ -58,13 +58,11 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/vmm-service",
-        manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,supervisor,boot",
+        manifest: "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,boot",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
-        manifest:
-            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=vmm-service,supervisor,boot",
+        manifest: "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=boot,vmm-service",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -361,7 +359,7 @@ mod tests {
             "    multiboot2 /boot/umbra-kernel $umbra_cmdline\n    module2 /boot/services/supervisor supervisor\n"
         ));
         assert!(grub.contains(
-            "  module2 /boot/services/ipc-suite ipc-suite run=ipc needs=echo,supervisor\n  module2 /boot/services/bench-ipc bench-ipc run=bench-ipc needs=echo,supervisor\n  module2 /boot/services/mmu-service"
+            "  module2 /boot/services/ipc-suite ipc-suite run=ipc needs=echo\n  module2 /boot/services/bench-ipc bench-ipc run=bench-ipc needs=echo\n  module2 /boot/services/mmu-service"
         ));
     }
 

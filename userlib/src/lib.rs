@@ -2,7 +2,7 @@
 //!
 //! `sys`: the syscalls (raw and typed) and `print!`/`println!`; `rt`: the entry point
 //! (`userlib::entry!`) and the panic handler; `manifest`: the boot manifest lines the
-//! supervisor reads.
+//! supervisor reads; `wiring`: a service's capabilities by name.
 #![cfg_attr(not(test), no_std)]
 // `unsafe` is allowed only in `sys` (the `syscall` instruction and what the kernel does with
 // the memory it is given); every other module is safe code.
@@ -17,3 +17,4 @@ pub mod rt;
 pub mod server;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod wiring;

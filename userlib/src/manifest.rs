@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! echo restart=3 backoff=1
-//! ipc-suite run=ipc needs=echo,supervisor
+//! ipc-suite run=ipc needs=echo
 //! ```
 //!
 //! | key | value | default |
@@ -13,7 +13,7 @@
 //! | `restart` | how many times the supervisor restarts the service after a fault | 3 |
 //! | `backoff` | timer ticks to wait before a restart | 1 |
 //! | `run` | comma-separated scenarios the service runs in | empty: every scenario |
-//! | `needs` | comma-separated services that must be started first | empty |
+//! | `needs` | comma-separated services that must be started first; the service gets each one's endpoint, and takes it by name (`userlib::wiring`); `boot` names the read-only boot capability | empty |
 //! | `image` | `service` (a task the supervisor starts) or `guest` (a guest image the VMM loads; never started as a task) | `service` |
 //!
 //! Names (the service's, scenarios', needed services') are non-empty words of ASCII letters,

@@ -14,7 +14,7 @@ use heapless::Vec;
 use userlib::codec::{self, DecodeError, Message};
 use userlib::proto::echo::{self, CrashKind, EchoError};
 use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
-use userlib::proto::supervisor::{self, ServiceInfo, ServiceState, SupervisorError};
+use userlib::proto::supervisor::{self, ServiceInfo, ServiceState, SupervisorError, Wire};
 use userlib::proto::vmm::{
     self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
 };
@@ -43,7 +43,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 
 #[test]
 fn labels() {
-    assert_eq!(supervisor::LABEL, 0x0001_0001);
+    assert_eq!(supervisor::LABEL, 0x0001_0002);
     assert_eq!(echo::LABEL, 0x0100_0001);
     assert_eq!(vmm::LABEL, 0x0002_0002);
     assert_eq!(mmu::LABEL, 0x0003_0002);
@@ -72,6 +72,7 @@ fn supervisor_requests() {
         // 300 = 0b10_0101100: 0x2c | 0x80, then 2.
         (Request::Shutdown { code: 300 }, "05 ac 02"),
         (Request::Shutdown { code: 0 }, "05 00"),
+        (Request::Wiring, "06"),
     ]);
 }
 
@@ -154,6 +155,21 @@ fn supervisor_responses() {
         (Response::Granted, "04"),
         (Response::Restarted { generation: 128 }, "05 80 01"),
         (Response::ShuttingDown, "06"),
+        (Response::Wiring(Vec::new()), "07 00"),
+        // Two wires: "echo" in slot 4, "boot" in slot 200 (0x48 | 0x80, then 1).
+        (
+            Response::Wiring(Vec::from_iter([
+                Wire {
+                    name: name("echo"),
+                    slot: 4,
+                },
+                Wire {
+                    name: name("boot"),
+                    slot: 200,
+                },
+            ])),
+            "07 02  04 65 63 68 6f 04  04 62 6f 6f 74 c8 01",
+        ),
     ]);
 }
 

@@ -7,8 +7,9 @@
 //! access, HLT, VMCALL, triple fault) and answers each with the model's reply. EPT violations
 //! go to the MMU service directly (its endpoint, badged with the VM's handle there).
 //!
-//! Capabilities (manifest `needs=mmu-service,supervisor,boot`): slot 2 = own endpoint,
-//! 3 = supervisor, 4 = MMU service, 5 = supervisor again, 6 = boot (reads the guest images).
+//! Capabilities (manifest `needs=mmu-service,boot`, taken by name through
+//! `userlib::wiring`): its own endpoint, the MMU service's, and the boot capability (reads the
+//! guest images).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -21,15 +22,44 @@ use userlib::proto::vmm::{Request, Response, Vmm, VmmError};
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;
 use userlib::sys;
+use userlib::wiring::Wiring;
 
 userlib::entry!(vmm_main);
 
-const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
-const MMU: CapSlot = 4;
-/// The boot capability (manifest `needs=mmu-service,supervisor,boot`): reads guest images.
-const BOOT: CapSlot = 6;
+const OWN_EP: CapSlot = userlib::wiring::OWN_ENDPOINT;
+
+/// The capabilities the manifest gives by name, found once at start.
+struct Caps {
+    mmu: CapSlot,
+    boot: CapSlot,
+}
+
+static CAPS: spin::Once<Caps> = spin::Once::new();
+
+/// The MMU service's endpoint.
+fn mmu() -> CapSlot {
+    CAPS.get().map_or(abi::NO_CAP, |c| c.mmu)
+}
+
+/// The boot capability: reads the guest images.
+fn boot() -> CapSlot {
+    CAPS.get().map_or(abi::NO_CAP, |c| c.boot)
+}
 
 fn vmm_main(generation: u64) {
+    let caps = Wiring::fetch().and_then(|w| {
+        Ok(Caps {
+            mmu: w.endpoint("mmu-service")?,
+            boot: w.boot()?,
+        })
+    });
+    match caps {
+        Ok(c) => CAPS.call_once(|| c),
+        Err(e) => {
+            userlib::println!("vmm: cannot start: the MMU service or boot capability: {e}");
+            sys::task_exit(1)
+        }
+    };
     userlib::println!("vmm: serving, generation {generation}");
     let exit_ep = match exits::start() {
         Ok(ep) => ep,

@@ -85,11 +85,11 @@ fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
 /// (index, size).
 fn find_module(name: &str) -> Result<(u64, u64), VmmError> {
     let mut buf = [0u8; 128];
-    let count = sys::module_info(crate::BOOT, 0, &mut buf)
+    let count = sys::module_info(crate::boot(), 0, &mut buf)
         .map_err(kernel)?
         .count;
     for i in 0..count {
-        let info = sys::module_info(crate::BOOT, i, &mut buf).map_err(kernel)?;
+        let info = sys::module_info(crate::boot(), i, &mut buf).map_err(kernel)?;
         let line = core::str::from_utf8(&buf[..info.name_len.min(buf.len())]).unwrap_or("");
         let first = line.split_ascii_whitespace().next().unwrap_or("");
         if first.rsplit('/').next() == Some(name) {
@@ -131,7 +131,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     let mut len = 0;
     while (len as u64) < size {
         let n = sys::module_read(
-            crate::BOOT,
+            crate::boot(),
             module,
             len as u64,
             &mut image_buf[len..size as usize],
@@ -204,7 +204,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         Error::NoVmx => VmmError::NoVmx,
         e => kernel(e),
     })?);
-    let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
+    let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
     let handle = match mmu.call_with_cap(
         &mmu::Request::AttachVm {
             ram_pages: ram_bytes / PAGE,
@@ -266,7 +266,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         )]
     };
     for &(r, mask) in mmu_portals {
-        sys::vcpu_portal(vcpu, r, Some(crate::MMU), mask).map_err(kernel)?;
+        sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
     }
     for chunk in pairs.chunks(32) {
         sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
@@ -314,7 +314,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
 
 /// The MMU service's counters of a shadow-paged VM.
 fn shadow_stats(handle: u32) -> Option<mmu::ShadowStats> {
-    let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
+    let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
     match mmu.call(&mmu::Request::Stats { handle }) {
         Ok(mmu::Response::Stats { shadow, .. }) => shadow,
         _ => None,
@@ -355,7 +355,7 @@ struct Detach {
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        let mut mmu = userlib::ipc::client::<Mmu>(crate::MMU);
+        let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
         let _ = mmu.call(&mmu::Request::DetachVm {
             handle: self.handle,
         });

@@ -6,7 +6,8 @@
 //! `bench-ipc: N passed, M failed` (a size passes when every round trip came back with its
 //! payload), then asks the supervisor to end the scenario.
 //!
-//! Capabilities (manifest `needs=echo,supervisor`): slot 4 = echo, 5 = supervisor.
+//! Capabilities (manifest `needs=echo`, taken by name through `userlib::wiring`): echo's
+//! endpoint and the supervisor's.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -14,11 +15,11 @@ use abi::ipc::MAX_PAYLOAD;
 use abi::CapSlot;
 use userlib::proto::supervisor::{Request, Supervisor};
 use userlib::sys;
+use userlib::wiring::Wiring;
 
 userlib::entry!(bench_main);
 
-const ECHO: CapSlot = 4;
-const SUPERVISOR: CapSlot = 5;
+const SUPERVISOR: CapSlot = userlib::wiring::SUPERVISOR;
 /// The echo server's raw label (see `services/echo`).
 const BENCH_LABEL: u64 = 0xbe7c;
 const WARMUP: usize = 100;
@@ -27,11 +28,18 @@ const ROUNDS: usize = 1000;
 fn bench_main(_generation: u64) {
     let mut passed = 0;
     let mut failed = 0;
+    let echo = match Wiring::fetch().and_then(|w| w.endpoint("echo")) {
+        Ok(ep) => ep,
+        Err(e) => {
+            userlib::println!("bench-ipc: no echo endpoint: {e}");
+            abi::NO_CAP
+        }
+    };
     userlib::println!(
         "bench-ipc: csv payload_bytes,median_cycles,min_cycles,mean_cycles,max_cycles,rounds"
     );
     for size in [0usize, 64, MAX_PAYLOAD] {
-        match measure(size) {
+        match measure(echo, size) {
             Some(s) => {
                 passed += 1;
                 userlib::println!(
@@ -77,7 +85,7 @@ struct Stats {
 }
 
 /// Times `ROUNDS` round trips of `size` bytes; `None` if one failed or came back wrong.
-fn measure(size: usize) -> Option<Stats> {
+fn measure(echo: CapSlot, size: usize) -> Option<Stats> {
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut samples = [0u32; ROUNDS];
     for round in 0..WARMUP + ROUNDS {
@@ -85,7 +93,7 @@ fn measure(size: usize) -> Option<Stats> {
             *b = (i + round) as u8;
         }
         let t0 = sys::rdtsc();
-        let r = sys::call(ECHO, &mut buf, size, BENCH_LABEL, None);
+        let r = sys::call(echo, &mut buf, size, BENCH_LABEL, None);
         let t1 = sys::rdtsc();
         match r {
             Ok(reply) if reply.len == size && reply.label == BENCH_LABEL => {}

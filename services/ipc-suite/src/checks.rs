@@ -10,7 +10,7 @@ use userlib::proto::supervisor::{self, ServiceState, Supervisor, SupervisorError
 use userlib::proto::{ProtoError, Protocol};
 use userlib::sys::{self, SysError};
 
-use crate::{Tally, ECHO, SUPERVISOR};
+use crate::{echo, Tally, SUPERVISOR};
 
 fn name(s: &str) -> supervisor::ServiceName {
     let mut n = supervisor::ServiceName::new();
@@ -36,10 +36,26 @@ pub fn supervisor_protocol(t: &mut Tally) {
         matches!(
             r,
             Ok(supervisor::Response::Version {
-                protocol: 1,
-                version: 1
+                protocol: supervisor::PROTOCOL_ID,
+                version: supervisor::VERSION
             })
         ),
+        format_args!("{r:?}"),
+    );
+    // The manifest says `needs=echo`: the wiring names echo, in a slot that holds an endpoint.
+    let r = sup.call(&supervisor::Request::Wiring);
+    let wired = match &r {
+        Ok(supervisor::Response::Wiring(w)) => {
+            w.len() == 1
+                && w[0].name == "echo"
+                && u64::from(w[0].slot) == echo()
+                && sys::cap_info(echo()).map(|i| i.kind) == Ok(Some(abi::CapKind::Endpoint))
+        }
+        _ => false,
+    };
+    t.check(
+        "supervisor Wiring: echo's endpoint, by name",
+        wired,
         format_args!("{r:?}"),
     );
     let r = sup.call(&supervisor::Request::ListServices);
@@ -118,7 +134,7 @@ pub fn supervisor_protocol(t: &mut Tally) {
 }
 
 pub fn echo_protocol(t: &mut Tally) {
-    let mut echo = userlib::ipc::client::<Echo>(ECHO);
+    let mut echo = userlib::ipc::client::<Echo>(echo());
     let r = echo.call(&echo::Request::Ping);
     t.check(
         "echo Ping",
@@ -210,7 +226,7 @@ pub fn echo_protocol(t: &mut Tally) {
 fn raw_echo(label: u64, bytes: &[u8]) -> Result<echo::Response, SysError> {
     let mut buf = [0u8; MAX_PAYLOAD];
     buf[..bytes.len()].copy_from_slice(bytes);
-    let r = sys::call(ECHO, &mut buf, bytes.len(), label, None)?;
+    let r = sys::call(echo(), &mut buf, bytes.len(), label, None)?;
     codec::decode::<echo::Response>(&buf[..r.len])
         .map_err(|_| SysError::Other(Error::InvalidArgument))
 }
@@ -274,13 +290,13 @@ pub fn malformed(t: &mut Tally) {
         format_args!("{r:?}"),
     );
     let mut big = [0u8; MAX_PAYLOAD + 1];
-    let r = sys::call(ECHO, &mut big, MAX_PAYLOAD + 1, label, None);
+    let r = sys::call(echo(), &mut big, MAX_PAYLOAD + 1, label, None);
     t.check(
         "oversize payload (513 bytes): BadLength",
         matches!(r, Err(SysError::Other(Error::BadLength))),
         format_args!("{r:?}"),
     );
-    let mut echo = userlib::ipc::client::<Echo>(ECHO);
+    let mut echo = userlib::ipc::client::<Echo>(echo());
     let r = echo.call(&echo::Request::Ping);
     t.check(
         "server still answers after malformed input",
@@ -315,14 +331,14 @@ pub fn capabilities(t: &mut Tally) {
         );
         let _ = sys::cap_delete(n);
     }
-    let recv_only = sys::cap_copy(ECHO, Rights::RECV, 0);
+    let recv_only = sys::cap_copy(echo(), Rights::RECV, 0);
     let r = recv_only.map(|c| sys::call(c, &mut buf, 0, Echo::LABEL, None));
     t.check(
         "call without the send right: NoRights",
         matches!(r, Ok(Err(SysError::Other(Error::NoRights)))),
         format_args!("{r:?}"),
     );
-    let no_grant = sys::cap_copy(ECHO, Rights::SEND, 0);
+    let no_grant = sys::cap_copy(echo(), Rights::SEND, 0);
     let mem = sys::mem_alloc(1);
     let r = match (no_grant, mem) {
         (Ok(c), Ok(m)) => Ok(sys::call(c, &mut buf, 0, Echo::LABEL, Some(m))),
@@ -381,7 +397,7 @@ pub fn capabilities(t: &mut Tally) {
 /// The echo server dies mid-call in each way; the caller sees `ServerRestarted` with the next
 /// generation, and its retry is answered by that generation.
 pub fn crash_mid_call(t: &mut Tally) {
-    let mut echo = userlib::ipc::client::<Echo>(ECHO);
+    let mut echo = userlib::ipc::client::<Echo>(echo());
     for kind in [
         CrashKind::PageFault,
         CrashKind::InvalidOpcode,
@@ -413,7 +429,7 @@ pub fn restart_on_request(t: &mut Tally) {
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let before = generation_of("echo").unwrap_or(0);
     let r = sup.call(&supervisor::Request::Restart { name: name("echo") });
-    let mut echo = userlib::ipc::client::<Echo>(ECHO);
+    let mut echo = userlib::ipc::client::<Echo>(echo());
     let p = echo.call(&echo::Request::Ping);
     t.check(
         "supervisor Restart: new generation serves",

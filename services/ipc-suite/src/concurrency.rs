@@ -6,7 +6,7 @@ use heapless::Vec;
 use userlib::proto::echo::{self, Echo};
 use userlib::sys::{self, ThreadStack};
 
-use crate::{Tally, ECHO};
+use crate::{echo, Tally};
 
 const WORKERS: u64 = 3;
 const CALLS: u32 = 25;
@@ -17,7 +17,7 @@ static GOOD: AtomicU32 = AtomicU32::new(0);
 static NOTIFICATION: AtomicU32 = AtomicU32::new(u32::MAX);
 
 extern "C" fn worker(index: u64) -> ! {
-    let mut client = userlib::ipc::client::<Echo>(ECHO);
+    let mut client = userlib::ipc::client::<Echo>(echo());
     for call in 0..CALLS {
         let mut data: Vec<u8, 32> = Vec::new();
         for i in 0..32u32 {

@@ -1,14 +1,13 @@
 //! Bad arguments to every syscall that takes a pointer, a length, a capability or a right:
 //! each gets its error code, and the suite (and the kernel) carry on.
 
-use abi::cap::slot;
 use abi::{Error, Sys, NO_CAP};
 use userlib::sys::{self, NEVER_MAPPED};
 
-use crate::{Tally, ECHO};
+use crate::{echo, Tally};
 
 const KERNEL_VA: u64 = 0xffff_8000_0000_0000;
-const OWN_EP: u64 = slot::FIRST_GRANTED;
+const OWN_EP: u64 = userlib::wiring::OWN_ENDPOINT;
 
 pub fn bad_arguments(t: &mut Tally) {
     let unmapped = NEVER_MAPPED.start;
@@ -41,43 +40,43 @@ pub fn bad_arguments(t: &mut Tally) {
         (
             "Call, unmapped buffer",
             Sys::Call,
-            [ECHO, unmapped, 10, 512, 0, NO_CAP],
+            [echo(), unmapped, 10, 512, 0, NO_CAP],
             Error::BadPointer,
         ),
         (
             "Call, kernel buffer",
             Sys::Call,
-            [ECHO, KERNEL_VA, 10, 512, 0, NO_CAP],
+            [echo(), KERNEL_VA, 10, 512, 0, NO_CAP],
             Error::BadPointer,
         ),
         (
             "Call, non-canonical buffer",
             Sys::Call,
-            [ECHO, 0x8000_0000_0000_0000 - 0x10, 10, 512, 0, NO_CAP],
+            [echo(), 0x8000_0000_0000_0000 - 0x10, 10, 512, 0, NO_CAP],
             Error::BadPointer,
         ),
         (
             "Call, length 600",
             Sys::Call,
-            [ECHO, unmapped, 600, 512, 0, NO_CAP],
+            [echo(), unmapped, 600, 512, 0, NO_CAP],
             Error::BadLength,
         ),
         (
             "Call, granting an empty slot",
             Sys::Call,
-            [ECHO, 0, 0, 0, 0, 50],
+            [echo(), 0, 0, 0, 0, 50],
             Error::InvalidCap,
         ),
         (
             "Send, unmapped buffer",
             Sys::Send,
-            [ECHO, unmapped, 10, 0, NO_CAP, 0],
+            [echo(), unmapped, 10, 0, NO_CAP, 0],
             Error::BadPointer,
         ),
         (
             "Send, length 513",
             Sys::Send,
-            [ECHO, unmapped, 513, 0, NO_CAP, 0],
+            [echo(), unmapped, 513, 0, NO_CAP, 0],
             Error::BadLength,
         ),
         (
@@ -95,7 +94,7 @@ pub fn bad_arguments(t: &mut Tally) {
         (
             "Recv, no receive right",
             Sys::Recv,
-            [ECHO, unmapped, 512, 0, 0, 0],
+            [echo(), unmapped, 512, 0, 0, 0],
             Error::NoRights,
         ),
         (
@@ -193,13 +192,13 @@ pub fn bad_arguments(t: &mut Tally) {
         (
             "TaskSpawn, without the spawn capability",
             Sys::TaskSpawn,
-            [0, 1, 1, NO_CAP, ECHO, 0],
+            [0, 1, 1, NO_CAP, echo(), 0],
             Error::WrongCapKind,
         ),
         (
             "TaskGrant, on an endpoint",
             Sys::TaskGrant,
-            [ECHO, ECHO, 0, 0, 0, 0],
+            [echo(), echo(), 0, 0, 0, 0],
             Error::WrongCapKind,
         ),
         (
@@ -211,19 +210,19 @@ pub fn bad_arguments(t: &mut Tally) {
         (
             "EndpointBind, without the revoke right",
             Sys::EndpointBind,
-            [ECHO, ECHO, 0, 0, 0, 0],
+            [echo(), echo(), 0, 0, 0, 0],
             Error::NoRights,
         ),
         (
             "EndpointClose, without the revoke right",
             Sys::EndpointClose,
-            [ECHO, 0, 0, 0, 0, 0],
+            [echo(), 0, 0, 0, 0, 0],
             Error::NoRights,
         ),
         (
             "MachineExit, without the machine capability",
             Sys::MachineExit,
-            [ECHO, 0, 0, 0, 0, 0],
+            [echo(), 0, 0, 0, 0, 0],
             Error::WrongCapKind,
         ),
         (
@@ -235,7 +234,7 @@ pub fn bad_arguments(t: &mut Tally) {
         (
             "Wait, on an endpoint",
             Sys::Wait,
-            [ECHO, 0, 0, 0, 0, 0],
+            [echo(), 0, 0, 0, 0, 0],
             Error::WrongCapKind,
         ),
         (
@@ -247,7 +246,7 @@ pub fn bad_arguments(t: &mut Tally) {
         (
             "CapRevoke, without the revoke right",
             Sys::CapRevoke,
-            [ECHO, 0, 0, 0, 0, 0],
+            [echo(), 0, 0, 0, 0, 0],
             Error::NoRights,
         ),
         (

@@ -3,8 +3,8 @@
 //! a server crashing mid-call. Prints `ipc: N passed, M failed`, then asks the supervisor to end
 //! the scenario with the matching exit code.
 //!
-//! Capabilities (from the supervisor, manifest `needs=echo,supervisor`): slot 2 = own endpoint,
-//! 3 = supervisor, 4 = echo, 5 = supervisor again.
+//! Capabilities (manifest `needs=echo`, taken by name through `userlib::wiring`): its own
+//! endpoint, the supervisor's and echo's.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -15,12 +15,20 @@ mod hostile;
 use core::fmt;
 
 use abi::CapSlot;
+use core::sync::atomic::{AtomicU64, Ordering};
 use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
+use userlib::wiring::Wiring;
 
 userlib::entry!(suite_main);
 
-pub const SUPERVISOR: CapSlot = 3;
-pub const ECHO: CapSlot = 4;
+pub const SUPERVISOR: CapSlot = userlib::wiring::SUPERVISOR;
+/// Echo's endpoint, found by name at start.
+static ECHO: AtomicU64 = AtomicU64::new(abi::NO_CAP);
+
+/// Echo's endpoint.
+pub fn echo() -> CapSlot {
+    ECHO.load(Ordering::Relaxed)
+}
 
 /// Counts and prints check results.
 pub struct Tally {
@@ -42,6 +50,10 @@ impl Tally {
 
 fn suite_main(generation: u64) {
     userlib::println!("ipc: suite starting (generation {generation})");
+    match Wiring::fetch().and_then(|w| w.endpoint("echo")) {
+        Ok(ep) => ECHO.store(ep, Ordering::Relaxed),
+        Err(e) => userlib::println!("ipc: no echo endpoint: {e}"),
+    }
     let mut t = Tally {
         passed: 0,
         failed: 0,

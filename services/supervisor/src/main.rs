@@ -3,11 +3,13 @@
 //! `proto::supervisor` requests, and restarts a service that faults (restart limit, doubling
 //! backoff, a give-up report), bumping its generation each time.
 //!
-//! Capabilities a service starts with (slots, in order): 2 = its own endpoint (receive),
-//! 3 = the supervisor's endpoint (send, badged with the service), then one endpoint per
-//! `needs=` name, in manifest order (`boot` gives a read-only copy of the boot capability,
-//! which reads the boot modules and the kernel command line). Start argument: the service's
-//! generation.
+//! Capabilities a service starts with: its own endpoint (receive) and the supervisor's
+//! endpoint (send, badged with the service) in the fixed slots `userlib::wiring::OWN_ENDPOINT`
+//! and `SUPERVISOR`, then one capability per `needs=` name (an endpoint; `boot` gives a
+//! read-only copy of the boot capability, which reads the boot modules and the kernel command
+//! line). Where each name landed is the service's wiring, which it asks for at start
+//! (`Request::Wiring`, `userlib::wiring`): no service counts on the manifest's order. Start
+//! argument: the service's generation.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -17,12 +19,13 @@ use abi::{CapSlot, Rights};
 use heapless::{String, Vec};
 use userlib::manifest::{self, ManifestEntry};
 use userlib::proto::supervisor::{
-    Request, Response, ServiceInfo, ServiceState, Supervisor, SupervisorError, MAX_SERVICES,
-    VERSION,
+    Request, Response, ServiceInfo, ServiceName, ServiceState, Supervisor, SupervisorError, Wire,
+    MAX_SERVICES, MAX_WIRES, VERSION,
 };
 use userlib::proto::{ProtoError, Protocol};
 use userlib::server::serve_one;
 use userlib::sys;
+use userlib::wiring;
 
 userlib::entry!(supervisor_main);
 
@@ -41,6 +44,8 @@ struct Service {
     generation: u32,
     state: ServiceState,
     restarts: u32,
+    /// Where the running task's `needs=` capabilities are (`Request::Wiring`).
+    wiring: Vec<Wire, MAX_WIRES>,
 }
 
 struct Registry {
@@ -113,6 +118,7 @@ fn setup() -> Result<Registry, &'static str> {
             generation: 1,
             state: ServiceState::Stopped,
             restarts: 0,
+            wiring: Vec::new(),
         };
         if sup.services.push(service).is_err() {
             userlib::println!("supervisor: more than {MAX_SERVICES} services; {text:?} skipped");
@@ -131,12 +137,12 @@ impl Registry {
         self.services.iter().position(|s| s.entry.name == name)
     }
 
-    /// Grants a badged copy of `ep` to `task`.
-    fn grant_badged(&self, task: CapSlot, ep: CapSlot, badge: u64) -> Result<(), abi::Error> {
+    /// Grants a badged copy of `ep` to `task`; returns its slot there.
+    fn grant_badged(&self, task: CapSlot, ep: CapSlot, badge: u64) -> Result<CapSlot, abi::Error> {
         let copy = sys::cap_copy(ep, Rights::SEND | Rights::GRANT, badge)?;
         let r = sys::task_grant(task, copy, Rights::all());
         let _ = sys::cap_delete(copy);
-        r.map(drop)
+        r
     }
 
     /// Spawns service `i` at its current generation, gives it its capabilities, starts it.
@@ -152,22 +158,33 @@ impl Registry {
         );
         let _ = sys::cap_delete(fault);
         let task = task?;
+        let mut wiring = Vec::new();
         let result = (|| {
-            sys::task_grant(task, s.ep, Rights::RECV | Rights::GRANT)?;
-            self.grant_badged(task, self.ep, CLIENT_BADGE | i as u64)?;
+            let own = sys::task_grant(task, s.ep, Rights::RECV | Rights::GRANT)?;
+            let sup = self.grant_badged(task, self.ep, CLIENT_BADGE | i as u64)?;
+            if own != wiring::OWN_ENDPOINT || sup != wiring::SUPERVISOR {
+                return Err(abi::Error::InvalidArgument);
+            }
             for need in &s.entry.needs {
-                if need == "boot" {
+                let slot = if need == wiring::BOOT {
                     // Reading the boot modules and the command line: read-only, no grant.
-                    sys::task_grant(task, slot::BOOT, Rights::READ)?;
-                    continue;
-                }
-                let ep = if need == "supervisor" {
-                    self.ep
+                    sys::task_grant(task, slot::BOOT, Rights::READ)?
                 } else {
-                    let j = self.find(need).ok_or(abi::Error::InvalidArgument)?;
-                    self.services[j].ep
+                    let ep = if need == "supervisor" {
+                        self.ep
+                    } else {
+                        let j = self.find(need).ok_or(abi::Error::InvalidArgument)?;
+                        self.services[j].ep
+                    };
+                    self.grant_badged(task, ep, CLIENT_BADGE | i as u64)?
                 };
-                self.grant_badged(task, ep, CLIENT_BADGE | i as u64)?;
+                let name = ServiceName::try_from(need.as_str())
+                    .map_err(|_| abi::Error::InvalidArgument)?;
+                let wire = Wire {
+                    name,
+                    slot: u32::try_from(slot).map_err(|_| abi::Error::InvalidArgument)?,
+                };
+                wiring.push(wire).map_err(|_| abi::Error::InvalidArgument)?;
             }
             sys::endpoint_bind(s.ep, task)?;
             sys::task_start(task, u64::from(s.generation))
@@ -180,6 +197,7 @@ impl Registry {
         let s = &mut self.services[i];
         s.task = Some(task);
         s.state = ServiceState::Running;
+        s.wiring = wiring;
         userlib::println!(
             "supervisor: started {} (generation {})",
             s.entry.name,
@@ -215,7 +233,9 @@ impl Registry {
             }
             let n = msg.len.min(MAX_PAYLOAD);
             request[..n].copy_from_slice(&buf[..n]);
-            let client = (msg.badge & 0xffff) as usize;
+            // Every capability to this endpoint the supervisor hands out is badged: a service's
+            // carries CLIENT_BADGE and its index.
+            let client = (msg.badge & CLIENT_BADGE != 0).then_some((msg.badge & 0xffff) as usize);
             (label, len) = serve_one::<Supervisor>(msg.label, &request[..n], &mut buf, |req| {
                 self.handle(client, req)
             });
@@ -234,7 +254,7 @@ impl Registry {
         }
     }
 
-    fn handle(&mut self, client: usize, req: Request) -> Response {
+    fn handle(&mut self, client: Option<usize>, req: Request) -> Response {
         let no_such = Response::Error(ProtoError::Service(SupervisorError::NoSuchService));
         match req {
             Request::Version => Response::Version {
@@ -262,7 +282,7 @@ impl Registry {
                 match sys::cap_copy(
                     self.services[i].ep,
                     Rights::SEND | Rights::GRANT,
-                    CLIENT_BADGE | client as u64,
+                    CLIENT_BADGE | client.map_or(0xffff, |c| c as u64),
                 ) {
                     Ok(cap) => {
                         self.granted = Some(cap);
@@ -292,6 +312,10 @@ impl Registry {
                     Err(_) => Response::Error(ProtoError::Service(SupervisorError::ServiceDown)),
                 }
             }
+            Request::Wiring => match client.and_then(|c| self.services.get(c)) {
+                Some(s) => Response::Wiring(s.wiring.clone()),
+                _ => Response::Error(ProtoError::Service(SupervisorError::NotPermitted)),
+            },
             Request::Shutdown { code } => {
                 self.summary();
                 userlib::println!("supervisor: shutdown requested, exit code {code}");

@@ -15,12 +15,13 @@
 //!
 //! Then it asks the supervisor to end the scenario with the matching code.
 //!
-//! Capabilities (manifest `needs=vmm-service,supervisor,boot`): slot 2 = own endpoint,
-//! 3 = supervisor, 4 = VMM service, 5 = supervisor again, 6 = boot (the command line).
+//! Capabilities (manifest `needs=boot,vmm-service`, taken by name through `userlib::wiring`):
+//! the supervisor's endpoint, the VMM service's and the boot capability (the command line).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use abi::CapSlot;
 use heapless::String;
@@ -32,13 +33,18 @@ use userlib::proto::vmm::{
 };
 use userlib::proto::ProtoError;
 use userlib::sys;
+use userlib::wiring::Wiring;
 
 userlib::entry!(suite_main);
 
-const SUPERVISOR: CapSlot = 3;
-const VMM: CapSlot = 4;
-/// The boot capability (manifest `needs=vmm-service,supervisor,boot`): the command line.
-const BOOT: CapSlot = 6;
+const SUPERVISOR: CapSlot = userlib::wiring::SUPERVISOR;
+/// The VMM service's endpoint and the boot capability, found by name at start.
+static VMM: AtomicU64 = AtomicU64::new(abi::NO_CAP);
+static BOOT: AtomicU64 = AtomicU64::new(abi::NO_CAP);
+
+fn vmm() -> CapSlot {
+    VMM.load(Ordering::Relaxed)
+}
 
 /// What every passing test guest reports: it wrote 0x10 to the debug-exit port.
 const GUEST_PASS: u32 = 0x21;
@@ -64,7 +70,7 @@ impl Tally {
 
 fn scenario() -> String<32> {
     let mut buf = [0u8; 256];
-    let n = sys::kernel_cmdline(BOOT, &mut buf)
+    let n = sys::kernel_cmdline(BOOT.load(Ordering::Relaxed), &mut buf)
         .unwrap_or(0)
         .min(buf.len());
     let line = core::str::from_utf8(&buf[..n]).unwrap_or("");
@@ -116,7 +122,7 @@ fn passing_shadow_guest(t: &mut Tally, what: &str, cfg: &VmConfig, audit: bool) 
 }
 
 fn run(config: &VmConfig) -> Result<Response, ClientError> {
-    let mut vmm = userlib::ipc::client::<Vmm>(VMM);
+    let mut vmm = userlib::ipc::client::<Vmm>(vmm());
     vmm.call(&Request::RunVm {
         config: config.clone(),
     })
@@ -359,7 +365,7 @@ fn vmm_suite(t: &mut Tally) {
     );
     // Garbage on the wire: a typed error, and the service keeps serving.
     let mut buf = [0xffu8; 16];
-    let r = sys::call(VMM, &mut buf, 16, userlib::proto::vmm::LABEL, None);
+    let r = sys::call(vmm(), &mut buf, 16, userlib::proto::vmm::LABEL, None);
     let ok = matches!(r, Ok(ref m) if m.len > 0 && buf[0] == 0);
     t.check(
         "malformed request answered with an error",
@@ -489,6 +495,14 @@ fn bench_mmu_suite(t: &mut Tally) {
 }
 
 fn suite_main(generation: u64) {
+    let wired = Wiring::fetch().and_then(|w| Ok((w.endpoint("vmm-service")?, w.boot()?)));
+    match wired {
+        Ok((vmm, boot)) => {
+            VMM.store(vmm, Ordering::Relaxed);
+            BOOT.store(boot, Ordering::Relaxed);
+        }
+        Err(e) => userlib::println!("vmm-suite: the VMM service or boot capability: {e}"),
+    }
     let scenario = scenario();
     let name: &'static str = match scenario.as_str() {
         abi::scenario::VMM => "vmm",

@@ -8,14 +8,17 @@ use super::{ids, ProtoError, Protocol};
 use crate::codec::{label, Message};
 
 pub const PROTOCOL_ID: u16 = ids::SUPERVISOR;
-pub const VERSION: u16 = 1;
-/// `0x0001_0001`.
+/// 2: [`Request::Wiring`].
+pub const VERSION: u16 = 2;
+/// `0x0001_0002`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest service name, in bytes.
 pub const NAME_LEN: usize = 16;
 /// Most services a [`Response::Services`] lists.
 pub const MAX_SERVICES: usize = 8;
+/// Most entries of a [`Response::Wiring`]: one per `needs=` name of the manifest.
+pub const MAX_WIRES: usize = crate::manifest::MAX_NEEDS;
 
 /// A service name (its boot module name).
 pub type ServiceName = String<NAME_LEN>;
@@ -54,10 +57,13 @@ pub enum Request {
     Restart { name: ServiceName },
     /// Ends the scenario with exit code `code`; answered with [`Response::ShuttingDown`].
     Shutdown { code: u32 },
+    /// Where the capabilities the caller's manifest line `needs=` landed in its table;
+    /// answered with [`Response::Wiring`] (see `userlib::wiring`).
+    Wiring,
 }
 
 impl Message for Request {
-    const OPCODE_COUNT: u32 = 6;
+    const OPCODE_COUNT: u32 = 7;
 }
 
 // Messages are fixed-size values (no heap in a service), so the size difference is the point.
@@ -78,10 +84,19 @@ pub enum Response {
     Restarted { generation: u32 },
     /// The scenario ends; no other request will be answered.
     ShuttingDown,
+    /// The caller's capabilities by name, in manifest order.
+    Wiring(Vec<Wire, MAX_WIRES>),
+}
+
+/// One capability a service was given at start: the `needs=` name and its slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wire {
+    pub name: ServiceName,
+    pub slot: u32,
 }
 
 impl Message for Response {
-    const OPCODE_COUNT: u32 = 7;
+    const OPCODE_COUNT: u32 = 8;
 }
 
 /// What the supervisor knows of one service.

@@ -97,6 +97,7 @@ pub fn any_supervisor_request() -> impl Strategy<Value = supervisor::Request> {
         any_name().prop_map(|name| Request::Lookup { name }),
         any_name().prop_map(|name| Request::Restart { name }),
         any::<u32>().prop_map(|code| Request::Shutdown { code }),
+        Just(Request::Wiring),
     ]
 }
 
@@ -112,6 +113,11 @@ pub fn any_supervisor_response() -> impl Strategy<Value = supervisor::Response> 
         Just(Response::Granted),
         any::<u32>().prop_map(|generation| Response::Restarted { generation }),
         Just(Response::ShuttingDown),
+        proptest::collection::vec(
+            (any_name(), any::<u32>()).prop_map(|(name, slot)| supervisor::Wire { name, slot }),
+            0..=supervisor::MAX_WIRES
+        )
+        .prop_map(|wires| Response::Wiring(Vec::from_iter(wires))),
     ]
 }
 
