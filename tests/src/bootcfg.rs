@@ -54,11 +54,12 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu restart=8",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu restart=8 pages=8192",
     },
     BootModule {
         path: "/boot/services/vmm-service",
-        manifest: "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,boot",
+        manifest:
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,boot pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",

@@ -15,6 +15,7 @@
 //! | `run` | comma-separated scenarios the service runs in | empty: every scenario |
 //! | `needs` | comma-separated services that must be started first; the service gets each one's endpoint, and takes it by name (`userlib::wiring`); `boot` names the read-only boot capability | empty |
 //! | `image` | `service` (a task the supervisor starts) or `guest` (a guest image the VMM loads; never started as a task) | `service` |
+//! | `pages` | the service's page budget: how many pages of memory it may allocate and hold at once (`MemAlloc`) | 1024 (4 MiB) |
 //!
 //! Names (the service's, scenarios', needed services') are non-empty words of ASCII letters,
 //! digits, `-`, `_` and `.`. Unknown keys, repeated keys, empty values or list items and
@@ -35,6 +36,10 @@ pub const MAX_NEEDS: usize = 8;
 pub const DEFAULT_RESTART: u32 = 3;
 /// Restart backoff, in timer ticks, when the line sets none.
 pub const DEFAULT_BACKOFF: u64 = 1;
+/// Page budget when the line sets none (4 MiB).
+pub const DEFAULT_PAGES: u64 = 1024;
+/// The keys a line may set, in the order [`parse`] numbers them.
+pub const KEYS: [&str; 6] = ["restart", "backoff", "run", "needs", "image", "pages"];
 
 /// A service or scenario name.
 pub type Name = String<NAME_MAX>;
@@ -54,6 +59,8 @@ pub struct ManifestEntry {
     pub needs: Vec<Name, MAX_NEEDS>,
     /// A guest image (`image=guest`), not a service.
     pub guest: bool,
+    /// How many pages of memory it may allocate and hold at once.
+    pub pages: u64,
 }
 
 impl ManifestEntry {
@@ -99,7 +106,7 @@ impl fmt::Display for ManifestError {
             ManifestError::Empty => "empty manifest line",
             ManifestError::BadName => "the first word must be the service name",
             ManifestError::NotKeyValue => "expected key=value",
-            ManifestError::UnknownKey => "unknown key (restart, backoff, run, needs, image)",
+            ManifestError::UnknownKey => "unknown key (restart, backoff, run, needs, image, pages)",
             ManifestError::DuplicateKey => "key given twice",
             ManifestError::EmptyValue => "empty value",
             ManifestError::BadNumber => "not a decimal number in range",
@@ -153,20 +160,18 @@ pub fn parse(line: &str) -> Result<ManifestEntry, ManifestError> {
         run: Vec::new(),
         needs: Vec::new(),
         guest: false,
+        pages: DEFAULT_PAGES,
     };
-    // restart, backoff, run, needs, image
-    let mut seen = [false; 5];
+    let mut seen = [false; KEYS.len()];
     for word in words {
         let (key, value) = word.split_once('=').ok_or(ManifestError::NotKeyValue)?;
-        let index = match key {
-            "restart" => 0,
-            "backoff" => 1,
-            "run" => 2,
-            "needs" => 3,
-            "image" => 4,
-            "" => return Err(ManifestError::NotKeyValue),
-            _ => return Err(ManifestError::UnknownKey),
-        };
+        if key.is_empty() {
+            return Err(ManifestError::NotKeyValue);
+        }
+        let index = KEYS
+            .iter()
+            .position(|k| *k == key)
+            .ok_or(ManifestError::UnknownKey)?;
         if core::mem::replace(&mut seen[index], true) {
             return Err(ManifestError::DuplicateKey);
         }
@@ -178,6 +183,7 @@ pub fn parse(line: &str) -> Result<ManifestEntry, ManifestError> {
             1 => entry.backoff = number(value)?,
             2 => entry.run = list(value)?,
             3 => entry.needs = list(value)?,
+            5 => entry.pages = number(value)?,
             _ => {
                 entry.guest = match value {
                     "service" => false,
@@ -294,10 +300,18 @@ mod tests {
     }
 
     #[test]
+    fn the_page_budget_defaults_and_parses() {
+        assert_eq!(parse("x").unwrap().pages, DEFAULT_PAGES);
+        assert_eq!(parse("x pages=17408").unwrap().pages, 17408);
+        assert_eq!(parse("x pages=-1"), Err(ManifestError::BadNumber));
+        assert_eq!(parse("x pages=1 pages=2"), Err(ManifestError::DuplicateKey));
+    }
+
+    #[test]
     fn errors_explain_themselves() {
         assert_eq!(
             std::format!("{}", ManifestError::UnknownKey),
-            "unknown key (restart, backoff, run, needs, image)"
+            "unknown key (restart, backoff, run, needs, image, pages)"
         );
     }
 }

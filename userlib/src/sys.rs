@@ -712,6 +712,12 @@ pub fn task_grant(task: CapSlot, cap: CapSlot, rights: Rights) -> Result<CapSlot
     plain(Sys::TaskGrant, [task, cap, rights.bits(), 0, 0]).map(|r| r[0])
 }
 
+/// Sets `task`'s page budget (how many pages of memory objects it may allocate and hold);
+/// returns (previous budget, pages it holds now).
+pub fn task_set_pages(task: CapSlot, pages: u64) -> Result<(u64, u64), Error> {
+    plain(Sys::TaskSetPages, [task, pages, 0, 0, 0]).map(|r| (r[0], r[1]))
+}
+
 /// Starts `task`'s first thread with `rdi = arg`.
 pub fn task_start(task: CapSlot, arg: u64) -> Result<(), Error> {
     plain(Sys::TaskStart, [task, arg, 0, 0, 0]).map(drop)

@@ -106,6 +106,11 @@ pub enum Sys {
     /// `offset` (fewer at the end of the module). Needs the [`crate::CapKind::Boot`]
     /// capability `boot`.
     ModuleRead = 89,
+    /// `(task, pages) -> (previous, in_use)`: sets how many pages of memory objects `task` may
+    /// have allocated with [`Sys::MemAlloc`] and alive at once (its page budget; a new task
+    /// has none). Needs the task capability with WRITE. Returns the previous budget and the
+    /// pages the task holds now.
+    TaskSetPages = 90,
 
     /// `(ram, flags) -> (vm cap)`: a new VM whose guest-physical RAM is the memory object `ram`
     /// (at guest-physical 0). `flags` ([`crate::vmx::vm_flags`]) picks the MMU mode: EPT
@@ -180,6 +185,7 @@ impl Sys {
         Sys::MachineExit,
         Sys::KernelCmdline,
         Sys::ModuleRead,
+        Sys::TaskSetPages,
         Sys::VmCreate,
         Sys::VmMapRam,
         Sys::VmUnmap,
@@ -229,6 +235,7 @@ impl Sys {
             87 => Sys::MachineExit,
             88 => Sys::KernelCmdline,
             89 => Sys::ModuleRead,
+            90 => Sys::TaskSetPages,
             96 => Sys::VmCreate,
             97 => Sys::VmMapRam,
             98 => Sys::VmUnmap,

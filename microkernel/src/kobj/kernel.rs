@@ -372,8 +372,12 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// A new memory object of `pages` zeroed frames, with no references yet.
-    pub(crate) fn new_memory(&mut self, pages: u64) -> Result<ObjRef, Error> {
-        if pages == 0 || pages > 1 << 16 {
+    pub(crate) fn new_memory(
+        &mut self,
+        pages: u64,
+        owner: Option<(u16, u32)>,
+    ) -> Result<ObjRef, Error> {
+        if pages == 0 || pages > MAX_MEMORY_PAGES {
             return Err(Error::BadLength);
         }
         if !self.memory.iter().any(|s| s.obj.is_none()) {
@@ -386,6 +390,7 @@ impl<M: Machine> Kernel<M> {
                 phys,
                 pages,
                 refs: 0,
+                owner,
             },
         )
         .expect("checked for a free slot");
@@ -394,6 +399,16 @@ impl<M: Machine> Kernel<M> {
             index,
             generation,
         })
+    }
+
+    /// Pages of live memory objects that `owner` (task index, slot generation) allocated.
+    pub(crate) fn pages_owned(&self, owner: (u16, u32)) -> u64 {
+        self.memory
+            .iter()
+            .filter_map(|s| s.obj.as_ref())
+            .filter(|m| m.owner == Some(owner))
+            .map(|m| m.pages)
+            .sum()
     }
 
     /// Maps a memory object into a task; the mapping holds a reference.
@@ -517,6 +532,7 @@ impl<M: Machine> Kernel<M> {
                 threads: 0,
                 main_thread: 0,
                 unmaps: 0,
+                page_budget: 0,
             },
         )
         .expect("checked for a free slot");
@@ -537,7 +553,7 @@ impl<M: Machine> Kernel<M> {
 
     fn load_image(&mut self, ti: u16, module: usize, plan: &image::LoadPlan) -> Result<(), Error> {
         for seg in &plan.segments {
-            let mem = self.new_memory(seg.pages)?;
+            let mem = self.new_memory(seg.pages, None)?;
             let phys = slot_get(&self.memory, mem).expect("new").phys;
             // Copy through a bounce buffer: the module and the machine are both `self`.
             let mut off = 0;
@@ -561,7 +577,7 @@ impl<M: Machine> Kernel<M> {
             }
             r?;
         }
-        let stack = self.new_memory(STACK_PAGES)?;
+        let stack = self.new_memory(STACK_PAGES, None)?;
         let access = PageAccess {
             write: true,
             exec: false,
@@ -783,6 +799,7 @@ impl<M: Machine> Kernel<M> {
     pub fn start_init(&mut self, module: usize) -> Result<u16, Error> {
         let ti = self.spawn(module, 1, super::queue::PRIORITIES as u8 - 2, None)?;
         self.init_task = Some(ti);
+        self.task_mut(ti).page_budget = u64::MAX;
         let spawn = Cap {
             obj: ObjRef {
                 kind: CapKind::Spawn,

@@ -89,6 +89,8 @@ pub trait Machine {
     fn frames_alloc(&mut self, pages: u64) -> Option<u64>;
     /// Returns frames from [`Machine::frames_alloc`].
     fn frames_free(&mut self, phys: u64, pages: u64);
+    /// How many frames are free now (the page budgets keep a reserve of them).
+    fn frames_available(&self) -> u64;
     /// Writes bytes into physical memory (loading ELF segments into fresh frames).
     fn write_phys(&mut self, phys: u64, data: &[u8]);
 

@@ -157,6 +157,9 @@ pub struct Task<S> {
     pub main_thread: ThreadId,
     /// Pages unmapped from this task so far (see [`Thread::checked_buf`]).
     pub unmaps: u64,
+    /// How many pages of memory objects it may have allocated ([`abi::Sys::MemAlloc`]) and
+    /// alive at once; set by its spawner ([`abi::Sys::TaskSetPages`]), none at first.
+    pub page_budget: u64,
 }
 
 /// Serving state of an endpoint.
@@ -200,6 +203,11 @@ pub struct Notification {
 /// many a service takes, the supervisor can still restart the others.
 pub const OBJECT_QUOTA: usize = 16;
 pub const SUPERVISOR_RESERVE: usize = 8;
+/// Free frames only the first task (the supervisor) may allocate into: whatever budgets the
+/// services have, it can still load a service's image and stack to restart it.
+pub const FRAME_RESERVE: u64 = 1024;
+/// The largest memory object, in pages (256 MiB).
+pub const MAX_MEMORY_PAGES: u64 = 1 << 16;
 
 #[derive(Debug)]
 pub struct Memory {
@@ -207,4 +215,7 @@ pub struct Memory {
     pub pages: u64,
     /// Capabilities and mappings naming it; the frames are freed at zero.
     pub refs: u32,
+    /// The task that allocated it with `MemAlloc` (see [`Endpoint::owner`]), whose page
+    /// budget it counts against; `None` for what the kernel made (task images, stacks).
+    pub owner: Option<(u16, u32)>,
 }

@@ -112,6 +112,7 @@ impl<M: Machine> Kernel<M> {
             Sys::TaskSpawn => self.sys_task_spawn(a),
             Sys::TaskGrant => self.sys_task_grant(a[0], a[1], a[2]),
             Sys::TaskStart => self.sys_task_start(a[0], a[1]),
+            Sys::TaskSetPages => self.sys_task_set_pages(a[0], a[1]),
             Sys::TaskKill => {
                 let cap = self.cap(a[0], CapKind::Task, Rights::WRITE).map_err(err)?;
                 self.end_task(cap.obj.index, Death::Killed);
@@ -425,9 +426,38 @@ impl<M: Machine> Kernel<M> {
         Ok(None)
     }
 
+    /// `MemAlloc(pages)`: everything is checked before a frame is taken: the length, the
+    /// caller's page budget (the first task has none), the frames only the first task may
+    /// use ([`FRAME_RESERVE`]) and a free capability slot.
     fn sys_mem_alloc(&mut self, pages: u64) -> SysResult {
-        let obj = self.new_memory(pages).map_err(err)?;
+        if pages == 0 || pages > MAX_MEMORY_PAGES {
+            return Err(err(Error::BadLength));
+        }
+        let ti = self.cur_task();
+        if self.init_task != Some(ti) {
+            let owner = (ti, self.tasks[ti as usize].generation);
+            let budget = self.task(ti).page_budget;
+            let in_use = self.pages_owned(owner);
+            let available = self.machine.frames_available();
+            if in_use + pages > budget || available < pages + FRAME_RESERVE {
+                return Err(err(Error::NoMemory));
+            }
+        }
+        if !self.task(ti).caps.has_free_slot() {
+            return Err(err(Error::NoMemory));
+        }
+        let owner = (self.init_task != Some(ti)).then(|| (ti, self.tasks[ti as usize].generation));
+        let obj = self.new_memory(pages, owner).map_err(err)?;
         Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
+    }
+
+    /// `TaskSetPages(task, pages) -> (previous, in_use)`.
+    fn sys_task_set_pages(&mut self, task: u64, pages: u64) -> SysResult {
+        let cap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
+        let ti = cap.obj.index;
+        let in_use = self.pages_owned((ti, cap.obj.generation));
+        let previous = core::mem::replace(&mut self.task_mut(ti).page_budget, pages);
+        Ok(Some([previous, in_use, 0, 0]))
     }
 
     fn sys_mem_map(&mut self, slot: u64, va: u64, rights: u64) -> SysResult {

@@ -31,6 +31,9 @@ pub(super) struct Model {
 
 type Space = BTreeMap<u64, (u64, PageAccess)>;
 
+/// Frames of the model machine.
+const MODEL_FRAMES: i64 = 4096;
+
 impl Model {
     /// Frames allocated and not freed.
     pub(super) fn frames_in_use(&self) -> i64 {
@@ -113,7 +116,7 @@ impl Machine for Model {
         true
     }
     fn frames_alloc(&mut self, pages: u64) -> Option<u64> {
-        if self.frames_live + pages as i64 > 4096 {
+        if self.frames_live + pages as i64 > MODEL_FRAMES {
             return None;
         }
         let base = 0x1000_0000 + self.next_frame;
@@ -123,6 +126,9 @@ impl Machine for Model {
     }
     fn frames_free(&mut self, _phys: u64, pages: u64) {
         self.frames_live -= pages as i64;
+    }
+    fn frames_available(&self) -> u64 {
+        (MODEL_FRAMES - self.frames_live) as u64
     }
     fn write_phys(&mut self, phys: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
@@ -921,4 +927,59 @@ fn a_task_cannot_take_every_endpoint_and_notification_from_the_supervisor() {
     for _ in 0..free {
         ok(&sys(&mut k, Sys::EndpointCreate, [0; 6]).1);
     }
+}
+
+#[test]
+fn memory_comes_from_a_page_budget_the_spawner_sets_and_the_reserve_stays_the_supervisors() {
+    use super::objects::FRAME_RESERVE;
+    let mut k = kernel(&["supervisor", "echo"]);
+    let sup = boot(&mut k);
+    let task = spawn_with(&mut k, 1, &[], NO_CAP);
+    // Only a task capability with WRITE sets a budget.
+    let read_only = ok(&sys(
+        &mut k,
+        Sys::CapCopy,
+        [task, Rights::READ.bits(), 0, 0, 0, 0],
+    )
+    .1);
+    let (_, r) = sys(&mut k, Sys::TaskSetPages, [read_only, 100, 0, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::NoRights));
+    let (_, r) = sys(&mut k, Sys::TaskSetPages, [task, 100, 0, 0, 0, 0]);
+    assert_eq!((ok(&r), r.rsi), (0, 0), "no budget and nothing held before");
+    ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    let Next::User(child) = next else {
+        panic!("{next:?}")
+    };
+    assert_ne!(child, sup);
+    // 60 + 40 pages fit the budget of 100; one more page does not, and the failed call
+    // took no frame and no slot.
+    let a = ok(&sys(&mut k, Sys::MemAlloc, [60, 0, 0, 0, 0, 0]).1);
+    ok(&sys(&mut k, Sys::MemAlloc, [40, 0, 0, 0, 0, 0]).1);
+    let frames = k.machine.frames_in_use();
+    let (_, r) = sys(&mut k, Sys::MemAlloc, [1, 0, 0, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::NoMemory));
+    assert_eq!(k.machine.frames_in_use(), frames);
+    // A bad length is BadLength whatever the budget.
+    let (_, r) = sys(&mut k, Sys::MemAlloc, [u64::MAX, 0, 0, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::BadLength));
+    // Freeing gives the budget back.
+    ok(&sys(&mut k, Sys::CapDelete, [a, 0, 0, 0, 0, 0]).1);
+    ok(&sys(&mut k, Sys::MemAlloc, [60, 0, 0, 0, 0, 0]).1);
+    // With a huge budget, the child still stops short of the supervisor's reserve.
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(sup));
+    let (_, r) = sys(&mut k, Sys::TaskSetPages, [task, u64::MAX, 0, 0, 0, 0]);
+    assert_eq!((ok(&r), r.rsi), (100, 100));
+    let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    assert_eq!(next, Next::User(child));
+    for chunk in [256, 16, 1] {
+        while status(&sys(&mut k, Sys::MemAlloc, [chunk, 0, 0, 0, 0, 0]).1).is_ok() {}
+    }
+    let available = k.machine.frames_available();
+    assert_eq!(available, FRAME_RESERVE, "the child stopped at the reserve");
+    // The supervisor allocates into the reserve.
+    k.machine.ticks = 2;
+    assert_eq!(k.on_tick(None), Next::User(sup));
+    ok(&sys(&mut k, Sys::MemAlloc, [FRAME_RESERVE / 2, 0, 0, 0, 0, 0]).1);
 }

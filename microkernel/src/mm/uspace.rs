@@ -452,6 +452,10 @@ impl Machine for KernelMachine {
         Some(base)
     }
 
+    fn frames_available(&self) -> u64 {
+        FRAMES.lock().as_ref().map_or(0, |f| f.free_frames())
+    }
+
     fn frames_free(&mut self, phys: u64, pages: u64) {
         let mut guard = FRAMES.lock();
         if let Some(frames) = guard.as_mut() {

@@ -272,3 +272,41 @@ pub fn bad_arguments(t: &mut Tally) {
     );
     let _ = sys::cap_delete(mem);
 }
+
+/// A service takes memory from its page budget (the manifest's `pages=`, 1024 pages for this
+/// suite): it cannot take the machine's frames from the supervisor and the other services.
+pub fn page_budget(t: &mut Tally) {
+    let budget = userlib::manifest::DEFAULT_PAGES;
+    let mut held = [NO_CAP; 64];
+    let mut pages = 0;
+    let mut refused = None;
+    for slot in held.iter_mut() {
+        match sys::mem_alloc(64) {
+            Ok(mem) => {
+                *slot = mem;
+                pages += 64;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    t.check(
+        "MemAlloc past the page budget: NoMemory, and at most the budget was given",
+        refused == Some(Error::NoMemory) && pages <= budget && pages + 64 > budget - 64,
+        format_args!("{pages} pages given of a budget of {budget}, then {refused:?}"),
+    );
+    for mem in held.iter().filter(|m| **m != NO_CAP) {
+        let _ = sys::cap_delete(*mem);
+    }
+    let again = sys::mem_alloc(64);
+    t.check(
+        "deleting the objects gives the budget back",
+        again.is_ok(),
+        format_args!("{again:?}"),
+    );
+    if let Ok(mem) = again {
+        let _ = sys::cap_delete(mem);
+    }
+}

@@ -63,6 +63,7 @@ fn suite_main(generation: u64) {
     checks::malformed(&mut t);
     checks::capabilities(&mut t);
     hostile::bad_arguments(&mut t);
+    hostile::page_budget(&mut t);
     concurrency::concurrent_clients(&mut t);
     checks::crash_mid_call(&mut t);
     checks::restart_on_request(&mut t);

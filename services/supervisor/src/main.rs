@@ -186,6 +186,7 @@ impl Registry {
                 };
                 wiring.push(wire).map_err(|_| abi::Error::InvalidArgument)?;
             }
+            sys::task_set_pages(task, s.entry.pages)?;
             sys::endpoint_bind(s.ep, task)?;
             sys::task_start(task, u64::from(s.generation))
         })();
