@@ -54,17 +54,17 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu restart=8",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation restart=8",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,supervisor,boot",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=mmu-service,supervisor,boot",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
         manifest:
-            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=vmm-service,supervisor,boot",
+            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=vmm-service,supervisor,boot",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -81,6 +81,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/guests/guest-bench.bin",
         manifest: "guest-bench image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-isolation.bin",
+        manifest: "guest-isolation image=guest",
     },
     BootModule {
         path: "/boot/guests/guest-badmem",
