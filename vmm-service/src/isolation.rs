@@ -164,14 +164,10 @@ pub fn probe(
     exit_ep: CapSlot,
 ) -> Result<Response, VmmError> {
     check(probe, neighbour).map_err(VmmError::InvalidConfig)?;
-    let marker = Object(sys::mem_alloc(SERVICE_PAGES).map_err(kernel)?);
-    sys::with_mapped(marker.0, RAM_VA, |m| {
-        for w in m.chunks_exact_mut(8) {
-            w.copy_from_slice(&SERVICE_MARKER.to_le_bytes());
-        }
-    })
-    .map_err(kernel)?;
-
+    // The probe's RAM first, then the neighbour's, then the marker object: memory allocated
+    // after the probe's is where an access past the end of its RAM would land.
+    let ram = u64::from(probe.ram_mib) * MIB;
+    let p = setup::prepare(probe, exit_ep, &entry_regs(role::PROBE, ram, LIST_GPA))?;
     let n_ram = u64::from(neighbour.ram_mib) * MIB;
     let mut n = Neighbour {
         vm: setup::prepare(
@@ -190,10 +186,15 @@ pub fn probe(
         (n_ram - FILL_START) / MIB,
         FILL_START
     );
+    let marker = Object(sys::mem_alloc(SERVICE_PAGES).map_err(kernel)?);
+    sys::with_mapped(marker.0, RAM_VA, |m| {
+        for w in m.chunks_exact_mut(8) {
+            w.copy_from_slice(&SERVICE_MARKER.to_le_bytes());
+        }
+    })
+    .map_err(kernel)?;
     let neighbour_result = n.run(role::FILL, exit_ep)?;
 
-    let ram = u64::from(probe.ram_mib) * MIB;
-    let p = setup::prepare(probe, exit_ep, &entry_regs(role::PROBE, ram, LIST_GPA))?;
     let (points, points_in_ram) = sys::with_mapped(p.ram, RAM_VA, |m| {
         // `check` made sure the list fits below LIST_END, inside RAM.
         let mut put = |i: u64, v: u64| {
@@ -256,8 +257,7 @@ pub fn probe(
         service_words,
         service_changed,
     };
-    // The probe goes first, then the neighbour, then the marker object.
-    drop(p);
     drop(n);
+    drop(p);
     Ok(Response::Probed(report))
 }

@@ -504,7 +504,7 @@ fn isolation_suite(t: &mut Tally) {
             ..config("neighbour", "guest-isolation", 8, flat)
         };
         let r = vmm.call(&Request::ProbeIsolation { probe, neighbour });
-        let mut what: String<64> = String::new();
+        let mut what: String<96> = String::new();
         let Ok(Response::Probed(rep)) = r else {
             let _ = fmt::write(&mut what, format_args!("{mode}: the probe ran"));
             t.check(&what, false, format_args!("{r:?}"));

@@ -112,9 +112,9 @@ pub const DEVICE_ADDRESSES: [(u64, &str); 10] = [
 /// [`REGION`] of [`SPACE`] (reads), then a read and a write at each of [`DEVICE_ADDRESSES`],
 /// at the last bytes of RAM and at the first bytes after it.
 pub fn points(ram_bytes: u64) -> impl Iterator<Item = u64> {
-    let regions =
-        (0..SPACE / REGION).flat_map(|r| [r * REGION | READ, (r + 1) * REGION - READ_BYTES | READ]);
-    let edges = [ram_bytes - READ_BYTES, ram_bytes];
+    let regions = (0..SPACE / REGION)
+        .flat_map(|r| [(r * REGION) | READ, ((r + 1) * REGION - READ_BYTES) | READ]);
+    let edges = [ram_bytes.saturating_sub(READ_BYTES), ram_bytes];
     let special = DEVICE_ADDRESSES
         .into_iter()
         .map(|(a, _)| a)
@@ -284,7 +284,7 @@ mod tests {
         for (a, _) in DEVICE_ADDRESSES {
             assert!(all.contains(&a) && all.contains(&(a | WRITE)));
         }
-        assert!(all.iter().all(|p| (p & !KIND_MASK) % 64 == 0));
+        assert!(all.iter().all(|p| (p & !KIND_MASK).is_multiple_of(64)));
         assert!(LIST_GPA + 8 * (all.len() as u64 + 1) <= LIST_END);
         // In 4 MiB of RAM: 2 regions x 2, VGA x 2, VGA text x 2, BIOS x 2, last bytes x 2.
         assert_eq!(all.iter().filter(|&&p| inside_ram(p, RAM)).count(), 12);
