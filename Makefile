@@ -32,10 +32,10 @@ HARNESS := $(TARGET_DIR)/release/umbra-harness
 # modules from /boot/services/<name> (the manifest lines are in tests/src/bootcfg.rs).
 SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
-# guest-bench is a flat 64-bit image (objcopy -O binary).
+# guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).
 GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-spaces64 guest-spacespae guest-spaces32 \
 	guest-mmubench64 guest-mmubenchpae guest-mmubench32
-FLAT_GUESTS := guest-bench
+FLAT_GUESTS := guest-bench guest-isolation
 SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 # Copy a service into an ISO root without its DWARF (it keeps its symbol table): the loader
 # reads every module into memory, and the debug info is most of the file.

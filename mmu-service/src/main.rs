@@ -157,6 +157,17 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Res
     }
 }
 
+/// Whether a stop for an access outside RAM goes unprinted: a VM's first stops are printed;
+/// a VM its VMM resumes after each stop (the isolation probe stops thousands of times) has
+/// the later ones only counted (`Stats.stopped`).
+fn quiet(stopped: u64) -> bool {
+    const PRINTED: u64 = 2;
+    if stopped == PRINTED {
+        userlib::println!("mmu: further stops of this VM outside RAM are counted, not printed");
+    }
+    stopped >= PRINTED
+}
+
 fn slot(state: &mut State, handle: u32) -> Result<&mut Option<VmEntry>, MmuError> {
     state
         .vms
@@ -181,7 +192,7 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
         return ExitReply::stop(STOP_MMU_ERROR);
     };
     if let Some(s) = vm.shadow.as_mut() {
-        return s.on_exit(msg).unwrap_or_else(|code| {
+        return s.on_exit(msg, quiet(vm.stopped)).unwrap_or_else(|code| {
             vm.stopped += 1;
             ExitReply::stop(code)
         });
@@ -217,11 +228,13 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
                 (_, _, true) => "fetch",
                 _ => "read",
             };
-            userlib::println!(
-                "mmu: guest {access} at gpa {gpa:#x} outside RAM ({} MiB) and outside any device, rip {:#x}: stopping the VM",
-                vm.ram_pages / 256,
-                msg.rip
-            );
+            if !quiet(vm.stopped) {
+                userlib::println!(
+                    "mmu: guest {access} at gpa {gpa:#x} outside RAM ({} MiB) and outside any device, rip {:#x}: stopping the VM",
+                    vm.ram_pages / 256,
+                    msg.rip
+                );
+            }
             vm.stopped += 1;
             ExitReply::stop(outside_ram_code(gpa))
         }

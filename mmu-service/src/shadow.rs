@@ -227,8 +227,9 @@ impl ShadowVm {
         Ok(())
     }
 
-    /// An exit of one of the VM's vCPUs: the reply, or the code to stop the VM with.
-    pub fn on_exit(&mut self, m: &ExitMessage) -> Result<ExitReply, u64> {
+    /// An exit of one of the VM's vCPUs: the reply, or the code to stop the VM with. With
+    /// `quiet`, a stop for an access outside RAM is not printed (see `quiet` in main.rs).
+    pub fn on_exit(&mut self, m: &ExitMessage, quiet: bool) -> Result<ExitReply, u64> {
         let Some(mmu) = self.mmu.as_mut() else {
             userlib::println!(
                 "mmu: shadow VM {} runs before its RAM was granted; stopping it",
@@ -242,7 +243,7 @@ impl ShadowVm {
             return Err(STOP_MMU_ERROR);
         };
         let mut regs = VcpuRegs(self.vcpu_caps[index]);
-        handle_exit(mmu, sv, m, &mut regs).map_err(|stop| report(m, &stop))
+        handle_exit(mmu, sv, m, &mut regs).map_err(|stop| report(m, &stop, quiet))
     }
 
     pub fn stats(&self) -> ShadowStats {
@@ -282,13 +283,15 @@ impl Drop for ShadowVm {
 }
 
 /// Prints why the VM stops and returns the stop code.
-fn report(m: &ExitMessage, stop: &Stop) -> u64 {
+fn report(m: &ExitMessage, stop: &Stop, quiet: bool) -> u64 {
     match stop {
         Stop::OutsideRam { gpa } => {
-            userlib::println!(
+            if !quiet {
+                userlib::println!(
                 "mmu: guest access at gpa {gpa:#x} outside RAM and outside any device (shadow paging), rip {:#x}: stopping the VM",
                 m.rip
             );
+            }
             outside_ram_code(*gpa)
         }
         Stop::Unemulated { rip, bytes, error } => {

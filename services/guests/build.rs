@@ -1,5 +1,6 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
-//! 1 MiB, multiboot header first), the flat 64-bit `guest-bench` with `link-flat.ld` (2 MiB).
+//! 1 MiB, multiboot header first), the flat 64-bit images (`guest-bench`, `guest-isolation`) with `link-flat.ld`
+//! (2 MiB).
 const MULTIBOOT_BINS: [&str; 12] = [
     "guest-multiboot",
     "guest-long",
@@ -15,6 +16,8 @@ const MULTIBOOT_BINS: [&str; 12] = [
     "guest-mmubench32",
 ];
 
+const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];
+
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
     let multiboot = format!("{dir}/link.ld");
@@ -26,7 +29,9 @@ fn main() {
         for bin in MULTIBOOT_BINS {
             println!("cargo:rustc-link-arg-bin={bin}=-T{multiboot}");
         }
-        println!("cargo:rustc-link-arg-bin=guest-bench=-T{flat}");
+        for bin in FLAT_BINS {
+            println!("cargo:rustc-link-arg-bin={bin}=-T{flat}");
+        }
         println!("cargo:rustc-link-arg-bins=-zmax-page-size=0x1000");
         println!("cargo:rustc-link-arg-bins=--no-pie");
     }

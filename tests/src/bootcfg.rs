@@ -54,16 +54,17 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu restart=8 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation restart=8 pages=8192",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,boot pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=mmu-service,boot pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
-        manifest: "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=boot,vmm-service",
+        manifest:
+            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=boot,vmm-service",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -80,6 +81,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/guests/guest-bench.bin",
         manifest: "guest-bench image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-isolation.bin",
+        manifest: "guest-isolation image=guest",
     },
     BootModule {
         path: "/boot/guests/guest-badmem",

@@ -15,6 +15,7 @@ use userlib::codec::{self, DecodeError, Message};
 use userlib::proto::echo::{self, CrashKind, EchoError};
 use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
 use userlib::proto::supervisor::{self, ServiceInfo, ServiceState, SupervisorError, Wire};
+use userlib::proto::vmm::isolation::{GuestCounts, IsolationReport};
 use userlib::proto::vmm::{
     self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
 };
@@ -388,6 +389,35 @@ fn vmm_requests() {
             },
             "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00",
         ),
+        // ProbeIsolation: the probe (EPT, flat at 2 MiB), then the neighbour.
+        (
+            Request::ProbeIsolation {
+                probe: VmConfig {
+                    name: common::ascii("p"),
+                    module: common::ascii("g"),
+                    ram_mib: 4,
+                    entry: EntryMode::Flat64 {
+                        load_gpa: 0x20_0000,
+                    },
+                    vcpus: 1,
+                    cmdline: common::ascii(""),
+                    mmu: MmuMode::Ept,
+                    benchmark: false,
+                },
+                neighbour: VmConfig {
+                    name: common::ascii("d"),
+                    module: common::ascii("d"),
+                    ram_mib: 16,
+                    entry: EntryMode::Multiboot,
+                    vcpus: 1,
+                    cmdline: common::ascii(""),
+                    mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
+                    benchmark: false,
+                },
+            },
+            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00 \
+                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00",
+        ),
     ]);
 }
 
@@ -434,6 +464,7 @@ fn vmm_responses() {
         (config(ConfigError::LoadAddress), "00 06 00 02"),
         (config(ConfigError::EmptyName), "00 06 00 03"),
         (config(ConfigError::ShadowConfig), "00 06 00 04"),
+        (config(ConfigError::ProbeConfig), "00 06 00 05"),
         (service(VmmError::NoSuchModule), "00 06 01"),
         // `what` is a u8: one raw byte, even above 0x7f.
         (service(VmmError::BadImage { what: 0xff }), "00 06 02 ff"),
@@ -545,6 +576,39 @@ fn vmm_responses() {
                 None,
             ),
             "01  08 a1 80 80 80 08  00  00  00  00",
+        ),
+        // Probed: neighbour HypercallExit { 0 }, result TripleFault, Some(guest counts:
+        // probed 4120 = 0x18 | 0x20 << 7, own 12, device 0, stopped 4108 = 0x0c | 0x20 << 7,
+        // foreign 0, unaccounted 0, RAM 4 MiB = 2 << 21), points 4120, in RAM 12, stops 4108,
+        // inside RAM 0, neighbour runs 16, bad 0, seen changed 0, words 2^19 = 0x20 << 14,
+        // changed 0, service words 2^15 = 2 << 14, changed 0.
+        (
+            Response::Probed(IsolationReport {
+                neighbour: VmResult::HypercallExit { code: 0 },
+                result: VmResult::TripleFault,
+                guest: Some(GuestCounts {
+                    probed: 4120,
+                    own: 12,
+                    device: 0,
+                    stopped: 4108,
+                    foreign: 0,
+                    unaccounted: 0,
+                    ram_bytes: 4 << 20,
+                }),
+                points: 4120,
+                points_in_ram: 12,
+                stops: 4108,
+                stops_inside_ram: 0,
+                neighbour_runs: 16,
+                neighbour_bad_runs: 0,
+                neighbour_seen_changed: 0,
+                neighbour_words: 1 << 19,
+                neighbour_changed: 0,
+                service_words: 1 << 15,
+                service_changed: 0,
+            }),
+            "02  01 00  03  01 98 20 0c 00 8c 20 00 00 80 80 80 02 \
+             98 20  0c  8c 20  00  10 00 00  80 80 20  00  80 80 02  00",
         ),
     ]);
 }
@@ -699,11 +763,16 @@ fn maximal_messages_fit_one_payload() {
         [8, 6, 512, 11, 16]
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
-    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1 = 142; RunVm 143.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [143]);
+    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1 = 142; RunVm 143;
+    // ProbeIsolation 1 + 2 * 142 = 285.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [143, 285]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161 = 295.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_responses()), [13, 295]);
+    // Probed: 1 + 2 * EntryFailed 16 + Some (1 + 7 * 10) + 11 * 10 = 214.
+    assert_eq!(
+        encoded_lengths(&common::maximal_vmm_responses()),
+        [13, 295, 214]
+    );
     // AttachVm: 1 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 21; AttachVcpu 1 + 5 + 3 = 9.
     assert_eq!(
         encoded_lengths(&common::maximal_mmu_requests()),

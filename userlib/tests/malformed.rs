@@ -477,8 +477,8 @@ fn typed_errors_by_example_vmm_mmu() {
         ),
         ("vm result 9", vec![0x01, 0x09], DecodeError::Malformed),
         (
-            "config error 5",
-            vec![0x00, 0x06, 0x00, 0x05],
+            "config error 6",
+            vec![0x00, 0x06, 0x00, 0x06],
             DecodeError::Malformed,
         ),
         (

@@ -85,6 +85,12 @@ pub fn begin(model: VmModel, vcpu: CapSlot, ram: CapSlot, exit_ep: CapSlot) {
     });
 }
 
+/// Ends a run for now and gives its model back, for a later [`begin`] of the same VM (its
+/// exit counts and device state carry on).
+pub fn pause() -> Option<VmModel> {
+    RUN.lock().take().map(|r| r.model)
+}
+
 pub fn end() -> Outcome {
     let run = RUN.lock().take();
     Outcome {

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod exits;
+mod isolation;
 mod setup;
 
 use abi::ipc::MAX_PAYLOAD;
@@ -82,6 +83,9 @@ fn vmm_main(generation: u64) {
         let (label, len) = serve_one::<Vmm>(msg.label, &request[..n], &mut buf, |req| {
             match req {
                 Request::RunVm { config } => setup::run_vm(&config, exit_ep),
+                Request::ProbeIsolation { probe, neighbour } => {
+                    isolation::probe(&probe, &neighbour, exit_ep)
+                }
             }
             .unwrap_or_else(|e: VmmError| Response::Error(ProtoError::Service(e)))
         });

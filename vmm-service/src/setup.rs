@@ -27,7 +27,7 @@ const IMAGE_MAX: usize = 256 * 1024;
 
 static IMAGE: Mutex<[u8; IMAGE_MAX]> = Mutex::new([0; IMAGE_MAX]);
 
-fn kernel(e: Error) -> VmmError {
+pub fn kernel(e: Error) -> VmmError {
     VmmError::Kernel { error: e as u64 }
 }
 
@@ -55,7 +55,7 @@ fn bad_image(e: LoadError) -> VmmError {
     VmmError::BadImage { what }
 }
 
-fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
+pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
     if cfg.name.is_empty() {
         return Err(ConfigError::EmptyName);
     }
@@ -119,8 +119,71 @@ impl Held {
     }
 }
 
+/// A VM created, loaded and handed to the MMU service, its vCPU in its entry state: what a
+/// run needs. Dropping it detaches the VM from the MMU service, then deletes the vCPU, the VM
+/// and its RAM.
+pub struct Prepared {
+    detach: Detach,
+    _held: Held,
+    pub vcpu: CapSlot,
+    pub ram: CapSlot,
+    pub ram_bytes: u64,
+    /// The entry point (the guest RIP of the entry state).
+    pub entry: u64,
+    shadow: bool,
+}
+
+impl Prepared {
+    /// The model of this VM's devices and CPU policy.
+    pub fn model(&self, cfg: &VmConfig) -> VmModel {
+        let model = VmModel::new(&cfg.name, self.ram_bytes);
+        let model = if self.shadow {
+            model.shadow_paged()
+        } else {
+            model
+        };
+        if cfg.benchmark {
+            model.with_benchmark_hypercalls()
+        } else {
+            model
+        }
+    }
+}
+
 /// Runs a VM to its end.
 pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
+    let vm = prepare(cfg, exit_ep, &[])?;
+    userlib::println!(
+        "vmm: {}: starting {} ({} MiB RAM, {:?}, entry {:#x})",
+        cfg.name.as_str(),
+        cfg.module.as_str(),
+        cfg.ram_mib,
+        cfg.entry,
+        vm.entry
+    );
+    exits::begin(vm.model(cfg), vm.vcpu, vm.ram, exit_ep);
+    let run = sys::vcpu_run(vm.vcpu);
+    let outcome = exits::end();
+    let stopped = run.map_err(kernel)?;
+    let mut summary = summarize(cfg, vm.vcpu, &stopped, outcome);
+    if vm.shadow {
+        summary.shadow = shadow_stats(vm.detach.handle);
+        if let Some(s) = &summary.shadow {
+            print_shadow(cfg.name.as_str(), s);
+        }
+    }
+    drop(vm);
+    Ok(Response::Finished(summary))
+}
+
+/// Checks `cfg`, loads its image into fresh guest RAM, creates the VM and its vCPU, hands the
+/// VM to the MMU service, points the portals and writes the entry state, then `extra` (more
+/// (field, value) pairs: registers the guest reads at entry).
+pub fn prepare(
+    cfg: &VmConfig,
+    exit_ep: CapSlot,
+    extra: &[(u64, u64)],
+) -> Result<Prepared, VmmError> {
     validate(cfg).map_err(VmmError::InvalidConfig)?;
     let (module, size) = find_module(&cfg.module)?;
     let ram_bytes = u64::from(cfg.ram_mib) * MIB;
@@ -268,7 +331,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     for &(r, mask) in mmu_portals {
         sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
     }
-    for chunk in pairs.chunks(32) {
+    for chunk in pairs.chunks(32).chain(extra.chunks(32)) {
         sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
             userlib::println!(
                 "vmm: entry state refused at {:#x}: {e:?}",
@@ -277,39 +340,15 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
             kernel(e)
         })?;
     }
-
-    userlib::println!(
-        "vmm: {}: starting {} ({} MiB RAM, {:?}, entry {:#x})",
-        cfg.name.as_str(),
-        cfg.module.as_str(),
-        cfg.ram_mib,
-        cfg.entry,
-        plan.entry
-    );
-    let model = VmModel::new(&cfg.name, ram_bytes);
-    let model = if shadow.is_some() {
-        model.shadow_paged()
-    } else {
-        model
-    };
-    let model = if cfg.benchmark {
-        model.with_benchmark_hypercalls()
-    } else {
-        model
-    };
-    exits::begin(model, vcpu, ram, exit_ep);
-    let run = sys::vcpu_run(vcpu);
-    let outcome = exits::end();
-    let stopped = run.map_err(kernel)?;
-    let mut summary = summarize(cfg, vcpu, &stopped, outcome);
-    if shadow.is_some() {
-        summary.shadow = shadow_stats(handle);
-        if let Some(s) = &summary.shadow {
-            print_shadow(cfg.name.as_str(), s);
-        }
-    }
-    drop(detach);
-    Ok(Response::Finished(summary))
+    Ok(Prepared {
+        detach,
+        _held: held,
+        vcpu,
+        ram,
+        ram_bytes,
+        entry: plan.entry,
+        shadow: shadow.is_some(),
+    })
 }
 
 /// The MMU service's counters of a shadow-paged VM.
@@ -362,18 +401,21 @@ impl Drop for Detach {
     }
 }
 
-/// How the VM ended, its exits by reason, printed and returned.
-fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOutcome) -> VmSummary {
-    let kind = s.stop & stop::KIND_MASK;
+/// The guest-physical page of a stop the MMU service made for an access outside RAM.
+pub fn outside_ram(s: &sys::VcpuStop) -> Option<u64> {
     let detail = s.stop & !stop::KIND_MASK;
-    let result = if kind == stop::HANDLER {
-        if detail & vmm_service::vm::stop_code::KIND_MASK == mmu::STOP_OUTSIDE_RAM {
-            VmResult::OutsideRam {
-                gpa: (detail & 0xff_ffff) << 12,
-            }
-        } else {
-            model.result.unwrap_or(VmResult::Stopped { stop: s.stop })
-        }
+    (s.stop & stop::KIND_MASK == stop::HANDLER
+        && detail & vmm_service::vm::stop_code::KIND_MASK == mmu::STOP_OUTSIDE_RAM)
+        .then_some((detail & 0xff_ffff) << 12)
+}
+
+/// How a run ended, from the kernel's stop and the model's conclusion.
+pub fn result_of(s: &sys::VcpuStop, model: RunOutcome) -> VmResult {
+    let kind = s.stop & stop::KIND_MASK;
+    if let Some(gpa) = outside_ram(s) {
+        VmResult::OutsideRam { gpa }
+    } else if kind == stop::HANDLER {
+        model.result.unwrap_or(VmResult::Stopped { stop: s.stop })
     } else if kind == stop::UNHANDLED {
         VmResult::Unhandled {
             reason: s.reason as u32,
@@ -385,7 +427,13 @@ fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOutcome
         }
     } else {
         VmResult::Stopped { stop: s.stop }
-    };
+    }
+}
+
+/// How the VM ended, its exits by reason, printed and returned.
+pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOutcome) -> VmSummary {
+    let kind = s.stop & stop::KIND_MASK;
+    let result = result_of(s, model);
     let mut rip = [0u64];
     let _ = sys::vcpu_read(vcpu, &[field::GUEST_RIP], &mut rip);
     if kind != stop::HANDLER {

@@ -13,6 +13,13 @@
 //!   policy and (PAE, 2-level) KVM's; prints the MMU's counters of each run as `bench-mmu: csv`
 //!   lines next to the guests' own cycle lines, then `bench-mmu: N passed, M failed`.
 //!
+//! - `isolation`: the VM isolation probe (`guest-isolation`, see
+//!   `userlib::proto::vmm::isolation`) on EPT and on shadow paging: every 2 MiB of the 4 GiB
+//!   guest-physical space and every device address is the probe's RAM, a device or a stop,
+//!   never the live neighbour VM's memory or the VMM's; prints `isolation: <mode>: probed N,
+//!   own RAM A, device D, stopped S, foreign F, ...` per mode, then `isolation: N passed, M
+//!   failed`.
+//!
 //! Then it asks the supervisor to end the scenario with the matching code.
 //!
 //! Capabilities (manifest `needs=boot,vmm-service`, taken by name through `userlib::wiring`):
@@ -27,6 +34,7 @@ use abi::CapSlot;
 use heapless::String;
 use userlib::client::ClientError;
 use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
+use userlib::proto::vmm::isolation::Problem;
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Request, Response, ShadowConfig, VmConfig, VmResult,
     VmSummary, Vmm, VmmError,
@@ -494,6 +502,107 @@ fn bench_mmu_suite(t: &mut Tally) {
     }
 }
 
+/// The `isolation` scenario: the probe (4 MiB of RAM) beside a neighbour (8 MiB) that filled
+/// its RAM with the foreign marker and stays alive, in both MMU modes; then a probe the VMM
+/// must refuse.
+fn isolation_suite(t: &mut Tally) {
+    let flat = EntryMode::Flat64 { load_gpa: 2 * MIB };
+    let modes = [
+        ("ept", MmuMode::Ept),
+        ("shadow", MmuMode::Shadow(ShadowConfig::DEFAULT)),
+    ];
+    let mut vmm = userlib::ipc::client::<Vmm>(vmm());
+    for (mode, mmu) in modes {
+        let probe = VmConfig {
+            mmu,
+            ..config("probe", "guest-isolation", 4, flat)
+        };
+        let neighbour = VmConfig {
+            mmu,
+            ..config("neighbour", "guest-isolation", 8, flat)
+        };
+        let r = vmm.call(&Request::ProbeIsolation { probe, neighbour });
+        let mut what: String<96> = String::new();
+        let Ok(Response::Probed(rep)) = r else {
+            let _ = fmt::write(&mut what, format_args!("{mode}: the probe ran"));
+            t.check(&what, false, format_args!("{r:?}"));
+            continue;
+        };
+        let g = rep.guest.unwrap_or_default();
+        userlib::println!(
+            "isolation: {mode}: probed {}, own RAM {}, device {}, stopped {}, foreign {}, unaccounted {} (stops by reason: outside RAM {}, {} of them inside its RAM)",
+            g.probed,
+            g.own,
+            g.device,
+            g.stopped,
+            g.foreign,
+            g.unaccounted,
+            rep.stops,
+            rep.stops_inside_ram
+        );
+        userlib::println!(
+            "isolation: {mode}: neighbour {:?}, ran {} times between the probe's stops ({} failed, {} changed words seen), {} words of its fill, {} changed; VMM marker {} words, {} changed",
+            rep.neighbour,
+            rep.neighbour_runs,
+            rep.neighbour_bad_runs,
+            rep.neighbour_seen_changed,
+            rep.neighbour_words,
+            rep.neighbour_changed,
+            rep.service_words,
+            rep.service_changed
+        );
+        let problems = rep.problems();
+        let groups: [(&str, &[Problem]); 3] = [
+            (
+                "the neighbour filled its RAM, ran between the probe's stops, unchanged",
+                &[
+                    Problem::NeighbourDidNotFill,
+                    Problem::NeighbourChanged,
+                    Problem::NotInterleaved,
+                ],
+            ),
+            (
+                "every probed address is own RAM, a device or a stop",
+                &[
+                    Problem::ProbeDidNotFinish,
+                    Problem::NoGuestReport,
+                    Problem::NotEveryPointProbed,
+                    Problem::Unaccounted,
+                    Problem::Device,
+                    Problem::OwnRamMissing,
+                    Problem::StopsDisagree,
+                    Problem::StopInsideRam,
+                ],
+            ),
+            (
+                "no probe reached foreign memory",
+                &[Problem::Foreign, Problem::ServiceChanged],
+            ),
+        ];
+        for (check, group) in groups {
+            what.clear();
+            let _ = fmt::write(&mut what, format_args!("{mode}: {check}"));
+            let ok = !problems.iter().any(|p| group.contains(p));
+            t.check(&what, ok, format_args!("{problems:?}: {rep:?}"));
+        }
+    }
+    // The probe runs flat images only: a multiboot probe changes nothing and is refused.
+    let r = vmm.call(&Request::ProbeIsolation {
+        probe: config("probe", "guest-isolation", 4, EntryMode::Multiboot),
+        neighbour: config("neighbour", "guest-isolation", 8, flat),
+    });
+    t.check(
+        "a probe that is not a flat image refused",
+        matches!(
+            r,
+            Ok(Response::Error(ProtoError::Service(
+                VmmError::InvalidConfig(ConfigError::ProbeConfig)
+            )))
+        ),
+        format_args!("{r:?}"),
+    );
+}
+
 fn suite_main(generation: u64) {
     let wired = Wiring::fetch().and_then(|w| Ok((w.endpoint("vmm-service")?, w.boot()?)));
     match wired {
@@ -509,6 +618,7 @@ fn suite_main(generation: u64) {
         abi::scenario::BENCH_VMM => "bench-vmm",
         abi::scenario::SHADOW => "shadow",
         abi::scenario::BENCH_MMU => "bench-mmu",
+        abi::scenario::ISOLATION => "isolation",
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
@@ -521,6 +631,7 @@ fn suite_main(generation: u64) {
         "vmm" => vmm_suite(&mut t),
         "shadow" => shadow_suite(&mut t),
         "bench-mmu" => bench_mmu_suite(&mut t),
+        "isolation" => isolation_suite(&mut t),
         "bench-vmm" => {
             let cfg = VmConfig {
                 benchmark: true,

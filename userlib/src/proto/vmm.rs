@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{ids, ProtoError, Protocol};
 use crate::codec::{label, Message};
 
+pub mod isolation;
+
 pub const PROTOCOL_ID: u16 = ids::VMM;
 pub const VERSION: u16 = 2;
 /// `0x0002_0002`.
@@ -119,10 +121,17 @@ pub struct VmConfig {
 pub enum Request {
     /// Runs a VM to its end; answered with [`Response::Finished`].
     RunVm { config: VmConfig },
+    /// Runs the isolation probe (see [`isolation`]): `neighbour` fills its RAM and stays
+    /// alive while `probe` accesses its whole guest-physical space; answered with
+    /// [`Response::Probed`]. Both must be flat 64-bit images of `guest-isolation`.
+    ProbeIsolation {
+        probe: VmConfig,
+        neighbour: VmConfig,
+    },
 }
 
 impl Message for Request {
-    const OPCODE_COUNT: u32 = 1;
+    const OPCODE_COUNT: u32 = 2;
 }
 
 /// How a VM ended.
@@ -169,10 +178,11 @@ pub struct VmSummary {
 pub enum Response {
     Error(Error),
     Finished(VmSummary),
+    Probed(isolation::IsolationReport),
 }
 
 impl Message for Response {
-    const OPCODE_COUNT: u32 = 2;
+    const OPCODE_COUNT: u32 = 3;
 }
 
 /// Why a configuration is refused.
@@ -189,6 +199,9 @@ pub enum ConfigError {
     /// `prev_roots` above [`MAX_PREV_ROOTS`], or the pool outside
     /// [`POOL_MIN_PAGES`]..=[`POOL_MAX_PAGES`].
     ShadowConfig,
+    /// An isolation probe's VM is not a flat 64-bit image, the probe's RAM does not hold its
+    /// point list, or the neighbour's RAM ends at or below [`isolation::FILL_START`].
+    ProbeConfig,
 }
 
 /// Errors of the VMM service (`ProtoError::Service`).

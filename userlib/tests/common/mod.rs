@@ -9,6 +9,7 @@ use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
 use userlib::proto::supervisor::{
     self, ServiceInfo, ServiceName, ServiceState, SupervisorError, MAX_SERVICES, NAME_LEN,
 };
+use userlib::proto::vmm::isolation::{GuestCounts, IsolationReport};
 use userlib::proto::vmm::{
     self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
     CMDLINE_MAX, MODULE_MAX, NAME_MAX, SUMMARY_REASONS,
@@ -332,7 +333,11 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
 }
 
 pub fn any_vmm_request() -> impl Strategy<Value = vmm::Request> {
-    any_vm_config().prop_map(|config| vmm::Request::RunVm { config })
+    prop_oneof![
+        any_vm_config().prop_map(|config| vmm::Request::RunVm { config }),
+        (any_vm_config(), any_vm_config())
+            .prop_map(|(probe, neighbour)| vmm::Request::ProbeIsolation { probe, neighbour }),
+    ]
 }
 
 pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
@@ -405,7 +410,54 @@ pub fn any_config_error() -> impl Strategy<Value = ConfigError> {
         Just(ConfigError::LoadAddress),
         Just(ConfigError::EmptyName),
         Just(ConfigError::ShadowConfig),
+        Just(ConfigError::ProbeConfig),
     ]
+}
+
+pub fn any_guest_counts() -> impl Strategy<Value = GuestCounts> {
+    any::<[u64; 7]>().prop_map(|c| GuestCounts {
+        probed: c[0],
+        own: c[1],
+        device: c[2],
+        stopped: c[3],
+        foreign: c[4],
+        unaccounted: c[5],
+        ram_bytes: c[6],
+    })
+}
+
+pub fn any_isolation_report() -> impl Strategy<Value = IsolationReport> {
+    (
+        any_vm_result(),
+        any_vm_result(),
+        proptest::option::of(any_guest_counts()),
+        any::<[u64; 11]>(),
+    )
+        .prop_map(|(neighbour, result, guest, c)| isolation_report(neighbour, result, guest, c))
+}
+
+fn isolation_report(
+    neighbour: VmResult,
+    result: VmResult,
+    guest: Option<GuestCounts>,
+    c: [u64; 11],
+) -> IsolationReport {
+    IsolationReport {
+        neighbour,
+        result,
+        guest,
+        points: c[0],
+        points_in_ram: c[1],
+        stops: c[2],
+        stops_inside_ram: c[3],
+        neighbour_runs: c[4],
+        neighbour_bad_runs: c[5],
+        neighbour_seen_changed: c[6],
+        neighbour_words: c[7],
+        neighbour_changed: c[8],
+        service_words: c[9],
+        service_changed: c[10],
+    }
 }
 
 pub fn any_vmm_error() -> impl Strategy<Value = VmmError> {
@@ -424,6 +476,7 @@ pub fn any_vmm_response() -> impl Strategy<Value = vmm::Response> {
     prop_oneof![
         any_proto_error(any_vmm_error()).prop_map(Response::Error),
         any_vm_summary().prop_map(Response::Finished),
+        any_isolation_report().prop_map(Response::Probed),
     ]
 }
 
@@ -518,24 +571,34 @@ pub fn longest_shadow_stats() -> ShadowStats {
     }
 }
 
+pub fn maximal_vm_config() -> VmConfig {
+    VmConfig {
+        name: ascii(&"n".repeat(NAME_MAX)),
+        module: ascii(&"m".repeat(MODULE_MAX)),
+        ram_mib: u32::MAX,
+        entry: EntryMode::Flat64 { load_gpa: u64::MAX },
+        vcpus: u8::MAX,
+        cmdline: ascii(&"c".repeat(CMDLINE_MAX)),
+        mmu: MmuMode::Shadow(ShadowConfig {
+            prev_roots: u8::MAX,
+            pool_pages: u32::MAX,
+            kvm_policy: true,
+            audit: true,
+        }),
+        benchmark: true,
+    }
+}
+
 pub fn maximal_vmm_requests() -> std::vec::Vec<vmm::Request> {
-    vec![vmm::Request::RunVm {
-        config: VmConfig {
-            name: ascii(&"n".repeat(NAME_MAX)),
-            module: ascii(&"m".repeat(MODULE_MAX)),
-            ram_mib: u32::MAX,
-            entry: EntryMode::Flat64 { load_gpa: u64::MAX },
-            vcpus: u8::MAX,
-            cmdline: ascii(&"c".repeat(CMDLINE_MAX)),
-            mmu: MmuMode::Shadow(ShadowConfig {
-                prev_roots: u8::MAX,
-                pool_pages: u32::MAX,
-                kvm_policy: true,
-                audit: true,
-            }),
-            benchmark: true,
+    vec![
+        vmm::Request::RunVm {
+            config: maximal_vm_config(),
         },
-    }]
+        vmm::Request::ProbeIsolation {
+            probe: maximal_vm_config(),
+            neighbour: maximal_vm_config(),
+        },
+    ]
 }
 
 pub fn maximal_vmm_responses() -> std::vec::Vec<vmm::Response> {
@@ -553,6 +616,26 @@ pub fn maximal_vmm_responses() -> std::vec::Vec<vmm::Response> {
             total_exits: u64::MAX,
             shadow: Some(longest_shadow_stats()),
         }),
+        Response::Probed(isolation_report(
+            VmResult::EntryFailed {
+                reason: u32::MAX,
+                error: u64::MAX,
+            },
+            VmResult::EntryFailed {
+                reason: u32::MAX,
+                error: u64::MAX,
+            },
+            Some(GuestCounts {
+                probed: u64::MAX,
+                own: u64::MAX,
+                device: u64::MAX,
+                stopped: u64::MAX,
+                foreign: u64::MAX,
+                unaccounted: u64::MAX,
+                ram_bytes: u64::MAX,
+            }),
+            [u64::MAX; 11],
+        )),
     ]
 }
 
