@@ -54,17 +54,21 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu restart=8",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,fuzz restart=8",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu needs=mmu-service,supervisor,boot",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,fuzz needs=mmu-service,supervisor,boot",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
         manifest:
             "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu needs=vmm-service,supervisor,boot",
+    },
+    BootModule {
+        path: "/boot/services/fuzz",
+        manifest: "fuzz run=fuzz needs=echo,vmm-service,mmu-service,boot,spawn",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",

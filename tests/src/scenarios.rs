@@ -77,6 +77,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::BENCH_VMM, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::SHADOW, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::BENCH_MMU, Expect::Pass, &[Bochs]).timeout(300),
+    Scenario::new(abi::scenario::FUZZ, Expect::Pass, &[Qemu]),
 ];
 
 /// Looks a scenario up by name.

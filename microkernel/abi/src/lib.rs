@@ -40,6 +40,7 @@ pub mod scenario {
     pub const BENCH_VMM: &str = "bench-vmm";
     pub const SHADOW: &str = "shadow";
     pub const BENCH_MMU: &str = "bench-mmu";
+    pub const FUZZ: &str = "fuzz";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -78,6 +79,10 @@ pub mod scenario {
         (
             BENCH_MMU,
             "shadow MMU in cycles: first touch, CR3 hit and miss, hit rates over 2..16 spaces (needs VMX)",
+        ),
+        (
+            FUZZ,
+            "fuzzing: malformed messages to every service, random syscalls from a hostile task",
         ),
     ];
 
