@@ -47,10 +47,16 @@ fn echo_main(generation: u64) {
             state.calls += 1;
             let n = msg.len.min(MAX_PAYLOAD);
             request[..n].copy_from_slice(&buf[..n]);
-            let grant = msg.cap;
-            serve_one::<Echo>(msg.label, &request[..n], &mut buf, |req| {
-                handle(&mut state, req, grant)
-            })
+            let mut grant = msg.cap;
+            let reply = serve_one::<Echo>(msg.label, &request[..n], &mut buf, |req| {
+                handle(&mut state, req, &mut grant)
+            });
+            if let Some(cap) = grant {
+                // Sent with a request that takes none (or a malformed one): dropped, or the
+                // capability table fills and `SumShared` stops working.
+                let _ = sys::cap_delete(cap);
+            }
+            reply
         };
         msg = loop {
             match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
@@ -63,7 +69,8 @@ fn echo_main(generation: u64) {
     }
 }
 
-fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Response {
+/// Handles one request; `SumShared` takes the granted capability (`grant` is left `None`).
+fn handle(state: &mut State, req: Request, grant: &mut Option<CapSlot>) -> Response {
     match req {
         Request::Ping => Response::Pong {
             generation: state.generation,
@@ -77,7 +84,7 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Response {
             generation: state.generation,
         },
         Request::Crash { kind } => crash(kind),
-        Request::SumShared { len } => match sum_shared(grant, len) {
+        Request::SumShared { len } => match sum_shared(grant.take(), len) {
             Ok(total) => Response::Sum { total },
             Err(e) => Response::Error(ProtoError::Service(e)),
         },

@@ -6,7 +6,8 @@
 //! Capabilities a service starts with (slots, in order): 2 = its own endpoint (receive),
 //! 3 = the supervisor's endpoint (send, badged with the service), then one endpoint per
 //! `needs=` name, in manifest order (`boot` gives a read-only copy of the boot capability,
-//! which reads the boot modules and the kernel command line). Start argument: the service's
+//! which reads the boot modules and the kernel command line; `spawn` a copy of the spawn
+//! capability, for a service that runs tasks of its own). Start argument: the service's
 //! generation.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
@@ -161,6 +162,12 @@ impl Registry {
                     sys::task_grant(task, slot::BOOT, Rights::READ)?;
                     continue;
                 }
+                if need == "spawn" {
+                    // Spawning tasks of its own (the fuzzer's hostile child): the capability
+                    // itself carries no rights to pass on.
+                    sys::task_grant(task, slot::SPAWN, Rights::empty())?;
+                    continue;
+                }
                 let ep = if need == "supervisor" {
                     self.ep
                 } else {
@@ -206,6 +213,11 @@ impl Registry {
                     continue;
                 }
             };
+            if let Some(cap) = msg.cap {
+                // No request takes a capability: one sent along is dropped at once (kept, a
+                // client could fill this table and stop every restart and lookup).
+                let _ = sys::cap_delete(cap);
+            }
             if msg.label == FAULT_LABEL && msg.badge & FAULT_BADGE != 0 {
                 if let Some(notice) = FaultNotice::from_bytes(&buf[..msg.len]) {
                     self.on_notice((msg.badge & 0xffff) as usize, notice);
