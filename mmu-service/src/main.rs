@@ -72,22 +72,21 @@ fn mmu_main(generation: u64) {
     loop {
         let n = msg.len.min(MAX_PAYLOAD);
         request[..n].copy_from_slice(&buf[..n]);
+        let mut grant = msg.cap;
         let (label, len) = if msg.label == vmx::EXIT_LABEL {
             let reply = on_exit(&mut state, &request[..n]);
             let len = reply.encode(&mut buf).unwrap_or(0);
             (vmx::REPLY_LABEL, len)
         } else {
-            let mut grant = msg.cap;
-            let reply = serve_one::<Mmu>(msg.label, &request[..n], &mut buf, |req| {
+            serve_one::<Mmu>(msg.label, &request[..n], &mut buf, |req| {
                 handle(&mut state, req, &mut grant)
                     .unwrap_or_else(|e| Response::Error(ProtoError::Service(e)))
-            });
-            if let Some(cap) = grant {
-                // Sent with a request that takes none, or a malformed one: dropped.
-                let _ = sys::cap_delete(cap);
-            }
-            reply
+            })
         };
+        if let Some(cap) = grant {
+            // Sent with a message that takes none, or a malformed one: dropped.
+            let _ = sys::cap_delete(cap);
+        }
         msg = loop {
             match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
                 Ok(m) => break m,

@@ -41,23 +41,23 @@ fn echo_main(generation: u64) {
         Err(e) => panic!("echo: recv failed: {e}"),
     };
     loop {
+        let mut grant = msg.cap;
         let (label, len) = if msg.label == BENCH_LABEL {
             (BENCH_LABEL, msg.len)
         } else {
             state.calls += 1;
             let n = msg.len.min(MAX_PAYLOAD);
             request[..n].copy_from_slice(&buf[..n]);
-            let mut grant = msg.cap;
-            let reply = serve_one::<Echo>(msg.label, &request[..n], &mut buf, |req| {
+            serve_one::<Echo>(msg.label, &request[..n], &mut buf, |req| {
                 handle(&mut state, req, &mut grant)
-            });
-            if let Some(cap) = grant {
-                // Sent with a request that takes none (or a malformed one): dropped, or the
-                // capability table fills and `SumShared` stops working.
-                let _ = sys::cap_delete(cap);
-            }
-            reply
+            })
         };
+        if let Some(cap) = grant {
+            // Sent with a message that takes none (a raw benchmark message, a request other
+            // than `SumShared`, a malformed one): dropped, or the capability table fills and
+            // `SumShared` stops working.
+            let _ = sys::cap_delete(cap);
+        }
         msg = loop {
             match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
                 Ok(m) => break m,
