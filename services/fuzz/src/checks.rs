@@ -13,6 +13,7 @@ use userlib::proto::vmm::{self, ConfigError, EntryMode, MmuMode, VmConfig, Vmm, 
 use userlib::proto::ProtoError;
 use userlib::sys;
 
+use crate::messages::ECHO_BENCH_LABEL;
 use crate::{Tally, ECHO, MMU, SUPERVISOR, VMM};
 
 /// The state the fuzzing must leave as it found it.
@@ -103,6 +104,9 @@ pub fn stray_grants(grant: CapSlot) {
         let _ = client::<Supervisor>(SUPERVISOR)
             .call_with_cap(&supervisor::Request::Version, Some(grant));
         let _ = client::<Echo>(ECHO).call_with_cap(&echo::Request::Ping, Some(grant));
+        // The raw benchmark message, which echo answers without decoding.
+        let mut raw = [0u8; 8];
+        let _ = sys::call(ECHO, &mut raw, 8, ECHO_BENCH_LABEL, Some(grant));
         let _ = client::<Vmm>(VMM).call_with_cap(
             &vmm::Request::RunVm {
                 config: invalid_vm(),

@@ -47,7 +47,7 @@ pub const SPAWN: CapSlot = 8;
 pub const CHILD_ARG: u64 = 1 << 63;
 /// The short run of `make test`.
 pub const DEFAULT_SEED: u64 = 1;
-pub const DEFAULT_COUNT: u64 = 3000;
+pub const DEFAULT_COUNT: u64 = 20_000;
 /// Messages per syscall.
 pub const MESSAGES_PER_SYSCALL: u64 = 10;
 /// A service that does not answer one message for this long hangs (a failure).

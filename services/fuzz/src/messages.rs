@@ -25,7 +25,7 @@ use crate::{ECHO, MMU, PROGRESS, SUPERVISOR, VMM};
 /// Longest message built: past [`MAX_PAYLOAD`], which the kernel must refuse.
 const SEND_MAX: usize = 2 * MAX_PAYLOAD;
 /// The echo service's raw benchmark label (answered with the same bytes).
-const ECHO_BENCH_LABEL: u64 = 0xbe7c;
+pub const ECHO_BENCH_LABEL: u64 = 0xbe7c;
 /// Failures described in full; later ones are only counted.
 const FAILURES_SHOWN: u64 = 10;
 
