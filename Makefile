@@ -17,6 +17,8 @@ CARGO ?= cargo
 SCENARIO ?= demo
 TIMEOUT ?=
 # Default emulator: QEMU+KVM where /dev/kvm exists and the CPU has VMX, otherwise Bochs.
+# Whether the user named an emulator (`make fuzz` defaults to QEMU, not to this default).
+EMU_ORIGIN := $(origin EMU)
 ifeq ($(origin EMU),undefined)
 EMU := $(shell if [ -e /dev/kvm ] && grep -qw vmx /proc/cpuinfo 2>/dev/null; then echo kvm; else echo bochs; fi)
 endif
@@ -30,7 +32,7 @@ ISO_ROOT := $(BUILD)/iso-root
 HARNESS := $(TARGET_DIR)/release/umbra-harness
 # User services (services/*): static ELFs linked with userlib/link.ld, loaded as Multiboot2
 # modules from /boot/services/<name> (the manifest lines are in tests/src/bootcfg.rs).
-SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite
+SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite fuzz
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).
 GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-spaces64 guest-spacespae guest-spaces32 \
@@ -48,7 +50,7 @@ LIMINE_DIR ?=
 LIMINE_ISO := $(BUILD)/umbra-limine.iso
 LIMINE_ROOT := $(BUILD)/limine-root
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso run test bench boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso run test fuzz bench boot-configs scenarios clean
 
 help:
 	@echo "Umbra: microkernel-based x86_64 hypervisor"
@@ -62,6 +64,8 @@ help:
 	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
+	@echo "  make fuzz          the long fuzz run on QEMU: SEED=$(FUZZ_SEED) COUNT=$(FUZZ_COUNT) (COUNT malformed messages to"
+	@echo "                     every service and COUNT/10 random syscalls from a hostile task); make test runs a short one"
 	@echo "  make bench         benchmarks in Bochs: IPC round trips (build/bench/ipc.csv), VM exit round trips"
 	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv), the shadow MMU per"
 	@echo "                     paging mode (build/bench/mmu.csv); shadow MMU on the host (criterion)"
@@ -137,6 +141,13 @@ test: ensure-setup
 	@$(CARGO) build -q -p umbra-tests --release --bin umbra-harness || \
 		{ echo "make test: the harness (tests/) does not build"; echo "0 passed, 1 failed"; exit 1; }
 	@$(HARNESS) test
+
+# The long fuzz run (scenario fuzz on QEMU): COUNT messages and COUNT/10 syscalls from SEED.
+# `make test` runs the same scenario with the fuzzer's short defaults.
+FUZZ_SEED := $(or $(SEED),$(shell date +%s))
+FUZZ_COUNT := $(or $(COUNT),1000000)
+fuzz: ensure-setup harness iso
+	@$(HARNESS) run --emu $(if $(filter undefined,$(EMU_ORIGIN)),qemu,$(EMU)) --scenario fuzz --cmdline "fuzz.seed=$(FUZZ_SEED) fuzz.count=$(FUZZ_COUNT)" --timeout $(or $(TIMEOUT),7200)
 
 # IPC round trips, VM exit round trips and the shadow MMU in Bochs (deterministic instruction
 # counts; writes build/bench/ipc.csv, vmm.csv and mmu.csv), then the host benchmarks of the

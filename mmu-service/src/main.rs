@@ -18,7 +18,7 @@ mod shadow;
 
 use abi::ipc::MAX_PAYLOAD;
 use abi::vmx::{self, ExitMessage, ExitReply};
-use abi::{CapSlot, Rights};
+use abi::{CapKind, CapSlot, Rights};
 use alloc::boxed::Box;
 use mmu_service::ept::{on_violation, Violation};
 use userlib::proto::mmu::{
@@ -72,17 +72,21 @@ fn mmu_main(generation: u64) {
     loop {
         let n = msg.len.min(MAX_PAYLOAD);
         request[..n].copy_from_slice(&buf[..n]);
+        let mut grant = msg.cap;
         let (label, len) = if msg.label == vmx::EXIT_LABEL {
             let reply = on_exit(&mut state, &request[..n]);
             let len = reply.encode(&mut buf).unwrap_or(0);
             (vmx::REPLY_LABEL, len)
         } else {
-            let grant = msg.cap;
             serve_one::<Mmu>(msg.label, &request[..n], &mut buf, |req| {
-                handle(&mut state, req, grant)
+                handle(&mut state, req, &mut grant)
                     .unwrap_or_else(|e| Response::Error(ProtoError::Service(e)))
             })
         };
+        if let Some(cap) = grant {
+            // Sent with a message that takes none, or a malformed one: dropped.
+            let _ = sys::cap_delete(cap);
+        }
         msg = loop {
             match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
                 Ok(m) => break m,
@@ -92,10 +96,17 @@ fn mmu_main(generation: u64) {
     }
 }
 
-fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Response, MmuError> {
+/// Handles one request. A request that takes a capability takes it out of `grant` (if it
+/// is of the kind it needs: a VM for `AttachVm`, memory for `GrantRam`, a vCPU for
+/// `AttachVcpu`; any other is `NoGrant` and is dropped by the caller).
+fn handle(
+    state: &mut State,
+    req: Request,
+    grant: &mut Option<CapSlot>,
+) -> Result<Response, MmuError> {
     match req {
         Request::AttachVm { ram_pages, shadow } => {
-            let cap = grant.ok_or(MmuError::NoGrant)?;
+            let cap = take_grant(grant, CapKind::Vm)?;
             let Some(i) = state.vms.iter().position(Option::is_none) else {
                 let _ = sys::cap_delete(cap);
                 return Err(MmuError::Full);
@@ -119,7 +130,7 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Res
             Ok(Response::Attached { handle: i as u32 })
         }
         Request::GrantRam { handle } => {
-            let ram = grant.ok_or(MmuError::NoGrant)?;
+            let ram = take_grant(grant, CapKind::Memory)?;
             let vm = slot(state, handle).ok().and_then(Option::as_mut);
             let Some(s) = vm.and_then(|v| v.shadow.as_mut()) else {
                 let _ = sys::cap_delete(ram);
@@ -129,7 +140,7 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Result<Res
             Ok(Response::RamGranted)
         }
         Request::AttachVcpu { handle, index } => {
-            let cap = grant.ok_or(MmuError::NoGrant)?;
+            let cap = take_grant(grant, CapKind::Vcpu)?;
             let vm = slot(state, handle).ok().and_then(Option::as_mut);
             let Some(s) = vm.and_then(|v| v.shadow.as_mut()) else {
                 let _ = sys::cap_delete(cap);
@@ -166,6 +177,17 @@ fn quiet(stopped: u64) -> bool {
         userlib::println!("mmu: further stops of this VM outside RAM are counted, not printed");
     }
     stopped >= PRINTED
+}
+
+/// Takes the granted capability if it names an object of `kind` (else leaves it for the
+/// caller to drop): a VM slot must never hold, say, a memory object a client sent.
+fn take_grant(grant: &mut Option<CapSlot>, kind: CapKind) -> Result<CapSlot, MmuError> {
+    let cap = grant.ok_or(MmuError::NoGrant)?;
+    if sys::cap_info(cap).map(|i| i.kind) != Ok(Some(kind)) {
+        return Err(MmuError::NoGrant);
+    }
+    *grant = None;
+    Ok(cap)
 }
 
 fn slot(state: &mut State, handle: u32) -> Result<&mut Option<VmEntry>, MmuError> {

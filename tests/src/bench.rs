@@ -56,6 +56,7 @@ fn boot_bench(
     build_dir: &Path,
 ) -> Result<(bool, String, PathBuf), String> {
     let opts = RunOptions {
+        extra_cmdline: None,
         emu: Emu::Bochs,
         scenario: scenario.to_string(),
         timeout_secs: None,

@@ -54,17 +54,21 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation restart=8 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz restart=8 pages=8192",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=mmu-service,boot pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz needs=mmu-service,boot pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
         manifest:
             "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=boot,vmm-service",
+    },
+    BootModule {
+        path: "/boot/services/fuzz",
+        manifest: "fuzz run=fuzz needs=echo,vmm-service,mmu-service,boot,spawn",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",

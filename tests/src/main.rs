@@ -15,8 +15,10 @@ usage: umbra-harness <command> [options]
 
 commands:
   run --emu qemu|kvm|bochs|auto --scenario NAME [--timeout SECS] [--expect-crash]
+      [--cmdline WORDS]
                        boot the ISO with one scenario, stream the console, judge the log;
-                       exit 0 iff it passed (with --expect-crash: iff it crashed as expected)
+                       exit 0 iff it passed (with --expect-crash: iff it crashed as expected);
+                       --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`)
   test                 everything `make test` runs; the last line is `N passed, M failed`
   list                 the scenario table
   bench-ipc            boot scenario=bench-ipc in Bochs; print the round trips, write BUILD/bench/ipc.csv
@@ -49,6 +51,7 @@ struct Args {
     command: String,
     emu: Option<String>,
     scenario: Option<String>,
+    cmdline: Option<String>,
     timeout: Option<u64>,
     expect_crash: bool,
     check: bool,
@@ -66,6 +69,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         command,
         emu: None,
         scenario: None,
+        cmdline: None,
         timeout: None,
         expect_crash: false,
         check: false,
@@ -81,6 +85,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         match arg.as_str() {
             "--emu" => a.emu = Some(value("--emu")?),
             "--scenario" => a.scenario = Some(value("--scenario")?),
+            "--cmdline" => a.cmdline = Some(value("--cmdline")?),
             "--timeout" => {
                 let v = value("--timeout")?;
                 a.timeout = Some(
@@ -115,6 +120,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
                 .scenario
                 .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string());
             let opts = RunOptions {
+                extra_cmdline: a.cmdline,
                 emu,
                 scenario,
                 timeout_secs: a.timeout,

@@ -118,6 +118,8 @@ const CARGO_STEPS: &[CmdStep] = &[
             "-p",
             "vmm-suite",
             "-p",
+            "fuzz",
+            "-p",
             "guests",
             "--target",
             "x86_64-unknown-none",
@@ -185,6 +187,7 @@ pub fn test(opts: &TestOptions) -> i32 {
                 continue;
             }
             let run_opts = RunOptions {
+                extra_cmdline: None,
                 emu,
                 scenario: sc.name.to_string(),
                 timeout_secs: None,

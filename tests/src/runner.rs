@@ -24,6 +24,8 @@ pub struct RunOptions {
     pub emu: Emu,
     /// The scenario name (`scenario=NAME` on the kernel command line).
     pub scenario: String,
+    /// More kernel command-line words after `scenario=NAME` (e.g. `fuzz.seed=7`).
+    pub extra_cmdline: Option<String>,
     /// Wall-clock limit; `None`: the scenario table's, or the default.
     pub timeout_secs: Option<u64>,
     /// Expectation; `None`: [`Expect::Pass`] (the table's expectation is for `make test`).
@@ -120,7 +122,15 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
     let log_path = build_dir.join(format!("serial-{tag}.log"));
     let _ = fs::remove_file(&log_path);
 
-    let cmdline = scenarios::cmdline_for(&opts.scenario);
+    let mut cmdline = scenarios::cmdline_for(&opts.scenario);
+    if let Some(extra) = opts
+        .extra_cmdline
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    {
+        cmdline.push(' ');
+        cmdline.push_str(extra.trim());
+    }
     let cfg_disk = run_dir.join("cfg.img");
     bootcfg::write_cfg_disk(&cfg_disk, &cmdline)?;
 

@@ -78,6 +78,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::SHADOW, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::BENCH_MMU, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::ISOLATION, Expect::Pass, &[Bochs]).timeout(300),
+    Scenario::new(abi::scenario::FUZZ, Expect::Pass, &[Qemu]),
 ];
 
 /// Looks a scenario up by name.

@@ -1163,11 +1163,19 @@ pub mod crash {
 /// Addresses no task ever maps: below `USER_MIN`, and a 1 GiB window userlib reserves.
 pub const NEVER_MAPPED: core::ops::Range<u64> = 0x6000_0000_0000..0x6000_4000_0000;
 
+/// A 1 GiB window for memory that only the kernel reads and writes: a hostile test maps
+/// scratch memory here (with [`mem_map`]) and passes pointers into it; no Rust reference ever
+/// points here, so whatever the kernel writes there cannot break this task's own memory.
+pub const HOSTILE_SCRATCH: core::ops::Range<u64> = 0x6000_4000_0000..0x6000_8000_0000;
+
 /// Whether a value is safe to pass as any syscall argument: the kernel cannot reach this
-/// task's memory through it (it is below the lowest user address, in [`NEVER_MAPPED`], or
-/// outside the user half).
+/// task's memory through it (it is below the lowest user address, in [`NEVER_MAPPED`] or
+/// [`HOSTILE_SCRATCH`], or outside the user half).
 pub fn is_hostile_safe(v: u64) -> bool {
-    v < abi::ipc::layout::USER_MIN || NEVER_MAPPED.contains(&v) || v >= abi::ipc::layout::USER_END
+    v < abi::ipc::layout::USER_MIN
+        || NEVER_MAPPED.contains(&v)
+        || HOSTILE_SCRATCH.contains(&v)
+        || v >= abi::ipc::layout::USER_END
 }
 
 /// Issues syscall `nr` with arguments that cannot point into this task's memory (checked
@@ -1352,7 +1360,7 @@ pub mod heap {
     use spin::Mutex;
 
     /// Where the heap is mapped.
-    pub const HEAP_VA: u64 = 0x0000_6000_0000_0000;
+    pub const HEAP_VA: u64 = 0x0000_5000_0000_0000;
 
     static HEAP: Mutex<Heap> = Mutex::new(Heap::empty());
 

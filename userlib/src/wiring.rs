@@ -21,6 +21,8 @@ pub const OWN_ENDPOINT: CapSlot = FIRST_GRANTED;
 pub const SUPERVISOR: CapSlot = FIRST_GRANTED + 1;
 /// The `needs=` name of the read-only boot capability (boot modules, kernel command line).
 pub const BOOT: &str = "boot";
+/// The `needs=` name of a copy of the spawn capability (a service that runs tasks of its own).
+pub const SPAWN: &str = "spawn";
 
 /// Why a service cannot have the capability it asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +105,11 @@ impl Wiring {
     /// The boot capability (`needs=boot`).
     pub fn boot(&self) -> Result<CapSlot, WiringError> {
         self.slot(BOOT, CapKind::Boot, kind_of)
+    }
+
+    /// The spawn capability (`needs=spawn`).
+    pub fn spawn(&self) -> Result<CapSlot, WiringError> {
+        self.slot(SPAWN, CapKind::Spawn, kind_of)
     }
 }
 

@@ -41,6 +41,7 @@ pub mod scenario {
     pub const SHADOW: &str = "shadow";
     pub const BENCH_MMU: &str = "bench-mmu";
     pub const ISOLATION: &str = "isolation";
+    pub const FUZZ: &str = "fuzz";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -83,6 +84,10 @@ pub mod scenario {
         (
             ISOLATION,
             "VM isolation: a guest probes its whole 4 GiB guest-physical space beside a live neighbour VM, EPT and shadow",
+        ),
+        (
+            FUZZ,
+            "fuzzing: malformed messages to every service, random syscalls from a hostile task",
         ),
     ];
 

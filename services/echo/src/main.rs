@@ -41,17 +41,23 @@ fn echo_main(generation: u64) {
         Err(e) => panic!("echo: recv failed: {e}"),
     };
     loop {
+        let mut grant = msg.cap;
         let (label, len) = if msg.label == BENCH_LABEL {
             (BENCH_LABEL, msg.len)
         } else {
             state.calls += 1;
             let n = msg.len.min(MAX_PAYLOAD);
             request[..n].copy_from_slice(&buf[..n]);
-            let grant = msg.cap;
             serve_one::<Echo>(msg.label, &request[..n], &mut buf, |req| {
-                handle(&mut state, req, grant)
+                handle(&mut state, req, &mut grant)
             })
         };
+        if let Some(cap) = grant {
+            // Sent with a message that takes none (a raw benchmark message, a request other
+            // than `SumShared`, a malformed one): dropped, or the capability table fills and
+            // `SumShared` stops working.
+            let _ = sys::cap_delete(cap);
+        }
         msg = loop {
             match sys::reply_recv(OWN_EP, &mut buf, len, label, None) {
                 Ok(m) => break m,
@@ -63,7 +69,8 @@ fn echo_main(generation: u64) {
     }
 }
 
-fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Response {
+/// Handles one request; `SumShared` takes the granted capability (`grant` is left `None`).
+fn handle(state: &mut State, req: Request, grant: &mut Option<CapSlot>) -> Response {
     match req {
         Request::Ping => Response::Pong {
             generation: state.generation,
@@ -77,7 +84,7 @@ fn handle(state: &mut State, req: Request, grant: Option<CapSlot>) -> Response {
             generation: state.generation,
         },
         Request::Crash { kind } => crash(kind),
-        Request::SumShared { len } => match sum_shared(grant, len) {
+        Request::SumShared { len } => match sum_shared(grant.take(), len) {
             Ok(total) => Response::Sum { total },
             Err(e) => Response::Error(ProtoError::Service(e)),
         },

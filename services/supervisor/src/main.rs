@@ -7,7 +7,7 @@
 //! endpoint (send, badged with the service) in the fixed slots `userlib::wiring::OWN_ENDPOINT`
 //! and `SUPERVISOR`, then one capability per `needs=` name (an endpoint; `boot` gives a
 //! read-only copy of the boot capability, which reads the boot modules and the kernel command
-//! line). Where each name landed is the service's wiring, which it asks for at start
+//! line; `spawn` a copy of the spawn capability, for a service that runs tasks of its own). Where each name landed is the service's wiring, which it asks for at start
 //! (`Request::Wiring`, `userlib::wiring`): no service counts on the manifest's order. Start
 //! argument: the service's generation.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -169,6 +169,10 @@ impl Registry {
                 let slot = if need == wiring::BOOT {
                     // Reading the boot modules and the command line: read-only, no grant.
                     sys::task_grant(task, slot::BOOT, Rights::READ)?
+                } else if need == wiring::SPAWN {
+                    // Spawning tasks of its own (the fuzzer's hostile child): the capability
+                    // itself carries no rights to pass on.
+                    sys::task_grant(task, slot::SPAWN, Rights::empty())?
                 } else {
                     let ep = if need == "supervisor" {
                         self.ep
@@ -225,6 +229,11 @@ impl Registry {
                     continue;
                 }
             };
+            if let Some(cap) = msg.cap {
+                // No request takes a capability: one sent along is dropped at once (kept, a
+                // client could fill this table and stop every restart and lookup).
+                let _ = sys::cap_delete(cap);
+            }
             if msg.label == FAULT_LABEL && msg.badge & FAULT_BADGE != 0 {
                 if let Some(notice) = FaultNotice::from_bytes(&buf[..msg.len]) {
                     self.on_notice((msg.badge & 0xffff) as usize, notice);

@@ -151,7 +151,8 @@ impl Message for Response {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MmuError {
-    /// `AttachVm` came without a VM capability.
+    /// The request came without the capability it needs, or with one of another kind (a VM
+    /// for `AttachVm`, memory for `GrantRam`, a vCPU for `AttachVcpu`).
     NoGrant,
     /// All VM slots are taken.
     Full,
