@@ -11,6 +11,7 @@
 pub mod client;
 pub mod codec;
 pub mod ipc;
+pub mod kept;
 pub mod manifest;
 pub mod proto;
 pub mod rt;

@@ -44,7 +44,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 
 #[test]
 fn labels() {
-    assert_eq!(supervisor::LABEL, 0x0001_0002);
+    assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
     assert_eq!(vmm::LABEL, 0x0002_0002);
     assert_eq!(mmu::LABEL, 0x0003_0002);
@@ -74,6 +74,9 @@ fn supervisor_requests() {
         (Request::Shutdown { code: 300 }, "05 ac 02"),
         (Request::Shutdown { code: 0 }, "05 00"),
         (Request::Wiring, "06"),
+        (Request::Keep { key: 0x1_0002 }, "07 82 80 04"),
+        (Request::Fetch { key: 3 }, "08 03"),
+        (Request::Forget { key: 0 }, "09 00"),
     ]);
 }
 
@@ -170,6 +173,16 @@ fn supervisor_responses() {
                 },
             ])),
             "07 02  04 65 63 68 6f 04  04 62 6f 6f 74 c8 01",
+        ),
+        (Response::Kept, "08"),
+        (Response::Forgotten, "09"),
+        (
+            Response::Error(ProtoError::Service(SupervisorError::NotKept)),
+            "00 06 03",
+        ),
+        (
+            Response::Error(ProtoError::Service(SupervisorError::KeepFull)),
+            "00 06 04",
         ),
     ]);
 }

@@ -348,8 +348,8 @@ fn typed_errors_by_example() {
         ("empty", &[], DecodeError::Truncated),
         ("opcode ends early", &[0x80], DecodeError::Truncated),
         (
-            "opcode 7 (variants are 0..=6)",
-            &[0x07],
+            "opcode 10 (variants are 0..=9)",
+            &[0x0a],
             DecodeError::UnknownOpcode,
         ),
         (

@@ -17,6 +17,7 @@ use abi::cap::slot;
 use abi::ipc::{FaultNotice, FAULT_EXIT, FAULT_LABEL, FAULT_PANIC, MAX_PAYLOAD};
 use abi::{CapSlot, Rights};
 use heapless::{String, Vec};
+use userlib::kept::{KeepError, KeptCaps};
 use userlib::manifest::{self, ManifestEntry};
 use userlib::proto::supervisor::{
     Request, Response, ServiceInfo, ServiceName, ServiceState, Supervisor, SupervisorError, Wire,
@@ -54,6 +55,8 @@ struct Registry {
     services: Vec<Service, MAX_SERVICES>,
     /// A capability granted with the last reply, deleted after it went out.
     granted: Option<CapSlot>,
+    /// What services keep across their restarts (`Request::Keep`).
+    kept: KeptCaps,
 }
 
 fn supervisor_main(_arg: u64) {
@@ -90,6 +93,7 @@ fn setup() -> Result<Registry, &'static str> {
         scenario: String::new(),
         services: Vec::new(),
         granted: None,
+        kept: KeptCaps::new(),
     };
     let _ = sup.scenario.push_str(&scenario[..scenario.len().min(32)]);
     let mut buf = [0u8; 128];
@@ -229,12 +233,13 @@ impl Registry {
                     continue;
                 }
             };
-            if let Some(cap) = msg.cap {
-                // No request takes a capability: one sent along is dropped at once (kept, a
-                // client could fill this table and stop every restart and lookup).
-                let _ = sys::cap_delete(cap);
-            }
+            // Only `Keep` takes a capability; one sent with anything else is dropped after
+            // the request (kept, a client could fill this table and stop every restart).
+            let mut sent = msg.cap;
             if msg.label == FAULT_LABEL && msg.badge & FAULT_BADGE != 0 {
+                if let Some(cap) = sent.take() {
+                    let _ = sys::cap_delete(cap);
+                }
                 if let Some(notice) = FaultNotice::from_bytes(&buf[..msg.len]) {
                     self.on_notice((msg.badge & 0xffff) as usize, notice);
                 }
@@ -247,8 +252,11 @@ impl Registry {
             // carries CLIENT_BADGE and its index.
             let client = (msg.badge & CLIENT_BADGE != 0).then_some((msg.badge & 0xffff) as usize);
             (label, len) = serve_one::<Supervisor>(msg.label, &request[..n], &mut buf, |req| {
-                self.handle(client, req)
+                self.handle(client, req, &mut sent)
             });
+            if let Some(cap) = sent {
+                let _ = sys::cap_delete(cap);
+            }
         }
     }
 
@@ -264,7 +272,13 @@ impl Registry {
         }
     }
 
-    fn handle(&mut self, client: Option<usize>, req: Request) -> Response {
+    fn handle(
+        &mut self,
+        client: Option<usize>,
+        req: Request,
+        sent: &mut Option<CapSlot>,
+    ) -> Response {
+        let error = |e| Response::Error(ProtoError::Service(e));
         let no_such = Response::Error(ProtoError::Service(SupervisorError::NoSuchService));
         match req {
             Request::Version => Response::Version {
@@ -322,6 +336,41 @@ impl Registry {
                     Err(_) => Response::Error(ProtoError::Service(SupervisorError::ServiceDown)),
                 }
             }
+            Request::Keep { key } => {
+                let (Some(c), Some(cap)) = (client, *sent) else {
+                    return error(SupervisorError::KeepFull);
+                };
+                match self.kept.keep(c as u16, key, cap) {
+                    Ok(old) => {
+                        *sent = None;
+                        if let Some(old) = old {
+                            let _ = sys::cap_delete(old);
+                        }
+                        Response::Kept
+                    }
+                    Err(KeepError::Full) => error(SupervisorError::KeepFull),
+                }
+            }
+            Request::Fetch { key } => {
+                let kept = client.and_then(|c| self.kept.fetch(c as u16, key));
+                let Some(cap) = kept else {
+                    return error(SupervisorError::NotKept);
+                };
+                match sys::cap_copy(cap, Rights::all(), 0) {
+                    Ok(copy) => {
+                        self.granted = Some(copy);
+                        Response::Granted
+                    }
+                    Err(_) => error(SupervisorError::NotKept),
+                }
+            }
+            Request::Forget { key } => match client.and_then(|c| self.kept.forget(c as u16, key)) {
+                Some(cap) => {
+                    let _ = sys::cap_delete(cap);
+                    Response::Forgotten
+                }
+                None => error(SupervisorError::NotKept),
+            },
             Request::Wiring => match client.and_then(|c| self.services.get(c)) {
                 Some(s) => Response::Wiring(s.wiring.clone()),
                 _ => Response::Error(ProtoError::Service(SupervisorError::NotPermitted)),
@@ -392,6 +441,9 @@ impl Registry {
                 "supervisor: giving up on {name} after {} restart(s); its callers get ServerGone",
                 s.restarts
             );
+            for cap in self.kept.forget_all(i as u16) {
+                let _ = sys::cap_delete(cap);
+            }
             return;
         }
         s.restarts += 1;
@@ -409,6 +461,9 @@ impl Registry {
             userlib::println!("supervisor: restart of {name} failed: {e:?}");
             self.services[i].state = ServiceState::GaveUp;
             let _ = sys::endpoint_close(self.services[i].ep);
+            for cap in self.kept.forget_all(i as u16) {
+                let _ = sys::cap_delete(cap);
+            }
         }
     }
 }

@@ -8,9 +8,9 @@ use super::{ids, ProtoError, Protocol};
 use crate::codec::{label, Message};
 
 pub const PROTOCOL_ID: u16 = ids::SUPERVISOR;
-/// 2: [`Request::Wiring`].
-pub const VERSION: u16 = 2;
-/// `0x0001_0002`.
+/// 2: [`Request::Wiring`]; 3: [`Request::Keep`], [`Request::Fetch`], [`Request::Forget`].
+pub const VERSION: u16 = 3;
+/// `0x0001_0003`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest service name, in bytes.
@@ -60,10 +60,18 @@ pub enum Request {
     /// Where the capabilities the caller's manifest line `needs=` landed in its table;
     /// answered with [`Response::Wiring`] (see `userlib::wiring`).
     Wiring,
+    /// Keeps the capability sent with the request under the caller's `key`, across the
+    /// caller's restarts (see `userlib::kept`); answered with [`Response::Kept`].
+    Keep { key: u32 },
+    /// Answered with [`Response::Granted`]: the reply carries a copy of what the caller kept
+    /// under `key` ([`SupervisorError::NotKept`] if nothing).
+    Fetch { key: u32 },
+    /// Deletes what the caller kept under `key`; answered with [`Response::Forgotten`].
+    Forget { key: u32 },
 }
 
 impl Message for Request {
-    const OPCODE_COUNT: u32 = 7;
+    const OPCODE_COUNT: u32 = 10;
 }
 
 // Messages are fixed-size values (no heap in a service), so the size difference is the point.
@@ -73,7 +81,10 @@ pub enum Response {
     /// The request failed.
     Error(Error),
     /// The protocol id and version the supervisor speaks.
-    Version { protocol: u16, version: u16 },
+    Version {
+        protocol: u16,
+        version: u16,
+    },
     /// Every service the supervisor runs.
     Services(Vec<ServiceInfo, MAX_SERVICES>),
     /// One service.
@@ -81,11 +92,15 @@ pub enum Response {
     /// The reply carries the service's endpoint capability.
     Granted,
     /// The service was restarted; `generation` is the new one.
-    Restarted { generation: u32 },
+    Restarted {
+        generation: u32,
+    },
     /// The scenario ends; no other request will be answered.
     ShuttingDown,
     /// The caller's capabilities by name, in manifest order.
     Wiring(Vec<Wire, MAX_WIRES>),
+    Kept,
+    Forgotten,
 }
 
 /// One capability a service was given at start: the `needs=` name and its slot.
@@ -96,7 +111,7 @@ pub struct Wire {
 }
 
 impl Message for Response {
-    const OPCODE_COUNT: u32 = 8;
+    const OPCODE_COUNT: u32 = 10;
 }
 
 /// What the supervisor knows of one service.
@@ -130,4 +145,8 @@ pub enum SupervisorError {
     ServiceDown,
     /// The caller may not make this request (e.g. restart or shut down).
     NotPermitted,
+    /// Nothing is kept under that key.
+    NotKept,
+    /// The caller keeps as many capabilities as it may (or sent none to keep).
+    KeepFull,
 }

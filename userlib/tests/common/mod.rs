@@ -66,6 +66,8 @@ pub fn any_supervisor_error() -> impl Strategy<Value = SupervisorError> {
         Just(SupervisorError::NoSuchService),
         Just(SupervisorError::ServiceDown),
         Just(SupervisorError::NotPermitted),
+        Just(SupervisorError::NotKept),
+        Just(SupervisorError::KeepFull),
     ]
 }
 
@@ -99,6 +101,9 @@ pub fn any_supervisor_request() -> impl Strategy<Value = supervisor::Request> {
         any_name().prop_map(|name| Request::Restart { name }),
         any::<u32>().prop_map(|code| Request::Shutdown { code }),
         Just(Request::Wiring),
+        any::<u32>().prop_map(|key| Request::Keep { key }),
+        any::<u32>().prop_map(|key| Request::Fetch { key }),
+        any::<u32>().prop_map(|key| Request::Forget { key }),
     ]
 }
 
@@ -119,6 +124,8 @@ pub fn any_supervisor_response() -> impl Strategy<Value = supervisor::Response> 
             0..=supervisor::MAX_WIRES
         )
         .prop_map(|wires| Response::Wiring(Vec::from_iter(wires))),
+        Just(Response::Kept),
+        Just(Response::Forgotten),
     ]
 }
 
