@@ -141,8 +141,10 @@ pub enum Sys {
     /// `(vm, pool, ep)`: makes the memory object `pool` (READ|WRITE) the shadow page pool of
     /// the shadow-paged VM `vm`, and endpoint `ep` the one whose exit replies may set a vCPU's
     /// shadow root ([`crate::vmx::reply::SET_SHADOW_CR3`]): a root must be a page of `pool`.
-    /// Once per VM ([`crate::Error::Busy`] after); [`crate::Error::InvalidArgument`] for an
-    /// EPT VM.
+    /// Once set, it can be set again only with the same endpoint ([`crate::Error::Busy`]
+    /// otherwise): a restarted MMU service registers its (new or zeroed) pool, and every vCPU
+    /// of the VM goes back to the VM's empty root, so none enters the guest on a table the new
+    /// instance did not build. [`crate::Error::InvalidArgument`] for an EPT VM.
     VmSetShadow = 103,
 }
 

@@ -9,7 +9,8 @@ use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::tests::{ok, status, sys, write_user, Model, DATA};
 use super::tests_vm::{
-    exit, read_one, received, run, run_result, vmcs, vmm_with, write_state, Running, Vmm, RAM_PAGES,
+    exit, read_one, received, run, run_result, spawn_server, vmcs, vmm_with, write_state, Running,
+    Vmm, RAM_PAGES,
 };
 use crate::PAGE_SIZE;
 
@@ -90,7 +91,7 @@ fn running_shadow(flags: u64, mmu_is_portal: bool) -> (Vmm, Running, u64) {
     let pool_phys = sys(k, Sys::MemInfo, [pool, 0, 0, 0, 0, 0]).1.rsi;
     let other = ok(&sys(k, Sys::EndpointCreate, [0; 6]).1);
     let mmu = if mmu_is_portal { v.ep } else { other };
-    // Not for an EPT VM, only once.
+    // Not for an EPT VM; once set, again only with the same MMU endpoint.
     let ram = ok(&sys(k, Sys::MemAlloc, [RAM_PAGES, 0, 0, 0, 0, 0]).1);
     let ept_vm = ok(&sys(k, Sys::VmCreate, [ram, 0, 0, 0, 0, 0]).1);
     assert_eq!(
@@ -98,10 +99,12 @@ fn running_shadow(flags: u64, mmu_is_portal: bool) -> (Vmm, Running, u64) {
         Err(Error::InvalidArgument)
     );
     ok(&sys(k, Sys::VmSetShadow, [v.vm, pool, mmu, 0, 0, 0]).1);
+    let stranger = if mmu_is_portal { other } else { v.ep };
     assert_eq!(
-        status(&sys(k, Sys::VmSetShadow, [v.vm, pool, mmu, 0, 0, 0]).1),
+        status(&sys(k, Sys::VmSetShadow, [v.vm, pool, stranger, 0, 0, 0]).1),
         Err(Error::Busy)
     );
+    ok(&sys(k, Sys::VmSetShadow, [v.vm, pool, mmu, 0, 0, 0]).1);
     let portal = [
         v.vcpu,
         reason::EXCEPTION_NMI as u64,
@@ -152,6 +155,64 @@ fn roots_come_from_the_mmu_endpoint_and_lie_in_the_pool() {
         (stop::BAD_ROOT, reason::EXCEPTION_NMI as u64, v.ram_phys)
     );
     assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), root, "nothing changed");
+}
+
+#[test]
+fn a_restarted_mmu_service_registers_again_and_no_vcpu_keeps_an_old_root() {
+    use super::objects::ThreadState;
+    let (mut v, r, pool_phys) = running_shadow(0, true);
+    let k = &mut v.k;
+    let old_root = pool_phys + PAGE_SIZE;
+    assert_eq!(fault_and_set_root(k, &r, old_root), Next::Guest(v.vt));
+    // The next fault reaches the MMU service, which dies before it answers (say, halfway
+    // through writing shadow entries of the old pool).
+    exit(k, reason::EXCEPTION_NMI, 0x5678, 0);
+    let (first, _) = received(k, r.server);
+    let regs = k.thread(r.server).regs;
+    k.on_user_fault(&regs, 14, 4, 0xdead);
+    assert!(matches!(
+        k.thread(v.vt).state,
+        ThreadState::BlockedSend { call: true, .. }
+    ));
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), old_root);
+    // The supervisor starts the next generation; before its first receive it registers the
+    // VM again (here with a fresh pool): every vCPU of the VM is back on the empty root.
+    k.machine.ticks = 1;
+    assert_eq!(k.on_tick(None), Next::User(v.sup));
+    let (_, server_ep) = spawn_server(&mut v, 2);
+    let k = &mut v.k;
+    let pool = ok(&sys(k, Sys::MemAlloc, [POOL_PAGES, 0, 0, 0, 0, 0]).1);
+    let new_pool = sys(k, Sys::MemInfo, [pool, 0, 0, 0, 0, 0]).1.rsi;
+    ok(&sys(k, Sys::VmSetShadow, [v.vm, pool, v.ep, 0, 0, 0]).1);
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), empty_root(&v));
+    let k = &mut v.k;
+    // The re-sent exit reaches the new instance, which answers it from the new pool; a root
+    // in the old pool is refused from now on.
+    let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    let Next::User(server2) = next else {
+        panic!("{next:?}")
+    };
+    let (next, _) = sys(k, Sys::Recv, [server_ep, DATA, 512, 0, 0, 0]);
+    assert_eq!(next, Next::User(server2));
+    let (again, _) = received(k, server2);
+    assert_eq!(again, first, "the same exit, once more");
+    let answer = |k: &mut Kernel<Model>, root: u64| {
+        let reply = ExitReply {
+            flags: reply::SET_SHADOW_CR3,
+            shadow_cr3: root,
+            ..ExitReply::default()
+        };
+        let mut buf = [0u8; ExitReply::MAX_SIZE];
+        let n = reply.encode(&mut buf).unwrap();
+        write_user(k, server2, DATA, &buf[..n]);
+        let a = [server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
+        sys(k, Sys::ReplyRecv, a).0
+    };
+    assert_eq!(answer(k, new_pool + PAGE_SIZE), Next::Guest(v.vt));
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), new_pool + PAGE_SIZE);
+    exit(k, reason::EXCEPTION_NMI, 0x9abc, 0);
+    assert_ne!(answer(k, old_root), Next::Guest(v.vt));
+    assert_eq!(run_result(k, r.runner).0, stop::BAD_ROOT);
 }
 
 #[test]

@@ -246,9 +246,12 @@ impl<M: Machine> Kernel<M> {
         let Some(s) = v.shadow.as_mut() else {
             return Err(err(Error::InvalidArgument));
         };
-        if s.pool.is_some() {
-            return Err(err(Error::Busy));
-        }
+        // Once set, only the registered MMU endpoint's holder may register again (a restarted
+        // MMU service recovering the VM, or retrying an attach its dead predecessor began).
+        let old = match s.pool {
+            Some(old) if old.mmu_ep != ep.obj => return Err(err(Error::Busy)),
+            old => old,
+        };
         s.pool = Some(Pool {
             mem: pool.obj,
             phys,
@@ -257,6 +260,23 @@ impl<M: Machine> Kernel<M> {
         });
         self.acquire(pool.obj);
         self.acquire(ep.obj);
+        if let Some(old) = old {
+            // Every vCPU of the VM leaves the roots the old registration set: none enters the
+            // guest on a table its new MMU instance has not built.
+            self.release(old.mem);
+            self.release(old.mmu_ep);
+            let vcpus: heapless::Vec<u16, MAX_VCPUS> = (0..MAX_VCPUS as u16)
+                .filter(|&i| {
+                    self.vcpus[i as usize]
+                        .obj
+                        .as_ref()
+                        .is_some_and(|c| c.vm == vm.obj)
+                })
+                .collect();
+            for vi in vcpus {
+                self.drop_shadow_root(vi);
+            }
+        }
         Ok(Some([0; 4]))
     }
 
