@@ -21,6 +21,7 @@
 //! - [`shadow_exit`]: a shadow-paged vCPU's exits (#PF, CR access, INVLPG) to replies.
 //! - [`mmu`]: the [`Mmu`] object, its configuration and errors, `invalidate_all`.
 //! - [`stats`]: the counters.
+//! - [`journal`]: what a restarted service recovers its VMs from, and fault injection.
 //!
 //! # Memory
 //!
@@ -39,6 +40,7 @@ extern crate alloc;
 pub mod emulate;
 pub mod ept;
 pub mod fault;
+pub mod journal;
 pub mod mmu;
 pub mod role;
 pub mod roots;

@@ -6,7 +6,13 @@
 //! and answers #PF, CR-access and INVLPG exits with the shadow MMU
 //! ([`mmu_service::shadow_exit`]).
 //!
-//! Capabilities (granted by the supervisor): slot 2 = its own endpoint (receive).
+//! It survives its own crashes: every VM's capabilities are kept with the supervisor and
+//! described in a journal page, and a new instance serves the same VMs from its first message
+//! on (see [`recover`] for the design). Test suites can make it crash (`InjectFaults`, only
+//! with `mmu.inject` on the kernel command line).
+//!
+//! Capabilities (manifest `needs=boot`, by name through `userlib::wiring`): its own endpoint
+//! (receive), the supervisor's, and the boot capability (the kernel command line).
 //! Messages: `proto::mmu` requests (the VMM attaches VMs), and exit messages
 //! (`abi::vmx::EXIT_LABEL`) from vCPUs whose id names an attached VM (`proto::mmu::vcpu_id`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -14,6 +20,7 @@
 
 extern crate alloc;
 
+mod recover;
 mod shadow;
 
 use abi::ipc::MAX_PAYLOAD;
@@ -21,21 +28,25 @@ use abi::vmx::{self, ExitMessage, ExitReply};
 use abi::{CapKind, CapSlot, Rights};
 use alloc::boxed::Box;
 use mmu_service::ept::{on_violation, Violation};
+use mmu_service::journal::{self, CapKey, Injection, VmRecord};
 use userlib::proto::mmu::{
     handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS, STOP_MMU_ERROR,
 };
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;
 use userlib::sys;
+use userlib::wiring::Wiring;
 
 userlib::entry!(mmu_main);
 
-const OWN_EP: CapSlot = abi::cap::slot::FIRST_GRANTED;
+const OWN_EP: CapSlot = userlib::wiring::OWN_ENDPOINT;
 /// Pages of heap (the shadow MMUs' bookkeeping: about 4 KiB per pool page).
 const HEAP_PAGES: u64 = 3072;
 
 #[derive(Default)]
 struct VmEntry {
+    /// The VMM's key (`AttachVm`).
+    key: u64,
     cap: CapSlot,
     ram_pages: u64,
     violations: u64,
@@ -51,6 +62,7 @@ struct State {
 }
 
 fn mmu_main(generation: u64) {
+    let t0 = sys::rdtsc();
     userlib::println!("mmu: serving, generation {generation} (EPT and shadow paging)");
     match sys::heap::init(HEAP_PAGES) {
         // The decoder's tables, built once, before any guest waits on them.
@@ -61,6 +73,19 @@ fn mmu_main(generation: u64) {
         vms: Default::default(),
         exit: ExitMessage::default(),
     };
+    let t1 = sys::rdtsc();
+    let inject = injection_allowed();
+    if recover::open_journal(generation, inject) {
+        let t2 = sys::rdtsc();
+        recover_vms(&mut state);
+        let t3 = sys::rdtsc();
+        let crash = recover::with_journal(|j| j.header().crash_tsc).unwrap_or(0);
+        if generation < 6 {
+            userlib::println!("mmu: DEBUG crash->main {} heap {} wiring+journal {} recover {}", t0.wrapping_sub(crash), t1 - t0, t2 - t1, t3 - t2);
+        }
+    } else {
+        userlib::println!("mmu: no journal (no memory, or no supervisor): a crash loses the VMs");
+    }
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut request = [0u8; MAX_PAYLOAD];
     let mut msg = loop {
@@ -74,8 +99,10 @@ fn mmu_main(generation: u64) {
         request[..n].copy_from_slice(&buf[..n]);
         let mut grant = msg.cap;
         let (label, len) = if msg.label == vmx::EXIT_LABEL {
+            recover::with_journal(|j| j.before_exit(&request[..n]));
             let reply = on_exit(&mut state, &request[..n]);
             let len = reply.encode(&mut buf).unwrap_or(0);
+            recover::with_journal(|j| j.after_exit());
             (vmx::REPLY_LABEL, len)
         } else {
             serve_one::<Mmu>(msg.label, &request[..n], &mut buf, |req| {
@@ -105,15 +132,29 @@ fn handle(
     grant: &mut Option<CapSlot>,
 ) -> Result<Response, MmuError> {
     match req {
-        Request::AttachVm { ram_pages, shadow } => {
+        Request::AttachVm {
+            key,
+            ram_pages,
+            shadow,
+        } => {
             let cap = take_grant(grant, CapKind::Vm)?;
+            // A retry of an attach the service already did (it crashed before answering).
+            let known = state
+                .vms
+                .iter()
+                .position(|v| v.as_ref().is_some_and(|v| v.key == key));
+            if let Some(i) = known {
+                let _ = sys::cap_delete(cap);
+                return Ok(Response::Attached { handle: i as u32 });
+            }
             let Some(i) = state.vms.iter().position(Option::is_none) else {
                 let _ = sys::cap_delete(cap);
                 return Err(MmuError::Full);
             };
+            let handle = i as u32;
             let shadow = match shadow {
                 None => None,
-                Some(p) => match shadow::ShadowVm::new(i as u32, cap, OWN_EP, p) {
+                Some(p) => match shadow::ShadowVm::new(handle, cap, OWN_EP, p) {
                     Ok(s) => Some(Box::new(s)),
                     Err(e) => {
                         let _ = sys::cap_delete(cap);
@@ -121,13 +162,37 @@ fn handle(
                     }
                 },
             };
+            let record = VmRecord {
+                key,
+                ram_pages,
+                shadow: shadow.as_ref().map(|s| s.params()),
+                ram: false,
+                vcpus: 0,
+            };
+            let mut kept = recover::keep(journal::key(handle, CapKey::Vm), cap);
+            if let Some(s) = shadow.as_ref() {
+                kept &= recover::keep(journal::key(handle, CapKey::Pool), s.pool_cap());
+            }
+            let journaled = recover::with_journal(|j| {
+                if kept {
+                    j.get().set_record(handle, Some(&record));
+                } else {
+                    j.forget_vm(handle);
+                }
+            });
+            if journaled.is_some() && !kept {
+                drop(shadow);
+                let _ = sys::cap_delete(cap);
+                return Err(MmuError::Full);
+            }
             state.vms[i] = Some(VmEntry {
+                key,
                 cap,
                 ram_pages,
                 shadow,
                 ..VmEntry::default()
             });
-            Ok(Response::Attached { handle: i as u32 })
+            Ok(Response::Attached { handle })
         }
         Request::GrantRam { handle } => {
             let ram = take_grant(grant, CapKind::Memory)?;
@@ -136,7 +201,13 @@ fn handle(
                 let _ = sys::cap_delete(ram);
                 return Err(MmuError::NotShadow);
             };
+            if s.has_ram() {
+                // A retry after a crash: the recovered VM has its RAM already.
+                let _ = sys::cap_delete(ram);
+                return Ok(Response::RamGranted);
+            }
             s.grant_ram(ram)?;
+            journal_cap(handle, CapKey::Ram, ram, |r| r.ram = true)?;
             Ok(Response::RamGranted)
         }
         Request::AttachVcpu { handle, index } => {
@@ -147,10 +218,16 @@ fn handle(
                 return Err(MmuError::NotShadow);
             };
             s.attach_vcpu(index, cap)?;
+            if index < 8 {
+                journal_cap(handle, CapKey::Vcpu(index as u8), cap, |r| {
+                    r.vcpus |= 1 << index
+                })?;
+            }
             Ok(Response::VcpuAttached)
         }
         Request::DetachVm { handle } => {
             let vm = slot(state, handle)?.take().ok_or(MmuError::UnknownVm)?;
+            recover::with_journal(|j| j.forget_vm(handle));
             // The shadow MMU (its mappings, pool and RAM capabilities) goes first.
             drop(vm.shadow);
             let _ = sys::cap_delete(vm.cap);
@@ -165,7 +242,140 @@ fn handle(
                 shadow: vm.shadow.as_ref().map(|s| s.stats()),
             })
         }
+        Request::InjectFaults {
+            every,
+            limit,
+            spare_first,
+            seed,
+        } => recover::with_journal(|j| {
+            if !j.injection_allowed {
+                return Err(MmuError::NotPermitted);
+            }
+            j.update_header(|h| {
+                h.injection = Injection {
+                    every,
+                    limit,
+                    done: 0,
+                    spare_first,
+                    seed,
+                }
+            });
+            Ok(Response::Injecting)
+        })
+        .unwrap_or(Err(MmuError::NotPermitted)),
+        Request::Recovery => Ok(recover::with_journal(|j| {
+            let h = j.header();
+            let (measured, median, max) = j.get().cost_summary();
+            Response::Recovery {
+                crashes: h.crashes,
+                phase_crashes: h.injection.done,
+                resent: h.resent,
+                recoveries: h.recoveries,
+                measured,
+                median,
+                max,
+            }
+        })
+        .unwrap_or(Response::Recovery {
+            crashes: 0,
+            phase_crashes: 0,
+            resent: 0,
+            recoveries: 0,
+            measured: 0,
+            median: 0,
+            max: 0,
+        })),
     }
+}
+
+/// Keeps `cap` (just taken by VM `handle`'s shadow MMU) with the supervisor and notes it in
+/// the VM's record; without a journal there is nothing to do.
+fn journal_cap(
+    handle: u32,
+    which: CapKey,
+    cap: CapSlot,
+    note: impl FnOnce(&mut VmRecord),
+) -> Result<(), MmuError> {
+    recover::with_journal(|j| {
+        let mut r = j.get().record(handle).ok_or(MmuError::UnknownVm)?;
+        if !recover::keep(journal::key(handle, which), cap) {
+            return Err(MmuError::Full);
+        }
+        note(&mut r);
+        j.get().set_record(handle, Some(&r));
+        Ok(())
+    })
+    .unwrap_or(Ok(()))
+}
+
+/// Whether the kernel command line allows fault injection (`mmu.inject`).
+fn injection_allowed() -> bool {
+    let Ok(boot) = Wiring::fetch().and_then(|w| w.boot()) else {
+        return false;
+    };
+    let mut line = [0u8; 256];
+    let n = sys::kernel_cmdline(boot, &mut line)
+        .unwrap_or(0)
+        .min(line.len());
+    let allowed = core::str::from_utf8(&line[..n])
+        .unwrap_or("")
+        .split_ascii_whitespace()
+        .any(|w| w == "mmu.inject");
+    let _ = sys::cap_delete(boot);
+    allowed
+}
+
+/// A new instance: serves again every VM the journal names, before its first receive.
+fn recover_vms(state: &mut State) {
+    let records: heapless::Vec<(u32, VmRecord), MAX_VMS> = recover::with_journal(|j| {
+        (0..MAX_VMS as u32)
+            .filter_map(|h| j.get().record(h).map(|r| (h, r)))
+            .collect()
+    })
+    .unwrap_or_default();
+    if records.is_empty() {
+        return;
+    }
+    for (handle, r) in records {
+        match recover_vm(handle, &r) {
+            Ok(vm) => state.vms[handle as usize] = Some(vm),
+            Err(why) => {
+                userlib::println!("mmu: cannot recover VM {handle}: {why}; forgetting it");
+                recover::with_journal(|j| j.forget_vm(handle));
+            }
+        }
+    }
+    recover::with_journal(|j| j.update_header(|h| h.recoveries += 1));
+    let n = state.vms.iter().flatten().count();
+    userlib::println!("mmu: recovered {n} VM(s) from the journal");
+}
+
+fn recover_vm(handle: u32, r: &VmRecord) -> Result<VmEntry, &'static str> {
+    let caps = recover::JournalPage::fetch_caps(handle, r).ok_or("a kept capability is gone")?;
+    let shadow = match (r.shadow, caps.pool) {
+        (Some(params), Some(pool)) => {
+            let mut s = shadow::ShadowVm::recover(handle, caps.vm, OWN_EP, params, pool)
+                .map_err(|_| "the pool cannot be registered again")?;
+            if let Some(ram) = caps.ram {
+                s.grant_ram(ram).map_err(|_| "the RAM cannot be mapped")?;
+            }
+            for (i, cap) in caps.vcpus.iter().enumerate() {
+                if let Some(cap) = *cap {
+                    s.attach_vcpu(i as u16, cap)
+                        .map_err(|_| "a vCPU cannot be attached")?;
+                }
+            }
+            Some(Box::new(s))
+        }
+        _ => None,
+    };
+    Ok(VmEntry {
+        key: r.key,
+        cap: caps.vm,
+        ram_pages: r.ram_pages,
+        shadow,
+        ..VmEntry::default()
+    })
 }
 
 /// Whether a stop for an access outside RAM goes unprinted: a VM's first stops are printed;

@@ -44,6 +44,7 @@ impl GuestMemory for GuestRam {
         Ok(())
     }
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        crate::recover::on_guest_write();
         let piece = usize::try_from(gpa)
             .ok()
             .and_then(|s| self.map.bytes_mut().get_mut(s..s.checked_add(data.len())?));
@@ -74,6 +75,7 @@ impl ShadowPagePool for Pool {
             .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
     fn write_entry(&mut self, frame: usize, index: usize, value: u64) {
+        crate::recover::on_spte_write();
         let at = frame * 4096 + index * 8;
         if let Some(b) = self.map.bytes_mut().get_mut(at..at + 8) {
             b.copy_from_slice(&value.to_le_bytes());
@@ -152,9 +154,38 @@ impl ShadowVm {
             return Err(MmuError::NotShadow);
         }
         let pool_cap = sys::mem_alloc(u64::from(params.pool_pages)).map_err(kernel)?;
+        ShadowVm::with_pool(handle, vm, own_ep, params, pool_cap, false).inspect_err(|_| {
+            let _ = sys::cap_delete(pool_cap);
+        })
+    }
+
+    /// A restarted service takes VM `handle` back with the pool its predecessor kept: the
+    /// pool is zeroed (nothing the dead instance wrote is trusted) and registered again,
+    /// which puts every vCPU of the VM on its empty root.
+    pub fn recover(
+        handle: u32,
+        vm: CapSlot,
+        own_ep: CapSlot,
+        params: ShadowParams,
+        pool_cap: CapSlot,
+    ) -> Result<ShadowVm, MmuError> {
+        ShadowVm::with_pool(handle, vm, own_ep, params, pool_cap, true)
+    }
+
+    fn with_pool(
+        handle: u32,
+        vm: CapSlot,
+        own_ep: CapSlot,
+        params: ShadowParams,
+        pool_cap: CapSlot,
+        zero: bool,
+    ) -> Result<ShadowVm, MmuError> {
         let made = (|| {
             let (pages, phys) = sys::mem_info(pool_cap)?;
-            let map = Mapping::new(pool_cap, POOL_VA + u64::from(handle) * VA_STRIDE)?;
+            let mut map = Mapping::new(pool_cap, POOL_VA + u64::from(handle) * VA_STRIDE)?;
+            if zero {
+                map.bytes_mut().fill(0);
+            }
             sys::vm_set_shadow(vm, pool_cap, own_ep)?;
             Ok(Pool {
                 map,
@@ -162,13 +193,7 @@ impl ShadowVm {
                 frames: pages as usize,
             })
         })();
-        let pool = match made {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = sys::cap_delete(pool_cap);
-                return Err(kernel(e));
-            }
-        };
+        let pool = made.map_err(kernel)?;
         Ok(ShadowVm {
             handle,
             params,
@@ -179,6 +204,19 @@ impl ShadowVm {
             vcpus: Default::default(),
             vcpu_caps: [None; MAX_VCPUS],
         })
+    }
+
+    pub fn params(&self) -> ShadowParams {
+        self.params
+    }
+
+    pub fn pool_cap(&self) -> CapSlot {
+        self.pool_cap
+    }
+
+    /// Whether its RAM was granted (the shadow MMU is built).
+    pub fn has_ram(&self) -> bool {
+        self.mmu.is_some()
     }
 
     /// Maps guest RAM and builds the shadow MMU.

@@ -54,17 +54,17 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz restart=8 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart needs=boot restart=250 backoff=0 pages=8192",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz needs=mmu-service,boot pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart needs=mmu-service,boot pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
         manifest:
-            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation needs=boot,vmm-service",
+            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,mmu-restart needs=boot,vmm-service,mmu-service",
     },
     BootModule {
         path: "/boot/services/fuzz",
@@ -193,7 +193,7 @@ fn grub_cfg_for(scenarios: &[Scenario]) -> String {
             "\nmenuentry \"Umbra: {name} - {title}\" --id {name} {{\n  multiboot2 {KERNEL_PATH_IN_ISO} {cmdline}\n{modules}  boot\n}}\n",
             name = sc.name,
             title = sc.title(),
-            cmdline = sc.cmdline(),
+            cmdline = sc.kernel_cmdline(),
             modules = grub_modules("  "),
         ));
     }
@@ -229,7 +229,7 @@ fn limine_cfg_for(scenarios: &[Scenario]) -> String {
             "\n/Umbra: {name} - {title}\n    protocol: limine\n    kernel_path: boot():{KERNEL_PATH_IN_ISO}\n    cmdline: {cmdline}\n{modules}",
             name = sc.name,
             title = sc.title(),
-            cmdline = sc.cmdline(),
+            cmdline = sc.kernel_cmdline(),
             modules = limine_modules(),
         ));
     }

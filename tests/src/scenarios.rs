@@ -29,6 +29,8 @@ pub struct Scenario {
     pub test_on: &'static [Emu],
     /// Wall-clock limit for one boot, in seconds (generous: Bochs is the slow one).
     pub timeout_secs: u64,
+    /// Words the scenario adds to the kernel command line (after `scenario=NAME`).
+    pub cmdline_extra: &'static str,
 }
 
 impl Scenario {
@@ -38,7 +40,14 @@ impl Scenario {
             expect,
             test_on,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
+            cmdline_extra: "",
         }
+    }
+
+    /// Adds words to the scenario's kernel command line.
+    const fn cmdline(mut self, words: &'static str) -> Self {
+        self.cmdline_extra = words;
+        self
     }
 
     /// Overrides the default timeout.
@@ -54,7 +63,7 @@ impl Scenario {
     }
 
     /// The kernel command line that selects this scenario.
-    pub fn cmdline(&self) -> String {
+    pub fn kernel_cmdline(&self) -> String {
         cmdline_for(self.name)
     }
 }
@@ -79,6 +88,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::BENCH_MMU, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::ISOLATION, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::FUZZ, Expect::Pass, &[Qemu]),
+    // The MMU service's fault injection is refused unless the command line allows it.
+    Scenario::new(abi::scenario::MMU_RESTART, Expect::Pass, &[Bochs])
+        .timeout(600)
+        .cmdline("mmu.inject"),
 ];
 
 /// Looks a scenario up by name.
@@ -88,7 +101,10 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 
 /// The kernel command line for a scenario name.
 pub fn cmdline_for(name: &str) -> String {
-    format!("scenario={name}")
+    match SCENARIOS.iter().find(|s| s.name == name) {
+        Some(s) if !s.cmdline_extra.is_empty() => format!("scenario={name} {}", s.cmdline_extra),
+        _ => format!("scenario={name}"),
+    }
 }
 
 /// Scenario names must be safe to put on a command line and in a GRUB script.

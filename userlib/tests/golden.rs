@@ -47,7 +47,7 @@ fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
     assert_eq!(vmm::LABEL, 0x0002_0002);
-    assert_eq!(mmu::LABEL, 0x0003_0002);
+    assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(<vmm::Vmm as Protocol>::LABEL, vmm::LABEL);
     assert_eq!(<mmu::Mmu as Protocol>::LABEL, mmu::LABEL);
 }
@@ -630,18 +630,20 @@ fn vmm_responses() {
 fn mmu_requests() {
     use mmu::Request;
     check_golden(&[
-        // ram_pages 16384 = 1 << 14: 0x80 0x80 1; shadow None.
+        // key 5; ram_pages 16384 = 1 << 14: 0x80 0x80 1; shadow None.
         (
             Request::AttachVm {
+                key: 5,
                 ram_pages: 16384,
                 shadow: None,
             },
-            "00 80 80 01 00",
+            "00 05 80 80 01 00",
         ),
         // Some, prev_roots (raw u8), pool_pages 512, kvm_policy, maxphyaddr (raw u8 40 =
         // 0x28), gbpages.
         (
             Request::AttachVm {
+                key: 0,
                 ram_pages: 512,
                 shadow: Some(ShadowParams {
                     prev_roots: 8,
@@ -651,10 +653,11 @@ fn mmu_requests() {
                     gbpages: true,
                 }),
             },
-            "00 80 04 01 08 80 04 00 28 01",
+            "00 00 80 04 01 08 80 04 00 28 01",
         ),
         (
             Request::AttachVm {
+                key: 300,
                 ram_pages: 0,
                 shadow: Some(ShadowParams {
                     prev_roots: 0,
@@ -664,7 +667,7 @@ fn mmu_requests() {
                     gbpages: false,
                 }),
             },
-            "00 00 01 00 10 01 2e 00",
+            "00 ac 02 00 01 00 10 01 2e 00",
         ),
         (Request::GrantRam { handle: 1 }, "01 01"),
         (Request::GrantRam { handle: u32::MAX }, "01 ff ff ff ff 0f"),
@@ -679,6 +682,17 @@ fn mmu_requests() {
             },
             "04 01 ac 02",
         ),
+        // every 1, limit 100, spare_first, seed 7.
+        (
+            Request::InjectFaults {
+                every: 1,
+                limit: 100,
+                spare_first: true,
+                seed: 7,
+            },
+            "05 01 64 01 07",
+        ),
+        (Request::Recovery, "06"),
     ]);
 }
 
@@ -738,6 +752,22 @@ fn mmu_responses() {
         ),
         (Response::RamGranted, "04"),
         (Response::VcpuAttached, "05"),
+        (service(MmuError::NotPermitted), "00 06 06"),
+        (Response::Injecting, "06"),
+        // 100 crashes, 40 in the phase, 98 re-sent, 100 recoveries, 99 measured, median
+        // 1,000,000 (0xc0 0x84 0x3d), max 2.
+        (
+            Response::Recovery {
+                crashes: 100,
+                phase_crashes: 40,
+                resent: 98,
+                recoveries: 100,
+                measured: 99,
+                median: 1_000_000,
+                max: 2,
+            },
+            "07 64 28 62 64 63 c0 84 3d 02",
+        ),
     ]);
 }
 
@@ -786,10 +816,11 @@ fn maximal_messages_fit_one_payload() {
         encoded_lengths(&common::maximal_vmm_responses()),
         [13, 295, 214]
     );
-    // AttachVm: 1 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 21; AttachVcpu 1 + 5 + 3 = 9.
+    // AttachVm: 1 + 10 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 31; AttachVcpu 1 + 5 + 3 = 9;
+    // InjectFaults 1 + 5 + 5 + 1 + 10 = 22.
     assert_eq!(
         encoded_lengths(&common::maximal_mmu_requests()),
-        [21, 6, 6, 6, 9]
+        [31, 6, 6, 6, 9, 22]
     );
     // Stats: 1 + 3 * 10 + 161 = 192.
     assert_eq!(

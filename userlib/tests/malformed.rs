@@ -475,7 +475,7 @@ fn typed_errors_by_example_vmm_mmu() {
             vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x02],
             DecodeError::Malformed,
         ),
-        ("vm result 9", vec![0x01, 0x09], DecodeError::Malformed),
+        ("vm result 10", vec![0x01, 0x0a], DecodeError::Malformed),
         (
             "config error 6",
             vec![0x00, 0x06, 0x00, 0x06],
@@ -499,12 +499,17 @@ fn typed_errors_by_example_vmm_mmu() {
     let cases: &[(&str, &[u8], DecodeError)] = &[
         (
             "shadow Option tag 2",
-            &[0x00, 0x00, 0x02],
+            &[0x00, 0x07, 0x00, 0x02],
             DecodeError::Malformed,
         ),
         (
             "kvm_policy 2",
-            &[0x00, 0x00, 0x01, 0x00, 0x10, 0x02],
+            &[0x00, 0x07, 0x00, 0x01, 0x00, 0x10, 0x02],
+            DecodeError::Malformed,
+        ),
+        (
+            "spare_first 2",
+            &[0x05, 0x01, 0x01, 0x02, 0x00],
             DecodeError::Malformed,
         ),
         (
@@ -522,8 +527,8 @@ fn typed_errors_by_example_vmm_mmu() {
     short_stats.extend([0x00; 16]); // ShadowStats holds 17 varints
     let cases: &[(&str, Vec<u8>, DecodeError)] = &[
         (
-            "mmu error 6",
-            vec![0x00, 0x06, 0x06],
+            "mmu error 7",
+            vec![0x00, 0x06, 0x07],
             DecodeError::Malformed,
         ),
         ("stats end early", short_stats, DecodeError::Truncated),

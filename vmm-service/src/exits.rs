@@ -226,6 +226,9 @@ pub fn report_kernel_stop(name: &str, vcpu: CapSlot, s: &sys::VcpuStop) {
     let what = match s.stop & abi::vmx::stop::KIND_MASK {
         abi::vmx::stop::UNHANDLED => "no handler for this exit",
         abi::vmx::stop::ENTRY_FAILED => "VM entry failed",
+        abi::vmx::stop::PORTAL_GONE if crate::setup::mmu_reason(s.reason as u32) => {
+            "the MMU service is gone: the supervisor gave up restarting it"
+        }
         abi::vmx::stop::PORTAL_GONE => "the exit's handler is gone",
         abi::vmx::stop::BAD_REPLY => "malformed reply to an exit",
         abi::vmx::stop::BAD_ROOT => {

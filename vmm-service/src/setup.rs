@@ -267,9 +267,12 @@ pub fn prepare(
         Error::NoVmx => VmmError::NoVmx,
         e => kernel(e),
     })?);
-    let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
-    let handle = match mmu.call_with_cap(
+    // The VM's name for the MMU service: an attach retried after the service restarted
+    // gets the same VM back (a TSC value is unique and never repeats on one machine).
+    let key = sys::rdtsc();
+    let handle = match mmu_call(
         &mmu::Request::AttachVm {
+            key,
             ram_pages: ram_bytes / PAGE,
             shadow,
         },
@@ -290,7 +293,7 @@ pub fn prepare(
     let detach = Detach { handle };
     if shadow.is_some() {
         // The MMU service walks the guest's tables in its RAM.
-        let granted = mmu.call_with_cap(&mmu::Request::GrantRam { handle }, Some(ram));
+        let granted = mmu_call(&mmu::Request::GrantRam { handle }, Some(ram));
         if !matches!(granted, Ok(ref r) if r.response == mmu::Response::RamGranted) {
             userlib::println!("vmm: the MMU service did not take the VM's RAM: {granted:?}");
             return Err(VmmError::Mmu);
@@ -303,7 +306,7 @@ pub fn prepare(
     if shadow.is_some() {
         // Read-only: the MMU service reads the registers of a page-table write it emulates.
         let ro = sys::cap_copy(vcpu, abi::Rights::READ, 0).map_err(kernel)?;
-        let r = mmu.call_with_cap(&mmu::Request::AttachVcpu { handle, index: 0 }, Some(ro));
+        let r = mmu_call(&mmu::Request::AttachVcpu { handle, index: 0 }, Some(ro));
         let _ = sys::cap_delete(ro);
         if !matches!(r, Ok(ref r) if r.response == mmu::Response::VcpuAttached) {
             userlib::println!("vmm: the MMU service did not take the vCPU: {r:?}");
@@ -312,21 +315,10 @@ pub fn prepare(
     }
     // What the MMU service takes: EPT violations, or the exits of shadow paging (the VMM's
     // CR-access portal is replaced: CR0/CR4/CR3 changes are paging changes there).
-    let mmu_portals: &[(u32, u32)] = if shadow.is_some() {
-        &[
-            // Registers and segments are read from the vCPU for the rare emulated write.
-            (reason::EXCEPTION_NMI, group::QUAL | group::CRS | group::RIP),
-            (
-                reason::CR_ACCESS,
-                group::QUAL | group::CRS | group::RIP | group::GPRS,
-            ),
-            (reason::INVLPG, group::QUAL | group::CRS | group::RIP),
-        ]
+    let mmu_portals = if shadow.is_some() {
+        SHADOW_MMU_PORTALS
     } else {
-        &[(
-            reason::EPT_VIOLATION,
-            group::QUAL | group::ADDR | group::RIP,
-        )]
+        EPT_MMU_PORTALS
     };
     for &(r, mask) in mmu_portals {
         sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
@@ -351,10 +343,55 @@ pub fn prepare(
     })
 }
 
+/// The exits an EPT VM's MMU portals take (with the state groups they carry).
+const EPT_MMU_PORTALS: &[(u32, u32)] = &[(
+    reason::EPT_VIOLATION,
+    group::QUAL | group::ADDR | group::RIP,
+)];
+/// The exits a shadow-paged VM's MMU portals take: the VMM's CR-access portal is replaced
+/// (CR0/CR4/CR3 changes are paging changes there); registers and segments are read from the
+/// vCPU for the rare emulated write.
+const SHADOW_MMU_PORTALS: &[(u32, u32)] = &[
+    (reason::EXCEPTION_NMI, group::QUAL | group::CRS | group::RIP),
+    (
+        reason::CR_ACCESS,
+        group::QUAL | group::CRS | group::RIP | group::GPRS,
+    ),
+    (reason::INVLPG, group::QUAL | group::CRS | group::RIP),
+];
+
+/// Whether exits of basic reason `r` go to the MMU service (in either mode).
+pub(crate) fn mmu_reason(r: u32) -> bool {
+    EPT_MMU_PORTALS
+        .iter()
+        .chain(SHADOW_MMU_PORTALS)
+        .any(|&(p, _)| p == r)
+}
+
+/// A call to the MMU service, made again (up to three times) when the service restarted
+/// during it: every request is idempotent (`AttachVm` by its key).
+fn mmu_call(
+    req: &mmu::Request,
+    cap: Option<CapSlot>,
+) -> Result<userlib::client::Reply<mmu::Response>, userlib::client::ClientError> {
+    let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
+    let mut tries = 0;
+    loop {
+        match mmu.call_with_cap(req, cap) {
+            Err(userlib::client::ClientError::ServerRestarted { generation }) if tries < 3 => {
+                userlib::println!(
+                    "vmm: the MMU service restarted (generation {generation}) during {req:?}; again"
+                );
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// The MMU service's counters of a shadow-paged VM.
 fn shadow_stats(handle: u32) -> Option<mmu::ShadowStats> {
-    let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
-    match mmu.call(&mmu::Request::Stats { handle }) {
+    match mmu_call(&mmu::Request::Stats { handle }, None).map(|r| r.response) {
         Ok(mmu::Response::Stats { shadow, .. }) => shadow,
         _ => None,
     }
@@ -394,10 +431,12 @@ struct Detach {
 
 impl Drop for Detach {
     fn drop(&mut self) {
-        let mut mmu = userlib::ipc::client::<Mmu>(crate::mmu());
-        let _ = mmu.call(&mmu::Request::DetachVm {
-            handle: self.handle,
-        });
+        let _ = mmu_call(
+            &mmu::Request::DetachVm {
+                handle: self.handle,
+            },
+            None,
+        );
     }
 }
 
@@ -424,6 +463,10 @@ pub fn result_of(s: &sys::VcpuStop, model: RunOutcome) -> VmResult {
         VmResult::EntryFailed {
             reason: s.reason as u32,
             error: s.qualification,
+        }
+    } else if s.stop == stop::PORTAL_GONE && mmu_reason(s.reason as u32) {
+        VmResult::MmuGone {
+            reason: s.reason as u32,
         }
     } else {
         VmResult::Stopped { stop: s.stop }

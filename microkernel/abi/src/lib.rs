@@ -42,6 +42,7 @@ pub mod scenario {
     pub const BENCH_MMU: &str = "bench-mmu";
     pub const ISOLATION: &str = "isolation";
     pub const FUZZ: &str = "fuzz";
+    pub const MMU_RESTART: &str = "mmu-restart";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -88,6 +89,10 @@ pub mod scenario {
         (
             FUZZ,
             "fuzzing: malformed messages to every service, random syscalls from a hostile task",
+        ),
+        (
+            MMU_RESTART,
+            "MMU service crashed 100 times per MMU mode under running guests, which must not notice",
         ),
     ];
 

@@ -1,6 +1,6 @@
 //! What must hold after the fuzzing: every service answers, nothing another task owns has
 //! changed (the supervisor's services and generations, echo's generation and its capability
-//! table, the mmu() service's VM table, a memory object granted read-only to everyone), and
+//! table, the MMU service's VM table, a memory object granted read-only to everyone), and
 //! no kernel object leaked.
 
 use abi::{CapSlot, Error};
@@ -59,7 +59,7 @@ pub fn snapshot() -> Result<Snapshot, &'static str> {
     })
 }
 
-/// A configuration the vmm() must refuse (no RAM): its "ping".
+/// A configuration the VMM must refuse (no RAM): its "ping".
 fn invalid_vm() -> VmConfig {
     VmConfig {
         name: "ping".try_into().unwrap_or_default(),
@@ -73,11 +73,12 @@ fn invalid_vm() -> VmConfig {
     }
 }
 
-/// The mmu() service takes only a VM capability as a VM (run first, while its capability
-/// table has room: a foreign object in a VM slot would take the slot from the vmm()'s VMs).
+/// The MMU service takes only a VM capability as a VM (run first, while its capability
+/// table has room: a foreign object in a VM slot would take the slot from the VMM's VMs).
 pub fn mmu_refuses_foreign_vm(canary: CapSlot, t: &mut Tally) {
     let r = client::<Mmu>(mmu()).call_with_cap(
         &mmu::Request::AttachVm {
+            key: u64::MAX,
             ram_pages: 1,
             shadow: None,
         },

@@ -273,8 +273,9 @@ impl Fuzzed for Mmu {
     fn golden(rng: &mut Rng) -> mmu::Request {
         use mmu::Request::*;
         let handle = rng.pick(&[0, 1, 3, 4, u32::MAX, rng.next() as u32]);
-        match rng.below(5) {
+        match rng.below(7) {
             0 => AttachVm {
+                key: rng.next(),
                 ram_pages: rng.pick(&[0, 1, 512, 16384, rng.next()]),
                 shadow: rng.chance(1, 2).then(|| ShadowParams {
                     prev_roots: rng.pick(&[0, 8, 31, rng.next() as u8]),
@@ -287,6 +288,14 @@ impl Fuzzed for Mmu {
             1 => GrantRam { handle },
             2 => DetachVm { handle },
             3 => Stats { handle },
+            // Refused: the fuzz scenario's command line does not enable injection.
+            4 => InjectFaults {
+                every: rng.pick(&[0, 1, 100]),
+                limit: rng.next() as u32,
+                spare_first: rng.chance(1, 2),
+                seed: rng.next(),
+            },
+            5 => Recovery,
             _ => AttachVcpu {
                 handle,
                 index: rng.next() as u16,

@@ -22,10 +22,16 @@
 //!
 //! Then it asks the supervisor to end the scenario with the matching code.
 //!
-//! Capabilities (manifest `needs=boot,vmm-service`, taken by name through `userlib::wiring`):
-//! the supervisor's endpoint, the VMM service's and the boot capability (the command line).
+//! - `mmu-restart`: the MMU service crashed 100 times per MMU mode under running guests, then
+//!   made to crash until the supervisor gives up ([`restart`]).
+//!
+//! Capabilities (manifest `needs=boot,vmm-service,mmu-service`, taken by name through
+//! `userlib::wiring`): the supervisor's endpoint, the VMM service's, the MMU service's (fault
+//! injection and its recovery counters) and the boot capability (the command line).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
+
+mod restart;
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -604,11 +610,18 @@ fn isolation_suite(t: &mut Tally) {
 }
 
 fn suite_main(generation: u64) {
-    let wired = Wiring::fetch().and_then(|w| Ok((w.endpoint("vmm-service")?, w.boot()?)));
+    let wired = Wiring::fetch().and_then(|w| {
+        Ok((
+            w.endpoint("vmm-service")?,
+            w.boot()?,
+            w.endpoint("mmu-service")?,
+        ))
+    });
     match wired {
-        Ok((vmm, boot)) => {
+        Ok((vmm, boot, mmu)) => {
             VMM.store(vmm, Ordering::Relaxed);
             BOOT.store(boot, Ordering::Relaxed);
+            restart::MMU.store(mmu, Ordering::Relaxed);
         }
         Err(e) => userlib::println!("vmm-suite: the VMM service or boot capability: {e}"),
     }
@@ -619,6 +632,7 @@ fn suite_main(generation: u64) {
         abi::scenario::SHADOW => "shadow",
         abi::scenario::BENCH_MMU => "bench-mmu",
         abi::scenario::ISOLATION => "isolation",
+        abi::scenario::MMU_RESTART => "mmu-restart",
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
@@ -632,6 +646,7 @@ fn suite_main(generation: u64) {
         "shadow" => shadow_suite(&mut t),
         "bench-mmu" => bench_mmu_suite(&mut t),
         "isolation" => isolation_suite(&mut t),
+        "mmu-restart" => restart::mmu_restart_suite(&mut t),
         "bench-vmm" => {
             let cfg = VmConfig {
                 benchmark: true,

@@ -9,8 +9,9 @@ use super::{ids, ProtoError, Protocol};
 use crate::codec::{label, Message};
 
 pub const PROTOCOL_ID: u16 = ids::MMU;
-pub const VERSION: u16 = 2;
-/// `0x0003_0002`.
+/// 3: `AttachVm` carries the VMM's key; `InjectFaults`, `Recovery`.
+pub const VERSION: u16 = 3;
+/// `0x0003_0003`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// The vCPU id (reported in every exit message) that names VM `handle` of the MMU service
@@ -105,7 +106,12 @@ pub enum Request {
     /// the vCPUs with ids [`vcpu_id`]`(handle, n)` and points their EPT-violation portals (an
     /// EPT VM) or #PF, CR-access and INVLPG portals (`shadow`) at the MMU endpoint. A shadow
     /// VM also needs [`Request::GrantRam`] before it runs.
+    ///
+    /// `key` is the VMM's name for the VM: an `AttachVm` with the key of a VM the service
+    /// already has (a retry after the service restarted during the first one) answers with
+    /// that VM's handle, and the VM capability sent along is dropped.
     AttachVm {
+        key: u64,
         ram_pages: u64,
         shadow: Option<ShadowParams>,
     },
@@ -120,10 +126,22 @@ pub enum Request {
     /// reads the registers and segments an emulated page-table write needs from it (the #PF
     /// exit message carries only what every fault needs).
     AttachVcpu { handle: u32, index: u16 },
+    /// Test suites only (refused unless the kernel command line says `mmu.inject`): crash the
+    /// service at about one exit in `every` from now on, `limit` times, sparing the first
+    /// exit a new instance handles if `spare_first`; repeatable from `seed`. Answered with
+    /// [`Response::Injecting`].
+    InjectFaults {
+        every: u32,
+        limit: u32,
+        spare_first: bool,
+        seed: u64,
+    },
+    /// Answered with [`Response::Recovery`].
+    Recovery,
 }
 
 impl Message for Request {
-    const OPCODE_COUNT: u32 = 5;
+    const OPCODE_COUNT: u32 = 7;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +161,25 @@ pub enum Response {
     },
     RamGranted,
     VcpuAttached,
+    Injecting,
+    /// Crashes injected (in all, and in the current `InjectFaults` phase), new instances
+    /// whose first exit was the one a crash left unanswered (re-sent by the kernel), instances
+    /// that recovered their VMs, and the cost of a restart: TSC ticks from a crash until the
+    /// new instance answered the exit the crash left (Bochs: instructions), over `measured`
+    /// restarts.
+    Recovery {
+        crashes: u32,
+        phase_crashes: u32,
+        resent: u32,
+        recoveries: u32,
+        measured: u32,
+        median: u64,
+        max: u64,
+    },
 }
 
 impl Message for Response {
-    const OPCODE_COUNT: u32 = 6;
+    const OPCODE_COUNT: u32 = 8;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,4 +197,6 @@ pub enum MmuError {
     NotShadow,
     /// The service has no memory left for the VM's shadow MMU.
     NoMemory,
+    /// Fault injection is not enabled on this boot.
+    NotPermitted,
 }

@@ -157,6 +157,9 @@ pub enum VmResult {
     Halted { rip: u64 },
     /// The VMM got an exit message it could not decode (full exit reason).
     BadExit { reason: u32 },
+    /// The MMU service is gone for good (the supervisor gave up restarting it): an exit of
+    /// basic reason `reason` that it handles had nobody to go to.
+    MmuGone { reason: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -359,6 +359,7 @@ pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
         any::<u64>().prop_map(|stop| VmResult::Stopped { stop }),
         any::<u64>().prop_map(|rip| VmResult::Halted { rip }),
         any::<u32>().prop_map(|reason| VmResult::BadExit { reason }),
+        any::<u32>().prop_map(|reason| VmResult::MmuGone { reason }),
     ]
 }
 
@@ -509,13 +510,30 @@ pub fn any_shadow_params() -> impl Strategy<Value = ShadowParams> {
 pub fn any_mmu_request() -> impl Strategy<Value = mmu::Request> {
     use mmu::Request;
     prop_oneof![
-        (any::<u64>(), proptest::option::of(any_shadow_params()))
-            .prop_map(|(ram_pages, shadow)| Request::AttachVm { ram_pages, shadow }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(any_shadow_params())
+        )
+            .prop_map(|(key, ram_pages, shadow)| Request::AttachVm {
+                key,
+                ram_pages,
+                shadow
+            }),
         any::<u32>().prop_map(|handle| Request::GrantRam { handle }),
         any::<u32>().prop_map(|handle| Request::DetachVm { handle }),
         any::<u32>().prop_map(|handle| Request::Stats { handle }),
         (any::<u32>(), any::<u16>())
             .prop_map(|(handle, index)| Request::AttachVcpu { handle, index }),
+        (any::<u32>(), any::<u32>(), any::<bool>(), any::<u64>()).prop_map(
+            |(every, limit, spare_first, seed)| Request::InjectFaults {
+                every,
+                limit,
+                spare_first,
+                seed
+            }
+        ),
+        Just(Request::Recovery),
     ]
 }
 
@@ -527,6 +545,7 @@ pub fn any_mmu_error() -> impl Strategy<Value = MmuError> {
         any::<u64>().prop_map(|error| MmuError::Kernel { error }),
         Just(MmuError::NotShadow),
         Just(MmuError::NoMemory),
+        Just(MmuError::NotPermitted),
     ]
 }
 
@@ -650,6 +669,7 @@ pub fn maximal_mmu_requests() -> std::vec::Vec<mmu::Request> {
     use mmu::Request;
     vec![
         Request::AttachVm {
+            key: u64::MAX,
             ram_pages: u64::MAX,
             shadow: Some(ShadowParams {
                 prev_roots: u8::MAX,
@@ -665,6 +685,12 @@ pub fn maximal_mmu_requests() -> std::vec::Vec<mmu::Request> {
         Request::AttachVcpu {
             handle: u32::MAX,
             index: u16::MAX,
+        },
+        Request::InjectFaults {
+            every: u32::MAX,
+            limit: u32::MAX,
+            spare_first: true,
+            seed: u64::MAX,
         },
     ]
 }
