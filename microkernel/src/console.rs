@@ -1,13 +1,21 @@
-//! The kernel console: COM1 (16550 UART, 115200 8N1, polled) plus a mirror to the debug port
-//! 0xe9 when an emulator provides one (Bochs `port_e9_hack`, QEMU `-debugcon`), which makes
-//! Bochs' console live on its stdout while its COM1 file is only complete at exit.
+//! The kernel console: COM1 (16550 UART, 115200 8N1) plus a mirror to the debug port 0xe9
+//! when an emulator provides one (Bochs `port_e9_hack`, QEMU `-debugcon`), which makes Bochs'
+//! console live on its stdout while its COM1 file is only complete at exit.
+//!
+//! COM1 is buffered: a line goes into a ring and [`pump`] moves it into the UART's transmit
+//! FIFO whenever the FIFO is empty, from every return to a task or a guest and from the idle
+//! loop. At 115200 baud a character takes 87 us; waiting for each would stall the CPU for
+//! about 0.8 ms a line (and in Bochs, where time follows the instruction count, it is that
+//! many instructions of polling). When the ring is full a print waits for room; [`drain`]
+//! (before the machine stops) and the crash path send everything first.
 //!
 //! Written here rather than with the `uart_16550` crate: the driver is a dozen port writes, and
 //! the kernel needs the unlocked crash path and the 0xe9 mirror around it anyway.
 
 use crate::arch::cpu::{inb, outb};
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use heapless::Deque;
 use spin::Mutex;
 
 const COM1: u16 = 0x3f8;
@@ -17,7 +25,11 @@ const LSR_THR_EMPTY: u8 = 1 << 5;
 const LSR_TX_IDLE: u8 = 1 << 6;
 
 static MIRROR_E9: AtomicBool = AtomicBool::new(false);
-static LOCK: Mutex<()> = Mutex::new(());
+/// Bytes the UART takes at once when its transmit FIFO is empty (16 on a 16550A, else 1).
+static FIFO_DEPTH: AtomicUsize = AtomicUsize::new(1);
+/// What COM1 has still to send.
+static TX: Mutex<Deque<u8, TX_BYTES>> = Mutex::new(Deque::new());
+const TX_BYTES: usize = 16 * 1024;
 
 /// Programs COM1 (8N1, 115200 baud, FIFOs on) and detects the 0xe9 debug port.
 pub fn init() {
@@ -28,26 +40,64 @@ pub fn init() {
     outb(COM1 + 3, 0x03); // 8 data bits, no parity, 1 stop bit; DLAB off
     outb(COM1 + 2, 0xc7); // FIFOs on and cleared
     outb(COM1 + 4, 0x03); // DTR, RTS
+                          // IIR bits 7:6 read 11 when the FIFOs are on (a 16550A).
+    let depth = if inb(COM1 + 2) & 0xc0 == 0xc0 { 16 } else { 1 };
+    FIFO_DEPTH.store(depth, Ordering::Relaxed);
     MIRROR_E9.store(inb(abi::DEBUGCON_PORT) == 0xe9, Ordering::Relaxed);
 }
 
-fn put_byte(byte: u8) {
-    // A missing UART reads as 0xff (ready); bound the wait so a wedged one cannot hang us.
+/// Waits (bounded: a missing UART reads as 0xff, ready) until the transmit FIFO is empty.
+fn wait_fifo_empty() {
     for _ in 0..100_000 {
         if inb(COM1 + 5) & LSR_THR_EMPTY != 0 {
-            break;
+            return;
         }
         core::hint::spin_loop();
     }
-    outb(COM1, byte);
-    if MIRROR_E9.load(Ordering::Relaxed) {
-        outb(abi::DEBUGCON_PORT, byte);
+}
+
+/// Moves what the ring holds into the UART as far as its FIFO is empty now; never waits.
+pub fn pump() {
+    let Some(mut tx) = TX.try_lock() else {
+        return; // a print is under way and pumps itself
+    };
+    if !tx.is_empty() && inb(COM1 + 5) & LSR_THR_EMPTY != 0 {
+        for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
+            match tx.pop_front() {
+                Some(b) => outb(COM1, b),
+                None => break,
+            }
+        }
     }
 }
 
-/// Waits (bounded) until COM1 has sent every byte: call before stopping the machine, or the
-/// emulator may drop the last characters.
+/// Sends everything the ring holds, waiting for the UART.
+fn flush(tx: &mut Deque<u8, TX_BYTES>) {
+    while !tx.is_empty() {
+        wait_fifo_empty();
+        for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
+            match tx.pop_front() {
+                Some(b) => outb(COM1, b),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Sends everything buffered, waiting for the UART: for the idle loop, where the CPU has
+/// nothing better to do.
+pub fn flush_pending() {
+    if let Some(mut tx) = TX.try_lock() {
+        flush(&mut tx);
+    }
+}
+
+/// Sends everything buffered, then waits (bounded) until COM1 has sent every byte: call
+/// before stopping the machine, or the emulator may drop the last characters.
 pub fn drain() {
+    if let Some(mut tx) = TX.try_lock() {
+        flush(&mut tx);
+    }
     for _ in 0..1_000_000 {
         if inb(COM1 + 5) & LSR_TX_IDLE != 0 {
             return;
@@ -56,26 +106,75 @@ pub fn drain() {
     }
 }
 
-/// Writes straight to the ports, without the lock: for the crash path, which may run while the
-/// interrupted code holds the lock.
+/// Writes straight to the ports, after what is buffered if the buffer is free: for the crash
+/// path, which may run while the interrupted code holds the buffer.
 pub struct RawConsole;
+
+fn put_raw(byte: u8) {
+    wait_fifo_empty();
+    outb(COM1, byte);
+    if MIRROR_E9.load(Ordering::Relaxed) {
+        outb(abi::DEBUGCON_PORT, byte);
+    }
+}
 
 impl Write for RawConsole {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(mut tx) = TX.try_lock() {
+            flush(&mut tx);
+        }
         for b in s.bytes() {
             if b == b'\n' {
-                put_byte(b'\r');
+                put_raw(b'\r');
             }
-            put_byte(b);
+            put_raw(b);
         }
         Ok(())
     }
 }
 
-/// Prints formatted text under the console lock (lines from different code never interleave).
+/// Appends to the ring (the 0xe9 mirror gets it at once).
+struct Buffered<'a>(&'a mut Deque<u8, TX_BYTES>);
+
+impl Buffered<'_> {
+    fn push(&mut self, b: u8) {
+        if MIRROR_E9.load(Ordering::Relaxed) {
+            outb(abi::DEBUGCON_PORT, b);
+        }
+        if self.0.is_full() {
+            // Full: wait for the UART to take a FIFO's worth.
+            wait_fifo_empty();
+            for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
+                match self.0.pop_front() {
+                    Some(x) => outb(COM1, x),
+                    None => break,
+                }
+            }
+        }
+        let _ = self.0.push_back(b);
+    }
+}
+
+impl Write for Buffered<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                self.push(b'\r');
+            }
+            self.push(b);
+        }
+        Ok(())
+    }
+}
+
+/// Prints formatted text (lines from different code never interleave: the ring is locked for
+/// the whole line), and starts sending it.
 pub fn print(args: fmt::Arguments<'_>) {
-    let _guard = LOCK.lock();
-    let _ = RawConsole.write_fmt(args);
+    {
+        let mut tx = TX.lock();
+        let _ = Buffered(&mut tx).write_fmt(args);
+    }
+    pump();
 }
 
 /// `println!` for the kernel console.

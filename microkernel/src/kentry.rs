@@ -61,6 +61,8 @@ pub fn start_services() -> ! {
 
 /// Runs what the object model picked: the kernel state is entered once per entry.
 fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
+    // The console's COM1 output moves on at every return (see `console`).
+    crate::console::pump();
     match next {
         Next::User(t) => k.return_to_user(|k| {
             let (regs, space) = k.context(t);
@@ -81,6 +83,7 @@ fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
             drop(k);
             loop {
                 // Interrupts are taken only here; `irq_in_kernel` wakes sleepers.
+                crate::console::flush_pending();
                 idle_wait();
                 let mut k = KERNEL.enter();
                 let next = k.schedule();
@@ -251,7 +254,12 @@ pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs
         let address = if vector == 14 { cr2 } else { regs.rip };
         let next = {
             let mut k = KERNEL.enter();
-            if let Some(t) = k.current {
+            // A supervised task's fault goes to its supervisor, which reports it; the kernel
+            // logs only the others (the console is slow: a line is ~0.8 ms at 115200 baud).
+            if let Some(t) = k
+                .current
+                .filter(|&t| k.task(k.thread(t).task).fault_ep.is_none())
+            {
                 let task = k.thread(t).task;
                 crate::log!(
                     warn,

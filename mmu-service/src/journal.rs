@@ -32,6 +32,7 @@ const _: () = assert!(COSTS_AT + MAX_COSTS * 8 <= PAGE);
 pub fn key(handle: u32, cap: CapKey) -> u32 {
     match cap {
         CapKey::Journal => u32::MAX,
+        CapKey::Heap => u32::MAX - 1,
         CapKey::Vm => handle << 8,
         CapKey::Pool => (handle << 8) | 1,
         CapKey::Ram => (handle << 8) | 2,
@@ -43,6 +44,8 @@ pub fn key(handle: u32, cap: CapKey) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapKey {
     Journal,
+    /// The service's heap: a new instance reuses it instead of zeroing a new one.
+    Heap,
     Vm,
     Pool,
     Ram,
@@ -220,7 +223,7 @@ pub fn crash_at(inj: &Injection, generation: u64, exit: u64) -> Option<CrashKind
         return None;
     }
     let r = mix(inj.seed ^ mix(generation ^ mix(exit)));
-    if r % u64::from(inj.every) != 0 {
+    if !r.is_multiple_of(u64::from(inj.every)) {
         return None;
     }
     Some(match (r >> 32) % 5 {

@@ -62,9 +62,16 @@ struct State {
 }
 
 fn mmu_main(generation: u64) {
-    let t0 = sys::rdtsc();
-    userlib::println!("mmu: serving, generation {generation} (EPT and shadow paging)");
-    match sys::heap::init(HEAP_PAGES) {
+    if generation == 1 {
+        // Later generations say what they recovered (one line: the console is slow).
+        userlib::println!("mmu: serving, generation {generation} (EPT and shadow paging)");
+    }
+    // The heap object outlives a crash too: a new instance takes it back (no 12 MiB to zero).
+    let heap = recover::kept_or_new(journal::key(0, CapKey::Heap), HEAP_PAGES);
+    match heap
+        .ok_or(abi::Error::NoMemory)
+        .and_then(sys::heap::init_with)
+    {
         // The decoder's tables, built once, before any guest waits on them.
         Ok(()) => mmu_service::emulate::init(),
         Err(e) => userlib::println!("mmu: no heap ({e:?}): shadow-paged VMs will be refused"),
@@ -73,16 +80,9 @@ fn mmu_main(generation: u64) {
         vms: Default::default(),
         exit: ExitMessage::default(),
     };
-    let t1 = sys::rdtsc();
     let inject = injection_allowed();
     if recover::open_journal(generation, inject) {
-        let t2 = sys::rdtsc();
-        recover_vms(&mut state);
-        let t3 = sys::rdtsc();
-        let crash = recover::with_journal(|j| j.header().crash_tsc).unwrap_or(0);
-        if generation < 6 {
-            userlib::println!("mmu: DEBUG crash->main {} heap {} wiring+journal {} recover {}", t0.wrapping_sub(crash), t1 - t0, t2 - t1, t3 - t2);
-        }
+        recover_vms(&mut state, generation);
     } else {
         userlib::println!("mmu: no journal (no memory, or no supervisor): a crash loses the VMs");
     }
@@ -326,7 +326,7 @@ fn injection_allowed() -> bool {
 }
 
 /// A new instance: serves again every VM the journal names, before its first receive.
-fn recover_vms(state: &mut State) {
+fn recover_vms(state: &mut State, generation: u64) {
     let records: heapless::Vec<(u32, VmRecord), MAX_VMS> = recover::with_journal(|j| {
         (0..MAX_VMS as u32)
             .filter_map(|h| j.get().record(h).map(|r| (h, r)))
@@ -347,7 +347,7 @@ fn recover_vms(state: &mut State) {
     }
     recover::with_journal(|j| j.update_header(|h| h.recoveries += 1));
     let n = state.vms.iter().flatten().count();
-    userlib::println!("mmu: recovered {n} VM(s) from the journal");
+    userlib::println!("mmu: generation {generation}: {n} VM(s) recovered");
 }
 
 fn recover_vm(handle: u32, r: &VmRecord) -> Result<VmEntry, &'static str> {

@@ -9,10 +9,11 @@
 //!   every exit the kernel re-sends (or any exit at all) reaches an instance that knows its VM.
 //! - EPT VMs: the EPT is kept. The kernel writes it (`VmMapRam` is one syscall: no entry is
 //!   ever half-written by the service), and a mapping of the VM's own RAM is never wrong.
-//! - Shadow VMs: nothing the dead instance wrote is trusted. The pool is zeroed and registered
-//!   again (`VmSetShadow` with the same endpoint), which puts every vCPU of the VM on its empty
-//!   root; the shadow MMU is built anew (all roots obsolete, KVM's `invalidate_all`), and the
-//!   first fault of each vCPU rebuilds its root from guest memory and the exit's paging state.
+//! - Shadow VMs: nothing the dead instance wrote is trusted. The pool is registered again
+//!   (`VmSetShadow` with the same endpoint), which puts every vCPU of the VM on its empty
+//!   root; the shadow MMU is built anew over it (every frame free, each zeroed when taken: all
+//!   old roots obsolete, as after KVM's `invalidate_all`), and the first fault of each vCPU
+//!   rebuilds its root from guest memory and the exit's paging state.
 //! - Attach is idempotent (`AttachVm` carries the VMM's key), so a VMM whose attach call met a
 //!   crash retries it and gets the same VM back.
 
@@ -53,6 +54,17 @@ pub fn fetch(key: u32) -> Option<CapSlot> {
 pub fn forget(key: u32) {
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let _ = sup.call(&SupRequest::Forget { key });
+}
+
+/// The memory object kept under `key` by an earlier instance, or a new one of `pages`
+/// pages (kept at once; if it cannot be kept it is still returned, and used this once).
+pub fn kept_or_new(key: u32, pages: u64) -> Option<CapSlot> {
+    if let Some(cap) = fetch(key) {
+        return Some(cap);
+    }
+    let cap = sys::mem_alloc(pages).ok()?;
+    keep(key, cap);
+    Some(cap)
 }
 
 /// This instance's journal (`None` without one: no recovery, no injection).
@@ -98,6 +110,7 @@ impl JournalPage {
                 cap
             }
         };
+        // A zeroed page is an empty journal; a kept one is the predecessors'.
         let mut map = Mapping::new(cap, JOURNAL_VA).ok()?;
         let header = Journal::new(map.bytes_mut())?.header();
         Some(JournalPage {
@@ -180,6 +193,8 @@ impl JournalPage {
             None => {}
             Some(CrashKind::MidWrite(n)) => MID_WRITE.store(n, Ordering::Relaxed),
             Some(kind) => {
+                // Said before the clock starts: the line is the test's, not the restart's.
+                userlib::println!("mmu: injected crash: {kind:?}");
                 self.record_crash();
                 crash(kind);
             }
@@ -203,8 +218,8 @@ impl JournalPage {
         if MID_WRITE.swap(0, Ordering::Relaxed) != 0 && !GUEST_WRITTEN.load(Ordering::Relaxed) {
             // Fewer shadow writes than planned (an EPT VM has none): the crash happens at the
             // end of the exit instead, before its reply, as long as no guest memory changed.
-            self.record_crash();
             userlib::println!("mmu: injected crash at the end of the exit");
+            self.record_crash();
             sys::crash::page_fault();
         }
         if self.header.crash_tsc != 0 {
@@ -257,8 +272,8 @@ pub fn on_spte_write() {
         return;
     }
     if left == 1 {
-        with_journal(|j| j.record_crash());
         userlib::println!("mmu: injected crash in the middle of writing shadow entries");
+        with_journal(|j| j.record_crash());
         sys::crash::page_fault();
     }
     MID_WRITE.store(left - 1, Ordering::Relaxed);
@@ -270,7 +285,6 @@ pub fn on_guest_write() {
 }
 
 fn crash(kind: CrashKind) {
-    userlib::println!("mmu: injected crash: {kind:?}");
     match kind {
         CrashKind::PageFault => sys::crash::page_fault(),
         CrashKind::InvalidOpcode => sys::crash::invalid_opcode(),

@@ -154,14 +154,15 @@ impl ShadowVm {
             return Err(MmuError::NotShadow);
         }
         let pool_cap = sys::mem_alloc(u64::from(params.pool_pages)).map_err(kernel)?;
-        ShadowVm::with_pool(handle, vm, own_ep, params, pool_cap, false).inspect_err(|_| {
+        ShadowVm::with_pool(handle, vm, own_ep, params, pool_cap).inspect_err(|_| {
             let _ = sys::cap_delete(pool_cap);
         })
     }
 
-    /// A restarted service takes VM `handle` back with the pool its predecessor kept: the
-    /// pool is zeroed (nothing the dead instance wrote is trusted) and registered again,
-    /// which puts every vCPU of the VM on its empty root.
+    /// A restarted service takes VM `handle` back with the pool its predecessor kept and
+    /// registers it again, which puts every vCPU of the VM on its empty root. Nothing the
+    /// dead instance wrote is trusted: the new shadow MMU starts with every frame free and
+    /// zeroes each one it takes.
     pub fn recover(
         handle: u32,
         vm: CapSlot,
@@ -169,7 +170,7 @@ impl ShadowVm {
         params: ShadowParams,
         pool_cap: CapSlot,
     ) -> Result<ShadowVm, MmuError> {
-        ShadowVm::with_pool(handle, vm, own_ep, params, pool_cap, true)
+        ShadowVm::with_pool(handle, vm, own_ep, params, pool_cap)
     }
 
     fn with_pool(
@@ -178,14 +179,12 @@ impl ShadowVm {
         own_ep: CapSlot,
         params: ShadowParams,
         pool_cap: CapSlot,
-        zero: bool,
     ) -> Result<ShadowVm, MmuError> {
         let made = (|| {
             let (pages, phys) = sys::mem_info(pool_cap)?;
-            let mut map = Mapping::new(pool_cap, POOL_VA + u64::from(handle) * VA_STRIDE)?;
-            if zero {
-                map.bytes_mut().fill(0);
-            }
+            // A recovered pool is not zeroed as a whole: the shadow MMU zeroes every frame
+            // when it takes it, and registering again (below) left no root in it.
+            let map = Mapping::new(pool_cap, POOL_VA + u64::from(handle) * VA_STRIDE)?;
             sys::vm_set_shadow(vm, pool_cap, own_ep)?;
             Ok(Pool {
                 map,

@@ -1344,6 +1344,11 @@ pub mod heap {
     pub fn init(_pages: u64) -> Result<(), abi::Error> {
         Ok(())
     }
+
+    /// Nothing to set up on the host.
+    pub fn init_with(_mem: abi::CapSlot) -> Result<(), abi::Error> {
+        Ok(())
+    }
 }
 
 /// The heap of services whose libraries allocate (the MMU service's shadow-MMU tables, one set
@@ -1366,11 +1371,19 @@ pub mod heap {
 
     /// Gives the heap `pages` fresh pages (once; a second call fails with `Busy`).
     pub fn init(pages: u64) -> Result<(), Error> {
+        init_with(super::mem_alloc(pages)?)
+    }
+
+    /// Makes the memory object `mem` the heap (once; a second call fails with `Busy`). Its
+    /// contents need not be zero: the allocator writes its own bookkeeping, and nothing
+    /// allocated is assumed zeroed (a service that restarts can reuse its old heap object
+    /// without the kernel zeroing it again).
+    pub fn init_with(mem: abi::CapSlot) -> Result<(), Error> {
         let mut heap = HEAP.lock();
         if heap.size() != 0 {
             return Err(Error::Busy);
         }
-        let mem = super::mem_alloc(pages)?;
+        let (pages, _) = super::mem_info(mem)?;
         super::mem_map(mem, HEAP_VA, Rights::READ | Rights::WRITE)?;
         // SAFETY: the kernel just mapped `pages` pages at HEAP_VA, readable and writable, for
         // the rest of the task's life (nothing unmaps HEAP_VA); the heap owns them from here.

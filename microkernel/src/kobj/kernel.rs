@@ -446,26 +446,21 @@ impl<M: Machine> Kernel<M> {
             .iter()
             .position(Option::is_none)
             .ok_or(Error::NoMemory)?;
-        for i in 0..pages {
-            let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
-            let r = self.machine.map(
-                &mut task_ref.space,
-                va + i * PAGE_SIZE,
-                phys + i * PAGE_SIZE,
-                access,
-            );
-            if let Err(e) = r {
-                self.task_mut(task).unmaps += 1;
-                for j in 0..i {
-                    let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
-                    self.machine.unmap(&mut task_ref.space, va + j * PAGE_SIZE);
-                }
-                return Err(match e {
-                    super::machine::MapError::AlreadyMapped => Error::AddressInUse,
-                    super::machine::MapError::NoMemory => Error::NoMemory,
-                    super::machine::MapError::BadAddress => Error::InvalidArgument,
-                });
+        let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
+        let r = self
+            .machine
+            .map_range(&mut task_ref.space, va, phys, pages, access);
+        if let Err((e, mapped)) = r {
+            self.task_mut(task).unmaps += 1;
+            for j in 0..mapped {
+                let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
+                self.machine.unmap(&mut task_ref.space, va + j * PAGE_SIZE);
             }
+            return Err(match e {
+                super::machine::MapError::AlreadyMapped => Error::AddressInUse,
+                super::machine::MapError::NoMemory => Error::NoMemory,
+                super::machine::MapError::BadAddress => Error::InvalidArgument,
+            });
         }
         self.task_mut(task).mappings[free] = Some(Mapping { va, pages, mem });
         self.acquire(mem);
@@ -729,13 +724,22 @@ impl<M: Machine> Kernel<M> {
         for cap in caps {
             self.release(cap.obj);
         }
-        for mi in 0..MAX_MAPPINGS {
-            if let Some(m) = self.task(ti).mappings[mi] {
-                self.unmap_mapping(ti, mi, m, true);
-            }
+        // The address space goes whole, its leaf entries with its tables (one pass over the
+        // tables, not a walk per mapped page); then the memory objects the mappings held.
+        let mut held: heapless::Vec<ObjRef, MAX_MAPPINGS> = heapless::Vec::new();
+        for m in self
+            .task_mut(ti)
+            .mappings
+            .iter_mut()
+            .filter_map(Option::take)
+        {
+            let _ = held.push(m.mem);
         }
         let task = slot_remove(&mut self.tasks, ti).expect("checked");
         self.machine.space_destroy(task.space);
+        for mem in held {
+            self.release(mem);
+        }
         if let Some(fault_ep) = task.fault_ep {
             if let Death::Notice(notice) = death {
                 self.post_notice(fault_ep, notice);

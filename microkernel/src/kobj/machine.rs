@@ -32,6 +32,7 @@ pub trait Machine {
     /// A new, empty user address space; `None` when out of memory.
     fn space_new(&mut self) -> Option<Self::Space>;
     /// Frees the space's page-table frames (not the frames it maps: memory objects own those).
+    /// Pages may still be mapped: they go with the tables.
     fn space_destroy(&mut self, space: Self::Space);
     /// Maps one 4 KiB user page.
     fn map(
@@ -41,6 +42,23 @@ pub trait Machine {
         phys: u64,
         access: PageAccess,
     ) -> Result<(), MapError>;
+    /// Maps `pages` consecutive 4 KiB user pages at `va` to the frames from `phys` on. On an
+    /// error, returns it with how many pages were mapped (the first ones), which the caller
+    /// unmaps. The default maps page by page; a machine may walk its tables once per table.
+    fn map_range(
+        &mut self,
+        space: &mut Self::Space,
+        va: u64,
+        phys: u64,
+        pages: u64,
+        access: PageAccess,
+    ) -> Result<(), (MapError, u64)> {
+        for i in 0..pages {
+            self.map(space, va + i * 4096, phys + i * 4096, access)
+                .map_err(|e| (e, i))?;
+        }
+        Ok(())
+    }
     /// Unmaps one page; returns the frame it mapped.
     fn unmap(&mut self, space: &mut Self::Space, va: u64) -> Option<u64>;
     /// Copies `out.len()` bytes from user address `va`. Fails (copying nothing useful) unless

@@ -55,8 +55,7 @@ impl Machine for Model {
         self.spaces_live += 1;
         Some(BTreeMap::new())
     }
-    fn space_destroy(&mut self, space: Space) {
-        assert!(space.is_empty(), "mappings left in a destroyed space");
+    fn space_destroy(&mut self, _space: Space) {
         self.spaces_live -= 1;
     }
     fn map(

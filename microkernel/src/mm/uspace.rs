@@ -315,6 +315,51 @@ impl Machine for KernelMachine {
         Ok(())
     }
 
+    fn map_range(
+        &mut self,
+        space: &mut AddressSpace,
+        va: u64,
+        phys: u64,
+        pages: u64,
+        access: PageAccess,
+    ) -> Result<(), (MapError, u64)> {
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| va.checked_add(len));
+        let in_range = end.is_some_and(|end| va >= USER_MIN && end <= USER_END);
+        if !in_range
+            || !va.is_multiple_of(PAGE_SIZE)
+            || !phys.is_multiple_of(PAGE_SIZE)
+            || phys.saturating_add(pages * PAGE_SIZE) & !ADDR_MASK != 0
+        {
+            return Err((MapError::BadAddress, 0));
+        }
+        let mut flags = PRESENT | USER;
+        if access.write {
+            flags |= WRITABLE;
+        }
+        if !access.exec && nx_enabled() {
+            flags |= NO_EXECUTE;
+        }
+        // One walk per page table, then its entries in a row. A not-present entry made
+        // present needs no TLB invalidation: the CPU caches no not-present translations.
+        let mut done = 0;
+        while done < pages {
+            let v = va + done * PAGE_SIZE;
+            let (table, first) = walk(space, v, true).map_err(|e| (e, done))?;
+            let n = (512 - first as u64).min(pages - done);
+            for k in 0..n {
+                let i = first + k as usize;
+                if read_entry(table, i) & PRESENT != 0 {
+                    return Err((MapError::AlreadyMapped, done + k));
+                }
+                write_entry(table, i, (phys + (done + k) * PAGE_SIZE) | flags);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     fn unmap(&mut self, space: &mut AddressSpace, va: u64) -> Option<u64> {
         if !(USER_MIN..USER_END).contains(&va) || !va.is_multiple_of(PAGE_SIZE) {
             return None;

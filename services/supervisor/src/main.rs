@@ -16,6 +16,7 @@
 use abi::cap::slot;
 use abi::ipc::{FaultNotice, FAULT_EXIT, FAULT_LABEL, FAULT_PANIC, MAX_PAYLOAD};
 use abi::{CapSlot, Rights};
+use core::fmt::Write;
 use heapless::{String, Vec};
 use userlib::kept::{KeepError, KeptCaps};
 use userlib::manifest::{self, ManifestEntry};
@@ -207,11 +208,14 @@ impl Registry {
         s.task = Some(task);
         s.state = ServiceState::Running;
         s.wiring = wiring;
-        userlib::println!(
-            "supervisor: started {} (generation {})",
-            s.entry.name,
-            s.generation
-        );
+        if s.restarts == 0 {
+            // A restart has its line already (see `on_notice`).
+            userlib::println!(
+                "supervisor: started {} (generation {})",
+                s.entry.name,
+                s.generation
+            );
+        }
         Ok(())
     }
 
@@ -410,24 +414,20 @@ impl Registry {
             return;
         }
         let name = s.entry.name.clone();
-        match n.vector {
-            FAULT_EXIT => userlib::println!(
-                "supervisor: {name} (generation {}) exited with code {}",
-                s.generation,
-                n.error_code
+        // One line per fault (the console is slow; a restart should not wait on it): what
+        // happened here, and what the supervisor does about it after.
+        let mut what: String<96> = String::new();
+        let _ = match n.vector {
+            FAULT_EXIT => write!(what, "exited with code {}", n.error_code),
+            FAULT_PANIC => write!(what, "panicked at rip {:#x}", n.rip),
+            v => write!(
+                what,
+                "faulted: vector {v} error {:#x} address {:#x} rip {:#x}",
+                n.error_code, n.address, n.rip
             ),
-            FAULT_PANIC => userlib::println!(
-                "supervisor: {name} (generation {}) panicked at rip {:#x}",
-                s.generation,
-                n.rip
-            ),
-            v => userlib::println!(
-                "supervisor: {name} (generation {}) faulted: vector {v} error {:#x} address {:#x} rip {:#x}",
-                s.generation,
-                n.error_code,
-                n.address,
-                n.rip
-            ),
+        };
+        if n.vector == FAULT_EXIT && n.error_code == 0 || s.restarts >= s.entry.restart {
+            userlib::println!("supervisor: {name} (generation {}) {what}", s.generation);
         }
         if n.vector == FAULT_EXIT && n.error_code == 0 {
             s.state = ServiceState::Stopped;
@@ -451,7 +451,8 @@ impl Registry {
         s.state = ServiceState::Restarting;
         let backoff = s.entry.backoff << (s.restarts - 1).min(10);
         userlib::println!(
-            "supervisor: restarting {name} as generation {} (restart {} of {}, backoff {backoff} tick(s))",
+            "supervisor: {name} (generation {}) {what}; restarting it as generation {} (restart {} of {}, backoff {backoff} tick(s))",
+            s.generation - 1,
             s.generation,
             s.restarts,
             s.entry.restart

@@ -25,18 +25,22 @@ fn mmu_ep() -> CapSlot {
     MMU.load(Ordering::Relaxed)
 }
 
-fn inject(every: u32, limit: u32, spare_first: bool) -> Result<(), mmu::Response> {
+/// Sets the MMU service's fault-injection plan; the error is what it answered instead.
+fn inject(every: u32, limit: u32, spare_first: bool) -> Result<(), heapless::String<96>> {
     let r = userlib::ipc::client::<Mmu>(mmu_ep()).call(&mmu::Request::InjectFaults {
         every,
         limit,
         spare_first,
         seed: SEED,
     });
+    let mut why = heapless::String::new();
     match r {
-        Ok(mmu::Response::Injecting) => Ok(()),
-        Ok(other) => Err(other),
-        Err(_) => Err(mmu::Response::Detached),
+        Ok(mmu::Response::Injecting) => return Ok(()),
+        Ok(other) => core::fmt::Write::write_fmt(&mut why, format_args!("{other:?}")),
+        Err(e) => core::fmt::Write::write_fmt(&mut why, format_args!("{e:?}")),
     }
+    .ok();
+    Err(why)
 }
 
 /// (crashes, phase crashes, re-sent, recoveries, measured, median, max).
