@@ -609,3 +609,34 @@ fn creating_an_object_with_a_full_capability_table_changes_nothing() {
         refused(&mut k, sup, n, args, Error::NoMemory);
     }
 }
+
+/// `ReplyRecv` with a receive buffer it may not write answered the caller first and then
+/// failed: the call was refused, yet the reply was gone. The buffer is now checked first.
+#[test]
+fn a_reply_recv_refused_for_its_receive_buffer_does_not_reply() {
+    let mut k = world();
+    // The second child receives on the shared endpoint (its slot 2); the first calls it.
+    let (client, server) = (1, 2);
+    issue(&mut k, server, Sys::Recv as u64, [2, DATA, 512, 0, 0, 0]).unwrap();
+    issue(
+        &mut k,
+        client,
+        Sys::Call as u64,
+        [2, DATA, 4, 512, 0, NO_CAP],
+    )
+    .unwrap();
+    assert_eq!(k.current, Some(server));
+    // Its reply is readable (text), but the same buffer cannot take the next message.
+    let text = 0x40_0000;
+    refused(
+        &mut k,
+        server,
+        Sys::ReplyRecv,
+        [2, text, 4, 16, 0, NO_CAP],
+        Error::BadPointer,
+    );
+    assert!(matches!(
+        k.thread(client).state,
+        ThreadState::BlockedReply { server: s, .. } if s == server
+    ));
+}
