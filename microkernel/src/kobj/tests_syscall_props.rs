@@ -18,7 +18,7 @@ use abi::{CapKind, Error, Rights, Sys, NO_CAP};
 use proptest::prelude::*;
 
 use super::kernel::{Kernel, Next};
-use super::objects::ThreadState;
+use super::objects::{ThreadState, MAX_THREADS};
 use super::queue::ThreadId;
 use super::tests::{boot, kernel, ok, sys, Model, DATA};
 use super::tests_invariants::{check_invariants, digest};
@@ -74,6 +74,10 @@ enum Kind {
     Len,
     Pages,
     Rights,
+    /// Rights to map or give a guest: mostly the valid combinations.
+    MapRights,
+    /// Guest-physical addresses: page multiples in and past a small RAM, unaligned ones.
+    Gpa,
     /// Page-aligned user addresses to map at (free, taken, unaligned).
     Va,
     /// `0..n`, and sometimes more.
@@ -129,6 +133,15 @@ fn typed(kind: Kind) -> BoxedStrategy<Arg> {
             1 => Just((1 << 16) + 1), 1 => Just(16)]
         .boxed()),
         Kind::Rights => raw((0u64..32).boxed()),
+        Kind::MapRights => raw(prop_oneof![
+            2 => Just(Rights::READ.bits()), 2 => Just((Rights::READ | Rights::WRITE).bits()),
+            1 => Just((Rights::READ | Rights::EXEC).bits()), 1 => Just(0b111u64), 1 => 0u64..32,
+        ]
+        .boxed()),
+        Kind::Gpa => raw(prop_oneof![
+            4 => (0u64..8).prop_map(|p| p * PAGE_SIZE), 1 => Just(0x10u64), 1 => any::<u64>(),
+        ]
+        .boxed()),
         Kind::Va => raw(prop_oneof![
             4 => (0u64..16).prop_map(|i| 0x80_0000 + i * 0x4000),
             1 => Just(SHARED), 1 => Just(DATA), 1 => Just(0x80_0010u64),
@@ -161,7 +174,7 @@ fn signature(n: u64) -> Vec<Kind> {
         Sys::Signal => vec![Cap(CapKind::Notification), Raw],
         Sys::Wait | Sys::Poll => vec![Cap(CapKind::Notification)],
         Sys::MemAlloc => vec![Pages],
-        Sys::MemMap => vec![Cap(CapKind::Memory), Va, Rights],
+        Sys::MemMap => vec![Cap(CapKind::Memory), Va, MapRights],
         Sys::MemUnmap => vec![Cap(CapKind::Memory), Va],
         Sys::MemInfo => vec![Cap(CapKind::Memory)],
         Sys::CapCopy => vec![AnyCap, Rights, Raw],
@@ -177,11 +190,11 @@ fn signature(n: u64) -> Vec<Kind> {
         Sys::KernelCmdline => vec![Ptr, Len, boot],
         Sys::ModuleRead => vec![Small(4), Len, Ptr, Len, boot],
         Sys::VmCreate => vec![Cap(CapKind::Memory), Small(4)],
-        Sys::VmMapRam => vec![Cap(CapKind::Vm), Pages, Pages, Rights],
-        Sys::VmUnmap => vec![Cap(CapKind::Vm), Pages, Pages],
+        Sys::VmMapRam => vec![Cap(CapKind::Vm), Gpa, Pages, MapRights],
+        Sys::VmUnmap => vec![Cap(CapKind::Vm), Gpa, Pages],
         Sys::VcpuCreate => vec![Cap(CapKind::Vm), Raw],
         Sys::VcpuPortal => vec![Cap(CapKind::Vcpu), Small(70), Grant, Small(64)],
-        Sys::VcpuState => vec![Cap(CapKind::Vcpu), Ptr, Small(34), Small(2)],
+        Sys::VcpuState => vec![Cap(CapKind::Vcpu), Ptr, Small(5), Small(2)],
         Sys::VcpuRun => vec![Cap(CapKind::Vcpu)],
         Sys::VmSetShadow => vec![Cap(CapKind::Vm), Cap(CapKind::Memory), ep],
     }
@@ -224,23 +237,29 @@ const UNKNOWN: [u64; 5] = [8, 21, 104, 0x1_0000_0000, u64::MAX];
 
 fn op() -> impl Strategy<Value = Op> {
     let n = Sys::ALL.len() + UNKNOWN.len();
-    let number = (0..n).prop_map(|i| match Sys::ALL.get(i) {
+    // Calls that end the run or a task are rarer, so that sequences go on.
+    let number = (0..n, 0u8..4).prop_map(|(i, coin)| match Sys::ALL.get(i) {
+        Some(Sys::MachineExit | Sys::TaskExit | Sys::Panic) if coin > 0 => Sys::Yield as u64,
         Some(s) => *s as u64,
         None => UNKNOWN[i - Sys::ALL.len()],
     });
-    let call = (any::<u8>(), number, any::<u8>()).prop_flat_map(|(who, n, exit)| {
+    // Mostly the thread that runs (so that a task goes on with what it made), sometimes
+    // another ready one.
+    let who = || prop_oneof![3 => Just(0u8), 1 => any::<u8>()];
+    let call = (who(), number, any::<u8>()).prop_flat_map(|(who, n, exit)| {
         args_for(n).prop_map(move |args| Op::Call { who, n, args, exit })
     });
     prop_oneof![
         40 => call,
-        1 => (any::<u8>(), 0u8..2).prop_map(|(who, left)| Op::Fill { who, left }),
+        1 => (who(), 0u8..2).prop_map(|(who, left)| Op::Fill { who, left }),
         2 => Just(Op::Tick),
     ]
 }
 
-/// The world: the supervisor with an endpoint, a notification and a shared memory object,
-/// and two started children (same priority) holding copies; the first child's faults go to
-/// the endpoint. VMX is on.
+/// The world: the supervisor with an endpoint, a notification, a shared memory object and
+/// two VMs, and two started children (same priority) holding copies (the first the EPT VM
+/// and its vCPU, the second the shadow VM and the EPT VM's RAM); the first child's faults go
+/// to the endpoint. VMX is on.
 fn world() -> Kernel<Model> {
     let mut k = kernel(&["supervisor", "echo"]);
     k.machine.vmx = true;
@@ -250,16 +269,27 @@ fn world() -> Kernel<Model> {
     let mem = ok(&sys(&mut k, Sys::MemAlloc, [2, 0, 0, 0, 0, 0]).1);
     let rw = (Rights::READ | Rights::WRITE).bits();
     ok(&sys(&mut k, Sys::MemMap, [mem, SHARED, rw, 0, 0, 0]).1);
+    // An EPT VM with its RAM mapped and a vCPU whose HLT exits go to the endpoint, and a
+    // shadow-paged VM with a pool.
+    let ram = ok(&sys(&mut k, Sys::MemAlloc, [8, 0, 0, 0, 0, 0]).1);
+    let vm = ok(&sys(&mut k, Sys::VmCreate, [ram, 0, 0, 0, 0, 0]).1);
+    ok(&sys(&mut k, Sys::VmMapRam, [vm, 0, 8, 0b111, 0, 0]).1);
+    let vcpu = ok(&sys(&mut k, Sys::VcpuCreate, [vm, 0, 0, 0, 0, 0]).1);
+    let mask = u64::from(abi::vmx::group::GPRS | abi::vmx::group::RIP);
+    let hlt = u64::from(reason::HLT);
+    ok(&sys(&mut k, Sys::VcpuPortal, [vcpu, hlt, ep, mask, 0, 0]).1);
+    let shadow_ram = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
+    let pool = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
+    let shadow = abi::vmx::vm_flags::SHADOW;
+    let svm = ok(&sys(&mut k, Sys::VmCreate, [shadow_ram, shadow, 0, 0, 0, 0]).1);
+    ok(&sys(&mut k, Sys::VmSetShadow, [svm, pool, ep, 0, 0, 0]).1);
     let prio = k.thread(k.current.unwrap()).prio as u64;
-    for fault in [ep, NO_CAP] {
+    for (fault, extra) in [(ep, [vm, vcpu]), (NO_CAP, [svm, ram])] {
         let spawn = abi::cap::slot::SPAWN;
         let task = ok(&sys(&mut k, Sys::TaskSpawn, [1, 1, prio, fault, spawn, 0]).1);
-        for (slot, rights) in [
-            (ep, Rights::all()),
-            (ntfn, Rights::all()),
-            (mem, Rights::all()),
-        ] {
-            ok(&sys(&mut k, Sys::TaskGrant, [task, slot, rights.bits(), 0, 0, 0]).1);
+        for slot in [ep, ntfn, mem, extra[0], extra[1]] {
+            let all = Rights::all().bits();
+            ok(&sys(&mut k, Sys::TaskGrant, [task, slot, all, 0, 0, 0]).1);
         }
         ok(&sys(&mut k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
     }
@@ -275,11 +305,23 @@ fn world() -> Kernel<Model> {
         .iter()
         .flat_map(|&(f, v): &(u64, u64)| f.to_le_bytes().into_iter().chain(v.to_le_bytes()))
         .collect();
-    for t in 0..3 {
+    let sup = k.current.unwrap();
+    for t in [sup, children(&k)[0], children(&k)[1]] {
         super::tests::write_user(&mut k, t, DATA, &bytes);
     }
     check_invariants(&k).expect("the world is consistent");
     k
+}
+
+/// The main threads of the two children of [`world`].
+fn children(k: &Kernel<Model>) -> [ThreadId; 2] {
+    let init = k.init_task;
+    let mut t = (0..MAX_THREADS as ThreadId).filter(|&t| {
+        k.threads.0[t as usize]
+            .as_ref()
+            .is_some_and(|th| th.vcpu.is_none() && Some(th.task) != init)
+    });
+    [t.next().unwrap(), t.next().unwrap()]
 }
 
 /// The ready user threads (not vCPUs) the scheduler could run now, at the current thread's
@@ -426,15 +468,19 @@ fn issue(k: &mut Kernel<Model>, t: ThreadId, n: u64, args: [u64; 6]) -> Result<N
     };
     // Returned at once (not blocked, not ended) with an error: nothing else may have
     // changed. `Truncated` is a delivery that happened (the message was cut).
-    let returned = th.state == ThreadState::Ready && th.regs.rax != n;
+    // (A call that blocks or ends its thread returns later or never: `Ready` is a return.)
+    let returned = th.state == ThreadState::Ready;
     let failed = Error::check(th.regs.rax).err();
     STATS.with(|s| {
         let mut s = s.borrow_mut();
         let e = s.entry(n).or_default();
         match (returned, failed) {
-            (false, _) => e[2] += 1,
-            (true, None) => e[0] += 1,
-            (true, Some(_)) => e[1] += 1,
+            (false, _) => e.0[2] += 1,
+            (true, None) => e.0[0] += 1,
+            (true, Some(f)) => {
+                e.0[1] += 1;
+                *e.1.entry(format!("{f:?}")).or_default() += 1;
+            }
         }
     });
     if returned && failed.is_some_and(|e| e != Error::Truncated) {
@@ -461,9 +507,12 @@ fn issue(k: &mut Kernel<Model>, t: ThreadId, n: u64, args: [u64; 6]) -> Result<N
     Ok(next)
 }
 
+/// Calls that succeeded, failed, blocked or ended the thread; failures by error.
+type Stat = ([u64; 3], std::collections::BTreeMap<String, u64>);
+
 std::thread_local! {
     /// Per syscall number: calls that succeeded, failed, blocked or ended the thread.
-    static STATS: core::cell::RefCell<std::collections::BTreeMap<u64, [u64; 3]>> =
+    static STATS: core::cell::RefCell<std::collections::BTreeMap<u64, Stat>> =
         Default::default();
 }
 
@@ -553,9 +602,11 @@ fn syscall_stats() {
         .run(&strategy, |ops| run(&ops).map_err(TestCaseError::fail))
         .unwrap();
     STATS.with(|s| {
-        for (n, [okay, failed, blocked]) in s.borrow().iter() {
+        for (n, ([okay, failed, blocked], errors)) in s.borrow().iter() {
             let name = Sys::from_u64(*n).map_or("unknown".into(), |s| format!("{s:?}"));
-            std::println!("{name:>20} ok {okay:6} failed {failed:6} blocked/ended {blocked:6}");
+            std::println!(
+                "{name:>18} ok {okay:6} failed {failed:6} blocked/ended {blocked:6} {errors:?}"
+            );
         }
     });
 }
@@ -616,7 +667,7 @@ fn creating_an_object_with_a_full_capability_table_changes_nothing() {
 fn a_reply_recv_refused_for_its_receive_buffer_does_not_reply() {
     let mut k = world();
     // The second child receives on the shared endpoint (its slot 2); the first calls it.
-    let (client, server) = (1, 2);
+    let [client, server] = children(&k);
     issue(&mut k, server, Sys::Recv as u64, [2, DATA, 512, 0, 0, 0]).unwrap();
     issue(
         &mut k,
@@ -638,5 +689,57 @@ fn a_reply_recv_refused_for_its_receive_buffer_does_not_reply() {
     assert!(matches!(
         k.thread(client).state,
         ThreadState::BlockedReply { server: s, .. } if s == server
+    ));
+}
+
+/// A vCPU run by a thread of another task kept running when that thread ended: nobody could
+/// hear why it stopped, and every other holder got `Busy` from `VcpuRun` meanwhile. It now
+/// stops with its runner.
+#[test]
+fn a_vcpu_stops_when_the_thread_running_it_ends() {
+    let mut k = world();
+    let sup = k.current.unwrap();
+    // The first child holds the supervisor's vCPU in its sixth slot: it runs it,
+    // and the guest's HLT exit goes to the endpoint, where nobody receives yet.
+    let (runner, vcpu) = (children(&k)[0], 6);
+    let mut next = issue(&mut k, runner, Sys::VcpuRun as u64, [vcpu, 0, 0, 0, 0, 0]).unwrap();
+    for _ in 0..4 {
+        if let Next::User(t) = next {
+            next = issue(&mut k, t, Sys::Yield as u64, [0; 6]).unwrap();
+        }
+    }
+    assert!(matches!(next, Next::Guest(_)), "{next:?}");
+    let hlt = VmExit {
+        reason: reason::HLT,
+        qualification: 0,
+        instruction_len: 1,
+    };
+    let next = k.on_vm_exit(hlt);
+    settle(&mut k, next, 0).unwrap();
+    // The supervisor kills the runner's task.
+    let sup_task = k.thread(sup).task;
+    let child = k.thread(runner).task;
+    let task_cap = (0..abi::cap::CAP_SLOTS as u64)
+        .find(|&s| {
+            k.task(sup_task)
+                .caps
+                .get(s)
+                .is_ok_and(|c| c.obj.kind == CapKind::Task && c.obj.index == child)
+        })
+        .unwrap();
+    done(&mut k, sup, Sys::TaskKill, [task_cap, 0, 0, 0, 0, 0]);
+    // The supervisor can run its vCPU again.
+    let own_vcpu = (0..abi::cap::CAP_SLOTS as u64)
+        .find(|&s| {
+            k.task(sup_task)
+                .caps
+                .get(s)
+                .is_ok_and(|c| c.obj.kind == CapKind::Vcpu)
+        })
+        .unwrap();
+    issue(&mut k, sup, Sys::VcpuRun as u64, [own_vcpu, 0, 0, 0, 0, 0]).unwrap();
+    assert!(matches!(
+        k.thread(sup).state,
+        ThreadState::BlockedRun { .. }
     ));
 }
