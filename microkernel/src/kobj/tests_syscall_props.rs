@@ -589,13 +589,13 @@ proptest! {
     }
 }
 
-/// Prints how often each syscall succeeded, failed and blocked over a run of the property
-/// test (`SYSCALL_STATS=1 cargo test -p microkernel --release syscall_stats -- --nocapture`).
+/// Prints how often each syscall succeeded, failed (by error) and blocked over a run of the
+/// property test; it also fails where the property test would. A diagnostic of the
+/// generator, not run by default:
+/// `cargo test -p microkernel --release syscall_stats -- --ignored --nocapture`.
 #[test]
+#[ignore]
 fn syscall_stats() {
-    if std::env::var("SYSCALL_STATS").is_err() {
-        return;
-    }
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases()));
     let strategy = proptest::collection::vec(op(), 1..SEQUENCE);
     runner
