@@ -335,15 +335,16 @@ impl<M: Machine> Kernel<M> {
         let cap = self
             .cap(a[0], CapKind::Endpoint, Rights::RECV)
             .map_err(err)?;
+        // The receive buffer is checked before the reply goes: a call refused for it must not
+        // have answered the caller.
+        self.set_receive_buffer(a[1], a[3])?;
         let c = self.current.expect("current");
         let caller = if self.thread(c).reply_to.is_some() {
             Some(self.reply_part(a[1], a[2], a[4], a[5])?)
         } else {
             None
         };
-        let received = self
-            .set_receive_buffer(a[1], a[3])
-            .and_then(|()| self.receive(cap.obj.index));
+        let received = self.receive(cap.obj.index);
         if let Some(caller) = caller {
             // The caller's registers already hold its result.
             self.wake_direct(caller);

@@ -637,9 +637,12 @@ impl<M: Machine> Kernel<M> {
                 }
             }
             ThreadState::BlockedRun { vcpu } => {
+                // The vCPU stops with its runner: nobody else could hear why it stops, nor
+                // run it again meanwhile (`Busy`).
                 if let Some(v) = self.vcpus[vcpu as usize].obj.as_mut() {
                     if v.runner == Some(t) {
                         v.runner = None;
+                        self.vcpu_stop(vcpu, abi::vmx::stop::PORTAL_GONE);
                     }
                 }
             }

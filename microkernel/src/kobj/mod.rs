@@ -21,6 +21,10 @@ pub use kernel::{Kernel, Next};
 mod tests;
 
 #[cfg(test)]
+mod tests_invariants;
+#[cfg(test)]
 mod tests_shadow;
+#[cfg(test)]
+mod tests_syscall_props;
 #[cfg(test)]
 mod tests_vm;

@@ -121,6 +121,16 @@ impl RunQueue {
         t
     }
 
+    /// The queue of each priority level and whether the bitmap marks it non-empty (for the
+    /// invariant checks of the tests).
+    #[cfg(test)]
+    pub(crate) fn levels(&self) -> impl Iterator<Item = (u8, Queue, bool)> + '_ {
+        self.levels
+            .iter()
+            .enumerate()
+            .map(|(p, q)| (p as u8, *q, self.bitmap & (1 << p) != 0))
+    }
+
     /// Removes `t` (queued at `prio`).
     pub fn remove(&mut self, arena: &mut impl LinkArena, t: ThreadId, prio: u8) {
         let p = prio as usize % PRIORITIES;

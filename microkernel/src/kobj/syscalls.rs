@@ -297,7 +297,20 @@ impl<M: Machine> Kernel<M> {
         Ok(None)
     }
 
-    fn new_cap_for_current(&mut self, obj: ObjRef) -> Result<u64, (Error, u64)> {
+    /// The decode check of every syscall that creates an object: the capability to it needs
+    /// a slot, found before anything is made (a refused call leaves no trace, not an object
+    /// made and destroyed again).
+    pub(crate) fn check_cap_slot(&self) -> Result<(), (Error, u64)> {
+        if self.task(self.cur_task()).caps.has_free_slot() {
+            Ok(())
+        } else {
+            Err(err(Error::NoMemory))
+        }
+    }
+
+    /// Puts a capability with every right to a new object into the current task. The caller
+    /// checked for a slot ([`Kernel::check_cap_slot`]); were there none, the object goes.
+    pub(crate) fn new_cap_for_current(&mut self, obj: ObjRef) -> Result<u64, (Error, u64)> {
         let ti = self.cur_task();
         let cap = Cap {
             obj,
@@ -335,6 +348,7 @@ impl<M: Machine> Kernel<M> {
         if !self.within_quota(owned, free) {
             return Err(err(Error::NoMemory));
         }
+        self.check_cap_slot()?;
         let (index, generation) = slot_insert(
             &mut self.endpoints,
             Endpoint {
@@ -375,6 +389,7 @@ impl<M: Machine> Kernel<M> {
         if !self.within_quota(owned, free) {
             return Err(err(Error::NoMemory));
         }
+        self.check_cap_slot()?;
         let (index, generation) = slot_insert(
             &mut self.notifications,
             Notification {
@@ -443,9 +458,7 @@ impl<M: Machine> Kernel<M> {
                 return Err(err(Error::NoMemory));
             }
         }
-        if !self.task(ti).caps.has_free_slot() {
-            return Err(err(Error::NoMemory));
-        }
+        self.check_cap_slot()?;
         let owner = (self.init_task != Some(ti)).then(|| (ti, self.tasks[ti as usize].generation));
         let obj = self.new_memory(pages, owner).map_err(err)?;
         Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
@@ -556,9 +569,7 @@ impl<M: Machine> Kernel<M> {
         let module = usize::try_from(module).map_err(|_| err(Error::InvalidArgument))?;
         // Everything that can fail is checked before the task exists: a refused spawn leaves
         // no trace (not a task started and killed again).
-        if !self.task(ti).caps.has_free_slot() {
-            return Err(err(Error::NoMemory));
-        }
+        self.check_cap_slot()?;
         let new = self
             .spawn(module, generation, prio as u8, fault_ep)
             .map_err(err)?;

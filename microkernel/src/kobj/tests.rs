@@ -24,9 +24,12 @@ pub(super) struct Model {
     modules: Vec<(String, Vec<u8>)>,
     console: String,
     pub(super) ticks: u64,
-    spaces_live: i64,
+    pub(super) spaces_live: i64,
     frames_live: i64,
     pub(super) vmx: bool,
+    /// Calls that changed the machine (memory, mappings, frames, console, EPT, VMCS): what
+    /// the property test compares around a failed syscall.
+    pub(super) mutations: u64,
 }
 
 type Space = BTreeMap<u64, (u64, PageAccess)>;
@@ -52,10 +55,12 @@ impl Model {
 impl Machine for Model {
     type Space = Space;
     fn space_new(&mut self) -> Option<Space> {
+        self.mutations += 1;
         self.spaces_live += 1;
         Some(BTreeMap::new())
     }
     fn space_destroy(&mut self, _space: Space) {
+        self.mutations += 1;
         self.spaces_live -= 1;
     }
     fn map(
@@ -72,10 +77,13 @@ impl Machine for Model {
             return Err(MapError::AlreadyMapped);
         }
         s.insert(va, (phys, access));
+        self.mutations += 1;
         Ok(())
     }
     fn unmap(&mut self, s: &mut Space, va: u64) -> Option<u64> {
-        s.remove(&va).map(|(p, _)| p)
+        let p = s.remove(&va).map(|(p, _)| p);
+        self.mutations += u64::from(p.is_some());
+        p
     }
     fn copy_from_user(&self, s: &Space, va: u64, out: &mut [u8]) -> Result<(), BadUserAddress> {
         for (i, b) in out.iter_mut().enumerate() {
@@ -93,6 +101,7 @@ impl Machine for Model {
         if !self.user_range_ok(s, va, data.len() as u64, true) {
             return Err(BadUserAddress);
         }
+        self.mutations += 1;
         for (i, b) in data.iter().enumerate() {
             let a = va + i as u64;
             let (p, _) = s[&(a & !(PAGE_SIZE - 1))];
@@ -121,15 +130,18 @@ impl Machine for Model {
         let base = 0x1000_0000 + self.next_frame;
         self.next_frame += pages * PAGE_SIZE;
         self.frames_live += pages as i64;
+        self.mutations += 1;
         Some(base)
     }
     fn frames_free(&mut self, _phys: u64, pages: u64) {
         self.frames_live -= pages as i64;
+        self.mutations += 1;
     }
     fn frames_available(&self) -> u64 {
         (MODEL_FRAMES - self.frames_live) as u64
     }
     fn write_phys(&mut self, phys: u64, data: &[u8]) {
+        self.mutations += 1;
         for (i, b) in data.iter().enumerate() {
             *self.byte(phys + i as u64) = *b;
         }
@@ -146,6 +158,7 @@ impl Machine for Model {
         "scenario=ipc"
     }
     fn console_write(&mut self, task: &str, bytes: &[u8]) {
+        self.mutations += 1;
         self.console
             .push_str(&format!("[{task}] {}", String::from_utf8_lossy(bytes)));
     }
@@ -168,9 +181,12 @@ impl Machine for Model {
         self.vmx
     }
     fn ept_new(&mut self) -> Option<Self::Ept> {
+        self.mutations += 1;
         Some(BTreeMap::new())
     }
-    fn ept_destroy(&mut self, _ept: Self::Ept) {}
+    fn ept_destroy(&mut self, _ept: Self::Ept) {
+        self.mutations += 1;
+    }
     fn ept_map(
         &mut self,
         ept: &mut Self::Ept,
@@ -179,20 +195,26 @@ impl Machine for Model {
         rights: u64,
     ) -> Result<(), MapError> {
         ept.insert(gpa, (hpa, rights));
+        self.mutations += 1;
         Ok(())
     }
     fn ept_unmap(&mut self, ept: &mut Self::Ept, gpa: u64) {
-        ept.remove(&gpa);
+        self.mutations += u64::from(ept.remove(&gpa).is_some());
     }
     fn vmcs_new(&mut self, _ept: &Self::Ept, _vpid: u16, _shadow: bool) -> Option<Self::Vmcs> {
+        self.mutations += 1;
         Some(BTreeMap::new())
     }
-    fn vmcs_destroy(&mut self, _vmcs: Self::Vmcs) {}
+    fn vmcs_destroy(&mut self, _vmcs: Self::Vmcs) {
+        self.mutations += 1;
+    }
     fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64 {
         vmcs.get(&field).copied().unwrap_or(0)
     }
     fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64) {
-        vmcs.insert(field, value);
+        if vmcs.insert(field, value) != Some(value) {
+            self.mutations += 1;
+        }
     }
     fn host_cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
         [leaf, 1, 2, 3]

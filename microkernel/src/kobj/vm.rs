@@ -170,6 +170,7 @@ impl<M: Machine> Kernel<M> {
         if !self.vms.iter().any(|s| s.obj.is_none()) {
             return Err(err(Error::NoMemory));
         }
+        self.check_cap_slot()?;
         let shadow = if flags & vm_flags::SHADOW != 0 {
             let root = self.machine.frames_alloc(1).ok_or(err(Error::NoMemory))?;
             if root >= 1 << 32 {
@@ -208,25 +209,8 @@ impl<M: Machine> Kernel<M> {
             index,
             generation,
         };
-        let slot = self.new_cap(vm)?;
+        let slot = self.new_cap_for_current(vm)?;
         Ok(Some([slot, 0, 0, 0]))
-    }
-
-    /// Puts a capability with every right to a new object into the current task.
-    fn new_cap(&mut self, obj: ObjRef) -> Result<u64, (Error, u64)> {
-        let cap = Cap {
-            obj,
-            rights: Rights::all(),
-            badge: 0,
-        };
-        let ti = self.cur_task();
-        match self.insert_cap(ti, cap) {
-            Ok(slot) => Ok(slot),
-            Err(e) => {
-                self.destroy(obj);
-                Err(err(e))
-            }
-        }
     }
 
     /// `VmSetShadow(vm, pool, ep)`.
@@ -331,6 +315,7 @@ impl<M: Machine> Kernel<M> {
         if !self.vcpus.iter().any(|s| s.obj.is_none()) {
             return Err(err(Error::NoMemory));
         }
+        self.check_cap_slot()?;
         let ti = self.cur_task();
         let prio = self.thread(self.current.expect("current")).prio;
         let vm = slot_get(&self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
@@ -372,7 +357,7 @@ impl<M: Machine> Kernel<M> {
             index,
             generation,
         };
-        let slot = self.new_cap(vcpu)?;
+        let slot = self.new_cap_for_current(vcpu)?;
         // The kernel's share of the CR masks.
         self.write_state(index, field::CR0_GUEST_HOST_MASK, 0);
         self.write_state(index, field::CR4_GUEST_HOST_MASK, 0);
