@@ -335,10 +335,16 @@ mod tests {
     #[test]
     fn qemu_command_lines() {
         let args = |e| -> Vec<String> {
-            qemu_command(e, Path::new("/b/umbra.iso"), Path::new("/b/cfg.img"))
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
+            qemu_command(
+                e,
+                Path::new("/b/umbra.iso"),
+                Some(Path::new("/b/cfg.img")),
+                Firmware::Bios,
+                None,
+            )
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
         };
         let tcg = args(Emu::Qemu).join(" ");
         assert!(tcg.starts_with("-cpu max "), "{tcg}");
@@ -348,8 +354,33 @@ mod tests {
         assert!(tcg.contains("-serial stdio"));
         assert!(tcg.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(!tcg.contains("kvm"));
+        assert!(tcg.contains("-monitor none"));
+        assert!(!tcg.contains("-bios"));
         let kvm = args(Emu::Kvm).join(" ");
         assert!(kvm.starts_with("-enable-kvm -cpu host "), "{kvm}");
+    }
+
+    #[test]
+    fn qemu_uefi_and_monitor_runs() {
+        let cmd = qemu_command(
+            Emu::Qemu,
+            Path::new("/b/x.iso"),
+            None,
+            Firmware::Uefi,
+            Some(Path::new("/b/run/mon.sock")),
+        );
+        let line: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        assert!(line.contains("-bios /usr/share/ovmf/OVMF.fd"), "{line}");
+        assert!(line.contains("-monitor unix:/b/run/mon.sock,server=on,wait=off"));
+        assert!(
+            !line.contains("isa-debug-exit"),
+            "the machine must stay up: {line}"
+        );
+        assert!(!line.contains("media=disk"));
     }
 
     #[test]
