@@ -44,23 +44,34 @@ SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 OBJCOPY := $(shell command -v objcopy 2>/dev/null)
 copy_service = $(if $(OBJCOPY),$(OBJCOPY) --strip-debug $(1) $(2),cp $(1) $(2))
 
-# Limine (optional): LIMINE_DIR holds Limine's binary release (limine-bios.sys,
-# limine-bios-cd.bin, limine-uefi-cd.bin, BOOTX64.EFI and the `limine` tool or limine.c).
+# Limine: its binary release (limine-bios.sys, limine-bios-cd.bin, limine-uefi-cd.bin,
+# BOOTX64.EFI and limine.c for the host tool) from LIMINE_DIR, else ../shared/limine, else a
+# shallow clone of Limine's binary branch (tried once per build directory; needs the network).
+# Not found: `make iso` builds the GRUB ISO only and says so; Limine runs are skipped.
 LIMINE_DIR ?=
+LIMINE_BRANCH := v8.x-binary
+LIMINE_URL := https://github.com/limine-bootloader/limine.git
+LIMINE_CLONE := $(BUILD)/limine-bin
 LIMINE_ISO := $(BUILD)/umbra-limine.iso
 LIMINE_ROOT := $(BUILD)/limine-root
+LIMINE_TOOL := $(BUILD)/limine
+# The loader `make run` boots through: limine when the Limine ISO was built, else grub.
+LOADER ?= auto
+FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso run test fuzz bench boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run test fuzz bench boot-configs scenarios clean
 
 help:
 	@echo "Umbra: microkernel-based x86_64 hypervisor"
 	@echo
 	@echo "  make setup         install what is missing (apt packages, pinned Rust toolchain)"
 	@echo "  make services      build the user services ($(SERVICES))"
-	@echo "  make iso           build the kernel, the services and $(ISO) (GRUB, Multiboot2);"
-	@echo "                     with LIMINE_DIR=... also $(LIMINE_ISO)"
+	@echo "  make iso           build the kernel, the services, $(LIMINE_ISO) (Limine, BIOS and UEFI)"
+	@echo "                     when Limine's binaries are found (LIMINE_DIR, ../shared/limine, a clone),"
+	@echo "                     and $(ISO) (GRUB, Multiboot2)"
 	@echo "  make run           boot one scenario and stream its console:"
 	@echo "                       SCENARIO=$(SCENARIO) (make scenarios lists them), EMU=$(EMU) (qemu|bochs|kvm),"
+	@echo "                       LOADER=limine|grub (default: limine when its ISO was built), FIRMWARE=bios|uefi,"
 	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
@@ -96,7 +107,7 @@ define copy_modules
 	@$(foreach g,$(FLAT_GUESTS),objcopy -O binary $(SERVICE_BIN)/$(g) $(1)/boot/guests/$(g).bin &&) true
 endef
 
-iso: ensure-setup kernel services
+iso: ensure-setup kernel services harness
 	@rm -rf $(ISO_ROOT) && mkdir -p $(ISO_ROOT)/boot/grub
 	@cp $(KERNEL) $(ISO_ROOT)/boot/umbra-kernel
 	$(call copy_modules,$(ISO_ROOT))
@@ -104,37 +115,44 @@ iso: ensure-setup kernel services
 	@grub-mkrescue -o $(ISO) $(ISO_ROOT) >$(BUILD)/grub-mkrescue.log 2>&1 || \
 		{ cat $(BUILD)/grub-mkrescue.log; echo "grub-mkrescue failed (run \`make setup\`?)" >&2; exit 1; }
 	@echo "built $(ISO) (GRUB, Multiboot2; every scenario in its menu)"
-ifneq ($(strip $(LIMINE_DIR)),)
 	@$(MAKE) --no-print-directory limine-iso
-endif
 
-# The Limine ISO, as in Limine's own instructions: xorriso with the BIOS and UEFI CD images,
-# then `limine bios-install`. limine.cfg uses Limine >= 8 syntax and goes into the ISO as
-# /boot/limine/limine.conf, the name those versions look for.
-LIMINE_TOOL = $(or $(wildcard $(LIMINE_DIR)/limine),$(shell command -v limine 2>/dev/null))
-limine-iso: kernel services
-	@test -n "$(LIMINE_DIR)" || { echo "make limine-iso: set LIMINE_DIR to Limine's binary release directory" >&2; exit 1; }
-	@for f in limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI; do \
-		test -f "$(LIMINE_DIR)/$$f" || { echo "make limine-iso: $(LIMINE_DIR)/$$f not found" >&2; exit 1; }; done
-	@if [ ! -x "$(LIMINE_DIR)/limine" ] && [ -f "$(LIMINE_DIR)/limine.c" ]; then $(MAKE) -C "$(LIMINE_DIR)"; fi
+# Finds Limine's binaries, then stages and builds the Limine ISO (limine-stage).
+limine-iso: kernel services harness
+	@mkdir -p $(BUILD); dir="$(LIMINE_DIR)"; \
+	if [ -z "$$dir" ] && [ -f ../shared/limine/limine-bios.sys ]; then dir=../shared/limine; fi; \
+	if [ -z "$$dir" ] && [ -f $(LIMINE_CLONE)/limine-bios.sys ]; then dir=$(LIMINE_CLONE); fi; \
+	if [ -z "$$dir" ] && [ ! -e $(BUILD)/limine-clone-failed ] && command -v git >/dev/null; then \
+		echo "make iso: no LIMINE_DIR or ../shared/limine; cloning Limine's $(LIMINE_BRANCH) branch"; \
+		if GIT_TERMINAL_PROMPT=0 timeout 120 git clone -q --depth=1 --branch=$(LIMINE_BRANCH) \
+			$(LIMINE_URL) $(LIMINE_CLONE); then dir=$(LIMINE_CLONE); \
+		else rm -rf $(LIMINE_CLONE); touch $(BUILD)/limine-clone-failed; fi; \
+	fi; \
+	if [ -z "$$dir" ]; then \
+		rm -rf $(LIMINE_ROOT) $(LIMINE_TOOL) $(LIMINE_ISO); \
+		echo "make iso: Limine's binaries not found (LIMINE_DIR unset, no ../shared/limine, clone failed):"; \
+		echo "          only the GRUB ISO is built; Limine runs are skipped"; \
+	else $(MAKE) --no-print-directory limine-stage LIMINE_FOUND="$$dir"; fi
+
+# The Limine ISO, as in Limine's own instructions (xorriso with the BIOS and UEFI CD images,
+# then `limine bios-install`; see tests/src/limine.rs). The host tool is compiled into $(BUILD)
+# (the release folder may be read-only). limine.cfg goes in as /boot/limine/limine.conf.
+limine-stage:
+	@for f in limine-bios.sys limine-bios-cd.bin limine-uefi-cd.bin BOOTX64.EFI limine.c; do \
+		test -f "$(LIMINE_FOUND)/$$f" || { echo "make iso: $(LIMINE_FOUND)/$$f not found" >&2; exit 1; }; done
+	@test "$(LIMINE_TOOL)" -nt "$(LIMINE_FOUND)/limine.c" || \
+		cc -std=c99 -O2 -pipe "$(LIMINE_FOUND)/limine.c" -o $(LIMINE_TOOL)
 	@rm -rf $(LIMINE_ROOT) && mkdir -p $(LIMINE_ROOT)/boot/limine $(LIMINE_ROOT)/EFI/BOOT
 	@cp $(KERNEL) $(LIMINE_ROOT)/boot/umbra-kernel
 	$(call copy_modules,$(LIMINE_ROOT))
-	@cp limine.cfg $(LIMINE_ROOT)/boot/limine/limine.conf
-	@cp "$(LIMINE_DIR)"/limine-bios.sys "$(LIMINE_DIR)"/limine-bios-cd.bin "$(LIMINE_DIR)"/limine-uefi-cd.bin $(LIMINE_ROOT)/boot/limine/
-	@cp "$(LIMINE_DIR)"/BOOTX64.EFI $(LIMINE_ROOT)/EFI/BOOT/
-	@if [ -f "$(LIMINE_DIR)/BOOTIA32.EFI" ]; then cp "$(LIMINE_DIR)/BOOTIA32.EFI" $(LIMINE_ROOT)/EFI/BOOT/; fi
-	xorriso -as mkisofs -R -r -J -b boot/limine/limine-bios-cd.bin \
-		-no-emul-boot -boot-load-size 4 -boot-info-table -hfsplus \
-		-apm-block-size 2048 --efi-boot boot/limine/limine-uefi-cd.bin \
-		-efi-boot-part --efi-boot-image --protective-msdos-label \
-		$(LIMINE_ROOT) -o $(LIMINE_ISO)
-	@test -n "$(LIMINE_TOOL)" || { echo "make limine-iso: no \`limine\` tool in $(LIMINE_DIR) or on PATH" >&2; exit 1; }
-	$(LIMINE_TOOL) bios-install $(LIMINE_ISO)
-	@echo "built $(LIMINE_ISO) (Limine; boots the default scenario, \`demo\`)"
+	@cp "$(LIMINE_FOUND)"/limine-bios.sys "$(LIMINE_FOUND)"/limine-bios-cd.bin "$(LIMINE_FOUND)"/limine-uefi-cd.bin $(LIMINE_ROOT)/boot/limine/
+	@cp "$(LIMINE_FOUND)"/BOOTX64.EFI $(LIMINE_ROOT)/EFI/BOOT/
+	@if [ -f "$(LIMINE_FOUND)/BOOTIA32.EFI" ]; then cp "$(LIMINE_FOUND)/BOOTIA32.EFI" $(LIMINE_ROOT)/EFI/BOOT/; fi
+	@$(HARNESS) limine-iso --build-dir $(BUILD)
 
 run: ensure-setup harness iso
-	@$(HARNESS) run --emu $(or $(EMU),auto) --scenario $(or $(SCENARIO),demo) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+	@$(HARNESS) run --emu $(or $(EMU),auto) --scenario $(or $(SCENARIO),demo) $(if $(TIMEOUT),--timeout $(TIMEOUT)) \
+		--loader $(or $(LOADER),auto) --firmware $(or $(FIRMWARE),bios)
 
 # The harness runs every step (including `make iso`) and prints `N passed, M failed` last.
 test: ensure-setup

@@ -22,6 +22,8 @@ need_file /usr/share/bochs/BIOS-bochs-latest bochsbios
 need_file /usr/share/vgabios/vgabios.bin vgabios
 need_cmd grub-mkrescue grub-common
 need_file /usr/lib/grub/i386-pc/cdboot.img grub-pc-bin
+need_file /usr/share/ovmf/OVMF.fd ovmf                 # UEFI firmware for QEMU (Limine on UEFI)
+need_file /usr/lib/grub/x86_64-efi/modinfo.sh grub-efi-amd64-bin   # grub-mkrescue: UEFI boot too
 need_cmd xorriso xorriso
 need_cmd objcopy binutils                          # service stripping, flat guest images
 need_cmd mformat mtools

@@ -11,11 +11,15 @@
 //!
 //! Written here rather than with the `uart_16550` crate: the driver is a dozen port writes, and
 //! the kernel needs the unlocked crash path and the 0xe9 mirror around it anyway.
+//!
+//! When the loader hands over a framebuffer ([`attach_framebuffer`]), every line also appears on
+//! the screen (`microkernel::fbtext`): real machines often have no serial port.
 
 use crate::arch::cpu::{inb, outb};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use heapless::Deque;
+use microkernel::fbtext::{FbError, Geometry, TextConsole};
 use spin::Mutex;
 
 const COM1: u16 = 0x3f8;
@@ -30,6 +34,43 @@ static FIFO_DEPTH: AtomicUsize = AtomicUsize::new(1);
 /// What COM1 has still to send.
 static TX: Mutex<Deque<u8, TX_BYTES>> = Mutex::new(Deque::new());
 const TX_BYTES: usize = 16 * 1024;
+
+/// The screen console: the text state and the framebuffer's pixels (through the direct map).
+struct Screen {
+    text: TextConsole,
+    pixels: Option<&'static mut [u8]>,
+}
+
+static SCREEN: Mutex<Screen> = Mutex::new(Screen {
+    text: TextConsole::new(),
+    pixels: None,
+});
+
+/// Mirrors the console onto a framebuffer from now on (clearing it first). `pixels` must stay
+/// mapped at the same address for the kernel's lifetime (the direct map, which the kernel's own
+/// page tables keep where the loader put it).
+pub fn attach_framebuffer(geometry: Geometry, pixels: &'static mut [u8]) -> Result<(), FbError> {
+    let mut screen = SCREEN.lock();
+    screen.text.attach(geometry, pixels)?;
+    screen.pixels = Some(pixels);
+    Ok(())
+}
+
+/// Columns and rows of the screen console, if one is attached.
+pub fn screen_size() -> Option<(usize, usize)> {
+    let screen = SCREEN.lock();
+    screen.pixels.as_ref().map(|_| screen.text.size())
+}
+
+fn put_screen(s: &str) {
+    // `try_lock`: the crash path may interrupt a screen update; it then reaches serial only.
+    if let Some(mut screen) = SCREEN.try_lock() {
+        let Screen { text, pixels } = &mut *screen;
+        if let Some(pixels) = pixels {
+            text.write_str(pixels, s);
+        }
+    }
+}
 
 /// Programs COM1 (8N1, 115200 baud, FIFOs on) and detects the 0xe9 debug port.
 pub fn init() {
@@ -129,6 +170,7 @@ impl Write for RawConsole {
             }
             put_raw(b);
         }
+        put_screen(s);
         Ok(())
     }
 }
@@ -163,6 +205,7 @@ impl Write for Buffered<'_> {
             }
             self.push(b);
         }
+        put_screen(s);
         Ok(())
     }
 }

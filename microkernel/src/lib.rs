@@ -7,8 +7,10 @@
 
 pub mod bootinfo;
 pub mod cmdline;
+pub mod fbtext;
 pub mod frame_alloc;
 pub mod kobj;
+pub mod limine_protocol;
 pub mod memmap;
 pub mod vmx_caps;
 

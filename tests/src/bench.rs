@@ -56,13 +56,13 @@ fn boot_bench(
     build_dir: &Path,
 ) -> Result<(bool, String, PathBuf), String> {
     let opts = RunOptions {
-        extra_cmdline: None,
-        emu: Emu::Bochs,
-        scenario: scenario.to_string(),
-        timeout_secs: None,
         expect: Some(Expect::Pass),
-        iso: iso.to_path_buf(),
-        build_dir: build_dir.to_path_buf(),
+        ..RunOptions::grub(
+            Emu::Bochs,
+            scenario,
+            iso.to_path_buf(),
+            build_dir.to_path_buf(),
+        )
     };
     let r = runner::run(&opts).map_err(|e| e.0)?;
     let log =

@@ -218,22 +218,40 @@ fn limine_cfg_for(scenarios: &[Scenario]) -> String {
          # scenario table (tests/src/scenarios.rs) and BOOT_MODULES (tests/src/bootcfg.rs); edit\n\
          # those, not this file.\n\
          #\n\
-         # Syntax of Limine >= 8: `make iso LIMINE_DIR=...` copies this file into the ISO as\n\
+         # Syntax of Limine >= 8: `make iso` puts this file into the Limine ISO as\n\
          # /boot/limine/limine.conf, the name those versions look for.\n",
     );
     s.push_str(&format!(
         "timeout: {MENU_TIMEOUT_SECS}\nserial: yes\ndefault_entry: {default_index}\n"
     ));
     for sc in scenarios {
-        s.push_str(&format!(
-            "\n/Umbra: {name} - {title}\n    protocol: limine\n    kernel_path: boot():{KERNEL_PATH_IN_ISO}\n    cmdline: {cmdline}\n{modules}",
-            name = sc.name,
-            title = sc.title(),
-            cmdline = sc.kernel_cmdline(),
-            modules = limine_modules(),
+        s.push_str(&limine_entry(
+            &format!("Umbra: {} - {}", sc.name, sc.title()),
+            &sc.kernel_cmdline(),
         ));
     }
     s
+}
+
+/// One Limine menu entry booting the kernel with `cmdline` and every boot module.
+fn limine_entry(title: &str, cmdline: &str) -> String {
+    format!(
+        "\n/{title}\n    protocol: limine\n    kernel_path: boot():{KERNEL_PATH_IN_ISO}\n    cmdline: {cmdline}\n{modules}",
+        modules = limine_modules(),
+    )
+}
+
+/// The Limine configuration of one harness run: no menu, one entry booting `cmdline`. (Limine
+/// reads its configuration only from the boot volume, so each run gets its own ISO; see
+/// `crate::limine`.)
+pub fn limine_run_cfg(cmdline: &str) -> String {
+    // A line break would end the option; command lines never hold one, but keep the file valid.
+    let cmdline = cmdline.replace(['\n', '\r'], " ");
+    format!(
+        "# Written by umbra-harness: boot one scenario without showing the menu.\n\
+         timeout: 0\nserial: yes\n{}",
+        limine_entry(&format!("Umbra (harness): {cmdline}"), &cmdline)
+    )
 }
 
 /// The GRUB script the harness puts on the config disk to boot `cmdline` at once.
@@ -336,11 +354,9 @@ mod tests {
         let limine = limine_cfg();
         for sc in SCENARIOS {
             assert!(grub.contains(&format!("--id {} {{", sc.name)));
-            assert!(grub.contains(&format!(
-                "multiboot2 /boot/umbra-kernel scenario={}\n",
-                sc.name
-            )));
-            assert!(limine.contains(&format!("    cmdline: scenario={}\n", sc.name)));
+            let cmdline = sc.kernel_cmdline();
+            assert!(grub.contains(&format!("multiboot2 /boot/umbra-kernel {cmdline}\n")));
+            assert!(limine.contains(&format!("    cmdline: {cmdline}\n")));
         }
         assert!(grub.contains(&format!("set default={DEFAULT_SCENARIO}\n")));
         assert!(grub.contains("source (hd0)/umbra.cfg"));

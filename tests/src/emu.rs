@@ -68,6 +68,62 @@ impl fmt::Display for Emu {
     }
 }
 
+/// The boot loader on the ISO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loader {
+    /// GRUB, Multiboot2 (`build/umbra.iso`; the scenario comes from the config disk).
+    Grub,
+    /// Limine, Limine protocol (a per-run ISO built from `build/limine-root`).
+    Limine,
+}
+
+impl Loader {
+    /// Parses `grub` or `limine`.
+    pub fn parse(s: &str) -> Option<Loader> {
+        match s {
+            "grub" => Some(Loader::Grub),
+            "limine" => Some(Loader::Limine),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loader::Grub => "grub",
+            Loader::Limine => "limine",
+        }
+    }
+}
+
+/// The machine's firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS in QEMU, Bochs' BIOS).
+    Bios,
+    /// UEFI (OVMF, QEMU only).
+    Uefi,
+}
+
+impl Firmware {
+    /// Parses `bios` or `uefi`.
+    pub fn parse(s: &str) -> Option<Firmware> {
+        match s {
+            "bios" => Some(Firmware::Bios),
+            "uefi" => Some(Firmware::Uefi),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
 /// Whether a `/proc/cpuinfo` text lists the `vmx` flag.
 pub fn cpuinfo_has_vmx(cpuinfo: &str) -> bool {
     cpuinfo
@@ -86,9 +142,17 @@ pub const CFG_DISK_SPT: u32 = 63;
 /// Size of the config disk in bytes.
 pub const CFG_DISK_BYTES: u64 = (CFG_DISK_CYLINDERS * CFG_DISK_HEADS * CFG_DISK_SPT) as u64 * 512;
 
-/// The QEMU command line: CD-ROM boot, the config disk as the first IDE disk (GRUB's `hd0`),
-/// COM1 on stdout, `isa-debug-exit` for the verdict.
-pub fn qemu_command(emu: Emu, iso: &Path, cfg_disk: &Path) -> Command {
+/// The QEMU command line: CD-ROM boot, the config disk (if any) as the first IDE disk (GRUB's
+/// `hd0`), COM1 on stdout, `isa-debug-exit` for the verdict, OVMF for UEFI. With `monitor`, the
+/// human monitor listens on that Unix socket instead and there is no `isa-debug-exit`: the
+/// kernel halts at the end and the machine stays up for the harness (the screen check).
+pub fn qemu_command(
+    emu: Emu,
+    iso: &Path,
+    cfg_disk: Option<&Path>,
+    firmware: Firmware,
+    monitor: Option<&Path>,
+) -> Command {
     let mut cmd = Command::new(emu.program());
     if emu == Emu::Kvm {
         cmd.args(["-enable-kvm", "-cpu", "host"]);
@@ -101,21 +165,32 @@ pub fn qemu_command(emu: Emu, iso: &Path, cfg_disk: &Path) -> Command {
         "-display",
         "none",
         "-no-reboot",
-        "-monitor",
-        "none",
         "-nic",
         "none",
     ]);
+    match monitor {
+        Some(socket) => cmd
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", qemu_path(socket))),
+        None => cmd.args(["-monitor", "none"]),
+    };
     cmd.arg("-drive").arg(format!(
         "file={},format=raw,if=ide,index=2,media=cdrom,readonly=on",
         qemu_path(iso)
     ));
-    cmd.arg("-drive").arg(format!(
-        "file={},format=raw,if=ide,index=0,media=disk",
-        qemu_path(cfg_disk)
-    ));
+    if let Some(cfg_disk) = cfg_disk {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=ide,index=0,media=disk",
+            qemu_path(cfg_disk)
+        ));
+    }
+    if firmware == Firmware::Uefi {
+        cmd.arg("-bios").arg(crate::limine::OVMF);
+    }
     cmd.args(["-boot", "order=d", "-serial", "stdio"]);
-    cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    if monitor.is_none() {
+        cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    }
     cmd
 }
 
@@ -260,10 +335,16 @@ mod tests {
     #[test]
     fn qemu_command_lines() {
         let args = |e| -> Vec<String> {
-            qemu_command(e, Path::new("/b/umbra.iso"), Path::new("/b/cfg.img"))
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
+            qemu_command(
+                e,
+                Path::new("/b/umbra.iso"),
+                Some(Path::new("/b/cfg.img")),
+                Firmware::Bios,
+                None,
+            )
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
         };
         let tcg = args(Emu::Qemu).join(" ");
         assert!(tcg.starts_with("-cpu max "), "{tcg}");
@@ -273,8 +354,33 @@ mod tests {
         assert!(tcg.contains("-serial stdio"));
         assert!(tcg.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(!tcg.contains("kvm"));
+        assert!(tcg.contains("-monitor none"));
+        assert!(!tcg.contains("-bios"));
         let kvm = args(Emu::Kvm).join(" ");
         assert!(kvm.starts_with("-enable-kvm -cpu host "), "{kvm}");
+    }
+
+    #[test]
+    fn qemu_uefi_and_monitor_runs() {
+        let cmd = qemu_command(
+            Emu::Qemu,
+            Path::new("/b/x.iso"),
+            None,
+            Firmware::Uefi,
+            Some(Path::new("/b/run/mon.sock")),
+        );
+        let line: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        assert!(line.contains("-bios /usr/share/ovmf/OVMF.fd"), "{line}");
+        assert!(line.contains("-monitor unix:/b/run/mon.sock,server=on,wait=off"));
+        assert!(
+            !line.contains("isa-debug-exit"),
+            "the machine must stay up: {line}"
+        );
+        assert!(!line.contains("media=disk"));
     }
 
     #[test]

@@ -4,21 +4,26 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use umbra_tests::emu::Emu;
+use umbra_tests::emu::{Emu, Firmware, Loader};
 use umbra_tests::orchestrate::{self, TestOptions};
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
-use umbra_tests::{bench, bootcfg};
+use umbra_tests::{bench, bootcfg, limine, screen};
 
 const USAGE: &str = "\
 usage: umbra-harness <command> [options]
 
 commands:
   run --emu qemu|kvm|bochs|auto --scenario NAME [--timeout SECS] [--expect-crash]
-      [--cmdline WORDS]
+      [--cmdline WORDS] [--loader limine|grub|auto] [--firmware bios|uefi]
                        boot the ISO with one scenario, stream the console, judge the log;
                        exit 0 iff it passed (with --expect-crash: iff it crashed as expected);
-                       --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`)
+                       --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`);
+                       --loader: auto (default) is limine when `make iso` built its parts, else grub;
+                       --firmware uefi boots OVMF (QEMU only)
+  limine-iso           build BUILD/umbra-limine.iso (the menu, limine.cfg) from BUILD/limine-root
+  screen-check         boot scenario=kernel through Limine on UEFI in QEMU and check that the
+                       screen (QEMU's screendump) shows the log's last lines
   test                 everything `make test` runs; the last line is `N passed, M failed`
   list                 the scenario table
   bench-ipc            boot scenario=bench-ipc in Bochs; print the round trips, write BUILD/bench/ipc.csv
@@ -55,6 +60,8 @@ struct Args {
     timeout: Option<u64>,
     expect_crash: bool,
     check: bool,
+    loader: Option<String>,
+    firmware: Option<String>,
     iso: PathBuf,
     build_dir: PathBuf,
 }
@@ -73,6 +80,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         timeout: None,
         expect_crash: false,
         check: false,
+        loader: None,
+        firmware: None,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
     };
@@ -94,6 +103,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 );
             }
             "--expect-crash" => a.expect_crash = true,
+            "--loader" => a.loader = Some(value("--loader")?),
+            "--firmware" => a.firmware = Some(value("--firmware")?),
             "--check" => a.check = true,
             "--iso" => a.iso = PathBuf::from(value("--iso")?),
             "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
@@ -119,6 +130,22 @@ fn real_main(args: &[String]) -> Result<u8, String> {
             let scenario = a
                 .scenario
                 .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string());
+            let loader = match a.loader.as_deref() {
+                None | Some("auto") | Some("") => match limine::Parts::find(&a.build_dir) {
+                    Ok(_) => Loader::Limine,
+                    Err(why) => {
+                        println!("umbra-harness: booting through GRUB: {why}");
+                        Loader::Grub
+                    }
+                },
+                Some(l) => Loader::parse(l)
+                    .ok_or_else(|| format!("unknown loader `{l}` (limine or grub)"))?,
+            };
+            let firmware = match a.firmware.as_deref() {
+                None | Some("") => Firmware::Bios,
+                Some(f) => Firmware::parse(f)
+                    .ok_or_else(|| format!("unknown firmware `{f}` (bios or uefi)"))?,
+            };
             let opts = RunOptions {
                 extra_cmdline: a.cmdline,
                 emu,
@@ -127,10 +154,33 @@ fn real_main(args: &[String]) -> Result<u8, String> {
                 expect: a.expect_crash.then_some(Expect::Crash),
                 iso: a.iso,
                 build_dir: a.build_dir,
+                loader,
+                firmware,
             };
             let r = runner::run(&opts).map_err(|e| e.0)?;
             Ok(if r.verdict.check_passed { 0 } else { 1 })
         }
+        "limine-iso" => {
+            let parts = limine::Parts::find(&a.build_dir)?;
+            let out = a.build_dir.join(limine::ISO);
+            limine::build_iso(&parts, std::path::Path::new("limine.cfg"), &out)?;
+            println!(
+                "built {} (Limine, BIOS and UEFI; menu of every scenario, default `{}`)",
+                out.display(),
+                scenarios::DEFAULT_SCENARIO
+            );
+            Ok(0)
+        }
+        "screen-check" => match screen::check(&a.build_dir) {
+            Ok(seen) => {
+                println!("PASS screen console on {}: {seen}", screen::machine_label());
+                Ok(0)
+            }
+            Err(why) => {
+                println!("FAIL screen console on {}: {why}", screen::machine_label());
+                Ok(1)
+            }
+        },
         "test" => {
             let make = std::env::var("MAKE").unwrap_or_else(|_| "make".to_string());
             let code = orchestrate::test(&TestOptions {

@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::emu::Loader;
 use crate::judge::clean_console;
+use crate::limine;
 use crate::runner::{self, flush_stdout, RunOptions};
-use crate::scenarios::SCENARIOS;
+use crate::scenarios::{Expect, LIMINE_RUNS, SCENARIOS};
+use crate::screen;
 use crate::tally::{sum_cargo_results, Tally};
 
 /// Where `make test` finds things.
@@ -27,6 +30,7 @@ pub struct TestOptions {
 struct StepResult {
     name: String,
     ok: bool,
+    skipped: bool,
     detail: String,
     tally: Tally,
     elapsed: Duration,
@@ -140,8 +144,9 @@ const CARGO_STEPS: &[CmdStep] = &[
 /// Runs everything; returns the process exit code (0 iff nothing failed).
 pub fn test(opts: &TestOptions) -> i32 {
     let started = Instant::now();
-    let scenario_runs: usize = SCENARIOS.iter().map(|s| s.test_on.len()).sum();
-    let total_steps = CARGO_STEPS.len() + 1 + scenario_runs;
+    let runs = scenario_runs(opts);
+    // + make iso, + the screen console check.
+    let total_steps = CARGO_STEPS.len() + 1 + runs.len() + 1;
     let mut n = 0;
     let mut results = Vec::new();
 
@@ -161,64 +166,82 @@ pub fn test(opts: &TestOptions) -> i32 {
     let iso_step = run_cmd_step(n, total_steps, "kernel + ISO (make iso)", &make_argv, false);
     let iso_ok = iso_step.ok;
     results.push(iso_step);
+    // `make iso` builds the Limine ISO's parts only when it finds Limine's binaries.
+    let limine_parts = limine::Parts::find(&opts.build_dir);
+    if let Err(why) = &limine_parts {
+        println!("umbra-harness: Limine runs are skipped: {why}");
+    }
 
-    for sc in SCENARIOS {
-        for &emu in sc.test_on {
-            n += 1;
-            let name = format!("scenario {} on {emu}", sc.name);
-            header(
-                n,
-                total_steps,
-                &name,
-                &format!("boot {} with scenario={}", runner::rel(&opts.iso), sc.name),
-            );
-            let t0 = Instant::now();
-            if !iso_ok {
-                let mut tally = Tally::default();
-                tally.add_check(false);
-                println!("FAIL {name}: not run, the ISO build failed");
-                results.push(StepResult {
-                    name,
-                    ok: false,
-                    detail: "not run: ISO build failed".into(),
-                    tally,
-                    elapsed: t0.elapsed(),
-                });
+    for run_opts in runs {
+        n += 1;
+        let name = format!("scenario {}", run_opts.label());
+        let what = match run_opts.loader {
+            Loader::Grub => format!(
+                "boot {} with scenario={}",
+                runner::rel(&opts.iso),
+                run_opts.scenario
+            ),
+            Loader::Limine => format!(
+                "boot a Limine ISO ({}) with scenario={}",
+                run_opts.firmware.name(),
+                run_opts.scenario
+            ),
+        };
+        header(n, total_steps, &name, &what);
+        let t0 = Instant::now();
+        if !iso_ok {
+            results.push(failed_step(name, "not run: ISO build failed", t0));
+            continue;
+        }
+        if run_opts.loader == Loader::Limine {
+            if let Err(why) = &limine_parts {
+                results.push(skipped_step(name, why, t0));
                 continue;
             }
-            let run_opts = RunOptions {
-                extra_cmdline: None,
-                emu,
-                scenario: sc.name.to_string(),
-                timeout_secs: None,
-                expect: Some(sc.expect),
-                iso: opts.iso.clone(),
-                build_dir: opts.build_dir.clone(),
-            };
-            let r = match runner::run(&run_opts) {
-                Ok(r) => StepResult {
-                    name,
-                    ok: r.verdict.check_passed,
-                    detail: format!("{} [{}]", r.verdict.seen, runner::rel(&r.log_path)),
-                    tally: r.verdict.tally,
-                    elapsed: r.elapsed,
-                },
-                Err(e) => {
-                    println!("FAIL {name}: {}", e.0);
-                    let mut tally = Tally::default();
-                    tally.add_check(false);
-                    StepResult {
-                        name,
-                        ok: false,
-                        detail: e.0,
-                        tally,
-                        elapsed: t0.elapsed(),
-                    }
-                }
-            };
-            results.push(r);
         }
+        let r = match runner::run(&run_opts) {
+            Ok(r) => StepResult {
+                name,
+                ok: r.verdict.check_passed,
+                skipped: false,
+                detail: format!("{} [{}]", r.verdict.seen, runner::rel(&r.log_path)),
+                tally: r.verdict.tally,
+                elapsed: r.elapsed,
+            },
+            Err(e) => failed_step(name, &e.0, t0),
+        };
+        results.push(r);
     }
+
+    n += 1;
+    let name = format!("screen console on {}", screen::machine_label());
+    header(
+        n,
+        total_steps,
+        &name,
+        "boot scenario=kernel, take QEMU's screendump, find the log's last lines on it",
+    );
+    let t0 = Instant::now();
+    results.push(match (&limine_parts, iso_ok) {
+        (_, false) => failed_step(name, "not run: ISO build failed", t0),
+        (Err(why), _) => skipped_step(name, why, t0),
+        (Ok(_), true) => match screen::check(&opts.build_dir) {
+            Ok(seen) => {
+                println!("PASS {name}: {seen}");
+                let mut tally = Tally::default();
+                tally.add_check(true);
+                StepResult {
+                    name,
+                    ok: true,
+                    skipped: false,
+                    detail: seen,
+                    tally,
+                    elapsed: t0.elapsed(),
+                }
+            }
+            Err(e) => failed_step(name, &e, t0),
+        },
+    });
 
     let mut total = Tally::default();
     println!();
@@ -227,7 +250,11 @@ pub fn test(opts: &TestOptions) -> i32 {
         total += r.tally;
         println!(
             "  {}  {:<40} {:>7.1} s  {} -> {}",
-            if r.ok { "PASS" } else { "FAIL" },
+            match (r.skipped, r.ok) {
+                (true, _) => "SKIP",
+                (false, true) => "PASS",
+                (false, false) => "FAIL",
+            },
             r.name,
             r.elapsed.as_secs_f64(),
             r.detail,
@@ -241,6 +268,55 @@ pub fn test(opts: &TestOptions) -> i32 {
         0
     } else {
         1
+    }
+}
+
+/// Every scenario run: the table's GRUB runs, then the Limine runs.
+fn scenario_runs(opts: &TestOptions) -> Vec<RunOptions> {
+    let mut runs = Vec::new();
+    for sc in SCENARIOS {
+        for &emu in sc.test_on {
+            runs.push(RunOptions {
+                expect: Some(sc.expect),
+                ..RunOptions::grub(emu, sc.name, opts.iso.clone(), opts.build_dir.clone())
+            });
+        }
+    }
+    for &(scenario, emu, firmware) in LIMINE_RUNS {
+        runs.push(RunOptions {
+            expect: Some(Expect::Pass),
+            loader: Loader::Limine,
+            firmware,
+            ..RunOptions::grub(emu, scenario, opts.iso.clone(), opts.build_dir.clone())
+        });
+    }
+    runs
+}
+
+fn failed_step(name: String, why: &str, t0: Instant) -> StepResult {
+    println!("FAIL {name}: {why}");
+    let mut tally = Tally::default();
+    tally.add_check(false);
+    StepResult {
+        name,
+        ok: false,
+        skipped: false,
+        detail: why.to_string(),
+        tally,
+        elapsed: t0.elapsed(),
+    }
+}
+
+/// A step that cannot run here (Limine's binaries not found): said, and counted neither way.
+fn skipped_step(name: String, why: &str, t0: Instant) -> StepResult {
+    println!("SKIP {name}: {why}");
+    StepResult {
+        name,
+        ok: true,
+        skipped: true,
+        detail: format!("skipped: {why}"),
+        tally: Tally::default(),
+        elapsed: t0.elapsed(),
     }
 }
 
@@ -326,6 +402,7 @@ fn run_cmd_step(n: usize, total: usize, name: &str, argv: &[&str], cargo_test: b
     StepResult {
         name: name.to_string(),
         ok,
+        skipped: false,
         detail,
         tally,
         elapsed: t0.elapsed(),

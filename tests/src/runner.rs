@@ -10,8 +10,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::bootcfg;
-use crate::emu::{self, BochsFiles, Emu};
+use crate::emu::{self, BochsFiles, Emu, Firmware, Loader};
 use crate::judge::{self, clean_console, End, Verdict};
+use crate::limine;
 use crate::scenarios::{self, Expect};
 
 /// Lines of log shown when a run fails.
@@ -30,10 +31,60 @@ pub struct RunOptions {
     pub timeout_secs: Option<u64>,
     /// Expectation; `None`: [`Expect::Pass`] (the table's expectation is for `make test`).
     pub expect: Option<Expect>,
-    /// The ISO to boot.
+    /// The ISO to boot (the GRUB one; Limine runs build their own from `build_dir`).
     pub iso: PathBuf,
     /// Where logs and per-run files go (`build/`).
     pub build_dir: PathBuf,
+    /// The boot loader.
+    pub loader: Loader,
+    /// The firmware (UEFI: QEMU only).
+    pub firmware: Firmware,
+}
+
+impl RunOptions {
+    /// A GRUB, BIOS run of `scenario` on `emu` (what most callers want).
+    pub fn grub(emu: Emu, scenario: &str, iso: PathBuf, build_dir: PathBuf) -> RunOptions {
+        RunOptions {
+            emu,
+            scenario: scenario.to_string(),
+            extra_cmdline: None,
+            timeout_secs: None,
+            expect: None,
+            iso,
+            build_dir,
+            loader: Loader::Grub,
+            firmware: Firmware::Bios,
+        }
+    }
+
+    /// `qemu`, `qemu-limine`, `qemu-limine-uefi`: names the run's files.
+    pub fn machine_tag(&self) -> String {
+        let mut tag = self.emu.name().to_string();
+        if self.loader != Loader::Grub {
+            tag.push('-');
+            tag.push_str(self.loader.name());
+        }
+        if self.firmware != Firmware::Bios {
+            tag.push('-');
+            tag.push_str(self.firmware.name());
+        }
+        tag
+    }
+
+    /// `kernel on qemu`, `kernel on qemu (limine, uefi)`.
+    pub fn label(&self) -> String {
+        if self.loader == Loader::Grub && self.firmware == Firmware::Bios {
+            format!("{} on {}", self.scenario, self.emu)
+        } else {
+            format!(
+                "{} on {} ({}, {})",
+                self.scenario,
+                self.emu,
+                self.loader.name(),
+                self.firmware.name()
+            )
+        }
+    }
 }
 
 /// The result of one run.
@@ -106,16 +157,28 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
             "EMU=kvm needs /dev/kvm; use EMU=qemu or EMU=bochs".into(),
         ));
     }
-    if !opts.iso.is_file() {
+    if opts.loader == Loader::Grub && !opts.iso.is_file() {
         return Err(SetupError(format!(
             "{} does not exist: run `make iso`",
             opts.iso.display()
         )));
     }
+    if opts.firmware == Firmware::Uefi {
+        if opts.emu == Emu::Bochs {
+            return Err(SetupError(
+                "UEFI runs need QEMU (Bochs has no UEFI firmware here)".into(),
+            ));
+        }
+        if !Path::new(limine::OVMF).is_file() {
+            return Err(SetupError(format!(
+                "{} is missing (package ovmf): run `make setup`",
+                limine::OVMF
+            )));
+        }
+    }
 
-    let iso = absolute(&opts.iso)?;
     let build_dir = absolute(&opts.build_dir)?;
-    let tag = format!("{}-{}", opts.emu, opts.scenario);
+    let tag = format!("{}-{}", opts.machine_tag(), opts.scenario);
     let run_dir = build_dir.join("run").join(&tag);
     let _ = fs::remove_dir_all(&run_dir);
     fs::create_dir_all(&run_dir)?;
@@ -133,6 +196,20 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
     }
     let cfg_disk = run_dir.join("cfg.img");
     bootcfg::write_cfg_disk(&cfg_disk, &cmdline)?;
+    let iso = match opts.loader {
+        Loader::Grub => absolute(&opts.iso)?,
+        Loader::Limine => {
+            // Limine reads its configuration only from the boot volume: a per-run ISO.
+            let parts = limine::Parts::find(&build_dir).map_err(SetupError)?;
+            let conf = run_dir.join("limine.conf");
+            fs::write(&conf, bootcfg::limine_run_cfg(&cmdline))?;
+            let iso = run_dir.join(limine::ISO);
+            limine::build_iso(&parts, &conf, &iso).map_err(SetupError)?;
+            iso
+        }
+    };
+    // GRUB finds the scenario on the config disk; Limine has it in its configuration.
+    let qemu_cfg_disk = (opts.loader == Loader::Grub).then_some(cfg_disk.as_path());
 
     let what = match expect {
         Expect::Pass => "",
@@ -148,7 +225,15 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
 
     let start = Instant::now();
     let (end, streamed, extra) = match opts.emu {
-        Emu::Qemu | Emu::Kvm => run_qemu(opts.emu, &iso, &cfg_disk, &run_dir, &log_path, timeout)?,
+        Emu::Qemu | Emu::Kvm => run_qemu(
+            opts.emu,
+            &iso,
+            qemu_cfg_disk,
+            opts.firmware,
+            &run_dir,
+            &log_path,
+            timeout,
+        )?,
         Emu::Bochs => run_bochs(&iso, &cfg_disk, &run_dir, &log_path, timeout)?,
     };
     let elapsed = start.elapsed();
@@ -182,7 +267,7 @@ fn report(
     extra: &[String],
 ) {
     let secs = elapsed.as_secs_f64();
-    let label = format!("{} on {}", opts.scenario, opts.emu);
+    let label = opts.label();
     if v.check_passed {
         match expect {
             Expect::Pass => println!("PASS {label}: {} ({secs:.1} s)", v.seen),
@@ -222,13 +307,14 @@ type Outcome = (End, bool, Vec<String>);
 fn run_qemu(
     emu: Emu,
     iso: &Path,
-    cfg_disk: &Path,
+    cfg_disk: Option<&Path>,
+    firmware: Firmware,
     run_dir: &Path,
     log_path: &Path,
     timeout: u64,
 ) -> Result<Outcome, SetupError> {
     let stderr_path = run_dir.join("qemu-stderr.txt");
-    let mut cmd = emu::qemu_command(emu, iso, cfg_disk);
+    let mut cmd = emu::qemu_command(emu, iso, cfg_disk, firmware, None);
     fs::write(run_dir.join("command.txt"), format!("{cmd:?}\n"))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -360,7 +446,7 @@ fn bochs_diagnostics(stderr_path: &Path, bochs_log: &Path) -> Vec<String> {
     out
 }
 
-fn spawn(mut cmd: Command, program: &str) -> Result<Child, SetupError> {
+pub(crate) fn spawn(mut cmd: Command, program: &str) -> Result<Child, SetupError> {
     cmd.spawn().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             SetupError(format!("`{program}` is not installed: run `make setup`"))
@@ -371,7 +457,7 @@ fn spawn(mut cmd: Command, program: &str) -> Result<Child, SetupError> {
 }
 
 /// Reads `out` line by line on a thread, cleaning each line and handing it to `sink`.
-fn stream_lines<R, F>(out: Option<R>, mut sink: F) -> thread::JoinHandle<()>
+pub(crate) fn stream_lines<R, F>(out: Option<R>, mut sink: F) -> thread::JoinHandle<()>
 where
     R: Read + Send + 'static,
     F: FnMut(&str) + Send + 'static,
@@ -395,7 +481,7 @@ where
 }
 
 /// Waits for the child; after `timeout` seconds stops it (SIGTERM, then SIGKILL).
-fn wait_with_timeout(child: &mut Child, timeout: u64) -> End {
+pub(crate) fn wait_with_timeout(child: &mut Child, timeout: u64) -> End {
     let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
         match child.try_wait() {
@@ -426,7 +512,7 @@ fn wait_with_timeout(child: &mut Child, timeout: u64) -> End {
     }
 }
 
-fn absolute(p: &Path) -> io::Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> io::Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_path_buf())
     } else {

@@ -4,8 +4,9 @@
 //! GRUB menu (`tests/boot/grub.cfg`) and `limine.cfg` from this table (a unit test fails while they
 //! are stale). The harness, `make run SCENARIO=...` and `make test` all read this table.
 
-use crate::emu::Emu;
+use crate::emu::{Emu, Firmware};
 use Emu::{Bochs, Qemu};
+use Firmware::{Bios, Uefi};
 
 /// What a scenario is expected to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +95,21 @@ pub const SCENARIOS: &[Scenario] = &[
         .cmdline("mmu.inject"),
 ];
 
+/// The runs `make test` also boots through Limine (next to the GRUB runs of [`SCENARIOS`]):
+/// scenario, emulator, firmware. `demo` needs VMX, which QEMU's TCG does not emulate
+/// (`VmCreate` answers `NoVmx`), so it goes through Limine on Bochs only; Bochs has no UEFI
+/// firmware here, so UEFI runs are QEMU's.
+#[rustfmt::skip]
+pub const LIMINE_RUNS: &[(&str, Emu, Firmware)] = &[
+    (abi::scenario::KERNEL, Qemu, Bios),
+    (abi::scenario::KERNEL, Qemu, Uefi),
+    (abi::scenario::KERNEL, Bochs, Bios),
+    (abi::scenario::IPC, Qemu, Bios),
+    (abi::scenario::IPC, Qemu, Uefi),
+    (abi::scenario::IPC, Bochs, Bios),
+    (abi::scenario::DEMO, Bochs, Bios),
+];
+
 /// Looks a scenario up by name.
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
@@ -141,6 +157,15 @@ mod tests {
             ours, kernels,
             "tests/src/scenarios.rs and abi::scenario::ALL differ"
         );
+    }
+
+    #[test]
+    fn limine_runs_name_passing_scenarios_and_uefi_only_on_qemu() {
+        for &(name, emu, firmware) in LIMINE_RUNS {
+            let sc = find(name).unwrap_or_else(|| panic!("{name} is not in the table"));
+            assert_eq!(sc.expect, Expect::Pass, "{name}");
+            assert!(firmware == Bios || emu == Qemu, "{name}: UEFI needs QEMU");
+        }
     }
 
     #[test]
