@@ -124,7 +124,7 @@ limine-iso: kernel services harness
 	if [ -z "$$dir" ] && [ -f $(LIMINE_CLONE)/limine-bios.sys ]; then dir=$(LIMINE_CLONE); fi; \
 	if [ -z "$$dir" ] && [ ! -e $(BUILD)/limine-clone-failed ] && command -v git >/dev/null; then \
 		echo "make iso: no LIMINE_DIR or ../shared/limine; cloning Limine's $(LIMINE_BRANCH) branch"; \
-		if GIT_TERMINAL_PROMPT=0 timeout 120 git clone -q --depth=1 --branch=$(LIMINE_BRANCH) \
+		if GIT_TERMINAL_PROMPT=0 timeout 30 git clone -q --depth=1 --branch=$(LIMINE_BRANCH) \
 			$(LIMINE_URL) $(LIMINE_CLONE); then dir=$(LIMINE_CLONE); \
 		else rm -rf $(LIMINE_CLONE); touch $(BUILD)/limine-clone-failed; fi; \
 	fi; \
