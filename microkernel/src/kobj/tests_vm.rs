@@ -951,6 +951,34 @@ fn the_preemption_timer_ends_a_slice_and_the_guest_goes_on() {
 }
 
 #[test]
+fn a_run_time_limit_stops_a_guest_that_never_exits_to_a_handler() {
+    let mut v = vmm();
+    assert_eq!(
+        read_one(&mut v.k, v.vcpu, field::RUN_TICKS),
+        0,
+        "no limit by default"
+    );
+    write_state(&mut v.k, v.vcpu, &[(field::RUN_TICKS, 3)]);
+    assert_eq!(read_one(&mut v.k, v.vcpu, field::RUN_TICKS), 3);
+    let run = run(&mut v, false);
+    let (k, vt) = (&mut v.k, v.vt);
+    // Within the limit, slices end and the guest goes on.
+    k.machine.ticks += 2;
+    assert_eq!(exit(k, reason::PREEMPTION_TIMER, 0, 0), Next::Guest(vt));
+    // At the limit the next entry does not happen: VcpuRun returns with TIME_LIMIT.
+    k.machine.ticks += 1;
+    let next = exit(k, reason::PREEMPTION_TIMER, 0, 0);
+    assert_ne!(next, Next::Guest(vt), "the guest is not entered again");
+    let (stopped, why, _) = run_result(k, run.runner);
+    assert_eq!(stopped, stop::TIME_LIMIT);
+    assert_eq!(why, u64::from(reason::PREEMPTION_TIMER));
+    assert_eq!(
+        k.vcpus[v.vi as usize].obj.as_ref().unwrap().run,
+        VcpuRun::Stopped
+    );
+}
+
+#[test]
 fn a_malformed_reply_stops_the_vcpu_with_bad_reply() {
     for bad in [
         vec![1u8, 2, 3],                       // truncated header

@@ -100,6 +100,9 @@ pub struct Vcpu<V> {
     /// Whether its VMCS was launched: the next entry is VMRESUME. Set by the first exit
     /// that follows a successful entry ([`Kernel::vm_exited`]), never by a failed entry.
     pub launched: bool,
+    /// The time limit of a run in timer ticks (0: none) and the tick its run started at.
+    pub run_ticks: u64,
+    pub run_start: u64,
     pub refs: u32,
 }
 
@@ -341,6 +344,8 @@ impl<M: Machine> Kernel<M> {
                 guest_cr3: 0,
                 guest_efer: 0,
                 launched: false,
+                run_ticks: 0,
+                run_start: 0,
                 refs: 0,
             },
         )
@@ -472,10 +477,12 @@ impl<M: Machine> Kernel<M> {
         if run != VcpuRun::Stopped || self.threads.0[t as usize].is_none() {
             return Err(err(Error::Busy));
         }
+        let now = self.machine.clock().0;
         let v = self.vcpu_mut(vi);
         v.run = VcpuRun::Running;
         v.runner = Some(c);
         v.call_result = None;
+        v.run_start = now;
         self.thread_mut(c).state = ThreadState::BlockedRun { vcpu: vi };
         self.make_ready(t);
         Ok(None)
@@ -543,6 +550,7 @@ impl<M: Machine> Kernel<M> {
             field::GUEST_CR3 if v.shadow => v.guest_cr3,
             field::GUEST_IA32_EFER if v.shadow => v.guest_efer,
             field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
+            field::RUN_TICKS => v.run_ticks,
             _ => self.vmcs_read(vi, f),
         }
     }
@@ -627,6 +635,7 @@ impl<M: Machine> Kernel<M> {
             return;
         }
         match f {
+            field::RUN_TICKS => self.vcpu_mut(vi).run_ticks = value,
             _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
                 let n = (f - field::GPR_BASE) as usize;
                 let t = self.vcpu(vi).thread;
@@ -937,11 +946,23 @@ impl<M: Machine> Kernel<M> {
         let Some(vi) = self.vcpu_of(t) else {
             return false;
         };
+        if self.over_time_limit(vi) {
+            self.vcpu_stop(vi, stop::TIME_LIMIT);
+            return false;
+        }
         let enter = self.prepare_entry(vi, t);
         if enter && self.vcpu(vi).shadow {
             return self.audit_entry(vi);
         }
         enter
+    }
+
+    /// Whether vCPU `vi`'s run has lasted its time limit ([`field::RUN_TICKS`]).
+    fn over_time_limit(&self, vi: u16) -> bool {
+        let v = self.vcpu(vi);
+        v.run_ticks != 0
+            && v.run != VcpuRun::Stopped
+            && self.machine.clock().0.saturating_sub(v.run_start) >= v.run_ticks
     }
 
     #[inline]

@@ -70,6 +70,7 @@ fn invalid_vm() -> VmConfig {
         cmdline: Default::default(),
         mmu: MmuMode::Ept,
         benchmark: false,
+        time_limit_ms: 0,
     }
 }
 

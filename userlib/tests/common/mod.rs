@@ -316,18 +316,21 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         any::<u8>(),
         any_ascii::<CMDLINE_MAX>(),
         any_mmu_mode(),
-        any::<bool>(),
+        (any::<bool>(), any::<u32>()),
     )
         .prop_map(
-            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, benchmark)| VmConfig {
-                name,
-                module,
-                ram_mib,
-                entry,
-                vcpus,
-                cmdline,
-                mmu,
-                benchmark,
+            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, (benchmark, time_limit_ms))| {
+                VmConfig {
+                    name,
+                    module,
+                    ram_mib,
+                    entry,
+                    vcpus,
+                    cmdline,
+                    mmu,
+                    benchmark,
+                    time_limit_ms,
+                }
             },
         )
 }
@@ -352,6 +355,7 @@ pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
         any::<u64>().prop_map(|stop| VmResult::Stopped { stop }),
         any::<u64>().prop_map(|rip| VmResult::Halted { rip }),
         any::<u32>().prop_map(|reason| VmResult::BadExit { reason }),
+        Just(VmResult::TimeLimit),
     ]
 }
 
@@ -586,6 +590,7 @@ pub fn maximal_vm_config() -> VmConfig {
             audit: true,
         }),
         benchmark: true,
+        time_limit_ms: u32::MAX,
     }
 }
 
