@@ -54,12 +54,12 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz restart=8 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,fuzz-vm restart=8 pages=8192",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz needs=mmu-service,boot pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,fuzz-vm needs=mmu-service,boot pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
@@ -68,7 +68,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/fuzz",
-        manifest: "fuzz run=fuzz needs=echo,vmm-service,mmu-service,boot,spawn",
+        manifest: "fuzz run=fuzz,fuzz-vm needs=echo,vmm-service,mmu-service,boot,spawn pages=2048",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -101,6 +101,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/guests/guest-triple",
         manifest: "guest-triple image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-random",
+        manifest: "guest-random image=guest",
     },
     BootModule {
         path: "/boot/guests/guest-spaces64",

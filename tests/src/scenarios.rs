@@ -79,6 +79,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::BENCH_MMU, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::ISOLATION, Expect::Pass, &[Bochs]).timeout(300),
     Scenario::new(abi::scenario::FUZZ, Expect::Pass, &[Qemu]),
+    Scenario::new(abi::scenario::FUZZ_VM, Expect::Pass, &[Bochs]).timeout(300),
 ];
 
 /// Looks a scenario up by name.

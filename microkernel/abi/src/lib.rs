@@ -42,6 +42,7 @@ pub mod scenario {
     pub const BENCH_MMU: &str = "bench-mmu";
     pub const ISOLATION: &str = "isolation";
     pub const FUZZ: &str = "fuzz";
+    pub const FUZZ_VM: &str = "fuzz-vm";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -88,6 +89,10 @@ pub mod scenario {
         (
             FUZZ,
             "fuzzing: malformed messages to every service, random syscalls from a hostile task",
+        ),
+        (
+            FUZZ_VM,
+            "VM fuzzing: random exit replies from a hostile handler, guests running random code and random page tables",
         ),
     ];
 

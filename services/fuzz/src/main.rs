@@ -23,6 +23,8 @@
 mod checks;
 mod child;
 mod counts;
+mod exitfuzz;
+mod guestfuzz;
 mod messages;
 mod rng;
 mod syscalls;
@@ -80,6 +82,10 @@ pub const CHILD_ARG: u64 = 1 << 63;
 /// The short run of `make test`.
 pub const DEFAULT_SEED: u64 = 1;
 pub const DEFAULT_COUNT: u64 = 20_000;
+/// Scenario `fuzz-vm`: `fuzz.count=N` is N vCPU runs against the hostile exit handler and
+/// N / [`RUNS_PER_GUEST`] random guests through the VMM; the short run of `make test`.
+pub const VM_DEFAULT_COUNT: u64 = 120;
+pub const RUNS_PER_GUEST: u64 = 2;
 /// Messages per syscall.
 pub const MESSAGES_PER_SYSCALL: u64 = 10;
 /// A service that does not answer one message for this long hangs (a failure).
@@ -93,6 +99,7 @@ static PHASE: AtomicU8 = AtomicU8::new(PHASE_SETUP);
 const PHASE_SETUP: u8 = 0;
 const PHASE_MESSAGES: u8 = 1;
 const PHASE_SYSCALLS: u8 = 2;
+const PHASE_VM: u8 = 3;
 /// The watchdog's capability to the child endpoint.
 static WATCHDOG_EP: AtomicU64 = AtomicU64::new(abi::NO_CAP);
 static WATCHDOG_STACK: ThreadStack<16384> = ThreadStack::new();
@@ -161,8 +168,17 @@ fn parse_number(s: &str) -> Option<u64> {
     }
 }
 
-/// `fuzz.seed` and `fuzz.count` from the kernel command line.
-fn config() -> Result<(u64, u64), &'static str> {
+/// The run the kernel command line asks for.
+struct Config {
+    seed: u64,
+    /// `None`: the default of the scenario.
+    count: Option<u64>,
+    /// Scenario `fuzz-vm`.
+    vm: bool,
+}
+
+/// `fuzz.seed`, `fuzz.count` and the scenario from the kernel command line.
+fn config() -> Result<Config, &'static str> {
     let mut line = [0u8; 256];
     let n = sys::kernel_cmdline(boot(), &mut line).map_err(|_| "no kernel command line")?;
     let text = core::str::from_utf8(&line[..n.min(line.len())]).unwrap_or("");
@@ -175,10 +191,11 @@ fn config() -> Result<(u64, u64), &'static str> {
         None => DEFAULT_SEED,
     };
     let count = match value("fuzz.count") {
-        Some(v) => parse_number(v).ok_or("fuzz.count is not a number")?,
-        None => DEFAULT_COUNT,
+        Some(v) => Some(parse_number(v).ok_or("fuzz.count is not a number")?),
+        None => None,
     };
-    Ok((seed, count))
+    let vm = value("scenario") == Some(abi::scenario::FUZZ_VM);
+    Ok(Config { seed, count, vm })
 }
 
 /// The index of this service's own boot module (the child's image).
@@ -199,7 +216,11 @@ fn own_module() -> Result<u64, &'static str> {
 
 fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
     check_caps()?;
-    let (seed, count) = config()?;
+    let cfg = config()?;
+    if cfg.vm {
+        return fuzz_vm(cfg.seed, cfg.count.unwrap_or(VM_DEFAULT_COUNT), t);
+    }
+    let (seed, count) = (cfg.seed, cfg.count.unwrap_or(DEFAULT_COUNT));
     let syscalls = count / MESSAGES_PER_SYSCALL;
     userlib::println!("fuzz: seed {seed}, count {count}: {count} messages, {syscalls} syscalls");
     let module = own_module()?;
@@ -305,6 +326,48 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Scenario `fuzz-vm`: `runs` vCPU runs against a hostile exit handler, `runs /
+/// RUNS_PER_GUEST` random guests through the VMM, then every service must still answer as
+/// before and no VM object may have leaked.
+fn fuzz_vm(seed: u64, runs: u64, t: &mut Tally) -> Result<(), &'static str> {
+    let guests = runs / RUNS_PER_GUEST;
+    userlib::println!("fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests");
+    let canary = sys::mem_alloc(1).map_err(|_| "no memory")?;
+    let mut canary_map = Mapping::new(canary, CANARY_VA).map_err(|_| "cannot map the canary")?;
+    let rng = rng::Rng::new(seed);
+    rng.fill(canary_map.bytes_mut());
+    let mut pattern = [0u8; 4096];
+    pattern.copy_from_slice(canary_map.bytes());
+    let before = checks::snapshot()?;
+    let vms_before = checks::creatable_vms();
+
+    let stack = WATCHDOG_STACK.take().ok_or("watchdog stack")?;
+    sys::thread_spawn(watchdog_main, stack, 0, 10).map_err(|_| "no watchdog thread")?;
+    PHASE.store(PHASE_VM, Ordering::Relaxed);
+    let ep = sys::endpoint_create().map_err(|_| "no endpoint")?;
+    exitfuzz::run(seed, runs, ep, t)?;
+    guestfuzz::run(seed, guests, t);
+    PHASE.store(PHASE_SETUP, Ordering::Relaxed);
+
+    let answering = checks::verify(&before, canary, &pattern, t);
+    let vms_after = checks::creatable_vms();
+    t.check(
+        "no VM or vCPU leaked",
+        vms_after == vms_before,
+        format_args!("creatable (VMs, vCPUs) {vms_before:?} -> {vms_after:?}"),
+    );
+    t.check(
+        "canary memory unchanged",
+        canary_map.bytes() == pattern,
+        format_args!("its bytes changed"),
+    );
+    userlib::println!(
+        "fuzz: services still answering: {answering} of 4 (supervisor, echo, vmm-service, mmu-service)"
+    );
+    userlib::println!("fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests");
+    Ok(())
+}
+
 /// Watches [`PROGRESS`]: while messages are sent, a service that does not answer for
 /// [`HANG_SECS`] fails the run; while syscalls run, a child that makes no progress for a
 /// few ticks is blocked, and the fuzzer is told to replace it.
@@ -322,7 +385,7 @@ extern "C" fn watchdog_main(_: u64) -> ! {
         }
         stalled += period;
         match PHASE.load(Ordering::Relaxed) {
-            PHASE_MESSAGES if stalled >= HANG_SECS * hz => {
+            PHASE_MESSAGES | PHASE_VM if stalled >= HANG_SECS * hz => {
                 userlib::println!(
                     "fuzz: FAIL a service did not answer message {now} for {HANG_SECS} s (hang)"
                 );
