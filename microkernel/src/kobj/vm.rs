@@ -103,6 +103,10 @@ pub struct Vcpu<V> {
     /// The time limit of a run in timer ticks (0: none) and the tick its run started at.
     pub run_ticks: u64,
     pub run_start: u64,
+    /// The VM-entry event fields (or CR0) changed since the last entry: they are checked
+    /// before the next one, which stops the vCPU with this code if they are invalid
+    /// ([`stop::BAD_REPLY`] for a reply's event, [`stop::ENTRY_FAILED`] for `VcpuState`).
+    pub check_event: Option<u64>,
     pub refs: u32,
 }
 
@@ -346,6 +350,7 @@ impl<M: Machine> Kernel<M> {
                 launched: false,
                 run_ticks: 0,
                 run_start: 0,
+                check_event: None,
                 refs: 0,
             },
         )
@@ -631,6 +636,16 @@ impl<M: Machine> Kernel<M> {
 
     /// Writes a field the caller may write, forcing what VMX and the kernel need.
     fn write_state(&mut self, vi: u16, f: u64, value: u64) {
+        if matches!(
+            f,
+            field::VM_ENTRY_INTR_INFO
+                | field::VM_ENTRY_EXCEPTION_ERROR_CODE
+                | field::VM_ENTRY_INSTRUCTION_LEN
+                | field::GUEST_CR0
+        ) {
+            let v = self.vcpu_mut(vi);
+            v.check_event = v.check_event.or(Some(stop::ENTRY_FAILED));
+        }
         if self.vcpu(vi).shadow && self.write_shadow_state(vi, f, value) {
             return;
         }
@@ -951,10 +966,34 @@ impl<M: Machine> Kernel<M> {
             return false;
         }
         let enter = self.prepare_entry(vi, t);
+        if enter && !self.entry_event_checked(vi) {
+            return false;
+        }
         if enter && self.vcpu(vi).shadow {
             return self.audit_entry(vi);
         }
         enter
+    }
+
+    /// Checks the event VM entry would inject if its fields changed since the last entry;
+    /// stops the vCPU (and returns `false`) when VM entry would refuse it.
+    fn entry_event_checked(&mut self, vi: u16) -> bool {
+        let Some(code) = self.vcpu_mut(vi).check_event.take() else {
+            return true;
+        };
+        let info = self.vmcs_read(vi, field::VM_ENTRY_INTR_INFO);
+        let error = self.vmcs_read(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE);
+        let len = self.vmcs_read(vi, field::VM_ENTRY_INSTRUCTION_LEN);
+        let pe = self.vmcs_read(vi, field::GUEST_CR0) & CR0_PE != 0;
+        if entry_event_ok(info, error, len, pe) {
+            return true;
+        }
+        if code == stop::ENTRY_FAILED {
+            // As the hardware reports it: VMfail, "invalid control field(s)".
+            self.vcpu_mut(vi).last_exit = (1 << 31, VMFAIL_INVALID_CONTROL, 0);
+        }
+        self.vcpu_stop(vi, code);
+        false
     }
 
     /// Whether vCPU `vi`'s run has lasted its time limit ([`field::RUN_TICKS`]).
@@ -1116,6 +1155,7 @@ impl<M: Machine> Kernel<M> {
             self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32);
             let len = self.vcpu(vi).last_exit.2;
             self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
+            self.vcpu_mut(vi).check_event = Some(stop::BAD_REPLY);
         }
         if r.flags & reply::STOP != 0 {
             self.vcpu_stop(vi, stop::HANDLER | (r.stop_code & !stop::KIND_MASK));
@@ -1313,6 +1353,37 @@ fn value_ok(f: u64, value: u64) -> bool {
         field::GUEST_ACTIVITY_STATE => value <= 1,
         _ => true,
     }
+}
+
+/// The VM-instruction error of a VM entry with invalid control fields.
+const VMFAIL_INVALID_CONTROL: u64 = 7;
+
+/// Whether VM entry accepts this event (SDM vol. 3, 27.2.1.3, "Checks on VM-Entry Control
+/// Fields", event injection): `info` the VM-entry interruption information, `error` the
+/// exception error code, `len` the instruction length, `pe` the guest CR0.PE. Checked by the
+/// kernel because not every CPU (nor emulator) fails cleanly on a bad one: Bochs stops the
+/// whole machine on type 7.
+pub(crate) fn entry_event_ok(info: u64, error: u64, len: u64, pe: bool) -> bool {
+    if info & (1 << 31) == 0 {
+        return true; // nothing to inject
+    }
+    if info & !0x8000_0fff != 0 {
+        return false; // reserved bits 30:12 (and nothing above bit 31)
+    }
+    let vector = info & 0xff;
+    let kind = (info >> 8) & 7;
+    let deliver = info & (1 << 11) != 0;
+    let kind_ok = match kind {
+        0 | 4 | 5 | 6 => true, // external interrupt, software interrupt or exception
+        2 => vector == 2,      // NMI
+        3 => vector <= 31,     // hardware exception
+        _ => false,            // 1 reserved, 7 "other event" (MTF, unused)
+    };
+    // An error code exactly for the exceptions that push one, in protected mode.
+    let wants_error = kind == 3 && pe && matches!(vector, 8 | 10..=14 | 17);
+    let error_ok = deliver == wants_error && (!deliver || error <= 0xffff);
+    let len_ok = !matches!(kind, 4..=6) || (1..=15).contains(&len);
+    kind_ok && error_ok && len_ok
 }
 
 /// RFLAGS a guest may hold: reserved bits clear, bit 1 set.
