@@ -24,7 +24,8 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
         | abi::scenario::SHADOW
         | abi::scenario::BENCH_MMU
         | abi::scenario::ISOLATION
-        | abi::scenario::FUZZ => crate::kentry::start_services(),
+        | abi::scenario::FUZZ
+        | abi::scenario::FUZZ_VM => crate::kentry::start_services(),
         abi::scenario::FAULT_SELFTEST => {
             crate::log!(info, "scenario", "reading an unmapped address on purpose");
             let va = crate::mm::paging::SCRATCH_BASE + 0x7ff0_0000;

@@ -121,8 +121,7 @@ extern "C" fn handler_main(ep: u64) -> ! {
             c.undecodable += 1;
         }
         let basic = msg.basic_reason();
-        c.exits
-            .add(reason::name(basic).unwrap_or("other"));
+        c.exits.add(reason::name(basic).unwrap_or("other"));
         let n = RUN_REPLIES.fetch_add(1, Ordering::Relaxed) + 1;
         let (reply_len, label) = if SANE.load(Ordering::Relaxed) {
             let _ = c.sane_reasons.push(basic);
@@ -241,7 +240,12 @@ fn random_valid(rng: &Rng) -> ExitReply {
     for g in r.gprs.iter_mut() {
         *g = value(rng, 0);
     }
-    r.rip = rng.pick(&[CODE_GPA, CODE_GPA + rng.below(24), rng.next(), rng.below(1 << 21)]);
+    r.rip = rng.pick(&[
+        CODE_GPA,
+        CODE_GPA + rng.below(24),
+        rng.next(),
+        rng.below(1 << 21),
+    ]);
     r.rflags = rng.pick(&[2, 0x202, rng.next()]);
     r.cr0 = control(rng, 0x8000_0031);
     r.cr3 = rng.pick(&[0, rng.below(1 << 21) & !0xfff, rng.next()]);
@@ -363,7 +367,12 @@ fn new_vm(flags: u64, ep: CapSlot) -> Result<FuzzVm, Error> {
         POOL_PHYS.store(sys::mem_info(pool)?.1, Ordering::Relaxed);
         sys::vm_set_shadow(vm.vm, pool, ep)?;
     } else {
-        sys::vm_map_ram(vm.vm, 0, RAM_PAGES, Rights::READ | Rights::WRITE | Rights::EXEC)?;
+        sys::vm_map_ram(
+            vm.vm,
+            0,
+            RAM_PAGES,
+            Rights::READ | Rights::WRITE | Rights::EXEC,
+        )?;
     }
     Ok(vm)
 }

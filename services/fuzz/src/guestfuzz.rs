@@ -47,11 +47,7 @@ pub fn run(seed: u64, runs: u64, t: &mut Tally) {
         };
         let guest_seed = rng.next() as u32 | 1;
         let mut cmdline: String<64> = String::new();
-        let _ = write!(
-            cmdline,
-            "{guest_seed:x}{}",
-            if tables { " t" } else { "" }
-        );
+        let _ = write!(cmdline, "{guest_seed:x}{}", if tables { " t" } else { "" });
         let mmu = if shadow {
             MmuMode::Shadow(ShadowConfig {
                 prev_roots: DEFAULT_PREV_ROOTS,

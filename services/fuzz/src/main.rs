@@ -331,7 +331,9 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
 /// before and no VM object may have leaked.
 fn fuzz_vm(seed: u64, runs: u64, t: &mut Tally) -> Result<(), &'static str> {
     let guests = runs / RUNS_PER_GUEST;
-    userlib::println!("fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests");
+    userlib::println!(
+        "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"
+    );
     let canary = sys::mem_alloc(1).map_err(|_| "no memory")?;
     let mut canary_map = Mapping::new(canary, CANARY_VA).map_err(|_| "cannot map the canary")?;
     let rng = rng::Rng::new(seed);
@@ -364,7 +366,9 @@ fn fuzz_vm(seed: u64, runs: u64, t: &mut Tally) -> Result<(), &'static str> {
     userlib::println!(
         "fuzz: services still answering: {answering} of 4 (supervisor, echo, vmm-service, mmu-service)"
     );
-    userlib::println!("fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests");
+    userlib::println!(
+        "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"
+    );
     Ok(())
 }
 
