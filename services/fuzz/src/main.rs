@@ -8,6 +8,11 @@
 //! 3. Checks: every service still answers and nothing another task owns changed
 //!    ([`checks`]).
 //!
+//! Scenario `fuzz-vm` (the same service, chosen by `scenario=fuzz-vm` on the command line):
+//! a hostile exit handler answering the exits of the fuzzer's own VMs ([`exitfuzz`]), then
+//! guests running random code and random page tables through the VMM service
+//! ([`guestfuzz`]), then the same checks.
+//!
 //! The kernel command line sets the run: `fuzz.seed=S` and `fuzz.count=N` (N messages and
 //! N/10 syscalls; defaults [`DEFAULT_SEED`] and [`DEFAULT_COUNT`], the short run of
 //! `make test`; `make fuzz SEED=.. COUNT=..` sets both). Prints the counts, then
