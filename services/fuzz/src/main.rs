@@ -188,6 +188,8 @@ struct Config {
     count: Option<u64>,
     /// Scenario `fuzz-vm`.
     vm: bool,
+    /// `fuzz.guest=HEX`: run only this guest seed (in each kind) instead of random ones.
+    guest: Option<u32>,
 }
 
 /// `fuzz.seed`, `fuzz.count` and the scenario from the kernel command line.
@@ -208,7 +210,16 @@ fn config() -> Result<Config, &'static str> {
         None => None,
     };
     let vm = value("scenario") == Some(abi::scenario::FUZZ_VM);
-    Ok(Config { seed, count, vm })
+    let guest = match value("fuzz.guest") {
+        Some(v) => Some(u32::from_str_radix(v, 16).map_err(|_| "fuzz.guest is not hex")?),
+        None => None,
+    };
+    Ok(Config {
+        seed,
+        count,
+        vm,
+        guest,
+    })
 }
 
 /// The index of this service's own boot module (the child's image).
@@ -232,7 +243,12 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
     let cfg = config()?;
     if cfg.vm {
         VM_SCENARIO.store(true, Ordering::Relaxed);
-        return fuzz_vm(cfg.seed, cfg.count.unwrap_or(VM_DEFAULT_COUNT), t);
+        return fuzz_vm(
+            cfg.seed,
+            cfg.count.unwrap_or(VM_DEFAULT_COUNT),
+            cfg.guest,
+            t,
+        );
     }
     let (seed, count) = (cfg.seed, cfg.count.unwrap_or(DEFAULT_COUNT));
     let syscalls = count / MESSAGES_PER_SYSCALL;
@@ -343,7 +359,7 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
 /// Scenario `fuzz-vm`: `runs` vCPU runs against a hostile exit handler, `runs /
 /// RUNS_PER_GUEST` random guests through the VMM, then every service must still answer as
 /// before and no VM object may have leaked.
-fn fuzz_vm(seed: u64, runs: u64, t: &mut Tally) -> Result<(), &'static str> {
+fn fuzz_vm(seed: u64, runs: u64, guest: Option<u32>, t: &mut Tally) -> Result<(), &'static str> {
     let guests = runs / RUNS_PER_GUEST;
     userlib::println!(
         "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"
@@ -363,7 +379,7 @@ fn fuzz_vm(seed: u64, runs: u64, t: &mut Tally) -> Result<(), &'static str> {
     sys::thread_spawn(watchdog_main, stack, 0, 10).map_err(|_| "no watchdog thread")?;
     PHASE.store(PHASE_VM, Ordering::Relaxed);
     exitfuzz::run(seed, runs, ep, t)?;
-    guestfuzz::run(seed, guests, t);
+    guestfuzz::run(seed, guests, guest, t);
     PHASE.store(PHASE_SETUP, Ordering::Relaxed);
 
     let answering = checks::verify(&before, canary, &pattern, t);
