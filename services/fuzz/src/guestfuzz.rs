@@ -114,7 +114,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
     userlib::println!("fuzz: guest runs: {done} ({total_exits} exits handled by the VMM)");
     kinds.print("guest runs by kind");
     results.print("results by kind");
-    exits.print("VMM exits by reason");
+    exits.print("guest exits by reason (the VMM's and the kernel's)");
     t.check(
         "random guests: every run ended in a VM result",
         failures == 0 && done == runs,
