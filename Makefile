@@ -35,7 +35,7 @@ HARNESS := $(TARGET_DIR)/release/umbra-harness
 SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite fuzz
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).
-GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-spaces64 guest-spacespae guest-spaces32 \
+GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-random guest-spaces64 guest-spacespae guest-spaces32 \
 	guest-mmubench64 guest-mmubenchpae guest-mmubench32
 FLAT_GUESTS := guest-bench guest-isolation
 SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
@@ -59,7 +59,7 @@ LIMINE_TOOL := $(BUILD)/limine
 LOADER ?= auto
 FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run test fuzz bench boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run test fuzz fuzz-vm bench boot-configs scenarios clean
 
 help:
 	@echo "Umbra: microkernel-based x86_64 hypervisor"
@@ -77,6 +77,8 @@ help:
 	@echo "                     last line: N passed, M failed"
 	@echo "  make fuzz          the long fuzz run on QEMU: SEED=$(FUZZ_SEED) COUNT=$(FUZZ_COUNT) (COUNT malformed messages to"
 	@echo "                     every service and COUNT/10 random syscalls from a hostile task); make test runs a short one"
+	@echo "  make fuzz-vm       the long VM fuzz run in Bochs: SEED=... COUNT=$(FUZZ_VM_COUNT) (COUNT vCPU runs against a hostile"
+	@echo "                     exit handler, COUNT/2 guests running random code and page tables); make test runs a short one"
 	@echo "  make bench         benchmarks in Bochs: IPC round trips (build/bench/ipc.csv), VM exit round trips"
 	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv), the shadow MMU per"
 	@echo "                     paging mode (build/bench/mmu.csv); shadow MMU on the host (criterion)"
@@ -166,6 +168,12 @@ FUZZ_SEED := $(or $(SEED),$(shell date +%s))
 FUZZ_COUNT := $(or $(COUNT),1000000)
 fuzz: ensure-setup harness iso
 	@$(HARNESS) run --emu $(if $(filter undefined,$(EMU_ORIGIN)),qemu,$(EMU)) --scenario fuzz --cmdline "fuzz.seed=$(FUZZ_SEED) fuzz.count=$(FUZZ_COUNT)" --timeout $(or $(TIMEOUT),7200)
+
+# The long VM fuzz run (scenario fuzz-vm, in Bochs: it needs VMX): COUNT vCPU runs against a
+# hostile exit handler and COUNT/2 random guests through the VMM, from SEED.
+FUZZ_VM_COUNT := $(or $(COUNT),4000)
+fuzz-vm: ensure-setup harness iso
+	@$(HARNESS) run --emu $(if $(filter undefined,$(EMU_ORIGIN)),bochs,$(EMU)) --scenario fuzz-vm --cmdline "fuzz.seed=$(FUZZ_SEED) fuzz.count=$(FUZZ_VM_COUNT)" --timeout $(or $(TIMEOUT),7200)
 
 # IPC round trips, VM exit round trips and the shadow MMU in Bochs (deterministic instruction
 # counts; writes build/bench/ipc.csv, vmm.csv and mmu.csv), then the host benchmarks of the

@@ -13,7 +13,7 @@ pub const MAX_MODULES: usize = 24;
 /// Longest kernel command line kept, in bytes.
 pub const CMDLINE_MAX: usize = 256;
 /// Longest module command line (its name and arguments) kept, in bytes.
-pub const MODULE_CMDLINE_MAX: usize = 128;
+pub const MODULE_CMDLINE_MAX: usize = abi::MODULE_CMDLINE_MAX;
 
 /// Which loader started the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

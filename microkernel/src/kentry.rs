@@ -8,7 +8,7 @@
 //! time without the object model; while `usertest::active()`, entries go to that path.
 
 use crate::arch::entry_cell::{Entered, EntryCell};
-use crate::arch::user::{idle_wait, return_to_user};
+use crate::arch::user::{idle_wait, interrupt_window, return_to_user};
 use crate::arch::vmx;
 use crate::mm::uspace::{self, AddressSpace, KernelMachine};
 use crate::usertest::{self, End};
@@ -82,7 +82,8 @@ fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
         Next::Idle => {
             drop(k);
             loop {
-                // Interrupts are taken only here; `irq_in_kernel` wakes sleepers.
+                // Interrupts are taken here (and at the end of a guest slice);
+                // `irq_in_kernel` wakes sleepers.
                 crate::console::flush_pending();
                 idle_wait();
                 let mut k = KERNEL.enter();
@@ -237,6 +238,19 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         instruction_len: vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
     };
     let next = k.on_vm_exit(exit);
+    if reason & 0xffff == abi::vmx::reason::PREEMPTION_TIMER {
+        // The end of a guest slice: let a pending host interrupt in before the next entry,
+        // outside the kernel state, as the idle loop does. On hardware the interrupt would
+        // have exited the guest already; Bochs can keep a pending timer interrupt from
+        // exiting a guest that runs with IF = 0 after an I/O exit, and the only CPU then
+        // went back into the guest slice after slice with the clock stopped (no tick: no
+        // run time limit, no sleeper woken). Found by fuzz-vm (`fuzz.guest=dff5aa35`).
+        drop(k);
+        interrupt_window();
+        let mut k = KERNEL.enter();
+        let next = k.schedule();
+        resume(k, next)
+    }
     resume(k, next)
 }
 

@@ -1,13 +1,14 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
 //! 1 MiB, multiboot header first), the flat 64-bit images (`guest-bench`, `guest-isolation`) with `link-flat.ld`
 //! (2 MiB).
-const MULTIBOOT_BINS: [&str; 12] = [
+const MULTIBOOT_BINS: [&str; 13] = [
     "guest-multiboot",
     "guest-long",
     "guest-pae",
     "guest-badmem",
     "guest-unsupported",
     "guest-triple",
+    "guest-random",
     "guest-spaces64",
     "guest-spacespae",
     "guest-spaces32",

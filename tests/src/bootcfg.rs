@@ -54,12 +54,12 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart needs=boot restart=250 backoff=0 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm needs=boot restart=250 backoff=0 pages=8192",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart needs=mmu-service,boot pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm needs=mmu-service,boot pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
@@ -68,7 +68,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/fuzz",
-        manifest: "fuzz run=fuzz needs=echo,vmm-service,mmu-service,boot,spawn",
+        manifest: "fuzz run=fuzz,fuzz-vm needs=echo,vmm-service,mmu-service,boot,spawn pages=2048",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",
@@ -101,6 +101,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/guests/guest-triple",
         manifest: "guest-triple image=guest",
+    },
+    BootModule {
+        path: "/boot/guests/guest-random",
+        manifest: "guest-random image=guest",
     },
     BootModule {
         path: "/boot/guests/guest-spaces64",
@@ -405,9 +409,13 @@ mod tests {
             } else {
                 assert_eq!(m.path, format!("/boot/services/{name}"));
             }
-            // The kernel keeps module command lines up to 128 bytes (bootinfo::MODULE_CMDLINE_MAX),
-            // the supervisor reads them into 128 bytes.
-            assert!(m.manifest.len() <= 128, "{}", m.manifest);
+            // The kernel keeps module command lines up to abi::MODULE_CMDLINE_MAX bytes, and
+            // the supervisor reads them into buffers of that size.
+            assert!(
+                m.manifest.len() <= abi::MODULE_CMDLINE_MAX,
+                "{}",
+                m.manifest
+            );
             // The supervisor's own parser takes every line.
             assert!(
                 userlib::manifest::parse(m.manifest).is_ok(),

@@ -93,6 +93,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::MMU_RESTART, Expect::Pass, &[Bochs])
         .timeout(600)
         .cmdline("mmu.inject"),
+    Scenario::new(abi::scenario::FUZZ_VM, Expect::Pass, &[Bochs]).timeout(300),
 ];
 
 /// The runs `make test` also boots through Limine (next to the GRUB runs of [`SCENARIOS`]):

@@ -29,7 +29,7 @@ use heapless::{String, Vec};
 /// Longest name (service or scenario), in bytes.
 pub const NAME_MAX: usize = 32;
 /// Most scenarios in one `run=` list.
-pub const MAX_RUN: usize = 8;
+pub const MAX_RUN: usize = 12;
 /// Most services in one `needs=` list.
 pub const MAX_NEEDS: usize = 8;
 /// Restart limit when the line sets none.

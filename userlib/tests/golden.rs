@@ -46,7 +46,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
-    assert_eq!(vmm::LABEL, 0x0002_0002);
+    assert_eq!(vmm::LABEL, 0x0002_0003);
     assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(<vmm::Vmm as Protocol>::LABEL, vmm::LABEL);
     assert_eq!(<mmu::Mmu as Protocol>::LABEL, mmu::LABEL);
@@ -324,7 +324,7 @@ fn then_stats(prefix: &str) -> String {
 fn vmm_requests() {
     use vmm::Request;
     check_golden(&[
-        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark.
+        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark, time_limit_ms.
         (
             Request::RunVm {
                 config: VmConfig {
@@ -336,10 +336,11 @@ fn vmm_requests() {
                     cmdline: common::ascii("console=ttyS0"),
                     mmu: MmuMode::Ept,
                     benchmark: false,
+                    time_limit_ms: 0,
                 },
             },
             "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  00  01 \
-             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00",
+             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00",
         ),
         // load_gpa 0x20_0000 = 1 << 21: three 7-bit groups of zeros, then 1.
         // Shadow: variant 1, prev_roots (raw u8), pool_pages 512, kvm_policy, audit.
@@ -361,10 +362,11 @@ fn vmm_requests() {
                         audit: false,
                     }),
                     benchmark: true,
+                    time_limit_ms: 0,
                 },
             },
             "00  06 73 68 61 64 6f 77  04 66 6c 61 74  20  01 80 80 80 01  01  00 \
-             01 08 80 04 01 00  01",
+             01 08 80 04 01 00  01  00",
         ),
         // 2048 = 0x800 = 16 * 128: 0x80, then 0x10; 30 = 0x1e.
         (
@@ -383,9 +385,10 @@ fn vmm_requests() {
                         audit: true,
                     }),
                     benchmark: false,
+                    time_limit_ms: 0,
                 },
             },
-            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00",
+            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00",
         ),
         (
             Request::RunVm {
@@ -398,9 +401,10 @@ fn vmm_requests() {
                     cmdline: common::ascii(""),
                     mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
                     benchmark: false,
+                    time_limit_ms: 0,
                 },
             },
-            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00",
+            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00",
         ),
         // ProbeIsolation: the probe (EPT, flat at 2 MiB), then the neighbour.
         (
@@ -416,6 +420,7 @@ fn vmm_requests() {
                     cmdline: common::ascii(""),
                     mmu: MmuMode::Ept,
                     benchmark: false,
+                    time_limit_ms: 0,
                 },
                 neighbour: VmConfig {
                     name: common::ascii("d"),
@@ -426,10 +431,11 @@ fn vmm_requests() {
                     cmdline: common::ascii(""),
                     mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
                     benchmark: false,
+                    time_limit_ms: 0,
                 },
             },
-            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00 \
-                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00",
+            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00 \
+                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00",
         ),
     ]);
 }
@@ -806,9 +812,9 @@ fn maximal_messages_fit_one_payload() {
         [8, 6, 512, 11, 16]
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
-    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1 = 142; RunVm 143;
-    // ProbeIsolation 1 + 2 * 142 = 285.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [143, 285]);
+    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5 = 147;
+    // RunVm 148; ProbeIsolation 1 + 2 * 147 = 295.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [148, 295]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161 = 295.
     // Probed: 1 + 2 * EntryFailed 16 + Some (1 + 7 * 10) + 11 * 10 = 214.

@@ -419,7 +419,7 @@ fn typed_errors_by_example() {
 #[test]
 fn typed_errors_by_example_vmm_mmu() {
     // RunVm { name "a", module "m", ram 2, Multiboot, vcpus 1, cmdline "" } before its mmu
-    // (and benchmark).
+    // (and benchmark, time_limit_ms).
     let config = |mmu: &[u8]| {
         let mut bytes = vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x00, 0x01, 0x00];
         bytes.extend_from_slice(mmu);
@@ -427,13 +427,18 @@ fn typed_errors_by_example_vmm_mmu() {
     };
     let mut name_17 = vec![0x00, 0x11];
     name_17.extend([b'a'; 17]);
-    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00])).is_ok());
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00])).is_ok());
     let cases: &[(&str, Vec<u8>, DecodeError)] = &[
         ("mmu mode 2", config(&[0x02]), DecodeError::Malformed),
         ("benchmark 2", config(&[0x00, 0x02]), DecodeError::Malformed),
         (
             "ends before benchmark",
             config(&[0x00]),
+            DecodeError::Truncated,
+        ),
+        (
+            "ends before time_limit_ms",
+            config(&[0x00, 0x00]),
             DecodeError::Truncated,
         ),
         (

@@ -99,6 +99,46 @@ pub fn handle(
     }
 }
 
+/// Whether the guest uses PAE paging (not long mode) after `reply`: then the CPU (and the
+/// kernel, for an EPT guest) loads the four PDPTEs from CR3 when the reply writes CR0 or CR4.
+pub fn loads_pdptes(m: &ExitMessage, reply: &ExitReply, efer: u64) -> bool {
+    if reply.flags & (reply::SET_CR0 | reply::SET_CR4) == 0 {
+        return false;
+    }
+    let cr0 = if reply.flags & reply::SET_CR0 != 0 {
+        reply.cr0
+    } else {
+        m.cr0_shadow
+    };
+    let cr4 = if reply.flags & reply::SET_CR4 != 0 {
+        reply.cr4
+    } else {
+        m.cr4_shadow
+    };
+    let efer = if reply.flags & reply::SET_EFER != 0 {
+        reply.efer
+    } else {
+        efer
+    };
+    cr0 & cr0::PG != 0 && cr4 & cr4::PAE != 0 && efer & efer::LMA == 0
+}
+
+/// Where the PDPTEs are: CR3 bits 31:5.
+pub fn pdpt_address(cr3: u64) -> u64 {
+    cr3 & 0xffff_ffe0
+}
+
+/// Whether PDPTEs may be loaded (SDM vol. 3, 4.4.1): a present entry has no reserved bit
+/// set (2:1, 8:5, and MAXPHYADDR and up). Loading bad ones is #GP(0) on the instruction,
+/// and VM entry refuses them: the guest must get the #GP, not a failed entry.
+pub fn pdptes_ok(pdptes: &[u64; 4], maxphyaddr: u8) -> bool {
+    let high = u64::MAX
+        .checked_shl(u32::from(maxphyaddr.min(52)))
+        .unwrap_or(0);
+    let reserved = 0b110 | 0b1_1110_0000 | high;
+    pdptes.iter().all(|&e| e & 1 == 0 || e & reserved == 0)
+}
+
 fn set_cr0(m: &ExitMessage, requested: u64, efer_now: u64) -> CrOutcome {
     if requested >> 32 != 0 {
         return gp_outcome();
@@ -206,6 +246,35 @@ mod tests {
         m.mask |= group::SEGS;
         m.segments[0].access_rights = 0xa09b;
         assert_eq!(handle(&m, 0, TO_RBX, lme | efer::LMA).unwrap().reply, gp());
+    }
+
+    #[test]
+    fn pae_paging_loads_pdptes_and_reserved_bits_are_refused() {
+        // CR0.PG on with CR4.PAE and no long mode: PAE paging, the PDPTEs are loaded.
+        let m = msg(0x11, cr4::PAE, 0x8000_0011);
+        let r = handle(&m, 0, TO_RBX, 0).unwrap().reply;
+        assert!(loads_pdptes(&m, &r, 0));
+        // With LME it is long mode: no PDPTEs.
+        let r = handle(&m, 0, TO_RBX, efer::LME).unwrap().reply;
+        assert!(!loads_pdptes(&m, &r, efer::LME));
+        // CR4.PAE on while paging is on.
+        let m = msg(0x8000_0011, 0, cr4::PAE);
+        let r = handle(&m, 4, TO_RBX, 0).unwrap().reply;
+        assert!(loads_pdptes(&m, &r, 0));
+        // Reading a register loads nothing.
+        let r = handle(&m, 0, CrAccessKind::MovFrom { gpr: 1 }, 0)
+            .unwrap()
+            .reply;
+        assert!(!loads_pdptes(&m, &r, 0));
+        assert_eq!(pdpt_address(0x1234_5678_9abc_def7), 0x9abc_dee0);
+
+        assert!(pdptes_ok(&[0x1001, 0x2001, 0, 0xffff_fffe], 36));
+        for bad in [0x1003, 0x1005, 0x1021, 0x1101, 1 << 36 | 1, 1 << 63 | 1] {
+            assert!(!pdptes_ok(&[0x1001, bad, 0, 0], 36), "{bad:#x}");
+        }
+        // Not present: anything goes.
+        assert!(pdptes_ok(&[u64::MAX - 1; 4], 36));
+        assert!(pdptes_ok(&[1 << 40 | 1, 0, 0, 0], 46));
     }
 
     #[test]

@@ -323,6 +323,12 @@ pub fn prepare(
     for &(r, mask) in mmu_portals {
         sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
     }
+    if cfg.time_limit_ms != 0 {
+        // In timer ticks, rounded up: a limit never ends a run early.
+        let hz = sys::clock().map_err(kernel)?.1.max(1);
+        let ticks = (u64::from(cfg.time_limit_ms) * hz).div_ceil(1000).max(1);
+        sys::vcpu_write(vcpu, &[(field::RUN_TICKS, ticks)]).map_err(|(e, _)| kernel(e))?;
+    }
     for chunk in pairs.chunks(32).chain(extra.chunks(32)) {
         sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
             userlib::println!(
@@ -459,6 +465,8 @@ pub fn result_of(s: &sys::VcpuStop, model: RunOutcome) -> VmResult {
         VmResult::Unhandled {
             reason: s.reason as u32,
         }
+    } else if kind == stop::TIME_LIMIT {
+        VmResult::TimeLimit
     } else if kind == stop::ENTRY_FAILED {
         VmResult::EntryFailed {
             reason: s.reason as u32,

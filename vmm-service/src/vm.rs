@@ -255,6 +255,7 @@ impl VmModel {
                 }
             }
             Exit::CrAccess { cr, access } => match cr::handle(m, cr, access, self.msr.efer) {
+                Ok(o) if !self.pdptes_loadable(m, &o.reply, env) => gp(),
                 Ok(o) => {
                     if let Some(e) = o.efer {
                         self.msr.efer = e;
@@ -286,6 +287,26 @@ impl VmModel {
             Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", ev),
             Exit::Other { .. } => self.unhandled(m, "exit reason not handled", ev),
         }
+    }
+
+    /// An EPT guest turning PAE paging on (or changing it): the PDPTEs at CR3 must pass the
+    /// CPU's checks, or the write is #GP (as on hardware) instead of a failed VM entry. A
+    /// shadow-paged guest's CR writes go to the MMU service; PDPTEs outside RAM load as
+    /// not present.
+    fn pdptes_loadable(&self, m: &ExitMessage, reply: &ExitReply, env: &mut impl Env) -> bool {
+        if self.shadow || !cr::loads_pdptes(m, reply, self.msr.efer) {
+            return true;
+        }
+        let mut bytes = [0u8; 32];
+        if !env.read_guest(cr::pdpt_address(m.cr3), &mut bytes) {
+            return true;
+        }
+        let mut pdptes = [0u64; 4];
+        for (p, b) in pdptes.iter_mut().zip(bytes.chunks_exact(8)) {
+            *p = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        }
+        let (maxphyaddr, _) = crate::cpuid::paging_features(|l, s| env.host_cpuid(l, s));
+        cr::pdptes_ok(&pdptes, maxphyaddr)
     }
 
     fn report(&self, m: &ExitMessage, what: &'static str) -> Report {

@@ -28,6 +28,10 @@ pub const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
 /// when the device is present.
 pub const DEBUGCON_PORT: u16 = 0xe9;
 
+/// Longest boot-module command line (a boot manifest line) the kernel keeps, in bytes; the
+/// supervisor reads them into buffers of this size.
+pub const MODULE_CMDLINE_MAX: usize = 160;
+
 /// Boot scenarios: the names the kernel command line selects with `scenario=NAME`, shared by
 /// the kernel (which runs them) and the harness (which boots and judges them).
 pub mod scenario {
@@ -43,6 +47,7 @@ pub mod scenario {
     pub const ISOLATION: &str = "isolation";
     pub const FUZZ: &str = "fuzz";
     pub const MMU_RESTART: &str = "mmu-restart";
+    pub const FUZZ_VM: &str = "fuzz-vm";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -93,6 +98,10 @@ pub mod scenario {
         (
             MMU_RESTART,
             "MMU service crashed 100 times per MMU mode under running guests, which must not notice",
+        ),
+        (
+            FUZZ_VM,
+            "VM fuzzing: random exit replies from a hostile handler, guests running random code and random page tables",
         ),
     ];
 

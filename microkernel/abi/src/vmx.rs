@@ -129,6 +129,9 @@ pub mod stop {
     /// Audit mode: a shadow table names a frame outside the VM's RAM or pool (the third
     /// result is the physical address of the offending entry).
     pub const AUDIT: u64 = 6 << 32;
+    /// The run lasted its time limit ([`super::field::RUN_TICKS`]): a guest that loops
+    /// without exiting ends here.
+    pub const TIME_LIMIT: u64 = 7 << 32;
     /// The kind part of a stop value.
     pub const KIND_MASK: u64 = 0xffff_ffff << 32;
 }
@@ -271,6 +274,11 @@ pub mod field {
     /// Pseudo-field, read-only: the CR3 the hardware uses. For an EPT VM it is `GUEST_CR3`;
     /// for a shadow-paged VM `GUEST_CR3` is the guest's own value and this the shadow root.
     pub const SHADOW_CR3: u64 = 0x3_0000_0001;
+    /// Pseudo-field: the most timer ticks one [`crate::Sys::VcpuRun`] may last (0, the
+    /// default: no limit). The vCPU stops with [`super::stop::TIME_LIMIT`] at the first VM
+    /// entry after the limit (the VMX-preemption timer and host interrupts bound how long
+    /// the guest runs between entries).
+    pub const RUN_TICKS: u64 = 0x3_0000_0002;
 
     /// Who may touch a field from user level.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,7 +300,7 @@ pub mod field {
             return Access::ReadOnly;
         }
         match f {
-            GUEST_CR2 => Access::ReadWrite,
+            GUEST_CR2 | RUN_TICKS => Access::ReadWrite,
             SHADOW_CR3 => Access::ReadOnly,
             VM_INSTRUCTION_ERROR
             | EXIT_REASON

@@ -359,13 +359,21 @@ pub fn return_to_user(regs: &UserRegs) -> ! {
     }
 }
 
-/// Enables interrupts, waits for one, disables them again (`sti; hlt; cli`): the kernel's
-/// only window with IF = 1. Returns after one interrupt has been handled (by
+/// Enables interrupts, waits for one, disables them again (`sti; hlt; cli`): with
+/// [`interrupt_window`], the kernel's only window with IF = 1. Returns after one interrupt has been handled (by
 /// `kentry::irq_in_kernel`).
 pub fn idle_wait() {
     // SAFETY: the IDT handles every interrupt that can arrive (PIC vectors 32..47); `sti`'s
     // interrupt shadow makes `hlt` run before the first one is taken.
     unsafe { asm!("sti", "hlt", "cli", options(nostack)) };
+}
+
+/// Lets pending interrupts in and disables them again (`sti; nop; cli`); each is handled by
+/// `kentry::irq_in_kernel`. The caller holds no kernel state.
+pub fn interrupt_window() {
+    // SAFETY: as for `idle_wait`: the IDT handles every interrupt that can arrive; `sti`'s
+    // shadow covers the `nop`, after which pending interrupts are taken, then `cli`.
+    unsafe { asm!("sti", "nop", "cli", options(nostack)) };
 }
 
 #[no_mangle]

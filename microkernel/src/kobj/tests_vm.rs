@@ -951,6 +951,34 @@ fn the_preemption_timer_ends_a_slice_and_the_guest_goes_on() {
 }
 
 #[test]
+fn a_run_time_limit_stops_a_guest_that_never_exits_to_a_handler() {
+    let mut v = vmm();
+    assert_eq!(
+        read_one(&mut v.k, v.vcpu, field::RUN_TICKS),
+        0,
+        "no limit by default"
+    );
+    write_state(&mut v.k, v.vcpu, &[(field::RUN_TICKS, 3)]);
+    assert_eq!(read_one(&mut v.k, v.vcpu, field::RUN_TICKS), 3);
+    let run = run(&mut v, false);
+    let (k, vt) = (&mut v.k, v.vt);
+    // Within the limit, slices end and the guest goes on.
+    k.machine.ticks += 2;
+    assert_eq!(exit(k, reason::PREEMPTION_TIMER, 0, 0), Next::Guest(vt));
+    // At the limit the next entry does not happen: VcpuRun returns with TIME_LIMIT.
+    k.machine.ticks += 1;
+    let next = exit(k, reason::PREEMPTION_TIMER, 0, 0);
+    assert_ne!(next, Next::Guest(vt), "the guest is not entered again");
+    let (stopped, why, _) = run_result(k, run.runner);
+    assert_eq!(stopped, stop::TIME_LIMIT);
+    assert_eq!(why, u64::from(reason::PREEMPTION_TIMER));
+    assert_eq!(
+        k.vcpus[v.vi as usize].obj.as_ref().unwrap().run,
+        VcpuRun::Stopped
+    );
+}
+
+#[test]
 fn a_malformed_reply_stops_the_vcpu_with_bad_reply() {
     for bad in [
         vec![1u8, 2, 3],                       // truncated header
@@ -981,6 +1009,82 @@ fn a_malformed_reply_stops_the_vcpu_with_bad_reply() {
         );
         assert_eq!(k.thread(vt).regs.rax, 1);
     }
+}
+
+#[test]
+fn an_injected_event_vm_entry_would_refuse_stops_the_vcpu_with_bad_reply() {
+    const PE_NE_ET: u64 = 0x31;
+    for (bad, len) in [
+        (0x8000_0700u64, 2u64), // type 7, "other event": Bochs stops the machine on it
+        (0x8000_0100, 2),       // type 1: reserved
+        (0x8000_0203, 2),       // an NMI that is not vector 2
+        (0x8000_0320, 2),       // a hardware exception above vector 31
+        (0x8000_030d, 2),       // #GP without its error code
+        (0x8000_0b06, 2),       // #UD with an error code
+        (0x8000_0b0e | (0x1_0000 << 32), 2), // #PF with an error code above 16 bits
+        (0x8000_0480, 0),       // a software interrupt of length 0
+    ] {
+        let mut v = vmm();
+        write_state(&mut v.k, v.vcpu, &[(field::GUEST_CR0, PE_NE_ET)]);
+        let run = run(&mut v, true);
+        let (k, vt) = (&mut v.k, v.vt);
+        assert_eq!(exit(k, reason::CPUID, 0, len), Next::User(run.server));
+        let r = ExitReply {
+            flags: reply::INJECT | reply::ADVANCE_RIP,
+            inject: bad,
+            ..ExitReply::default()
+        };
+        let next = reply_with(k, &r);
+        assert_eq!(next, Next::User(run.server), "{bad:#x}");
+        assert_eq!(k.thread(vt).state, ThreadState::Suspended, "{bad:#x}");
+        let (next, _) = sys(k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
+        assert_eq!(next, Next::User(run.runner));
+        assert_eq!(
+            run_result(k, run.runner).0,
+            stop::BAD_REPLY,
+            "{bad:#x} is refused"
+        );
+    }
+    // The events VM entry takes are injected.
+    for (good, len) in [
+        (0x8000_0b0du64, 2u64),          // #GP with its error code
+        (0x8000_0b0e | (0x15 << 32), 2), // #PF
+        (0x8000_0306, 2),                // #UD
+        (0x8000_0202, 2),                // NMI
+        (0x8000_0020, 2),                // an external interrupt
+        (0x8000_0480, 2),                // int 0x80
+    ] {
+        let mut v = vmm();
+        write_state(&mut v.k, v.vcpu, &[(field::GUEST_CR0, PE_NE_ET)]);
+        let run = run(&mut v, true);
+        let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
+        assert_eq!(exit(k, reason::CPUID, 0, len), Next::User(run.server));
+        let r = ExitReply {
+            flags: reply::INJECT,
+            inject: good,
+            ..ExitReply::default()
+        };
+        assert_eq!(reply_with(k, &r), Next::Guest(vt), "{good:#x}");
+        assert_eq!(vmcs(k, vi, field::VM_ENTRY_INTR_INFO), good & 0xffff_ffff);
+    }
+}
+
+#[test]
+fn an_event_written_with_vcpu_state_that_vm_entry_would_refuse_fails_the_entry() {
+    let mut v = vmm();
+    write_state(
+        &mut v.k,
+        v.vcpu,
+        &[(field::VM_ENTRY_INTR_INFO, 0x8000_0700)],
+    );
+    let k = &mut v.k;
+    let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
+    let runner = runner as ThreadId;
+    let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    assert_eq!(next, Next::User(runner));
+    let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
+    assert_ne!(next, Next::Guest(v.vt), "the guest is not entered");
+    assert_eq!(run_result(k, runner), (stop::ENTRY_FAILED, 0, 7));
 }
 
 // ----- 8. reflect portals -----

@@ -100,6 +100,13 @@ pub struct Vcpu<V> {
     /// Whether its VMCS was launched: the next entry is VMRESUME. Set by the first exit
     /// that follows a successful entry ([`Kernel::vm_exited`]), never by a failed entry.
     pub launched: bool,
+    /// The time limit of a run in timer ticks (0: none) and the tick its run started at.
+    pub run_ticks: u64,
+    pub run_start: u64,
+    /// The VM-entry event fields (or CR0) changed since the last entry: they are checked
+    /// before the next one, which stops the vCPU with this code if they are invalid
+    /// ([`stop::BAD_REPLY`] for a reply's event, [`stop::ENTRY_FAILED`] for `VcpuState`).
+    pub check_event: Option<u64>,
     pub refs: u32,
 }
 
@@ -346,6 +353,9 @@ impl<M: Machine> Kernel<M> {
                 guest_cr3: 0,
                 guest_efer: 0,
                 launched: false,
+                run_ticks: 0,
+                run_start: 0,
+                check_event: None,
                 refs: 0,
             },
         )
@@ -477,10 +487,12 @@ impl<M: Machine> Kernel<M> {
         if run != VcpuRun::Stopped || self.threads.0[t as usize].is_none() {
             return Err(err(Error::Busy));
         }
+        let now = self.machine.clock().0;
         let v = self.vcpu_mut(vi);
         v.run = VcpuRun::Running;
         v.runner = Some(c);
         v.call_result = None;
+        v.run_start = now;
         self.thread_mut(c).state = ThreadState::BlockedRun { vcpu: vi };
         self.make_ready(t);
         Ok(None)
@@ -548,6 +560,7 @@ impl<M: Machine> Kernel<M> {
             field::GUEST_CR3 if v.shadow => v.guest_cr3,
             field::GUEST_IA32_EFER if v.shadow => v.guest_efer,
             field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
+            field::RUN_TICKS => v.run_ticks,
             _ => self.vmcs_read(vi, f),
         }
     }
@@ -628,10 +641,21 @@ impl<M: Machine> Kernel<M> {
 
     /// Writes a field the caller may write, forcing what VMX and the kernel need.
     fn write_state(&mut self, vi: u16, f: u64, value: u64) {
+        if matches!(
+            f,
+            field::VM_ENTRY_INTR_INFO
+                | field::VM_ENTRY_EXCEPTION_ERROR_CODE
+                | field::VM_ENTRY_INSTRUCTION_LEN
+                | field::GUEST_CR0
+        ) {
+            let v = self.vcpu_mut(vi);
+            v.check_event = v.check_event.or(Some(stop::ENTRY_FAILED));
+        }
         if self.vcpu(vi).shadow && self.write_shadow_state(vi, f, value) {
             return;
         }
         match f {
+            field::RUN_TICKS => self.vcpu_mut(vi).run_ticks = value,
             _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
                 let n = (f - field::GPR_BASE) as usize;
                 let t = self.vcpu(vi).thread;
@@ -942,11 +966,47 @@ impl<M: Machine> Kernel<M> {
         let Some(vi) = self.vcpu_of(t) else {
             return false;
         };
+        if self.over_time_limit(vi) {
+            self.vcpu_stop(vi, stop::TIME_LIMIT);
+            return false;
+        }
         let enter = self.prepare_entry(vi, t);
+        if enter && !self.entry_event_checked(vi) {
+            return false;
+        }
         if enter && self.vcpu(vi).shadow {
             return self.audit_entry(vi);
         }
         enter
+    }
+
+    /// Checks the event VM entry would inject if its fields changed since the last entry;
+    /// stops the vCPU (and returns `false`) when VM entry would refuse it.
+    fn entry_event_checked(&mut self, vi: u16) -> bool {
+        let Some(code) = self.vcpu_mut(vi).check_event.take() else {
+            return true;
+        };
+        let info = self.vmcs_read(vi, field::VM_ENTRY_INTR_INFO);
+        let error = self.vmcs_read(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE);
+        let len = self.vmcs_read(vi, field::VM_ENTRY_INSTRUCTION_LEN);
+        let pe = self.vmcs_read(vi, field::GUEST_CR0) & CR0_PE != 0;
+        if entry_event_ok(info, error, len, pe) {
+            return true;
+        }
+        if code == stop::ENTRY_FAILED {
+            // As the hardware reports it: VMfail, "invalid control field(s)".
+            self.vcpu_mut(vi).last_exit = (1 << 31, VMFAIL_INVALID_CONTROL, 0);
+        }
+        self.vcpu_stop(vi, code);
+        false
+    }
+
+    /// Whether vCPU `vi`'s run has lasted its time limit ([`field::RUN_TICKS`]).
+    fn over_time_limit(&self, vi: u16) -> bool {
+        let v = self.vcpu(vi);
+        v.run_ticks != 0
+            && v.run != VcpuRun::Stopped
+            && self.machine.clock().0.saturating_sub(v.run_start) >= v.run_ticks
     }
 
     #[inline]
@@ -1100,6 +1160,7 @@ impl<M: Machine> Kernel<M> {
             self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32);
             let len = self.vcpu(vi).last_exit.2;
             self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
+            self.vcpu_mut(vi).check_event = Some(stop::BAD_REPLY);
         }
         if r.flags & reply::STOP != 0 {
             self.vcpu_stop(vi, stop::HANDLER | (r.stop_code & !stop::KIND_MASK));
@@ -1297,6 +1358,37 @@ fn value_ok(f: u64, value: u64) -> bool {
         field::GUEST_ACTIVITY_STATE => value <= 1,
         _ => true,
     }
+}
+
+/// The VM-instruction error of a VM entry with invalid control fields.
+const VMFAIL_INVALID_CONTROL: u64 = 7;
+
+/// Whether VM entry accepts this event (SDM vol. 3, 27.2.1.3, "Checks on VM-Entry Control
+/// Fields", event injection): `info` the VM-entry interruption information, `error` the
+/// exception error code, `len` the instruction length, `pe` the guest CR0.PE. Checked by the
+/// kernel because not every CPU (nor emulator) fails cleanly on a bad one: Bochs stops the
+/// whole machine on type 7.
+pub(crate) fn entry_event_ok(info: u64, error: u64, len: u64, pe: bool) -> bool {
+    if info & (1 << 31) == 0 {
+        return true; // nothing to inject
+    }
+    if info & !0x8000_0fff != 0 {
+        return false; // reserved bits 30:12 (and nothing above bit 31)
+    }
+    let vector = info & 0xff;
+    let kind = (info >> 8) & 7;
+    let deliver = info & (1 << 11) != 0;
+    let kind_ok = match kind {
+        0 | 4 | 5 | 6 => true, // external interrupt, software interrupt or exception
+        2 => vector == 2,      // NMI
+        3 => vector <= 31,     // hardware exception
+        _ => false,            // 1 reserved, 7 "other event" (MTF, unused)
+    };
+    // An error code exactly for the exceptions that push one, in protected mode.
+    let wants_error = kind == 3 && pe && matches!(vector, 8 | 10..=14 | 17);
+    let error_ok = deliver == wants_error && (!deliver || error <= 0xffff);
+    let len_ok = !matches!(kind, 4..=6) || (1..=15).contains(&len);
+    kind_ok && error_ok && len_ok
 }
 
 /// RFLAGS a guest may hold: reserved bits clear, bit 1 set.

@@ -42,6 +42,39 @@ fn creatable(create: fn() -> Result<CapSlot, Error>) -> u32 {
     made.len() as u32
 }
 
+/// How many VMs, and vCPUs in one VM, can be created (all deleted again): falls if the
+/// kernel leaked VM objects.
+pub fn creatable_vms() -> (u32, u32) {
+    let Ok(ram) = sys::mem_alloc(1) else {
+        return (0, 0);
+    };
+    let mut vms: Vec<CapSlot, 16> = Vec::new();
+    while vms.len() < 16 {
+        match sys::vm_create(ram, 0) {
+            Ok(vm) => {
+                let _ = vms.push(vm);
+            }
+            Err(_) => break,
+        }
+    }
+    let mut vcpus: Vec<CapSlot, 32> = Vec::new();
+    if let Some(&vm) = vms.first() {
+        while vcpus.len() < 32 {
+            match sys::vcpu_create(vm, vcpus.len() as u64) {
+                Ok(v) => {
+                    let _ = vcpus.push(v);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    for &c in vcpus.iter().chain(vms.iter()) {
+        let _ = sys::cap_delete(c);
+    }
+    let _ = sys::cap_delete(ram);
+    (vms.len() as u32, vcpus.len() as u32)
+}
+
 pub fn snapshot() -> Result<Snapshot, &'static str> {
     let services = match client::<Supervisor>(SUPERVISOR).call(&supervisor::Request::ListServices) {
         Ok(supervisor::Response::Services(list)) => list,
@@ -70,6 +103,7 @@ fn invalid_vm() -> VmConfig {
         cmdline: Default::default(),
         mmu: MmuMode::Ept,
         benchmark: false,
+        time_limit_ms: 0,
     }
 }
 

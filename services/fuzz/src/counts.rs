@@ -23,8 +23,13 @@ impl Counts {
     }
 
     pub fn add(&mut self, name: &str) {
+        self.add_n(name, 1);
+    }
+
+    /// Adds `count` to the counter `name`.
+    pub fn add_n(&mut self, name: &str, count: u64) {
         if let Some((_, n)) = self.items.iter_mut().find(|(k, _)| k == name) {
-            *n += 1;
+            *n += count;
             return;
         }
         let mut key = String::new();
@@ -33,8 +38,8 @@ impl Counts {
                 break;
             }
         }
-        if self.items.push((key, 1)).is_err() {
-            self.other += 1;
+        if self.items.push((key, count)).is_err() {
+            self.other += count;
         }
     }
 

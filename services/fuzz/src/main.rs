@@ -8,6 +8,11 @@
 //! 3. Checks: every service still answers and nothing another task owns changed
 //!    ([`checks`]).
 //!
+//! Scenario `fuzz-vm` (the same service, chosen by `scenario=fuzz-vm` on the command line):
+//! a hostile exit handler answering the exits of the fuzzer's own VMs ([`exitfuzz`]), then
+//! guests running random code and random page tables through the VMM service
+//! ([`guestfuzz`]), then the same checks.
+//!
 //! The kernel command line sets the run: `fuzz.seed=S` and `fuzz.count=N` (N messages and
 //! N/10 syscalls; defaults [`DEFAULT_SEED`] and [`DEFAULT_COUNT`], the short run of
 //! `make test`; `make fuzz SEED=.. COUNT=..` sets both). Prints the counts, then
@@ -23,12 +28,14 @@
 mod checks;
 mod child;
 mod counts;
+mod exitfuzz;
+mod guestfuzz;
 mod messages;
 mod rng;
 mod syscalls;
 
 use core::fmt;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use abi::{CapSlot, Rights};
 use heapless::Vec;
@@ -80,6 +87,10 @@ pub const CHILD_ARG: u64 = 1 << 63;
 /// The short run of `make test`.
 pub const DEFAULT_SEED: u64 = 1;
 pub const DEFAULT_COUNT: u64 = 20_000;
+/// Scenario `fuzz-vm`: `fuzz.count=N` is N vCPU runs against the hostile exit handler and
+/// N / [`RUNS_PER_GUEST`] random guests through the VMM; the short run of `make test`.
+pub const VM_DEFAULT_COUNT: u64 = 300;
+pub const RUNS_PER_GUEST: u64 = 2;
 /// Messages per syscall.
 pub const MESSAGES_PER_SYSCALL: u64 = 10;
 /// A service that does not answer one message for this long hangs (a failure).
@@ -89,10 +100,13 @@ const CANARY_VA: u64 = 0x7000_0000;
 
 /// Bumped by every message sent and every report received; read by the watchdog.
 pub static PROGRESS: AtomicU64 = AtomicU64::new(0);
+/// Running scenario `fuzz-vm`.
+static VM_SCENARIO: AtomicBool = AtomicBool::new(false);
 static PHASE: AtomicU8 = AtomicU8::new(PHASE_SETUP);
 const PHASE_SETUP: u8 = 0;
 const PHASE_MESSAGES: u8 = 1;
 const PHASE_SYSCALLS: u8 = 2;
+const PHASE_VM: u8 = 3;
 /// The watchdog's capability to the child endpoint.
 static WATCHDOG_EP: AtomicU64 = AtomicU64::new(abi::NO_CAP);
 static WATCHDOG_STACK: ThreadStack<16384> = ThreadStack::new();
@@ -126,7 +140,13 @@ fn fuzz_main(arg: u64) {
     if let Err(why) = fuzz(&mut t) {
         t.check("setup", false, format_args!("{why}"));
     }
-    userlib::println!("fuzz: {} passed, {} failed", t.passed, t.failed);
+    // The verdict line the harness reads names the scenario.
+    let scenario = if VM_SCENARIO.load(Ordering::Relaxed) {
+        abi::scenario::FUZZ_VM
+    } else {
+        abi::scenario::FUZZ
+    };
+    userlib::println!("{scenario}: {} passed, {} failed", t.passed, t.failed);
     let code = u32::from(t.failed > 0);
     let r = userlib::ipc::client::<Supervisor>(SUPERVISOR).call(&SupRequest::Shutdown { code });
     userlib::println!("fuzz: shutdown request returned {r:?}");
@@ -161,8 +181,19 @@ fn parse_number(s: &str) -> Option<u64> {
     }
 }
 
-/// `fuzz.seed` and `fuzz.count` from the kernel command line.
-fn config() -> Result<(u64, u64), &'static str> {
+/// The run the kernel command line asks for.
+struct Config {
+    seed: u64,
+    /// `None`: the default of the scenario.
+    count: Option<u64>,
+    /// Scenario `fuzz-vm`.
+    vm: bool,
+    /// `fuzz.guest=HEX`: run only this guest seed (in each kind) instead of random ones.
+    guest: Option<u32>,
+}
+
+/// `fuzz.seed`, `fuzz.count` and the scenario from the kernel command line.
+fn config() -> Result<Config, &'static str> {
     let mut line = [0u8; 256];
     let n = sys::kernel_cmdline(boot(), &mut line).map_err(|_| "no kernel command line")?;
     let text = core::str::from_utf8(&line[..n.min(line.len())]).unwrap_or("");
@@ -175,10 +206,20 @@ fn config() -> Result<(u64, u64), &'static str> {
         None => DEFAULT_SEED,
     };
     let count = match value("fuzz.count") {
-        Some(v) => parse_number(v).ok_or("fuzz.count is not a number")?,
-        None => DEFAULT_COUNT,
+        Some(v) => Some(parse_number(v).ok_or("fuzz.count is not a number")?),
+        None => None,
     };
-    Ok((seed, count))
+    let vm = value("scenario") == Some(abi::scenario::FUZZ_VM);
+    let guest = match value("fuzz.guest") {
+        Some(v) => Some(u32::from_str_radix(v, 16).map_err(|_| "fuzz.guest is not hex")?),
+        None => None,
+    };
+    Ok(Config {
+        seed,
+        count,
+        vm,
+        guest,
+    })
 }
 
 /// The index of this service's own boot module (the child's image).
@@ -199,7 +240,17 @@ fn own_module() -> Result<u64, &'static str> {
 
 fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
     check_caps()?;
-    let (seed, count) = config()?;
+    let cfg = config()?;
+    if cfg.vm {
+        VM_SCENARIO.store(true, Ordering::Relaxed);
+        return fuzz_vm(
+            cfg.seed,
+            cfg.count.unwrap_or(VM_DEFAULT_COUNT),
+            cfg.guest,
+            t,
+        );
+    }
+    let (seed, count) = (cfg.seed, cfg.count.unwrap_or(DEFAULT_COUNT));
     let syscalls = count / MESSAGES_PER_SYSCALL;
     userlib::println!("fuzz: seed {seed}, count {count}: {count} messages, {syscalls} syscalls");
     let module = own_module()?;
@@ -305,6 +356,53 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Scenario `fuzz-vm`: `runs` vCPU runs against a hostile exit handler, `runs /
+/// RUNS_PER_GUEST` random guests through the VMM, then every service must still answer as
+/// before and no VM object may have leaked.
+fn fuzz_vm(seed: u64, runs: u64, guest: Option<u32>, t: &mut Tally) -> Result<(), &'static str> {
+    let guests = runs / RUNS_PER_GUEST;
+    userlib::println!(
+        "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"
+    );
+    let canary = sys::mem_alloc(1).map_err(|_| "no memory")?;
+    let mut canary_map = Mapping::new(canary, CANARY_VA).map_err(|_| "cannot map the canary")?;
+    let rng = rng::Rng::new(seed);
+    rng.fill(canary_map.bytes_mut());
+    let mut pattern = [0u8; 4096];
+    pattern.copy_from_slice(canary_map.bytes());
+    // The handler's endpoint exists before the snapshot: it is not a leak.
+    let ep = sys::endpoint_create().map_err(|_| "no endpoint")?;
+    let before = checks::snapshot()?;
+    let vms_before = checks::creatable_vms();
+
+    let stack = WATCHDOG_STACK.take().ok_or("watchdog stack")?;
+    sys::thread_spawn(watchdog_main, stack, 0, 10).map_err(|_| "no watchdog thread")?;
+    PHASE.store(PHASE_VM, Ordering::Relaxed);
+    exitfuzz::run(seed, runs, ep, t)?;
+    guestfuzz::run(seed, guests, guest, t);
+    PHASE.store(PHASE_SETUP, Ordering::Relaxed);
+
+    let answering = checks::verify(&before, canary, &pattern, t);
+    let vms_after = checks::creatable_vms();
+    t.check(
+        "no VM or vCPU leaked",
+        vms_after == vms_before,
+        format_args!("creatable (VMs, vCPUs) {vms_before:?} -> {vms_after:?}"),
+    );
+    t.check(
+        "canary memory unchanged",
+        canary_map.bytes() == pattern,
+        format_args!("its bytes changed"),
+    );
+    userlib::println!(
+        "fuzz: services still answering: {answering} of 4 (supervisor, echo, vmm-service, mmu-service)"
+    );
+    userlib::println!(
+        "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"
+    );
+    Ok(())
+}
+
 /// Watches [`PROGRESS`]: while messages are sent, a service that does not answer for
 /// [`HANG_SECS`] fails the run; while syscalls run, a child that makes no progress for a
 /// few ticks is blocked, and the fuzzer is told to replace it.
@@ -322,11 +420,16 @@ extern "C" fn watchdog_main(_: u64) -> ! {
         }
         stalled += period;
         match PHASE.load(Ordering::Relaxed) {
-            PHASE_MESSAGES if stalled >= HANG_SECS * hz => {
+            PHASE_MESSAGES | PHASE_VM if stalled >= HANG_SECS * hz => {
                 userlib::println!(
                     "fuzz: FAIL a service did not answer message {now} for {HANG_SECS} s (hang)"
                 );
-                userlib::println!("fuzz: 0 passed, 1 failed");
+                let scenario = if VM_SCENARIO.load(Ordering::Relaxed) {
+                    abi::scenario::FUZZ_VM
+                } else {
+                    abi::scenario::FUZZ
+                };
+                userlib::println!("{scenario}: 0 passed, 1 failed");
                 let _ = userlib::ipc::client::<Supervisor>(SUPERVISOR)
                     .call(&SupRequest::Shutdown { code: 1 });
             }

@@ -248,6 +248,7 @@ impl Fuzzed for Vmm {
             cmdline: short_string(rng, &["", "fuzz"]),
             mmu,
             benchmark: rng.chance(1, 2),
+            time_limit_ms: rng.pick(&[0, 1, 1000, rng.next() as u32]),
         };
         vmm::Request::RunVm { config }
     }

@@ -97,7 +97,7 @@ fn setup() -> Result<Registry, &'static str> {
         kept: KeptCaps::new(),
     };
     let _ = sup.scenario.push_str(&scenario[..scenario.len().min(32)]);
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; abi::MODULE_CMDLINE_MAX];
     let count = sys::module_info(slot::BOOT, 0, &mut buf)
         .map_err(|_| "no boot modules")?
         .count;

@@ -105,6 +105,7 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         cmdline: String::try_from("umbra-test-guest").unwrap_or_default(),
         mmu: MmuMode::Ept,
         benchmark: false,
+        time_limit_ms: 0,
     }
 }
 

@@ -14,8 +14,8 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 2;
-/// `0x0002_0002`.
+pub const VERSION: u16 = 3;
+/// `0x0002_0003`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
@@ -115,6 +115,9 @@ pub struct VmConfig {
     /// kernel's reflect path and back) are honoured. Off, they fail like unknown hypercalls:
     /// a guest must not bypass the VMM's CPUID policy and devices.
     pub benchmark: bool,
+    /// The most milliseconds the run may last (0: no limit); a guest still running then is
+    /// stopped ([`VmResult::TimeLimit`]), whether or not it exits.
+    pub time_limit_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +163,8 @@ pub enum VmResult {
     /// The MMU service is gone for good (the supervisor gave up restarting it): an exit of
     /// basic reason `reason` that it handles had nobody to go to.
     MmuGone { reason: u32 },
+    /// The run lasted its `time_limit_ms`.
+    TimeLimit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -323,18 +323,21 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         any::<u8>(),
         any_ascii::<CMDLINE_MAX>(),
         any_mmu_mode(),
-        any::<bool>(),
+        (any::<bool>(), any::<u32>()),
     )
         .prop_map(
-            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, benchmark)| VmConfig {
-                name,
-                module,
-                ram_mib,
-                entry,
-                vcpus,
-                cmdline,
-                mmu,
-                benchmark,
+            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, (benchmark, time_limit_ms))| {
+                VmConfig {
+                    name,
+                    module,
+                    ram_mib,
+                    entry,
+                    vcpus,
+                    cmdline,
+                    mmu,
+                    benchmark,
+                    time_limit_ms,
+                }
             },
         )
 }
@@ -360,6 +363,7 @@ pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
         any::<u64>().prop_map(|rip| VmResult::Halted { rip }),
         any::<u32>().prop_map(|reason| VmResult::BadExit { reason }),
         any::<u32>().prop_map(|reason| VmResult::MmuGone { reason }),
+        Just(VmResult::TimeLimit),
     ]
 }
 
@@ -612,6 +616,7 @@ pub fn maximal_vm_config() -> VmConfig {
             audit: true,
         }),
         benchmark: true,
+        time_limit_ms: u32::MAX,
     }
 }
 

@@ -244,6 +244,38 @@ fn cr_writes() {
 }
 
 #[test]
+fn pae_paging_with_bad_pdptes_is_a_gp_not_a_failed_vm_entry() {
+    // CR4.PAE is set; the guest turns paging on with CR3 at 0x8000.
+    let mut m = msg(reason::CR_ACCESS);
+    m.qualification = 3 << 8; // mov cr0, rbx
+    m.cr4_shadow = 0x20;
+    m.cr3 = 0x8000;
+    gprs(&mut m, &[(Gpr::Rbx, 0x8000_0011)]);
+    let mut env = TestEnv::new();
+    env.ram[0x8000..0x8008].copy_from_slice(&0x9001u64.to_le_bytes());
+    let o = vm().handle(&m, &mut env);
+    assert_eq!(
+        o.reply.flags,
+        reply::ADVANCE_RIP | reply::SET_CR0,
+        "good PDPTEs"
+    );
+    // A present PDPTE with a reserved bit (bit 1), or above MAXPHYADDR (36 here).
+    for bad in [0x9003u64, 1 << 40 | 0x9001] {
+        env.ram[0x8008..0x8010].copy_from_slice(&bad.to_le_bytes());
+        assert_eq!(vm().handle(&m, &mut env).reply, cr::gp(), "{bad:#x}");
+    }
+    // Long mode loads no PDPTEs; a shadow-paged VM's MMU service judges its own.
+    let mut v = vm();
+    v.msr.efer = 0x100;
+    assert_eq!(
+        v.handle(&m, &mut env).reply.flags & reply::SET_CR0,
+        reply::SET_CR0
+    );
+    let o = vm().shadow_paged().handle(&m, &mut env);
+    assert_eq!(o.reply.flags & reply::SET_CR0, reply::SET_CR0);
+}
+
+#[test]
 fn cmos_memory_and_pit_through_the_bus() {
     let mut v = vm();
     let read_cmos = |v: &mut VmModel, i: u64| {
