@@ -59,6 +59,8 @@ struct VmEntry {
 struct State {
     vms: [Option<VmEntry>; MAX_VMS],
     exit: ExitMessage,
+    /// The heap is there (a shadow-paged VM's MMU lives on it; without it they are refused).
+    heap: bool,
 }
 
 fn mmu_main(generation: u64) {
@@ -68,17 +70,24 @@ fn mmu_main(generation: u64) {
     }
     // The heap object outlives a crash too: a new instance takes it back (no 12 MiB to zero).
     let heap = recover::kept_or_new(journal::key(0, CapKey::Heap), HEAP_PAGES);
-    match heap
+    let heap = match heap
         .ok_or(abi::Error::NoMemory)
         .and_then(sys::heap::init_with)
     {
-        // The decoder's tables, built once, before any guest waits on them.
-        Ok(()) => mmu_service::emulate::init(),
-        Err(e) => userlib::println!("mmu: no heap ({e:?}): shadow-paged VMs will be refused"),
-    }
+        Ok(()) => {
+            // The decoder's tables, built once, before any guest waits on them.
+            mmu_service::emulate::init();
+            true
+        }
+        Err(e) => {
+            userlib::println!("mmu: no heap ({e:?}): shadow-paged VMs will be refused");
+            false
+        }
+    };
     let mut state = State {
         vms: Default::default(),
         exit: ExitMessage::default(),
+        heap,
     };
     let inject = injection_allowed();
     if recover::open_journal(generation, inject) {
@@ -152,6 +161,10 @@ fn handle(
                 return Err(MmuError::Full);
             };
             let handle = i as u32;
+            if shadow.is_some() && !state.heap {
+                let _ = sys::cap_delete(cap);
+                return Err(MmuError::NoMemory);
+            }
             let shadow = match shadow {
                 None => None,
                 Some(p) => match shadow::ShadowVm::new(handle, cap, OWN_EP, p) {

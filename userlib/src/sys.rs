@@ -750,7 +750,9 @@ pub struct ModuleInfo {
 }
 
 /// Boot module `index`: its command line (written into `buf`), size, and the module count.
-/// Needs the boot capability `boot` ([`abi::CapKind::Boot`]).
+/// Needs the boot capability `boot` ([`abi::CapKind::Boot`]). A command line is at most
+/// [`abi::MODULE_CMDLINE_MAX`] bytes: a buffer that size takes any (a shorter one gets
+/// `BadLength` for a longer line).
 pub fn module_info(boot: CapSlot, index: u64, buf: &mut [u8]) -> Result<ModuleInfo, Error> {
     // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
     let (rax, r) = unsafe {

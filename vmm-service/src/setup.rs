@@ -84,7 +84,7 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
 /// The boot module whose command line starts with `name` (a path's last part counts):
 /// (index, size).
 fn find_module(name: &str) -> Result<(u64, u64), VmmError> {
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; abi::MODULE_CMDLINE_MAX];
     let count = sys::module_info(crate::boot(), 0, &mut buf)
         .map_err(kernel)?
         .count;

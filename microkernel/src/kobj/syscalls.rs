@@ -661,8 +661,8 @@ impl<M: Machine> Kernel<M> {
         let i = usize::try_from(index).map_err(|_| err(Error::InvalidArgument))?;
         let (name, size) = {
             let (name, bytes) = self.machine.module(i).ok_or(err(Error::InvalidArgument))?;
-            let mut tmp: heapless::Vec<u8, 128> = heapless::Vec::new();
-            let n = name.len().min(128);
+            let mut tmp: heapless::Vec<u8, { abi::MODULE_CMDLINE_MAX }> = heapless::Vec::new();
+            let n = name.len().min(abi::MODULE_CMDLINE_MAX);
             let _ = tmp.extend_from_slice(&name.as_bytes()[..n]);
             (tmp, bytes.len() as u64)
         };

@@ -224,7 +224,7 @@ fn config() -> Result<Config, &'static str> {
 
 /// The index of this service's own boot module (the child's image).
 fn own_module() -> Result<u64, &'static str> {
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; abi::MODULE_CMDLINE_MAX];
     let count = sys::module_info(boot(), 0, &mut buf)
         .map_err(|_| "no boot modules")?
         .count;
