@@ -279,7 +279,7 @@ mod tests {
             ("echo needs=a,", BadListItem),
             ("echo run=,ipc", BadListItem),
             ("echo run=ip=c", BadListItem),
-            ("echo run=a,b,c,d,e,f,g,h,i", TooLong),
+            ("echo run=a,b,c,d,e,f,g,h,i,j,k,l,m", TooLong),
             ("echo needs=1,2,3,4,5,6,7,8,9", TooLong),
             ("an-overly-long-service-name-over-32b", TooLong),
             ("echo needs=x,echo", NeedsItself),
