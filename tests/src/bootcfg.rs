@@ -59,7 +59,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm needs=mmu-service,boot pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm needs=mmu-service,boot,vmx pages=17408",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
@@ -68,7 +68,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/fuzz",
-        manifest: "fuzz run=fuzz,fuzz-vm needs=echo,vmm-service,mmu-service,boot,spawn pages=2048",
+        manifest: "fuzz run=fuzz,fuzz-vm needs=echo,vmm-service,mmu-service,boot,spawn,vmx pages=2048",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",

@@ -1209,10 +1209,10 @@ pub fn rdtsc() -> u64 {
 // Virtual machines
 // ---------------------------------------------------------------------------------------------
 
-/// A new VM whose guest RAM (at guest-physical 0) is the memory object `ram`.
-/// [`Error::NoVmx`] on a machine without VMX.
-pub fn vm_create(ram: CapSlot, flags: u64) -> Result<CapSlot, Error> {
-    plain(Sys::VmCreate, [ram, flags, 0, 0, 0]).map(|r| r[0])
+/// A new VM whose guest RAM (at guest-physical 0) is the memory object `ram`; needs the VMX
+/// capability `vmx` ([`abi::CapKind::Vmx`]). [`Error::NoVmx`] on a machine without VMX.
+pub fn vm_create(ram: CapSlot, flags: u64, vmx: CapSlot) -> Result<CapSlot, Error> {
+    plain(Sys::VmCreate, [ram, flags, vmx, 0, 0]).map(|r| r[0])
 }
 
 /// Makes `pool` the shadow page pool of the shadow-paged VM `vm`, and `ep` the endpoint whose

@@ -23,6 +23,8 @@ pub const SUPERVISOR: CapSlot = FIRST_GRANTED + 1;
 pub const BOOT: &str = "boot";
 /// The `needs=` name of a copy of the spawn capability (a service that runs tasks of its own).
 pub const SPAWN: &str = "spawn";
+/// The `needs=` name of the VMX capability (a service that creates VMs).
+pub const VMX: &str = "vmx";
 
 /// Why a service cannot have the capability it asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +112,11 @@ impl Wiring {
     /// The spawn capability (`needs=spawn`).
     pub fn spawn(&self) -> Result<CapSlot, WiringError> {
         self.slot(SPAWN, CapKind::Spawn, kind_of)
+    }
+
+    /// The VMX capability (`needs=vmx`).
+    pub fn vmx(&self) -> Result<CapSlot, WiringError> {
+        self.slot(VMX, CapKind::Vmx, kind_of)
     }
 }
 

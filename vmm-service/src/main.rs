@@ -7,9 +7,9 @@
 //! access, HLT, VMCALL, triple fault) and answers each with the model's reply. EPT violations
 //! go to the MMU service directly (its endpoint, badged with the VM's handle there).
 //!
-//! Capabilities (manifest `needs=mmu-service,boot`, taken by name through
-//! `userlib::wiring`): its own endpoint, the MMU service's, and the boot capability (reads the
-//! guest images).
+//! Capabilities (manifest `needs=mmu-service,boot,vmx`, taken by name through
+//! `userlib::wiring`): its own endpoint, the MMU service's, the boot capability (reads the
+//! guest images) and the VMX capability (creates VMs).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
@@ -33,6 +33,7 @@ const OWN_EP: CapSlot = userlib::wiring::OWN_ENDPOINT;
 struct Caps {
     mmu: CapSlot,
     boot: CapSlot,
+    vmx: CapSlot,
 }
 
 static CAPS: spin::Once<Caps> = spin::Once::new();
@@ -47,17 +48,23 @@ fn boot() -> CapSlot {
     CAPS.get().map_or(abi::NO_CAP, |c| c.boot)
 }
 
+/// The VMX capability: creates VMs.
+fn vmx() -> CapSlot {
+    CAPS.get().map_or(abi::NO_CAP, |c| c.vmx)
+}
+
 fn vmm_main(generation: u64) {
     let caps = Wiring::fetch().and_then(|w| {
         Ok(Caps {
             mmu: w.endpoint("mmu-service")?,
             boot: w.boot()?,
+            vmx: w.vmx()?,
         })
     });
     match caps {
         Ok(c) => CAPS.call_once(|| c),
         Err(e) => {
-            userlib::println!("vmm: cannot start: the MMU service or boot capability: {e}");
+            userlib::println!("vmm: cannot start: the MMU service, boot or VMX capability: {e}");
             sys::task_exit(1)
         }
     };

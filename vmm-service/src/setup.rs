@@ -263,10 +263,12 @@ pub fn prepare(
             (vm_flags::SHADOW | audit, Some(params))
         }
     };
-    let vm = held.keep(sys::vm_create(ram, flags).map_err(|e| match e {
-        Error::NoVmx => VmmError::NoVmx,
-        e => kernel(e),
-    })?);
+    let vm = held.keep(
+        sys::vm_create(ram, flags, crate::vmx()).map_err(|e| match e {
+            Error::NoVmx => VmmError::NoVmx,
+            e => kernel(e),
+        })?,
+    );
     // The VM's name for the MMU service: an attach retried after the service restarted
     // gets the same VM back (a TSC value is unique and never repeats on one machine).
     let key = sys::rdtsc();

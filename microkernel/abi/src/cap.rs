@@ -20,6 +20,8 @@ pub mod slot {
     pub const FIRST_GRANTED: CapSlot = 2;
     /// The first task's [`crate::CapKind::Boot`] capability (its first granted slot).
     pub const BOOT: CapSlot = FIRST_GRANTED;
+    /// The first task's [`crate::CapKind::Vmx`] capability (its second granted slot).
+    pub const VMX: CapSlot = FIRST_GRANTED + 1;
 }
 
 /// Number of slots in every task's table.
@@ -40,6 +42,10 @@ pub enum CapKind {
     /// Reads the boot modules and the kernel command line (`ModuleInfo`, `ModuleRead`,
     /// `KernelCmdline`). The kernel gives it to the first task; it can be granted.
     Boot = 9,
+    /// Creates VMs (`VmCreate`): the kernel gives it to the first task, which grants it to
+    /// the services that run guests. VM and vCPU slots are global; without it any task
+    /// could take them all.
+    Vmx = 10,
 }
 
 impl CapKind {
@@ -54,6 +60,7 @@ impl CapKind {
             CapKind::Vm,
             CapKind::Vcpu,
             CapKind::Boot,
+            CapKind::Vmx,
         ]
         .into_iter()
         .find(|k| *k as u64 == v)

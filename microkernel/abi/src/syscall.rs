@@ -112,7 +112,8 @@ pub enum Sys {
     /// pages the task holds now.
     TaskSetPages = 90,
 
-    /// `(ram, flags) -> (vm cap)`: a new VM whose guest-physical RAM is the memory object `ram`
+    /// `(ram, flags, vmx) -> (vm cap)`: needs the [`crate::CapKind::Vmx`] capability `vmx`.
+    /// A new VM whose guest-physical RAM is the memory object `ram`
     /// (at guest-physical 0). `flags` ([`crate::vmx::vm_flags`]) picks the MMU mode: EPT
     /// (nothing is mapped yet: see [`Sys::VmMapRam`]) or shadow paging (see
     /// [`Sys::VmSetShadow`]). [`crate::Error::NoVmx`] without VMX.

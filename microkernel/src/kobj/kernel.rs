@@ -338,7 +338,7 @@ impl<M: Machine> Kernel<M> {
                 }
             }
             CapKind::Vm | CapKind::Vcpu => self.destroy_vm_object(r),
-            CapKind::Spawn | CapKind::Machine | CapKind::Boot => {}
+            CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx => {}
         }
     }
 
@@ -351,7 +351,7 @@ impl<M: Machine> Kernel<M> {
             CapKind::Task => slot_get(&self.tasks, r).is_some(),
             CapKind::Vm => slot_get(&self.vms, r).is_some(),
             CapKind::Vcpu => slot_get(&self.vcpus, r).is_some(),
-            CapKind::Spawn | CapKind::Machine | CapKind::Boot => true,
+            CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx => true,
         }
     }
 
@@ -831,10 +831,18 @@ impl<M: Machine> Kernel<M> {
             rights: Rights::READ | Rights::GRANT,
             ..spawn
         };
+        let vmx = Cap {
+            obj: ObjRef {
+                kind: CapKind::Vmx,
+                ..spawn.obj
+            },
+            ..boot
+        };
         let caps = &mut self.task_mut(ti).caps;
         caps.insert_at(slot::SPAWN, spawn);
         caps.insert_at(slot::MACHINE, machine);
         caps.insert_at(slot::BOOT, boot);
+        caps.insert_at(slot::VMX, vmx);
         let t = self.task(ti).main_thread;
         self.make_ready(t);
         Ok(ti)

@@ -134,7 +134,10 @@ impl<M: Machine> Kernel<M> {
                 self.cap(a[4], CapKind::Boot, Rights::READ).map_err(err)?;
                 self.sys_module_read(a)
             }
-            Sys::VmCreate => self.sys_vm_create(a[0], a[1]),
+            Sys::VmCreate => {
+                self.cap(a[2], CapKind::Vmx, Rights::empty()).map_err(err)?;
+                self.sys_vm_create(a[0], a[1])
+            }
             Sys::VmMapRam => self.sys_vm_map_ram(a),
             Sys::VmUnmap => self.sys_vm_unmap(a),
             Sys::VcpuCreate => self.sys_vcpu_create(a[0], a[1]),

@@ -40,7 +40,7 @@ fn slot_state(k: &Kernel<Model>, r: ObjRef) -> Option<(u32, bool)> {
         CapKind::Task => of(&k.tasks, r.index),
         CapKind::Vm => of(&k.vms, r.index),
         CapKind::Vcpu => of(&k.vcpus, r.index),
-        CapKind::Spawn | CapKind::Machine | CapKind::Boot => {
+        CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx => {
             (r.index == 0 && r.generation == 0).then_some((0, true))
         }
     }

@@ -93,7 +93,7 @@ fn running_shadow(flags: u64, mmu_is_portal: bool) -> (Vmm, Running, u64) {
     let mmu = if mmu_is_portal { v.ep } else { other };
     // Not for an EPT VM; once set, again only with the same MMU endpoint.
     let ram = ok(&sys(k, Sys::MemAlloc, [RAM_PAGES, 0, 0, 0, 0, 0]).1);
-    let ept_vm = ok(&sys(k, Sys::VmCreate, [ram, 0, 0, 0, 0, 0]).1);
+    let ept_vm = ok(&sys(k, Sys::VmCreate, [ram, 0, abi::cap::slot::VMX, 0, 0, 0]).1);
     assert_eq!(
         status(&sys(k, Sys::VmSetShadow, [ept_vm, pool, mmu, 0, 0, 0]).1),
         Err(Error::InvalidArgument)

@@ -190,7 +190,7 @@ fn signature(n: u64) -> Vec<Kind> {
         Sys::MachineExit => vec![Cap(CapKind::Machine), Raw],
         Sys::KernelCmdline => vec![Ptr, Len, boot],
         Sys::ModuleRead => vec![Small(4), Len, Ptr, Len, boot],
-        Sys::VmCreate => vec![Cap(CapKind::Memory), Small(4)],
+        Sys::VmCreate => vec![Cap(CapKind::Memory), Small(4), Cap(CapKind::Vmx)],
         Sys::VmMapRam => vec![Cap(CapKind::Vm), Gpa, Pages, MapRights],
         Sys::VmUnmap => vec![Cap(CapKind::Vm), Gpa, Pages],
         Sys::VcpuCreate => vec![Cap(CapKind::Vm), Raw],
@@ -273,7 +273,12 @@ fn world() -> Kernel<Model> {
     // An EPT VM with its RAM mapped and a vCPU whose HLT exits go to the endpoint, and a
     // shadow-paged VM with a pool.
     let ram = ok(&sys(&mut k, Sys::MemAlloc, [8, 0, 0, 0, 0, 0]).1);
-    let vm = ok(&sys(&mut k, Sys::VmCreate, [ram, 0, 0, 0, 0, 0]).1);
+    let vm = ok(&sys(
+        &mut k,
+        Sys::VmCreate,
+        [ram, 0, abi::cap::slot::VMX, 0, 0, 0],
+    )
+    .1);
     ok(&sys(&mut k, Sys::VmMapRam, [vm, 0, 8, 0b111, 0, 0]).1);
     let vcpu = ok(&sys(&mut k, Sys::VcpuCreate, [vm, 0, 0, 0, 0, 0]).1);
     let mask = u64::from(abi::vmx::group::GPRS | abi::vmx::group::RIP);
@@ -282,7 +287,12 @@ fn world() -> Kernel<Model> {
     let shadow_ram = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
     let pool = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
     let shadow = abi::vmx::vm_flags::SHADOW;
-    let svm = ok(&sys(&mut k, Sys::VmCreate, [shadow_ram, shadow, 0, 0, 0, 0]).1);
+    let svm = ok(&sys(
+        &mut k,
+        Sys::VmCreate,
+        [shadow_ram, shadow, abi::cap::slot::VMX, 0, 0, 0],
+    )
+    .1);
     ok(&sys(&mut k, Sys::VmSetShadow, [svm, pool, ep, 0, 0, 0]).1);
     let prio = k.thread(k.current.unwrap()).prio as u64;
     for (fault, extra) in [(ep, [vm, vcpu]), (NO_CAP, [svm, ram])] {
@@ -639,7 +649,12 @@ fn creating_an_object_with_a_full_capability_table_changes_nothing() {
     let mut k = world();
     let sup = k.current.unwrap();
     let mem = done(&mut k, sup, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]);
-    let vm = done(&mut k, sup, Sys::VmCreate, [mem, 0, 0, 0, 0, 0]);
+    let vm = done(
+        &mut k,
+        sup,
+        Sys::VmCreate,
+        [mem, 0, abi::cap::slot::VMX, 0, 0, 0],
+    );
     while k.task(k.cur_task()).caps.has_free_slot() {
         done(
             &mut k,
@@ -653,8 +668,18 @@ fn creating_an_object_with_a_full_capability_table_changes_nothing() {
         (Sys::EndpointCreate, [0; 6]),
         (Sys::NotificationCreate, [0; 6]),
         (Sys::MemAlloc, [1, 0, 0, 0, 0, 0]),
-        (Sys::VmCreate, [mem, 0, 0, 0, 0, 0]),
-        (Sys::VmCreate, [mem, abi::vmx::vm_flags::SHADOW, 0, 0, 0, 0]),
+        (Sys::VmCreate, [mem, 0, abi::cap::slot::VMX, 0, 0, 0]),
+        (
+            Sys::VmCreate,
+            [
+                mem,
+                abi::vmx::vm_flags::SHADOW,
+                abi::cap::slot::VMX,
+                0,
+                0,
+                0,
+            ],
+        ),
         (Sys::VcpuCreate, [vm, 1, 0, 0, 0, 0]),
         (Sys::TaskSpawn, [1, 1, 1, NO_CAP, spawn, 0]),
     ] {

@@ -58,7 +58,12 @@ pub(super) fn vmm_with(flags: u64) -> Vmm {
     let sup = boot(&mut k);
     let mem = ok(&sys(&mut k, Sys::MemAlloc, [RAM_PAGES, 0, 0, 0, 0, 0]).1);
     let ram_phys = sys(&mut k, Sys::MemInfo, [mem, 0, 0, 0, 0, 0]).1.rsi;
-    let vm = ok(&sys(&mut k, Sys::VmCreate, [mem, flags, 0, 0, 0, 0]).1);
+    let vm = ok(&sys(
+        &mut k,
+        Sys::VmCreate,
+        [mem, flags, abi::cap::slot::VMX, 0, 0, 0],
+    )
+    .1);
     if flags == 0 {
         ok(&sys(&mut k, Sys::VmMapRam, [vm, 0, RAM_PAGES, RWX, 0, 0]).1);
     }
@@ -260,12 +265,24 @@ fn vm_create_needs_vmx_and_a_writable_memory_object() {
     boot(&mut k);
     let mem = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
     assert_eq!(
-        status(&sys(&mut k, Sys::VmCreate, [mem, 0, 0, 0, 0, 0]).1),
+        status(
+            &sys(
+                &mut k,
+                Sys::VmCreate,
+                [mem, 0, abi::cap::slot::VMX, 0, 0, 0]
+            )
+            .1
+        ),
         Err(Error::NoVmx)
     );
     assert!(k.vms.iter().all(|s| s.obj.is_none()));
     k.machine.vmx = true;
-    let vm = ok(&sys(&mut k, Sys::VmCreate, [mem, 0, 0, 0, 0, 0]).1);
+    let vm = ok(&sys(
+        &mut k,
+        Sys::VmCreate,
+        [mem, 0, abi::cap::slot::VMX, 0, 0, 0],
+    )
+    .1);
     let (_, r) = sys(&mut k, Sys::CapInfo, [vm, 0, 0, 0, 0, 0]);
     assert_eq!(ok(&r), CapKind::Vm as u64);
     assert_eq!(r.rsi, Rights::all().bits());
@@ -275,15 +292,15 @@ fn vm_create_needs_vmx_and_a_writable_memory_object() {
     // A read-only memory cap, a cap of the wrong kind, an empty slot.
     let ro = ok(&sys(&mut k, Sys::CapCopy, [mem, Rights::READ.bits(), 0, 0, 0, 0]).1);
     assert_eq!(
-        status(&sys(&mut k, Sys::VmCreate, [ro, 0, 0, 0, 0, 0]).1),
+        status(&sys(&mut k, Sys::VmCreate, [ro, 0, abi::cap::slot::VMX, 0, 0, 0]).1),
         Err(Error::NoRights)
     );
     assert_eq!(
-        status(&sys(&mut k, Sys::VmCreate, [vm, 0, 0, 0, 0, 0]).1),
+        status(&sys(&mut k, Sys::VmCreate, [vm, 0, abi::cap::slot::VMX, 0, 0, 0]).1),
         Err(Error::WrongCapKind)
     );
     assert_eq!(
-        status(&sys(&mut k, Sys::VmCreate, [60, 0, 0, 0, 0, 0]).1),
+        status(&sys(&mut k, Sys::VmCreate, [60, 0, abi::cap::slot::VMX, 0, 0, 0]).1),
         Err(Error::InvalidCap)
     );
     // The VM keeps its RAM alive: deleting the memory caps does not free the frames.
@@ -308,7 +325,12 @@ fn vm_map_ram_maps_only_the_vms_own_ram() {
     boot(&mut k);
     let mem = ok(&sys(&mut k, Sys::MemAlloc, [RAM_PAGES, 0, 0, 0, 0, 0]).1);
     let phys = sys(&mut k, Sys::MemInfo, [mem, 0, 0, 0, 0, 0]).1.rsi;
-    let vm = ok(&sys(&mut k, Sys::VmCreate, [mem, 0, 0, 0, 0, 0]).1);
+    let vm = ok(&sys(
+        &mut k,
+        Sys::VmCreate,
+        [mem, 0, abi::cap::slot::VMX, 0, 0, 0],
+    )
+    .1);
     let ept = |k: &Kernel<Model>| {
         k.vms
             .iter()
@@ -1361,12 +1383,25 @@ fn vmm_task(k: &mut Kernel<Model>, mem: u64) -> (u64, ThreadId, ThreadId) {
         [task, mem, Rights::all().bits(), 0, 0, 0],
     )
     .1);
+    // Init grants it the VMX capability (as the supervisor does for `needs=vmx`).
+    let vmx = ok(&sys(
+        k,
+        Sys::TaskGrant,
+        [task, abi::cap::slot::VMX, Rights::READ.bits(), 0, 0, 0],
+    )
+    .1);
     ok(&sys(k, Sys::TaskStart, [task, 0, 0, 0, 0, 0]).1);
     let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
     let Next::User(t) = next else {
         panic!("{next:?}")
     };
-    let vm = ok(&sys(k, Sys::VmCreate, [ram, 0, 0, 0, 0, 0]).1);
+    // Without the VMX capability a task creates no VM (VM and vCPU slots are global).
+    let (_, r) = sys(k, Sys::VmCreate, [ram, 0, 40, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::InvalidCap));
+    let (_, r) = sys(k, Sys::VmCreate, [ram, 0, ram, 0, 0, 0]);
+    assert_eq!(status(&r), Err(Error::WrongCapKind));
+    assert!(k.vms.iter().all(|s| s.obj.is_none()), "no VM was made");
+    let vm = ok(&sys(k, Sys::VmCreate, [ram, 0, vmx, 0, 0, 0]).1);
     let vcpu = ok(&sys(k, Sys::VcpuCreate, [vm, 0, 0, 0, 0, 0]).1);
     let ep = ok(&sys(k, Sys::EndpointCreate, [0; 6]).1);
     ok(&sys(k, Sys::VcpuPortal, [vcpu, 10, ep, MASK as u64, 0, 0]).1);
@@ -1408,7 +1443,12 @@ fn killing_the_vmm_task_destroys_its_vcpus_and_vms() {
     k.machine.ticks = 2;
     assert_eq!(k.on_tick(None), Next::User(sup));
     // A VM of its own again, after the slots were freed.
-    let vm = ok(&sys(&mut k, Sys::VmCreate, [mem, 0, 0, 0, 0, 0]).1);
+    let vm = ok(&sys(
+        &mut k,
+        Sys::VmCreate,
+        [mem, 0, abi::cap::slot::VMX, 0, 0, 0],
+    )
+    .1);
     ok(&sys(&mut k, Sys::VcpuCreate, [vm, 1, 0, 0, 0, 0]).1);
 }
 

@@ -50,7 +50,7 @@ pub fn creatable_vms() -> (u32, u32) {
     };
     let mut vms: Vec<CapSlot, 16> = Vec::new();
     while vms.len() < 16 {
-        match sys::vm_create(ram, 0) {
+        match sys::vm_create(ram, 0, crate::vmx()) {
             Ok(vm) => {
                 let _ = vms.push(vm);
             }

@@ -371,7 +371,7 @@ fn new_vm(flags: u64, ep: CapSlot) -> Result<FuzzVm, Error> {
         let at = CODE_GPA as usize;
         map.bytes_mut()[at..at + GUEST.len()].copy_from_slice(&GUEST);
     }
-    vm.vm = sys::vm_create(ram, flags)?;
+    vm.vm = sys::vm_create(ram, flags, crate::vmx())?;
     if flags & vm_flags::SHADOW != 0 {
         let pool = sys::mem_alloc(POOL_PAGES)?;
         vm.pool = Some(pool);

@@ -54,6 +54,7 @@ struct Caps {
     mmu: CapSlot,
     boot: CapSlot,
     spawn: CapSlot,
+    vmx: CapSlot,
 }
 
 static CAPS: spin::Once<Caps> = spin::Once::new();
@@ -80,6 +81,10 @@ fn boot() -> CapSlot {
 
 pub fn spawn() -> CapSlot {
     cap(|c| c.spawn)
+}
+
+pub fn vmx() -> CapSlot {
+    cap(|c| c.vmx)
 }
 /// Start-argument bit of the hostile child (the supervisor starts the fuzzer with its
 /// generation, a small number).
@@ -162,6 +167,7 @@ fn check_caps() -> Result<(), &'static str> {
             mmu: w.endpoint("mmu-service")?,
             boot: w.boot()?,
             spawn: w.spawn()?,
+            vmx: w.vmx()?,
         })
     })();
     match found {

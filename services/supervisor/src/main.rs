@@ -174,6 +174,9 @@ impl Registry {
                 let slot = if need == wiring::BOOT {
                     // Reading the boot modules and the command line: read-only, no grant.
                     sys::task_grant(task, slot::BOOT, Rights::READ)?
+                } else if need == wiring::VMX {
+                    // Creating VMs: the capability itself carries no rights to pass on.
+                    sys::task_grant(task, slot::VMX, Rights::READ)?
                 } else if need == wiring::SPAWN {
                     // Spawning tasks of its own (the fuzzer's hostile child): the capability
                     // itself carries no rights to pass on.
