@@ -18,4 +18,5 @@ pub mod rt;
 pub mod server;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tally;
 pub mod wiring;

@@ -34,7 +34,6 @@ mod messages;
 mod rng;
 mod syscalls;
 
-use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use abi::{CapSlot, Rights};
@@ -116,32 +115,13 @@ const PHASE_VM: u8 = 3;
 static WATCHDOG_EP: AtomicU64 = AtomicU64::new(abi::NO_CAP);
 static WATCHDOG_STACK: ThreadStack<16384> = ThreadStack::new();
 
-/// Counts and prints check results.
-pub struct Tally {
-    pub passed: u32,
-    pub failed: u32,
-}
-
-impl Tally {
-    pub fn check(&mut self, name: &str, ok: bool, detail: fmt::Arguments<'_>) {
-        if ok {
-            self.passed += 1;
-            userlib::println!("fuzz: ok   {name}");
-        } else {
-            self.failed += 1;
-            userlib::println!("fuzz: FAIL {name}: {detail}");
-        }
-    }
-}
+pub use userlib::tally::Tally;
 
 fn fuzz_main(arg: u64) {
     if arg & CHILD_ARG != 0 {
         child::run();
     }
-    let mut t = Tally {
-        passed: 0,
-        failed: 0,
-    };
+    let mut t = Tally::new("fuzz");
     if let Err(why) = fuzz(&mut t) {
         t.check("setup", false, format_args!("{why}"));
     }

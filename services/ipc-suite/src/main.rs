@@ -12,8 +12,6 @@ mod checks;
 mod concurrency;
 mod hostile;
 
-use core::fmt;
-
 use abi::CapSlot;
 use core::sync::atomic::{AtomicU64, Ordering};
 use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
@@ -30,23 +28,7 @@ pub fn echo() -> CapSlot {
     ECHO.load(Ordering::Relaxed)
 }
 
-/// Counts and prints check results.
-pub struct Tally {
-    pub passed: u32,
-    pub failed: u32,
-}
-
-impl Tally {
-    pub fn check(&mut self, name: &str, ok: bool, detail: fmt::Arguments<'_>) {
-        if ok {
-            self.passed += 1;
-            userlib::println!("ipc: ok   {name}");
-        } else {
-            self.failed += 1;
-            userlib::println!("ipc: FAIL {name}: {detail}");
-        }
-    }
-}
+pub use userlib::tally::Tally;
 
 fn suite_main(generation: u64) {
     userlib::println!("ipc: suite starting (generation {generation})");
@@ -54,10 +36,7 @@ fn suite_main(generation: u64) {
         Ok(ep) => ECHO.store(ep, Ordering::Relaxed),
         Err(e) => userlib::println!("ipc: no echo endpoint: {e}"),
     }
-    let mut t = Tally {
-        passed: 0,
-        failed: 0,
-    };
+    let mut t = Tally::new("ipc");
     checks::supervisor_protocol(&mut t);
     checks::echo_protocol(&mut t);
     checks::malformed(&mut t);
@@ -67,7 +46,7 @@ fn suite_main(generation: u64) {
     concurrency::concurrent_clients(&mut t);
     checks::crash_mid_call(&mut t);
     checks::restart_on_request(&mut t);
-    userlib::println!("ipc: {} passed, {} failed", t.passed, t.failed);
+    t.summary();
     let code = u32::from(t.failed > 0);
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&SupRequest::Shutdown { code });

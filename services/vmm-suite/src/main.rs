@@ -64,23 +64,7 @@ fn vmm() -> CapSlot {
 const GUEST_PASS: u32 = 0x21;
 const MIB: u64 = 1 << 20;
 
-struct Tally {
-    name: &'static str,
-    passed: u32,
-    failed: u32,
-}
-
-impl Tally {
-    fn check(&mut self, what: &str, ok: bool, detail: fmt::Arguments<'_>) {
-        if ok {
-            self.passed += 1;
-            userlib::println!("{}: ok   {what}", self.name);
-        } else {
-            self.failed += 1;
-            userlib::println!("{}: FAIL {what}: {detail}", self.name);
-        }
-    }
-}
+use userlib::tally::Tally;
 
 fn scenario() -> String<32> {
     let mut buf = [0u8; 256];
@@ -637,11 +621,7 @@ fn suite_main(generation: u64) {
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
-    let mut t = Tally {
-        name,
-        passed: 0,
-        failed: 0,
-    };
+    let mut t = Tally::new(name);
     match name {
         "vmm" => vmm_suite(&mut t),
         "shadow" => shadow_suite(&mut t),
@@ -665,7 +645,7 @@ fn suite_main(generation: u64) {
             passing_guest(&mut t, "demo guest ran and exited cleanly", &cfg);
         }
     }
-    userlib::println!("{name}: {} passed, {} failed", t.passed, t.failed);
+    t.summary();
     let code = u32::from(t.failed > 0);
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&SupRequest::Shutdown { code });
