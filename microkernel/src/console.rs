@@ -33,7 +33,7 @@ static MIRROR_E9: AtomicBool = AtomicBool::new(false);
 static FIFO_DEPTH: AtomicUsize = AtomicUsize::new(1);
 /// What COM1 has still to send.
 static TX: Mutex<Deque<u8, TX_BYTES>> = Mutex::new(Deque::new());
-const TX_BYTES: usize = 16 * 1024;
+const TX_BYTES: usize = 256 * 1024;
 
 /// The screen console: the text state and the framebuffer's pixels (through the direct map).
 struct Screen {

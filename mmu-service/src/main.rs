@@ -75,8 +75,12 @@ fn mmu_main(generation: u64) {
         .and_then(sys::heap::init_with)
     {
         Ok(()) => {
-            // The decoder's tables, built once, before any guest waits on them.
-            mmu_service::emulate::init();
+            // The decoder's tables (some 2,000 allocations), built before any guest waits on
+            // them; a restarted instance leaves them to its first emulated write, so that the
+            // guests it serves run again sooner (EPT guests never need them).
+            if generation == 1 {
+                mmu_service::emulate::init();
+            }
             true
         }
         Err(e) => {
