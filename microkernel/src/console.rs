@@ -97,18 +97,23 @@ fn wait_fifo_empty() {
     }
 }
 
+/// Moves up to a FIFO's worth of the ring into the UART (whose FIFO the caller saw empty).
+fn burst(tx: &mut Deque<u8, TX_BYTES>) {
+    for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
+        match tx.pop_front() {
+            Some(b) => outb(COM1, b),
+            None => break,
+        }
+    }
+}
+
 /// Moves what the ring holds into the UART as far as its FIFO is empty now; never waits.
 pub fn pump() {
     let Some(mut tx) = TX.try_lock() else {
         return; // a print is under way and pumps itself
     };
     if !tx.is_empty() && inb(COM1 + 5) & LSR_THR_EMPTY != 0 {
-        for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
-            match tx.pop_front() {
-                Some(b) => outb(COM1, b),
-                None => break,
-            }
-        }
+        burst(&mut tx);
     }
 }
 
@@ -116,12 +121,7 @@ pub fn pump() {
 fn flush(tx: &mut Deque<u8, TX_BYTES>) {
     while !tx.is_empty() {
         wait_fifo_empty();
-        for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
-            match tx.pop_front() {
-                Some(b) => outb(COM1, b),
-                None => break,
-            }
-        }
+        burst(tx);
     }
 }
 
@@ -186,12 +186,7 @@ impl Buffered<'_> {
         if self.0.is_full() {
             // Full: wait for the UART to take a FIFO's worth.
             wait_fifo_empty();
-            for _ in 0..FIFO_DEPTH.load(Ordering::Relaxed) {
-                match self.0.pop_front() {
-                    Some(x) => outb(COM1, x),
-                    None => break,
-                }
-            }
+            burst(self.0);
         }
         let _ = self.0.push_back(b);
     }

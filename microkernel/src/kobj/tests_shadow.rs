@@ -131,11 +131,7 @@ fn fault_and_set_root(k: &mut Kernel<Model>, r: &Running, root: u64) -> Next {
         ..ExitReply::default()
     };
     // Reply and wait for the next exit, as the MMU service does.
-    let mut buf = [0u8; ExitReply::MAX_SIZE];
-    let n = reply.encode(&mut buf).unwrap();
-    write_user(k, r.server, DATA, &buf[..n]);
-    let a = [r.server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
-    sys(k, Sys::ReplyRecv, a).0
+    reply_recv(k, r, &reply)
 }
 
 #[test]
@@ -196,17 +192,18 @@ fn a_restarted_mmu_service_registers_again_and_no_vcpu_keeps_an_old_root() {
     assert_eq!(next, Next::User(server2));
     let (again, _) = received(k, server2);
     assert_eq!(again, first, "the same exit, once more");
+    let r2 = Running {
+        server: server2,
+        server_ep,
+        ..r
+    };
     let answer = |k: &mut Kernel<Model>, root: u64| {
         let reply = ExitReply {
             flags: reply::SET_SHADOW_CR3,
             shadow_cr3: root,
             ..ExitReply::default()
         };
-        let mut buf = [0u8; ExitReply::MAX_SIZE];
-        let n = reply.encode(&mut buf).unwrap();
-        write_user(k, server2, DATA, &buf[..n]);
-        let a = [server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
-        sys(k, Sys::ReplyRecv, a).0
+        reply_recv(k, &r2, &reply)
     };
     assert_eq!(answer(k, new_pool + PAGE_SIZE), Next::Guest(v.vt));
     assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), new_pool + PAGE_SIZE);
