@@ -22,6 +22,8 @@ pub mod slot {
     pub const BOOT: CapSlot = FIRST_GRANTED;
     /// The first task's [`crate::CapKind::Vmx`] capability (its second granted slot).
     pub const VMX: CapSlot = FIRST_GRANTED + 1;
+    /// The first task's [`crate::CapKind::Trace`] capability (its third granted slot).
+    pub const TRACE: CapSlot = FIRST_GRANTED + 2;
 }
 
 /// Number of slots in every task's table.
@@ -46,6 +48,9 @@ pub enum CapKind {
     /// the services that run guests. VM and vCPU slots are global; without it any task
     /// could take them all.
     Vmx = 10,
+    /// Reads the exit trace rings ([`crate::Sys::TraceAttach`], [`crate::Sys::TraceAck`]):
+    /// the kernel gives it to the first task, which grants it to the trace service.
+    Trace = 11,
 }
 
 impl CapKind {
@@ -61,6 +66,7 @@ impl CapKind {
             CapKind::Vcpu,
             CapKind::Boot,
             CapKind::Vmx,
+            CapKind::Trace,
         ]
         .into_iter()
         .find(|k| *k as u64 == v)

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod error;
 pub mod ipc;
 pub mod syscall;
+pub mod trace;
 pub mod vmx;
 
 pub use cap::{CapKind, CapSlot, Rights, NO_CAP};
@@ -48,6 +49,7 @@ pub mod scenario {
     pub const FUZZ: &str = "fuzz";
     pub const MMU_RESTART: &str = "mmu-restart";
     pub const FUZZ_VM: &str = "fuzz-vm";
+    pub const TRACE: &str = "trace";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -102,6 +104,10 @@ pub mod scenario {
         (
             FUZZ_VM,
             "VM fuzzing: random exit replies from a hostile handler, guests running random code and random page tables",
+        ),
+        (
+            TRACE,
+            "exit tracing: per-reason latency tables of an EPT and a shadow guest, counts checked against the VMM and MMU service, a trace-service restart",
         ),
     ];
 

@@ -147,6 +147,18 @@ pub enum Sys {
     /// of the VM goes back to the VM's empty root, so none enters the guest on a table the new
     /// instance did not build. [`crate::Error::InvalidArgument`] for an EPT VM.
     VmSetShadow = 103,
+    /// `(trace, notification) -> (ring)`: needs the [`crate::CapKind::Trace`] capability
+    /// `trace`. Binds `notification` (WRITE) as the one the kernel signals when the exit
+    /// trace ring fills ([`crate::trace::WAKE_AT`]; a later attach replaces it) and returns a
+    /// new read-only memory capability to the ring ([`crate::trace`] is its layout).
+    TraceAttach = 104,
+    /// `(trace, tail)`: the reader has consumed the ring's records up to `tail` (a `head`
+    /// it read): their slots may be written again. `tail` must lie between the last
+    /// acknowledged value and `head` ([`crate::Error::InvalidArgument`] otherwise).
+    TraceAck = 105,
+    /// `(vm, on) -> (trace id)`: switches the tracing of the VM's exits on (`on` = 1) or
+    /// off (0); returns the VM's trace id, the `vm` field of its records.
+    VmTrace = 106,
 }
 
 impl Sys {
@@ -197,6 +209,9 @@ impl Sys {
         Sys::VcpuState,
         Sys::VcpuRun,
         Sys::VmSetShadow,
+        Sys::TraceAttach,
+        Sys::TraceAck,
+        Sys::VmTrace,
     ];
 
     /// Decodes a syscall number (a jump table, not a search: this is on every syscall).
@@ -247,6 +262,9 @@ impl Sys {
             101 => Sys::VcpuState,
             102 => Sys::VcpuRun,
             103 => Sys::VmSetShadow,
+            104 => Sys::TraceAttach,
+            105 => Sys::TraceAck,
+            106 => Sys::VmTrace,
             _ => return None,
         })
     }
