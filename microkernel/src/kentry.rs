@@ -69,7 +69,10 @@ fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
             uspace::activate(space);
             regs
         }),
-        Next::Guest(t) => k.enter_guest(|k| k.guest_context(t)),
+        Next::Guest(t) => k.enter_guest(|k| {
+            k.trace_entry(t);
+            k.guest_context(t)
+        }),
         Next::MachineExit(code) => {
             drop(k);
             crate::scenario::exit(match code {
@@ -206,6 +209,7 @@ pub fn irq_in_kernel(_vector: u8) {
 
 /// A VM exit: the guest's general-purpose registers are in `regs`.
 pub fn vm_exit(regs: &mut UserRegs) -> ! {
+    let tsc = crate::arch::cpu::rdtsc();
     let reason = vmx::read_current(abi::vmx::field::EXIT_REASON) as u32;
     let mut k = KERNEL.enter();
     let Some(t) = k.current else {
@@ -228,7 +232,7 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
         let real = vmx::acknowledge_exit_interrupt(info);
-        k.count_exit(t, reason);
+        k.count_exit(t, reason, tsc);
         let next = if real { k.on_tick(None) } else { k.schedule() };
         resume(k, next)
     }
@@ -236,6 +240,7 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         reason,
         qualification: vmx::read_current(abi::vmx::field::EXIT_QUALIFICATION),
         instruction_len: vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
+        tsc,
     };
     let next = k.on_vm_exit(exit);
     if reason & 0xffff == abi::vmx::reason::PREEMPTION_TIMER {

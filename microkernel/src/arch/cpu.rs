@@ -70,3 +70,11 @@ pub fn halt_forever() -> ! {
         x86_64::instructions::hlt();
     }
 }
+
+/// The time-stamp counter (exit trace records; not serialised: the stamps measure paths of
+/// hundreds of instructions or more).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter; CR4.TSD only restricts it in ring 3.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

@@ -111,6 +111,10 @@ impl<M: Machine> Kernel<M> {
     /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its
     /// capability. Returns `to`'s syscall result.
     fn transfer(&mut self, from: ThreadId, to: ThreadId) -> Result<[u64; 4], (Error, u64)> {
+        if self.thread(from).vcpu.is_some() {
+            // An exit message reaches its handler.
+            self.trace_received(from);
+        }
         if self.thread(to).vcpu.is_some() {
             // A reply to an exit message: the kernel keeps it for `vcpu_prepare` (only the
             // bytes; a grant to a vCPU is dropped).

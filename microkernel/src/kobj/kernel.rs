@@ -70,6 +70,10 @@ pub struct Kernel<M: Machine> {
     pub fast_ipc: bool,
     /// The first task (the supervisor): its objects are not counted against a quota.
     pub(crate) init_task: Option<u16>,
+    /// The exit trace ring.
+    pub trace: super::trace::TraceRing,
+    /// The trace id the next VM gets (its `vm` in trace records).
+    pub(crate) next_vm_trace_id: u32,
 }
 
 impl<M: Machine> Kernel<M> {
@@ -89,6 +93,8 @@ impl<M: Machine> Kernel<M> {
             exit_code: None,
             fast_ipc: true,
             init_task: None,
+            trace: super::trace::TraceRing::new(),
+            next_vm_trace_id: 1,
         }
     }
 
@@ -338,7 +344,7 @@ impl<M: Machine> Kernel<M> {
                 }
             }
             CapKind::Vm | CapKind::Vcpu => self.destroy_vm_object(r),
-            CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx => {}
+            CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx | CapKind::Trace => {}
         }
     }
 
@@ -351,7 +357,9 @@ impl<M: Machine> Kernel<M> {
             CapKind::Task => slot_get(&self.tasks, r).is_some(),
             CapKind::Vm => slot_get(&self.vms, r).is_some(),
             CapKind::Vcpu => slot_get(&self.vcpus, r).is_some(),
-            CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx => true,
+            CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx | CapKind::Trace => {
+                true
+            }
         }
     }
 
@@ -843,6 +851,14 @@ impl<M: Machine> Kernel<M> {
         caps.insert_at(slot::MACHINE, machine);
         caps.insert_at(slot::BOOT, boot);
         caps.insert_at(slot::VMX, vmx);
+        let trace = Cap {
+            obj: ObjRef {
+                kind: CapKind::Trace,
+                ..spawn.obj
+            },
+            ..boot
+        };
+        caps.insert_at(slot::TRACE, trace);
         let t = self.task(ti).main_thread;
         self.make_ready(t);
         Ok(ti)

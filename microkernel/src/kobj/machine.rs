@@ -161,4 +161,6 @@ pub trait Machine {
     fn console_write(&mut self, task: &str, bytes: &[u8]);
     /// Timer ticks since boot and the tick rate.
     fn clock(&self) -> (u64, u64);
+    /// The time-stamp counter (exit trace records).
+    fn tsc(&self) -> u64;
 }

@@ -13,6 +13,7 @@ pub mod queue;
 pub mod regs;
 pub mod shadow;
 mod syscalls;
+pub mod trace;
 pub mod vm;
 
 pub use kernel::{Kernel, Next};
@@ -26,5 +27,7 @@ mod tests_invariants;
 mod tests_shadow;
 #[cfg(test)]
 mod tests_syscall_props;
+#[cfg(test)]
+mod tests_trace;
 #[cfg(test)]
 mod tests_vm;

@@ -145,6 +145,9 @@ impl<M: Machine> Kernel<M> {
             Sys::VcpuState => self.sys_vcpu_state(a),
             Sys::VcpuRun => self.sys_vcpu_run(a[0]),
             Sys::VmSetShadow => self.sys_vm_set_shadow(a),
+            Sys::TraceAttach => self.sys_trace_attach(a[0], a[1]),
+            Sys::TraceAck => self.sys_trace_ack(a[0], a[1]),
+            Sys::VmTrace => self.sys_vm_trace(a[0], a[1]),
             Sys::KernelCmdline => {
                 self.cap(a[2], CapKind::Boot, Rights::READ).map_err(err)?;
                 let mut tmp = [0u8; 256];
@@ -415,16 +418,23 @@ impl<M: Machine> Kernel<M> {
         let cap = self
             .cap(slot, CapKind::Notification, Rights::WRITE)
             .map_err(err)?;
-        let n = slot_get_mut(&mut self.notifications, cap.obj).expect("alive");
+        self.signal_object(cap.obj, bits);
+        Ok(Some([0; 4]))
+    }
+
+    /// Sets `bits` in notification `r` (if it lives) and wakes its first waiter.
+    pub(crate) fn signal_object(&mut self, r: ObjRef, bits: u64) {
+        let Some(n) = slot_get_mut(&mut self.notifications, r) else {
+            return;
+        };
         n.bits |= bits;
         if n.bits != 0 {
             if let Some(w) = n.waiters.pop_front(&mut self.threads) {
-                let n = slot_get_mut(&mut self.notifications, cap.obj).expect("alive");
-                let got = core::mem::take(&mut n.bits);
+                let got = slot_get_mut(&mut self.notifications, r)
+                    .map_or(0, |n| core::mem::take(&mut n.bits));
                 self.complete(w, Ok([got, 0, 0, 0]));
             }
         }
-        Ok(Some([0; 4]))
     }
 
     fn sys_wait(&mut self, slot: u64, block: bool) -> SysResult {

@@ -27,6 +27,8 @@ pub(super) struct Model {
     pub(super) spaces_live: i64,
     frames_live: i64,
     pub(super) vmx: bool,
+    /// The model's time-stamp counter: every read moves it on by 10.
+    pub(super) tsc: std::cell::Cell<u64>,
     /// Calls that changed the machine (memory, mappings, frames, console, EPT, VMCS): what
     /// the property test compares around a failed syscall.
     pub(super) mutations: u64,
@@ -164,6 +166,10 @@ impl Machine for Model {
     }
     fn clock(&self) -> (u64, u64) {
         (self.ticks, 100)
+    }
+    fn tsc(&self) -> u64 {
+        self.tsc.set(self.tsc.get() + 10);
+        self.tsc.get()
     }
     fn read_phys(&self, phys: u64, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {

@@ -40,7 +40,7 @@ fn slot_state(k: &Kernel<Model>, r: ObjRef) -> Option<(u32, bool)> {
         CapKind::Task => of(&k.tasks, r.index),
         CapKind::Vm => of(&k.vms, r.index),
         CapKind::Vcpu => of(&k.vcpus, r.index),
-        CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx => {
+        CapKind::Spawn | CapKind::Machine | CapKind::Boot | CapKind::Vmx | CapKind::Trace => {
             (r.index == 0 && r.generation == 0).then_some((0, true))
         }
     }
@@ -250,6 +250,22 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
             );
         }
     }
+
+    // The exit trace ring: the kernel's own reference.
+    if let Some((mem, phys)) = k.trace.mem {
+        ensure!(check_ref(k, mem, "the trace ring")?, "the trace ring: gone");
+        ensure!(
+            slot_get(&k.memory, mem).is_some_and(|m| m.phys == phys && m.owner.is_none()),
+            "the trace ring's memory object changed"
+        );
+        count(mem);
+    }
+    ensure!(
+        k.trace.tail <= k.trace.head && k.trace.head - k.trace.tail <= abi::trace::CAPACITY as u64,
+        "trace ring: tail {} head {}",
+        k.trace.tail,
+        k.trace.head
+    );
 
     // Reference counts: what each object counts is what names it, and no object lives
     // without a reference.

@@ -198,6 +198,9 @@ fn signature(n: u64) -> Vec<Kind> {
         Sys::VcpuState => vec![Cap(CapKind::Vcpu), Ptr, Small(5), Small(2)],
         Sys::VcpuRun => vec![Cap(CapKind::Vcpu)],
         Sys::VmSetShadow => vec![Cap(CapKind::Vm), Cap(CapKind::Memory), ep],
+        Sys::TraceAttach => vec![Cap(CapKind::Trace), Cap(CapKind::Notification)],
+        Sys::TraceAck => vec![Cap(CapKind::Trace), Small(4)],
+        Sys::VmTrace => vec![Cap(CapKind::Vm), Small(3)],
     }
 }
 
@@ -234,7 +237,7 @@ enum Op {
 const SEQUENCE: usize = 100;
 
 /// Unknown syscall numbers.
-const UNKNOWN: [u64; 5] = [8, 21, 104, 0x1_0000_0000, u64::MAX];
+const UNKNOWN: [u64; 5] = [8, 21, 120, 0x1_0000_0000, u64::MAX];
 
 fn op() -> impl Strategy<Value = Op> {
     let n = Sys::ALL.len() + UNKNOWN.len();
@@ -436,11 +439,13 @@ fn settle(k: &mut Kernel<Model>, mut next: Next, exit: u8) -> Result<Option<Thre
                 reason: 1 << 31 | reason::INVALID_GUEST_STATE,
                 qualification: 0,
                 instruction_len: 0,
+                tsc: 0,
             }),
             Next::Guest(_) => k.on_vm_exit(VmExit {
                 reason: reasons[(exit as usize + round) % reasons.len()],
                 qualification: u64::from(exit),
                 instruction_len: 2,
+                tsc: 0,
             }),
             Next::Idle => {
                 let sleeping = k
@@ -739,6 +744,7 @@ fn a_vcpu_stops_when_the_thread_running_it_ends() {
         reason: reason::HLT,
         qualification: 0,
         instruction_len: 1,
+        tsc: 0,
     };
     let next = k.on_vm_exit(hlt);
     settle(&mut k, next, 0).unwrap();

@@ -213,10 +213,12 @@ pub(super) fn exit(
     // As `kentry::vm_exit` does: the launch state first, then the exit's handling.
     let t = k.current.expect("a guest is running");
     k.vm_exited(t, reason);
+    let tsc = k.machine.tsc();
     k.on_vm_exit(VmExit {
         reason,
         qualification,
         instruction_len,
+        tsc,
     })
 }
 

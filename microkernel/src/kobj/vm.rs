@@ -61,6 +61,9 @@ pub struct Vm<E> {
     /// `Some` for a shadow-paged VM (the EPT is then unused).
     pub shadow: Option<ShadowVm>,
     pub refs: u32,
+    /// Its id in exit trace records, and whether its exits are traced ([`abi::Sys::VmTrace`]).
+    pub trace_id: u32,
+    pub traced: bool,
 }
 
 /// What a vCPU is doing.
@@ -108,6 +111,9 @@ pub struct Vcpu<V> {
     /// ([`stop::BAD_REPLY`] for a reply's event, [`stop::ENTRY_FAILED`] for `VcpuState`).
     pub check_event: Option<u64>,
     pub refs: u32,
+    /// Its VM's trace id while the VM is traced, and the record of the exit being handled.
+    pub trace: Option<u32>,
+    pub trace_record: Option<abi::trace::Record>,
 }
 
 /// An exit as the machine reports it.
@@ -116,6 +122,8 @@ pub struct VmExit {
     pub reason: u32,
     pub qualification: u64,
     pub instruction_len: u64,
+    /// The time-stamp counter at the exit.
+    pub tsc: u64,
 }
 
 impl<M: Machine> Kernel<M> {
@@ -207,9 +215,12 @@ impl<M: Machine> Kernel<M> {
                 ept,
                 shadow,
                 refs: 0,
+                trace_id: self.next_vm_trace_id,
+                traced: false,
             },
         )
         .expect("checked for a free slot");
+        self.next_vm_trace_id = self.next_vm_trace_id.wrapping_add(1).max(1);
         self.acquire(cap.obj);
         let vm = ObjRef {
             kind: CapKind::Vm,
@@ -327,6 +338,7 @@ impl<M: Machine> Kernel<M> {
         let prio = self.thread(self.current.expect("current")).prio;
         let vm = slot_get(&self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
         let shadow = vm.shadow;
+        let trace = vm.traced.then_some(vm.trace_id);
         let hw = self
             .machine
             .vmcs_new(&vm.ept, id as u16, shadow.is_some())
@@ -357,6 +369,8 @@ impl<M: Machine> Kernel<M> {
                 run_start: 0,
                 check_event: None,
                 refs: 0,
+                trace,
+                trace_record: None,
             },
         )
         .expect("checked for a free slot");
@@ -761,11 +775,13 @@ impl<M: Machine> Kernel<M> {
             }
             v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
         }
+        self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
             return self.schedule();
         }
         if reason::KERNEL_HANDLED.contains(&basic) {
+            self.trace_kernel_handled(vi);
             // The run's slice ended (or a host interrupt the machine already took): counted,
             // and the vCPU stays runnable.
             return self.schedule();
@@ -778,6 +794,7 @@ impl<M: Machine> Kernel<M> {
             .unwrap_or(Portal::None);
         match portal {
             Portal::Reflect => {
+                self.trace_kernel_handled(vi);
                 self.reflect(vi, basic, exit.instruction_len);
                 self.schedule()
             }
@@ -798,12 +815,15 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
-    /// Counts an exit the machine handled itself (an external interrupt).
-    pub fn count_exit(&mut self, t: ThreadId, reason: u32) {
+    /// Counts (and traces) an exit the machine handled itself (an external interrupt) at
+    /// time-stamp `tsc`.
+    pub fn count_exit(&mut self, t: ThreadId, reason: u32, tsc: u64) {
         if let Some(vi) = self.vcpu_of(t) {
             if let Some(n) = self.vcpu_mut(vi).exits.get_mut((reason & 0xffff) as usize) {
                 *n = n.saturating_add(1);
             }
+            self.trace_exit(vi, reason, 0, tsc);
+            self.trace_kernel_handled(vi);
         }
     }
 
@@ -1227,6 +1247,7 @@ impl<M: Machine> Kernel<M> {
 
     /// Stops a vCPU and answers the thread waiting in `VcpuRun`.
     pub(crate) fn vcpu_stop(&mut self, vi: u16, code: u64) {
+        self.trace_stopped(vi);
         let (t, runner, last) = {
             let v = self.vcpu_mut(vi);
             v.run = VcpuRun::Stopped;
@@ -1249,6 +1270,9 @@ impl<M: Machine> Kernel<M> {
     /// Records the outcome of the vCPU thread's pending exit call (instead of writing
     /// syscall results into guest registers).
     pub(crate) fn vcpu_call_done(&mut self, vi: u16, result: Result<(), Error>) {
+        if result.is_ok() {
+            self.trace_replied(vi);
+        }
         self.vcpu_mut(vi).call_result = Some(result);
     }
 

@@ -567,6 +567,11 @@ impl Machine for KernelMachine {
         (timer::ticks(), timer::HZ)
     }
 
+    #[inline]
+    fn tsc(&self) -> u64 {
+        crate::arch::cpu::rdtsc()
+    }
+
     fn read_phys(&self, phys: u64, out: &mut [u8]) {
         // SAFETY: callers name guest RAM, frames of a memory object, mapped in the direct
         // map; the bytes are copied out, no reference is kept.
