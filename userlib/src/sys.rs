@@ -1071,6 +1071,69 @@ impl Drop for Mapping {
     }
 }
 
+/// A memory object another party writes while this task reads it (the kernel's exit trace
+/// ring), mapped read-only until the value is dropped. No slice of it is ever handed out:
+/// every read is volatile, so a value written since the last read is seen.
+pub struct SharedRead {
+    mem: CapSlot,
+    vaddr: u64,
+    len: usize,
+}
+
+impl SharedRead {
+    /// Maps all of `mem` read-only at `vaddr`.
+    pub fn new(mem: CapSlot, vaddr: u64) -> Result<SharedRead, Error> {
+        let (pages, _) = mem_info(mem)?;
+        mem_map(mem, vaddr, Rights::READ)?;
+        Ok(SharedRead {
+            mem,
+            vaddr,
+            len: (pages * 4096) as usize,
+        })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `out.len()` bytes from `offset` with volatile reads; `None` (nothing read) when
+    /// the range is not inside the mapping.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Option<()> {
+        let end = offset.checked_add(out.len())?;
+        if end > self.len {
+            return None;
+        }
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `offset + i < len`: the byte is mapped readable while `self` lives.
+            *b = unsafe { core::ptr::read_volatile((self.vaddr as usize + offset + i) as *const u8) };
+        }
+        Some(())
+    }
+
+    /// The little-endian u64 at `offset` (8-aligned: one volatile load).
+    pub fn read_u64(&self, offset: usize) -> Option<u64> {
+        if offset % 8 != 0 || offset.checked_add(8)? > self.len {
+            return None;
+        }
+        // SAFETY: aligned and inside the readable mapping (checked above).
+        Some(u64::from_le(unsafe {
+            core::ptr::read_volatile((self.vaddr as usize + offset) as *const u64)
+        }))
+    }
+}
+
+impl Drop for SharedRead {
+    fn drop(&mut self) {
+        // SAFETY: no reference into the mapping exists (reads copy out).
+        let _ = unsafe { mem_unmap(self.mem, self.vaddr) };
+    }
+}
+
 /// Maps memory object `mem` read-only at `vaddr`, runs `f` over its bytes, and unmaps it.
 pub fn with_mapped_read<R>(
     mem: CapSlot,
@@ -1229,6 +1292,24 @@ pub fn vm_map_ram(vm: CapSlot, gpa: u64, pages: u64, rights: Rights) -> Result<(
 /// Removes EPT mappings of `[gpa, gpa + pages * 4 KiB)`.
 pub fn vm_unmap(vm: CapSlot, gpa: u64, pages: u64) -> Result<(), Error> {
     plain(Sys::VmUnmap, [vm, gpa, pages, 0, 0]).map(drop)
+}
+
+/// Switches the tracing of `vm`'s exits on or off; returns the VM's trace id (the `vm` of
+/// its records in the exit trace ring, [`abi::trace`]).
+pub fn vm_trace(vm: CapSlot, on: bool) -> Result<u32, Error> {
+    plain(Sys::VmTrace, [vm, u64::from(on), 0, 0, 0]).map(|r| r[0] as u32)
+}
+
+/// Binds `ntfn` as the notification the kernel signals when the exit trace ring fills, and
+/// returns a read-only memory capability to the ring; needs the trace capability `trace`
+/// ([`abi::CapKind::Trace`]).
+pub fn trace_attach(trace: CapSlot, ntfn: CapSlot) -> Result<CapSlot, Error> {
+    plain(Sys::TraceAttach, [trace, ntfn, 0, 0, 0]).map(|r| r[0])
+}
+
+/// Tells the kernel the ring's records before `tail` are read.
+pub fn trace_ack(trace: CapSlot, tail: u64) -> Result<(), Error> {
+    plain(Sys::TraceAck, [trace, tail, 0, 0, 0]).map(drop)
 }
 
 /// A new vCPU of `vm`; exit messages carry `id`.

@@ -25,6 +25,8 @@ pub const BOOT: &str = "boot";
 pub const SPAWN: &str = "spawn";
 /// The `needs=` name of the VMX capability (a service that creates VMs).
 pub const VMX: &str = "vmx";
+/// The `needs=` name of the exit trace ring's capability (the trace service).
+pub const TRACE_RING: &str = "trace-ring";
 
 /// Why a service cannot have the capability it asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +119,11 @@ impl Wiring {
     /// The VMX capability (`needs=vmx`).
     pub fn vmx(&self) -> Result<CapSlot, WiringError> {
         self.slot(VMX, CapKind::Vmx, kind_of)
+    }
+
+    /// The exit trace ring's capability (`needs=trace-ring`).
+    pub fn trace_ring(&self) -> Result<CapSlot, WiringError> {
+        self.slot(TRACE_RING, CapKind::Trace, kind_of)
     }
 }
 

@@ -9,13 +9,15 @@
 //!
 //! Capabilities (manifest `needs=mmu-service,boot,vmx`, taken by name through
 //! `userlib::wiring`): its own endpoint, the MMU service's, the boot capability (reads the
-//! guest images) and the VMX capability (creates VMs).
+//! guest images) and the VMX capability (creates VMs); and, when the manifest wires it
+//! (`needs=...,trace`), the trace service's endpoint for VMs run with `VmConfig::trace`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
 mod exits;
 mod isolation;
 mod setup;
+mod tracing;
 
 use abi::ipc::MAX_PAYLOAD;
 use abi::CapSlot;
@@ -34,6 +36,8 @@ struct Caps {
     mmu: CapSlot,
     boot: CapSlot,
     vmx: CapSlot,
+    /// The trace service, if the manifest wires it.
+    trace: Option<CapSlot>,
 }
 
 static CAPS: spin::Once<Caps> = spin::Once::new();
@@ -48,6 +52,11 @@ fn boot() -> CapSlot {
     CAPS.get().map_or(abi::NO_CAP, |c| c.boot)
 }
 
+/// The trace service's endpoint, if wired.
+fn trace_service() -> Option<CapSlot> {
+    CAPS.get().and_then(|c| c.trace)
+}
+
 /// The VMX capability: creates VMs.
 fn vmx() -> CapSlot {
     CAPS.get().map_or(abi::NO_CAP, |c| c.vmx)
@@ -59,6 +68,7 @@ fn vmm_main(generation: u64) {
             mmu: w.endpoint("mmu-service")?,
             boot: w.boot()?,
             vmx: w.vmx()?,
+            trace: w.endpoint("trace").ok(),
         })
     });
     match caps {

@@ -125,6 +125,7 @@ impl Held {
 pub struct Prepared {
     detach: Detach,
     _held: Held,
+    pub vm: CapSlot,
     pub vcpu: CapSlot,
     pub ram: CapSlot,
     pub ram_bytes: u64,
@@ -153,6 +154,11 @@ impl Prepared {
 /// Runs a VM to its end.
 pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     let vm = prepare(cfg, exit_ep, &[])?;
+    let tracing = if cfg.trace {
+        Some(crate::tracing::start(cfg.name.as_str(), vm.vm)?)
+    } else {
+        None
+    };
     userlib::println!(
         "vmm: {}: starting {} ({} MiB RAM, {:?}, entry {:#x})",
         cfg.name.as_str(),
@@ -166,6 +172,9 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     let outcome = exits::end();
     let stopped = run.map_err(kernel)?;
     let mut summary = summarize(cfg, vm.vcpu, &stopped, outcome);
+    summary.trace = tracing.as_ref().map(|t| t.vm);
+    // Stopped before the answer goes out: the trace service has every record of the run.
+    drop(tracing);
     if vm.shadow {
         summary.shadow = shadow_stats(vm.detach.handle);
         if let Some(s) = &summary.shadow {
@@ -343,6 +352,7 @@ pub fn prepare(
     Ok(Prepared {
         detach,
         _held: held,
+        vm,
         vcpu,
         ram,
         ram_bytes,
@@ -513,6 +523,7 @@ pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOut
         exits,
         total_exits: total,
         shadow: None,
+        trace: None,
     };
     print_summary(cfg.name.as_str(), &summary);
     summary

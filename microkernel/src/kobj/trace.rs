@@ -49,6 +49,12 @@ impl TraceRing {
     }
 }
 
+impl Default for TraceRing {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 // `write_ring_counters` writes head, dropped and tail in one go.
 const _: () = assert!(header::DROPPED == header::HEAD + 8 && header::TAIL == header::HEAD + 16);
 

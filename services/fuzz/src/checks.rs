@@ -104,6 +104,7 @@ fn invalid_vm() -> VmConfig {
         mmu: MmuMode::Ept,
         benchmark: false,
         time_limit_ms: 0,
+        trace: false,
     }
 }
 

@@ -90,6 +90,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             mmu,
             benchmark: false,
             time_limit_ms: TIME_LIMIT_MS,
+            trace: false,
         };
         let r = client::<Vmm>(vmm()).call(&vmm::Request::RunVm { config });
         PROGRESS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -132,6 +133,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             mmu,
             benchmark: false,
             time_limit_ms: 0,
+            trace: false,
         };
         let r = client::<Vmm>(vmm()).call(&vmm::Request::RunVm { config });
         let ok = matches!(&r, Ok(vmm::Response::Finished(s))

@@ -249,6 +249,7 @@ impl Fuzzed for Vmm {
             mmu,
             benchmark: rng.chance(1, 2),
             time_limit_ms: rng.pick(&[0, 1, 1000, rng.next() as u32]),
+            trace: rng.chance(1, 4),
         };
         vmm::Request::RunVm { config }
     }

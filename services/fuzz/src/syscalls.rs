@@ -273,7 +273,13 @@ impl SyscallFuzz<'_> {
                 a[2] = self.rng.below(1024);
                 a[3] = rights;
             }
-            Sys::VcpuCreate | Sys::VcpuPortal | Sys::VcpuState | Sys::VmSetShadow => {
+            Sys::VcpuCreate
+            | Sys::VcpuPortal
+            | Sys::VcpuState
+            | Sys::VmSetShadow
+            | Sys::VmTrace
+            | Sys::TraceAttach
+            | Sys::TraceAck => {
                 a[0] = self.slot();
                 a[1] = self.any();
                 a[2] = self.slot();

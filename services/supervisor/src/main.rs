@@ -177,6 +177,9 @@ impl Registry {
                 } else if need == wiring::VMX {
                     // Creating VMs: the capability itself carries no rights to pass on.
                     sys::task_grant(task, slot::VMX, Rights::READ)?
+                } else if need == wiring::TRACE_RING {
+                    // Reading the exit trace ring: no rights to pass on.
+                    sys::task_grant(task, slot::TRACE, Rights::READ)?
                 } else if need == wiring::SPAWN {
                     // Spawning tasks of its own (the fuzzer's hostile child): the capability
                     // itself carries no rights to pass on.

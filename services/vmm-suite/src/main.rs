@@ -90,6 +90,7 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         mmu: MmuMode::Ept,
         benchmark: false,
         time_limit_ms: 0,
+        trace: false,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// `0x0002_0003`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
@@ -118,6 +118,10 @@ pub struct VmConfig {
     /// The most milliseconds the run may last (0: no limit); a guest still running then is
     /// stopped ([`VmResult::TimeLimit`]), whether or not it exits.
     pub time_limit_ms: u32,
+    /// Trace the VM's exits with the trace service (`proto::trace`): the VMM starts the
+    /// tracing before the first entry and stops it at the end; [`VmSummary::trace`] is the
+    /// VM's trace id to query the service with.
+    pub trace: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +181,8 @@ pub struct VmSummary {
     pub total_exits: u64,
     /// The MMU service's counters for a shadow-paged VM.
     pub shadow: Option<super::mmu::ShadowStats>,
+    /// The VM's trace id when it was traced ([`VmConfig::trace`]).
+    pub trace: Option<u32>,
 }
 
 // The summary is large (exit counts, shadow MMU counters); one is sent per VM run, and the
@@ -230,4 +236,6 @@ pub enum VmmError {
     Kernel {
         error: u64,
     },
+    /// Tracing was asked for, and the trace service is not wired to the VMM or refused.
+    Trace,
 }
