@@ -15,6 +15,7 @@ use userlib::codec::{self, DecodeError, Message};
 use userlib::proto::echo::{self, CrashKind, EchoError};
 use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
 use userlib::proto::supervisor::{self, ServiceInfo, ServiceState, SupervisorError, Wire};
+use userlib::proto::trace::{self, Bucket, Row, Share, Totals, TraceError};
 use userlib::proto::vmm::isolation::{GuestCounts, IsolationReport};
 use userlib::proto::vmm::{
     self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
@@ -48,6 +49,8 @@ fn labels() {
     assert_eq!(echo::LABEL, 0x0100_0001);
     assert_eq!(vmm::LABEL, 0x0002_0003);
     assert_eq!(mmu::LABEL, 0x0003_0003);
+    assert_eq!(trace::LABEL, 0x0004_0001);
+    assert_eq!(<trace::Trace as Protocol>::LABEL, trace::LABEL);
     assert_eq!(<vmm::Vmm as Protocol>::LABEL, vmm::LABEL);
     assert_eq!(<mmu::Mmu as Protocol>::LABEL, mmu::LABEL);
 }
@@ -777,6 +780,208 @@ fn mmu_responses() {
     ]);
 }
 
+#[test]
+fn trace_requests() {
+    use trace::Request;
+    check_golden(&[
+        (Request::Status, "00"),
+        (
+            Request::Start {
+                name: common::ascii("linux"),
+            },
+            "01 05 6c 69 6e 75 78",
+        ),
+        (
+            Request::Start {
+                name: common::ascii(""),
+            },
+            "01 00",
+        ),
+        (Request::Stop { vm: 3 }, "02 03"),
+        // 300 = 0x2c | 0x80, then 2.
+        (Request::Reset { vm: 300 }, "03 ac 02"),
+        (
+            Request::Query {
+                vm: 1,
+                from_reason: 0,
+            },
+            "04 01 00",
+        ),
+        // u32::MAX: four 0xff, then 0x0f; reason 48 = 0x30.
+        (
+            Request::Query {
+                vm: u32::MAX,
+                from_reason: 48,
+            },
+            "04 ff ff ff ff 0f 30",
+        ),
+        // vm, reason 30 = 0x1e, share (variant index), from.
+        (
+            Request::Buckets {
+                vm: 1,
+                reason: 30,
+                share: Share::Full,
+                from: 0,
+            },
+            "05 01 1e 00 00",
+        ),
+        // u16::MAX takes three bytes: 0xff 0xff 0x03.
+        (
+            Request::Buckets {
+                vm: 2,
+                reason: 48,
+                share: Share::Handler,
+                from: u16::MAX,
+            },
+            "05 02 30 01 ff ff 03",
+        ),
+        (Request::Crash, "06"),
+    ]);
+}
+
+#[test]
+fn trace_responses() {
+    use trace::Response;
+    let service = |error| Response::Error(ProtoError::Service(error));
+    check_golden(&[
+        (Response::Error(ProtoError::Truncated), "00 00"),
+        (Response::Error(ProtoError::UnknownOpcode), "00 01"),
+        (Response::Error(ProtoError::Malformed), "00 02"),
+        (
+            Response::Error(ProtoError::VersionMismatch {
+                expected: 1,
+                got: 2,
+            }),
+            "00 03 01 02",
+        ),
+        (
+            Response::Error(ProtoError::WrongProtocol { got: 4 }),
+            "00 04 04",
+        ),
+        (Response::Error(ProtoError::TooLarge), "00 05"),
+        (service(TraceError::UnknownVm), "00 06 00"),
+        (service(TraceError::NoVmCapability), "00 06 01"),
+        (service(TraceError::NotAVm), "00 06 02"),
+        (service(TraceError::TooManyVms), "00 06 03"),
+        (service(TraceError::OutOfMemory), "00 06 04"),
+        (service(TraceError::InjectOff), "00 06 05"),
+        (service(TraceError::Kernel { code: 300 }), "00 06 06 ac 02"),
+        // generation 2, restarted, records 1000 = 0x68 | 0x80 then 7, dropped 0, vms (a raw
+        // u8) 3.
+        (
+            Response::Status(trace::Status {
+                generation: 2,
+                restarted: true,
+                records: 1000,
+                dropped: 0,
+                vms: 3,
+            }),
+            "01 02 01 e8 07 00 03",
+        ),
+        (
+            Response::Status(trace::Status::default()),
+            "01 00 00 00 00 00",
+        ),
+        (Response::Started { vm: 7 }, "02 07"),
+        (Response::Done, "03"),
+        // vm 1; totals: "linux", exits 1007 = 0x6f | 0x80 then 7, time 200,000 = 0x40 |
+        // 0x1a << 7 | 0x0c << 14, dropped 5, lost false; two rows; next Some(49).
+        // Row 10: count 1000, min 100, p50 128, p90 200 = 0x48 | 0x80 then 1, p99 300,
+        // max 1000, total 150,000 = 0x70 | 0x13 << 7 | 0x09 << 14, handler 0 and 0.
+        // Row 48: count 7, min 5, p50 6, p90 7, p99 7, max 7, total 40, handler 3 and 20.
+        (
+            Response::Rows {
+                vm: 1,
+                totals: Totals {
+                    name: common::ascii("linux"),
+                    exits: 1007,
+                    time: 200_000,
+                    dropped: 5,
+                    lost: false,
+                },
+                rows: Vec::from_iter([
+                    Row {
+                        reason: 10,
+                        count: 1000,
+                        min: 100,
+                        p50: 128,
+                        p90: 200,
+                        p99: 300,
+                        max: 1000,
+                        total: 150_000,
+                        handler_p50: 0,
+                        handler_total: 0,
+                    },
+                    Row {
+                        reason: 48,
+                        count: 7,
+                        min: 5,
+                        p50: 6,
+                        p90: 7,
+                        p99: 7,
+                        max: 7,
+                        total: 40,
+                        handler_p50: 3,
+                        handler_total: 20,
+                    },
+                ]),
+                next: Some(49),
+            },
+            "04 01  05 6c 69 6e 75 78  ef 07  c0 9a 0c  05  00  02 \
+             0a  e8 07  64  80 01  c8 01  ac 02  e8 07  f0 93 09  00  00 \
+             30  07  05 06 07 07 07  28  03  14  01 31",
+        ),
+        // vm 9, "vm9", nothing counted, lost; no rows; next None.
+        (
+            Response::Rows {
+                vm: 9,
+                totals: Totals {
+                    name: common::ascii("vm9"),
+                    exits: 0,
+                    time: 0,
+                    dropped: 0,
+                    lost: true,
+                },
+                rows: Vec::new(),
+                next: None,
+            },
+            "04 09  03 76 6d 39  00 00 00  01  00  00",
+        ),
+        // Three buckets: 0..=0 once, 16..=16 twice, 1024..=1087 300 times (1024 = 0x80 0x08,
+        // 1087 = 0x3f | 0x80 then 8); next Some(3).
+        (
+            Response::Buckets {
+                buckets: Vec::from_iter([
+                    Bucket {
+                        lo: 0,
+                        hi: 0,
+                        count: 1,
+                    },
+                    Bucket {
+                        lo: 16,
+                        hi: 16,
+                        count: 2,
+                    },
+                    Bucket {
+                        lo: 1024,
+                        hi: 1087,
+                        count: 300,
+                    },
+                ]),
+                next: Some(3),
+            },
+            "05 03  00 00 01  10 10 02  80 08 bf 08 ac 02  01 03",
+        ),
+        (
+            Response::Buckets {
+                buckets: Vec::new(),
+                next: None,
+            },
+            "05 00 00",
+        ),
+    ]);
+}
+
 /// Encoded length of every maximal value; each must fit one message.
 fn encoded_lengths<M: Message>(values: &[M]) -> std::vec::Vec<usize> {
     values
@@ -833,6 +1038,17 @@ fn maximal_messages_fit_one_payload() {
         encoded_lengths(&common::maximal_mmu_responses()),
         [13, 6, 1, 192, 1, 1]
     );
+    // Start 1 + 17; Query 1 + 5 + 3; Buckets 1 + 5 + 3 + 1 + 3.
+    assert_eq!(
+        encoded_lengths(&common::maximal_trace_requests()),
+        [1, 18, 6, 6, 9, 13, 1]
+    );
+    // Kernel error 1 + 1 + 1 + 3; Status 1 + 10 + 1 + 10 + 10 + 1 = 33;
+    // Rows 1 + 5 + totals 48 + 1 + 4 * 93 + Some 4 = 431; Buckets 1 + 1 + 16 * 30 + 4 = 486.
+    assert_eq!(
+        encoded_lengths(&common::maximal_trace_responses()),
+        [8, 6, 33, 6, 1, 431, 486]
+    );
 }
 
 #[test]
@@ -848,5 +1064,39 @@ fn echo_capacity_is_the_largest_that_fits() {
     assert_eq!(
         codec::encode(&(1u8, &data[..echo::ECHO_CAPACITY]), &mut buf),
         Ok(512)
+    );
+}
+
+#[test]
+fn trace_page_sizes_are_the_largest_that_fit() {
+    use trace::{BUCKETS_MAX, ROWS_MAX};
+    // The same layout as `Response::Rows` / `Response::Buckets` (opcode, then the fields in
+    // order; a slice encodes as a length and its elements like a `Vec`) with one more
+    // element than a page holds, every field at its largest, does not fit.
+    let rows = vec![common::longest_row(); ROWS_MAX + 1];
+    let buckets = vec![common::longest_bucket(); BUCKETS_MAX + 1];
+    let mut buf = [0u8; 1024];
+    let rows_value = |n: usize| {
+        (
+            4u8,
+            u32::MAX,
+            common::longest_totals(),
+            &rows[..n],
+            Some(u16::MAX),
+        )
+    };
+    let buckets_value = |n: usize| (5u8, &buckets[..n], Some(u16::MAX));
+    assert_eq!(codec::encode(&rows_value(ROWS_MAX), &mut buf), Ok(431));
+    assert_eq!(
+        codec::encode(&rows_value(ROWS_MAX + 1), &mut buf),
+        Err(DecodeError::TooLarge)
+    );
+    assert_eq!(
+        codec::encode(&buckets_value(BUCKETS_MAX), &mut buf),
+        Ok(486)
+    );
+    assert_eq!(
+        codec::encode(&buckets_value(BUCKETS_MAX + 1), &mut buf),
+        Err(DecodeError::TooLarge)
     );
 }

@@ -11,6 +11,7 @@ use userlib::codec::{self, label, DecodeError, Message};
 use userlib::proto::echo::{self, Echo};
 use userlib::proto::mmu::{self, Mmu};
 use userlib::proto::supervisor::{self, Supervisor};
+use userlib::proto::trace::{self, Trace};
 use userlib::proto::vmm::{self, Vmm};
 use userlib::proto::{ProtoError, Protocol};
 use userlib::server::serve_one;
@@ -133,10 +134,12 @@ fn any_label() -> impl Strategy<Value = u64> {
         Just(echo::LABEL),
         Just(vmm::LABEL),
         Just(mmu::LABEL),
+        Just(trace::LABEL),
         any::<u16>().prop_map(|version| label(supervisor::PROTOCOL_ID, version)),
         any::<u16>().prop_map(|version| label(echo::PROTOCOL_ID, version)),
         any::<u16>().prop_map(|version| label(vmm::PROTOCOL_ID, version)),
         any::<u16>().prop_map(|version| label(mmu::PROTOCOL_ID, version)),
+        any::<u16>().prop_map(|version| label(trace::PROTOCOL_ID, version)),
         any::<u64>(),
     ]
 }
@@ -197,6 +200,22 @@ proptest! {
     fn random_bytes_mmu(bytes in any_bytes()) {
         random_bytes::<mmu::Request>(&bytes)?;
         random_bytes::<mmu::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn random_bytes_trace(bytes in any_bytes()) {
+        random_bytes::<trace::Request>(&bytes)?;
+        random_bytes::<trace::Response>(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_trace_request(bytes in any_mutated(any_trace_request())) {
+        random_bytes::<trace::Request>(&bytes)?;
+    }
+
+    #[test]
+    fn mutated_trace_response(bytes in any_mutated(any_trace_response())) {
+        random_bytes::<trace::Response>(&bytes)?;
     }
 
     #[test]
@@ -284,6 +303,28 @@ proptest! {
     }
 
     #[test]
+    fn damaged_trace_request(
+        value in any_trace_request(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn damaged_trace_response(
+        value in any_trace_response(), cut in any::<usize>(),
+        extra in proptest::collection::vec(any::<u8>(), 1..8), opcode in 0..=u64::from(u32::MAX)
+    ) {
+        damaged(&value, cut, &extra, opcode)?;
+    }
+
+    #[test]
+    fn round_trip_trace(request in any_trace_request(), response in any_trace_response()) {
+        round_trip(&request)?;
+        round_trip(&response)?;
+    }
+
+    #[test]
     fn round_trip_vmm(request in any_vmm_request(), response in any_vmm_response()) {
         round_trip(&request)?;
         round_trip(&response)?;
@@ -313,6 +354,11 @@ proptest! {
     #[test]
     fn serve_one_mmu(label in any_label(), bytes in any_bytes(), answer in any_mmu_response()) {
         serve_any::<Mmu>(label, &bytes, answer)?;
+    }
+
+    #[test]
+    fn serve_one_trace(label in any_label(), bytes in any_bytes(), answer in any_trace_response()) {
+        serve_any::<Trace>(label, &bytes, answer)?;
     }
 
     /// Valid requests behind the right label reach the handler; behind a truncated body
@@ -540,5 +586,116 @@ fn typed_errors_by_example_vmm_mmu() {
     ];
     for (what, bytes, error) in cases {
         assert_eq!(codec::decode::<mmu::Response>(bytes), Err(*error), "{what}");
+    }
+}
+
+/// The same for the nested types of the trace protocol.
+#[test]
+fn typed_errors_by_example_trace() {
+    let mut name_17 = vec![0x01, 0x11];
+    name_17.extend([b'a'; 17]);
+    assert!(codec::decode::<trace::Request>(&[0x05, 0x01, 0x0a, 0x01, 0x00]).is_ok());
+    let cases: &[(&str, Vec<u8>, DecodeError)] = &[
+        (
+            "opcode 7 (variants are 0..=6)",
+            vec![0x07],
+            DecodeError::UnknownOpcode,
+        ),
+        ("VM name of 17 bytes", name_17, DecodeError::Malformed),
+        (
+            "VM name not UTF-8",
+            vec![0x01, 0x01, 0xff],
+            DecodeError::Malformed,
+        ),
+        (
+            "share 2",
+            vec![0x05, 0x01, 0x0a, 0x02, 0x00],
+            DecodeError::Malformed,
+        ),
+        (
+            "Buckets ends before from",
+            vec![0x05, 0x01, 0x0a, 0x00],
+            DecodeError::Truncated,
+        ),
+        (
+            "from_reason varint over u16",
+            vec![0x04, 0x01, 0xff, 0xff, 0x04],
+            DecodeError::Malformed,
+        ),
+        ("Stop without vm", vec![0x02], DecodeError::Truncated),
+        (
+            "Crash with a trailing byte",
+            vec![0x06, 0x00],
+            DecodeError::Malformed,
+        ),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(
+            codec::decode::<trace::Request>(bytes),
+            Err(*error),
+            "{what}"
+        );
+    }
+
+    // Rows { vm 1, totals "a" 0 0 0 false, n rows of 10 zero varints, next None }.
+    let rows = |n: u8| {
+        let mut bytes = vec![0x04, 0x01, 0x01, b'a', 0x00, 0x00, 0x00, 0x00, n];
+        for _ in 0..n {
+            bytes.extend([0x00; 10]);
+        }
+        bytes.push(0x00);
+        bytes
+    };
+    assert!(codec::decode::<trace::Response>(&rows(trace::ROWS_MAX as u8)).is_ok());
+    let mut buckets_17 = vec![0x05, 0x11];
+    buckets_17.extend([0x00; 17 * 3]);
+    buckets_17.push(0x00);
+    let mut lost_2 = rows(0);
+    lost_2[7] = 0x02;
+    let cases: &[(&str, Vec<u8>, DecodeError)] = &[
+        (
+            "one row over ROWS_MAX",
+            rows(trace::ROWS_MAX as u8 + 1),
+            DecodeError::Malformed,
+        ),
+        ("17 buckets", buckets_17, DecodeError::Malformed),
+        ("lost 2", lost_2, DecodeError::Malformed),
+        (
+            "next Option tag 2",
+            vec![0x05, 0x00, 0x02],
+            DecodeError::Malformed,
+        ),
+        (
+            "restarted 2",
+            vec![0x01, 0x00, 0x02, 0x00, 0x00, 0x00],
+            DecodeError::Malformed,
+        ),
+        (
+            "Status without vms",
+            vec![0x01, 0x00, 0x00, 0x00, 0x00],
+            DecodeError::Truncated,
+        ),
+        (
+            "trace error 7",
+            vec![0x00, 0x06, 0x07],
+            DecodeError::Malformed,
+        ),
+        (
+            "kernel code over u16",
+            vec![0x00, 0x06, 0x06, 0xff, 0xff, 0x04],
+            DecodeError::Malformed,
+        ),
+        (
+            "bucket ends early",
+            vec![0x05, 0x01, 0x00, 0x00],
+            DecodeError::Truncated,
+        ),
+    ];
+    for (what, bytes, error) in cases {
+        assert_eq!(
+            codec::decode::<trace::Response>(bytes),
+            Err(*error),
+            "{what}"
+        );
     }
 }

@@ -38,4 +38,14 @@ proptest! {
     fn echo_response(value in any_echo_response()) {
         round_trip(&value)?;
     }
+
+    #[test]
+    fn trace_request(value in any_trace_request()) {
+        round_trip(&value)?;
+    }
+
+    #[test]
+    fn trace_response(value in any_trace_response()) {
+        round_trip(&value)?;
+    }
 }

@@ -14,6 +14,7 @@
 pub mod echo;
 pub mod mmu;
 pub mod supervisor;
+pub mod trace;
 pub mod vmm;
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub mod ids {
     pub const VMM: u16 = 0x0002;
     /// [`super::mmu`].
     pub const MMU: u16 = 0x0003;
-    /// Reserved for the trace service protocol.
+    /// [`super::trace`].
     pub const TRACE: u16 = 0x0004;
     /// [`super::echo`], the test helper server of the on-target IPC suite.
     pub const ECHO: u16 = 0x0100;

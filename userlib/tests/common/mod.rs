@@ -9,6 +9,7 @@ use userlib::proto::mmu::{self, MmuError, ShadowParams, ShadowStats};
 use userlib::proto::supervisor::{
     self, ServiceInfo, ServiceName, ServiceState, SupervisorError, MAX_SERVICES, NAME_LEN,
 };
+use userlib::proto::trace::{self, Bucket, Row, Share, Totals, TraceError, BUCKETS_MAX, ROWS_MAX};
 use userlib::proto::vmm::isolation::{GuestCounts, IsolationReport};
 use userlib::proto::vmm::{
     self, ConfigError, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, VmSummary, VmmError,
@@ -714,5 +715,204 @@ pub fn maximal_mmu_responses() -> std::vec::Vec<mmu::Response> {
         },
         Response::RamGranted,
         Response::VcpuAttached,
+    ]
+}
+
+// ---- trace ----
+
+pub fn any_trace_error() -> impl Strategy<Value = TraceError> {
+    prop_oneof![
+        Just(TraceError::UnknownVm),
+        Just(TraceError::NoVmCapability),
+        Just(TraceError::NotAVm),
+        Just(TraceError::TooManyVms),
+        Just(TraceError::OutOfMemory),
+        Just(TraceError::InjectOff),
+        any::<u16>().prop_map(|code| TraceError::Kernel { code }),
+    ]
+}
+
+pub fn any_share() -> impl Strategy<Value = Share> {
+    prop_oneof![Just(Share::Full), Just(Share::Handler)]
+}
+
+pub fn any_trace_request() -> impl Strategy<Value = trace::Request> {
+    use trace::Request;
+    prop_oneof![
+        Just(Request::Status),
+        any_ascii::<{ trace::NAME_MAX }>().prop_map(|name| Request::Start { name }),
+        any::<u32>().prop_map(|vm| Request::Stop { vm }),
+        any::<u32>().prop_map(|vm| Request::Reset { vm }),
+        (any::<u32>(), any::<u16>())
+            .prop_map(|(vm, from_reason)| Request::Query { vm, from_reason }),
+        (any::<u32>(), any::<u16>(), any_share(), any::<u16>()).prop_map(
+            |(vm, reason, share, from)| Request::Buckets {
+                vm,
+                reason,
+                share,
+                from
+            }
+        ),
+        Just(Request::Crash),
+    ]
+}
+
+pub fn any_trace_status() -> impl Strategy<Value = trace::Status> {
+    (
+        any::<u64>(),
+        any::<bool>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u8>(),
+    )
+        .prop_map(
+            |(generation, restarted, records, dropped, vms)| trace::Status {
+                generation,
+                restarted,
+                records,
+                dropped,
+                vms,
+            },
+        )
+}
+
+pub fn any_totals() -> impl Strategy<Value = Totals> {
+    (
+        any_ascii::<{ trace::NAME_MAX }>(),
+        any::<[u64; 3]>(),
+        any::<bool>(),
+    )
+        .prop_map(|(name, [exits, time, dropped], lost)| Totals {
+            name,
+            exits,
+            time,
+            dropped,
+            lost,
+        })
+}
+
+pub fn row(reason: u16, v: [u64; 9]) -> Row {
+    Row {
+        reason,
+        count: v[0],
+        min: v[1],
+        p50: v[2],
+        p90: v[3],
+        p99: v[4],
+        max: v[5],
+        total: v[6],
+        handler_p50: v[7],
+        handler_total: v[8],
+    }
+}
+
+pub fn any_trace_response() -> impl Strategy<Value = trace::Response> {
+    use trace::Response;
+    prop_oneof![
+        any_proto_error(any_trace_error()).prop_map(Response::Error),
+        any_trace_status().prop_map(Response::Status),
+        any::<u32>().prop_map(|vm| Response::Started { vm }),
+        Just(Response::Done),
+        (
+            any::<u32>(),
+            any_totals(),
+            proptest::collection::vec(
+                (any::<u16>(), any::<[u64; 9]>()).prop_map(|(r, v)| row(r, v)),
+                0..=ROWS_MAX
+            ),
+            proptest::option::of(any::<u16>()),
+        )
+            .prop_map(|(vm, totals, rows, next)| Response::Rows {
+                vm,
+                totals,
+                rows: Vec::from_iter(rows),
+                next,
+            }),
+        (
+            proptest::collection::vec(
+                any::<[u64; 3]>().prop_map(|[lo, hi, count]| Bucket { lo, hi, count }),
+                0..=BUCKETS_MAX
+            ),
+            proptest::option::of(any::<u16>()),
+        )
+            .prop_map(|(buckets, next)| Response::Buckets {
+                buckets: Vec::from_iter(buckets),
+                next,
+            }),
+    ]
+}
+
+pub fn maximal_trace_requests() -> std::vec::Vec<trace::Request> {
+    use trace::Request;
+    vec![
+        Request::Status,
+        Request::Start {
+            name: ascii(&"n".repeat(trace::NAME_MAX)),
+        },
+        Request::Stop { vm: u32::MAX },
+        Request::Reset { vm: u32::MAX },
+        Request::Query {
+            vm: u32::MAX,
+            from_reason: u16::MAX,
+        },
+        Request::Buckets {
+            vm: u32::MAX,
+            reason: u16::MAX,
+            share: Share::Handler,
+            from: u16::MAX,
+        },
+        Request::Crash,
+    ]
+}
+
+/// Every counter at its maximum and the name full: 17 + 3 * 10 + 1 = 48 bytes.
+pub fn longest_totals() -> Totals {
+    Totals {
+        name: ascii(&"n".repeat(trace::NAME_MAX)),
+        exits: u64::MAX,
+        time: u64::MAX,
+        dropped: u64::MAX,
+        lost: true,
+    }
+}
+
+/// 3 + 9 * 10 = 93 bytes.
+pub fn longest_row() -> Row {
+    row(u16::MAX, [u64::MAX; 9])
+}
+
+/// 3 * 10 = 30 bytes.
+pub fn longest_bucket() -> Bucket {
+    Bucket {
+        lo: u64::MAX,
+        hi: u64::MAX,
+        count: u64::MAX,
+    }
+}
+
+pub fn maximal_trace_responses() -> std::vec::Vec<trace::Response> {
+    use trace::Response;
+    vec![
+        Response::Error(longest_proto_error()),
+        Response::Error(ProtoError::Service(TraceError::Kernel { code: u16::MAX })),
+        Response::Status(trace::Status {
+            generation: u64::MAX,
+            restarted: true,
+            records: u64::MAX,
+            dropped: u64::MAX,
+            vms: u8::MAX,
+        }),
+        Response::Started { vm: u32::MAX },
+        Response::Done,
+        Response::Rows {
+            vm: u32::MAX,
+            totals: longest_totals(),
+            rows: Vec::from_iter(core::iter::repeat_with(longest_row).take(ROWS_MAX)),
+            next: Some(u16::MAX),
+        },
+        Response::Buckets {
+            buckets: Vec::from_iter(core::iter::repeat_with(longest_bucket).take(BUCKETS_MAX)),
+            next: Some(u16::MAX),
+        },
     ]
 }
