@@ -94,6 +94,11 @@ pub const SCENARIOS: &[Scenario] = &[
         .timeout(600)
         .cmdline("mmu.inject"),
     Scenario::new(abi::scenario::FUZZ_VM, Expect::Pass, &[Bochs]).timeout(300),
+    // Tracing on for every VM the suite runs; the trace service's crash on request needs
+    // `trace.inject`.
+    Scenario::new(abi::scenario::TRACE, Expect::Pass, &[Bochs])
+        .timeout(300)
+        .cmdline("trace trace.inject"),
 ];
 
 /// The runs `make test` also boots through Limine (next to the GRUB runs of [`SCENARIOS`]):

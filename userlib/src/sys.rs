@@ -1110,7 +1110,9 @@ impl SharedRead {
         }
         for (i, b) in out.iter_mut().enumerate() {
             // SAFETY: `offset + i < len`: the byte is mapped readable while `self` lives.
-            *b = unsafe { core::ptr::read_volatile((self.vaddr as usize + offset + i) as *const u8) };
+            *b = unsafe {
+                core::ptr::read_volatile((self.vaddr as usize + offset + i) as *const u8)
+            };
         }
         Some(())
     }

@@ -14,7 +14,9 @@ pub struct Tracing {
 /// Asks the trace service to trace `vm` (the capability goes with the call) under `name`.
 pub fn start(name: &str, vm: CapSlot) -> Result<Tracing, VmmError> {
     let ep = crate::trace_service().ok_or_else(|| {
-        userlib::println!("vmm: {name}: tracing asked for, and no trace service is wired (needs=trace)");
+        userlib::println!(
+            "vmm: {name}: tracing asked for, and no trace service is wired (needs=trace)"
+        );
         VmmError::Trace
     })?;
     let mut client = userlib::ipc::client::<Trace>(ep);
@@ -41,7 +43,7 @@ impl Drop for Tracing {
         };
         let mut client = userlib::ipc::client::<Trace>(ep);
         match client.call(&trace::Request::Stop { vm: self.vm }) {
-            Ok(r) if r.response == trace::Response::Done => {}
+            Ok(trace::Response::Done) => {}
             other => userlib::println!("vmm: stopping the trace of VM {}: {other:?}", self.vm),
         }
     }

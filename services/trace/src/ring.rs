@@ -73,23 +73,7 @@ impl<'a> RingView<'a> {
         if bytes.len() < RING_BYTES {
             return Err(RingError::TooShort { len: bytes.len() });
         }
-        let found = u32_at(bytes, header::MAGIC);
-        if found != MAGIC {
-            return Err(RingError::BadMagic { found });
-        }
-        let found = u16_at(bytes, header::VERSION);
-        if found != VERSION {
-            return Err(RingError::BadVersion { found });
-        }
-        let found = u16_at(bytes, header::RECORD_SIZE);
-        if usize::from(found) != RECORD_SIZE {
-            return Err(RingError::BadRecordSize { found });
-        }
-        let found = u32_at(bytes, header::CAPACITY);
-        if found as usize != CAPACITY {
-            return Err(RingError::BadCapacity { found });
-        }
-        Ok(())
+        check_header(bytes)
     }
 
     /// The CPU the ring belongs to.
@@ -140,6 +124,31 @@ impl<'a> RingView<'a> {
 /// [`RingView::drain`] over `bytes`.
 pub fn drain(bytes: &[u8], from: u64, sink: impl FnMut(Record)) -> Result<u64, RingError> {
     RingView(bytes).drain(from, sink)
+}
+
+/// Checks a ring header (at least [`header::SIZE`] bytes) against the layout this reader
+/// understands.
+pub fn check_header(bytes: &[u8]) -> Result<(), RingError> {
+    if bytes.len() < header::SIZE {
+        return Err(RingError::TooShort { len: bytes.len() });
+    }
+    let found = u32_at(bytes, header::MAGIC);
+    if found != MAGIC {
+        return Err(RingError::BadMagic { found });
+    }
+    let found = u16_at(bytes, header::VERSION);
+    if found != VERSION {
+        return Err(RingError::BadVersion { found });
+    }
+    let found = u16_at(bytes, header::RECORD_SIZE);
+    if usize::from(found) != RECORD_SIZE {
+        return Err(RingError::BadRecordSize { found });
+    }
+    let found = u32_at(bytes, header::CAPACITY);
+    if found as usize != CAPACITY {
+        return Err(RingError::BadCapacity { found });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 mod restart;
+mod tracing;
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +91,7 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         mmu: MmuMode::Ept,
         benchmark: false,
         time_limit_ms: 0,
-        trace: false,
+        trace: tracing::TRACE_ALL.load(Ordering::Relaxed),
     }
 }
 
@@ -123,9 +124,13 @@ fn passing_shadow_guest(t: &mut Tally, what: &str, cfg: &VmConfig, audit: bool) 
 
 fn run(config: &VmConfig) -> Result<Response, ClientError> {
     let mut vmm = userlib::ipc::client::<Vmm>(vmm());
-    vmm.call(&Request::RunVm {
+    let r = vmm.call(&Request::RunVm {
         config: config.clone(),
-    })
+    });
+    if let Some(vm) = finished(&r).and_then(|s| s.trace) {
+        tracing::print_report(config.name.as_str(), vm);
+    }
+    r
 }
 
 fn finished(r: &Result<Response, ClientError>) -> Option<&VmSummary> {
