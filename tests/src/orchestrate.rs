@@ -113,11 +113,7 @@ const CARGO_STEPS: &[CmdStep] = &[
             "bench-ipc",
             "-p",
             "mmu-service",
-            "--bin",
-            "mmu-service",
             "-p",
-            "vmm-service",
-            "--bin",
             "vmm-service",
             "-p",
             "vmm-suite",
@@ -125,6 +121,12 @@ const CARGO_STEPS: &[CmdStep] = &[
             "fuzz",
             "-p",
             "guests",
+            "-p",
+            "trace",
+            // Every package's binaries (their libraries are checked as dependencies). A
+            // `--bin NAME` here would select that binary alone and leave the other
+            // packages' binaries unchecked.
+            "--bins",
             "--target",
             "x86_64-unknown-none",
             "--release",
