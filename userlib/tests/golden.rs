@@ -47,7 +47,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
-    assert_eq!(vmm::LABEL, 0x0002_0003);
+    assert_eq!(vmm::LABEL, 0x0002_0004);
     assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(trace::LABEL, 0x0004_0001);
     assert_eq!(<trace::Trace as Protocol>::LABEL, trace::LABEL);
@@ -327,7 +327,8 @@ fn then_stats(prefix: &str) -> String {
 fn vmm_requests() {
     use vmm::Request;
     check_golden(&[
-        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark, time_limit_ms.
+        // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark, time_limit_ms,
+        // trace.
         (
             Request::RunVm {
                 config: VmConfig {
@@ -340,10 +341,11 @@ fn vmm_requests() {
                     mmu: MmuMode::Ept,
                     benchmark: false,
                     time_limit_ms: 0,
+                    trace: true,
                 },
             },
             "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  00  01 \
-             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00",
+             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00  01",
         ),
         // load_gpa 0x20_0000 = 1 << 21: three 7-bit groups of zeros, then 1.
         // Shadow: variant 1, prev_roots (raw u8), pool_pages 512, kvm_policy, audit.
@@ -366,10 +368,11 @@ fn vmm_requests() {
                     }),
                     benchmark: true,
                     time_limit_ms: 0,
+                    trace: false,
                 },
             },
             "00  06 73 68 61 64 6f 77  04 66 6c 61 74  20  01 80 80 80 01  01  00 \
-             01 08 80 04 01 00  01  00",
+             01 08 80 04 01 00  01  00  00",
         ),
         // 2048 = 0x800 = 16 * 128: 0x80, then 0x10; 30 = 0x1e.
         (
@@ -389,9 +392,10 @@ fn vmm_requests() {
                     }),
                     benchmark: false,
                     time_limit_ms: 0,
+                    trace: false,
                 },
             },
-            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00",
+            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00  00",
         ),
         (
             Request::RunVm {
@@ -405,9 +409,10 @@ fn vmm_requests() {
                     mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
                     benchmark: false,
                     time_limit_ms: 0,
+                    trace: false,
                 },
             },
-            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00",
+            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00",
         ),
         // ProbeIsolation: the probe (EPT, flat at 2 MiB), then the neighbour.
         (
@@ -424,6 +429,7 @@ fn vmm_requests() {
                     mmu: MmuMode::Ept,
                     benchmark: false,
                     time_limit_ms: 0,
+                    trace: false,
                 },
                 neighbour: VmConfig {
                     name: common::ascii("d"),
@@ -435,10 +441,11 @@ fn vmm_requests() {
                     mmu: MmuMode::Shadow(ShadowConfig::DEFAULT),
                     benchmark: false,
                     time_limit_ms: 0,
+                    trace: false,
                 },
             },
-            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00 \
-                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00",
+            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00  00 \
+                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00",
         ),
     ]);
 }
@@ -453,6 +460,7 @@ fn vmm_responses() {
             exits: Vec::from_slice(exits).expect("exits fit"),
             total_exits,
             shadow,
+            trace: None,
         })
     };
     let service = |error| Response::Error(ProtoError::Service(error));
@@ -493,6 +501,19 @@ fn vmm_responses() {
         (service(VmmError::NoVmx), "00 06 03"),
         (service(VmmError::Mmu), "00 06 04"),
         (service(VmmError::Kernel { error: 300 }), "00 06 05 ac 02"),
+        (service(VmmError::Trace), "00 06 06"),
+        // A traced run: the trace id after the (absent) shadow statistics.
+        (
+            Response::Finished(VmSummary {
+                result: VmResult::DebugExit { code: 0x21 },
+                rip: 0,
+                exits: Vec::new(),
+                total_exits: 0,
+                shadow: None,
+                trace: Some(300),
+            }),
+            "01  00 21  00  00  00  00  01 ac 02",
+        ),
         // DebugExit 0x21; rip 0x10_0000 = 1 << 20 (bit 6 of the third group); exits
         // [(30, 2), (10, 1)]: a u8 then a varint each; total 3; no shadow.
         (
@@ -503,7 +524,7 @@ fn vmm_responses() {
                 3,
                 None,
             ),
-            "01  00 21  80 80 40  02 1e 02 0a 01  03  00",
+            "01  00 21  80 80 40  02 1e 02 0a 01  03  00  00",
         ),
         (
             summary(
@@ -513,7 +534,7 @@ fn vmm_responses() {
                 1007,
                 Some(sample_shadow_stats()),
             ),
-            stats_case.as_str(),
+            format!("{stats_case}  00").as_str(),
         ),
         // Unhandled 52; everything zero or empty; Some(all-zero stats): 1 + 17 zero bytes.
         (
@@ -524,12 +545,12 @@ fn vmm_responses() {
                 0,
                 Some(ShadowStats::default()),
             ),
-            "01  02 34  00  00  00  01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+            "01  02 34  00  00  00  01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  00",
         ),
         // rip 0xfff0: 0x70 | 0x80, 0x7f | 0x80, 3.
         (
             summary(VmResult::TripleFault, 0xfff0, &[(2, 1)], 1, None),
-            "01  03  f0 ff 03  01 02 01  01  00",
+            "01  03  f0 ff 03  01 02 01  01  00  00",
         ),
         // reason 0x8000_0021: 0x21 | 0x80, three 0x80, then bit 31 = bit 3 of the fifth
         // group; rip 0x7c00: 0x80, 0x78 | 0x80, 1.
@@ -544,7 +565,7 @@ fn vmm_responses() {
                 0,
                 None,
             ),
-            "01  04 a1 80 80 80 08 07  80 f8 01  00  00  00",
+            "01  04 a1 80 80 80 08 07  80 f8 01  00  00  00  00",
         ),
         // gpa 0xfee0_0000: bits 0..21 zero (three 0x80), bits 21..28 = 0x77, bits 28..32 = 0xf.
         (
@@ -555,7 +576,7 @@ fn vmm_responses() {
                 1,
                 None,
             ),
-            "01  05 80 80 80 f7 0f  80 20  01 30 01  01  00",
+            "01  05 80 80 80 f7 0f  80 20  01 30 01  01  00  00",
         ),
         // stop 0x0b00_0000 = 0x58 << 21; faults u64::MAX (nine 0xff, then 1), 14 zero
         // counters, pool 16 of 2048.
@@ -573,7 +594,7 @@ fn vmm_responses() {
                 }),
             ),
             "01  06 80 80 80 58  00  00  0c  01  ff ff ff ff ff ff ff ff ff 01 \
-             00 00 00 00 00 00  00 00 00 00  00 00 00 00  10  80 10",
+             00 00 00 00 00 00  00 00 00 00  00 00 00 00  10  80 10  00",
         ),
         // Halted { rip 0x100163 = 0x63 | 0x02 << 7 | 0x40 << 14 }, rip 0x100163 again.
         (
@@ -584,7 +605,7 @@ fn vmm_responses() {
                 1,
                 None,
             ),
-            "01  07 e3 82 40  e3 82 40  01 0c 01  01  00",
+            "01  07 e3 82 40  e3 82 40  01 0c 01  01  00  00",
         ),
         // BadExit { reason 0x8000_0021 = 0x21 | 0x02 << 28 (fifth byte 0x08) }.
         (
@@ -597,7 +618,7 @@ fn vmm_responses() {
                 0,
                 None,
             ),
-            "01  08 a1 80 80 80 08  00  00  00  00",
+            "01  08 a1 80 80 80 08  00  00  00  00  00",
         ),
         // Probed: neighbour HypercallExit { 0 }, result TripleFault, Some(guest counts:
         // probed 4120 = 0x18 | 0x20 << 7, own 12, device 0, stopped 4108 = 0x0c | 0x20 << 7,
@@ -1017,15 +1038,16 @@ fn maximal_messages_fit_one_payload() {
         [8, 6, 512, 11, 16]
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
-    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5 = 147;
-    // RunVm 148; ProbeIsolation 1 + 2 * 147 = 295.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [148, 295]);
+    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5, trace 1 = 148;
+    // RunVm 149; ProbeIsolation 1 + 2 * 148 = 297.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [149, 297]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
-    // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161 = 295.
+    // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161
+    // + trace Some (1 + 5) = 301.
     // Probed: 1 + 2 * EntryFailed 16 + Some (1 + 7 * 10) + 11 * 10 = 214.
     assert_eq!(
         encoded_lengths(&common::maximal_vmm_responses()),
-        [13, 295, 214]
+        [13, 301, 214]
     );
     // AttachVm: 1 + 10 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 31; AttachVcpu 1 + 5 + 3 = 9;
     // InjectFaults 1 + 5 + 5 + 1 + 10 = 22.

@@ -473,7 +473,7 @@ fn typed_errors_by_example_vmm_mmu() {
     };
     let mut name_17 = vec![0x00, 0x11];
     name_17.extend([b'a'; 17]);
-    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00])).is_ok());
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00])).is_ok());
     let cases: &[(&str, Vec<u8>, DecodeError)] = &[
         ("mmu mode 2", config(&[0x02]), DecodeError::Malformed),
         ("benchmark 2", config(&[0x00, 0x02]), DecodeError::Malformed),
@@ -487,6 +487,12 @@ fn typed_errors_by_example_vmm_mmu() {
             config(&[0x00, 0x00]),
             DecodeError::Truncated,
         ),
+        (
+            "ends before trace",
+            config(&[0x00, 0x00, 0x00]),
+            DecodeError::Truncated,
+        ),
+        ("trace 2", config(&[0x00, 0x00, 0x00, 0x02]), DecodeError::Malformed),
         (
             "kvm_policy 2",
             config(&[0x01, 0x08, 0x80, 0x04, 0x02, 0x00]),
@@ -533,13 +539,18 @@ fn typed_errors_by_example_vmm_mmu() {
             DecodeError::Malformed,
         ),
         (
-            "vmm error 6",
-            vec![0x00, 0x06, 0x06],
+            "vmm error 7",
+            vec![0x00, 0x06, 0x07],
             DecodeError::Malformed,
         ),
         (
             "no shadow byte",
             vec![0x01, 0x03, 0x00, 0x00, 0x00],
+            DecodeError::Truncated,
+        ),
+        (
+            "no trace byte",
+            vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x00],
             DecodeError::Truncated,
         ),
     ];

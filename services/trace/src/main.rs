@@ -16,13 +16,13 @@
 
 extern crate alloc;
 
+use ::trace::ring::check_header;
+use ::trace::stats::TraceStats;
 use abi::ipc::MAX_PAYLOAD;
 use abi::trace::{self, header, Record};
 use abi::{CapKind, CapSlot, Error};
 use heapless::Vec;
 use spin::Mutex;
-use ::trace::ring::check_header;
-use ::trace::stats::TraceStats;
 use userlib::proto::trace::{Request, Response, Status, Trace, TraceError};
 use userlib::proto::ProtoError;
 use userlib::server::serve_one;

@@ -24,8 +24,13 @@
 //!
 //! - `mmu-restart`: the MMU service crashed 100 times per MMU mode under running guests, then
 //!   made to crash until the supervisor gives up ([`restart`]).
+//! - `trace`: traced runs whose trace-service counts must equal the VMM's and the MMU
+//!   service's, bad trace requests, and a trace-service restart ([`tracing`]).
 //!
-//! Capabilities (manifest `needs=boot,vmm-service,mmu-service`, taken by name through
+//! With the word `trace` on the kernel command line (`make trace`), every VM of any of these
+//! scenarios is traced, and its report (`trace:` and `trace-hist:` lines) follows its run.
+//!
+//! Capabilities (manifest `needs=boot,vmm-service,mmu-service,trace`, taken by name through
 //! `userlib::wiring`): the supervisor's endpoint, the VMM service's, the MMU service's (fault
 //! injection and its recovery counters) and the boot capability (the command line).
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -78,6 +83,15 @@ fn scenario() -> String<32> {
         .find_map(|w| w.strip_prefix("scenario="))
         .unwrap_or(abi::scenario::DEFAULT);
     String::try_from(&name[..name.len().min(32)]).unwrap_or_default()
+}
+
+/// Whether the kernel command line has the word `word`.
+fn cmdline_has(word: &str) -> bool {
+    let mut buf = [0u8; 256];
+    let n = sys::kernel_cmdline(BOOT.load(Ordering::Relaxed), &mut buf)
+        .unwrap_or(0)
+        .min(buf.len());
+    core::str::from_utf8(&buf[..n]).is_ok_and(|l| l.split_ascii_whitespace().any(|w| w == word))
 }
 
 fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig {
@@ -616,6 +630,10 @@ fn suite_main(generation: u64) {
         }
         Err(e) => userlib::println!("vmm-suite: the VMM service or boot capability: {e}"),
     }
+    if let Ok(ep) = Wiring::fetch().and_then(|w| w.endpoint("trace")) {
+        tracing::TRACE.store(ep, Ordering::Relaxed);
+    }
+    tracing::TRACE_ALL.store(cmdline_has("trace"), Ordering::Relaxed);
     let scenario = scenario();
     let name: &'static str = match scenario.as_str() {
         abi::scenario::VMM => "vmm",
@@ -624,6 +642,7 @@ fn suite_main(generation: u64) {
         abi::scenario::BENCH_MMU => "bench-mmu",
         abi::scenario::ISOLATION => "isolation",
         abi::scenario::MMU_RESTART => "mmu-restart",
+        abi::scenario::TRACE => "trace",
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
@@ -634,6 +653,7 @@ fn suite_main(generation: u64) {
         "bench-mmu" => bench_mmu_suite(&mut t),
         "isolation" => isolation_suite(&mut t),
         "mmu-restart" => restart::mmu_restart_suite(&mut t),
+        "trace" => tracing::trace_suite(&mut t),
         "bench-vmm" => {
             let cfg = VmConfig {
                 benchmark: true,
@@ -645,6 +665,13 @@ fn suite_main(generation: u64) {
                 )
             };
             passing_guest(&mut t, "exit benchmark guest", &cfg);
+            // The same with its exits traced: the cost of tracing, side by side.
+            let traced = VmConfig {
+                name: String::try_from("bench-traced").unwrap_or_default(),
+                trace: true,
+                ..cfg
+            };
+            passing_guest(&mut t, "exit benchmark guest, traced", &traced);
         }
         _ => {
             let cfg = config("demo", "guest-multiboot", 16, EntryMode::Multiboot);

@@ -6,7 +6,6 @@
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::vmx::reason;
-use abi::CapSlot;
 use heapless::{String, Vec};
 use userlib::client::ClientError;
 use userlib::proto::trace::{Request, Response, Row, Share, Totals, Trace, TraceError};
@@ -28,7 +27,7 @@ pub struct Report {
     pub rows: Vec<Row, MAX_ROWS>,
 }
 
-fn client() -> userlib::client::Client<Trace> {
+fn client() -> userlib::client::Client<userlib::ipc::Endpoint, Trace> {
     userlib::ipc::client::<Trace>(TRACE.load(Ordering::Relaxed))
 }
 
@@ -68,7 +67,10 @@ fn what(args: core::fmt::Arguments<'_>) -> String<96> {
 fn reason_name(code: u16) -> String<24> {
     match reason::name(u32::from(code)) {
         Some(n) => String::try_from(n).unwrap_or_default(),
-        None => what(format_args!("reason-{code}")).chars().take(24).collect(),
+        None => what(format_args!("reason-{code}"))
+            .chars()
+            .take(24)
+            .collect(),
     }
 }
 
@@ -141,7 +143,10 @@ fn print_buckets(name: &str, vm: u32, code: u16, share: Share) {
         let mut line: String<640> = String::new();
         for (i, b) in buckets.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
-            let _ = core::fmt::write(&mut line, format_args!("{sep}{}-{}:{}", b.lo, b.hi, b.count));
+            let _ = core::fmt::write(
+                &mut line,
+                format_args!("{sep}{}-{}:{}", b.lo, b.hi, b.count),
+            );
         }
         userlib::println!(
             "trace-hist: vm={name} reason={} share={share_name} buckets={}",
@@ -187,7 +192,11 @@ fn counts_agree(t: &mut Tally, label: &str, s: &VmSummary) -> Option<Report> {
             report.totals.exits,
             s.total_exits,
             s.exits,
-            report.rows.iter().map(|r| (r.reason, r.count)).collect::<Vec<_, MAX_ROWS>>()
+            report
+                .rows
+                .iter()
+                .map(|r| (r.reason, r.count))
+                .collect::<Vec<_, MAX_ROWS>>()
         ),
     );
     t.check(
@@ -221,7 +230,7 @@ fn status() -> Result<userlib::proto::trace::Status, ClientError> {
         Ok(Response::Status(s)) => Ok(s),
         Ok(other) => {
             userlib::println!("trace: status: {other:?}");
-            Err(ClientError::Sys(abi::Error::InvalidArgument))
+            Err(ClientError::Kernel(abi::Error::InvalidArgument))
         }
         Err(e) => Err(e),
     }
@@ -244,7 +253,11 @@ pub fn trace_suite(t: &mut Tally) {
         false,
     );
     if let Some(s) = crate::passing_guest(t, "64-bit shadow guest, traced", &spaces) {
-        counts_agree(t, "  trace counts equal the VMM's and the MMU service's", &s);
+        counts_agree(
+            t,
+            "  trace counts equal the VMM's and the MMU service's",
+            &s,
+        );
     }
     let untraced = userlib::proto::vmm::VmConfig {
         trace: false,

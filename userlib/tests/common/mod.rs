@@ -324,10 +324,10 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         any::<u8>(),
         any_ascii::<CMDLINE_MAX>(),
         any_mmu_mode(),
-        (any::<bool>(), any::<u32>()),
+        (any::<bool>(), any::<u32>(), any::<bool>()),
     )
         .prop_map(
-            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, (benchmark, time_limit_ms))| {
+            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, (benchmark, time_limit_ms, trace))| {
                 VmConfig {
                     name,
                     module,
@@ -338,6 +338,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
                     mmu,
                     benchmark,
                     time_limit_ms,
+                    trace,
                 }
             },
         )
@@ -406,13 +407,15 @@ pub fn any_vm_summary() -> impl Strategy<Value = VmSummary> {
         proptest::collection::vec(any::<(u8, u32)>(), 0..=SUMMARY_REASONS),
         any::<u64>(),
         proptest::option::of(any_shadow_stats()),
+        proptest::option::of(any::<u32>()),
     )
-        .prop_map(|(result, rip, exits, total_exits, shadow)| VmSummary {
+        .prop_map(|(result, rip, exits, total_exits, shadow, trace)| VmSummary {
             result,
             rip,
             exits: Vec::from_slice(&exits).expect("exits fit"),
             total_exits,
             shadow,
+            trace,
         })
 }
 
@@ -618,6 +621,7 @@ pub fn maximal_vm_config() -> VmConfig {
         }),
         benchmark: true,
         time_limit_ms: u32::MAX,
+        trace: true,
     }
 }
 
@@ -647,6 +651,7 @@ pub fn maximal_vmm_responses() -> std::vec::Vec<vmm::Response> {
             exits: Vec::from_slice(&[(u8::MAX, u32::MAX); SUMMARY_REASONS]).expect("exits fit"),
             total_exits: u64::MAX,
             shadow: Some(longest_shadow_stats()),
+            trace: Some(u32::MAX),
         }),
         Response::Probed(isolation_report(
             VmResult::EntryFailed {
