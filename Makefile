@@ -32,7 +32,7 @@ ISO_ROOT := $(BUILD)/iso-root
 HARNESS := $(TARGET_DIR)/release/umbra-harness
 # User services (services/*): static ELFs linked with userlib/link.ld, loaded as Multiboot2
 # modules from /boot/services/<name> (the manifest lines are in tests/src/bootcfg.rs).
-SERVICES := supervisor echo ipc-suite bench-ipc mmu-service vmm-service vmm-suite fuzz
+SERVICES := supervisor echo ipc-suite bench-ipc mmu-service trace vmm-service vmm-suite fuzz
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).
 GUESTS := guest-multiboot guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-random guest-spaces64 guest-spacespae guest-spaces32 \

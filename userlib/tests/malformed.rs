@@ -492,7 +492,11 @@ fn typed_errors_by_example_vmm_mmu() {
             config(&[0x00, 0x00, 0x00]),
             DecodeError::Truncated,
         ),
-        ("trace 2", config(&[0x00, 0x00, 0x00, 0x02]), DecodeError::Malformed),
+        (
+            "trace 2",
+            config(&[0x00, 0x00, 0x00, 0x02]),
+            DecodeError::Malformed,
+        ),
         (
             "kvm_policy 2",
             config(&[0x01, 0x08, 0x80, 0x04, 0x02, 0x00]),

@@ -140,19 +140,22 @@ fn print_buckets(name: &str, vm: u32, code: u16, share: Share) {
         if buckets.is_empty() {
             return;
         }
-        let mut line: String<640> = String::new();
-        for (i, b) in buckets.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            let _ = core::fmt::write(
-                &mut line,
-                format_args!("{sep}{}-{}:{}", b.lo, b.hi, b.count),
+        // A console line stays under the 256-byte print buffer: five buckets a line.
+        for group in buckets.chunks(5) {
+            let mut line: String<200> = String::new();
+            for (i, b) in group.iter().enumerate() {
+                let sep = if i == 0 { "" } else { "," };
+                let _ = core::fmt::write(
+                    &mut line,
+                    format_args!("{sep}{}-{}:{}", b.lo, b.hi, b.count),
+                );
+            }
+            userlib::println!(
+                "trace-hist: vm={name} reason={} share={share_name} buckets={}",
+                reason_name(code),
+                line.as_str()
             );
         }
-        userlib::println!(
-            "trace-hist: vm={name} reason={} share={share_name} buckets={}",
-            reason_name(code),
-            line.as_str()
-        );
         match next {
             Some(n) if n > from => from = n,
             _ => return,

@@ -327,7 +327,16 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         (any::<bool>(), any::<u32>(), any::<bool>()),
     )
         .prop_map(
-            |(name, module, ram_mib, entry, vcpus, cmdline, mmu, (benchmark, time_limit_ms, trace))| {
+            |(
+                name,
+                module,
+                ram_mib,
+                entry,
+                vcpus,
+                cmdline,
+                mmu,
+                (benchmark, time_limit_ms, trace),
+            )| {
                 VmConfig {
                     name,
                     module,
@@ -409,14 +418,16 @@ pub fn any_vm_summary() -> impl Strategy<Value = VmSummary> {
         proptest::option::of(any_shadow_stats()),
         proptest::option::of(any::<u32>()),
     )
-        .prop_map(|(result, rip, exits, total_exits, shadow, trace)| VmSummary {
-            result,
-            rip,
-            exits: Vec::from_slice(&exits).expect("exits fit"),
-            total_exits,
-            shadow,
-            trace,
-        })
+        .prop_map(
+            |(result, rip, exits, total_exits, shadow, trace)| VmSummary {
+                result,
+                rip,
+                exits: Vec::from_slice(&exits).expect("exits fit"),
+                total_exits,
+                shadow,
+                trace,
+            },
+        )
 }
 
 pub fn any_config_error() -> impl Strategy<Value = ConfigError> {
