@@ -115,6 +115,21 @@ impl Record {
         b
     }
 
+    /// The record as the eight little-endian u64 words of its layout (how the kernel writes
+    /// it: eight stores).
+    pub fn words(&self) -> [u64; RECORD_SIZE / 8] {
+        [
+            u64::from(self.vm) | u64::from(self.vcpu) << 32,
+            u64::from(self.reason) | u64::from(self.flags) << 32,
+            self.qualification,
+            self.t_exit,
+            self.t_recv,
+            self.t_reply,
+            self.t_entry,
+            0,
+        ]
+    }
+
     /// A record from its bytes; `None` when fewer than [`RECORD_SIZE`] are given.
     pub fn decode(b: &[u8]) -> Option<Record> {
         let b = b.get(..RECORD_SIZE)?;
@@ -189,6 +204,9 @@ mod tests {
         assert_eq!(&b[24..32], &100u64.to_le_bytes());
         assert_eq!(&b[56..64], &[0; 8]);
         assert_eq!(Record::decode(&b), Some(r));
+        let from_words: std::vec::Vec<u8> =
+            r.words().iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(from_words, b, "the words are the bytes");
         assert_eq!(Record::decode(&b[..63]), None);
         assert_eq!(r.total(), Some(400));
         assert_eq!(r.handler(), Some(250));

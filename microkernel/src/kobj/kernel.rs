@@ -74,6 +74,8 @@ pub struct Kernel<M: Machine> {
     pub trace: super::trace::TraceRing,
     /// The trace id the next VM gets (its `vm` in trace records).
     pub(crate) next_vm_trace_id: u32,
+    /// Live VMs with tracing on: at 0, every trace hook returns at its first test.
+    pub(crate) traced_vms: u32,
 }
 
 impl<M: Machine> Kernel<M> {
@@ -95,6 +97,7 @@ impl<M: Machine> Kernel<M> {
             init_task: None,
             trace: super::trace::TraceRing::new(),
             next_vm_trace_id: 1,
+            traced_vms: 0,
         }
     }
 

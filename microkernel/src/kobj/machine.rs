@@ -119,6 +119,11 @@ pub trait Machine {
     /// The kernel command line.
     fn cmdline(&self) -> &str;
 
+    /// Writes u64 words at `phys` (8-aligned) into frames the kernel allocated and owns (the
+    /// exit trace ring): unlike [`Machine::write_phys`], the caller vouches for the frames,
+    /// so nothing is looked up (this is on every traced exit).
+    fn write_owned_words(&mut self, phys: u64, words: &[u64]);
+
     /// Reads bytes of physical memory (guest RAM, for PAE PDPTEs).
     fn read_phys(&self, phys: u64, out: &mut [u8]);
 

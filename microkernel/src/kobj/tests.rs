@@ -167,6 +167,11 @@ impl Machine for Model {
     fn clock(&self) -> (u64, u64) {
         (self.ticks, 100)
     }
+    fn write_owned_words(&mut self, phys: u64, words: &[u64]) {
+        assert_eq!(phys % 8, 0, "aligned");
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.write_phys(phys, &bytes);
+    }
     fn tsc(&self) -> u64 {
         self.tsc.set(self.tsc.get() + 10);
         self.tsc.get()

@@ -5,6 +5,7 @@
 //!
 //! The exit path never waits for the reader: a record that finds the ring full is dropped
 //! and counted. A vCPU of an untraced VM pays one test per exit (`Vcpu::trace` is `None`).
+//! While no VM is traced, every hook returns at its first test (`Kernel::traced_vms`).
 //! One CPU runs everything, so there is one ring (the header names CPU 0).
 
 use abi::trace::{self, flags, header, Record};
@@ -117,15 +118,25 @@ impl<M: Machine> Kernel<M> {
         if on > 1 {
             return Err(err(Error::InvalidArgument));
         }
-        let id = {
+        let (id, was) = {
             let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
-            vm.traced = on == 1;
-            vm.trace_id
+            let was = core::mem::replace(&mut vm.traced, on == 1);
+            (vm.trace_id, was)
         };
+        match (was, on == 1) {
+            (false, true) => self.traced_vms += 1,
+            (true, false) => self.traced_vms -= 1,
+            _ => {}
+        }
         let traced = (on == 1).then_some(id);
         for s in self.vcpus.iter_mut() {
             if let Some(v) = s.obj.as_mut().filter(|v| v.vm == cap.obj) {
                 v.trace = traced;
+                if traced.is_none() {
+                    // An exit being handled when tracing stops is not recorded: no hook
+                    // looks at it again once nothing is traced.
+                    v.trace_record = None;
+                }
             }
         }
         Ok(Some([u64::from(id), 0, 0, 0]))
@@ -135,6 +146,9 @@ impl<M: Machine> Kernel<M> {
     /// never came, is written first).
     #[inline]
     pub(crate) fn trace_exit(&mut self, vi: u16, reason: u32, qualification: u64, tsc: u64) {
+        if self.traced_vms == 0 {
+            return;
+        }
         let Some(v) = self.vcpus[vi as usize].obj.as_mut() else {
             return;
         };
@@ -158,6 +172,9 @@ impl<M: Machine> Kernel<M> {
     /// Marks the open record of vCPU `vi` as answered by the kernel (no handler stamps).
     #[inline]
     pub(crate) fn trace_kernel_handled(&mut self, vi: u16) {
+        if self.traced_vms == 0 {
+            return;
+        }
         if let Some(r) = self.vcpus[vi as usize]
             .obj
             .as_mut()
@@ -170,6 +187,9 @@ impl<M: Machine> Kernel<M> {
     /// The handler took the exit message of vCPU thread `t`.
     #[inline]
     pub(crate) fn trace_received(&mut self, t: ThreadId) {
+        if self.traced_vms == 0 {
+            return;
+        }
         let Some(vi) = self.vcpu_of(t) else {
             return;
         };
@@ -192,6 +212,9 @@ impl<M: Machine> Kernel<M> {
     /// The handler's reply to vCPU `vi`'s exit arrived.
     #[inline]
     pub(crate) fn trace_replied(&mut self, vi: u16) {
+        if self.traced_vms == 0 {
+            return;
+        }
         if self.vcpus[vi as usize]
             .obj
             .as_ref()
@@ -211,6 +234,9 @@ impl<M: Machine> Kernel<M> {
     /// Thread `t` enters its guest now: closes and writes its vCPU's open record.
     #[inline]
     pub fn trace_entry(&mut self, t: ThreadId) {
+        if self.traced_vms == 0 {
+            return;
+        }
         let Some(vi) = self.vcpu_of(t) else {
             return;
         };
@@ -227,6 +253,9 @@ impl<M: Machine> Kernel<M> {
 
     /// vCPU `vi` stopped: its open record is written without an entry.
     pub(crate) fn trace_stopped(&mut self, vi: u16) {
+        if self.traced_vms == 0 {
+            return;
+        }
         let Some(mut r) = self.vcpus[vi as usize]
             .obj
             .as_mut()
@@ -250,16 +279,16 @@ impl<M: Machine> Kernel<M> {
             t.dropped += 1;
             let dropped = t.dropped;
             self.machine
-                .write_phys(phys + header::DROPPED as u64, &dropped.to_le_bytes());
+                .write_owned_words(phys + header::DROPPED as u64, &[dropped]);
             return;
         }
         let slot = (t.head % trace::CAPACITY as u64) as usize;
         t.head += 1;
         let head = t.head;
         self.machine
-            .write_phys(phys + trace::record_offset(slot) as u64, &r.encode());
+            .write_owned_words(phys + trace::record_offset(slot) as u64, &r.words());
         self.machine
-            .write_phys(phys + header::HEAD as u64, &head.to_le_bytes());
+            .write_owned_words(phys + header::HEAD as u64, &[head]);
         self.wake_reader_if_due();
     }
 
@@ -292,10 +321,8 @@ impl<M: Machine> Kernel<M> {
             return;
         };
         let t = &self.trace;
-        let mut b = [0u8; 24];
-        b[0..8].copy_from_slice(&t.head.to_le_bytes());
-        b[8..16].copy_from_slice(&t.dropped.to_le_bytes());
-        b[16..24].copy_from_slice(&t.tail.to_le_bytes());
-        self.machine.write_phys(phys + header::HEAD as u64, &b);
+        let words = [t.head, t.dropped, t.tail];
+        self.machine
+            .write_owned_words(phys + header::HEAD as u64, &words);
     }
 }

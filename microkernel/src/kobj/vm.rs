@@ -1358,6 +1358,9 @@ impl<M: Machine> Kernel<M> {
                     }
                 }
                 if let Some(vm) = slot_remove(&mut self.vms, r.index) {
+                    if vm.traced {
+                        self.traced_vms -= 1;
+                    }
                     self.machine.ept_destroy(vm.ept);
                     self.release(vm.ram);
                     if let Some(s) = vm.shadow {

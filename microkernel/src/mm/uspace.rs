@@ -510,6 +510,17 @@ impl Machine for KernelMachine {
         }
     }
 
+    #[inline]
+    fn write_owned_words(&mut self, phys: u64, words: &[u64]) {
+        let base = phys_to_virt(phys) as *mut u64;
+        for (i, &w) in words.iter().enumerate() {
+            // SAFETY: the object model passes only 8-aligned addresses inside frames it
+            // allocated and keeps (the trace ring, never freed), mapped in the direct map;
+            // another task may map them read-only, hence the volatile store.
+            unsafe { core::ptr::write_volatile(base.add(i), w.to_le()) };
+        }
+    }
+
     fn write_phys(&mut self, phys: u64, data: &[u8]) {
         let end = phys.saturating_add(data.len() as u64);
         // Only frames the allocator handed out (never the kernel image, modules or tables of
