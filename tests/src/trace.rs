@@ -469,6 +469,15 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// A time of `row`, or `-` when none of its exits had one (each stopped the vCPU).
+fn cycles(row: &TraceRow, t: u64) -> String {
+    if row.max == 0 {
+        "-".to_string()
+    } else {
+        thousands(t)
+    }
+}
+
 /// The columns of the table: header, and whether the column is left-aligned.
 const COLUMNS: [(&str, bool); 9] = [
     ("reason", true),
@@ -492,10 +501,10 @@ pub fn render_table(r: &TraceReport) -> String {
             thousands(row.count),
             format!("{:.2}%", r.share_exits(row)),
             format!("{:.2}%", r.share_time(row)),
-            thousands(row.min),
-            thousands(row.p50),
-            thousands(row.p99),
-            thousands(row.max),
+            cycles(row, row.min),
+            cycles(row, row.p50),
+            cycles(row, row.p99),
+            cycles(row, row.max),
             if row.handler_total == 0 {
                 "-".to_string()
             } else {
@@ -634,6 +643,35 @@ pub fn write_csv(path: &Path, reports: &[TraceReport]) -> Result<(), String> {
         fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     fs::write(path, csv_text(reports)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What `make trace` tells when the log has no trace report.
+pub const NO_TRACE_LINES: &str =
+    "no trace lines in the log: is the trace service in this scenario?";
+
+/// `make trace` after the run: parses the (cleaned) serial log, prints the table of every
+/// traced VM, writes `<out_dir>/<name>.csv` and `<out_dir>/<name>.svg` and prints their
+/// paths. An error when the log has no trace report or a malformed one.
+pub fn report(log: &str, name: &str, out_dir: &Path) -> Result<Vec<TraceReport>, String> {
+    let reports = parse_log(log)?;
+    if reports.is_empty() {
+        return Err(NO_TRACE_LINES.to_string());
+    }
+    for r in &reports {
+        println!();
+        print!("{}", render_table(r));
+    }
+    println!();
+    let csv = out_dir.join(format!("{name}.csv"));
+    write_csv(&csv, &reports)?;
+    let svg = out_dir.join(format!("{name}.svg"));
+    draw_svg(&svg, &reports)?;
+    println!("wrote {} (a row per VM and exit reason)", csv.display());
+    println!(
+        "wrote {} (latency distribution per exit reason, one row of panels per VM)",
+        svg.display()
+    );
+    Ok(reports)
 }
 
 #[cfg(test)]
