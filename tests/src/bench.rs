@@ -120,15 +120,42 @@ pub struct ExitRow {
     pub op: String,
     pub min: u64,
     pub median: u64,
+    /// Measured by the second run, with exit tracing on (the VM named [`TRACED_VM`]).
+    pub traced: bool,
+}
+
+impl ExitRow {
+    /// The `via` column of `build/bench/vmm.csv`: `vmm`, `kernel`, `vmm-traced`, `kernel-traced`.
+    pub fn csv_via(&self) -> String {
+        if self.traced {
+            format!("{}-traced", self.via)
+        } else {
+            self.via.clone()
+        }
+    }
 }
 
 pub const VMM_CSV_HEADER: &str = "op,via,median_cycles,min_cycles";
 
-/// The `bench-vmm: via=V op=O min=N median=N` lines of a log.
+/// The VM of the benchmark's second run, with tracing on (the first is `bench`).
+pub const TRACED_VM: &str = "bench-traced";
+
+/// Exit round trips of one run: 3 ops, via the VMM and via the kernel.
+pub const EXIT_ROWS: usize = 6;
+
+/// The exits the benchmark guest measures.
+pub const EXIT_OPS: [&str; 3] = ["cpuid", "vmcall", "out"];
+
+/// The `<vm>: bench-vmm: via=V op=O min=N median=N` lines of a log (`<vm>` is the VMM's prefix
+/// of the guest's console: `bench`, or [`TRACED_VM`] for the run with tracing on).
 pub fn parse_exit_rows(log: &str) -> Vec<ExitRow> {
     log.lines()
-        .filter_map(|l| l.split_once("bench-vmm: via=").map(|(_, rest)| rest))
-        .filter_map(|rest| {
+        .filter_map(|l| l.split_once("bench-vmm: via="))
+        .filter_map(|(head, rest)| {
+            let vm = head
+                .trim_end()
+                .strip_suffix(':')
+                .and_then(|h| h.split_ascii_whitespace().last());
             let mut words = rest.split_ascii_whitespace();
             let via = words.next()?.to_string();
             let mut op = None;
@@ -147,51 +174,104 @@ pub fn parse_exit_rows(log: &str) -> Vec<ExitRow> {
                 op: op?,
                 min: min?,
                 median: median?,
+                traced: vm == Some(TRACED_VM),
             })
         })
         .collect()
 }
 
+/// The bench-vmm report: each exit round trip via the VMM, with tracing on next to it when
+/// the log has the traced run (else a line saying it was not measured), then the in-kernel
+/// floor and the ratio.
+pub fn exit_table(rows: &[ExitRow]) -> String {
+    let find = |via: &str, op: &str, traced: bool| {
+        rows.iter()
+            .find(|r| r.via == via && r.op == op && r.traced == traced)
+            .map(|r| r.median)
+    };
+    let has_traced = rows.iter().any(|r| r.traced);
+    let mut out = String::from(
+        "VM exit round trip measured by the guest (rdtsc; op; rdtsc), Bochs cycles (= instructions), median of 1000:\n",
+    );
+    if has_traced {
+        out += &format!(
+            "{:>8} {:>12} {:>14} {:>9} {:>14} {:>8}\n",
+            "exit", "via VMM", "tracing on", "overhead", "kernel floor", "ratio"
+        );
+    } else {
+        out += &format!(
+            "{:>8} {:>12} {:>14} {:>8}\n",
+            "exit", "via VMM", "kernel floor", "ratio"
+        );
+    }
+    for op in EXIT_OPS {
+        let (Some(v), Some(k)) = (find("vmm", op, false), find("kernel", op, false)) else {
+            continue;
+        };
+        let ratio = v as f64 / k.max(1) as f64;
+        if has_traced {
+            let (on, overhead) = match find("vmm", op, true) {
+                Some(t) => (
+                    t.to_string(),
+                    format!("{:+.1}%", 100.0 * (t as f64 - v as f64) / v.max(1) as f64),
+                ),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            out += &format!(
+                "{:>8} {:>12} {:>14} {:>9} {:>14} {:>7.1}x\n",
+                op, v, on, overhead, k, ratio
+            );
+        } else {
+            out += &format!("{:>8} {:>12} {:>14} {:>7.1}x\n", op, v, k, ratio);
+        }
+    }
+    if has_traced {
+        out +=
+            "  tracing on = the same guest again with every exit time-stamped into the trace ring \
+                (VM bench-traced);\n  overhead = (tracing on - via VMM) / via VMM\n";
+    } else {
+        out += "  tracing on: not measured (this ISO's bench-vmm has no bench-traced run)\n";
+    }
+    out
+}
+
+/// `build/bench/vmm.csv`: a row per op and path; the traced run's rows say `vmm-traced` and
+/// `kernel-traced` in the `via` column.
+pub fn vmm_csv(rows: &[ExitRow]) -> String {
+    let mut csv = String::from(VMM_CSV_HEADER);
+    csv.push('\n');
+    for row in rows {
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            row.op,
+            row.csv_via(),
+            row.median,
+            row.min
+        ));
+    }
+    csv
+}
+
 /// `make bench`, second part: boots `scenario=bench-vmm` in Bochs and prints each exit round
-/// trip through the VMM service next to the in-kernel floor; writes `build/bench/vmm.csv`.
+/// trip through the VMM service next to the same with tracing on and the in-kernel floor;
+/// writes `build/bench/vmm.csv`.
 pub fn run_vmm(iso: &Path, build_dir: &Path) -> Result<u8, String> {
     let (passed, log, log_path) = boot_bench(abi::scenario::BENCH_VMM, iso, build_dir)?;
     let rows = parse_exit_rows(&log);
-    if !passed || rows.len() != 6 {
+    let untraced = rows.iter().filter(|r| !r.traced).count();
+    let traced = rows.len() - untraced;
+    if !passed || untraced != EXIT_ROWS || !(traced == 0 || traced == EXIT_ROWS) {
         return Err(format!(
-            "bench-vmm did not complete ({} rows; see {})",
-            rows.len(),
+            "bench-vmm did not complete ({untraced} rows, {traced} with tracing on; see {})",
             log_path.display()
         ));
     }
-    let find = |via: &str, op: &str| rows.iter().find(|r| r.via == via && r.op == op);
     println!();
-    println!("VM exit round trip measured by the guest (rdtsc; op; rdtsc), Bochs cycles (= instructions), median of 1000:");
-    println!(
-        "{:>8} {:>12} {:>14} {:>8}",
-        "exit", "via VMM", "kernel floor", "ratio"
-    );
-    for op in ["cpuid", "vmcall", "out"] {
-        if let (Some(v), Some(k)) = (find("vmm", op), find("kernel", op)) {
-            let ratio = v.median as f64 / k.median.max(1) as f64;
-            println!(
-                "{:>8} {:>12} {:>14} {:>7.1}x",
-                op, v.median, k.median, ratio
-            );
-        }
-    }
+    print!("{}", exit_table(&rows));
     let dir: PathBuf = build_dir.join("bench");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut csv = String::from(VMM_CSV_HEADER);
-    csv.push('\n');
-    for row in &rows {
-        csv.push_str(&format!(
-            "{},{},{},{}\n",
-            row.op, row.via, row.median, row.min
-        ));
-    }
     let path = dir.join("vmm.csv");
-    fs::write(&path, csv).map_err(|e| format!("{}: {e}", path.display()))?;
+    fs::write(&path, vmm_csv(&rows)).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(0)
 }
@@ -544,10 +624,83 @@ mod tests {
                 via: "vmm".into(),
                 op: "cpuid".into(),
                 min: 3609,
-                median: 3610
+                median: 3610,
+                traced: false,
             }
         );
         assert_eq!(rows[1].via, "kernel");
+    }
+
+    /// The six lines of one run of the benchmark guest, for VM `vm`, each op's figures
+    /// `(vmm, kernel)` medians (min = median - 1).
+    fn exit_log(vm: &str, figures: [(u64, u64); 3]) -> String {
+        let mut log = format!("[vmm-service] vmm: {vm}: starting guest-bench\n");
+        for (op, (v, k)) in EXIT_OPS.iter().zip(figures) {
+            log += &format!(
+                "[vmm-service] {vm}: bench-vmm: via=vmm op={op} min={} median={v}\n",
+                v - 1
+            );
+            log += &format!(
+                "[vmm-service] {vm}: bench-vmm: via=kernel op={op} min={} median={k}\n",
+                k - 1
+            );
+        }
+        log
+    }
+
+    #[test]
+    fn traced_run_sits_beside_the_untraced_one() {
+        let log = exit_log("bench", [(3610, 323), (3500, 300), (3700, 330)])
+            + "[vmm-suite] trace: vm=bench-traced id=3 exits=6000 time=1 dropped=0 lost=0\n"
+            + &exit_log(TRACED_VM, [(3971, 400), (3850, 380), (4070, 410)]);
+        let rows = parse_exit_rows(&log);
+        assert_eq!(rows.len(), 2 * EXIT_ROWS);
+        assert_eq!(rows.iter().filter(|r| r.traced).count(), EXIT_ROWS);
+        let t = rows
+            .iter()
+            .find(|r| r.traced && r.via == "vmm" && r.op == "cpuid")
+            .unwrap();
+        assert_eq!(
+            (t.median, t.min, t.csv_via()),
+            (3971, 3970, "vmm-traced".into())
+        );
+
+        let table = exit_table(&rows);
+        println!("{table}");
+        let cpuid: Vec<&str> = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("cpuid"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // 3971 / 3610 = +10.0 %; the floor stays the untraced run's.
+        assert_eq!(cpuid, ["cpuid", "3610", "3971", "+10.0%", "323", "11.2x"]);
+        assert!(table.contains("tracing on"));
+        assert!(!table.contains("not measured"));
+
+        let csv = vmm_csv(&rows);
+        assert!(csv.starts_with("op,via,median_cycles,min_cycles\ncpuid,vmm,3610,3609\n"));
+        assert!(csv.contains("\ncpuid,vmm-traced,3971,3970\n"));
+        assert!(csv.contains("\nout,kernel-traced,410,409\n"));
+        assert_eq!(csv.lines().count(), 1 + 2 * EXIT_ROWS);
+    }
+
+    #[test]
+    fn without_the_traced_run_tracing_on_is_not_measured() {
+        let rows = parse_exit_rows(&exit_log("bench", [(3610, 323), (3500, 300), (3700, 330)]));
+        assert!(rows.iter().all(|r| !r.traced));
+        let table = exit_table(&rows);
+        assert!(table.contains("tracing on: not measured"));
+        let out: Vec<&str> = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("out"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(out, ["out", "3700", "330", "11.2x"]);
+        let csv = vmm_csv(&rows);
+        assert!(!csv.contains("traced"));
+        assert_eq!(csv.lines().count(), 1 + EXIT_ROWS);
     }
 
     #[test]
