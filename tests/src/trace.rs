@@ -1,7 +1,8 @@
 //! `make trace`: the exit trace report of each traced VM, parsed from the serial log.
 //!
-//! The on-target suite prints, after every traced VM run, the lines of
-//! `/work/specs/trace-lines.md` (behind the `[vmm-suite] ` prefix):
+//! The on-target suite prints, after every traced VM run, these lines (behind its
+//! `[vmm-suite] ` prefix; times in cycles, histogram buckets `[lo, hi)`, nonzero ones only,
+//! ascending, a long list continued on the next line):
 //!
 //! ```text
 //! trace: vm=<name> id=<u32> exits=<u64> time=<u64> dropped=<u64> lost=<0|1>
@@ -469,6 +470,9 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The cells of one line of the table.
+type Cells = [String; COLUMNS.len()];
+
 /// A time of `row`, or `-` when none of its exits had one (each stopped the vCPU).
 fn cycles(row: &TraceRow, t: u64) -> String {
     if row.max == 0 {
@@ -494,7 +498,7 @@ const COLUMNS: [(&str, bool); 9] = [
 /// The report of one VM as a `perf kvm stat`-like table: a row per exit reason by share of
 /// time, then the totals and, if records were dropped or lost, a warning.
 pub fn render_table(r: &TraceReport) -> String {
-    let mut cells: Vec<[String; 9]> = Vec::new();
+    let mut cells: Vec<Cells> = Vec::new();
     for row in r.rows_by_time() {
         cells.push([
             row.reason.clone(),
@@ -514,7 +518,7 @@ pub fn render_table(r: &TraceReport) -> String {
     }
     let rows_exits: u64 = r.rows.iter().map(|x| x.count).sum();
     let rows_time: u64 = r.rows.iter().map(|x| x.total).sum();
-    let total = [
+    let total: Cells = [
         "total".to_string(),
         thousands(rows_exits),
         format!("{:.2}%", percent(rows_exits, r.exits_base())),
@@ -525,13 +529,13 @@ pub fn render_table(r: &TraceReport) -> String {
         String::new(),
         String::new(),
     ];
-    let mut width: [usize; 9] = COLUMNS.map(|(h, _)| h.len());
+    let mut width: [usize; COLUMNS.len()] = COLUMNS.map(|(h, _)| h.len());
     for line in cells.iter().chain(std::iter::once(&total)) {
         for (w, c) in width.iter_mut().zip(line) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let fmt_line = |line: &[String; 9]| {
+    let fmt_line = |line: &Cells| {
         let mut s = String::from(" ");
         for (i, c) in line.iter().enumerate() {
             let w = width[i];

@@ -1,5 +1,5 @@
-//! Unit tests of `trace` and `trace_svg`, on a log written by hand after
-//! `/work/specs/trace-lines.md`.
+//! Unit tests of `trace` and `trace_svg`, on a log written by hand in the format of the
+//! suite's trace lines (see `trace`'s module documentation).
 
 use super::*;
 use crate::trace_svg::cdf_points;
