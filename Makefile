@@ -2,6 +2,7 @@
 #
 #   make run  [SCENARIO=kernel] [EMU=qemu|bochs|kvm] [TIMEOUT=secs]
 #   make test
+#   make trace [SCENARIO=demo] [EMU=bochs|kvm|qemu]
 #
 # The scenario list lives in tests/src/scenarios.rs (`make scenarios` prints it).
 
@@ -59,7 +60,7 @@ LIMINE_TOOL := $(BUILD)/limine
 LOADER ?= auto
 FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run test fuzz fuzz-vm bench boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run test fuzz fuzz-vm bench trace boot-configs scenarios clean
 
 help:
 	@echo "Umbra: microkernel-based x86_64 hypervisor"
@@ -82,6 +83,10 @@ help:
 	@echo "  make bench         benchmarks in Bochs: IPC round trips (build/bench/ipc.csv), VM exit round trips"
 	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv), the shadow MMU per"
 	@echo "                     paging mode (build/bench/mmu.csv); shadow MMU on the host (criterion)"
+	@echo "  make trace         run a scenario with exit tracing on (SCENARIO=demo, EMU=bochs unless named, TIMEOUT=secs):"
+	@echo "                     per VM, a table of exit reasons (count, % of exits, % of time, min/median/p99/max"
+	@echo "                     cycles), build/trace/SCENARIO.csv and build/trace/SCENARIO.svg (latency per reason);"
+	@echo "                     LOG=path reports on an existing serial log without booting"
 	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
@@ -187,6 +192,19 @@ bench: ensure-setup harness iso
 	else \
 		echo "make bench: mmu-service has no bench target yet (mmu-service/benches/); nothing to run"; \
 	fi
+
+# A scenario with exit tracing on (`trace` on the kernel command line), in Bochs unless EMU is
+# named: the report table, build/trace/SCENARIO.csv and .svg. LOG=path: only report on a log.
+# GUEST= (a user's own kernel) is not possible yet.
+TRACE_SCENARIO := $(or $(SCENARIO),demo)
+trace: ensure-setup harness $(if $(LOG)$(GUEST),,iso)
+	@if [ -n "$(GUEST)" ]; then \
+		{ echo "make trace: GUEST=$(GUEST): running your own guest kernel is not possible yet (it needs a"; \
+		  echo "            loader for user-supplied kernels, an open issue); use SCENARIO=NAME (make scenarios)"; } >&2; \
+		exit 2; fi
+	@$(HARNESS) trace --scenario $(TRACE_SCENARIO) \
+		$(if $(LOG),--log $(LOG),--emu $(if $(filter undefined,$(EMU_ORIGIN)),bochs,$(EMU)) \
+		$(if $(TIMEOUT),--timeout $(TIMEOUT)) --loader $(or $(LOADER),auto))
 
 boot-configs: harness
 	@$(HARNESS) boot-configs

@@ -120,15 +120,42 @@ pub struct ExitRow {
     pub op: String,
     pub min: u64,
     pub median: u64,
+    /// Measured by the second run, with exit tracing on (the VM named [`TRACED_VM`]).
+    pub traced: bool,
+}
+
+impl ExitRow {
+    /// The `via` column of `build/bench/vmm.csv`: `vmm`, `kernel`, `vmm-traced`, `kernel-traced`.
+    pub fn csv_via(&self) -> String {
+        if self.traced {
+            format!("{}-traced", self.via)
+        } else {
+            self.via.clone()
+        }
+    }
 }
 
 pub const VMM_CSV_HEADER: &str = "op,via,median_cycles,min_cycles";
 
-/// The `bench-vmm: via=V op=O min=N median=N` lines of a log.
+/// The VM of the benchmark's second run, with tracing on (the first is `bench`).
+pub const TRACED_VM: &str = "bench-traced";
+
+/// Exit round trips of one run: 3 ops, via the VMM and via the kernel.
+pub const EXIT_ROWS: usize = 6;
+
+/// The exits the benchmark guest measures.
+pub const EXIT_OPS: [&str; 3] = ["cpuid", "vmcall", "out"];
+
+/// The `<vm>: bench-vmm: via=V op=O min=N median=N` lines of a log (`<vm>` is the VMM's prefix
+/// of the guest's console: `bench`, or [`TRACED_VM`] for the run with tracing on).
 pub fn parse_exit_rows(log: &str) -> Vec<ExitRow> {
     log.lines()
-        .filter_map(|l| l.split_once("bench-vmm: via=").map(|(_, rest)| rest))
-        .filter_map(|rest| {
+        .filter_map(|l| l.split_once("bench-vmm: via="))
+        .filter_map(|(head, rest)| {
+            let vm = head
+                .trim_end()
+                .strip_suffix(':')
+                .and_then(|h| h.split_ascii_whitespace().last());
             let mut words = rest.split_ascii_whitespace();
             let via = words.next()?.to_string();
             let mut op = None;
@@ -147,51 +174,104 @@ pub fn parse_exit_rows(log: &str) -> Vec<ExitRow> {
                 op: op?,
                 min: min?,
                 median: median?,
+                traced: vm == Some(TRACED_VM),
             })
         })
         .collect()
 }
 
+/// The bench-vmm report: each exit round trip via the VMM, with tracing on next to it when
+/// the log has the traced run (else a line saying it was not measured), then the in-kernel
+/// floor and the ratio.
+pub fn exit_table(rows: &[ExitRow]) -> String {
+    let find = |via: &str, op: &str, traced: bool| {
+        rows.iter()
+            .find(|r| r.via == via && r.op == op && r.traced == traced)
+            .map(|r| r.median)
+    };
+    let has_traced = rows.iter().any(|r| r.traced);
+    let mut out = String::from(
+        "VM exit round trip measured by the guest (rdtsc; op; rdtsc), Bochs cycles (= instructions), median of 1000:\n",
+    );
+    if has_traced {
+        out += &format!(
+            "{:>8} {:>12} {:>14} {:>9} {:>14} {:>8}\n",
+            "exit", "via VMM", "tracing on", "overhead", "kernel floor", "ratio"
+        );
+    } else {
+        out += &format!(
+            "{:>8} {:>12} {:>14} {:>8}\n",
+            "exit", "via VMM", "kernel floor", "ratio"
+        );
+    }
+    for op in EXIT_OPS {
+        let (Some(v), Some(k)) = (find("vmm", op, false), find("kernel", op, false)) else {
+            continue;
+        };
+        let ratio = v as f64 / k.max(1) as f64;
+        if has_traced {
+            let (on, overhead) = match find("vmm", op, true) {
+                Some(t) => (
+                    t.to_string(),
+                    format!("{:+.1}%", 100.0 * (t as f64 - v as f64) / v.max(1) as f64),
+                ),
+                None => ("-".to_string(), "-".to_string()),
+            };
+            out += &format!(
+                "{:>8} {:>12} {:>14} {:>9} {:>14} {:>7.1}x\n",
+                op, v, on, overhead, k, ratio
+            );
+        } else {
+            out += &format!("{:>8} {:>12} {:>14} {:>7.1}x\n", op, v, k, ratio);
+        }
+    }
+    if has_traced {
+        out +=
+            "  tracing on = the same guest again with every exit time-stamped into the trace ring \
+                (VM bench-traced);\n  overhead = (tracing on - via VMM) / via VMM\n";
+    } else {
+        out += "  tracing on: not measured (this ISO's bench-vmm has no bench-traced run)\n";
+    }
+    out
+}
+
+/// `build/bench/vmm.csv`: a row per op and path; the traced run's rows say `vmm-traced` and
+/// `kernel-traced` in the `via` column.
+pub fn vmm_csv(rows: &[ExitRow]) -> String {
+    let mut csv = String::from(VMM_CSV_HEADER);
+    csv.push('\n');
+    for row in rows {
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            row.op,
+            row.csv_via(),
+            row.median,
+            row.min
+        ));
+    }
+    csv
+}
+
 /// `make bench`, second part: boots `scenario=bench-vmm` in Bochs and prints each exit round
-/// trip through the VMM service next to the in-kernel floor; writes `build/bench/vmm.csv`.
+/// trip through the VMM service next to the same with tracing on and the in-kernel floor;
+/// writes `build/bench/vmm.csv`.
 pub fn run_vmm(iso: &Path, build_dir: &Path) -> Result<u8, String> {
     let (passed, log, log_path) = boot_bench(abi::scenario::BENCH_VMM, iso, build_dir)?;
     let rows = parse_exit_rows(&log);
-    if !passed || rows.len() != 6 {
+    let untraced = rows.iter().filter(|r| !r.traced).count();
+    let traced = rows.len() - untraced;
+    if !passed || untraced != EXIT_ROWS || !(traced == 0 || traced == EXIT_ROWS) {
         return Err(format!(
-            "bench-vmm did not complete ({} rows; see {})",
-            rows.len(),
+            "bench-vmm did not complete ({untraced} rows, {traced} with tracing on; see {})",
             log_path.display()
         ));
     }
-    let find = |via: &str, op: &str| rows.iter().find(|r| r.via == via && r.op == op);
     println!();
-    println!("VM exit round trip measured by the guest (rdtsc; op; rdtsc), Bochs cycles (= instructions), median of 1000:");
-    println!(
-        "{:>8} {:>12} {:>14} {:>8}",
-        "exit", "via VMM", "kernel floor", "ratio"
-    );
-    for op in ["cpuid", "vmcall", "out"] {
-        if let (Some(v), Some(k)) = (find("vmm", op), find("kernel", op)) {
-            let ratio = v.median as f64 / k.median.max(1) as f64;
-            println!(
-                "{:>8} {:>12} {:>14} {:>7.1}x",
-                op, v.median, k.median, ratio
-            );
-        }
-    }
+    print!("{}", exit_table(&rows));
     let dir: PathBuf = build_dir.join("bench");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut csv = String::from(VMM_CSV_HEADER);
-    csv.push('\n');
-    for row in &rows {
-        csv.push_str(&format!(
-            "{},{},{},{}\n",
-            row.op, row.via, row.median, row.min
-        ));
-    }
     let path = dir.join("vmm.csv");
-    fs::write(&path, csv).map_err(|e| format!("{}: {e}", path.display()))?;
+    fs::write(&path, vmm_csv(&rows)).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(0)
 }
@@ -527,156 +607,5 @@ pub fn run_mmu(iso: &Path, build_dir: &Path) -> Result<u8, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_exit_lines() {
-        let log = "[vmm-service] bench: bench-vmm: via=vmm op=cpuid min=3609 median=3610\n\
-                   [vmm-service] bench: bench-vmm: via=kernel op=out min=323 median=323\n\
-                   [vmm-service] bench: bench-vmm: via=kernel op=out min=x median=323\n\
-                   [vmm-service] bench: bench-vmm: start, 1000 rounds per op\n";
-        let rows = parse_exit_rows(log);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(
-            rows[0],
-            ExitRow {
-                via: "vmm".into(),
-                op: "cpuid".into(),
-                min: 3609,
-                median: 3610
-            }
-        );
-        assert_eq!(rows[1].via, "kernel");
-    }
-
-    #[test]
-    fn parses_csv_lines_and_skips_the_header() {
-        let log = "[bench-ipc] bench-ipc: csv payload_bytes,median_cycles,min_cycles,mean_cycles,max_cycles,rounds\n\
-                   [bench-ipc] bench-ipc: csv 0,400,390,402,900,1000\n\
-                   noise\n\
-                   [bench-ipc] bench-ipc: csv 64,450,440,451,950,1000\n\
-                   [bench-ipc] bench-ipc: csv 64,broken\n";
-        let rows = parse_ipc_rows(log);
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0].median, 400);
-        assert_eq!(rows[1].payload, 64);
-    }
-    /// A log as `bench-mmu` prints it, for one mode and policy with 2 spaces.
-    fn mmu_log(mode: &str, policy: &str, hits: u64, misses: u64) -> String {
-        format!(
-            "[vmm-service] {mode}-{policy}-0: mmubench: mode={mode} policy={policy} spaces=0 op=first_touch median=2100 mean=2110 min=2090 n=256\n\
-             [vmm-service] {mode}-{policy}-0: mmubench: mode={mode} policy={policy} spaces=0 op=cr3_hit median=1800 mean=1810 min=1790 n=256\n\
-             [vmm-service] {mode}-{policy}-0: mmubench: mode={mode} policy={policy} spaces=0 op=cr3_miss median=9000 mean=9100 min=8900 n=64\n\
-             [vmm-suite] bench-mmu: csv {mode},{policy},0,200,70,400,330,60\n\
-             [vmm-service] {mode}-{policy}-2: mmubench: mode={mode} policy={policy} spaces=2 op=switch_touch median=1900 mean=1950 min=1880 n=400\n\
-             [vmm-suite] bench-mmu: csv {mode},{policy},2,{hits},{misses},20,400,40\n"
-        )
-    }
-
-    #[test]
-    fn parses_mmu_figures() {
-        let log = "[vmm-service] pae-kvm-0: hello: shadow MMU benchmark, command line \"policy=kvm spaces=0\"\n\
-                   [vmm-service] pae-kvm-0: mmubench: mode=pae policy=kvm spaces=0 op=cr3_hit median=5000 mean=5010 min=4990 n=256\n\
-                   [vmm-service] pae-kvm-0: mmubench: mode=pae policy=kvm spaces=0 op=cr3_hit median=x mean=5010 min=4990 n=256\n\
-                   [vmm-service] pae-kvm-0: mmubench: mode=pae spaces=0 op=cr3_hit median=5000 mean=5010 min=4990 n=256\n";
-        let f = parse_mmu_figures(log);
-        assert_eq!(f.len(), 1);
-        assert_eq!(
-            f[0],
-            MmuFigure {
-                mode: "pae".into(),
-                policy: "kvm".into(),
-                spaces: 0,
-                op: "cr3_hit".into(),
-                median: 5000,
-                mean: 5010,
-                min: 4990,
-                n: 256
-            }
-        );
-    }
-
-    #[test]
-    fn parses_mmu_counters_and_skips_the_header() {
-        let log = "[vmm-suite] bench-mmu: csv mode,policy,spaces,hits,misses,faults,cr3_loads,pool_used\n\
-                   [vmm-suite] bench-mmu: csv 2-level,kvm,16,0,401,900,400,70\n\
-                   [vmm-suite] bench-mmu: csv 2-level,kvm,16,0,401\n";
-        let c = parse_mmu_counters(log);
-        assert_eq!(c.len(), 1);
-        assert_eq!(
-            c[0],
-            MmuCounters {
-                mode: "2-level".into(),
-                policy: "kvm".into(),
-                spaces: 16,
-                hits: 0,
-                misses: 401,
-                faults: 900,
-                cr3_loads: 400,
-                pool_used: 70
-            }
-        );
-    }
-
-    #[test]
-    fn joins_figures_with_counters_policies_side_by_side() {
-        let log = mmu_log("64-bit", "umbra", 399, 2)
-            + &mmu_log("pae", "umbra", 399, 2)
-            + &mmu_log("pae", "kvm", 0, 401);
-        let rows = join_mmu(&parse_mmu_figures(&log), &parse_mmu_counters(&log));
-        let keys: Vec<(&str, &str, u32)> = rows
-            .iter()
-            .map(|r| (r.mode.as_str(), r.policy.as_str(), r.spaces))
-            .collect();
-        assert_eq!(
-            keys,
-            [
-                ("64-bit", "umbra", 2),
-                ("pae", "umbra", 2),
-                ("pae", "kvm", 2)
-            ]
-        );
-        let r = &rows[2];
-        assert_eq!(
-            (r.first_touch, r.cr3_hit, r.cr3_miss, r.switch_touch),
-            (2100, 1800, 9000, 1900)
-        );
-        assert_eq!((r.hits, r.misses), (0, 401));
-        assert_eq!(r.hit_rate(), 0.0);
-        assert!((rows[0].hit_rate() - 99.5).abs() < 0.01);
-        assert_eq!(rows[0].miss_hit_ratio(), 5.0);
-        let csv = mmu_csv(&rows);
-        assert!(csv.starts_with(MMU_CSV_HEADER));
-        assert!(csv.contains("\npae,kvm,2,2100,1800,9000,5.0,1900,0,401,0.0\n"));
-        assert_eq!(csv.lines().count(), 4);
-    }
-
-    #[test]
-    fn a_workload_run_without_figures_is_left_out() {
-        let mut log = mmu_log("pae", "umbra", 399, 2);
-        log = log.replace("op=switch_touch", "op=other");
-        let rows = join_mmu(&parse_mmu_figures(&log), &parse_mmu_counters(&log));
-        assert!(rows.is_empty());
-    }
-
-    #[test]
-    fn targets_are_reported() {
-        let log = mmu_log("64-bit", "umbra", 399, 2)
-            + &mmu_log("pae", "umbra", 399, 2)
-            + &mmu_log("pae", "kvm", 0, 401)
-            + &mmu_log("2-level", "umbra", 398, 3);
-        let rows = join_mmu(&parse_mmu_figures(&log), &parse_mmu_counters(&log));
-        let t = mmu_targets(&rows);
-        let met = |prefix: &str| {
-            t.iter()
-                .find(|(w, _)| w.starts_with(prefix))
-                .map(|(_, m)| *m)
-        };
-        assert_eq!(met("64-bit: shadow #PF"), Some(true));
-        assert_eq!(met("64-bit: CR3 hit"), Some(false)); // 5x
-        assert_eq!(met("pae hit rate"), Some(true));
-        assert_eq!(met("2-level hit rate"), Some(false));
-        assert_eq!(met("pae with KVM's policy"), Some(true));
-    }
-}
+#[path = "bench_tests.rs"]
+mod tests;

@@ -9,6 +9,7 @@
 //! - [`judge`] and [`tally`]: pure log parsing and counting (unit-tested).
 //! - [`orchestrate`]: `make test`.
 //! - [`bench`]: `make bench`: IPC round trips, VM exit round trips, the shadow MMU.
+//! - [`trace`] and [`trace_svg`]: `make trace`: the exit trace report, its CSV and its SVG.
 
 pub mod bench;
 pub mod bootcfg;
@@ -20,3 +21,5 @@ pub mod runner;
 pub mod scenarios;
 pub mod screen;
 pub mod tally;
+pub mod trace;
+pub mod trace_svg;

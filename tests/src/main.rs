@@ -8,7 +8,7 @@ use umbra_tests::emu::{Emu, Firmware, Loader};
 use umbra_tests::orchestrate::{self, TestOptions};
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
-use umbra_tests::{bench, bootcfg, limine, screen};
+use umbra_tests::{bench, bootcfg, judge, limine, screen, trace};
 
 const USAGE: &str = "\
 usage: umbra-harness <command> [options]
@@ -21,6 +21,14 @@ commands:
                        --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`);
                        --loader: auto (default) is limine when `make iso` built its parts, else grub;
                        --firmware uefi boots OVMF (QEMU only)
+  trace --scenario NAME [--emu bochs|kvm|qemu] [--timeout SECS] [--loader limine|grub|auto]
+      [--cmdline WORDS] [--log PATH]
+                       boot the scenario like `run` with `trace` added to the kernel command line,
+                       then print each traced VM's exit report (count, share of exits and of time,
+                       min / median / p99 / max cycles per exit reason), write BUILD/trace/NAME.csv
+                       and BUILD/trace/NAME.svg; exit 0 iff the run passed and its log held a
+                       trace report; --log PATH: boot nothing, report on an existing serial log
+                       (NAME: --scenario, else the log file's name)
   limine-iso           build BUILD/umbra-limine.iso (the menu, limine.cfg) from BUILD/limine-root
   screen-check         boot scenario=kernel through Limine on UEFI in QEMU and check that the
                        screen (QEMU's screendump) shows the log's last lines
@@ -62,6 +70,7 @@ struct Args {
     check: bool,
     loader: Option<String>,
     firmware: Option<String>,
+    log: Option<PathBuf>,
     iso: PathBuf,
     build_dir: PathBuf,
 }
@@ -82,6 +91,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         check: false,
         loader: None,
         firmware: None,
+        log: None,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
     };
@@ -106,6 +116,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--loader" => a.loader = Some(value("--loader")?),
             "--firmware" => a.firmware = Some(value("--firmware")?),
             "--check" => a.check = true,
+            "--log" => a.log = Some(PathBuf::from(value("--log")?)),
             "--iso" => a.iso = PathBuf::from(value("--iso")?),
             "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
             "-h" | "--help" => {
@@ -118,48 +129,106 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
+/// The options of `run` (and `trace`) from the command line, with `cmdline` as the extra
+/// kernel command-line words.
+fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> {
+    let emu = match a.emu.as_deref() {
+        None | Some("auto") | Some("") => Emu::host_default(),
+        Some(e) => {
+            Emu::parse(e).ok_or_else(|| format!("unknown emulator `{e}` (qemu, kvm or bochs)"))?
+        }
+    };
+    let scenario = a
+        .scenario
+        .clone()
+        .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string());
+    let loader = match a.loader.as_deref() {
+        None | Some("auto") | Some("") => match limine::Parts::find(&a.build_dir) {
+            Ok(_) => Loader::Limine,
+            Err(why) => {
+                println!("umbra-harness: booting through GRUB: {why}");
+                Loader::Grub
+            }
+        },
+        Some(l) => {
+            Loader::parse(l).ok_or_else(|| format!("unknown loader `{l}` (limine or grub)"))?
+        }
+    };
+    let firmware = match a.firmware.as_deref() {
+        None | Some("") => Firmware::Bios,
+        Some(f) => {
+            Firmware::parse(f).ok_or_else(|| format!("unknown firmware `{f}` (bios or uefi)"))?
+        }
+    };
+    Ok(RunOptions {
+        extra_cmdline: cmdline,
+        emu,
+        scenario,
+        timeout_secs: a.timeout,
+        expect: a.expect_crash.then_some(Expect::Crash),
+        iso: a.iso.clone(),
+        build_dir: a.build_dir.clone(),
+        loader,
+        firmware,
+    })
+}
+
+/// `trace`: boots the scenario with `trace` on the kernel command line (or takes `--log`),
+/// then prints and writes the trace report ([`trace::report`]).
+fn trace(a: &Args) -> Result<u8, String> {
+    let (log_path, name, run_passed) = match &a.log {
+        Some(path) => {
+            let name = match &a.scenario {
+                Some(s) => s.clone(),
+                None => path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .ok_or_else(|| format!("--log {}: not a file name", path.display()))?,
+            };
+            (path.clone(), name, true)
+        }
+        None => {
+            let words = match a.cmdline.as_deref().map(str::trim) {
+                Some(extra) if !extra.is_empty() => format!("trace {extra}"),
+                _ => "trace".to_string(),
+            };
+            let opts = run_options(a, Some(words))?;
+            let r = runner::run(&opts).map_err(|e| e.0)?;
+            (r.log_path, opts.scenario, r.verdict.check_passed)
+        }
+    };
+    let raw = std::fs::read(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log = judge::clean_console(&raw);
+    let out_dir = a.build_dir.join("trace");
+    let reported = match trace::report(&log, &name, &out_dir) {
+        Ok(_) => true,
+        Err(why) => {
+            println!("umbra-harness: trace: {why} (log: {})", log_path.display());
+            false
+        }
+    };
+    if !run_passed {
+        println!(
+            "umbra-harness: trace: the run of `{name}` failed (see above){}",
+            if reported {
+                "; the report covers what the log holds"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(if run_passed && reported { 0 } else { 1 })
+}
+
 fn real_main(args: &[String]) -> Result<u8, String> {
     let a = parse(args)?;
     match a.command.as_str() {
         "run" => {
-            let emu = match a.emu.as_deref() {
-                None | Some("auto") | Some("") => Emu::host_default(),
-                Some(e) => Emu::parse(e)
-                    .ok_or_else(|| format!("unknown emulator `{e}` (qemu, kvm or bochs)"))?,
-            };
-            let scenario = a
-                .scenario
-                .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string());
-            let loader = match a.loader.as_deref() {
-                None | Some("auto") | Some("") => match limine::Parts::find(&a.build_dir) {
-                    Ok(_) => Loader::Limine,
-                    Err(why) => {
-                        println!("umbra-harness: booting through GRUB: {why}");
-                        Loader::Grub
-                    }
-                },
-                Some(l) => Loader::parse(l)
-                    .ok_or_else(|| format!("unknown loader `{l}` (limine or grub)"))?,
-            };
-            let firmware = match a.firmware.as_deref() {
-                None | Some("") => Firmware::Bios,
-                Some(f) => Firmware::parse(f)
-                    .ok_or_else(|| format!("unknown firmware `{f}` (bios or uefi)"))?,
-            };
-            let opts = RunOptions {
-                extra_cmdline: a.cmdline,
-                emu,
-                scenario,
-                timeout_secs: a.timeout,
-                expect: a.expect_crash.then_some(Expect::Crash),
-                iso: a.iso,
-                build_dir: a.build_dir,
-                loader,
-                firmware,
-            };
+            let opts = run_options(&a, a.cmdline.clone())?;
             let r = runner::run(&opts).map_err(|e| e.0)?;
             Ok(if r.verdict.check_passed { 0 } else { 1 })
         }
+        "trace" => trace(&a),
         "limine-iso" => {
             let parts = limine::Parts::find(&a.build_dir)?;
             let out = a.build_dir.join(limine::ISO);
