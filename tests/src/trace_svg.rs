@@ -109,12 +109,18 @@ fn x_range(reports: &[TraceReport]) -> (f64, f64) {
     (lo, hi)
 }
 
-/// The labelled cycles of the axis: 1, 2 and 5 times each power of ten in `lo..=hi`.
+/// The labelled cycles of the axis: 1, 2 and 5 times each power of ten in `lo..=hi` (only
+/// the powers of ten when the axis spans four decades or more: the labels would touch).
 fn key_points(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
     let mut decade = lo;
+    let steps: &[f64] = if hi / lo >= 1e4 {
+        &[1.0]
+    } else {
+        &[1.0, 2.0, 5.0]
+    };
     while decade <= hi {
-        for m in [1.0, 2.0, 5.0] {
+        for &m in steps {
             let x = decade * m;
             if x <= hi {
                 out.push(x);
@@ -134,12 +140,15 @@ fn draw_panel(
     x_range: (f64, f64),
 ) -> Result<(), DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>> {
     // The reasons in the table's order (largest share of time first), with their histograms.
-    let series: Vec<(String, &TraceHist)> = r
+    // Each reason keeps its colour in both panels: the colour follows its row.
+    let series: Vec<(usize, String, &TraceHist)> = r
         .rows_by_time()
         .into_iter()
-        .filter_map(|row| {
+        .enumerate()
+        .filter_map(|(i, row)| {
             let h = r.hist(&row.reason, share)?;
-            (h.samples() > 0).then(|| (format!("{} ({})", row.reason, thousands(h.samples())), h))
+            (h.samples() > 0)
+                .then(|| (i, format!("{} ({})", row.reason, thousands(h.samples())), h))
         })
         .collect();
     let what = match share {
@@ -147,7 +156,7 @@ fn draw_panel(
         Share::Handler => "handler (receive to reply)",
     };
     let title = format!("VM {}: {what}", r.vm);
-    let points: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, h)| cdf_points(h)).collect();
+    let points: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, _, h)| cdf_points(h)).collect();
     let (lo, hi) = x_range;
     let mut chart = ChartBuilder::on(area)
         .caption(&title, ("sans-serif", 20))
@@ -175,8 +184,8 @@ fn draw_panel(
         )))?;
         return Ok(());
     }
-    for (i, ((label, _), pts)) in series.iter().zip(&points).enumerate() {
-        let c = colour(i);
+    for ((i, label, _), pts) in series.iter().zip(&points) {
+        let c = colour(*i);
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
             .label(label.as_str())

@@ -111,8 +111,8 @@ impl<M: Machine> Kernel<M> {
     /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its
     /// capability. Returns `to`'s syscall result.
     fn transfer(&mut self, from: ThreadId, to: ThreadId) -> Result<[u64; 4], (Error, u64)> {
-        if self.thread(from).vcpu.is_some() {
-            // An exit message reaches its handler.
+        if self.traced_vms != 0 && self.thread(from).vcpu.is_some() {
+            // An exit message of a traced VM's vCPU reaches its handler.
             self.trace_received(from);
         }
         if self.thread(to).vcpu.is_some() {
