@@ -72,7 +72,7 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/fuzz",
-        manifest: "fuzz run=fuzz,fuzz-vm needs=echo,vmm-service,mmu-service,boot,spawn,vmx pages=2048",
+        manifest: "fuzz run=fuzz,fuzz-vm needs=echo,vmm-service,mmu-service,trace,boot,spawn,vmx pages=2048",
     },
     BootModule {
         path: "/boot/guests/guest-multiboot",

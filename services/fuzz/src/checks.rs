@@ -9,6 +9,7 @@ use userlib::ipc::client;
 use userlib::proto::echo::{self, Echo};
 use userlib::proto::mmu::{self, Mmu, MmuError};
 use userlib::proto::supervisor::{self, ServiceInfo, Supervisor, MAX_SERVICES};
+use userlib::proto::trace::{self, Trace};
 use userlib::proto::vmm::{self, ConfigError, EntryMode, MmuMode, VmConfig, Vmm, VmmError};
 use userlib::proto::ProtoError;
 use userlib::sys;
@@ -257,6 +258,16 @@ pub fn verify(before: &Snapshot, canary: CapSlot, canary_bytes: &[u8], t: &mut T
         "mmu-service answers and holds no VM (nothing attached it one)",
         all_unknown,
         format_args!("{last:?}"),
+    );
+
+    // The trace service answers, at its first generation (the fuzzer never crashes it).
+    let r = client::<Trace>(crate::trace()).call(&trace::Request::Status);
+    let ok = matches!(&r, Ok(trace::Response::Status(s)) if !s.restarted);
+    answering += u32::from(ok);
+    t.check(
+        "trace answers Status, not restarted",
+        ok,
+        format_args!("{r:?}"),
     );
 
     let endpoints = creatable(sys::endpoint_create);

@@ -1,7 +1,7 @@
 //! Umbra's on-target fuzzer (`scenario=fuzz`).
 //!
 //! 1. Messages: random and mutated valid requests of every protocol to every service
-//!    (supervisor, echo, VMM, MMU; [`messages`]). Each must be answered with an error or a
+//!    (supervisor, echo, VMM, MMU, trace; [`messages`]). Each must be answered with an error or a
 //!    valid reply; a service that dies (its caller sees `ServerRestarted`) fails the run.
 //! 2. Syscalls: random syscalls with random arguments from a hostile child task
 //!    ([`syscalls`], [`child`]); a call that ends or blocks the child ends only the child.
@@ -18,9 +18,9 @@
 //! `make test`; `make fuzz SEED=.. COUNT=..` sets both). Prints the counts, then
 //! `fuzz: N passed, M failed`, and asks the supervisor to end the scenario.
 //!
-//! Capabilities (manifest `needs=echo,vmm-service,mmu-service,boot,spawn`, taken by name and
-//! kind at start through `userlib::wiring`): the supervisor's, echo's, the VMM service's and
-//! the MMU service's endpoints, boot (the command line and the fuzzer's own module) and spawn
+//! Capabilities (manifest `needs=echo,vmm-service,mmu-service,trace,boot,spawn,vmx`, taken by
+//! name and kind at start through `userlib::wiring`): the supervisor's, echo's, the VMM
+//! service's, the MMU service's and the trace service's endpoints, boot (the command line and the fuzzer's own module) and spawn
 //! (the hostile child).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
@@ -51,6 +51,7 @@ struct Caps {
     echo: CapSlot,
     vmm: CapSlot,
     mmu: CapSlot,
+    trace: CapSlot,
     boot: CapSlot,
     spawn: CapSlot,
     vmx: CapSlot,
@@ -72,6 +73,10 @@ pub fn vmm() -> CapSlot {
 
 pub fn mmu() -> CapSlot {
     cap(|c| c.mmu)
+}
+
+pub fn trace() -> CapSlot {
+    cap(|c| c.trace)
 }
 
 fn boot() -> CapSlot {
@@ -145,6 +150,7 @@ fn check_caps() -> Result<(), &'static str> {
             echo: w.endpoint("echo")?,
             vmm: w.endpoint("vmm-service")?,
             mmu: w.endpoint("mmu-service")?,
+            trace: w.endpoint("trace")?,
             boot: w.boot()?,
             spawn: w.spawn()?,
             vmx: w.vmx()?,
@@ -333,7 +339,7 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
         format_args!("its bytes changed"),
     );
     userlib::println!(
-        "fuzz: services still answering: {answering} of 4 (supervisor, echo, vmm-service, mmu-service)"
+        "fuzz: services still answering: {answering} of 5 (supervisor, echo, vmm-service, mmu-service, trace)"
     );
     userlib::println!(
         "fuzz: seed {seed}, count {count}: {sent} messages sent, {} syscalls issued",
@@ -381,7 +387,7 @@ fn fuzz_vm(seed: u64, runs: u64, guest: Option<u32>, t: &mut Tally) -> Result<()
         format_args!("its bytes changed"),
     );
     userlib::println!(
-        "fuzz: services still answering: {answering} of 4 (supervisor, echo, vmm-service, mmu-service)"
+        "fuzz: services still answering: {answering} of 5 (supervisor, echo, vmm-service, mmu-service, trace)"
     );
     userlib::println!(
         "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"

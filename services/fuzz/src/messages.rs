@@ -14,13 +14,14 @@ use userlib::codec::{self, label, Message};
 use userlib::proto::echo::{self, CrashKind, Echo};
 use userlib::proto::mmu::{self, Mmu, ShadowParams};
 use userlib::proto::supervisor::{self, ServiceName, Supervisor};
+use userlib::proto::trace::{self as trace_proto, Trace};
 use userlib::proto::vmm::{self, EntryMode, MmuMode, ShadowConfig, VmConfig, Vmm};
 use userlib::proto::{ProtoError, Protocol};
 use userlib::sys;
 
 use crate::counts::{kind_name, Counts, NAME_MAX};
 use crate::rng::Rng;
-use crate::{echo, mmu, vmm, PROGRESS, SUPERVISOR};
+use crate::{echo, mmu, trace, vmm, PROGRESS, SUPERVISOR};
 
 /// Longest message built: past [`MAX_PAYLOAD`], which the kernel must refuse.
 const SEND_MAX: usize = 2 * MAX_PAYLOAD;
@@ -322,6 +323,58 @@ impl Fuzzed for Mmu {
     }
 }
 
+impl Fuzzed for Trace {
+    const NAME: &'static str = "trace";
+    fn slot() -> CapSlot {
+        trace()
+    }
+
+    fn golden(rng: &mut Rng) -> trace_proto::Request {
+        use trace_proto::Request::*;
+        let vm = rng.pick(&[0, 1, 2, 7, u32::MAX, rng.next() as u32]);
+        let share = if rng.chance(1, 2) {
+            trace_proto::Share::Full
+        } else {
+            trace_proto::Share::Handler
+        };
+        match rng.below(7) {
+            0 => Status,
+            1 => {
+                let mut name = String::new();
+                for _ in 0..rng.below(trace_proto::NAME_MAX as u64 + 1) {
+                    let _ = name.push((b' ' + rng.below(95) as u8) as char);
+                }
+                Start { name }
+            }
+            2 => Stop { vm },
+            3 => Reset { vm },
+            4 => Query {
+                vm,
+                from_reason: rng.pick(&[0, 10, 65, u16::MAX, rng.next() as u16]),
+            },
+            5 => Buckets {
+                vm,
+                reason: rng.pick(&[0, 10, 30, u16::MAX, rng.next() as u16]),
+                share,
+                from: rng.pick(&[0, 1, 16, u16::MAX, rng.next() as u16]),
+            },
+            _ => Crash,
+        }
+    }
+
+    /// A crash (refused anyway without `trace.inject`) would restart the service on purpose.
+    fn allowed(req: &trace_proto::Request, _: &[ServiceName]) -> bool {
+        !matches!(req, trace_proto::Request::Crash)
+    }
+
+    fn error_of(resp: &trace_proto::Response) -> Option<String<NAME_MAX>> {
+        match resp {
+            trace_proto::Response::Error(e) => Some(proto_error_name(e)),
+            _ => None,
+        }
+    }
+}
+
 /// Mutates the encoded request `buf[..len]`; returns the label and the new length.
 fn mutate<P: Fuzzed>(rng: &mut Rng, buf: &mut [u8; SEND_MAX], mut len: usize) -> (u64, usize) {
     let opcodes = <P::Request as Message>::OPCODE_COUNT as u8;
@@ -386,6 +439,7 @@ fn mutate<P: Fuzzed>(rng: &mut Rng, buf: &mut [u8; SEND_MAX], mut len: usize) ->
             echo::LABEL,
             vmm::LABEL,
             mmu::LABEL,
+            trace_proto::LABEL,
             label(P::PROTOCOL_ID, P::VERSION.wrapping_add(1)),
             label(P::PROTOCOL_ID, 0),
             P::LABEL | 1 << 32,
@@ -404,10 +458,11 @@ impl MessageFuzz<'_> {
     pub fn run(&mut self, count: u64) {
         for i in 0..count {
             PROGRESS.fetch_add(1, Ordering::Relaxed);
-            match self.rng.below(4) {
+            match self.rng.below(5) {
                 0 => self.one::<Supervisor>(i),
                 1 => self.one::<Echo>(i),
                 2 => self.one::<Vmm>(i),
+                3 => self.one::<Trace>(i),
                 _ => self.one::<Mmu>(i),
             }
         }
