@@ -13,7 +13,7 @@
 //! | `restart` | how many times the supervisor restarts the service after a fault | 3 |
 //! | `backoff` | timer ticks to wait before a restart | 1 |
 //! | `run` | comma-separated scenarios the service runs in | empty: every scenario |
-//! | `needs` | comma-separated services that must be started first; the service gets each one's endpoint, and takes it by name (`userlib::wiring`); `boot` names the read-only boot capability | empty |
+//! | `needs` | comma-separated services that must be started first; the service gets each one's endpoint, and takes it by name (`userlib::wiring`); `boot` names the read-only boot capability, `vmx` the VMX capability, `spawn` a copy of the spawn capability, `trace-ring` the exit trace ring's | empty |
 //! | `image` | `service` (a task the supervisor starts) or `guest` (a guest image the VMM loads; never started as a task) | `service` |
 //! | `pages` | the service's page budget: how many pages of memory it may allocate and hold at once (`MemAlloc`) | 1024 (4 MiB) |
 //!

@@ -1119,7 +1119,7 @@ impl SharedRead {
 
     /// The little-endian u64 at `offset` (8-aligned: one volatile load).
     pub fn read_u64(&self, offset: usize) -> Option<u64> {
-        if offset % 8 != 0 || offset.checked_add(8)? > self.len {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.len {
             return None;
         }
         // SAFETY: aligned and inside the readable mapping (checked above).

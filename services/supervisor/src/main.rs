@@ -7,7 +7,8 @@
 //! endpoint (send, badged with the service) in the fixed slots `userlib::wiring::OWN_ENDPOINT`
 //! and `SUPERVISOR`, then one capability per `needs=` name (an endpoint; `boot` gives a
 //! read-only copy of the boot capability, which reads the boot modules and the kernel command
-//! line; `spawn` a copy of the spawn capability, for a service that runs tasks of its own). Where each name landed is the service's wiring, which it asks for at start
+//! line; `spawn` a copy of the spawn capability, for a service that runs tasks of its own; `vmx`
+//! the VMX capability; `trace-ring` the capability that reads the exit trace ring). Where each name landed is the service's wiring, which it asks for at start
 //! (`Request::Wiring`, `userlib::wiring`): no service counts on the manifest's order. Start
 //! argument: the service's generation.
 #![cfg_attr(target_os = "none", no_std, no_main)]
