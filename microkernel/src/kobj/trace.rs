@@ -190,22 +190,8 @@ impl<M: Machine> Kernel<M> {
         if self.traced_vms == 0 {
             return;
         }
-        let Some(vi) = self.vcpu_of(t) else {
-            return;
-        };
-        if self.vcpus[vi as usize]
-            .obj
-            .as_ref()
-            .is_some_and(|v| v.trace_record.is_some())
-        {
-            let now = self.machine.tsc();
-            if let Some(r) = self.vcpus[vi as usize]
-                .obj
-                .as_mut()
-                .and_then(|v| v.trace_record.as_mut())
-            {
-                r.t_recv = now;
-            }
+        if let Some(vi) = self.vcpu_of(t) {
+            self.trace_stamp(vi, |r, now| r.t_recv = now);
         }
     }
 
@@ -215,19 +201,25 @@ impl<M: Machine> Kernel<M> {
         if self.traced_vms == 0 {
             return;
         }
-        if self.vcpus[vi as usize]
+        self.trace_stamp(vi, |r, now| r.t_reply = now);
+    }
+
+    /// Stamps vCPU `vi`'s open record (if any) with the time now.
+    fn trace_stamp(&mut self, vi: u16, set: impl FnOnce(&mut Record, u64)) {
+        let open = self.vcpus[vi as usize]
             .obj
             .as_ref()
-            .is_some_and(|v| v.trace_record.is_some())
+            .is_some_and(|v| v.trace_record.is_some());
+        if !open {
+            return;
+        }
+        let now = self.machine.tsc();
+        if let Some(r) = self.vcpus[vi as usize]
+            .obj
+            .as_mut()
+            .and_then(|v| v.trace_record.as_mut())
         {
-            let now = self.machine.tsc();
-            if let Some(r) = self.vcpus[vi as usize]
-                .obj
-                .as_mut()
-                .and_then(|v| v.trace_record.as_mut())
-            {
-                r.t_reply = now;
-            }
+            set(r, now);
         }
     }
 
