@@ -9,7 +9,7 @@ use crate::PAGE_SIZE;
 use heapless::{String, Vec};
 
 /// Most boot modules kept; further ones are counted in `modules_dropped`.
-pub const MAX_MODULES: usize = 24;
+pub const MAX_MODULES: usize = 40;
 /// Longest kernel command line kept, in bytes.
 pub const CMDLINE_MAX: usize = 256;
 /// Longest module command line (its name and arguments) kept, in bytes.
