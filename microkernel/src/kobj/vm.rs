@@ -1270,9 +1270,9 @@ impl<M: Machine> Kernel<M> {
     /// Records the outcome of the vCPU thread's pending exit call (instead of writing
     /// syscall results into guest registers).
     pub(crate) fn vcpu_call_done(&mut self, vi: u16, result: Result<(), Error>) {
-        if result.is_ok() {
-            self.trace_replied(vi);
-        }
+        // Stamped whatever the outcome (one test while nothing is traced): a failed call
+        // stops the vCPU or re-sends the exit, which stamps again.
+        self.trace_replied(vi);
         self.vcpu_mut(vi).call_result = Some(result);
     }
 
