@@ -34,8 +34,10 @@ pub enum Provider {
     /// The VMM: set whatever the host says; `msrs` lists the MSRs [`crate::msr`] handles
     /// for it.
     Vmm,
-    /// Follows this bit of the guest's CR4 (when the host has the feature).
-    Cr4(u64),
+    /// Follows this bit of the guest's CR4, when the host has the feature the OS bit is
+    /// about: bit `feature` of the same register (XSAVE for OSXSAVE, PKU for OSPKE). The
+    /// host's own OS bit says what the host kernel enabled, not what the guest may.
+    Cr4 { cr4: u64, feature: u8 },
     /// Never shown.
     Hidden,
 }
@@ -204,7 +206,16 @@ pub const FEATURES: &[Feature] = &[
     ),
     native(1, Ecx, 25, "aes"),
     native(1, Ecx, 26, "xsave"),
-    f(1, Ecx, 27, "osxsave", Provider::Cr4(CR4_OSXSAVE)),
+    f(
+        1,
+        Ecx,
+        27,
+        "osxsave",
+        Provider::Cr4 {
+            cr4: CR4_OSXSAVE,
+            feature: 26,
+        },
+    ),
     native(1, Ecx, 28, "avx"),
     native(1, Ecx, 29, "f16c"),
     native(1, Ecx, 30, "rdrand"),
@@ -254,7 +265,16 @@ pub const FEATURES: &[Feature] = &[
     native(7, Ecx, 1, "avx512vbmi"),
     native(7, Ecx, 2, "umip"),
     ept_only(native(7, Ecx, 3, "pku")),
-    ept_only(f(7, Ecx, 4, "ospke", Provider::Cr4(CR4_PKE))),
+    ept_only(f(
+        7,
+        Ecx,
+        4,
+        "ospke",
+        Provider::Cr4 {
+            cr4: CR4_PKE,
+            feature: 3,
+        },
+    )),
     hidden(7, Ecx, 5, "waitpkg", "UMWAIT/TPAUSE are not enabled"),
     native(7, Ecx, 6, "avx512_vbmi2"),
     hidden(7, Ecx, 7, "cet_ss", "no CET MSRs"),
@@ -339,15 +359,15 @@ pub struct GuestView {
     pub cr4: u64,
 }
 
-/// Whether a row's bit is shown to this guest, given whether the host has it.
-pub fn shown(row: &Feature, host_has: bool, g: &GuestView) -> bool {
+/// Whether a row's bit is shown to this guest, given the host's value of its register.
+pub fn shown(row: &Feature, host_reg: u32, g: &GuestView) -> bool {
     if row.ept_only && g.shadow {
         return false;
     }
     match row.provider {
-        Provider::Native => host_has,
+        Provider::Native => host_reg & (1 << row.bit) != 0,
         Provider::Vmm => true,
-        Provider::Cr4(bit) => host_has && g.cr4 & bit != 0,
+        Provider::Cr4 { cr4, feature } => host_reg & (1 << feature) != 0 && g.cr4 & cr4 != 0,
         Provider::Hidden => false,
     }
 }
@@ -391,9 +411,8 @@ pub fn answer(
         _ => {}
     }
     for row in FEATURES.iter().filter(|row| row.leaf == leaf) {
-        let bit = 1u32 << row.bit;
-        if shown(row, h[row.reg as usize] & bit != 0, g) {
-            r[row.reg as usize] |= bit;
+        if shown(row, h[row.reg as usize], g) {
+            r[row.reg as usize] |= 1 << row.bit;
         }
     }
     if leaf == 1 {

@@ -59,7 +59,7 @@ fn only_rows_reach_the_guest() {
         let r = answer(leaf, 0, &EPT, all);
         let mut want = [0u32; 4];
         for row in FEATURES.iter().filter(|x| x.leaf == leaf) {
-            if shown(row, true, &EPT) {
+            if shown(row, u32::MAX, &EPT) {
                 want[row.reg as usize] |= 1 << row.bit;
             }
         }
@@ -140,9 +140,11 @@ fn os_bits_mirror_the_guests_cr4() {
     assert_ne!(answer(1, 0, &on, all)[2] & (1 << 27), 0);
     assert_eq!(answer(7, 0, &off, all)[2] & (1 << 4), 0);
     assert_ne!(answer(7, 0, &on, all)[2] & (1 << 4), 0);
-    // Not without the host's feature.
+    // Not without the host's feature; whatever the host's own OS bit says.
     let no_xsave = |l: u32, _| if l == 1 { [0; 4] } else { [u32::MAX; 4] };
     assert_eq!(answer(1, 0, &on, no_xsave)[2] & (1 << 27), 0);
+    let host_os_off = |l: u32, _| if l == 1 { [0, 0, 1 << 26, 0] } else { [0; 4] };
+    assert_ne!(answer(1, 0, &on, host_os_off)[2] & (1 << 27), 0);
 }
 
 #[test]

@@ -476,10 +476,10 @@ sysenter_entry:
     cpuid
     btl $26, %ecx
     jnc .Lmsr_done
-    xorl %ebx, %ebx
+    xorl %r9d, %r9d
     btl $27, %ecx                  # CR4.OSXSAVE is clear: so is the bit
     jnc 1f
-    orl $1, %ebx
+    orl $1, %r9d
 1:  movq %cr4, %rax
     orq $0x40000, %rax
     movq %rax, %cr4
@@ -488,12 +488,12 @@ sysenter_entry:
     cpuid
     btl $27, %ecx
     jc 1f
-    orl $2, %ebx
+    orl $2, %r9d
 1:  movq %cr4, %rax
     andq $~0x40000, %rax
     movq %rax, %cr4
-    movl %ebx, %eax
-    movl %ebx, %edx
+    movl %r9d, %eax
+    movl %r9d, %edx
     movq $name_osxsave, %rsi
     movq $det_osxsave, %rdi
     call report64_val
