@@ -79,6 +79,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-multiboot image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-msr",
+        manifest: "guest-msr image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-long",
         manifest: "guest-long image=guest",
     },

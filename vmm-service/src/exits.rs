@@ -101,6 +101,7 @@ pub fn end() -> Outcome {
 /// The model's view of the machine: host CPUID, the TSC, guest RAM through a scoped mapping.
 struct ServiceEnv {
     ram: CapSlot,
+    vcpu: CapSlot,
 }
 
 impl Env for ServiceEnv {
@@ -128,6 +129,12 @@ impl Env for ServiceEnv {
     fn ticks(&mut self) -> u64 {
         // The PIT input clock (1.193182 MHz) from the kernel's 100 Hz tick.
         sys::clock().map_or(0, |(t, hz)| t * 1_193_182 / hz.max(1))
+    }
+    fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool {
+        sys::vcpu_read(self.vcpu, fields, out).is_ok()
+    }
+    fn vcpu_write(&mut self, pairs: &[(u64, u64)]) -> bool {
+        sys::vcpu_write(self.vcpu, pairs).is_ok()
     }
 }
 
@@ -166,7 +173,10 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
         userlib::println!("vmm: exit with no VM running; stopping it");
         return ExitReply::stop(0);
     };
-    let mut env = ServiceEnv { ram: run.ram };
+    let mut env = ServiceEnv {
+        ram: run.ram,
+        vcpu: run.vcpu,
+    };
     let mut events = EVENTS.lock();
     events.clear();
     let mut reply = run.model.handle_into(m, &mut env, &mut events);

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cpuid;
+pub mod cpuid_policy;
 pub mod cr;
 pub mod devices;
 pub mod exit;

@@ -1,26 +1,45 @@
-//! The per-vCPU MSR model for RDMSR/WRMSR exits.
+//! RDMSR/WRMSR exits: where each guest MSR really lives, and the fixed values of the
+//! architectural MSRs kernels read at boot.
 //!
-//! Values live here, not in the VMCS: the kernel loads only EFER (through
-//! [`abi::vmx::reply::SET_EFER`]) on VM entry. In particular it does not load the STAR /
-//! LSTAR / CSTAR / SFMASK / KERNEL_GS_BASE family (nor FS/GS base, SYSENTER or PAT) into the
-//! guest yet, so guests using SYSCALL (or relying on those values in hardware) are not
-//! supported; the model only makes reads return what was written. A TSC write is kept as an
-//! offset applied to RDMSR of the TSC only (RDTSC does not exit and sees the host's TSC).
-//! Any MSR not listed in [`index`] is #GP(0).
+//! - The guest's own state ([`vcpu_field`]): FS/GS base, SYSENTER_CS/ESP/EIP and PAT are
+//!   VMCS guest fields; KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK and TSC_AUX are the
+//!   kernel's switched-MSR pseudo-fields (`abi::vmx::field::SWITCHED_MSRS`, loaded on VM
+//!   entry and saved on exit by the CPU). RDMSR and WRMSR read and write them through
+//!   `VcpuState` ([`VcpuAccess`]), so SWAPGS, SYSCALL, SYSENTER and `mov %gs:` run on what
+//!   the guest wrote. Values are checked as the hardware does
+//!   (`abi::vmx::field::msr_value_ok`: #GP).
+//! - The TSC: RDTSC does not exit and reads the host's TSC plus the VMCS TSC offset. A WRMSR
+//!   of the TSC or of IA32_TSC_ADJUST moves that offset (the guest's TSC only), and each
+//!   moves the other as on hardware (SDM 17.17.3).
+//! - EFER: kept here and sent with the reply (`SET_EFER`), since the kernel derives LMA and
+//!   the IA-32e entry control from it.
+//! - Fixed values ([`FIXED`]): what a VM without the feature behind them reads.
+//!
+//! Any other MSR is #GP(0).
+
+use abi::vmx::field;
 
 /// MSR numbers.
 pub mod index {
     pub const TSC: u32 = 0x10;
     pub const PLATFORM_ID: u32 = 0x17;
     pub const APIC_BASE: u32 = 0x1b;
+    pub const FEATURE_CONTROL: u32 = 0x3a;
+    pub const TSC_ADJUST: u32 = 0x3b;
     pub const BIOS_SIGN_ID: u32 = 0x8b;
+    pub const PLATFORM_INFO: u32 = 0xce;
     pub const MTRRCAP: u32 = 0xfe;
     pub const SYSENTER_CS: u32 = 0x174;
     pub const SYSENTER_ESP: u32 = 0x175;
     pub const SYSENTER_EIP: u32 = 0x176;
+    pub const MCG_CAP: u32 = 0x179;
+    pub const MCG_STATUS: u32 = 0x17a;
     pub const MISC_ENABLE: u32 = 0x1a0;
     pub const PAT: u32 = 0x277;
     pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    pub const PERF_CAPABILITIES: u32 = 0x345;
+    pub const TSC_DEADLINE: u32 = 0x6e0;
+    pub const X2APIC_ID: u32 = 0x802;
     pub const EFER: u32 = 0xc000_0080;
     pub const STAR: u32 = 0xc000_0081;
     pub const LSTAR: u32 = 0xc000_0082;
@@ -29,6 +48,7 @@ pub mod index {
     pub const FS_BASE: u32 = 0xc000_0100;
     pub const GS_BASE: u32 = 0xc000_0101;
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    pub const TSC_AUX: u32 = 0xc000_0103;
 }
 
 /// EFER bits.
@@ -38,19 +58,53 @@ pub mod efer {
     pub const LMA: u64 = 1 << 10;
     pub const NXE: u64 = 1 << 11;
     /// Bits a guest may write.
-    pub const VALID: u64 = SCE | LME | LMA | NXE;
+    pub const VALID: u64 = abi::vmx::field::EFER_VALID;
 }
 
-/// APIC_BASE as the guest reads it: base 0xfee00000, BSP, xAPIC enabled.
-pub const APIC_BASE_VALUE: u64 = 0xfee0_0900;
-/// The architectural power-on PAT.
-pub const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
-/// MISC_ENABLE at reset: fast strings.
-pub const MISC_ENABLE_DEFAULT: u64 = 1;
+/// APIC_BASE as the guest reads it: the architectural base 0xfee00000, BSP, and the APIC
+/// globally disabled (bit 11 clear), which is why CPUID.1:EDX.APIC reads clear on hardware
+/// too: no local APIC is emulated.
+pub const APIC_BASE_VALUE: u64 = 0xfee0_0100;
+/// MISC_ENABLE at reset: fast strings, and no branch-trace store or PEBS (read-only bits).
+pub const MISC_ENABLE_DEFAULT: u64 = 1 | MISC_ENABLE_READ_ONLY;
+/// MISC_ENABLE bits the guest cannot change: BTS unavailable (11), PEBS unavailable (12).
+pub const MISC_ENABLE_READ_ONLY: u64 = (1 << 11) | (1 << 12);
+/// IA32_FEATURE_CONTROL: locked with VMX off (VMX is hidden from CPUID).
+pub const FEATURE_CONTROL_VALUE: u64 = 1;
+
+/// Read-only MSRs with fixed values, and whether a write is ignored (`true`) or #GP.
+pub const FIXED: [(u32, u64, bool); 7] = [
+    (index::PLATFORM_ID, 0, false),
+    (index::APIC_BASE, APIC_BASE_VALUE, true),
+    (index::FEATURE_CONTROL, FEATURE_CONTROL_VALUE, false),
+    // The microcode-revision probe writes 0 and reads it back.
+    (index::BIOS_SIGN_ID, 0, true),
+    // No turbo ratios, no CPUID faulting.
+    (index::PLATFORM_INFO, 0, false),
+    // No variable ranges, no fixed ranges, no write-combining type.
+    (index::MTRRCAP, 0, false),
+    // Machine checks with no banks and no MCG_CTL.
+    (index::MCG_CAP, 0, false),
+];
 
 /// The guest's access faults: inject #GP(0) and do not advance RIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GpFault;
+
+/// Why an MSR access did not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrError {
+    /// The guest's fault: #GP(0).
+    Gp,
+    /// The kernel refused a `VcpuState` access the VMM relies on (a VMM bug): stop the VM.
+    State,
+}
+
+impl From<GpFault> for MsrError {
+    fn from(_: GpFault) -> MsrError {
+        MsrError::Gp
+    }
+}
 
 /// What a successful WRMSR needs beyond storing the value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,22 +115,36 @@ pub enum MsrWrite {
     Efer(u64),
 }
 
-/// One vCPU's MSRs.
+/// The vCPU's real state (`VcpuState`) and the host's TSC, as the MSR model needs them.
+pub trait VcpuAccess {
+    /// Reads a field; `None` if the kernel refused.
+    fn get(&mut self, f: u64) -> Option<u64>;
+    /// Writes a field; `false` if the kernel refused (nothing changed).
+    fn set(&mut self, f: u64, v: u64) -> bool;
+    /// The host's TSC now.
+    fn host_tsc(&mut self) -> u64;
+}
+
+/// The `VcpuState` field that holds guest MSR `msr`, if the guest's state holds it.
+pub fn vcpu_field(msr: u32) -> Option<u64> {
+    use index::*;
+    Some(match msr {
+        SYSENTER_CS => field::GUEST_SYSENTER_CS,
+        SYSENTER_ESP => field::GUEST_SYSENTER_ESP,
+        SYSENTER_EIP => field::GUEST_SYSENTER_EIP,
+        PAT => field::GUEST_IA32_PAT,
+        FS_BASE => field::GUEST_FS_BASE,
+        GS_BASE => field::GUEST_GS_BASE,
+        _ => return field::switched_msr_field(msr),
+    })
+}
+
+/// The MSRs of one vCPU that live in the VMM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MsrModel {
     pub efer: u64,
-    pub pat: u64,
-    pub tsc_offset: u64,
-    pub sysenter_cs: u64,
-    pub sysenter_esp: u64,
-    pub sysenter_eip: u64,
-    pub star: u64,
-    pub lstar: u64,
-    pub cstar: u64,
-    pub sfmask: u64,
-    pub fs_base: u64,
-    pub gs_base: u64,
-    pub kernel_gs_base: u64,
+    /// IA32_TSC_ADJUST as the guest reads it.
+    pub tsc_adjust: u64,
     pub misc_enable: u64,
     pub mtrr_def_type: u64,
 }
@@ -87,17 +155,6 @@ impl Default for MsrModel {
     }
 }
 
-fn canonical(v: u64) -> bool {
-    let top = (v as i64) >> 47;
-    top == 0 || top == -1
-}
-
-fn pat_valid(v: u64) -> bool {
-    v.to_le_bytes()
-        .iter()
-        .all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
-}
-
 fn check(ok: bool) -> Result<(), GpFault> {
     if ok {
         Ok(())
@@ -106,81 +163,94 @@ fn check(ok: bool) -> Result<(), GpFault> {
     }
 }
 
+fn get(cpu: &mut impl VcpuAccess, f: u64) -> Result<u64, MsrError> {
+    cpu.get(f).ok_or(MsrError::State)
+}
+
+fn set(cpu: &mut impl VcpuAccess, f: u64, v: u64) -> Result<(), MsrError> {
+    if cpu.set(f, v) {
+        Ok(())
+    } else {
+        Err(MsrError::State)
+    }
+}
+
 impl MsrModel {
     pub const fn new() -> MsrModel {
         MsrModel {
             efer: 0,
-            pat: PAT_DEFAULT,
-            tsc_offset: 0,
-            sysenter_cs: 0,
-            sysenter_esp: 0,
-            sysenter_eip: 0,
-            star: 0,
-            lstar: 0,
-            cstar: 0,
-            sfmask: 0,
-            fs_base: 0,
-            gs_base: 0,
-            kernel_gs_base: 0,
+            tsc_adjust: 0,
             misc_enable: MISC_ENABLE_DEFAULT,
             mtrr_def_type: 0,
         }
     }
 
-    /// RDMSR; `tsc` is the host TSC now.
-    pub fn read(&self, msr: u32, tsc: u64) -> Result<u64, GpFault> {
+    /// RDMSR.
+    pub fn read(&self, msr: u32, cpu: &mut impl VcpuAccess) -> Result<u64, MsrError> {
         use index::*;
+        if let Some(f) = vcpu_field(msr) {
+            return get(cpu, f);
+        }
+        if let Some(&(_, v, _)) = FIXED.iter().find(|e| e.0 == msr) {
+            return Ok(v);
+        }
         Ok(match msr {
-            TSC => tsc.wrapping_add(self.tsc_offset),
-            PLATFORM_ID | BIOS_SIGN_ID | MTRRCAP => 0,
-            APIC_BASE => APIC_BASE_VALUE,
-            SYSENTER_CS => self.sysenter_cs,
-            SYSENTER_ESP => self.sysenter_esp,
-            SYSENTER_EIP => self.sysenter_eip,
+            TSC => {
+                let offset = get(cpu, field::TSC_OFFSET)?;
+                cpu.host_tsc().wrapping_add(offset)
+            }
+            TSC_ADJUST => self.tsc_adjust,
+            MCG_STATUS => 0,
             MISC_ENABLE => self.misc_enable,
-            PAT => self.pat,
             MTRR_DEF_TYPE => self.mtrr_def_type,
             EFER => self.efer,
-            STAR => self.star,
-            LSTAR => self.lstar,
-            CSTAR => self.cstar,
-            SFMASK => self.sfmask,
-            FS_BASE => self.fs_base,
-            GS_BASE => self.gs_base,
-            KERNEL_GS_BASE => self.kernel_gs_base,
-            _ => return Err(GpFault),
+            _ => return Err(MsrError::Gp),
         })
     }
 
-    /// WRMSR; `tsc` is the host TSC now. `cr0_pg` is the guest's CR0.PG when known (changing
-    /// EFER.LME while paging is on is #GP).
+    /// WRMSR. `cr0_pg` is the guest's CR0.PG when known (changing EFER.LME while paging is
+    /// on is #GP).
     pub fn write(
         &mut self,
         msr: u32,
         v: u64,
-        tsc: u64,
+        cpu: &mut impl VcpuAccess,
         cr0_pg: Option<bool>,
-    ) -> Result<MsrWrite, GpFault> {
+    ) -> Result<MsrWrite, MsrError> {
         use index::*;
+        if let Some(f) = vcpu_field(msr) {
+            // SYSENTER_CS is 32 bits wide: the upper half is ignored.
+            let v = if msr == SYSENTER_CS {
+                v & 0xffff_ffff
+            } else {
+                v
+            };
+            check(field::msr_value_ok(f, v))?;
+            set(cpu, f, v)?;
+            return Ok(MsrWrite::Stored);
+        }
+        if let Some(&(_, _, ignored)) = FIXED.iter().find(|e| e.0 == msr) {
+            check(ignored)?;
+            return Ok(MsrWrite::Stored);
+        }
         match msr {
-            TSC => self.tsc_offset = v.wrapping_sub(tsc),
-            // Microcode-revision probe: writes are accepted and ignored.
-            BIOS_SIGN_ID => {}
-            // The APIC base is fixed; writes are accepted and ignored.
-            APIC_BASE => {}
-            SYSENTER_CS => self.sysenter_cs = v & 0xffff_ffff,
-            SYSENTER_ESP => {
-                check(canonical(v))?;
-                self.sysenter_esp = v
+            TSC => {
+                let old = get(cpu, field::TSC_OFFSET)?;
+                let new = v.wrapping_sub(cpu.host_tsc());
+                set(cpu, field::TSC_OFFSET, new)?;
+                self.tsc_adjust = self.tsc_adjust.wrapping_add(new.wrapping_sub(old));
             }
-            SYSENTER_EIP => {
-                check(canonical(v))?;
-                self.sysenter_eip = v
+            TSC_ADJUST => {
+                let old = get(cpu, field::TSC_OFFSET)?;
+                let delta = v.wrapping_sub(self.tsc_adjust);
+                set(cpu, field::TSC_OFFSET, old.wrapping_add(delta))?;
+                self.tsc_adjust = v;
             }
-            MISC_ENABLE => self.misc_enable = v,
-            PAT => {
-                check(pat_valid(v))?;
-                self.pat = v
+            // Only 0 may be written (no machine check in progress).
+            MCG_STATUS => check(v == 0)?,
+            MISC_ENABLE => {
+                check((v ^ self.misc_enable) & MISC_ENABLE_READ_ONLY == 0)?;
+                self.misc_enable = v;
             }
             MTRR_DEF_TYPE => {
                 check(v & !0xcff == 0 && matches!(v & 0xff, 0 | 1 | 4 | 5 | 6))?;
@@ -196,111 +266,11 @@ impl MsrModel {
                 self.efer = new;
                 return Ok(MsrWrite::Efer(new));
             }
-            STAR => self.star = v,
-            LSTAR => {
-                check(canonical(v))?;
-                self.lstar = v
-            }
-            CSTAR => {
-                check(canonical(v))?;
-                self.cstar = v
-            }
-            SFMASK => {
-                check(v >> 32 == 0)?;
-                self.sfmask = v
-            }
-            FS_BASE | GS_BASE | KERNEL_GS_BASE => {
-                check(canonical(v))?;
-                match msr {
-                    FS_BASE => self.fs_base = v,
-                    GS_BASE => self.gs_base = v,
-                    _ => self.kernel_gs_base = v,
-                }
-            }
-            _ => return Err(GpFault),
+            _ => return Err(MsrError::Gp),
         }
         Ok(MsrWrite::Stored)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::index::*;
-    use super::*;
-
-    #[test]
-    fn round_trips() {
-        let mut m = MsrModel::new();
-        for (msr, v) in [
-            (SYSENTER_CS, 0x10),
-            (SYSENTER_ESP, 0xffff_8000_0000_1000),
-            (SYSENTER_EIP, 0x40_0000),
-            (STAR, 0x0023_0010_0000_0000),
-            (LSTAR, 0xffff_ffff_8100_0000),
-            (CSTAR, 0),
-            (SFMASK, 0x4_7700),
-            (FS_BASE, 0x7fff_0000_0000),
-            (GS_BASE, 1),
-            (KERNEL_GS_BASE, 2),
-            (MISC_ENABLE, 0x851),
-            (PAT, 0x0007_0406_0007_0106),
-            (MTRR_DEF_TYPE, 0xc06),
-        ] {
-            assert_eq!(m.write(msr, v, 0, None), Ok(MsrWrite::Stored), "{msr:#x}");
-            assert_eq!(m.read(msr, 0), Ok(v), "{msr:#x}");
-        }
-    }
-
-    #[test]
-    fn fixed_values_and_unknowns() {
-        let mut m = MsrModel::new();
-        assert_eq!(m.read(APIC_BASE, 0), Ok(0xfee0_0900));
-        assert_eq!(m.read(MTRRCAP, 0), Ok(0));
-        assert_eq!(m.read(PLATFORM_ID, 0), Ok(0));
-        assert_eq!(m.read(BIOS_SIGN_ID, 0), Ok(0));
-        assert_eq!(m.read(PAT, 0), Ok(PAT_DEFAULT));
-        assert_eq!(m.read(0x3a, 0), Err(GpFault));
-        assert_eq!(m.write(0x3a, 0, 0, None), Err(GpFault));
-        assert_eq!(m.write(MTRRCAP, 0, 0, None), Err(GpFault));
-        assert_eq!(m.write(PLATFORM_ID, 0, 0, None), Err(GpFault));
-    }
-
-    #[test]
-    fn validation() {
-        let mut m = MsrModel::new();
-        assert_eq!(m.write(PAT, 0x0002_0000_0000_0000, 0, None), Err(GpFault));
-        assert_eq!(m.write(PAT, 0x08, 0, None), Err(GpFault));
-        assert_eq!(m.write(LSTAR, 0x0000_8000_0000_0000, 0, None), Err(GpFault));
-        assert_eq!(m.write(SFMASK, 1 << 32, 0, None), Err(GpFault));
-        assert_eq!(m.write(MTRR_DEF_TYPE, 2, 0, None), Err(GpFault));
-        assert_eq!(m.write(MTRR_DEF_TYPE, 1 << 12, 0, None), Err(GpFault));
-        assert_eq!(m.read(PAT, 0), Ok(PAT_DEFAULT));
-    }
-
-    #[test]
-    fn efer_rules() {
-        let mut m = MsrModel::new();
-        assert_eq!(m.write(EFER, 1 << 1, 0, None), Err(GpFault));
-        assert_eq!(
-            m.write(EFER, efer::LME | efer::NXE | efer::LMA, 0, Some(false)),
-            Ok(MsrWrite::Efer(efer::LME | efer::NXE))
-        );
-        // Clearing LME with paging on is #GP; other bits are fine.
-        assert_eq!(m.write(EFER, efer::NXE, 0, Some(true)), Err(GpFault));
-        assert_eq!(
-            m.write(EFER, efer::LME | efer::SCE, 0, Some(true)),
-            Ok(MsrWrite::Efer(efer::LME | efer::SCE))
-        );
-        assert_eq!(m.read(EFER, 0), Ok(efer::LME | efer::SCE));
-    }
-
-    #[test]
-    fn tsc_write_is_an_offset() {
-        let mut m = MsrModel::new();
-        assert_eq!(m.read(TSC, 1000), Ok(1000));
-        m.write(TSC, 0, 1000, None).unwrap();
-        assert_eq!(m.read(TSC, 1500), Ok(500));
-        m.write(TSC, u64::MAX, 0, None).unwrap();
-        assert_eq!(m.read(TSC, 2), Ok(1));
-    }
-}
+mod tests;

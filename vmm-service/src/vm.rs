@@ -18,7 +18,10 @@ use crate::cr::{self, gp};
 use crate::devices::bus::{BusEvent, PortBus};
 use crate::devices::Text;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
-use crate::msr::{MsrModel, MsrWrite};
+use crate::msr::{MsrError, MsrModel, MsrWrite};
+
+/// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
+const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
 pub use crate::report::{stop_code, Name, Report, VmResult};
 
 /// What the model needs from the outside world.
@@ -31,6 +34,38 @@ pub trait Env {
     fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
     /// PIT input-clock ticks (1.193182 MHz) since a fixed origin.
     fn ticks(&mut self) -> u64;
+    /// Reads the vCPU's state fields (`abi::vmx::field`, `VcpuState`) into `out`; false if
+    /// the kernel refused (part `msr`: guest MSRs and CR4 for CPUID).
+    fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool;
+    /// Writes the vCPU's state fields; false if the kernel refused one (nothing written).
+    fn vcpu_write(&mut self, pairs: &[(u64, u64)]) -> bool;
+}
+
+impl<E: Env> crate::msr::VcpuAccess for E {
+    fn get(&mut self, f: u64) -> Option<u64> {
+        let mut v = [0];
+        self.vcpu_read(&[f], &mut v).then_some(v[0])
+    }
+    fn set(&mut self, f: u64, v: u64) -> bool {
+        self.vcpu_write(&[(f, v)])
+    }
+    fn host_tsc(&mut self) -> u64 {
+        self.tsc()
+    }
+}
+
+/// CR4 as the guest reads it: the read shadow for the bits the VMM or kernel own, the real
+/// value for the others (`None` if the kernel refused).
+fn guest_cr4(env: &mut impl Env) -> Option<u64> {
+    use abi::vmx::field;
+    let mut v = [0; 3];
+    let fields = [
+        field::GUEST_CR4,
+        field::CR4_READ_SHADOW,
+        field::CR4_GUEST_HOST_MASK,
+    ];
+    env.vcpu_read(&fields, &mut v)
+        .then_some((v[0] & !v[2]) | (v[1] & v[2]))
 }
 
 /// VMCALL numbers (RAX) and results (RAX on return).
@@ -139,7 +174,7 @@ impl VmModel {
         self
     }
 
-    /// The model of a shadow-paged VM (see [`crate::cpuid::hide_from_shadow`]).
+    /// The model of a shadow-paged VM (CPUID: the `ept_only` rows of [`crate::cpuid_policy`]).
     pub fn shadow_paged(mut self) -> VmModel {
         self.shadow = true;
         self
@@ -204,10 +239,21 @@ impl VmModel {
                 if self.benchmark && leaf == hypercall::UNREFLECT_LEAF {
                     let _ = ev.push(Event::Unreflect);
                 }
-                let mut r = crate::cpuid::cpuid(leaf, subleaf, |l, s| env.host_cpuid(l, s));
-                if self.shadow {
-                    crate::cpuid::hide_from_shadow(leaf, subleaf, &mut r);
-                }
+                // Only leaves 1 and 7 depend on CR4 (OSXSAVE, OSPKE): the frequent CPUID
+                // exits do not pay for reading it.
+                let cr4 = if matches!(leaf, 1 | 7) {
+                    match guest_cr4(env) {
+                        Some(c) => c,
+                        None => return self.unhandled(m, STATE_REFUSED, ev),
+                    }
+                } else {
+                    0
+                };
+                let g = crate::cpuid_policy::GuestView {
+                    shadow: self.shadow,
+                    cr4,
+                };
+                let r = crate::cpuid_policy::answer(leaf, subleaf, &g, |l, s| env.host_cpuid(l, s));
                 let mut reply = ExitReply::advance();
                 for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
                     reply.set_gpr(g, v as u64);
@@ -230,7 +276,7 @@ impl VmModel {
                 if m.mask & group::CRS != 0 {
                     self.msr.efer = m.efer;
                 }
-                match self.msr.read(msr, env.tsc()) {
+                match self.msr.read(msr, env) {
                     Ok(v) => {
                         let mut reply = ExitReply::advance();
                         reply
@@ -238,12 +284,13 @@ impl VmModel {
                             .set_gpr(Gpr::Rdx, v >> 32);
                         reply
                     }
-                    Err(_) => gp(),
+                    Err(MsrError::Gp) => gp(),
+                    Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, ev),
                 }
             }
             Exit::Wrmsr { msr, value } => {
                 let pg = (m.mask & group::CRS != 0).then_some(m.cr0_shadow & cr::cr0::PG != 0);
-                match self.msr.write(msr, value, env.tsc(), pg) {
+                match self.msr.write(msr, value, env, pg) {
                     Ok(MsrWrite::Stored) => ExitReply::advance(),
                     Ok(MsrWrite::Efer(e)) => {
                         let mut reply = ExitReply::advance();
@@ -251,7 +298,8 @@ impl VmModel {
                         reply.efer = e;
                         reply
                     }
-                    Err(_) => gp(),
+                    Err(MsrError::Gp) => gp(),
+                    Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, ev),
                 }
             }
             Exit::CrAccess { cr, access } => match cr::handle(m, cr, access, self.msr.efer) {

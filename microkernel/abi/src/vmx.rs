@@ -280,6 +280,81 @@ pub mod field {
     /// the guest runs between entries).
     pub const RUN_TICKS: u64 = 0x3_0000_0002;
 
+    // ----- Part `msr` (issue 17): the guest's MSRs held in the VMCS or switched by the
+    // kernel on VM entry and exit, and the TSC offset. -----
+
+    /// VMCS: the TSC offset ("use TSC offsetting" is always on): the guest's RDTSC reads the
+    /// host's TSC plus this.
+    pub const TSC_OFFSET: u64 = 0x2010;
+    /// Pseudo-fields: guest MSRs the VMCS has no field for. The kernel loads them with the
+    /// VM-entry MSR-load area, stores them with the VM-exit MSR-store area and puts the
+    /// host's values back with the VM-exit MSR-load area, so that no host code runs on a
+    /// guest value. `GUEST_MSR_BASE + i` holds MSR [`SWITCHED_MSRS`]`[i]`.
+    pub const GUEST_MSR_BASE: u64 = 0x3_0000_0100;
+    pub const GUEST_KERNEL_GS_BASE: u64 = GUEST_MSR_BASE;
+    pub const GUEST_STAR: u64 = GUEST_MSR_BASE + 1;
+    pub const GUEST_LSTAR: u64 = GUEST_MSR_BASE + 2;
+    pub const GUEST_CSTAR: u64 = GUEST_MSR_BASE + 3;
+    pub const GUEST_SFMASK: u64 = GUEST_MSR_BASE + 4;
+    /// Reads 0 and ignores writes on a CPU without RDTSCP (no IA32_TSC_AUX to switch).
+    pub const GUEST_TSC_AUX: u64 = GUEST_MSR_BASE + 5;
+    /// The MSR numbers behind the pseudo-fields, in field order (and the kernel's MSR-area
+    /// order): KERNEL_GS_BASE, STAR, LSTAR, CSTAR, SFMASK, TSC_AUX.
+    pub const SWITCHED_MSRS: [u32; 6] = [
+        0xc000_0102,
+        0xc000_0081,
+        0xc000_0082,
+        0xc000_0083,
+        0xc000_0084,
+        0xc000_0103,
+    ];
+
+    /// The pseudo-field that holds switched MSR `msr`, if it is one.
+    pub fn switched_msr_field(msr: u32) -> Option<u64> {
+        SWITCHED_MSRS
+            .iter()
+            .position(|&m| m == msr)
+            .map(|i| GUEST_MSR_BASE + i as u64)
+    }
+
+    /// Whether `f` is one of the part `msr` fields (read-write).
+    fn msr_part_field(f: u64) -> bool {
+        f == TSC_OFFSET
+            || (GUEST_MSR_BASE..GUEST_MSR_BASE + SWITCHED_MSRS.len() as u64).contains(&f)
+    }
+
+    /// Whether `v` is a canonical address (48-bit linear addresses).
+    pub fn canonical(v: u64) -> bool {
+        let top = (v as i64) >> 47;
+        top == 0 || top == -1
+    }
+
+    /// Whether every byte of a PAT value names a memory type (0, 1, 4, 5, 6, 7).
+    pub fn pat_valid(v: u64) -> bool {
+        v.to_le_bytes()
+            .iter()
+            .all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
+    }
+
+    /// EFER bits a guest may hold: SCE, LME, LMA, NXE.
+    pub const EFER_VALID: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11);
+
+    /// The checks the hardware makes on a guest MSR value, as WRMSR (#GP) and VM entry do:
+    /// canonical bases and entry points, a valid PAT, no reserved EFER bits, SFMASK and
+    /// TSC_AUX 32 bits. `true` for every field these rules do not cover. The kernel refuses
+    /// a `VcpuState` write that fails them (a VM entry would fail); the VMM turns a guest's
+    /// WRMSR that fails them into #GP.
+    pub fn msr_value_ok(f: u64, v: u64) -> bool {
+        match f {
+            GUEST_FS_BASE | GUEST_GS_BASE | GUEST_SYSENTER_ESP | GUEST_SYSENTER_EIP
+            | GUEST_KERNEL_GS_BASE | GUEST_LSTAR | GUEST_CSTAR => canonical(v),
+            GUEST_SFMASK | GUEST_TSC_AUX | GUEST_SYSENTER_CS => v >> 32 == 0,
+            GUEST_IA32_PAT => pat_valid(v),
+            GUEST_IA32_EFER => v & !EFER_VALID == 0,
+            _ => true,
+        }
+    }
+
     /// Who may touch a field from user level.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Access {
@@ -293,7 +368,7 @@ pub mod field {
     /// bits VMX requires, such as CR4.VMXE and CR0.NE); exit information is read-only;
     /// host state and execution controls are unreachable.
     pub fn access(f: u64) -> Access {
-        if (GPR_BASE..GPR_BASE + 16).contains(&f) {
+        if (GPR_BASE..GPR_BASE + 16).contains(&f) || msr_part_field(f) {
             return Access::ReadWrite;
         }
         if (EXIT_COUNT_BASE..EXIT_COUNT_BASE + super::EXIT_REASONS as u64).contains(&f) {
@@ -945,5 +1020,37 @@ mod tests {
         assert_eq!(access(field::GPR_BASE + 3), Access::ReadWrite);
         assert_eq!(access(field::GPR_BASE + 16), Access::None);
         assert_eq!(access(field::EXIT_COUNT_BASE + 10), Access::ReadOnly);
+    }
+
+    #[test]
+    fn msr_part_fields_are_writable_and_checked() {
+        use field::*;
+        for (i, &msr) in SWITCHED_MSRS.iter().enumerate() {
+            let f = GUEST_MSR_BASE + i as u64;
+            assert_eq!(access(f), Access::ReadWrite);
+            assert_eq!(switched_msr_field(msr), Some(f));
+        }
+        assert_eq!(switched_msr_field(0xc000_0101), None); // GS base is a VMCS field
+        assert_eq!(access(GUEST_MSR_BASE + 6), Access::None);
+        assert_eq!(access(TSC_OFFSET), Access::ReadWrite);
+        assert_eq!(access(TSC_OFFSET + 1), Access::None);
+        for f in [
+            GUEST_LSTAR,
+            GUEST_KERNEL_GS_BASE,
+            GUEST_GS_BASE,
+            GUEST_SYSENTER_EIP,
+        ] {
+            assert!(msr_value_ok(f, 0xffff_8000_0000_0000));
+            assert!(msr_value_ok(f, 0x0000_7fff_ffff_f000));
+            assert!(!msr_value_ok(f, 0x0000_8000_0000_0000), "{f:#x}");
+        }
+        assert!(msr_value_ok(GUEST_STAR, u64::MAX));
+        assert!(!msr_value_ok(GUEST_SFMASK, 1 << 32));
+        assert!(!msr_value_ok(GUEST_TSC_AUX, 1 << 32));
+        assert!(msr_value_ok(GUEST_IA32_PAT, 0x0007_0406_0007_0406));
+        assert!(!msr_value_ok(GUEST_IA32_PAT, 0x0007_0406_0007_0402));
+        assert!(msr_value_ok(GUEST_IA32_EFER, 0xd01));
+        assert!(!msr_value_ok(GUEST_IA32_EFER, 0x2));
+        assert!(msr_value_ok(GUEST_RIP, u64::MAX));
     }
 }

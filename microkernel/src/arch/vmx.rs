@@ -53,9 +53,6 @@ const PAGE_FAULT_ERROR_MASK: u64 = 0x4006;
 const PAGE_FAULT_ERROR_MATCH: u64 = 0x4008;
 const CR3_TARGET_COUNT: u64 = 0x400a;
 const EXIT_CONTROLS: u64 = 0x400c;
-const EXIT_MSR_STORE_COUNT: u64 = 0x400e;
-const EXIT_MSR_LOAD_COUNT: u64 = 0x4010;
-const ENTRY_MSR_LOAD_COUNT: u64 = 0x4014;
 const PROC_BASED_CONTROLS2: u64 = 0x401e;
 const HOST_SYSENTER_CS: u64 = 0x4c00;
 const GUEST_PENDING_DEBUG: u64 = 0x6822;
@@ -82,9 +79,10 @@ const PIN_WANT: u32 = 1 | (1 << 6);
 /// a second, about 1% of a core) and about a quarter of a 100 Hz timer tick in Bochs, where
 /// the TSC counts instructions, so the suites see the timer fire.
 pub const GUEST_SLICE_TSC: u64 = 1 << 18;
-/// Primary: HLT exiting, unconditional I/O exiting, secondary controls. No MSR bitmaps, so
-/// every RDMSR/WRMSR exits; CPUID always exits.
-const PROC_WANT: u32 = (1 << 7) | (1 << 24) | (1 << 31);
+/// Primary: use TSC offsetting (the guest's TSC is the host's plus `TSC_OFFSET`), HLT
+/// exiting, unconditional I/O exiting, secondary controls. No MSR bitmaps, so every
+/// RDMSR/WRMSR exits; CPUID always exits.
+const PROC_WANT: u32 = (1 << 3) | (1 << 7) | (1 << 24) | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
 /// Primary, shadow-paged VMs: also INVLPG, CR3-load and CR3-store exiting.
@@ -136,6 +134,8 @@ pub struct Vmcs {
     pub phys: u64,
     /// The guest's CR2 (VMX does not switch it): saved at every exit, loaded before entry.
     pub cr2: u64,
+    /// The guest's and host's MSRs the CPU switches on entry and exit (part `msr`).
+    pub msrs: super::vmx_msr::MsrAreas,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -309,7 +309,11 @@ fn sgdt_sidt() -> (u64, u64) {
 /// host state, and a valid 32-bit flat guest.
 pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
     let c = *CONTROLS.get()?;
-    let phys = crate::mm::alloc_zeroed_frame_below(u64::MAX)?;
+    let msrs = super::vmx_msr::MsrAreas::new()?;
+    let Some(phys) = crate::mm::alloc_zeroed_frame_below(u64::MAX) else {
+        msrs.destroy();
+        return None;
+    };
     write_revision(phys, c.revision);
     // SAFETY: a fresh VMCS region with its revision: VMCLEAR initialises it.
     unsafe { asm!("vmclear [{p}]", p = in(reg) &phys, options(nostack)) };
@@ -335,9 +339,6 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         (PAGE_FAULT_ERROR_MASK, 0),
         (PAGE_FAULT_ERROR_MATCH, 0),
         (CR3_TARGET_COUNT, 0),
-        (EXIT_MSR_STORE_COUNT, 0),
-        (EXIT_MSR_LOAD_COUNT, 0),
-        (ENTRY_MSR_LOAD_COUNT, 0),
         (EPT_POINTER, eptp),
         (VPID, vpid),
         (VMCS_LINK_POINTER, u64::MAX),
@@ -395,7 +396,11 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         (field::GUEST_SYSENTER_ESP, 0),
         (field::GUEST_SYSENTER_EIP, 0),
         (field::VM_ENTRY_INTR_INFO, 0),
+        (field::TSC_OFFSET, 0),
     ] {
+        vmwrite(f, v);
+    }
+    for (f, v) in msrs.vmcs_fields() {
         vmwrite(f, v);
     }
     for n in 0..6u64 {
@@ -411,7 +416,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
             if code { 0xc09b } else { 0xc093 },
         );
     }
-    Some(Vmcs { phys, cr2: 0 })
+    Some(Vmcs { phys, cr2: 0, msrs })
 }
 
 /// Frees a VMCS region (VMCLEAR first so the CPU holds no cached copy).
@@ -423,6 +428,7 @@ pub fn vmcs_destroy(vmcs: Vmcs) {
         CURRENT.store(u64::MAX, Ordering::Relaxed);
     }
     crate::mm::free_frame(vmcs.phys);
+    vmcs.msrs.destroy();
 }
 
 global_asm!(

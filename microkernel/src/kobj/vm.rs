@@ -1383,7 +1383,8 @@ impl<M: Machine> Kernel<M> {
 fn value_ok(f: u64, value: u64) -> bool {
     match f {
         field::GUEST_ACTIVITY_STATE => value <= 1,
-        _ => true,
+        // Part `msr`: the values WRMSR or VM entry would refuse.
+        _ => field::msr_value_ok(f, value),
     }
 }
 

@@ -642,12 +642,18 @@ impl Machine for KernelMachine {
         if field == abi::vmx::field::GUEST_CR2 {
             return vmcs.cr2;
         }
+        if let Some(v) = vmcs.msrs.read(field) {
+            return v;
+        }
         vmx::read(vmcs, field)
     }
 
     fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64) {
         if field == abi::vmx::field::GUEST_CR2 {
             vmcs.cr2 = value;
+            return;
+        }
+        if vmcs.msrs.write(field, value) {
             return;
         }
         vmx::write(vmcs, field, value);

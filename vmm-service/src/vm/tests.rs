@@ -8,6 +8,8 @@ struct TestEnv {
     ram: std::vec::Vec<u8>,
     tsc: u64,
     ticks: u64,
+    /// The vCPU's state fields, refused as the kernel refuses them.
+    state: std::collections::BTreeMap<u64, u64>,
 }
 
 impl TestEnv {
@@ -16,6 +18,7 @@ impl TestEnv {
             ram: vec![0; 1 << 20],
             tsc: 1_000_000,
             ticks: 0,
+            state: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -44,6 +47,27 @@ impl Env for TestEnv {
     }
     fn ticks(&mut self) -> u64 {
         self.ticks
+    }
+    fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool {
+        use abi::vmx::field::{access, Access};
+        if fields.iter().any(|&f| access(f) == Access::None) {
+            return false;
+        }
+        for (o, f) in out.iter_mut().zip(fields) {
+            *o = self.state.get(f).copied().unwrap_or(0);
+        }
+        true
+    }
+    fn vcpu_write(&mut self, pairs: &[(u64, u64)]) -> bool {
+        use abi::vmx::field::{access, msr_value_ok, Access};
+        if pairs
+            .iter()
+            .any(|&(f, v)| access(f) != Access::ReadWrite || !msr_value_ok(f, v))
+        {
+            return false;
+        }
+        self.state.extend(pairs.iter().copied());
+        true
     }
 }
 
@@ -183,9 +207,10 @@ fn debug_exit_stops_with_code() {
 #[test]
 fn msrs() {
     let mut v = vm();
+    let mut env = TestEnv::new();
     let mut m = msg(reason::RDMSR);
-    gprs(&mut m, &[(Gpr::Rcx, 0x3a)]);
-    let o = run(&mut v, &m);
+    gprs(&mut m, &[(Gpr::Rcx, 0x48)]); // IA32_SPEC_CTRL: not offered
+    let o = v.handle(&m, &mut env);
     assert_eq!(o.reply.flags, reply::INJECT);
     assert_eq!(o.reply.inject, 0x8000_0b0d);
     assert_eq!(o.reply.gpr_mask, 0);
@@ -194,9 +219,9 @@ fn msrs() {
         &mut w,
         &[(Gpr::Rcx, 0x174), (Gpr::Rax, 0xdead_0008), (Gpr::Rdx, 0)],
     );
-    assert_eq!(run(&mut v, &w).reply, ExitReply::advance());
+    assert_eq!(v.handle(&w, &mut env).reply, ExitReply::advance());
     gprs(&mut m, &[(Gpr::Rcx, 0x174)]);
-    let o = run(&mut v, &m);
+    let o = v.handle(&m, &mut env);
     assert_eq!((o.reply.gprs[0], o.reply.gprs[2]), (0xdead_0008, 0));
     assert_eq!(o.reply.gpr_mask, 0b101);
     // EFER: LME|NXE → SET_EFER.
@@ -204,12 +229,12 @@ fn msrs() {
         &mut w,
         &[(Gpr::Rcx, 0xc000_0080), (Gpr::Rax, 0x900), (Gpr::Rdx, 0)],
     );
-    let o = run(&mut v, &w);
+    let o = v.handle(&w, &mut env);
     assert_eq!(o.reply.flags, reply::ADVANCE_RIP | reply::SET_EFER);
     assert_eq!(o.reply.efer, 0x900);
     // Reserved EFER bit: #GP, nothing stored.
     gprs(&mut w, &[(Gpr::Rax, 0x2)]);
-    assert_eq!(run(&mut v, &w).reply, cr::gp());
+    assert_eq!(v.handle(&w, &mut env).reply, cr::gp());
     assert_eq!(v.msr.efer, 0x900);
     // TSC read comes from the environment, split into EDX:EAX.
     gprs(&mut m, &[(Gpr::Rcx, 0x10)]);
@@ -435,4 +460,53 @@ proptest! {
             prop_assert!(o.reply.stop_code >> 32 == 0);
         }
     }
+}
+
+/// Part `msr`: WRMSR of a guest-state MSR reaches the vCPU (not only the model), RDMSR reads
+/// the vCPU, and a bad value is #GP with the vCPU unchanged.
+#[test]
+fn msrs_reach_the_vcpu_state() {
+    use abi::vmx::field;
+    let mut v = vm();
+    let mut env = TestEnv::new();
+    let mut w = msg(reason::WRMSR);
+    gprs(
+        &mut w,
+        &[
+            (Gpr::Rcx, 0xc000_0101),
+            (Gpr::Rax, 0x20_1000),
+            (Gpr::Rdx, 0),
+        ],
+    );
+    assert_eq!(v.handle(&w, &mut env).reply, ExitReply::advance());
+    assert_eq!(env.state.get(&field::GUEST_GS_BASE), Some(&0x20_1000));
+    gprs(
+        &mut w,
+        &[(Gpr::Rcx, 0xc000_0082), (Gpr::Rax, 0), (Gpr::Rdx, 0x8000)],
+    );
+    assert_eq!(v.handle(&w, &mut env).reply.inject, 0x8000_0b0d);
+    assert_eq!(env.state.get(&field::GUEST_LSTAR), None);
+    env.state
+        .insert(field::GUEST_KERNEL_GS_BASE, 0xffff_8000_0000_0040);
+    let mut r = msg(reason::RDMSR);
+    gprs(&mut r, &[(Gpr::Rcx, 0xc000_0102)]);
+    let o = v.handle(&r, &mut env);
+    assert_eq!((o.reply.gprs[0], o.reply.gprs[2]), (0x40, 0xffff_8000));
+}
+
+/// Part `msr`: CPUID leaf 1's OSXSAVE is the guest's CR4.OSXSAVE.
+#[test]
+fn cpuid_osxsave_follows_the_guests_cr4() {
+    use abi::vmx::field;
+    let mut v = vm();
+    let mut env = TestEnv::new();
+    let mut c = msg(reason::CPUID);
+    gprs(&mut c, &[(Gpr::Rax, 1), (Gpr::Rcx, 0)]);
+    let ecx = |env: &mut TestEnv, v: &mut VmModel| v.handle(&c, env).reply.gprs[1] as u32;
+    assert_eq!(ecx(&mut env, &mut v) & (1 << 27), 0);
+    env.state.insert(field::GUEST_CR4, 1 << 18);
+    assert_ne!(ecx(&mut env, &mut v) & (1 << 27), 0);
+    // An owned bit reads from the read shadow.
+    env.state.insert(field::CR4_GUEST_HOST_MASK, 1 << 18);
+    assert_eq!(ecx(&mut env, &mut v) & (1 << 27), 0);
 }
