@@ -54,21 +54,21 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace needs=boot restart=250 backoff=0 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace,guest needs=boot restart=250 backoff=0 pages=8192",
     },
     BootModule {
         path: "/boot/services/trace",
-        manifest: "trace run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace needs=trace-ring,boot restart=20 backoff=0 pages=600",
+        manifest: "trace run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace,guest needs=trace-ring,boot restart=20 backoff=0 pages=600",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace needs=mmu-service,boot,vmx,trace pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace,guest needs=mmu-service,boot,vmx,trace pages=266240",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
         manifest:
-            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,mmu-restart,trace needs=boot,vmm-service,mmu-service,trace",
+            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,mmu-restart,trace,guest needs=boot,vmm-service,mmu-service,trace",
     },
     BootModule {
         path: "/boot/services/fuzz",
