@@ -29,6 +29,9 @@ pub struct GuestArgs {
     pub shadow: bool,
     pub flat: bool,
     pub cmdline: String<CMDLINE_MAX>,
+    /// The word `trace` before the guest's command line (`make trace GUEST=...`): its exits
+    /// are traced and the report follows the run.
+    pub trace: bool,
 }
 
 /// Reads the `guest.*` words of a kernel command line; the guest's command line is everything
@@ -44,9 +47,12 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
         shadow: false,
         flat: false,
         cmdline: String::try_from(cmdline).map_err(|_| "guest.cmdline= is too long")?,
+        trace: false,
     };
     for w in head.split_ascii_whitespace() {
-        if let Some(v) = w.strip_prefix(GUEST_MODULE) {
+        if w == "trace" {
+            args.trace = true;
+        } else if let Some(v) = w.strip_prefix(GUEST_MODULE) {
             args.module = String::try_from(v).map_err(|_| "guest.module= is too long")?;
         } else if let Some(v) = w.strip_prefix(GUEST_RAM) {
             args.ram_mib = v.parse().map_err(|_| "guest.ram= is not a number of MiB")?;
@@ -95,7 +101,7 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         },
         benchmark: false,
         time_limit_ms: 0,
-        trace: false,
+        trace: a.trace,
     }
 }
 
@@ -222,8 +228,13 @@ mod tests {
         .unwrap();
         assert_eq!(a.module.as_str(), "kernel.elf");
         assert_eq!(a.ram_mib, 1024);
-        assert!(a.shadow && !a.flat);
+        assert!(a.shadow && !a.flat && !a.trace);
         assert_eq!(a.cmdline.as_str(), "console=ttyS0  root=/dev/x guest.ram=2");
+        let traced =
+            parse("scenario=guest trace guest.module=k guest.ram=8 guest.cmdline=x").unwrap();
+        assert!(traced.trace && config(&traced).trace);
+        let words = parse("guest.module=k guest.ram=8 guest.cmdline=trace").unwrap();
+        assert!(!words.trace, "the guest's own words are not Umbra's");
         let c = config(&a);
         assert_eq!(c.module.as_str(), "kernel.elf");
         assert!(matches!(c.mmu, MmuMode::Shadow(_)));
