@@ -28,6 +28,8 @@ commands:
                        checked with the VMM's loader against its RAM (SIZE: 64M default, up to 1G)
                        first, then put on the boot media as the module `<file name> image=guest`;
                        its command line is `<file name> WORDS`; exit 0 iff it wrote 0 to port 0xf4
+  example-guest        make test's run of the example kernel (BUILD/example-kernel.elf, `make
+                       example-kernel`) as a user's guest in 1 GiB on Bochs, its console checked
   check-guest --guest PATH [--ram SIZE] [--mmu ept|shadow] [--guest-cmdline WORDS] [--flat]
                        only the checks of `run --guest` (what `make run GUEST=...` does before building)
   trace --scenario NAME [--emu bochs|kvm|qemu] [--timeout SECS] [--loader limine|grub|auto]
@@ -285,6 +287,14 @@ fn real_main(args: &[String]) -> Result<u8, String> {
                 }
             }
             Ok(if r.verdict.check_passed { 0 } else { 1 })
+        }
+        "example-guest" => {
+            let (ok, seen, tally) = userguest::run_example(&a.build_dir, &a.iso)?;
+            println!(
+                "{} example kernel: {seen} -> {tally}",
+                if ok { "PASS" } else { "FAIL" }
+            );
+            Ok(u8::from(!ok))
         }
         "check-guest" => {
             let g = user_guest(&a)?.ok_or("check-guest needs --guest PATH")?;

@@ -18,6 +18,8 @@ use vmm_service::loader::{flat64, multiboot, LoadError};
 
 use crate::bootcfg::{GuestFile, BOOT_MODULES};
 use crate::emu::MACHINE_MIB;
+use crate::runner::RunOptions;
+use crate::tally::Tally;
 
 /// Guest RAM when `RAM=` is not given.
 pub const DEFAULT_RAM_MIB: u32 = 64;
@@ -246,6 +248,90 @@ impl UserGuest {
     }
 }
 
+/// The example kernel (`make example-kernel`, tests/example-kernel) as `make test` runs it:
+/// its file name in the build directory, its command line and its RAM (the largest, so every
+/// `make test` runs a 1 GiB guest).
+pub const EXAMPLE_KERNEL: &str = "example-kernel.elf";
+pub const EXAMPLE_CMDLINE: &str = "console=ttyS0 answer=42";
+pub const EXAMPLE_RAM_MIB: u32 = RAM_MAX_MIB;
+
+/// The console lines the example kernel must print when it runs in `ram_mib` of RAM with
+/// [`EXAMPLE_CMDLINE`]: what it read from its multiboot information, RAM at the top of the
+/// memory map really there, its verdict, and the suite's reading of the result.
+pub fn example_expected_lines(ram_mib: u32) -> Vec<String> {
+    let ram = u64::from(ram_mib) << 20;
+    vec![
+        format!("example-kernel: command line \"{EXAMPLE_KERNEL} {EXAMPLE_CMDLINE}\""),
+        format!(
+            "example-kernel: mem_lower 640 KiB, mem_upper {} KiB",
+            (ram >> 10) - 1024
+        ),
+        format!(
+            "example-kernel: mmap base 0x{:016x} length 0x{:016x} type 1",
+            1u64 << 20,
+            ram - (1 << 20)
+        ),
+        format!(
+            "example-kernel: last RAM page 0x{:08x} written and read back",
+            ram - 4096
+        ),
+        "example-kernel: all checks passed; writing 0 to port 0xf4".to_string(),
+        "guest: result: debug-exit value 0 (QEMU status 0x1)".to_string(),
+    ]
+}
+
+/// `make test`'s run of the example kernel through the `GUEST=` path on Bochs (it needs VMX):
+/// the file checked like `make run GUEST=...` does, booted, then the run's verdict and each of
+/// [`example_expected_lines`] in its log. Returns (passed, what was seen, counts).
+pub fn run_example(build_dir: &Path, iso: &Path) -> Result<(bool, String, Tally), String> {
+    let path = build_dir.join(EXAMPLE_KERNEL);
+    let guest = UserGuest::new(
+        &path,
+        EXAMPLE_RAM_MIB,
+        GuestMmu::Ept,
+        false,
+        EXAMPLE_CMDLINE,
+    )?;
+    let opts = RunOptions {
+        guest: Some(guest),
+        ..RunOptions::grub(
+            crate::emu::Emu::Bochs,
+            abi::scenario::GUEST,
+            iso.to_path_buf(),
+            build_dir.to_path_buf(),
+        )
+    };
+    let r = crate::runner::run(&opts).map_err(|e| e.0)?;
+    let log = crate::judge::clean_console(&fs::read(&r.log_path).unwrap_or_default());
+    let mut tally = r.verdict.tally;
+    let mut missing = Vec::new();
+    for want in example_expected_lines(EXAMPLE_RAM_MIB) {
+        let found = log.lines().any(|l| l.contains(want.as_str()));
+        tally.add_check(found);
+        if !found {
+            println!("FAIL example kernel: no console line `{want}`");
+            missing.push(want);
+        }
+    }
+    let ok = r.verdict.check_passed && missing.is_empty();
+    let seen = if missing.is_empty() {
+        format!(
+            "{}; its {} expected console lines present [{}]",
+            r.verdict.seen,
+            example_expected_lines(EXAMPLE_RAM_MIB).len(),
+            crate::runner::rel(&r.log_path)
+        )
+    } else {
+        format!(
+            "{}; {} expected console lines missing [{}]",
+            r.verdict.seen,
+            missing.len(),
+            crate::runner::rel(&r.log_path)
+        )
+    };
+    Ok((ok, seen, tally))
+}
+
 /// The lines of a `guest` run's log that tell how the guest ended: the suite's result line
 /// and the VMM's summary (`vmm: guest: result ...`, `vmm: guest: N exits: ...`), without the
 /// service prefix.
@@ -328,6 +414,20 @@ mod tests {
                 "guest: result: debug-exit value 0 (QEMU status 0x1) (last rip 0x100123, 40 exits)",
             ]
         );
+    }
+
+    #[test]
+    fn example_lines_follow_the_ram() {
+        let l = example_expected_lines(1024);
+        assert!(l.contains(&"example-kernel: mem_lower 640 KiB, mem_upper 1047552 KiB".to_string()));
+        assert!(l.contains(
+            &"example-kernel: mmap base 0x0000000000100000 length 0x000000003ff00000 type 1"
+                .to_string()
+        ));
+        assert!(l.contains(
+            &"example-kernel: last RAM page 0x3ffff000 written and read back".to_string()
+        ));
+        assert!(l[0].contains("\"example-kernel.elf console=ttyS0 answer=42\""));
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
     };
     let cfg = config(&args);
     userlib::println!(
-        "guest: running {} ({} MiB RAM, {}, {}), command line \"{} {}\"",
+        "guest: running {} ({} MiB RAM, {}, {}), command line \"{}{}{}\"",
         args.module.as_str(),
         args.ram_mib,
         if args.flat {
@@ -182,6 +182,7 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
         },
         if args.shadow { "shadow paging" } else { "EPT" },
         args.module.as_str(),
+        if args.cmdline.is_empty() { "" } else { " " },
         args.cmdline.as_str()
     );
     let r = crate::run(&cfg);
