@@ -270,10 +270,9 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
     let start = Instant::now();
     let (end, streamed, extra) = match opts.emu {
         Emu::Qemu | Emu::Kvm => run_qemu(
-            opts.emu,
+            (opts.emu, opts.firmware),
             &iso,
             qemu_cfg_disk,
-            opts.firmware,
             &run_dir,
             &log_path,
             timeout,
@@ -360,10 +359,9 @@ fn report(
 type Outcome = (End, bool, Vec<String>);
 
 fn run_qemu(
-    emu: Emu,
+    (emu, firmware): (Emu, Firmware),
     iso: &Path,
     cfg_disk: Option<&Path>,
-    firmware: Firmware,
     run_dir: &Path,
     log_path: &Path,
     timeout: u64,
@@ -443,7 +441,7 @@ fn run_bochs(
     let mirror = std::mem::take(&mut *mirror.lock().unwrap_or_else(|e| e.into_inner()));
 
     // COM1 is the log of record; Bochs completes the file when it exits.
-    let serial = clean_console(&fs::read(&com1).unwrap_or_default());
+    let serial = clean_console(&fs::read(com1).unwrap_or_default());
     let mut extra = Vec::new();
     if serial.trim().is_empty() && !mirror.trim().is_empty() {
         fs::write(log_path, &mirror)?;
@@ -459,7 +457,7 @@ fn run_bochs(
         fs::write(log_path, &serial)?;
     }
     if end != End::Exited(Some(1)) || serial.trim().is_empty() {
-        extra.extend(bochs_diagnostics(&stderr_path, &bochs_log));
+        extra.extend(bochs_diagnostics(&stderr_path, bochs_log));
     }
     Ok((end, !mirror.trim().is_empty(), extra))
 }

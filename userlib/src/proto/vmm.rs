@@ -128,6 +128,9 @@ pub struct VmConfig {
     pub trace: bool,
 }
 
+// A probe carries two configurations; requests are built once per VM run and the protocol
+// types stay allocation-free.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Runs a VM to its end; answered with [`Response::Finished`].
