@@ -1,6 +1,7 @@
 # Umbra: the user's entry point. `make help` lists the targets.
 #
 #   make run  [SCENARIO=kernel] [EMU=qemu|bochs|kvm] [TIMEOUT=secs]
+#   make run  GUEST=path/to/kernel [RAM=64M] [CMDLINE="..."] [MMU=ept|shadow] [FLAT=1] [EMU=...]
 #   make test
 #   make trace [SCENARIO=demo] [EMU=bochs|kvm|qemu]
 #
@@ -60,7 +61,17 @@ LIMINE_TOOL := $(BUILD)/limine
 LOADER ?= auto
 FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run test fuzz fuzz-vm bench trace boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace boot-configs scenarios clean
+
+# A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
+# any command line (quotes, `$`) reaches the guest as typed.
+export GUEST CMDLINE RAM MMU FLAT
+# The harness options of a GUEST= run.
+GUEST_ARGS = --guest "$$GUEST" --guest-cmdline "$$CMDLINE" $(if $(RAM),--ram "$$RAM") $(if $(MMU),--mmu "$$MMU") \
+	$(if $(filter-out 0 no,$(FLAT)),--flat)
+
+# The example kernel (tests/example-kernel), built with the system's assembler and linker.
+EXAMPLE_KERNEL := $(BUILD)/example-kernel.elf
 
 help:
 	@echo "Umbra: microkernel-based x86_64 hypervisor"
@@ -74,6 +85,12 @@ help:
 	@echo "                       SCENARIO=$(SCENARIO) (make scenarios lists them), EMU=$(EMU) (qemu|bochs|kvm),"
 	@echo "                       LOADER=limine|grub (default: limine when its ISO was built), FIRMWARE=bios|uefi,"
 	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
+	@echo "  make run GUEST=path/to/kernel [RAM=64M] [CMDLINE=\"...\"] [MMU=ept|shadow] [FLAT=1] [EMU=...]"
+	@echo "                     run your own multiboot (v1) ELF kernel (or, FLAT=1, a flat 64-bit image entered"
+	@echo "                     at 2 MiB) under the VMM: its console, its result, the exit summary; RAM up to 1G;"
+	@echo "                     exit 0 iff it wrote 0 to port 0xf4 (isa-debug-exit). Example: make example-kernel,"
+	@echo "                     then make run GUEST=$(EXAMPLE_KERNEL) CMDLINE=\"hello world\""
+	@echo "  make example-kernel  build $(EXAMPLE_KERNEL) (tests/example-kernel, with as and ld)"
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
 	@echo "  make fuzz          the long fuzz run on QEMU: SEED=$(FUZZ_SEED) COUNT=$(FUZZ_COUNT) (COUNT malformed messages to"
@@ -157,9 +174,20 @@ limine-stage:
 	@if [ -f "$(LIMINE_FOUND)/BOOTIA32.EFI" ]; then cp "$(LIMINE_FOUND)/BOOTIA32.EFI" $(LIMINE_ROOT)/EFI/BOOT/; fi
 	@$(HARNESS) limine-iso --build-dir $(BUILD)
 
-run: ensure-setup harness iso
-	@$(HARNESS) run --emu $(or $(EMU),auto) --scenario $(or $(SCENARIO),demo) $(if $(TIMEOUT),--timeout $(TIMEOUT)) \
-		--loader $(or $(LOADER),auto) --firmware $(or $(FIRMWARE),bios)
+run: ensure-setup harness $(if $(GUEST),guest-check) iso
+	@$(HARNESS) run --emu $(or $(EMU),auto) $(if $(GUEST),$(GUEST_ARGS),--scenario $(or $(SCENARIO),demo)) \
+		$(if $(TIMEOUT),--timeout $(TIMEOUT)) --loader $(or $(LOADER),auto) --firmware $(or $(FIRMWARE),bios)
+
+# GUEST=: the file is checked (a kernel that fits its RAM) before anything is built or booted.
+guest-check: harness
+	@$(HARNESS) check-guest $(GUEST_ARGS)
+
+example-kernel: $(EXAMPLE_KERNEL)
+
+$(EXAMPLE_KERNEL): tests/example-kernel/kernel.S tests/example-kernel/link.ld
+	@mkdir -p $(BUILD)
+	as --32 -o $(BUILD)/example-kernel.o tests/example-kernel/kernel.S
+	ld -m elf_i386 -n --no-warn-rwx-segments -T tests/example-kernel/link.ld -o $@ $(BUILD)/example-kernel.o
 
 # The harness runs every step (including `make iso`) and prints `N passed, M failed` last.
 test: ensure-setup
@@ -195,14 +223,9 @@ bench: ensure-setup harness iso
 
 # A scenario with exit tracing on (`trace` on the kernel command line), in Bochs unless EMU is
 # named: the report table, build/trace/SCENARIO.csv and .svg. LOG=path: only report on a log.
-# GUEST= (a user's own kernel) is not possible yet.
-TRACE_SCENARIO := $(or $(SCENARIO),demo)
-trace: ensure-setup harness $(if $(LOG)$(GUEST),,iso)
-	@if [ -n "$(GUEST)" ]; then \
-		{ echo "make trace: GUEST=$(GUEST): running your own guest kernel is not possible yet (it needs a"; \
-		  echo "            loader for user-supplied kernels, an open issue); use SCENARIO=NAME (make scenarios)"; } >&2; \
-		exit 2; fi
-	@$(HARNESS) trace --scenario $(TRACE_SCENARIO) \
+# GUEST=: a user's own kernel traced (scenario guest; the GUEST= options of `make run`).
+trace: ensure-setup harness $(if $(GUEST),guest-check) $(if $(LOG),,iso)
+	@$(HARNESS) trace $(if $(GUEST),$(GUEST_ARGS),--scenario $(TRACE_SCENARIO)) \
 		$(if $(LOG),--log $(LOG),--emu $(if $(filter undefined,$(EMU_ORIGIN)),bochs,$(EMU)) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT)) --loader $(or $(LOADER),auto))
 

@@ -27,7 +27,8 @@ pub fn run(boot: &BootInfo, name: &str) -> ! {
         | abi::scenario::FUZZ
         | abi::scenario::MMU_RESTART
         | abi::scenario::FUZZ_VM
-        | abi::scenario::TRACE => crate::kentry::start_services(),
+        | abi::scenario::TRACE
+        | abi::scenario::GUEST => crate::kentry::start_services(),
         abi::scenario::FAULT_SELFTEST => {
             crate::log!(info, "scenario", "reading an unmapped address on purpose");
             let va = crate::mm::paging::SCRATCH_BASE + 0x7ff0_0000;

@@ -18,7 +18,7 @@ use std::io;
 use std::path::Path;
 use std::process::Command;
 
-use crate::emu::{CFG_DISK_BYTES, CFG_DISK_CYLINDERS, CFG_DISK_HEADS, CFG_DISK_SPT};
+use crate::emu::{cfg_disk_bytes, CFG_DISK_CYLINDERS, CFG_DISK_HEADS, CFG_DISK_SPT};
 use crate::scenarios::{Scenario, DEFAULT_SCENARIO, SCENARIOS};
 
 /// Where the kernel lives inside the ISO.
@@ -54,21 +54,21 @@ pub const BOOT_MODULES: &[BootModule] = &[
     },
     BootModule {
         path: "/boot/services/mmu-service",
-        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace needs=boot restart=250 backoff=0 pages=8192",
+        manifest: "mmu-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace,guest needs=boot restart=250 backoff=0 pages=8192",
     },
     BootModule {
         path: "/boot/services/trace",
-        manifest: "trace run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace needs=trace-ring,boot restart=20 backoff=0 pages=600",
+        manifest: "trace run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace,guest needs=trace-ring,boot restart=20 backoff=0 pages=600",
     },
     BootModule {
         path: "/boot/services/vmm-service",
         manifest:
-            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace needs=mmu-service,boot,vmx,trace pages=17408",
+            "vmm-service run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,fuzz,mmu-restart,fuzz-vm,trace,guest needs=mmu-service,boot,vmx,trace pages=266240",
     },
     BootModule {
         path: "/boot/services/vmm-suite",
         manifest:
-            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,mmu-restart,trace needs=boot,vmm-service,mmu-service,trace",
+            "vmm-suite run=demo,vmm,bench-vmm,shadow,bench-mmu,isolation,mmu-restart,trace,guest needs=boot,vmm-service,mmu-service,trace",
     },
     BootModule {
         path: "/boot/services/fuzz",
@@ -161,6 +161,20 @@ fn limine_modules() -> String {
         .collect()
 }
 
+/// The manifest words after a user's guest's name (its file name): an image for the VMM.
+pub const USER_GUEST_MANIFEST: &str = "image=guest";
+/// Where a user's guest goes in a per-run Limine ISO.
+pub const USER_GUEST_DIR_IN_ISO: &str = "/boot/user";
+
+/// A user's own guest kernel on the boot media of one run (`make run GUEST=...`): the boot
+/// module `<name> image=guest` holding the file at `path`.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestFile<'a> {
+    /// The module's name: the file's name (the first word of the guest's command line).
+    pub name: &'a str,
+    pub path: &'a Path,
+}
+
 /// The name of the harness' GRUB script on the config disk.
 pub const HARNESS_SCRIPT: &str = "umbra.cfg";
 
@@ -195,6 +209,9 @@ fn grub_cfg_for(scenarios: &[Scenario]) -> String {
          \x20 menuentry \"Umbra (harness): $umbra_cmdline\" --id harness {{\n\
          \x20   multiboot2 {KERNEL_PATH_IN_ISO} $umbra_cmdline\n\
          {modules}\
+         \x20   if [ -n \"$umbra_guest\" ]; then\n\
+         \x20     module2 (hd0)/$umbra_guest $umbra_guest {USER_GUEST_MANIFEST}\n\
+         \x20   fi\n\
          \x20   boot\n\
          \x20 }}\n\
          fi\n",
@@ -256,18 +273,25 @@ fn limine_entry(title: &str, cmdline: &str) -> String {
 /// The Limine configuration of one harness run: no menu, one entry booting `cmdline`. (Limine
 /// reads its configuration only from the boot volume, so each run gets its own ISO; see
 /// `crate::limine`.)
-pub fn limine_run_cfg(cmdline: &str) -> String {
+pub fn limine_run_cfg(cmdline: &str, guest: Option<&GuestFile<'_>>) -> String {
     // A line break would end the option; command lines never hold one, but keep the file valid.
     let cmdline = cmdline.replace(['\n', '\r'], " ");
-    format!(
+    let mut cfg = format!(
         "# Written by umbra-harness: boot one scenario without showing the menu.\n\
          timeout: 0\nserial: yes\n{}",
         limine_entry(&format!("Umbra (harness): {cmdline}"), &cmdline)
-    )
+    );
+    if let Some(g) = guest {
+        cfg.push_str(&format!(
+            "    module_path: boot():{USER_GUEST_DIR_IN_ISO}/{name}\n    module_cmdline: {name} {USER_GUEST_MANIFEST}\n",
+            name = g.name
+        ));
+    }
+    cfg
 }
 
 /// The GRUB script the harness puts on the config disk to boot `cmdline` at once.
-pub fn harness_script(cmdline: &str) -> String {
+pub fn harness_script(cmdline: &str, guest: Option<&str>) -> String {
     // GRUB double-quoted strings treat `"`, `$` and `\` specially; scenario names never
     // contain them, but escape anyway so any command line arrives intact.
     let mut quoted = String::new();
@@ -282,25 +306,53 @@ pub fn harness_script(cmdline: &str) -> String {
          set umbra_cmdline=\"{quoted}\"\n\
          export umbra_cmdline\n\
          set default=harness\n\
-         set timeout=0\n"
+         set timeout=0\n{guest}",
+        // The user's guest is on this disk under its own name (checked to be a plain name).
+        guest = match guest {
+            Some(name) => format!("set umbra_guest=\"{name}\"\nexport umbra_guest\n"),
+            None => String::new(),
+        }
     )
 }
 
+/// Cylinders of a config disk that holds `guest_bytes` of a user's guest besides the script
+/// (with room for the FAT and directories).
+pub fn cfg_disk_cylinders(guest_bytes: u64) -> u32 {
+    if guest_bytes == 0 {
+        return CFG_DISK_CYLINDERS;
+    }
+    let per_cylinder = cfg_disk_bytes(1);
+    let need = guest_bytes + guest_bytes / 16 + cfg_disk_bytes(CFG_DISK_CYLINDERS);
+    need.div_ceil(per_cylinder)
+        .max(u64::from(CFG_DISK_CYLINDERS)) as u32
+}
+
 /// Writes the config disk: a FAT superfloppy holding [`HARNESS_SCRIPT`] (mtools).
-pub fn write_cfg_disk(image: &Path, cmdline: &str) -> io::Result<()> {
+/// With `guest`, the disk also holds the user's guest file under its name, and the script
+/// has GRUB load it as a boot module (the disk is then [`cfg_disk_cylinders`] large).
+pub fn write_cfg_disk(
+    image: &Path,
+    cmdline: &str,
+    guest: Option<&GuestFile<'_>>,
+) -> io::Result<()> {
     let script_path = image.with_extension("cfg");
-    fs::write(&script_path, harness_script(cmdline))?;
+    fs::write(&script_path, harness_script(cmdline, guest.map(|g| g.name)))?;
+    let guest_bytes = match guest {
+        Some(g) => fs::metadata(g.path)?.len(),
+        None => 0,
+    };
+    let cylinders = cfg_disk_cylinders(guest_bytes);
     let _ = fs::remove_file(image);
     // Bochs leaves `<image>.lock` behind when it is killed; a stale one refuses the next run.
     let _ = fs::remove_file(format!("{}.lock", image.display()));
     let file = fs::File::create(image)?;
-    file.set_len(CFG_DISK_BYTES)?;
+    file.set_len(cfg_disk_bytes(cylinders))?;
     drop(file);
     run_tool(
         Command::new("mformat")
             .arg("-i")
             .arg(image)
-            .args(["-t", &CFG_DISK_CYLINDERS.to_string()])
+            .args(["-t", &cylinders.to_string()])
             .args(["-h", &CFG_DISK_HEADS.to_string()])
             .args(["-s", &CFG_DISK_SPT.to_string()])
             .args(["-v", "UMBRARUN", "::"]),
@@ -312,7 +364,18 @@ pub fn write_cfg_disk(image: &Path, cmdline: &str) -> io::Result<()> {
             .arg(image)
             .arg(&script_path)
             .arg(format!("::{HARNESS_SCRIPT}")),
-    )
+    )?;
+    if let Some(g) = guest {
+        run_tool(
+            Command::new("mcopy")
+                .arg("-o")
+                .arg("-i")
+                .arg(image)
+                .arg(g.path)
+                .arg(format!("::{}", g.name)),
+        )?;
+    }
+    Ok(())
 }
 
 fn run_tool(cmd: &mut Command) -> io::Result<()> {
@@ -446,11 +509,14 @@ mod tests {
 
     #[test]
     fn harness_script_selects_the_harness_entry() {
-        let s = harness_script("scenario=kernel");
+        let s = harness_script("scenario=kernel", None);
         assert!(s.contains("set umbra_cmdline=\"scenario=kernel\"\n"));
         assert!(s.contains("export umbra_cmdline\n"));
         assert!(s.contains("set default=harness\n"));
         assert!(s.contains("set timeout=0\n"));
-        assert!(harness_script("a=\"$x\\\"").contains(r#"set umbra_cmdline="a=\"\$x\\\"""#));
+        assert!(!s.contains("umbra_guest"));
+        let g = harness_script("scenario=guest", Some("kernel.elf"));
+        assert!(g.contains("set umbra_guest=\"kernel.elf\"\nexport umbra_guest\n"));
+        assert!(harness_script("a=\"$x\\\"", None).contains(r#"set umbra_cmdline="a=\"\$x\\\"""#));
     }
 }

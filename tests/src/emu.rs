@@ -140,7 +140,15 @@ pub const CFG_DISK_HEADS: u32 = 16;
 /// Sectors per track of the config disk.
 pub const CFG_DISK_SPT: u32 = 63;
 /// Size of the config disk in bytes.
-pub const CFG_DISK_BYTES: u64 = (CFG_DISK_CYLINDERS * CFG_DISK_HEADS * CFG_DISK_SPT) as u64 * 512;
+pub const CFG_DISK_BYTES: u64 = cfg_disk_bytes(CFG_DISK_CYLINDERS);
+
+/// Size of a config disk of `cylinders` cylinders (a larger one carries a user's guest).
+pub const fn cfg_disk_bytes(cylinders: u32) -> u64 {
+    (cylinders * CFG_DISK_HEADS * CFG_DISK_SPT) as u64 * 512
+}
+
+/// The emulated machine's memory (MiB) for every run but a large user guest's.
+pub const MACHINE_MIB: u32 = 256;
 
 /// The QEMU command line: CD-ROM boot, the config disk (if any) as the first IDE disk (GRUB's
 /// `hd0`), COM1 on stdout, `isa-debug-exit` for the verdict, OVMF for UEFI. With `monitor`, the
@@ -153,21 +161,26 @@ pub fn qemu_command(
     firmware: Firmware,
     monitor: Option<&Path>,
 ) -> Command {
+    qemu_command_sized(emu, iso, cfg_disk, firmware, monitor, MACHINE_MIB)
+}
+
+/// [`qemu_command`] with `memory_mib` of memory.
+pub fn qemu_command_sized(
+    emu: Emu,
+    iso: &Path,
+    cfg_disk: Option<&Path>,
+    firmware: Firmware,
+    monitor: Option<&Path>,
+    memory_mib: u32,
+) -> Command {
     let mut cmd = Command::new(emu.program());
     if emu == Emu::Kvm {
         cmd.args(["-enable-kvm", "-cpu", "host"]);
     } else {
         cmd.args(["-cpu", "max"]);
     }
-    cmd.args([
-        "-m",
-        "256M",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-nic",
-        "none",
-    ]);
+    cmd.arg("-m").arg(format!("{memory_mib}M"));
+    cmd.args(["-display", "none", "-no-reboot", "-nic", "none"]);
     match monitor {
         Some(socket) => cmd
             .arg("-monitor")
@@ -209,6 +222,10 @@ pub struct BochsFiles<'a> {
     pub com1: &'a Path,
     /// Bochs' own log.
     pub log: &'a Path,
+    /// Cylinders of the config disk (`CFG_DISK_CYLINDERS` unless it carries a user's guest).
+    pub cfg_disk_cylinders: u32,
+    /// The machine's memory in MiB ([`MACHINE_MIB`] unless a user's guest needs more).
+    pub memory_mib: u32,
 }
 
 /// The Bochs configuration (see `docs/bochs-vmx.md`), headless: Debian's Bochs has no `nogui`
@@ -219,7 +236,7 @@ pub fn bochs_config(f: &BochsFiles<'_>) -> String {
          display_library: rfb, options=\"timeout=0\"\n\
          romimage: file=/usr/share/bochs/BIOS-bochs-latest, options=fastboot\n\
          vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
-         memory: guest=256, host=256\n\
+         memory: guest={mib}, host={mib}\n\
          ata0-master: type=cdrom, path=\"{iso}\", status=inserted\n\
          ata0-slave: type=disk, path=\"{disk}\", mode=flat, cylinders={c}, heads={h}, spt={s}\n\
          boot: cdrom\n\
@@ -233,8 +250,9 @@ pub fn bochs_config(f: &BochsFiles<'_>) -> String {
          panic: action=fatal\n",
         iso = f.iso.display(),
         disk = f.cfg_disk.display(),
-        c = CFG_DISK_CYLINDERS,
+        c = f.cfg_disk_cylinders,
         h = CFG_DISK_HEADS,
+        mib = f.memory_mib,
         s = CFG_DISK_SPT,
         com1 = f.com1.display(),
         log = f.log.display(),
@@ -314,6 +332,8 @@ mod tests {
             cfg_disk: Path::new("/b/run/cfg.img"),
             com1: Path::new("/b/run/com1.raw"),
             log: Path::new("/b/run/bochs.log"),
+            cfg_disk_cylinders: CFG_DISK_CYLINDERS,
+            memory_mib: MACHINE_MIB,
         };
         let c = bochs_config(&f);
         for want in [

@@ -9,6 +9,7 @@
 //! - [`judge`] and [`tally`]: pure log parsing and counting (unit-tested).
 //! - [`orchestrate`]: `make test`.
 //! - [`bench`]: `make bench`: IPC round trips, VM exit round trips, the shadow MMU.
+//! - [`userguest`]: `make run GUEST=path`: a user's own kernel, checked, then booted.
 //! - [`trace`] and [`trace_svg`]: `make trace`: the exit trace report, its CSV and its SVG.
 
 pub mod bench;
@@ -23,3 +24,4 @@ pub mod screen;
 pub mod tally;
 pub mod trace;
 pub mod trace_svg;
+pub mod userguest;

@@ -89,8 +89,24 @@ pub fn xorriso_args(root: &Path, conf: &Path, out: &Path) -> Vec<String> {
 
 /// Builds a Limine ISO at `out` with `conf` as its configuration.
 pub fn build_iso(parts: &Parts, conf: &Path, out: &Path) -> Result<(), String> {
+    build_iso_grafting(parts, conf, &[], out)
+}
+
+/// [`build_iso`] with more files: (path in the ISO, file on the host), e.g. a user's guest.
+pub fn build_iso_grafting(
+    parts: &Parts,
+    conf: &Path,
+    grafts: &[(String, PathBuf)],
+    out: &Path,
+) -> Result<(), String> {
     let _ = std::fs::remove_file(out);
-    run(Command::new("xorriso").args(xorriso_args(&parts.root, conf, out)))?;
+    let mut args = xorriso_args(&parts.root, conf, out);
+    args.extend(
+        grafts
+            .iter()
+            .map(|(in_iso, file)| format!("{in_iso}={}", file.display())),
+    );
+    run(Command::new("xorriso").args(args))?;
     run(Command::new(&parts.tool).arg("bios-install").arg(out))
 }
 

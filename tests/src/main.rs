@@ -8,6 +8,7 @@ use umbra_tests::emu::{Emu, Firmware, Loader};
 use umbra_tests::orchestrate::{self, TestOptions};
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
+use umbra_tests::userguest::{self, UserGuest};
 use umbra_tests::{bench, bootcfg, judge, limine, screen, trace};
 
 const USAGE: &str = "\
@@ -21,6 +22,16 @@ commands:
                        --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`);
                        --loader: auto (default) is limine when `make iso` built its parts, else grub;
                        --firmware uefi boots OVMF (QEMU only)
+  run --guest PATH [--ram SIZE] [--mmu ept|shadow] [--guest-cmdline WORDS] [--flat] [options of run]
+                       run a user's own kernel (scenario `guest`): PATH is a multiboot (v1) ELF
+                       kernel, or with --flat a flat 64-bit image loaded and entered at 2 MiB; it is
+                       checked with the VMM's loader against its RAM (SIZE: 64M default, up to 1G)
+                       first, then put on the boot media as the module `<file name> image=guest`;
+                       its command line is `<file name> WORDS`; exit 0 iff it wrote 0 to port 0xf4
+  example-guest        make test's run of the example kernel (BUILD/example-kernel.elf, `make
+                       example-kernel`) as a user's guest in 1 GiB on Bochs, its console checked
+  check-guest --guest PATH [--ram SIZE] [--mmu ept|shadow] [--guest-cmdline WORDS] [--flat]
+                       only the checks of `run --guest` (what `make run GUEST=...` does before building)
   trace --scenario NAME [--emu bochs|kvm|qemu] [--timeout SECS] [--loader limine|grub|auto]
       [--cmdline WORDS] [--log PATH]
                        boot the scenario like `run` with `trace` added to the kernel command line,
@@ -71,6 +82,11 @@ struct Args {
     loader: Option<String>,
     firmware: Option<String>,
     log: Option<PathBuf>,
+    guest: Option<PathBuf>,
+    ram: Option<String>,
+    mmu: Option<String>,
+    guest_cmdline: Option<String>,
+    flat: bool,
     iso: PathBuf,
     build_dir: PathBuf,
 }
@@ -92,6 +108,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
         loader: None,
         firmware: None,
         log: None,
+        guest: None,
+        ram: None,
+        mmu: None,
+        guest_cmdline: None,
+        flat: false,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
     };
@@ -117,6 +138,11 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--firmware" => a.firmware = Some(value("--firmware")?),
             "--check" => a.check = true,
             "--log" => a.log = Some(PathBuf::from(value("--log")?)),
+            "--guest" => a.guest = Some(PathBuf::from(value("--guest")?)),
+            "--ram" => a.ram = Some(value("--ram")?),
+            "--mmu" => a.mmu = Some(value("--mmu")?),
+            "--guest-cmdline" => a.guest_cmdline = Some(value("--guest-cmdline")?),
+            "--flat" => a.flat = true,
             "--iso" => a.iso = PathBuf::from(value("--iso")?),
             "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
             "-h" | "--help" => {
@@ -138,10 +164,20 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
             Emu::parse(e).ok_or_else(|| format!("unknown emulator `{e}` (qemu, kvm or bochs)"))?
         }
     };
-    let scenario = a
-        .scenario
-        .clone()
-        .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string());
+    let guest = user_guest(a)?;
+    let scenario = match (&guest, a.scenario.as_deref()) {
+        (Some(_), None | Some("") | Some(abi::scenario::GUEST)) => abi::scenario::GUEST.to_string(),
+        (Some(_), Some(other)) => {
+            return Err(format!(
+                "--guest runs scenario `{}`, not `{other}`",
+                abi::scenario::GUEST
+            ))
+        }
+        (None, _) => a
+            .scenario
+            .clone()
+            .unwrap_or_else(|| scenarios::DEFAULT_SCENARIO.to_string()),
+    };
     let loader = match a.loader.as_deref() {
         None | Some("auto") | Some("") => match limine::Parts::find(&a.build_dir) {
             Ok(_) => Loader::Limine,
@@ -170,7 +206,25 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
         build_dir: a.build_dir.clone(),
         loader,
         firmware,
+        guest,
     })
+}
+
+/// The user's guest of `--guest`, checked (a clear error before anything boots).
+fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
+    let Some(path) = &a.guest else {
+        if a.ram.is_some() || a.mmu.is_some() || a.guest_cmdline.is_some() || a.flat {
+            return Err("--ram, --mmu, --guest-cmdline and --flat go with --guest PATH".into());
+        }
+        return Ok(None);
+    };
+    let ram = match a.ram.as_deref().map(str::trim) {
+        None | Some("") => userguest::DEFAULT_RAM_MIB,
+        Some(r) => userguest::parse_ram(r)?,
+    };
+    let mmu = userguest::parse_mmu(a.mmu.as_deref().unwrap_or(""))?;
+    let cmdline = a.guest_cmdline.as_deref().unwrap_or("");
+    UserGuest::new(path, ram, mmu, a.flat, cmdline).map(Some)
 }
 
 /// `trace`: boots the scenario with `trace` on the kernel command line (or takes `--log`),
@@ -226,7 +280,34 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         "run" => {
             let opts = run_options(&a, a.cmdline.clone())?;
             let r = runner::run(&opts).map_err(|e| e.0)?;
+            if opts.guest.is_some() {
+                let log = std::fs::read(&r.log_path).unwrap_or_default();
+                for line in userguest::result_lines(&judge::clean_console(&log)) {
+                    println!("umbra-harness: {line}");
+                }
+            }
             Ok(if r.verdict.check_passed { 0 } else { 1 })
+        }
+        "example-guest" => {
+            let (ok, seen, tally) = userguest::run_example(&a.build_dir, &a.iso)?;
+            println!(
+                "{} example kernel: {seen} -> {tally}",
+                if ok { "PASS" } else { "FAIL" }
+            );
+            Ok(u8::from(!ok))
+        }
+        "check-guest" => {
+            let g = user_guest(&a)?.ok_or("check-guest needs --guest PATH")?;
+            println!(
+                "umbra-harness: GUEST={}: {} bytes, a {} that fits {} MiB of RAM; its command line: \"{} {}\"",
+                g.path.display(),
+                g.bytes,
+                if g.flat { "flat 64-bit image" } else { "multiboot kernel" },
+                g.ram_mib,
+                g.name,
+                g.cmdline
+            );
+            Ok(0)
         }
         "trace" => trace(&a),
         "limine-iso" => {

@@ -15,6 +15,7 @@ use crate::runner::{self, flush_stdout, RunOptions};
 use crate::scenarios::{Expect, LIMINE_RUNS, SCENARIOS};
 use crate::screen;
 use crate::tally::{sum_cargo_results, Tally};
+use crate::userguest;
 
 /// Where `make test` finds things.
 #[derive(Clone, Debug)]
@@ -147,8 +148,8 @@ const CARGO_STEPS: &[CmdStep] = &[
 pub fn test(opts: &TestOptions) -> i32 {
     let started = Instant::now();
     let runs = scenario_runs(opts);
-    // + make iso, + the screen console check.
-    let total_steps = CARGO_STEPS.len() + 1 + runs.len() + 1;
+    // + make iso, + the screen console check, + the example kernel through `GUEST=`.
+    let total_steps = CARGO_STEPS.len() + 1 + runs.len() + 1 + 1;
     let mut n = 0;
     let mut results = Vec::new();
 
@@ -245,6 +246,9 @@ pub fn test(opts: &TestOptions) -> i32 {
         },
     });
 
+    n += 1;
+    results.push(example_kernel_step(n, total_steps, opts, iso_ok));
+
     let mut total = Tally::default();
     println!();
     println!("==> summary ({:.0} s)", started.elapsed().as_secs_f64());
@@ -310,6 +314,42 @@ fn failed_step(name: String, why: &str, t0: Instant) -> StepResult {
 }
 
 /// A step that cannot run here (Limine's binaries not found): said, and counted neither way.
+/// `make example-kernel` (the system's `as` and `ld`), then the example kernel run like
+/// `make run GUEST=build/example-kernel.elf` on Bochs ([`userguest::run_example`]).
+fn example_kernel_step(n: usize, total: usize, opts: &TestOptions, iso_ok: bool) -> StepResult {
+    let name = "user guest: example kernel (GUEST=)".to_string();
+    header(
+        n,
+        total,
+        &name,
+        "make example-kernel, then boot it as a user's guest in 1 GiB of RAM on bochs",
+    );
+    let t0 = Instant::now();
+    if !iso_ok {
+        return failed_step(name, "not run: ISO build failed", t0);
+    }
+    let built = Command::new(&opts.make)
+        .args(["--no-print-directory", "example-kernel"])
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .status();
+    if !matches!(built, Ok(s) if s.success()) {
+        return failed_step(name, &format!("make example-kernel failed: {built:?}"), t0);
+    }
+    match userguest::run_example(&opts.build_dir, &opts.iso) {
+        Ok((ok, detail, tally)) => StepResult {
+            name,
+            ok,
+            skipped: false,
+            detail,
+            tally,
+            elapsed: t0.elapsed(),
+        },
+        Err(e) => failed_step(name, &e, t0),
+    }
+}
+
 fn skipped_step(name: String, why: &str, t0: Instant) -> StepResult {
     println!("SKIP {name}: {why}");
     StepResult {

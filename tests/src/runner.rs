@@ -14,6 +14,7 @@ use crate::emu::{self, BochsFiles, Emu, Firmware, Loader};
 use crate::judge::{self, clean_console, End, Verdict};
 use crate::limine;
 use crate::scenarios::{self, Expect};
+use crate::userguest::UserGuest;
 
 /// Lines of log shown when a run fails.
 pub const TAIL_LINES: usize = 30;
@@ -39,6 +40,9 @@ pub struct RunOptions {
     pub loader: Loader,
     /// The firmware (UEFI: QEMU only).
     pub firmware: Firmware,
+    /// A user's own guest (`make run GUEST=...`, scenario `guest`): on the boot media as a
+    /// module, its `guest.*` words on the kernel command line, the machine sized for its RAM.
+    pub guest: Option<UserGuest>,
 }
 
 impl RunOptions {
@@ -54,6 +58,7 @@ impl RunOptions {
             build_dir,
             loader: Loader::Grub,
             firmware: Firmware::Bios,
+            guest: None,
         }
     }
 
@@ -194,17 +199,56 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
         cmdline.push(' ');
         cmdline.push_str(extra.trim());
     }
+    if let Some(g) = &opts.guest {
+        cmdline.push(' ');
+        cmdline.push_str(&g.kernel_cmdline_words());
+        println!(
+            "umbra-harness: guest {} ({} bytes, {} MiB RAM, {:?}{}) as boot module `{} {}`; \
+             machine memory {} MiB",
+            g.path.display(),
+            g.bytes,
+            g.ram_mib,
+            g.mmu,
+            if g.flat {
+                ", flat 64-bit"
+            } else {
+                ", multiboot"
+            },
+            g.name,
+            bootcfg::USER_GUEST_MANIFEST,
+            g.machine_mib()
+        );
+    }
+    let guest_file = opts.guest.as_ref().map(UserGuest::file);
     let cfg_disk = run_dir.join("cfg.img");
-    bootcfg::write_cfg_disk(&cfg_disk, &cmdline)?;
+    bootcfg::write_cfg_disk(&cfg_disk, &cmdline, guest_file.as_ref())?;
+    let cfg_disk_cylinders =
+        bootcfg::cfg_disk_cylinders(opts.guest.as_ref().map_or(0, |g| g.bytes));
+    let memory_mib = opts
+        .guest
+        .as_ref()
+        .map_or(emu::MACHINE_MIB, UserGuest::machine_mib);
     let iso = match opts.loader {
         Loader::Grub => absolute(&opts.iso)?,
         Loader::Limine => {
             // Limine reads its configuration only from the boot volume: a per-run ISO.
             let parts = limine::Parts::find(&build_dir).map_err(SetupError)?;
             let conf = run_dir.join("limine.conf");
-            fs::write(&conf, bootcfg::limine_run_cfg(&cmdline))?;
+            fs::write(
+                &conf,
+                bootcfg::limine_run_cfg(&cmdline, guest_file.as_ref()),
+            )?;
             let iso = run_dir.join(limine::ISO);
-            limine::build_iso(&parts, &conf, &iso).map_err(SetupError)?;
+            let grafts: Vec<(String, PathBuf)> = guest_file
+                .iter()
+                .map(|g| {
+                    (
+                        format!("{}/{}", bootcfg::USER_GUEST_DIR_IN_ISO, g.name),
+                        g.path.to_path_buf(),
+                    )
+                })
+                .collect();
+            limine::build_iso_grafting(&parts, &conf, &grafts, &iso).map_err(SetupError)?;
             iso
         }
     };
@@ -226,15 +270,25 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
     let start = Instant::now();
     let (end, streamed, extra) = match opts.emu {
         Emu::Qemu | Emu::Kvm => run_qemu(
-            opts.emu,
+            (opts.emu, opts.firmware),
             &iso,
             qemu_cfg_disk,
-            opts.firmware,
             &run_dir,
             &log_path,
             timeout,
+            memory_mib,
         )?,
-        Emu::Bochs => run_bochs(&iso, &cfg_disk, &run_dir, &log_path, timeout)?,
+        Emu::Bochs => {
+            let files = BochsFiles {
+                iso: &iso,
+                cfg_disk: &cfg_disk,
+                com1: &run_dir.join("com1.raw"),
+                log: &run_dir.join("bochs.log"),
+                cfg_disk_cylinders,
+                memory_mib,
+            };
+            run_bochs(&files, &run_dir, &log_path, timeout)?
+        }
     };
     let elapsed = start.elapsed();
 
@@ -305,16 +359,16 @@ fn report(
 type Outcome = (End, bool, Vec<String>);
 
 fn run_qemu(
-    emu: Emu,
+    (emu, firmware): (Emu, Firmware),
     iso: &Path,
     cfg_disk: Option<&Path>,
-    firmware: Firmware,
     run_dir: &Path,
     log_path: &Path,
     timeout: u64,
+    memory_mib: u32,
 ) -> Result<Outcome, SetupError> {
     let stderr_path = run_dir.join("qemu-stderr.txt");
-    let mut cmd = emu::qemu_command(emu, iso, cfg_disk, firmware, None);
+    let mut cmd = emu::qemu_command_sized(emu, iso, cfg_disk, firmware, None, memory_mib);
     fs::write(run_dir.join("command.txt"), format!("{cmd:?}\n"))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -344,8 +398,7 @@ fn run_qemu(
 }
 
 fn run_bochs(
-    iso: &Path,
-    cfg_disk: &Path,
+    files: &BochsFiles<'_>,
     run_dir: &Path,
     log_path: &Path,
     timeout: u64,
@@ -360,18 +413,12 @@ fn run_bochs(
             )));
         }
     }
-    let com1 = run_dir.join("com1.raw");
-    let bochs_log = run_dir.join("bochs.log");
+    let com1 = files.com1;
+    let bochs_log = files.log;
     let stderr_path = run_dir.join("bochs-stderr.txt");
     let config = run_dir.join("bochsrc.txt");
     let debugger_cmds = run_dir.join("debugger-cmds.txt");
-    let files = BochsFiles {
-        iso,
-        cfg_disk,
-        com1: &com1,
-        log: &bochs_log,
-    };
-    fs::write(&config, emu::bochs_config(&files))?;
+    fs::write(&config, emu::bochs_config(files))?;
     fs::write(&debugger_cmds, "c\n")?;
     let mut cmd = emu::bochs_command(&config, &debugger_cmds);
     cmd.current_dir(run_dir)
@@ -394,7 +441,7 @@ fn run_bochs(
     let mirror = std::mem::take(&mut *mirror.lock().unwrap_or_else(|e| e.into_inner()));
 
     // COM1 is the log of record; Bochs completes the file when it exits.
-    let serial = clean_console(&fs::read(&com1).unwrap_or_default());
+    let serial = clean_console(&fs::read(com1).unwrap_or_default());
     let mut extra = Vec::new();
     if serial.trim().is_empty() && !mirror.trim().is_empty() {
         fs::write(log_path, &mirror)?;
@@ -410,7 +457,7 @@ fn run_bochs(
         fs::write(log_path, &serial)?;
     }
     if end != End::Exited(Some(1)) || serial.trim().is_empty() {
-        extra.extend(bochs_diagnostics(&stderr_path, &bochs_log));
+        extra.extend(bochs_diagnostics(&stderr_path, bochs_log));
     }
     Ok((end, !mirror.trim().is_empty(), extra))
 }

@@ -99,6 +99,9 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario::new(abi::scenario::TRACE, Expect::Pass, &[Bochs])
         .timeout(300)
         .cmdline("trace trace.inject"),
+    // A user's own kernel: booted by `make run GUEST=...` with the file as a boot module (see
+    // `crate::userguest`), not from this table (`make test` runs the example kernel that way).
+    Scenario::new(abi::scenario::GUEST, Expect::Pass, &[]).timeout(300),
 ];
 
 /// The runs `make test` also boots through Limine (next to the GRUB runs of [`SCENARIOS`]):

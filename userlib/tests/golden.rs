@@ -1038,9 +1038,9 @@ fn maximal_messages_fit_one_payload() {
         [8, 6, 512, 11, 16]
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
-    // cmdline 1 + 64, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5, trace 1 = 148;
-    // RunVm 149; ProbeIsolation 1 + 2 * 148 = 297.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [149, 297]);
+    // cmdline 2 + 128, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5, trace 1 = 213;
+    // RunVm 214; ProbeIsolation 1 + 2 * 213 = 427.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [214, 427]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161
     // + trace Some (1 + 5) = 301.

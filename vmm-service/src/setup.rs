@@ -5,12 +5,11 @@
 use abi::vmx::{field, group, reason, stop, vm_flags, EXIT_REASONS};
 use abi::{CapSlot, Error};
 use heapless::Vec;
-use spin::Mutex;
 use userlib::proto::mmu::{self, Mmu};
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Response, VmConfig, VmResult, VmSummary, VmmError,
-    MAX_PREV_ROOTS, MAX_VCPUS, POOL_MAX_PAGES, POOL_MIN_PAGES, RAM_MAX_MIB, RAM_MIN_MIB,
-    SUMMARY_REASONS,
+    CMDLINE_MAX, MAX_PREV_ROOTS, MAX_VCPUS, POOL_MAX_PAGES, POOL_MIN_PAGES, RAM_MAX_MIB,
+    RAM_MIN_MIB, SUMMARY_REASONS,
 };
 use userlib::sys;
 use vmm_service::loader::{self, entry, flat64, info, multiboot, LoadError, LoadPlan};
@@ -22,10 +21,9 @@ use crate::exits::{self, Outcome as RunOutcome};
 pub const RAM_VA: u64 = 0x4000_0000;
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
-/// Largest guest image (a boot module) this service loads.
-const IMAGE_MAX: usize = 256 * 1024;
-
-static IMAGE: Mutex<[u8; IMAGE_MAX]> = Mutex::new([0; IMAGE_MAX]);
+/// Where the guest image (read from its boot module into a memory object of its own, freed
+/// when loaded) is mapped while it is loaded: after the largest RAM's window.
+const IMAGE_VA: u64 = RAM_VA + RAM_MAX_MIB as u64 * MIB;
 
 pub fn kernel(e: Error) -> VmmError {
     VmmError::Kernel { error: e as u64 }
@@ -51,6 +49,7 @@ fn bad_image(e: LoadError) -> VmmError {
         LoadError::RamTooSmall => 14,
         LoadError::BadCmdline => 15,
         LoadError::InfoDoesNotFit => 16,
+        LoadError::ImageLargerThanRam => 17,
     };
     VmmError::BadImage { what }
 }
@@ -196,63 +195,40 @@ pub fn prepare(
     validate(cfg).map_err(VmmError::InvalidConfig)?;
     let (module, size) = find_module(&cfg.module)?;
     let ram_bytes = u64::from(cfg.ram_mib) * MIB;
-    let mut image_buf = IMAGE.lock();
-    if size > IMAGE_MAX as u64 {
+    if size > ram_bytes {
+        return Err(bad_image(LoadError::ImageLargerThanRam));
+    }
+    if size == 0 {
         return Err(bad_image(LoadError::Truncated));
     }
-    let mut len = 0;
-    while (len as u64) < size {
-        let n = sys::module_read(
-            crate::boot(),
-            module,
-            len as u64,
-            &mut image_buf[len..size as usize],
-        )
-        .map_err(kernel)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
+    // The guest's command line: the image's file name first, as a multiboot loader gives it.
+    let mut cmdline: heapless::String<{ userlib::proto::vmm::MODULE_MAX + 1 + CMDLINE_MAX }> =
+        heapless::String::new();
+    let _ = cmdline.push_str(cfg.module.as_str());
+    if !cfg.cmdline.is_empty() {
+        let _ = cmdline.push(' ');
+        let _ = cmdline.push_str(cfg.cmdline.as_str());
     }
-    let image = &image_buf[..len];
-    let plan: LoadPlan = match cfg.entry {
-        EntryMode::Multiboot => multiboot::plan(image, ram_bytes),
-        EntryMode::Flat64 { load_gpa } => flat64::flat64_plan(len, load_gpa, ram_bytes),
-    }
-    .map_err(bad_image)?;
-
     let mut held = Held(Vec::new());
-    let ram = held.keep(sys::mem_alloc(ram_bytes / PAGE).map_err(kernel)?);
-    let pairs = sys::with_mapped(
-        ram,
-        RAM_VA,
-        |ram| -> Result<Vec<(u64, u64), 64>, LoadError> {
-            loader::load(&plan, image, ram)?;
-            let mut v = Vec::new();
-            match cfg.entry {
-                EntryMode::Multiboot => {
-                    let info = info::write_info(ram, info::INFO_GPA, cfg.cmdline.as_bytes())?;
-                    let _ =
-                        v.extend_from_slice(&entry::protected_mode_entry(plan.entry as u32, info));
-                }
-                EntryMode::Flat64 { load_gpa } => {
-                    flat64::write_tables(ram)?;
-                    let gdtr = (flat64::GDT_GPA, (flat64::GDT.len() * 8 - 1) as u64);
-                    let _ = v.extend_from_slice(&entry::long_mode_entry(
-                        load_gpa,
-                        flat64::STACK_TOP,
-                        flat64::PML4_GPA,
-                        gdtr,
-                    ));
-                }
-            }
-            Ok(v)
-        },
-    )
-    .map_err(kernel)?
-    .map_err(bad_image)?;
-    drop(image_buf);
-
+    let image_mem = sys::mem_alloc(size.div_ceil(PAGE)).map_err(kernel)?;
+    let ram = held.keep(sys::mem_alloc(ram_bytes / PAGE).map_err(|e| {
+        let _ = sys::cap_delete(image_mem);
+        kernel(e)
+    })?);
+    let loaded = sys::with_mapped(image_mem, IMAGE_VA, |image_buf| {
+        load_image(
+            cfg,
+            module,
+            size,
+            image_buf,
+            ram,
+            ram_bytes,
+            cmdline.as_bytes(),
+        )
+    });
+    // The image's memory is freed whatever happened; the guest's RAM holds what it needs.
+    let _ = sys::cap_delete(image_mem);
+    let (plan, pairs) = loaded.map_err(kernel)??;
     let (flags, shadow) = match cfg.mmu {
         MmuMode::Ept => (0, None),
         MmuMode::Shadow(s) => {
@@ -359,6 +335,64 @@ pub fn prepare(
         entry: plan.entry,
         shadow: shadow.is_some(),
     })
+}
+
+/// Reads the image (`size` bytes of boot module `module`) into `image_buf`, plans its load
+/// and loads it into `ram` with its boot information: the load plan and the entry state.
+fn load_image(
+    cfg: &VmConfig,
+    module: u64,
+    size: u64,
+    image_buf: &mut [u8],
+    ram: CapSlot,
+    ram_bytes: u64,
+    cmdline: &[u8],
+) -> Result<(LoadPlan, Vec<(u64, u64), 64>), VmmError> {
+    let size = (size as usize).min(image_buf.len());
+    let mut len = 0;
+    while len < size {
+        let n = sys::module_read(crate::boot(), module, len as u64, &mut image_buf[len..size])
+            .map_err(kernel)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let image = &image_buf[..len];
+    let plan: LoadPlan = match cfg.entry {
+        EntryMode::Multiboot => multiboot::plan(image, ram_bytes),
+        EntryMode::Flat64 { load_gpa } => flat64::flat64_plan(len, load_gpa, ram_bytes),
+    }
+    .map_err(bad_image)?;
+    let pairs = sys::with_mapped(
+        ram,
+        RAM_VA,
+        |ram| -> Result<Vec<(u64, u64), 64>, LoadError> {
+            loader::load(&plan, image, ram)?;
+            let mut v = Vec::new();
+            match cfg.entry {
+                EntryMode::Multiboot => {
+                    let info = info::write_info(ram, info::INFO_GPA, cmdline)?;
+                    let _ =
+                        v.extend_from_slice(&entry::protected_mode_entry(plan.entry as u32, info));
+                }
+                EntryMode::Flat64 { load_gpa } => {
+                    flat64::write_tables(ram)?;
+                    let gdtr = (flat64::GDT_GPA, (flat64::GDT.len() * 8 - 1) as u64);
+                    let _ = v.extend_from_slice(&entry::long_mode_entry(
+                        load_gpa,
+                        flat64::STACK_TOP,
+                        flat64::PML4_GPA,
+                        gdtr,
+                    ));
+                }
+            }
+            Ok(v)
+        },
+    )
+    .map_err(kernel)?
+    .map_err(bad_image)?;
+    Ok((plan, pairs))
 }
 
 /// The exits an EPT VM's MMU portals take (with the state groups they carry).

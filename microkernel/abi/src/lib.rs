@@ -50,6 +50,18 @@ pub mod scenario {
     pub const MMU_RESTART: &str = "mmu-restart";
     pub const FUZZ_VM: &str = "fuzz-vm";
     pub const TRACE: &str = "trace";
+    /// A user's own kernel (`make run GUEST=...`), from the boot module and the `guest.*`
+    /// words of the kernel command line (see `GUEST_*` below).
+    pub const GUEST: &str = "guest";
+
+    /// The kernel command-line words of the `guest` scenario: the boot module holding the
+    /// image (its file name), RAM in MiB, `ept` or `shadow`, `multiboot` or `flat`, and the
+    /// guest's command line, which runs to the end of the kernel's.
+    pub const GUEST_MODULE: &str = "guest.module=";
+    pub const GUEST_RAM: &str = "guest.ram=";
+    pub const GUEST_MMU: &str = "guest.mmu=";
+    pub const GUEST_ENTRY: &str = "guest.entry=";
+    pub const GUEST_CMDLINE: &str = "guest.cmdline=";
 
     /// The scenario run when the command line names none.
     pub const DEFAULT: &str = DEMO;
@@ -108,6 +120,10 @@ pub mod scenario {
         (
             TRACE,
             "exit tracing: per-reason latency tables of an EPT and a shadow guest, counts checked against the VMM and MMU service, a trace-service restart",
+        ),
+        (
+            GUEST,
+            "a user's own kernel (make run GUEST=path): its console, its result, the exit summary",
         ),
     ];
 

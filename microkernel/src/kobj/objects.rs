@@ -206,8 +206,9 @@ pub const SUPERVISOR_RESERVE: usize = 8;
 /// Free frames only the first task (the supervisor) may allocate into: whatever budgets the
 /// services have, it can still load a service's image and stack to restart it.
 pub const FRAME_RESERVE: u64 = 1024;
-/// The largest memory object, in pages (256 MiB).
-pub const MAX_MEMORY_PAGES: u64 = 1 << 16;
+/// The largest memory object, in pages (1 GiB: the largest guest RAM,
+/// `userlib::proto::vmm::RAM_MAX_MIB`).
+pub const MAX_MEMORY_PAGES: u64 = 1 << 18;
 
 #[derive(Debug)]
 pub struct Memory {

@@ -18,7 +18,7 @@ use abi::{CapKind, Error, Rights, Sys, NO_CAP};
 use proptest::prelude::*;
 
 use super::kernel::{Kernel, Next};
-use super::objects::{ThreadState, MAX_THREADS};
+use super::objects::{ThreadState, MAX_MEMORY_PAGES, MAX_THREADS};
 use super::queue::ThreadId;
 use super::tests::{boot, kernel, ok, sys, Model, DATA};
 use super::tests_invariants::{check_invariants, digest};
@@ -130,7 +130,7 @@ fn typed(kind: Kind) -> BoxedStrategy<Arg> {
             .boxed(),
         Kind::Len => raw(len().boxed()),
         Kind::Pages => raw(prop_oneof![6 => 1u64..5, 1 => Just(0u64), 1 => Just(3000),
-            1 => Just((1 << 16) + 1), 1 => Just(16)]
+            1 => Just(MAX_MEMORY_PAGES + 1), 1 => Just(16)]
         .boxed()),
         Kind::Rights => raw((0u64..32).boxed()),
         Kind::MapRights => raw(prop_oneof![

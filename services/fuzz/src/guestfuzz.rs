@@ -62,7 +62,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             (None, Some(&(g, t, s))) => (t, s, g),
             (None, None) => (tables, shadow, guest_seed),
         };
-        let mut cmdline: String<64> = String::new();
+        let mut cmdline: String<{ userlib::proto::vmm::CMDLINE_MAX }> = String::new();
         let _ = write!(cmdline, "{guest_seed:x}{}", if tables { " t" } else { "" });
         let mmu = if shadow {
             MmuMode::Shadow(ShadowConfig {

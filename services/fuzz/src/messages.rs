@@ -236,8 +236,8 @@ impl Fuzzed for Vmm {
         let config = VmConfig {
             name: short_string(rng, &["fuzz", ""]),
             module: short_string(rng, &modules),
-            // Mostly outside 2..=64 MiB: a valid configuration allocates its RAM.
-            ram_mib: rng.pick(&[0, 1, 2, 65, 1000, u32::MAX, rng.below(80) as u32]),
+            // Mostly outside 2..=1024 MiB: a valid configuration allocates its RAM.
+            ram_mib: rng.pick(&[0, 1, 2, 1025, 5000, u32::MAX, rng.below(80) as u32]),
             entry: if rng.chance(1, 2) {
                 EntryMode::Multiboot
             } else {

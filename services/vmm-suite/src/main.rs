@@ -27,6 +27,8 @@
 //! - `trace`: traced runs whose trace-service counts must equal the VMM's and the MMU
 //!   service's, bad trace requests, and a trace-service restart ([`tracing`]).
 //!
+//! - `guest`: a user's own kernel, `make run GUEST=path` ([`userguest`]).
+//!
 //! With the word `trace` on the kernel command line (`make trace`), every VM of any of these
 //! scenarios is traced, and its report (`trace:` and `trace-hist:` lines) follows its run.
 //!
@@ -39,6 +41,7 @@
 mod cpu_msr;
 mod restart;
 mod tracing;
+mod userguest;
 
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -645,6 +648,7 @@ fn suite_main(generation: u64) {
         abi::scenario::ISOLATION => "isolation",
         abi::scenario::MMU_RESTART => "mmu-restart",
         abi::scenario::TRACE => "trace",
+        abi::scenario::GUEST => "guest",
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
@@ -656,6 +660,14 @@ fn suite_main(generation: u64) {
         "isolation" => isolation_suite(&mut t),
         "mmu-restart" => restart::mmu_restart_suite(&mut t),
         "trace" => tracing::trace_suite(&mut t),
+        "guest" => {
+            let mut buf = [0u8; 256];
+            let n = sys::kernel_cmdline(BOOT.load(Ordering::Relaxed), &mut buf)
+                .unwrap_or(0)
+                .min(buf.len());
+            let line = core::str::from_utf8(&buf[..n]).unwrap_or("");
+            userguest::guest_suite(&mut t, line);
+        }
         "bench-vmm" => {
             let cfg = VmConfig {
                 benchmark: true,

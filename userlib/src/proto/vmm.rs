@@ -21,12 +21,15 @@ pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 /// Longest VM name, module name and guest command line.
 pub const NAME_MAX: usize = 16;
 pub const MODULE_MAX: usize = 32;
-pub const CMDLINE_MAX: usize = 64;
+pub const CMDLINE_MAX: usize = 128;
 /// Exit reasons listed in a summary.
 pub const SUMMARY_REASONS: usize = 16;
-/// Guest RAM limits (MiB).
+/// Guest RAM limits (MiB). The kernel's largest memory object (`MAX_MEMORY_PAGES`) and the
+/// VMM's page budget (its manifest line) are sized for [`RAM_MAX_MIB`].
 pub const RAM_MIN_MIB: u32 = 2;
-pub const RAM_MAX_MIB: u32 = 64;
+pub const RAM_MAX_MIB: u32 = 1024;
+/// Where a user's flat 64-bit image is loaded (`make run GUEST=... FLAT=1`): 2 MiB.
+pub const DEFAULT_FLAT_LOAD_GPA: u64 = 2 << 20;
 /// vCPUs per VM this VMM runs (no APIC/SIPI emulation yet: one).
 pub const MAX_VCPUS: u8 = 1;
 
@@ -108,7 +111,8 @@ pub struct VmConfig {
     pub ram_mib: u32,
     pub entry: EntryMode,
     pub vcpus: u8,
-    /// The guest's command line (multiboot info).
+    /// The guest's command line (multiboot info), after the image's file name: the guest reads
+    /// `<module> <cmdline>`, as a multiboot loader gives a kernel its path first.
     pub cmdline: String<CMDLINE_MAX>,
     pub mmu: MmuMode,
     /// The exit benchmark's hypercalls (3 and 4: switch CPUID, VMCALL and I/O exits to the
@@ -124,6 +128,9 @@ pub struct VmConfig {
     pub trace: bool,
 }
 
+// A probe carries two configurations; requests are built once per VM run and the protocol
+// types stay allocation-free.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Runs a VM to its end; answered with [`Response::Finished`].

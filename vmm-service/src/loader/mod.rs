@@ -62,6 +62,8 @@ pub enum LoadError {
     BadCmdline,
     /// The multiboot info block does not fit below the legacy hole.
     InfoDoesNotFit,
+    /// The image file is larger than the guest's RAM (it cannot fit, whatever it holds).
+    ImageLargerThanRam,
 }
 
 /// What is wrong with an ELF image.

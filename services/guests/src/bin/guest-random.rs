@@ -1,5 +1,5 @@
 //! `guest-random`: a hostile multiboot guest for the fuzzer (scenario `fuzz-vm`). Its command
-//! line is `<seed in hex> [t]`; from the seed (xorshift32) it
+//! line is `guest-random <seed in hex> [t]` (the VMM puts the image's name first); from the seed (xorshift32) it
 //!
 //! 1. fills a 4 KiB page with random bytes and random registers, and
 //! 2. with `t`: fills four pages with random page-table entries (random flag bits, addresses
@@ -80,13 +80,21 @@ guest_main:
     decl %ecx
     jnz .Lgates
 
-    # The seed: hex digits at the start of the multiboot command line (info flag bit 2).
+    # The seed: hex digits at the start of the multiboot command line (info flag bit 2),
+    # after its first word, the image's file name (as a multiboot loader gives it).
     xorl %ebx, %ebx                # seed
     xorl %ebp, %ebp                # 1: tables mode
     movl mb_info, %esi
     testl $4, (%esi)
     jz .Lseeded
     movl 16(%esi), %esi
+.Lname:
+    movzbl (%esi), %eax
+    testl %eax, %eax
+    jz .Lseeded
+    incl %esi
+    cmpb $' ', %al
+    jne .Lname
 .Lhex:
     movzbl (%esi), %eax
     incl %esi

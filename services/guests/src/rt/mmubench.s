@@ -24,9 +24,9 @@
 # table pt_fresh (4 KiB pages, not accessed before the benchmark: each is shadowed by its own
 # first touch).
 #
-# The multiboot command line (from the VMM's VmConfig::cmdline) holds the number of spaces of
-# the workload: its first decimal number (e.g. "policy=kvm spaces=16"), 0 or 2 .. MAX_SPACES;
-# it is echoed verbatim in every result line, so it can carry tags for whoever reads them.
+# The multiboot command line (the image's name, then the VMM's VmConfig::cmdline; the name is
+# skipped) holds the number of spaces of the workload: its first decimal number (e.g.
+# "policy=kvm spaces=16"), 0 or 2 .. MAX_SPACES; it is echoed verbatim in every result line, so it can carry tags for whoever reads them.
 #   spaces=0   the micro-benchmarks, each a line
 #              "mmubench: mode=M <cmdline> op=OP median=N mean=N min=N n=N":
 #     first_touch  a write to a fresh page of the fresh region (mapped by the guest, not yet
@@ -118,7 +118,19 @@ mmub_start32:
     testl $4, (%ebx)               # flags bit 2: cmdline
     jz 2f
     movl 16(%ebx), %esi
-    movl $mb_cmdline, %edi
+    # The first word is the image's file name (as a multiboot loader gives it): skip it and
+    # the blanks after it; the rest is the benchmark's own command line.
+6:  movb (%esi), %al
+    testb %al, %al
+    jz 8f
+    cmpb $0x20, %al
+    je 7f
+    incl %esi
+    jmp 6b
+7:  incl %esi
+    cmpb $0x20, (%esi)
+    je 7b
+8:  movl $mb_cmdline, %edi
     movl $CMDLINE_MAX, %ecx
 1:  movb (%esi), %al
     testb %al, %al

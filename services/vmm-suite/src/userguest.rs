@@ -1,0 +1,280 @@
+//! The `guest` scenario: a user's own kernel (`make run GUEST=path`), put on the boot media by
+//! the harness as a boot module named by its file name. The kernel command line says what to
+//! run (`abi::scenario::GUEST_*` words): `guest.module=FILE guest.ram=MIB guest.mmu=ept|shadow
+//! guest.entry=multiboot|flat guest.cmdline=...`, the guest's command line running to the end.
+//!
+//! The run prints the guest's console (the VMM's `guest:` lines), its result and the exit
+//! summary, and passes iff the guest wrote 0 to the isa-debug-exit port (QEMU's convention:
+//! status `(0 << 1) | 1`).
+
+use core::fmt::Write;
+
+use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM};
+use heapless::String;
+use userlib::proto::vmm::{
+    ConfigError, EntryMode, MmuMode, Response, ShadowConfig, VmConfig, VmResult, VmmError,
+    CMDLINE_MAX, DEFAULT_FLAT_LOAD_GPA, MODULE_MAX, RAM_MAX_MIB, RAM_MIN_MIB,
+};
+use userlib::proto::ProtoError;
+use userlib::tally::Tally;
+
+/// The VM's name: the prefix of the guest's console lines.
+pub const VM_NAME: &str = "guest";
+
+/// What the kernel command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestArgs {
+    pub module: String<MODULE_MAX>,
+    pub ram_mib: u32,
+    pub shadow: bool,
+    pub flat: bool,
+    pub cmdline: String<CMDLINE_MAX>,
+    /// The word `trace` before the guest's command line (`make trace GUEST=...`): its exits
+    /// are traced and the report follows the run.
+    pub trace: bool,
+}
+
+/// Reads the `guest.*` words of a kernel command line; the guest's command line is everything
+/// after `guest.cmdline=` (so it must come last).
+pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
+    let (head, cmdline) = match line.find(GUEST_CMDLINE) {
+        Some(at) => (&line[..at], line[at + GUEST_CMDLINE.len()..].trim()),
+        None => (line, ""),
+    };
+    let mut args = GuestArgs {
+        module: String::new(),
+        ram_mib: 0,
+        shadow: false,
+        flat: false,
+        cmdline: String::try_from(cmdline).map_err(|_| "guest.cmdline= is too long")?,
+        trace: false,
+    };
+    for w in head.split_ascii_whitespace() {
+        if w == "trace" {
+            args.trace = true;
+        } else if let Some(v) = w.strip_prefix(GUEST_MODULE) {
+            args.module = String::try_from(v).map_err(|_| "guest.module= is too long")?;
+        } else if let Some(v) = w.strip_prefix(GUEST_RAM) {
+            args.ram_mib = v.parse().map_err(|_| "guest.ram= is not a number of MiB")?;
+        } else if let Some(v) = w.strip_prefix(GUEST_MMU) {
+            args.shadow = match v {
+                "ept" => false,
+                "shadow" => true,
+                _ => return Err("guest.mmu= is neither ept nor shadow"),
+            };
+        } else if let Some(v) = w.strip_prefix(GUEST_ENTRY) {
+            args.flat = match v {
+                "multiboot" => false,
+                "flat" => true,
+                _ => return Err("guest.entry= is neither multiboot nor flat"),
+            };
+        }
+    }
+    if args.module.is_empty() {
+        return Err("no guest.module= on the kernel command line");
+    }
+    if !(RAM_MIN_MIB..=RAM_MAX_MIB).contains(&args.ram_mib) {
+        return Err("guest.ram= is missing or outside the VMM's limits");
+    }
+    Ok(args)
+}
+
+/// The VMM configuration for `a`.
+pub fn config(a: &GuestArgs) -> VmConfig {
+    VmConfig {
+        name: String::try_from(VM_NAME).unwrap_or_default(),
+        module: a.module.clone(),
+        ram_mib: a.ram_mib,
+        entry: if a.flat {
+            EntryMode::Flat64 {
+                load_gpa: DEFAULT_FLAT_LOAD_GPA,
+            }
+        } else {
+            EntryMode::Multiboot
+        },
+        vcpus: 1,
+        cmdline: a.cmdline.clone(),
+        mmu: if a.shadow {
+            MmuMode::Shadow(ShadowConfig::DEFAULT)
+        } else {
+            MmuMode::Ept
+        },
+        benchmark: false,
+        time_limit_ms: 0,
+        trace: a.trace,
+    }
+}
+
+/// The guest's result in words, and whether it counts as success (debug-exit value 0).
+pub fn describe(r: &VmResult) -> (String<120>, bool) {
+    let mut s = String::new();
+    let ok = *r == VmResult::DebugExit { code: 1 };
+    let _ = match *r {
+        VmResult::DebugExit { code } => {
+            write!(s, "debug-exit value {} (QEMU status {code:#x})", code >> 1)
+        }
+        VmResult::HypercallExit { code } => write!(s, "exit hypercall, code {code}"),
+        VmResult::Halted { rip } => write!(
+            s,
+            "halted at rip {rip:#x} with interrupts off (nothing can wake it)"
+        ),
+        VmResult::TripleFault => write!(s, "triple fault (the CPU would reset)"),
+        VmResult::Unhandled { reason } => write!(
+            s,
+            "stopped: exit reason {reason} ({}) is not handled",
+            abi::vmx::reason::name(reason).unwrap_or("unknown")
+        ),
+        VmResult::EntryFailed { reason, error } => write!(
+            s,
+            "stopped: VM entry failed (reason {reason:#x}, error {error:#x})"
+        ),
+        VmResult::OutsideRam { gpa } => write!(
+            s,
+            "stopped: access at gpa {gpa:#x}, outside RAM and every device"
+        ),
+        VmResult::TimeLimit => write!(s, "stopped: time limit"),
+        other => write!(s, "stopped: {other:?}"),
+    };
+    (s, ok)
+}
+
+/// Why a `RunVm` for the user's guest was refused, in words.
+fn refusal(e: &VmmError) -> &'static str {
+    match e {
+        VmmError::NoSuchModule => "the guest's boot module is missing",
+        VmmError::BadImage { .. } => {
+            "the VMM refused the image (see the `vmm: image refused` line above)"
+        }
+        VmmError::InvalidConfig(ConfigError::RamSize) => "RAM outside the VMM's limits",
+        VmmError::InvalidConfig(_) => "the VMM refused the configuration",
+        VmmError::NoVmx => "this machine has no usable VMX: run it on Bochs (EMU=bochs) or KVM",
+        VmmError::Kernel { error } if *error == abi::Error::NoMemory as u64 => {
+            "not enough free memory for the guest's RAM"
+        }
+        VmmError::Kernel { .. } => "a kernel call failed",
+        VmmError::Mmu => "the MMU service refused the VM",
+        VmmError::Trace => "tracing was refused",
+    }
+}
+
+/// The scenario: runs the guest the command line names, one check (its result).
+pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
+    let args = match parse(kernel_cmdline) {
+        Ok(a) => a,
+        Err(why) => {
+            t.check(
+                "the guest's configuration",
+                false,
+                format_args!("{why} (boot it with `make run GUEST=path`)"),
+            );
+            return;
+        }
+    };
+    let cfg = config(&args);
+    userlib::println!(
+        "guest: running {} ({} MiB RAM, {}, {}), command line \"{}{}{}\"",
+        args.module.as_str(),
+        args.ram_mib,
+        if args.flat {
+            "flat 64-bit"
+        } else {
+            "Multiboot"
+        },
+        if args.shadow { "shadow paging" } else { "EPT" },
+        args.module.as_str(),
+        if args.cmdline.is_empty() { "" } else { " " },
+        args.cmdline.as_str()
+    );
+    let r = crate::run(&cfg);
+    match &r {
+        Ok(Response::Finished(s)) => {
+            let (what, ok) = describe(&s.result);
+            userlib::println!(
+                "guest: result: {} (last rip {:#x}, {} exits)",
+                what.as_str(),
+                s.rip,
+                s.total_exits
+            );
+            t.check(
+                "the guest wrote 0 to the debug-exit port",
+                ok,
+                format_args!("{}", what.as_str()),
+            );
+        }
+        Ok(Response::Error(ProtoError::Service(e))) => {
+            t.check(
+                "the guest ran",
+                false,
+                format_args!("{}: {e:?}", refusal(e)),
+            );
+        }
+        other => t.check(
+            "the guest ran",
+            false,
+            format_args!("unexpected answer {other:?}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_word_and_the_command_line_to_the_end() {
+        let a = parse(
+            "scenario=guest guest.module=kernel.elf guest.ram=1024 guest.mmu=shadow \
+             guest.entry=multiboot guest.cmdline=console=ttyS0  root=/dev/x guest.ram=2",
+        )
+        .unwrap();
+        assert_eq!(a.module.as_str(), "kernel.elf");
+        assert_eq!(a.ram_mib, 1024);
+        assert!(a.shadow && !a.flat && !a.trace);
+        assert_eq!(a.cmdline.as_str(), "console=ttyS0  root=/dev/x guest.ram=2");
+        let traced =
+            parse("scenario=guest trace guest.module=k guest.ram=8 guest.cmdline=x").unwrap();
+        assert!(traced.trace && config(&traced).trace);
+        let words = parse("guest.module=k guest.ram=8 guest.cmdline=trace").unwrap();
+        assert!(!words.trace, "the guest's own words are not Umbra's");
+        let c = config(&a);
+        assert_eq!(c.module.as_str(), "kernel.elf");
+        assert!(matches!(c.mmu, MmuMode::Shadow(_)));
+        assert_eq!(c.entry, EntryMode::Multiboot);
+
+        let b = parse("guest.module=k.bin guest.ram=64 guest.entry=flat").unwrap();
+        assert!(b.flat && !b.shadow && b.cmdline.is_empty());
+        assert_eq!(
+            config(&b).entry,
+            EntryMode::Flat64 {
+                load_gpa: DEFAULT_FLAT_LOAD_GPA
+            }
+        );
+    }
+
+    #[test]
+    fn bad_words_are_refused() {
+        assert!(parse("scenario=guest").is_err());
+        assert!(parse("guest.module=k guest.ram=0").is_err());
+        assert!(parse("guest.module=k guest.ram=1025").is_err());
+        assert!(parse("guest.module=k guest.ram=64M").is_err());
+        assert!(parse("guest.module=k guest.ram=64 guest.mmu=npt").is_err());
+        assert!(parse("guest.module=k guest.ram=64 guest.entry=pe").is_err());
+        let long = format!(
+            "guest.module=k guest.ram=64 guest.cmdline={}",
+            "x".repeat(129)
+        );
+        assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn only_debug_exit_zero_succeeds() {
+        assert!(describe(&VmResult::DebugExit { code: 1 }).1);
+        let (s, ok) = describe(&VmResult::DebugExit { code: 7 });
+        assert!(!ok);
+        assert_eq!(s.as_str(), "debug-exit value 3 (QEMU status 0x7)");
+        assert!(!describe(&VmResult::HypercallExit { code: 0 }).1);
+        assert!(describe(&VmResult::Halted { rip: 0x1000 })
+            .0
+            .contains("halted at rip 0x1000"));
+    }
+}
