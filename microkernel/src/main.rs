@@ -97,6 +97,15 @@ fn kernel_main(raw: &RawBootInfo<'_>) -> ! {
             frames.free_frames()
         );
     }
+    let x = arch::xstate::init();
+    log!(
+        info,
+        "fpu",
+        "extended state: {}, XCR0 {:#x}, {} bytes per thread",
+        if x.xsave { "xsave" } else { "fxsave" },
+        x.xcr0,
+        x.size
+    );
     println!("{}", vmx::discover());
     match arch::vmx::init() {
         Ok(()) => log!(

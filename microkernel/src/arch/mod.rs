@@ -8,3 +8,4 @@ pub mod timer;
 pub mod trap;
 pub mod user;
 pub mod vmx;
+pub mod xstate;

@@ -82,9 +82,10 @@ const PIN_WANT: u32 = 1 | (1 << 6);
 /// a second, about 1% of a core) and about a quarter of a 100 Hz timer tick in Bochs, where
 /// the TSC counts instructions, so the suites see the timer fire.
 pub const GUEST_SLICE_TSC: u64 = 1 << 18;
-/// Primary: HLT exiting, unconditional I/O exiting, secondary controls. No MSR bitmaps, so
-/// every RDMSR/WRMSR exits; CPUID always exits.
-const PROC_WANT: u32 = (1 << 7) | (1 << 24) | (1 << 31);
+/// Primary: HLT exiting, MOV-DR exiting (the guest's debug registers are kept per vCPU),
+/// unconditional I/O exiting, secondary controls. No MSR bitmaps, so every RDMSR/WRMSR
+/// exits; CPUID always exits.
+const PROC_WANT: u32 = (1 << 7) | (1 << 23) | (1 << 24) | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
 /// Primary, shadow-paged VMs: also INVLPG, CR3-load and CR3-store exiting.
@@ -136,6 +137,11 @@ pub struct Vmcs {
     pub phys: u64,
     /// The guest's CR2 (VMX does not switch it): saved at every exit, loaded before entry.
     pub cr2: u64,
+    /// The guest's DR0..DR3 and DR6 (`dr[4]`): loaded before entry, DR6 saved at every exit
+    /// (part `fpu`; DR7 is the VMCS guest field).
+    pub dr: [u64; 5],
+    /// The guest's XCR0, in force while it runs (part `fpu`).
+    pub xcr0: u64,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -411,7 +417,12 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
             if code { 0xc09b } else { 0xc093 },
         );
     }
-    Some(Vmcs { phys, cr2: 0 })
+    Some(Vmcs {
+        phys,
+        cr2: 0,
+        dr: [0, 0, 0, 0, abi::cpu::dr6::INIT],
+        xcr0: abi::cpu::xcr0::INIT,
+    })
 }
 
 /// Frees a VMCS region (VMCLEAR first so the CPU holds no cached copy).
@@ -479,6 +490,8 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
     // between here and the VM entry, so the guest finds its own value.
     unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
+    super::xstate::load_debug(&vmcs.dr);
+    super::xstate::load_xcr0(vmcs.xcr0);
     let launched = u64::from(launched);
     // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
     // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is
@@ -520,6 +533,7 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
 
 #[no_mangle]
 extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
+    super::xstate::load_xcr0(super::xstate::host_xcr0());
     super::user::clear_ac();
     crate::kentry::vm_exit(regs)
 }
