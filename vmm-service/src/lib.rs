@@ -13,6 +13,7 @@
 
 pub mod cpuid;
 pub mod cr;
+pub mod debugreg;
 pub mod devices;
 pub mod exit;
 pub mod loader;
