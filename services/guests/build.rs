@@ -1,7 +1,7 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
 //! 1 MiB, multiboot header first), the flat 64-bit images (`guest-bench`, `guest-isolation`) with `link-flat.ld`
 //! (2 MiB).
-const MULTIBOOT_BINS: [&str; 13] = [
+const MULTIBOOT_BINS: [&str; 14] = [
     "guest-multiboot",
     "guest-long",
     "guest-pae",
@@ -15,6 +15,7 @@ const MULTIBOOT_BINS: [&str; 13] = [
     "guest-mmubench64",
     "guest-mmubenchpae",
     "guest-mmubench32",
+    "guest-fpu",
 ];
 
 const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];

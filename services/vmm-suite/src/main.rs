@@ -36,6 +36,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
+mod cpu_fpu;
 mod restart;
 mod tracing;
 
@@ -392,6 +393,7 @@ fn vmm_suite(t: &mut Tally) {
         format_args!("{r:?}"),
     );
     passing_guest(t, "multiboot guest again after the failures", &mb);
+    cpu_fpu::fpu_suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with
