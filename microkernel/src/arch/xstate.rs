@@ -82,7 +82,7 @@ pub fn init() -> Mode {
             }
             Cr4::write_raw(cr4);
         }
-        let mode = if xsave {
+        if xsave {
             let (eax, _, _, edx) = super::cpu::cpuid(0xd, 0);
             let supported = u64::from(eax) | u64::from(edx) << 32;
             let mut want = supported & WANT;
@@ -109,8 +109,7 @@ pub fn init() -> Mode {
                 xcr0: xcr0::INIT,
                 size: 512,
             }
-        };
-        mode
+        }
     })
 }
 
