@@ -90,10 +90,14 @@ const PROC_WANT: u32 = (1 << 7) | (1 << 23) | (1 << 24) | (1 << 31);
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
 /// Primary, shadow-paged VMs: also INVLPG, CR3-load and CR3-store exiting.
 const PROC_SHADOW_WANT: u32 = PROC_WANT | (1 << 9) | (1 << 15) | (1 << 16);
-/// Exit: 64-bit host, acknowledge interrupt on exit, save/load PAT and EFER.
-const EXIT_WANT: u32 = (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
-/// Entry: load PAT and EFER (IA-32e mode guest is set per vCPU by the object model).
-const ENTRY_WANT: u32 = (1 << 14) | (1 << 15);
+/// Exit: save debug controls (the guest's DR7 and DEBUGCTL into the VMCS), 64-bit host,
+/// acknowledge interrupt on exit, save/load PAT and EFER.
+const EXIT_WANT: u32 =
+    (1 << 2) | (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
+/// Entry: load debug controls (the guest's DR7 and DEBUGCTL from the VMCS: with the true
+/// controls this bit may be 0, and the guest would then run with the host's DR7), load PAT
+/// and EFER (IA-32e mode guest is set per vCPU by the object model).
+const ENTRY_WANT: u32 = (1 << 2) | (1 << 14) | (1 << 15);
 
 /// The control values every VMCS gets, computed once from the capability MSRs.
 #[derive(Clone, Copy, Debug)]
@@ -540,6 +544,8 @@ extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
 
 #[no_mangle]
 extern "C" fn vmx_entry_failed_rust() -> ! {
+    // The guest's XCR0 was loaded for the entry: the host's comes back before any XSAVE.
+    super::xstate::load_xcr0(super::xstate::host_xcr0());
     let error = vmread(field::VM_INSTRUCTION_ERROR);
     crate::kentry::vm_entry_failed(error)
 }

@@ -58,7 +58,7 @@ pub fn fpu_suite(t: &mut Tally) {
             let dr = crate::exits_of(&s, reason::DR_ACCESS);
             t.check(
                 "  its MOV DR exits were answered",
-                dr >= 14,
+                dr >= 19,
                 format_args!("{dr} dr-access exits: {:?}", s.exits),
             );
         }

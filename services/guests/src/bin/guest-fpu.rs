@@ -13,12 +13,16 @@
 //!   as written, DR7 as 0x455 (bit 10 reads 1), DR6 as 0xffff0ff0 (its fixed bits), and DR5
 //!   and DR4 (CR4.DE clear) as DR7 and DR6. DR7 is cleared at the end.
 //!
+//! - `data-breakpoint`: DR0 watches a dword, DR7 arms it for writes; after ROUNDS more exits a
+//!   write to the dword raises #DB (its own IDT gate) with DR6.B0 set, read in the handler.
+//!
 //! Console on success:
 //! ```text
 //! fpu: hello from guest-fpu
 //! sse-on: ok
 //! xmm-mmx: ok
 //! debug-regs: ok
+//! data-breakpoint: ok
 //! result: pass
 //! ```
 //! then exit 0x10 through port 0xf4 (0x11 after any failure).
@@ -42,12 +46,17 @@ pattern:    .skip REGBYTES
 got:        .skip REGBYTES
 dr_want:    .long 0xdead0000, 0xdead1000, 0xdead2000, 0xdead3000, 0x455, 0xffff0ff0, 0x455, 0xffff0ff0
 dr_got:     .skip 8 * 4
+watch:      .long 0
+db_count:   .long 0
+db_dr6:     .long 0
 
     .section .rodata.guest, "a"
 msg_hello:  .asciz "fpu: hello from guest-fpu\n"
 name_sse:   .asciz "sse-on"
 name_xmm:   .asciz "xmm-mmx"
 name_dr:    .asciz "debug-regs"
+name_db:    .asciz "data-breakpoint"
+det_db:     .asciz "want one #DB with DR6.B0 set; #DB count in the high word, DR6 in the low:"
 det_sse:    .asciz "CR0/CR4 read back wrong, CR4 ="
 det_xmm:    .asciz "registers changed across exits, wrong dwords:"
 det_dr:     .asciz "debug registers changed across exits, wrong ones (bit n: DR0-3, DR7, DR6, DR5, DR4):"
@@ -189,7 +198,51 @@ guest_main:
     movl $name_dr, %esi
     movl $det_dr, %edi
     call report32_val
+
+    # data-breakpoint: DR0 watches `watch` (DR7: L0, break on write, 4 bytes); after the
+    # exits, a write to it must raise #DB (a trap) with DR6.B0 set: the guest's DR0 and DR7
+    # are really in the debug registers while it runs, and DR6 is saved at the exits.
+    movl $db_handler, %edx         # IDT gate 1 -> db_handler
+    movl %edx, %eax
+    andl $0x0000ffff, %eax
+    orl $0x00080000, %eax
+    movl %eax, idt32 + 8
+    movl %edx, %eax
+    andl $0xffff0000, %eax
+    orl $0x00008e00, %eax
+    movl %eax, idt32 + 12
+    xorl %eax, %eax
+    movl %eax, %dr6
+    movl $watch, %eax
+    movl %eax, %dr0
+    movl $0x000d0001, %eax
+    movl %eax, %dr7
+    call exits
+    movl $0x1234, watch            # #DB here
+    xorl %eax, %eax
+    movl %eax, %dr7
+    movl db_count, %edx
+    shll $16, %edx
+    movw db_dr6, %dx
+    xorl %eax, %eax
+    cmpl $1, db_count
+    setne %al
+    testl $1, db_dr6
+    jnz 1f
+    movl $1, %eax
+1:  movl $name_db, %esi
+    movl $det_db, %edi
+    call report32_val
     ret                            # to finish32
+
+# #DB: count it and keep DR6 (a MOV DR exit: the VMM reads the DR6 the kernel saved).
+db_handler:
+    pushl %eax
+    incl db_count
+    movl %dr6, %eax
+    movl %eax, db_dr6
+    popl %eax
+    iretl
 
 # ROUNDS times: CPUID, CMOS index write and data read (three exits), then a spin. Keeps
 # every XMM, MMX and debug register; clobbers EAX, EBX, ECX, EDX.
