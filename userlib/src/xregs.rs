@@ -121,6 +121,124 @@ pub fn hold_across_yields(want: &Regs, rounds: u64, spin: u64) -> Regs {
     got
 }
 
+/// YMM0..YMM15 (four quadwords each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(32))]
+pub struct Ymm(pub [[u64; 4]; 16]);
+
+impl Ymm {
+    /// A pattern in every register derived from `seed`.
+    pub fn pattern(seed: u64) -> Ymm {
+        let a = Regs::pattern(seed);
+        let b = Regs::pattern(!seed);
+        let mut y = Ymm::default();
+        for (i, r) in y.0.iter_mut().enumerate() {
+            *r = [a.xmm[i][0], a.xmm[i][1], b.xmm[i][0], b.xmm[i][1]];
+        }
+        y
+    }
+}
+
+/// Whether ring 3 may use AVX: CPUID.1:ECX.AVX and OSXSAVE, and XCR0 enables the SSE and AVX
+/// state (XGETBV).
+#[cfg(target_os = "none")]
+pub fn avx_usable() -> bool {
+    let ecx = core::arch::x86_64::__cpuid_count(1, 0).ecx;
+    if ecx & (1 << 27) == 0 || ecx & (1 << 28) == 0 {
+        return false;
+    }
+    let (lo, _hi): (u32, u32);
+    // SAFETY: XGETBV of XCR0 is allowed at any CPL once CR4.OSXSAVE is set (CPUID.1:ECX[27]
+    // says it is); it only reads XCR0.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") _hi,
+                         options(nostack, nomem, preserves_flags))
+    };
+    lo & 6 == 6
+}
+
+/// The host stand-in: no AVX is assumed (services on the host only build).
+#[cfg(not(target_os = "none"))]
+pub fn avx_usable() -> bool {
+    false
+}
+
+/// As [`hold_across_yields`] for YMM0..YMM15 (all 256 bits): the caller checks
+/// [`avx_usable`] first.
+#[cfg(target_os = "none")]
+pub fn hold_ymm_across_yields(want: &Ymm, rounds: u64, spin: u64) -> Ymm {
+    let mut got = Ymm::default();
+    let rounds = rounds.max(1);
+    // SAFETY: as for `hold_across_yields`; VEX instructions are available ([`avx_usable`]),
+    // and VZEROUPPER at the end leaves the upper halves clean for SSE code.
+    unsafe {
+        core::arch::asm!(
+            "vmovdqu ymm0, [r12 + 0]",
+            "vmovdqu ymm1, [r12 + 32]",
+            "vmovdqu ymm2, [r12 + 64]",
+            "vmovdqu ymm3, [r12 + 96]",
+            "vmovdqu ymm4, [r12 + 128]",
+            "vmovdqu ymm5, [r12 + 160]",
+            "vmovdqu ymm6, [r12 + 192]",
+            "vmovdqu ymm7, [r12 + 224]",
+            "vmovdqu ymm8, [r12 + 256]",
+            "vmovdqu ymm9, [r12 + 288]",
+            "vmovdqu ymm10, [r12 + 320]",
+            "vmovdqu ymm11, [r12 + 352]",
+            "vmovdqu ymm12, [r12 + 384]",
+            "vmovdqu ymm13, [r12 + 416]",
+            "vmovdqu ymm14, [r12 + 448]",
+            "vmovdqu ymm15, [r12 + 480]",
+            "2:",
+            "mov rcx, r14",
+            "3:",
+            "dec rcx",
+            "jnz 3b",
+            "mov eax, {yield_nr}",
+            "syscall",
+            "dec r15",
+            "jnz 2b",
+            "vmovdqu [r13 + 0], ymm0",
+            "vmovdqu [r13 + 32], ymm1",
+            "vmovdqu [r13 + 64], ymm2",
+            "vmovdqu [r13 + 96], ymm3",
+            "vmovdqu [r13 + 128], ymm4",
+            "vmovdqu [r13 + 160], ymm5",
+            "vmovdqu [r13 + 192], ymm6",
+            "vmovdqu [r13 + 224], ymm7",
+            "vmovdqu [r13 + 256], ymm8",
+            "vmovdqu [r13 + 288], ymm9",
+            "vmovdqu [r13 + 320], ymm10",
+            "vmovdqu [r13 + 352], ymm11",
+            "vmovdqu [r13 + 384], ymm12",
+            "vmovdqu [r13 + 416], ymm13",
+            "vmovdqu [r13 + 448], ymm14",
+            "vmovdqu [r13 + 480], ymm15",
+            "vzeroupper",
+            yield_nr = const abi::Sys::Yield as u64,
+            in("r12") want as *const Ymm,
+            in("r13") &mut got as *mut Ymm,
+            in("r14") spin.max(1),
+            inout("r15") rounds => _,
+            out("rax") _,
+            out("rcx") _,
+            out("rdx") _,
+            out("rsi") _,
+            out("rdi") _,
+            out("r8") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    got
+}
+
+/// The host stand-in for [`hold_ymm_across_yields`]: zeros (see [`hold_across_yields`]'s).
+#[cfg(not(target_os = "none"))]
+pub fn hold_ymm_across_yields(_want: &Ymm, _rounds: u64, _spin: u64) -> Ymm {
+    Ymm::default()
+}
+
 /// The host stand-in for [`hold_across_yields`] (services build on the host for tests and
 /// lints): there is no kernel to yield to, and no register is kept: it returns all zeros, so
 /// a check built on it fails rather than passes.

@@ -48,6 +48,7 @@ fn suite_main(generation: u64) {
     checks::crash_mid_call(&mut t);
     checks::restart_on_request(&mut t);
     xstate::threads_keep_their_registers(&mut t);
+    xstate::threads_keep_their_ymm(&mut t);
     t.summary();
     let code = u32::from(t.failed > 0);
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
