@@ -63,11 +63,12 @@ static MODE: Once<Mode> = Once::new();
 static LIVE_XCR0: AtomicU64 = AtomicU64::new(xcr0::INIT);
 
 /// Enables the FPU and SSE for every thread (CR0.MP and NE on, EM and TS off; CR4.OSFXSR and
-/// OSXMMEXCPT) and, with XSAVE, CR4.OSXSAVE and the host XCR0. Idempotent.
-pub fn init() -> Mode {
+/// OSXMMEXCPT) and, with XSAVE (unless `no_xsave`), CR4.OSXSAVE and the host XCR0. The
+/// first call decides.
+pub fn init(no_xsave: bool) -> Mode {
     *MODE.call_once(|| {
         let (_, _, ecx, _) = super::cpu::cpuid(1, 0);
-        let xsave = ecx & (1 << 26) != 0 && super::cpu::cpuid_max().0 >= 0xd;
+        let xsave = !no_xsave && ecx & (1 << 26) != 0 && super::cpu::cpuid_max().0 >= 0xd;
         // SAFETY: MP/NE/EM/TS only change how x87 and SSE instructions fault; the kernel
         // executes none. OSFXSR/OSXMMEXCPT enable SSE (every x86_64 CPU has FXSR), OSXSAVE
         // is set only when CPUID reports XSAVE.
@@ -113,9 +114,14 @@ pub fn init() -> Mode {
     })
 }
 
-/// The mode [`init`] chose.
+/// The mode [`init`] chose (FXSAVE if it has not run: nothing else is safe before it).
+#[inline]
 pub fn mode() -> Mode {
-    init()
+    MODE.get().copied().unwrap_or(Mode {
+        xsave: false,
+        xcr0: xcr0::INIT,
+        size: 512,
+    })
 }
 
 /// XSETBV of XCR0.
