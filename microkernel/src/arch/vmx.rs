@@ -495,7 +495,7 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     // between here and the VM entry, so the guest finds its own value.
     unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
     super::xstate::load_debug(&vmcs.dr);
-    super::xstate::load_xcr0(vmcs.xcr0);
+    super::xstate::load_guest_xcr0(vmcs.xcr0);
     let launched = u64::from(launched);
     // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
     // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is
@@ -537,7 +537,7 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
 
 #[no_mangle]
 extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
-    super::xstate::load_xcr0(super::xstate::host_xcr0());
+    super::xstate::load_host_xcr0();
     super::user::clear_ac();
     crate::kentry::vm_exit(regs)
 }
@@ -545,7 +545,7 @@ extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
 #[no_mangle]
 extern "C" fn vmx_entry_failed_rust() -> ! {
     // The guest's XCR0 was loaded for the entry: the host's comes back before any XSAVE.
-    super::xstate::load_xcr0(super::xstate::host_xcr0());
+    super::xstate::load_host_xcr0();
     let error = vmread(field::VM_INSTRUCTION_ERROR);
     crate::kentry::vm_entry_failed(error)
 }

@@ -59,6 +59,9 @@ pub struct Mode {
 }
 
 static MODE: Once<Mode> = Once::new();
+/// The host's XCR0 once XSAVE is on (0 without XSAVE: no XCR0 is ever switched): read on
+/// every VM exit and entry, so kept apart from [`MODE`].
+static HOST_XCR0: AtomicU64 = AtomicU64::new(0);
 /// The XCR0 in the register now (the host's, or a guest's around VM entry).
 static LIVE_XCR0: AtomicU64 = AtomicU64::new(xcr0::INIT);
 
@@ -99,6 +102,7 @@ pub fn init(no_xsave: bool) -> Mode {
                 want = xcr0::X87 | xcr0::SSE | (want & xcr0::AVX);
                 xsetbv(want);
             }
+            HOST_XCR0.store(want, Ordering::Relaxed);
             Mode {
                 xsave: true,
                 xcr0: want,
@@ -136,16 +140,25 @@ fn xsetbv(value: u64) {
     LIVE_XCR0.store(value, Ordering::Relaxed);
 }
 
-/// Puts `value` in XCR0 unless it is there already (a vCPU's before VM entry, the host's
-/// after the exit). Nothing without XSAVE (a guest's XCR0 is then 1, the only valid value).
+/// Puts a vCPU's XCR0 in force before VM entry, unless it is there already. Nothing without
+/// XSAVE (a guest's XCR0 is then 1, the only valid value).
 #[inline]
-pub fn load_xcr0(value: u64) {
-    if LIVE_XCR0.load(Ordering::Relaxed) != value && mode().xsave {
+pub fn load_guest_xcr0(value: u64) {
+    if LIVE_XCR0.load(Ordering::Relaxed) != value && HOST_XCR0.load(Ordering::Relaxed) != 0 {
         xsetbv(value);
     }
 }
 
-/// The host's XCR0.
+/// Puts the host's XCR0 back after a VM exit (or a failed entry), unless it is there.
+#[inline]
+pub fn load_host_xcr0() {
+    let host = HOST_XCR0.load(Ordering::Relaxed);
+    if LIVE_XCR0.load(Ordering::Relaxed) != host && host != 0 {
+        xsetbv(host);
+    }
+}
+
+/// The XCR0 components a guest may enable: the host's XCR0 (x87 only without XSAVE).
 #[inline]
 pub fn host_xcr0() -> u64 {
     mode().xcr0
@@ -217,6 +230,10 @@ static LIVE_DR: [AtomicU64; 5] = [
 /// DR7 to 0x400, so no breakpoint is armed in the host.)
 #[inline]
 pub fn load_debug(dr: &[u64; 5]) {
+    let live = |i: usize| LIVE_DR[i].load(Ordering::Relaxed) ^ dr[i];
+    if live(0) | live(1) | live(2) | live(3) | live(4) == 0 {
+        return; // the common case: the same vCPU again, its registers unchanged
+    }
     for (i, &v) in dr.iter().enumerate() {
         if LIVE_DR[i].load(Ordering::Relaxed) == v {
             continue;
