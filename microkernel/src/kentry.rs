@@ -60,9 +60,10 @@ pub fn start_services() -> ! {
 }
 
 /// Runs what the object model picked: the kernel state is entered once per entry.
-fn resume(k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
+fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
     // The console's COM1 output moves on at every return (see `console`).
     crate::console::pump();
+    k.switch_xstate(next);
     match next {
         Next::User(t) => k.return_to_user(|k| {
             let (regs, space) = k.context(t);
@@ -227,6 +228,7 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         *guest = *regs;
         (guest.rip, guest.rflags, guest.rsp) = (rip, rflags, rsp);
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
+        vmcs.dr[4] = crate::arch::xstate::read_dr6();
     }
     k.vm_exited(t, reason);
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {

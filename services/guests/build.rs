@@ -1,7 +1,7 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
 //! 1 MiB, multiboot header first), the flat 64-bit images (`guest-bench`, `guest-isolation`) with `link-flat.ld`
 //! (2 MiB).
-const MULTIBOOT_BINS: [&str; 14] = [
+const MULTIBOOT_BINS: &[&str] = &[
     "guest-multiboot",
     "guest-msr",
     "guest-long",
@@ -16,6 +16,7 @@ const MULTIBOOT_BINS: [&str; 14] = [
     "guest-mmubench64",
     "guest-mmubenchpae",
     "guest-mmubench32",
+    "guest-fpu",
 ];
 
 const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];

@@ -91,6 +91,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-pae image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-fpu",
+        manifest: "guest-fpu image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-bench.bin",
         manifest: "guest-bench image=guest",
     },

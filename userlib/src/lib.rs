@@ -20,3 +20,5 @@ pub mod server;
 pub mod sys;
 pub mod tally;
 pub mod wiring;
+#[allow(unsafe_code)]
+pub mod xregs;

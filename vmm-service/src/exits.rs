@@ -14,7 +14,7 @@ use vmm_service::exit::{portal_mask, required_groups};
 use vmm_service::vm::{self, Env, Event, VmModel};
 
 /// The reasons the VMM handles itself (EPT violations go to the MMU service).
-const HANDLED: [u32; 9] = [
+const HANDLED: [u32; 10] = [
     reason::CPUID,
     reason::IO,
     reason::RDMSR,
@@ -24,6 +24,7 @@ const HANDLED: [u32; 9] = [
     reason::VMCALL,
     reason::TRIPLE_FAULT,
     reason::EPT_MISCONFIG,
+    reason::DR_ACCESS,
 ];
 use vm::hypercall::REFLECTABLE;
 
@@ -173,6 +174,9 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
         userlib::println!("vmm: exit with no VM running; stopping it");
         return ExitReply::stop(0);
     };
+    if m.basic_reason() == reason::DR_ACCESS {
+        return debug_register_exit(run.vcpu, m);
+    }
     let mut env = ServiceEnv {
         ram: run.ram,
         vcpu: run.vcpu,
@@ -276,4 +280,17 @@ pub fn report_kernel_stop(name: &str, vcpu: CapSlot, s: &sys::VcpuStop) {
             regs[row * 4 + 3]
         );
     }
+}
+
+/// MOV to or from a debug register: the vCPU's DR0..DR7 through `VcpuState`
+/// ([`vmm_service::debugreg`]).
+fn debug_register_exit(vcpu: CapSlot, m: &ExitMessage) -> ExitReply {
+    vmm_service::debugreg::handle(
+        m,
+        |f| {
+            let mut v = [0u64];
+            sys::vcpu_read(vcpu, &[f], &mut v).ok().map(|()| v[0])
+        },
+        |f, v| sys::vcpu_write(vcpu, &[(f, v)]).is_ok(),
+    )
 }

@@ -14,6 +14,7 @@
 pub mod cpuid;
 pub mod cpuid_policy;
 pub mod cr;
+pub mod debugreg;
 pub mod devices;
 pub mod exit;
 pub mod loader;

@@ -43,3 +43,111 @@ pub mod rflags {
     /// Alignment check / SMAP override (`stac`).
     pub const AC: u64 = 1 << 18;
 }
+
+// ----- Part `fpu` (issue 17): debug registers and XCR0 -----
+
+/// CR4 bits of the extended-state and debug rules.
+pub mod cr4_fpu {
+    /// Debugging extensions: DR4/DR5 are reserved (#UD) instead of aliasing DR6/DR7.
+    pub const DE: u64 = 1 << 3;
+    pub const OSFXSR: u64 = 1 << 9;
+    pub const OSXMMEXCPT: u64 = 1 << 10;
+    pub const OSXSAVE: u64 = 1 << 18;
+}
+
+/// DR6 (SDM vol. 3, 18.2.3).
+pub mod dr6 {
+    /// Bits that read as 1 whatever is written (4-11, 16-31: no RTM, no bus-lock detection).
+    pub const FIXED_1: u64 = 0xffff_0ff0;
+    /// Bits software may write: B0-B3, BD, BS, BT.
+    pub const WRITABLE: u64 = 0xe00f;
+    /// BD: the debug exception came from a MOV DR with DR7.GD set.
+    pub const BD: u64 = 1 << 13;
+    /// The value after reset.
+    pub const INIT: u64 = FIXED_1;
+    /// What DR6 holds after a write of `value` (bits 63:32 are #GP, checked before).
+    pub const fn normalize(value: u64) -> u64 {
+        (value & WRITABLE) | FIXED_1
+    }
+}
+
+/// DR7 (SDM vol. 3, 18.2.4).
+pub mod dr7 {
+    /// Bit 10 reads as 1.
+    pub const FIXED_1: u64 = 0x400;
+    /// Bits software may write: L0-G3, LE, GE, GD, R/W and LEN fields (not RTM, bit 11).
+    pub const WRITABLE: u64 = 0xffff_23ff;
+    /// GD: MOV DR raises #DB while set.
+    pub const GD: u64 = 1 << 13;
+    /// The value after reset.
+    pub const INIT: u64 = FIXED_1;
+    /// What DR7 holds after a write of `value` (bits 63:32 are #GP, checked before).
+    pub const fn normalize(value: u64) -> u64 {
+        (value & WRITABLE) | FIXED_1
+    }
+}
+
+/// XCR0, the extended-state components XSAVE manages (SDM vol. 1, 13.3).
+pub mod xcr0 {
+    pub const X87: u64 = 1 << 0;
+    pub const SSE: u64 = 1 << 1;
+    pub const AVX: u64 = 1 << 2;
+    pub const BNDREGS: u64 = 1 << 3;
+    pub const BNDCSR: u64 = 1 << 4;
+    pub const OPMASK: u64 = 1 << 5;
+    pub const ZMM_HI256: u64 = 1 << 6;
+    pub const HI16_ZMM: u64 = 1 << 7;
+    pub const AVX512: u64 = OPMASK | ZMM_HI256 | HI16_ZMM;
+    /// The value after reset.
+    pub const INIT: u64 = X87;
+
+    /// Whether XSETBV accepts `value` on a CPU whose supported components are `supported`
+    /// (#GP otherwise): x87 set, nothing unsupported, AVX only with SSE, the AVX-512
+    /// components all or none and only with AVX, the MPX components both or none.
+    pub const fn valid(value: u64, supported: u64) -> bool {
+        let avx512 = value & AVX512;
+        let mpx = value & (BNDREGS | BNDCSR);
+        value & X87 != 0
+            && value & !supported == 0
+            && (value & AVX == 0 || value & SSE != 0)
+            && (avx512 == 0 || (avx512 == AVX512 && value & AVX != 0))
+            && (mpx == 0 || mpx == BNDREGS | BNDCSR)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn xsetbv_rules() {
+            let all = X87 | SSE | AVX | AVX512;
+            assert!(valid(X87, all));
+            assert!(valid(X87 | SSE, all));
+            assert!(valid(X87 | SSE | AVX, all));
+            assert!(valid(all, all));
+            assert!(!valid(0, all), "x87 must be set");
+            assert!(!valid(SSE, all), "x87 must be set");
+            assert!(!valid(X87 | AVX, all), "AVX needs SSE");
+            assert!(!valid(X87 | SSE | AVX | OPMASK, all), "AVX-512 all or none");
+            assert!(!valid(X87 | SSE | AVX512, all), "AVX-512 needs AVX");
+            assert!(!valid(X87 | SSE | AVX, X87 | SSE), "unsupported component");
+            assert!(!valid(X87 | 1 << 63, all), "reserved bit");
+            assert!(!valid(X87 | BNDREGS, u64::MAX), "MPX both or none");
+        }
+    }
+}
+
+#[cfg(test)]
+mod dr_tests {
+    use super::*;
+
+    #[test]
+    fn debug_register_fixed_bits() {
+        assert_eq!(dr6::normalize(0), 0xffff_0ff0);
+        assert_eq!(dr6::normalize(0xffff_ffff), 0xffff_eff0 | 0xf);
+        assert_eq!(dr6::normalize(dr6::BD | 1), 0xffff_2ff1);
+        assert_eq!(dr7::normalize(0), 0x400);
+        assert_eq!(dr7::normalize(0xffff_ffff), 0xffff_27ff);
+        assert_eq!(dr7::normalize(0x3), 0x403);
+    }
+}

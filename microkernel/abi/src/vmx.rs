@@ -355,6 +355,25 @@ pub mod field {
         }
     }
 
+    // ----- Part `fpu` (issue 17): debug registers and XCR0, kept per vCPU by the kernel -----
+    /// Pseudo-fields: the guest's DR0..DR3 (`GUEST_DR0 + n`). Loaded into the debug
+    /// registers before every entry of the vCPU (guest MOV DR exits, so they change only
+    /// through here). Any 64-bit value.
+    pub const GUEST_DR0: u64 = 0x3_0000_0200;
+    /// Pseudo-field: the guest's DR6, loaded before entry and saved at every exit (a debug
+    /// exception in the guest sets its bits). Written values are normalised like hardware
+    /// ([`crate::cpu::dr6::normalize`]); bits 63:32 must be clear.
+    pub const GUEST_DR6: u64 = 0x3_0000_0206;
+    /// Pseudo-field: the guest's XCR0, in force while the guest runs (the host's at all
+    /// other times). Must be a value XSETBV would accept on this CPU
+    /// ([`crate::cpu::xcr0::valid`] against the host's XCR0): the kernel refuses others.
+    /// 1 (x87 only) at reset. (The guest's DR7 is the VMCS field [`GUEST_DR7`].)
+    pub const GUEST_XCR0: u64 = 0x3_0000_0210;
+    /// The part's pseudo-fields and their access (all read-write).
+    pub fn fpu_access(f: u64) -> Option<Access> {
+        matches!(f, GUEST_DR0..=0x3_0000_0203 | GUEST_DR6 | GUEST_XCR0).then_some(Access::ReadWrite)
+    }
+
     /// Who may touch a field from user level.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Access {
@@ -368,6 +387,9 @@ pub mod field {
     /// bits VMX requires, such as CR4.VMXE and CR0.NE); exit information is read-only;
     /// host state and execution controls are unreachable.
     pub fn access(f: u64) -> Access {
+        if let Some(a) = fpu_access(f) {
+            return a;
+        }
         if (GPR_BASE..GPR_BASE + 16).contains(&f) || msr_part_field(f) {
             return Access::ReadWrite;
         }

@@ -9,3 +9,4 @@ pub mod trap;
 pub mod user;
 pub mod vmx;
 pub mod vmx_msr;
+pub mod xstate;

@@ -80,17 +80,22 @@ const PIN_WANT: u32 = 1 | (1 << 6);
 /// the TSC counts instructions, so the suites see the timer fire.
 pub const GUEST_SLICE_TSC: u64 = 1 << 18;
 /// Primary: use TSC offsetting (the guest's TSC is the host's plus `TSC_OFFSET`), HLT
-/// exiting, unconditional I/O exiting, secondary controls. No MSR bitmaps, so every
-/// RDMSR/WRMSR exits; CPUID always exits.
-const PROC_WANT: u32 = (1 << 3) | (1 << 7) | (1 << 24) | (1 << 31);
+/// exiting, MOV-DR exiting (the guest's debug registers are kept per vCPU), unconditional I/O
+/// exiting, secondary controls. No MSR bitmaps, so every RDMSR/WRMSR exits; CPUID always
+/// exits.
+const PROC_WANT: u32 = (1 << 3) | (1 << 7) | (1 << 23) | (1 << 24) | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
 /// Primary, shadow-paged VMs: also INVLPG, CR3-load and CR3-store exiting.
 const PROC_SHADOW_WANT: u32 = PROC_WANT | (1 << 9) | (1 << 15) | (1 << 16);
-/// Exit: 64-bit host, acknowledge interrupt on exit, save/load PAT and EFER.
-const EXIT_WANT: u32 = (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
-/// Entry: load PAT and EFER (IA-32e mode guest is set per vCPU by the object model).
-const ENTRY_WANT: u32 = (1 << 14) | (1 << 15);
+/// Exit: save debug controls (the guest's DR7 and DEBUGCTL into the VMCS), 64-bit host,
+/// acknowledge interrupt on exit, save/load PAT and EFER.
+const EXIT_WANT: u32 =
+    (1 << 2) | (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
+/// Entry: load debug controls (the guest's DR7 and DEBUGCTL from the VMCS: with the true
+/// controls this bit may be 0, and the guest would then run with the host's DR7), load PAT
+/// and EFER (IA-32e mode guest is set per vCPU by the object model).
+const ENTRY_WANT: u32 = (1 << 2) | (1 << 14) | (1 << 15);
 
 /// The control values every VMCS gets, computed once from the capability MSRs.
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +141,11 @@ pub struct Vmcs {
     pub cr2: u64,
     /// The guest's and host's MSRs the CPU switches on entry and exit (part `msr`).
     pub msrs: super::vmx_msr::MsrAreas,
+    /// The guest's DR0..DR3 and DR6 (`dr[4]`): loaded before entry, DR6 saved at every exit
+    /// (part `fpu`; DR7 is the VMCS guest field).
+    pub dr: [u64; 5],
+    /// The guest's XCR0, in force while it runs (part `fpu`).
+    pub xcr0: u64,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -416,7 +426,13 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
             if code { 0xc09b } else { 0xc093 },
         );
     }
-    Some(Vmcs { phys, cr2: 0, msrs })
+    Some(Vmcs {
+        phys,
+        cr2: 0,
+        msrs,
+        dr: [0, 0, 0, 0, abi::cpu::dr6::INIT],
+        xcr0: abi::cpu::xcr0::INIT,
+    })
 }
 
 /// Frees a VMCS region (VMCLEAR first so the CPU holds no cached copy).
@@ -485,6 +501,8 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
     // between here and the VM entry, so the guest finds its own value.
     unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
+    super::xstate::load_debug(&vmcs.dr);
+    super::xstate::load_guest_xcr0(vmcs.xcr0);
     let launched = u64::from(launched);
     // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
     // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is
@@ -526,12 +544,15 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
 
 #[no_mangle]
 extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
+    super::xstate::load_host_xcr0();
     super::user::clear_ac();
     crate::kentry::vm_exit(regs)
 }
 
 #[no_mangle]
 extern "C" fn vmx_entry_failed_rust() -> ! {
+    // The guest's XCR0 was loaded for the entry: the host's comes back before any XSAVE.
+    super::xstate::load_host_xcr0();
     let error = vmread(field::VM_INSTRUCTION_ERROR);
     crate::kentry::vm_entry_failed(error)
 }

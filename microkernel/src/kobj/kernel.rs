@@ -76,6 +76,8 @@ pub struct Kernel<M: Machine> {
     pub(crate) next_vm_trace_id: u32,
     /// Live VMs with tracing on: at 0, every trace hook returns at its first test.
     pub(crate) traced_vms: u32,
+    /// The thread whose extended state (x87/SSE/AVX) is in the registers ([`Kernel::switch_xstate`]).
+    pub xstate_owner: Option<ThreadId>,
 }
 
 impl<M: Machine> Kernel<M> {
@@ -98,6 +100,7 @@ impl<M: Machine> Kernel<M> {
             trace: super::trace::TraceRing::new(),
             next_vm_trace_id: 1,
             traced_vms: 0,
+            xstate_owner: None,
         }
     }
 
@@ -612,6 +615,7 @@ impl<M: Machine> Kernel<M> {
             vcpu: None,
         });
         self.task_mut(ti).threads += 1;
+        self.xstate_new_thread(i as ThreadId);
         Some(i as ThreadId)
     }
 

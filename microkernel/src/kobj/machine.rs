@@ -168,4 +168,16 @@ pub trait Machine {
     fn clock(&self) -> (u64, u64);
     /// The time-stamp counter (exit trace records).
     fn tsc(&self) -> u64;
+
+    // ----- Extended state (part `fpu` of issue 17): x87/MMX/SSE/AVX registers per thread -----
+
+    /// Saves the registers' extended state (x87, MMX, SSE, AVX...) into the area of thread
+    /// `from` (`None`: nobody's state is live, nothing is saved), then loads thread `to`'s.
+    /// Called by [`super::Kernel::switch_xstate`] before a different thread runs.
+    fn xstate_switch(&mut self, from: Option<super::queue::ThreadId>, to: super::queue::ThreadId);
+    /// Puts thread `t`'s area in the initial state (as after FNINIT, MXCSR 0x1F80, vector
+    /// registers zero): a new thread never sees another's registers.
+    fn xstate_reset(&mut self, t: super::queue::ThreadId);
+    /// The XCR0 components a guest may enable: the host's XCR0 (1, x87 only, without XSAVE).
+    fn xcr0_supported(&self) -> u64;
 }

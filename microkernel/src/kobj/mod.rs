@@ -15,6 +15,7 @@ pub mod shadow;
 mod syscalls;
 pub mod trace;
 pub mod vm;
+mod xstate;
 
 pub use kernel::{Kernel, Next};
 
@@ -31,3 +32,5 @@ mod tests_syscall_props;
 mod tests_trace;
 #[cfg(test)]
 mod tests_vm;
+#[cfg(test)]
+mod tests_xstate;

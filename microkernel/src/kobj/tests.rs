@@ -32,6 +32,11 @@ pub(super) struct Model {
     /// Calls that changed the machine (memory, mappings, frames, console, EPT, VMCS): what
     /// the property test compares around a failed syscall.
     pub(super) mutations: u64,
+    /// The model's extended-state registers (one word stands for them), the per-thread
+    /// areas, and every `xstate_switch` call (tests_xstate).
+    pub(super) xstate_live: u64,
+    pub(super) xstate_areas: HashMap<ThreadId, u64>,
+    pub(super) xstate_switches: Vec<(Option<ThreadId>, ThreadId)>,
 }
 
 type Space = BTreeMap<u64, (u64, PageAccess)>;
@@ -229,6 +234,19 @@ impl Machine for Model {
     }
     fn host_cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
         [leaf, 1, 2, 3]
+    }
+    fn xstate_switch(&mut self, from: Option<ThreadId>, to: ThreadId) {
+        if let Some(f) = from {
+            self.xstate_areas.insert(f, self.xstate_live);
+        }
+        self.xstate_live = *self.xstate_areas.get(&to).expect("reset before first run");
+        self.xstate_switches.push((from, to));
+    }
+    fn xstate_reset(&mut self, t: ThreadId) {
+        self.xstate_areas.insert(t, 0);
+    }
+    fn xcr0_supported(&self) -> u64 {
+        abi::cpu::xcr0::X87 | abi::cpu::xcr0::SSE | abi::cpu::xcr0::AVX
     }
 }
 

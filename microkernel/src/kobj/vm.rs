@@ -457,7 +457,12 @@ impl<M: Machine> Kernel<M> {
             let ok = match field::access(f) {
                 field::Access::None => false,
                 field::Access::ReadOnly => !write,
-                field::Access::ReadWrite => !write || value_ok(f, word(&bytes, 2 * i + 1)),
+                field::Access::ReadWrite => {
+                    !write || {
+                        let v = word(&bytes, 2 * i + 1);
+                        value_ok(f, v) && self.fpu_value_ok(f, v)
+                    }
+                }
             };
             if !ok {
                 return Err((Error::InvalidArgument, i as u64));

@@ -12,6 +12,7 @@ use crate::arch::{timer, vmx};
 use heapless::{String, Vec};
 use microkernel::bootinfo::{BootInfo, MAX_MODULES, MODULE_CMDLINE_MAX};
 use microkernel::kobj::machine::{BadUserAddress, Machine, MapError, PageAccess};
+use microkernel::kobj::queue::ThreadId;
 use microkernel::memmap::{MemoryMap, RegionKind};
 use microkernel::PAGE_SIZE;
 use spin::Once;
@@ -583,6 +584,18 @@ impl Machine for KernelMachine {
         crate::arch::cpu::rdtsc()
     }
 
+    fn xstate_switch(&mut self, from: Option<ThreadId>, to: ThreadId) {
+        crate::arch::xstate::switch(from, to);
+    }
+
+    fn xstate_reset(&mut self, t: ThreadId) {
+        crate::arch::xstate::reset(t);
+    }
+
+    fn xcr0_supported(&self) -> u64 {
+        crate::arch::xstate::host_xcr0()
+    }
+
     fn read_phys(&self, phys: u64, out: &mut [u8]) {
         // SAFETY: callers name guest RAM, frames of a memory object, mapped in the direct
         // map; the bytes are copied out, no reference is kept.
@@ -645,6 +658,9 @@ impl Machine for KernelMachine {
         if let Some(v) = vmcs.msrs.read(field) {
             return v;
         }
+        if let Some(r) = fpu_field(vmcs, field) {
+            return *r;
+        }
         vmx::read(vmcs, field)
     }
 
@@ -656,11 +672,26 @@ impl Machine for KernelMachine {
         if vmcs.msrs.write(field, value) {
             return;
         }
+        if let Some(r) = fpu_field(vmcs, field) {
+            *r = value;
+            return;
+        }
         vmx::write(vmcs, field, value);
     }
 
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let (a, b, c, d) = crate::arch::cpu::cpuid(leaf, subleaf);
         [a, b, c, d]
+    }
+}
+
+/// The `fpu` pseudo-fields a [`vmx::Vmcs`] keeps: DR0..DR3, DR6 and XCR0.
+fn fpu_field(vmcs: &mut vmx::Vmcs, f: u64) -> Option<&mut u64> {
+    use abi::vmx::field::{GUEST_DR0, GUEST_DR6, GUEST_XCR0};
+    match f {
+        GUEST_DR0..=0x3_0000_0203 => vmcs.dr.get_mut((f - GUEST_DR0) as usize),
+        GUEST_DR6 => Some(&mut vmcs.dr[4]),
+        GUEST_XCR0 => Some(&mut vmcs.xcr0),
+        _ => None,
     }
 }

@@ -11,6 +11,7 @@
 mod checks;
 mod concurrency;
 mod hostile;
+mod xstate;
 
 use abi::CapSlot;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,8 @@ fn suite_main(generation: u64) {
     concurrency::concurrent_clients(&mut t);
     checks::crash_mid_call(&mut t);
     checks::restart_on_request(&mut t);
+    xstate::threads_keep_their_registers(&mut t);
+    xstate::threads_keep_their_ymm(&mut t);
     t.summary();
     let code = u32::from(t.failed > 0);
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);

@@ -38,6 +38,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
+mod cpu_fpu;
 mod cpu_msr;
 mod restart;
 mod tracing;
@@ -397,6 +398,7 @@ fn vmm_suite(t: &mut Tally) {
     );
     passing_guest(t, "multiboot guest again after the failures", &mb);
     cpu_msr::msr_suite(t);
+    cpu_fpu::fpu_suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with
