@@ -114,6 +114,9 @@ pub struct Vcpu<V> {
     /// Its VM's trace id while the VM is traced, and the record of the exit being handled.
     pub trace: Option<u32>,
     pub trace_record: Option<abi::trace::Record>,
+    /// The guest's XCR0 ([`field::GUEST_XCR0`]; the part that switches extended state loads
+    /// it around VM entry).
+    pub xcr0: u64,
 }
 
 /// An exit as the machine reports it.
@@ -371,6 +374,7 @@ impl<M: Machine> Kernel<M> {
                 refs: 0,
                 trace,
                 trace_record: None,
+                xcr0: abi::xcr0::X87,
             },
         )
         .expect("checked for a free slot");
@@ -457,6 +461,9 @@ impl<M: Machine> Kernel<M> {
             let ok = match field::access(f) {
                 field::Access::None => false,
                 field::Access::ReadOnly => !write,
+                field::Access::ReadWrite if f == field::GUEST_XCR0 && write => {
+                    abi::xcr0::valid(word(&bytes, 2 * i + 1), self.host_xcr0_mask())
+                }
                 field::Access::ReadWrite => !write || value_ok(f, word(&bytes, 2 * i + 1)),
             };
             if !ok {
@@ -479,6 +486,16 @@ impl<M: Machine> Kernel<M> {
             self.copy_to_current_raw(buf, &bytes[..n * 16])?;
         }
         Ok(Some([0; 4]))
+    }
+
+    /// The XCR0 components the host CPU offers (CPUID.(0xD,0) EDX:EAX; none without XSAVE).
+    fn host_xcr0_mask(&self) -> u64 {
+        let xsave = self.machine.host_cpuid(1, 0)[2] & (1 << 26) != 0;
+        if !xsave || self.machine.host_cpuid(0, 0)[0] < 0xd {
+            return 0;
+        }
+        let r = self.machine.host_cpuid(0xd, 0);
+        u64::from(r[0]) | u64::from(r[3]) << 32
     }
 
     fn copy_to_current_raw(&mut self, buf: u64, data: &[u8]) -> Result<(), (Error, u64)> {
@@ -575,6 +592,14 @@ impl<M: Machine> Kernel<M> {
             field::GUEST_IA32_EFER if v.shadow => v.guest_efer,
             field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
             field::RUN_TICKS => v.run_ticks,
+            field::GUEST_XCR0 => v.xcr0,
+            field::GUEST_FEATURES => {
+                let proc2 = self.vmcs_read(vi, PROC_BASED_CONTROLS2);
+                vmx::guest_features::CONTROLS
+                    .iter()
+                    .filter(|(_, ctl)| proc2 & u64::from(*ctl) != 0)
+                    .fold(0, |acc, (bit, _)| acc | bit)
+            }
             _ => self.vmcs_read(vi, f),
         }
     }
@@ -670,6 +695,7 @@ impl<M: Machine> Kernel<M> {
         }
         match f {
             field::RUN_TICKS => self.vcpu_mut(vi).run_ticks = value,
+            field::GUEST_XCR0 => self.vcpu_mut(vi).xcr0 = value,
             _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
                 let n = (f - field::GPR_BASE) as usize;
                 let t = self.vcpu(vi).thread;
@@ -1386,6 +1412,9 @@ fn value_ok(f: u64, value: u64) -> bool {
         _ => true,
     }
 }
+
+/// The secondary processor-based VM-execution controls (read for [`field::GUEST_FEATURES`]).
+const PROC_BASED_CONTROLS2: u64 = 0x401e;
 
 /// The VM-instruction error of a VM entry with invalid control fields.
 const VMFAIL_INVALID_CONTROL: u64 = 7;

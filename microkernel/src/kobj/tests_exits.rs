@@ -1,0 +1,25 @@
+//! Part `exits` of issue 17: the guest's XCR0 as a `VcpuState` pseudo-field.
+
+use super::tests::status;
+use super::tests_vm::{read_one, state, vmm_with};
+use abi::vmx::field;
+use abi::Error;
+
+#[test]
+fn guest_xcr0_starts_as_x87_and_refuses_what_the_cpu_cannot_load() {
+    let mut v = vmm_with(0);
+    assert_eq!(
+        read_one(&mut v.k, v.vcpu, field::GUEST_XCR0),
+        abi::xcr0::X87
+    );
+    // The model CPU has no XSAVE (CPUID.1:ECX bit 26 clear): no XCR0 but the reset value is
+    // loadable, so a write is refused and changes nothing.
+    for bad in [abi::xcr0::X87 | abi::xcr0::SSE, 0, abi::xcr0::X87] {
+        let (r, _) = state(&mut v.k, v.vcpu, &[(field::GUEST_XCR0, bad)], true);
+        assert_eq!(status(&r), Err(Error::InvalidArgument), "{bad:#x}");
+    }
+    assert_eq!(
+        read_one(&mut v.k, v.vcpu, field::GUEST_XCR0),
+        abi::xcr0::X87
+    );
+}
