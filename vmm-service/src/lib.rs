@@ -14,6 +14,7 @@
 pub mod cpuid;
 pub mod cr;
 pub mod devices;
+pub mod exception;
 pub mod exit;
 pub mod loader;
 pub mod msr;
