@@ -126,7 +126,7 @@ pub fn required_groups(basic: u32) -> u32 {
         reason::CR_ACCESS => group::QUAL | group::GPRS | group::CRS,
         reason::EPT_VIOLATION => group::QUAL | group::ADDR,
         reason::EXCEPTION_NMI => group::QUAL,
-        _ => 0,
+        _ => crate::insn::required_groups(basic),
     }
 }
 

@@ -16,6 +16,8 @@ pub mod cr;
 pub mod devices;
 pub mod exception;
 pub mod exit;
+pub mod guest_walk;
+pub mod insn;
 pub mod loader;
 pub mod msr;
 pub mod report;

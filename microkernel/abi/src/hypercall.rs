@@ -1,8 +1,9 @@
 //! Umbra's hypercalls: the VMCALL interface between a guest and the VMM service.
 //!
-//! A VMCALL is Umbra's when RAX holds [`SIGNATURE`] in bits 31:8 (the bytes "UMB") and the
-//! hypercall number in bits 7:0, with bits 63:32 clear (a 32-bit guest's `mov $n, %eax`
-//! leaves them clear). No other hypervisor's guests put such a value in RAX: KVM's and Xen's
+//! A VMCALL is Umbra's when EAX holds [`SIGNATURE`] in bits 31:8 (the bytes "UMB") and the
+//! hypercall number in bits 7:0. Bits 63:32 of RAX are ignored, as KVM ignores them outside
+//! 64-bit mode: a 32-bit guest cannot clear them (and a result written to RAX sets them).
+//! No other hypervisor's guests put such a value in RAX: KVM's and Xen's
 //! hypercall numbers are small integers, Hyper-V takes its call code in RCX, VMware's backdoor
 //! is an I/O port with 0x564D5868 ("VMXh") in EAX. Any other VMCALL is not an error of the VM:
 //! it returns [`ENOSYS`] in RAX (as KVM returns `-KVM_ENOSYS`) and the guest goes on.
@@ -12,7 +13,7 @@
 /// RAX bits 31:8 of an Umbra hypercall ("UMB").
 pub const SIGNATURE: u64 = 0x554d_4200;
 /// The bits of RAX that must equal [`SIGNATURE`].
-pub const SIGNATURE_MASK: u64 = !0xff;
+pub const SIGNATURE_MASK: u64 = 0xffff_ff00;
 
 /// Stop the VM: RBX = exit code.
 pub const EXIT: u64 = SIGNATURE;
@@ -62,12 +63,14 @@ mod tests {
             4,
             9,
             0x564d_5868,
-            0x1_554d_4202,
+            0x4d42_0002,
             0x554d_4302,
             u64::MAX,
         ] {
             assert_eq!(number(other), None, "{other:#x}");
         }
+        // Bits 63:32 do not count (left over from a result, in a 32-bit guest).
+        assert_eq!(number(0xffff_ffff_554d_4202), Some(2));
         assert_eq!(ENOSYS as i64, -1000);
     }
 }
