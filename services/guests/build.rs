@@ -1,8 +1,9 @@
 //! Links the guests for the bare-metal target: the multiboot guests with `link.ld` (physical
 //! 1 MiB, multiboot header first), the flat 64-bit images (`guest-bench`, `guest-isolation`) with `link-flat.ld`
 //! (2 MiB).
-const MULTIBOOT_BINS: [&str; 13] = [
+const MULTIBOOT_BINS: [&str; 14] = [
     "guest-multiboot",
+    "guest-exits",
     "guest-long",
     "guest-pae",
     "guest-badmem",

@@ -78,7 +78,11 @@ pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
         let handled = HANDLED.contains(&r)
             || vmm_service::insn::REASONS.contains(&r)
             || vmm_service::insn::UD_REASONS.contains(&r);
-        let mask = if handled { mask_for(r) } else { vmx::group::ALL };
+        let mask = if handled {
+            mask_for(r)
+        } else {
+            vmx::group::ALL
+        };
         sys::vcpu_portal(vcpu, r, Some(exit_ep), mask)?;
     }
     Ok(())

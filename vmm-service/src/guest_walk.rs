@@ -74,10 +74,7 @@ pub fn translate(
 /// The code at the exit's CS:RIP (the message must carry RIP, CRS and SEGS), up to
 /// [`MAX_INSN`] bytes and no further than the translation allows; `None` without those
 /// groups or when the first byte does not translate. `read(gpa, buf)` reads guest memory.
-pub fn code_at_rip(
-    m: &ExitMessage,
-    mut read: impl FnMut(u64, &mut [u8]) -> bool,
-) -> Option<Code> {
+pub fn code_at_rip(m: &ExitMessage, mut read: impl FnMut(u64, &mut [u8]) -> bool) -> Option<Code> {
     let need = group::RIP | group::CRS | group::SEGS;
     if m.mask & need != need {
         return None;

@@ -15,11 +15,11 @@ use abi::vmx::{group, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
 use heapless::Vec;
 
 use crate::cr;
-use crate::exception;
-use crate::insn;
 use crate::devices::bus::{BusEvent, PortBus};
 use crate::devices::Text;
+use crate::exception;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
+use crate::insn;
 use crate::msr::{MsrModel, MsrWrite};
 pub use crate::report::{stop_code, Name, Report, VmResult};
 
@@ -281,9 +281,9 @@ impl VmModel {
                         self.fault(m, exception::GP, 0, ev)
                     }
                     Ok(o) => {
-                    if let Some(e) = o.efer {
-                        self.msr.efer = e;
-                    }
+                        if let Some(e) = o.efer {
+                            self.msr.efer = e;
+                        }
                         o.reply
                     }
                     Err(_) => self.unhandled(m, "control-register access not emulated", env, ev),
@@ -314,9 +314,12 @@ impl VmModel {
                 self.stop(VmResult::EntryFailed(r), ev)
             }
             Exit::ExternalInterrupt => ExitReply::resume(),
-            Exit::EptViolation { .. } => {
-                self.unhandled(m, "EPT violation: no memory or device at this address", env, ev)
-            }
+            Exit::EptViolation { .. } => self.unhandled(
+                m,
+                "EPT violation: no memory or device at this address",
+                env,
+                ev,
+            ),
             Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", env, ev),
             Exit::Other { reason } => {
                 let basic = reason & 0xffff;

@@ -36,6 +36,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
+mod cpu_exits;
 mod restart;
 mod tracing;
 
@@ -295,11 +296,16 @@ fn vmm_suite(t: &mut Tally) {
     }
     let unsupported = config("unsupported", "guest-unsupported", 16, EntryMode::Multiboot);
     for cfg in [unsupported.clone(), shadow(&unsupported, false)] {
-        stopped(t, "unsupported exit (invd) stops the VM", &cfg, |r| {
-            *r == VmResult::Unhandled {
-                reason: reason::INVD,
-            }
-        });
+        stopped(
+            t,
+            "unsupported exit (task switch) stops the VM",
+            &cfg,
+            |r| {
+                *r == VmResult::Unhandled {
+                    reason: reason::TASK_SWITCH,
+                }
+            },
+        );
     }
     let triple = config("triple", "guest-triple", 16, EntryMode::Multiboot);
     for cfg in [triple.clone(), shadow(&triple, false)] {
@@ -392,6 +398,7 @@ fn vmm_suite(t: &mut Tally) {
         format_args!("{r:?}"),
     );
     passing_guest(t, "multiboot guest again after the failures", &mb);
+    cpu_exits::suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with

@@ -68,7 +68,15 @@ fn four_level_paging_with_a_page_split() {
     mem.put64(0x4000 + 8, 0xb003);
     mem.put(0x9ffe, &INSN[..2]);
     mem.put(0xb000, &[INSN[2]]);
-    let m = msg(0x8000_0011, 0x1000, cr4::PAE, efer::LME | efer::LMA, 0, la, true);
+    let m = msg(
+        0x8000_0011,
+        0x1000,
+        cr4::PAE,
+        efer::LME | efer::LMA,
+        0,
+        la,
+        true,
+    );
     let code = code_at_rip(&m, |g, b| mem.read(g, b)).unwrap();
     // The second page has only one byte of RAM: the read stops there.
     assert_eq!(&code[..], &INSN[..2], "{code:x?}");

@@ -27,9 +27,13 @@ fn xsetbv_msg(ecx: u64, value: u64, cr4: u64, ss_dpl: u32) -> ExitMessage {
 
 #[test]
 fn xsetbv_is_checked_like_hardware() {
-    let x = |ecx, v, cr4, dpl, full| handle(reason::XSETBV, &xsetbv_msg(ecx, v, cr4, dpl), cpu(full));
+    let x =
+        |ecx, v, cr4, dpl, full| handle(reason::XSETBV, &xsetbv_msg(ecx, v, cr4, dpl), cpu(full));
     let os = CR4_OSXSAVE;
-    assert_eq!(x(0, X87 | SSE, os, 0, true), Some(Action::SetXcr0(X87 | SSE)));
+    assert_eq!(
+        x(0, X87 | SSE, os, 0, true),
+        Some(Action::SetXcr0(X87 | SSE))
+    );
     assert_eq!(x(0, X87 | SSE | AVX, os, 0, true), Some(Action::SetXcr0(7)));
     // #UD: no XSAVE in CPUID, or CR4.OSXSAVE clear.
     assert_eq!(x(0, X87, os, 0, false), Some(Action::Fault(UD, 0)));
@@ -44,7 +48,11 @@ fn xsetbv_is_checked_like_hardware() {
         (0, X87 | 1 << 9, 0),
         (0, X87 | 1 << 40, 0),
     ] {
-        assert_eq!(x(ecx, v, os, dpl, true), Some(Action::Fault(GP, 0)), "{ecx} {v:#x} {dpl}");
+        assert_eq!(
+            x(ecx, v, os, dpl, true),
+            Some(Action::Fault(GP, 0)),
+            "{ecx} {v:#x} {dpl}"
+        );
     }
     // Only ECX's low half counts (as the instruction reads ECX).
     assert_eq!(x(1 << 32, X87, os, 0, true), Some(Action::SetXcr0(X87)));
@@ -65,7 +73,10 @@ fn the_rest() {
     for r in [reason::INVD, reason::WBINVD, reason::PAUSE] {
         assert_eq!(handle(r, &m, cpu(true)), Some(Action::Advance));
     }
-    assert_eq!(handle(reason::RDPMC, &m, cpu(true)), Some(Action::Fault(GP, 0)));
+    assert_eq!(
+        handle(reason::RDPMC, &m, cpu(true)),
+        Some(Action::Fault(GP, 0))
+    );
     for r in UD_REASONS {
         assert_eq!(handle(r, &m, cpu(true)), Some(Action::Fault(UD, 0)));
         assert_eq!(required_groups(r), group::CRS);

@@ -500,9 +500,15 @@ fn instruction_exits_through_the_model() {
     let none = VmModel::new("f", RAM);
     let all = VmModel::new("f", RAM).with_guest_features(gf);
     assert_eq!(none.guest_cpuid(7, 0, &mut AllEnv)[1] & EBX7_INVPCID, 0);
-    assert_eq!(none.guest_cpuid(0x8000_0001, 0, &mut AllEnv)[3] & EDX_EXT_RDTSCP, 0);
+    assert_eq!(
+        none.guest_cpuid(0x8000_0001, 0, &mut AllEnv)[3] & EDX_EXT_RDTSCP,
+        0
+    );
     assert_ne!(all.guest_cpuid(7, 0, &mut AllEnv)[1] & EBX7_INVPCID, 0);
-    assert_ne!(all.guest_cpuid(0x8000_0001, 0, &mut AllEnv)[3] & EDX_EXT_RDTSCP, 0);
+    assert_ne!(
+        all.guest_cpuid(0x8000_0001, 0, &mut AllEnv)[3] & EDX_EXT_RDTSCP,
+        0
+    );
 }
 
 #[test]
@@ -517,6 +523,9 @@ fn an_unhandled_exit_reports_the_code_at_rip() {
     let Some(VmResult::Unhandled(r)) = o.stopped() else {
         panic!("{o:?}")
     };
-    assert_eq!(r.code.as_ref().map(|c| c[..3].to_vec()), Some(vec![0x0f, 0x00, 0xd8]));
+    assert_eq!(
+        r.code.as_ref().map(|c| c[..3].to_vec()),
+        Some(vec![0x0f, 0x00, 0xd8])
+    );
     assert!(format!("{r}").contains("bytes at rip: 0f 00 d8 00"), "{r}");
 }
