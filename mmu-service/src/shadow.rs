@@ -352,6 +352,13 @@ fn report(m: &ExitMessage, stop: &Stop, quiet: bool) -> u64 {
             );
             STOP_MMU_ERROR
         }
+        Stop::TripleFault => {
+            userlib::println!(
+                "mmu: a page fault while the guest delivered a double fault (rip {:#x}): triple fault, stopping the VM",
+                m.rip
+            );
+            vmm_service::vm::stop_code::TRIPLE_FAULT
+        }
         Stop::Unexpected { reason } => {
             userlib::println!(
                 "mmu: unexpected exit (reason {reason:#x}, qualification {:#x}, rip {:#x}) for a shadow VM: stopping it",

@@ -102,11 +102,14 @@ fn a_fault_on_a_mapped_page_builds_the_shadow_and_names_the_root() {
 #[test]
 fn a_fault_the_guest_tables_deny_is_injected_with_cr2() {
     let (mut mmu, mut sv) = guest();
-    let r = exit(&mut mmu, &mut sv, &page_fault(0x6008, 2));
+    let m = page_fault(0x6008, 2);
+    let r = exit(&mut mmu, &mut sv, &m);
     assert_eq!(
         r.flags,
-        reply::INJECT | reply::SET_CR2 | reply::SET_SHADOW_CR3
+        reply::INJECT | reply::SET_CR2 | reply::SET_SHADOW_CR3 | reply::SET_RFLAGS
     );
+    // A fault: RF in the RFLAGS the delivery pushes, as the CPU sets it.
+    assert_eq!(r.rflags, m.rflags | 1 << 16);
     assert_eq!(
         r.inject,
         u64::from(PF_INFO) | (2 << 32),

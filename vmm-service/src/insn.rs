@@ -69,7 +69,8 @@ pub fn required_groups(basic: u32) -> u32 {
     match basic {
         reason::XSETBV => group::GPRS | group::CRS | group::SEGS,
         reason::RDPMC | reason::MONITOR | reason::MWAIT => group::CRS,
-        reason::TASK_SWITCH => group::QUAL,
+        // Not emulated: the VM stops with a full report.
+        reason::TASK_SWITCH => group::ALL,
         r if UD_REASONS.contains(&r) => group::CRS,
         _ => 0,
     }
