@@ -112,6 +112,13 @@ struct VcpuRegs(Option<CapSlot>);
 const SEGMENT_VMCS_INDEX: [u64; 6] = [1, 2, 3, 0, 4, 5];
 
 impl MoreState for VcpuRegs {
+    fn cr4_unoffered(&mut self) -> u64 {
+        vmm_service::cr::cr4_reserved(|leaf, sub| {
+            let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        })
+    }
+
     fn fill(&mut self, m: &mut ExitMessage) -> bool {
         let Some(cap) = self.0 else {
             return false;
