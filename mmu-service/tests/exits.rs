@@ -333,3 +333,38 @@ fn cr4_bits_the_shadow_mmu_does_not_implement_are_a_gp() {
         assert_eq!(r.flags & (reply::SET_CR4 | reply::ADVANCE_RIP), 0);
     }
 }
+
+/// A processor without SMEP (CR4 bit 20).
+struct NoSmep;
+
+impl mmu_service::shadow_exit::MoreState for NoSmep {
+    fn fill(&mut self, _m: &mut ExitMessage) -> bool {
+        false
+    }
+    fn cr4_unoffered(&mut self) -> u64 {
+        1 << 20
+    }
+}
+
+#[test]
+fn a_cr4_bit_the_processor_lacks_is_a_gp_with_rf_not_a_failed_entry() {
+    let (mut mmu, mut sv) = guest();
+    let mut m = message(reason::CR_ACCESS, PML4);
+    m.qualification = 4; // MOV CR4, rax
+    m.gprs[0] = CR4_PAE | 1 << 20;
+    m.rflags = 0x202;
+    let r = handle_exit(&mut mmu, &mut sv, &m, &mut NoSmep).expect("handled");
+    assert_eq!(r.inject, 0x8000_0b0d);
+    assert_eq!(
+        r.flags & !reply::SET_SHADOW_CR3,
+        reply::INJECT | reply::SET_RFLAGS
+    );
+    assert_eq!(
+        r.rflags,
+        0x202 | 1 << 16,
+        "RF, as the CPU sets it for a fault"
+    );
+    // Where the processor has it, the write goes through.
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_ne!(r.flags & reply::SET_CR4, 0);
+}
