@@ -112,11 +112,15 @@ struct VcpuRegs(Option<CapSlot>);
 const SEGMENT_VMCS_INDEX: [u64; 6] = [1, 2, 3, 0, 4, 5];
 
 impl MoreState for VcpuRegs {
-    fn cr4_unoffered(&mut self) -> u64 {
-        vmm_service::cr::cr4_reserved(|leaf, sub| {
+    fn limits(&mut self) -> vmm_service::cr::Limits {
+        let host = |leaf, sub| {
             let r = core::arch::x86_64::__cpuid_count(leaf, sub);
             [r.eax, r.ebx, r.ecx, r.edx]
-        })
+        };
+        vmm_service::cr::Limits {
+            cr4_unoffered: vmm_service::cr::cr4_reserved(host),
+            maxphyaddr: vmm_service::cpuid::paging_features(host).0,
+        }
     }
 
     fn fill(&mut self, m: &mut ExitMessage) -> bool {

@@ -54,10 +54,11 @@ pub trait MoreState {
     /// Fills `m.gprs` and `m.segments` (the GPRS and SEGS groups) from the vCPU. Returns
     /// `false` if they cannot be read.
     fn fill(&mut self, m: &mut ExitMessage) -> bool;
-    /// CR4 bits the processor does not offer ([`cr::cr4_reserved`] of its CPUID): a guest
-    /// write that sets one is #GP, not a failed VM entry. None by default.
-    fn cr4_unoffered(&mut self) -> u64 {
-        0
+    /// What the processor offers ([`cr::cr4_reserved`] of its CPUID, MAXPHYADDR): a guest's
+    /// CR write beyond it is #GP, not a failed VM entry. By default only the architectural
+    /// rules apply.
+    fn limits(&mut self) -> cr::Limits {
+        cr::Limits::NONE
     }
 }
 
@@ -130,7 +131,7 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
             ExitReply::advance()
         }
         reason::CR_ACCESS => {
-            let r = cr_access(mmu, vcpu, m, more.cr4_unoffered())?;
+            let r = cr_access(mmu, vcpu, m, &more.limits())?;
             if r.flags & reply::SET_CR3 != 0 {
                 sv.cr3_loads += 1;
             }
@@ -461,12 +462,12 @@ fn cr_access<M: GuestMemory, P: ShadowPagePool>(
     mmu: &mut Mmu<M, P>,
     vcpu: &mut Vcpu,
     m: &ExitMessage,
-    cr4_unoffered: u64,
+    limits: &cr::Limits,
 ) -> Result<ExitReply, Stop> {
     let Ok(Exit::CrAccess { cr, access }) = decode(m) else {
         return Err(Stop::Unexpected { reason: m.reason });
     };
-    let Ok(outcome) = cr::handle_with(m, cr, access, m.efer, cr4_unoffered) else {
+    let Ok(outcome) = cr::handle_with(m, cr, access, m.efer, limits) else {
         return Err(Stop::Unexpected { reason: m.reason });
     };
     // #GP(0) as the CPU delivers it (RF set).

@@ -341,8 +341,11 @@ impl mmu_service::shadow_exit::MoreState for NoSmep {
     fn fill(&mut self, _m: &mut ExitMessage) -> bool {
         false
     }
-    fn cr4_unoffered(&mut self) -> u64 {
-        1 << 20
+    fn limits(&mut self) -> vmm_service::cr::Limits {
+        vmm_service::cr::Limits {
+            cr4_unoffered: 1 << 20,
+            maxphyaddr: 52,
+        }
     }
 }
 

@@ -67,17 +67,35 @@ pub fn handle(
     access: CrAccessKind,
     efer: u64,
 ) -> Result<CrOutcome, CrError> {
-    handle_with(m, cr, access, efer, 0)
+    handle_with(m, cr, access, efer, &Limits::NONE)
 }
 
-/// [`handle`], with the CR4 bits the guest's CPUID does not offer ([`cr4_reserved`]) refused
-/// too: setting one is #GP, as on a CPU without the feature.
+/// What the processor offers (as the guest's CPUID describes it), for the checks that depend
+/// on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// CR4 bits whose feature is not offered ([`cr4_reserved`]): setting one is #GP.
+    pub cr4_unoffered: u64,
+    /// MAXPHYADDR: in long mode, CR3 bits from here up are reserved (#GP).
+    pub maxphyaddr: u8,
+}
+
+impl Limits {
+    /// Every CR4 feature, 52-bit physical addresses: only the architectural rules.
+    pub const NONE: Limits = Limits {
+        cr4_unoffered: 0,
+        maxphyaddr: 52,
+    };
+}
+
+/// [`handle`], with the checks that depend on what the processor offers ([`Limits`]): a CR4
+/// bit whose feature the guest's CPUID does not offer, a CR3 above MAXPHYADDR in long mode.
 pub fn handle_with(
     m: &ExitMessage,
     cr: u8,
     access: CrAccessKind,
     efer: u64,
-    cr4_unoffered: u64,
+    limits: &Limits,
 ) -> Result<CrOutcome, CrError> {
     let gpr = |n: u8| m.gprs[(n & 15) as usize];
     let old0 = m.cr0_shadow;
@@ -89,13 +107,8 @@ pub fn handle_with(
             let new = (old0 & !0xf) | (source_data as u64 & 0xf) | (old0 & cr0::PE);
             Ok(set_cr0(m, new, efer))
         }
-        (4, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr4(m, gpr(r), efer, cr4_unoffered)),
-        (3, CrAccessKind::MovTo { gpr: r }) => {
-            let mut reply = ExitReply::advance();
-            reply.flags |= reply::SET_CR3;
-            reply.cr3 = gpr(r);
-            Ok(CrOutcome { reply, efer: None })
-        }
+        (4, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr4(m, gpr(r), efer, limits.cr4_unoffered)),
+        (3, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr3(m, gpr(r), efer, limits.maxphyaddr)),
         (0 | 3 | 4, CrAccessKind::MovFrom { gpr: r }) => {
             let v = match cr {
                 0 => m.cr0_shadow,
@@ -195,6 +208,27 @@ fn set_cr0(m: &ExitMessage, requested: u64, efer_now: u64) -> CrOutcome {
         reply,
         efer: changed,
     }
+}
+
+/// MOV to CR3 (SDM vol. 2): in long mode, with CR4.PCIDE bit 63 is the "no flush" hint and is
+/// not stored; bits from MAXPHYADDR up are reserved (#GP(0)).
+fn set_cr3(m: &ExitMessage, value: u64, efer: u64, maxphyaddr: u8) -> CrOutcome {
+    let mut value = value;
+    if efer & efer::LMA != 0 {
+        if m.cr4_shadow & cr4::PCIDE != 0 {
+            value &= !(1 << 63);
+        }
+        let reserved = u64::MAX
+            .checked_shl(u32::from(maxphyaddr.min(52)))
+            .unwrap_or(0);
+        if value & reserved != 0 {
+            return gp_outcome();
+        }
+    }
+    let mut reply = ExitReply::advance();
+    reply.flags |= reply::SET_CR3;
+    reply.cr3 = value;
+    CrOutcome { reply, efer: None }
 }
 
 fn set_cr4(m: &ExitMessage, new: u64, efer: u64, unoffered: u64) -> CrOutcome {
@@ -449,11 +483,37 @@ mod tests {
         ] {
             assert_ne!(reserved & not, 0, "{not:#x}");
         }
-        let w = |v: u64| handle_with(&msg(0x11, 0, v), 4, TO_RBX, 0, reserved).unwrap();
+        let limits = Limits {
+            cr4_unoffered: reserved,
+            maxphyaddr: 52,
+        };
+        let w = |v: u64| handle_with(&msg(0x11, 0, v), 4, TO_RBX, 0, &limits).unwrap();
         assert_eq!(w(1 << 18).reply, gp()); // OSXSAVE without XSAVE
         assert_eq!(w(cr4::SMEP).reply, gp());
         assert_eq!(w(cr4::PAE | cr4::PGE).reply.cr4, cr4::PAE | cr4::PGE);
         // Everything offered: only the architectural rules remain.
         assert_eq!(cr4_reserved(|_, _| [u32::MAX; 4]), 0);
+    }
+
+    #[test]
+    fn cr3_reserved_bits_in_long_mode() {
+        let lma = efer::LME | efer::LMA;
+        let limits = Limits {
+            cr4_unoffered: 0,
+            maxphyaddr: 36,
+        };
+        let w = |cr4: u64, v: u64, efer: u64| {
+            handle_with(&msg(0x8000_0011, cr4, v), 3, TO_RBX, efer, &limits)
+                .unwrap()
+                .reply
+        };
+        assert_eq!(w(cr4::PAE, 0xf_ffff_f000, lma).cr3, 0xf_ffff_f000);
+        assert_eq!(w(cr4::PAE, 1 << 36, lma), gp());
+        // Bit 63: reserved without PCIDE, the no-flush hint (not stored) with it.
+        assert_eq!(w(cr4::PAE, 1 << 63 | 0x5000, lma), gp());
+        let pcid = cr4::PAE | cr4::PCIDE;
+        assert_eq!(w(pcid, 1 << 63 | 0x5001, lma).cr3, 0x5001);
+        // Outside long mode nothing above bit 31 can be written: no check here.
+        assert_eq!(w(cr4::PAE, 1 << 36, 0).cr3, 1 << 36);
     }
 }

@@ -272,8 +272,11 @@ impl VmModel {
                 }
             }
             Exit::CrAccess { cr, access } => {
-                let unoffered = cr::cr4_reserved(|l, s| self.guest_cpuid(l, s, env));
-                match cr::handle_with(m, cr, access, self.msr.efer, unoffered) {
+                let limits = cr::Limits {
+                    cr4_unoffered: cr::cr4_reserved(|l, s| self.guest_cpuid(l, s, env)),
+                    maxphyaddr: crate::cpuid::paging_features(|l, s| env.host_cpuid(l, s)).0,
+                };
+                match cr::handle_with(m, cr, access, self.msr.efer, &limits) {
                     Ok(o) if o.reply.flags & reply::INJECT != 0 => {
                         self.fault(m, exception::GP, 0, ev)
                     }

@@ -287,9 +287,10 @@ pub mod field {
 
     // Part `exits` (issue 17).
     /// Pseudo-field: the guest's XCR0 (VMX does not switch it). The kernel keeps it per vCPU
-    /// (1, x87 only, at creation) and loads it around VM entry; a write must pass
-    /// [`crate::xcr0::valid`] against the host CPU's CPUID leaf 0xD. The VMM writes it when it
-    /// emulates a guest's XSETBV.
+    /// (1, x87 only, at creation) for the extended-state switch around VM entry to load; a
+    /// write must pass [`crate::xcr0::valid`] against the host CPU's CPUID leaf 0xD (a CPU
+    /// without XSAVE refuses every write). The VMM writes it when it emulates a guest's
+    /// XSETBV.
     pub const GUEST_XCR0: u64 = 0x3_0000_0010;
     /// Pseudo-field, read-only: instructions the vCPU's controls let the guest execute
     /// ([`super::guest_features`]); without them the instruction is #UD, and CPUID must say
