@@ -6,9 +6,13 @@
 //! RDMSR/WRMSR ([`MsrModel`]; unknown MSRs inject #GP(0) without advancing), CR access
 //! ([`crate::cr`]), HLT (resumes after the instruction, since no interrupts are injected yet;
 //! with RFLAGS.IF clear, when RIP is in the message, the VM stops as [`VmResult::Halted`]
-//! since nothing could wake it), VMCALL ([`hypercall`]), external interrupts (resume).
-//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions and every
-//! other reason stop the VM with a [`Report`]. Once stopped, every later exit gets the same
+//! since nothing could wake it), VMCALL ([`hypercall`]: Umbra's by their signature, any other
+//! returns -ENOSYS), the instruction exits of [`crate::insn`] (INVD, WBINVD, PAUSE, XSETBV,
+//! RDPMC, MONITOR/MWAIT, VMX instructions), external interrupts (resume). Every exception the
+//! model injects goes through [`crate::exception`] (error code, RF, double-fault rules).
+//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions, task
+//! switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
+//! the message carries the state to find it). Once stopped, every later exit gets the same
 //! stop reply.
 
 use abi::vmx::{group, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
