@@ -45,7 +45,8 @@ pub trait Env {
 }
 
 /// VMCALL numbers (RAX, with Umbra's signature: [`abi::hypercall`]) and results (RAX on
-/// return). A VMCALL without the signature returns [`ENOSYS`] and the guest goes on.
+/// return). A VMCALL without the signature returns [`hypercall::ENOSYS`] and the guest goes
+/// on.
 pub mod hypercall {
     pub use abi::hypercall::*;
     /// The exit reasons [`REFLECT`] accepts ([`super::Event::Reflect`]).
