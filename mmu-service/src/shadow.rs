@@ -112,6 +112,17 @@ struct VcpuRegs(Option<CapSlot>);
 const SEGMENT_VMCS_INDEX: [u64; 6] = [1, 2, 3, 0, 4, 5];
 
 impl MoreState for VcpuRegs {
+    fn limits(&mut self) -> vmm_service::cr::Limits {
+        let host = |leaf, sub| {
+            let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        };
+        vmm_service::cr::Limits {
+            cr4_unoffered: vmm_service::cr::cr4_reserved(host),
+            maxphyaddr: vmm_service::cpuid::paging_features(host).0,
+        }
+    }
+
     fn fill(&mut self, m: &mut ExitMessage) -> bool {
         let Some(cap) = self.0 else {
             return false;
@@ -351,6 +362,13 @@ fn report(m: &ExitMessage, stop: &Stop, quiet: bool) -> u64 {
                 m.rip
             );
             STOP_MMU_ERROR
+        }
+        Stop::TripleFault => {
+            userlib::println!(
+                "mmu: a page fault while the guest delivered a double fault (rip {:#x}): triple fault, stopping the VM",
+                m.rip
+            );
+            vmm_service::vm::stop_code::TRIPLE_FAULT
         }
         Stop::Unexpected { reason } => {
             userlib::println!(

@@ -12,6 +12,7 @@ use abi::cpu::cr4::{LA57 as CR4_LA57, PKE as CR4_PKE};
 use abi::cpu::rflags::AC as RFLAGS_AC;
 use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
 use vmm_service::cr;
+use vmm_service::exception::{Injection, GP as GP_VECTOR};
 use vmm_service::exit::{decode, Exit};
 
 use crate::emulate::{self, AccessFault, CpuState, EmulateError, GuestAccess, MAX_INSN_LEN};
@@ -21,12 +22,10 @@ use crate::roots::Vcpu;
 use crate::traits::{GuestMemory, PagingRegs, ShadowPagePool, PAGE_SIZE};
 use crate::walker::{update_accessed_dirty, walk, AccessKind, WalkOutcome};
 
-/// Vector of #PF and of #DF.
-const PF_VECTOR: u32 = 14;
-const DF_VECTOR: u32 = 8;
-/// VM-entry interruption info: valid, hardware exception, deliver error code.
+/// Vector of #PF.
+const PF_VECTOR: u32 = vmm_service::exception::PF as u32;
+/// Interruption info: valid, deliver error code.
 const INTR_VALID: u32 = 1 << 31;
-const INTR_HW_EXCEPTION: u32 = 3 << 8;
 const INTR_ERROR_CODE: u32 = 1 << 11;
 /// Segment access rights: L (64-bit code) and D/B.
 const AR_L: u32 = 1 << 13;
@@ -55,6 +54,12 @@ pub trait MoreState {
     /// Fills `m.gprs` and `m.segments` (the GPRS and SEGS groups) from the vCPU. Returns
     /// `false` if they cannot be read.
     fn fill(&mut self, m: &mut ExitMessage) -> bool;
+    /// What the processor offers ([`cr::cr4_reserved`] of its CPUID, MAXPHYADDR): a guest's
+    /// CR write beyond it is #GP, not a failed VM entry. By default only the architectural
+    /// rules apply.
+    fn limits(&mut self) -> cr::Limits {
+        cr::Limits::NONE
+    }
 }
 
 /// For messages that carry every group (and tests): nothing more to read.
@@ -83,6 +88,8 @@ pub enum Stop {
     Unexpected { reason: u32 },
     /// A write to emulate, and the vCPU's registers could not be read.
     NoRegisters,
+    /// A #PF while the guest was delivering a double fault: the CPU would shut down.
+    TripleFault,
 }
 
 fn view(m: &ExitMessage) -> PagingRegs {
@@ -92,17 +99,6 @@ fn view(m: &ExitMessage) -> PagingRegs {
         cr4: m.cr4_shadow,
         efer: m.efer,
     }
-}
-
-/// An exception for VM-entry injection (`ExitReply::inject`).
-fn exception(vector: u32, error_code: Option<u32>) -> u64 {
-    let mut info = INTR_VALID | INTR_HW_EXCEPTION | vector;
-    let mut code = 0;
-    if let Some(e) = error_code {
-        info |= INTR_ERROR_CODE;
-        code = u64::from(e);
-    }
-    u64::from(info) | (code << 32)
 }
 
 /// Handles one exit of a shadow-paged vCPU.
@@ -135,7 +131,7 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
             ExitReply::advance()
         }
         reason::CR_ACCESS => {
-            let r = cr_access(mmu, vcpu, m)?;
+            let r = cr_access(mmu, vcpu, m, &more.limits())?;
             if r.flags & reply::SET_CR3 != 0 {
                 sv.cr3_loads += 1;
             }
@@ -221,15 +217,23 @@ fn page_fault<M: GuestMemory, P: ShadowPagePool>(
             }
         }
         FaultOutcome::InjectPageFault(pf) => {
-            r.flags |= reply::INJECT;
-            let during_pf = vectoring_event(m).is_some_and(|e| e as u32 & 0x7ff == 0x30e);
-            if during_pf {
-                // A #PF while delivering a #PF is a double fault.
-                r.inject = exception(DF_VECTOR, Some(0));
-            } else {
-                r.inject = exception(PF_VECTOR, Some(pf.error_code));
-                r.flags |= reply::SET_CR2;
-                r.cr2 = pf.address;
+            // As the CPU delivers it: RF set, and a #PF while delivering a #PF or a
+            // contributory exception is a double fault (then no CR2), during a #DF a shutdown.
+            let guest = vmm_service::exception::Guest::of(m);
+            match vmm_service::exception::injection(PF_VECTOR as u8, pf.error_code, guest) {
+                Injection::TripleFault => return Err(Stop::TripleFault),
+                Injection::Event { inject, rflags } => {
+                    r.flags |= reply::INJECT;
+                    r.inject = inject;
+                    if let Some(f) = rflags {
+                        r.flags |= reply::SET_RFLAGS;
+                        r.rflags = f;
+                    }
+                    if inject as u8 == PF_VECTOR as u8 {
+                        r.flags |= reply::SET_CR2;
+                        r.cr2 = pf.address;
+                    }
+                }
             }
         }
         FaultOutcome::EmulateWrite { .. } => {
@@ -413,10 +417,14 @@ fn emulate_write<M: GuestMemory, P: ShadowPagePool>(
     match emulate::emulate(&bytes[..got], &mut cpu, &mut mem) {
         Ok(()) => {}
         Err(EmulateError::Fault(AccessFault::PageFault(pf))) => {
-            let mut r = ExitReply::resume();
-            r.flags |= reply::INJECT | reply::SET_CR2;
-            r.inject = exception(PF_VECTOR, Some(pf.error_code));
-            r.cr2 = pf.address;
+            let Some(mut r) = vmm_service::exception::reply(m, PF_VECTOR as u8, pf.error_code)
+            else {
+                return Err(Stop::TripleFault);
+            };
+            if r.inject as u8 == PF_VECTOR as u8 {
+                r.flags |= reply::SET_CR2;
+                r.cr2 = pf.address;
+            }
             return Ok(r);
         }
         Err(error) => {
@@ -454,21 +462,24 @@ fn cr_access<M: GuestMemory, P: ShadowPagePool>(
     mmu: &mut Mmu<M, P>,
     vcpu: &mut Vcpu,
     m: &ExitMessage,
+    limits: &cr::Limits,
 ) -> Result<ExitReply, Stop> {
     let Ok(Exit::CrAccess { cr, access }) = decode(m) else {
         return Err(Stop::Unexpected { reason: m.reason });
     };
-    let Ok(outcome) = cr::handle(m, cr, access, m.efer) else {
+    let Ok(outcome) = cr::handle_with(m, cr, access, m.efer, limits) else {
         return Err(Stop::Unexpected { reason: m.reason });
     };
+    // #GP(0) as the CPU delivers it (RF set).
+    let gp = || vmm_service::exception::reply(m, GP_VECTOR, 0).unwrap_or_else(cr::gp);
     let mut r = outcome.reply;
     if r.flags & reply::INJECT != 0 {
-        return Ok(r);
+        return Ok(gp());
     }
     // Protection keys and 5-level paging are not shadowed (the VMM's CPUID hides them): #GP,
     // as on a processor without them.
     if r.flags & reply::SET_CR4 != 0 && r.cr4 & (CR4_PKE | CR4_LA57) != 0 {
-        return Ok(cr::gp());
+        return Ok(gp());
     }
     let paging = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;
     if r.flags & paging == 0 {
@@ -497,7 +508,7 @@ fn cr_access<M: GuestMemory, P: ShadowPagePool>(
     match result {
         Ok(()) => Ok(r),
         // Reserved bits in a PDPTE: #GP, and nothing changed.
-        Err(Error::InvalidPdpte) => Ok(cr::gp()),
+        Err(Error::InvalidPdpte) => Ok(gp()),
         Err(Error::GuestTableOutsideRam { gpa }) => Err(Stop::OutsideRam { gpa }),
         Err(e) => Err(Stop::Mmu(e)),
     }

@@ -102,11 +102,14 @@ fn a_fault_on_a_mapped_page_builds_the_shadow_and_names_the_root() {
 #[test]
 fn a_fault_the_guest_tables_deny_is_injected_with_cr2() {
     let (mut mmu, mut sv) = guest();
-    let r = exit(&mut mmu, &mut sv, &page_fault(0x6008, 2));
+    let m = page_fault(0x6008, 2);
+    let r = exit(&mut mmu, &mut sv, &m);
     assert_eq!(
         r.flags,
-        reply::INJECT | reply::SET_CR2 | reply::SET_SHADOW_CR3
+        reply::INJECT | reply::SET_CR2 | reply::SET_SHADOW_CR3 | reply::SET_RFLAGS
     );
+    // A fault: RF in the RFLAGS the delivery pushes, as the CPU sets it.
+    assert_eq!(r.rflags, m.rflags | 1 << 16);
     assert_eq!(
         r.inject,
         u64::from(PF_INFO) | (2 << 32),
@@ -329,4 +332,42 @@ fn cr4_bits_the_shadow_mmu_does_not_implement_are_a_gp() {
         assert_eq!(r.inject, 0x8000_0b0d, "CR4 bit {bit:#x}: #GP(0)");
         assert_eq!(r.flags & (reply::SET_CR4 | reply::ADVANCE_RIP), 0);
     }
+}
+
+/// A processor without SMEP (CR4 bit 20).
+struct NoSmep;
+
+impl mmu_service::shadow_exit::MoreState for NoSmep {
+    fn fill(&mut self, _m: &mut ExitMessage) -> bool {
+        false
+    }
+    fn limits(&mut self) -> vmm_service::cr::Limits {
+        vmm_service::cr::Limits {
+            cr4_unoffered: 1 << 20,
+            maxphyaddr: 52,
+        }
+    }
+}
+
+#[test]
+fn a_cr4_bit_the_processor_lacks_is_a_gp_with_rf_not_a_failed_entry() {
+    let (mut mmu, mut sv) = guest();
+    let mut m = message(reason::CR_ACCESS, PML4);
+    m.qualification = 4; // MOV CR4, rax
+    m.gprs[0] = CR4_PAE | 1 << 20;
+    m.rflags = 0x202;
+    let r = handle_exit(&mut mmu, &mut sv, &m, &mut NoSmep).expect("handled");
+    assert_eq!(r.inject, 0x8000_0b0d);
+    assert_eq!(
+        r.flags & !reply::SET_SHADOW_CR3,
+        reply::INJECT | reply::SET_RFLAGS
+    );
+    assert_eq!(
+        r.rflags,
+        0x202 | 1 << 16,
+        "RF, as the CPU sets it for a fault"
+    );
+    // Where the processor has it, the write goes through.
+    let r = exit(&mut mmu, &mut sv, &m);
+    assert_ne!(r.flags & reply::SET_CR4, 0);
 }

@@ -4,6 +4,7 @@
 const MULTIBOOT_BINS: &[&str] = &[
     "guest-multiboot",
     "guest-msr",
+    "guest-exits",
     "guest-long",
     "guest-pae",
     "guest-badmem",

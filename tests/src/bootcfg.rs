@@ -115,6 +115,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-triple image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-exits",
+        manifest: "guest-exits image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-random",
         manifest: "guest-random image=guest",
     },

@@ -234,13 +234,9 @@ pub const FEATURES: &[Feature] = &[
     native(7, Ebx, 7, "smep"),
     native(7, Ebx, 8, "bmi2"),
     native(7, Ebx, 9, "erms"),
-    hidden(
-        7,
-        Ebx,
-        10,
-        "invpcid",
-        "the \"enable INVPCID\" control is not set: INVPCID is #UD",
-    ),
+    // Shown where the vCPU's "enable INVPCID" control is set (`VmModel::guest_cpuid` masks
+    // it by `GUEST_FEATURES`); never on shadow paging (the MMU service does not emulate it).
+    ept_only(native(7, Ebx, 10, "invpcid")),
     native(7, Ebx, 11, "rtm"),
     hidden(7, Ebx, 12, "pqm", "no resource-monitoring MSRs"),
     native(7, Ebx, 13, "zero_fcs_fds"),
@@ -313,12 +309,12 @@ pub const FEATURES: &[Feature] = &[
     ),
     native(0x8000_0001, Edx, 20, "nx"),
     native(0x8000_0001, Edx, 26, "pdpe1gb"),
-    hidden(
-        0x8000_0001,
-        Edx,
-        27,
-        "rdtscp",
-        "the \"enable RDTSCP\" control is not set: RDTSCP is #UD",
+    // Shown where the vCPU's "enable RDTSCP" control is set (`VmModel::guest_cpuid` masks it
+    // by `GUEST_FEATURES`); TSC_AUX is switched per guest.
+    with_msrs(
+        native(0x8000_0001, Edx, 27, "rdtscp"),
+        &[m::TSC_AUX],
+        "TSC_AUX switched by the kernel's MSR areas",
     ),
     with_msrs(
         native(0x8000_0001, Edx, 29, "lm"),

@@ -67,6 +67,36 @@ pub fn handle(
     access: CrAccessKind,
     efer: u64,
 ) -> Result<CrOutcome, CrError> {
+    handle_with(m, cr, access, efer, &Limits::NONE)
+}
+
+/// What the processor offers (as the guest's CPUID describes it), for the checks that depend
+/// on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// CR4 bits whose feature is not offered ([`cr4_reserved`]): setting one is #GP.
+    pub cr4_unoffered: u64,
+    /// MAXPHYADDR: in long mode, CR3 bits from here up are reserved (#GP).
+    pub maxphyaddr: u8,
+}
+
+impl Limits {
+    /// Every CR4 feature, 52-bit physical addresses: only the architectural rules.
+    pub const NONE: Limits = Limits {
+        cr4_unoffered: 0,
+        maxphyaddr: 52,
+    };
+}
+
+/// [`handle`], with the checks that depend on what the processor offers ([`Limits`]): a CR4
+/// bit whose feature the guest's CPUID does not offer, a CR3 above MAXPHYADDR in long mode.
+pub fn handle_with(
+    m: &ExitMessage,
+    cr: u8,
+    access: CrAccessKind,
+    efer: u64,
+    limits: &Limits,
+) -> Result<CrOutcome, CrError> {
     let gpr = |n: u8| m.gprs[(n & 15) as usize];
     let old0 = m.cr0_shadow;
     match (cr, access) {
@@ -77,13 +107,8 @@ pub fn handle(
             let new = (old0 & !0xf) | (source_data as u64 & 0xf) | (old0 & cr0::PE);
             Ok(set_cr0(m, new, efer))
         }
-        (4, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr4(gpr(r), efer)),
-        (3, CrAccessKind::MovTo { gpr: r }) => {
-            let mut reply = ExitReply::advance();
-            reply.flags |= reply::SET_CR3;
-            reply.cr3 = gpr(r);
-            Ok(CrOutcome { reply, efer: None })
-        }
+        (4, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr4(m, gpr(r), efer, limits.cr4_unoffered)),
+        (3, CrAccessKind::MovTo { gpr: r }) => Ok(set_cr3(m, gpr(r), efer, limits.maxphyaddr)),
         (0 | 3 | 4, CrAccessKind::MovFrom { gpr: r }) => {
             let v = match cr {
                 0 => m.cr0_shadow,
@@ -159,6 +184,10 @@ fn set_cr0(m: &ExitMessage, requested: u64, efer_now: u64) -> CrOutcome {
         }
         efer |= efer::LMA;
     }
+    // Paging cannot be turned off while PCIDs are on (SDM vol. 2, MOV to CR0).
+    if new & cr0::PG == 0 && m.cr4_shadow & cr4::PCIDE != 0 {
+        return gp_outcome();
+    }
     if old & cr0::PG != 0 && new & cr0::PG == 0 && efer & efer::LMA != 0 {
         let cs_l =
             m.mask & abi::vmx::group::SEGS != 0 && m.segments[0].access_rights & (1 << 13) != 0;
@@ -181,17 +210,84 @@ fn set_cr0(m: &ExitMessage, requested: u64, efer_now: u64) -> CrOutcome {
     }
 }
 
-fn set_cr4(new: u64, efer: u64) -> CrOutcome {
-    if new & !cr4::ALLOWED != 0 {
+/// MOV to CR3 (SDM vol. 2): in long mode, with CR4.PCIDE bit 63 is the "no flush" hint and is
+/// not stored; bits from MAXPHYADDR up are reserved (#GP(0)).
+fn set_cr3(m: &ExitMessage, value: u64, efer: u64, maxphyaddr: u8) -> CrOutcome {
+    let mut value = value;
+    if efer & efer::LMA != 0 {
+        if m.cr4_shadow & cr4::PCIDE != 0 {
+            value &= !(1 << 63);
+        }
+        let reserved = u64::MAX
+            .checked_shl(u32::from(maxphyaddr.min(52)))
+            .unwrap_or(0);
+        if value & reserved != 0 {
+            return gp_outcome();
+        }
+    }
+    let mut reply = ExitReply::advance();
+    reply.flags |= reply::SET_CR3;
+    reply.cr3 = value;
+    CrOutcome { reply, efer: None }
+}
+
+fn set_cr4(m: &ExitMessage, new: u64, efer: u64, unoffered: u64) -> CrOutcome {
+    if new & !cr4::ALLOWED != 0 || new & unoffered != 0 {
         return gp_outcome();
     }
-    if efer & efer::LMA != 0 && new & cr4::PAE == 0 {
+    let long = efer & efer::LMA != 0;
+    if long && new & cr4::PAE == 0 {
+        return gp_outcome();
+    }
+    let old = m.cr4_shadow;
+    // PCIDE: only in long mode, and set only with CR3[11:0] = 0 (SDM vol. 2, MOV to CR4).
+    if new & cr4::PCIDE != 0 && !long {
+        return gp_outcome();
+    }
+    if old & cr4::PCIDE == 0 && new & cr4::PCIDE != 0 && m.cr3 & 0xfff != 0 {
+        return gp_outcome();
+    }
+    // LA57 cannot change in IA-32e mode.
+    if long && (old ^ new) & cr4::LA57 != 0 {
         return gp_outcome();
     }
     let mut reply = ExitReply::advance();
     reply.flags |= reply::SET_CR4;
     reply.cr4 = new;
     CrOutcome { reply, efer: None }
+}
+
+/// CR4 bits whose feature the guest's CPUID (`cpuid(leaf, subleaf)`, the policy's answer)
+/// does not offer: setting one is #GP (as KVM's `__cr4_reserved_bits`).
+pub fn cr4_reserved(mut cpuid: impl FnMut(u32, u32) -> [u32; 4]) -> u64 {
+    let max = cpuid(0, 0)[0];
+    let l1 = cpuid(1, 0);
+    let l7 = if max >= 7 { cpuid(7, 0) } else { [0; 4] };
+    let has = |r: u32, bit: u32| r & (1 << bit) != 0;
+    let (ecx1, edx1, ebx7, ecx7) = (l1[2], l1[3], l7[1], l7[2]);
+    let rules: [(u64, bool); 17] = [
+        (1 << 0 | 1 << 1, has(edx1, 1)), // VME, PVI
+        (1 << 2, has(edx1, 4)),          // TSD: TSC
+        (1 << 3, has(edx1, 2)),          // DE
+        (cr4::PSE, has(edx1, 3)),
+        (cr4::PAE, has(edx1, 6)),
+        (1 << 6, has(edx1, 7)), // MCE
+        (cr4::PGE, has(edx1, 13)),
+        (1 << 9, has(edx1, 24)),  // OSFXSR: FXSR
+        (1 << 10, has(edx1, 25)), // OSXMMEXCPT: SSE
+        (1 << 11, has(ecx7, 2)),  // UMIP
+        (cr4::LA57, has(ecx7, 16)),
+        (1 << 16, has(ebx7, 0)), // FSGSBASE
+        (cr4::PCIDE, has(ecx1, 17)),
+        (1 << 18, has(ecx1, 26)), // OSXSAVE: XSAVE
+        (cr4::SMEP, has(ebx7, 7)),
+        (cr4::SMAP, has(ebx7, 20)),
+        (cr4::PKE, has(ecx7, 3)),
+    ];
+    rules
+        .iter()
+        .filter(|(_, offered)| !offered)
+        .fold(0, |acc, (bits, _)| acc | bits)
 }
 
 #[cfg(test)]
@@ -319,5 +415,105 @@ mod tests {
             Err(CrError::Unsupported { cr: 8 })
         );
         assert!(handle(&msg(0, 0, 0), 3, CrAccessKind::Clts, 0).is_err());
+    }
+
+    #[test]
+    fn pcide_rules() {
+        let lma = efer::LME | efer::LMA;
+        let pae_pcid = cr4::PAE | cr4::PCIDE;
+        // Outside long mode: #GP.
+        assert_eq!(
+            handle(&msg(0x8000_0011, cr4::PAE, pae_pcid), 4, TO_RBX, 0)
+                .unwrap()
+                .reply,
+            gp()
+        );
+        // In long mode with CR3[11:0] = 0: allowed; with PCID bits in CR3: #GP.
+        let mut m = msg(0x8000_0011, cr4::PAE, pae_pcid);
+        m.cr3 = 0x5000;
+        assert_eq!(handle(&m, 4, TO_RBX, lma).unwrap().reply.cr4, pae_pcid);
+        m.cr3 = 0x5001;
+        assert_eq!(handle(&m, 4, TO_RBX, lma).unwrap().reply, gp());
+        // Already on: CR3's low bits do not matter.
+        let m = msg(0x8000_0011, pae_pcid, pae_pcid);
+        assert_ne!(handle(&m, 4, TO_RBX, lma).unwrap().reply, gp());
+        // Paging cannot be turned off while PCIDE is set (even in compatibility mode).
+        let m = msg(0x8000_0011, pae_pcid, 0x11);
+        assert_eq!(handle(&m, 0, TO_RBX, lma).unwrap().reply, gp());
+    }
+
+    #[test]
+    fn la57_is_fixed_in_long_mode() {
+        let lma = efer::LME | efer::LMA;
+        let m = msg(0x8000_0011, cr4::PAE, cr4::PAE | cr4::LA57);
+        assert_eq!(handle(&m, 4, TO_RBX, lma).unwrap().reply, gp());
+        let m = msg(0x8000_0011, cr4::PAE | cr4::LA57, cr4::PAE);
+        assert_eq!(handle(&m, 4, TO_RBX, lma).unwrap().reply, gp());
+        // Outside long mode it may change (paging off).
+        let m = msg(0x11, 0, cr4::LA57);
+        assert_eq!(handle(&m, 4, TO_RBX, 0).unwrap().reply.cr4, cr4::LA57);
+    }
+
+    #[test]
+    fn cr4_bits_follow_the_guests_cpuid() {
+        // A CPU with only FPU, PSE, PAE, PGE, FXSR, SSE in leaf 1 and nothing in leaf 7.
+        let edx1 = 1 | 1 << 3 | 1 << 6 | 1 << 13 | 1 << 24 | 1 << 25;
+        let cpu = move |leaf: u32, _| match leaf {
+            0 => [7, 0, 0, 0],
+            1 => [0, 0, 0, edx1],
+            _ => [0; 4],
+        };
+        let reserved = cr4_reserved(cpu);
+        for offered in [cr4::PSE, cr4::PAE, cr4::PGE, 1 << 9, 1 << 10] {
+            assert_eq!(reserved & offered, 0, "{offered:#x}");
+        }
+        for not in [
+            1u64,
+            1 << 2,
+            1 << 3,
+            1 << 6,
+            1 << 11,
+            cr4::LA57,
+            1 << 16,
+            cr4::PCIDE,
+            1 << 18,
+            cr4::SMEP,
+            cr4::SMAP,
+            cr4::PKE,
+        ] {
+            assert_ne!(reserved & not, 0, "{not:#x}");
+        }
+        let limits = Limits {
+            cr4_unoffered: reserved,
+            maxphyaddr: 52,
+        };
+        let w = |v: u64| handle_with(&msg(0x11, 0, v), 4, TO_RBX, 0, &limits).unwrap();
+        assert_eq!(w(1 << 18).reply, gp()); // OSXSAVE without XSAVE
+        assert_eq!(w(cr4::SMEP).reply, gp());
+        assert_eq!(w(cr4::PAE | cr4::PGE).reply.cr4, cr4::PAE | cr4::PGE);
+        // Everything offered: only the architectural rules remain.
+        assert_eq!(cr4_reserved(|_, _| [u32::MAX; 4]), 0);
+    }
+
+    #[test]
+    fn cr3_reserved_bits_in_long_mode() {
+        let lma = efer::LME | efer::LMA;
+        let limits = Limits {
+            cr4_unoffered: 0,
+            maxphyaddr: 36,
+        };
+        let w = |cr4: u64, v: u64, efer: u64| {
+            handle_with(&msg(0x8000_0011, cr4, v), 3, TO_RBX, efer, &limits)
+                .unwrap()
+                .reply
+        };
+        assert_eq!(w(cr4::PAE, 0xf_ffff_f000, lma).cr3, 0xf_ffff_f000);
+        assert_eq!(w(cr4::PAE, 1 << 36, lma), gp());
+        // Bit 63: reserved without PCIDE, the no-flush hint (not stored) with it.
+        assert_eq!(w(cr4::PAE, 1 << 63 | 0x5000, lma), gp());
+        let pcid = cr4::PAE | cr4::PCIDE;
+        assert_eq!(w(pcid, 1 << 63 | 0x5001, lma).cr3, 0x5001);
+        // Outside long mode nothing above bit 31 can be written: no check here.
+        assert_eq!(w(cr4::PAE, 1 << 36, 0).cr3, 1 << 36);
     }
 }

@@ -127,7 +127,7 @@ pub fn required_groups(basic: u32) -> u32 {
         reason::EPT_VIOLATION => group::QUAL | group::ADDR,
         reason::EXCEPTION_NMI => group::QUAL,
         reason::DR_ACCESS => crate::debugreg::GROUPS,
-        _ => 0,
+        _ => crate::insn::required_groups(basic),
     }
 }
 

@@ -68,10 +68,23 @@ fn mask_for(reason: u32) -> u32 {
     }
 }
 
-/// Points the VMM's portals of a new vCPU at the exit endpoint.
+/// Points the VMM's portals of a new vCPU at the exit endpoint: the reasons it handles with
+/// the state they need, every other one with all the state, for a full stop report (the
+/// MMU service's reasons are pointed at it afterwards).
 pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
-    for r in HANDLED {
-        sys::vcpu_portal(vcpu, r, Some(exit_ep), mask_for(r))?;
+    for r in 0..vmx::EXIT_REASONS as u32 {
+        if reason::KERNEL_HANDLED.contains(&r) {
+            continue;
+        }
+        let handled = HANDLED.contains(&r)
+            || vmm_service::insn::REASONS.contains(&r)
+            || vmm_service::insn::UD_REASONS.contains(&r);
+        let mask = if handled {
+            mask_for(r)
+        } else {
+            vmx::group::ALL
+        };
+        sys::vcpu_portal(vcpu, r, Some(exit_ep), mask)?;
     }
     Ok(())
 }
@@ -207,6 +220,13 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
                 });
                 if !back {
                     reply.set_gpr(Gpr::Rax, vm::hypercall::ERROR);
+                }
+            }
+            Event::SetXcr0(x) => {
+                if sys::vcpu_write(run.vcpu, &[(field::GUEST_XCR0, *x)]).is_err() {
+                    // The host CPU cannot load it: #GP, as a CPU without the component.
+                    reply = vmm_service::exception::reply(m, vmm_service::exception::GP, 0)
+                        .unwrap_or(reply);
                 }
             }
             Event::Stopped(r) => {

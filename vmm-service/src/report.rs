@@ -47,6 +47,9 @@ pub struct Report {
     pub gpa: Option<u64>,
     pub gprs: Option<[u64; 16]>,
     pub cs: Option<(u16, u64)>,
+    /// The code at CS:RIP, when the VM model could read it
+    /// ([`crate::guest_walk::code_at_rip`]).
+    pub code: Option<crate::guest_walk::Code>,
 }
 
 impl Report {
@@ -64,6 +67,7 @@ impl Report {
             gpa: has(group::ADDR).then_some(m.gpa),
             gprs: has(group::GPRS).then_some(m.gprs),
             cs: has(group::SEGS).then_some((m.segments[0].selector, m.segments[0].base)),
+            code: None,
         }
     }
 }
@@ -93,6 +97,12 @@ impl fmt::Display for Report {
         }
         if let Some(gpa) = self.gpa {
             write!(f, " gpa={gpa:#x}")?;
+        }
+        if let Some(code) = &self.code {
+            f.write_str("\n  bytes at rip:")?;
+            for b in code {
+                write!(f, " {b:02x}")?;
+            }
         }
         if let Some(g) = self.gprs {
             for (row, names) in GPR_NAMES.chunks(4).enumerate() {

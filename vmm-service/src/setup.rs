@@ -142,11 +142,15 @@ impl Prepared {
         } else {
             model
         };
-        if cfg.benchmark {
+        let model = if cfg.benchmark {
             model.with_benchmark_hypercalls()
         } else {
             model
-        }
+        };
+        // What the vCPU's controls let the guest execute: CPUID offers only that.
+        let mut features = [0u64];
+        let _ = sys::vcpu_read(self.vcpu, &[field::GUEST_FEATURES], &mut features);
+        model.with_guest_features(features[0])
     }
 }
 

@@ -6,23 +6,34 @@
 //! RDMSR/WRMSR ([`MsrModel`]; unknown MSRs inject #GP(0) without advancing), CR access
 //! ([`crate::cr`]), HLT (resumes after the instruction, since no interrupts are injected yet;
 //! with RFLAGS.IF clear, when RIP is in the message, the VM stops as [`VmResult::Halted`]
-//! since nothing could wake it), VMCALL ([`hypercall`]), external interrupts (resume).
-//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions and every
-//! other reason stop the VM with a [`Report`]. Once stopped, every later exit gets the same
+//! since nothing could wake it), VMCALL ([`hypercall`]: Umbra's by their signature, any other
+//! returns -ENOSYS), the instruction exits of [`crate::insn`] (INVD, WBINVD, PAUSE, XSETBV,
+//! RDPMC, MONITOR/MWAIT, VMX instructions), external interrupts (resume). Every exception the
+//! model injects goes through [`crate::exception`] (error code, RF, double-fault rules).
+//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions, task
+//! switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
+//! the message carries the state to find it). Once stopped, every later exit gets the same
 //! stop reply.
 
 use abi::vmx::{group, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
 use heapless::Vec;
 
-use crate::cr::{self, gp};
+use crate::cr;
 use crate::devices::bus::{BusEvent, PortBus};
 use crate::devices::Text;
+use crate::exception;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
+use crate::insn;
 use crate::msr::{MsrError, MsrModel, MsrWrite};
 
 /// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
 const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
 pub use crate::report::{stop_code, Name, Report, VmResult};
+
+/// CPUID.(7,0):EBX: INVPCID.
+const EBX7_INVPCID: u32 = 1 << 10;
+/// CPUID.80000001H:EDX: RDTSCP.
+const EDX_EXT_RDTSCP: u32 = 1 << 27;
 
 /// What the model needs from the outside world.
 pub trait Env {
@@ -68,34 +79,17 @@ fn guest_cr4(env: &mut impl Env) -> Option<u64> {
         .then_some((v[0] & !v[2]) | (v[1] & v[2]))
 }
 
-/// VMCALL numbers (RAX) and results (RAX on return).
+/// VMCALL numbers (RAX, with Umbra's signature: [`abi::hypercall`]) and results (RAX on
+/// return). A VMCALL without the signature returns [`hypercall::ENOSYS`] and the guest goes
+/// on.
 pub mod hypercall {
-    /// Stop the VM: RBX = exit code.
-    pub const EXIT: u64 = 0;
-    /// Print RCX (≤ [`PRINT_MAX`]) bytes at guest-physical RBX to the console.
-    pub const PRINT: u64 = 1;
-    /// Do nothing (for measuring the exit round trip).
-    pub const NOP: u64 = 2;
-    /// Benchmark only: have the kernel answer exits of basic reason RBX (CPUID, VMCALL or
-    /// I/O) itself, the floor an exit round trip is measured against ([`Event::Reflect`]).
-    pub const REFLECT: u64 = 3;
-    /// Benchmark only: give every reflected reason back to the service
-    /// ([`Event::Unreflect`]). While VMCALL is reflected, CPUID leaf [`UNREFLECT_LEAF`] does
-    /// the same.
-    pub const UNREFLECT: u64 = 4;
-    /// The CPUID leaf that acts as [`UNREFLECT`] (it reads as zeros).
-    pub const UNREFLECT_LEAF: u32 = 0x4000_00ff;
-    /// The exit reasons [`REFLECT`] accepts.
+    pub use abi::hypercall::*;
+    /// The exit reasons [`REFLECT`] accepts ([`super::Event::Reflect`]).
     pub const REFLECTABLE: [u32; 3] = [
         abi::vmx::reason::CPUID,
         abi::vmx::reason::VMCALL,
         abi::vmx::reason::IO,
     ];
-    pub const PRINT_MAX: usize = 256;
-    /// RAX after success.
-    pub const OK: u64 = 0;
-    /// RAX after an unknown number or a bad argument.
-    pub const ERROR: u64 = u64::MAX;
 }
 
 /// Something the service must act on.
@@ -117,6 +111,10 @@ pub enum Event {
     Unreflect,
     /// The VM ended; the reply is `ExitReply::stop(result.stop_code())`.
     Stopped(VmResult),
+    /// The guest's XSETBV passed its checks: write the value to the vCPU's
+    /// [`abi::vmx::field::GUEST_XCR0`] before sending the reply (which advances RIP); if the
+    /// kernel refuses it, inject #GP(0) instead.
+    SetXcr0(u64),
 }
 
 /// Most events one exit produces (a 4-byte access to unhandled ports gives 4; a stop adds a
@@ -152,6 +150,8 @@ pub struct VmModel {
     shadow: bool,
     /// The benchmark's hypercalls are honoured (`VmConfig::benchmark`).
     benchmark: bool,
+    /// What the vCPU's controls let the guest execute ([`abi::vmx::guest_features`]).
+    guest_features: u64,
 }
 
 fn truncated_name(name: &str) -> Name {
@@ -189,7 +189,34 @@ impl VmModel {
             result: None,
             shadow: false,
             benchmark: false,
+            guest_features: 0,
         }
+    }
+
+    /// The model of a vCPU whose controls let the guest execute the instructions in
+    /// `features` ([`abi::vmx::field::GUEST_FEATURES`]); CPUID offers only those.
+    pub fn with_guest_features(mut self, features: u64) -> VmModel {
+        self.guest_features = features;
+        self
+    }
+
+    /// The guest's CPUID: the policy ([`crate::cpuid`]), less what a shadow-paged VM lacks
+    /// and the instructions its controls leave #UD.
+    pub fn guest_cpuid(&self, leaf: u32, subleaf: u32, cr4: u64, env: &mut impl Env) -> [u32; 4] {
+        use abi::vmx::guest_features as gf;
+        let g = crate::cpuid_policy::GuestView {
+            shadow: self.shadow,
+            cr4,
+        };
+        let mut r = crate::cpuid_policy::answer(leaf, subleaf, &g, |l, s| env.host_cpuid(l, s));
+        // RDTSCP and INVPCID only where the vCPU's controls let the guest run them.
+        if leaf == 7 && subleaf == 0 && self.guest_features & gf::INVPCID == 0 {
+            r[1] &= !EBX7_INVPCID;
+        }
+        if leaf == 0x8000_0001 && self.guest_features & gf::RDTSCP == 0 {
+            r[3] &= !EDX_EXT_RDTSCP;
+        }
+        r
     }
 
     /// Exits of basic reason `reason` handled so far.
@@ -244,16 +271,12 @@ impl VmModel {
                 let cr4 = if matches!(leaf, 1 | 7) {
                     match guest_cr4(env) {
                         Some(c) => c,
-                        None => return self.unhandled(m, STATE_REFUSED, ev),
+                        None => return self.unhandled(m, STATE_REFUSED, env, ev),
                     }
                 } else {
                     0
                 };
-                let g = crate::cpuid_policy::GuestView {
-                    shadow: self.shadow,
-                    cr4,
-                };
-                let r = crate::cpuid_policy::answer(leaf, subleaf, &g, |l, s| env.host_cpuid(l, s));
+                let r = self.guest_cpuid(leaf, subleaf, cr4, env);
                 let mut reply = ExitReply::advance();
                 for (g, v) in [Gpr::Rax, Gpr::Rbx, Gpr::Rcx, Gpr::Rdx].into_iter().zip(r) {
                     reply.set_gpr(g, v as u64);
@@ -261,7 +284,7 @@ impl VmModel {
                 reply
             }
             Exit::Io { string: true, .. } => {
-                self.unhandled(m, "string port I/O (INS/OUTS) is not emulated", ev)
+                self.unhandled(m, "string port I/O (INS/OUTS) is not emulated", env, ev)
             }
             Exit::Io {
                 port,
@@ -284,8 +307,8 @@ impl VmModel {
                             .set_gpr(Gpr::Rdx, v >> 32);
                         reply
                     }
-                    Err(MsrError::Gp) => gp(),
-                    Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, ev),
+                    Err(MsrError::Gp) => self.fault(m, exception::GP, 0, ev),
+                    Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, env, ev),
                 }
             }
             Exit::Wrmsr { msr, value } => {
@@ -298,20 +321,31 @@ impl VmModel {
                         reply.efer = e;
                         reply
                     }
-                    Err(MsrError::Gp) => gp(),
-                    Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, ev),
+                    Err(MsrError::Gp) => self.fault(m, exception::GP, 0, ev),
+                    Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, env, ev),
                 }
             }
-            Exit::CrAccess { cr, access } => match cr::handle(m, cr, access, self.msr.efer) {
-                Ok(o) if !self.pdptes_loadable(m, &o.reply, env) => gp(),
-                Ok(o) => {
-                    if let Some(e) = o.efer {
-                        self.msr.efer = e;
+            Exit::CrAccess { cr, access } => {
+                let limits = cr::Limits {
+                    cr4_unoffered: cr::cr4_reserved(|l, s| self.guest_cpuid(l, s, 0, env)),
+                    maxphyaddr: crate::cpuid::paging_features(|l, s| env.host_cpuid(l, s)).0,
+                };
+                match cr::handle_with(m, cr, access, self.msr.efer, &limits) {
+                    Ok(o) if o.reply.flags & reply::INJECT != 0 => {
+                        self.fault(m, exception::GP, 0, ev)
                     }
-                    o.reply
+                    Ok(o) if !self.pdptes_loadable(m, &o.reply, env) => {
+                        self.fault(m, exception::GP, 0, ev)
+                    }
+                    Ok(o) => {
+                        if let Some(e) = o.efer {
+                            self.msr.efer = e;
+                        }
+                        o.reply
+                    }
+                    Err(_) => self.unhandled(m, "control-register access not emulated", env, ev),
                 }
-                Err(_) => self.unhandled(m, "control-register access not emulated", ev),
-            },
+            }
             Exit::Hlt => {
                 if m.mask & group::RIP != 0 && m.rflags & (1 << 9) == 0 {
                     let r = self.report(m, "HLT with interrupts disabled");
@@ -319,7 +353,15 @@ impl VmModel {
                 }
                 ExitReply::advance()
             }
-            Exit::Vmcall { nr, args } => self.hypercall(nr, args, env, ev),
+            Exit::Vmcall { nr, args } => match hypercall::number(nr) {
+                Some(n) => self.hypercall(n, args, env, ev),
+                None => {
+                    // Not Umbra's: another hypervisor's guest, or a probe. As KVM does.
+                    let mut reply = ExitReply::advance();
+                    reply.set_gpr(Gpr::Rax, hypercall::ENOSYS);
+                    reply
+                }
+            },
             Exit::TripleFault => {
                 let r = self.report(m, "triple fault");
                 self.stop(VmResult::TripleFault(r), ev)
@@ -329,11 +371,45 @@ impl VmModel {
                 self.stop(VmResult::EntryFailed(r), ev)
             }
             Exit::ExternalInterrupt => ExitReply::resume(),
-            Exit::EptViolation { .. } => {
-                self.unhandled(m, "EPT violation: no memory or device at this address", ev)
+            Exit::EptViolation { .. } => self.unhandled(
+                m,
+                "EPT violation: no memory or device at this address",
+                env,
+                ev,
+            ),
+            Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", env, ev),
+            Exit::Other { reason } => {
+                let basic = reason & 0xffff;
+                match crate::insn::handle(basic, m, |l, s| self.guest_cpuid(l, s, 0, env)) {
+                    Some(insn::Action::Advance) => ExitReply::advance(),
+                    Some(insn::Action::Fault(v, e)) => self.fault(m, v, e, ev),
+                    Some(insn::Action::SetXcr0(x)) => {
+                        let _ = ev.push(Event::SetXcr0(x));
+                        ExitReply::advance()
+                    }
+                    Some(insn::Action::Stop(what)) => self.unhandled(m, what, env, ev),
+                    None => self.unhandled(m, "exit reason not handled", env, ev),
+                }
             }
-            Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", ev),
-            Exit::Other { .. } => self.unhandled(m, "exit reason not handled", ev),
+        }
+    }
+
+    /// Injects exception `vector` (with `error` where it has one) as the CPU would deliver it
+    /// ([`exception::reply`]); a fault while the guest was delivering a double fault shuts
+    /// it down: the VM stops as a triple fault.
+    fn fault(
+        &mut self,
+        m: &ExitMessage,
+        vector: u8,
+        error: u32,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
+        match exception::reply(m, vector, error) {
+            Some(r) => r,
+            None => {
+                let r = self.report(m, "exception while delivering a double fault");
+                self.stop(VmResult::TripleFault(r), ev)
+            }
         }
     }
 
@@ -365,9 +441,11 @@ impl VmModel {
         &mut self,
         m: &ExitMessage,
         what: &'static str,
+        env: &mut impl Env,
         ev: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
-        let r = self.report(m, what);
+        let mut r = self.report(m, what);
+        r.code = crate::guest_walk::code_at_rip(m, |gpa, buf| env.read_guest(gpa, buf));
         self.stop(VmResult::Unhandled(r), ev)
     }
 
@@ -427,15 +505,16 @@ impl VmModel {
         reply
     }
 
+    /// Umbra hypercall number `nr` (RAX bits 7:0 under the signature).
     fn hypercall(
         &mut self,
-        nr: u64,
+        nr: u8,
         args: [u64; 4],
         env: &mut impl Env,
         ev: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
         let mut reply = ExitReply::advance();
-        let rax = match nr {
+        let rax = match u64::from(nr) | hypercall::SIGNATURE {
             hypercall::EXIT => return self.stop(VmResult::Exited { code: args[0] }, ev),
             hypercall::PRINT => {
                 let (gpa, len) = (args[0], args[1]);
@@ -458,7 +537,9 @@ impl VmModel {
             hypercall::NOP => hypercall::OK,
             hypercall::REFLECT => {
                 let reason = args[0] as u32;
-                if self.benchmark && hypercall::REFLECTABLE.contains(&reason) {
+                if !self.benchmark {
+                    hypercall::ENOSYS
+                } else if hypercall::REFLECTABLE.contains(&reason) {
                     let _ = ev.push(Event::Reflect { reason });
                     hypercall::OK
                 } else {
@@ -469,7 +550,7 @@ impl VmModel {
                 let _ = ev.push(Event::Unreflect);
                 hypercall::OK
             }
-            _ => hypercall::ERROR,
+            _ => hypercall::ENOSYS,
         };
         reply.set_gpr(Gpr::Rax, rax);
         reply

@@ -88,54 +88,8 @@ pub mod dr7 {
 }
 
 /// XCR0, the extended-state components XSAVE manages (SDM vol. 1, 13.3).
-pub mod xcr0 {
-    pub const X87: u64 = 1 << 0;
-    pub const SSE: u64 = 1 << 1;
-    pub const AVX: u64 = 1 << 2;
-    pub const BNDREGS: u64 = 1 << 3;
-    pub const BNDCSR: u64 = 1 << 4;
-    pub const OPMASK: u64 = 1 << 5;
-    pub const ZMM_HI256: u64 = 1 << 6;
-    pub const HI16_ZMM: u64 = 1 << 7;
-    pub const AVX512: u64 = OPMASK | ZMM_HI256 | HI16_ZMM;
-    /// The value after reset.
-    pub const INIT: u64 = X87;
-
-    /// Whether XSETBV accepts `value` on a CPU whose supported components are `supported`
-    /// (#GP otherwise): x87 set, nothing unsupported, AVX only with SSE, the AVX-512
-    /// components all or none and only with AVX, the MPX components both or none.
-    pub const fn valid(value: u64, supported: u64) -> bool {
-        let avx512 = value & AVX512;
-        let mpx = value & (BNDREGS | BNDCSR);
-        value & X87 != 0
-            && value & !supported == 0
-            && (value & AVX == 0 || value & SSE != 0)
-            && (avx512 == 0 || (avx512 == AVX512 && value & AVX != 0))
-            && (mpx == 0 || mpx == BNDREGS | BNDCSR)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn xsetbv_rules() {
-            let all = X87 | SSE | AVX | AVX512;
-            assert!(valid(X87, all));
-            assert!(valid(X87 | SSE, all));
-            assert!(valid(X87 | SSE | AVX, all));
-            assert!(valid(all, all));
-            assert!(!valid(0, all), "x87 must be set");
-            assert!(!valid(SSE, all), "x87 must be set");
-            assert!(!valid(X87 | AVX, all), "AVX needs SSE");
-            assert!(!valid(X87 | SSE | AVX | OPMASK, all), "AVX-512 all or none");
-            assert!(!valid(X87 | SSE | AVX512, all), "AVX-512 needs AVX");
-            assert!(!valid(X87 | SSE | AVX, X87 | SSE), "unsupported component");
-            assert!(!valid(X87 | 1 << 63, all), "reserved bit");
-            assert!(!valid(X87 | BNDREGS, u64::MAX), "MPX both or none");
-        }
-    }
-}
+/// XCR0's components and the XSETBV rules: [`crate::xcr0`] (one definition).
+pub use crate::xcr0;
 
 #[cfg(test)]
 mod dr_tests {

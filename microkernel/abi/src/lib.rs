@@ -9,10 +9,12 @@
 pub mod cap;
 pub mod cpu;
 pub mod error;
+pub mod hypercall;
 pub mod ipc;
 pub mod syscall;
 pub mod trace;
 pub mod vmx;
+pub mod xcr0;
 
 pub use cap::{CapKind, CapSlot, Rights, NO_CAP};
 pub use error::Error;

@@ -64,6 +64,9 @@ pub mod reason {
     pub const PREEMPTION_TIMER: u32 = 52;
     pub const WBINVD: u32 = 54;
     pub const XSETBV: u32 = 55;
+    // Part `exits` (issue 17): reasons of instructions a kernel may use.
+    pub const RDTSCP: u32 = 51;
+    pub const INVPCID: u32 = 58;
 
     /// Exits the kernel handles itself and never routes through a portal: a host interrupt,
     /// and the end of a run's time slice (the VMX-preemption timer bounds every run). The
@@ -104,6 +107,8 @@ pub mod reason {
             PREEMPTION_TIMER => "preemption-timer",
             WBINVD => "wbinvd",
             XSETBV => "xsetbv",
+            RDTSCP => "rdtscp",
+            INVPCID => "invpcid",
             _ => return None,
         })
     }
@@ -374,6 +379,12 @@ pub mod field {
         matches!(f, GUEST_DR0..=0x3_0000_0203 | GUEST_DR6 | GUEST_XCR0).then_some(Access::ReadWrite)
     }
 
+    // ----- Part `exits` (issue 17) -----
+    /// Pseudo-field, read-only: instructions the vCPU's controls let the guest execute
+    /// ([`super::guest_features`]); without them the instruction is #UD, and CPUID must say
+    /// so.
+    pub const GUEST_FEATURES: u64 = 0x3_0000_0011;
+
     /// Who may touch a field from user level.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Access {
@@ -397,8 +408,8 @@ pub mod field {
             return Access::ReadOnly;
         }
         match f {
-            GUEST_CR2 | RUN_TICKS => Access::ReadWrite,
-            SHADOW_CR3 => Access::ReadOnly,
+            GUEST_CR2 | RUN_TICKS | GUEST_XCR0 => Access::ReadWrite,
+            SHADOW_CR3 | GUEST_FEATURES => Access::ReadOnly,
             VM_INSTRUCTION_ERROR
             | EXIT_REASON
             | EXIT_INTR_INFO
@@ -432,6 +443,16 @@ pub mod field {
             _ => Access::None,
         }
     }
+}
+
+/// Bits of [`field::GUEST_FEATURES`] (part `exits`, issue 17).
+pub mod guest_features {
+    /// RDTSCP runs in the guest ("enable RDTSCP").
+    pub const RDTSCP: u64 = 1 << 0;
+    /// INVPCID runs in the guest ("enable INVPCID"; EPT VMs only).
+    pub const INVPCID: u64 = 1 << 1;
+    /// The secondary processor-based controls that enable them, in the same order.
+    pub const CONTROLS: [(u64, u32); 2] = [(RDTSCP, 1 << 3), (INVPCID, 1 << 12)];
 }
 
 /// A malformed exit message or reply.

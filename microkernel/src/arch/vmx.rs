@@ -9,7 +9,7 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::vmx::field;
+use abi::vmx::{field, guest_features};
 use microkernel::kobj::regs::UserRegs;
 use spin::Once;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
@@ -80,12 +80,20 @@ const PIN_WANT: u32 = 1 | (1 << 6);
 /// the TSC counts instructions, so the suites see the timer fire.
 pub const GUEST_SLICE_TSC: u64 = 1 << 18;
 /// Primary: use TSC offsetting (the guest's TSC is the host's plus `TSC_OFFSET`), HLT
-/// exiting, MOV-DR exiting (the guest's debug registers are kept per vCPU), unconditional I/O
-/// exiting, secondary controls. No MSR bitmaps, so every RDMSR/WRMSR exits; CPUID always
-/// exits.
-const PROC_WANT: u32 = (1 << 3) | (1 << 7) | (1 << 23) | (1 << 24) | (1 << 31);
+/// exiting, MWAIT exiting, RDPMC exiting, MOV-DR exiting (the guest's debug registers are kept
+/// per vCPU), unconditional I/O exiting, MONITOR exiting, secondary controls. No MSR bitmaps,
+/// so every RDMSR/WRMSR exits; CPUID, INVD, XSETBV and task switches always exit. (MWAIT
+/// would otherwise park the host CPU, and RDPMC read the host's counters.)
+const PROC_WANT: u32 =
+    (1 << 3) | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 23) | (1 << 24) | (1 << 29) | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
+/// Secondary, where the CPU allows them: WBINVD exiting (a guest does not flush the host's
+/// caches), and the controls of [`abi::vmx::guest_features`] (RDTSCP, INVPCID: #UD without
+/// them). A shadow-paged VM gets no INVPCID: with INVLPG exiting it would exit, and the MMU
+/// service does not emulate it.
+const PROC2_OPTIONAL: u32 = PROC2_SHADOW_OPTIONAL | guest_features::CONTROLS[1].1;
+const PROC2_SHADOW_OPTIONAL: u32 = (1 << 6) | guest_features::CONTROLS[0].1;
 /// Primary, shadow-paged VMs: also INVLPG, CR3-load and CR3-store exiting.
 const PROC_SHADOW_WANT: u32 = PROC_WANT | (1 << 9) | (1 << 15) | (1 << 16);
 /// Exit: save debug controls (the guest's DR7 and DEBUGCTL into the VMCS), 64-bit host,
@@ -175,7 +183,9 @@ pub fn init() -> Result<(), &'static str> {
     let proc = adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_WANT).ok_or("primary controls")?;
     let proc_shadow =
         adjust(read(MSR_VMX_TRUE_PROCBASED)?, PROC_SHADOW_WANT).ok_or("INVLPG or CR3 exiting")?;
-    let proc2_shadow = adjust(read(MSR_VMX_PROCBASED_CTLS2)?, 0).ok_or("secondary controls")?;
+    let proc2_msr = read(MSR_VMX_PROCBASED_CTLS2)?;
+    let may = |optional: u32| optional & (proc2_msr >> 32) as u32;
+    let proc2_shadow = adjust(proc2_msr, may(PROC2_SHADOW_OPTIONAL)).ok_or("secondary controls")?;
     // Every CPU with unrestricted guest has the preemption timer; Umbra needs both.
     let pin = adjust(read(MSR_VMX_TRUE_PINBASED)?, PIN_WANT).ok_or("VMX-preemption timer")?;
     let rate = read(MSR_VMX_MISC)? & 0x1f;
@@ -184,7 +194,7 @@ pub fn init() -> Result<(), &'static str> {
         revision: basic as u32 & 0x7fff_ffff,
         pin,
         proc,
-        proc2: adjust(read(MSR_VMX_PROCBASED_CTLS2)?, PROC2_WANT)
+        proc2: adjust(proc2_msr, PROC2_WANT | may(PROC2_OPTIONAL))
             .ok_or("EPT, VPID or unrestricted guest missing")?,
         proc_shadow,
         proc2_shadow,

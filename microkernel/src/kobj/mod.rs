@@ -23,6 +23,8 @@ pub use kernel::{Kernel, Next};
 mod tests;
 
 #[cfg(test)]
+mod tests_exits;
+#[cfg(test)]
 mod tests_invariants;
 #[cfg(test)]
 mod tests_shadow;

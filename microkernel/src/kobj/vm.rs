@@ -580,6 +580,13 @@ impl<M: Machine> Kernel<M> {
             field::GUEST_IA32_EFER if v.shadow => v.guest_efer,
             field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
             field::RUN_TICKS => v.run_ticks,
+            field::GUEST_FEATURES => {
+                let proc2 = self.vmcs_read(vi, PROC_BASED_CONTROLS2);
+                vmx::guest_features::CONTROLS
+                    .iter()
+                    .filter(|(_, ctl)| proc2 & u64::from(*ctl) != 0)
+                    .fold(0, |acc, (bit, _)| acc | bit)
+            }
             _ => self.vmcs_read(vi, f),
         }
     }
@@ -1392,6 +1399,9 @@ fn value_ok(f: u64, value: u64) -> bool {
         _ => field::msr_value_ok(f, value),
     }
 }
+
+/// The secondary processor-based VM-execution controls (read for [`field::GUEST_FEATURES`]).
+const PROC_BASED_CONTROLS2: u64 = 0x401e;
 
 /// The VM-instruction error of a VM entry with invalid control fields.
 const VMFAIL_INVALID_CONTROL: u64 = 7;

@@ -38,6 +38,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
+mod cpu_exits;
 mod cpu_fpu;
 mod cpu_msr;
 mod restart;
@@ -300,11 +301,16 @@ fn vmm_suite(t: &mut Tally) {
     }
     let unsupported = config("unsupported", "guest-unsupported", 16, EntryMode::Multiboot);
     for cfg in [unsupported.clone(), shadow(&unsupported, false)] {
-        stopped(t, "unsupported exit (invd) stops the VM", &cfg, |r| {
-            *r == VmResult::Unhandled {
-                reason: reason::INVD,
-            }
-        });
+        stopped(
+            t,
+            "unsupported exit (task switch) stops the VM",
+            &cfg,
+            |r| {
+                *r == VmResult::Unhandled {
+                    reason: reason::TASK_SWITCH,
+                }
+            },
+        );
     }
     let triple = config("triple", "guest-triple", 16, EntryMode::Multiboot);
     for cfg in [triple.clone(), shadow(&triple, false)] {
@@ -399,6 +405,7 @@ fn vmm_suite(t: &mut Tally) {
     passing_guest(t, "multiboot guest again after the failures", &mb);
     cpu_msr::msr_suite(t);
     cpu_fpu::fpu_suite(t);
+    cpu_exits::suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with

@@ -196,9 +196,9 @@ fn ept_exception_and_failures() {
     );
     assert_eq!(decode(&msg(reason::TRIPLE_FAULT, 0)), Ok(Exit::TripleFault));
     assert_eq!(
-        decode(&msg(reason::XSETBV, 0)),
+        decode(&msg(reason::INVLPG, 0)),
         Ok(Exit::Other {
-            reason: reason::XSETBV
+            reason: reason::INVLPG
         })
     );
 }

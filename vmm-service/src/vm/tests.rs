@@ -73,6 +73,16 @@ impl Env for TestEnv {
 
 const RAM: u64 = 32 << 20;
 
+/// #GP(0) injected at a guest whose RFLAGS are 0x202 (the messages of [`msg`]): RF is set.
+fn gp() -> ExitReply {
+    ExitReply {
+        flags: reply::INJECT | reply::SET_RFLAGS,
+        inject: cr::GP_INJECT,
+        rflags: 0x202 | crate::exception::RFLAGS_RF,
+        ..ExitReply::default()
+    }
+}
+
 fn vm() -> VmModel {
     VmModel::new("test-vm", RAM)
 }
@@ -210,10 +220,7 @@ fn msrs() {
     let mut env = TestEnv::new();
     let mut m = msg(reason::RDMSR);
     gprs(&mut m, &[(Gpr::Rcx, 0x48)]); // IA32_SPEC_CTRL: not offered
-    let o = v.handle(&m, &mut env);
-    assert_eq!(o.reply.flags, reply::INJECT);
-    assert_eq!(o.reply.inject, 0x8000_0b0d);
-    assert_eq!(o.reply.gpr_mask, 0);
+    assert_eq!(v.handle(&m, &mut env).reply, gp());
     let mut w = msg(reason::WRMSR);
     gprs(
         &mut w,
@@ -234,7 +241,7 @@ fn msrs() {
     assert_eq!(o.reply.efer, 0x900);
     // Reserved EFER bit: #GP, nothing stored.
     gprs(&mut w, &[(Gpr::Rax, 0x2)]);
-    assert_eq!(v.handle(&w, &mut env).reply, cr::gp());
+    assert_eq!(v.handle(&w, &mut env).reply, gp());
     assert_eq!(v.msr.efer, 0x900);
     // TSC read comes from the environment, split into EDX:EAX.
     gprs(&mut m, &[(Gpr::Rcx, 0x10)]);
@@ -250,7 +257,7 @@ fn cr_writes() {
     let mut m = msg(reason::CR_ACCESS);
     m.qualification = 3 << 8; // mov cr0, rbx
     gprs(&mut m, &[(Gpr::Rbx, 0x8000_0010)]); // PG without PE
-    assert_eq!(run(&mut v, &m).reply, cr::gp());
+    assert_eq!(run(&mut v, &m).reply, gp());
     gprs(&mut m, &[(Gpr::Rbx, 0x8000_0011)]);
     let o = run(&mut v, &m);
     assert_eq!(o.reply.flags, reply::ADVANCE_RIP | reply::SET_CR0);
@@ -287,7 +294,7 @@ fn pae_paging_with_bad_pdptes_is_a_gp_not_a_failed_vm_entry() {
     // A present PDPTE with a reserved bit (bit 1), or above MAXPHYADDR (36 here).
     for bad in [0x9003u64, 1 << 40 | 0x9001] {
         env.ram[0x8008..0x8010].copy_from_slice(&bad.to_le_bytes());
-        assert_eq!(vm().handle(&m, &mut env).reply, cr::gp(), "{bad:#x}");
+        assert_eq!(vm().handle(&m, &mut env).reply, gp(), "{bad:#x}");
     }
     // Long mode loads no PDPTEs; a shadow-paged VM's MMU service judges its own.
     let mut v = vm();
@@ -330,7 +337,14 @@ fn hypercalls() {
     let mut env = TestEnv::new();
     env.ram[0x5000..0x5005].copy_from_slice(b"hello");
     let mut m = msg(reason::VMCALL);
+    // Without Umbra's signature in RAX a VMCALL is some other hypervisor's: -ENOSYS, and
+    // the guest goes on.
     gprs(&mut m, &[(Gpr::Rax, 1), (Gpr::Rbx, 0x5000), (Gpr::Rcx, 5)]);
+    let o = v.handle(&m, &mut env);
+    assert!(o.events.is_empty());
+    assert_eq!(rax_of(&o), hypercall::ENOSYS);
+    assert_eq!(o.reply.flags, reply::ADVANCE_RIP);
+    gprs(&mut m, &[(Gpr::Rax, hypercall::PRINT)]);
     let o = v.handle(&m, &mut env);
     assert_eq!(
         o.events.as_slice(),
@@ -345,35 +359,38 @@ fn hypercalls() {
         assert_eq!(rax_of(&o), u64::MAX);
         assert!(o.events.is_empty());
     }
-    gprs(&mut m, &[(Gpr::Rax, 2)]);
+    gprs(&mut m, &[(Gpr::Rax, hypercall::NOP)]);
     assert_eq!(rax_of(&v.handle(&m, &mut env)), 0);
     // The benchmark's hypercalls fail for a VM whose creator did not ask for them: a guest
     // must not switch its exits to the kernel's reflect path.
-    for nr in [3, 4] {
+    for nr in [hypercall::REFLECT, hypercall::UNREFLECT] {
         gprs(&mut m, &[(Gpr::Rax, nr), (Gpr::Rbx, 10)]);
         let o = v.handle(&m, &mut env);
         assert!(o.events.is_empty(), "hypercall {nr}: {:?}", o.events);
-        assert_eq!(rax_of(&o), u64::MAX);
+        assert_eq!(rax_of(&o), hypercall::ENOSYS);
     }
     let mut cpuid = msg(reason::CPUID);
     gprs(&mut cpuid, &[(Gpr::Rax, 0x4000_00ff)]);
     assert!(v.handle(&cpuid, &mut env).events.is_empty());
     let mut v = v.with_benchmark_hypercalls();
-    gprs(&mut m, &[(Gpr::Rax, 3), (Gpr::Rbx, 10)]);
+    gprs(&mut m, &[(Gpr::Rax, hypercall::REFLECT), (Gpr::Rbx, 10)]);
     let o = v.handle(&m, &mut env);
     assert_eq!(o.events.as_slice(), &[Event::Reflect { reason: 10 }]);
     assert_eq!(rax_of(&o), 0);
-    gprs(&mut m, &[(Gpr::Rax, 3), (Gpr::Rbx, 12)]); // HLT cannot be reflected
+    gprs(&mut m, &[(Gpr::Rax, hypercall::REFLECT), (Gpr::Rbx, 12)]); // HLT cannot be reflected
     let o = v.handle(&m, &mut env);
     assert!(o.events.is_empty());
     assert_eq!(rax_of(&o), u64::MAX);
-    gprs(&mut m, &[(Gpr::Rax, 4)]);
+    gprs(&mut m, &[(Gpr::Rax, hypercall::UNREFLECT)]);
     let o = v.handle(&m, &mut env);
     assert_eq!(o.events.as_slice(), &[Event::Unreflect]);
     assert_eq!(rax_of(&o), 0);
-    gprs(&mut m, &[(Gpr::Rax, 99)]);
-    assert_eq!(rax_of(&v.handle(&m, &mut env)), u64::MAX);
+    gprs(&mut m, &[(Gpr::Rax, hypercall::SIGNATURE | 99)]);
+    assert_eq!(rax_of(&v.handle(&m, &mut env)), hypercall::ENOSYS);
+    // The old plain numbers are not Umbra's any more: 0 does not stop the VM.
     gprs(&mut m, &[(Gpr::Rax, 0), (Gpr::Rbx, 7)]);
+    assert_eq!(rax_of(&v.handle(&m, &mut env)), hypercall::ENOSYS);
+    gprs(&mut m, &[(Gpr::Rax, hypercall::EXIT), (Gpr::Rbx, 7)]);
     let o = v.handle(&m, &mut env);
     assert_eq!(o.reply, ExitReply::stop(stop_code::EXITED | 7));
     assert_eq!(o.stopped(), Some(&VmResult::Exited { code: 7 }));
@@ -409,8 +426,12 @@ fn fatal_exits_stop_with_reports() {
     assert_eq!(o.reply.stop_code, stop_code::ENTRY_FAILED | 33);
 
     let mut v = vm();
-    let o = run(&mut v, &msg(reason::XSETBV));
-    assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 55);
+    let o = run(&mut v, &msg(reason::TASK_SWITCH));
+    assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 9);
+    let Some(VmResult::Unhandled(r)) = o.stopped() else {
+        panic!("{o:?}")
+    };
+    assert!(r.what.contains("task switch"), "{r}");
 
     let mut v = vm();
     let mut m = io(0x3f8, 1, false, 0);
@@ -509,4 +530,82 @@ fn cpuid_osxsave_follows_the_guests_cr4() {
     // An owned bit reads from the read shadow.
     env.state.insert(field::CR4_GUEST_HOST_MASK, 1 << 18);
     assert_eq!(ecx(&mut env, &mut v) & (1 << 27), 0);
+}
+
+#[test]
+fn instruction_exits_through_the_model() {
+    let mut env = TestEnv::new();
+    // RDPMC: #GP(0) with RF; INVD, WBINVD: resume after them.
+    assert_eq!(run(&mut vm(), &msg(reason::RDPMC)).reply, gp());
+    for r in [reason::INVD, reason::WBINVD, reason::PAUSE] {
+        assert_eq!(run(&mut vm(), &msg(r)).reply, ExitReply::advance());
+    }
+    // XSETBV: the test host offers XSAVE (leaf 1 ECX bit 26) but its highest leaf is 0, so
+    // no XCR0 component: #GP(0). With CR4.OSXSAVE clear: #UD.
+    let mut m = msg(reason::XSETBV);
+    m.cr4_shadow = 1 << 18;
+    gprs(&mut m, &[(Gpr::Rax, 3)]);
+    let o = vm().handle(&m, &mut env);
+    assert_eq!(o.reply, gp());
+    assert!(o.events.is_empty());
+    m.cr4_shadow = 0;
+    assert_eq!(vm().handle(&m, &mut env).reply.inject, 0x8000_0306);
+    // VMXON: #UD (VMX is hidden).
+    assert_eq!(run(&mut vm(), &msg(27)).reply.inject, 0x8000_0306);
+    // The instructions the vCPU's controls leave #UD are hidden from CPUID.
+    // A host with every bit set, to see the masking.
+    struct AllEnv;
+    impl Env for AllEnv {
+        fn host_cpuid(&mut self, _: u32, _: u32) -> [u32; 4] {
+            [u32::MAX; 4]
+        }
+        fn tsc(&mut self) -> u64 {
+            0
+        }
+        fn read_guest(&mut self, _: u64, _: &mut [u8]) -> bool {
+            false
+        }
+        fn ticks(&mut self) -> u64 {
+            0
+        }
+        fn vcpu_read(&mut self, _: &[u64], out: &mut [u64]) -> bool {
+            out.fill(0);
+            true
+        }
+        fn vcpu_write(&mut self, _: &[(u64, u64)]) -> bool {
+            true
+        }
+    }
+    let gf = abi::vmx::guest_features::INVPCID | abi::vmx::guest_features::RDTSCP;
+    let none = VmModel::new("f", RAM);
+    let all = VmModel::new("f", RAM).with_guest_features(gf);
+    assert_eq!(none.guest_cpuid(7, 0, 0, &mut AllEnv)[1] & EBX7_INVPCID, 0);
+    assert_eq!(
+        none.guest_cpuid(0x8000_0001, 0, 0, &mut AllEnv)[3] & EDX_EXT_RDTSCP,
+        0
+    );
+    assert_ne!(all.guest_cpuid(7, 0, 0, &mut AllEnv)[1] & EBX7_INVPCID, 0);
+    assert_ne!(
+        all.guest_cpuid(0x8000_0001, 0, 0, &mut AllEnv)[3] & EDX_EXT_RDTSCP,
+        0
+    );
+}
+
+#[test]
+fn an_unhandled_exit_reports_the_code_at_rip() {
+    let mut env = TestEnv::new();
+    env.ram[0x1_0010..0x1_0013].copy_from_slice(&[0x0f, 0x00, 0xd8]);
+    let mut m = msg(reason::INIT);
+    m.mask = group::ALL;
+    m.rip = 0x10;
+    m.segments[0].base = 0x1_0000;
+    let o = vm().handle(&m, &mut env);
+    let Some(VmResult::Unhandled(r)) = o.stopped() else {
+        panic!("{o:?}")
+    };
+    assert_eq!(
+        r.code.as_ref().map(|c| c[..3].to_vec()),
+        Some(vec![0x0f, 0x00, 0xd8])
+    );
+    assert!(format!("{r}").contains("bytes at rip: 0f 00 d8 00"), "{r}");
 }

@@ -7,14 +7,15 @@
 //!
 //! For each op, 1000 rounds of `rdtsc; shl rdx,32; or rax,rdx; mov r8,rax; <op>; rdtsc; ...`
 //! (no lfence), the samples sorted: min = the smallest, median = the mean of the 500th and
-//! 501st. Ops: `cpuid` (leaf 0), `vmcall` (RAX = 2, the nop hypercall), `out` (`out 0x3ff, al`,
+//! 501st. Ops: `cpuid` (leaf 0), `vmcall` (`abi::hypercall::NOP`), `out` (`out 0x3ff, al`,
 //! COM1's scratch register). First with the exits handled by the VMM service (each op
 //! measured and printed in turn), then through the kernel's reflect floor, one exit reason at a
 //! time, since a reflected reason is answered by the kernel (the instruction skipped): with
 //! I/O reflected the guest's COM1 output and its 0xf4 exit would be swallowed too. Switching:
-//! - `vmcall` RAX = 3, RBX = exit reason (10 CPUID, 18 VMCALL, 30 I/O): that reason to the
-//!   kernel floor;
-//! - `vmcall` RAX = 4: every reason back to the VMM (while VMCALL is not reflected);
+//! - `vmcall` RAX = `abi::hypercall::REFLECT` ("3" below), RBX = exit reason (10 CPUID,
+//!   18 VMCALL, 30 I/O): that reason to the kernel floor;
+//! - `vmcall` RAX = `abi::hypercall::UNREFLECT` ("4"): every reason back to the VMM (while
+//!   VMCALL is not reflected);
 //! - `cpuid` EAX = 0x400000ff, ECX = 0: every reason back (while CPUID is not reflected).
 //!
 //! Kernel phase, with nothing printed in between: vmcall(3, 10), measure cpuid, vmcall(4);
@@ -132,29 +133,29 @@ _start:
     movq $0, switch_or
     movl $0, switch_ud
 
-    movl $3, %eax                  # CPUID to the floor
+    movl ${hc_reflect}, %eax       # CPUID to the floor
     movl $REASON_CPUID, %ebx
     call switch_call
     movq $samples_cpuid, %rdi
     call measure_cpuid
-    movl $4, %eax                  # all back (VMCALL is still the VMM's)
+    movl ${hc_unreflect}, %eax     # all back (VMCALL is still the VMM's)
     call switch_call
 
-    movl $3, %eax                  # VMCALL to the floor
+    movl ${hc_reflect}, %eax       # VMCALL to the floor
     movl $REASON_VMCALL, %ebx
     call switch_call
     movq $samples_vmcall, %rdi
     call measure_vmcall
-    movl $0x400000ff, %eax         # all back (CPUID is still the VMM's)
+    movl ${unreflect_leaf}, %eax   # all back (CPUID is still the VMM's)
     xorl %ecx, %ecx
     cpuid
 
-    movl $3, %eax                  # I/O to the floor
+    movl ${hc_reflect}, %eax       # I/O to the floor
     movl $REASON_IO, %ebx
     call switch_call
     movq $samples_out, %rdi
     call measure_out
-    movl $4, %eax                  # all back (VMCALL is still the VMM's)
+    movl ${hc_unreflect}, %eax     # all back (VMCALL is still the VMM's)
     call switch_call
 
     # Every reason is the VMM's again: report the switching, then print.
@@ -240,7 +241,7 @@ measure_vmcall:
     shlq $32, %rdx
     orq %rdx, %rax
     movq %rax, %r8
-    movl $2, %eax                  # the nop hypercall
+    movl ${hc_nop}, %eax           # the nop hypercall
     vmcall
     orq %rax, nop_or
     rdtsc
@@ -327,6 +328,10 @@ stats_and_print:
     popq %rax
     ret
 "#,
+    hc_nop = const abi::hypercall::NOP,
+    hc_reflect = const abi::hypercall::REFLECT,
+    hc_unreflect = const abi::hypercall::UNREFLECT,
+    unreflect_leaf = const abi::hypercall::UNREFLECT_LEAF,
     options(att_syntax)
 );
 

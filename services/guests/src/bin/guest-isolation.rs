@@ -80,8 +80,8 @@ _start:
     .section .text.guest, "ax"
     .code64
 
-exit:                              # hypercall 0 (exit) with the code in RBX
-    xorl %eax, %eax
+exit:                              # hypercall EXIT with the code in RBX
+    movl ${hc_exit}, %eax
     vmcall
 1:  hlt
     jmp 1b
@@ -259,6 +259,7 @@ done:
     xorl %ebx, %ebx
     jmp exit
 "#,
+    hc_exit = const abi::hypercall::EXIT,
     options(att_syntax)
 );
 

@@ -82,7 +82,7 @@ det_cmos: .asciz "CMOS 0x17/0x18 disagree with mem_upper, CMOS ="
 det_port: .asciz "want 0xff, read"
 det_ud: .asciz "vmcall raised #UD (no hypervisor)"
 det_nop: .asciz "want rax 0, got"
-det_unknown: .asciz "want rax all ones, got"
+det_unknown: .asciz "want eax -1000 (-ENOSYS), got"
 
     .section .text.guest, "ax"
     .code32
@@ -338,11 +338,12 @@ port_test:
     call report32_val
     ret
 
-# vmcall-print: hypercall 1 prints hypercall_msg (RBX = address, RCX = length).
-# vmcall-nop: hypercall 2 returns RAX = 0. vmcall-unknown: hypercall 0x7777 returns all ones.
+# vmcall-print: hypercall PRINT prints hypercall_msg (RBX = address, RCX = length).
+# vmcall-nop: hypercall NOP returns RAX = 0. vmcall-unknown: a VMCALL without Umbra's signature
+# (EAX = 0x7777) returns -1000 (-ENOSYS) and the guest goes on.
 vmcall_tests:
     movl $0, ud_vmcall_count
-    movl $1, %eax
+    movl ${hc_print}, %eax
     movl $hypercall_msg, %ebx
     movl $hypercall_msg_end - hypercall_msg, %ecx
     vmcall
@@ -356,7 +357,7 @@ vmcall_tests:
     call report32
 
     movl $0, ud_vmcall_count
-    movl $2, %eax
+    movl ${hc_nop}, %eax
     vmcall
     movl %eax, %edx
     movl $det_nop, %edi
@@ -376,7 +377,7 @@ vmcall_tests:
     movl %eax, %edx
     movl $det_unknown, %edi
     xorl %eax, %eax
-    cmpl $0xffffffff, %edx
+    cmpl $-1000, %edx
     setne %al
     cmpl $0, ud_vmcall_count
     je 1f
@@ -387,6 +388,8 @@ vmcall_tests:
     ret
     .code64
 "#,
+    hc_print = const abi::hypercall::PRINT,
+    hc_nop = const abi::hypercall::NOP,
     options(att_syntax)
 );
 
