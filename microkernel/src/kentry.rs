@@ -271,6 +271,12 @@ pub fn vm_entry_failed(error: u64) -> ! {
 
 /// An exception in ring 3 (`cr2` is 0 unless `vector` is 14): the thread ends with a fault.
 pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs) -> ! {
+    if vector == 7 && !usertest::active() {
+        // #NM: the thread's first x87/SSE/AVX instruction while another thread owns those
+        // registers (CR0.TS). It takes them and runs the instruction again.
+        let next = KERNEL.enter().on_device_not_available(regs);
+        run(next)
+    }
     if !usertest::active() {
         let address = if vector == 14 { cr2 } else { regs.rip };
         let next = {

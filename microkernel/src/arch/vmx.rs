@@ -363,7 +363,9 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         (VPID, vpid),
         (VMCS_LINK_POINTER, u64::MAX),
         // Host state.
-        (HOST_CR0, Cr0::read_raw()),
+        // CR0.TS clear after every exit, whatever the thread that made the VMCS had (the lazy
+        // extended-state switch sets it for user threads; `xstate::note_vm_exit`).
+        (HOST_CR0, Cr0::read_raw() & !(1 << 3)),
         (HOST_CR3, crate::mm::paging::kernel_pml4()),
         (HOST_CR4, Cr4::read_raw()),
         (HOST_CS_SELECTOR, u64::from(sel.kernel_code.0)),
@@ -554,6 +556,7 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
 
 #[no_mangle]
 extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
+    super::xstate::note_vm_exit();
     super::xstate::load_host_xcr0();
     super::user::clear_ac();
     crate::kentry::vm_exit(regs)

@@ -17,7 +17,7 @@
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use abi::cpu::{cr4_fpu, dr6, xcr0};
 use microkernel::kobj::objects::MAX_THREADS;
@@ -170,8 +170,40 @@ fn area(t: ThreadId) -> *mut Area {
     unsafe { (AREAS.0.get() as *mut Area).add(t as usize) }
 }
 
-/// Saves the registers' state into `from`'s area (if any), then loads `to`'s.
+/// Whether CR0.TS is set now (the kernel's copy: CR0 is not read on every return). A VM
+/// exit loads HOST_CR0, which has TS clear ([`crate::arch::vmx`] writes it so), and
+/// [`note_vm_exit`] says so.
+static TRAP: AtomicBool = AtomicBool::new(false);
+
+/// Sets or clears CR0.TS, unless it is so already.
+#[inline]
+pub fn set_trap(on: bool) {
+    if TRAP.load(Ordering::Relaxed) == on {
+        return;
+    }
+    // SAFETY: CR0.TS only makes x87/SSE/AVX instructions (and XSAVE/XRSTOR, which `switch`
+    // runs with TS clear) raise #NM; the kernel uses none of them otherwise, and ring 3's #NM
+    // is handled (`kentry::user_exception`).
+    unsafe {
+        if on {
+            Cr0::update(|f| f.insert(Cr0Flags::TASK_SWITCHED));
+        } else {
+            asm!("clts", options(nostack, nomem));
+        }
+    }
+    TRAP.store(on, Ordering::Relaxed);
+}
+
+/// A VM exit loaded HOST_CR0 (TS clear).
+#[inline]
+pub fn note_vm_exit() {
+    TRAP.store(false, Ordering::Relaxed);
+}
+
+/// Saves the registers' state into `from`'s area (if any), then loads `to`'s (with CR0.TS
+/// clear: XSAVE and XRSTOR would raise #NM).
 pub fn switch(from: Option<ThreadId>, to: ThreadId) {
+    set_trap(false);
     let m = mode();
     let (lo, hi) = (m.xcr0 as u32, (m.xcr0 >> 32) as u32);
     debug_assert_eq!(

@@ -180,4 +180,7 @@ pub trait Machine {
     fn xstate_reset(&mut self, t: super::queue::ThreadId);
     /// The XCR0 components a guest may enable: the host's XCR0 (1, x87 only, without XSAVE).
     fn xcr0_supported(&self) -> u64;
+    /// Sets (`true`) or clears CR0.TS: with it set, the next x87/SSE/AVX instruction in ring 3
+    /// raises #NM (the lazy half of the extended-state switch).
+    fn xstate_trap(&mut self, on: bool);
 }

@@ -37,6 +37,8 @@ pub(super) struct Model {
     pub(super) xstate_live: u64,
     pub(super) xstate_areas: HashMap<ThreadId, u64>,
     pub(super) xstate_switches: Vec<(Option<ThreadId>, ThreadId)>,
+    /// CR0.TS: the running user thread's first x87/SSE/AVX instruction would raise #NM.
+    pub(super) xstate_trapped: bool,
 }
 
 type Space = BTreeMap<u64, (u64, PageAccess)>;
@@ -235,7 +237,12 @@ impl Machine for Model {
     fn host_cpuid(&self, leaf: u32, _subleaf: u32) -> [u32; 4] {
         [leaf, 1, 2, 3]
     }
+    fn xstate_trap(&mut self, on: bool) {
+        self.xstate_trapped = on;
+    }
     fn xstate_switch(&mut self, from: Option<ThreadId>, to: ThreadId) {
+        // The real machine clears CR0.TS before it saves and loads.
+        self.xstate_trapped = false;
         if let Some(f) = from {
             self.xstate_areas.insert(f, self.xstate_live);
         }

@@ -22,9 +22,17 @@ fn go(k: &mut Kernel<Model>, next: Next) -> ThreadId {
     }
 }
 
-/// Thread `t` runs: it must find its own value in the registers (0, the initial state, the
-/// first time), and leaves its value there.
+/// Thread `t` runs and uses the registers: with CR0.TS set (a user thread that does not own
+/// them) its first such instruction raises #NM first, as on the machine. It must find its own
+/// value in the registers (0, the initial state, the first time), and leaves its value there.
 fn runs(k: &mut Kernel<Model>, mine: &mut HashMap<ThreadId, u64>, t: ThreadId) {
+    if k.machine.xstate_trapped {
+        let regs = k.thread(t).regs;
+        let next = k.on_device_not_available(&regs);
+        assert_eq!(next, Next::User(t), "#NM resumes the same thread");
+        k.switch_xstate(next);
+        assert!(!k.machine.xstate_trapped, "the owner runs without the trap");
+    }
     let expect = mine.get(&t).copied().unwrap_or(0);
     assert_eq!(
         k.machine.xstate_live, expect,
@@ -65,6 +73,7 @@ fn threads_keep_their_own_extended_state_across_yields() {
         .windows(2)
         .all(|w| w[0].1 != w[1].1 && w[1].0 == Some(w[0].1)));
     // A run of the same thread again switches nothing.
+    let log = &k.machine.xstate_switches;
     let n = log.len();
     let owner = k.xstate_owner.unwrap();
     k.switch_xstate(Next::User(owner));
@@ -92,8 +101,8 @@ fn a_new_thread_in_a_dead_threads_slot_starts_from_the_initial_state() {
     // A exits with its state in the registers: it is not saved (A is gone), init's comes back.
     let (next, _) = sys(&mut k, Sys::ThreadExit, [0; 6]);
     assert_eq!(go(&mut k, next), sup);
-    assert_eq!(k.machine.xstate_switches.last(), Some(&(None, sup)));
     runs(&mut k, &mut mine, sup);
+    assert_eq!(k.machine.xstate_switches.last(), Some(&(None, sup)));
     let b = ok(&sys(
         &mut k,
         Sys::ThreadCreate,
@@ -175,4 +184,33 @@ fn vcpu_xcr0_and_debug_registers_are_checked_like_the_hardware_would() {
         read_one(k, vcpu, field::GUEST_XCR0),
         xcr0::X87 | xcr0::SSE | xcr0::AVX
     );
+}
+
+#[test]
+fn an_exit_answered_in_ring_3_moves_no_extended_state() {
+    let mut v = vmm_with(0);
+    let r = run(&mut v, true);
+    let (k, vt) = (&mut v.k, v.vt);
+    let mut mine = HashMap::new();
+    assert_eq!(go(k, Next::Guest(vt)), vt);
+    runs(k, &mut mine, vt);
+    let switches = k.machine.xstate_switches.len();
+    for _ in 0..5 {
+        // The VMM's server handles the exit without touching x87/SSE/AVX registers: it runs
+        // with the trap set, and nothing is saved or loaded.
+        let next = exit(k, reason::CPUID, 0, 2);
+        assert_eq!(go(k, next), r.server);
+        assert!(
+            k.machine.xstate_trapped,
+            "a user thread that is not the owner traps"
+        );
+        let mut buf = [0u8; ExitReply::MAX_SIZE];
+        let n = ExitReply::default().encode(&mut buf).unwrap();
+        write_user(k, r.server, DATA, &buf[..n]);
+        let args = [r.server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
+        let (next, _) = sys(k, Sys::ReplyRecv, args);
+        assert_eq!(go(k, next), vt);
+        runs(k, &mut mine, vt);
+    }
+    assert_eq!(k.machine.xstate_switches.len(), switches, "no save or load");
 }

@@ -2,12 +2,18 @@
 //! `fpu` of issue 17).
 //!
 //! Each thread has an extended-state area (the machine keeps it: [`Machine::xstate_switch`]).
-//! The registers hold the state of one thread, the *owner*; before a different thread runs
-//! (a user thread or a vCPU thread, whose state is its guest's), the owner's state is saved
-//! and the next thread's loaded. Switching only when the thread changes is eager switching
-//! without the cost of a save and restore on every kernel entry: the kernel itself never
-//! touches these registers (it is built without SSE). A new thread starts from the initial
-//! state, so nothing passes from a dead thread to the one that reuses its slot.
+//! The registers hold the state of one thread, the *owner*; the kernel itself never touches
+//! them (it is built without SSE). Switching is lazy for user threads and eager for vCPUs:
+//! - before a vCPU thread enters its guest, a different owner's state is saved and the
+//!   guest's loaded (the guest's own CR0 is in force in the guest, so a trap could not
+//!   help);
+//! - a user thread that is not the owner runs with CR0.TS set ([`Machine::xstate_trap`]): its
+//!   first x87/SSE/AVX instruction raises #NM, and only then is the owner's state saved and
+//!   its own loaded ([`Kernel::on_device_not_available`]). The services do not use those
+//!   registers, so an exit handled in ring 3 moves no extended state at all.
+//!
+//! A new thread starts from the initial state, so nothing passes from a dead thread to the
+//! one that reuses its slot.
 //!
 //! A vCPU's XCR0 and debug registers are the pseudo-fields of `abi::vmx::field`'s `fpu`
 //! block, which the machine keeps with the VMCS and loads around VM entry; the values a
@@ -25,18 +31,37 @@ impl<M: Machine> Kernel<M> {
     /// Before the machine runs `next`: if it runs a thread other than the owner of the
     /// extended state, the owner's state is saved (unless it is dead) and the thread's loaded.
     pub fn switch_xstate(&mut self, next: Next) {
-        let t = match next {
-            Next::User(t) | Next::Guest(t) => t,
-            Next::Idle | Next::MachineExit(_) => return,
-        };
-        if self.xstate_owner == Some(t) {
-            return;
+        match next {
+            Next::Guest(t) => {
+                if self.xstate_owner != Some(t) {
+                    self.take_xstate(t);
+                }
+            }
+            Next::User(t) => self.machine.xstate_trap(self.xstate_owner != Some(t)),
+            Next::Idle | Next::MachineExit(_) => {}
         }
+    }
+
+    /// Saves the owner's state (unless it is dead) and loads `t`'s; `t` owns it from now.
+    fn take_xstate(&mut self, t: ThreadId) {
         let from = self
             .xstate_owner
             .filter(|&o| self.threads.0[o as usize].is_some());
         self.machine.xstate_switch(from, t);
         self.xstate_owner = Some(t);
+    }
+
+    /// #NM in ring 3: the current thread used the extended-state registers while another
+    /// thread owned them (CR0.TS was set). It takes them and runs the instruction again.
+    pub fn on_device_not_available(&mut self, regs: &super::regs::UserRegs) -> Next {
+        let Some(c) = self.current else {
+            return self.schedule();
+        };
+        self.thread_mut(c).regs = *regs;
+        if self.xstate_owner != Some(c) {
+            self.take_xstate(c);
+        }
+        Next::User(c)
     }
 
     /// A new thread in slot `t`: its area starts in the initial state, and whatever a dead

@@ -596,6 +596,11 @@ impl Machine for KernelMachine {
         crate::arch::xstate::host_xcr0()
     }
 
+    #[inline]
+    fn xstate_trap(&mut self, on: bool) {
+        crate::arch::xstate::set_trap(on);
+    }
+
     fn read_phys(&self, phys: u64, out: &mut [u8]) {
         // SAFETY: callers name guest RAM, frames of a memory object, mapped in the direct
         // map; the bytes are copied out, no reference is kept.
