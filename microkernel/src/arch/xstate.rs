@@ -176,7 +176,7 @@ fn area(t: ThreadId) -> *mut Area {
 static TRAP: AtomicBool = AtomicBool::new(false);
 
 /// Sets or clears CR0.TS, unless it is so already.
-#[inline]
+#[inline(always)]
 pub fn set_trap(on: bool) {
     if TRAP.load(Ordering::Relaxed) == on {
         return;

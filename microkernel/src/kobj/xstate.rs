@@ -30,6 +30,7 @@ use super::queue::ThreadId;
 impl<M: Machine> Kernel<M> {
     /// Before the machine runs `next`: if it runs a thread other than the owner of the
     /// extended state, the owner's state is saved (unless it is dead) and the thread's loaded.
+    #[inline(always)]
     pub fn switch_xstate(&mut self, next: Next) {
         match next {
             Next::Guest(t) => {
