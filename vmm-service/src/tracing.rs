@@ -1,5 +1,7 @@
 //! Tracing a VM's exits with the trace service (`proto::trace`): started before the first
-//! entry, stopped when the run ends ([`Tracing`] stops it on drop, whatever the outcome).
+//! entry, stopped when the run ends ([`Tracing`] stops it on drop, whatever the outcome). The
+//! trace service switches tracing on with the VM capability sent along and keeps no copy;
+//! the VMM, which owns the VM, switches it off.
 
 use abi::CapSlot;
 use userlib::proto::trace::{self, Trace};
@@ -9,6 +11,8 @@ use userlib::proto::vmm::VmmError;
 pub struct Tracing {
     /// The VM's trace id.
     pub vm: u32,
+    /// The VM's capability (the VMM's).
+    cap: CapSlot,
 }
 
 /// Asks the trace service to trace `vm` (the capability goes with the call) under `name`.
@@ -23,7 +27,7 @@ pub fn start(name: &str, vm: CapSlot) -> Result<Tracing, VmmError> {
     let name = heapless::String::try_from(name).map_err(|_| VmmError::Trace)?;
     match client.call_with_cap(&trace::Request::Start { name }, Some(vm)) {
         Ok(r) => match r.response {
-            trace::Response::Started { vm } => Ok(Tracing { vm }),
+            trace::Response::Started { vm: id } => Ok(Tracing { vm: id, cap: vm }),
             other => {
                 userlib::println!("vmm: the trace service refused the VM: {other:?}");
                 Err(VmmError::Trace)
@@ -38,6 +42,9 @@ pub fn start(name: &str, vm: CapSlot) -> Result<Tracing, VmmError> {
 
 impl Drop for Tracing {
     fn drop(&mut self) {
+        if let Err(e) = userlib::sys::vm_trace(self.cap, false) {
+            userlib::println!("vmm: switching the trace of VM {} off: {e:?}", self.vm);
+        }
         let Some(ep) = crate::trace_service() else {
             return;
         };

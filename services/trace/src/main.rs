@@ -36,15 +36,18 @@ const OWN_EP: CapSlot = userlib::wiring::OWN_ENDPOINT;
 const RING_VA: u64 = 0x2000_0000;
 /// Heap pages: the histograms (about 6 KiB per exit reason of a VM).
 const HEAP_PAGES: u64 = 512;
-/// VMs whose tracing this instance switched on (it holds their capabilities).
+/// VMs this instance was asked to trace and still remembers (the oldest stopped one goes
+/// when a new one comes and the list is full).
 const MAX_TRACED: usize = 16;
 
-/// A VM this instance traces: its trace id, the VM capability it was given, and the ring's
-/// drop count when it started (what `Totals::dropped` counts from).
+/// A VM this instance traces or traced: its trace id, and the ring's drop count when its
+/// tracing started and stopped (what `Totals::dropped` counts). The service keeps no VM
+/// capability: it switches tracing on and deletes the capability, and the VMM, which owns
+/// the VM, switches it off ([`abi::Sys::VmTrace`]); so a VM never outlives its VMM here.
 struct Traced {
     vm: u32,
-    cap: CapSlot,
     dropped_at_start: u64,
+    dropped_at_stop: Option<u64>,
 }
 
 struct State {
@@ -242,7 +245,13 @@ fn handle(
                     return Err(TraceError::NotAVm);
                 }
                 if s.traced.is_full() {
-                    return Err(TraceError::TooManyVms);
+                    // Room for one more: the oldest VM whose tracing stopped goes.
+                    let i = s
+                        .traced
+                        .iter()
+                        .position(|t| t.dropped_at_stop.is_some())
+                        .ok_or(TraceError::TooManyVms)?;
+                    s.traced.remove(i);
                 }
                 let vm = sys::vm_trace(cap, true).map_err(kernel_error)?;
                 if let Err(e) = s.stats.start(vm, name.as_str()) {
@@ -250,23 +259,22 @@ fn handle(
                     return Err(e);
                 }
                 let dropped_at_start = s.dropped();
+                s.traced.retain(|t| t.vm != vm);
                 let _ = s.traced.push(Traced {
                     vm,
-                    cap,
                     dropped_at_start,
+                    dropped_at_stop: None,
                 });
-                *grant = None;
+                // The capability is not kept (the main loop deletes what `grant` holds).
                 Ok(Response::Started { vm })
             }
             Request::Stop { vm } => {
                 let known = s.stats.vm_ids().any(|id| id == vm);
-                if let Some(i) = s.traced.iter().position(|t| t.vm == vm) {
-                    let t = s.traced.swap_remove(i);
-                    // A VM already gone (its VMM ended it) needs no switching off.
-                    let _ = sys::vm_trace(t.cap, false);
-                    let _ = sys::cap_delete(t.cap);
-                } else if !known {
-                    return Err(TraceError::UnknownVm);
+                let now = s.dropped();
+                match s.traced.iter_mut().find(|t| t.vm == vm) {
+                    Some(t) => t.dropped_at_stop = Some(now),
+                    None if !known => return Err(TraceError::UnknownVm),
+                    None => {}
                 }
                 let _ = s.stats.stop(vm);
                 Ok(Response::Done)
@@ -277,12 +285,13 @@ fn handle(
             }
             Request::Query { vm, from_reason } => {
                 let (mut totals, rows, next) = s.stats.rows(vm, from_reason)?;
-                let since = s
-                    .traced
-                    .iter()
-                    .find(|t| t.vm == vm)
-                    .map_or(0, |t| t.dropped_at_start);
-                totals.dropped = s.dropped().saturating_sub(since);
+                // Drops while this VM was traced (since this instance started, for a VM it
+                // learnt of from the ring).
+                let now = s.dropped();
+                let (since, until) = s.traced.iter().find(|t| t.vm == vm).map_or((0, now), |t| {
+                    (t.dropped_at_start, t.dropped_at_stop.unwrap_or(now))
+                });
+                totals.dropped = until.saturating_sub(since);
                 Ok(Response::Rows {
                     vm,
                     totals,
