@@ -1,0 +1,330 @@
+//! The entry path: what runs before a vCPU thread enters the guest
+//! ([`Kernel::vcpu_prepare`]). The handler's reply is applied (the common "registers and
+//! advance RIP" reply straight from its bytes, any other through `ExitReply::decode`), an
+//! exit whose handler restarted is re-sent to its successor, and the entry is refused
+//! (stopping the vCPU) when it would fail or do harm.
+//!
+//! The rules that live here: a malformed reply stops the vCPU ([`stop::BAD_REPLY`]); a run
+//! past its time limit stops ([`stop::TIME_LIMIT`]); an event VM entry would refuse is caught
+//! before entry ([`entry_event_ok`]); only the VM's MMU endpoint may set a shadow vCPU's root
+//! and only to a root the kernel may enter with ([`stop::BAD_ROOT`]); an audited shadow VM's
+//! tables name only its own RAM and pool ([`stop::AUDIT`]).
+
+use abi::cpu::cr0::PE as CR0_PE;
+use abi::vmx::{self, field, reply, stop, ExitReply};
+use abi::Error;
+
+use super::VcpuRun;
+use crate::kobj::kernel::Kernel;
+use crate::kobj::machine::Machine;
+use crate::kobj::objects::*;
+use crate::kobj::queue::ThreadId;
+use crate::kobj::shadow;
+
+impl<M: Machine> Kernel<M> {
+    /// Runs before a vCPU thread enters the guest: applies the handler's reply, re-sends an
+    /// exit whose handler restarted, or stops the vCPU; audits a shadow VM's tables when
+    /// asked to. Returns whether to enter.
+    pub(crate) fn vcpu_prepare(&mut self, t: ThreadId) -> bool {
+        let Some(vi) = self.vcpu_of(t) else {
+            return false;
+        };
+        if self.over_time_limit(vi) {
+            self.vcpu_stop(vi, stop::TIME_LIMIT);
+            return false;
+        }
+        let enter = self.prepare_entry(vi, t);
+        if enter && !self.entry_event_checked(vi) {
+            return false;
+        }
+        if enter && self.vcpu(vi).shadow {
+            return self.audit_entry(vi);
+        }
+        enter
+    }
+
+    /// Checks the event VM entry would inject if its fields changed since the last entry;
+    /// stops the vCPU (and returns `false`) when VM entry would refuse it.
+    fn entry_event_checked(&mut self, vi: u16) -> bool {
+        let Some(code) = self.vcpu_mut(vi).check_event.take() else {
+            return true;
+        };
+        let info = self.vmcs_read(vi, field::VM_ENTRY_INTR_INFO);
+        let error = self.vmcs_read(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE);
+        let len = self.vmcs_read(vi, field::VM_ENTRY_INSTRUCTION_LEN);
+        let pe = self.vmcs_read(vi, field::GUEST_CR0) & CR0_PE != 0;
+        if entry_event_ok(info, error, len, pe) {
+            return true;
+        }
+        if code == stop::ENTRY_FAILED {
+            // As the hardware reports it: VMfail, "invalid control field(s)".
+            self.vcpu_mut(vi).last_exit = (1 << 31, VMFAIL_INVALID_CONTROL, 0);
+        }
+        self.vcpu_stop(vi, code);
+        false
+    }
+
+    /// Whether vCPU `vi`'s run has lasted its time limit ([`field::RUN_TICKS`]).
+    fn over_time_limit(&self, vi: u16) -> bool {
+        let v = self.vcpu(vi);
+        v.run_ticks != 0
+            && v.run != VcpuRun::Stopped
+            && self.machine.clock().0.saturating_sub(v.run_start) >= v.run_ticks
+    }
+
+    #[inline]
+    fn prepare_entry(&mut self, vi: u16, t: ThreadId) -> bool {
+        match self.vcpu(vi).run {
+            VcpuRun::Running => return true,
+            VcpuRun::Stopped => {
+                self.thread_mut(t).state = ThreadState::Suspended;
+                return false;
+            }
+            VcpuRun::AwaitingReply => {}
+        }
+        match self.vcpu_mut(vi).call_result.take() {
+            None => {
+                // Woken without an answer: wait on.
+                false
+            }
+            Some(Ok(())) => {
+                if let Some(entered) = self.apply_simple_reply(vi, t) {
+                    return entered;
+                }
+                let reply = {
+                    let msg = &self.thread(t).msg;
+                    ExitReply::decode(&msg.data[..msg.len.min(msg.data.len())])
+                };
+                match reply {
+                    Ok(r) => {
+                        self.vcpu_mut(vi).run = VcpuRun::Running;
+                        self.apply_reply(vi, &r)
+                    }
+                    Err(_) => {
+                        self.vcpu_stop(vi, stop::BAD_REPLY);
+                        false
+                    }
+                }
+            }
+            Some(Err(Error::ServerRestarted)) => {
+                // The handler died before answering: the same exit goes to its successor
+                // (the message is still in the thread). Rebuild it (the reply did not
+                // overwrite it, but be safe about the label).
+                let cap = self.vcpu(vi).call_ep;
+                match cap {
+                    Some(cap) if self.alive(cap.obj) => {
+                        self.thread_mut(t).msg.label = vmx::EXIT_LABEL;
+                        self.send_exit(vi, cap);
+                    }
+                    _ => self.vcpu_stop(vi, stop::PORTAL_GONE),
+                }
+                false
+            }
+            Some(Err(_)) => {
+                self.vcpu_stop(vi, stop::PORTAL_GONE);
+                false
+            }
+        }
+    }
+
+    /// The common reply (registers and "advance RIP", nothing else) applied straight from
+    /// its bytes, without building an `ExitReply`; `None` for any other reply (including a
+    /// malformed one), which the general path decodes and judges.
+    fn apply_simple_reply(&mut self, vi: u16, t: ThreadId) -> Option<bool> {
+        let mut words = [0u64; 16];
+        let (flags, gpr_mask) = {
+            let msg = &self.thread(t).msg;
+            let bytes = msg.data.get(..msg.len)?;
+            let h = bytes.get(..8)?;
+            let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+            let gpr_mask = u16::from_le_bytes([h[4], h[5]]);
+            if flags & !reply::ADVANCE_RIP != 0
+                || h[6] != 0
+                || h[7] != 0
+                || bytes.len() != ExitReply::size_of(flags, gpr_mask)
+            {
+                return None;
+            }
+            for (w, b) in words.iter_mut().zip(bytes[8..].chunks_exact(8)) {
+                *w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            }
+            (flags, gpr_mask)
+        };
+        self.vcpu_mut(vi).run = VcpuRun::Running;
+        let mut regs = gpr_mask;
+        let mut next = words.into_iter();
+        while regs != 0 {
+            let n = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            let v = next.next().unwrap_or(0);
+            match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                Some(reg) => *reg = v,
+                None => self.vmcs_write(vi, field::GUEST_RSP, v),
+            }
+        }
+        if flags & reply::ADVANCE_RIP != 0 {
+            let len = self.vcpu(vi).last_exit.2;
+            let rip = self.vmcs_read(vi, field::GUEST_RIP);
+            self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+        }
+        Some(true)
+    }
+
+    /// Applies a handler's reply; `false` when it stopped the vCPU.
+    fn apply_reply(&mut self, vi: u16, r: &ExitReply) -> bool {
+        let t = self.vcpu(vi).thread;
+        let mut regs = r.gpr_mask;
+        while regs != 0 {
+            let n = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                Some(reg) => *reg = r.gprs[n],
+                None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n]),
+            }
+        }
+        if r.flags & reply::SET_RIP != 0 {
+            self.vmcs_write(vi, field::GUEST_RIP, r.rip);
+        }
+        if r.flags & reply::ADVANCE_RIP != 0 {
+            let len = self.vcpu(vi).last_exit.2;
+            let rip = self.vmcs_read(vi, field::GUEST_RIP);
+            self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+        }
+        if r.flags & reply::SET_RFLAGS != 0 {
+            self.write_state(vi, field::GUEST_RFLAGS, r.rflags);
+        }
+        let paging = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;
+        if r.flags & reply::SET_CR0 != 0 {
+            self.write_state(vi, field::GUEST_CR0, r.cr0);
+        }
+        if r.flags & reply::SET_CR3 != 0 {
+            self.write_state(vi, field::GUEST_CR3, r.cr3);
+        }
+        if r.flags & reply::SET_CR4 != 0 {
+            self.write_state(vi, field::GUEST_CR4, r.cr4);
+        }
+        if r.flags & reply::SET_EFER != 0 {
+            self.write_state(vi, field::GUEST_IA32_EFER, r.efer);
+        }
+        if r.flags & paging != 0 {
+            self.refresh_paging(vi);
+        }
+        if r.flags & reply::SET_CR2 != 0 {
+            self.vmcs_write(vi, field::GUEST_CR2, r.cr2);
+        }
+        if r.flags & reply::SET_SHADOW_CR3 != 0 && !self.set_shadow_root(vi, r.shadow_cr3) {
+            self.vcpu_stop(vi, stop::BAD_ROOT);
+            return false;
+        }
+        if r.flags & reply::INJECT != 0 {
+            // Valid bit, type and vector, deliver-error-code: reserved bits 30:12 clear.
+            let info = (r.inject as u32) & 0x8000_0fff;
+            self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info as u64);
+            self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32);
+            let len = self.vcpu(vi).last_exit.2;
+            self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
+            self.vcpu_mut(vi).check_event = Some(stop::BAD_REPLY);
+        }
+        if r.flags & reply::STOP != 0 {
+            self.vcpu_stop(vi, stop::HANDLER | (r.stop_code & !stop::KIND_MASK));
+            return false;
+        }
+        true
+    }
+
+    /// Makes `root` the hardware CR3 of shadow vCPU `vi` if the exit being answered went to
+    /// the VM's MMU endpoint and `root` is one the kernel may enter with
+    /// ([`ShadowVm::root_ok`](crate::kobj::shadow::ShadowVm::root_ok)). Returns whether it did; nothing changes otherwise.
+    fn set_shadow_root(&mut self, vi: u16, root: u64) -> bool {
+        let Some(s) = self.shadow_vm(vi) else {
+            return false;
+        };
+        let from_mmu = match (s.pool, self.vcpu(vi).call_ep) {
+            (Some(pool), Some(ep)) => ep.obj == pool.mmu_ep,
+            _ => false,
+        };
+        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+        let long = shadow::long_mode(cr0, self.vcpu(vi).guest_efer);
+        if !from_mmu || !s.root_ok(root, long) {
+            self.vcpu_mut(vi).last_exit.1 = root;
+            return false;
+        }
+        self.vmcs_write(vi, field::GUEST_CR3, root);
+        true
+    }
+
+    /// Audit mode: walks the shadow tables vCPU `vi` is about to enter with; stops it (with
+    /// the physical address of the bad entry as the qualification) when one names a frame
+    /// outside the VM's RAM or pool. Returns whether to enter.
+    fn audit_entry(&mut self, vi: u16) -> bool {
+        let Some(vm) = slot_get(&self.vms, self.vcpu(vi).vm) else {
+            return true;
+        };
+        let (Some(s), ram_phys, ram_pages) = (vm.shadow, vm.ram_phys, vm.ram_pages) else {
+            return true;
+        };
+        let root = self.vmcs_read(vi, field::GUEST_CR3);
+        let (true, Some(pool)) = (s.audit, s.pool) else {
+            return true;
+        };
+        if root == s.empty_root {
+            return true;
+        }
+        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+        let long = shadow::long_mode(cr0, self.vcpu(vi).guest_efer);
+        let m = &self.machine;
+        let mut read = |pa: u64| {
+            let mut b = [0u8; 8];
+            m.read_phys(pa, &mut b);
+            u64::from_le_bytes(b)
+        };
+        match shadow::audit(root, long, &pool, ram_phys, ram_pages, &mut read) {
+            Ok(()) => true,
+            Err(at) => {
+                self.vcpu_mut(vi).last_exit.1 = at;
+                self.vcpu_stop(vi, stop::AUDIT);
+                false
+            }
+        }
+    }
+
+    /// Records the outcome of the vCPU thread's pending exit call (instead of writing
+    /// syscall results into guest registers).
+    pub(crate) fn vcpu_call_done(&mut self, vi: u16, result: Result<(), Error>) {
+        // Stamped whatever the outcome (one test while nothing is traced): a failed call
+        // stops the vCPU or re-sends the exit, which stamps again.
+        self.trace_replied(vi);
+        self.vcpu_mut(vi).call_result = Some(result);
+    }
+}
+
+/// The VM-instruction error of a VM entry with invalid control fields.
+const VMFAIL_INVALID_CONTROL: u64 = 7;
+
+/// Whether VM entry accepts this event (SDM vol. 3, 27.2.1.3, "Checks on VM-Entry Control
+/// Fields", event injection): `info` the VM-entry interruption information, `error` the
+/// exception error code, `len` the instruction length, `pe` the guest CR0.PE. Checked by the
+/// kernel because not every CPU (nor emulator) fails cleanly on a bad one: Bochs stops the
+/// whole machine on type 7.
+pub(crate) fn entry_event_ok(info: u64, error: u64, len: u64, pe: bool) -> bool {
+    if info & (1 << 31) == 0 {
+        return true; // nothing to inject
+    }
+    if info & !0x8000_0fff != 0 {
+        return false; // reserved bits 30:12 (and nothing above bit 31)
+    }
+    let vector = info & 0xff;
+    let kind = (info >> 8) & 7;
+    let deliver = info & (1 << 11) != 0;
+    let kind_ok = match kind {
+        0 | 4 | 5 | 6 => true, // external interrupt, software interrupt or exception
+        2 => vector == 2,      // NMI
+        3 => vector <= 31,     // hardware exception
+        _ => false,            // 1 reserved, 7 "other event" (MTF, unused)
+    };
+    // An error code exactly for the exceptions that push one, in protected mode.
+    let wants_error = kind == 3 && pe && matches!(vector, 8 | 10..=14 | 17);
+    let error_ok = deliver == wants_error && (!deliver || error <= 0xffff);
+    let len_ok = !matches!(kind, 4..=6) || (1..=15).contains(&len);
+    kind_ok && error_ok && len_ok
+}

@@ -1,0 +1,241 @@
+//! The exit path: what happens when the guest leaves. An exit is counted and traced, then
+//! goes where the vCPU's portal for its basic reason says: the kernel answers it
+//! ([`Portal::Reflect`]: CPUID, VMCALL, port I/O), the vCPU stops ([`Portal::None`], or a
+//! failed entry), or the vCPU thread calls the portal endpoint with an exit message holding
+//! just the state groups the portal asked for.
+//!
+//! The rule that lives here: the exit message's layout (`abi::vmx::ExitMessage`), written
+//! straight into the vCPU thread's message buffer on every exit; a closed portal endpoint
+//! stops the vCPU ([`stop::PORTAL_GONE`]).
+
+use abi::vmx::{self, field, group, reason, stop};
+
+use super::{Portal, VcpuRun, VmExit};
+use crate::kobj::captable::Cap;
+use crate::kobj::kernel::{Kernel, Next};
+use crate::kobj::machine::Machine;
+use crate::kobj::objects::*;
+use crate::kobj::queue::ThreadId;
+
+impl<M: Machine> Kernel<M> {
+    /// A VM exit of the current thread's vCPU; its guest registers are already in the
+    /// thread's register file.
+    pub fn on_vm_exit(&mut self, exit: VmExit) -> Next {
+        let Some(c) = self.current else {
+            return self.schedule();
+        };
+        let Some(vi) = self.vcpu_of(c) else {
+            return self.schedule();
+        };
+        let basic = exit.reason & 0xffff;
+        {
+            let v = self.vcpu_mut(vi);
+            if let Some(n) = v.exits.get_mut(basic as usize) {
+                *n = n.saturating_add(1);
+            }
+            v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
+        }
+        self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
+        if exit.reason & (1 << 31) != 0 {
+            self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
+            return self.schedule();
+        }
+        if reason::KERNEL_HANDLED.contains(&basic) {
+            self.trace_kernel_handled(vi);
+            // The run's slice ended (or a host interrupt the machine already took): counted,
+            // and the vCPU stays runnable.
+            return self.schedule();
+        }
+        let portal = self
+            .vcpu(vi)
+            .portals
+            .get(basic as usize)
+            .copied()
+            .unwrap_or(Portal::None);
+        match portal {
+            Portal::Reflect => {
+                self.trace_kernel_handled(vi);
+                self.reflect(vi, basic, exit.instruction_len);
+                self.schedule()
+            }
+            Portal::None => {
+                self.vcpu_stop(vi, stop::UNHANDLED | basic as u64);
+                self.schedule()
+            }
+            Portal::Endpoint { cap, mask } => {
+                let len = self.write_exit_message(vi, exit, mask);
+                let th = self.thread_mut(c);
+                th.msg.label = vmx::EXIT_LABEL;
+                th.msg.badge = cap.badge;
+                th.msg.grant = None;
+                th.msg.len = len;
+                self.send_exit(vi, cap);
+                self.schedule()
+            }
+        }
+    }
+
+    /// Counts (and traces) an exit the machine handled itself (an external interrupt) at
+    /// time-stamp `tsc`.
+    pub fn count_exit(&mut self, t: ThreadId, reason: u32, tsc: u64) {
+        if let Some(vi) = self.vcpu_of(t) {
+            if let Some(n) = self.vcpu_mut(vi).exits.get_mut((reason & 0xffff) as usize) {
+                *n = n.saturating_add(1);
+            }
+            self.trace_exit(vi, reason, 0, tsc);
+            self.trace_kernel_handled(vi);
+        }
+    }
+
+    /// VMLAUNCH or VMRESUME of the current vCPU failed with VM-instruction error `error`.
+    pub fn on_entry_failed(&mut self, error: u64) -> Next {
+        if let Some(vi) = self.current.and_then(|c| self.vcpu_of(c)) {
+            self.vcpu_mut(vi).last_exit = (1 << 31, error, 0);
+            self.vcpu_stop(vi, stop::ENTRY_FAILED);
+        }
+        self.schedule()
+    }
+
+    /// Answers CPUID, VMCALL and port I/O in the kernel (the floor of an exit round trip).
+    fn reflect(&mut self, vi: u16, basic: u32, len: u64) {
+        let t = self.vcpu(vi).thread;
+        if basic == reason::CPUID {
+            let (leaf, sub) = {
+                let r = &self.thread(t).regs;
+                (r.rax as u32, r.rcx as u32)
+            };
+            let v = self.machine.host_cpuid(leaf, sub);
+            let r = &mut self.thread_mut(t).regs;
+            r.rax = v[0] as u64;
+            r.rbx = v[1] as u64;
+            r.rcx = v[2] as u64;
+            r.rdx = v[3] as u64;
+        } else if basic == reason::VMCALL {
+            self.thread_mut(t).regs.rax = 0;
+        }
+        let rip = self.vmcs_read(vi, field::GUEST_RIP);
+        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+    }
+
+    /// Writes the exit message with the groups in `mask` straight into the vCPU thread's
+    /// message buffer (the `ExitMessage` layout of `abi::vmx`, without building the struct:
+    /// this is on every exit). Returns its length.
+    fn write_exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> usize {
+        let Some(v) = self.vcpus[vi as usize].obj.as_mut() else {
+            return 0;
+        };
+        let Some(th) = self.threads.0[v.thread as usize].as_mut() else {
+            return 0;
+        };
+        let m = &mut self.machine;
+        let hw = &mut v.hw;
+        let out = &mut th.msg.data;
+        let mut at = 0;
+        if mask & group::GPRS != 0 {
+            // The header and the registers in one pass: this is what most portals ask for.
+            let r = &th.regs;
+            let rsp = m.vmcs_read(hw, field::GUEST_RSP);
+            let words = [
+                r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ];
+            if let Some(dst) = out.get_mut(16..16 + 128) {
+                for (w, v) in dst.chunks_exact_mut(8).zip(words) {
+                    w.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            at = 16 + 128;
+        }
+        if let Some(h) = out.get_mut(..16) {
+            h[..4].copy_from_slice(&exit.reason.to_le_bytes());
+            h[4..8].copy_from_slice(&mask.to_le_bytes());
+            h[8..12].copy_from_slice(&v.id.to_le_bytes());
+            h[12..16].copy_from_slice(&0u32.to_le_bytes());
+        }
+        if at == 0 {
+            at = 16;
+        }
+        let mut put = |bytes: &[u8]| {
+            if let Some(d) = out.get_mut(at..at + bytes.len()) {
+                d.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
+        let mut rd = |f: u64| m.vmcs_read(hw, f);
+        if mask & group::RIP != 0 {
+            put(&rd(field::GUEST_RIP).to_le_bytes());
+            put(&rd(field::GUEST_RFLAGS).to_le_bytes());
+            put(&exit.instruction_len.to_le_bytes());
+        }
+        if mask & group::CRS != 0 {
+            let (cr0, cr4) = (rd(field::GUEST_CR0), rd(field::GUEST_CR4));
+            let (mask0, mask4) = (
+                rd(field::CR0_GUEST_HOST_MASK),
+                rd(field::CR4_GUEST_HOST_MASK),
+            );
+            let (shadow0, shadow4) = (rd(field::CR0_READ_SHADOW), rd(field::CR4_READ_SHADOW));
+            // A shadow vCPU's guest has its own CR3 and EFER.
+            let (cr3, efer) = if v.shadow {
+                (v.guest_cr3, v.guest_efer)
+            } else {
+                (rd(field::GUEST_CR3), rd(field::GUEST_IA32_EFER))
+            };
+            put(&cr0.to_le_bytes());
+            put(&cr3.to_le_bytes());
+            put(&cr4.to_le_bytes());
+            put(&efer.to_le_bytes());
+            // What the guest reads: the shadow for the intercepted bits, the rest as is.
+            put(&((cr0 & !mask0) | (shadow0 & mask0)).to_le_bytes());
+            put(&((cr4 & !mask4) | (shadow4 & mask4)).to_le_bytes());
+        }
+        if mask & group::SEGS != 0 {
+            // cs, ss, ds, es, fs, gs, tr, ldtr: VMCS index (es = 0, cs = 1, ss = 2, ds = 3,
+            // fs = 4, gs = 5, ldtr = 6, tr = 7).
+            for n in [1u64, 2, 3, 0, 4, 5, 7, 6] {
+                put(&(rd(field::GUEST_ES_SELECTOR + 2 * n) as u16).to_le_bytes());
+                put(&0u16.to_le_bytes());
+                put(&(rd(field::GUEST_ES_AR + 2 * n) as u32).to_le_bytes());
+                put(&(rd(field::GUEST_ES_LIMIT + 2 * n) as u32).to_le_bytes());
+                put(&0u32.to_le_bytes());
+                put(&rd(field::GUEST_ES_BASE + 2 * n).to_le_bytes());
+            }
+        }
+        if mask & group::QUAL != 0 {
+            put(&exit.qualification.to_le_bytes());
+            for f in [
+                field::EXIT_INTR_INFO,
+                field::EXIT_INTR_ERROR_CODE,
+                field::IDT_VECTORING_INFO,
+                field::IDT_VECTORING_ERROR_CODE,
+                field::EXIT_INSTRUCTION_INFO,
+            ] {
+                put(&(rd(f) as u32).to_le_bytes());
+            }
+            put(&0u32.to_le_bytes());
+        }
+        if mask & group::ADDR != 0 {
+            put(&rd(field::GUEST_PHYSICAL_ADDRESS).to_le_bytes());
+            put(&rd(field::GUEST_LINEAR_ADDRESS).to_le_bytes());
+        }
+        at.min(out.len())
+    }
+
+    /// Calls the portal endpoint with the exit message held in the vCPU thread.
+    pub(super) fn send_exit(&mut self, vi: u16, cap: Cap) {
+        let t = self.vcpu(vi).thread;
+        {
+            let v = self.vcpu_mut(vi);
+            v.run = VcpuRun::AwaitingReply;
+            v.call_result = None;
+            v.call_ep = Some(cap);
+        }
+        let open =
+            slot_get(&self.endpoints, cap.obj).is_some_and(|e| e.state != EndpointState::Closed);
+        if !open {
+            self.vcpu_stop(vi, stop::PORTAL_GONE);
+            return;
+        }
+        // A call always blocks the caller (`Ok(None)`); delivery errors go to the receiver.
+        let _ = self.send_loaded(t, cap.obj.index, true);
+    }
+}

@@ -1,0 +1,427 @@
+//! The VM and vCPU objects' lives: `VmCreate`, the shadow-pool registration
+//! (`VmSetShadow`), EPT mapping (`VmMapRam`, `VmUnmap`), `VcpuCreate`, `VcpuPortal` and
+//! `VcpuRun`; stopping a vCPU; and the reference counts that destroy a VM (its vCPUs first)
+//! or a vCPU when the last capability goes.
+//!
+//! The rule that lives here: a VM's EPT only ever maps its own RAM, a portal names a
+//! non-kernel-handled exit reason and only CPUID, VMCALL and port I/O may be reflected, and
+//! a destroyed object leaves no thread, queue entry or reference behind.
+
+use abi::vmx::{self, field, group, reason, stop, vm_flags, EXIT_REASONS};
+use abi::{CapKind, Error, Rights, NO_CAP};
+
+use super::{Portal, Vcpu, VcpuRun, Vm, MAX_VCPUS};
+use crate::kobj::captable::ObjRef;
+use crate::kobj::ipc::{err, SysResult};
+use crate::kobj::kernel::Kernel;
+use crate::kobj::machine::Machine;
+use crate::kobj::objects::*;
+use crate::kobj::shadow::{Pool, ShadowVm};
+use crate::PAGE_SIZE;
+
+impl<M: Machine> Kernel<M> {
+    pub(crate) fn sys_vm_create(&mut self, ram: u64, flags: u64) -> SysResult {
+        if !self.machine.vmx_available() {
+            return Err(err(Error::NoVmx));
+        }
+        let audit_alone = flags & vm_flags::AUDIT != 0 && flags & vm_flags::SHADOW == 0;
+        if flags & !vm_flags::ALL != 0 || audit_alone {
+            return Err(err(Error::InvalidArgument));
+        }
+        let cap = self
+            .cap(ram, CapKind::Memory, Rights::READ | Rights::WRITE)
+            .map_err(err)?;
+        let (ram_phys, ram_pages) = {
+            let m = slot_get(&self.memory, cap.obj).ok_or(err(Error::StaleCap))?;
+            (m.phys, m.pages)
+        };
+        if !self.vms.iter().any(|s| s.obj.is_none()) {
+            return Err(err(Error::NoMemory));
+        }
+        self.check_cap_slot()?;
+        let shadow = if flags & vm_flags::SHADOW != 0 {
+            let root = self.machine.frames_alloc(1).ok_or(err(Error::NoMemory))?;
+            if root >= 1 << 32 {
+                self.machine.frames_free(root, 1);
+                return Err(err(Error::NoMemory));
+            }
+            Some(ShadowVm {
+                empty_root: root,
+                audit: flags & vm_flags::AUDIT != 0,
+                pool: None,
+            })
+        } else {
+            None
+        };
+        let Some(ept) = self.machine.ept_new() else {
+            if let Some(s) = shadow {
+                self.machine.frames_free(s.empty_root, 1);
+            }
+            return Err(err(Error::NoMemory));
+        };
+        let (index, generation) = slot_insert(
+            &mut self.vms,
+            Vm {
+                ram: cap.obj,
+                ram_phys,
+                ram_pages,
+                ept,
+                shadow,
+                refs: 0,
+                trace_id: self.next_vm_trace_id,
+                traced: false,
+            },
+        )
+        .expect("checked for a free slot");
+        self.next_vm_trace_id = self.next_vm_trace_id.wrapping_add(1).max(1);
+        self.acquire(cap.obj);
+        let vm = ObjRef {
+            kind: CapKind::Vm,
+            index,
+            generation,
+        };
+        let slot = self.new_cap_for_current(vm)?;
+        Ok(Some([slot, 0, 0, 0]))
+    }
+
+    /// `VmSetShadow(vm, pool, ep)`.
+    pub(crate) fn sys_vm_set_shadow(&mut self, a: [u64; 6]) -> SysResult {
+        let vm = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
+        let pool = self
+            .cap(a[1], CapKind::Memory, Rights::READ | Rights::WRITE)
+            .map_err(err)?;
+        let ep = self
+            .cap(a[2], CapKind::Endpoint, Rights::empty())
+            .map_err(err)?;
+        let (phys, pages) = {
+            let m = slot_get(&self.memory, pool.obj).ok_or(err(Error::StaleCap))?;
+            (m.phys, m.pages)
+        };
+        let v = slot_get_mut(&mut self.vms, vm.obj).ok_or(err(Error::StaleCap))?;
+        let Some(s) = v.shadow.as_mut() else {
+            return Err(err(Error::InvalidArgument));
+        };
+        // Once set, only the registered MMU endpoint's holder may register again (a restarted
+        // MMU service recovering the VM, or retrying an attach its dead predecessor began).
+        let old = match s.pool {
+            Some(old) if old.mmu_ep != ep.obj => return Err(err(Error::Busy)),
+            old => old,
+        };
+        s.pool = Some(Pool {
+            mem: pool.obj,
+            phys,
+            pages,
+            mmu_ep: ep.obj,
+        });
+        self.acquire(pool.obj);
+        self.acquire(ep.obj);
+        if let Some(old) = old {
+            // Every vCPU of the VM leaves the roots the old registration set: none enters the
+            // guest on a table its new MMU instance has not built.
+            self.release(old.mem);
+            self.release(old.mmu_ep);
+            let vcpus: heapless::Vec<u16, MAX_VCPUS> = (0..MAX_VCPUS as u16)
+                .filter(|&i| {
+                    self.vcpus[i as usize]
+                        .obj
+                        .as_ref()
+                        .is_some_and(|c| c.vm == vm.obj)
+                })
+                .collect();
+            for vi in vcpus {
+                self.drop_shadow_root(vi);
+            }
+        }
+        Ok(Some([0; 4]))
+    }
+
+    pub(crate) fn sys_vm_map_ram(&mut self, a: [u64; 6]) -> SysResult {
+        let (gpa, pages, rights) = (a[1], a[2], a[3]);
+        let cap = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
+        let rights = Rights::from_bits(rights).ok_or(err(Error::InvalidArgument))?;
+        let ept_rights = rights & (Rights::READ | Rights::WRITE | Rights::EXEC);
+        if ept_rights != rights || !rights.contains(Rights::READ) {
+            return Err(err(Error::InvalidArgument)); // EPT: write or execute needs read
+        }
+        let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        if vm.shadow.is_some() {
+            return Err(err(Error::InvalidArgument)); // no EPT: the MMU service shadows
+        }
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| gpa.checked_add(len));
+        let Some(end) = end.filter(|&e| e <= vm.ram_pages * PAGE_SIZE) else {
+            return Err(err(Error::InvalidArgument));
+        };
+        if !gpa.is_multiple_of(PAGE_SIZE) || pages == 0 {
+            return Err(err(Error::InvalidArgument));
+        }
+        let mut g = gpa;
+        while g < end {
+            let hpa = vm.ram_phys + g;
+            self.machine
+                .ept_map(&mut vm.ept, g, hpa, ept_rights.bits())
+                .map_err(|_| err(Error::NoMemory))?;
+            g += PAGE_SIZE;
+        }
+        Ok(Some([0; 4]))
+    }
+
+    pub(crate) fn sys_vm_unmap(&mut self, a: [u64; 6]) -> SysResult {
+        let (gpa, pages) = (a[1], a[2]);
+        let cap = self.cap(a[0], CapKind::Vm, Rights::WRITE).map_err(err)?;
+        let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        if !gpa.is_multiple_of(PAGE_SIZE) || pages > vm.ram_pages {
+            return Err(err(Error::InvalidArgument));
+        }
+        for i in 0..pages {
+            let g = gpa.saturating_add(i * PAGE_SIZE);
+            self.machine.ept_unmap(&mut vm.ept, g);
+        }
+        Ok(Some([0; 4]))
+    }
+
+    pub(crate) fn sys_vcpu_create(&mut self, vm_slot: u64, id: u64) -> SysResult {
+        let cap = self.cap(vm_slot, CapKind::Vm, Rights::WRITE).map_err(err)?;
+        if !self.vcpus.iter().any(|s| s.obj.is_none()) {
+            return Err(err(Error::NoMemory));
+        }
+        self.check_cap_slot()?;
+        let ti = self.cur_task();
+        let prio = self.thread(self.current.expect("current")).prio;
+        let vm = slot_get(&self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
+        let shadow = vm.shadow;
+        let trace = vm.traced.then_some(vm.trace_id);
+        let hw = self
+            .machine
+            .vmcs_new(&vm.ept, id as u16, shadow.is_some())
+            .ok_or(err(Error::NoMemory))?;
+        let Some(t) = self.new_thread(ti, Default::default(), prio) else {
+            self.machine.vmcs_destroy(hw);
+            return Err(err(Error::NoMemory));
+        };
+        let (index, generation) = slot_insert(
+            &mut self.vcpus,
+            Vcpu {
+                vm: cap.obj,
+                id: id as u32,
+                thread: t,
+                hw,
+                portals: [Portal::None; EXIT_REASONS],
+                run: VcpuRun::Stopped,
+                runner: None,
+                exits: [0; EXIT_REASONS],
+                last_exit: (0, 0, 0),
+                call_result: None,
+                call_ep: None,
+                shadow: shadow.is_some(),
+                guest_cr3: 0,
+                guest_efer: 0,
+                launched: false,
+                run_ticks: 0,
+                run_start: 0,
+                check_event: None,
+                refs: 0,
+                trace,
+                trace_record: None,
+            },
+        )
+        .expect("checked for a free slot");
+        self.thread_mut(t).vcpu = Some(index);
+        self.acquire(cap.obj);
+        let vcpu = ObjRef {
+            kind: CapKind::Vcpu,
+            index,
+            generation,
+        };
+        let slot = self.new_cap_for_current(vcpu)?;
+        // The kernel's share of the CR masks.
+        self.write_state(index, field::CR0_GUEST_HOST_MASK, 0);
+        self.write_state(index, field::CR4_GUEST_HOST_MASK, 0);
+        if let Some(s) = shadow {
+            // #PF exits; the initial guest state (vmcs_new's) as the guest's view, on the
+            // empty root.
+            self.write_state(index, field::EXCEPTION_BITMAP, 0);
+            let cr0 = self.vmcs_read(index, field::CR0_READ_SHADOW);
+            self.write_state(index, field::GUEST_CR0, cr0);
+            self.write_state(index, field::GUEST_CR4, 0);
+            self.write_state(index, field::GUEST_IA32_EFER, 0);
+            self.vmcs_write(index, field::GUEST_CR3, s.empty_root);
+            self.refresh_paging(index);
+        }
+        Ok(Some([slot, 0, 0, 0]))
+    }
+
+    pub(crate) fn sys_vcpu_portal(&mut self, a: [u64; 6]) -> SysResult {
+        let cap = self.cap(a[0], CapKind::Vcpu, Rights::WRITE).map_err(err)?;
+        let r = a[1] as usize;
+        if a[1] >= EXIT_REASONS as u64 || reason::KERNEL_HANDLED.contains(&(r as u32)) {
+            return Err(err(Error::InvalidArgument));
+        }
+        let portal = match a[2] {
+            NO_CAP => Portal::None,
+            vmx::PORTAL_REFLECT => {
+                if ![reason::CPUID, reason::VMCALL, reason::IO].contains(&(r as u32)) {
+                    return Err(err(Error::InvalidArgument));
+                }
+                Portal::Reflect
+            }
+            ep => {
+                let ep = self.cap(ep, CapKind::Endpoint, Rights::SEND).map_err(err)?;
+                let mask = a[3] as u32;
+                if a[3] & !(group::ALL as u64) != 0 {
+                    return Err(err(Error::InvalidArgument));
+                }
+                Portal::Endpoint { cap: ep, mask }
+            }
+        };
+        let vcpu = slot_get_mut(&mut self.vcpus, cap.obj).ok_or(err(Error::StaleCap))?;
+        vcpu.portals[r] = portal;
+        Ok(Some([0; 4]))
+    }
+
+    /// `VcpuRun(vcpu)`: the caller waits until the vCPU stops.
+    pub(crate) fn sys_vcpu_run(&mut self, slot: u64) -> SysResult {
+        let cap = self.cap(slot, CapKind::Vcpu, Rights::WRITE).map_err(err)?;
+        let vi = cap.obj.index;
+        let c = self.current.expect("current");
+        let (t, run) = {
+            let v = self.vcpu(vi);
+            (v.thread, v.run)
+        };
+        if run != VcpuRun::Stopped || self.threads.0[t as usize].is_none() {
+            return Err(err(Error::Busy));
+        }
+        let now = self.machine.clock().0;
+        let v = self.vcpu_mut(vi);
+        v.run = VcpuRun::Running;
+        v.runner = Some(c);
+        v.call_result = None;
+        v.run_start = now;
+        self.thread_mut(c).state = ThreadState::BlockedRun { vcpu: vi };
+        self.make_ready(t);
+        Ok(None)
+    }
+
+    /// Stops a vCPU and answers the thread waiting in `VcpuRun`.
+    pub(crate) fn vcpu_stop(&mut self, vi: u16, code: u64) {
+        self.trace_stopped(vi);
+        let (t, runner, last) = {
+            let v = self.vcpu_mut(vi);
+            v.run = VcpuRun::Stopped;
+            v.call_ep = None;
+            (v.thread, v.runner.take(), v.last_exit)
+        };
+        if self.threads.0[t as usize].is_some() {
+            // Out of every queue it is in (run queue, a portal's senders, a handler's
+            // `reply_to`), so nothing names the thread once it is stopped or destroyed.
+            self.detach(t, u16::MAX);
+            self.thread_mut(t).state = ThreadState::Suspended;
+        }
+        if let Some(r) = runner {
+            if self.threads.0[r as usize].is_some() {
+                self.complete(r, Ok([code, (last.0 & 0xffff) as u64, last.1, 0]));
+            }
+        }
+    }
+
+    /// Whether memory object `r` is a live VM's RAM or shadow page pool.
+    pub(crate) fn memory_used_by_vm(&self, r: ObjRef) -> bool {
+        self.vms
+            .iter()
+            .filter_map(|s| s.obj.as_ref())
+            .any(|vm| vm.ram == r || vm.shadow.and_then(|s| s.pool).is_some_and(|p| p.mem == r))
+    }
+
+    /// Drops a reference to a VM or vCPU; destroys it at zero.
+    pub(crate) fn release_vm_object(&mut self, r: ObjRef) -> bool {
+        match r.kind {
+            CapKind::Vm => slot_get_mut(&mut self.vms, r).is_some_and(|v| {
+                v.refs = v.refs.saturating_sub(1);
+                v.refs == 0
+            }),
+            CapKind::Vcpu => slot_get_mut(&mut self.vcpus, r).is_some_and(|v| {
+                v.refs = v.refs.saturating_sub(1);
+                v.refs == 0
+            }),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn acquire_vm_object(&mut self, r: ObjRef) {
+        match r.kind {
+            CapKind::Vm => {
+                if let Some(v) = slot_get_mut(&mut self.vms, r) {
+                    v.refs += 1;
+                }
+            }
+            CapKind::Vcpu => {
+                if let Some(v) = slot_get_mut(&mut self.vcpus, r) {
+                    v.refs += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Destroys a VM (its vCPUs first) or a vCPU.
+    pub(crate) fn destroy_vm_object(&mut self, r: ObjRef) {
+        match r.kind {
+            CapKind::Vcpu => {
+                if slot_get(&self.vcpus, r).is_none() {
+                    return;
+                }
+                self.vcpu_stop(r.index, stop::PORTAL_GONE);
+                let v = slot_remove(&mut self.vcpus, r.index).expect("checked");
+                let t = v.thread;
+                if let Some(th) = self.threads.0[t as usize].as_ref() {
+                    let task = th.task;
+                    self.detach(t, u16::MAX);
+                    self.threads.0[t as usize] = None;
+                    if self.current == Some(t) {
+                        self.current = None;
+                    }
+                    if let Some(task) = self.tasks[task as usize].obj.as_mut() {
+                        task.threads = task.threads.saturating_sub(1);
+                    }
+                }
+                self.machine.vmcs_destroy(v.hw);
+                self.release(v.vm);
+            }
+            CapKind::Vm => {
+                if slot_get(&self.vms, r).is_none() {
+                    return;
+                }
+                for i in 0..MAX_VCPUS as u16 {
+                    let of_vm = self.vcpus[i as usize]
+                        .obj
+                        .as_ref()
+                        .is_some_and(|v| v.vm == r);
+                    if of_vm {
+                        let generation = self.vcpus[i as usize].generation;
+                        self.destroy_vm_object(ObjRef {
+                            kind: CapKind::Vcpu,
+                            index: i,
+                            generation,
+                        });
+                    }
+                }
+                if let Some(vm) = slot_remove(&mut self.vms, r.index) {
+                    if vm.traced {
+                        self.traced_vms -= 1;
+                    }
+                    self.machine.ept_destroy(vm.ept);
+                    self.release(vm.ram);
+                    if let Some(s) = vm.shadow {
+                        self.machine.frames_free(s.empty_root, 1);
+                        if let Some(pool) = s.pool {
+                            self.release(pool.mem);
+                            self.release(pool.mmu_ep);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
