@@ -47,6 +47,8 @@ pub mod efer {
 
 /// RFLAGS.
 pub mod rflags {
+    /// Bit 1 is reserved and reads as 1.
+    pub const FIXED_1: u64 = 1 << 1;
     /// Resume flag: the next instruction's instruction breakpoints are ignored.
     pub const RF: u64 = 1 << 16;
     /// Alignment check / SMAP override (`stac`).

@@ -6,7 +6,7 @@
 //! shadows are given the guest-visible values. The VM-entry control "IA-32e mode guest" is
 //! not a writable field: the kernel must derive it from `GUEST_IA32_EFER.LMA`.
 
-use abi::cpu::{cr0, cr4, efer};
+use abi::cpu::{cr0, cr4, efer, rflags};
 use abi::vmx::field::*;
 
 use super::multiboot::BOOTLOADER_MAGIC;
@@ -40,7 +40,7 @@ pub const CR0_PAGED: u64 = CR0_PROTECTED | cr0::PG;
 /// EFER = LME | LMA.
 pub const EFER_LONG: u64 = efer::LME | efer::LMA;
 /// RFLAGS with only the reserved bit 1.
-pub const RFLAGS_INIT: u64 = 2;
+pub const RFLAGS_INIT: u64 = rflags::FIXED_1;
 
 /// Segment registers: (selector, access rights, limit, base) field ids.
 const SEGMENTS: [(u64, u64, u64, u64); 8] = [
