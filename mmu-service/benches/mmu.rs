@@ -5,6 +5,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use abi::cpu::{cr0, cr4, efer};
 use criterion::Criterion;
 use mmu_service::{
     FaultOutcome, GuestMemory, MemoryError, Mmu, MmuConfig, PagingMode, PagingRegs, ShadowPagePool,
@@ -134,16 +135,16 @@ fn build(mode: Mode, spaces: u64) -> (Ram, Vec<u64>) {
 fn regs(mode: Mode, cr3: u64) -> PagingRegs {
     match mode {
         Mode::Long => PagingRegs {
-            cr0: (1 << 31) | (1 << 16),
+            cr0: cr0::PG | cr0::WP,
             cr3,
-            cr4: 1 << 5,
-            efer: (1 << 8) | (1 << 10) | (1 << 11),
+            cr4: cr4::PAE,
+            efer: efer::LME | efer::LMA | efer::NXE,
         },
         Mode::Pae => PagingRegs {
-            cr0: (1 << 31) | (1 << 16),
+            cr0: cr0::PG | cr0::WP,
             cr3,
-            cr4: 1 << 5,
-            efer: 1 << 11,
+            cr4: cr4::PAE,
+            efer: efer::NXE,
         },
     }
 }

@@ -1,9 +1,8 @@
 //! Paging modes, the CPU role of a vCPU and the role of shadow pages.
 
-use crate::traits::{
-    VcpuPagingState, CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA,
-    EFER_NXE,
-};
+use abi::cpu::{cr0, cr4, efer};
+
+use crate::traits::VcpuPagingState;
 
 /// Access bit: instruction fetch allowed (KVM's `ACC_EXEC_MASK`).
 pub const ACC_EXEC: u8 = 1;
@@ -77,12 +76,12 @@ impl CpuRole {
         gbpages: bool,
     ) -> Result<Self, UnsupportedMode> {
         let (cr0, cr4, efer) = (state.cr0(), state.cr4(), state.efer());
-        let mode = if cr0 & CR0_PG == 0 {
+        let mode = if cr0 & cr0::PG == 0 {
             PagingMode::NonPaging
-        } else if cr4 & CR4_PAE == 0 {
+        } else if cr4 & cr4::PAE == 0 {
             PagingMode::TwoLevel
-        } else if efer & EFER_LMA != 0 {
-            if cr4 & CR4_LA57 != 0 {
+        } else if efer & efer::LMA != 0 {
+            if cr4 & cr4::LA57 != 0 {
                 return Err(UnsupportedMode);
             }
             PagingMode::FourLevel
@@ -92,11 +91,11 @@ impl CpuRole {
         let paging = mode != PagingMode::NonPaging;
         Ok(CpuRole {
             mode,
-            wp: cr0 & CR0_WP != 0,
-            nxe: efer & EFER_NXE != 0 && matches!(mode, PagingMode::Pae | PagingMode::FourLevel),
-            smep: paging && cr4 & CR4_SMEP != 0,
-            smap: paging && cr4 & CR4_SMAP != 0,
-            pse: mode == PagingMode::TwoLevel && cr4 & CR4_PSE != 0,
+            wp: cr0 & cr0::WP != 0,
+            nxe: efer & efer::NXE != 0 && matches!(mode, PagingMode::Pae | PagingMode::FourLevel),
+            smep: paging && cr4 & cr4::SMEP != 0,
+            smap: paging && cr4 & cr4::SMAP != 0,
+            pse: mode == PagingMode::TwoLevel && cr4 & cr4::PSE != 0,
             maxphyaddr,
             gbpages,
         })

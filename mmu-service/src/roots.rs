@@ -8,6 +8,8 @@
 
 use alloc::vec::Vec;
 
+use abi::cpu::{cr0, cr4};
+
 use crate::mmu::{Error, Mmu};
 use crate::role::{CpuRole, PageRole, PagingMode, ACC_ALL};
 use crate::shadow_page::{SpId, NONE};
@@ -231,11 +233,8 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         state: &S,
     ) -> Result<(), Error> {
         let cpu = CpuRole::from_state(state, self.config.maxphyaddr, self.config.gbpages)?;
-        const PDPTE_RELOAD_CR4: u64 = crate::traits::CR4_PAE
-            | crate::traits::CR4_PSE
-            | (1 << 7) // PGE
-            | crate::traits::CR4_SMEP;
-        const PDPTE_RELOAD_CR0: u64 = (1 << 29) | (1 << 30) | crate::traits::CR0_PG; // NW, CD
+        const PDPTE_RELOAD_CR4: u64 = cr4::PAE | cr4::PSE | cr4::PGE | cr4::SMEP;
+        const PDPTE_RELOAD_CR0: u64 = cr0::NW | cr0::CD | cr0::PG;
         let reload = cpu.mode == PagingMode::Pae
             && (vcpu.cpu.mode != PagingMode::Pae
                 || (vcpu.cr0 ^ state.cr0()) & PDPTE_RELOAD_CR0 != 0

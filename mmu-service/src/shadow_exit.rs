@@ -8,7 +8,7 @@
 //! access faults here) is seen before the exit is handled. Every reply names the root the
 //! hardware must use (`SET_SHADOW_CR3`).
 
-use abi::cpu::cr4::{LA57 as CR4_LA57, PKE as CR4_PKE};
+use abi::cpu::cr4;
 use abi::cpu::rflags::AC as RFLAGS_AC;
 use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
 use vmm_service::cr;
@@ -478,7 +478,7 @@ fn cr_access<M: GuestMemory, P: ShadowPagePool>(
     }
     // Protection keys and 5-level paging are not shadowed (the VMM's CPUID hides them): #GP,
     // as on a processor without them.
-    if r.flags & reply::SET_CR4 != 0 && r.cr4 & (CR4_PKE | CR4_LA57) != 0 {
+    if r.flags & reply::SET_CR4 != 0 && r.cr4 & (cr4::PKE | cr4::LA57) != 0 {
         return Ok(gp());
     }
     let paging = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;

@@ -1,23 +1,6 @@
 //! What the MMU gets from outside: guest memory, a pool of shadow page frames, vCPU registers.
-
-/// CR0.WP: supervisor writes honour read-only pages.
-pub const CR0_WP: u64 = 1 << 16;
-/// CR0.PG: paging enabled.
-pub const CR0_PG: u64 = 1 << 31;
-/// CR4.PSE: 4 MiB pages in 2-level paging.
-pub const CR4_PSE: u64 = 1 << 4;
-/// CR4.PAE: PAE (or, with EFER.LMA, 4-level) paging.
-pub const CR4_PAE: u64 = 1 << 5;
-/// CR4.LA57: 5-level paging (not supported).
-pub const CR4_LA57: u64 = 1 << 12;
-/// CR4.SMEP: supervisor-mode execution prevention.
-pub const CR4_SMEP: u64 = 1 << 20;
-/// CR4.SMAP: supervisor-mode access prevention.
-pub const CR4_SMAP: u64 = 1 << 21;
-/// EFER.LMA: long mode active.
-pub const EFER_LMA: u64 = 1 << 10;
-/// EFER.NXE: execute-disable bit enabled.
-pub const EFER_NXE: u64 = 1 << 11;
+//!
+//! The CR0, CR4 and EFER bits these registers are tested against are [`abi::cpu`]'s.
 
 /// Size of a page and of a page-table page.
 pub const PAGE_SIZE: u64 = 4096;

@@ -274,24 +274,24 @@ impl Scenario {
             }
         }
         let mut guest = Guest {
-            cr0: if flags & 1 != 0 { CR0_WP } else { 0 },
+            cr0: if flags & 1 != 0 { cr0::WP } else { 0 },
             cr3: 0,
-            cr4: (if flags & 2 != 0 { CR4_SMEP } else { 0 })
-                | (if flags & 4 != 0 { CR4_SMAP } else { 0 })
-                | (if flags & 8 != 0 { CR4_PSE } else { 0 }),
-            efer: if flags & 16 != 0 { EFER_NXE } else { 0 },
+            cr4: (if flags & 2 != 0 { cr4::SMEP } else { 0 })
+                | (if flags & 4 != 0 { cr4::SMAP } else { 0 })
+                | (if flags & 8 != 0 { cr4::PSE } else { 0 }),
+            efer: if flags & 16 != 0 { efer::NXE } else { 0 },
             pdptes: [0; 4],
             maxphyaddr: MAXPHY,
         };
         let pmode = mode_of(mode);
         if pmode != PagingMode::NonPaging {
-            guest.cr0 |= CR0_PG;
+            guest.cr0 |= cr0::PG;
         }
         if matches!(pmode, PagingMode::Pae | PagingMode::FourLevel) {
-            guest.cr4 |= CR4_PAE;
+            guest.cr4 |= cr4::PAE;
         }
         if pmode == PagingMode::FourLevel {
-            guest.efer |= EFER_LME | EFER_LMA;
+            guest.efer |= efer::LME | efer::LMA;
         }
         guest.cr3 = cr3_for(pmode, 0);
         if guest.mode() == PagingMode::Pae && !guest.load_pdptes(&mem) {
@@ -436,11 +436,11 @@ impl Scenario {
         let g = self.cpus[cpu].guest;
         if AVOID_WP0_SMAP_CONVERSION
             && a == Acc::SUP_WRITE_AC
-            && g.cr0 & CR0_WP == 0
-            && g.cr4 & CR4_SMAP != 0
+            && g.cr0 & cr0::WP == 0
+            && g.cr4 & cr4::SMAP != 0
         {
             let wp1 = Guest {
-                cr0: g.cr0 | CR0_WP,
+                cr0: g.cr0 | cr0::WP,
                 ..g
             };
             let mem = self.mmu.mem();
@@ -533,9 +533,9 @@ impl Scenario {
         }
         let done = match r {
             Ok(FaultOutcome::Retry) => {
-                if a.write && !a.user && g.cr0 & CR0_WP == 0 {
+                if a.write && !a.user && g.cr0 & cr0::WP == 0 {
                     let wp1 = Guest {
-                        cr0: g.cr0 | CR0_WP,
+                        cr0: g.cr0 | cr0::WP,
                         ..g
                     };
                     if wp1.walk(self.mmu.mem(), gva, a).is_err() && before.result.is_ok() {
@@ -640,24 +640,24 @@ impl Scenario {
         let target = mode_of(mode);
         let paging = target != PagingMode::NonPaging;
         let g = self.cpus[cpu].guest;
-        if AVOID_SMEP_SMAP_WITHOUT_PAGING && !paging && g.cr4 & (CR4_SMEP | CR4_SMAP) != 0 {
+        if AVOID_SMEP_SMAP_WITHOUT_PAGING && !paging && g.cr4 & (cr4::SMEP | cr4::SMAP) != 0 {
             return;
         }
         let mut steps = Vec::new();
-        if g.cr0 & CR0_PG != 0 {
-            steps.push(Insn::MovCr0(g.cr0 & !CR0_PG));
+        if g.cr0 & cr0::PG != 0 {
+            steps.push(Insn::MovCr0(g.cr0 & !cr0::PG));
         }
         let lme = target == PagingMode::FourLevel;
-        if (g.efer & EFER_LME != 0) != lme {
-            steps.push(Insn::WrmsrEfer(g.efer ^ EFER_LME));
+        if (g.efer & efer::LME != 0) != lme {
+            steps.push(Insn::WrmsrEfer(g.efer ^ efer::LME));
         }
         let pae = matches!(target, PagingMode::Pae | PagingMode::FourLevel);
-        if paging && (g.cr4 & CR4_PAE != 0) != pae {
-            steps.push(Insn::MovCr4(g.cr4 ^ CR4_PAE));
+        if paging && (g.cr4 & cr4::PAE != 0) != pae {
+            steps.push(Insn::MovCr4(g.cr4 ^ cr4::PAE));
         }
         steps.push(Insn::MovCr3(cr3_for(target, 0)));
         if paging {
-            steps.push(Insn::MovCr0(g.cr0 | CR0_PG));
+            steps.push(Insn::MovCr0(g.cr0 | cr0::PG));
         }
         for insn in steps {
             let before = self.cpus[cpu].guest;
@@ -668,11 +668,11 @@ impl Scenario {
         }
         let g = self.cpus[cpu].guest;
         if AVOID_SMEP_SMAP_WITHOUT_PAGING
-            && g.cr0 & CR0_PG == 0
-            && g.cr4 & (CR4_SMEP | CR4_SMAP) != 0
+            && g.cr0 & cr0::PG == 0
+            && g.cr4 & (cr4::SMEP | cr4::SMAP) != 0
         {
             // Left without paging by a #GP: the guest turns SMEP and SMAP off.
-            self.execute(cpu, Insn::MovCr4(g.cr4 & !(CR4_SMEP | CR4_SMAP)));
+            self.execute(cpu, Insn::MovCr4(g.cr4 & !(cr4::SMEP | cr4::SMAP)));
         }
     }
 
@@ -710,19 +710,20 @@ impl Scenario {
             }
             Op::Toggle { cpu, bit } => {
                 let g = self.cpus[cpu].guest;
-                if AVOID_SMEP_SMAP_WITHOUT_PAGING && g.cr0 & CR0_PG == 0 && (bit == 1 || bit == 2) {
+                if AVOID_SMEP_SMAP_WITHOUT_PAGING && g.cr0 & cr0::PG == 0 && (bit == 1 || bit == 2)
+                {
                     return;
                 }
                 let insn = match bit {
-                    0 => Insn::MovCr0(g.cr0 ^ CR0_WP),
-                    1 => Insn::MovCr4(g.cr4 ^ CR4_SMEP),
-                    2 => Insn::MovCr4(g.cr4 ^ CR4_SMAP),
-                    3 => Insn::WrmsrEfer(g.efer ^ EFER_NXE),
-                    4 => Insn::MovCr4(g.cr4 ^ CR4_PSE),
-                    5 => Insn::MovCr4(g.cr4 ^ CR4_PGE),
-                    6 => Insn::MovCr0(g.cr0 ^ CR0_CD),
-                    7 => Insn::MovCr0(g.cr0 ^ CR0_NW),
-                    _ => Insn::MovCr4(g.cr4 ^ CR4_PAE),
+                    0 => Insn::MovCr0(g.cr0 ^ cr0::WP),
+                    1 => Insn::MovCr4(g.cr4 ^ cr4::SMEP),
+                    2 => Insn::MovCr4(g.cr4 ^ cr4::SMAP),
+                    3 => Insn::WrmsrEfer(g.efer ^ efer::NXE),
+                    4 => Insn::MovCr4(g.cr4 ^ cr4::PSE),
+                    5 => Insn::MovCr4(g.cr4 ^ cr4::PGE),
+                    6 => Insn::MovCr0(g.cr0 ^ cr0::CD),
+                    7 => Insn::MovCr0(g.cr0 ^ cr0::NW),
+                    _ => Insn::MovCr4(g.cr4 ^ cr4::PAE),
                 };
                 self.execute(cpu, insn);
             }

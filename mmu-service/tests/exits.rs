@@ -8,7 +8,6 @@ use common::*;
 use mmu_service::shadow_exit::{handle_exit, InMessage, ShadowVcpu, Stop};
 use mmu_service::{GuestMemory, Mmu, MmuConfig};
 
-const CR0_PE: u64 = 1;
 const PML4: u64 = 0x1000;
 const PML4_B: u64 = 0x8000;
 const PT: u64 = 0x4000;
@@ -43,10 +42,10 @@ fn message(basic: u32, cr3: u64) -> ExitMessage {
     let mut m = ExitMessage {
         reason: basic,
         mask: group::ALL,
-        cr0_shadow: CR0_PG | CR0_PE | CR0_WP,
+        cr0_shadow: cr0::PG | cr0::PE | cr0::WP,
         cr3,
-        cr4_shadow: CR4_PAE,
-        efer: EFER_LME | EFER_LMA,
+        cr4_shadow: cr4::PAE,
+        efer: efer::LME | efer::LMA,
         rip: CODE,
         ..ExitMessage::default()
     };
@@ -94,7 +93,7 @@ fn a_fault_on_a_mapped_page_builds_the_shadow_and_names_the_root() {
     // ...until the guest's paging state changed behind the service's back (the kernel then
     // ran the vCPU on its empty root): then it is named again.
     let mut m = page_fault(0x8000, 0);
-    m.cr0_shadow &= !CR0_WP;
+    m.cr0_shadow &= !cr0::WP;
     let r = exit(&mut mmu, &mut sv, &m);
     assert_eq!(r.flags, reply::SET_SHADOW_CR3);
 }
@@ -219,7 +218,7 @@ fn an_access_outside_ram_stops_the_vm_and_other_exits_are_refused() {
     let (mut mmu, mut sv) = guest();
     let mut m = page_fault(0x4000_0000, 0);
     // Paging off: linear = physical, 1 GiB is beyond the 4 MiB of RAM.
-    m.cr0_shadow = CR0_PE;
+    m.cr0_shadow = cr0::PE;
     m.efer = 0;
     m.cr4_shadow = 0;
     assert_eq!(
@@ -267,7 +266,7 @@ fn a_kernel_access_to_a_user_page_after_stac_is_not_a_smap_fault() {
     user_page(&mut mmu, 7);
     let with = |gva: u64, rflags: u64| {
         let mut m = page_fault(gva, 0);
-        m.cr4_shadow |= CR4_SMAP;
+        m.cr4_shadow |= cr4::SMAP;
         m.rflags = rflags;
         m
     };
@@ -327,7 +326,7 @@ fn cr4_bits_the_shadow_mmu_does_not_implement_are_a_gp() {
     for bit in [1u64 << 12, 1 << 22] {
         let mut m = message(reason::CR_ACCESS, PML4);
         m.qualification = 4; // MOV CR4, rax
-        m.gprs[0] = CR4_PAE | bit;
+        m.gprs[0] = cr4::PAE | bit;
         let r = exit(&mut mmu, &mut sv, &m);
         assert_eq!(r.inject, 0x8000_0b0d, "CR4 bit {bit:#x}: #GP(0)");
         assert_eq!(r.flags & (reply::SET_CR4 | reply::ADVANCE_RIP), 0);
@@ -354,7 +353,7 @@ fn a_cr4_bit_the_processor_lacks_is_a_gp_with_rf_not_a_failed_entry() {
     let (mut mmu, mut sv) = guest();
     let mut m = message(reason::CR_ACCESS, PML4);
     m.qualification = 4; // MOV CR4, rax
-    m.gprs[0] = CR4_PAE | 1 << 20;
+    m.gprs[0] = cr4::PAE | 1 << 20;
     m.rflags = 0x202;
     let r = handle_exit(&mut mmu, &mut sv, &m, &mut NoSmep).expect("handled");
     assert_eq!(r.inject, 0x8000_0b0d);

@@ -12,10 +12,10 @@ const RAM: u64 = 1 << 16;
 
 fn guest64(cr3_gfn: u64) -> Guest {
     Guest {
-        cr0: CR0_PG | CR0_WP,
+        cr0: cr0::PG | cr0::WP,
         cr3: cr3_gfn << 12,
-        cr4: CR4_PAE,
-        efer: EFER_LME | EFER_LMA | EFER_NXE,
+        cr4: cr4::PAE,
+        efer: efer::LME | efer::LMA | efer::NXE,
         pdptes: [0; 4],
         maxphyaddr: 46,
     }
@@ -23,10 +23,10 @@ fn guest64(cr3_gfn: u64) -> Guest {
 
 fn guest_pae(cr3: u64) -> Guest {
     Guest {
-        cr0: CR0_PG | CR0_WP,
+        cr0: cr0::PG | cr0::WP,
         cr3,
-        cr4: CR4_PAE,
-        efer: EFER_NXE,
+        cr4: cr4::PAE,
+        efer: efer::NXE,
         pdptes: [0; 4],
         maxphyaddr: 46,
     }
@@ -286,7 +286,7 @@ fn two_level_guest_uses_quadrants_under_the_pae_root() {
     }
     let mut mmu = TestMmu::new(mem, TestPool::new(2, 32), MmuConfig::default()).unwrap();
     let g = Guest {
-        cr0: CR0_PG | CR0_WP,
+        cr0: cr0::PG | cr0::WP,
         cr3: 0x800 << 12,
         cr4: 0,
         efer: 0,
@@ -780,7 +780,7 @@ fn pdptes_are_reloaded_when_cr0_cd_or_nw_changes() {
     let old = v.pdptes()[1];
     mmu.mem_mut().w64(pdpt + 8, (0x6ff << 12) | 1);
     // CR0.WP alone: no reload (SDM 4.4.1 lists CD, NW and PG).
-    g.cr0 &= !CR0_WP;
+    g.cr0 &= !cr0::WP;
     mmu.set_paging_state(&mut v, &g).unwrap();
     assert_eq!(v.pdptes()[1], old);
     for bit in [1u64 << 30, 1 << 29] {
@@ -810,7 +810,7 @@ fn smap_lets_explicit_supervisor_accesses_through_with_eflags_ac() {
     // The MMU builds the spte instead of injecting a #PF it would inject forever.
     let mut mmu = mmu_with(4, 64, 4);
     let mut g = guest64(0x100);
-    g.cr4 |= CR4_SMAP;
+    g.cr4 |= cr4::SMAP;
     let mut v = mmu.create_vcpu(&g).unwrap();
     mmu.load_cr3(&mut v, &g).unwrap();
     assert_eq!(
@@ -936,9 +936,9 @@ fn two_level_tables_outside_ram_read_as_all_ones() {
     let mut mmu = TestMmu::new(mem, TestPool::new(2, 32), MmuConfig::default()).unwrap();
     for pse in [false, true] {
         let g = Guest {
-            cr0: CR0_PG | CR0_WP,
+            cr0: cr0::PG | cr0::WP,
             cr3: 0x800 << 12,
-            cr4: if pse { CR4_PSE } else { 0 },
+            cr4: if pse { cr4::PSE } else { 0 },
             efer: 0,
             pdptes: [0; 4],
             maxphyaddr: 46,
@@ -989,28 +989,28 @@ fn pdptes_are_loaded_exactly_when_the_sdm_says() {
     assert!(g.load_pdptes(mmu.mem()));
     // (what, register, bit flipped (MOV CR3: rewritten as is), loads per the SDM)
     let steps: [(&str, char, u64, bool); 22] = [
-        ("CR0.WP", '0', CR0_WP, false),
+        ("CR0.WP", '0', cr0::WP, false),
         ("CR0.MP", '0', 1 << 1, false),
         ("CR0.TS", '0', 1 << 3, false),
         ("CR0.AM", '0', 1 << 18, false),
-        ("CR0.CD on", '0', CR0_CD, true),
-        ("CR0.NW on", '0', CR0_NW, true),
-        ("CR0.NW off", '0', CR0_NW, true),
-        ("CR0.CD off", '0', CR0_CD, true),
-        ("CR4.PSE", '4', CR4_PSE, true),
-        ("CR4.PGE", '4', CR4_PGE, true),
-        ("CR4.SMEP", '4', CR4_SMEP, true),
-        ("CR4.SMAP", '4', CR4_SMAP, false),
+        ("CR0.CD on", '0', cr0::CD, true),
+        ("CR0.NW on", '0', cr0::NW, true),
+        ("CR0.NW off", '0', cr0::NW, true),
+        ("CR0.CD off", '0', cr0::CD, true),
+        ("CR4.PSE", '4', cr4::PSE, true),
+        ("CR4.PGE", '4', cr4::PGE, true),
+        ("CR4.SMEP", '4', cr4::SMEP, true),
+        ("CR4.SMAP", '4', cr4::SMAP, false),
         ("CR4.TSD", '4', 1 << 2, false),
         ("CR4.OSFXSR", '4', 1 << 9, false),
-        ("EFER.NXE", 'e', EFER_NXE, false),
+        ("EFER.NXE", 'e', efer::NXE, false),
         ("MOV CR3, same value", '3', 0, true),
-        ("CR4.PAE off (2-level)", '4', CR4_PAE, false),
-        ("CR4.PAE on", '4', CR4_PAE, true),
-        ("CR0.PG off", '0', CR0_PG, false),
+        ("CR4.PAE off (2-level)", '4', cr4::PAE, false),
+        ("CR4.PAE on", '4', cr4::PAE, true),
+        ("CR0.PG off", '0', cr0::PG, false),
         ("MOV CR3 without paging", '3', 0, false),
-        ("CR0.PG on", '0', CR0_PG, true),
-        ("CR4.SMEP again", '4', CR4_SMEP, true),
+        ("CR0.PG on", '0', cr0::PG, true),
+        ("CR4.SMEP again", '4', cr4::SMEP, true),
     ];
     for (i, (what, reg, bit, sdm_loads)) in steps.into_iter().enumerate() {
         // The guest changes PDPTE 1 in memory; only a load makes it visible.
@@ -1039,7 +1039,7 @@ fn pdptes_are_loaded_exactly_when_the_sdm_says() {
     // A load that finds a reserved bit is a #GP for the instruction: nothing changes.
     mmu.mem_mut().w64(pdpt + 8, (0x600 << 12) | 1 | (1 << 7));
     let before = (g, v.pdptes(), *v.cpu_role());
-    let insn = Insn::MovCr4(g.cr4 ^ CR4_PGE);
+    let insn = Insn::MovCr4(g.cr4 ^ cr4::PGE);
     let attempt = match g.execute(mmu.mem(), insn) {
         Err(Gp::Pdpte(attempt)) => attempt,
         r => panic!("{r:?}"),
@@ -1063,7 +1063,7 @@ fn smep_and_smap_do_not_stop_a_guest_without_paging() {
     let g = Guest {
         cr0: 0,
         cr3: 0,
-        cr4: CR4_SMEP | CR4_SMAP,
+        cr4: cr4::SMEP | cr4::SMAP,
         efer: 0,
         pdptes: [0; 4],
         maxphyaddr: 46,
@@ -1097,8 +1097,8 @@ fn known_bug_wp0_smap_conversion() {
     mmu.mem_mut()
         .w64((0x400 << 12) + 8, ((0x1000 + 1) << 12) | 0x45);
     let mut g = guest64(0x100);
-    g.cr0 &= !CR0_WP;
-    g.cr4 |= CR4_SMAP;
+    g.cr0 &= !cr0::WP;
+    g.cr4 |= cr4::SMAP;
     let mut v = mmu.create_vcpu(&g).unwrap();
     mmu.load_cr3(&mut v, &g).unwrap();
     assert!(g.walk(mmu.mem(), 0x1000, Acc::SUP_WRITE_AC).is_ok());

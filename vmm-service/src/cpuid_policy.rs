@@ -95,14 +95,11 @@ const fn ept_only(mut x: Feature) -> Feature {
 }
 
 use crate::msr::index as m;
+use abi::cpu::cr4;
 use Reg::*;
 
-/// Guest CR4 bits the policy mirrors.
-pub const CR4_OSXSAVE: u64 = 1 << 18;
-pub const CR4_PKE: u64 = 1 << 22;
-
 /// Leaf 1 ECX: hypervisor present (set by the VMM, not a table row).
-pub const ECX_HYPERVISOR: u32 = 1 << 31;
+pub use crate::cpuid::ECX_HYPERVISOR;
 
 const NO_LAPIC: &str = "no local APIC is emulated";
 const NO_PMU: &str = "no performance-monitoring MSRs";
@@ -212,7 +209,7 @@ pub const FEATURES: &[Feature] = &[
         27,
         "osxsave",
         Provider::Cr4 {
-            cr4: CR4_OSXSAVE,
+            cr4: cr4::OSXSAVE,
             feature: 26,
         },
     ),
@@ -267,7 +264,7 @@ pub const FEATURES: &[Feature] = &[
         4,
         "ospke",
         Provider::Cr4 {
-            cr4: CR4_PKE,
+            cr4: cr4::PKE,
             feature: 3,
         },
     )),

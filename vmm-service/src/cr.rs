@@ -22,7 +22,7 @@ pub mod cr4 {
     pub use abi::cpu::cr4::*;
     /// Bits a guest may set: VME..LA57 (0-12) except VMXE, FSGSBASE, PCIDE, OSXSAVE, SMEP,
     /// SMAP, PKE. Everything else (VMXE and SMXE included: VMX and SMX are hidden) is #GP.
-    pub const ALLOWED: u64 = 0x1fff | (1 << 16) | (1 << 17) | (1 << 18) | (7 << 20);
+    pub const ALLOWED: u64 = 0x1fff | FSGSBASE | PCIDE | OSXSAVE | SMEP | SMAP | PKE;
 }
 
 /// Why a CR access is not handled here (the VM stops with a report).

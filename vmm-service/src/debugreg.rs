@@ -9,7 +9,7 @@
 //! Written values keep the registers' fixed bits ([`dr6::normalize`], [`dr7::normalize`]);
 //! outside 64-bit mode the operand is the low 32 bits of the register.
 
-use abi::cpu::{cr4_fpu, dr6, dr7, efer};
+use abi::cpu::{cr4, dr6, dr7, efer};
 use abi::vmx::{field, group, ExitMessage, ExitReply};
 
 use crate::cr::GP_INJECT;
@@ -85,7 +85,7 @@ pub fn handle(
     mut write: impl FnMut(u64, u64) -> bool,
 ) -> ExitReply {
     let a = DrAccess::decode(m.qualification);
-    if matches!(a.dr, 4 | 5) && m.cr4_shadow & cr4_fpu::DE != 0 {
+    if matches!(a.dr, 4 | 5) && m.cr4_shadow & cr4::DE != 0 {
         return inject(UD_INJECT);
     }
     if cpl(m) != 0 {
@@ -142,7 +142,7 @@ mod tests {
             qualification,
             gprs,
             cr0_shadow: 0x8000_0011,
-            cr4_shadow: if de { cr4_fpu::DE } else { 0 },
+            cr4_shadow: if de { cr4::DE } else { 0 },
             efer: efer::LMA | efer::LME,
             ..ExitMessage::default()
         };

@@ -10,6 +10,7 @@
 //! through the guest's own IDT (or IVT in real mode). An exception a guest raises for itself
 //! never reaches the VMM (the exception bitmap is empty but for shadow paging's #PF).
 
+use abi::cpu::rflags;
 use abi::vmx::{reply, ExitMessage, ExitReply};
 
 pub const DE: u8 = 0;
@@ -32,9 +33,6 @@ pub const MC: u8 = 18;
 pub const XM: u8 = 19;
 pub const VE: u8 = 20;
 pub const CP: u8 = 21;
-
-/// RFLAGS.RF (resume flag).
-pub const RFLAGS_RF: u64 = 1 << 16;
 
 /// How an exception is reported (SDM table 6-1, "Type").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +153,7 @@ pub fn injection(vector: u8, error: u32, g: Guest) -> Injection {
         info
     };
     let rflags = match kind(vector) {
-        Kind::Fault => g.rflags.map(|f| f | RFLAGS_RF),
+        Kind::Fault => g.rflags.map(|f| f | rflags::RF),
         _ => None,
     };
     Injection::Event { inject, rflags }

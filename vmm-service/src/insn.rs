@@ -17,6 +17,7 @@
 //!   without nested virtualisation).
 //! - Task switch: not emulated; the VM stops with a report naming its source.
 
+use abi::cpu::cr4;
 use abi::vmx::{group, reason, ExitMessage, Gpr};
 
 use crate::exception::{GP, UD};
@@ -79,8 +80,6 @@ pub fn required_groups(basic: u32) -> u32 {
 /// CPUID.1:ECX bits.
 const ECX1_MONITOR: u32 = 1 << 3;
 const ECX1_XSAVE: u32 = 1 << 26;
-/// CR4.OSXSAVE.
-const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// The action for exit `m` of basic reason `basic`, or `None` when it is not one of these;
 /// `cpuid` answers as the guest's CPUID does.
@@ -112,7 +111,7 @@ pub fn handle(
 }
 
 fn xsetbv(m: &ExitMessage, mut cpuid: impl FnMut(u32, u32) -> [u32; 4]) -> Action {
-    if cpuid(1, 0)[2] & ECX1_XSAVE == 0 || m.cr4_shadow & CR4_OSXSAVE == 0 {
+    if cpuid(1, 0)[2] & ECX1_XSAVE == 0 || m.cr4_shadow & cr4::OSXSAVE == 0 {
         return Action::Fault(UD, 0);
     }
     // CPL: SS.DPL (access rights bits 6:5).

@@ -16,7 +16,7 @@ use userlib::proto::vmm::{ConfigError, EntryMode, Response, VmConfig, VmResult, 
 use userlib::sys;
 use vmm_service::loader::flat64::STACK_TOP;
 
-use crate::exits;
+use crate::exit_thread;
 use crate::setup::{self, kernel, Prepared, RAM_VA};
 
 const MIB: u64 = 1 << 20;
@@ -93,9 +93,9 @@ impl Neighbour<'_> {
         for pairs in [&entry_regs(role, ram, FILL_START)[..], &at[..]] {
             sys::vcpu_write(self.vm.vcpu, pairs).map_err(|(e, _)| kernel(e))?;
         }
-        exits::begin(self.vm.model(self.cfg), self.vm.vcpu, self.vm.ram, exit_ep);
+        exit_thread::begin(self.vm.model(self.cfg), self.vm.vcpu, self.vm.ram, exit_ep);
         let run = sys::vcpu_run(self.vm.vcpu);
-        let outcome = exits::end();
+        let outcome = exit_thread::end();
         let s = run.map_err(kernel)?;
         if role == role::FILL {
             Ok(setup::summarize(self.cfg, self.vm.vcpu, &s, outcome).result)
@@ -140,10 +140,10 @@ fn run_resuming(
                     inside += 1;
                 }
                 if stops % INTERLEAVE == 0 {
-                    let model = exits::pause();
+                    let model = exit_thread::pause();
                     neighbour.check(exit_ep)?;
                     if let Some(m) = model {
-                        exits::begin(m, vm.vcpu, vm.ram, exit_ep);
+                        exit_thread::begin(m, vm.vcpu, vm.ram, exit_ep);
                     }
                 }
                 let regs = entry_regs(role::RESUME, gpa, LIST_GPA);
@@ -218,9 +218,9 @@ pub fn probe(
         probe.name.as_str(),
         probe.ram_mib
     );
-    exits::begin(p.model(probe), p.vcpu, p.ram, exit_ep);
+    exit_thread::begin(p.model(probe), p.vcpu, p.ram, exit_ep);
     let run = run_resuming(&p, points, &mut n, exit_ep);
-    let outcome = exits::end();
+    let outcome = exit_thread::end();
     let (last, stops, stops_inside_ram) = run?;
     let result = setup::summarize(probe, p.vcpu, &last, outcome).result;
     let guest = sys::with_mapped_read(p.ram, RAM_VA, |m| {

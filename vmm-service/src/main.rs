@@ -14,7 +14,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 #![forbid(unsafe_code)]
 
-mod exits;
+mod exit_thread;
 mod isolation;
 mod setup;
 mod tracing;
@@ -79,7 +79,7 @@ fn vmm_main(generation: u64) {
         }
     };
     userlib::println!("vmm: serving, generation {generation}");
-    let exit_ep = match exits::start() {
+    let exit_ep = match exit_thread::start() {
         Ok(ep) => ep,
         Err(e) => {
             userlib::println!("vmm: cannot start the exit thread: {e:?}");

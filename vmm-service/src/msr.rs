@@ -53,10 +53,7 @@ pub mod index {
 
 /// EFER bits.
 pub mod efer {
-    pub const SCE: u64 = 1 << 0;
-    pub const LME: u64 = 1 << 8;
-    pub const LMA: u64 = 1 << 10;
-    pub const NXE: u64 = 1 << 11;
+    pub use abi::cpu::efer::*;
     /// Bits a guest may write.
     pub const VALID: u64 = abi::vmx::field::EFER_VALID;
 }

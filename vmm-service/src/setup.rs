@@ -15,7 +15,7 @@ use userlib::sys;
 use vmm_service::loader::{self, entry, flat64, info, multiboot, LoadError, LoadPlan};
 use vmm_service::vm::VmModel;
 
-use crate::exits::{self, Outcome as RunOutcome};
+use crate::exit_thread::{self, Outcome as RunOutcome};
 
 /// Where guest RAM is mapped in this task while an image is loaded.
 pub const RAM_VA: u64 = 0x4000_0000;
@@ -170,9 +170,9 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         cfg.entry,
         vm.entry
     );
-    exits::begin(vm.model(cfg), vm.vcpu, vm.ram, exit_ep);
+    exit_thread::begin(vm.model(cfg), vm.vcpu, vm.ram, exit_ep);
     let run = sys::vcpu_run(vm.vcpu);
-    let outcome = exits::end();
+    let outcome = exit_thread::end();
     let stopped = run.map_err(kernel)?;
     let mut summary = summarize(cfg, vm.vcpu, &stopped, outcome);
     summary.trace = tracing.as_ref().map(|t| t.vm);
@@ -293,7 +293,7 @@ pub fn prepare(
     // The vCPU id names the VM to the MMU service: its handle there, then the vCPU index.
     let vcpu_id = mmu::vcpu_id(handle, 0);
     let vcpu = held.keep(sys::vcpu_create(vm, u64::from(vcpu_id)).map_err(kernel)?);
-    exits::set_portals(vcpu, exit_ep).map_err(kernel)?;
+    exit_thread::set_portals(vcpu, exit_ep).map_err(kernel)?;
     if shadow.is_some() {
         // Read-only: the MMU service reads the registers of a page-table write it emulates.
         let ro = sys::cap_copy(vcpu, abi::Rights::READ, 0).map_err(kernel)?;
@@ -538,7 +538,7 @@ pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOut
     let mut rip = [0u64];
     let _ = sys::vcpu_read(vcpu, &[field::GUEST_RIP], &mut rip);
     if kind != stop::HANDLER {
-        exits::report_kernel_stop(cfg.name.as_str(), vcpu, s);
+        exit_thread::report_kernel_stop(cfg.name.as_str(), vcpu, s);
     }
     let mut counts = [(0u8, 0u32); EXIT_REASONS];
     let mut total = 0u64;

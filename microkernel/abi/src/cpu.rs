@@ -19,13 +19,19 @@ pub mod cr0 {
 
 /// CR4.
 pub mod cr4 {
+    /// Debugging extensions: DR4/DR5 are reserved (#UD) instead of aliasing DR6/DR7.
+    pub const DE: u64 = 1 << 3;
     pub const PSE: u64 = 1 << 4;
     pub const PAE: u64 = 1 << 5;
     pub const PGE: u64 = 1 << 7;
+    pub const OSFXSR: u64 = 1 << 9;
+    pub const OSXMMEXCPT: u64 = 1 << 10;
     pub const LA57: u64 = 1 << 12;
     pub const VMXE: u64 = 1 << 13;
     pub const SMXE: u64 = 1 << 14;
+    pub const FSGSBASE: u64 = 1 << 16;
     pub const PCIDE: u64 = 1 << 17;
+    pub const OSXSAVE: u64 = 1 << 18;
     pub const SMEP: u64 = 1 << 20;
     pub const SMAP: u64 = 1 << 21;
     pub const PKE: u64 = 1 << 22;
@@ -33,6 +39,7 @@ pub mod cr4 {
 
 /// IA32_EFER.
 pub mod efer {
+    pub const SCE: u64 = 1 << 0;
     pub const LME: u64 = 1 << 8;
     pub const LMA: u64 = 1 << 10;
     pub const NXE: u64 = 1 << 11;
@@ -40,20 +47,15 @@ pub mod efer {
 
 /// RFLAGS.
 pub mod rflags {
+    /// Bit 1 is reserved and reads as 1.
+    pub const FIXED_1: u64 = 1 << 1;
+    /// Resume flag: the next instruction's instruction breakpoints are ignored.
+    pub const RF: u64 = 1 << 16;
     /// Alignment check / SMAP override (`stac`).
     pub const AC: u64 = 1 << 18;
 }
 
 // ----- Part `fpu` (issue 17): debug registers and XCR0 -----
-
-/// CR4 bits of the extended-state and debug rules.
-pub mod cr4_fpu {
-    /// Debugging extensions: DR4/DR5 are reserved (#UD) instead of aliasing DR6/DR7.
-    pub const DE: u64 = 1 << 3;
-    pub const OSFXSR: u64 = 1 << 9;
-    pub const OSXMMEXCPT: u64 = 1 << 10;
-    pub const OSXSAVE: u64 = 1 << 18;
-}
 
 /// DR6 (SDM vol. 3, 18.2.3).
 pub mod dr6 {

@@ -342,7 +342,10 @@ pub mod field {
     }
 
     /// EFER bits a guest may hold: SCE, LME, LMA, NXE.
-    pub const EFER_VALID: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11);
+    pub const EFER_VALID: u64 = {
+        use crate::cpu::efer::{LMA, LME, NXE, SCE};
+        SCE | LME | LMA | NXE
+    };
 
     /// The checks the hardware makes on a guest MSR value, as WRMSR (#GP) and VM entry do:
     /// canonical bases and entry points, a valid PAT, no reserved EFER bits, SFMASK and

@@ -19,7 +19,7 @@ use core::arch::asm;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use abi::cpu::{cr4_fpu, dr6, xcr0};
+use abi::cpu::{cr4, dr6, xcr0};
 use microkernel::kobj::objects::MAX_THREADS;
 use microkernel::kobj::queue::ThreadId;
 use spin::Once;
@@ -80,11 +80,11 @@ pub fn init(no_xsave: bool) -> Mode {
                 f.insert(Cr0Flags::MONITOR_COPROCESSOR | Cr0Flags::NUMERIC_ERROR);
                 f.remove(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::TASK_SWITCHED);
             });
-            let mut cr4 = Cr4::read_raw() | cr4_fpu::OSFXSR | cr4_fpu::OSXMMEXCPT;
+            let mut bits = Cr4::read_raw() | cr4::OSFXSR | cr4::OSXMMEXCPT;
             if xsave {
-                cr4 |= cr4_fpu::OSXSAVE;
+                bits |= cr4::OSXSAVE;
             }
-            Cr4::write_raw(cr4);
+            Cr4::write_raw(bits);
         }
         if xsave {
             let (eax, _, _, edx) = super::cpu::cpuid(0xd, 0);

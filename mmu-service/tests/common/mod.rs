@@ -299,18 +299,7 @@ impl Acc {
 // ---------------------------------------------------------------------------------------------
 // Hardware model: the processor walking the shadow tables.
 
-pub const CR0_PG: u64 = 1 << 31;
-pub const CR0_CD: u64 = 1 << 30;
-pub const CR0_NW: u64 = 1 << 29;
-pub const CR0_WP: u64 = 1 << 16;
-pub const CR4_PSE: u64 = 1 << 4;
-pub const CR4_PAE: u64 = 1 << 5;
-pub const CR4_PGE: u64 = 1 << 7;
-pub const CR4_SMEP: u64 = 1 << 20;
-pub const CR4_SMAP: u64 = 1 << 21;
-pub const EFER_LME: u64 = 1 << 8;
-pub const EFER_LMA: u64 = 1 << 10;
-pub const EFER_NXE: u64 = 1 << 11;
+pub use abi::cpu::{cr0, cr4, efer};
 
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
@@ -336,12 +325,12 @@ pub const HW_SMEP_SMAP_WITHOUT_GUEST_PAGING: bool = false;
 
 impl HwRegs {
     pub fn of<S: VcpuPagingState + ?Sized>(g: &S) -> Self {
-        let paging = g.cr0() & CR0_PG != 0;
+        let paging = g.cr0() & cr0::PG != 0;
         let on = paging || HW_SMEP_SMAP_WITHOUT_GUEST_PAGING;
         HwRegs {
-            smep: on && g.cr4() & CR4_SMEP != 0,
-            smap: on && g.cr4() & CR4_SMAP != 0,
-            long_mode: paging && g.efer() & EFER_LME != 0,
+            smep: on && g.cr4() & cr4::SMEP != 0,
+            smap: on && g.cr4() & cr4::SMAP != 0,
+            long_mode: paging && g.efer() & efer::LME != 0,
         }
     }
 }
@@ -758,11 +747,11 @@ fn rsvd_range(lo: u32, hi: u32) -> u64 {
 
 impl Guest {
     pub fn mode(&self) -> PagingMode {
-        if self.cr0 & CR0_PG == 0 {
+        if self.cr0 & cr0::PG == 0 {
             PagingMode::NonPaging
-        } else if self.cr4 & CR4_PAE == 0 {
+        } else if self.cr4 & cr4::PAE == 0 {
             PagingMode::TwoLevel
-        } else if self.efer & EFER_LMA != 0 {
+        } else if self.efer & efer::LMA != 0 {
             PagingMode::FourLevel
         } else {
             PagingMode::Pae
@@ -799,7 +788,7 @@ impl Guest {
 
     /// Whether PAE paging is in use with these registers (CR0.PG, CR4.PAE, not long mode).
     pub fn pae_paging(&self) -> bool {
-        self.cr0 & CR0_PG != 0 && self.cr4 & CR4_PAE != 0 && self.efer & EFER_LMA == 0
+        self.cr0 & cr0::PG != 0 && self.cr4 & cr4::PAE != 0 && self.efer & efer::LMA == 0
     }
 
     /// Executes `insn` as the processor does: the register changes, EFER.LMA following
@@ -814,28 +803,28 @@ impl Guest {
         let mut g = *self;
         let load = match insn {
             Insn::MovCr0(v) => {
-                if v & CR0_NW != 0 && v & CR0_CD == 0 {
+                if v & cr0::NW != 0 && v & cr0::CD == 0 {
                     return Err(Gp::Operand);
                 }
-                let enabling = v & CR0_PG != 0 && self.cr0 & CR0_PG == 0;
-                if enabling && self.efer & EFER_LME != 0 && self.cr4 & CR4_PAE == 0 {
+                let enabling = v & cr0::PG != 0 && self.cr0 & cr0::PG == 0;
+                if enabling && self.efer & efer::LME != 0 && self.cr4 & cr4::PAE == 0 {
                     return Err(Gp::Operand);
                 }
                 g.cr0 = v;
-                let changed = (self.cr0 ^ v) & (CR0_CD | CR0_NW | CR0_PG) != 0;
+                let changed = (self.cr0 ^ v) & (cr0::CD | cr0::NW | cr0::PG) != 0;
                 g.set_lma();
                 changed && g.pae_paging()
             }
             Insn::MovCr4(v) => {
-                if self.efer & EFER_LMA != 0 && v & CR4_PAE == 0 {
+                if self.efer & efer::LMA != 0 && v & cr4::PAE == 0 {
                     return Err(Gp::Operand);
                 }
                 g.cr4 = v;
-                let changed = (self.cr4 ^ v) & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP) != 0;
+                let changed = (self.cr4 ^ v) & (cr4::PAE | cr4::PGE | cr4::PSE | cr4::SMEP) != 0;
                 changed && g.pae_paging()
             }
             Insn::MovCr3(v) => {
-                g.cr3 = if self.efer & EFER_LMA != 0 {
+                g.cr3 = if self.efer & efer::LMA != 0 {
                     v
                 } else {
                     v & 0xffff_ffff
@@ -843,7 +832,7 @@ impl Guest {
                 g.pae_paging()
             }
             Insn::WrmsrEfer(v) => {
-                if self.cr0 & CR0_PG != 0 && (self.efer ^ v) & EFER_LME != 0 {
+                if self.cr0 & cr0::PG != 0 && (self.efer ^ v) & efer::LME != 0 {
                     return Err(Gp::Operand);
                 }
                 g.efer = v;
@@ -859,10 +848,10 @@ impl Guest {
     }
 
     fn set_lma(&mut self) {
-        if self.cr0 & CR0_PG != 0 && self.efer & EFER_LME != 0 {
-            self.efer |= EFER_LMA;
+        if self.cr0 & cr0::PG != 0 && self.efer & efer::LME != 0 {
+            self.efer |= efer::LMA;
         } else {
-            self.efer &= !EFER_LMA;
+            self.efer &= !efer::LMA;
         }
     }
 
@@ -880,11 +869,11 @@ impl Guest {
     pub fn walk_full(&self, mem: &TestMemory, gva: u64, a: Acc) -> RefWalk {
         let mode = self.mode();
         let nxe =
-            matches!(mode, PagingMode::Pae | PagingMode::FourLevel) && self.efer & EFER_NXE != 0;
+            matches!(mode, PagingMode::Pae | PagingMode::FourLevel) && self.efer & efer::NXE != 0;
         let paging = mode != PagingMode::NonPaging;
-        let smep = paging && self.cr4 & CR4_SMEP != 0;
-        let smap = paging && self.cr4 & CR4_SMAP != 0;
-        let wp = self.cr0 & CR0_WP != 0;
+        let smep = paging && self.cr4 & cr4::SMEP != 0;
+        let smap = paging && self.cr4 & cr4::SMAP != 0;
+        let wp = self.cr0 & cr0::WP != 0;
         let mut ec = 0u32;
         if a.write {
             ec |= 2;
@@ -930,7 +919,7 @@ impl Guest {
                 }
                 user &= pde & 4 != 0;
                 writable &= pde & 2 != 0;
-                if pde & 0x80 != 0 && self.cr4 & CR4_PSE != 0 {
+                if pde & 0x80 != 0 && self.cr4 & cr4::PSE != 0 {
                     // 4 MiB page: bits 20:13 hold physical bits 39:32 (those at or above
                     // MAXPHYADDR reserved), bit 21 is reserved.
                     let top = m.min(40);

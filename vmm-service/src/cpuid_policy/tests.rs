@@ -134,7 +134,7 @@ fn os_bits_mirror_the_guests_cr4() {
     };
     let on = GuestView {
         shadow: false,
-        cr4: CR4_OSXSAVE | CR4_PKE,
+        cr4: cr4::OSXSAVE | cr4::PKE,
     };
     assert_eq!(answer(1, 0, &off, all)[2] & (1 << 27), 0);
     assert_ne!(answer(1, 0, &on, all)[2] & (1 << 27), 0);

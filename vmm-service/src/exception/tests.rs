@@ -52,7 +52,7 @@ fn gp_carries_its_error_code_and_sets_rf() {
         panic!("delivered");
     };
     assert_eq!(inject, 0x8000_0b0d | 0x18 << 32);
-    assert_eq!(rflags, Some(0x202 | RFLAGS_RF));
+    assert_eq!(rflags, Some(0x202 | rflags::RF));
     // The injection the CR and MSR handlers always used for #GP(0).
     let Injection::Event { inject, .. } = injection(GP, 0, guest(2)) else {
         panic!()
@@ -66,7 +66,7 @@ fn ud_has_no_error_code_and_sets_rf() {
         panic!()
     };
     assert_eq!(inject, 0x8000_0306);
-    assert_eq!(rflags, Some(0x2 | RFLAGS_RF));
+    assert_eq!(rflags, Some(0x2 | rflags::RF));
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn an_exit_during_delivery_escalates() {
     let r = reply(&m, GP, 0).expect("delivered");
     assert_eq!(r.inject, crate::cr::GP_INJECT);
     assert_eq!(r.flags, reply::INJECT | reply::SET_RFLAGS);
-    assert_eq!(r.rflags, 0x2 | RFLAGS_RF);
+    assert_eq!(r.rflags, 0x2 | rflags::RF);
     // Without the RIP group RFLAGS is unknown: no RF (nothing invented).
     m.mask = group::QUAL;
     assert_eq!(reply(&m, UD, 0).unwrap().flags, reply::INJECT);

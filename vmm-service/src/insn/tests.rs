@@ -29,7 +29,7 @@ fn xsetbv_msg(ecx: u64, value: u64, cr4: u64, ss_dpl: u32) -> ExitMessage {
 fn xsetbv_is_checked_like_hardware() {
     let x =
         |ecx, v, cr4, dpl, full| handle(reason::XSETBV, &xsetbv_msg(ecx, v, cr4, dpl), cpu(full));
-    let os = CR4_OSXSAVE;
+    let os = cr4::OSXSAVE;
     assert_eq!(
         x(0, X87 | SSE, os, 0, true),
         Some(Action::SetXcr0(X87 | SSE))

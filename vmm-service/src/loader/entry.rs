@@ -6,6 +6,7 @@
 //! shadows are given the guest-visible values. The VM-entry control "IA-32e mode guest" is
 //! not a writable field: the kernel must derive it from `GUEST_IA32_EFER.LMA`.
 
+use abi::cpu::{cr0, cr4, efer, rflags};
 use abi::vmx::field::*;
 
 use super::multiboot::BOOTLOADER_MAGIC;
@@ -33,15 +34,13 @@ pub const SEL_CODE: u64 = 0x08;
 pub const SEL_DATA: u64 = 0x10;
 
 /// CR0 = PE | ET (the kernel adds NE).
-pub const CR0_PROTECTED: u64 = 0x11;
+pub const CR0_PROTECTED: u64 = cr0::PE | cr0::ET;
 /// CR0 = PE | ET | PG.
-pub const CR0_PAGED: u64 = 0x8000_0011;
-/// CR4 = PAE.
-pub const CR4_PAE: u64 = 0x20;
+pub const CR0_PAGED: u64 = CR0_PROTECTED | cr0::PG;
 /// EFER = LME | LMA.
-pub const EFER_LONG: u64 = 0x500;
+pub const EFER_LONG: u64 = efer::LME | efer::LMA;
 /// RFLAGS with only the reserved bit 1.
-pub const RFLAGS_INIT: u64 = 2;
+pub const RFLAGS_INIT: u64 = rflags::FIXED_1;
 
 /// Segment registers: (selector, access rights, limit, base) field ids.
 const SEGMENTS: [(u64, u64, u64, u64); 8] = [
@@ -160,7 +159,7 @@ pub fn protected_mode_entry(entry: u32, info_gpa: u32) -> [Pair; PROTECTED_MODE_
 /// Long mode with paging on (`cr3`), 64-bit CS 0x08 and data 0x10 from the GDT at
 /// `gdtr = (base, limit)`, RIP = `rip`, RSP = `rsp`.
 pub fn long_mode_entry(rip: u64, rsp: u64, cr3: u64, gdtr: (u64, u64)) -> [Pair; LONG_MODE_PAIRS] {
-    fill(segments(AR_CODE64, gdtr).chain(control(CR0_PAGED, cr3, CR4_PAE, EFER_LONG, rip, rsp)))
+    fill(segments(AR_CODE64, gdtr).chain(control(CR0_PAGED, cr3, cr4::PAE, EFER_LONG, rip, rsp)))
 }
 
 #[cfg(test)]

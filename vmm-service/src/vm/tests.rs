@@ -78,7 +78,7 @@ fn gp() -> ExitReply {
     ExitReply {
         flags: reply::INJECT | reply::SET_RFLAGS,
         inject: cr::GP_INJECT,
-        rflags: 0x202 | crate::exception::RFLAGS_RF,
+        rflags: 0x202 | abi::cpu::rflags::RF,
         ..ExitReply::default()
     }
 }
