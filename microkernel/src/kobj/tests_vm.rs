@@ -24,13 +24,14 @@ pub(super) const RAM_PAGES: u64 = 16;
 const RWX: u64 = 0b111;
 /// The portal mask of the round-trip tests.
 const MASK: u32 = group::GPRS | group::RIP;
-const CR0_PE: u64 = 1;
-const CR0_NE: u64 = 1 << 5;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_VMXE: u64 = 1 << 13;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+// The architectural bits, from their one definition.
+const CR0_PE: u64 = abi::cpu::cr0::PE;
+const CR0_NE: u64 = abi::cpu::cr0::NE;
+const CR0_PG: u64 = abi::cpu::cr0::PG;
+const CR4_PAE: u64 = abi::cpu::cr4::PAE;
+const CR4_VMXE: u64 = abi::cpu::cr4::VMXE;
+const EFER_LME: u64 = abi::cpu::efer::LME;
+const EFER_LMA: u64 = abi::cpu::efer::LMA;
 const ENTRY_IA32E: u64 = 1 << 9;
 
 /// Init (the VMM) with guest RAM, a VM with all of it mapped, one vCPU (id 3) and an endpoint.
