@@ -34,6 +34,9 @@ ISO_ROOT := $(BUILD)/iso-root
 HARNESS := $(TARGET_DIR)/release/umbra-harness
 # User services (services/*): static ELFs linked with userlib/link.ld, loaded as Multiboot2
 # modules from /boot/services/<name> (the manifest lines are in tests/src/bootcfg.rs).
+# SERVICES, GUESTS and FLAT_GUESTS are the definition: the harness tests check that
+# BOOT_MODULES (tests/src/bootcfg.rs) and the services clippy step (tests/src/orchestrate.rs)
+# name exactly these.
 SERVICES := supervisor echo ipc-suite bench-ipc mmu-service trace vmm-service vmm-suite fuzz
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).

@@ -405,6 +405,31 @@ fn run_tool(cmd: &mut Command) -> io::Result<()> {
     }
 }
 
+/// The words of a `NAME := ...` list in the repository's Makefile (continuation lines
+/// joined): the Makefile's `SERVICES`, `GUESTS` and `FLAT_GUESTS` are the one definition of
+/// what is built and copied into the ISO, which [`BOOT_MODULES`] and the clippy step of
+/// `orchestrate` must match (checked by the tests).
+#[cfg(test)]
+pub(crate) fn makefile_list(name: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Makefile");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let joined = text.replace("\\\n", " ");
+    let prefix = format!("{name} :=");
+    let mut found = joined.lines().filter_map(|l| l.strip_prefix(&prefix));
+    let words: Vec<String> = found
+        .next()
+        .unwrap_or_else(|| panic!("no `{prefix}` line in the Makefile"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        found.next().is_none(),
+        "two `{prefix}` lines in the Makefile"
+    );
+    assert!(!words.is_empty(), "`{prefix}` is empty");
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +528,43 @@ mod tests {
                 userlib::manifest::parse(m.manifest)
             );
         }
+    }
+
+    /// The Makefile's `SERVICES`, `GUESTS` and `FLAT_GUESTS` are the definition: every built
+    /// service and guest is a boot module (services first, in the Makefile's order, with the
+    /// supervisor as module 0) and no module names a file the Makefile does not copy.
+    #[test]
+    fn boot_modules_match_the_makefile_lists() {
+        let services = makefile_list("SERVICES");
+        let in_iso: Vec<&str> = BOOT_MODULES
+            .iter()
+            .filter_map(|m| m.path.strip_prefix("/boot/services/"))
+            .collect();
+        assert_eq!(
+            in_iso, services,
+            "BOOT_MODULES services vs Makefile SERVICES"
+        );
+        assert_eq!(BOOT_MODULES[0].path, "/boot/services/supervisor");
+        assert!(BOOT_MODULES[..services.len()]
+            .iter()
+            .all(|m| m.path.starts_with("/boot/services/")));
+        let mut guests: Vec<String> = makefile_list("GUESTS");
+        guests.extend(
+            makefile_list("FLAT_GUESTS")
+                .iter()
+                .map(|g| format!("{g}.bin")),
+        );
+        guests.sort();
+        let mut modules: Vec<&str> = BOOT_MODULES
+            .iter()
+            .filter_map(|m| m.path.strip_prefix("/boot/guests/"))
+            .collect();
+        modules.sort();
+        assert_eq!(
+            modules, guests,
+            "BOOT_MODULES guests vs Makefile GUESTS/FLAT_GUESTS"
+        );
+        assert_eq!(in_iso.len() + modules.len(), BOOT_MODULES.len());
     }
 
     #[test]

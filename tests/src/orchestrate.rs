@@ -450,3 +450,30 @@ fn run_cmd_step(n: usize, total: usize, name: &str, argv: &[&str], cargo_test: b
         elapsed: t0.elapsed(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootcfg::makefile_list;
+
+    /// The services clippy step checks every package the Makefile builds for the target: the
+    /// Makefile's `SERVICES` and the `guests` package, nothing more.
+    #[test]
+    fn services_clippy_step_matches_the_makefile() {
+        let step = CARGO_STEPS
+            .iter()
+            .find(|s| s.name == "clippy (services, x86_64-unknown-none)")
+            .expect("the services clippy step");
+        let mut packages: Vec<&str> = step
+            .argv
+            .windows(2)
+            .filter(|w| w[0] == "-p")
+            .map(|w| w[1])
+            .collect();
+        packages.sort();
+        let mut expected = makefile_list("SERVICES");
+        expected.push("guests".to_string());
+        expected.sort();
+        assert_eq!(packages, expected);
+    }
+}

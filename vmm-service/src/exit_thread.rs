@@ -34,7 +34,7 @@ struct Run {
     vcpu: CapSlot,
     ram: CapSlot,
     exit_ep: CapSlot,
-    result: Option<vm::VmResult>,
+    result: Option<vm::Stop>,
 }
 
 static RUN: Mutex<Option<Run>> = Mutex::new(None);
@@ -108,7 +108,7 @@ pub fn pause() -> Option<VmModel> {
 pub fn end() -> Outcome {
     let run = RUN.lock().take();
     Outcome {
-        result: run.and_then(|r| r.result).map(|r| r.to_proto()),
+        result: run.and_then(|r| r.result).map(|s| *s.result()),
     }
 }
 

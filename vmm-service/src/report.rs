@@ -1,16 +1,17 @@
-//! How a VM ended: [`VmResult`], its [`Report`] for the console, and the `stop_code` encoding
-//! carried by the stopping [`abi::vmx::ExitReply`].
+//! How a VM ended: a [`Stop`] holds the protocol's [`VmResult`], the [`Report`] for the
+//! console, and the `stop_code` encoding carried by the stopping [`abi::vmx::ExitReply`].
 
 use core::fmt;
 
 use abi::vmx::{group, reason, ExitMessage, SEGMENT_ORDER};
+pub use userlib::proto::vmm::VmResult;
 
 /// A VM's name (truncated to 32 bytes).
 pub type Name = heapless::String<32>;
 
 /// The `stop_code` of a stopping reply: `kind | (detail & DETAIL_MASK)`. It fits in 32 bits,
 /// so `VcpuRun` returns it unchanged as `abi::vmx::stop::HANDLER | stop_code`. The full
-/// values (64-bit exit codes and the report) are in the [`VmResult`] of the `Stopped` event.
+/// values (64-bit exit codes and the report) are in the [`Stop`] of the `Stopped` event.
 pub mod stop_code {
     /// Hypercall exit: detail = the guest's code (RBX), truncated.
     pub const EXITED: u64 = 1 << 24;
@@ -116,76 +117,90 @@ impl fmt::Display for Report {
     }
 }
 
-/// How a VM ended.
+/// How a VM ended, as the model concluded: the protocol's [`VmResult`] (the one definition of
+/// the outcome), the [`Report`] the console shows for a stop the guest did not ask for, and the
+/// `stop_code` of the stopping reply. Built only by the constructors below, so the three agree.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmResult {
-    /// Hypercall 0 with this code.
-    Exited {
-        code: u64,
-    },
-    /// A write of `v` to the debug-exit port: `code = (v << 1) | 1`.
-    DebugExit {
-        code: u64,
-    },
-    TripleFault(Report),
-    /// VM entry failed.
-    EntryFailed(Report),
-    /// An exit the model does not handle (reason, or a form such as string I/O).
-    Unhandled(Report),
-    /// A malformed exit message.
-    BadExit(Report),
-    /// HLT with RFLAGS.IF clear: no interrupt can ever wake the vCPU.
-    Halted(Report),
+pub struct Stop {
+    result: VmResult,
+    report: Option<Report>,
+    stop_code: u64,
 }
 
-impl VmResult {
+impl Stop {
+    fn new(result: VmResult, report: Option<Report>, kind: u64, detail: u64) -> Stop {
+        Stop {
+            result,
+            report,
+            stop_code: kind | (detail & stop_code::DETAIL_MASK),
+        }
+    }
+
+    /// Hypercall 0 with this code.
+    pub fn exited(code: u64) -> Stop {
+        Stop::new(
+            VmResult::HypercallExit { code },
+            None,
+            stop_code::EXITED,
+            code,
+        )
+    }
+
+    /// A write of `v` to the debug-exit port: `code = (v << 1) | 1`.
+    pub fn debug_exit(code: u64) -> Stop {
+        let result = VmResult::DebugExit { code: code as u32 };
+        Stop::new(result, None, stop_code::DEBUG_EXIT, code)
+    }
+
+    pub fn triple_fault(r: Report) -> Stop {
+        Stop::new(VmResult::TripleFault, Some(r), stop_code::TRIPLE_FAULT, 0)
+    }
+
+    /// VM entry failed; the error is the exit qualification when the message carried it.
+    pub fn entry_failed(r: Report) -> Stop {
+        let result = VmResult::EntryFailed {
+            reason: r.reason,
+            error: r.qualification.unwrap_or(0),
+        };
+        let reason = r.reason as u64;
+        Stop::new(result, Some(r), stop_code::ENTRY_FAILED, reason)
+    }
+
+    /// An exit the model does not handle (reason, or a form such as string I/O).
+    pub fn unhandled(r: Report) -> Stop {
+        let basic = r.reason & 0xffff;
+        let result = VmResult::Unhandled { reason: basic };
+        Stop::new(result, Some(r), stop_code::UNHANDLED, basic as u64)
+    }
+
+    /// A malformed exit message.
+    pub fn bad_exit(r: Report) -> Stop {
+        let result = VmResult::BadExit { reason: r.reason };
+        let basic = (r.reason & 0xffff) as u64;
+        Stop::new(result, Some(r), stop_code::BAD_EXIT, basic)
+    }
+
+    /// HLT with RFLAGS.IF clear: no interrupt can ever wake the vCPU.
+    pub fn halted(r: Report) -> Stop {
+        let result = VmResult::Halted {
+            rip: r.rip.unwrap_or(0),
+        };
+        Stop::new(result, Some(r), stop_code::HALTED, 0)
+    }
+
+    /// The result as the protocol reports it.
+    pub fn result(&self) -> &VmResult {
+        &self.result
+    }
+
+    /// The report, for the stops that have one.
+    pub fn report(&self) -> Option<&Report> {
+        self.report.as_ref()
+    }
+
     /// The `stop_code` for the reply (see [`stop_code`]).
     pub fn stop_code(&self) -> u64 {
-        use stop_code::*;
-        let basic = |r: &Report| (r.reason & 0xffff) as u64;
-        let (kind, detail) = match self {
-            VmResult::Exited { code } => (EXITED, *code),
-            VmResult::DebugExit { code } => (DEBUG_EXIT, *code),
-            VmResult::TripleFault(_) => (TRIPLE_FAULT, 0),
-            VmResult::EntryFailed(r) => (ENTRY_FAILED, r.reason as u64),
-            VmResult::Unhandled(r) => (UNHANDLED, basic(r)),
-            VmResult::BadExit(r) => (BAD_EXIT, basic(r)),
-            VmResult::Halted(_) => (HALTED, 0),
-        };
-        kind | (detail & DETAIL_MASK)
-    }
-
-    /// The result as the protocol reports it, losing nothing a client acts on.
-    pub fn to_proto(&self) -> userlib::proto::vmm::VmResult {
-        use userlib::proto::vmm::VmResult as P;
-        match self {
-            VmResult::Exited { code } => P::HypercallExit { code: *code },
-            VmResult::DebugExit { code } => P::DebugExit { code: *code as u32 },
-            VmResult::TripleFault(_) => P::TripleFault,
-            VmResult::EntryFailed(r) => P::EntryFailed {
-                reason: r.reason,
-                error: r.qualification.unwrap_or(0),
-            },
-            VmResult::Unhandled(r) => P::Unhandled {
-                reason: r.reason & 0xffff,
-            },
-            VmResult::BadExit(r) => P::BadExit { reason: r.reason },
-            VmResult::Halted(r) => P::Halted {
-                rip: r.rip.unwrap_or(0),
-            },
-        }
-    }
-
-    /// The report, for the results that have one.
-    pub fn report(&self) -> Option<&Report> {
-        match self {
-            VmResult::Exited { .. } | VmResult::DebugExit { .. } => None,
-            VmResult::TripleFault(r)
-            | VmResult::EntryFailed(r)
-            | VmResult::Unhandled(r)
-            | VmResult::BadExit(r)
-            | VmResult::Halted(r) => Some(r),
-        }
+        self.stop_code
     }
 }
 
@@ -215,38 +230,46 @@ mod tests {
         assert!(s.contains("qualification=0x12"), "{s}");
         assert!(s.contains("r15=0x000000000000abcd"), "{s}");
         assert_eq!(s.lines().count(), 7);
-        assert_eq!(VmResult::Unhandled(r.clone()).stop_code(), 0x0500_0037);
-        assert_eq!(VmResult::DebugExit { code: 0x21 }.stop_code(), 0x0200_0021);
-        assert_eq!(VmResult::Exited { code: u64::MAX }.stop_code(), 0x01ff_ffff);
-        assert_eq!(VmResult::TripleFault(r.clone()).stop_code(), 0x0300_0000);
+        assert_eq!(Stop::unhandled(r.clone()).stop_code(), 0x0500_0037);
+        assert_eq!(Stop::debug_exit(0x21).stop_code(), 0x0200_0021);
+        assert_eq!(Stop::exited(u64::MAX).stop_code(), 0x01ff_ffff);
+        assert_eq!(Stop::triple_fault(r.clone()).stop_code(), 0x0300_0000);
+        assert_eq!(
+            Stop::exited(u64::MAX).result(),
+            &VmResult::HypercallExit { code: u64::MAX }
+        );
+        assert_eq!(Stop::exited(7).report(), None);
         // Every result keeps what a client needs: HLT and a bad message are not "unhandled",
         // and a failed entry carries its qualification.
-        use userlib::proto::vmm::VmResult as P;
         assert_eq!(
-            VmResult::Halted(r.clone()).to_proto(),
-            P::Halted { rip: 0x10_0040 }
+            Stop::halted(r.clone()).result(),
+            &VmResult::Halted { rip: 0x10_0040 }
         );
         assert_eq!(
-            VmResult::BadExit(r.clone()).to_proto(),
-            P::BadExit {
+            Stop::bad_exit(r.clone()).result(),
+            &VmResult::BadExit {
                 reason: reason::XSETBV
             }
         );
         let mut failed = r.clone();
         failed.reason = (1 << 31) | 33;
+        let s = Stop::entry_failed(failed.clone());
         assert_eq!(
-            VmResult::EntryFailed(failed).to_proto(),
-            P::EntryFailed {
+            s.result(),
+            &VmResult::EntryFailed {
                 reason: (1 << 31) | 33,
                 error: 0x12
             }
         );
+        assert_eq!(s.stop_code(), 0x0400_0021);
+        assert_eq!(s.report(), Some(&failed));
         assert_eq!(
-            VmResult::Unhandled(r).to_proto(),
-            P::Unhandled {
+            Stop::unhandled(r.clone()).result(),
+            &VmResult::Unhandled {
                 reason: reason::XSETBV
             }
         );
+        assert_eq!(Stop::unhandled(r.clone()).report(), Some(&r));
         // A report of a bare message is one line.
         let bare = Report::new(&name, &ExitMessage::default(), "x");
         assert_eq!(format!("{bare}").lines().count(), 1);

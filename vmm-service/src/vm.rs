@@ -28,7 +28,7 @@ use crate::msr::{MsrError, MsrModel, MsrWrite};
 
 /// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
 const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
-pub use crate::report::{stop_code, Name, Report, VmResult};
+pub use crate::report::{stop_code, Name, Report, Stop, VmResult};
 
 /// CPUID.(7,0):EBX: INVPCID.
 const EBX7_INVPCID: u32 = 1 << 10;
@@ -109,8 +109,8 @@ pub enum Event {
     /// The guest asked for every reflected reason back (hypercall 4 or CPUID leaf
     /// [`hypercall::UNREFLECT_LEAF`]).
     Unreflect,
-    /// The VM ended; the reply is `ExitReply::stop(result.stop_code())`.
-    Stopped(VmResult),
+    /// The VM ended; the reply is `ExitReply::stop(stop.stop_code())`.
+    Stopped(Stop),
     /// The guest's XSETBV passed its checks: write the value to the vCPU's
     /// [`abi::vmx::field::GUEST_XCR0`] before sending the reply (which advances RIP); if the
     /// kernel refuses it, inject #GP(0) instead.
@@ -130,7 +130,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// The result, if this exit stopped the VM.
-    pub fn stopped(&self) -> Option<&VmResult> {
+    pub fn stopped(&self) -> Option<&Stop> {
         self.events.iter().find_map(|e| match e {
             Event::Stopped(r) => Some(r),
             _ => None,
@@ -145,7 +145,7 @@ pub struct VmModel {
     pub bus: PortBus,
     pub msr: MsrModel,
     counts: [u64; EXIT_REASONS],
-    result: Option<VmResult>,
+    result: Option<Stop>,
     /// Shadow-paged: CPUID hides what the shadow MMU does not implement.
     shadow: bool,
     /// The benchmark's hypercalls are honoured (`VmConfig::benchmark`).
@@ -225,7 +225,7 @@ impl VmModel {
     }
 
     /// How the VM ended, once it has.
-    pub fn result(&self) -> Option<&VmResult> {
+    pub fn result(&self) -> Option<&Stop> {
         self.result.as_ref()
     }
 
@@ -258,7 +258,7 @@ impl VmModel {
                     ExitError::MissingGroups { .. } => "exit message lacks the state it needs",
                     ExitError::BadIoSize { .. } => "I/O exit with an invalid size",
                 };
-                return self.stop(VmResult::BadExit(self.report(m, what)), ev);
+                return self.stop(Stop::bad_exit(self.report(m, what)), ev);
             }
         };
         match exit {
@@ -349,7 +349,7 @@ impl VmModel {
             Exit::Hlt => {
                 if m.mask & group::RIP != 0 && m.rflags & (1 << 9) == 0 {
                     let r = self.report(m, "HLT with interrupts disabled");
-                    return self.stop(VmResult::Halted(r), ev);
+                    return self.stop(Stop::halted(r), ev);
                 }
                 ExitReply::advance()
             }
@@ -364,11 +364,11 @@ impl VmModel {
             },
             Exit::TripleFault => {
                 let r = self.report(m, "triple fault");
-                self.stop(VmResult::TripleFault(r), ev)
+                self.stop(Stop::triple_fault(r), ev)
             }
             Exit::InvalidGuestState | Exit::EntryFailure { .. } => {
                 let r = self.report(m, "VM entry failed");
-                self.stop(VmResult::EntryFailed(r), ev)
+                self.stop(Stop::entry_failed(r), ev)
             }
             Exit::ExternalInterrupt => ExitReply::resume(),
             Exit::EptViolation { .. } => self.unhandled(
@@ -408,7 +408,7 @@ impl VmModel {
             Some(r) => r,
             None => {
                 let r = self.report(m, "exception while delivering a double fault");
-                self.stop(VmResult::TripleFault(r), ev)
+                self.stop(Stop::triple_fault(r), ev)
             }
         }
     }
@@ -446,11 +446,11 @@ impl VmModel {
     ) -> ExitReply {
         let mut r = self.report(m, what);
         r.code = crate::guest_walk::code_at_rip(m, |gpa, buf| env.read_guest(gpa, buf));
-        self.stop(VmResult::Unhandled(r), ev)
+        self.stop(Stop::unhandled(r), ev)
     }
 
     /// Ends the VM: after the events already in `ev`, the flushed serial line and `Stopped`.
-    fn stop(&mut self, result: VmResult, ev: &mut Vec<Event, MAX_EVENTS>) -> ExitReply {
+    fn stop(&mut self, result: Stop, ev: &mut Vec<Event, MAX_EVENTS>) -> ExitReply {
         let reply = ExitReply::stop(result.stop_code());
         // Keep room for the flushed line and the stop itself.
         ev.truncate(MAX_EVENTS - 2);
@@ -500,7 +500,7 @@ impl VmModel {
             }
         }
         if let Some(code) = debug_exit {
-            return self.stop(VmResult::DebugExit { code }, events);
+            return self.stop(Stop::debug_exit(code), events);
         }
         reply
     }
@@ -515,7 +515,7 @@ impl VmModel {
     ) -> ExitReply {
         let mut reply = ExitReply::advance();
         let rax = match u64::from(nr) | hypercall::SIGNATURE {
-            hypercall::EXIT => return self.stop(VmResult::Exited { code: args[0] }, ev),
+            hypercall::EXIT => return self.stop(Stop::exited(args[0]), ev),
             hypercall::PRINT => {
                 let (gpa, len) = (args[0], args[1]);
                 let mut buf = [0u8; hypercall::PRINT_MAX];

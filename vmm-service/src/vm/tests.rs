@@ -204,14 +204,14 @@ fn debug_exit_stops_with_code() {
         o.events.as_slice(),
         &[
             Event::SerialLine(Text::from_slice(b"x").unwrap()),
-            Event::Stopped(VmResult::DebugExit { code: 0x21 })
+            Event::Stopped(Stop::debug_exit(0x21))
         ]
     );
-    assert_eq!(v.result(), Some(&VmResult::DebugExit { code: 0x21 }));
+    assert_eq!(v.result(), Some(&Stop::debug_exit(0x21)));
     // Later exits get the same stop.
     let o = run(&mut v, &msg(reason::HLT));
     assert_eq!(o.reply.flags, reply::STOP);
-    assert_eq!(o.stopped(), Some(&VmResult::DebugExit { code: 0x21 }));
+    assert_eq!(o.stopped(), Some(&Stop::debug_exit(0x21)));
 }
 
 #[test]
@@ -271,7 +271,10 @@ fn cr_writes() {
     // MOV to CR8 is not emulated: the VM stops with a report.
     m.qualification = 8;
     let o = run(&mut v, &m);
-    assert!(matches!(o.stopped(), Some(VmResult::Unhandled(_))));
+    assert!(matches!(
+        o.stopped().map(Stop::result),
+        Some(VmResult::Unhandled { .. })
+    ));
     assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 28);
 }
 
@@ -393,7 +396,7 @@ fn hypercalls() {
     gprs(&mut m, &[(Gpr::Rax, hypercall::EXIT), (Gpr::Rbx, 7)]);
     let o = v.handle(&m, &mut env);
     assert_eq!(o.reply, ExitReply::stop(stop_code::EXITED | 7));
-    assert_eq!(o.stopped(), Some(&VmResult::Exited { code: 7 }));
+    assert_eq!(o.stopped(), Some(&Stop::exited(7)));
 }
 
 #[test]
@@ -405,7 +408,10 @@ fn hlt_resumes_or_stops_when_interrupts_are_off() {
     let mut m = msg(reason::HLT);
     m.rflags = 0x2;
     let o = run(&mut v, &m);
-    assert!(matches!(o.stopped(), Some(VmResult::Halted(_))));
+    assert!(matches!(
+        o.stopped().map(Stop::result),
+        Some(VmResult::Halted { rip: 0x10_0000 })
+    ));
     assert_eq!(o.reply.stop_code, stop_code::HALTED);
 }
 
@@ -413,7 +419,8 @@ fn hlt_resumes_or_stops_when_interrupts_are_off() {
 fn fatal_exits_stop_with_reports() {
     let mut v = vm();
     let o = run(&mut v, &msg(reason::TRIPLE_FAULT));
-    let Some(VmResult::TripleFault(r)) = o.stopped() else {
+    let Some((VmResult::TripleFault, Some(r))) = o.stopped().map(|s| (s.result(), s.report()))
+    else {
         panic!("{o:?}")
     };
     assert_eq!(r.rip, Some(0x10_0000));
@@ -422,13 +429,17 @@ fn fatal_exits_stop_with_reports() {
 
     let mut v = vm();
     let o = run(&mut v, &msg(reason::INVALID_GUEST_STATE | (1 << 31)));
-    assert!(matches!(o.stopped(), Some(VmResult::EntryFailed(_))));
+    assert!(matches!(
+        o.stopped().map(Stop::result),
+        Some(VmResult::EntryFailed { .. })
+    ));
     assert_eq!(o.reply.stop_code, stop_code::ENTRY_FAILED | 33);
 
     let mut v = vm();
     let o = run(&mut v, &msg(reason::TASK_SWITCH));
     assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 9);
-    let Some(VmResult::Unhandled(r)) = o.stopped() else {
+    let Some((VmResult::Unhandled { .. }, Some(r))) = o.stopped().map(|s| (s.result(), s.report()))
+    else {
         panic!("{o:?}")
     };
     assert!(r.what.contains("task switch"), "{r}");
@@ -437,8 +448,8 @@ fn fatal_exits_stop_with_reports() {
     let mut m = io(0x3f8, 1, false, 0);
     m.qualification |= 1 << 4; // OUTS
     assert!(matches!(
-        run(&mut v, &m).stopped(),
-        Some(VmResult::Unhandled(_))
+        run(&mut v, &m).stopped().map(Stop::result),
+        Some(VmResult::Unhandled { .. })
     ));
 
     let mut v = vm();
@@ -600,7 +611,8 @@ fn an_unhandled_exit_reports_the_code_at_rip() {
     m.rip = 0x10;
     m.segments[0].base = 0x1_0000;
     let o = vm().handle(&m, &mut env);
-    let Some(VmResult::Unhandled(r)) = o.stopped() else {
+    let Some((VmResult::Unhandled { .. }, Some(r))) = o.stopped().map(|s| (s.result(), s.report()))
+    else {
         panic!("{o:?}")
     };
     assert_eq!(
