@@ -229,18 +229,10 @@ impl<M: Machine> Kernel<M> {
         if self.traced_vms == 0 {
             return;
         }
-        let Some(vi) = self.vcpu_of(t) else {
-            return;
-        };
-        let Some(mut r) = self.vcpus[vi as usize]
-            .obj
-            .as_mut()
-            .and_then(|v| v.trace_record.take())
-        else {
-            return;
-        };
-        r.t_entry = self.machine.tsc();
-        self.trace_push(r);
+        if let Some(vi) = self.vcpu_of(t) {
+            let now = self.machine.tsc();
+            self.trace_close(vi, |r| r.t_entry = now);
+        }
     }
 
     /// vCPU `vi` stopped: its open record is written without an entry.
@@ -248,15 +240,19 @@ impl<M: Machine> Kernel<M> {
         if self.traced_vms == 0 {
             return;
         }
-        let Some(mut r) = self.vcpus[vi as usize]
+        self.trace_close(vi, |r| r.flags |= flags::STOPPED);
+    }
+
+    /// Takes vCPU `vi`'s open record (if any), finishes it with `finish` and writes it.
+    fn trace_close(&mut self, vi: u16, finish: impl FnOnce(&mut Record)) {
+        if let Some(mut r) = self.vcpus[vi as usize]
             .obj
             .as_mut()
             .and_then(|v| v.trace_record.take())
-        else {
-            return;
-        };
-        r.flags |= flags::STOPPED;
-        self.trace_push(r);
+        {
+            finish(&mut r);
+            self.trace_push(r);
+        }
     }
 
     /// Writes a record into the ring, or counts it dropped when the ring is full or not
