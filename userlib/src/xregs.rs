@@ -13,6 +13,23 @@ pub struct Regs {
 }
 
 impl Regs {
+    /// How many registers (XMM and MM) differ between `self` and `other`.
+    pub fn differences(&self, other: &Regs) -> u32 {
+        let x = self
+            .xmm
+            .iter()
+            .zip(&other.xmm)
+            .filter(|(a, b)| a != b)
+            .count();
+        let m = self
+            .mm
+            .iter()
+            .zip(&other.mm)
+            .filter(|(a, b)| a != b)
+            .count();
+        (x + m) as u32
+    }
+
     /// A pattern in every register derived from `seed` (distinct per register and seed).
     pub fn pattern(seed: u64) -> Regs {
         let mix = |i: u64| {

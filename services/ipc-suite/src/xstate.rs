@@ -23,22 +23,10 @@ static YMM_STACKS: [ThreadStack<8192>; WORKERS] = [ThreadStack::new(), ThreadSta
 static RESULT: [AtomicU32; WORKERS] = [AtomicU32::new(0), AtomicU32::new(0)];
 static NOTIFICATION: AtomicU64 = AtomicU64::new(u64::MAX);
 
-/// Registers of `got` that differ from `want`.
-fn wrong(want: &Regs, got: &Regs) -> u32 {
-    let x = want
-        .xmm
-        .iter()
-        .zip(&got.xmm)
-        .filter(|(a, b)| a != b)
-        .count();
-    let m = want.mm.iter().zip(&got.mm).filter(|(a, b)| a != b).count();
-    (x + m) as u32
-}
-
 extern "C" fn worker(index: u64) -> ! {
     let want = Regs::pattern(0x1000 + index);
     let got = xregs::hold_across_yields(&want, ROUNDS, SPIN);
-    RESULT[index as usize].store(1 + wrong(&want, &got), Ordering::Relaxed);
+    RESULT[index as usize].store(1 + want.differences(&got), Ordering::Relaxed);
     let _ = sys::signal(NOTIFICATION.load(Ordering::Relaxed), 1 << index);
     sys::thread_exit()
 }
@@ -112,7 +100,7 @@ pub fn threads_keep_their_registers(t: &mut Tally) {
     }
     let mine = Regs::pattern(0x77);
     let got = xregs::hold_across_yields(&mine, ROUNDS, SPIN);
-    let own_wrong = wrong(&mine, &got);
+    let own_wrong = mine.differences(&got);
     let all = (1u64 << started) - 1;
     let mut bits = 0;
     while bits & all != all {

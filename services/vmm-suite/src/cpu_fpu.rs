@@ -23,14 +23,7 @@ extern "C" fn host_side(_: u64) -> ! {
     let want = Regs::pattern(0xf00d);
     while !STOP.load(Ordering::Relaxed) {
         let got = xregs::hold_across_yields(&want, 4, 20_000);
-        let x = want
-            .xmm
-            .iter()
-            .zip(&got.xmm)
-            .filter(|(a, b)| a != b)
-            .count();
-        let m = want.mm.iter().zip(&got.mm).filter(|(a, b)| a != b).count();
-        WRONG.fetch_add((x + m) as u32, Ordering::Relaxed);
+        WRONG.fetch_add(want.differences(&got), Ordering::Relaxed);
         ROUNDS.fetch_add(1, Ordering::Relaxed);
     }
     let _ = sys::signal(NOTIFICATION.load(Ordering::Relaxed), 1);
