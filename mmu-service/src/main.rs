@@ -330,14 +330,7 @@ fn injection_allowed() -> bool {
     let Ok(boot) = Wiring::fetch().and_then(|w| w.boot()) else {
         return false;
     };
-    let mut line = [0u8; 256];
-    let n = sys::kernel_cmdline(boot, &mut line)
-        .unwrap_or(0)
-        .min(line.len());
-    let allowed = core::str::from_utf8(&line[..n])
-        .unwrap_or("")
-        .split_ascii_whitespace()
-        .any(|w| w == "mmu.inject");
+    let allowed = sys::kernel_cmdline_has(boot, "mmu.inject");
     let _ = sys::cap_delete(boot);
     allowed
 }

@@ -799,6 +799,14 @@ pub fn machine_exit(machine: CapSlot, code: u64) -> Error {
 
 /// The kernel command line, written into `buf`; returns its length (which may exceed
 /// `buf.len()`, then only the start was written). Needs the boot capability `boot`.
+/// Whether the kernel command line (read with the boot capability `boot`) has the word
+/// `word` (whitespace-separated; `false` when it cannot be read).
+pub fn kernel_cmdline_has(boot: CapSlot, word: &str) -> bool {
+    let mut line = [0u8; 256];
+    let n = kernel_cmdline(boot, &mut line).unwrap_or(0).min(line.len());
+    core::str::from_utf8(&line[..n]).is_ok_and(|l| l.split_ascii_whitespace().any(|w| w == word))
+}
+
 pub fn kernel_cmdline(boot: CapSlot, buf: &mut [u8]) -> Result<usize, Error> {
     // SAFETY: the kernel writes at most `buf.len()` bytes of the exclusively borrowed `buf`.
     let (rax, r) = unsafe {

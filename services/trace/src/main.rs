@@ -158,7 +158,7 @@ fn trace_main(generation: u64) {
             sys::task_exit(1)
         }
     };
-    let inject = kernel_cmdline_has(boot, "trace.inject");
+    let inject = sys::kernel_cmdline_has(boot, "trace.inject");
     if let Err(e) = sys::heap::init(HEAP_PAGES) {
         userlib::println!("trace: cannot start: no heap ({e:?})");
         sys::task_exit(1)
@@ -317,12 +317,4 @@ fn handle(
 
 fn kernel_error(e: Error) -> TraceError {
     TraceError::Kernel { code: e as u16 }
-}
-
-/// Whether the kernel command line has the word `word`.
-fn kernel_cmdline_has(boot: CapSlot, word: &str) -> bool {
-    let mut line = [0u8; 256];
-    let n = sys::kernel_cmdline(boot, &mut line).unwrap_or(0);
-    core::str::from_utf8(&line[..n.min(line.len())])
-        .is_ok_and(|l| l.split_whitespace().any(|w| w == word))
 }

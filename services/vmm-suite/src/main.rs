@@ -93,11 +93,7 @@ fn scenario() -> String<32> {
 
 /// Whether the kernel command line has the word `word`.
 fn cmdline_has(word: &str) -> bool {
-    let mut buf = [0u8; 256];
-    let n = sys::kernel_cmdline(BOOT.load(Ordering::Relaxed), &mut buf)
-        .unwrap_or(0)
-        .min(buf.len());
-    core::str::from_utf8(&buf[..n]).is_ok_and(|l| l.split_ascii_whitespace().any(|w| w == word))
+    sys::kernel_cmdline_has(BOOT.load(Ordering::Relaxed), word)
 }
 
 fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig {
