@@ -73,6 +73,12 @@ pub mod reason {
     /// vCPU goes on running after other threads had their turn.
     pub const KERNEL_HANDLED: [u32; 2] = [EXTERNAL_INTERRUPT, PREEMPTION_TIMER];
 
+    /// Pseudo-reason (issue 12), outside the 16 bits of a basic reason: the portal that
+    /// receives exits the MMU endpoint forwards as MMIO ([`super::reply::FORWARD`]). The
+    /// forwarded message keeps its basic reason (an EPT violation, or a #PF on shadow
+    /// paging) and carries the device's guest-physical address as `gpa`.
+    pub const MMIO: u32 = 0x1_0000;
+
     /// A short name for reports ("cpuid", "io", ...); `None` for reasons Umbra does not name.
     pub fn name(r: u32) -> Option<&'static str> {
         Some(match r {
@@ -284,6 +290,12 @@ pub mod field {
     /// entry after the limit (the VMX-preemption timer and host interrupts bound how long
     /// the guest runs between entries).
     pub const RUN_TICKS: u64 = 0x3_0000_0002;
+    /// Pseudo-field (issue 12): the vCPU's deadline, a host TSC value (0, the default:
+    /// none). Once the TSC reaches it the kernel clears it and sends the vCPU's portal for
+    /// [`super::reason::PREEMPTION_TIMER`] an exit of that reason (if the portal is an
+    /// endpoint; otherwise the deadline just ends). The guest runs, or waits in HLT, until
+    /// then: this is how the VMM's timers (PIT, local APIC) reach a guest on time.
+    pub const DEADLINE: u64 = 0x3_0000_0003;
 
     // ----- Part `msr` (issue 17): the guest's MSRs held in the VMCS or switched by the
     // kernel on VM entry and exit, and the TSC offset. -----
@@ -411,7 +423,7 @@ pub mod field {
             return Access::ReadOnly;
         }
         match f {
-            GUEST_CR2 | RUN_TICKS | GUEST_XCR0 => Access::ReadWrite,
+            GUEST_CR2 | RUN_TICKS | GUEST_XCR0 | DEADLINE => Access::ReadWrite,
             SHADOW_CR3 | GUEST_FEATURES => Access::ReadOnly,
             VM_INSTRUCTION_ERROR
             | EXIT_REASON
@@ -773,7 +785,24 @@ pub mod reply {
     /// Shadow-paged VMs, from the VM's MMU endpoint only: the hardware CR3 (a page of the
     /// VM's pool), applied after every other change of the reply.
     pub const SET_SHADOW_CR3: u32 = 1 << 10;
-    pub const ALL: u32 = 0x7ff;
+    // Issue 12 (the PC platform): interrupt delivery and MMIO.
+    /// Exit with [`super::reason::INTERRUPT_WINDOW`] (to that reason's portal) as soon as
+    /// the guest can take an external interrupt (RFLAGS.IF = 1, no STI or MOV SS blocking);
+    /// at once if it already can. The request ends with that exit.
+    pub const INTR_WINDOW: u32 = 1 << 11;
+    /// Enter the guest in the HLT activity state (after the other changes, RIP advance
+    /// included): it waits there for an injected event, an interrupt-window exit or its
+    /// deadline. An injection wakes it.
+    pub const HALT: u32 = 1 << 12;
+    /// Set the vCPU's deadline ([`super::field::DEADLINE`]): a host TSC value (0: none).
+    pub const SET_DEADLINE: u32 = 1 << 13;
+    /// From the VM's MMU endpoint only: the access was to guest-physical `forward_gpa`,
+    /// outside RAM. The kernel sends the exit, with that address, on to the vCPU's MMIO
+    /// portal ([`super::reason::MMIO`]) instead of resuming.
+    pub const FORWARD: u32 = 1 << 14;
+    pub const ALL: u32 = 0x7fff;
+    /// The flags that carry no value in the encoded reply.
+    pub const NO_VALUE: u32 = ADVANCE_RIP | INTR_WINDOW | HALT;
 }
 
 /// A handler's answer to an exit message. Registers named in `gpr_mask` are written.
@@ -793,6 +822,10 @@ pub struct ExitReply {
     pub stop_code: u64,
     pub cr2: u64,
     pub shadow_cr3: u64,
+    /// With [`reply::SET_DEADLINE`].
+    pub deadline: u64,
+    /// With [`reply::FORWARD`].
+    pub forward_gpa: u64,
 }
 
 impl ExitReply {
@@ -829,7 +862,7 @@ impl ExitReply {
     }
 
     /// The flags that carry a value, in layout order.
-    const VALUE_FLAGS: [u32; 10] = [
+    const VALUE_FLAGS: [u32; 12] = [
         reply::SET_RIP,
         reply::SET_RFLAGS,
         reply::SET_CR0,
@@ -840,10 +873,12 @@ impl ExitReply {
         reply::STOP,
         reply::SET_CR2,
         reply::SET_SHADOW_CR3,
+        reply::SET_DEADLINE,
+        reply::FORWARD,
     ];
 
     /// The values of the flags in [`Self::VALUE_FLAGS`], in the same order.
-    fn values_mut(&mut self) -> [&mut u64; 10] {
+    fn values_mut(&mut self) -> [&mut u64; 12] {
         [
             &mut self.rip,
             &mut self.rflags,
@@ -855,12 +890,14 @@ impl ExitReply {
             &mut self.stop_code,
             &mut self.cr2,
             &mut self.shadow_cr3,
+            &mut self.deadline,
+            &mut self.forward_gpa,
         ]
     }
 
     /// The encoded size of a reply with these flags and registers.
     pub const fn size_of(flags: u32, gpr_mask: u16) -> usize {
-        let values = (flags & !reply::ADVANCE_RIP & reply::ALL).count_ones();
+        let values = (flags & !reply::NO_VALUE & reply::ALL).count_ones();
         8 + 8 * (gpr_mask.count_ones() + values) as usize
     }
 
@@ -882,7 +919,7 @@ impl ExitReply {
                 w.copy_from_slice(&v.to_le_bytes());
             }
         }
-        if flags & !reply::ADVANCE_RIP == 0 {
+        if flags & !reply::NO_VALUE == 0 {
             return Some(n); // the common reply: registers only
         }
         let mut copy = *self;
