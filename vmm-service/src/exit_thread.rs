@@ -73,7 +73,7 @@ fn mask_for(reason: u32) -> u32 {
 /// MMU service's reasons are pointed at it afterwards).
 pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
     for r in 0..vmx::EXIT_REASONS as u32 {
-        if reason::KERNEL_HANDLED.contains(&r) {
+        if reason::NO_PORTAL.contains(&r) {
             continue;
         }
         let handled = HANDLED.contains(&r)

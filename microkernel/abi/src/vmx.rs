@@ -71,7 +71,13 @@ pub mod reason {
     /// Exits the kernel handles itself and never routes through a portal: a host interrupt,
     /// and the end of a run's time slice (the VMX-preemption timer bounds every run). The
     /// vCPU goes on running after other threads had their turn.
+    /// A vCPU's deadline ([`super::field::DEADLINE`]) is the exception: once it has passed,
+    /// the exit (either reason) goes to the portal for `PREEMPTION_TIMER` as an exit of
+    /// that reason.
     pub const KERNEL_HANDLED: [u32; 2] = [EXTERNAL_INTERRUPT, PREEMPTION_TIMER];
+    /// The reasons that take no portal (only deadline exits reach the `PREEMPTION_TIMER`
+    /// portal).
+    pub const NO_PORTAL: [u32; 1] = [EXTERNAL_INTERRUPT];
 
     /// Pseudo-reason (issue 12), outside the 16 bits of a basic reason: the portal that
     /// receives exits the MMU endpoint forwards as MMIO ([`super::reply::FORWARD`]). The
@@ -211,6 +217,9 @@ pub mod field {
     pub const GUEST_PDPTE2: u64 = 0x280e;
     pub const GUEST_PDPTE3: u64 = 0x2810;
     // 32-bit control and exit information.
+    /// Primary and secondary processor-based controls: the kernel's alone (no user access).
+    pub const PROC_BASED_CONTROLS: u64 = 0x4002;
+    pub const PROC_BASED_CONTROLS2: u64 = 0x401e;
     pub const EXCEPTION_BITMAP: u64 = 0x4004;
     pub const VM_ENTRY_CONTROLS: u64 = 0x4012;
     pub const VM_ENTRY_INTR_INFO: u64 = 0x4016;
@@ -458,6 +467,20 @@ pub mod field {
             _ => Access::None,
         }
     }
+}
+
+/// Primary processor-based controls the kernel sets for a handler's reply.
+pub mod proc_based {
+    /// Interrupt-window exiting ([`super::reply::INTR_WINDOW`]).
+    pub const INTR_WINDOW_EXITING: u64 = 1 << 2;
+}
+
+/// Values of [`field::GUEST_ACTIVITY_STATE`] (SDM 25.4.2).
+pub mod activity {
+    pub const ACTIVE: u64 = 0;
+    pub const HLT: u64 = 1;
+    pub const SHUTDOWN: u64 = 2;
+    pub const WAIT_FOR_SIPI: u64 = 3;
 }
 
 /// Bits of [`field::GUEST_FEATURES`] (part `exits`, issue 17).

@@ -48,12 +48,10 @@ const HOST_IA32_PAT: u64 = 0x2c00;
 const HOST_IA32_EFER: u64 = 0x2c02;
 const PIN_BASED_CONTROLS: u64 = 0x4000;
 const PREEMPTION_TIMER_VALUE: u64 = 0x482e;
-const PROC_BASED_CONTROLS: u64 = 0x4002;
 const PAGE_FAULT_ERROR_MASK: u64 = 0x4006;
 const PAGE_FAULT_ERROR_MATCH: u64 = 0x4008;
 const CR3_TARGET_COUNT: u64 = 0x400a;
 const EXIT_CONTROLS: u64 = 0x400c;
-const PROC_BASED_CONTROLS2: u64 = 0x401e;
 const HOST_SYSENTER_CS: u64 = 0x4c00;
 const GUEST_PENDING_DEBUG: u64 = 0x6822;
 const HOST_CR0: u64 = 0x6c00;
@@ -122,6 +120,20 @@ struct Controls {
     /// The VMX-preemption timer's value for one slice: [`GUEST_SLICE_TSC`] scaled by the
     /// timer's rate (IA32_VMX_MISC bits 4:0).
     slice: u32,
+    /// The preemption timer counts every 2^rate TSC ticks (IA32_VMX_MISC bits 4:0).
+    rate: u32,
+}
+
+impl Controls {
+    /// The preemption timer's value for an entry: one slice, or less if `deadline` (a host
+    /// TSC value, 0 for none) comes sooner (0 if it has passed: the guest exits at once).
+    fn timer_value(&self, deadline: u64) -> u32 {
+        if deadline == 0 {
+            return self.slice;
+        }
+        let left = deadline.saturating_sub(super::cpu::rdtsc()) >> self.rate;
+        left.min(u64::from(self.slice)) as u32
+    }
 }
 
 static CONTROLS: Once<Controls> = Once::new();
@@ -154,6 +166,9 @@ pub struct Vmcs {
     pub dr: [u64; 5],
     /// The guest's XCR0, in force while it runs (part `fpu`).
     pub xcr0: u64,
+    /// The vCPU's deadline, a host TSC value (0: none): the preemption timer of an entry
+    /// fires no later than it ([`abi::vmx::field::DEADLINE`]).
+    pub deadline: u64,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -201,6 +216,7 @@ pub fn init() -> Result<(), &'static str> {
         exit: adjust(read(MSR_VMX_TRUE_EXIT)?, EXIT_WANT).ok_or("exit controls")?,
         entry: adjust(read(MSR_VMX_TRUE_ENTRY)?, ENTRY_WANT).ok_or("entry controls")?,
         slice,
+        rate: rate as u32,
     };
     if fc & 1 == 0 {
         // Unlocked: allow VMXON outside SMX and lock.
@@ -351,8 +367,8 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
     };
     for (f, v) in [
         (PIN_BASED_CONTROLS, c.pin as u64),
-        (PROC_BASED_CONTROLS, proc as u64),
-        (PROC_BASED_CONTROLS2, proc2 as u64),
+        (field::PROC_BASED_CONTROLS, proc as u64),
+        (field::PROC_BASED_CONTROLS2, proc2 as u64),
         (EXIT_CONTROLS, c.exit as u64),
         (field::VM_ENTRY_CONTROLS, c.entry as u64),
         (field::EXCEPTION_BITMAP, 0),
@@ -444,6 +460,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         msrs,
         dr: [0, 0, 0, 0, abi::cpu::dr6::INIT],
         xcr0: abi::cpu::xcr0::INIT,
+        deadline: 0,
     })
 }
 
@@ -508,7 +525,10 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     make_current(vmcs.phys);
     if let Some(c) = CONTROLS.get() {
         // The timer counts down from here; reaching zero exits (reason 52).
-        vmwrite(PREEMPTION_TIMER_VALUE, u64::from(c.slice));
+        vmwrite(
+            PREEMPTION_TIMER_VALUE,
+            u64::from(c.timer_value(vmcs.deadline)),
+        );
     }
     // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
     // between here and the VM entry, so the guest finds its own value.

@@ -660,6 +660,9 @@ impl Machine for KernelMachine {
         if field == abi::vmx::field::GUEST_CR2 {
             return vmcs.cr2;
         }
+        if field == abi::vmx::field::DEADLINE {
+            return vmcs.deadline;
+        }
         if let Some(v) = vmcs.msrs.read(field) {
             return v;
         }
@@ -672,6 +675,10 @@ impl Machine for KernelMachine {
     fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64) {
         if field == abi::vmx::field::GUEST_CR2 {
             vmcs.cr2 = value;
+            return;
+        }
+        if field == abi::vmx::field::DEADLINE {
+            vmcs.deadline = value;
             return;
         }
         if vmcs.msrs.write(field, value) {

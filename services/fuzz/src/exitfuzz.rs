@@ -392,7 +392,7 @@ fn new_vm(flags: u64, ep: CapSlot) -> Result<FuzzVm, Error> {
 fn new_vcpu(vm: &FuzzVm, ep: CapSlot, id: u64, rng: &Rng) -> Result<CapSlot, Error> {
     let vcpu = sys::vcpu_create(vm.vm, id)?;
     for r in 0..EXIT_REASONS as u32 {
-        if reason::KERNEL_HANDLED.contains(&r) {
+        if reason::NO_PORTAL.contains(&r) {
             continue;
         }
         let mask = if rng.chance(3, 4) {

@@ -219,17 +219,42 @@ impl<M: Machine> Kernel<M> {
         if r.flags & reply::INJECT != 0 {
             // Valid bit, type and vector, deliver-error-code: reserved bits 30:12 clear.
             let info = (r.inject as u32) & 0x8000_0fff;
+            // An event delivered by VM entry leaves the guest active (a halted guest wakes).
+            self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::ACTIVE);
             self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info as u64);
             self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32);
             let len = self.vcpu(vi).last_exit.2;
             self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
             self.vcpu_mut(vi).check_event = Some(stop::BAD_REPLY);
         }
+        if r.flags & (reply::INTR_WINDOW | reply::HALT | reply::SET_DEADLINE) != 0 {
+            self.apply_interrupt_requests(vi, r);
+        }
         if r.flags & reply::STOP != 0 {
             self.vcpu_stop(vi, stop::HANDLER | (r.stop_code & !stop::KIND_MASK));
             return false;
         }
         true
+    }
+
+    /// The reply's interrupt-delivery requests (issue 12): the deadline, the
+    /// interrupt-window request and the HLT activity state. An injection in the same reply
+    /// wakes the guest instead of halting it: VM entry delivers the event in the active state.
+    fn apply_interrupt_requests(&mut self, vi: u16, r: &ExitReply) {
+        if r.flags & reply::SET_DEADLINE != 0 {
+            self.vmcs_write(vi, field::DEADLINE, r.deadline);
+        }
+        if r.flags & reply::INTR_WINDOW != 0 {
+            let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
+            self.vmcs_write(
+                vi,
+                field::PROC_BASED_CONTROLS,
+                p | vmx::proc_based::INTR_WINDOW_EXITING,
+            );
+        }
+        if r.flags & reply::HALT != 0 && r.flags & reply::INJECT == 0 {
+            self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::HLT);
+        }
     }
 
     /// Makes `root` the hardware CR3 of shadow vCPU `vi` if the exit being answered went to

@@ -40,11 +40,29 @@ impl<M: Machine> Kernel<M> {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
             return self.schedule();
         }
+        let mut exit = exit;
+        let mut basic = basic;
         if reason::KERNEL_HANDLED.contains(&basic) {
-            self.trace_kernel_handled(vi);
-            // The run's slice ended (or a host interrupt the machine already took): counted,
-            // and the vCPU stays runnable.
-            return self.schedule();
+            if !self.deadline_passed(vi, exit.tsc) {
+                self.trace_kernel_handled(vi);
+                // The run's slice ended (or a host interrupt the machine already took):
+                // counted, and the vCPU stays runnable.
+                return self.schedule();
+            }
+            // The vCPU's deadline: its handler hears of it as a preemption-timer exit.
+            basic = reason::PREEMPTION_TIMER;
+            exit.reason = basic;
+            exit.qualification = 0;
+            exit.instruction_len = 0;
+            self.vcpu_mut(vi).last_exit = (exit.reason, 0, 0);
+        } else if basic == reason::INTERRUPT_WINDOW {
+            // The window the handler asked for is open: the request ends here.
+            let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
+            self.vmcs_write(
+                vi,
+                field::PROC_BASED_CONTROLS,
+                p & !vmx::proc_based::INTR_WINDOW_EXITING,
+            );
         }
         let portal = self
             .vcpu(vi)
@@ -73,6 +91,21 @@ impl<M: Machine> Kernel<M> {
                 self.schedule()
             }
         }
+    }
+
+    /// Whether vCPU `vi`'s deadline ([`field::DEADLINE`]) has passed at time-stamp `tsc`
+    /// and its portal for [`reason::PREEMPTION_TIMER`] is an endpoint to tell. A passed
+    /// deadline is cleared either way.
+    fn deadline_passed(&mut self, vi: u16, tsc: u64) -> bool {
+        let deadline = self.vmcs_read(vi, field::DEADLINE);
+        if deadline == 0 || tsc < deadline {
+            return false;
+        }
+        self.vmcs_write(vi, field::DEADLINE, 0);
+        matches!(
+            self.vcpu(vi).portals.get(reason::PREEMPTION_TIMER as usize),
+            Some(Portal::Endpoint { .. })
+        )
     }
 
     /// Counts (and traces) an exit the machine handled itself (an external interrupt) at

@@ -255,7 +255,7 @@ impl<M: Machine> Kernel<M> {
     pub(crate) fn sys_vcpu_portal(&mut self, a: [u64; 6]) -> SysResult {
         let cap = self.cap(a[0], CapKind::Vcpu, Rights::WRITE).map_err(err)?;
         let r = a[1] as usize;
-        if a[1] >= EXIT_REASONS as u64 || reason::KERNEL_HANDLED.contains(&(r as u32)) {
+        if a[1] >= EXIT_REASONS as u64 || reason::NO_PORTAL.contains(&(r as u32)) {
             return Err(err(Error::InvalidArgument));
         }
         let portal = match a[2] {

@@ -156,7 +156,7 @@ impl<M: Machine> Kernel<M> {
             field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
             field::RUN_TICKS => v.run_ticks,
             field::GUEST_FEATURES => {
-                let proc2 = self.vmcs_read(vi, PROC_BASED_CONTROLS2);
+                let proc2 = self.vmcs_read(vi, field::PROC_BASED_CONTROLS2);
                 vmx::guest_features::CONTROLS
                     .iter()
                     .filter(|(_, ctl)| proc2 & u64::from(*ctl) != 0)
@@ -349,14 +349,11 @@ impl<M: Machine> Kernel<M> {
 /// does not exit, and the only CPU would stay in the guest for good.
 fn value_ok(f: u64, value: u64) -> bool {
     match f {
-        field::GUEST_ACTIVITY_STATE => value <= 1,
+        field::GUEST_ACTIVITY_STATE => value <= vmx::activity::HLT,
         // Part `msr`: the values WRMSR or VM entry would refuse.
         _ => field::msr_value_ok(f, value),
     }
 }
-
-/// The secondary processor-based VM-execution controls (read for [`field::GUEST_FEATURES`]).
-const PROC_BASED_CONTROLS2: u64 = 0x401e;
 
 /// RFLAGS a guest may hold: reserved bits clear, bit 1 set.
 fn sanitize_rflags(v: u64) -> u64 {

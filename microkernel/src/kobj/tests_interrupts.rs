@@ -1,0 +1,189 @@
+//! Issue 12's interrupt-delivery requests in a reply: the deadline, the interrupt-window
+//! request and the HLT activity state.
+
+use abi::vmx::{activity, field, proc_based, reason, reply, ExitReply};
+use abi::{Error, Sys};
+
+use super::kernel::Next;
+use super::tests::*;
+use super::tests_vm::*;
+
+/// The exit the server receives once it calls `Recv` again: (reason, instruction length).
+fn take(v: &mut Vmm, run: &Running) -> (u32, u32) {
+    let (next, _) = sys(&mut v.k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
+    assert_eq!(next, Next::User(run.server));
+    let (m, _) = received(&v.k, run.server);
+    (m.reason, m.instruction_len)
+}
+
+fn portal(v: &mut Vmm, r: u32) -> Result<(), Error> {
+    let p = [
+        v.vcpu,
+        u64::from(r),
+        v.ep,
+        abi::vmx::group::ALL as u64,
+        0,
+        0,
+    ];
+    status(&sys(&mut v.k, Sys::VcpuPortal, p).1)
+}
+
+/// A guest running with CPUID routed to the server, which has answered nothing yet: the
+/// first CPUID exit is in the server's hands.
+fn at_first_exit(deadline_portal: bool) -> (Vmm, Running) {
+    let mut v = vmm();
+    if deadline_portal {
+        portal(&mut v, reason::PREEMPTION_TIMER).expect("deadline portal");
+    }
+    portal(&mut v, reason::INTERRUPT_WINDOW).expect("window portal");
+    let run = run(&mut v, true);
+    // The server was waiting: the message is already in its hands.
+    assert_eq!(exit(&mut v.k, reason::CPUID, 0, 2), Next::User(run.server));
+    assert_eq!(received(&v.k, run.server).0.reason, reason::CPUID);
+    (v, run)
+}
+
+#[test]
+fn only_the_external_interrupt_takes_no_portal() {
+    let mut v = vmm();
+    assert_eq!(
+        portal(&mut v, reason::EXTERNAL_INTERRUPT),
+        Err(Error::InvalidArgument)
+    );
+    assert!(portal(&mut v, reason::PREEMPTION_TIMER).is_ok());
+    assert!(portal(&mut v, reason::INTERRUPT_WINDOW).is_ok());
+}
+
+#[test]
+fn a_passed_deadline_reaches_the_handler_once_as_a_preemption_timer_exit() {
+    let (mut v, run) = at_first_exit(true);
+    let far = v.k.machine.tsc.get() + 1_000_000;
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::SET_DEADLINE,
+        deadline: far,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), far);
+    // A slice ends before the deadline: the kernel's own, and the guest goes on.
+    assert_eq!(
+        exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
+        Next::Guest(v.vt)
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), far);
+    // The deadline passes (on a host interrupt's exit, too): the handler hears of it.
+    v.k.machine.tsc.set(far);
+    assert_eq!(
+        exit(&mut v.k, reason::EXTERNAL_INTERRUPT, 0, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(take(&mut v, &run), (reason::PREEMPTION_TIMER, 0));
+    assert_eq!(
+        vmcs(&v.k, v.vi, field::DEADLINE),
+        0,
+        "a deadline fires once"
+    );
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::resume()),
+        Next::Guest(v.vt)
+    );
+    assert_eq!(
+        exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
+        Next::Guest(v.vt),
+        "no deadline: a slice's end again"
+    );
+}
+
+#[test]
+fn without_a_portal_a_passed_deadline_just_ends() {
+    let (mut v, _run) = at_first_exit(false);
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::SET_DEADLINE,
+        deadline: 1,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    assert_eq!(
+        exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
+        Next::Guest(v.vt)
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), 0);
+}
+
+#[test]
+fn the_deadline_is_a_state_field_too() {
+    let mut v = vmm();
+    write_state(&mut v.k, v.vcpu, &[(field::DEADLINE, 77)]);
+    assert_eq!(read_one(&mut v.k, v.vcpu, field::DEADLINE), 77);
+}
+
+#[test]
+fn an_interrupt_window_request_lasts_until_its_exit() {
+    let (mut v, run) = at_first_exit(false);
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::INTR_WINDOW,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    let controls = |v: &Vmm| vmcs(&v.k, v.vi, field::PROC_BASED_CONTROLS);
+    assert_ne!(controls(&v) & proc_based::INTR_WINDOW_EXITING, 0);
+    assert_eq!(
+        exit(&mut v.k, reason::INTERRUPT_WINDOW, 0, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(controls(&v) & proc_based::INTR_WINDOW_EXITING, 0);
+    assert_eq!(take(&mut v, &run).0, reason::INTERRUPT_WINDOW);
+}
+
+#[test]
+fn halt_waits_in_hlt_and_an_injection_wakes_the_guest() {
+    let (mut v, run) = at_first_exit(false);
+    let activity = |v: &Vmm| vmcs(&v.k, v.vi, field::GUEST_ACTIVITY_STATE);
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::HALT,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    assert_eq!(activity(&v), activity::HLT);
+    assert_eq!(vmcs(&v.k, v.vi, field::GUEST_RIP), 0x1002);
+    // An exit while halted; the handler injects an external interrupt (vector 0x30).
+    assert_eq!(exit(&mut v.k, reason::CPUID, 0, 2), Next::User(run.server));
+    take(&mut v, &run);
+    let r = ExitReply {
+        flags: reply::INJECT,
+        inject: 0x8000_0030,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    assert_eq!(activity(&v), activity::ACTIVE);
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0030);
+    // HALT with an injection in the same reply: the event wins.
+    assert_eq!(exit(&mut v.k, reason::CPUID, 0, 2), Next::User(run.server));
+    take(&mut v, &run);
+    let r = ExitReply {
+        flags: reply::HALT | reply::INJECT,
+        inject: 0x8000_0031,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    assert_eq!(activity(&v), activity::ACTIVE);
+}
+
+#[test]
+fn the_new_reply_flags_round_trip_and_carry_values_only_where_they_have_one() {
+    let r = ExitReply {
+        flags: reply::INTR_WINDOW | reply::HALT | reply::SET_DEADLINE | reply::FORWARD,
+        deadline: 5,
+        forward_gpa: 0xfee0_0000,
+        ..ExitReply::default()
+    };
+    let mut buf = [0u8; ExitReply::MAX_SIZE];
+    let n = r.encode(&mut buf).unwrap();
+    assert_eq!(n, 8 + 2 * 8, "two values: the deadline and the address");
+    assert_eq!(ExitReply::decode(&buf[..n]), Ok(r));
+    let only = ExitReply {
+        flags: reply::INTR_WINDOW | reply::HALT,
+        ..ExitReply::default()
+    };
+    assert_eq!(only.encode(&mut buf), Some(8));
+}
