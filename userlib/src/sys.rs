@@ -224,6 +224,11 @@ pub fn clock() -> Result<(u64, u64), Error> {
     plain(Sys::Clock, [0; 5]).map(|r| (r[0], r[1]))
 }
 
+/// The TSC's rate in Hz, measured by the kernel at boot (0: unknown).
+pub fn tsc_hz() -> Result<u64, Error> {
+    plain(Sys::Clock, [0; 5]).map(|r| r[2])
+}
+
 /// Sleeps at least `ticks` timer ticks.
 pub fn sleep(ticks: u64) -> Result<(), Error> {
     plain(Sys::Sleep, [ticks, 0, 0, 0, 0]).map(drop)

@@ -19,7 +19,8 @@ pub enum Sys {
     Panic = 2,
     /// `()`: gives up the rest of the time slice.
     Yield = 3,
-    /// `() -> (ticks, tick_hz)`: timer ticks since boot.
+    /// `() -> (ticks, tick_hz, tsc_hz)`: timer ticks since boot, and the TSC's rate measured
+    /// at boot (0 if unknown).
     Clock = 4,
     /// `(ticks)`: sleeps at least that many timer ticks.
     Sleep = 5,

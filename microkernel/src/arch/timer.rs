@@ -24,6 +24,44 @@ const PIT_CMD: u16 = 0x43;
 const PIT_INPUT_HZ: u64 = 1_193_182;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// The TSC's rate, measured against the PIT at [`init`] (0: the measurement failed).
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Port B of the system control (speaker gate = PIT channel 2's gate, bit 0; speaker data,
+/// bit 1; channel 2's OUT, bit 5).
+const PORT_B: u16 = 0x61;
+const PIT_CH2: u16 = 0x42;
+/// The calibration's length in PIT periods (10 ms).
+const CALIBRATION_PERIODS: u64 = PIT_INPUT_HZ / 100;
+/// Polls of channel 2's OUT before the calibration gives up (a PIT that never counts).
+const CALIBRATION_POLLS: u64 = 50_000_000;
+
+/// The TSC's rate in Hz, measured at boot against the PIT (0 if that failed).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Measures the TSC's rate with PIT channel 2 in mode 0 (terminal count after
+/// [`CALIBRATION_PERIODS`]), polling its OUT through port B, as Linux's `pit_calibrate_tsc`.
+fn calibrate_tsc() {
+    let b = inb(PORT_B);
+    // Gate on, speaker off.
+    outb(PORT_B, (b & !0x02) | 0x01);
+    outb(PIT_CMD, 0xb0); // channel 2, lobyte/hibyte, mode 0
+    outb(PIT_CH2, CALIBRATION_PERIODS as u8);
+    outb(PIT_CH2, (CALIBRATION_PERIODS >> 8) as u8);
+    let start = super::cpu::rdtsc();
+    let mut polls = 0;
+    while inb(PORT_B) & 0x20 == 0 && polls < CALIBRATION_POLLS {
+        polls += 1;
+    }
+    let end = super::cpu::rdtsc();
+    if polls < CALIBRATION_POLLS {
+        let hz = (end - start) as u128 * PIT_INPUT_HZ as u128 / CALIBRATION_PERIODS as u128;
+        TSC_HZ.store(hz as u64, Ordering::Relaxed);
+    }
+    outb(PORT_B, b & !0x03);
+}
 
 /// Timer ticks since [`init`].
 pub fn ticks() -> u64 {
@@ -62,6 +100,7 @@ pub fn init() {
     outb(PIC1_DATA, !1);
     outb(PIC2_DATA, 0xff);
 
+    calibrate_tsc();
     // Channel 0, lobyte/hibyte, mode 2 (rate generator), binary.
     let divisor = (PIT_INPUT_HZ + HZ / 2) / HZ;
     outb(PIT_CMD, 0x34);

@@ -168,6 +168,8 @@ pub trait Machine {
     fn clock(&self) -> (u64, u64);
     /// The time-stamp counter (exit trace records).
     fn tsc(&self) -> u64;
+    /// The time-stamp counter's rate in Hz, measured at boot (0: unknown).
+    fn tsc_hz(&self) -> u64;
 
     // ----- Extended state (part `fpu` of issue 17): x87/MMX/SSE/AVX registers per thread -----
 

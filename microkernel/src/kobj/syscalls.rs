@@ -69,7 +69,7 @@ impl<M: Machine> Kernel<M> {
             }
             Sys::Clock => {
                 let (ticks, hz) = self.machine.clock();
-                Ok(Some([ticks, hz, 0, 0]))
+                Ok(Some([ticks, hz, self.machine.tsc_hz(), 0]))
             }
             Sys::Sleep => self.sys_sleep(a[0]),
             Sys::ThreadCreate => self.sys_thread_create(a),

@@ -174,6 +174,9 @@ impl Machine for Model {
     fn clock(&self) -> (u64, u64) {
         (self.ticks, 100)
     }
+    fn tsc_hz(&self) -> u64 {
+        1_000_000_000
+    }
     fn write_owned_words(&mut self, phys: u64, words: &[u64]) {
         assert_eq!(phys % 8, 0, "aligned");
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();

@@ -187,3 +187,49 @@ fn the_new_reply_flags_round_trip_and_carry_values_only_where_they_have_one() {
     };
     assert_eq!(only.encode(&mut buf), Some(8));
 }
+
+#[test]
+fn advancing_past_an_instruction_ends_sti_and_mov_ss_blocking() {
+    let (mut v, _run) = at_first_exit(false);
+    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    hw.insert(field::GUEST_INTERRUPTIBILITY, 0b1011);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    assert_eq!(
+        vmcs(&v.k, v.vi, field::GUEST_INTERRUPTIBILITY),
+        0b1000,
+        "only the one-instruction blocking ends"
+    );
+}
+
+#[test]
+fn an_event_a_host_interrupt_cut_short_is_delivered_again_before_the_deadline() {
+    let (mut v, run) = at_first_exit(true);
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::SET_DEADLINE,
+        deadline: 1,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    // The exit came while the guest's #PF (error code 2) was being delivered.
+    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    hw.insert(field::IDT_VECTORING_INFO, 0x8000_0b0e);
+    hw.insert(field::IDT_VECTORING_ERROR_CODE, 2);
+    assert_eq!(
+        exit(&mut v.k, reason::EXTERNAL_INTERRUPT, 0, 0),
+        Next::Guest(v.vt),
+        "the event first"
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0b0e);
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE), 2);
+    assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), 1, "still pending");
+    // Delivered; the next exit tells the handler.
+    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    hw.insert(field::IDT_VECTORING_INFO, 0);
+    assert_eq!(
+        exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
+        Next::User(run.server)
+    );
+}

@@ -579,6 +579,10 @@ impl Machine for KernelMachine {
         (timer::ticks(), timer::HZ)
     }
 
+    fn tsc_hz(&self) -> u64 {
+        timer::tsc_hz()
+    }
+
     #[inline]
     fn tsc(&self) -> u64 {
         crate::arch::cpu::rdtsc()

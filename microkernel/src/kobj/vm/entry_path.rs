@@ -21,6 +21,9 @@ use crate::kobj::objects::*;
 use crate::kobj::queue::ThreadId;
 use crate::kobj::shadow;
 
+/// Guest interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
+const INTERRUPTIBILITY_STI_MOV_SS: u64 = 0b11;
+
 impl<M: Machine> Kernel<M> {
     /// Runs before a vCPU thread enters the guest: applies the handler's reply, re-sends an
     /// exit whose handler restarted, or stops the vCPU; audits a shadow VM's tables when
@@ -163,11 +166,26 @@ impl<M: Machine> Kernel<M> {
             }
         }
         if flags & reply::ADVANCE_RIP != 0 {
-            let len = self.vcpu(vi).last_exit.2;
-            let rip = self.vmcs_read(vi, field::GUEST_RIP);
-            self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+            self.advance_rip(vi);
         }
         Some(true)
+    }
+
+    /// Moves RIP past the exiting instruction. The instruction completed, so blocking by STI
+    /// or MOV SS, which lasts one instruction, ends with it (as KVM's skip does): an
+    /// interrupt injected next is legal.
+    fn advance_rip(&mut self, vi: u16) {
+        let len = self.vcpu(vi).last_exit.2;
+        let rip = self.vmcs_read(vi, field::GUEST_RIP);
+        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+        let blocking = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+        if blocking & INTERRUPTIBILITY_STI_MOV_SS != 0 {
+            self.vmcs_write(
+                vi,
+                field::GUEST_INTERRUPTIBILITY,
+                blocking & !INTERRUPTIBILITY_STI_MOV_SS,
+            );
+        }
     }
 
     /// Applies a handler's reply; `false` when it stopped the vCPU.
@@ -186,9 +204,7 @@ impl<M: Machine> Kernel<M> {
             self.vmcs_write(vi, field::GUEST_RIP, r.rip);
         }
         if r.flags & reply::ADVANCE_RIP != 0 {
-            let len = self.vcpu(vi).last_exit.2;
-            let rip = self.vmcs_read(vi, field::GUEST_RIP);
-            self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+            self.advance_rip(vi);
         }
         if r.flags & reply::SET_RFLAGS != 0 {
             self.write_state(vi, field::GUEST_RFLAGS, r.rflags);

@@ -43,7 +43,10 @@ impl<M: Machine> Kernel<M> {
         let mut exit = exit;
         let mut basic = basic;
         if reason::KERNEL_HANDLED.contains(&basic) {
-            if !self.deadline_passed(vi, exit.tsc) {
+            // An event the exit interrupted on its way into the guest is delivered again
+            // (the handler hears of the deadline at the next exit, after it).
+            let reinjected = self.reinject_vectoring(vi);
+            if reinjected || !self.deadline_passed(vi, exit.tsc) {
                 self.trace_kernel_handled(vi);
                 // The run's slice ended (or a host interrupt the machine already took):
                 // counted, and the vCPU stays runnable.
@@ -91,6 +94,25 @@ impl<M: Machine> Kernel<M> {
                 self.schedule()
             }
         }
+    }
+
+    /// After an exit the kernel handles itself: if the exit interrupted the delivery of an
+    /// event (IDT-vectoring information valid), VM entry delivers it again, as SDM 28.2.4
+    /// asks (with its error code and, for software events, the instruction length).
+    /// Returns whether there was one.
+    fn reinject_vectoring(&mut self, vi: u16) -> bool {
+        let info = self.vmcs_read(vi, field::IDT_VECTORING_INFO);
+        if info & (1 << 31) == 0 {
+            return false;
+        }
+        let error = self.vmcs_read(vi, field::IDT_VECTORING_ERROR_CODE);
+        let len = self.vmcs_read(vi, field::EXIT_INSTRUCTION_LEN);
+        // Valid, type, vector and deliver-error-code; bit 12 (NMI unblocking) is not part of
+        // the entry format.
+        self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info & 0x8000_0fff);
+        self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, error);
+        self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
+        true
     }
 
     /// Whether vCPU `vi`'s deadline ([`field::DEADLINE`]) has passed at time-stamp `tsc`
