@@ -5,6 +5,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-multiboot",
     "guest-msr",
     "guest-exits",
+    "guest-timer",
     "guest-long",
     "guest-pae",
     "guest-badmem",

@@ -119,6 +119,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-exits image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-timer",
+        manifest: "guest-timer image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-random",
         manifest: "guest-random image=guest",
     },

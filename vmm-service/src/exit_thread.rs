@@ -14,7 +14,7 @@ use vmm_service::exit::{portal_mask, required_groups};
 use vmm_service::vm::{self, Env, Event, VmModel};
 
 /// The reasons the VMM handles itself (EPT violations go to the MMU service).
-const HANDLED: [u32; 10] = [
+const HANDLED: [u32; 12] = [
     reason::CPUID,
     reason::IO,
     reason::RDMSR,
@@ -25,6 +25,9 @@ const HANDLED: [u32; 10] = [
     reason::TRIPLE_FAULT,
     reason::EPT_MISCONFIG,
     reason::DR_ACCESS,
+    // Interrupt delivery (`vmm_service::irq`): a deadline passed, an interrupt window opened.
+    reason::PREEMPTION_TIMER,
+    reason::INTERRUPT_WINDOW,
 ];
 use vm::hypercall::REFLECTABLE;
 
@@ -141,8 +144,16 @@ impl Env for ServiceEnv {
         .unwrap_or(false)
     }
     fn ticks(&mut self) -> u64 {
-        // The PIT input clock (1.193182 MHz) from the kernel's 100 Hz tick.
-        sys::clock().map_or(0, |(t, hz)| t * 1_193_182 / hz.max(1))
+        match self.tsc_hz() {
+            // The PIT input clock (1.193182 MHz) from the TSC.
+            0 => sys::clock().map_or(0, |(t, hz)| t * 1_193_182 / hz.max(1)),
+            hz => vmm_service::irq::Clock::ticks_at(sys::rdtsc(), hz),
+        }
+    }
+    fn tsc_hz(&mut self) -> u64 {
+        // Measured once by the kernel at boot.
+        static TSC_HZ: spin::Once<u64> = spin::Once::new();
+        *TSC_HZ.call_once(|| sys::tsc_hz().unwrap_or(0))
     }
     fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool {
         sys::vcpu_read(self.vcpu, fields, out).is_ok()

@@ -20,6 +20,7 @@ pub mod exception;
 pub mod exit;
 pub mod guest_walk;
 pub mod insn;
+pub mod irq;
 pub mod loader;
 pub mod msr;
 pub mod report;

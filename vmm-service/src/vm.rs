@@ -15,7 +15,7 @@
 //! the message carries the state to find it). Once stopped, every later exit gets the same
 //! stop reply.
 
-use abi::vmx::{group, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
+use abi::vmx::{group, reason, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
 use heapless::Vec;
 
 use crate::cr;
@@ -24,6 +24,7 @@ use crate::devices::Text;
 use crate::exception;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
 use crate::insn;
+use crate::irq::{Clock, Interrupts};
 use crate::msr::{MsrError, MsrModel, MsrWrite};
 
 /// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
@@ -45,6 +46,11 @@ pub trait Env {
     fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
     /// PIT input-clock ticks (1.193182 MHz) since a fixed origin.
     fn ticks(&mut self) -> u64;
+    /// The host TSC's rate in Hz; 0 if unknown (then device time comes from [`Env::ticks`]
+    /// and no deadline is set: timers reach the guest only when it exits anyway).
+    fn tsc_hz(&mut self) -> u64 {
+        0
+    }
     /// Reads the vCPU's state fields (`abi::vmx::field`, `VcpuState`) into `out`; false if
     /// the kernel refused (part `msr`: guest MSRs and CR4 for CPUID).
     fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool;
@@ -152,6 +158,8 @@ pub struct VmModel {
     benchmark: bool,
     /// What the vCPU's controls let the guest execute ([`abi::vmx::guest_features`]).
     guest_features: u64,
+    /// Interrupt delivery ([`crate::irq`]).
+    pub irq: Interrupts,
 }
 
 fn truncated_name(name: &str) -> Name {
@@ -190,6 +198,7 @@ impl VmModel {
             shadow: false,
             benchmark: false,
             guest_features: 0,
+            irq: Interrupts::default(),
         }
     }
 
@@ -239,6 +248,34 @@ impl VmModel {
     /// Handles one exit, appending its events to `ev` (which the caller empties): the form
     /// the service uses, since an [`Outcome`] is large to move around on every exit.
     pub fn handle_into(
+        &mut self,
+        m: &ExitMessage,
+        env: &mut impl Env,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
+        let mut reply = self.dispatch(m, env, ev);
+        if self.result.is_none() {
+            let clock = Self::clock(env);
+            self.irq.finish(m, &mut reply, &mut self.bus, &clock);
+        }
+        reply
+    }
+
+    /// The host clock now, with device time (PIT periods) derived from the TSC when its rate
+    /// is known.
+    fn clock(env: &mut impl Env) -> Clock {
+        let tsc = env.tsc();
+        let tsc_hz = env.tsc_hz();
+        let ticks = if tsc_hz != 0 {
+            Clock::ticks_at(tsc, tsc_hz)
+        } else {
+            env.ticks()
+        };
+        Clock { tsc, tsc_hz, ticks }
+    }
+
+    /// The exit's own handling, before interrupt delivery.
+    fn dispatch(
         &mut self,
         m: &ExitMessage,
         env: &mut impl Env,
@@ -351,7 +388,13 @@ impl VmModel {
                     let r = self.report(m, "HLT with interrupts disabled");
                     return self.stop(Stop::halted(r), ev);
                 }
-                ExitReply::advance()
+                let mut reply = ExitReply::advance();
+                let clock = Self::clock(env);
+                if self.irq.can_wake(&mut self.bus, &clock) {
+                    // Wait in HLT for the timer or the pending request ([`crate::irq`]).
+                    reply.flags |= reply::HALT;
+                }
+                reply
             }
             Exit::Vmcall { nr, args } => match hypercall::number(nr) {
                 Some(n) => self.hypercall(n, args, env, ev),
@@ -371,6 +414,11 @@ impl VmModel {
                 self.stop(Stop::entry_failed(r), ev)
             }
             Exit::ExternalInterrupt => ExitReply::resume(),
+            // A deadline passed, or the guest can take an interrupt: [`Interrupts::finish`]
+            // delivers.
+            Exit::Other {
+                reason: reason::PREEMPTION_TIMER | reason::INTERRUPT_WINDOW,
+            } => ExitReply::resume(),
             Exit::EptViolation { .. } => self.unhandled(
                 m,
                 "EPT violation: no memory or device at this address",

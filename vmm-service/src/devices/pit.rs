@@ -23,6 +23,11 @@ pub const PIT_HZ: u64 = 1_193_182;
 /// Channel 0 data port; channels 1 and 2 follow, then the control port.
 pub const PIT_BASE: u16 = 0x40;
 pub const PIT_CONTROL: u16 = 0x43;
+/// System control port B: bit 0 channel 2's gate, bit 1 speaker data (both read-write),
+/// bit 4 the refresh request toggle (every 15.09 µs), bit 5 channel 2's OUT.
+pub const PORT_B: u16 = 0x61;
+/// PIT periods per refresh toggle (15.09 µs).
+const REFRESH_PERIODS: u64 = 18;
 
 /// Access mode (control word bits 5:4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -202,6 +207,8 @@ impl Channel {
 #[derive(Clone, Debug)]
 pub struct Pit {
     ch: [Channel; 3],
+    /// Port B's speaker data bit.
+    speaker: bool,
 }
 
 impl Default for Pit {
@@ -215,6 +222,7 @@ impl Pit {
     pub fn new() -> Pit {
         Pit {
             ch: [Channel::new(true), Channel::new(true), Channel::new(false)],
+            speaker: false,
         }
     }
 
@@ -261,11 +269,17 @@ impl Pit {
 
     /// Whether `port` belongs to the PIT.
     pub fn claims(port: u16) -> bool {
-        (PIT_BASE..=PIT_CONTROL).contains(&port)
+        (PIT_BASE..=PIT_CONTROL).contains(&port) || port == PORT_B
     }
 
-    /// Reads `port` (0x40..=0x43); the control port reads 0xff.
+    /// Reads `port` (0x40..=0x43, [`PORT_B`]); the control port reads 0xff.
     pub fn read(&mut self, port: u16, ticks: u64) -> u8 {
+        if port == PORT_B {
+            return u8::from(self.gate(2))
+                | u8::from(self.speaker) << 1
+                | (((ticks / REFRESH_PERIODS) & 1) as u8) << 4
+                | u8::from(self.out(2, ticks)) << 5;
+        }
         match self.ch.get_mut(port.wrapping_sub(PIT_BASE) as usize) {
             Some(c) => c.read(ticks),
             None => 0xff,
@@ -274,7 +288,10 @@ impl Pit {
 
     /// Writes `port` (0x40..=0x43).
     pub fn write(&mut self, port: u16, v: u8, ticks: u64) {
-        if port == PIT_CONTROL {
+        if port == PORT_B {
+            self.speaker = v & 2 != 0;
+            self.set_gate(2, v & 1 != 0, ticks);
+        } else if port == PIT_CONTROL {
             self.control(v, ticks);
         } else if let Some(c) = self.ch.get_mut(port.wrapping_sub(PIT_BASE) as usize) {
             c.write(v, ticks);
@@ -434,6 +451,23 @@ mod tests {
         assert_eq!(read16(&mut p, 0x42, 3000), 50);
         p.set_gate(2, true, 4000);
         assert_eq!(read16(&mut p, 0x42, 4010), 40, "mode 0 resumes");
+    }
+
+    #[test]
+    fn port_b_gates_channel_2_and_shows_its_out() {
+        let mut p = Pit::new();
+        p.write(0x43, 0xb0, 0);
+        p.write(0x42, 10, 0);
+        p.write(0x42, 0, 0);
+        assert_eq!(p.read(PORT_B, 0) & 0x23, 0);
+        p.write(PORT_B, 0x01, 100);
+        assert_eq!(p.read(PORT_B, 105) & 0x21, 0x01, "counting, OUT low");
+        assert_eq!(p.read(PORT_B, 110) & 0x21, 0x21, "terminal count");
+        assert_ne!(
+            p.read(PORT_B, 0) & 0x10,
+            p.read(PORT_B, REFRESH_PERIODS) & 0x10,
+            "the refresh bit toggles"
+        );
     }
 
     #[test]

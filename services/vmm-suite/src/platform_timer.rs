@@ -1,0 +1,31 @@
+//! Interrupts reach a guest on time (issue 12): `guest-timer` programs the 8259 pair and the
+//! PIT like a kernel and checks periodic and one-shot ticks, masking and port 0x61, on EPT and
+//! on shadow paging. The VM's summary must show the exits that carried them: deadline
+//! (preemption-timer) exits and HLTs.
+
+use abi::vmx::reason;
+use userlib::proto::vmm::EntryMode;
+use userlib::tally::Tally;
+
+pub fn suite(t: &mut Tally) {
+    let cfg = crate::config("timer", "guest-timer", 16, EntryMode::Multiboot);
+    for (mode, cfg) in [("EPT", cfg.clone()), ("shadow", crate::shadow(&cfg, false))] {
+        let what = if mode == "EPT" {
+            "PIT and 8259 interrupts reach the guest on time (EPT)"
+        } else {
+            "PIT and 8259 interrupts reach the guest on time (shadow paging)"
+        };
+        if let Some(s) = crate::passing_guest(t, what, &cfg) {
+            let deadlines = crate::exits_of(&s, reason::PREEMPTION_TIMER);
+            let hlt = crate::exits_of(&s, reason::HLT);
+            t.check(
+                "  its ticks came through deadline exits and HLT waits",
+                deadlines >= 40 && hlt >= 20,
+                format_args!(
+                    "{deadlines} preemption-timer exits, {hlt} hlt: {:?}",
+                    s.exits
+                ),
+            );
+        }
+    }
+}
