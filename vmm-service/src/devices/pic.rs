@@ -95,9 +95,7 @@ impl Chip {
     fn ack(&mut self, n: u8) {
         let bit = 1u8 << n;
         // An edge-triggered request is consumed; a level one stays while the line is high.
-        if self.elcr & bit == 0 {
-            self.irr &= !bit;
-        } else if self.lines & bit == 0 {
+        if self.elcr & bit == 0 || self.lines & bit == 0 {
             self.irr &= !bit;
         }
         if !self.auto_eoi() {
