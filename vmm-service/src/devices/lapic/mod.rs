@@ -126,7 +126,7 @@ pub enum ApicMode {
 }
 
 /// Construction parameters.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Initial APIC ID (the x2APIC ID; the xAPIC ID register resets to its low 8 bits).
     pub apic_id: u32,
@@ -194,7 +194,7 @@ pub enum MpState {
 }
 
 /// One local APIC.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lapic {
     config: Config,
     base_msr: u64,
