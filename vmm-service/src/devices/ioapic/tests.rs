@@ -85,7 +85,11 @@ fn active_low_polarity() {
     program(&mut io, 9, 0x2000 | 0x41, 0); // active low, edge
     assert_eq!(io.set_irq(9, true), None);
     assert_eq!(io.set_irq(9, false).map(|m| m.vector), Some(0x41));
-    assert_eq!(io.set_irq(9, true), None, "rising electrical edge is the deassert");
+    assert_eq!(
+        io.set_irq(9, true),
+        None,
+        "rising electrical edge is the deassert"
+    );
 }
 
 #[test]

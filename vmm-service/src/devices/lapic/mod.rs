@@ -293,7 +293,10 @@ impl Lapic {
     }
 
     pub fn mode(&self) -> ApicMode {
-        match (self.base_msr & base::EN != 0, self.base_msr & base::EXTD != 0) {
+        match (
+            self.base_msr & base::EN != 0,
+            self.base_msr & base::EXTD != 0,
+        ) {
             (false, _) => ApicMode::Disabled,
             (true, false) => ApicMode::XApic,
             (true, true) => ApicMode::X2Apic,

@@ -201,7 +201,11 @@ fn apic_base_transitions() {
     for bad in [1, 1 << 9, 1 << 36] {
         assert_eq!(l.set_apic_base(b | base::EN | bad), Err(GpFault));
     }
-    assert_eq!(l.set_apic_base(b | base::EXTD), Err(GpFault), "EXTD without EN");
+    assert_eq!(
+        l.set_apic_base(b | base::EXTD),
+        Err(GpFault),
+        "EXTD without EN"
+    );
     // BSP is read-only.
     l.set_apic_base(b | base::EN | base::BSP).unwrap();
     assert_eq!(l.apic_base(), b | base::EN);
@@ -210,7 +214,11 @@ fn apic_base_transitions() {
     assert_eq!(l.mode(), ApicMode::X2Apic);
     assert_eq!(l.mmio_read(o::ID, 0), u32::MAX, "no MMIO in x2APIC mode");
     assert_eq!(l.set_apic_base(b | base::EN), Err(GpFault));
-    assert_eq!(l.mode(), ApicMode::X2Apic, "a refused write changes nothing");
+    assert_eq!(
+        l.mode(),
+        ApicMode::X2Apic,
+        "a refused write changes nothing"
+    );
     assert!(l.enabled(), "x2APIC switch keeps the register state");
     l.set_apic_base(b).unwrap();
     assert_eq!(l.mode(), ApicMode::Disabled);
@@ -218,7 +226,11 @@ fn apic_base_transitions() {
     assert_eq!(l.set_apic_base(b | base::EN | base::EXTD), Err(GpFault));
     l.set_apic_base(0x1234_5000 | base::EN).unwrap();
     assert_eq!(l.base(), 0x1234_5000);
-    assert_eq!(l.mmio_read(o::SVR, 0), 0xff, "disabling reset the registers");
+    assert_eq!(
+        l.mmio_read(o::SVR, 0),
+        0xff,
+        "disabling reset the registers"
+    );
     assert_eq!(l.mmio_read(o::ID, 0), 7 << 24);
 }
 
@@ -230,11 +242,32 @@ fn x2apic_registers_and_gp_cases() {
     assert_eq!(l.msr_read(m(o::LDR), 0), Ok((2 << 16) | (1 << 3)));
     assert_eq!(l.msr_read(m(o::VERSION), 0), Ok(0x0005_0014));
     assert_eq!(l.msr_read(m(o::SVR), 0), Ok(0x1ff));
-    for gp_read in [o::APR, o::RRD, o::DFR, o::ICR_HIGH, o::EOI, o::SELF_IPI, 0x40] {
+    for gp_read in [
+        o::APR,
+        o::RRD,
+        o::DFR,
+        o::ICR_HIGH,
+        o::EOI,
+        o::SELF_IPI,
+        0x40,
+    ] {
         assert_eq!(l.msr_read(m(gp_read), 0), Err(GpFault), "read {gp_read:#x}");
     }
-    for gp_write in [o::ID, o::VERSION, o::PPR, o::LDR, o::DFR, o::ISR, o::IRR, o::TIMER_CURRENT] {
-        assert_eq!(l.msr_write(m(gp_write), 0, 0), Err(GpFault), "write {gp_write:#x}");
+    for gp_write in [
+        o::ID,
+        o::VERSION,
+        o::PPR,
+        o::LDR,
+        o::DFR,
+        o::ISR,
+        o::IRR,
+        o::TIMER_CURRENT,
+    ] {
+        assert_eq!(
+            l.msr_write(m(gp_write), 0, 0),
+            Err(GpFault),
+            "write {gp_write:#x}"
+        );
     }
     assert_eq!(l.msr_write(m(o::EOI), 1, 0), Err(GpFault));
     assert_eq!(l.msr_write(m(o::ESR), 1, 0), Err(GpFault));
@@ -277,7 +310,11 @@ fn icr_fields_in_xapic_mode() {
     assert!(ipi.message.level && ipi.message.level_triggered && ipi.message.logical);
     assert_eq!(ipi.message.vector, 0x30);
     assert_eq!(ipi.source, 2);
-    assert_eq!(l.mmio_read(o::ICR_LOW, 0), 0x000c_cd30, "delivery status reads idle");
+    assert_eq!(
+        l.mmio_read(o::ICR_LOW, 0),
+        0x000c_cd30,
+        "delivery status reads idle"
+    );
     // Self shorthand.
     let Some(Effect::Ipi(ipi)) = l.mmio_write(o::ICR_LOW, 0x0004_0040, 0) else {
         panic!("no IPI");
@@ -467,7 +504,11 @@ fn timer_masked_and_periodic() {
     assert_eq!(l.next_event(150), Some(200));
     l.poll(420);
     assert_eq!(l.pending(), Some(0x22));
-    assert_eq!(l.timer().missed, 2, "expiries at 200, 300 and 400 gave one interrupt");
+    assert_eq!(
+        l.timer().missed,
+        2,
+        "expiries at 200, 300 and 400 gave one interrupt"
+    );
     assert_eq!(l.next_event(420), Some(500));
     // A mode change disarms.
     l.mmio_write(Lvt::Timer.offset(), 0x22, 430);
