@@ -187,7 +187,8 @@ impl Bits256 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MpState {
     Running,
-    /// After INIT: ignores everything but INIT, NMI-free, until a SIPI arrives.
+    /// After INIT: the vCPU stays stopped until a SIPI arrives (an NMI received meanwhile
+    /// stays pending in [`Lapic::take_nmi`]; the caller must not inject it before then).
     WaitForSipi,
     /// A SIPI arrived with this vector (start at `vector << 12`), not yet taken.
     SipiReceived(u8),

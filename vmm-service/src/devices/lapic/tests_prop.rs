@@ -177,3 +177,61 @@ proptest! {
         }
     }
 }
+
+/// Destination matching written bit by bit from the SDM's description.
+fn reference_match(id: u8, ldr: u8, flat: bool, dest: u8, logical: bool) -> bool {
+    if dest == 0xff {
+        return true;
+    }
+    if !logical {
+        return dest == id;
+    }
+    if flat {
+        (0..8).any(|b| dest & ldr & (1 << b) != 0)
+    } else {
+        dest >> 4 == ldr >> 4 && (0..4).any(|b| dest & ldr & (1 << b) != 0)
+    }
+}
+
+proptest! {
+    #[test]
+    fn xapic_destinations_match_the_reference(
+        id: u8, ldr: u8, flat: bool, dest: u8, logical: bool,
+    ) {
+        let mut l = Lapic::new(Config::new(id as u32, false));
+        l.mmio_write(o::LDR, (ldr as u32) << 24, 0);
+        l.mmio_write(o::DFR, if flat { u32::MAX } else { 0 }, 0);
+        let msg = ipi::Message {
+            dest: dest as u32,
+            format: ipi::DestFormat::XApic,
+            logical,
+            mode: ipi::DeliveryMode::Fixed,
+            vector: 0x40,
+            level: true,
+            level_triggered: false,
+        };
+        prop_assert_eq!(l.matches(&msg), reference_match(id, ldr, flat, dest, logical));
+    }
+
+    #[test]
+    fn x2apic_logical_destinations(id in 0u32..0x10_0000, dest: u32) {
+        let mut l = Lapic::new(Config::new(id, true));
+        l.set_apic_base(l.apic_base() | base::EXTD).unwrap();
+        let msg = ipi::Message {
+            dest,
+            format: ipi::DestFormat::X2Apic,
+            logical: true,
+            mode: ipi::DeliveryMode::Fixed,
+            vector: 0x40,
+            level: true,
+            level_triggered: false,
+        };
+        // Cluster id >> 4, member bit id & 15, or the broadcast.
+        let want = dest == u32::MAX
+            || (dest >> 16 == id >> 4 && dest & (1 << (id & 15)) != 0);
+        prop_assert_eq!(l.matches(&msg), want);
+        // The same cluster and member as a derived destination always matches.
+        let own = ipi::Message { dest: ipi::x2apic_ldr(id), ..msg };
+        prop_assert!(l.matches(&own));
+    }
+}

@@ -327,7 +327,55 @@ mod tests {
         (count as u32, expiries)
     }
 
+    /// Reference with divide changes: `changes` are (tick, divisor) pairs; a change restarts
+    /// the divider's prescaler (the next decrement is a full new period away).
+    fn reference_with_changes(initial: u32, div0: u64, changes: &[(u64, u64)], ticks: u64) -> u32 {
+        let (mut count, mut div, mut sub) = (initial as u64, div0, 0);
+        for t in 0..ticks {
+            if let Some(&(_, d)) = changes.iter().find(|&&(at, _)| at == t) {
+                div = d;
+                sub = 0;
+            }
+            if count == 0 {
+                break;
+            }
+            sub += 1;
+            if sub == div {
+                sub = 0;
+                count -= 1;
+            }
+        }
+        count as u32
+    }
+
     proptest! {
+        #[test]
+        fn divide_changes_match_the_reference(
+            initial in 1u32..300,
+            divides in prop::collection::vec(
+                (1u64..400, prop::sample::select(vec![0u32, 1, 2, 3, 8, 11])),
+                0..4,
+            ),
+            at in 0u64..2000,
+        ) {
+            let mut t = Timer::default();
+            t.set_divide(0b1011, 0);
+            t.set_initial(initial, 0);
+            let mut now = 0;
+            let mut changes = Vec::new();
+            for (gap, d) in divides {
+                now += gap;
+                t.poll(now);
+                t.set_divide(d, now);
+                changes.push((now, divisor(d)));
+            }
+            let end = now + at;
+            prop_assert_eq!(t.current(end), reference_with_changes(initial, 1, &changes, end));
+            // One expiry in all (one-shot), reported exactly when the count reaches 0.
+            t.poll(end);
+            prop_assert_eq!(t.delivered != 0, t.current(end) == 0);
+        }
+
         #[test]
         fn count_and_expiries_match_a_tick_by_tick_reference(
             initial in 1u32..200,
