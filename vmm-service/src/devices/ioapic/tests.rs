@@ -138,3 +138,63 @@ fn eoi_resends_every_entry_sharing_the_vector() {
     }
     assert_eq!(io.eoi(0x70).len(), 2);
 }
+
+/// A level-triggered line through the IOAPIC to two local APICs and back by EOI.
+#[test]
+fn level_interrupt_round_trip_with_local_apics() {
+    use crate::devices::lapic::{ipi::message_targets, Config, Effect, Lapic};
+    let mut cpus: Vec<Lapic> = (0..2).map(|i| Lapic::new(Config::new(i, i == 0))).collect();
+    for l in cpus.iter_mut() {
+        l.mmio_write(0xf0, 0x1ff, 0);
+    }
+    let mut io = Ioapic::new(0);
+    program(&mut io, 4, 0x8000 | 0x44, 1); // level, physical destination 1
+    let m = io.set_irq(4, true).expect("asserted");
+    let t = message_targets(&cpus, &m);
+    assert_eq!(t, 0b10);
+    cpus[1].receive(&m);
+    assert_eq!(cpus[0].pending(), None);
+    assert_eq!(cpus[1].pending(), Some(0x44));
+    assert_eq!(cpus[1].ack(0x44), 0x44);
+    // The device is still asserting: the EOI re-sends it.
+    let Some(Effect::LevelEoi(v)) = cpus[1].mmio_write(0xb0, 0, 0) else {
+        panic!("a level EOI");
+    };
+    let again = io.eoi(v);
+    assert_eq!(again.len(), 1);
+    cpus[1].receive(&again[0]);
+    assert_eq!(cpus[1].pending(), Some(0x44));
+    assert_eq!(cpus[1].ack(0x44), 0x44);
+    // The device stops; the next EOI ends it.
+    io.set_irq(4, false);
+    let Some(Effect::LevelEoi(v)) = cpus[1].mmio_write(0xb0, 0, 0) else {
+        panic!("a level EOI");
+    };
+    assert!(io.eoi(v).is_empty());
+    assert_eq!(cpus[1].pending(), None);
+}
+
+/// A fixed IPI from one local APIC to another and back (the ping-pong the guest will do).
+#[test]
+fn ipi_ping_pong() {
+    use crate::devices::lapic::{ipi::targets, Config, Effect, Lapic};
+    let mut cpus: Vec<Lapic> = (0..2).map(|i| Lapic::new(Config::new(i, i == 0))).collect();
+    for l in cpus.iter_mut() {
+        l.mmio_write(0xf0, 0x1ff, 0);
+    }
+    for round in 0..4u32 {
+        let (from, to) = ((round % 2) as usize, (1 - round % 2) as usize);
+        cpus[from].mmio_write(0x310, (to as u32) << 24, 0);
+        let Some(Effect::Ipi(ipi)) = cpus[from].mmio_write(0x300, 0x60 + round, 0) else {
+            panic!("no IPI");
+        };
+        let mask = targets(&cpus, &ipi);
+        assert_eq!(mask, 1 << to);
+        cpus[to].receive(&ipi.message);
+        let v = cpus[to].pending().expect("delivered");
+        assert_eq!(v, 0x60 + round as u8);
+        cpus[to].ack(v);
+        assert_eq!(cpus[to].eoi(), None, "edge-triggered");
+        assert_eq!(cpus[from].pending(), None);
+    }
+}
