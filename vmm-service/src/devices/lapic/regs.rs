@@ -48,12 +48,15 @@ pub mod offset {
     pub const PAGE: u32 = 0x1000;
 }
 
-/// The x2APIC MSR range.
-pub const X2APIC_MSRS: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
+/// The first x2APIC MSR (xAPIC offset 0).
+pub const X2APIC_FIRST: u32 = 0x800;
+/// The x2APIC MSR range: one MSR per 16-byte slot of the xAPIC page.
+pub const X2APIC_MSRS: core::ops::RangeInclusive<u32> =
+    X2APIC_FIRST..=X2APIC_FIRST + (offset::PAGE >> 4) - 1;
 
 /// The x2APIC MSR of xAPIC offset `offset`.
 pub const fn x2apic_msr(offset: u32) -> u32 {
-    0x800 + (offset >> 4)
+    X2APIC_FIRST + (offset >> 4)
 }
 
 /// Writable bits of ICR bits 31:0: vector, delivery mode, destination mode, level, trigger
@@ -306,7 +309,7 @@ impl Lapic {
         if self.mode() != ApicMode::X2Apic || !X2APIC_MSRS.contains(&msr) {
             return Err(GpFault);
         }
-        Ok((msr - 0x800) << 4)
+        Ok((msr - X2APIC_FIRST) << 4)
     }
 
     /// RDMSR of an x2APIC register (see the module comment for the #GP cases).

@@ -273,6 +273,8 @@ fn x2apic_registers_and_gp_cases() {
     assert_eq!(l.msr_write(m(o::ESR), 1, 0), Err(GpFault));
     assert_eq!(l.msr_write(m(o::TPR), 1 << 32, 0), Err(GpFault));
     assert_eq!(l.msr_read(0x7ff, 0), Err(GpFault));
+    assert_eq!(super::regs::X2APIC_MSRS, 0x800..=0x8ff);
+    assert_eq!(l.msr_read(0x900, 0), Err(GpFault));
     assert_eq!(l.msr_write(m(o::TPR), 0x20, 0), Ok(None));
     assert_eq!(l.tpr(), 0x20);
     // SELF IPI is delivered here.
