@@ -5,6 +5,8 @@
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod ioapic;
+pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod serial;
