@@ -43,6 +43,7 @@ mod cpu_fpu;
 mod cpu_msr;
 mod restart;
 mod tracing;
+mod uart_rtc;
 mod userguest;
 
 use core::fmt;
@@ -402,6 +403,7 @@ fn vmm_suite(t: &mut Tally) {
     cpu_msr::msr_suite(t);
     cpu_fpu::fpu_suite(t);
     cpu_exits::suite(t);
+    uart_rtc::suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with
