@@ -744,3 +744,6 @@ rtc_checks:
 "#,
     options(att_syntax)
 );
+
+#[cfg(not(target_os = "none"))]
+fn main() {}
