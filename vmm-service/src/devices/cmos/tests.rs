@@ -328,3 +328,43 @@ proptest! {
         prop_assert_eq!(n, hz, "flags in one second");
     }
 }
+
+/// An alarm register: "any" (0xC0..=0xFF) or a BCD value below `limit`.
+fn alarm_reg(limit: u8) -> impl Strategy<Value = u8> {
+    prop_oneof![
+        0xc0u8..=0xff,
+        (0..limit).prop_map(|v| ((v / 10) << 4) | (v % 10))
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// With AIE, `next_event` is the update whose new time is the first to match the alarm,
+    /// found here by stepping through the seconds of the next day.
+    #[test]
+    fn alarm_time_matches_a_brute_force_search(
+        s in alarm_reg(60), m in alarm_reg(60), h in alarm_reg(24), now in 0u64..2 * 86_400,
+    ) {
+        let mut c = Cmos::new(MIB, START);
+        let t = secs(now) + 17;
+        put(&mut c, index::SECONDS_ALARM, s, t);
+        put(&mut c, index::MINUTES_ALARM, m, t);
+        put(&mut c, index::HOURS_ALARM, h, t);
+        put(&mut c, index::B, b::AIE | b::HOURS_24, t);
+        at(&mut c, index::C, t); // the flags of the updates before t
+        let field = |reg: u8, v: u8| reg >= 0xc0 || ((reg >> 4) * 10 + (reg & 0xf)) == v;
+        let start = START.to_secs().unwrap() + now as i64;
+        let want = (1..=86_400i64).find(|d| {
+            let x = DateTime::from_secs(start + d);
+            field(s, x.second) && field(m, x.minute) && field(h, x.hour)
+        });
+        let want = want.map(|d| secs(now + d as u64));
+        prop_assert_eq!(c.next_event(t), want);
+        if let Some(e) = want {
+            prop_assert!(!c.irq_level(e - 1));
+            prop_assert!(c.irq_level(e));
+            prop_assert_eq!(at(&mut c, index::C, e) & (c::IRQF | c::AF), c::IRQF | c::AF);
+        }
+    }
+}

@@ -263,3 +263,35 @@ proptest! {
         }
     }
 }
+
+/// Register accesses: (write?, offset, value).
+fn access() -> impl Strategy<Value = (bool, u16, u8)> {
+    (any::<bool>(), 0u16..8, any::<u8>())
+}
+
+proptest! {
+    /// Whatever a guest does, the IRQ line is exactly "IIR reports a source, OUT2 is set and
+    /// loopback is off", and IIR's low bits are one of the 16550's six values.
+    #[test]
+    fn irq_level_is_iir_gated_by_out2(ops in prop::collection::vec(prop::option::of(access()), 0..300)) {
+        let mut s = Serial::new();
+        for op in ops {
+            match op {
+                Some((true, off, v)) => {
+                    let _ = s.write(off, v);
+                }
+                Some((false, off, _)) => {
+                    let _ = s.read(off);
+                }
+                None => {
+                    s.receive(0x55);
+                }
+            }
+            let mcr = s.mcr;
+            let level = s.irq_level();
+            let id = s.source();
+            prop_assert!([iir::NONE, iir::LINE_STATUS, iir::RX_DATA, iir::TIMEOUT, iir::THR_EMPTY, iir::MODEM_STATUS].contains(&id));
+            prop_assert_eq!(level, id != iir::NONE && mcr & mcr::OUT2 != 0 && mcr & mcr::LOOP == 0);
+        }
+    }
+}
