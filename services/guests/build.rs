@@ -19,6 +19,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-mmubenchpae",
     "guest-mmubench32",
     "guest-fpu",
+    "guest-uart-rtc",
 ];
 
 const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];

@@ -95,6 +95,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-fpu image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-uart-rtc",
+        manifest: "guest-uart-rtc image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-bench.bin",
         manifest: "guest-bench image=guest",
     },

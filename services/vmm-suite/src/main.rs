@@ -44,6 +44,7 @@ mod cpu_msr;
 mod platform_timer;
 mod restart;
 mod tracing;
+mod uart_rtc;
 mod userguest;
 
 use core::fmt;
@@ -404,6 +405,7 @@ fn vmm_suite(t: &mut Tally) {
     cpu_fpu::fpu_suite(t);
     cpu_exits::suite(t);
     platform_timer::suite(t);
+    uart_rtc::suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with

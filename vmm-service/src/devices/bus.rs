@@ -54,7 +54,7 @@ impl PortBus {
             serial: Serial::new(),
             pit: Pit::new(),
             pic: Pic::new(),
-            cmos: Cmos::new(ram_bytes),
+            cmos: Cmos::new(ram_bytes, super::cmos::START),
             read_logged: PortSet([0; PORTS / 32]),
             write_logged: PortSet([0; PORTS / 32]),
         }
@@ -94,7 +94,7 @@ impl PortBus {
         } else if Pic::claims(port) {
             self.pic.read(port)
         } else if Cmos::claims(port) {
-            self.cmos.read(port)
+            self.cmos.read(port, ticks)
         } else {
             // Includes the debug-exit port, which is write-only.
             if self.read_logged.insert(port) {
@@ -140,7 +140,7 @@ impl PortBus {
         } else if Pic::claims(port) {
             self.pic.write(port, v);
         } else if Cmos::claims(port) {
-            self.cmos.write(port, v);
+            self.cmos.write(port, v, ticks);
         } else if self.write_logged.insert(port) {
             sink(BusEvent::FirstUnhandled { port, write: true });
         }
