@@ -6,6 +6,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-msr",
     "guest-exits",
     "guest-timer",
+    "guest-lapic",
     "guest-long",
     "guest-pae",
     "guest-badmem",

@@ -127,6 +127,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-timer image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-lapic",
+        manifest: "guest-lapic image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-random",
         manifest: "guest-random image=guest",
     },

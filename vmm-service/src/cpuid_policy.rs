@@ -101,7 +101,6 @@ use Reg::*;
 /// Leaf 1 ECX: hypervisor present (set by the VMM, not a table row).
 pub use crate::cpuid::ECX_HYPERVISOR;
 
-const NO_LAPIC: &str = "no local APIC is emulated";
 const NO_PMU: &str = "no performance-monitoring MSRs";
 
 /// Every feature bit of leaves 1, 7.0, 0x8000_0001 and 0x8000_0007 a guest may see, and the
@@ -126,9 +125,9 @@ pub const FEATURES: &[Feature] = &[
     ),
     native(1, Edx, 8, "cx8"),
     with_msrs(
-        hidden(1, Edx, 9, "apic", NO_LAPIC),
-        &[m::TSC_DEADLINE, m::X2APIC_ID],
-        NO_LAPIC,
+        f(1, Edx, 9, "apic", Provider::Vmm),
+        &[m::APIC_BASE],
+        "the local APIC model; the bit follows IA32_APIC_BASE's global enable, as on hardware",
     ),
     with_msrs(
         native(1, Edx, 11, "sep"),
@@ -190,16 +189,16 @@ pub const FEATURES: &[Feature] = &[
     native(1, Ecx, 19, "sse4.1"),
     native(1, Ecx, 20, "sse4.2"),
     with_msrs(
-        hidden(1, Ecx, 21, "x2apic", NO_LAPIC),
+        f(1, Ecx, 21, "x2apic", Provider::Vmm),
         &[m::X2APIC_ID],
-        "no x2APIC MSRs (0x800..0x8ff)",
+        "the x2APIC MSRs (0x800..0x8ff) of the local APIC model",
     ),
     native(1, Ecx, 22, "movbe"),
     native(1, Ecx, 23, "popcnt"),
     with_msrs(
-        hidden(1, Ecx, 24, "tsc-deadline", NO_LAPIC),
+        f(1, Ecx, 24, "tsc-deadline", Provider::Vmm),
         &[m::TSC_DEADLINE],
-        NO_LAPIC,
+        "the local APIC model's timer in TSC-deadline mode",
     ),
     native(1, Ecx, 25, "aes"),
     native(1, Ecx, 26, "xsave"),
@@ -350,6 +349,10 @@ pub struct GuestView {
     pub shadow: bool,
     /// CR4 as the guest reads it.
     pub cr4: u64,
+    /// The local APIC is globally enabled (IA32_APIC_BASE bit 11): CPUID.1:EDX.APIC.
+    pub apic_enabled: bool,
+    /// The vCPU's initial APIC ID (CPUID.1:EBX[31:24]).
+    pub apic_id: u8,
 }
 
 /// Whether a row's bit is shown to this guest, given the host's value of its register.
@@ -393,10 +396,11 @@ pub fn answer(
     let h = host(leaf, subleaf);
     let mut r = [0u32; 4];
     match leaf {
-        // Signature and brand/APIC-id words: as the host's, but one logical processor.
+        // Signature, brand index and CLFLUSH size as the host's; one logical processor; the
+        // vCPU's own initial APIC ID.
         1 => {
             r[0] = h[0];
-            r[1] = h[1] & !0x00ff_0000;
+            r[1] = (h[1] & 0x0000_ffff) | u32::from(g.apic_id) << 24;
         }
         // Only subleaf 0 is described.
         7 => r[0] = 0,
@@ -410,6 +414,9 @@ pub fn answer(
     }
     if leaf == 1 {
         r[2] |= ECX_HYPERVISOR;
+        if !g.apic_enabled {
+            r[3] &= !(1 << 9);
+        }
     }
     r
 }

@@ -1,8 +1,12 @@
 //! Interrupt delivery: from the devices' outputs to an event VM entry injects.
 //!
-//! After the model answers an exit, [`Interrupts::finish`] brings the devices up to date
-//! (the PIT's channel 0 edges raise ISA line 0 of the 8259 pair) and decides how the reply
-//! delivers what the PIC requests:
+//! After the model answers an exit, [`Interrupts::finish`] brings the devices up to date and
+//! decides how the reply delivers what the interrupt controllers request. The wiring is a
+//! PC's: the ISA lines (PIT channel 0 on 0, the UART on 4, the RTC on 8) go to the 8259 pair
+//! and to the IOAPIC (line 0 as GSI 2, the others as themselves, as the MADT's override
+//! says); the IOAPIC's messages and the local APIC's own timer go to the local APIC; the
+//! 8259's output reaches the CPU through LINT0 in ExtINT mode (virtual wire) or when the local
+//! APIC is disabled. The 8259 is asked first, as KVM does. The decision:
 //! - **inject now** (an external interrupt in `ExitReply::inject`) when the guest can take
 //!   it at the next entry: the exit is an interrupt-window exit, or the guest waits in HLT
 //!   with RFLAGS.IF set, or the reply moves RIP past an instruction that ran with IF set
@@ -28,7 +32,33 @@
 use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
 
 use crate::devices::bus::PortBus;
+use crate::devices::ioapic::Ioapic;
+use crate::devices::lapic::ipi::{self, Message};
+use crate::devices::lapic::{self, Effect, Lapic};
 use crate::devices::pit::PIT_HZ;
+use crate::msr::{index, GpFault};
+
+/// The x2APIC MSRs.
+const X2APIC_FIRST: u32 = 0x800;
+const X2APIC_LAST: u32 = 0x8ff;
+
+/// The IOAPIC's ID (the MADT says the same).
+pub const IOAPIC_ID: u8 = 0;
+/// The ISA lines the devices drive.
+pub mod isa {
+    pub const PIT: u8 = 0;
+    pub const UART: u8 = 4;
+    pub const RTC: u8 = 8;
+    /// The IOAPIC input of ISA line `irq` (the MADT's interrupt source override: IRQ 0 is
+    /// GSI 2).
+    pub fn gsi(irq: u8) -> u32 {
+        if irq == PIT {
+            2
+        } else {
+            u32::from(irq)
+        }
+    }
+}
 
 /// RFLAGS.IF.
 const RFLAGS_IF: u64 = 1 << 9;
@@ -63,9 +93,17 @@ impl Clock {
     }
 }
 
-/// The vCPU's interrupt-delivery state and its statistics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The vCPU's interrupt controllers, its delivery state and statistics.
+#[derive(Clone, Debug)]
 pub struct Interrupts {
+    /// The vCPU's local APIC.
+    pub lapic: Lapic,
+    pub ioapic: Ioapic,
+    /// The levels last given to the level-driven ISA lines (bit n: line n).
+    levels: u16,
+    /// The guest's TSC minus the host's (the VMCS TSC offset): the local APIC counts guest
+    /// time.
+    pub tsc_offset: u64,
     /// The guest waits in the HLT activity state (the model put it there; RFLAGS.IF is set).
     halted: bool,
     /// The deadline the kernel holds (0: none).
@@ -80,32 +118,156 @@ pub struct Interrupts {
     pub halts: u64,
 }
 
+impl Default for Interrupts {
+    fn default() -> Interrupts {
+        Interrupts {
+            lapic: Lapic::new(lapic::Config::new(0, true)),
+            ioapic: Ioapic::new(IOAPIC_ID),
+            levels: 0,
+            tsc_offset: 0,
+            halted: false,
+            deadline: 0,
+            injected: 0,
+            windows: 0,
+            lost_ticks: 0,
+            halts: 0,
+        }
+    }
+}
+
 impl Interrupts {
     /// Whether the guest waits in HLT.
     pub fn halted(&self) -> bool {
         self.halted
     }
 
-    /// Brings the devices' outputs up to time `clock` (the PIT's channel 0 edges to IRQ 0).
+    /// The guest's TSC at host time `clock`.
+    pub fn guest_tsc(&self, clock: &Clock) -> u64 {
+        clock.tsc.wrapping_add(self.tsc_offset)
+    }
+
+    /// ISA line `irq` at `level`: to the 8259 pair and the IOAPIC.
+    fn isa_line(&mut self, bus: &mut PortBus, irq: u8, level: bool) {
+        bus.pic.set_irq(irq, level);
+        if let Some(msg) = self.ioapic.set_irq(isa::gsi(irq), level) {
+            self.deliver(&msg);
+        }
+    }
+
+    /// A message on the APIC bus: to this vCPU's local APIC if it is a destination (one
+    /// vCPU: messages for others go nowhere).
+    pub fn deliver(&mut self, msg: &Message) {
+        if ipi::message_targets(core::slice::from_ref(&self.lapic), msg) & 1 != 0 {
+            self.lapic.receive(msg);
+        }
+    }
+
+    /// Acts on what a local-APIC register write asks for: an IPI (this vCPU's own, the only
+    /// one there is) or the end of a level-triggered interrupt (the IOAPIC may send again).
+    pub fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Ipi(i) => {
+                if ipi::targets(core::slice::from_ref(&self.lapic), &i) & 1 != 0 {
+                    self.lapic.receive(&i.message);
+                }
+            }
+            Effect::LevelEoi(vector) => {
+                for msg in self.ioapic.eoi(vector) {
+                    self.deliver(&msg);
+                }
+            }
+        }
+    }
+
+    /// Brings the devices' outputs up to time `clock`: the PIT's channel 0 edges, the UART's
+    /// and the RTC's levels, the local APIC's timer.
     fn poll(&mut self, bus: &mut PortBus, clock: &Clock) {
         let edges = bus.pit.out_edges(0, clock.ticks);
         if edges > 0 {
             // The 8259 latches one edge: the others are lost ticks, as on hardware.
             self.lost_ticks += edges - 1;
-            bus.pic.set_irq(0, true);
-            bus.pic.set_irq(0, false);
+            self.isa_line(bus, isa::PIT, true);
+            self.isa_line(bus, isa::PIT, false);
         }
+        for (irq, level) in [
+            (isa::UART, bus.serial.irq_level()),
+            (isa::RTC, bus.cmos.irq_level(clock.ticks)),
+        ] {
+            if (self.levels >> irq) & 1 != u16::from(level) {
+                self.levels ^= 1 << irq;
+                self.isa_line(bus, irq, level);
+            }
+        }
+        let now = self.guest_tsc(clock);
+        self.lapic.poll(now);
     }
 
     /// The next time a device's output may change, as a host TSC (`None`: nothing armed).
-    fn next_event(bus: &PortBus, clock: &Clock) -> Option<u64> {
-        clock.tsc_at(bus.pit.next_edge(0, clock.ticks)?)
+    fn next_event(&self, bus: &PortBus, clock: &Clock) -> Option<u64> {
+        let isa = [
+            bus.pit.next_edge(0, clock.ticks),
+            bus.cmos.next_event(clock.ticks),
+        ];
+        let isa = isa.into_iter().flatten().filter_map(|t| clock.tsc_at(t));
+        let lapic = self
+            .lapic
+            .next_event(self.guest_tsc(clock))
+            .filter(|_| clock.tsc_hz != 0)
+            .map(|g| g.wrapping_sub(self.tsc_offset).max(1));
+        isa.chain(lapic).min()
+    }
+
+    /// Whether an interrupt controller asks for the CPU: the 8259 through LINT0 (ExtINT) or
+    /// with the local APIC disabled, or the local APIC itself.
+    fn requested(&self, bus: &PortBus) -> bool {
+        (self.lapic.lint0_extint() && bus.pic.pending().is_some()) || self.lapic.pending().is_some()
+    }
+
+    /// The acknowledge: the vector of the request [`Interrupts::requested`] saw, the 8259's
+    /// first (as KVM asks it first).
+    fn acknowledge(&mut self, bus: &mut PortBus) -> u8 {
+        if self.lapic.lint0_extint() && bus.pic.pending().is_some() {
+            return bus.pic.ack();
+        }
+        match self.lapic.pending() {
+            Some(v) => self.lapic.ack(v),
+            None => bus.pic.ack(), // gone meanwhile: the 8259's spurious vector
+        }
+    }
+
+    /// RDMSR of a local-APIC MSR (IA32_APIC_BASE, IA32_TSC_DEADLINE, the x2APIC range);
+    /// `None` for any other MSR.
+    pub fn rdmsr(&mut self, msr: u32, clock: &Clock) -> Option<Result<u64, GpFault>> {
+        let now = self.guest_tsc(clock);
+        Some(match msr {
+            index::APIC_BASE => Ok(self.lapic.apic_base()),
+            index::TSC_DEADLINE => Ok(self.lapic.tsc_deadline()),
+            X2APIC_FIRST..=X2APIC_LAST => self.lapic.msr_read(msr, now),
+            _ => return None,
+        })
+    }
+
+    /// WRMSR of a local-APIC MSR; `None` for any other MSR. A refused write changes nothing.
+    pub fn wrmsr(&mut self, msr: u32, value: u64, clock: &Clock) -> Option<Result<(), GpFault>> {
+        let now = self.guest_tsc(clock);
+        Some(match msr {
+            index::APIC_BASE => self.lapic.set_apic_base(value),
+            index::TSC_DEADLINE => {
+                self.lapic.set_tsc_deadline(value, now);
+                Ok(())
+            }
+            X2APIC_FIRST..=X2APIC_LAST => self
+                .lapic
+                .msr_write(msr, value, now)
+                .map(|e| e.into_iter().for_each(|e| self.apply(e))),
+            _ => return None,
+        })
     }
 
     /// Whether a HLT now would wait for something: a request is pending or a timer runs.
     pub fn can_wake(&mut self, bus: &mut PortBus, clock: &Clock) -> bool {
         self.poll(bus, clock);
-        bus.pic.pending().is_some() || Self::next_event(bus, clock).is_some()
+        self.requested(bus) || self.next_event(bus, clock).is_some()
     }
 
     /// Completes `r`, the model's answer to exit `m`: delivers what the devices request and
@@ -123,7 +285,7 @@ impl Interrupts {
             self.halts += 1;
         }
         self.poll(bus, clock);
-        if r.flags & reply::INJECT == 0 && bus.pic.pending().is_some() {
+        if r.flags & reply::INJECT == 0 && self.requested(bus) {
             let rflags = if r.flags & reply::SET_RFLAGS != 0 {
                 r.rflags
             } else {
@@ -133,7 +295,7 @@ impl Interrupts {
                 && m.mask & group::RIP != 0
                 && rflags & RFLAGS_IF != 0;
             if basic == reason::INTERRUPT_WINDOW || self.halted || past_instruction {
-                let vector = bus.pic.ack();
+                let vector = self.acknowledge(bus);
                 r.flags |= reply::INJECT;
                 r.inject = EXTERNAL_INTERRUPT | u64::from(vector);
                 self.halted = false;
@@ -146,7 +308,7 @@ impl Interrupts {
         if r.flags & reply::INJECT != 0 {
             self.halted = false;
         }
-        let next = Self::next_event(bus, clock).unwrap_or(0);
+        let next = self.next_event(bus, clock).unwrap_or(0);
         if next != self.deadline {
             r.flags |= reply::SET_DEADLINE;
             r.deadline = next;

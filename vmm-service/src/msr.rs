@@ -58,10 +58,6 @@ pub mod efer {
     pub const VALID: u64 = abi::vmx::field::EFER_VALID;
 }
 
-/// APIC_BASE as the guest reads it: the architectural base 0xfee00000, BSP, and the APIC
-/// globally disabled (bit 11 clear), which is why CPUID.1:EDX.APIC reads clear on hardware
-/// too: no local APIC is emulated.
-pub const APIC_BASE_VALUE: u64 = 0xfee0_0100;
 /// MISC_ENABLE at reset: fast strings, and no branch-trace store or PEBS (read-only bits).
 pub const MISC_ENABLE_DEFAULT: u64 = 1 | MISC_ENABLE_READ_ONLY;
 /// MISC_ENABLE bits the guest cannot change: BTS unavailable (11), PEBS unavailable (12).
@@ -70,9 +66,10 @@ pub const MISC_ENABLE_READ_ONLY: u64 = (1 << 11) | (1 << 12);
 pub const FEATURE_CONTROL_VALUE: u64 = 1;
 
 /// Read-only MSRs with fixed values, and whether a write is ignored (`true`) or #GP.
-pub const FIXED: [(u32, u64, bool); 7] = [
+/// (IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC MSRs are the local APIC's:
+/// [`crate::irq::Interrupts::rdmsr`], asked before this model.)
+pub const FIXED: [(u32, u64, bool); 6] = [
     (index::PLATFORM_ID, 0, false),
-    (index::APIC_BASE, APIC_BASE_VALUE, true),
     (index::FEATURE_CONTROL, FEATURE_CONTROL_VALUE, false),
     // The microcode-revision probe writes 0 and reads it back.
     (index::BIOS_SIGN_ID, 0, true),

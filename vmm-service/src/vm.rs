@@ -31,6 +31,8 @@ use crate::msr::{MsrError, MsrModel, MsrWrite};
 const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
 pub use crate::report::{stop_code, Name, Report, Stop, VmResult};
 
+/// IA32_APIC_BASE: the local APIC is globally enabled.
+const APIC_GLOBAL_ENABLE: u64 = 1 << 11;
 /// CPUID.(7,0):EBX: INVPCID.
 const EBX7_INVPCID: u32 = 1 << 10;
 /// CPUID.80000001H:EDX: RDTSCP.
@@ -216,6 +218,8 @@ impl VmModel {
         let g = crate::cpuid_policy::GuestView {
             shadow: self.shadow,
             cr4,
+            apic_enabled: self.irq.lapic.apic_base() & APIC_GLOBAL_ENABLE != 0,
+            apic_id: self.irq.lapic.apic_id() as u8,
         };
         let mut r = crate::cpuid_policy::answer(leaf, subleaf, &g, |l, s| env.host_cpuid(l, s));
         // RDTSCP and INVPCID only where the vCPU's controls let the guest run them.
@@ -336,7 +340,12 @@ impl VmModel {
                 if m.mask & group::CRS != 0 {
                     self.msr.efer = m.efer;
                 }
-                match self.msr.read(msr, env) {
+                let clock = Self::clock(env);
+                let value = match self.irq.rdmsr(msr, &clock) {
+                    Some(r) => r.map_err(MsrError::from),
+                    None => self.msr.read(msr, env),
+                };
+                match value {
                     Ok(v) => {
                         let mut reply = ExitReply::advance();
                         reply
@@ -350,7 +359,19 @@ impl VmModel {
             }
             Exit::Wrmsr { msr, value } => {
                 let pg = (m.mask & group::CRS != 0).then_some(m.cr0_shadow & cr::cr0::PG != 0);
-                match self.msr.write(msr, value, env, pg) {
+                let clock = Self::clock(env);
+                let written = match self.irq.wrmsr(msr, value, &clock) {
+                    Some(r) => r.map(|()| MsrWrite::Stored).map_err(MsrError::from),
+                    None => self.msr.write(msr, value, env, pg),
+                };
+                if matches!(msr, crate::msr::index::TSC | crate::msr::index::TSC_ADJUST) {
+                    // The local APIC counts the guest's time: follow the moved offset.
+                    let mut offset = [0];
+                    if env.vcpu_read(&[abi::vmx::field::TSC_OFFSET], &mut offset) {
+                        self.irq.tsc_offset = offset[0];
+                    }
+                }
+                match written {
                     Ok(MsrWrite::Stored) => ExitReply::advance(),
                     Ok(MsrWrite::Efer(e)) => {
                         let mut reply = ExitReply::advance();

@@ -1,7 +1,8 @@
 //! Interrupts reach a guest on time (issue 12): `guest-timer` programs the 8259 pair and the
-//! PIT like a kernel and checks periodic and one-shot ticks, masking and port 0x61, on EPT and
-//! on shadow paging. The VM's summary must show the exits that carried them: deadline
-//! (preemption-timer) exits and HLTs.
+//! PIT like a kernel and checks periodic and one-shot ticks, masking and port 0x61;
+//! `guest-lapic` checks the local APIC through its x2APIC MSRs (the timer in its three modes,
+//! self-IPIs, TPR masking). Both on EPT and on shadow paging. The VM's summary must show the
+//! exits that carried the ticks: deadline (preemption-timer) exits and HLTs.
 
 use abi::vmx::reason;
 use userlib::proto::vmm::EntryMode;
@@ -27,5 +28,14 @@ pub fn suite(t: &mut Tally) {
                 ),
             );
         }
+    }
+    let cfg = crate::config("lapic", "guest-lapic", 16, EntryMode::Multiboot);
+    for (mode, cfg) in [("EPT", cfg.clone()), ("shadow", crate::shadow(&cfg, false))] {
+        let what = if mode == "EPT" {
+            "local APIC timer, self-IPIs and TPR through x2APIC MSRs (EPT)"
+        } else {
+            "local APIC timer, self-IPIs and TPR through x2APIC MSRs (shadow paging)"
+        };
+        crate::passing_guest(t, what, &cfg);
     }
 }

@@ -30,6 +30,8 @@ fn bit(r: &[u32; 4], row: &Feature) -> bool {
 const EPT: GuestView = GuestView {
     shadow: false,
     cr4: u64::MAX,
+    apic_enabled: true,
+    apic_id: 0,
 };
 
 #[test]
@@ -66,7 +68,7 @@ fn only_rows_reach_the_guest() {
         match leaf {
             1 => {
                 want[0] = u32::MAX;
-                want[1] = 0xff00_ffff; // one logical processor
+                want[1] = 0x0000_ffff; // one logical processor, APIC ID 0
                 want[2] |= ECX_HYPERVISOR;
             }
             0x8000_0001 => want[0] = u32::MAX,
@@ -76,14 +78,30 @@ fn only_rows_reach_the_guest() {
     }
 }
 
-/// A shown bit's MSRs are all handled; a hidden bit's MSRs are all #GP.
+/// A shown bit's MSRs are all handled; a hidden bit's MSRs are all #GP. The VM model asks
+/// the local APIC first, then the MSR model.
 #[test]
 fn each_bit_is_tied_to_its_msrs() {
     let mut model = MsrModel::new();
+    let mut irq = crate::irq::Interrupts::default();
+    let clock = crate::irq::Clock {
+        tsc: 0,
+        tsc_hz: 0,
+        ticks: 0,
+    };
+    // The x2APIC MSRs answer in x2APIC mode (#GP in xAPIC mode, as on hardware).
+    let x2apic = 0xfee0_0000 | 1 << 8 | 1 << 10 | 1 << 11;
+    assert_eq!(
+        irq.wrmsr(crate::msr::index::APIC_BASE, x2apic, &clock),
+        Some(Ok(()))
+    );
     for row in FEATURES {
         let r = answer(row.leaf, 0, &EPT, all);
         for &msr in row.msrs {
-            let read = model.read(msr, &mut Cpu);
+            let read = match irq.rdmsr(msr, &clock) {
+                Some(v) => v.map_err(MsrError::from),
+                None => model.read(msr, &mut Cpu),
+            };
             if bit(&r, row) {
                 assert!(
                     read.is_ok(),
@@ -103,11 +121,20 @@ fn each_bit_is_tied_to_its_msrs() {
 fn named_promises() {
     let leaf1 = answer(1, 0, &EPT, all);
     assert_eq!(leaf1[2] & (1 << 5), 0, "VMX hidden");
-    assert_eq!(leaf1[2] & (1 << 21), 0, "no x2APIC");
+    assert_ne!(leaf1[2] & (1 << 21), 0, "x2APIC");
     assert_eq!(leaf1[2] & (1 << 15), 0, "no PDCM");
-    assert_eq!(leaf1[2] & (1 << 24), 0, "no TSC deadline");
+    assert_ne!(leaf1[2] & (1 << 24), 0, "TSC deadline");
     assert_eq!(leaf1[2] & (1 << 3), 0, "no MONITOR");
-    assert_eq!(leaf1[3] & (1 << 9), 0, "no local APIC");
+    assert_ne!(leaf1[3] & (1 << 9), 0, "local APIC");
+    let disabled = GuestView {
+        apic_enabled: false,
+        ..EPT
+    };
+    assert_eq!(
+        answer(1, 0, &disabled, all)[3] & (1 << 9),
+        0,
+        "APIC bit follows the global enable"
+    );
     assert_ne!(leaf1[2] & ECX_HYPERVISOR, 0);
     assert_ne!(leaf1[3] & (1 << 11), 0, "SYSENTER");
     assert_ne!(leaf1[3] & (1 << 16), 0, "PAT");
@@ -128,13 +155,10 @@ fn named_promises() {
 
 #[test]
 fn os_bits_mirror_the_guests_cr4() {
-    let off = GuestView {
-        shadow: false,
-        cr4: 0,
-    };
+    let off = GuestView { cr4: 0, ..EPT };
     let on = GuestView {
-        shadow: false,
         cr4: cr4::OSXSAVE | cr4::PKE,
+        ..EPT
     };
     assert_eq!(answer(1, 0, &off, all)[2] & (1 << 27), 0);
     assert_ne!(answer(1, 0, &on, all)[2] & (1 << 27), 0);
@@ -151,7 +175,7 @@ fn os_bits_mirror_the_guests_cr4() {
 fn shadow_vms_lack_what_the_shadow_mmu_lacks() {
     let shadow = GuestView {
         shadow: true,
-        cr4: u64::MAX,
+        ..EPT
     };
     let r = answer(7, 0, &shadow, all);
     assert_eq!(

@@ -299,8 +299,15 @@ impl Rtc {
 
     /// Register C's PF, AF and UF as of `ticks` (not yet cleared by a read).
     fn flags_at(&self, ticks: u64) -> u8 {
+        self.flags_in(ticks, c::PF | c::AF | c::UF)
+    }
+
+    /// The flags of `want` (of PF, AF, UF) as of `ticks`: the IRQ line needs only the enabled
+    /// ones, and the alarm's search is the costly part (the interrupt path polls the line
+    /// after every exit).
+    fn flags_in(&self, ticks: u64, want: u8) -> u8 {
         let mut f = self.flags;
-        if ticks <= self.synced || !self.divider_runs() {
+        if ticks <= self.synced || !self.divider_runs() || want == 0 {
             return f;
         }
         let (from, to) = (self.cycles(self.synced), self.cycles(ticks));
@@ -312,7 +319,7 @@ impl Rtc {
         let (n0, n1) = (from.div_euclid(CYCLES), to.div_euclid(CYCLES));
         if self.counting() && n1 > n0 {
             f |= c::UF;
-            if f & c::AF == 0 && !self.invalid {
+            if want & c::AF != 0 && f & c::AF == 0 && !self.invalid {
                 let (s0, s1) = (self.secs_at(n0), self.secs_at(n1));
                 if self.next_alarm(s0).is_some_and(|t| t <= s1) {
                     f |= c::AF;
@@ -334,7 +341,9 @@ impl Rtc {
 
     /// The IRQ 8 line: C.IRQF.
     pub fn irq_level(&self, ticks: u64) -> bool {
-        self.irqf(self.flags_at(ticks))
+        // PIE, AIE and UIE sit at the bit positions of PF, AF and UF.
+        let enabled = self.b & (b::PIE | b::AIE | b::UIE);
+        self.irqf(self.flags_in(ticks, enabled))
     }
 
     /// The earliest tick after `ticks` at which the IRQ 8 line may rise; `None` when it is
