@@ -569,6 +569,15 @@ pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOut
 
 fn print_summary(name: &str, s: &VmSummary) {
     userlib::println!("vmm: {name}: result {:?}, last rip {:#x}", s.result, s.rip);
+    match s.result {
+        VmResult::PoweredOff => {
+            userlib::println!("vmm: {name}: powered off (ACPI S5 through PM1a_CNT)")
+        }
+        VmResult::Reset { port } => {
+            userlib::println!("vmm: {name}: reset through port {port:#x} (the VM is not restarted)")
+        }
+        _ => {}
+    }
     let mut line: heapless::String<200> = heapless::String::new();
     for (r, c) in &s.exits {
         let rname = reason::name(u32::from(*r)).unwrap_or("other");
