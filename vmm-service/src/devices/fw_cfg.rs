@@ -1,7 +1,7 @@
 //! QEMU's firmware configuration interface, the traditional I/O form: a 16-bit selector at
 //! [`SELECTOR`] (0x510) chooses an item and resets its read offset; each byte read at
 //! [`DATA`] (0x511) returns the item's next byte (0 past its end). Items:
-//! - [`item::SIGNATURE`]: `"QEMU"`;
+//! - [`item::SIGNATURE`]: the bytes `QEMU`;
 //! - [`item::ID`]: 1 (the traditional interface; no DMA);
 //! - [`item::RAM_SIZE`]: guest RAM in bytes (64-bit little-endian);
 //! - [`item::NB_CPUS`], [`item::MAX_CPUS`]: the vCPU count (16-bit little-endian);
