@@ -18,6 +18,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-mmubenchpae",
     "guest-mmubench32",
     "guest-fpu",
+    "guest-acpi",
 ];
 
 const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];
