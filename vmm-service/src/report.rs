@@ -293,6 +293,27 @@ mod tests {
             &VmResult::Reset { port: 0xcf9 }
         );
         assert_eq!(Stop::reset(0xcf9).stop_code(), 0x0900_0cf9);
+        // Every stop kind is distinct, the MMU service's included (a stop's kind names
+        // whoever decided it).
+        use userlib::proto::mmu;
+        let kinds = [
+            stop_code::EXITED,
+            stop_code::DEBUG_EXIT,
+            stop_code::TRIPLE_FAULT,
+            stop_code::ENTRY_FAILED,
+            stop_code::UNHANDLED,
+            stop_code::BAD_EXIT,
+            stop_code::HALTED,
+            stop_code::POWERED_OFF,
+            stop_code::RESET,
+            mmu::STOP_OUTSIDE_RAM,
+            mmu::STOP_MMU_ERROR,
+            mmu::STOP_UNEMULATED,
+        ];
+        for (i, a) in kinds.iter().enumerate() {
+            assert_eq!(a & !stop_code::KIND_MASK, 0);
+            assert!(kinds[i + 1..].iter().all(|b| a != b), "{a:#x}");
+        }
         // A report of a bare message is one line.
         let bare = Report::new(&name, &ExitMessage::default(), "x");
         assert_eq!(format!("{bare}").lines().count(), 1);
