@@ -5,8 +5,8 @@
 //! - no `reset=` word: ACPI S5 through PM1a_CNT: the VM is powered off, on EPT and on shadow
 //!   paging;
 //! - `reset=92`, `reset=64`, `reset=cf9`: port 0x92, the keyboard controller's 0xFE, the
-//!   FADT's reset register: the VM stops with a reset through that port (not restarted).
-//!   The ports do not depend on paging: EPT only.
+//!   FADT's reset register: the VM stops with a reset through that port (not restarted),
+//!   on EPT and on shadow paging.
 
 use core::fmt::Write;
 
@@ -49,8 +49,10 @@ pub fn platform_suite(t: &mut Tally) {
         let mut c = cfg.clone();
         c.cmdline.clear();
         let _ = write!(c.cmdline, "umbra-test-guest {word}");
-        let mut what: String<96> = String::new();
-        let _ = write!(what, "the guest resets itself through {how}");
-        ends_with(t, &what, &c, VmResult::Reset { port });
+        for (mode, c) in [("EPT", c.clone()), ("shadow paging", shadow(&c, false))] {
+            let mut what: String<112> = String::new();
+            let _ = write!(what, "the guest resets itself through {how} ({mode})");
+            ends_with(t, &what, &c, VmResult::Reset { port });
+        }
     }
 }
