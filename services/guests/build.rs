@@ -21,6 +21,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-mmubench32",
     "guest-fpu",
     "guest-uart-rtc",
+    "guest-acpi",
 ];
 
 const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];

@@ -131,6 +131,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-lapic image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-acpi",
+        manifest: "guest-acpi image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-random",
         manifest: "guest-random image=guest",
     },

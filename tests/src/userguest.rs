@@ -117,6 +117,7 @@ pub fn load_error_words(e: LoadError) -> String {
         LoadError::BadCmdline => "the command line holds a NUL byte".into(),
         LoadError::InfoDoesNotFit => "the command line is too long for the multiboot information".into(),
         LoadError::ImageLargerThanRam => "the file is larger than the guest's RAM (raise RAM=)".into(),
+        LoadError::BadCpuCount => "the ACPI tables cannot describe that many vCPUs (1 to 255)".into(),
     }
 }
 

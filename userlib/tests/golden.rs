@@ -47,7 +47,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
-    assert_eq!(vmm::LABEL, 0x0002_0004);
+    assert_eq!(vmm::LABEL, 0x0002_0005);
     assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(trace::LABEL, 0x0004_0001);
     assert_eq!(<trace::Trace as Protocol>::LABEL, trace::LABEL);
@@ -619,6 +619,15 @@ fn vmm_responses() {
                 None,
             ),
             "01  08 a1 80 80 80 08  00  00  00  00  00",
+        ),
+        // PoweredOff is variant 11; Reset { port 0xcf9 = 0x79 | 0x19 << 7 } variant 12.
+        (
+            summary(VmResult::PoweredOff, 0x1000, &[(30, 1)], 1, None),
+            "01  0b  80 20  01 1e 01  01  00  00",
+        ),
+        (
+            summary(VmResult::Reset { port: 0xcf9 }, 0, &[], 0, None),
+            "01  0c f9 19  00  00  00  00  00",
         ),
         // Probed: neighbour HypercallExit { 0 }, result TripleFault, Some(guest counts:
         // probed 4120 = 0x18 | 0x20 << 7, own 12, device 0, stopped 4108 = 0x0c | 0x20 << 7,

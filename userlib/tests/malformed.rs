@@ -536,7 +536,7 @@ fn typed_errors_by_example_vmm_mmu() {
             vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x02],
             DecodeError::Malformed,
         ),
-        ("vm result 12", vec![0x01, 0x0c], DecodeError::Malformed),
+        ("vm result 13", vec![0x01, 0x0d], DecodeError::Malformed),
         (
             "config error 6",
             vec![0x00, 0x06, 0x00, 0x06],

@@ -2,9 +2,9 @@
 //!
 //! After the model answers an exit, [`Interrupts::finish`] brings the devices up to date and
 //! decides how the reply delivers what the interrupt controllers request. The wiring is a
-//! PC's: the ISA lines (PIT channel 0 on 0, the UART on 4, the RTC on 8) go to the 8259 pair
-//! and to the IOAPIC (line 0 as GSI 2, the others as themselves, as the MADT's override
-//! says); the IOAPIC's messages and the local APIC's own timer go to the local APIC; the
+//! PC's: the ISA lines (PIT channel 0 on 0, the UART on 4, the RTC on 8, the ACPI SCI on 9)
+//! go to the 8259 pair and to the IOAPIC (line 0 as GSI 2, the others as themselves, as the
+//! MADT's overrides say); the IOAPIC's messages and the local APIC's own timer go to the local APIC; the
 //! 8259's output reaches the CPU through LINT0 in ExtINT mode (virtual wire) or when the local
 //! APIC is disabled. The 8259 is asked first, as KVM does. The decision:
 //! - **inject now** (an external interrupt in `ExitReply::inject`) when the guest can take
@@ -42,13 +42,15 @@ use crate::msr::{index, GpFault};
 const X2APIC_FIRST: u32 = 0x800;
 const X2APIC_LAST: u32 = 0x8ff;
 
-/// The IOAPIC's ID (the MADT says the same).
-pub const IOAPIC_ID: u8 = 0;
+/// The IOAPIC's ID, as the MADT gives it.
+pub use crate::acpi::IOAPIC_ID;
 /// The ISA lines the devices drive.
 pub mod isa {
     pub const PIT: u8 = 0;
     pub const UART: u8 = 4;
     pub const RTC: u8 = 8;
+    /// The ACPI SCI (the FADT's SCI_INT; level-triggered, active high, as the MADT says).
+    pub const SCI: u8 = crate::devices::pm::SCI_IRQ;
     /// The IOAPIC input of ISA line `irq` (the MADT's interrupt source override: IRQ 0 is
     /// GSI 2).
     pub fn gsi(irq: u8) -> u32 {
@@ -192,6 +194,7 @@ impl Interrupts {
         for (irq, level) in [
             (isa::UART, bus.serial.irq_level()),
             (isa::RTC, bus.cmos.irq_level(clock.ticks)),
+            (isa::SCI, bus.pm.irq_level(clock.ticks)),
         ] {
             if (self.levels >> irq) & 1 != u16::from(level) {
                 self.levels ^= 1 << irq;
@@ -207,6 +210,7 @@ impl Interrupts {
         let isa = [
             bus.pit.next_edge(0, clock.ticks),
             bus.cmos.next_event(clock.ticks),
+            bus.pm.next_event(clock.ticks),
         ];
         let isa = isa.into_iter().flatten().filter_map(|t| clock.tsc_at(t));
         let lapic = self

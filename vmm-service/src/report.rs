@@ -28,6 +28,10 @@ pub mod stop_code {
     pub const BAD_EXIT: u64 = 6 << 24;
     /// HLT with interrupts disabled (nothing can wake the vCPU): detail 0.
     pub const HALTED: u64 = 7 << 24;
+    /// ACPI S5 through PM1a_CNT: detail 0.
+    pub const POWERED_OFF: u64 = 8 << 24;
+    /// A reset through a port: detail = the port.
+    pub const RESET: u64 = 9 << 24;
     pub const KIND_MASK: u64 = 0xff << 24;
     pub const DETAIL_MASK: u64 = 0xff_ffff;
 }
@@ -188,6 +192,17 @@ impl Stop {
         Stop::new(result, Some(r), stop_code::HALTED, 0)
     }
 
+    /// The guest powered the VM off (SLP_EN with SLP_TYP = S5 in PM1a_CNT).
+    pub fn powered_off() -> Stop {
+        Stop::new(VmResult::PoweredOff, None, stop_code::POWERED_OFF, 0)
+    }
+
+    /// The guest reset the machine through `port` (0x92, 0x64 or 0xCF9).
+    pub fn reset(port: u16) -> Stop {
+        let result = VmResult::Reset { port };
+        Stop::new(result, None, stop_code::RESET, u64::from(port))
+    }
+
     /// The result as the protocol reports it.
     pub fn result(&self) -> &VmResult {
         &self.result
@@ -270,6 +285,35 @@ mod tests {
             }
         );
         assert_eq!(Stop::unhandled(r.clone()).report(), Some(&r));
+        assert_eq!(Stop::powered_off().result(), &VmResult::PoweredOff);
+        assert_eq!(Stop::powered_off().stop_code(), 0x0800_0000);
+        assert_eq!(Stop::powered_off().report(), None);
+        assert_eq!(
+            Stop::reset(0xcf9).result(),
+            &VmResult::Reset { port: 0xcf9 }
+        );
+        assert_eq!(Stop::reset(0xcf9).stop_code(), 0x0900_0cf9);
+        // Every stop kind is distinct, the MMU service's included (a stop's kind names
+        // whoever decided it).
+        use userlib::proto::mmu;
+        let kinds = [
+            stop_code::EXITED,
+            stop_code::DEBUG_EXIT,
+            stop_code::TRIPLE_FAULT,
+            stop_code::ENTRY_FAILED,
+            stop_code::UNHANDLED,
+            stop_code::BAD_EXIT,
+            stop_code::HALTED,
+            stop_code::POWERED_OFF,
+            stop_code::RESET,
+            mmu::STOP_OUTSIDE_RAM,
+            mmu::STOP_MMU_ERROR,
+            mmu::STOP_UNEMULATED,
+        ];
+        for (i, a) in kinds.iter().enumerate() {
+            assert_eq!(a & !stop_code::KIND_MASK, 0);
+            assert!(kinds[i + 1..].iter().all(|b| a != b), "{a:#x}");
+        }
         // A report of a bare message is one line.
         let bare = Report::new(&name, &ExitMessage::default(), "x");
         assert_eq!(format!("{bare}").lines().count(), 1);

@@ -50,6 +50,7 @@ fn bad_image(e: LoadError) -> VmmError {
         LoadError::BadCmdline => 15,
         LoadError::InfoDoesNotFit => 16,
         LoadError::ImageLargerThanRam => 17,
+        LoadError::BadCpuCount => 18,
     };
     VmmError::BadImage { what }
 }
@@ -136,7 +137,10 @@ pub struct Prepared {
 impl Prepared {
     /// The model of this VM's devices and CPU policy.
     pub fn model(&self, cfg: &VmConfig) -> VmModel {
-        let model = VmModel::new(&cfg.name, self.ram_bytes);
+        let mut model = VmModel::new(&cfg.name, self.ram_bytes);
+        // fw_cfg reports the VM's vCPU count, as the MADT does.
+        model.bus.fw_cfg =
+            vmm_service::devices::fw_cfg::FwCfg::new(self.ram_bytes, u16::from(cfg.vcpus));
         let model = if self.shadow {
             model.shadow_paged()
         } else {
@@ -373,6 +377,7 @@ fn load_image(
         RAM_VA,
         |ram| -> Result<Vec<(u64, u64), 64>, LoadError> {
             loader::load(&plan, image, ram)?;
+            vmm_service::acpi::write_tables(ram, usize::from(cfg.vcpus))?;
             let mut v = Vec::new();
             match cfg.entry {
                 EntryMode::Multiboot => {
@@ -569,6 +574,15 @@ pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOut
 
 fn print_summary(name: &str, s: &VmSummary) {
     userlib::println!("vmm: {name}: result {:?}, last rip {:#x}", s.result, s.rip);
+    match s.result {
+        VmResult::PoweredOff => {
+            userlib::println!("vmm: {name}: powered off (ACPI S5 through PM1a_CNT)")
+        }
+        VmResult::Reset { port } => {
+            userlib::println!("vmm: {name}: reset through port {port:#x} (the VM is not restarted)")
+        }
+        _ => {}
+    }
     let mut line: heapless::String<200> = heapless::String::new();
     for (r, c) in &s.exits {
         let rname = reason::name(u32::from(*r)).unwrap_or("other");

@@ -542,12 +542,21 @@ impl VmModel {
         let (port, size, direction, value) = access;
         let ticks = env.ticks();
         let mut debug_exit = None;
+        let mut platform_stop = None;
         let mut sink = |e: BusEvent| {
             let _ = events.push(match e {
                 BusEvent::SerialLine(l) => Event::SerialLine(l),
                 BusEvent::FirstUnhandled { port, write } => Event::UnhandledPort { port, write },
                 BusEvent::DebugExit { code } => {
                     debug_exit = Some(code);
+                    return;
+                }
+                BusEvent::PowerOff => {
+                    platform_stop = Some(Stop::powered_off());
+                    return;
+                }
+                BusEvent::Reset { port } => {
+                    platform_stop = Some(Stop::reset(port));
                     return;
                 }
             });
@@ -570,6 +579,9 @@ impl VmModel {
         }
         if let Some(code) = debug_exit {
             return self.stop(Stop::debug_exit(code), events);
+        }
+        if let Some(s) = platform_stop {
+            return self.stop(s, events);
         }
         reply
     }

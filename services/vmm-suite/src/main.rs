@@ -41,6 +41,7 @@
 mod cpu_exits;
 mod cpu_fpu;
 mod cpu_msr;
+mod platform;
 mod platform_timer;
 mod restart;
 mod tracing;
@@ -406,6 +407,7 @@ fn vmm_suite(t: &mut Tally) {
     cpu_exits::suite(t);
     platform_timer::suite(t);
     uart_rtc::suite(t);
+    platform::platform_suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with

@@ -108,7 +108,8 @@ pub fn config(a: &GuestArgs) -> VmConfig {
 /// The guest's result in words, and whether it counts as success (debug-exit value 0).
 pub fn describe(r: &VmResult) -> (String<120>, bool) {
     let mut s = String::new();
-    let ok = *r == VmResult::DebugExit { code: 1 };
+    // A clean ACPI power-off is a kernel's own way to end well.
+    let ok = *r == VmResult::DebugExit { code: 1 } || *r == VmResult::PoweredOff;
     let _ = match *r {
         VmResult::DebugExit { code } => {
             write!(s, "debug-exit value {} (QEMU status {code:#x})", code >> 1)
@@ -133,6 +134,10 @@ pub fn describe(r: &VmResult) -> (String<120>, bool) {
             "stopped: access at gpa {gpa:#x}, outside RAM and every device"
         ),
         VmResult::TimeLimit => write!(s, "stopped: time limit"),
+        VmResult::PoweredOff => write!(s, "powered off (ACPI S5)"),
+        VmResult::Reset { port } => {
+            write!(s, "reset through port {port:#x} (the VM is not restarted)")
+        }
         other => write!(s, "stopped: {other:?}"),
     };
     (s, ok)
@@ -196,7 +201,7 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
                 s.total_exits
             );
             t.check(
-                "the guest wrote 0 to the debug-exit port",
+                "the guest wrote 0 to the debug-exit port or powered off",
                 ok,
                 format_args!("{}", what.as_str()),
             );
@@ -267,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn only_debug_exit_zero_succeeds() {
+    fn only_debug_exit_zero_or_power_off_succeeds() {
         assert!(describe(&VmResult::DebugExit { code: 1 }).1);
         let (s, ok) = describe(&VmResult::DebugExit { code: 7 });
         assert!(!ok);
@@ -276,5 +281,12 @@ mod tests {
         assert!(describe(&VmResult::Halted { rip: 0x1000 })
             .0
             .contains("halted at rip 0x1000"));
+        assert!(describe(&VmResult::PoweredOff).1);
+        let (s, ok) = describe(&VmResult::Reset { port: 0x92 });
+        assert!(!ok);
+        assert_eq!(
+            s.as_str(),
+            "reset through port 0x92 (the VM is not restarted)"
+        );
     }
 }

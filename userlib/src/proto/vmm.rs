@@ -14,8 +14,8 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 4;
-/// `0x0002_0003`.
+pub const VERSION: u16 = 5;
+/// `0x0002_0005`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
@@ -176,6 +176,12 @@ pub enum VmResult {
     MmuGone { reason: u32 },
     /// The run lasted its `time_limit_ms`.
     TimeLimit,
+    /// The guest powered the VM off: SLP_EN with SLP_TYP = S5 (the DSDT's `_S5`) in the
+    /// FADT's PM1a control block.
+    PoweredOff,
+    /// The guest reset the machine through `port`: 0x92 (fast reset), 0x64 (the keyboard
+    /// controller's reset line) or 0xCF9 (the FADT's reset register). The VM is not restarted.
+    Reset { port: u16 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

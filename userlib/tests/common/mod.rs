@@ -375,6 +375,8 @@ pub fn any_vm_result() -> impl Strategy<Value = VmResult> {
         any::<u32>().prop_map(|reason| VmResult::BadExit { reason }),
         any::<u32>().prop_map(|reason| VmResult::MmuGone { reason }),
         Just(VmResult::TimeLimit),
+        Just(VmResult::PoweredOff),
+        any::<u16>().prop_map(|port| VmResult::Reset { port }),
     ]
 }
 

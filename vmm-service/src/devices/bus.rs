@@ -6,6 +6,7 @@
 //! port (read or write, tracked separately) is reported once as a [`BusEvent::FirstUnhandled`].
 
 use super::{cmos::Cmos, debug_exit, pic::Pic, pit::Pit, serial, serial::Serial, Text};
+use super::{fw_cfg, fw_cfg::FwCfg, pci, pci::Pci, pm::Pm, reset::Reset};
 
 /// Something the service should know about after an access.
 // No allocator: the line travels by value.
@@ -18,6 +19,10 @@ pub enum BusEvent {
     FirstUnhandled { port: u16, write: bool },
     /// The guest wrote to the debug-exit port: stop with this code.
     DebugExit { code: u64 },
+    /// The guest wrote SLP_EN with SLP_TYP = S5 to PM1a_CNT: power off.
+    PowerOff,
+    /// The guest reset the machine through `port` (0x92, 0x64 or 0xCF9).
+    Reset { port: u16 },
 }
 
 const PORTS: usize = 1 << 16;
@@ -43,6 +48,10 @@ pub struct PortBus {
     pub pit: Pit,
     pub pic: Pic,
     pub cmos: Cmos,
+    pub pm: Pm,
+    pub reset: Reset,
+    pub pci: Pci,
+    pub fw_cfg: FwCfg,
     read_logged: PortSet,
     write_logged: PortSet,
 }
@@ -55,6 +64,11 @@ impl PortBus {
             pit: Pit::new(),
             pic: Pic::new(),
             cmos: Cmos::new(ram_bytes, super::cmos::START),
+            pm: Pm::new(),
+            reset: Reset::new(),
+            pci: Pci::new(),
+            // One vCPU; the service replaces it with the VM's count (`setup::Prepared::model`).
+            fw_cfg: FwCfg::new(ram_bytes, 1),
             read_logged: PortSet([0; PORTS / 32]),
             write_logged: PortSet([0; PORTS / 32]),
         }
@@ -67,6 +81,11 @@ impl PortBus {
             || Pit::claims(port)
             || Pic::claims(port)
             || Cmos::claims(port)
+            || Pm::claims(port)
+            || Reset::claims(port)
+            || Pci::claims(port)
+            || port == pci::CONFIG_ADDRESS
+            || FwCfg::claims(port)
     }
 
     /// `IN` of `size` bytes (1, 2 or 4; other sizes are treated as 4) at `port`; the result
@@ -78,6 +97,10 @@ impl PortBus {
         ticks: u64,
         sink: &mut impl FnMut(BusEvent),
     ) -> u32 {
+        // CONFIG_ADDRESS is a dword register: a dword access takes it whole.
+        if port == pci::CONFIG_ADDRESS && size == 4 {
+            return self.pci.address();
+        }
         let mut v = 0u32;
         for i in 0..size.clamp(1, 4) {
             let p = port.wrapping_add(i as u16);
@@ -95,6 +118,14 @@ impl PortBus {
             self.pic.read(port)
         } else if Cmos::claims(port) {
             self.cmos.read(port, ticks)
+        } else if Pm::claims(port) {
+            self.pm.read(port, ticks)
+        } else if Reset::claims(port) {
+            self.reset.read(port)
+        } else if Pci::claims(port) {
+            self.pci.read(port)
+        } else if FwCfg::claims(port) {
+            self.fw_cfg.read(port)
         } else {
             // Includes the debug-exit port, which is write-only.
             if self.read_logged.insert(port) {
@@ -124,6 +155,13 @@ impl PortBus {
             });
             return;
         }
+        // Registers wider than a byte that a wide write sets at once.
+        if port == pci::CONFIG_ADDRESS && size == 4 {
+            return self.pci.set_address(value);
+        }
+        if port == fw_cfg::SELECTOR && size == 2 {
+            return self.fw_cfg.select(value as u16);
+        }
         for i in 0..size.clamp(1, 4) {
             let p = port.wrapping_add(i as u16);
             self.write_byte(p, (value >> (8 * i)) as u8, ticks, sink);
@@ -141,6 +179,18 @@ impl PortBus {
             self.pic.write(port, v);
         } else if Cmos::claims(port) {
             self.cmos.write(port, v, ticks);
+        } else if Pm::claims(port) {
+            if self.pm.write(port, v, ticks) {
+                sink(BusEvent::PowerOff);
+            }
+        } else if Reset::claims(port) {
+            if let Some(port) = self.reset.write(port, v) {
+                sink(BusEvent::Reset { port });
+            }
+        } else if Pci::claims(port) {
+            self.pci.write(port, v);
+        } else if FwCfg::claims(port) {
+            self.fw_cfg.write(port, v);
         } else if self.write_logged.insert(port) {
             sink(BusEvent::FirstUnhandled { port, write: true });
         }
@@ -156,40 +206,40 @@ mod tests {
         let mut bus = PortBus::new(32 << 20);
         let mut ev = Vec::new();
         let mut sink = |e| ev.push(e);
-        assert_eq!(bus.read(0x510, 1, 0, &mut sink), 0xff);
-        assert_eq!(bus.read(0x510, 2, 0, &mut sink), 0xffff);
-        assert_eq!(bus.read(0xcfc, 4, 0, &mut sink), 0xffff_ffff);
-        bus.write(0x510, 1, 0, 0, &mut sink);
-        bus.write(0x510, 1, 0, 0, &mut sink);
+        assert_eq!(bus.read(0x700, 1, 0, &mut sink), 0xff);
+        assert_eq!(bus.read(0x700, 2, 0, &mut sink), 0xffff);
+        assert_eq!(bus.read(0x710, 4, 0, &mut sink), 0xffff_ffff);
+        bus.write(0x700, 1, 0, 0, &mut sink);
+        bus.write(0x700, 1, 0, 0, &mut sink);
         assert_eq!(
             ev,
             vec![
                 BusEvent::FirstUnhandled {
-                    port: 0x510,
+                    port: 0x700,
                     write: false
                 },
                 BusEvent::FirstUnhandled {
-                    port: 0x511,
+                    port: 0x701,
                     write: false
                 },
                 BusEvent::FirstUnhandled {
-                    port: 0xcfc,
+                    port: 0x710,
                     write: false
                 },
                 BusEvent::FirstUnhandled {
-                    port: 0xcfd,
+                    port: 0x711,
                     write: false
                 },
                 BusEvent::FirstUnhandled {
-                    port: 0xcfe,
+                    port: 0x712,
                     write: false
                 },
                 BusEvent::FirstUnhandled {
-                    port: 0xcff,
+                    port: 0x713,
                     write: false
                 },
                 BusEvent::FirstUnhandled {
-                    port: 0x510,
+                    port: 0x700,
                     write: true
                 },
             ]
@@ -216,5 +266,49 @@ mod tests {
                 BusEvent::DebugExit { code: 0x21 }
             ]
         );
+    }
+
+    #[test]
+    fn platform_ports() {
+        let mut bus = PortBus::new(64 << 20);
+        let mut sink = |e: BusEvent| panic!("unexpected {e:?}");
+        // fw_cfg: a 16-bit selector write, then byte reads of the data port.
+        bus.write(0x510, 2, 0x0003, 0, &mut sink);
+        let ram: Vec<u8> = (0..8)
+            .map(|_| bus.read(0x511, 1, 0, &mut sink) as u8)
+            .collect();
+        assert_eq!(ram, (64u64 << 20).to_le_bytes());
+        bus.write(0x510, 2, 0, 0, &mut sink);
+        assert_eq!(bus.read(0x511, 1, 0, &mut sink), b'Q' as u32);
+        // PCI: a dword to CONFIG_ADDRESS is the address, not four bytes (0xCF9 untouched).
+        bus.write(0xcf8, 4, 0x8000_0000, 0, &mut sink);
+        assert_eq!(bus.read(0xcf8, 4, 0, &mut sink), 0x8000_0000);
+        assert_eq!(bus.read(0xcfc, 4, 0, &mut sink), 0x1237_8086);
+        assert_eq!(bus.read(0xcfe, 2, 0, &mut sink), 0x1237);
+        bus.write(0xcf8, 4, 0x8000_0800, 0, &mut sink);
+        assert_eq!(bus.read(0xcfc, 4, 0, &mut sink), 0xffff_ffff);
+        // PM timer, as a dword.
+        assert_eq!(bus.read(0x608, 4, 100, &mut sink), 300);
+        let mut ev = Vec::new();
+        let mut sink = |e| ev.push(e);
+        // S5 through a word write to PM1a_CNT; a reset through each port.
+        bus.write(0x604, 2, 7 << 10 | 1 << 13, 0, &mut sink);
+        bus.write(0x64, 1, 0xfe, 0, &mut sink);
+        bus.write(0x92, 1, 0x01, 0, &mut sink);
+        bus.write(0xcf9, 1, 0x06, 0, &mut sink);
+        assert_eq!(
+            ev,
+            vec![
+                BusEvent::PowerOff,
+                BusEvent::Reset { port: 0x64 },
+                BusEvent::Reset { port: 0x92 },
+                BusEvent::Reset { port: 0xcf9 },
+            ]
+        );
+        for port in [
+            0x510, 0x511, 0x600, 0x60b, 0x60, 0x64, 0x92, 0xcf8, 0xcf9, 0xcfc, 0xcff,
+        ] {
+            assert!(PortBus::claims(port), "{port:#x}");
+        }
     }
 }

@@ -5,10 +5,14 @@
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;
+pub mod pci;
 pub mod pic;
 pub mod pit;
+pub mod pm;
+pub mod reset;
 pub mod serial;
 
 /// Bytes of text carried by one console event (a serial line or a hypercall print).

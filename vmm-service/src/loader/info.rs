@@ -11,6 +11,7 @@
 //! Put it at [`INFO_GPA`] (inside the loader's low area) so no image segment can overlap it.
 
 use super::{LoadError, HOLE_START};
+use crate::acpi;
 
 /// The conventional place for the block.
 pub const INFO_GPA: u64 = 0x8000;
@@ -37,12 +38,17 @@ pub const MMAP_RESERVED: u32 = 2;
 
 const MIB: u64 = 1 << 20;
 
-/// The memory map for `ram_bytes` of RAM from GPA 0: (base, length, type).
+/// The memory map for `ram_bytes` of RAM from GPA 0: (base, length, type). The BIOS area
+/// that holds the ACPI tables ([`acpi::AREA_START`]..[`acpi::AREA_END`]) is reserved.
 pub fn memory_map(ram_bytes: u64) -> [(u64, u64, u32); MMAP_ENTRIES] {
     [
         (0, HOLE_START, MMAP_AVAILABLE),
         (HOLE_START, 0xa_0000 - HOLE_START, MMAP_RESERVED),
-        (0xf_0000, 0x1_0000, MMAP_RESERVED),
+        (
+            acpi::AREA_START,
+            acpi::AREA_END - acpi::AREA_START,
+            MMAP_RESERVED,
+        ),
         (MIB, ram_bytes.saturating_sub(MIB), MMAP_AVAILABLE),
     ]
 }
@@ -135,7 +141,7 @@ mod tests {
         let expect = [
             (0u64, 0x9fc00u64, 1u32),
             (0x9fc00, 0x400, 2),
-            (0xf0000, 0x10000, 2),
+            (0xe0000, 0x20000, 2),
             (0x100000, (32 << 20) - 0x100000, 1),
         ];
         for (n, (base, len, kind)) in expect.into_iter().enumerate() {

@@ -64,6 +64,8 @@ pub enum LoadError {
     InfoDoesNotFit,
     /// The image file is larger than the guest's RAM (it cannot fit, whatever it holds).
     ImageLargerThanRam,
+    /// The ACPI tables cannot describe this many vCPUs (0, or above [`crate::acpi::MAX_CPUS`]).
+    BadCpuCount,
 }
 
 /// What is wrong with an ELF image.

@@ -171,22 +171,22 @@ fn serial_line_and_lsr() {
 #[test]
 fn unknown_ports_read_all_ones_and_log_once() {
     let mut v = vm();
-    let o = run(&mut v, &io(0x510, 1, true, 0xaaaa_aaaa_aaaa_aaaa));
+    let o = run(&mut v, &io(0x700, 1, true, 0xaaaa_aaaa_aaaa_aaaa));
     assert_eq!(rax_of(&o), 0xaaaa_aaaa_aaaa_aaff);
     assert_eq!(
         o.events.as_slice(),
         &[Event::UnhandledPort {
-            port: 0x510,
+            port: 0x700,
             write: false
         }]
     );
-    let o = run(&mut v, &io(0x510, 2, true, 0xaaaa_aaaa_aaaa_aaaa));
+    let o = run(&mut v, &io(0x700, 2, true, 0xaaaa_aaaa_aaaa_aaaa));
     assert_eq!(rax_of(&o), 0xaaaa_aaaa_aaaa_ffff);
-    assert_eq!(o.events.len(), 1); // only 0x511 is new
-    let o = run(&mut v, &io(0x510, 4, true, 0xaaaa_aaaa_aaaa_aaaa));
+    assert_eq!(o.events.len(), 1); // only 0x701 is new
+    let o = run(&mut v, &io(0x700, 4, true, 0xaaaa_aaaa_aaaa_aaaa));
     assert_eq!(rax_of(&o), 0xffff_ffff);
     assert_eq!(o.events.len(), 2);
-    let o = run(&mut v, &io(0x510, 4, true, 0));
+    let o = run(&mut v, &io(0x700, 4, true, 0));
     assert!(o.events.is_empty());
     let o = run(&mut v, &io(0x80, 1, false, 0));
     assert_eq!(o.reply, ExitReply::advance());
