@@ -75,7 +75,7 @@ det_small: .asciz "RAM too small for the test (needs 8 MiB), mem_upper ="
 det_memory: .asciz "read back differs, mismatching dwords:"
 det_cpuid_hv: .asciz "leaf 1 ECX (want bit 31 set, bit 5 clear) ="
 det_cpuid_vendor: .asciz "leaf 0x40000000 is not UmbraUmbraUm, EAX ="
-det_apic: .asciz "want 0xfee00100, read"
+det_apic: .asciz "want 0xfee00900, read"
 det_sysenter: .asciz "wrote 0x00001238, read"
 det_gp: .asciz "no #GP(0), #GPs taken and error code:"
 det_cmos: .asciz "CMOS 0x17/0x18 disagree with mem_upper, CMOS ="
@@ -233,8 +233,8 @@ cpuid_tests:
     call report32_val
     ret
 
-# msr-apic-base: IA32_APIC_BASE (0x1b) reads 0xfee00100 (BSP, APIC globally disabled: no
-# local APIC is emulated, and CPUID.1:EDX.APIC is clear).
+# msr-apic-base: IA32_APIC_BASE (0x1b) reads 0xfee00900 (BSP, the local APIC globally
+# enabled in xAPIC mode, as at reset).
 # msr-sysenter-cs: IA32_SYSENTER_CS (0x174) reads back what was written.
 # msr-unknown-gp: rdmsr of UNKNOWN_MSR raises #GP(0) (the handler skips the rdmsr).
 msr_tests:
@@ -242,7 +242,7 @@ msr_tests:
     rdmsr
     movl %eax, %ebx
     xorl %eax, %eax
-    cmpl $0xfee00100, %ebx
+    cmpl $0xfee00900, %ebx
     jne 1f
     testl %edx, %edx
     jz 2f
