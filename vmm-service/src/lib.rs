@@ -16,6 +16,7 @@ pub mod cpuid_policy;
 pub mod cr;
 pub mod debugreg;
 pub mod devices;
+pub mod emulate;
 pub mod exception;
 pub mod exit;
 pub mod guest_walk;
