@@ -22,6 +22,7 @@ pub mod exit;
 pub mod guest_walk;
 pub mod insn;
 pub mod loader;
+pub mod mmio_exit;
 pub mod msr;
 pub mod report;
 pub mod vm;

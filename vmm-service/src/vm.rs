@@ -20,6 +20,7 @@ use heapless::Vec;
 
 use crate::cr;
 use crate::devices::bus::{BusEvent, PortBus};
+use crate::devices::mmio::MmioBus;
 use crate::devices::Text;
 use crate::exception;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
@@ -43,6 +44,9 @@ pub trait Env {
     fn tsc(&mut self) -> u64;
     /// Copies guest-physical memory at `gpa` into `buf`; false if any of it is not RAM.
     fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Copies `data` into guest-physical memory at `gpa`; false (nothing written) if any of
+    /// it is not RAM. (An emulated MOVS between a device and RAM.)
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool;
     /// PIT input-clock ticks (1.193182 MHz) since a fixed origin.
     fn ticks(&mut self) -> u64;
     /// Reads the vCPU's state fields (`abi::vmx::field`, `VcpuState`) into `out`; false if
@@ -144,6 +148,7 @@ pub struct VmModel {
     pub name: Name,
     pub bus: PortBus,
     pub msr: MsrModel,
+    pub mmio: MmioBus,
     counts: [u64; EXIT_REASONS],
     result: Option<Stop>,
     /// Shadow-paged: CPUID hides what the shadow MMU does not implement.
@@ -185,6 +190,7 @@ impl VmModel {
             name: truncated_name(name),
             bus: PortBus::new(ram_bytes),
             msr: MsrModel::new(),
+            mmio: MmioBus::new(),
             counts: [0; EXIT_REASONS],
             result: None,
             shadow: false,
@@ -371,12 +377,10 @@ impl VmModel {
                 self.stop(Stop::entry_failed(r), ev)
             }
             Exit::ExternalInterrupt => ExitReply::resume(),
-            Exit::EptViolation { .. } => self.unhandled(
-                m,
-                "EPT violation: no memory or device at this address",
-                env,
-                ev,
-            ),
+            // EPT violations go to the MMU service: one here was forwarded as a device access
+            // (and so was a #PF of a shadow-paged guest).
+            Exit::EptViolation { .. } => self.mmio(m, env, ev),
+            Exit::Exception { vector: 14, .. } if self.shadow => self.mmio(m, env, ev),
             Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", env, ev),
             Exit::Other { reason } => {
                 let basic = reason & 0xffff;
@@ -431,6 +435,31 @@ impl VmModel {
         }
         let (maxphyaddr, _) = crate::cpuid::paging_features(|l, s| env.host_cpuid(l, s));
         cr::pdptes_ok(&pdptes, maxphyaddr)
+    }
+
+    /// A device access forwarded by the MMU service ([`crate::mmio_exit`]).
+    fn mmio(
+        &mut self,
+        m: &ExitMessage,
+        env: &mut impl Env,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
+        use crate::mmio_exit::{handle, MmioStop};
+        let stop = match handle(m, &mut self.mmio, env) {
+            Ok(reply) => return reply,
+            Err(MmioStop::GeneralProtection) => return self.fault(m, exception::GP, 0, ev),
+            Err(s) => s,
+        };
+        let mut r = self.report(m, stop.what());
+        match stop {
+            MmioStop::MissingState => self.stop(Stop::bad_exit(r), ev),
+            MmioStop::Unclaimed { gpa } => self.stop(Stop::outside_ram(r, gpa), ev),
+            MmioStop::Unemulated { code, .. } => {
+                r.code = Some(code);
+                self.stop(Stop::unhandled(r), ev)
+            }
+            _ => self.unhandled(m, r.what, env, ev),
+        }
     }
 
     fn report(&self, m: &ExitMessage, what: &'static str) -> Report {

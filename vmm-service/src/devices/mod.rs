@@ -1,10 +1,12 @@
-//! Legacy PC devices the VMM service emulates on the I/O port bus. Each device is byte-wide;
+//! Legacy PC devices the VMM service emulates on the I/O port bus (and the MMIO bus,
+//! [`mmio`]). Each device is byte-wide;
 //! [`bus::PortBus`] splits wider accesses into byte accesses to consecutive ports, as the ISA
 //! bus does.
 
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod mmio;
 pub mod pic;
 pub mod pit;
 pub mod serial;
