@@ -41,6 +41,7 @@
 mod cpu_exits;
 mod cpu_fpu;
 mod cpu_msr;
+mod mmio;
 mod restart;
 mod tracing;
 mod userguest;
@@ -402,6 +403,7 @@ fn vmm_suite(t: &mut Tally) {
     cpu_msr::msr_suite(t);
     cpu_fpu::fpu_suite(t);
     cpu_exits::suite(t);
+    mmio::suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with
