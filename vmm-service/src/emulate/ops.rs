@@ -26,16 +26,16 @@ impl Emulator<'_> {
             return self.string(mem);
         }
         if insn.op0_kind() == OpKind::Memory {
-            return self.to_memory(mem);
+            return self.memory_destination(mem);
         }
         if insn.op_count() == 2 && insn.op1_kind() == OpKind::Memory {
-            return self.to_register(mem);
+            return self.register_destination(mem);
         }
         Err(self.unsupported("no memory operand"))
     }
 
     /// An instruction whose destination (operand 0) is memory.
-    fn to_memory(&mut self, mem: &mut impl GuestAccess) -> Result<bool, EmulateError> {
+    fn memory_destination(&mut self, mem: &mut impl GuestAccess) -> Result<bool, EmulateError> {
         let insn = self.insn;
         let mn = insn.mnemonic();
         let size = mem_size(insn.memory_size()).ok_or_else(|| self.unsupported("operand size"))?;
@@ -99,7 +99,7 @@ impl Emulator<'_> {
     /// (operand 0): `MOV`, `MOVZX`, `MOVSX`, `MOVSXD`, and `ADD`/`SUB`/`AND`/`OR`/`XOR`/`CMP`
     /// with the register first. Everything is checked before the one read (a device read
     /// has effects).
-    fn to_register(&mut self, mem: &mut impl GuestAccess) -> Result<bool, EmulateError> {
+    fn register_destination(&mut self, mem: &mut impl GuestAccess) -> Result<bool, EmulateError> {
         let insn = self.insn;
         let mn = insn.mnemonic();
         let dst = insn.op0_register();

@@ -355,7 +355,7 @@ fn reference_alu(op: Op, a: u64, b: u64, size: u32) -> (u64, u64) {
     f |= if res == 0 { ZF } else { 0 };
     f |= if res >> (width - 1) & 1 == 1 { SF } else { 0 };
     // PF: the parity of the low byte only.
-    f |= if (res & 0xff).count_ones() % 2 == 0 {
+    f |= if (res & 0xff).count_ones().is_multiple_of(2) {
         PF
     } else {
         0

@@ -143,9 +143,9 @@ fn rep_movs_from_ram_to_the_device_runs_one_element_per_exit() {
         let m = exit(true, g[Gpr::Rdi as usize], g);
         let r = handle(&m, &mut bus, &mut env).unwrap();
         exits += 1;
-        for n in 0..16 {
+        for (n, reg) in g.iter_mut().enumerate() {
             if r.gpr_mask & (1 << n) != 0 {
-                g[n] = r.gprs[n];
+                *reg = r.gprs[n];
             }
         }
         if r.rip != CODE {
