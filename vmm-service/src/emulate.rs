@@ -1,29 +1,36 @@
-//! Emulation of the guest instructions that write guest page tables.
+//! Emulation of the guest instructions that access memory the guest cannot reach directly:
+//! writes to guest page tables (shadow paging) and device accesses (MMIO).
 //!
-//! When a guest writes a page table that its own translation goes through, the MMU answers
-//! [`FaultOutcome::EmulateWrite`](crate::FaultOutcome::EmulateWrite) and the VMM carries out the
-//! faulting instruction itself (KVM's `x86_emulate_instruction` on a write-protected gfn):
-//! [`emulate`] decodes it with `iced-x86`, reads and writes guest memory through a
-//! [`GuestAccess`] (the caller translates linear addresses with the guest's tables and reports
-//! the write to [`Mmu::emulated_write`](crate::Mmu::emulated_write)), and updates the registers,
-//! RFLAGS and RIP as the instruction does.
+//! When a guest writes a page table that its own translation goes through, the shadow MMU
+//! (`mmu-service`) answers `FaultOutcome::EmulateWrite` and carries out the faulting
+//! instruction itself (KVM's `x86_emulate_instruction` on a write-protected gfn); when a guest
+//! accesses a device, the VMM does ([`crate::mmio_exit`]). [`emulate`] decodes the instruction
+//! with `iced-x86`, reads and writes guest memory through a [`GuestAccess`] (the caller
+//! translates linear addresses with the guest's tables and sends each access to RAM or to a
+//! device), and updates the registers, RFLAGS and RIP as the instruction does.
 //!
-//! Supported (memory destination, operand sizes 1/2/4/8 as encoded, with or without LOCK):
-//! - `MOV r/m, reg`, `MOV r/m, imm`, `MOV moffs, acc`;
-//! - `XCHG r/m, reg`;
-//! - `CMPXCHG r/m, reg`, `CMPXCHG8B m64`, `CMPXCHG16B m128`;
-//! - `ADD`/`SUB`/`AND`/`OR`/`XOR r/m, reg|imm`;
-//! - `BTS`/`BTR`/`BTC r/m, reg|imm8`, including register bit offsets that address memory
-//!   outside the operand (the operand-sized unit holding the bit is accessed);
-//! - `STOS` and `MOVS` (all element sizes). With a `REP` (`F3`) prefix one element is processed
-//!   per call: the count register is decremented and RIP stays on the instruction until the count
-//!   reaches zero, like a repeated string instruction interrupted between iterations.
+//! Supported (operand sizes 1/2/4/8 as encoded, with or without LOCK where it is valid):
+//! - memory destination (`ops.rs`): `MOV r/m, reg`, `MOV r/m, imm`, `MOV moffs, acc`;
+//!   `XCHG r/m, reg`; `CMPXCHG r/m, reg`, `CMPXCHG8B m64`, `CMPXCHG16B m128`;
+//!   `ADD`/`SUB`/`AND`/`OR`/`XOR r/m, reg|imm`; `CMP r/m, reg|imm` and `TEST r/m, reg|imm`
+//!   (flags only, nothing written); `BTS`/`BTR`/`BTC r/m, reg|imm8`, including register bit
+//!   offsets that address memory outside the operand (the operand-sized unit holding the bit
+//!   is accessed);
+//! - register destination (`ops.rs`): `MOV reg, r/m`, `MOV acc, moffs`, `MOVZX`, `MOVSX`,
+//!   `MOVSXD`, `ADD`/`SUB`/`AND`/`OR`/`XOR`/`CMP reg, r/m`; everything is checked before the
+//!   one read, since a device read has effects;
+//! - `string.rs`: `STOS` and `MOVS` (all element sizes; MOVS between any two of RAM and
+//!   devices). With a `REP` (`F3`) prefix one element is processed per call: the count
+//!   register is decremented and RIP stays on the instruction until the count reaches zero,
+//!   like a repeated string instruction interrupted between iterations (the guest executes
+//!   it again and exits again).
 //!
 //! Everything else is [`EmulateError::Unsupported`].
 //!
 //! Semantics and limits:
-//! - Every instruction does at most one [`GuestAccess::write`], of the operand's address and
-//!   length. A read-modify-write reads the same range first. Like the processor, a failed
+//! - Every instruction does at most one [`GuestAccess::read`] of each operand and at most
+//!   one [`GuestAccess::write`], of the operand's address and length. A read-modify-write
+//!   reads the same range first. Like the processor, a failed
 //!   `CMPXCHG*` writes the old value back.
 //! - The emulation is atomic only in that the caller serializes it: the service emulates one
 //!   instruction at a time and every other vCPU's write to the page traps too (it is

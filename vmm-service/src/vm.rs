@@ -10,8 +10,9 @@
 //! returns -ENOSYS), the instruction exits of [`crate::insn`] (INVD, WBINVD, PAUSE, XSETBV,
 //! RDPMC, MONITOR/MWAIT, VMX instructions), external interrupts (resume). Every exception the
 //! model injects goes through [`crate::exception`] (error code, RF, double-fault rules).
-//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions, task
-//! switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
+//! Device accesses the MMU service forwards (an EPT violation, or a shadow-paged guest's #PF)
+//! are emulated against the MMIO bus ([`crate::mmio_exit`]). Triple fault, entry failures,
+//! exceptions, task switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
 //! the message carries the state to find it). Once stopped, every later exit gets the same
 //! stop reply.
 

@@ -7,6 +7,7 @@ use abi::{Error, Sys, NO_CAP};
 
 use super::kernel::Next;
 use super::tests::{ok, status, sys};
+use super::tests_invariants::check_invariants;
 use super::tests_shadow::{reply_recv, running_shadow};
 use super::tests_vm::{exit, received, run, run_result, vmcs, vmm_with, Running, Vmm};
 use super::vm::{Portal, VcpuRun};
@@ -102,6 +103,7 @@ fn a_forwarded_ept_violation_reaches_the_mmio_portal_with_the_device_address() {
     assert_eq!((m.qualification, m.instruction_len), (qual, 6));
     assert_eq!((m.rip, m.gprs[Gpr::Rbx as usize]), (0x1000, 0xb0b));
     assert_eq!(vcpu_run_state(&v), VcpuRun::AwaitingReply);
+    check_invariants(&v.k).unwrap();
     // The device handler emulates and advances: the guest goes on.
     let k = &mut v.k;
     let mut done = ExitReply::advance();
@@ -128,6 +130,7 @@ fn a_forwarded_exit_cannot_be_forwarded_again() {
     reply_recv(k, &r, &forward(DEVICE_GPA));
     assert_eq!(run_result(k, r.runner).0, stop::BAD_REPLY);
     assert_eq!(vmcs(k, v.vi, field::GUEST_RIP), 0x1000, "nothing applied");
+    check_invariants(k).unwrap();
 }
 
 #[test]

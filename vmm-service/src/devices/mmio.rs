@@ -4,7 +4,7 @@
 //! here becomes one [`MmioDevice::read`] or [`MmioDevice::write`] of the device, at the
 //! offset in its range. An access no device claims entirely stops the VM.
 //!
-//! Adding a device: a field of [`MmioBus`] and one line in [`MmioBus::devices`].
+//! Adding a device: a field of [`MmioBus`] and one line in `MmioBus::devices`.
 //!
 //! One device lives here, as the pattern for the others: [`TestDevice`], "Umbra's MMIO test
 //! device", at [`test_device::BASE`].
