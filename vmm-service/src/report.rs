@@ -176,10 +176,11 @@ impl Stop {
         Stop::new(result, Some(r), stop_code::UNHANDLED, basic as u64)
     }
 
-    /// An access at guest-physical `gpa`, outside RAM and every device.
-    pub fn outside_ram(r: Report, gpa: u64) -> Stop {
+    /// An access at guest-physical `gpa`, outside RAM and every device (with a report, or
+    /// without when many are expected).
+    pub fn outside_ram(r: Option<Report>, gpa: u64) -> Stop {
         let result = VmResult::OutsideRam { gpa };
-        Stop::new(result, Some(r), stop_code::OUTSIDE_RAM, gpa >> 12)
+        Stop::new(result, r, stop_code::OUTSIDE_RAM, gpa >> 12)
     }
 
     /// A malformed exit message.

@@ -14,7 +14,8 @@
 //! are emulated against the MMIO bus ([`crate::mmio_exit`]). Triple fault, entry failures,
 //! exceptions, task switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
 //! the message carries the state to find it). Once stopped, every later exit gets the same
-//! stop reply.
+//! stop reply, except after an access outside RAM and every device: the VMM may resume the
+//! guest elsewhere (the isolation probe), so that stop is not kept.
 
 use abi::vmx::{group, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
 use heapless::Vec;
@@ -27,6 +28,9 @@ use crate::exception;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
 use crate::insn;
 use crate::msr::{MsrError, MsrModel, MsrWrite};
+
+/// Accesses outside RAM and every device reported in full, per VM; later ones only stop it.
+const OUTSIDE_RAM_REPORTED: u64 = 3;
 
 /// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
 const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
@@ -150,6 +154,8 @@ pub struct VmModel {
     pub bus: PortBus,
     pub msr: MsrModel,
     pub mmio: MmioBus,
+    /// Accesses outside RAM and every device so far (each stopped the VM).
+    outside_ram_stops: u64,
     counts: [u64; EXIT_REASONS],
     result: Option<Stop>,
     /// Shadow-paged: CPUID hides what the shadow MMU does not implement.
@@ -192,6 +198,7 @@ impl VmModel {
             bus: PortBus::new(ram_bytes),
             msr: MsrModel::new(),
             mmio: MmioBus::new(),
+            outside_ram_stops: 0,
             counts: [0; EXIT_REASONS],
             result: None,
             shadow: false,
@@ -454,7 +461,15 @@ impl VmModel {
         let mut r = self.report(m, stop.what());
         match stop {
             MmioStop::MissingState => self.stop(Stop::bad_exit(r), ev),
-            MmioStop::Unclaimed { gpa } => self.stop(Stop::outside_ram(r, gpa), ev),
+            MmioStop::Unclaimed { gpa } => {
+                // Not latched: the VMM may resume the guest elsewhere (the isolation probe
+                // does, thousands of times). The first few are reported in full.
+                self.outside_ram_stops += 1;
+                let report = (self.outside_ram_stops <= OUTSIDE_RAM_REPORTED).then_some(r);
+                let stop = Stop::outside_ram(report, gpa);
+                let _ = ev.push(Event::Stopped(stop.clone()));
+                ExitReply::stop(stop.stop_code())
+            }
             MmioStop::Unemulated { code, .. } => {
                 r.code = Some(code);
                 self.stop(Stop::unhandled(r), ev)

@@ -249,3 +249,20 @@ fn the_vm_model_answers_forwarded_exits_and_stops_with_a_report() {
     );
     assert_eq!(out.reply.flags, reply::STOP);
 }
+
+#[test]
+fn outside_ram_stops_are_not_kept_and_only_the_first_are_reported() {
+    let mut model = VmModel::new("probe", 2 << 20);
+    let mut env = ram(&[0x89, 0x03]); // mov [rbx], eax
+    for n in 1..=5u64 {
+        let gpa = 0xd000_0000 + n * 0x1000;
+        let out = model.handle(&exit(true, gpa, regs(&[(Gpr::Rbx, gpa)])), &mut env);
+        let stop = out.stopped().unwrap();
+        assert_eq!(stop.result(), &VmResult::OutsideRam { gpa });
+        assert_eq!(stop.report().is_some(), n <= 3, "stop {n}");
+        assert_eq!(out.reply.flags, reply::STOP);
+    }
+    // The guest resumed elsewhere: its next device access is handled.
+    let out = model.handle(&exit(true, BASE, regs(&[(Gpr::Rbx, BASE)])), &mut env);
+    assert_eq!((out.stopped(), out.reply.rip), (None, CODE + 2));
+}
