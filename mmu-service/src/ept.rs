@@ -1,7 +1,8 @@
 //! What the MMU service does with a VM's EPT-violation exit (EPT first; shadow paging on the
 //! same service comes later): guest RAM is mapped on demand, one 2 MiB-aligned chunk at a
-//! time (clipped to the end of RAM), with every right; an access outside RAM (no device
-//! lives in guest-physical space yet) stops the VM.
+//! time (clipped to the end of RAM), with every right; a data access outside RAM is forwarded
+//! to the VMM's MMIO portal (`reply::FORWARD`: the VMM decides what is a device), an
+//! instruction fetch there stops the VM.
 
 /// Pages mapped per violation: a 2 MiB-aligned chunk.
 pub const CHUNK_PAGES: u64 = 512;
@@ -12,7 +13,7 @@ const PAGE_SIZE: u64 = 4096;
 pub enum Violation {
     /// Map guest RAM `[gpa, gpa + pages * 4 KiB)` and resume the guest at the same instruction.
     Map { gpa: u64, pages: u64 },
-    /// Stop the VM: `gpa` is outside its RAM.
+    /// `gpa` is outside its RAM: forward a data access to the VMM, stop on a fetch.
     OutsideRam { gpa: u64 },
 }
 

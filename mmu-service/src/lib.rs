@@ -17,7 +17,7 @@
 //!   write tracking, zapping and the LRU used under pool pressure.
 //! - [`roots`]: roots, `prev_roots`, the fast CR3 switch, `pae_root` and PAE root sets.
 //! - [`fault`]: shadow page-fault handling, INVLPG, emulated writes.
-//! - [`emulate`]: the instructions that write guest page tables, decoded with `iced-x86`.
+//! - [`emulate`]: the instruction emulator (in `vmm-service`), for writes to guest page tables.
 //! - [`shadow_exit`]: a shadow-paged vCPU's exits (#PF, CR access, INVLPG) to replies.
 //! - [`mmu`]: the [`Mmu`] object, its configuration and errors, `invalidate_all`.
 //! - [`stats`]: the counters.
@@ -37,7 +37,8 @@
 
 extern crate alloc;
 
-pub mod emulate;
+/// The instruction emulator lives in `vmm-service` (it also emulates device accesses).
+pub use vmm_service::emulate;
 pub mod ept;
 pub mod fault;
 pub mod journal;

@@ -463,6 +463,12 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
                 }
             }
         }
+        // A data access outside RAM: the VMM's MMIO portal decides whether a device is
+        // there (it stops the VM otherwise).
+        // (Counted with the violations.)
+        Violation::OutsideRam { gpa } if msg.qualification & 4 == 0 => {
+            mmu_service::shadow_exit::forward(gpa)
+        }
         Violation::OutsideRam { gpa } => {
             let q = msg.qualification;
             let access = match (q & 1 != 0, q & 2 != 0, q & 4 != 0) {

@@ -166,7 +166,9 @@ pub fn handle_exit<M: GuestMemory, P: ShadowPagePool>(
         }
         _ => return Err(Stop::Unexpected { reason: m.reason }),
     };
-    if r.flags & reply::STOP == 0 {
+    // A forwarded exit carries nothing else (the kernel's rule): the root, if it changed,
+    // goes with the next reply (`sent_root` stays as it was).
+    if r.flags & (reply::STOP | reply::FORWARD) == 0 {
         let root = mmu.reload(vcpu).map_err(Stop::Mmu)?;
         if sv.sent_root != Some(root) {
             r.flags |= reply::SET_SHADOW_CR3;
@@ -247,9 +249,22 @@ fn page_fault<M: GuestMemory, P: ShadowPagePool>(
             }
             return emulate_write(mmu, vcpu, &m);
         }
-        FaultOutcome::Mmio { gpa } => return Err(Stop::OutsideRam { gpa }),
+        // A device access: the kernel sends the exit on to the VMM's MMIO portal, which
+        // decides what is a device. An instruction fetch there cannot be emulated.
+        FaultOutcome::Mmio { gpa } if access.fetch => return Err(Stop::OutsideRam { gpa }),
+        FaultOutcome::Mmio { gpa } => return Ok(forward(gpa)),
     }
     Ok(r)
+}
+
+/// The reply that forwards an access at guest-physical `gpa` (outside RAM) to the vCPU's
+/// MMIO portal ([`reply::FORWARD`]).
+pub fn forward(gpa: u64) -> ExitReply {
+    ExitReply {
+        flags: reply::FORWARD,
+        forward_gpa: gpa,
+        ..ExitReply::default()
+    }
 }
 
 /// The guest's privilege level (SS.DPL).

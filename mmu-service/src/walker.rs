@@ -96,14 +96,8 @@ impl AccessKind {
     }
 }
 
-/// A page fault to deliver to the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageFault {
-    /// The error code pushed by the #PF.
-    pub error_code: u32,
-    /// The faulting linear address (CR2).
-    pub address: u64,
-}
+/// A page fault to deliver to the guest (defined with the instruction emulator).
+pub use vmm_service::emulate::PageFault;
 
 /// A successful guest translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -214,16 +214,22 @@ fn an_instruction_that_cannot_be_emulated_stops_the_vm_with_its_bytes() {
 }
 
 #[test]
-fn an_access_outside_ram_stops_the_vm_and_other_exits_are_refused() {
+fn a_data_access_outside_ram_is_forwarded_a_fetch_stops_and_other_exits_are_refused() {
     let (mut mmu, mut sv) = guest();
-    let mut m = page_fault(0x4000_0000, 0);
+    let mut m = page_fault(0x4000_0004, 2);
     // Paging off: linear = physical, 1 GiB is beyond the 4 MiB of RAM.
     m.cr0_shadow = cr0::PE;
     m.efer = 0;
     m.cr4_shadow = 0;
+    // A write there goes on to the VMM's MMIO portal, with its guest-physical address.
+    let r = handle_exit(&mut mmu, &mut sv, &m, &mut InMessage).unwrap();
+    assert_eq!((r.flags, r.forward_gpa), (reply::FORWARD, 0x4000_0004));
+    assert_eq!(r, mmu_service::shadow_exit::forward(0x4000_0004));
+    // An instruction fetch there cannot be emulated: the VM stops.
+    m.intr_error = 0x10;
     assert_eq!(
         handle_exit(&mut mmu, &mut sv, &m, &mut InMessage),
-        Err(Stop::OutsideRam { gpa: 0x4000_0000 })
+        Err(Stop::OutsideRam { gpa: 0x4000_0004 })
     );
     let m = message(reason::CPUID, PML4);
     assert_eq!(

@@ -10,6 +10,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-long",
     "guest-pae",
     "guest-badmem",
+    "guest-mmio",
     "guest-unsupported",
     "guest-triple",
     "guest-random",

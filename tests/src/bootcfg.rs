@@ -111,6 +111,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-badmem image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-mmio",
+        manifest: "guest-mmio image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-unsupported",
         manifest: "guest-unsupported image=guest",
     },

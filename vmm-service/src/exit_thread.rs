@@ -89,6 +89,13 @@ pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
         };
         sys::vcpu_portal(vcpu, r, Some(exit_ep), mask)?;
     }
+    // Device accesses the MMU service forwards, with what emulating them needs.
+    sys::vcpu_portal(
+        vcpu,
+        reason::MMIO,
+        Some(exit_ep),
+        vmm_service::mmio_exit::REQUIRED,
+    )?;
     Ok(())
 }
 
@@ -136,6 +143,20 @@ impl Env for ServiceEnv {
             match piece {
                 Some(p) => {
                     buf.copy_from_slice(p);
+                    true
+                }
+                None => false,
+            }
+        })
+        .unwrap_or(false)
+    }
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool {
+        sys::with_mapped(self.ram, crate::setup::RAM_VA, |ram| {
+            let start = usize::try_from(gpa).ok();
+            let piece = start.and_then(|s| ram.get_mut(s..s.checked_add(data.len())?));
+            match piece {
+                Some(p) => {
+                    p.copy_from_slice(data);
                     true
                 }
                 None => false,

@@ -35,6 +35,7 @@ use crate::devices::bus::PortBus;
 use crate::devices::ioapic::Ioapic;
 use crate::devices::lapic::ipi::{self, Message};
 use crate::devices::lapic::{self, Effect, Lapic};
+use crate::devices::mmio::{Devices, MmioBus};
 use crate::devices::pit::PIT_HZ;
 use crate::msr::{index, GpFault};
 
@@ -317,6 +318,84 @@ impl Interrupts {
             r.flags |= reply::SET_DEADLINE;
             r.deadline = next;
             self.deadline = next;
+        }
+    }
+}
+
+/// The IOAPIC's register window (IOREGSEL, IOWIN, the EOI register) in its page.
+const IOAPIC_WINDOW: u64 = 0x1000;
+/// The xAPIC register page.
+const LAPIC_PAGE: u64 = 0x1000;
+
+/// The guest-physical device map as the VM model sees it: the local APIC's page (at
+/// IA32_APIC_BASE, while the APIC is in xAPIC mode) and the IOAPIC's (at
+/// [`crate::acpi::IOAPIC_BASE`]) in front of the [`MmioBus`], at guest time `now`.
+pub struct PlatformMmio<'a> {
+    pub bus: &'a mut MmioBus,
+    pub irq: &'a mut Interrupts,
+    /// The guest's TSC.
+    pub now: u64,
+}
+
+/// Which interrupt controller answers a guest-physical address.
+enum Controller {
+    Lapic(u32),
+    Ioapic(u32),
+}
+
+impl PlatformMmio<'_> {
+    fn controller(&self, gpa: u64, size: u64) -> Option<Controller> {
+        let within = |base: u64, len: u64| {
+            (gpa >= base && gpa - base + size <= len).then(|| (gpa - base) as u32)
+        };
+        let lapic = &self.irq.lapic;
+        if lapic.mode() == lapic::ApicMode::XApic {
+            if let Some(off) = within(lapic.base(), LAPIC_PAGE) {
+                return Some(Controller::Lapic(off));
+            }
+        }
+        within(u64::from(crate::acpi::IOAPIC_BASE), IOAPIC_WINDOW).map(Controller::Ioapic)
+    }
+}
+
+impl Devices for PlatformMmio<'_> {
+    fn claims(&mut self, gpa: u64) -> bool {
+        self.controller(gpa, 1).is_some() || self.bus.claims(gpa)
+    }
+
+    fn read(&mut self, gpa: u64, size: u8) -> Option<u64> {
+        match self.controller(gpa, u64::from(size)) {
+            Some(Controller::Lapic(off)) => {
+                Some(self.irq.lapic.mmio_read_sized(off, size, self.now))
+            }
+            // 32-bit registers: narrower reads take their bytes, wider ones read 0 above.
+            Some(Controller::Ioapic(off)) => {
+                let v = u64::from(self.irq.ioapic.mmio_read(off & !3));
+                Some((v >> (8 * (off & 3))) & (u64::MAX >> (64 - 8 * u32::from(size.min(8)))))
+            }
+            None => self.bus.read(gpa, size),
+        }
+    }
+
+    fn write(&mut self, gpa: u64, size: u8, value: u64) -> bool {
+        match self.controller(gpa, u64::from(size)) {
+            Some(Controller::Lapic(off)) => {
+                let effect = self.irq.lapic.mmio_write_sized(off, size, value, self.now);
+                if let Some(e) = effect {
+                    self.irq.apply(e);
+                }
+                true
+            }
+            // Only aligned 32-bit writes reach an IOAPIC register (others are ignored).
+            Some(Controller::Ioapic(off)) => {
+                if size == 4 && off & 3 == 0 {
+                    for msg in self.irq.ioapic.mmio_write(off, value as u32) {
+                        self.irq.deliver(&msg);
+                    }
+                }
+                true
+            }
+            None => self.bus.write(gpa, size, value),
         }
     }
 }

@@ -30,6 +30,8 @@ use userlib::wiring::Wiring;
 userlib::entry!(vmm_main);
 
 const OWN_EP: CapSlot = userlib::wiring::OWN_ENDPOINT;
+/// Pages of heap: the instruction emulator's decoder tables.
+const HEAP_PAGES: u64 = 64;
 
 /// The capabilities the manifest gives by name, found once at start.
 struct Caps {
@@ -78,6 +80,15 @@ fn vmm_main(generation: u64) {
             sys::task_exit(1)
         }
     };
+    // The instruction emulator's decoder builds its tables on the heap, once (about 100 KiB):
+    // now, before any guest waits on a device access.
+    match sys::heap::init(HEAP_PAGES) {
+        Ok(()) => vmm_service::emulate::init(),
+        Err(e) => {
+            userlib::println!("vmm: cannot start: no heap for the instruction emulator ({e:?})");
+            sys::task_exit(1)
+        }
+    }
     userlib::println!("vmm: serving, generation {generation}");
     let exit_ep = match exit_thread::start() {
         Ok(ep) => ep,

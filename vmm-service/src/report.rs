@@ -24,6 +24,9 @@ pub mod stop_code {
     pub const ENTRY_FAILED: u64 = 4 << 24;
     /// An exit the model does not handle: detail = basic exit reason.
     pub const UNHANDLED: u64 = 5 << 24;
+    /// An access outside RAM and every device: detail = the guest-physical page number,
+    /// truncated (the MMU service's code, `userlib::proto::mmu::STOP_OUTSIDE_RAM`).
+    pub const OUTSIDE_RAM: u64 = userlib::proto::mmu::STOP_OUTSIDE_RAM;
     /// A malformed exit message (missing state groups): detail = basic exit reason.
     pub const BAD_EXIT: u64 = 6 << 24;
     /// HLT with interrupts disabled (nothing can wake the vCPU): detail 0.
@@ -175,6 +178,13 @@ impl Stop {
         let basic = r.reason & 0xffff;
         let result = VmResult::Unhandled { reason: basic };
         Stop::new(result, Some(r), stop_code::UNHANDLED, basic as u64)
+    }
+
+    /// An access at guest-physical `gpa`, outside RAM and every device (with a report, or
+    /// without when many are expected).
+    pub fn outside_ram(r: Option<Report>, gpa: u64) -> Stop {
+        let result = VmResult::OutsideRam { gpa };
+        Stop::new(result, r, stop_code::OUTSIDE_RAM, gpa >> 12)
     }
 
     /// A malformed exit message.

@@ -10,22 +10,28 @@
 //! returns -ENOSYS), the instruction exits of [`crate::insn`] (INVD, WBINVD, PAUSE, XSETBV,
 //! RDPMC, MONITOR/MWAIT, VMX instructions), external interrupts (resume). Every exception the
 //! model injects goes through [`crate::exception`] (error code, RF, double-fault rules).
-//! Triple fault, entry failures, EPT violations (no MMIO devices yet), exceptions, task
-//! switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
+//! Device accesses the MMU service forwards (an EPT violation, or a shadow-paged guest's #PF)
+//! are emulated against the MMIO bus ([`crate::mmio_exit`]). Triple fault, entry failures,
+//! exceptions, task switches and every other reason stop the VM with a [`Report`] (with the code at RIP when
 //! the message carries the state to find it). Once stopped, every later exit gets the same
-//! stop reply.
+//! stop reply, except after an access outside RAM and every device: the VMM may resume the
+//! guest elsewhere (the isolation probe), so that stop is not kept.
 
 use abi::vmx::{group, reason, reply, ExitMessage, ExitReply, Gpr, EXIT_REASONS};
 use heapless::Vec;
 
 use crate::cr;
 use crate::devices::bus::{BusEvent, PortBus};
+use crate::devices::mmio::MmioBus;
 use crate::devices::Text;
 use crate::exception;
 use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
 use crate::insn;
 use crate::irq::{Clock, Interrupts};
 use crate::msr::{MsrError, MsrModel, MsrWrite};
+
+/// Accesses outside RAM and every device reported in full, per VM; later ones only stop it.
+const OUTSIDE_RAM_REPORTED: u64 = 3;
 
 /// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
 const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
@@ -46,6 +52,9 @@ pub trait Env {
     fn tsc(&mut self) -> u64;
     /// Copies guest-physical memory at `gpa` into `buf`; false if any of it is not RAM.
     fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Copies `data` into guest-physical memory at `gpa`; false (nothing written) if any of
+    /// it is not RAM. (An emulated MOVS between a device and RAM.)
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool;
     /// PIT input-clock ticks (1.193182 MHz) since a fixed origin.
     fn ticks(&mut self) -> u64;
     /// The host TSC's rate in Hz; 0 if unknown (then device time comes from [`Env::ticks`]
@@ -152,6 +161,9 @@ pub struct VmModel {
     pub name: Name,
     pub bus: PortBus,
     pub msr: MsrModel,
+    pub mmio: MmioBus,
+    /// Accesses outside RAM and every device so far (each stopped the VM).
+    outside_ram_stops: u64,
     counts: [u64; EXIT_REASONS],
     result: Option<Stop>,
     /// Shadow-paged: CPUID hides what the shadow MMU does not implement.
@@ -195,6 +207,8 @@ impl VmModel {
             name: truncated_name(name),
             bus: PortBus::new(ram_bytes),
             msr: MsrModel::new(),
+            mmio: MmioBus::new(),
+            outside_ram_stops: 0,
             counts: [0; EXIT_REASONS],
             result: None,
             shadow: false,
@@ -440,12 +454,10 @@ impl VmModel {
             Exit::Other {
                 reason: reason::PREEMPTION_TIMER | reason::INTERRUPT_WINDOW,
             } => ExitReply::resume(),
-            Exit::EptViolation { .. } => self.unhandled(
-                m,
-                "EPT violation: no memory or device at this address",
-                env,
-                ev,
-            ),
+            // EPT violations go to the MMU service: one here was forwarded as a device access
+            // (and so was a #PF of a shadow-paged guest).
+            Exit::EptViolation { .. } => self.mmio(m, env, ev),
+            Exit::Exception { vector: 14, .. } if self.shadow => self.mmio(m, env, ev),
             Exit::Exception { .. } => self.unhandled(m, "guest exception not handled", env, ev),
             Exit::Other { reason } => {
                 let basic = reason & 0xffff;
@@ -500,6 +512,45 @@ impl VmModel {
         }
         let (maxphyaddr, _) = crate::cpuid::paging_features(|l, s| env.host_cpuid(l, s));
         cr::pdptes_ok(&pdptes, maxphyaddr)
+    }
+
+    /// A device access forwarded by the MMU service ([`crate::mmio_exit`]).
+    fn mmio(
+        &mut self,
+        m: &ExitMessage,
+        env: &mut impl Env,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
+        use crate::mmio_exit::{handle, MmioStop};
+        let now = self.irq.guest_tsc(&Self::clock(env));
+        let mut devices = crate::irq::PlatformMmio {
+            bus: &mut self.mmio,
+            irq: &mut self.irq,
+            now,
+        };
+        let stop = match handle(m, &mut devices, env) {
+            Ok(reply) => return reply,
+            Err(MmioStop::GeneralProtection) => return self.fault(m, exception::GP, 0, ev),
+            Err(s) => s,
+        };
+        let mut r = self.report(m, stop.what());
+        match stop {
+            MmioStop::MissingState => self.stop(Stop::bad_exit(r), ev),
+            MmioStop::Unclaimed { gpa } => {
+                // Not latched: the VMM may resume the guest elsewhere (the isolation probe
+                // does, thousands of times). The first few are reported in full.
+                self.outside_ram_stops += 1;
+                let report = (self.outside_ram_stops <= OUTSIDE_RAM_REPORTED).then_some(r);
+                let stop = Stop::outside_ram(report, gpa);
+                let _ = ev.push(Event::Stopped(stop.clone()));
+                ExitReply::stop(stop.stop_code())
+            }
+            MmioStop::Unemulated { code, .. } => {
+                r.code = Some(code);
+                self.stop(Stop::unhandled(r), ev)
+            }
+            _ => self.unhandled(m, r.what, env, ev),
+        }
     }
 
     fn report(&self, m: &ExitMessage, what: &'static str) -> Report {

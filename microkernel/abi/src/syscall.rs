@@ -131,6 +131,8 @@ pub enum Sys {
     /// `(vcpu, reason, ep, mask)`: exits of basic reason `reason` go to endpoint `ep` as an
     /// [`crate::vmx::ExitMessage`] with the state groups in `mask`; `ep` = [`crate::NO_CAP`]
     /// removes the portal, [`crate::vmx::PORTAL_REFLECT`] has the kernel answer it.
+    /// `reason` = [`crate::vmx::reason::MMIO`] sets the portal of the exits the MMU endpoint
+    /// forwards ([`crate::vmx::reply::FORWARD`]; an endpoint or none, never the kernel).
     VcpuPortal = 100,
     /// `(vcpu, pairs, count, write)`: reads (`write` = 0) or writes `count` (field, value)
     /// pairs of u64 at `pairs` ([`crate::vmx::field`]). Stops at the first field that is out

@@ -821,7 +821,11 @@ pub mod reply {
     pub const SET_DEADLINE: u32 = 1 << 13;
     /// From the VM's MMU endpoint only: the access was to guest-physical `forward_gpa`,
     /// outside RAM. The kernel sends the exit, with that address, on to the vCPU's MMIO
-    /// portal ([`super::reason::MMIO`]) instead of resuming.
+    /// portal ([`super::reason::MMIO`]) instead of resuming. Nothing else may come with it
+    /// (no other flag, no register); the forwarded exit cannot be forwarded again; from any
+    /// other endpoint, or for an exit the MMU endpoint does not take, the vCPU stops with
+    /// [`super::stop::BAD_REPLY`]. A vCPU without an MMIO endpoint portal stops with
+    /// [`super::stop::UNHANDLED`] (qualification: the address).
     pub const FORWARD: u32 = 1 << 14;
     pub const ALL: u32 = 0x7fff;
     /// The flags that carry no value in the encoded reply.

@@ -25,6 +25,8 @@ mod tests;
 #[cfg(test)]
 mod tests_exits;
 #[cfg(test)]
+mod tests_forward;
+#[cfg(test)]
 mod tests_interrupts;
 #[cfg(test)]
 mod tests_invariants;

@@ -15,7 +15,7 @@ use super::objects::*;
 use super::queue::{Queue, ThreadId};
 use super::syscalls::MAX_THREADS_PER_TASK;
 use super::tests::Model;
-use super::vm::VcpuRun;
+use super::vm::{Portal, VcpuRun};
 use crate::PAGE_SIZE;
 
 macro_rules! ensure {
@@ -248,6 +248,26 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
                 "stopped vcpu {vi}: thread {:?}",
                 th.state
             );
+        }
+        // The kernel answers only CPUID, VMCALL and port I/O, never a device access; an exit
+        // forwarded to the MMIO portal waits on an endpoint (issue 12).
+        let reflect_ok = [
+            abi::vmx::reason::CPUID,
+            abi::vmx::reason::VMCALL,
+            abi::vmx::reason::IO,
+        ];
+        for (r, p) in v.portals.iter().enumerate() {
+            ensure!(
+                *p != Portal::Reflect || reflect_ok.contains(&(r as u32)),
+                "vcpu {vi}: reason {r} reflected"
+            );
+        }
+        ensure!(
+            v.mmio_portal != Portal::Reflect,
+            "vcpu {vi}: the MMIO portal is the kernel"
+        );
+        if v.forwarded && v.run == VcpuRun::AwaitingReply {
+            ensure!(v.call_ep.is_some(), "vcpu {vi}: forwarded to nothing");
         }
     }
 

@@ -84,7 +84,7 @@ fn the_guest_sees_its_own_paging_state_and_the_hardware_stays_paged() {
 
 /// A shadow VM whose pool and MMU endpoint are set (`mmu_ep`: the test's endpoint `v.ep` or
 /// a second one), with #PF exits routed to `v.ep`, running. Returns the pool's physical base.
-fn running_shadow(flags: u64, mmu_is_portal: bool) -> (Vmm, Running, u64) {
+pub(super) fn running_shadow(flags: u64, mmu_is_portal: bool) -> (Vmm, Running, u64) {
     let mut v = vmm_with(vm_flags::SHADOW | flags);
     let k = &mut v.k;
     let pool = ok(&sys(k, Sys::MemAlloc, [POOL_PAGES, 0, 0, 0, 0, 0]).1);
@@ -304,7 +304,7 @@ fn a_paging_change_behind_the_mmus_back_drops_the_root_and_a_rewrite_does_not() 
 }
 
 /// The server answers the pending exit with `reply` and waits for the next one.
-fn reply_recv(k: &mut Kernel<Model>, r: &Running, reply: &ExitReply) -> Next {
+pub(super) fn reply_recv(k: &mut Kernel<Model>, r: &Running, reply: &ExitReply) -> Next {
     received(k, r.server);
     let mut buf = [0u8; ExitReply::MAX_SIZE];
     let n = reply.encode(&mut buf).unwrap();

@@ -82,6 +82,8 @@ enum Kind {
     Va,
     /// `0..n`, and sometimes more.
     Small(u64),
+    /// An exit reason for `VcpuPortal`: the basic ones, the MMIO pseudo-reason, others.
+    Reason,
     Raw,
 }
 
@@ -149,6 +151,10 @@ fn typed(kind: Kind) -> BoxedStrategy<Arg> {
         ]
         .boxed()),
         Kind::Small(n) => raw(prop_oneof![4 => 0..n, 1 => any::<u64>()].boxed()),
+        Kind::Reason => raw(prop_oneof![
+            4 => 0u64..70, 1 => Just(u64::from(reason::MMIO)), 1 => any::<u64>(),
+        ]
+        .boxed()),
         Kind::Raw => raw(prop_oneof![0u64..4, any::<u64>()].boxed()),
     }
 }
@@ -194,7 +200,7 @@ fn signature(n: u64) -> Vec<Kind> {
         Sys::VmMapRam => vec![Cap(CapKind::Vm), Gpa, Pages, MapRights],
         Sys::VmUnmap => vec![Cap(CapKind::Vm), Gpa, Pages],
         Sys::VcpuCreate => vec![Cap(CapKind::Vm), Raw],
-        Sys::VcpuPortal => vec![Cap(CapKind::Vcpu), Small(70), Grant, Small(64)],
+        Sys::VcpuPortal => vec![Cap(CapKind::Vcpu), Reason, Grant, Small(64)],
         Sys::VcpuState => vec![Cap(CapKind::Vcpu), Ptr, Small(5), Small(2)],
         Sys::VcpuRun => vec![Cap(CapKind::Vcpu)],
         Sys::VmSetShadow => vec![Cap(CapKind::Vm), Cap(CapKind::Memory), ep],
@@ -287,6 +293,11 @@ fn world() -> Kernel<Model> {
     let mask = u64::from(abi::vmx::group::GPRS | abi::vmx::group::RIP);
     let hlt = u64::from(reason::HLT);
     ok(&sys(&mut k, Sys::VcpuPortal, [vcpu, hlt, ep, mask, 0, 0]).1);
+    // EPT violations go to the endpoint too, which may forward them to the MMIO portal.
+    let ept = u64::from(reason::EPT_VIOLATION);
+    ok(&sys(&mut k, Sys::VcpuPortal, [vcpu, ept, ep, mask, 0, 0]).1);
+    let mmio = u64::from(reason::MMIO);
+    ok(&sys(&mut k, Sys::VcpuPortal, [vcpu, mmio, ep, mask, 0, 0]).1);
     let shadow_ram = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
     let pool = ok(&sys(&mut k, Sys::MemAlloc, [4, 0, 0, 0, 0, 0]).1);
     let shadow = abi::vmx::vm_flags::SHADOW;

@@ -41,6 +41,7 @@
 mod cpu_exits;
 mod cpu_fpu;
 mod cpu_msr;
+mod mmio;
 mod platform;
 mod platform_timer;
 mod restart;
@@ -408,6 +409,7 @@ fn vmm_suite(t: &mut Tally) {
     platform_timer::suite(t);
     uart_rtc::suite(t);
     platform::platform_suite(t);
+    mmio::suite(t);
 }
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with

@@ -232,6 +232,9 @@ impl crate::vm::Env for PortEnv {
     fn read_guest(&mut self, _: u64, _: &mut [u8]) -> bool {
         false
     }
+    fn write_guest(&mut self, _: u64, _: &[u8]) -> bool {
+        false
+    }
     fn ticks(&mut self) -> u64 {
         1000
     }

@@ -1,4 +1,5 @@
-//! Legacy PC devices the VMM service emulates on the I/O port bus. Each device is byte-wide;
+//! Legacy PC devices the VMM service emulates on the I/O port bus (and the MMIO bus,
+//! [`mmio`]). Each device is byte-wide;
 //! [`bus::PortBus`] splits wider accesses into byte accesses to consecutive ports, as the ISA
 //! bus does.
 
@@ -8,6 +9,7 @@ pub mod debug_exit;
 pub mod fw_cfg;
 pub mod ioapic;
 pub mod lapic;
+pub mod mmio;
 pub mod pci;
 pub mod pic;
 pub mod pit;

@@ -45,6 +45,21 @@ impl Env for TestEnv {
             None => false,
         }
     }
+    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let Ok(a) = usize::try_from(gpa) else {
+            return false;
+        };
+        match a
+            .checked_add(data.len())
+            .and_then(|e| self.ram.get_mut(a..e))
+        {
+            Some(s) => {
+                s.copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
     fn ticks(&mut self) -> u64 {
         self.ticks
     }
@@ -574,6 +589,9 @@ fn instruction_exits_through_the_model() {
             0
         }
         fn read_guest(&mut self, _: u64, _: &mut [u8]) -> bool {
+            false
+        }
+        fn write_guest(&mut self, _: u64, _: &[u8]) -> bool {
             false
         }
         fn ticks(&mut self) -> u64 {

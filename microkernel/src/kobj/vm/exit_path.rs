@@ -34,6 +34,7 @@ impl<M: Machine> Kernel<M> {
                 *n = n.saturating_add(1);
             }
             v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
+            v.forwarded = false;
         }
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
@@ -175,7 +176,7 @@ impl<M: Machine> Kernel<M> {
     /// Writes the exit message with the groups in `mask` straight into the vCPU thread's
     /// message buffer (the `ExitMessage` layout of `abi::vmx`, without building the struct:
     /// this is on every exit). Returns its length.
-    fn write_exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> usize {
+    pub(super) fn write_exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> usize {
         let Some(v) = self.vcpus[vi as usize].obj.as_mut() else {
             return 0;
         };

@@ -208,6 +208,8 @@ impl<M: Machine> Kernel<M> {
                 thread: t,
                 hw,
                 portals: [Portal::None; EXIT_REASONS],
+                mmio_portal: Portal::None,
+                forwarded: false,
                 run: VcpuRun::Stopped,
                 runner: None,
                 exits: [0; EXIT_REASONS],
@@ -255,13 +257,14 @@ impl<M: Machine> Kernel<M> {
     pub(crate) fn sys_vcpu_portal(&mut self, a: [u64; 6]) -> SysResult {
         let cap = self.cap(a[0], CapKind::Vcpu, Rights::WRITE).map_err(err)?;
         let r = a[1] as usize;
-        if a[1] >= EXIT_REASONS as u64 || reason::NO_PORTAL.contains(&(r as u32)) {
+        let mmio = a[1] == reason::MMIO as u64;
+        if (a[1] >= EXIT_REASONS as u64 && !mmio) || reason::NO_PORTAL.contains(&(r as u32)) {
             return Err(err(Error::InvalidArgument));
         }
         let portal = match a[2] {
             NO_CAP => Portal::None,
             vmx::PORTAL_REFLECT => {
-                if ![reason::CPUID, reason::VMCALL, reason::IO].contains(&(r as u32)) {
+                if mmio || ![reason::CPUID, reason::VMCALL, reason::IO].contains(&(r as u32)) {
                     return Err(err(Error::InvalidArgument));
                 }
                 Portal::Reflect
@@ -276,7 +279,10 @@ impl<M: Machine> Kernel<M> {
             }
         };
         let vcpu = slot_get_mut(&mut self.vcpus, cap.obj).ok_or(err(Error::StaleCap))?;
-        vcpu.portals[r] = portal;
+        match vcpu.portals.get_mut(r) {
+            Some(p) => *p = portal,
+            None => vcpu.mmio_portal = portal,
+        }
         Ok(Some([0; 4]))
     }
 

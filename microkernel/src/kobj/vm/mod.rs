@@ -19,7 +19,8 @@
 //! - `lifecycle.rs`: the VM and vCPU objects, their syscalls and reference counts;
 //! - `state.rs`: the state-access policy (`VcpuState`, what a write forces, shadow state);
 //! - `exit_path.rs`: an exit to its portal, and the exit message;
-//! - `entry_path.rs`: before an entry, the reply applied and the entry checked.
+//! - `entry_path.rs`: before an entry, the reply applied and the entry checked;
+//! - `forward.rs`: an exit the MMU endpoint forwards to the MMIO portal (`reply::FORWARD`).
 //!
 //! [`ExitMessage`]: abi::vmx::ExitMessage
 //! [`ExitReply`]: abi::vmx::ExitReply
@@ -37,6 +38,7 @@ use super::shadow::ShadowVm;
 
 mod entry_path;
 mod exit_path;
+mod forward;
 mod lifecycle;
 mod state;
 
@@ -92,6 +94,11 @@ pub struct Vcpu<V> {
     pub thread: ThreadId,
     pub hw: V,
     pub portals: [Portal; EXIT_REASONS],
+    /// Where the VM's MMU endpoint forwards device accesses ([`abi::vmx::reason::MMIO`],
+    /// `reply::FORWARD`).
+    pub mmio_portal: Portal,
+    /// The exit being handled was forwarded to the MMIO portal (it cannot be again).
+    pub forwarded: bool,
     pub run: VcpuRun,
     /// The thread waiting in `VcpuRun`.
     pub runner: Option<ThreadId>,

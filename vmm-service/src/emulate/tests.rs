@@ -861,7 +861,17 @@ fn errors() {
         (64, &[0xf0, 0x48, 0x89, 0x0b], EmulateError::Decode), // lock mov: #UD
         (64, &[0xf0, 0x48, 0x01, 0xc8], EmulateError::Decode), // lock add reg, reg: #UD
         (64, &[0x48, 0x01, 0xc8], unsupported(Mnemonic::Add, 3)), // add rax, rcx
-        (64, &[0x48, 0x03, 0x03], unsupported(Mnemonic::Add, 3)), // add rax, [rbx]
+        (
+            64,
+            &[0x48, 0x0f, 0xaf, 0x03],
+            unsupported(Mnemonic::Imul, 4),
+        ), // imul rax, [rbx]
+        (64, &[0x8e, 0x1b], unsupported(Mnemonic::Mov, 2)), // mov ds, [rbx]
+        (
+            64,
+            &[0xf3, 0x0f, 0x6f, 0x03],
+            unsupported(Mnemonic::Movdqu, 4),
+        ), // movdqu xmm0, [rbx]
         (64, &[0x48, 0xff, 0x03], unsupported(Mnemonic::Inc, 3)), // inc qword [rbx]
         (64, &[0x0f, 0x0b], unsupported(Mnemonic::Ud2, 2)),
         (64, &[0x8c, 0x1b], unsupported(Mnemonic::Mov, 2)), // mov [rbx], ds

@@ -1,29 +1,36 @@
-//! Emulation of the guest instructions that write guest page tables.
+//! Emulation of the guest instructions that access memory the guest cannot reach directly:
+//! writes to guest page tables (shadow paging) and device accesses (MMIO).
 //!
-//! When a guest writes a page table that its own translation goes through, the MMU answers
-//! [`FaultOutcome::EmulateWrite`](crate::FaultOutcome::EmulateWrite) and the VMM carries out the
-//! faulting instruction itself (KVM's `x86_emulate_instruction` on a write-protected gfn):
-//! [`emulate`] decodes it with `iced-x86`, reads and writes guest memory through a
-//! [`GuestAccess`] (the caller translates linear addresses with the guest's tables and reports
-//! the write to [`Mmu::emulated_write`](crate::Mmu::emulated_write)), and updates the registers,
-//! RFLAGS and RIP as the instruction does.
+//! When a guest writes a page table that its own translation goes through, the shadow MMU
+//! (`mmu-service`) answers `FaultOutcome::EmulateWrite` and carries out the faulting
+//! instruction itself (KVM's `x86_emulate_instruction` on a write-protected gfn); when a guest
+//! accesses a device, the VMM does ([`crate::mmio_exit`]). [`emulate`] decodes the instruction
+//! with `iced-x86`, reads and writes guest memory through a [`GuestAccess`] (the caller
+//! translates linear addresses with the guest's tables and sends each access to RAM or to a
+//! device), and updates the registers, RFLAGS and RIP as the instruction does.
 //!
-//! Supported (memory destination, operand sizes 1/2/4/8 as encoded, with or without LOCK):
-//! - `MOV r/m, reg`, `MOV r/m, imm`, `MOV moffs, acc`;
-//! - `XCHG r/m, reg`;
-//! - `CMPXCHG r/m, reg`, `CMPXCHG8B m64`, `CMPXCHG16B m128`;
-//! - `ADD`/`SUB`/`AND`/`OR`/`XOR r/m, reg|imm`;
-//! - `BTS`/`BTR`/`BTC r/m, reg|imm8`, including register bit offsets that address memory
-//!   outside the operand (the operand-sized unit holding the bit is accessed);
-//! - `STOS` and `MOVS` (all element sizes). With a `REP` (`F3`) prefix one element is processed
-//!   per call: the count register is decremented and RIP stays on the instruction until the count
-//!   reaches zero, like a repeated string instruction interrupted between iterations.
+//! Supported (operand sizes 1/2/4/8 as encoded, with or without LOCK where it is valid):
+//! - memory destination (`ops.rs`): `MOV r/m, reg`, `MOV r/m, imm`, `MOV moffs, acc`;
+//!   `XCHG r/m, reg`; `CMPXCHG r/m, reg`, `CMPXCHG8B m64`, `CMPXCHG16B m128`;
+//!   `ADD`/`SUB`/`AND`/`OR`/`XOR r/m, reg|imm`; `CMP r/m, reg|imm` and `TEST r/m, reg|imm`
+//!   (flags only, nothing written); `BTS`/`BTR`/`BTC r/m, reg|imm8`, including register bit
+//!   offsets that address memory outside the operand (the operand-sized unit holding the bit
+//!   is accessed);
+//! - register destination (`ops.rs`): `MOV reg, r/m`, `MOV acc, moffs`, `MOVZX`, `MOVSX`,
+//!   `MOVSXD`, `ADD`/`SUB`/`AND`/`OR`/`XOR`/`CMP reg, r/m`; everything is checked before the
+//!   one read, since a device read has effects;
+//! - `string.rs`: `STOS` and `MOVS` (all element sizes; MOVS between any two of RAM and
+//!   devices). With a `REP` (`F3`) prefix one element is processed per call: the count
+//!   register is decremented and RIP stays on the instruction until the count reaches zero,
+//!   like a repeated string instruction interrupted between iterations (the guest executes
+//!   it again and exits again).
 //!
 //! Everything else is [`EmulateError::Unsupported`].
 //!
 //! Semantics and limits:
-//! - Every instruction does at most one [`GuestAccess::write`], of the operand's address and
-//!   length. A read-modify-write reads the same range first. Like the processor, a failed
+//! - Every instruction does at most one [`GuestAccess::read`] of each operand and at most
+//!   one [`GuestAccess::write`], of the operand's address and length. A read-modify-write
+//!   reads the same range first. Like the processor, a failed
 //!   `CMPXCHG*` writes the old value back.
 //! - The emulation is atomic only in that the caller serializes it: the service emulates one
 //!   instruction at a time and every other vCPU's write to the page traps too (it is
@@ -46,8 +53,6 @@
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction, MemorySize, Mnemonic, OpKind};
 use iced_x86::{Register, Register as R};
 
-use crate::walker::PageFault;
-
 /// The longest x86 instruction: the caller fetches up to this many bytes at RIP.
 pub const MAX_INSN_LEN: usize = 15;
 
@@ -69,6 +74,15 @@ pub const OF: u64 = 1 << 11;
 pub const RF: u64 = 1 << 16;
 /// The six arithmetic status flags.
 pub const STATUS_FLAGS: u64 = CF | PF | AF | ZF | SF | OF;
+
+/// A page fault to deliver to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageFault {
+    /// The error code pushed by the #PF.
+    pub error_code: u32,
+    /// The faulting linear address (CR2).
+    pub address: u64,
+}
 
 /// Why a guest memory access could not be carried out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,201 +397,12 @@ impl Emulator<'_> {
     fn set_status(&mut self, flags: u64, which: u64) {
         self.cpu.rflags = (self.cpu.rflags & !which) | (flags & which);
     }
-
-    /// Emulates the instruction; returns whether RIP advances (not for a repeated string
-    /// instruction with iterations left).
-    fn run(&mut self, mem: &mut impl GuestAccess) -> Result<bool, EmulateError> {
-        let insn = self.insn;
-        let mn = insn.mnemonic();
-        let string = matches!(
-            mn,
-            Mnemonic::Stosb
-                | Mnemonic::Stosw
-                | Mnemonic::Stosd
-                | Mnemonic::Stosq
-                | Mnemonic::Movsb
-                | Mnemonic::Movsw
-                | Mnemonic::Movsd
-                | Mnemonic::Movsq
-        );
-        if string {
-            return self.string(mem);
-        }
-        if insn.op0_kind() != OpKind::Memory {
-            return Err(self.unsupported("destination is not memory"));
-        }
-        let size = mem_size(insn.memory_size()).ok_or_else(|| self.unsupported("operand size"))?;
-        let gla = self.linear(insn, 0)?;
-        match mn {
-            Mnemonic::Cmpxchg8b | Mnemonic::Cmpxchg16b => return self.cmpxchg_double(mem, gla),
-            Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc => return self.bit(mem, gla, size),
-            _ => {}
-        }
-        if size > 8 {
-            return Err(self.unsupported("operand size"));
-        }
-        match mn {
-            Mnemonic::Mov => {
-                let v = self.source(size)?;
-                mem.write(gla, &v.to_le_bytes()[..size])?;
-            }
-            Mnemonic::Xchg => {
-                let v = self.source(size)?;
-                let old = self.read(mem, gla, size)?;
-                mem.write(gla, &v.to_le_bytes()[..size])?;
-                self.write_reg(insn.op1_register(), old);
-            }
-            Mnemonic::Cmpxchg => {
-                let v = self.source(size)?;
-                let old = self.read(mem, gla, size)?;
-                let acc = self.get(0, size);
-                let (_, flags) = alu(Mnemonic::Sub, acc, old, size);
-                let new = if acc == old { v } else { old };
-                mem.write(gla, &new.to_le_bytes()[..size])?;
-                if acc != old {
-                    self.set(0, size, old);
-                }
-                self.set_status(flags, STATUS_FLAGS);
-            }
-            Mnemonic::Add | Mnemonic::Sub | Mnemonic::And | Mnemonic::Or | Mnemonic::Xor => {
-                let v = self.source(size)?;
-                let old = self.read(mem, gla, size)?;
-                let (res, flags) = alu(mn, old, v, size);
-                mem.write(gla, &res.to_le_bytes()[..size])?;
-                self.set_status(flags, STATUS_FLAGS);
-            }
-            _ => return Err(self.unsupported("instruction")),
-        }
-        Ok(true)
-    }
-
-    /// `CMPXCHG8B m64` / `CMPXCHG16B m128`: compares rDX:rAX with the operand; if equal, ZF is
-    /// set and rCX:rBX is stored, otherwise ZF is cleared and the operand is loaded into
-    /// rDX:rAX (and written back unchanged).
-    fn cmpxchg_double(
-        &mut self,
-        mem: &mut impl GuestAccess,
-        gla: u64,
-    ) -> Result<bool, EmulateError> {
-        let half = if self.insn.mnemonic() == Mnemonic::Cmpxchg16b {
-            if gla & 15 != 0 {
-                return Err(EmulateError::GeneralProtection);
-            }
-            8
-        } else {
-            4
-        };
-        let mut old = [0u8; 16];
-        mem.read(gla, &mut old[..2 * half])?;
-        let (lo, hi) = (le(&old[..half]), le(&old[half..2 * half]));
-        let equal = lo == self.get(0, half) && hi == self.get(2, half);
-        if equal {
-            let mut new = [0u8; 16];
-            new[..half].copy_from_slice(&self.get(3, half).to_le_bytes()[..half]);
-            new[half..2 * half].copy_from_slice(&self.get(1, half).to_le_bytes()[..half]);
-            mem.write(gla, &new[..2 * half])?;
-        } else {
-            mem.write(gla, &old[..2 * half])?;
-            self.set(0, half, lo);
-            self.set(2, half, hi);
-        }
-        self.set_status(if equal { ZF } else { 0 }, ZF);
-        Ok(true)
-    }
-
-    /// `BTS`/`BTR`/`BTC`: CF = the selected bit, then set, clear or complement it. A register
-    /// bit offset is signed and selects the operand-sized unit `offset / bits` units away.
-    fn bit(
-        &mut self,
-        mem: &mut impl GuestAccess,
-        gla: u64,
-        size: usize,
-    ) -> Result<bool, EmulateError> {
-        let insn = self.insn;
-        if !matches!(size, 2 | 4 | 8) {
-            return Err(self.unsupported("operand size"));
-        }
-        let bits = 8 * size as u64;
-        let offset = self.source(size)?;
-        let (gla, bit) = if insn.op1_kind() == OpKind::Register {
-            // Sign-extend the offset from the operand size and move the operand by whole units.
-            let shift = 64 - bits;
-            let signed = ((offset << shift) as i64) >> shift;
-            let delta = (signed >> bits.trailing_zeros()).wrapping_mul(size as i64) as u64;
-            let mut moved = *insn;
-            moved.set_memory_displacement64(insn.memory_displacement64().wrapping_add(delta));
-            (self.linear(&moved, 0)?, offset & (bits - 1))
-        } else {
-            (gla, offset & (bits - 1))
-        };
-        let old = self.read(mem, gla, size)?;
-        let m = 1u64 << bit;
-        let new = match insn.mnemonic() {
-            Mnemonic::Bts => old | m,
-            Mnemonic::Btr => old & !m,
-            _ => old ^ m,
-        };
-        mem.write(gla, &new.to_le_bytes()[..size])?;
-        self.set_status(if old & m != 0 { CF } else { 0 }, CF);
-        Ok(true)
-    }
-
-    /// `STOS`/`MOVS`, one element; with `REP` the count register counts it.
-    fn string(&mut self, mem: &mut impl GuestAccess) -> Result<bool, EmulateError> {
-        let insn = self.insn;
-        let addr_size = match insn.op0_kind() {
-            OpKind::MemoryESDI => 2,
-            OpKind::MemoryESEDI => 4,
-            OpKind::MemoryESRDI => 8,
-            _ => return Err(self.unsupported("destination is not memory")),
-        };
-        if insn.has_repne_prefix() {
-            return Err(self.unsupported("REPNE prefix"));
-        }
-        let size = mem_size(insn.memory_size()).ok_or_else(|| self.unsupported("operand size"))?;
-        if size > 8 {
-            return Err(self.unsupported("operand size"));
-        }
-        let rep = insn.has_rep_prefix();
-        if rep && self.get(1, addr_size) == 0 {
-            return Ok(true);
-        }
-        let movs = insn.op1_kind() != OpKind::Register;
-        let value = if movs {
-            if !matches!(
-                insn.op1_kind(),
-                OpKind::MemorySegSI | OpKind::MemorySegESI | OpKind::MemorySegRSI
-            ) {
-                return Err(self.unsupported("source operand"));
-            }
-            let src = self.linear(insn, 1)?;
-            self.read(mem, src, size)?
-        } else {
-            self.get(0, size)
-        };
-        let dst = self.linear(insn, 0)?;
-        mem.write(dst, &value.to_le_bytes()[..size])?;
-        let step = if self.cpu.rflags & DF != 0 {
-            (size as u64).wrapping_neg()
-        } else {
-            size as u64
-        };
-        let mut advance = |idx: usize, by: u64| {
-            let v = self.get(idx, addr_size).wrapping_add(by);
-            self.set(idx, addr_size, v);
-        };
-        advance(7, step);
-        if movs {
-            advance(6, step);
-        }
-        if rep {
-            advance(1, u64::MAX);
-            return Ok(self.get(1, addr_size) == 0);
-        }
-        Ok(true)
-    }
 }
 
+mod ops;
+mod string;
+
 #[cfg(test)]
-#[path = "emulate/tests.rs"]
 mod tests;
+#[cfg(test)]
+mod tests_device;
