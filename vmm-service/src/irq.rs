@@ -96,21 +96,41 @@ impl Clock {
     }
 }
 
-/// The vCPU's interrupt controllers, its delivery state and statistics.
-#[derive(Clone, Debug)]
-pub struct Interrupts {
-    /// The vCPU's local APIC.
-    pub lapic: Lapic,
-    pub ioapic: Ioapic,
-    /// The levels last given to the level-driven ISA lines (bit n: line n).
-    levels: u16,
+/// Most vCPUs of a VM (the protocol's [`userlib::proto::vmm::MAX_VCPUS`]).
+pub const MAX_VCPUS: usize = userlib::proto::vmm::MAX_VCPUS as usize;
+
+/// One vCPU's delivery state (its local APIC is in [`Interrupts::lapics`], at the same
+/// index).
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuState {
     /// The guest's TSC minus the host's (the VMCS TSC offset): the local APIC counts guest
     /// time.
-    pub tsc_offset: u64,
+    tsc_offset: u64,
     /// The guest waits in the HLT activity state (the model put it there; RFLAGS.IF is set).
     halted: bool,
     /// The deadline the kernel holds (0: none).
     deadline: u64,
+}
+
+/// The VM's interrupt controllers: the IOAPIC and the ISA lines (per VM), one local APIC
+/// and delivery state per vCPU, and statistics. Exits are handled for the vCPU
+/// [`Interrupts::select`] chose (the BSP, index 0, unless told otherwise).
+///
+/// A message or IPI for another vCPU goes into its local APIC and asks for a kick
+/// ([`Interrupts::take_kicks`]): the service makes that vCPU's next entry exit at once
+/// (its deadline set to 1, already passed), and that exit delivers the interrupt.
+#[derive(Clone, Debug)]
+pub struct Interrupts {
+    /// The local APIC of each vCPU, by vCPU index (APIC ID = index).
+    pub lapics: heapless::Vec<Lapic, MAX_VCPUS>,
+    cpus: heapless::Vec<CpuState, MAX_VCPUS>,
+    /// The vCPU whose exit is being handled.
+    current: usize,
+    /// vCPUs (bit n: index n) that received something since the last [`Interrupts::take_kicks`].
+    kicks: u32,
+    pub ioapic: Ioapic,
+    /// The levels last given to the level-driven ISA lines (bit n: line n).
+    levels: u16,
     /// External interrupts injected.
     pub injected: u64,
     /// Interrupt-window exits asked for.
@@ -123,30 +143,102 @@ pub struct Interrupts {
 
 impl Default for Interrupts {
     fn default() -> Interrupts {
+        Interrupts::new(1)
+    }
+}
+
+impl Interrupts {
+    /// The controllers of a VM with `vcpus` vCPUs (1 to [`MAX_VCPUS`]; out of range counts
+    /// as the nearest): vCPU 0 is the bootstrap processor, the others wait for a SIPI.
+    pub fn new(vcpus: usize) -> Interrupts {
+        let n = vcpus.clamp(1, MAX_VCPUS);
+        let mut lapics = heapless::Vec::new();
+        let mut cpus = heapless::Vec::new();
+        for i in 0..n {
+            let _ = lapics.push(Lapic::new(lapic::Config::new(i as u32, i == 0)));
+            let _ = cpus.push(CpuState::default());
+        }
         Interrupts {
-            lapic: Lapic::new(lapic::Config::new(0, true)),
+            lapics,
+            cpus,
+            current: 0,
+            kicks: 0,
             ioapic: Ioapic::new(IOAPIC_ID),
             levels: 0,
-            tsc_offset: 0,
-            halted: false,
-            deadline: 0,
             injected: 0,
             windows: 0,
             lost_ticks: 0,
             halts: 0,
         }
     }
-}
 
-impl Interrupts {
-    /// Whether the guest waits in HLT.
-    pub fn halted(&self) -> bool {
-        self.halted
+    /// The number of vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.lapics.len()
     }
 
-    /// The guest's TSC at host time `clock`.
+    /// Handles the next exits for vCPU `index` (ignored if there is no such vCPU).
+    pub fn select(&mut self, index: usize) {
+        if index < self.lapics.len() {
+            self.current = index;
+        }
+    }
+
+    /// The vCPU whose exits are being handled.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The local APIC of the current vCPU.
+    pub fn lapic(&self) -> &Lapic {
+        &self.lapics[self.current]
+    }
+
+    /// The local APIC of the current vCPU, to change.
+    pub fn lapic_mut(&mut self) -> &mut Lapic {
+        &mut self.lapics[self.current]
+    }
+
+    /// The vCPUs (bit n: index n) other than the current one that received an interrupt
+    /// message since the last call; clears them. Each must be made to exit
+    /// ([`Interrupts::kicked`] once its deadline was set to 1).
+    pub fn take_kicks(&mut self) -> u32 {
+        core::mem::take(&mut self.kicks)
+    }
+
+    /// The service set vCPU `index`'s deadline to 1 (it exits at its next entry): the
+    /// deadline the kernel holds for it.
+    pub fn kicked(&mut self, index: usize) {
+        if let Some(c) = self.cpus.get_mut(index) {
+            c.deadline = 1;
+        }
+    }
+
+    /// The current vCPU's TSC offset moved (a guest write of IA32_TSC or IA32_TSC_ADJUST).
+    pub fn set_tsc_offset(&mut self, offset: u64) {
+        self.cpus[self.current].tsc_offset = offset;
+    }
+
+    /// Whether the current vCPU waits in HLT.
+    pub fn halted(&self) -> bool {
+        self.cpus[self.current].halted
+    }
+
+    /// The current vCPU's TSC at host time `clock`.
     pub fn guest_tsc(&self, clock: &Clock) -> u64 {
-        clock.tsc.wrapping_add(self.tsc_offset)
+        clock.tsc.wrapping_add(self.cpus[self.current].tsc_offset)
+    }
+
+    /// Gives `msg` to the local APICs in `mask` (bit n: vCPU n); the others are kicked.
+    fn receive(&mut self, mask: u32, msg: &Message) {
+        for (i, l) in self.lapics.iter_mut().enumerate() {
+            if mask & (1 << i) != 0 {
+                l.receive(msg);
+                if i != self.current {
+                    self.kicks |= 1 << i;
+                }
+            }
+        }
     }
 
     /// ISA line `irq` at `level`: to the 8259 pair and the IOAPIC.
@@ -157,22 +249,20 @@ impl Interrupts {
         }
     }
 
-    /// A message on the APIC bus: to this vCPU's local APIC if it is a destination (one
-    /// vCPU: messages for others go nowhere).
+    /// A message on the APIC bus (from the IOAPIC): to every local APIC it names.
     pub fn deliver(&mut self, msg: &Message) {
-        if ipi::message_targets(core::slice::from_ref(&self.lapic), msg) & 1 != 0 {
-            self.lapic.receive(msg);
-        }
+        let mask = ipi::message_targets(&self.lapics, msg);
+        self.receive(mask, msg);
     }
 
-    /// Acts on what a local-APIC register write asks for: an IPI (this vCPU's own, the only
-    /// one there is) or the end of a level-triggered interrupt (the IOAPIC may send again).
+    /// Acts on what a local-APIC register write of the current vCPU asks for: an IPI (to
+    /// the local APICs it names, this one's included) or the end of a level-triggered
+    /// interrupt (the IOAPIC may send again).
     pub fn apply(&mut self, effect: Effect) {
         match effect {
             Effect::Ipi(i) => {
-                if ipi::targets(core::slice::from_ref(&self.lapic), &i) & 1 != 0 {
-                    self.lapic.receive(&i.message);
-                }
+                let mask = ipi::targets(&self.lapics, &i);
+                self.receive(mask, &i.message);
             }
             Effect::LevelEoi(vector) => {
                 for msg in self.ioapic.eoi(vector) {
@@ -203,7 +293,7 @@ impl Interrupts {
             }
         }
         let now = self.guest_tsc(clock);
-        self.lapic.poll(now);
+        self.lapics[self.current].poll(now);
     }
 
     /// The next time a device's output may change, as a host TSC (`None`: nothing armed).
@@ -215,27 +305,27 @@ impl Interrupts {
         ];
         let isa = isa.into_iter().flatten().filter_map(|t| clock.tsc_at(t));
         let lapic = self
-            .lapic
+            .lapic()
             .next_event(self.guest_tsc(clock))
             .filter(|_| clock.tsc_hz != 0)
-            .map(|g| g.wrapping_sub(self.tsc_offset).max(1));
+            .map(|g| g.wrapping_sub(self.cpus[self.current].tsc_offset).max(1));
         isa.chain(lapic).min()
     }
 
     /// Whether an interrupt controller asks for the CPU: the 8259 through LINT0 (ExtINT) or
     /// with the local APIC disabled, or the local APIC itself.
     fn requested(&self, bus: &PortBus) -> bool {
-        (self.lapic.lint0_extint() && bus.pic.pending().is_some()) || self.lapic.pending().is_some()
+        (self.lapics[self.current].lint0_extint() && bus.pic.pending().is_some()) || self.lapics[self.current].pending().is_some()
     }
 
     /// The acknowledge: the vector of the request [`Interrupts::requested`] saw, the 8259's
     /// first (as KVM asks it first).
     fn acknowledge(&mut self, bus: &mut PortBus) -> u8 {
-        if self.lapic.lint0_extint() && bus.pic.pending().is_some() {
+        if self.lapics[self.current].lint0_extint() && bus.pic.pending().is_some() {
             return bus.pic.ack();
         }
-        match self.lapic.pending() {
-            Some(v) => self.lapic.ack(v),
+        match self.lapics[self.current].pending() {
+            Some(v) => self.lapics[self.current].ack(v),
             None => bus.pic.ack(), // gone meanwhile: the 8259's spurious vector
         }
     }
@@ -245,9 +335,9 @@ impl Interrupts {
     pub fn rdmsr(&mut self, msr: u32, clock: &Clock) -> Option<Result<u64, GpFault>> {
         let now = self.guest_tsc(clock);
         Some(match msr {
-            index::APIC_BASE => Ok(self.lapic.apic_base()),
-            index::TSC_DEADLINE => Ok(self.lapic.tsc_deadline()),
-            X2APIC_FIRST..=X2APIC_LAST => self.lapic.msr_read(msr, now),
+            index::APIC_BASE => Ok(self.lapics[self.current].apic_base()),
+            index::TSC_DEADLINE => Ok(self.lapics[self.current].tsc_deadline()),
+            X2APIC_FIRST..=X2APIC_LAST => self.lapics[self.current].msr_read(msr, now),
             _ => return None,
         })
     }
@@ -256,23 +346,24 @@ impl Interrupts {
     pub fn wrmsr(&mut self, msr: u32, value: u64, clock: &Clock) -> Option<Result<(), GpFault>> {
         let now = self.guest_tsc(clock);
         Some(match msr {
-            index::APIC_BASE => self.lapic.set_apic_base(value),
+            index::APIC_BASE => self.lapics[self.current].set_apic_base(value),
             index::TSC_DEADLINE => {
-                self.lapic.set_tsc_deadline(value, now);
+                self.lapics[self.current].set_tsc_deadline(value, now);
                 Ok(())
             }
             X2APIC_FIRST..=X2APIC_LAST => self
-                .lapic
+                .lapic_mut()
                 .msr_write(msr, value, now)
                 .map(|e| e.into_iter().for_each(|e| self.apply(e))),
             _ => return None,
         })
     }
 
-    /// Whether a HLT now would wait for something: a request is pending or a timer runs.
+    /// Whether a HLT now would wait for something: a request is pending, a timer runs, or
+    /// another vCPU may send an IPI.
     pub fn can_wake(&mut self, bus: &mut PortBus, clock: &Clock) -> bool {
         self.poll(bus, clock);
-        self.requested(bus) || self.next_event(bus, clock).is_some()
+        self.requested(bus) || self.next_event(bus, clock).is_some() || self.vcpus() > 1
     }
 
     /// Completes `r`, the model's answer to exit `m`: delivers what the devices request and
@@ -283,10 +374,10 @@ impl Interrupts {
         }
         let basic = m.basic_reason();
         if basic == reason::PREEMPTION_TIMER {
-            self.deadline = 0; // the kernel cleared it when it fired
+            self.cpus[self.current].deadline = 0; // the kernel cleared it when it fired
         }
         if r.flags & reply::HALT != 0 {
-            self.halted = true;
+            self.cpus[self.current].halted = true;
             self.halts += 1;
         }
         self.poll(bus, clock);
@@ -299,11 +390,11 @@ impl Interrupts {
             let past_instruction = r.flags & reply::ADVANCE_RIP != 0
                 && m.mask & group::RIP != 0
                 && rflags & RFLAGS_IF != 0;
-            if basic == reason::INTERRUPT_WINDOW || self.halted || past_instruction {
+            if basic == reason::INTERRUPT_WINDOW || self.cpus[self.current].halted || past_instruction {
                 let vector = self.acknowledge(bus);
                 r.flags |= reply::INJECT;
                 r.inject = EXTERNAL_INTERRUPT | u64::from(vector);
-                self.halted = false;
+                self.cpus[self.current].halted = false;
                 self.injected += 1;
             } else {
                 r.flags |= reply::INTR_WINDOW;
@@ -311,13 +402,13 @@ impl Interrupts {
             }
         }
         if r.flags & reply::INJECT != 0 {
-            self.halted = false;
+            self.cpus[self.current].halted = false;
         }
         let next = self.next_event(bus, clock).unwrap_or(0);
-        if next != self.deadline {
+        if next != self.cpus[self.current].deadline {
             r.flags |= reply::SET_DEADLINE;
             r.deadline = next;
-            self.deadline = next;
+            self.cpus[self.current].deadline = next;
         }
     }
 }
@@ -348,7 +439,7 @@ impl PlatformMmio<'_> {
         let within = |base: u64, len: u64| {
             (gpa >= base && gpa - base + size <= len).then(|| (gpa - base) as u32)
         };
-        let lapic = &self.irq.lapic;
+        let lapic = self.irq.lapic();
         if lapic.mode() == lapic::ApicMode::XApic {
             if let Some(off) = within(lapic.base(), LAPIC_PAGE) {
                 return Some(Controller::Lapic(off));
@@ -366,7 +457,7 @@ impl Devices for PlatformMmio<'_> {
     fn read(&mut self, gpa: u64, size: u8) -> Option<u64> {
         match self.controller(gpa, u64::from(size)) {
             Some(Controller::Lapic(off)) => {
-                Some(self.irq.lapic.mmio_read_sized(off, size, self.now))
+                Some(self.irq.lapic_mut().mmio_read_sized(off, size, self.now))
             }
             // 32-bit registers: narrower reads take their bytes, wider ones read 0 above.
             Some(Controller::Ioapic(off)) => {
@@ -380,7 +471,7 @@ impl Devices for PlatformMmio<'_> {
     fn write(&mut self, gpa: u64, size: u8, value: u64) -> bool {
         match self.controller(gpa, u64::from(size)) {
             Some(Controller::Lapic(off)) => {
-                let effect = self.irq.lapic.mmio_write_sized(off, size, value, self.now);
+                let effect = self.irq.lapic_mut().mmio_write_sized(off, size, value, self.now);
                 if let Some(e) = effect {
                     self.irq.apply(e);
                 }
@@ -402,3 +493,5 @@ impl Devices for PlatformMmio<'_> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_smp;

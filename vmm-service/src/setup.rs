@@ -66,6 +66,9 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::VcpuCount);
     }
     if let MmuMode::Shadow(s) = cfg.mmu {
+        if cfg.vcpus > 1 {
+            return Err(ConfigError::ShadowSmp);
+        }
         if s.prev_roots > MAX_PREV_ROOTS
             || !(POOL_MIN_PAGES..=POOL_MAX_PAGES).contains(&s.pool_pages)
         {

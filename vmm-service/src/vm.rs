@@ -218,6 +218,14 @@ impl VmModel {
         }
     }
 
+    /// The model of a VM with `vcpus` vCPUs (1 to [`crate::irq::MAX_VCPUS`]): a local APIC
+    /// each ([`Interrupts::new`]). Exits are handled for the vCPU [`Interrupts::select`]
+    /// names.
+    pub fn with_vcpus(mut self, vcpus: usize) -> VmModel {
+        self.irq = Interrupts::new(vcpus);
+        self
+    }
+
     /// The model of a vCPU whose controls let the guest execute the instructions in
     /// `features` ([`abi::vmx::field::GUEST_FEATURES`]); CPUID offers only those.
     pub fn with_guest_features(mut self, features: u64) -> VmModel {
@@ -232,8 +240,8 @@ impl VmModel {
         let g = crate::cpuid_policy::GuestView {
             shadow: self.shadow,
             cr4,
-            apic_enabled: self.irq.lapic.apic_base() & APIC_GLOBAL_ENABLE != 0,
-            apic_id: self.irq.lapic.apic_id() as u8,
+            apic_enabled: self.irq.lapic().apic_base() & APIC_GLOBAL_ENABLE != 0,
+            apic_id: self.irq.lapic().apic_id() as u8,
         };
         let mut r = crate::cpuid_policy::answer(leaf, subleaf, &g, |l, s| env.host_cpuid(l, s));
         // RDTSCP and INVPCID only where the vCPU's controls let the guest run them.
@@ -382,7 +390,7 @@ impl VmModel {
                     // The local APIC counts the guest's time: follow the moved offset.
                     let mut offset = [0];
                     if env.vcpu_read(&[abi::vmx::field::TSC_OFFSET], &mut offset) {
-                        self.irq.tsc_offset = offset[0];
+                        self.irq.set_tsc_offset(offset[0]);
                     }
                 }
                 match written {

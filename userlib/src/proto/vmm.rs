@@ -14,8 +14,8 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 5;
-/// `0x0002_0005`.
+pub const VERSION: u16 = 6;
+/// `0x0002_0006`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
@@ -30,8 +30,9 @@ pub const RAM_MIN_MIB: u32 = 2;
 pub const RAM_MAX_MIB: u32 = 1024;
 /// Where a user's flat 64-bit image is loaded (`make run GUEST=... FLAT=1`): 2 MiB.
 pub const DEFAULT_FLAT_LOAD_GPA: u64 = 2 << 20;
-/// vCPUs per VM this VMM runs (no APIC/SIPI emulation yet: one).
-pub const MAX_VCPUS: u8 = 1;
+/// vCPUs per VM this VMM runs: vCPU 0 is the bootstrap processor, the others wait for the
+/// INIT/SIPI it sends. (The kernel's vCPU table holds 8 in all.)
+pub const MAX_VCPUS: u8 = 8;
 
 pub type Error = ProtoError<VmmError>;
 
@@ -229,6 +230,9 @@ pub enum ConfigError {
     /// An isolation probe's VM is not a flat 64-bit image, the probe's RAM does not hold its
     /// point list, or the neighbour's RAM ends at or below [`isolation::FILL_START`].
     ProbeConfig,
+    /// More than one vCPU on shadow paging: an application processor starts in real mode
+    /// at its SIPI vector, which needs unrestricted guest (EPT).
+    ShadowSmp,
 }
 
 /// Errors of the VMM service (`ProtoError::Service`).
