@@ -344,9 +344,18 @@ fn vmm_suite(t: &mut Tally) {
     );
     refused(
         t,
-        "2 vCPUs refused (one per VM for now)",
-        &bad(|c| c.vcpus = 2),
+        "9 vCPUs refused (at most MAX_VCPUS = 8)",
+        &bad(|c| c.vcpus = userlib::proto::vmm::MAX_VCPUS + 1),
         cfg_err(ConfigError::VcpuCount),
+    );
+    refused(
+        t,
+        "2 vCPUs on shadow paging refused (an AP starts in real mode: EPT only)",
+        &bad(|c| {
+            c.vcpus = 2;
+            c.mmu = MmuMode::Shadow(ShadowConfig::DEFAULT);
+        }),
+        cfg_err(ConfigError::ShadowSmp),
     );
     refused(
         t,
