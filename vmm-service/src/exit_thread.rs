@@ -31,16 +31,35 @@ const HANDLED: [u32; 12] = [
 ];
 use vm::hypercall::REFLECTABLE;
 
-/// The VM being run, shared by the main thread (which starts and ends it) and the exit thread.
-struct Run {
-    model: VmModel,
-    vcpu: CapSlot,
+/// The VM being run, shared by the main thread (which starts and ends it), the exit thread
+/// and the runner threads of its application processors ([`crate::smp`]).
+pub(crate) struct Run {
+    pub model: VmModel,
+    /// Its vCPUs by index (0: the bootstrap processor).
+    pub vcpus: heapless::Vec<CapSlot, { vmm_service::irq::MAX_VCPUS }>,
     ram: CapSlot,
     exit_ep: CapSlot,
     result: Option<vm::Stop>,
+    /// The vCPUs in a `VcpuRun` (bit n: index n).
+    pub running: u32,
+    /// The VM is ending: every exit of every vCPU stops it.
+    pub ending: bool,
+    /// The first stop of an application processor that ended the VM.
+    pub ap_stop: Option<(usize, Result<sys::VcpuStop, Error>)>,
 }
 
 static RUN: Mutex<Option<Run>> = Mutex::new(None);
+
+/// The run, locked. One host CPU: a thread preempted while it holds the lock lets the
+/// others wait by yielding rather than spinning through their slices.
+pub(crate) fn lock_run() -> spin::MutexGuard<'static, Option<Run>> {
+    loop {
+        if let Some(g) = RUN.try_lock() {
+            return g;
+        }
+        sys::yield_now();
+    }
+}
 /// The events of the exit being handled (kept here: they are too large to move per exit).
 static EVENTS: Mutex<heapless::Vec<Event, { vm::MAX_EVENTS }>> = Mutex::new(heapless::Vec::new());
 static STACK: ThreadStack<32768> = ThreadStack::new();
@@ -48,6 +67,8 @@ static STACK: ThreadStack<32768> = ThreadStack::new();
 /// What the model concluded when the run ended.
 pub struct Outcome {
     pub result: Option<VmResult>,
+    /// The stop of the application processor that ended the VM, if one did.
+    pub ap_stop: Option<(usize, Result<sys::VcpuStop, Error>)>,
 }
 
 /// Creates the exit endpoint and starts the exit thread on it.
@@ -99,26 +120,42 @@ pub fn set_portals(vcpu: CapSlot, exit_ep: CapSlot) -> Result<(), Error> {
     Ok(())
 }
 
+/// Starts a run of a VM with one vCPU.
 pub fn begin(model: VmModel, vcpu: CapSlot, ram: CapSlot, exit_ep: CapSlot) {
-    *RUN.lock() = Some(Run {
+    begin_vcpus(model, &[vcpu], ram, exit_ep);
+}
+
+/// Starts a run of a VM with `vcpus` (index 0, the bootstrap processor, is run by the
+/// caller; the others when their SIPI comes, [`crate::smp`]).
+pub fn begin_vcpus(model: VmModel, vcpus: &[CapSlot], ram: CapSlot, exit_ep: CapSlot) {
+    *lock_run() = Some(Run {
         model,
-        vcpu,
+        vcpus: vcpus
+            .iter()
+            .copied()
+            .take(vmm_service::irq::MAX_VCPUS)
+            .collect(),
         ram,
         exit_ep,
         result: None,
+        running: 1,
+        ending: false,
+        ap_stop: None,
     });
 }
 
 /// Ends a run for now and gives its model back, for a later [`begin`] of the same VM (its
 /// exit counts and device state carry on).
 pub fn pause() -> Option<VmModel> {
-    RUN.lock().take().map(|r| r.model)
+    lock_run().take().map(|r| r.model)
 }
 
 pub fn end() -> Outcome {
-    let run = RUN.lock().take();
+    let run = lock_run().take();
+    let ap_stop = run.as_ref().and_then(|r| r.ap_stop);
     Outcome {
         result: run.and_then(|r| r.result).map(|s| *s.result()),
+        ap_stop,
     }
 }
 
@@ -214,20 +251,27 @@ extern "C" fn exit_thread(ep: u64) -> ! {
 }
 
 fn on_exit(m: &ExitMessage) -> ExitReply {
-    let mut guard = RUN.lock();
+    let mut guard = lock_run();
     let Some(run) = guard.as_mut() else {
         userlib::println!("vmm: exit with no VM running; stopping it");
         return ExitReply::stop(0);
     };
-    if m.basic_reason() == reason::DR_ACCESS {
-        return debug_register_exit(run.vcpu, m);
-    }
-    let mut env = ServiceEnv {
-        ram: run.ram,
-        vcpu: run.vcpu,
+    // The vCPU index in its id (`mmu::vcpu_id`).
+    let index = (m.vcpu & 0xffff) as usize;
+    let Some(&vcpu) = run.vcpus.get(index) else {
+        userlib::println!("vmm: exit of unknown vCPU {:#x}; stopping it", m.vcpu);
+        return ExitReply::stop(0);
     };
+    if let Some(reply) = crate::smp::before_exit(run, index, vcpu) {
+        return reply;
+    }
+    if m.basic_reason() == reason::DR_ACCESS {
+        return debug_register_exit(vcpu, m);
+    }
+    let mut env = ServiceEnv { ram: run.ram, vcpu };
     let mut events = EVENTS.lock();
     events.clear();
+    run.model.irq.select(index);
     let mut reply = run.model.handle_into(m, &mut env, &mut events);
     let name = &run.model.name;
     for e in events.iter() {
@@ -242,20 +286,20 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
                 if *write { "write" } else { "read" }
             ),
             Event::Reflect { reason } => {
-                if sys::vcpu_portal_reflect(run.vcpu, *reason).is_err() {
+                if sys::vcpu_portal_reflect(vcpu, *reason).is_err() {
                     reply.set_gpr(Gpr::Rax, vm::hypercall::ERROR);
                 }
             }
             Event::Unreflect => {
-                let back = REFLECTABLE.iter().all(|&r| {
-                    sys::vcpu_portal(run.vcpu, r, Some(run.exit_ep), mask_for(r)).is_ok()
-                });
+                let back = REFLECTABLE
+                    .iter()
+                    .all(|&r| sys::vcpu_portal(vcpu, r, Some(run.exit_ep), mask_for(r)).is_ok());
                 if !back {
                     reply.set_gpr(Gpr::Rax, vm::hypercall::ERROR);
                 }
             }
             Event::SetXcr0(x) => {
-                if sys::vcpu_write(run.vcpu, &[(field::GUEST_XCR0, *x)]).is_err() {
+                if sys::vcpu_write(vcpu, &[(field::GUEST_XCR0, *x)]).is_err() {
                     // The host CPU cannot load it: #GP, as a CPU without the component.
                     reply = vmm_service::exception::reply(m, vmm_service::exception::GP, 0)
                         .unwrap_or(reply);
@@ -269,6 +313,8 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
             }
         }
     }
+    drop(events);
+    crate::smp::after_exit(run, index, &reply);
     reply
 }
 

@@ -214,6 +214,15 @@ impl Interrupts {
         }
     }
 
+    /// vCPU `index` starts again (an application processor at its SIPI): not halted, no
+    /// deadline.
+    pub fn restarted(&mut self, index: usize) {
+        if let Some(c) = self.cpus.get_mut(index) {
+            c.halted = false;
+            c.deadline = 0;
+        }
+    }
+
     /// The current vCPU's TSC offset moved (a guest write of IA32_TSC or IA32_TSC_ADJUST).
     pub fn set_tsc_offset(&mut self, offset: u64) {
         self.cpus[self.current].tsc_offset = offset;
@@ -315,7 +324,8 @@ impl Interrupts {
     /// Whether an interrupt controller asks for the CPU: the 8259 through LINT0 (ExtINT) or
     /// with the local APIC disabled, or the local APIC itself.
     fn requested(&self, bus: &PortBus) -> bool {
-        (self.lapics[self.current].lint0_extint() && bus.pic.pending().is_some()) || self.lapics[self.current].pending().is_some()
+        (self.lapics[self.current].lint0_extint() && bus.pic.pending().is_some())
+            || self.lapics[self.current].pending().is_some()
     }
 
     /// The acknowledge: the vector of the request [`Interrupts::requested`] saw, the 8259's
@@ -390,7 +400,10 @@ impl Interrupts {
             let past_instruction = r.flags & reply::ADVANCE_RIP != 0
                 && m.mask & group::RIP != 0
                 && rflags & RFLAGS_IF != 0;
-            if basic == reason::INTERRUPT_WINDOW || self.cpus[self.current].halted || past_instruction {
+            if basic == reason::INTERRUPT_WINDOW
+                || self.cpus[self.current].halted
+                || past_instruction
+            {
                 let vector = self.acknowledge(bus);
                 r.flags |= reply::INJECT;
                 r.inject = EXTERNAL_INTERRUPT | u64::from(vector);
@@ -471,7 +484,10 @@ impl Devices for PlatformMmio<'_> {
     fn write(&mut self, gpa: u64, size: u8, value: u64) -> bool {
         match self.controller(gpa, u64::from(size)) {
             Some(Controller::Lapic(off)) => {
-                let effect = self.irq.lapic_mut().mmio_write_sized(off, size, value, self.now);
+                let effect = self
+                    .irq
+                    .lapic_mut()
+                    .mmio_write_sized(off, size, value, self.now);
                 if let Some(e) = effect {
                     self.irq.apply(e);
                 }

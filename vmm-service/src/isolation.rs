@@ -98,7 +98,7 @@ impl Neighbour<'_> {
         let outcome = exit_thread::end();
         let s = run.map_err(kernel)?;
         if role == role::FILL {
-            Ok(setup::summarize(self.cfg, self.vm.vcpu, &s, outcome).result)
+            Ok(setup::summarize(self.cfg, self.vm.vcpu, &[self.vm.vcpu], &s, outcome).result)
         } else {
             Ok(setup::result_of(&s, outcome))
         }
@@ -222,7 +222,7 @@ pub fn probe(
     let run = run_resuming(&p, points, &mut n, exit_ep);
     let outcome = exit_thread::end();
     let (last, stops, stops_inside_ram) = run?;
-    let result = setup::summarize(probe, p.vcpu, &last, outcome).result;
+    let result = setup::summarize(probe, p.vcpu, &[p.vcpu], &last, outcome).result;
     let guest = sys::with_mapped_read(p.ram, RAM_VA, |m| {
         let mut w = [0u64; REPORT_WORDS];
         for (d, s) in w

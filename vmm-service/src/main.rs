@@ -17,6 +17,7 @@
 mod exit_thread;
 mod isolation;
 mod setup;
+mod smp;
 mod tracing;
 
 use abi::ipc::MAX_PAYLOAD;
@@ -97,6 +98,11 @@ fn vmm_main(generation: u64) {
             sys::task_exit(1)
         }
     };
+    if let Err(e) = smp::start() {
+        userlib::println!(
+            "vmm: no runner threads for application processors ({e:?}): one vCPU per VM"
+        );
+    }
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut request = [0u8; MAX_PAYLOAD];
     let mut msg = loop {

@@ -35,6 +35,11 @@ pub mod stop_code {
     pub const POWERED_OFF: u64 = 8 << 24;
     /// A reset through a port: detail = the port.
     pub const RESET: u64 = 9 << 24;
+    /// An application processor received INIT: its vCPU stops and waits for a SIPI (the VM
+    /// goes on). Detail 0.
+    pub const PARKED: u64 = 0x10 << 24;
+    /// Another vCPU's stop ended the VM (multi-vCPU VMs). Detail 0.
+    pub const VM_ENDED: u64 = 0x11 << 24;
     pub const KIND_MASK: u64 = 0xff << 24;
     pub const DETAIL_MASK: u64 = 0xff_ffff;
 }
@@ -316,6 +321,8 @@ mod tests {
             stop_code::HALTED,
             stop_code::POWERED_OFF,
             stop_code::RESET,
+            stop_code::PARKED,
+            stop_code::VM_ENDED,
             mmu::STOP_OUTSIDE_RAM,
             mmu::STOP_MMU_ERROR,
             mmu::STOP_UNEMULATED,

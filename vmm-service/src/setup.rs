@@ -103,7 +103,7 @@ fn find_module(name: &str) -> Result<(u64, u64), VmmError> {
 }
 
 /// Capabilities deleted when a run ends, however it ends.
-struct Held(Vec<CapSlot, 6>);
+struct Held(Vec<CapSlot, { 4 + MAX_VCPUS as usize }>);
 
 impl Drop for Held {
     fn drop(&mut self) {
@@ -129,7 +129,10 @@ pub struct Prepared {
     detach: Detach,
     _held: Held,
     pub vm: CapSlot,
+    /// The bootstrap processor (`vcpus[0]`).
     pub vcpu: CapSlot,
+    /// Every vCPU, by index.
+    pub vcpus: Vec<CapSlot, { MAX_VCPUS as usize }>,
     pub ram: CapSlot,
     pub ram_bytes: u64,
     /// The entry point (the guest RIP of the entry state).
@@ -140,7 +143,7 @@ pub struct Prepared {
 impl Prepared {
     /// The model of this VM's devices and CPU policy.
     pub fn model(&self, cfg: &VmConfig) -> VmModel {
-        let mut model = VmModel::new(&cfg.name, self.ram_bytes);
+        let mut model = VmModel::new(&cfg.name, self.ram_bytes).with_vcpus(usize::from(cfg.vcpus));
         // fw_cfg reports the VM's vCPU count, as the MADT does.
         model.bus.fw_cfg =
             vmm_service::devices::fw_cfg::FwCfg::new(self.ram_bytes, u16::from(cfg.vcpus));
@@ -177,11 +180,19 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         cfg.entry,
         vm.entry
     );
-    exit_thread::begin(vm.model(cfg), vm.vcpu, vm.ram, exit_ep);
+    exit_thread::begin_vcpus(vm.model(cfg), &vm.vcpus, vm.ram, exit_ep);
     let run = sys::vcpu_run(vm.vcpu);
+    crate::smp::finish();
     let outcome = exit_thread::end();
+    // The BSP stopped because an application processor's stop ended the VM: that stop.
+    let ended_by_ap = matches!(run, Ok(s) if s.stop & vmm_service::vm::stop_code::KIND_MASK
+        == vmm_service::vm::stop_code::VM_ENDED);
+    let (vcpu, run) = match outcome.ap_stop {
+        Some((i, ap)) if ended_by_ap => (vm.vcpus[i], ap),
+        _ => (vm.vcpu, run),
+    };
     let stopped = run.map_err(kernel)?;
-    let mut summary = summarize(cfg, vm.vcpu, &stopped, outcome);
+    let mut summary = summarize(cfg, vcpu, &vm.vcpus, &stopped, outcome);
     summary.trace = tracing.as_ref().map(|t| t.vm);
     // Stopped before the answer goes out: the trace service has every record of the run.
     drop(tracing);
@@ -204,6 +215,10 @@ pub fn prepare(
     extra: &[(u64, u64)],
 ) -> Result<Prepared, VmmError> {
     validate(cfg).map_err(VmmError::InvalidConfig)?;
+    if cfg.vcpus > 1 && !crate::smp::available() {
+        userlib::println!("vmm: no runner threads for application processors: one vCPU only");
+        return Err(VmmError::InvalidConfig(ConfigError::VcpuCount));
+    }
     let (module, size) = find_module(&cfg.module)?;
     let ram_bytes = u64::from(cfg.ram_mib) * MIB;
     if size > ram_bytes {
@@ -298,9 +313,23 @@ pub fn prepare(
         }
     }
     // The vCPU id names the VM to the MMU service: its handle there, then the vCPU index.
-    let vcpu_id = mmu::vcpu_id(handle, 0);
-    let vcpu = held.keep(sys::vcpu_create(vm, u64::from(vcpu_id)).map_err(kernel)?);
-    exit_thread::set_portals(vcpu, exit_ep).map_err(kernel)?;
+    let mut vcpus: Vec<CapSlot, { MAX_VCPUS as usize }> = Vec::new();
+    for i in 0..cfg.vcpus {
+        let vcpu_id = mmu::vcpu_id(handle, u16::from(i));
+        let v = held.keep(sys::vcpu_create(vm, u64::from(vcpu_id)).map_err(kernel)?);
+        let _ = vcpus.push(v);
+        exit_thread::set_portals(v, exit_ep).map_err(kernel)?;
+        if shadow.is_none() {
+            for &(r, mask) in EPT_MMU_PORTALS {
+                sys::vcpu_portal(v, r, Some(crate::mmu()), mask).map_err(kernel)?;
+            }
+        }
+        if cfg.time_limit_ms != 0 {
+            sys::vcpu_write(v, &[(field::RUN_TICKS, run_ticks(cfg)?)])
+                .map_err(|(e, _)| kernel(e))?;
+        }
+    }
+    let vcpu = vcpus[0];
     if shadow.is_some() {
         // Read-only: the MMU service reads the registers of a page-table write it emulates.
         let ro = sys::cap_copy(vcpu, abi::Rights::READ, 0).map_err(kernel)?;
@@ -313,19 +342,11 @@ pub fn prepare(
     }
     // What the MMU service takes: EPT violations, or the exits of shadow paging (the VMM's
     // CR-access portal is replaced: CR0/CR4/CR3 changes are paging changes there).
-    let mmu_portals = if shadow.is_some() {
-        SHADOW_MMU_PORTALS
-    } else {
-        EPT_MMU_PORTALS
-    };
-    for &(r, mask) in mmu_portals {
-        sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
-    }
-    if cfg.time_limit_ms != 0 {
-        // In timer ticks, rounded up: a limit never ends a run early.
-        let hz = sys::clock().map_err(kernel)?.1.max(1);
-        let ticks = (u64::from(cfg.time_limit_ms) * hz).div_ceil(1000).max(1);
-        sys::vcpu_write(vcpu, &[(field::RUN_TICKS, ticks)]).map_err(|(e, _)| kernel(e))?;
+    if shadow.is_some() {
+        // (A shadow-paged VM has one vCPU; an EPT VM's vCPUs got theirs above.)
+        for &(r, mask) in SHADOW_MMU_PORTALS {
+            sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
+        }
     }
     for chunk in pairs.chunks(32).chain(extra.chunks(32)) {
         sys::vcpu_write(vcpu, chunk).map_err(|(e, i)| {
@@ -341,11 +362,34 @@ pub fn prepare(
         _held: held,
         vm,
         vcpu,
+        vcpus,
         ram,
         ram_bytes,
         entry: plan.entry,
         shadow: shadow.is_some(),
     })
+}
+
+/// A run's time limit in timer ticks, rounded up: a limit never ends a run early.
+fn run_ticks(cfg: &VmConfig) -> Result<u64, VmmError> {
+    let hz = sys::clock().map_err(kernel)?.1.max(1);
+    Ok((u64::from(cfg.time_limit_ms) * hz).div_ceil(1000).max(1))
+}
+
+/// The reasons with the most exits, most first (ties by reason number), at most
+/// [`SUMMARY_REASONS`].
+fn top_reasons(counts: &[u64; EXIT_REASONS]) -> Vec<(u8, u32), SUMMARY_REASONS> {
+    let mut sorted = [(0u8, 0u32); EXIT_REASONS];
+    for (r, s) in sorted.iter_mut().enumerate() {
+        *s = (r as u8, counts[r].min(u64::from(u32::MAX)) as u32);
+    }
+    sorted.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    sorted
+        .iter()
+        .copied()
+        .filter(|(_, c)| *c > 0)
+        .take(SUMMARY_REASONS)
+        .collect()
 }
 
 /// Reads the image (`size` bytes of boot module `module`) into `image_buf`, plans its load
@@ -540,7 +584,13 @@ pub fn result_of(s: &sys::VcpuStop, model: RunOutcome) -> VmResult {
 }
 
 /// How the VM ended, its exits by reason, printed and returned.
-pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOutcome) -> VmSummary {
+pub fn summarize(
+    cfg: &VmConfig,
+    vcpu: CapSlot,
+    vcpus: &[CapSlot],
+    s: &sys::VcpuStop,
+    model: RunOutcome,
+) -> VmSummary {
     let kind = s.stop & stop::KIND_MASK;
     let result = result_of(s, model);
     let mut rip = [0u64];
@@ -548,20 +598,19 @@ pub fn summarize(cfg: &VmConfig, vcpu: CapSlot, s: &sys::VcpuStop, model: RunOut
     if kind != stop::HANDLER {
         exit_thread::report_kernel_stop(cfg.name.as_str(), vcpu, s);
     }
-    let mut counts = [(0u8, 0u32); EXIT_REASONS];
-    let mut total = 0u64;
-    for (r, c) in counts.iter_mut().enumerate() {
-        let mut v = [0u64];
-        let _ = sys::vcpu_read(vcpu, &[field::EXIT_COUNT_BASE + r as u64], &mut v);
-        *c = (r as u8, v[0] as u32);
-        total += v[0];
-    }
-    counts.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut exits: Vec<(u8, u32), SUMMARY_REASONS> = Vec::new();
-    for &(r, c) in counts.iter().filter(|(_, c)| *c > 0) {
-        if exits.push((r, c)).is_err() {
-            break;
+    // The exits of every vCPU.
+    let mut counts = [0u64; EXIT_REASONS];
+    for &v in vcpus {
+        for (r, c) in counts.iter_mut().enumerate() {
+            let mut n = [0u64];
+            let _ = sys::vcpu_read(v, &[field::EXIT_COUNT_BASE + r as u64], &mut n);
+            *c += n[0];
         }
+    }
+    let total = counts.iter().sum();
+    let exits = top_reasons(&counts);
+    if vcpus.len() > 1 {
+        userlib::println!("vmm: {}: {} vCPUs", cfg.name.as_str(), vcpus.len());
     }
     let summary = VmSummary {
         result,

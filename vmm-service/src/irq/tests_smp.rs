@@ -89,12 +89,21 @@ fn a_fixed_ipi_reaches_its_target_which_is_kicked_and_woken_by_its_own_exit() {
     // vCPU 1's deadline exit (the kick) injects it into the halted guest.
     irq.select(1);
     let mut r = ExitReply::resume();
-    irq.finish(&exit(reason::PREEMPTION_TIMER), &mut r, &mut bus, &clock(20));
+    irq.finish(
+        &exit(reason::PREEMPTION_TIMER),
+        &mut r,
+        &mut bus,
+        &clock(20),
+    );
     assert_eq!(r.flags & reply::INJECT, reply::INJECT);
     assert_eq!(r.inject, 0x8000_0040);
     assert!(!irq.halted());
     assert!(irq.lapics[1].isr().get(0x40));
-    assert_eq!(r.flags & reply::SET_DEADLINE, 0, "the kernel cleared the kick");
+    assert_eq!(
+        r.flags & reply::SET_DEADLINE,
+        0,
+        "the kernel cleared the kick"
+    );
 }
 
 #[test]
@@ -107,7 +116,13 @@ fn a_self_ipi_kicks_nobody_and_a_broadcast_kicks_the_others() {
     irq.apply(ipi(0, DeliveryMode::Fixed, 0x50, Shorthand::SelfOnly, 1));
     assert!(irq.lapics[1].irr().get(0x50));
     assert_eq!(irq.take_kicks(), 0);
-    irq.apply(ipi(0, DeliveryMode::Fixed, 0x51, Shorthand::AllExcludingSelf, 1));
+    irq.apply(ipi(
+        0,
+        DeliveryMode::Fixed,
+        0x51,
+        Shorthand::AllExcludingSelf,
+        1,
+    ));
     assert_eq!(irq.take_kicks(), 0b101);
     assert!(!irq.lapics[1].irr().get(0x51));
     assert!(irq.lapics[0].irr().get(0x51) && irq.lapics[2].irr().get(0x51));

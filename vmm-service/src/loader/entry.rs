@@ -18,6 +18,13 @@ pub type Pair = (u64, u64);
 pub const PROTECTED_MODE_PAIRS: usize = 47;
 /// Number of pairs from [`long_mode_entry`].
 pub const LONG_MODE_PAIRS: usize = 45;
+/// Number of pairs from [`sipi_entry`].
+pub const SIPI_PAIRS: usize = 62;
+
+/// Real-mode access rights (G and D/B clear, 64 KiB limits): code (type 0xb) and data
+/// (type 3), present, DPL 0.
+pub const AR_REAL_CODE: u64 = 0x9b;
+pub const AR_REAL_DATA: u64 = 0x93;
 
 /// Access rights: 32-bit code (G, D, P, S, type 0xb: execute/read, accessed).
 pub const AR_CODE32: u64 = 0xc09b;
@@ -162,6 +169,41 @@ pub fn long_mode_entry(rip: u64, rsp: u64, cr3: u64, gdtr: (u64, u64)) -> [Pair;
     fill(segments(AR_CODE64, gdtr).chain(control(CR0_PAGED, cr3, cr4::PAE, EFER_LONG, rip, rsp)))
 }
 
+/// The state of an application processor that received a SIPI with `vector` (SDM 9.4.4 and
+/// table 9-1, the INIT state): real mode at CS = `vector << 8` (base `vector << 12`),
+/// IP = 0; the other segments at 0 with 64 KiB limits; CR0 = ET, paging and protection
+/// off; RFLAGS = 2; general-purpose registers 0; the activity state active.
+pub fn sipi_entry(vector: u8) -> [Pair; SIPI_PAIRS] {
+    let cs = u64::from(vector) << 8;
+    let segments = SEGMENTS
+        .into_iter()
+        .enumerate()
+        .flat_map(move |(i, (sel, ar, limit, base))| {
+            let (s, a, b) = match i {
+                0 => (cs, AR_REAL_CODE, cs << 4),
+                6 => (0, AR_TSS, 0),
+                7 => (0, AR_UNUSABLE, 0),
+                _ => (0, AR_REAL_DATA, 0),
+            };
+            [(sel, s), (ar, a), (limit, 0xffff), (base, b)]
+        });
+    let gprs = (0..16u64)
+        .filter(|&n| n != 4) // RSP is in `control`
+        .map(|n| (GPR_BASE + n, 0));
+    fill(
+        segments
+            .chain([
+                (GUEST_GDTR_BASE, 0),
+                (GUEST_GDTR_LIMIT, 0xffff),
+                (GUEST_IDTR_BASE, 0),
+                (GUEST_IDTR_LIMIT, 0xffff),
+            ])
+            .chain(control(cr0::ET, 0, 0, 0, 0, 0))
+            .chain([(GUEST_ACTIVITY_STATE, 0), (GUEST_INTERRUPTIBILITY, 0)])
+            .chain(gprs),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +246,33 @@ mod tests {
         assert_eq!(get(&p, GUEST_RSP), 0);
         assert_eq!(get(&p, GPR_BASE), 0x2bad_b002);
         assert_eq!(get(&p, GPR_BASE + 3), 0x8000);
+    }
+
+    #[test]
+    fn an_application_processor_starts_in_real_mode_at_its_sipi_vector() {
+        let p = sipi_entry(0x08);
+        all_distinct_and_writable(&p);
+        assert_eq!(
+            p.iter().filter(|q| q.0 != 0).count(),
+            SIPI_PAIRS,
+            "every slot used"
+        );
+        assert_eq!(get(&p, GUEST_CS_SELECTOR), 0x800);
+        assert_eq!(get(&p, GUEST_CS_BASE), 0x8000);
+        assert_eq!(get(&p, GUEST_CS_LIMIT), 0xffff);
+        assert_eq!(get(&p, GUEST_CS_AR), 0x9b);
+        assert_eq!(get(&p, GUEST_SS_AR), 0x93);
+        assert_eq!(get(&p, GUEST_DS_BASE), 0);
+        assert_eq!(get(&p, GUEST_RIP), 0);
+        assert_eq!(get(&p, GUEST_CR0), 0x10);
+        assert_eq!(get(&p, GUEST_RFLAGS), 2);
+        assert_eq!(get(&p, GUEST_ACTIVITY_STATE), 0);
+        assert_eq!(get(&p, GPR_BASE), 0);
+        assert_eq!(get(&p, GUEST_IA32_EFER), 0);
+        assert_eq!(
+            sipi_entry(0xff).iter().find(|q| q.0 == GUEST_CS_BASE),
+            Some(&(GUEST_CS_BASE, 0xf_f000))
+        );
     }
 
     #[test]
