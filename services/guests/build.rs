@@ -23,6 +23,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-fpu",
     "guest-uart-rtc",
     "guest-acpi",
+    "guest-smp",
 ];
 
 const FLAT_BINS: [&str; 2] = ["guest-bench", "guest-isolation"];

@@ -45,6 +45,7 @@ mod mmio;
 mod platform;
 mod platform_timer;
 mod restart;
+mod smp;
 mod tracing;
 mod uart_rtc;
 mod userguest;
@@ -416,6 +417,7 @@ fn vmm_suite(t: &mut Tally) {
     cpu_fpu::fpu_suite(t);
     cpu_exits::suite(t);
     platform_timer::suite(t);
+    smp::suite(t);
     uart_rtc::suite(t);
     platform::platform_suite(t);
     mmio::suite(t);
