@@ -1,7 +1,7 @@
 # Umbra: the user's entry point. `make help` lists the targets.
 #
 #   make run  [SCENARIO=kernel] [EMU=qemu|bochs|kvm] [TIMEOUT=secs]
-#   make run  GUEST=path/to/kernel [RAM=64M] [CMDLINE="..."] [MMU=ept|shadow] [FLAT=1] [EMU=...]
+#   make run  GUEST=path/to/kernel [RAM=64M] [CMDLINE="..."] [MMU=ept|shadow] [VCPUS=1..8] [FLAT=1] [EMU=...]
 #   make test
 #   make trace [SCENARIO=demo] [EMU=bochs|kvm|qemu]
 #
@@ -68,10 +68,10 @@ FIRMWARE ?= bios
 
 # A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
 # any command line (quotes, `$`) reaches the guest as typed.
-export GUEST CMDLINE RAM MMU FLAT
+export GUEST CMDLINE RAM MMU FLAT VCPUS
 # The harness options of a GUEST= run.
 GUEST_ARGS = --guest "$$GUEST" --guest-cmdline "$$CMDLINE" $(if $(RAM),--ram "$$RAM") $(if $(MMU),--mmu "$$MMU") \
-	$(if $(filter-out 0 no,$(FLAT)),--flat)
+	$(if $(VCPUS),--vcpus "$$VCPUS") $(if $(filter-out 0 no,$(FLAT)),--flat)
 
 # The example kernel (tests/example-kernel), built with the system's assembler and linker.
 EXAMPLE_KERNEL := $(BUILD)/example-kernel.elf
@@ -88,7 +88,7 @@ help:
 	@echo "                       SCENARIO=$(SCENARIO) (make scenarios lists them), EMU=$(EMU) (qemu|bochs|kvm),"
 	@echo "                       LOADER=limine|grub (default: limine when its ISO was built), FIRMWARE=bios|uefi,"
 	@echo "                       TIMEOUT=secs; log in $(BUILD)/serial-EMU-SCENARIO.log; exit 0 iff it passed"
-	@echo "  make run GUEST=path/to/kernel [RAM=64M] [CMDLINE=\"...\"] [MMU=ept|shadow] [FLAT=1] [EMU=...]"
+	@echo "  make run GUEST=path/to/kernel [RAM=64M] [CMDLINE=\"...\"] [MMU=ept|shadow] [VCPUS=1..8] [FLAT=1] [EMU=...]"
 	@echo "                     run your own multiboot (v1) ELF kernel (or, FLAT=1, a flat 64-bit image entered"
 	@echo "                     at 2 MiB) under the VMM: its console, its result, the exit summary; RAM up to 1G;"
 	@echo "                     exit 0 iff it wrote 0 to port 0xf4 (isa-debug-exit). Example: make example-kernel,"

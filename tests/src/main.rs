@@ -22,7 +22,7 @@ commands:
                        --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`);
                        --loader: auto (default) is limine when `make iso` built its parts, else grub;
                        --firmware uefi boots OVMF (QEMU only)
-  run --guest PATH [--ram SIZE] [--mmu ept|shadow] [--guest-cmdline WORDS] [--flat] [options of run]
+  run --guest PATH [--ram SIZE] [--mmu ept|shadow] [--vcpus N] [--guest-cmdline WORDS] [--flat] [options of run]
                        run a user's own kernel (scenario `guest`): PATH is a multiboot (v1) ELF
                        kernel, or with --flat a flat 64-bit image loaded and entered at 2 MiB; it is
                        checked with the VMM's loader against its RAM (SIZE: 64M default, up to 1G)
@@ -30,7 +30,7 @@ commands:
                        its command line is `<file name> WORDS`; exit 0 iff it wrote 0 to port 0xf4
   example-guest        make test's run of the example kernel (BUILD/example-kernel.elf, `make
                        example-kernel`) as a user's guest in 1 GiB on Bochs, its console checked
-  check-guest --guest PATH [--ram SIZE] [--mmu ept|shadow] [--guest-cmdline WORDS] [--flat]
+  check-guest --guest PATH [--ram SIZE] [--mmu ept|shadow] [--vcpus N] [--guest-cmdline WORDS] [--flat]
                        only the checks of `run --guest` (what `make run GUEST=...` does before building)
   trace --scenario NAME [--emu bochs|kvm|qemu] [--timeout SECS] [--loader limine|grub|auto]
       [--cmdline WORDS] [--log PATH]
@@ -86,6 +86,7 @@ struct Args {
     ram: Option<String>,
     mmu: Option<String>,
     guest_cmdline: Option<String>,
+    vcpus: Option<String>,
     flat: bool,
     iso: PathBuf,
     build_dir: PathBuf,
@@ -112,6 +113,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         ram: None,
         mmu: None,
         guest_cmdline: None,
+        vcpus: None,
         flat: false,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
@@ -143,6 +145,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--mmu" => a.mmu = Some(value("--mmu")?),
             "--guest-cmdline" => a.guest_cmdline = Some(value("--guest-cmdline")?),
             "--flat" => a.flat = true,
+            "--vcpus" => a.vcpus = Some(value("--vcpus")?),
             "--iso" => a.iso = PathBuf::from(value("--iso")?),
             "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
             "-h" | "--help" => {
@@ -213,8 +216,15 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
 /// The user's guest of `--guest`, checked (a clear error before anything boots).
 fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
     let Some(path) = &a.guest else {
-        if a.ram.is_some() || a.mmu.is_some() || a.guest_cmdline.is_some() || a.flat {
-            return Err("--ram, --mmu, --guest-cmdline and --flat go with --guest PATH".into());
+        if a.ram.is_some()
+            || a.mmu.is_some()
+            || a.guest_cmdline.is_some()
+            || a.flat
+            || a.vcpus.is_some()
+        {
+            return Err(
+                "--ram, --mmu, --guest-cmdline, --vcpus and --flat go with --guest PATH".into(),
+            );
         }
         return Ok(None);
     };
@@ -224,7 +234,11 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
     };
     let mmu = userguest::parse_mmu(a.mmu.as_deref().unwrap_or(""))?;
     let cmdline = a.guest_cmdline.as_deref().unwrap_or("");
-    UserGuest::new(path, ram, mmu, a.flat, cmdline).map(Some)
+    let guest = UserGuest::new(path, ram, mmu, a.flat, cmdline)?;
+    match a.vcpus.as_deref().map(str::trim) {
+        None | Some("") => Ok(Some(guest)),
+        Some(n) => guest.with_vcpus(n).map(Some),
+    }
 }
 
 /// `trace`: boots the scenario with `trace` on the kernel command line (or takes `--log`),

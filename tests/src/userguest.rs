@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM};
+use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM, GUEST_VCPUS};
 use userlib::proto::vmm::{
     CMDLINE_MAX, DEFAULT_FLAT_LOAD_GPA, MODULE_MAX, RAM_MAX_MIB, RAM_MIN_MIB,
 };
@@ -49,6 +49,8 @@ pub struct UserGuest {
     pub flat: bool,
     /// The guest's command line after its file name.
     pub cmdline: String,
+    /// vCPUs (`VCPUS=`; 1 unless [`UserGuest::with_vcpus`] says otherwise).
+    pub vcpus: u8,
     /// The file's size in bytes.
     pub bytes: u64,
 }
@@ -206,6 +208,7 @@ impl UserGuest {
             mmu,
             flat,
             cmdline,
+            vcpus: 1,
             bytes: image.len() as u64,
         };
         let words = guest.kernel_cmdline_words();
@@ -219,11 +222,37 @@ impl UserGuest {
         Ok(guest)
     }
 
+    /// The guest with `vcpus` vCPUs (`VCPUS=n`): 1 to the VMM's `MAX_VCPUS`, and more than
+    /// one only on EPT (an application processor starts in real mode).
+    pub fn with_vcpus(mut self, vcpus: &str) -> Result<UserGuest, String> {
+        let max = userlib::proto::vmm::MAX_VCPUS;
+        let n: u8 = vcpus
+            .trim()
+            .parse()
+            .map_err(|_| format!("VCPUS={vcpus}: not a number (1 to {max})"))?;
+        if !(1..=max).contains(&n) {
+            return Err(format!("VCPUS={n}: a VM has 1 to {max} vCPUs"));
+        }
+        if n > 1 && self.mmu == GuestMmu::Shadow {
+            return Err(format!(
+                "VCPUS={n} with MMU=shadow: more than one vCPU needs EPT (an application \
+                 processor starts in real mode, which needs unrestricted guest)"
+            ));
+        }
+        self.vcpus = n;
+        Ok(self)
+    }
+
     /// The words the `guest` scenario reads from the kernel command line (the guest's own
     /// command line last: it runs to the end).
     pub fn kernel_cmdline_words(&self) -> String {
+        let vcpus = if self.vcpus > 1 {
+            format!("{GUEST_VCPUS}{} ", self.vcpus)
+        } else {
+            String::new()
+        };
         format!(
-            "{GUEST_MODULE}{} {GUEST_RAM}{} {GUEST_MMU}{} {GUEST_ENTRY}{} {GUEST_CMDLINE}{}",
+            "{GUEST_MODULE}{} {GUEST_RAM}{} {GUEST_MMU}{} {GUEST_ENTRY}{} {vcpus}{GUEST_CMDLINE}{}",
             self.name,
             self.ram_mib,
             match self.mmu {
@@ -455,6 +484,20 @@ mod tests {
             "guest.module=tiny.elf guest.ram=64 guest.mmu=shadow guest.entry=multiboot guest.cmdline=a b=c"
         );
         assert_eq!(g.machine_mib(), 320);
+        let two = g.clone().with_vcpus("2");
+        assert!(two.unwrap_err().contains("MMU=shadow"), "2 vCPUs need EPT");
+        let ept = UserGuest::new(&p, 64, GuestMmu::Ept, false, "x").unwrap();
+        let two = ept.clone().with_vcpus("2").unwrap();
+        assert!(two
+            .kernel_cmdline_words()
+            .contains("guest.vcpus=2 guest.cmdline=x"));
+        assert!(
+            !ept.kernel_cmdline_words().contains("guest.vcpus="),
+            "1: the default"
+        );
+        assert!(ept.clone().with_vcpus("9").is_err());
+        assert!(ept.clone().with_vcpus("0").is_err());
+        assert!(ept.clone().with_vcpus("two").is_err());
         let big = UserGuest::new(&p, 1024, GuestMmu::Ept, false, "").unwrap();
         assert_eq!(big.machine_mib(), 1280);
     }

@@ -63,6 +63,8 @@ pub mod scenario {
     pub const GUEST_RAM: &str = "guest.ram=";
     pub const GUEST_MMU: &str = "guest.mmu=";
     pub const GUEST_ENTRY: &str = "guest.entry=";
+    /// vCPUs (`VCPUS=n`; absent: 1).
+    pub const GUEST_VCPUS: &str = "guest.vcpus=";
     pub const GUEST_CMDLINE: &str = "guest.cmdline=";
 
     /// The scenario run when the command line names none.

@@ -9,7 +9,7 @@
 
 use core::fmt::Write;
 
-use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM};
+use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM, GUEST_VCPUS};
 use heapless::String;
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Response, ShadowConfig, VmConfig, VmResult, VmmError,
@@ -28,6 +28,8 @@ pub struct GuestArgs {
     pub ram_mib: u32,
     pub shadow: bool,
     pub flat: bool,
+    /// vCPUs (`guest.vcpus=`, 1 when absent).
+    pub vcpus: u8,
     pub cmdline: String<CMDLINE_MAX>,
     /// The word `trace` before the guest's command line (`make trace GUEST=...`): its exits
     /// are traced and the report follows the run.
@@ -46,6 +48,7 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
         ram_mib: 0,
         shadow: false,
         flat: false,
+        vcpus: 1,
         cmdline: String::try_from(cmdline).map_err(|_| "guest.cmdline= is too long")?,
         trace: false,
     };
@@ -56,6 +59,8 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
             args.module = String::try_from(v).map_err(|_| "guest.module= is too long")?;
         } else if let Some(v) = w.strip_prefix(GUEST_RAM) {
             args.ram_mib = v.parse().map_err(|_| "guest.ram= is not a number of MiB")?;
+        } else if let Some(v) = w.strip_prefix(GUEST_VCPUS) {
+            args.vcpus = v.parse().map_err(|_| "guest.vcpus= is not a number")?;
         } else if let Some(v) = w.strip_prefix(GUEST_MMU) {
             args.shadow = match v {
                 "ept" => false,
@@ -92,7 +97,7 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         } else {
             EntryMode::Multiboot
         },
-        vcpus: 1,
+        vcpus: a.vcpus,
         cmdline: a.cmdline.clone(),
         mmu: if a.shadow {
             MmuMode::Shadow(ShadowConfig::DEFAULT)
@@ -151,6 +156,10 @@ fn refusal(e: &VmmError) -> &'static str {
             "the VMM refused the image (see the `vmm: image refused` line above)"
         }
         VmmError::InvalidConfig(ConfigError::RamSize) => "RAM outside the VMM's limits",
+        VmmError::InvalidConfig(ConfigError::VcpuCount) => "VCPUS outside 1..=8",
+        VmmError::InvalidConfig(ConfigError::ShadowSmp) => {
+            "more than one vCPU needs EPT (an AP starts in real mode): drop MMU=shadow"
+        }
         VmmError::InvalidConfig(_) => "the VMM refused the configuration",
         VmmError::NoVmx => "this machine has no usable VMX: run it on Bochs (EMU=bochs) or KVM",
         VmmError::Kernel { error } if *error == abi::Error::NoMemory as u64 => {
@@ -248,6 +257,10 @@ mod tests {
 
         let b = parse("guest.module=k.bin guest.ram=64 guest.entry=flat").unwrap();
         assert!(b.flat && !b.shadow && b.cmdline.is_empty());
+        assert_eq!(config(&b).vcpus, 1, "one vCPU unless told");
+        let smp = parse("guest.module=k guest.ram=8 guest.vcpus=2 guest.cmdline=x").unwrap();
+        assert_eq!(config(&smp).vcpus, 2);
+        assert!(parse("guest.module=k guest.ram=8 guest.vcpus=two").is_err());
         assert_eq!(
             config(&b).entry,
             EntryMode::Flat64 {
