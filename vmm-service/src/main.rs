@@ -100,7 +100,8 @@ fn vmm_main(generation: u64) {
     };
     if let Err(e) = smp::start() {
         userlib::println!(
-            "vmm: no runner threads for application processors ({e:?}): one vCPU per VM"
+            "vmm: runner threads for {} vCPUs per VM only: {e:?}",
+            smp::max_vcpus()
         );
     }
     let mut buf = [0u8; MAX_PAYLOAD];

@@ -215,8 +215,12 @@ pub fn prepare(
     extra: &[(u64, u64)],
 ) -> Result<Prepared, VmmError> {
     validate(cfg).map_err(VmmError::InvalidConfig)?;
-    if cfg.vcpus > 1 && !crate::smp::available() {
-        userlib::println!("vmm: no runner threads for application processors: one vCPU only");
+    if usize::from(cfg.vcpus) > crate::smp::max_vcpus() {
+        userlib::println!(
+            "vmm: {} vCPUs asked for; runner threads for {} only",
+            cfg.vcpus,
+            crate::smp::max_vcpus()
+        );
         return Err(VmmError::InvalidConfig(ConfigError::VcpuCount));
     }
     let (module, size) = find_module(&cfg.module)?;

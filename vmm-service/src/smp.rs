@@ -23,6 +23,7 @@
 
 use abi::vmx::{field, ExitReply};
 use abi::{CapSlot, Error};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::Once;
 use userlib::sys::{self, ThreadStack};
 use vmm_service::loader::entry::sipi_entry;
@@ -41,6 +42,8 @@ struct Signals {
 }
 
 static SIGNALS: Once<Signals> = Once::new();
+/// Runner threads started.
+static STARTED: AtomicUsize = AtomicUsize::new(0);
 static STACKS: [ThreadStack<8192>; RUNNERS] = [const { ThreadStack::new() }; RUNNERS];
 
 /// Creates the notifications and starts the runner threads (once; an error leaves the
@@ -55,13 +58,14 @@ pub fn start() -> Result<(), Error> {
     for (i, stack) in STACKS.iter().enumerate() {
         let stack = stack.take().ok_or(Error::NoMemory)?;
         sys::thread_spawn(runner, stack, i as u64 + 1, 10)?;
+        STARTED.store(i + 1, Ordering::Release);
     }
     Ok(())
 }
 
-/// Whether the runner threads are there.
-pub fn available() -> bool {
-    SIGNALS.get().is_some()
+/// The most vCPUs a VM can have: the bootstrap processor and one per runner thread.
+pub fn max_vcpus() -> usize {
+    1 + STARTED.load(Ordering::Acquire)
 }
 
 extern "C" fn runner(index: u64) -> ! {

@@ -12,8 +12,10 @@ use super::objects::*;
 use super::queue::PRIORITIES;
 use super::regs::UserRegs;
 
-/// Threads one task may have.
-pub const MAX_THREADS_PER_TASK: u16 = 8;
+/// Threads one task may create (its vCPU threads count too while they exist). The VMM
+/// service needs 9: its main and exit threads and a runner per application processor of an
+/// 8-vCPU VM.
+pub const MAX_THREADS_PER_TASK: u16 = 12;
 /// Longest `DebugWrite`.
 pub const MAX_DEBUG_WRITE: u64 = 4096;
 

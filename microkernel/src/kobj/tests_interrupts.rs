@@ -233,3 +233,61 @@ fn an_event_a_host_interrupt_cut_short_is_delivered_again_before_the_deadline() 
         Next::User(run.server)
     );
 }
+
+/// A kick (issue 12, multi-vCPU): another vCPU's handler writes this vCPU's deadline as 1
+/// (passed) through `VcpuState` while it waits in HLT. One host CPU: it is not in the guest
+/// meanwhile, so its next entry has a preemption timer of 0 and exits at once; the kernel
+/// turns that exit into the handler's preemption-timer exit, and an injection wakes it.
+#[test]
+fn a_deadline_written_as_1_wakes_a_halted_vcpu_through_its_handler() {
+    let (mut v, run) = at_first_exit(true);
+    let halt = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::HALT,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &halt), Next::Guest(v.vt));
+    assert_eq!(vmcs(&v.k, v.vi, field::GUEST_ACTIVITY_STATE), activity::HLT);
+    // A slice ends with no deadline: the kernel's own, the vCPU stays halted.
+    assert_eq!(
+        exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
+        Next::Guest(v.vt)
+    );
+    write_state(&mut v.k, v.vcpu, &[(field::DEADLINE, 1)]);
+    assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), 1);
+    assert_eq!(
+        exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
+        Next::User(run.server),
+        "the kick reaches the handler"
+    );
+    assert_eq!(take(&mut v, &run), (reason::PREEMPTION_TIMER, 0));
+    assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), 0, "fired once");
+    let wake = ExitReply {
+        flags: reply::INJECT,
+        inject: 0x8000_0060,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &wake), Next::Guest(v.vt));
+    assert_eq!(
+        vmcs(&v.k, v.vi, field::GUEST_ACTIVITY_STATE),
+        activity::ACTIVE
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0060);
+}
+
+/// The activity states a VMM may write stay active and HLT: an application processor is
+/// kept out of the guest until its SIPI instead (wait-for-SIPI would not exit on a host
+/// interrupt or the preemption timer).
+#[test]
+fn wait_for_sipi_and_shutdown_cannot_be_written() {
+    let mut v = vmm();
+    for state in [2u64, 3] {
+        let p = [(field::GUEST_ACTIVITY_STATE, state)];
+        let (r, _) = super::tests_vm::state(&mut v.k, v.vcpu, &p, true);
+        assert_eq!(status(&r), Err(Error::InvalidArgument), "{state}");
+    }
+    write_state(
+        &mut v.k,
+        v.vcpu,
+        &[(field::GUEST_ACTIVITY_STATE, activity::HLT)],
+    );
+}

@@ -346,7 +346,9 @@ impl<M: Machine> Kernel<M> {
 
 /// Whether `value` may be written to field `f`. The activity state may only be the ones the
 /// kernel manages: active (0) or HLT (1). In shutdown or wait-for-SIPI an external interrupt
-/// does not exit, and the only CPU would stay in the guest for good.
+/// does not exit (nor does the preemption timer count in wait-for-SIPI), and the only CPU
+/// would stay in the guest for good. A VMM keeps an application processor out of the guest
+/// until its SIPI instead (it does not run its vCPU), then enters it in real mode.
 fn value_ok(f: u64, value: u64) -> bool {
     match f {
         field::GUEST_ACTIVITY_STATE => value <= vmx::activity::HLT,
