@@ -161,7 +161,7 @@ pub const FEATURES: &[Feature] = &[
     native(1, Edx, 25, "sse"),
     native(1, Edx, 26, "sse2"),
     native(1, Edx, 27, "ss"),
-    hidden(1, Edx, 28, "htt", "one logical processor"),
+    hidden(1, Edx, 28, "htt", "set by `answer` with more than one vCPU (EBX[23:16] = the count)"),
     hidden(1, Edx, 29, "tm", "no thermal monitor"),
     hidden(1, Edx, 31, "pbe", "no thermal monitor"),
     // Leaf 1 ECX.
@@ -326,10 +326,8 @@ pub const PASSED_LEAVES: &[u32] = &[
     0,
     2,
     4,
-    0xb,
     0xd,
     0x16,
-    0x1f,
     0x8000_0000,
     0x8000_0002,
     0x8000_0003,
@@ -351,8 +349,30 @@ pub struct GuestView {
     pub cr4: u64,
     /// The local APIC is globally enabled (IA32_APIC_BASE bit 11): CPUID.1:EDX.APIC.
     pub apic_enabled: bool,
-    /// The vCPU's initial APIC ID (CPUID.1:EBX[31:24]).
+    /// The vCPU's initial APIC ID (CPUID.1:EBX[31:24], the x2APIC ID of leaves 0xB/0x1F).
     pub apic_id: u8,
+    /// The VM's vCPUs (0 counts as 1): one package of that many cores, one thread each.
+    pub vcpus: u8,
+}
+
+/// The topology leaves (0xB, and 0x1F with the same levels): the VM's vCPUs as the cores of
+/// one package, one thread per core.
+const TOPOLOGY_LEAVES: [u32; 2] = [0xb, 0x1f];
+/// Level types (ECX[15:8]) of the topology leaves.
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+/// Leaf 0xB/0x1F, `subleaf`: level 0 the thread (1 per core), level 1 the core (`vcpus`
+/// per package, the x2APIC ID shifted by the bits that count them), then invalid levels.
+fn topology(subleaf: u32, g: &GuestView) -> [u32; 4] {
+    let n = u32::from(g.vcpus.max(1));
+    let id = u32::from(g.apic_id);
+    let core_bits = u32::BITS - (n - 1).leading_zeros(); // ceil(log2 n)
+    match subleaf {
+        0 => [0, 1, (LEVEL_SMT << 8), id],
+        1 => [core_bits, n, 1 | (LEVEL_CORE << 8), id],
+        s => [0, 0, s & 0xff, id],
+    }
 }
 
 /// Whether a row's bit is shown to this guest, given the host's value of its register.
@@ -390,14 +410,17 @@ pub fn answer(
     if PASSED_LEAVES.contains(&leaf) {
         return host(leaf, subleaf);
     }
+    if TOPOLOGY_LEAVES.contains(&leaf) {
+        return topology(subleaf, g);
+    }
     if !FEATURE_LEAVES.contains(&leaf) || (leaf == 7 && subleaf != 0) {
         return [0; 4];
     }
     let h = host(leaf, subleaf);
     let mut r = [0u32; 4];
     match leaf {
-        // Signature, brand index and CLFLUSH size as the host's; one logical processor; the
-        // vCPU's own initial APIC ID.
+        // Signature, brand index and CLFLUSH size as the host's; the vCPU's own initial
+        // APIC ID (the logical processor count and HTT below).
         1 => {
             r[0] = h[0];
             r[1] = (h[1] & 0x0000_ffff) | u32::from(g.apic_id) << 24;
@@ -414,6 +437,10 @@ pub fn answer(
     }
     if leaf == 1 {
         r[2] |= ECX_HYPERVISOR;
+        if g.vcpus > 1 {
+            r[1] |= u32::from(g.vcpus) << 16;
+            r[3] |= 1 << 28;
+        }
         if !g.apic_enabled {
             r[3] &= !(1 << 9);
         }

@@ -242,6 +242,7 @@ impl VmModel {
             cr4,
             apic_enabled: self.irq.lapic().apic_base() & APIC_GLOBAL_ENABLE != 0,
             apic_id: self.irq.lapic().apic_id() as u8,
+            vcpus: self.irq.vcpus() as u8,
         };
         let mut r = crate::cpuid_policy::answer(leaf, subleaf, &g, |l, s| env.host_cpuid(l, s));
         // RDTSCP and INVPCID only where the vCPU's controls let the guest run them.

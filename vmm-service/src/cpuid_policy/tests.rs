@@ -32,6 +32,7 @@ const EPT: GuestView = GuestView {
     cr4: u64::MAX,
     apic_enabled: true,
     apic_id: 0,
+    vcpus: 1,
 };
 
 #[test]
@@ -198,4 +199,37 @@ fn hypervisor_leaves() {
     assert_eq!(&sig, b"UmbraUmbraUm");
     assert_eq!(answer(0x4000_0001, 0, &EPT, all), [0; 4]);
     assert_eq!(answer(0x4000_0010, 0, &EPT, all), [0; 4]);
+}
+
+#[test]
+fn topology_describes_the_vms_vcpus_as_cores_of_one_package() {
+    let host = |_: u32, _: u32| [0xffff_ffffu32; 4];
+    let one = EPT;
+    assert_eq!(answer(0xb, 0, &one, host), [0, 1, 0x100, 0]);
+    assert_eq!(answer(0xb, 1, &one, host), [0, 1, 0x201, 0]);
+    assert_eq!(answer(0xb, 2, &one, host), [0, 0, 2, 0], "no third level");
+    let r = answer(1, 0, &one, host);
+    assert_eq!((r[1] >> 16) & 0xff, 0, "one vCPU: no count");
+    assert_eq!(r[3] & (1 << 28), 0, "and no HTT");
+    for (n, bits) in [(2u8, 1u32), (3, 2), (4, 2), (5, 3), (8, 3)] {
+        for id in 0..n {
+            let g = GuestView {
+                vcpus: n,
+                apic_id: id,
+                ..EPT
+            };
+            for leaf in [0xb, 0x1f] {
+                assert_eq!(answer(leaf, 0, &g, host), [0, 1, 0x100, u32::from(id)]);
+                assert_eq!(
+                    answer(leaf, 1, &g, host),
+                    [bits, u32::from(n), 0x201, u32::from(id)],
+                    "{n} vCPUs"
+                );
+            }
+            let r = answer(1, 0, &g, host);
+            assert_eq!(r[1] >> 24, u32::from(id));
+            assert_eq!((r[1] >> 16) & 0xff, u32::from(n));
+            assert_ne!(r[3] & (1 << 28), 0, "HTT: EBX[23:16] is valid");
+        }
+    }
 }
