@@ -370,10 +370,15 @@ impl Interrupts {
     }
 
     /// Whether a HLT now would wait for something: a request is pending, a timer runs, or
-    /// another vCPU may send an IPI.
+    /// another vCPU runs (it may send an IPI).
     pub fn can_wake(&mut self, bus: &mut PortBus, clock: &Clock) -> bool {
         self.poll(bus, clock);
-        self.requested(bus) || self.next_event(bus, clock).is_some() || self.vcpus() > 1
+        let others = self
+            .lapics
+            .iter()
+            .enumerate()
+            .any(|(i, l)| i != self.current && l.mp_state() == lapic::MpState::Running);
+        self.requested(bus) || self.next_event(bus, clock).is_some() || others
     }
 
     /// Completes `r`, the model's answer to exit `m`: delivers what the devices request and

@@ -185,8 +185,8 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
     crate::smp::finish();
     let outcome = exit_thread::end();
     // The BSP stopped because an application processor's stop ended the VM: that stop.
-    let ended_by_ap = matches!(run, Ok(s) if s.stop & vmm_service::vm::stop_code::KIND_MASK
-        == vmm_service::vm::stop_code::VM_ENDED);
+    let ended_by_ap =
+        matches!(run, Ok(s) if crate::smp::kind_is(&s, vmm_service::vm::stop_code::VM_ENDED));
     let (vcpu, run) = match outcome.ap_stop {
         Some((i, ap)) if ended_by_ap => (vm.vcpus[i], ap),
         _ => (vm.vcpu, run),

@@ -89,8 +89,12 @@ extern "C" fn runner(index: u64) -> ! {
         if let Some(run) = lock_run().as_mut() {
             run.running &= !(1 << index);
             let parked = matches!(stop, Ok(s) if is_parked(&s));
-            if !parked && !run.ending {
+            let ended = matches!(stop, Ok(s) if kind_is(&s, stop_code::VM_ENDED));
+            if !parked && !ended && run.ap_stop.is_none() {
+                // Its own stop (the first): what the VM's result reports if it ended it.
                 run.ap_stop = Some((index, stop));
+            }
+            if !parked && !run.ending {
                 end_run(run);
             }
         }
@@ -100,8 +104,13 @@ extern "C" fn runner(index: u64) -> ! {
 
 /// A vCPU stopped because INIT put its AP back in wait-for-SIPI.
 fn is_parked(s: &sys::VcpuStop) -> bool {
+    kind_is(s, stop_code::PARKED)
+}
+
+/// Whether the VMM's reply stopped the vCPU with a stop code of `kind`.
+pub fn kind_is(s: &sys::VcpuStop, kind: u64) -> bool {
     s.stop & abi::vmx::stop::KIND_MASK == abi::vmx::stop::HANDLER
-        && s.stop & stop_code::KIND_MASK == stop_code::PARKED
+        && s.stop & stop_code::KIND_MASK == kind
 }
 
 /// Marks the VM as ending and kicks every running vCPU, so that its next exit stops it.
@@ -126,8 +135,13 @@ fn kick(run: &mut Run, i: usize) {
 /// Before vCPU `index`'s exit is handled: the reply that stops it if the VM is ending, or if
 /// INIT put it back in wait-for-SIPI; it restarts at once if the SIPI came too.
 pub(crate) fn before_exit(run: &mut Run, index: usize, vcpu: CapSlot) -> Option<ExitReply> {
-    if run.ending && run.model.result().is_none() {
-        return Some(ExitReply::stop(stop_code::VM_ENDED));
+    if run.ending {
+        // The model's own stop if it has one (already reported), else "ended".
+        let code = run
+            .model
+            .result()
+            .map_or(stop_code::VM_ENDED, |r| r.stop_code());
+        return Some(ExitReply::stop(code));
     }
     let lapic = run.model.irq.lapics.get_mut(index)?;
     if index == 0 || !lapic.take_init() {

@@ -163,3 +163,17 @@ fn an_ioapic_message_reaches_the_lapic_it_names() {
     assert!(!irq.lapics[0].irr().get(0x61));
     assert_eq!(irq.take_kicks(), 0b10);
 }
+
+#[test]
+fn a_halt_waits_for_another_vcpu_only_once_that_one_runs() {
+    let mut irq = two_vcpus();
+    let mut bus = PortBus::new(1 << 20);
+    // The AP waits for its SIPI: nothing could wake the BSP.
+    assert!(!irq.can_wake(&mut bus, &clock(5)));
+    irq.apply(ipi(1, DeliveryMode::Sipi, 0x70, Shorthand::None, 0));
+    assert_eq!(irq.lapics[1].take_sipi(), Some(0x70));
+    assert!(
+        irq.can_wake(&mut bus, &clock(5)),
+        "the AP runs: it may send an IPI"
+    );
+}
