@@ -121,8 +121,9 @@ struct CpuState {
 /// (its deadline set to 1, already passed), and that exit delivers the interrupt.
 #[derive(Clone, Debug)]
 pub struct Interrupts {
-    /// The local APIC of each vCPU, by vCPU index (APIC ID = index).
-    pub lapics: heapless::Vec<Lapic, MAX_VCPUS>,
+    /// The local APIC of each vCPU, by vCPU index (APIC ID = index). On the heap: the model
+    /// moves through the VMM's main stack, which has little room.
+    pub lapics: alloc::vec::Vec<Lapic>,
     cpus: heapless::Vec<CpuState, MAX_VCPUS>,
     /// The vCPU whose exit is being handled.
     current: usize,
@@ -152,10 +153,11 @@ impl Interrupts {
     /// as the nearest): vCPU 0 is the bootstrap processor, the others wait for a SIPI.
     pub fn new(vcpus: usize) -> Interrupts {
         let n = vcpus.clamp(1, MAX_VCPUS);
-        let mut lapics = heapless::Vec::new();
+        let lapics = (0..n)
+            .map(|i| Lapic::new(lapic::Config::new(i as u32, i == 0)))
+            .collect();
         let mut cpus = heapless::Vec::new();
-        for i in 0..n {
-            let _ = lapics.push(Lapic::new(lapic::Config::new(i as u32, i == 0)));
+        for _ in 0..n {
             let _ = cpus.push(CpuState::default());
         }
         Interrupts {

@@ -11,6 +11,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod acpi;
 pub mod cpuid;
 pub mod cpuid_policy;

@@ -29,7 +29,8 @@ const PORTS: usize = 1 << 16;
 
 /// One bit per port.
 #[derive(Clone, Debug)]
-struct PortSet([u32; PORTS / 32]);
+/// On the heap: the model moves through the VMM's main stack, which has little room.
+struct PortSet(alloc::boxed::Box<[u32; PORTS / 32]>);
 
 impl PortSet {
     /// Sets the bit for `port`; returns whether it was clear.
@@ -41,7 +42,7 @@ impl PortSet {
     }
 }
 
-/// The devices on the bus (about 16 KiB, mostly the two once-bitsets).
+/// The devices on the bus (the two once-bitsets, 16 KiB, on the heap).
 #[derive(Clone, Debug)]
 pub struct PortBus {
     pub serial: Serial,
@@ -69,8 +70,8 @@ impl PortBus {
             pci: Pci::new(),
             // One vCPU; the service replaces it with the VM's count (`setup::Prepared::model`).
             fw_cfg: FwCfg::new(ram_bytes, 1),
-            read_logged: PortSet([0; PORTS / 32]),
-            write_logged: PortSet([0; PORTS / 32]),
+            read_logged: PortSet(alloc::boxed::Box::new([0; PORTS / 32])),
+            write_logged: PortSet(alloc::boxed::Box::new([0; PORTS / 32])),
         }
     }
 
