@@ -538,8 +538,8 @@ fn typed_errors_by_example_vmm_mmu() {
         ),
         ("vm result 13", vec![0x01, 0x0d], DecodeError::Malformed),
         (
-            "config error 6",
-            vec![0x00, 0x06, 0x00, 0x06],
+            "config error 7",
+            vec![0x00, 0x06, 0x00, 0x07],
             DecodeError::Malformed,
         ),
         (
