@@ -1,7 +1,9 @@
 //! Two vCPUs (issue 12): `guest-smp` brings its application processor up with INIT/SIPI/SIPI
 //! (a 16-bit trampoline below 1 MiB), checks each vCPU's APIC ID in CPUID and the x2APIC
 //! ID register, plays 20 rounds of IPI ping-pong (each side waits in HLT for the other's
-//! fixed IPI) and wakes a halted AP with an IPI. On EPT only: an AP starts in real mode,
+//! fixed IPI), wakes a halted AP with an IPI, and restarts the AP with INIT then SIPI (the
+//! VMM stops its vCPU until the SIPI, or restarts it at once if the SIPI came first). On
+//! EPT only: an AP starts in real mode,
 //! which needs unrestricted guest, so the VMM refuses more than one vCPU on shadow paging
 //! (checked with the other refused configurations).
 //!
@@ -19,7 +21,7 @@ pub fn suite(t: &mut Tally) {
     cfg.vcpus = 2;
     if let Some(s) = crate::passing_guest(
         t,
-        "2 vCPUs: AP started by INIT/SIPI, APIC IDs, IPI ping-pong, a halted vCPU woken (EPT)",
+        "2 vCPUs: AP started by INIT/SIPI, APIC IDs, IPI ping-pong, a halted vCPU woken, INIT restart (EPT)",
         &cfg,
     ) {
         let hlt = crate::exits_of(&s, reason::HLT);

@@ -13,6 +13,8 @@
 //!   side counts exactly 20 deliveries.
 //! - `halted-wakeup`: the AP waits in HLT with nothing else to wake it; the BSP spins well
 //!   past that, then sends vector 0x62: the AP wakes, counts it and answers with 0x61.
+//! - `init-restart`: INIT puts the running AP back in wait-for-SIPI; a SIPI starts it again
+//!   through the trampoline (its second start, which only reports in).
 //!
 //! Console on success: one `name: ok` line per check, then `result: pass`; exit 0x10 through
 //! port 0xf4 (0x11 after any failure). The AP stays in a HLT loop with interrupts on. With
@@ -49,6 +51,7 @@ ping_count:  .long 0               # 0x60 deliveries on the AP
 pong_count:  .long 0               # 0x61 deliveries on the BSP
 wake_count:  .long 0               # 0x62 deliveries on the AP
 ap_halting:  .long 0
+ap_back:     .long 0               # set by the AP's second start
 
     .section .bss.guest, "aw", @nobits
     .balign 16
@@ -62,10 +65,12 @@ name_id:    .asciz "cpuid-apic-id"
 name_start: .asciz "ap-startup"
 name_pp:    .asciz "ipi-ping-pong"
 name_wake:  .asciz "halted-wakeup"
+name_init:  .asciz "init-restart"
 det_id:     .asciz "BSP CPUID id, x2APIC id (high byte pair), AP's (low byte pair):"
 det_start:  .asciz "AP alive (high word), starts (low word):"
 det_pp:     .asciz "pings on the AP (high word), pongs on the BSP (low word):"
 det_wake:   .asciz "wake-ups on the AP (high word), pongs on the BSP (low word):"
+det_init:   .asciz "back (high word), starts (low word):"
 
     .section .text.guest, "ax"
     .code32
@@ -118,6 +123,9 @@ guest_main:
     call report32_val
     movl $name_wake, %esi
     movl $det_wake, %edi
+    call report32_val
+    movl $name_init, %esi
+    movl $det_init, %edi
     call report32_val
     ret
 10:
@@ -206,6 +214,32 @@ guest_main:
     setne %al
     movl $name_wake, %esi
     movl $det_wake, %edi
+    call report32_val
+
+    # init-restart: INIT parks the AP (it was halted, interrupts on); then a SIPI.
+    movl $ICR, %ecx
+    movl $1, %edx
+    movl $0x4500, %eax
+    wrmsr
+    call delay
+    call delay
+    call delay
+    movl $0x4600 + (TRAMPOLINE >> 12), %eax
+    wrmsr
+    movl $SPIN_LIMIT, %ebx
+1:  cmpl $0, ap_back
+    jne 2f
+    pause
+    decl %ebx
+    jnz 1b
+2:  movl ap_back, %edx
+    shll $16, %edx
+    orl ap_starts, %edx
+    xorl %eax, %eax
+    cmpl $0x10002, %edx
+    setne %al
+    movl $name_init, %esi
+    movl $det_init, %edi
     call report32_val
     ret                            # to finish32
 
@@ -314,6 +348,8 @@ ap_main:
     lock incl ap_starts
     lidt idt_smp_desc
     call x2apic_on
+    cmpl $1, ap_starts
+    jne ap_again
     movl $1, %eax
     xorl %ecx, %ecx
     cpuid
@@ -348,6 +384,13 @@ ap_main:
     call pong
 5:  hlt                            # interrupts on: the VM goes on with the BSP
     jmp 5b
+
+# The AP's second start (after INIT and SIPI): it reports in and waits.
+ap_again:
+    movl $1, ap_back
+1:  sti
+    hlt
+    jmp 1b
 
 pong:
     movl $ICR, %ecx
