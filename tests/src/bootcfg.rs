@@ -135,6 +135,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-lapic image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-ioapic",
+        manifest: "guest-ioapic image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-acpi",
         manifest: "guest-acpi image=guest",
     },
