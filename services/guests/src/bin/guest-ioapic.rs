@@ -29,15 +29,8 @@ core::arch::global_asm!(
 
     .section .data.guest, "aw"
     .balign 8
-idt_io_desc:
-    .word 0x100 * 8 - 1
-    .long idt_io
 timer_count: .long 0
 pit_count:   .long 0
-
-    .section .bss.guest, "aw", @nobits
-    .balign 8
-idt_io:     .skip 0x100 * 8
 
     .section .rodata.guest, "a"
 msg_hello:  .asciz "ioapic: hello from guest-ioapic\n"
@@ -179,36 +172,20 @@ guest_main:
     call report32_val
     ret                            # to finish32
 
-# io_idt: the runtime's 32 exception gates; 0x40 the APIC timer, 0x31 the PIT through the
-# IOAPIC, 0xff the spurious vector, every other vector `stray`.
+# io_idt: the runtime's wide IDT: 0x40 the APIC timer, 0x31 the PIT through the IOAPIC,
+# 0xff the spurious vector, every other vector `stray`.
 io_idt:
-    movl $idt32, %esi
-    movl $idt_io, %edi
-    movl $32 * 2, %ecx
-    rep movsl
-    movl $0x20, %ecx
-1:  movl $stray, %edx
-    cmpl $0x40, %ecx
-    jne 2f
+    movl $stray, %edx
+    call idt32_wide
+    movl $0x40, %ecx
     movl $apic_timer, %edx
-2:  cmpl $0x31, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0x31, %ecx
     movl $pit_tick, %edx
-2:  cmpl $0xff, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0xff, %ecx
     movl $spurious, %edx
-2:  movl %edx, %eax
-    andl $0x0000ffff, %eax
-    orl $0x00080000, %eax
-    movl %eax, idt_io(,%ecx,8)
-    movl %edx, %eax
-    andl $0xffff0000, %eax
-    orl $0x00008e00, %eax
-    movl %eax, idt_io + 4(,%ecx,8)
-    incl %ecx
-    cmpl $0x100, %ecx
-    jb 1b
-    lidt idt_io_desc
+    call idt32_gate
     ret
 
 apic_timer:
