@@ -108,6 +108,12 @@ fn kernel_main(raw: &RawBootInfo<'_>) -> ! {
         x.xcr0,
         x.size
     );
+    log!(
+        info,
+        "timer",
+        "TSC at {} kHz (measured against PIT channel 2)",
+        arch::timer::tsc_hz() / 1000
+    );
     println!("{}", vmx::discover());
     match arch::vmx::init() {
         Ok(()) => log!(

@@ -7,6 +7,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-exits",
     "guest-timer",
     "guest-lapic",
+    "guest-ioapic",
     "guest-long",
     "guest-pae",
     "guest-badmem",

@@ -139,6 +139,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-smp image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-ioapic",
+        manifest: "guest-ioapic image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-acpi",
         manifest: "guest-acpi image=guest",
     },

@@ -632,7 +632,8 @@ fn vmm_responses() {
         ),
         // Probed: neighbour HypercallExit { 0 }, result TripleFault, Some(guest counts:
         // probed 4120 = 0x18 | 0x20 << 7, own 12, device 0, stopped 4108 = 0x0c | 0x20 << 7,
-        // foreign 0, unaccounted 0, RAM 4 MiB = 2 << 21), points 4120, in RAM 12, stops 4108,
+        // foreign 0, unaccounted 0, RAM 4 MiB = 2 << 21), points 4120, in RAM 12, devices 6,
+        // stops 4108,
         // inside RAM 0, neighbour runs 16, bad 0, seen changed 0, words 2^19 = 0x20 << 14,
         // changed 0, service words 2^15 = 2 << 14, changed 0.
         (
@@ -650,6 +651,7 @@ fn vmm_responses() {
                 }),
                 points: 4120,
                 points_in_ram: 12,
+                devices: 6,
                 stops: 4108,
                 stops_inside_ram: 0,
                 neighbour_runs: 16,
@@ -661,7 +663,7 @@ fn vmm_responses() {
                 service_changed: 0,
             }),
             "02  01 00  03  01 98 20 0c 00 8c 20 00 00 80 80 80 02 \
-             98 20  0c  8c 20  00  10 00 00  80 80 20  00  80 80 02  00",
+             98 20  0c  06  8c 20  00  10 00 00  80 80 20  00  80 80 02  00",
         ),
     ]);
 }
@@ -1054,10 +1056,10 @@ fn maximal_messages_fit_one_payload() {
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161
     // + trace Some (1 + 5) = 301.
-    // Probed: 1 + 2 * EntryFailed 16 + Some (1 + 7 * 10) + 11 * 10 = 214.
+    // Probed: 1 + 2 * EntryFailed 16 + Some (1 + 7 * 10) + 12 * 10 = 224.
     assert_eq!(
         encoded_lengths(&common::maximal_vmm_responses()),
-        [13, 301, 214]
+        [13, 301, 224]
     );
     // AttachVm: 1 + 10 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 31; AttachVcpu 1 + 5 + 3 = 9;
     // InjectFaults 1 + 5 + 5 + 1 + 10 = 22.

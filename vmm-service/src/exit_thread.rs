@@ -38,6 +38,9 @@ pub(crate) struct Run {
     /// Its vCPUs by index (0: the bootstrap processor).
     pub vcpus: heapless::Vec<CapSlot, { vmm_service::irq::MAX_VCPUS }>,
     ram: CapSlot,
+    /// The VM's RAM, mapped for the run (`None` if it could not be: every access then maps
+    /// it for itself).
+    ram_map: Option<sys::Mapping>,
     exit_ep: CapSlot,
     result: Option<vm::Stop>,
     /// The vCPUs in a `VcpuRun` (bit n: index n).
@@ -128,7 +131,10 @@ pub fn begin(model: VmModel, vcpu: CapSlot, ram: CapSlot, exit_ep: CapSlot) {
 /// Starts a run of a VM with `vcpus` (index 0, the bootstrap processor, is run by the
 /// caller; the others when their SIPI comes, [`crate::smp`]).
 pub fn begin_vcpus(model: VmModel, vcpus: &[CapSlot], ram: CapSlot, exit_ep: CapSlot) {
-    *lock_run() = Some(Run {
+    let mut run = lock_run();
+    // The previous run's mapping goes first: the window is the same.
+    *run = None;
+    *run = Some(Run {
         model,
         vcpus: vcpus
             .iter()
@@ -136,6 +142,7 @@ pub fn begin_vcpus(model: VmModel, vcpus: &[CapSlot], ram: CapSlot, exit_ep: Cap
             .take(vmm_service::irq::MAX_VCPUS)
             .collect(),
         ram,
+        ram_map: sys::Mapping::new(ram, crate::setup::RUN_RAM_VA).ok(),
         exit_ep,
         result: None,
         running: 1,
@@ -159,13 +166,14 @@ pub fn end() -> Outcome {
     }
 }
 
-/// The model's view of the machine: host CPUID, the TSC, guest RAM through a scoped mapping.
-struct ServiceEnv {
+/// The model's view of the machine: host CPUID, the TSC, guest RAM through the run's mapping.
+struct ServiceEnv<'a> {
     ram: CapSlot,
+    ram_map: Option<&'a mut sys::Mapping>,
     vcpu: CapSlot,
 }
 
-impl Env for ServiceEnv {
+impl Env for ServiceEnv<'_> {
     fn host_cpuid(&mut self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]
@@ -174,6 +182,11 @@ impl Env for ServiceEnv {
         sys::rdtsc()
     }
     fn read_guest(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        if let Some(map) = self.ram_map.as_deref() {
+            let start = usize::try_from(gpa).ok();
+            let piece = start.and_then(|s| map.bytes().get(s..s.checked_add(buf.len())?));
+            return piece.map(|p| buf.copy_from_slice(p)).is_some();
+        }
         sys::with_mapped_read(self.ram, crate::setup::RAM_VA, |ram| {
             let start = usize::try_from(gpa).ok();
             let piece = start.and_then(|s| ram.get(s..s.checked_add(buf.len())?));
@@ -188,6 +201,11 @@ impl Env for ServiceEnv {
         .unwrap_or(false)
     }
     fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool {
+        if let Some(map) = self.ram_map.as_deref_mut() {
+            let start = usize::try_from(gpa).ok();
+            let piece = start.and_then(|s| map.bytes_mut().get_mut(s..s.checked_add(data.len())?));
+            return piece.map(|p| p.copy_from_slice(data)).is_some();
+        }
         sys::with_mapped(self.ram, crate::setup::RAM_VA, |ram| {
             let start = usize::try_from(gpa).ok();
             let piece = start.and_then(|s| ram.get_mut(s..s.checked_add(data.len())?));
@@ -268,7 +286,11 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
     if m.basic_reason() == reason::DR_ACCESS {
         return debug_register_exit(vcpu, m);
     }
-    let mut env = ServiceEnv { ram: run.ram, vcpu };
+    let mut env = ServiceEnv {
+        ram: run.ram,
+        ram_map: run.ram_map.as_mut(),
+        vcpu,
+    };
     let mut events = EVENTS.lock();
     events.clear();
     run.model.irq.select(index);

@@ -17,6 +17,22 @@ use userlib::sys;
 use vmm_service::loader::flat64::STACK_TOP;
 
 use crate::exit_thread;
+
+/// Whether a device of a VM's reset state answers guest-physical `gpa` (the VMM's own map:
+/// [`vmm_service::irq::PlatformMmio`]).
+fn device_answers(gpa: u64) -> bool {
+    use vmm_service::devices::mmio::{Devices, MmioBus};
+    let (mut bus, mut irq) = (MmioBus::new(), vmm_service::irq::Interrupts::default());
+    let mut map = vmm_service::irq::PlatformMmio {
+        bus: &mut bus,
+        irq: &mut irq,
+        now: 0,
+    };
+    map.claims(gpa)
+}
+
+/// The probe's VM model while the neighbour runs.
+static PAUSED: spin::Mutex<Option<vmm_service::vm::VmModel>> = spin::Mutex::new(None);
 use crate::setup::{self, kernel, Prepared, RAM_VA};
 
 const MIB: u64 = 1 << 20;
@@ -140,8 +156,11 @@ fn run_resuming(
                     inside += 1;
                 }
                 if stops % INTERLEAVE == 0 {
-                    let model = exit_thread::pause();
+                    // The probe's model (about 19 KiB) waits in a static, not on this stack,
+                    // while the neighbour's run needs the stack.
+                    *PAUSED.lock() = exit_thread::pause();
                     neighbour.check(exit_ep)?;
+                    let model = PAUSED.lock().take();
                     if let Some(m) = model {
                         exit_thread::begin(m, vm.vcpu, vm.ram, exit_ep);
                     }
@@ -195,6 +214,9 @@ pub fn probe(
     .map_err(kernel)?;
     let neighbour_result = n.run(role::FILL, exit_ep)?;
 
+    let devices = isolation::points(ram)
+        .filter(|&pt| !isolation::inside_ram(pt, ram) && device_answers(pt & !isolation::KIND_MASK))
+        .count() as u64;
     let (points, points_in_ram) = sys::with_mapped(p.ram, RAM_VA, |m| {
         // `check` made sure the list fits below LIST_END, inside RAM.
         let mut put = |i: u64, v: u64| {
@@ -247,6 +269,7 @@ pub fn probe(
         guest,
         points,
         points_in_ram,
+        devices,
         stops,
         stops_inside_ram,
         neighbour_runs: n.runs,

@@ -461,7 +461,7 @@ pub fn any_isolation_report() -> impl Strategy<Value = IsolationReport> {
         any_vm_result(),
         any_vm_result(),
         proptest::option::of(any_guest_counts()),
-        any::<[u64; 11]>(),
+        any::<[u64; 12]>(),
     )
         .prop_map(|(neighbour, result, guest, c)| isolation_report(neighbour, result, guest, c))
 }
@@ -470,7 +470,7 @@ fn isolation_report(
     neighbour: VmResult,
     result: VmResult,
     guest: Option<GuestCounts>,
-    c: [u64; 11],
+    c: [u64; 12],
 ) -> IsolationReport {
     IsolationReport {
         neighbour,
@@ -487,6 +487,7 @@ fn isolation_report(
         neighbour_changed: c[8],
         service_words: c[9],
         service_changed: c[10],
+        devices: c[11],
     }
 }
 
@@ -685,7 +686,7 @@ pub fn maximal_vmm_responses() -> std::vec::Vec<vmm::Response> {
                 unaccounted: u64::MAX,
                 ram_bytes: u64::MAX,
             }),
-            [u64::MAX; 11],
+            [u64::MAX; 12],
         )),
     ]
 }

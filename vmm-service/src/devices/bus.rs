@@ -3,7 +3,9 @@
 //! takes the whole value.
 //!
 //! An unhandled port reads as all ones and ignores writes; the first access to each unhandled
-//! port (read or write, tracked separately) is reported once as a [`BusEvent::FirstUnhandled`].
+//! port (read or write, tracked separately) is reported once as a [`BusEvent::FirstUnhandled`],
+//! for the first [`LOGGED_PORTS`] such ports (a guest probing every port gets the rest
+//! unreported: the set stays small, since the VM model is moved on the VMM's stack).
 
 use super::{cmos::Cmos, debug_exit, pic::Pic, pit::Pit, serial, serial::Serial, Text};
 use super::{fw_cfg, fw_cfg::FwCfg, pci, pci::Pci, pm::Pm, reset::Reset};
@@ -25,24 +27,21 @@ pub enum BusEvent {
     Reset { port: u16 },
 }
 
-const PORTS: usize = 1 << 16;
+/// Unhandled ports reported, per direction.
+pub const LOGGED_PORTS: usize = 64;
 
-/// One bit per port.
-#[derive(Clone, Debug)]
-/// On the heap: the model moves through the VMM's main stack, which has little room.
-struct PortSet(alloc::boxed::Box<[u32; PORTS / 32]>);
+/// The unhandled ports already reported.
+#[derive(Clone, Debug, Default)]
+struct PortSet(heapless::Vec<u16, LOGGED_PORTS>);
 
 impl PortSet {
-    /// Sets the bit for `port`; returns whether it was clear.
+    /// Records `port`; returns whether it is to be reported (new, and room left).
     fn insert(&mut self, port: u16) -> bool {
-        let (w, b) = ((port >> 5) as usize, port & 31);
-        let was_clear = self.0[w] & (1 << b) == 0;
-        self.0[w] |= 1 << b;
-        was_clear
+        !self.0.contains(&port) && self.0.push(port).is_ok()
     }
 }
 
-/// The devices on the bus (the two once-bitsets, 16 KiB, on the heap).
+/// The devices on the bus.
 #[derive(Clone, Debug)]
 pub struct PortBus {
     pub serial: Serial,
@@ -70,8 +69,8 @@ impl PortBus {
             pci: Pci::new(),
             // One vCPU; the service replaces it with the VM's count (`setup::Prepared::model`).
             fw_cfg: FwCfg::new(ram_bytes, 1),
-            read_logged: PortSet(alloc::boxed::Box::new([0; PORTS / 32])),
-            write_logged: PortSet(alloc::boxed::Box::new([0; PORTS / 32])),
+            read_logged: PortSet::default(),
+            write_logged: PortSet::default(),
         }
     }
 

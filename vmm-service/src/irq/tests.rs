@@ -184,3 +184,53 @@ proptest! {
         prop_assert!(at == 0 || Clock::ticks_at(at - 1, hz) <= target);
     }
 }
+
+/// The xAPIC page and the IOAPIC through [`PlatformMmio`]: a timer interrupt ended by an EOI
+/// written to the page, then the PIT's line 0 through the IOAPIC (GSI 2) with the 8259s
+/// masked.
+#[test]
+fn the_pit_reaches_the_local_apic_through_the_ioapic() {
+    let mut b = bus(1193, 0);
+    b.pic.write(0x21, 0xff);
+    let mut irq = Interrupts::default();
+    let mut mmio = crate::devices::mmio::MmioBus::new();
+    let lapic = 0xfee0_0000;
+    let ioapic = u64::from(crate::acpi::IOAPIC_BASE);
+    {
+        let mut p = PlatformMmio {
+            bus: &mut mmio,
+            irq: &mut irq,
+            now: 100,
+        };
+        assert!(p.write(lapic + 0xf0, 4, 0x1ff));
+        assert_eq!(p.read(lapic + 0xf0, 4), Some(0x1ff));
+        p.irq.lapic_mut().accept(0x40, false);
+        let v = p.irq.lapic_mut().pending().unwrap();
+        assert_eq!(p.irq.lapic_mut().ack(v), 0x40);
+        assert!(p.write(lapic + 0xb0, 4, 0), "EOI");
+        assert_eq!(p.irq.lapic_mut().pending(), None);
+        assert!(p.write(ioapic, 4, 0x14));
+        assert!(p.write(ioapic + 0x10, 4, 0x31));
+        assert!(p.write(ioapic, 4, 0x14));
+        assert_eq!(p.read(ioapic + 0x10, 4), Some(0x31));
+    }
+    let mut r = ExitReply::resume();
+    irq.finish(
+        &msg(reason::PREEMPTION_TIMER, IF),
+        &mut r,
+        &mut b,
+        &clock(1_000_000),
+    );
+    assert_eq!(
+        r.flags & (reply::INJECT | reply::INTR_WINDOW),
+        reply::INTR_WINDOW
+    );
+    let mut r = ExitReply::resume();
+    irq.finish(
+        &msg(reason::INTERRUPT_WINDOW, IF),
+        &mut r,
+        &mut b,
+        &clock(1_000_100),
+    );
+    assert_eq!(r.inject, 0x8000_0031, "through the IOAPIC");
+}

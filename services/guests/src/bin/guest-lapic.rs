@@ -44,17 +44,10 @@ core::arch::global_asm!(
 
     .section .data.guest, "aw"
     .balign 8
-idt_apic_desc:
-    .word 0x100 * 8 - 1
-    .long idt_apic
 timer_count: .long 0
 isr_seen:    .long 0
 ipi50:       .long 0
 ipi51:       .long 0
-
-    .section .bss.guest, "aw", @nobits
-    .balign 8
-idt_apic:   .skip 0x100 * 8
 
     .section .rodata.guest, "a"
 msg_hello:  .asciz "lapic: hello from guest-lapic\n"
@@ -294,39 +287,23 @@ guest_main:
     call report32_val
     ret                            # to finish32
 
-# apic_idt: the runtime's 32 exception gates, vectors 0x20..0xff to `stray`, then 0x40 the
-# timer, 0x50/0x51 the IPIs, 0xff the spurious vector (no EOI).
+# apic_idt: the runtime's wide IDT: 0x40 the timer, 0x50/0x51 the IPIs, 0xff the spurious
+# vector (no EOI), every other vector `stray`.
 apic_idt:
-    movl $idt32, %esi
-    movl $idt_apic, %edi
-    movl $32 * 2, %ecx
-    rep movsl
-    movl $0x20, %ecx
-1:  movl $stray, %edx
-    cmpl $0x40, %ecx
-    jne 2f
+    movl $stray, %edx
+    call idt32_wide
+    movl $0x40, %ecx
     movl $apic_timer, %edx
-2:  cmpl $0x50, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0x50, %ecx
     movl $ipi_50, %edx
-2:  cmpl $0x51, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0x51, %ecx
     movl $ipi_51, %edx
-2:  cmpl $0xff, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0xff, %ecx
     movl $spurious, %edx
-2:  movl %edx, %eax
-    andl $0x0000ffff, %eax
-    orl $0x00080000, %eax
-    movl %eax, idt_apic(,%ecx,8)
-    movl %edx, %eax
-    andl $0xffff0000, %eax
-    orl $0x00008e00, %eax
-    movl %eax, idt_apic + 4(,%ecx,8)
-    incl %ecx
-    cmpl $0x100, %ecx
-    jb 1b
-    lidt idt_apic_desc
+    call idt32_gate
     ret
 
 # eoi: EOI through the x2APIC MSR (keeps every register).

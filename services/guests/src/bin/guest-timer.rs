@@ -43,16 +43,9 @@ core::arch::global_asm!(
 
     .section .data.guest, "aw"
     .balign 8
-idt_timer_desc:
-    .word 48 * 8 - 1
-    .long idt_timer
 ticks:      .long 0
 isr_seen:   .long 0xffffffff
 spurious:   .long 0
-
-    .section .bss.guest, "aw", @nobits
-    .balign 8
-idt_timer:  .skip 48 * 8
 
     .section .rodata.guest, "a"
 msg_hello:  .asciz "timer: hello from guest-timer\n"
@@ -262,30 +255,14 @@ pic_init:
     outb %al, $0xa1
     ret
 
-# timer_idt: the runtime's 32 exception gates, then vectors 0x20..0x2f: 0x20 the tick, the
-# others count as spurious.
+# timer_idt: the runtime's wide IDT; vector 0x20 the tick, the other IRQ vectors count as
+# spurious.
 timer_idt:
-    movl $idt32, %esi
-    movl $idt_timer, %edi
-    movl $32 * 2, %ecx
-    rep movsl
+    movl $other_irq, %edx
+    call idt32_wide
     movl $0x20, %ecx
-1:  movl $other_irq, %edx
-    cmpl $0x20, %ecx
-    jne 2f
     movl $tick, %edx
-2:  movl %edx, %eax
-    andl $0x0000ffff, %eax
-    orl $0x00080000, %eax
-    movl %eax, idt_timer(,%ecx,8)
-    movl %edx, %eax
-    andl $0xffff0000, %eax
-    orl $0x00008e00, %eax
-    movl %eax, idt_timer + 4(,%ecx,8)
-    incl %ecx
-    cmpl $0x30, %ecx
-    jb 1b
-    lidt idt_timer_desc
+    call idt32_gate
     ret
 
 tick:

@@ -47,6 +47,10 @@ gdt_desc:
 idt32_desc:
     .word 32 * 8 - 1
     .long idt32
+    .word 0                        # pad, as above
+idt32_wide_desc:
+    .word 256 * 8 - 1
+    .long idt32_wide_table
 mb_magic: .long 0
 mb_info:  .long 0
 
@@ -54,6 +58,8 @@ mb_info:  .long 0
     .balign 8
 idt32:
     .skip 32 * 8
+idt32_wide_table:
+    .skip 256 * 8
 
     .section .text.entry, "ax"
     .code32
@@ -225,6 +231,40 @@ finish32:
     cli
     hlt
     jmp .Lfinish32_halt
+
+# idt32_wide: a 256-entry IDT for guests that take interrupts: the 32 exception gates of
+# idt32, every other vector pointing at EDX (a default handler); loaded with lidt. Set the
+# vectors a guest handles with idt32_gate afterwards. Keeps every register.
+    .globl idt32_wide, idt32_gate
+idt32_wide:
+    pushal
+    movl $idt32, %esi
+    movl $idt32_wide_table, %edi
+    movl $32 * 2, %ecx
+    rep movsl
+    movl $32, %ecx
+1:  call idt32_gate
+    incl %ecx
+    cmpl $256, %ecx
+    jb 1b
+    lidt idt32_wide_desc
+    popal
+    ret
+
+# idt32_gate: vector ECX of the idt32_wide table -> handler EDX (an interrupt gate, DPL 0,
+# selector 0x08). Keeps every register.
+idt32_gate:
+    pushl %eax
+    movl %edx, %eax
+    andl $0x0000ffff, %eax
+    orl $0x00080000, %eax
+    movl %eax, idt32_wide_table(,%ecx,8)
+    movl %edx, %eax
+    andl $0xffff0000, %eax
+    orl $0x00008e00, %eax
+    movl %eax, idt32_wide_table + 4(,%ecx,8)
+    popl %eax
+    ret
 
 # idt32_install: 32 interrupt gates (present, DPL 0, 32-bit, selector 0x08), vector v pointing
 # at exc32_stubs + 16 * v, then lidt.
