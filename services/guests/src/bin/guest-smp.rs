@@ -40,9 +40,6 @@ core::arch::global_asm!(
 
     .section .data.guest, "aw"
     .balign 8
-idt_smp_desc:
-    .word 0x100 * 8 - 1
-    .long idt_smp
 ap_alive:    .long 0
 ap_starts:   .long 0
 ap_cpuid_id: .long 0xffffffff
@@ -55,7 +52,6 @@ ap_back:     .long 0               # set by the AP's second start
 
     .section .bss.guest, "aw", @nobits
     .balign 16
-idt_smp:     .skip 0x100 * 8
 ap_stack:    .skip 4096
 ap_stack_top:
 
@@ -265,39 +261,23 @@ x2apic_on:
     wrmsr
     ret
 
-# smp_idt: the runtime's 32 exception gates, 0x20..0xff to `stray`, then 0x60/0x61/0x62 and
-# the spurious vector 0xff.
+# smp_idt: the runtime's wide IDT, 0x20..0xff to `stray`, then 0x60/0x61/0x62 and the
+# spurious vector 0xff.
 smp_idt:
-    movl $idt32, %esi
-    movl $idt_smp, %edi
-    movl $32 * 2, %ecx
-    rep movsl
-    movl $0x20, %ecx
-1:  movl $stray, %edx
-    cmpl $0x60, %ecx
-    jne 2f
+    movl $stray, %edx
+    call idt32_wide
+    movl $0x60, %ecx
     movl $on_ping, %edx
-2:  cmpl $0x61, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0x61, %ecx
     movl $on_pong, %edx
-2:  cmpl $0x62, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0x62, %ecx
     movl $on_wake, %edx
-2:  cmpl $0xff, %ecx
-    jne 2f
+    call idt32_gate
+    movl $0xff, %ecx
     movl $spurious, %edx
-2:  movl %edx, %eax
-    andl $0x0000ffff, %eax
-    orl $0x00080000, %eax
-    movl %eax, idt_smp(,%ecx,8)
-    movl %edx, %eax
-    andl $0xffff0000, %eax
-    orl $0x00008e00, %eax
-    movl %eax, idt_smp + 4(,%ecx,8)
-    incl %ecx
-    cmpl $0x100, %ecx
-    jb 1b
-    lidt idt_smp_desc
+    call idt32_gate
     ret
 
 # eoi: EOI through the x2APIC MSR (keeps every register).
@@ -346,7 +326,7 @@ ap_main:
     movw %ax, %ss
     movl $ap_stack_top, %esp
     lock incl ap_starts
-    lidt idt_smp_desc
+    lidt idt32_wide_desc
     call x2apic_on
     cmpl $1, ap_starts
     jne ap_again
