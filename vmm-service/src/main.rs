@@ -2,10 +2,12 @@
 //! guest image from a boot module, hands the VM's guest-physical memory to the MMU service,
 //! and handles the vCPU's exits with the device and CPU model of `vmm_service::vm`.
 //!
-//! Two threads: the main thread serves the protocol and waits in `VcpuRun` while a VM runs;
-//! the exit thread receives the exit messages of the VMM's portals (CPUID, I/O, MSRs, CR
-//! access, HLT, VMCALL, triple fault) and answers each with the model's reply. EPT violations
-//! go to the MMU service directly (its endpoint, badged with the VM's handle there).
+//! Threads: the main thread serves the protocol and waits in `VcpuRun` for the bootstrap
+//! processor while a VM runs; the exit thread receives the exit messages of the VMM's portals
+//! (CPUID, I/O, MSRs, CR access, HLT, VMCALL, triple fault), of every vCPU, and answers each
+//! with the model's reply; a runner thread per application processor of a multi-vCPU VM
+//! waits in `VcpuRun` for it once its SIPI came ([`smp`]). EPT violations go to the MMU
+//! service directly (its endpoint, badged with the VM's handle there).
 //!
 //! Capabilities (manifest `needs=mmu-service,boot,vmx`, taken by name through
 //! `userlib::wiring`): its own endpoint, the MMU service's, the boot capability (reads the
@@ -81,6 +83,22 @@ fn vmm_main(generation: u64) {
             sys::task_exit(1)
         }
     };
+    // The kernel objects first, in one go (the runners' notifications, the exit endpoint),
+    // before the slow decoder set-up: a task counting what the kernel can still create (the
+    // fuzz's leak check) sees them all made, not some of them.
+    if let Err(e) = smp::start() {
+        userlib::println!(
+            "vmm: runner threads for {} vCPUs per VM only: {e:?}",
+            smp::max_vcpus()
+        );
+    }
+    let exit_ep = match exit_thread::start() {
+        Ok(ep) => ep,
+        Err(e) => {
+            userlib::println!("vmm: cannot start the exit thread: {e:?}");
+            sys::task_exit(1)
+        }
+    };
     // The instruction emulator's decoder builds its tables on the heap, once (about 100 KiB):
     // now, before any guest waits on a device access.
     match sys::heap::init(HEAP_PAGES) {
@@ -91,19 +109,6 @@ fn vmm_main(generation: u64) {
         }
     }
     userlib::println!("vmm: serving, generation {generation}");
-    let exit_ep = match exit_thread::start() {
-        Ok(ep) => ep,
-        Err(e) => {
-            userlib::println!("vmm: cannot start the exit thread: {e:?}");
-            sys::task_exit(1)
-        }
-    };
-    if let Err(e) = smp::start() {
-        userlib::println!(
-            "vmm: runner threads for {} vCPUs per VM only: {e:?}",
-            smp::max_vcpus()
-        );
-    }
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut request = [0u8; MAX_PAYLOAD];
     let mut msg = loop {

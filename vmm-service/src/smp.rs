@@ -87,8 +87,12 @@ extern "C" fn runner(index: u64) -> ! {
         };
         let stop = sys::vcpu_run(vcpu);
         if let Some(run) = lock_run().as_mut() {
-            run.running &= !(1 << index);
             let parked = matches!(stop, Ok(s) if is_parked(&s));
+            if !parked {
+                // (A parked vCPU was taken off `running` by the exit that parked it: a SIPI
+                // may have started it again since.)
+                run.running &= !(1 << index);
+            }
             let ended = matches!(stop, Ok(s) if kind_is(&s, stop_code::VM_ENDED));
             if !parked && !ended && run.ap_stop.is_none() {
                 // Its own stop (the first): what the VM's result reports if it ended it.
@@ -152,7 +156,12 @@ pub(crate) fn before_exit(run: &mut Run, index: usize, vcpu: CapSlot) -> Option<
             run.model.irq.restarted(index);
             Some(ExitReply::resume())
         }
-        _ => Some(ExitReply::stop(stop_code::PARKED)),
+        _ => {
+            // Not running from now on, for the exits that follow (a SIPI starts it again),
+            // even before its runner hears of the stop.
+            run.running &= !(1 << index);
+            Some(ExitReply::stop(stop_code::PARKED))
+        }
     }
 }
 
