@@ -47,7 +47,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
-    assert_eq!(vmm::LABEL, 0x0002_0006);
+    assert_eq!(vmm::LABEL, 0x0002_0007);
     assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(trace::LABEL, 0x0004_0001);
     assert_eq!(<trace::Trace as Protocol>::LABEL, trace::LABEL);

@@ -14,8 +14,8 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 6;
-/// `0x0002_0006`.
+pub const VERSION: u16 = 7;
+/// `0x0002_0007`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
