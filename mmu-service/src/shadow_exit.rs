@@ -482,6 +482,11 @@ fn cr_access<M: GuestMemory, P: ShadowPagePool>(
     let Ok(Exit::CrAccess { cr, access }) = decode(m) else {
         return Err(Stop::Unexpected { reason: m.reason });
     };
+    if cr == 8 {
+        // CR8 is the local APIC's TPR, which the VMM keeps: the exit goes on to it (no
+        // address: `forward_gpa` 0).
+        return Ok(forward(0));
+    }
     let Ok(outcome) = cr::handle_with(m, cr, access, m.efer, limits) else {
         return Err(Stop::Unexpected { reason: m.reason });
     };

@@ -110,7 +110,25 @@ struct CpuState {
     halted: bool,
     /// The deadline the kernel holds (0: none).
     deadline: u64,
+    /// The last [`Interrupts::finish`] for this vCPU left nothing to deliver (no window asked
+    /// for, nothing injected): see [`Interrupts::settled`].
+    settled: bool,
 }
+
+/// Exits that touch no device and no interrupt state: after one of them the devices are
+/// looked at only if something was left to deliver or the deadline has passed
+/// ([`Interrupts::settled`]). Every other exit (port I/O, MSRs, HLT, MMIO, the window and
+/// the deadline themselves, CR access) takes the full look.
+pub const QUIET_REASONS: [u32; 8] = [
+    reason::CPUID,
+    reason::VMCALL,
+    reason::XSETBV,
+    reason::INVD,
+    reason::WBINVD,
+    reason::RDPMC,
+    reason::PAUSE,
+    reason::DR_ACCESS,
+];
 
 /// The VM's interrupt controllers: the IOAPIC and the ISA lines (per VM), one local APIC
 /// and delivery state per vCPU, and statistics. Exits are handled for the vCPU
@@ -385,6 +403,20 @@ impl Interrupts {
 
     /// Completes `r`, the model's answer to exit `m`: delivers what the devices request and
     /// sets the deadline (see the module's description).
+    /// Whether exit `m`, at host time-stamp `tsc`, can skip [`Interrupts::finish`]: it is one
+    /// of the [`QUIET_REASONS`], the last look at the devices for this vCPU left nothing to
+    /// deliver, and the vCPU's deadline (the next device event) has not come. Nothing can
+    /// then have changed: device state changes by time (the deadline) or by the guest's
+    /// accesses (other reasons), and another vCPU's IPI or message to this one kicks it (a
+    /// deadline exit). This keeps CPUID and VMCALL round trips as short as they were before
+    /// interrupts were delivered.
+    pub fn settled(&self, m: &ExitMessage, tsc: u64) -> bool {
+        let cpu = &self.cpus[self.current];
+        cpu.settled
+            && QUIET_REASONS.contains(&m.basic_reason())
+            && (cpu.deadline == 0 || tsc < cpu.deadline)
+    }
+
     pub fn finish(&mut self, m: &ExitMessage, r: &mut ExitReply, bus: &mut PortBus, clock: &Clock) {
         if r.flags & reply::STOP != 0 {
             return;
@@ -424,6 +456,7 @@ impl Interrupts {
         if r.flags & reply::INJECT != 0 {
             self.cpus[self.current].halted = false;
         }
+        self.cpus[self.current].settled = r.flags & (reply::INJECT | reply::INTR_WINDOW) == 0;
         let next = self.next_event(bus, clock).unwrap_or(0);
         if next != self.cpus[self.current].deadline {
             r.flags |= reply::SET_DEADLINE;

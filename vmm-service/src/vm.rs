@@ -281,7 +281,7 @@ impl VmModel {
         ev: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
         let mut reply = self.dispatch(m, env, ev);
-        if self.result.is_none() {
+        if self.result.is_none() && !self.irq.settled(m, env.tsc()) {
             let clock = Self::clock(env);
             self.irq.finish(m, &mut reply, &mut self.bus, &clock);
         }
@@ -406,6 +406,8 @@ impl VmModel {
                     Err(MsrError::State) => self.unhandled(m, STATE_REFUSED, env, ev),
                 }
             }
+            // CR8 is the local APIC's TPR (bits 7:4), in 64-bit mode.
+            Exit::CrAccess { cr: 8, access } => self.cr8(m, access, ev),
             Exit::CrAccess { cr, access } => {
                 let limits = cr::Limits {
                     cr4_unoffered: cr::cr4_reserved(|l, s| self.guest_cpuid(l, s, 0, env)),
@@ -482,6 +484,35 @@ impl VmModel {
                 }
             }
         }
+    }
+
+    /// MOV to or from CR8: the current vCPU's TPR through its local APIC (CR8[3:0] = TPR[7:4];
+    /// a write with bits 63:4 set is #GP(0), as on hardware).
+    fn cr8(
+        &mut self,
+        m: &ExitMessage,
+        access: crate::exit::CrAccessKind,
+        ev: &mut Vec<Event, MAX_EVENTS>,
+    ) -> ExitReply {
+        use crate::exit::CrAccessKind;
+        let mut reply = ExitReply::advance();
+        match access {
+            CrAccessKind::MovTo { gpr } => {
+                let v = m.gprs[usize::from(gpr & 15)];
+                if v > 0xf {
+                    return self.fault(m, exception::GP, 0, ev);
+                }
+                self.irq.lapic_mut().set_tpr((v as u32) << 4);
+            }
+            CrAccessKind::MovFrom { gpr } => {
+                let n = usize::from(gpr & 15);
+                reply.gpr_mask = 1 << n;
+                reply.gprs[n] = u64::from(self.irq.lapic().tpr() >> 4);
+            }
+            // CLTS and LMSW name CR0 only.
+            _ => return self.fault(m, exception::GP, 0, ev),
+        }
+        reply
     }
 
     /// Injects exception `vector` (with `error` where it has one) as the CPU would deliver it

@@ -78,12 +78,22 @@ const PIN_WANT: u32 = 1 | (1 << 6);
 /// the TSC counts instructions, so the suites see the timer fire.
 pub const GUEST_SLICE_TSC: u64 = 1 << 18;
 /// Primary: use TSC offsetting (the guest's TSC is the host's plus `TSC_OFFSET`), HLT
-/// exiting, MWAIT exiting, RDPMC exiting, MOV-DR exiting (the guest's debug registers are kept
-/// per vCPU), unconditional I/O exiting, MONITOR exiting, secondary controls. No MSR bitmaps,
-/// so every RDMSR/WRMSR exits; CPUID, INVD, XSETBV and task switches always exit. (MWAIT
-/// would otherwise park the host CPU, and RDPMC read the host's counters.)
-const PROC_WANT: u32 =
-    (1 << 3) | (1 << 7) | (1 << 10) | (1 << 11) | (1 << 23) | (1 << 24) | (1 << 29) | (1 << 31);
+/// exiting, MWAIT exiting, RDPMC exiting, CR8-load and CR8-store exiting (CR8 is the virtual
+/// local APIC's TPR; without them a guest would write the host's), MOV-DR exiting (the
+/// guest's debug registers are kept per vCPU), unconditional I/O exiting, MONITOR exiting,
+/// secondary controls. No MSR bitmaps, so every RDMSR/WRMSR exits; CPUID, INVD, XSETBV and
+/// task switches always exit. (MWAIT would otherwise park the host CPU, and RDPMC read the
+/// host's counters.)
+const PROC_WANT: u32 = (1 << 3)
+    | (1 << 7)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 23)
+    | (1 << 24)
+    | (1 << 29)
+    | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
 const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
 /// Secondary, where the CPU allows them: WBINVD exiting (a guest does not flush the host's

@@ -234,3 +234,23 @@ fn the_pit_reaches_the_local_apic_through_the_ioapic() {
     );
     assert_eq!(r.inject, 0x8000_0031, "through the IOAPIC");
 }
+
+#[test]
+fn quiet_exits_skip_the_devices_only_while_nothing_can_have_changed() {
+    let mut b = bus(1193, 0);
+    let mut irq = Interrupts::default();
+    let cpuid = msg(reason::CPUID, IF);
+    assert!(!irq.settled(&cpuid, 10), "nothing looked at yet");
+    let mut r = ExitReply::advance();
+    irq.finish(&cpuid, &mut r, &mut b, &clock(10));
+    let deadline = r.deadline;
+    assert!(irq.settled(&cpuid, deadline - 1));
+    assert!(!irq.settled(&cpuid, deadline), "the next tick is due");
+    assert!(!irq.settled(&msg(reason::IO, IF), 20), "a device access");
+    // A tick requested but not deliverable (IF clear): the window is asked for, and the
+    // next exits look again until it is delivered.
+    let mut r = ExitReply::advance();
+    irq.finish(&msg(reason::CPUID, 0x2), &mut r, &mut b, &clock(deadline));
+    assert_ne!(r.flags & reply::INTR_WINDOW, 0);
+    assert!(!irq.settled(&cpuid, deadline + 1));
+}

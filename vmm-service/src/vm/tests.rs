@@ -283,14 +283,19 @@ fn cr_writes() {
     let o = run(&mut v, &m);
     assert_eq!(o.reply.efer, 0x500);
     assert_eq!(v.msr.efer, 0x500);
-    // MOV to CR8 is not emulated: the VM stops with a report.
-    m.qualification = 8;
+    // CR8 is the local APIC's TPR: MOV CR8, RBX (0x9) sets TPR 0x90, MOV RCX, CR8 reads 9,
+    // and a value above 15 is #GP.
+    m.qualification = 8 | 3 << 8;
+    gprs(&mut m, &[(Gpr::Rbx, 9)]);
+    assert_eq!(run(&mut v, &m).reply, ExitReply::advance());
+    assert_eq!(v.irq.lapic().tpr(), 0x90);
+    m.qualification = 8 | 1 << 4 | 1 << 8;
     let o = run(&mut v, &m);
-    assert!(matches!(
-        o.stopped().map(Stop::result),
-        Some(VmResult::Unhandled { .. })
-    ));
-    assert_eq!(o.reply.stop_code, stop_code::UNHANDLED | 28);
+    assert_eq!((o.reply.gpr_mask, o.reply.gprs[1]), (1 << 1, 9));
+    m.qualification = 8 | 3 << 8;
+    gprs(&mut m, &[(Gpr::Rbx, 0x10)]);
+    assert_eq!(run(&mut v, &m).reply, gp());
+    assert_eq!(v.irq.lapic().tpr(), 0x90, "a refused write changes nothing");
 }
 
 #[test]

@@ -8,7 +8,8 @@
 //!   malformed reply ([`stop::BAD_REPLY`]);
 //! - it is accepted only from the VM's MMU endpoint, answering the exit that endpoint takes:
 //!   an EPT violation sent to the EPT-violation portal (an EPT VM; that portal names its MMU
-//!   endpoint), or an exception (#PF) sent to the shadow pool's MMU endpoint (a shadow VM);
+//!   endpoint), or an exception (#PF) or a CR access (CR8, the VMM's TPR) sent to the shadow
+//!   pool's MMU endpoint (a shadow VM);
 //!   and only once per exit (the MMIO portal's handler cannot forward again). Otherwise:
 //!   [`stop::BAD_REPLY`], nothing forwarded;
 //! - a vCPU without an MMIO endpoint portal stops as an exit nobody handles
@@ -75,7 +76,8 @@ impl<M: Machine> Kernel<M> {
             return sent_to_portal(reason::EPT_VIOLATION);
         }
         let mmu_ep = self.shadow_vm(vi).and_then(|s| s.pool).map(|p| p.mmu_ep);
-        sent_to_portal(reason::EXCEPTION_NMI) && mmu_ep == Some(ep.obj)
+        (sent_to_portal(reason::EXCEPTION_NMI) || sent_to_portal(reason::CR_ACCESS))
+            && mmu_ep == Some(ep.obj)
     }
 
     /// The exit message of `exit` with the groups in `mask`, its guest-physical address

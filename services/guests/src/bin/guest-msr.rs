@@ -15,6 +15,7 @@
 //!   hypervisor bit shown (issue 12); leaf 0xA zero; TSC_ADJUST, SYSCALL, LM shown;
 //!   PERF_CAPABILITIES (0x345) and, in xAPIC mode, the x2APIC ID (0x802) #GP, while
 //!   IA32_TSC_DEADLINE (0x6e0) reads;
+//! - `cr8-tpr`: CR8 written reads back (it is the local APIC's TPR, kept by the VMM);
 //! - `osxsave`: CPUID.1:ECX.OSXSAVE follows CR4.OSXSAVE (when XSAVE is offered).
 //!
 //! Console ends with `result: pass`, then exit 0x10 through port 0xf4 (0x11 after a failure).
@@ -85,6 +86,8 @@ det_tsc:    .asciz "RDTSC after the write minus (before + 2^40)"
 det_tscadj: .asciz "failed checks (bit mask: 1 TSC_ADJUST ~ 2^40, 2 RDTSC moved back)"
 det_cpuid:  .asciz "failed checks (bit mask: 1 leaf 1 ECX, 2 leaf 1 EDX, 4 leaf 0xA, 8 leaf 7, 16 ext, 32 hv)"
 det_hidden: .asciz "GP count (want 2)"
+name_cr8:   .asciz "cr8-tpr"
+det_cr8:    .asciz "CR8 read back:"
 det_osxsave: .asciz "failed checks (bit mask: 1 clear with CR4 clear, 2 set with CR4 set)"
 
     .section .text.guest, "ax"
@@ -452,6 +455,18 @@ sysenter_entry:
     movl %r8d, %edx
     movq $name_cpuid, %rsi
     movq $det_cpuid, %rdi
+    call report64_val
+
+    # ---- cr8-tpr: CR8 is the local APIC's TPR (issue 12): 9 written reads back 9 ----
+    movq $9, %rax
+    movq %rax, %cr8
+    movq %cr8, %rdx
+    xorq %rax, %rax
+    movq %rax, %cr8
+    cmpq $9, %rdx
+    setne %al
+    movq $name_cr8, %rsi
+    movq $det_cr8, %rdi
     call report64_val
 
     # ---- hidden MSRs: PERF_CAPABILITIES, the x2APIC ID in xAPIC mode; TSC deadline reads ----
