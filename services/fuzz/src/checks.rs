@@ -85,6 +85,14 @@ pub fn snapshot() -> Result<Snapshot, &'static str> {
         Ok(echo::Response::Pong { generation }) => generation,
         _ => return Err("echo does not answer a ping"),
     };
+    // The VMM makes its kernel objects (exit endpoint, the runners' notifications) before it
+    // serves: once it answers, counting what is left is not racing its start.
+    let vmm_ready = client::<Vmm>(vmm()).call(&vmm::Request::RunVm {
+        config: invalid_vm(),
+    });
+    if vmm_ready.is_err() {
+        return Err("the VMM does not answer");
+    }
     Ok(Snapshot {
         services,
         echo_generation,
