@@ -291,3 +291,20 @@ fn wait_for_sipi_and_shutdown_cannot_be_written() {
         &[(field::GUEST_ACTIVITY_STATE, activity::HLT)],
     );
 }
+
+#[test]
+fn a_host_interrupt_the_machine_takes_itself_also_redelivers_the_event_it_cut_short() {
+    let (mut v, _run) = at_first_exit(false);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    hw.insert(field::IDT_VECTORING_INFO, 0x8000_0030);
+    hw.insert(field::VM_ENTRY_INTR_INFO, 0);
+    // As `kentry::vm_exit` does for an external interrupt: counted, not routed.
+    let t = v.k.current.unwrap();
+    v.k.vm_exited(t, reason::EXTERNAL_INTERRUPT);
+    v.k.count_exit(t, reason::EXTERNAL_INTERRUPT, 5);
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0030);
+}

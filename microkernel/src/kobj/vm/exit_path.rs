@@ -132,9 +132,11 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Counts (and traces) an exit the machine handled itself (an external interrupt) at
-    /// time-stamp `tsc`.
+    /// time-stamp `tsc`; an event the interrupt cut short on its way into the guest is
+    /// delivered again at the next entry ([`Self::reinject_vectoring`]).
     pub fn count_exit(&mut self, t: ThreadId, reason: u32, tsc: u64) {
         if let Some(vi) = self.vcpu_of(t) {
+            self.reinject_vectoring(vi);
             if let Some(n) = self.vcpu_mut(vi).exits.get_mut((reason & 0xffff) as usize) {
                 *n = n.saturating_add(1);
             }
