@@ -85,13 +85,20 @@ pub fn snapshot() -> Result<Snapshot, &'static str> {
         Ok(echo::Response::Pong { generation }) => generation,
         _ => return Err("echo does not answer a ping"),
     };
-    // The VMM makes its kernel objects (exit endpoint, the runners' notifications) before it
-    // serves: once it answers, counting what is left is not racing its start.
+    // Services make their kernel objects (the VMM's exit endpoint and its runners'
+    // notifications, the trace service's ring notification) before they serve: once each
+    // answers, counting what is left is not racing its start.
     let vmm_ready = client::<Vmm>(vmm()).call(&vmm::Request::RunVm {
         config: invalid_vm(),
     });
     if vmm_ready.is_err() {
         return Err("the VMM does not answer");
+    }
+    if client::<Trace>(crate::trace())
+        .call(&trace::Request::Status)
+        .is_err()
+    {
+        return Err("the trace service does not answer");
     }
     Ok(Snapshot {
         services,
