@@ -30,7 +30,6 @@ core::arch::global_asm!(
     .set SPIN_LIMIT, 40000000
     .set APIC_BASE, 0x1b
     .set TPR, 0x808
-    .set EOI, 0x80b
     .set SVR, 0x80f
     .set ISR2, 0x812               # ISR bits 64..95 (vector 0x40 is bit 0 of it)
     .set IRR2, 0x822
@@ -306,19 +305,6 @@ apic_idt:
     call idt32_gate
     ret
 
-# eoi: EOI through the x2APIC MSR (keeps every register).
-eoi:
-    pushl %eax
-    pushl %ecx
-    pushl %edx
-    movl $EOI, %ecx
-    xorl %eax, %eax
-    xorl %edx, %edx
-    wrmsr
-    popl %edx
-    popl %ecx
-    popl %eax
-    ret
 
 apic_timer:
     pushl %eax
@@ -332,24 +318,24 @@ apic_timer:
     popl %edx
     popl %ecx
     popl %eax
-    call eoi
+    call x2apic_eoi
     iretl
 
 ipi_50:
     incl ipi50
-    call eoi
+    call x2apic_eoi
     iretl
 
 ipi_51:
     incl ipi51
-    call eoi
+    call x2apic_eoi
     iretl
 
 spurious:
     iretl
 
 stray:
-    call eoi
+    call x2apic_eoi
     iretl
 "#,
     options(att_syntax)

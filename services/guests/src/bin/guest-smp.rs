@@ -34,7 +34,6 @@ core::arch::global_asm!(
     .set TRAMPOLINE, 0x70000
     .set APIC_BASE, 0x1b
     .set X2APIC_ID, 0x802
-    .set EOI, 0x80b
     .set SVR, 0x80f
     .set ICR, 0x830
 
@@ -280,40 +279,27 @@ smp_idt:
     call idt32_gate
     ret
 
-# eoi: EOI through the x2APIC MSR (keeps every register).
-eoi:
-    pushl %eax
-    pushl %ecx
-    pushl %edx
-    movl $EOI, %ecx
-    xorl %eax, %eax
-    xorl %edx, %edx
-    wrmsr
-    popl %edx
-    popl %ecx
-    popl %eax
-    ret
 
 on_ping:
     incl ping_count
-    call eoi
+    call x2apic_eoi
     iretl
 
 on_pong:
     incl pong_count
-    call eoi
+    call x2apic_eoi
     iretl
 
 on_wake:
     incl wake_count
-    call eoi
+    call x2apic_eoi
     iretl
 
 spurious:
     iretl
 
 stray:
-    call eoi
+    call x2apic_eoi
     iretl
 
 # The AP in protected mode (from the trampoline): segments, stack, IDT, APIC, report in.

@@ -266,6 +266,21 @@ idt32_gate:
     popl %eax
     ret
 
+# x2apic_eoi: EOI to the local APIC through its x2APIC MSR (0x80b). Keeps every register.
+    .globl x2apic_eoi
+x2apic_eoi:
+    pushl %eax
+    pushl %ecx
+    pushl %edx
+    movl $0x80b, %ecx
+    xorl %eax, %eax
+    xorl %edx, %edx
+    wrmsr
+    popl %edx
+    popl %ecx
+    popl %eax
+    ret
+
 # idt32_install: 32 interrupt gates (present, DPL 0, 32-bit, selector 0x08), vector v pointing
 # at exc32_stubs + 16 * v, then lidt.
 idt32_install:
