@@ -174,8 +174,6 @@ pub struct VmModel {
     guest_features: u64,
     /// Interrupt delivery ([`crate::irq`]).
     pub irq: Interrupts,
-    /// The host clock of the exit being handled, read once ([`VmModel::clock`]).
-    now: Option<Clock>,
 }
 
 fn truncated_name(name: &str) -> Name {
@@ -217,7 +215,6 @@ impl VmModel {
             benchmark: false,
             guest_features: 0,
             irq: Interrupts::default(),
-            now: None,
         }
     }
 
@@ -283,23 +280,17 @@ impl VmModel {
         env: &mut impl Env,
         ev: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
-        self.now = None;
         let mut reply = self.dispatch(m, env, ev);
         if self.result.is_none() && !self.irq.settled(m, env.tsc()) {
-            let clock = self.clock(env);
+            let clock = Self::clock(env);
             self.irq.finish(m, &mut reply, &mut self.bus, &clock);
         }
         reply
     }
 
-    /// The host clock at this exit, with device time (PIT periods) derived from the TSC when
-    /// its rate is known; read once per exit (the handling and the interrupt delivery after
-    /// it see the same time).
-    fn clock(&mut self, env: &mut impl Env) -> Clock {
-        *self.now.get_or_insert_with(|| Self::read_clock(env))
-    }
-
-    fn read_clock(env: &mut impl Env) -> Clock {
+    /// The host clock now, with device time (PIT periods) derived from the TSC when its rate
+    /// is known.
+    fn clock(env: &mut impl Env) -> Clock {
         let tsc = env.tsc();
         let tsc_hz = env.tsc_hz();
         let ticks = if tsc_hz != 0 {
@@ -372,7 +363,7 @@ impl VmModel {
                 if m.mask & group::CRS != 0 {
                     self.msr.efer = m.efer;
                 }
-                let clock = self.clock(env);
+                let clock = Self::clock(env);
                 let value = match self.irq.rdmsr(msr, &clock) {
                     Some(r) => r.map_err(MsrError::from),
                     None => self.msr.read(msr, env),
@@ -391,7 +382,7 @@ impl VmModel {
             }
             Exit::Wrmsr { msr, value } => {
                 let pg = (m.mask & group::CRS != 0).then_some(m.cr0_shadow & cr::cr0::PG != 0);
-                let clock = self.clock(env);
+                let clock = Self::clock(env);
                 let written = match self.irq.wrmsr(msr, value, &clock) {
                     Some(r) => r.map(|()| MsrWrite::Stored).map_err(MsrError::from),
                     None => self.msr.write(msr, value, env, pg),
@@ -444,7 +435,7 @@ impl VmModel {
                     return self.stop(Stop::halted(r), ev);
                 }
                 let mut reply = ExitReply::advance();
-                let clock = self.clock(env);
+                let clock = Self::clock(env);
                 if self.irq.can_wake(&mut self.bus, &clock) {
                     // Wait in HLT for the timer or the pending request ([`crate::irq`]).
                     reply.flags |= reply::HALT;
@@ -571,8 +562,7 @@ impl VmModel {
         ev: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
         use crate::mmio_exit::{handle, MmioStop};
-        let clock = self.clock(env);
-        let now = self.irq.guest_tsc(&clock);
+        let now = self.irq.guest_tsc(&Self::clock(env));
         let mut devices = crate::irq::PlatformMmio {
             bus: &mut self.mmio,
             irq: &mut self.irq,
