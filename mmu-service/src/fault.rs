@@ -109,6 +109,18 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         w.top_level != 0 && (w.level..=w.top_level).any(|l| w.table_gfn[usize::from(l)] == gfn)
     }
 
+    /// Whether `gfn` holds a guest page table this MMU shadows (its writes must reach the MMU).
+    pub fn write_tracked(&self, gfn: u64) -> bool {
+        self.write_track_count(gfn) > 0
+    }
+
+    /// The guest is about to write `gfn` other than through the shadow tables (a vCPU in real
+    /// mode, on the VM's EPT): its shadow pages are zapped, which unprotects it (KVM's
+    /// `kvm_mmu_unprotect_page`). Returns how many were zapped.
+    pub fn unprotect_gfn(&mut self, gfn: u64) -> usize {
+        self.zap_gfn(gfn)
+    }
+
     /// The write at `gva` (after [`FaultOutcome::EmulateWrite`]) could not be emulated: stop
     /// shadowing its page so that the guest can retry it on the hardware (KVM's
     /// `kvm_mmu_unprotect_gfn_and_retry`). Returns `false`, changing nothing, when the page is

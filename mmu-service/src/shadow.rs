@@ -1,9 +1,11 @@
 //! The MMU service's side of a shadow-paged VM: its pool (allocated here, registered with the
 //! kernel), guest RAM mapped here, the shadow MMU over both, and the per-vCPU state.
 
-use abi::vmx::{field, group, ExitMessage, ExitReply};
-use abi::CapSlot;
-use mmu_service::shadow_exit::{handle_exit, MoreState, ShadowVcpu, Stop};
+use abi::cpu::cr0::PE as CR0_PE;
+use abi::vmx::{field, group, reason, ExitMessage, ExitReply};
+use abi::{CapSlot, Rights};
+use mmu_service::ept::{RealModeAccess, RealModeEpt};
+use mmu_service::shadow_exit::{self, handle_exit, MoreState, ShadowVcpu, Stop};
 use mmu_service::{GuestMemory, MemoryError, MmuConfig, ShadowPagePool};
 use userlib::proto::mmu::{
     outside_ram_code, MmuError, ShadowParams, ShadowStats, STOP_MMU_ERROR, STOP_UNEMULATED,
@@ -22,11 +24,25 @@ fn kernel(e: abi::Error) -> MmuError {
     MmuError::Kernel { error: e as u64 }
 }
 
-/// Guest RAM, mapped in this task.
+/// Guest RAM, mapped in this task, and what the VM's EPT maps of it (its vCPUs in real mode
+/// run on the EPT).
 pub struct GuestRam {
     map: Mapping,
     phys: u64,
     pages: u64,
+    vm: CapSlot,
+    ept: RealModeEpt,
+}
+
+impl GuestRam {
+    /// Unmaps every page the EPT has.
+    fn unmap_ept(&mut self) {
+        for (gfn, _) in self.ept.take_all() {
+            if let Err(e) = sys::vm_unmap(self.vm, gfn * PAGE, 1) {
+                userlib::println!("mmu: unmapping gfn {gfn:#x} from the EPT failed: {e:?}");
+            }
+        }
+    }
 }
 
 impl GuestMemory for GuestRam {
@@ -50,6 +66,13 @@ impl GuestMemory for GuestRam {
             .and_then(|s| self.map.bytes_mut().get_mut(s..s.checked_add(data.len())?));
         piece.ok_or(MemoryError { gpa })?.copy_from_slice(data);
         Ok(())
+    }
+    fn write_protect(&mut self, gfn: u64) {
+        if self.ept.write_protect(gfn) {
+            if let Err(e) = sys::vm_unmap(self.vm, gfn * PAGE, 1) {
+                userlib::println!("mmu: unmapping gfn {gfn:#x} from the EPT failed: {e:?}");
+            }
+        }
     }
 }
 
@@ -93,6 +116,7 @@ type ShadowMmu = mmu_service::Mmu<GuestRam, Pool>;
 
 pub struct ShadowVm {
     handle: u32,
+    vm: CapSlot,
     params: ShadowParams,
     pool_cap: CapSlot,
     /// The pool until RAM is granted; then both live in the MMU.
@@ -206,6 +230,7 @@ impl ShadowVm {
         let pool = made.map_err(kernel)?;
         Ok(ShadowVm {
             handle,
+            vm,
             params,
             pool_cap,
             pool: Some(pool),
@@ -247,7 +272,15 @@ impl ShadowVm {
                 gbpages: self.params.gbpages,
                 ..MmuConfig::default()
             };
-            let mem = GuestRam { map, phys, pages };
+            // A restarted service does not know what its predecessor mapped in the EPT.
+            let _ = sys::vm_unmap(self.vm, 0, pages);
+            let mem = GuestRam {
+                map,
+                phys,
+                pages,
+                vm: self.vm,
+                ept: RealModeEpt::default(),
+            };
             mmu_service::Mmu::new(mem, pool, config).map_err(|_| MmuError::NoMemory)
         })();
         match built {
@@ -290,8 +323,18 @@ impl ShadowVm {
             userlib::println!("mmu: vCPU index {index} out of range; stopping the VM");
             return Err(STOP_MMU_ERROR);
         };
+        if m.basic_reason() == reason::EPT_VIOLATION {
+            return real_mode_violation(mmu, m, quiet);
+        }
+        let was_real_mode = m.cr0_shadow & CR0_PE == 0;
         let mut regs = VcpuRegs(self.vcpu_caps[index]);
-        handle_exit(mmu, sv, m, &mut regs).map_err(|stop| report(m, &stop, quiet))
+        let r = handle_exit(mmu, sv, m, &mut regs).map_err(|stop| report(m, &stop, quiet))?;
+        if was_real_mode && sv.regs.cr0 & CR0_PE != 0 {
+            // A vCPU left real mode: the EPT goes back to empty (another vCPU still in real
+            // mode maps its pages again).
+            mmu.mem_mut().unmap_ept();
+        }
+        Ok(r)
     }
 
     pub fn stats(&self) -> ShadowStats {
@@ -327,6 +370,47 @@ impl Drop for ShadowVm {
             let _ = sys::cap_delete(cap);
         }
         let _ = sys::cap_delete(self.pool_cap);
+    }
+}
+
+/// An EPT violation of a vCPU in real mode (see [`RealModeEpt`]).
+fn real_mode_violation(
+    mmu: &mut ShadowMmu,
+    m: &ExitMessage,
+    quiet: bool,
+) -> Result<ExitReply, u64> {
+    let (write, fetch) = (m.qualification & 2 != 0, m.qualification & 4 != 0);
+    let tracked = mmu.write_tracked(m.gpa / PAGE);
+    match RealModeEpt::access(m.gpa, write, mmu.mem().pages, tracked) {
+        RealModeAccess::OutsideRam { gpa } if !fetch => Ok(shadow_exit::forward(gpa)),
+        RealModeAccess::OutsideRam { gpa } => Err(report(m, &Stop::OutsideRam { gpa }, quiet)),
+        RealModeAccess::Map {
+            gfn,
+            writable,
+            unprotect,
+        } => {
+            if unprotect {
+                mmu.unprotect_gfn(gfn);
+            }
+            let ram = mmu.mem_mut();
+            if !ram.ept.mapped(gfn, writable) {
+                ram.unmap_ept();
+                ram.ept.mapped(gfn, writable);
+            }
+            let mut rights = Rights::READ | Rights::EXEC;
+            if writable {
+                rights |= Rights::WRITE;
+            }
+            match sys::vm_map_ram(ram.vm, gfn * PAGE, 1, rights) {
+                Ok(()) => Ok(ExitReply::resume()),
+                Err(e) => {
+                    userlib::println!(
+                        "mmu: mapping gfn {gfn:#x} in the EPT failed: {e:?}; stopping the VM"
+                    );
+                    Err(STOP_MMU_ERROR)
+                }
+            }
+        }
     }
 }
 

@@ -298,6 +298,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
         if self.write_track[g] != 1 {
             return;
         }
+        self.mem.write_protect(gfn);
         let mut cur = self.rmap_head.at(g);
         while cur != NONE {
             let (sp, i) = ((cur / 512) as usize, (cur % 512) as usize);

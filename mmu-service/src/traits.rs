@@ -26,6 +26,11 @@ pub trait GuestMemory {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
     /// Writes `data` at `gpa`.
     fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), MemoryError>;
+    /// `gfn` now holds a guest page table the MMU shadows: from here on every guest write to
+    /// it must reach the MMU. Called before any gpte of it is read. The service takes write
+    /// access to it away from the VM's EPT, which the VM's vCPUs run on in real mode
+    /// ([`crate::ept::RealModeEpt`]); nothing by default.
+    fn write_protect(&mut self, _gfn: u64) {}
 
     /// Reads a little-endian `u64`.
     fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {

@@ -69,9 +69,6 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::VcpuCount);
     }
     if let MmuMode::Shadow(s) = cfg.mmu {
-        if cfg.vcpus > 1 {
-            return Err(ConfigError::ShadowSmp);
-        }
         if s.prev_roots > MAX_PREV_ROOTS
             || !(POOL_MIN_PAGES..=POOL_MAX_PAGES).contains(&s.pool_pages)
         {
@@ -338,21 +335,21 @@ pub fn prepare(
     }
     let vcpu = vcpus[0];
     if shadow.is_some() {
-        // Read-only: the MMU service reads the registers of a page-table write it emulates.
-        let ro = sys::cap_copy(vcpu, abi::Rights::READ, 0).map_err(kernel)?;
-        let r = mmu_call(&mmu::Request::AttachVcpu { handle, index: 0 }, Some(ro));
-        let _ = sys::cap_delete(ro);
-        if !matches!(r, Ok(ref r) if r.response == mmu::Response::VcpuAttached) {
-            userlib::println!("vmm: the MMU service did not take the vCPU: {r:?}");
-            return Err(VmmError::Mmu);
-        }
-    }
-    // What the MMU service takes: EPT violations, or the exits of shadow paging (the VMM's
-    // CR-access portal is replaced: CR0/CR4/CR3 changes are paging changes there).
-    if shadow.is_some() {
-        // (A shadow-paged VM has one vCPU; an EPT VM's vCPUs got theirs above.)
-        for &(r, mask) in SHADOW_MMU_PORTALS {
-            sys::vcpu_portal(vcpu, r, Some(crate::mmu()), mask).map_err(kernel)?;
+        for (index, &v) in (0u16..).zip(vcpus.iter()) {
+            // Read-only: the MMU service reads the registers of a page-table write it
+            // emulates.
+            let ro = sys::cap_copy(v, abi::Rights::READ, 0).map_err(kernel)?;
+            let r = mmu_call(&mmu::Request::AttachVcpu { handle, index }, Some(ro));
+            let _ = sys::cap_delete(ro);
+            if !matches!(r, Ok(ref r) if r.response == mmu::Response::VcpuAttached) {
+                userlib::println!("vmm: the MMU service did not take vCPU {index}: {r:?}");
+                return Err(VmmError::Mmu);
+            }
+            // The exits of shadow paging (the VMM's CR-access portal is replaced: CR0/CR4/CR3
+            // changes are paging changes there); an EPT VM's vCPUs got theirs above.
+            for &(r, mask) in SHADOW_MMU_PORTALS {
+                sys::vcpu_portal(v, r, Some(crate::mmu()), mask).map_err(kernel)?;
+            }
         }
     }
     for chunk in pairs.chunks(32).chain(extra.chunks(32)) {
@@ -473,6 +470,11 @@ const SHADOW_MMU_PORTALS: &[(u32, u32)] = &[
         group::QUAL | group::CRS | group::RIP | group::GPRS,
     ),
     (reason::INVLPG, group::QUAL | group::CRS | group::RIP),
+    // A vCPU in real mode runs on the VM's EPT (the kernel's `kobj::shadow`).
+    (
+        reason::EPT_VIOLATION,
+        group::QUAL | group::ADDR | group::CRS | group::RIP,
+    ),
 ];
 
 /// Whether exits of basic reason `r` go to the MMU service (in either mode).

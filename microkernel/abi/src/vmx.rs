@@ -203,6 +203,16 @@ pub mod proc_based {
     pub const INTR_WINDOW_EXITING: u64 = 1 << 2;
 }
 
+/// Secondary processor-based controls the kernel switches per vCPU.
+pub mod proc_based2 {
+    /// Enable EPT.
+    pub const EPT: u64 = 1 << 1;
+    /// Unrestricted guest (real mode and paging off run in VMX non-root; needs EPT).
+    pub const UNRESTRICTED_GUEST: u64 = 1 << 7;
+    /// What a shadow-paged vCPU runs its guest's real mode with (`kobj::shadow`).
+    pub const REAL_MODE: u64 = EPT | UNRESTRICTED_GUEST;
+}
+
 /// Values of [`field::GUEST_ACTIVITY_STATE`] (SDM 25.4.2).
 pub mod activity {
     pub const ACTIVE: u64 = 0;

@@ -9,7 +9,7 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::vmx::{field, guest_features};
+use abi::vmx::{field, guest_features, proc_based2};
 use microkernel::kobj::regs::UserRegs;
 use spin::Once;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
@@ -95,7 +95,7 @@ const PROC_WANT: u32 = (1 << 3)
     | (1 << 29)
     | (1 << 31);
 /// Secondary: EPT, VPID, unrestricted guest.
-const PROC2_WANT: u32 = (1 << 1) | (1 << 5) | (1 << 7);
+const PROC2_WANT: u32 = proc_based2::REAL_MODE as u32 | (1 << 5);
 /// Secondary, where the CPU allows them: WBINVD exiting (a guest does not flush the host's
 /// caches), and the controls of [`abi::vmx::guest_features`] (RDTSCP, INVPCID: #UD without
 /// them). A shadow-paged VM gets no INVPCID: with INVLPG exiting it would exit, and the MMU
@@ -318,6 +318,24 @@ pub fn read(vmcs: &Vmcs, f: u64) -> u64 {
 pub fn write(vmcs: &Vmcs, f: u64, v: u64) {
     make_current(vmcs.phys);
     vmwrite(f, v);
+}
+
+/// Switches a shadow-paged VMCS between shadow paging (`eptp` `None`: EPT and unrestricted
+/// guest off) and running its guest's real mode on the VM's EPT with unrestricted guest
+/// (`Some`): VMX cannot run real mode otherwise. The other secondary controls stay.
+pub fn set_real_mode_ept(vmcs: &Vmcs, eptp: Option<u64>) {
+    make_current(vmcs.phys);
+    let proc2 = vmread(field::PROC_BASED_CONTROLS2) & !proc_based2::REAL_MODE;
+    match eptp {
+        Some(p) => {
+            vmwrite(EPT_POINTER, p);
+            vmwrite(field::PROC_BASED_CONTROLS2, proc2 | proc_based2::REAL_MODE);
+        }
+        None => {
+            vmwrite(field::PROC_BASED_CONTROLS2, proc2);
+            vmwrite(EPT_POINTER, 0);
+        }
+    }
 }
 
 /// Reads a field of the current VMCS (the exit handler's).

@@ -155,6 +155,10 @@ pub trait Machine {
     /// (and VPIDs, so that every VM entry flushes the guest's TLB): #PF exits are set by the
     /// object model, CR3 loads and stores and INVLPG exit.
     fn vmcs_new(&mut self, ept: &Self::Ept, vpid: u16, shadow: bool) -> Option<Self::Vmcs>;
+    /// For a shadow-paged VMCS: runs its guest on `ept` with unrestricted guest
+    /// ([`abi::vmx::proc_based2::REAL_MODE`]) while the guest is in real mode (`Some`), or
+    /// without EPT, on shadow tables (`None`).
+    fn vmcs_real_mode_ept(&mut self, vmcs: &mut Self::Vmcs, ept: Option<&Self::Ept>);
     fn vmcs_destroy(&mut self, vmcs: Self::Vmcs);
     /// Reads a VMCS field (the kernel checked that the field exists).
     fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64;

@@ -36,9 +36,23 @@ pub const PF_EXITS: u64 = 1 << 14;
 
 /// The hardware CR0 for the guest's `cr0`: paging and protection on (the shadow tables map
 /// guest-physical = linear while the guest has paging off), WP on (the MMU emulates WP = 0
-/// with kernel-only writable sptes), NE for VMX.
+/// with kernel-only writable sptes), NE for VMX. In real mode only NE: the vCPU then runs on
+/// the VM's EPT with unrestricted guest ([`real_mode`]).
 pub fn hw_cr0(cr0: u64) -> u64 {
-    cr0 | CR0_PE | CR0_PG | CR0_WP | CR0_NE
+    if real_mode(cr0) {
+        cr0 | CR0_NE
+    } else {
+        cr0 | CR0_PE | CR0_PG | CR0_WP | CR0_NE
+    }
+}
+
+/// Whether the guest's view is real mode (CR0.PE clear). VMX runs real mode only as an
+/// unrestricted guest, which needs EPT: a shadow vCPU in real mode runs on its VM's EPT,
+/// which the MMU service fills on demand and keeps coherent with the shadow pages (a guest
+/// page table it shadows is never writable there). KVM without unrestricted guest emulates
+/// real mode instead; Umbra requires the control anyway.
+pub fn real_mode(cr0: u64) -> bool {
+    cr0 & CR0_PE == 0
 }
 
 /// The hardware CR4 for the guest's `cr4` and `cr0`: PAE-format tables always; no PSE, PGE,
@@ -52,6 +66,34 @@ pub fn hw_cr4(cr4: u64, cr0: u64) -> u64 {
         off |= CR4_SMEP | CR4_SMAP;
     }
     (cr4 & !off) | CR4_PAE | CR4_VMXE
+}
+
+/// A segment register (`index` in VMCS order: ES, CS, SS, DS, FS, GS) with `selector` and
+/// access rights `ar` as real mode left it, made acceptable to VM entry without unrestricted
+/// guest when the guest has just set CR0.PE (the guest reloads its segments next): a data
+/// type in CS becomes execute/read (real mode leaves any type there), the DPL follows the
+/// selector's RPL, and CS and SS get RPL 0, which VM entry wants equal (KVM's
+/// `fix_pmode_seg` does the same). An unusable segment stays as it is.
+pub fn protected_mode_segment(index: u64, selector: u64, ar: u64) -> (u64, u64) {
+    const UNUSABLE: u64 = 1 << 16;
+    const S: u64 = 1 << 4;
+    const CODE: u64 = 1 << 3;
+    const ACCESSED: u64 = 1;
+    const CS: u64 = 1;
+    const SS: u64 = 2;
+    if ar & UNUSABLE != 0 {
+        return (selector, ar);
+    }
+    let selector = if index == CS || index == SS {
+        selector & !3
+    } else {
+        selector
+    };
+    let mut ar = (ar & !(3 << 5)) | ((selector & 3) << 5) | S | ACCESSED;
+    if index == CS && ar & CODE == 0 {
+        ar = (ar & !0xf) | 0xb;
+    }
+    (selector, ar)
 }
 
 /// Whether the guest's view is in long mode (EFER.LME with CR0.PG).
@@ -197,6 +239,18 @@ pub fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_left_by_real_mode_become_valid_for_protected_mode() {
+        // CS with the data type real mode leaves, selector RPL 1: code, RPL and DPL 0.
+        assert_eq!(protected_mode_segment(1, 0x7001, 0x93), (0x7000, 0x9b));
+        assert_eq!(protected_mode_segment(1, 0x7000, 0x9b), (0x7000, 0x9b));
+        // SS: RPL cleared; DS: DPL follows the RPL; the accessed bit set.
+        assert_eq!(protected_mode_segment(2, 0x0003, 0x92), (0, 0x93));
+        assert_eq!(protected_mode_segment(3, 0x1233, 0x93), (0x1233, 0xf3));
+        // Unusable stays.
+        assert_eq!(protected_mode_segment(4, 0, 0x1_0000), (0, 0x1_0000));
+    }
     use abi::CapKind;
     use std::collections::BTreeMap;
 

@@ -226,6 +226,16 @@ impl Machine for Model {
         self.mutations += 1;
         Some(BTreeMap::new())
     }
+    fn vmcs_real_mode_ept(&mut self, vmcs: &mut Self::Vmcs, ept: Option<&Self::Ept>) {
+        use abi::vmx::proc_based2::REAL_MODE;
+        let proc2 = vmcs
+            .get(&abi::vmx::field::PROC_BASED_CONTROLS2)
+            .copied()
+            .unwrap_or(0)
+            & !REAL_MODE;
+        let on = if ept.is_some() { REAL_MODE } else { 0 };
+        self.vmcs_write(vmcs, abi::vmx::field::PROC_BASED_CONTROLS2, proc2 | on);
+    }
     fn vmcs_destroy(&mut self, _vmcs: Self::Vmcs) {
         self.mutations += 1;
     }

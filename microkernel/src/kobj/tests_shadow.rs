@@ -28,13 +28,6 @@ fn empty_root(v: &Vmm) -> u64 {
 #[test]
 fn the_guest_sees_its_own_paging_state_and_the_hardware_stays_paged() {
     let mut v = vmm_with(vm_flags::SHADOW);
-    let k = &mut v.k;
-    let rwx = 0b111;
-    assert_eq!(
-        status(&sys(k, Sys::VmMapRam, [v.vm, 0, 1, rwx, 0, 0]).1),
-        Err(Error::InvalidArgument),
-        "a shadow VM has no EPT to map"
-    );
     let root = empty_root(&v);
     let k = &mut v.k;
     assert_ne!(root, 0);
@@ -132,6 +125,36 @@ fn fault_and_set_root(k: &mut Kernel<Model>, r: &Running, root: u64) -> Next {
     };
     // Reply and wait for the next exit, as the MMU service does.
     reply_recv(k, r, &reply)
+}
+
+#[test]
+fn real_mode_runs_on_the_vms_ept_with_unrestricted_guest() {
+    use abi::vmx::proc_based2::REAL_MODE;
+    let mut v = vmm_with(vm_flags::SHADOW);
+    let k = &mut v.k;
+    let proc2 = |k: &mut Kernel<Model>, vi| vmcs(k, vi, field::PROC_BASED_CONTROLS2) & REAL_MODE;
+    write_state(k, v.vcpu, &[(field::GUEST_CR0, CR0_PE | 0x10)]);
+    assert_eq!(proc2(k, v.vi), 0, "protected mode: shadow tables, no EPT");
+    // The EPT holds what real mode sees: a shadow VM maps RAM like an EPT VM.
+    let rwx = 0b111;
+    assert_eq!(
+        status(&sys(k, Sys::VmMapRam, [v.vm, 0, 1, rwx, 0, 0]).1),
+        Ok(())
+    );
+    // Real mode (as after a SIPI): EPT and unrestricted guest, the hardware CR0 the guest's.
+    write_state(k, v.vcpu, &[(field::GUEST_CR0, 0x10)]);
+    assert_eq!(proc2(k, v.vi), REAL_MODE);
+    assert_eq!(vmcs(k, v.vi, field::GUEST_CR0), 0x10 | CR0_NE);
+    assert_eq!(vmcs(k, v.vi, field::CR0_READ_SHADOW), 0x10);
+    // A write that stays in real mode keeps it; leaving it goes back to shadow paging.
+    write_state(k, v.vcpu, &[(field::GUEST_CR0, 0x12)]);
+    assert_eq!(proc2(k, v.vi), REAL_MODE);
+    write_state(k, v.vcpu, &[(field::GUEST_CR0, CR0_PE | 0x10)]);
+    assert_eq!(proc2(k, v.vi), 0);
+    assert_eq!(
+        vmcs(k, v.vi, field::GUEST_CR0),
+        CR0_PE | 0x10 | CR0_PG | CR0_WP | CR0_NE
+    );
 }
 
 #[test]

@@ -656,6 +656,10 @@ impl Machine for KernelMachine {
         vmx::vmcs_new(ept.eptp(), vpid, shadow)
     }
 
+    fn vmcs_real_mode_ept(&mut self, vmcs: &mut Self::Vmcs, ept: Option<&Self::Ept>) {
+        vmx::set_real_mode_ept(vmcs, ept.map(|e| e.eptp()));
+    }
+
     fn vmcs_destroy(&mut self, vmcs: Self::Vmcs) {
         vmx::vmcs_destroy(vmcs);
     }

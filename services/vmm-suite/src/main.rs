@@ -351,15 +351,6 @@ fn vmm_suite(t: &mut Tally) {
     );
     refused(
         t,
-        "2 vCPUs on shadow paging refused (an AP starts in real mode: EPT only)",
-        &bad(|c| {
-            c.vcpus = 2;
-            c.mmu = MmuMode::Shadow(ShadowConfig::DEFAULT);
-        }),
-        cfg_err(ConfigError::ShadowSmp),
-    );
-    refused(
-        t,
         "empty name refused",
         &bad(|c| c.name.clear()),
         cfg_err(ConfigError::EmptyName),

@@ -76,7 +76,10 @@ impl<M: Machine> Kernel<M> {
             return sent_to_portal(reason::EPT_VIOLATION);
         }
         let mmu_ep = self.shadow_vm(vi).and_then(|s| s.pool).map(|p| p.mmu_ep);
-        (sent_to_portal(reason::EXCEPTION_NMI) || sent_to_portal(reason::CR_ACCESS))
+        // An EPT violation: a shadow vCPU in real mode runs on the VM's EPT.
+        (sent_to_portal(reason::EXCEPTION_NMI)
+            || sent_to_portal(reason::CR_ACCESS)
+            || sent_to_portal(reason::EPT_VIOLATION))
             && mmu_ep == Some(ep.obj)
     }
 

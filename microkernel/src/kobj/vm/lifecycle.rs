@@ -16,7 +16,7 @@ use crate::kobj::ipc::{err, SysResult};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
-use crate::kobj::shadow::{Pool, ShadowVm};
+use crate::kobj::shadow::{self, Pool, ShadowVm};
 use crate::PAGE_SIZE;
 
 impl<M: Machine> Kernel<M> {
@@ -144,9 +144,7 @@ impl<M: Machine> Kernel<M> {
             return Err(err(Error::InvalidArgument)); // EPT: write or execute needs read
         }
         let vm = slot_get_mut(&mut self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
-        if vm.shadow.is_some() {
-            return Err(err(Error::InvalidArgument)); // no EPT: the MMU service shadows
-        }
+        // A shadow-paged VM's EPT holds what its vCPUs in real mode see (`kobj::shadow`).
         let end = pages
             .checked_mul(PAGE_SIZE)
             .and_then(|len| gpa.checked_add(len));
@@ -246,6 +244,7 @@ impl<M: Machine> Kernel<M> {
             self.write_state(index, field::EXCEPTION_BITMAP, 0);
             let cr0 = self.vmcs_read(index, field::CR0_READ_SHADOW);
             self.write_state(index, field::GUEST_CR0, cr0);
+            self.set_real_mode_ept(index, shadow::real_mode(cr0));
             self.write_state(index, field::GUEST_CR4, 0);
             self.write_state(index, field::GUEST_IA32_EFER, 0);
             self.vmcs_write(index, field::GUEST_CR3, s.empty_root);

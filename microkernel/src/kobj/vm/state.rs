@@ -189,6 +189,12 @@ impl<M: Machine> Kernel<M> {
         let changed = match f {
             field::GUEST_CR0 | field::CR0_READ_SHADOW => {
                 let old = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+                if shadow::real_mode(old) != shadow::real_mode(value) {
+                    self.set_real_mode_ept(vi, shadow::real_mode(value));
+                    if !shadow::real_mode(value) {
+                        self.fix_protected_segments(vi);
+                    }
+                }
                 self.vmcs_write(vi, field::GUEST_CR0, shadow::hw_cr0(value));
                 self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
                 // The hardware's SMEP/SMAP follow the guest's CR0.PG.
@@ -228,6 +234,27 @@ impl<M: Machine> Kernel<M> {
             self.drop_shadow_root(vi);
         }
         true
+    }
+
+    /// Runs shadow vCPU `vi` on its VM's EPT with unrestricted guest (`on`: its guest entered
+    /// real mode) or on shadow tables again.
+    pub(super) fn set_real_mode_ept(&mut self, vi: u16, on: bool) {
+        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
+        let ept = slot_get(&self.vms, v.vm).map(|vm| &vm.ept);
+        self.machine
+            .vmcs_real_mode_ept(&mut v.hw, ept.filter(|_| on));
+    }
+
+    /// Shadow vCPU `vi` left real mode: its segments as VM entry without unrestricted guest
+    /// accepts them ([`shadow::protected_mode_segment`]).
+    fn fix_protected_segments(&mut self, vi: u16) {
+        for n in 0..6 {
+            let (sel_f, ar_f) = (field::GUEST_ES_SELECTOR + 2 * n, field::GUEST_ES_AR + 2 * n);
+            let (sel, ar) = (self.vmcs_read(vi, sel_f), self.vmcs_read(vi, ar_f));
+            let (sel, ar) = shadow::protected_mode_segment(n, sel, ar);
+            self.vmcs_write(vi, sel_f, sel);
+            self.vmcs_write(vi, ar_f, ar);
+        }
     }
 
     pub(super) fn vmcs_read(&mut self, vi: u16, f: u64) -> u64 {
