@@ -103,6 +103,11 @@ impl RealModeEpt {
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
     }
+
+    /// Whether the EPT lets the guest write `gfn` (no violation, the MMU does not see it).
+    pub fn writable(&self, gfn: u64) -> bool {
+        self.pages.iter().any(|&(g, w)| g == gfn && w)
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +184,7 @@ mod tests {
         let mut e = RealModeEpt::default();
         assert!(e.is_empty());
         assert!(e.mapped(3, true) && e.mapped(4, false));
+        assert!(e.writable(3) && !e.writable(4) && !e.writable(5));
         assert!(!e.write_protect(4), "read-only already");
         assert!(e.write_protect(3), "writable: unmap it");
         assert!(!e.write_protect(3), "and it is forgotten");

@@ -49,6 +49,8 @@ pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 #[derive(Clone)]
 pub struct TestMemory {
     pub ram_pages: u64,
+    /// What a shadow VM's EPT maps for its vCPUs in real mode (`write_protect` keeps it).
+    pub ept: mmu_service::ept::RealModeEpt,
     pages: FastMap<u64, Box<[u8; 4096]>>,
     log: Option<Vec<(u64, Vec<u8>)>>,
 }
@@ -57,6 +59,7 @@ impl TestMemory {
     pub fn new(ram_pages: u64) -> Self {
         TestMemory {
             ram_pages,
+            ept: Default::default(),
             pages: FastMap::default(),
             log: None,
         }
@@ -96,6 +99,10 @@ impl TestMemory {
 }
 
 impl GuestMemory for TestMemory {
+    fn write_protect(&mut self, gfn: u64) {
+        // The service unmaps it from the EPT; here it is forgotten the same way.
+        self.ept.write_protect(gfn);
+    }
     fn ram_pages(&self) -> u64 {
         self.ram_pages
     }
