@@ -222,8 +222,7 @@ impl UserGuest {
         Ok(guest)
     }
 
-    /// The guest with `vcpus` vCPUs (`VCPUS=n`): 1 to the VMM's `MAX_VCPUS`, and more than
-    /// one only on EPT (an application processor starts in real mode).
+    /// The guest with `vcpus` vCPUs (`VCPUS=n`): 1 to the VMM's `MAX_VCPUS`.
     pub fn with_vcpus(mut self, vcpus: &str) -> Result<UserGuest, String> {
         let max = userlib::proto::vmm::MAX_VCPUS;
         let n: u8 = vcpus
@@ -232,12 +231,6 @@ impl UserGuest {
             .map_err(|_| format!("VCPUS={vcpus}: not a number (1 to {max})"))?;
         if !(1..=max).contains(&n) {
             return Err(format!("VCPUS={n}: a VM has 1 to {max} vCPUs"));
-        }
-        if n > 1 && self.mmu == GuestMmu::Shadow {
-            return Err(format!(
-                "VCPUS={n} with MMU=shadow: more than one vCPU needs EPT (an application \
-                 processor starts in real mode, which needs unrestricted guest)"
-            ));
         }
         self.vcpus = n;
         Ok(self)
@@ -484,8 +477,12 @@ mod tests {
             "guest.module=tiny.elf guest.ram=64 guest.mmu=shadow guest.entry=multiboot guest.cmdline=a b=c"
         );
         assert_eq!(g.machine_mib(), 320);
-        let two = g.clone().with_vcpus("2");
-        assert!(two.unwrap_err().contains("MMU=shadow"), "2 vCPUs need EPT");
+        let two = g.clone().with_vcpus("2").unwrap();
+        assert!(
+            two.kernel_cmdline_words()
+                .contains("guest.mmu=shadow guest.entry=multiboot guest.vcpus=2 "),
+            "2 vCPUs on shadow paging too"
+        );
         let ept = UserGuest::new(&p, 64, GuestMmu::Ept, false, "x").unwrap();
         let two = ept.clone().with_vcpus("2").unwrap();
         assert!(two

@@ -47,7 +47,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
-    assert_eq!(vmm::LABEL, 0x0002_0007);
+    assert_eq!(vmm::LABEL, 0x0002_0008);
     assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(trace::LABEL, 0x0004_0001);
     assert_eq!(<trace::Trace as Protocol>::LABEL, trace::LABEL);
@@ -495,7 +495,6 @@ fn vmm_responses() {
         (config(ConfigError::EmptyName), "00 06 00 03"),
         (config(ConfigError::ShadowConfig), "00 06 00 04"),
         (config(ConfigError::ProbeConfig), "00 06 00 05"),
-        (config(ConfigError::ShadowSmp), "00 06 00 06"),
         (service(VmmError::NoSuchModule), "00 06 01"),
         // `what` is a u8: one raw byte, even above 0x7f.
         (service(VmmError::BadImage { what: 0xff }), "00 06 02 ff"),

@@ -157,9 +157,6 @@ fn refusal(e: &VmmError) -> &'static str {
         }
         VmmError::InvalidConfig(ConfigError::RamSize) => "RAM outside the VMM's limits",
         VmmError::InvalidConfig(ConfigError::VcpuCount) => "VCPUS outside 1..=8",
-        VmmError::InvalidConfig(ConfigError::ShadowSmp) => {
-            "more than one vCPU needs EPT (an AP starts in real mode): drop MMU=shadow"
-        }
         VmmError::InvalidConfig(_) => "the VMM refused the configuration",
         VmmError::NoVmx => "this machine has no usable VMX: run it on Bochs (EMU=bochs) or KVM",
         VmmError::Kernel { error } if *error == abi::Error::NoMemory as u64 => {

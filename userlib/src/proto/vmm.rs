@@ -14,8 +14,8 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 7;
-/// `0x0002_0007`.
+pub const VERSION: u16 = 8;
+/// `0x0002_0008`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
@@ -230,9 +230,6 @@ pub enum ConfigError {
     /// An isolation probe's VM is not a flat 64-bit image, the probe's RAM does not hold its
     /// point list, or the neighbour's RAM ends at or below [`isolation::FILL_START`].
     ProbeConfig,
-    /// More than one vCPU on shadow paging: an application processor starts in real mode
-    /// at its SIPI vector, which needs unrestricted guest (EPT).
-    ShadowSmp,
 }
 
 /// Errors of the VMM service (`ProtoError::Service`).

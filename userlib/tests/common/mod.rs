@@ -440,7 +440,6 @@ pub fn any_config_error() -> impl Strategy<Value = ConfigError> {
         Just(ConfigError::EmptyName),
         Just(ConfigError::ShadowConfig),
         Just(ConfigError::ProbeConfig),
-        Just(ConfigError::ShadowSmp),
     ]
 }
 
