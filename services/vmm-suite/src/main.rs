@@ -113,6 +113,7 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         benchmark: false,
         time_limit_ms: 0,
         trace: tracing::TRACE_ALL.load(Ordering::Relaxed),
+        max_resets: 0,
     }
 }
 
