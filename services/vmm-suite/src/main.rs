@@ -421,6 +421,7 @@ fn vmm_suite(t: &mut Tally) {
     smp::suite(t);
     uart_rtc::suite(t);
     platform::platform_suite(t);
+    platform::reboot_suite(t);
     mmio::suite(t);
 }
 
