@@ -230,9 +230,17 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
             break (vcpu, stopped, outcome);
         }
         reboots.resets += 1;
+        let mut how: heapless::String<32> = heapless::String::new();
+        let _ = match result {
+            VmResult::Reset { port } => {
+                core::fmt::Write::write_fmt(&mut how, format_args!("reset through port {port:#x}"))
+            }
+            _ => core::fmt::Write::write_str(&mut how, "triple fault"),
+        };
         userlib::println!(
-            "vmm: {}: {result:?}: the VM restarts ({} of {} resets)",
+            "vmm: {}: {}: the VM restarts (reset {} of {} allowed)",
             cfg.name.as_str(),
+            how.as_str(),
             reboots.resets,
             cfg.max_resets
         );

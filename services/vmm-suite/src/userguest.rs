@@ -128,7 +128,7 @@ pub fn describe(r: &VmResult) -> (String<120>, bool) {
             s,
             "halted at rip {rip:#x} with interrupts off (nothing can wake it)"
         ),
-        VmResult::TripleFault => write!(s, "triple fault (the CPU would reset)"),
+        VmResult::TripleFault => write!(s, "triple fault, once more than the reboots allowed"),
         VmResult::Unhandled { reason } => write!(
             s,
             "stopped: exit reason {reason} ({}) is not handled",
@@ -211,7 +211,7 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
         Ok(Response::Finished(s)) => {
             let (what, ok) = describe(&s.result);
             userlib::println!(
-                "guest: result: {} (last rip {:#x}, {} exits, {} resets rebooted it)",
+                "guest: result: {} (last rip {:#x}, {} exits, {} reboots)",
                 what.as_str(),
                 s.rip,
                 s.total_exits,
