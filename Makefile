@@ -41,7 +41,8 @@ SERVICES := supervisor echo ipc-suite bench-ipc mmu-service trace vmm-service vm
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).
 GUESTS := guest-multiboot guest-msr guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-random guest-spaces64 guest-spacespae guest-spaces32 \
-	guest-mmubench64 guest-mmubenchpae guest-mmubench32 guest-fpu guest-exits guest-timer guest-uart-rtc guest-lapic guest-acpi guest-mmio guest-ioapic guest-smp
+	guest-mmubench64 guest-mmubenchpae guest-mmubench32 guest-fpu guest-exits guest-timer guest-uart-rtc guest-lapic guest-acpi guest-mmio guest-ioapic guest-smp \
+	guest-reboot
 FLAT_GUESTS := guest-bench guest-isolation
 SERVICE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 # Copy a service into an ISO root without its DWARF (it keeps its symbol table): the loader

@@ -24,6 +24,7 @@ const MULTIBOOT_BINS: &[&str] = &[
     "guest-fpu",
     "guest-uart-rtc",
     "guest-acpi",
+    "guest-reboot",
     "guest-smp",
 ];
 

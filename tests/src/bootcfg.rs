@@ -147,6 +147,10 @@ pub const BOOT_MODULES: &[BootModule] = &[
         manifest: "guest-acpi image=guest",
     },
     BootModule {
+        path: "/boot/guests/guest-reboot",
+        manifest: "guest-reboot image=guest",
+    },
+    BootModule {
         path: "/boot/guests/guest-random",
         manifest: "guest-random image=guest",
     },

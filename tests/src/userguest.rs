@@ -356,8 +356,8 @@ pub fn run_example(build_dir: &Path, iso: &Path) -> Result<(bool, String, Tally)
 }
 
 /// The lines of a `guest` run's log that tell how the guest ended: the suite's result line
-/// and the VMM's summary (`vmm: guest: result ...`, `vmm: guest: N exits: ...`), without the
-/// service prefix.
+/// and the VMM's summary (`vmm: guest: result ...`, `vmm: guest: N exits: ...`, `vmm: guest:
+/// N resets restarted the VM`), without the service prefix.
 pub fn result_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter_map(|l| {
@@ -365,7 +365,8 @@ pub fn result_lines(log: &str) -> Vec<&str> {
             let rest = l.split_once("] ").map_or(l, |(_, r)| r);
             (rest.starts_with("guest: result: ")
                 || rest.starts_with("vmm: guest: result ")
-                || (rest.starts_with("vmm: guest: ") && rest.contains(" exits")))
+                || (rest.starts_with("vmm: guest: ")
+                    && (rest.contains(" exits") || rest.ends_with(" resets restarted the VM"))))
             .then_some(rest)
         })
         .collect()
@@ -426,15 +427,17 @@ mod tests {
     fn result_lines_are_picked_from_the_log() {
         let log = "[vmm-service] guest: example-kernel: hello\n\
                    [vmm-service] vmm: guest: result DebugExit { code: 1 }, last rip 0x100123\n\
+                   [vmm-service] vmm: guest: 2 resets restarted the VM\n\
                    [vmm-service] vmm: guest: 40 exits: io=38 hlt=2\n\
-                   [vmm-suite] guest: result: debug-exit value 0 (QEMU status 0x1) (last rip 0x100123, 40 exits)\n\
+                   [vmm-suite] guest: result: debug-exit value 0 (QEMU status 0x1) (last rip 0x100123, 40 exits, 2 reboots)\n\
                    [vmm-suite] guest: 1 passed, 0 failed\n";
         assert_eq!(
             result_lines(log),
             [
                 "vmm: guest: result DebugExit { code: 1 }, last rip 0x100123",
+                "vmm: guest: 2 resets restarted the VM",
                 "vmm: guest: 40 exits: io=38 hlt=2",
-                "guest: result: debug-exit value 0 (QEMU status 0x1) (last rip 0x100123, 40 exits)",
+                "guest: result: debug-exit value 0 (QEMU status 0x1) (last rip 0x100123, 40 exits, 2 reboots)",
             ]
         );
     }

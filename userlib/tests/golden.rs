@@ -328,7 +328,7 @@ fn vmm_requests() {
     use vmm::Request;
     check_golden(&[
         // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark, time_limit_ms,
-        // trace.
+        // trace, max_resets (a raw u8).
         (
             Request::RunVm {
                 config: VmConfig {
@@ -342,10 +342,11 @@ fn vmm_requests() {
                     benchmark: false,
                     time_limit_ms: 0,
                     trace: true,
+                    max_resets: 8,
                 },
             },
             "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  00  01 \
-             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00  01",
+             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00  01  08",
         ),
         // load_gpa 0x20_0000 = 1 << 21: three 7-bit groups of zeros, then 1.
         // Shadow: variant 1, prev_roots (raw u8), pool_pages 512, kvm_policy, audit.
@@ -369,10 +370,11 @@ fn vmm_requests() {
                     benchmark: true,
                     time_limit_ms: 0,
                     trace: false,
+                    max_resets: 0,
                 },
             },
             "00  06 73 68 61 64 6f 77  04 66 6c 61 74  20  01 80 80 80 01  01  00 \
-             01 08 80 04 01 00  01  00  00",
+             01 08 80 04 01 00  01  00  00  00",
         ),
         // 2048 = 0x800 = 16 * 128: 0x80, then 0x10; 30 = 0x1e.
         (
@@ -393,9 +395,10 @@ fn vmm_requests() {
                     benchmark: false,
                     time_limit_ms: 0,
                     trace: false,
+                    max_resets: 0,
                 },
             },
-            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00  00",
+            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00  00  00",
         ),
         (
             Request::RunVm {
@@ -410,9 +413,10 @@ fn vmm_requests() {
                     benchmark: false,
                     time_limit_ms: 0,
                     trace: false,
+                    max_resets: 0,
                 },
             },
-            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00",
+            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00  00",
         ),
         // ProbeIsolation: the probe (EPT, flat at 2 MiB), then the neighbour.
         (
@@ -430,6 +434,7 @@ fn vmm_requests() {
                     benchmark: false,
                     time_limit_ms: 0,
                     trace: false,
+                    max_resets: 0,
                 },
                 neighbour: VmConfig {
                     name: common::ascii("d"),
@@ -442,10 +447,11 @@ fn vmm_requests() {
                     benchmark: false,
                     time_limit_ms: 0,
                     trace: false,
+                    max_resets: 0,
                 },
             },
-            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00  00 \
-                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00",
+            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00  00  00 \
+                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00  00",
         ),
     ]);
 }
@@ -461,6 +467,7 @@ fn vmm_responses() {
             total_exits,
             shadow,
             trace: None,
+            resets: 0,
         })
     };
     let service = |error| Response::Error(ProtoError::Service(error));
@@ -511,8 +518,9 @@ fn vmm_responses() {
                 total_exits: 0,
                 shadow: None,
                 trace: Some(300),
+                resets: 4,
             }),
-            "01  00 21  00  00  00  00  01 ac 02",
+            "01  00 21  00  00  00  00  01 ac 02  04",
         ),
         // DebugExit 0x21; rip 0x10_0000 = 1 << 20 (bit 6 of the third group); exits
         // [(30, 2), (10, 1)]: a u8 then a varint each; total 3; no shadow.
@@ -524,7 +532,7 @@ fn vmm_responses() {
                 3,
                 None,
             ),
-            "01  00 21  80 80 40  02 1e 02 0a 01  03  00  00",
+            "01  00 21  80 80 40  02 1e 02 0a 01  03  00  00  00",
         ),
         (
             summary(
@@ -534,7 +542,7 @@ fn vmm_responses() {
                 1007,
                 Some(sample_shadow_stats()),
             ),
-            format!("{stats_case}  00").as_str(),
+            format!("{stats_case}  00  00").as_str(),
         ),
         // Unhandled 52; everything zero or empty; Some(all-zero stats): 1 + 17 zero bytes.
         (
@@ -545,12 +553,12 @@ fn vmm_responses() {
                 0,
                 Some(ShadowStats::default()),
             ),
-            "01  02 34  00  00  00  01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  00",
+            "01  02 34  00  00  00  01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  00  00",
         ),
         // rip 0xfff0: 0x70 | 0x80, 0x7f | 0x80, 3.
         (
             summary(VmResult::TripleFault, 0xfff0, &[(2, 1)], 1, None),
-            "01  03  f0 ff 03  01 02 01  01  00  00",
+            "01  03  f0 ff 03  01 02 01  01  00  00  00",
         ),
         // reason 0x8000_0021: 0x21 | 0x80, three 0x80, then bit 31 = bit 3 of the fifth
         // group; rip 0x7c00: 0x80, 0x78 | 0x80, 1.
@@ -565,7 +573,7 @@ fn vmm_responses() {
                 0,
                 None,
             ),
-            "01  04 a1 80 80 80 08 07  80 f8 01  00  00  00  00",
+            "01  04 a1 80 80 80 08 07  80 f8 01  00  00  00  00  00",
         ),
         // gpa 0xfee0_0000: bits 0..21 zero (three 0x80), bits 21..28 = 0x77, bits 28..32 = 0xf.
         (
@@ -576,7 +584,7 @@ fn vmm_responses() {
                 1,
                 None,
             ),
-            "01  05 80 80 80 f7 0f  80 20  01 30 01  01  00  00",
+            "01  05 80 80 80 f7 0f  80 20  01 30 01  01  00  00  00",
         ),
         // stop 0x0b00_0000 = 0x58 << 21; faults u64::MAX (nine 0xff, then 1), 14 zero
         // counters, pool 16 of 2048.
@@ -594,7 +602,7 @@ fn vmm_responses() {
                 }),
             ),
             "01  06 80 80 80 58  00  00  0c  01  ff ff ff ff ff ff ff ff ff 01 \
-             00 00 00 00 00 00  00 00 00 00  00 00 00 00  10  80 10  00",
+             00 00 00 00 00 00  00 00 00 00  00 00 00 00  10  80 10  00  00",
         ),
         // Halted { rip 0x100163 = 0x63 | 0x02 << 7 | 0x40 << 14 }, rip 0x100163 again.
         (
@@ -605,7 +613,7 @@ fn vmm_responses() {
                 1,
                 None,
             ),
-            "01  07 e3 82 40  e3 82 40  01 0c 01  01  00  00",
+            "01  07 e3 82 40  e3 82 40  01 0c 01  01  00  00  00",
         ),
         // BadExit { reason 0x8000_0021 = 0x21 | 0x02 << 28 (fifth byte 0x08) }.
         (
@@ -618,16 +626,16 @@ fn vmm_responses() {
                 0,
                 None,
             ),
-            "01  08 a1 80 80 80 08  00  00  00  00  00",
+            "01  08 a1 80 80 80 08  00  00  00  00  00  00",
         ),
         // PoweredOff is variant 11; Reset { port 0xcf9 = 0x79 | 0x19 << 7 } variant 12.
         (
             summary(VmResult::PoweredOff, 0x1000, &[(30, 1)], 1, None),
-            "01  0b  80 20  01 1e 01  01  00  00",
+            "01  0b  80 20  01 1e 01  01  00  00  00",
         ),
         (
             summary(VmResult::Reset { port: 0xcf9 }, 0, &[], 0, None),
-            "01  0c f9 19  00  00  00  00  00",
+            "01  0c f9 19  00  00  00  00  00  00",
         ),
         // Probed: neighbour HypercallExit { 0 }, result TripleFault, Some(guest counts:
         // probed 4120 = 0x18 | 0x20 << 7, own 12, device 0, stopped 4108 = 0x0c | 0x20 << 7,
@@ -1049,16 +1057,16 @@ fn maximal_messages_fit_one_payload() {
         [8, 6, 512, 11, 16]
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
-    // cmdline 2 + 128, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5, trace 1 = 213;
-    // RunVm 214; ProbeIsolation 1 + 2 * 213 = 427.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [214, 427]);
+    // cmdline 2 + 128, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5, trace 1,
+    // max_resets 1 = 214; RunVm 215; ProbeIsolation 1 + 2 * 214 = 429.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [215, 429]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161
-    // + trace Some (1 + 5) = 301.
+    // + trace Some (1 + 5) + resets 5 = 306.
     // Probed: 1 + 2 * EntryFailed 16 + Some (1 + 7 * 10) + 12 * 10 = 224.
     assert_eq!(
         encoded_lengths(&common::maximal_vmm_responses()),
-        [13, 301, 224]
+        [13, 306, 224]
     );
     // AttachVm: 1 + 10 + 10 + Some (1 + 1 + 5 + 1 + 1 + 1) = 31; AttachVcpu 1 + 5 + 3 = 9;
     // InjectFaults 1 + 5 + 5 + 1 + 10 = 22.

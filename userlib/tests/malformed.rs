@@ -465,7 +465,7 @@ fn typed_errors_by_example() {
 #[test]
 fn typed_errors_by_example_vmm_mmu() {
     // RunVm { name "a", module "m", ram 2, Multiboot, vcpus 1, cmdline "" } before its mmu
-    // (and benchmark, time_limit_ms).
+    // (and benchmark, time_limit_ms, trace, max_resets).
     let config = |mmu: &[u8]| {
         let mut bytes = vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x00, 0x01, 0x00];
         bytes.extend_from_slice(mmu);
@@ -473,7 +473,9 @@ fn typed_errors_by_example_vmm_mmu() {
     };
     let mut name_17 = vec![0x00, 0x11];
     name_17.extend([b'a'; 17]);
-    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00])).is_ok());
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00, 0x00])).is_ok());
+    // max_resets is a raw u8: 0xff is a value, not a varint's first byte.
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00, 0xff])).is_ok());
     let cases: &[(&str, Vec<u8>, DecodeError)] = &[
         ("mmu mode 2", config(&[0x02]), DecodeError::Malformed),
         ("benchmark 2", config(&[0x00, 0x02]), DecodeError::Malformed),
@@ -496,6 +498,11 @@ fn typed_errors_by_example_vmm_mmu() {
             "trace 2",
             config(&[0x00, 0x00, 0x00, 0x02]),
             DecodeError::Malformed,
+        ),
+        (
+            "ends before max_resets",
+            config(&[0x00, 0x00, 0x00, 0x00]),
+            DecodeError::Truncated,
         ),
         (
             "kvm_policy 2",
@@ -555,6 +562,16 @@ fn typed_errors_by_example_vmm_mmu() {
         (
             "no trace byte",
             vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x00],
+            DecodeError::Truncated,
+        ),
+        (
+            "no resets",
+            vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00],
+            DecodeError::Truncated,
+        ),
+        (
+            "resets an unterminated varint",
+            vec![0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80],
             DecodeError::Truncated,
         ),
     ];

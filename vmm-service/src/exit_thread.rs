@@ -72,6 +72,8 @@ pub struct Outcome {
     pub result: Option<VmResult>,
     /// The stop of the application processor that ended the VM, if one did.
     pub ap_stop: Option<(usize, Result<sys::VcpuStop, Error>)>,
+    /// The model, for the next boot if the VM restarts.
+    pub model: Option<VmModel>,
 }
 
 /// Creates the exit endpoint and starts the exit thread on it.
@@ -160,9 +162,28 @@ pub fn pause() -> Option<VmModel> {
 pub fn end() -> Outcome {
     let run = lock_run().take();
     let ap_stop = run.as_ref().and_then(|r| r.ap_stop);
+    let result = run
+        .as_ref()
+        .and_then(|r| r.result.as_ref())
+        .map(|s| *s.result());
     Outcome {
-        result: run.and_then(|r| r.result).map(|s| *s.result()),
+        result,
         ap_stop,
+        model: run.map(|r| r.model),
+    }
+}
+
+/// The host TSC's rate, measured once by the kernel at boot (0 if unknown).
+fn tsc_hz() -> u64 {
+    static TSC_HZ: spin::Once<u64> = spin::Once::new();
+    *TSC_HZ.call_once(|| sys::tsc_hz().unwrap_or(0))
+}
+
+/// Device time now ([`Env::ticks`]): the PIT input clock (1.193182 MHz), from the TSC.
+pub fn device_ticks() -> u64 {
+    match tsc_hz() {
+        0 => sys::clock().map_or(0, |(t, hz)| t * 1_193_182 / hz.max(1)),
+        hz => vmm_service::irq::Clock::ticks_at(sys::rdtsc(), hz),
     }
 }
 
@@ -220,16 +241,10 @@ impl Env for ServiceEnv<'_> {
         .unwrap_or(false)
     }
     fn ticks(&mut self) -> u64 {
-        match self.tsc_hz() {
-            // The PIT input clock (1.193182 MHz) from the TSC.
-            0 => sys::clock().map_or(0, |(t, hz)| t * 1_193_182 / hz.max(1)),
-            hz => vmm_service::irq::Clock::ticks_at(sys::rdtsc(), hz),
-        }
+        device_ticks()
     }
     fn tsc_hz(&mut self) -> u64 {
-        // Measured once by the kernel at boot.
-        static TSC_HZ: spin::Once<u64> = spin::Once::new();
-        *TSC_HZ.call_once(|| sys::tsc_hz().unwrap_or(0))
+        tsc_hz()
     }
     fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool {
         sys::vcpu_read(self.vcpu, fields, out).is_ok()

@@ -116,7 +116,7 @@ impl Neighbour<'_> {
         if role == role::FILL {
             Ok(setup::summarize(self.cfg, self.vm.vcpu, &[self.vm.vcpu], &s, outcome).result)
         } else {
-            Ok(setup::result_of(&s, outcome))
+            Ok(setup::result_of(&s, &outcome))
         }
     }
 

@@ -28,5 +28,6 @@ pub mod irq;
 pub mod loader;
 pub mod mmio_exit;
 pub mod msr;
+pub mod reboot;
 pub mod report;
 pub mod vm;

@@ -1,6 +1,13 @@
 //! `RunVm`: check the configuration, load the image into fresh guest RAM, create the VM and
 //! its vCPU, hand the VM to the MMU service, set the portals and the entry state, run it, and
 //! report how it ended.
+//!
+//! A reset of the guest restarts it up to `max_resets` times ([`vmm_service::reboot`]): the
+//! VM, its vCPUs and its MMU state are made again on the same RAM ([`Prepared::into_ram`],
+//! [`prepare_on`]), so every vCPU starts from the kernel's power-on state and the entry
+//! state the loader gives, exactly as at the first start, and no shadow page or EPT entry of
+//! the last boot survives (the loader writes RAM behind the MMU service's back: a shadow page
+//! kept across it could map what the guest's tables no longer say).
 
 use abi::vmx::{field, group, reason, stop, vm_flags, EXIT_REASONS};
 use abi::{CapSlot, Error};
@@ -141,6 +148,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Deletes the VM (detached from the MMU service, its vCPUs and the VM deleted) but not
+    /// its RAM, which is returned: for the next boot after a reset ([`prepare_on`]).
+    pub fn into_ram(mut self) -> CapSlot {
+        let ram = self.ram;
+        self._held.0.retain(|&c| c != ram);
+        drop(self);
+        ram
+    }
+
     /// The model of this VM's devices and CPU policy.
     pub fn model(&self, cfg: &VmConfig) -> VmModel {
         let mut model = VmModel::new(&cfg.name, self.ram_bytes).with_vcpus(usize::from(cfg.vcpus));
@@ -164,14 +180,19 @@ impl Prepared {
     }
 }
 
-/// Runs a VM to its end.
-pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
-    let vm = prepare(cfg, exit_ep, &[])?;
-    let tracing = if cfg.trace {
-        Some(crate::tracing::start(cfg.name.as_str(), vm.vm)?)
+/// Traces `vm` if `cfg` asks for it.
+fn trace(cfg: &VmConfig, vm: &Prepared) -> Result<Option<crate::tracing::Tracing>, VmmError> {
+    if cfg.trace {
+        Ok(Some(crate::tracing::start(cfg.name.as_str(), vm.vm)?))
     } else {
-        None
-    };
+        Ok(None)
+    }
+}
+
+/// Runs a VM to its end, restarting it on a reset up to `cfg.max_resets` times.
+pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
+    let mut vm = prepare(cfg, exit_ep, &[])?;
+    let mut tracing = trace(cfg, &vm)?;
     userlib::println!(
         "vmm: {}: starting {} ({} MiB RAM, {:?}, entry {:#x})",
         cfg.name.as_str(),
@@ -180,19 +201,56 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         cfg.entry,
         vm.entry
     );
-    exit_thread::begin_vcpus(vm.model(cfg), &vm.vcpus, vm.ram, exit_ep);
-    let run = sys::vcpu_run(vm.vcpu);
-    crate::smp::finish();
-    let outcome = exit_thread::end();
-    // The BSP stopped because an application processor's stop ended the VM: that stop.
-    let ended_by_ap =
-        matches!(run, Ok(s) if crate::smp::kind_is(&s, vmm_service::vm::stop_code::VM_ENDED));
-    let (vcpu, run) = match outcome.ap_stop {
-        Some((i, ap)) if ended_by_ap => (vm.vcpus[i], ap),
-        _ => (vm.vcpu, run),
+    let mut model = vm.model(cfg);
+    let mut reboots = Reboots {
+        resets: 0,
+        exits: [0; EXIT_REASONS],
     };
-    let stopped = run.map_err(kernel)?;
-    let mut summary = summarize(cfg, vcpu, &vm.vcpus, &stopped, outcome);
+    let (vcpu, stopped, outcome) = loop {
+        exit_thread::begin_vcpus(model, &vm.vcpus, vm.ram, exit_ep);
+        let run = sys::vcpu_run(vm.vcpu);
+        crate::smp::finish();
+        let mut outcome = exit_thread::end();
+        // The BSP stopped because an application processor's stop ended the VM: that stop.
+        let ended_by_ap =
+            matches!(run, Ok(s) if crate::smp::kind_is(&s, vmm_service::vm::stop_code::VM_ENDED));
+        let (vcpu, run) = match outcome.ap_stop {
+            Some((i, ap)) if ended_by_ap => (vm.vcpus[i], ap),
+            _ => (vm.vcpu, run),
+        };
+        let stopped = run.map_err(kernel)?;
+        let result = result_of(&stopped, &outcome);
+        let Some(old) = outcome.model.take() else {
+            break (vcpu, stopped, outcome);
+        };
+        if !vmm_service::reboot::restarts(&result, reboots.resets, cfg.max_resets) {
+            break (vcpu, stopped, outcome);
+        }
+        reboots.resets += 1;
+        let mut how: heapless::String<32> = heapless::String::new();
+        let _ = match result {
+            VmResult::Reset { port } => {
+                core::fmt::Write::write_fmt(&mut how, format_args!("reset through port {port:#x}"))
+            }
+            _ => core::fmt::Write::write_str(&mut how, "triple fault"),
+        };
+        userlib::println!(
+            "vmm: {}: {}: the VM restarts (reset {} of {} allowed)",
+            cfg.name.as_str(),
+            how.as_str(),
+            reboots.resets,
+            cfg.max_resets
+        );
+        add_exit_counts(&vm.vcpus, &mut reboots.exits);
+        model = old;
+        model.reset(exit_thread::device_ticks());
+        // The trace of the last boot ends with its VM; the next boot's VM gets its own.
+        drop(tracing.take());
+        let ram = vm.into_ram();
+        vm = prepare_on(cfg, exit_ep, &[], Some(ram))?;
+        tracing = trace(cfg, &vm)?;
+    };
+    let mut summary = summarize_reboots(cfg, vcpu, &vm.vcpus, &stopped, outcome, &reboots);
     summary.trace = tracing.as_ref().map(|t| t.vm);
     // Stopped before the answer goes out: the trace service has every record of the run.
     drop(tracing);
@@ -214,6 +272,22 @@ pub fn prepare(
     exit_ep: CapSlot,
     extra: &[(u64, u64)],
 ) -> Result<Prepared, VmmError> {
+    prepare_on(cfg, exit_ep, extra, None)
+}
+
+/// [`prepare`] on `ram` when given (the RAM of the VM `cfg` ran before, from
+/// [`Prepared::into_ram`]: what the loader does not write keeps its contents, as in a warm
+/// reset); it is the new VM's from now on, and deleted with it, or at once if this fails.
+pub fn prepare_on(
+    cfg: &VmConfig,
+    exit_ep: CapSlot,
+    extra: &[(u64, u64)],
+    ram: Option<CapSlot>,
+) -> Result<Prepared, VmmError> {
+    let mut held = Held(Vec::new());
+    if let Some(r) = ram {
+        held.keep(r);
+    }
     validate(cfg).map_err(VmmError::InvalidConfig)?;
     if usize::from(cfg.vcpus) > crate::smp::max_vcpus() {
         userlib::println!(
@@ -239,12 +313,14 @@ pub fn prepare(
         let _ = cmdline.push(' ');
         let _ = cmdline.push_str(cfg.cmdline.as_str());
     }
-    let mut held = Held(Vec::new());
     let image_mem = sys::mem_alloc(size.div_ceil(PAGE)).map_err(kernel)?;
-    let ram = held.keep(sys::mem_alloc(ram_bytes / PAGE).map_err(|e| {
-        let _ = sys::cap_delete(image_mem);
-        kernel(e)
-    })?);
+    let ram = match ram {
+        Some(r) => r,
+        None => held.keep(sys::mem_alloc(ram_bytes / PAGE).map_err(|e| {
+            let _ = sys::cap_delete(image_mem);
+            kernel(e)
+        })?),
+    };
     let loaded = sys::with_mapped(image_mem, IMAGE_VA, |image_buf| {
         load_image(
             cfg,
@@ -566,7 +642,7 @@ pub fn outside_ram(s: &sys::VcpuStop) -> Option<u64> {
 }
 
 /// How a run ended, from the kernel's stop and the model's conclusion.
-pub fn result_of(s: &sys::VcpuStop, model: RunOutcome) -> VmResult {
+pub fn result_of(s: &sys::VcpuStop, model: &RunOutcome) -> VmResult {
     let kind = s.stop & stop::KIND_MASK;
     if let Some(gpa) = outside_ram(s) {
         VmResult::OutsideRam { gpa }
@@ -592,6 +668,23 @@ pub fn result_of(s: &sys::VcpuStop, model: RunOutcome) -> VmResult {
     }
 }
 
+/// The restarts of a VM so far and the exits of its boots before the running one.
+struct Reboots {
+    resets: u32,
+    exits: [u64; EXIT_REASONS],
+}
+
+/// Adds the exits of every vCPU in `vcpus`, by reason, to `counts`.
+fn add_exit_counts(vcpus: &[CapSlot], counts: &mut [u64; EXIT_REASONS]) {
+    for &v in vcpus {
+        for (r, c) in counts.iter_mut().enumerate() {
+            let mut n = [0u64];
+            let _ = sys::vcpu_read(v, &[field::EXIT_COUNT_BASE + r as u64], &mut n);
+            *c += n[0];
+        }
+    }
+}
+
 /// How the VM ended, its exits by reason, printed and returned.
 pub fn summarize(
     cfg: &VmConfig,
@@ -600,22 +693,32 @@ pub fn summarize(
     s: &sys::VcpuStop,
     model: RunOutcome,
 ) -> VmSummary {
+    let first = Reboots {
+        resets: 0,
+        exits: [0; EXIT_REASONS],
+    };
+    summarize_reboots(cfg, vcpu, vcpus, s, model, &first)
+}
+
+/// [`summarize`] for a VM that restarted: its exits are those of every boot.
+fn summarize_reboots(
+    cfg: &VmConfig,
+    vcpu: CapSlot,
+    vcpus: &[CapSlot],
+    s: &sys::VcpuStop,
+    model: RunOutcome,
+    reboots: &Reboots,
+) -> VmSummary {
     let kind = s.stop & stop::KIND_MASK;
-    let result = result_of(s, model);
+    let result = result_of(s, &model);
     let mut rip = [0u64];
     let _ = sys::vcpu_read(vcpu, &[field::GUEST_RIP], &mut rip);
     if kind != stop::HANDLER {
         exit_thread::report_kernel_stop(cfg.name.as_str(), vcpu, s);
     }
-    // The exits of every vCPU.
-    let mut counts = [0u64; EXIT_REASONS];
-    for &v in vcpus {
-        for (r, c) in counts.iter_mut().enumerate() {
-            let mut n = [0u64];
-            let _ = sys::vcpu_read(v, &[field::EXIT_COUNT_BASE + r as u64], &mut n);
-            *c += n[0];
-        }
-    }
+    // The exits of every vCPU, of every boot.
+    let mut counts = reboots.exits;
+    add_exit_counts(vcpus, &mut counts);
     let total = counts.iter().sum();
     let exits = top_reasons(&counts);
     if vcpus.len() > 1 {
@@ -628,6 +731,7 @@ pub fn summarize(
         total_exits: total,
         shadow: None,
         trace: None,
+        resets: reboots.resets,
     };
     print_summary(cfg.name.as_str(), &summary);
     summary
@@ -639,10 +743,14 @@ fn print_summary(name: &str, s: &VmSummary) {
         VmResult::PoweredOff => {
             userlib::println!("vmm: {name}: powered off (ACPI S5 through PM1a_CNT)")
         }
-        VmResult::Reset { port } => {
-            userlib::println!("vmm: {name}: reset through port {port:#x} (the VM is not restarted)")
-        }
+        VmResult::Reset { port } => userlib::println!(
+            "vmm: {name}: reset through port {port:#x}: not restarted ({} restarts allowed)",
+            s.resets
+        ),
         _ => {}
+    }
+    if s.resets > 0 {
+        userlib::println!("vmm: {name}: {} resets restarted the VM", s.resets);
     }
     let mut line: heapless::String<200> = heapless::String::new();
     for (r, c) in &s.exits {

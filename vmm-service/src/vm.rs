@@ -265,6 +265,21 @@ impl VmModel {
         self.result.as_ref()
     }
 
+    /// The machine's reset at `ticks` (PIT input-clock ticks, [`Env::ticks`]), before the VM
+    /// restarts: the devices at power-on ([`PortBus::reset`]: the CMOS memory and clock
+    /// kept), the local APICs and the IOAPIC too (the APs wait for INIT/SIPI again), the
+    /// MSRs the model keeps, and no result. What the VM is stays (name, RAM size, vCPUs,
+    /// paging mode, CPUID view), and so do the exit counts: they are the VM's, over every
+    /// boot.
+    pub fn reset(&mut self, ticks: u64) {
+        self.bus.reset(ticks);
+        self.msr = MsrModel::new();
+        self.mmio = MmioBus::new();
+        self.irq = Interrupts::new(self.irq.vcpus());
+        self.outside_ram_stops = 0;
+        self.result = None;
+    }
+
     /// Handles one exit.
     pub fn handle(&mut self, m: &ExitMessage, env: &mut impl Env) -> Outcome {
         let mut events = Vec::new();

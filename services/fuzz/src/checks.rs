@@ -121,6 +121,7 @@ fn invalid_vm() -> VmConfig {
         benchmark: false,
         time_limit_ms: 0,
         trace: false,
+        max_resets: 0,
     }
 }
 

@@ -91,6 +91,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             benchmark: false,
             time_limit_ms: TIME_LIMIT_MS,
             trace: false,
+            max_resets: 0,
         };
         let r = client::<Vmm>(vmm()).call(&vmm::Request::RunVm { config });
         PROGRESS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -134,6 +135,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             benchmark: false,
             time_limit_ms: 0,
             trace: false,
+            max_resets: 0,
         };
         let r = client::<Vmm>(vmm()).call(&vmm::Request::RunVm { config });
         let ok = matches!(&r, Ok(vmm::Response::Finished(s))

@@ -251,6 +251,7 @@ impl Fuzzed for Vmm {
             benchmark: rng.chance(1, 2),
             time_limit_ms: rng.pick(&[0, 1, 1000, rng.next() as u32]),
             trace: rng.chance(1, 4),
+            max_resets: rng.pick(&[0, 1, 8, rng.next() as u8]),
         };
         vmm::Request::RunVm { config }
     }

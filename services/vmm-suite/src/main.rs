@@ -113,6 +113,7 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         benchmark: false,
         time_limit_ms: 0,
         trace: tracing::TRACE_ALL.load(Ordering::Relaxed),
+        max_resets: 0,
     }
 }
 
@@ -411,6 +412,7 @@ fn vmm_suite(t: &mut Tally) {
     smp::suite(t);
     uart_rtc::suite(t);
     platform::platform_suite(t);
+    platform::reboot_suite(t);
     mmio::suite(t);
 }
 

@@ -20,6 +20,9 @@ use userlib::tally::Tally;
 
 /// The VM's name: the prefix of the guest's console lines.
 pub const VM_NAME: &str = "guest";
+/// Resets that reboot a user's guest (the image loaded again, RAM and CMOS kept); the one
+/// after them stops the run, so that a guest caught in a reset loop still ends.
+pub const MAX_RESETS: u8 = 8;
 
 /// What the kernel command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +110,7 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         benchmark: false,
         time_limit_ms: 0,
         trace: a.trace,
+        max_resets: MAX_RESETS,
     }
 }
 
@@ -124,7 +128,7 @@ pub fn describe(r: &VmResult) -> (String<120>, bool) {
             s,
             "halted at rip {rip:#x} with interrupts off (nothing can wake it)"
         ),
-        VmResult::TripleFault => write!(s, "triple fault (the CPU would reset)"),
+        VmResult::TripleFault => write!(s, "triple fault, once more than the reboots allowed"),
         VmResult::Unhandled { reason } => write!(
             s,
             "stopped: exit reason {reason} ({}) is not handled",
@@ -141,7 +145,10 @@ pub fn describe(r: &VmResult) -> (String<120>, bool) {
         VmResult::TimeLimit => write!(s, "stopped: time limit"),
         VmResult::PoweredOff => write!(s, "powered off (ACPI S5)"),
         VmResult::Reset { port } => {
-            write!(s, "reset through port {port:#x} (the VM is not restarted)")
+            write!(
+                s,
+                "reset through port {port:#x}, once more than the reboots allowed"
+            )
         }
         other => write!(s, "stopped: {other:?}"),
     };
@@ -201,10 +208,11 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
         Ok(Response::Finished(s)) => {
             let (what, ok) = describe(&s.result);
             userlib::println!(
-                "guest: result: {} (last rip {:#x}, {} exits)",
+                "guest: result: {} (last rip {:#x}, {} exits, {} reboots)",
                 what.as_str(),
                 s.rip,
-                s.total_exits
+                s.total_exits,
+                s.resets
             );
             t.check(
                 "the guest wrote 0 to the debug-exit port or powered off",
@@ -296,7 +304,7 @@ mod tests {
         assert!(!ok);
         assert_eq!(
             s.as_str(),
-            "reset through port 0x92 (the VM is not restarted)"
+            "reset through port 0x92, once more than the reboots allowed"
         );
     }
 }

@@ -127,6 +127,12 @@ pub struct VmConfig {
     /// tracing before the first entry and stops it at the end; [`VmSummary::trace`] is the
     /// VM's trace id to query the service with.
     pub trace: bool,
+    /// What a reset of the guest does (port 0x92, the keyboard controller, 0xCF9, or a triple
+    /// fault): the VM restarts, as a PC reboots, up to this many times (the image loaded
+    /// again, every vCPU and device at power-on, RAM and CMOS kept); the reset after those
+    /// stops it ([`VmResult::Reset`], [`VmResult::TripleFault`]). 0: the first reset stops
+    /// it (QEMU's `-no-reboot`). [`VmSummary::resets`] counts the restarts.
+    pub max_resets: u8,
 }
 
 // A probe carries two configurations; requests are built once per VM run and the protocol
@@ -181,7 +187,8 @@ pub enum VmResult {
     /// FADT's PM1a control block.
     PoweredOff,
     /// The guest reset the machine through `port`: 0x92 (fast reset), 0x64 (the keyboard
-    /// controller's reset line) or 0xCF9 (the FADT's reset register). The VM is not restarted.
+    /// controller's reset line) or 0xCF9 (the FADT's reset register), after it had restarted
+    /// [`VmConfig::max_resets`] times.
     Reset { port: u16 },
 }
 
@@ -195,8 +202,12 @@ pub struct VmSummary {
     pub total_exits: u64,
     /// The MMU service's counters for a shadow-paged VM.
     pub shadow: Option<super::mmu::ShadowStats>,
-    /// The VM's trace id when it was traced ([`VmConfig::trace`]).
+    /// The VM's trace id when it was traced ([`VmConfig::trace`]); after a restart, the id of
+    /// the last boot's trace.
     pub trace: Option<u32>,
+    /// Resets that restarted the VM ([`VmConfig::max_resets`]); the exit counts are those of
+    /// every boot together.
+    pub resets: u32,
 }
 
 // The summary is large (exit counts, shadow MMU counters); one is sent per VM run, and the

@@ -324,7 +324,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         any::<u8>(),
         any_ascii::<CMDLINE_MAX>(),
         any_mmu_mode(),
-        (any::<bool>(), any::<u32>(), any::<bool>()),
+        (any::<bool>(), any::<u32>(), any::<bool>(), any::<u8>()),
     )
         .prop_map(
             |(
@@ -335,7 +335,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
                 vcpus,
                 cmdline,
                 mmu,
-                (benchmark, time_limit_ms, trace),
+                (benchmark, time_limit_ms, trace, max_resets),
             )| {
                 VmConfig {
                     name,
@@ -348,6 +348,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
                     benchmark,
                     time_limit_ms,
                     trace,
+                    max_resets,
                 }
             },
         )
@@ -419,15 +420,17 @@ pub fn any_vm_summary() -> impl Strategy<Value = VmSummary> {
         any::<u64>(),
         proptest::option::of(any_shadow_stats()),
         proptest::option::of(any::<u32>()),
+        any::<u32>(),
     )
         .prop_map(
-            |(result, rip, exits, total_exits, shadow, trace)| VmSummary {
+            |(result, rip, exits, total_exits, shadow, trace, resets)| VmSummary {
                 result,
                 rip,
                 exits: Vec::from_slice(&exits).expect("exits fit"),
                 total_exits,
                 shadow,
                 trace,
+                resets,
             },
         )
 }
@@ -636,6 +639,7 @@ pub fn maximal_vm_config() -> VmConfig {
         benchmark: true,
         time_limit_ms: u32::MAX,
         trace: true,
+        max_resets: u8::MAX,
     }
 }
 
@@ -666,6 +670,7 @@ pub fn maximal_vmm_responses() -> std::vec::Vec<vmm::Response> {
             total_exits: u64::MAX,
             shadow: Some(longest_shadow_stats()),
             trace: Some(u32::MAX),
+            resets: u32::MAX,
         }),
         Response::Probed(isolation_report(
             VmResult::EntryFailed {

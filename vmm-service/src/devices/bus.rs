@@ -74,6 +74,20 @@ impl PortBus {
         }
     }
 
+    /// The machine's reset at `ticks`: every device back to its power-on state, except the
+    /// CMOS, whose memory and clock survive ([`Cmos::reset`]); fw_cfg keeps describing the
+    /// same machine. The unhandled ports already reported stay reported.
+    pub fn reset(&mut self, ticks: u64) {
+        self.serial = Serial::new();
+        self.pit = Pit::new();
+        self.pic = Pic::new();
+        self.cmos.reset(ticks);
+        self.pm = Pm::new();
+        self.reset = Reset::new();
+        self.pci = Pci::new();
+        self.fw_cfg.reset();
+    }
+
     /// Whether some device answers `port` (the debug-exit port counts).
     pub fn claims(port: u16) -> bool {
         port == debug_exit::PORT

@@ -35,6 +35,11 @@ pub struct FwCfg {
 }
 
 impl FwCfg {
+    /// The interface after the machine's reset: the same guest, no item selected.
+    pub fn reset(&mut self) {
+        *self = FwCfg::new(self.ram_bytes, self.cpus);
+    }
+
     /// The interface of a guest with `ram_bytes` of RAM and `cpus` vCPUs.
     pub fn new(ram_bytes: u64, cpus: u16) -> FwCfg {
         FwCfg {

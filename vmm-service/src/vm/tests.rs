@@ -644,3 +644,69 @@ fn an_unhandled_exit_reports_the_code_at_rip() {
     );
     assert!(format!("{r}").contains("bytes at rip: 0f 00 d8 00"), "{r}");
 }
+
+#[test]
+fn a_reset_puts_the_devices_at_power_on_and_keeps_the_cmos() {
+    let fresh = || vm().with_vcpus(2);
+    let mut v = fresh();
+    // What the ports read, from `v` and from a model at power-on.
+    let reads = |v: &mut VmModel| {
+        let mut out = std::vec::Vec::new();
+        for port in [
+            0x21, 0xa1, 0x3f9, 0x3fb, 0x3fc, 0x64, 0x92, 0xcf9, 0x4d0, 0x4d1,
+        ] {
+            out.push((port, rax_of(&run(v, &io(port, 1, true, 0)))));
+        }
+        // The 8042's command byte.
+        run(v, &io(0x64, 1, false, 0x20));
+        out.push((0x60, rax_of(&run(v, &io(0x60, 1, true, 0)))));
+        // PCI's CONFIG_ADDRESS.
+        out.push((0xcf8, rax_of(&run(v, &io(0xcf8, 4, true, 0)))));
+        out
+    };
+    let power_on = reads(&mut fresh());
+    // The guest changes every device, writes a CMOS byte, and resets through the 8042.
+    for (port, size, value) in [
+        (0x21, 1, 0xa5),  // PIC: IMR
+        (0xa1, 1, 0x5a),  // slave IMR
+        (0x4d0, 1, 0x08), // ELCR
+        (0x3fb, 1, 0x83), // UART: LCR with DLAB
+        (0x3f9, 1, 0x00),
+        (0x3fc, 1, 0x1f), // MCR: loopback
+        (0x43, 1, 0x34),  // PIT channel 0, mode 2
+        (0x40, 1, 0xe8),
+        (0x40, 1, 0x03),
+        (0x92, 1, 0x00), // A20 off
+        (0xcf9, 1, 0x02),
+        (0xcf8, 4, 0x8000_0000),
+        (0x70, 1, 0x50), // CMOS memory
+        (0x71, 1, 0x2a),
+        (0x64, 1, 0x60), // 8042 command byte
+        (0x60, 1, 0x61),
+    ] {
+        let o = run(&mut v, &io(port, size, false, value));
+        assert!(o.stopped().is_none(), "{port:#x}: {o:?}");
+    }
+    v.irq.lapic_mut().set_tpr(0x50);
+    assert_ne!(reads(&mut v), power_on);
+    let o = run(&mut v, &io(0x64, 1, false, 0xfe));
+    assert_eq!(o.stopped(), Some(&Stop::reset(0x64)));
+    let io_exits = v.exit_count(reason::IO);
+
+    v.reset(1000);
+    assert_eq!(v.result(), None);
+    assert_eq!(reads(&mut v), power_on);
+    assert_eq!(v.irq.lapic().tpr(), 0);
+    assert_eq!(v.irq.vcpus(), 2);
+    // The CMOS memory survives, as a battery-backed CMOS does.
+    run(&mut v, &io(0x70, 1, false, 0x50));
+    assert_eq!(rax_of(&run(&mut v, &io(0x71, 1, true, 0))), 0x2a);
+    // The VM runs again, and its exit counts go on.
+    let o = run(&mut v, &msg(reason::CPUID));
+    assert!(o.stopped().is_none());
+    assert!(v.exit_count(reason::IO) > io_exits);
+    assert_eq!(v.exit_count(reason::CPUID), 1);
+    // A reset again is a reset again.
+    let o = run(&mut v, &io(0x92, 1, false, 0x01));
+    assert_eq!(o.stopped(), Some(&Stop::reset(0x92)));
+}

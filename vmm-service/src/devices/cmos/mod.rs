@@ -96,6 +96,14 @@ impl Cmos {
         }
     }
 
+    /// The machine's reset at `ticks`: the CMOS memory and the clock keep their contents
+    /// (battery-backed), the RTC's interrupts are disabled ([`Rtc::reset`]) and the index
+    /// goes back to 0.
+    pub fn reset(&mut self, ticks: u64) {
+        self.index = 0;
+        self.rtc.reset(ticks);
+    }
+
     /// The IRQ 8 line at `ticks` (the RTC's IRQF).
     pub fn irq_level(&self, ticks: u64) -> bool {
         self.rtc.irq_level(ticks)

@@ -475,6 +475,16 @@ impl Rtc {
         self.change(v, self.b, ticks);
     }
 
+    /// The machine's reset at `ticks` (the MC146818's RESET pin): the periodic, alarm and
+    /// update-ended interrupts and the square wave are disabled and C's flags cleared; the
+    /// clock, its mode (A, B's SET, DM, 24/12, DSE) and the alarm keep running as they were,
+    /// as a battery-backed RTC does.
+    pub fn reset(&mut self, ticks: u64) {
+        self.sync(ticks);
+        self.flags = 0;
+        self.b &= !(b::PIE | b::AIE | b::UIE | b::SQWE);
+    }
+
     fn write_b(&mut self, v: u8, ticks: u64) {
         // Setting SET clears UIE.
         let v = if v & b::SET != 0 { v & !b::UIE } else { v };

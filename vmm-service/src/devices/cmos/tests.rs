@@ -368,3 +368,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_reset_keeps_the_memory_and_the_clock_and_disables_the_interrupts() {
+    let mut c = Cmos::new(MIB, START);
+    put(&mut c, 0x50, 0x5a, 0);
+    put(&mut c, 0x01, 0x30, 0); // seconds alarm
+    put(
+        &mut c,
+        0x0b,
+        b::PIE | b::AIE | b::UIE | b::SQWE | b::HOURS_24 | b::DM_BINARY,
+        0,
+    );
+    assert!(c.irq_level(secs(2)));
+    let before = clock(&mut c, secs(2));
+    c.write(INDEX, 0x50, secs(2));
+    c.reset(secs(2));
+    // The flags are gone, the interrupts off: the line is low and stays low.
+    assert!(!c.irq_level(secs(2)));
+    assert_eq!(c.next_event(secs(2)), None);
+    assert_eq!(at(&mut c, 0x0c, secs(2)), 0);
+    // The mode bits are kept (binary, 24-hour), and so are the clock and the alarm.
+    assert_eq!(get(&mut c, 0x0b), b::HOURS_24 | b::DM_BINARY);
+    assert_eq!(clock(&mut c, secs(2)), before);
+    assert_eq!(
+        at(&mut c, 0x00, secs(5)),
+        5,
+        "the clock kept counting (binary)"
+    );
+    assert_eq!(get(&mut c, 0x01), 0x30);
+    // The memory: the guest's byte and the RAM sizes.
+    assert_eq!(get(&mut c, 0x50), 0x5a);
+    assert_eq!(get16(&mut c, 0x15), 640);
+    // The index went back to 0: a data read without an index write reads the seconds.
+    c.write(INDEX, 0x50, secs(5));
+    c.reset(secs(5));
+    assert_eq!(c.read(DATA, secs(5)), 5);
+    // The periodic flag counts on (PF sets without PIE): only the interrupt was disabled.
+    assert_eq!(at(&mut c, 0x0c, secs(6)) & c::PF, c::PF);
+}
