@@ -25,9 +25,11 @@ const HANDLED: [u32; 12] = [
     reason::TRIPLE_FAULT,
     reason::EPT_MISCONFIG,
     reason::DR_ACCESS,
-    // Interrupt delivery (`vmm_service::irq`): a deadline passed, an interrupt window opened.
+    // Interrupt delivery (`vmm_service::irq`): a deadline passed, an interrupt window or
+    // an NMI window opened.
     reason::PREEMPTION_TIMER,
     reason::INTERRUPT_WINDOW,
+    reason::NMI_WINDOW,
 ];
 use vm::hypercall::REFLECTABLE;
 
