@@ -14,7 +14,7 @@ use vmm_service::exit::{portal_mask, required_groups};
 use vmm_service::vm::{self, Env, Event, VmModel};
 
 /// The reasons the VMM handles itself (EPT violations go to the MMU service).
-const HANDLED: [u32; 12] = [
+const HANDLED: [u32; 13] = [
     reason::CPUID,
     reason::IO,
     reason::RDMSR,

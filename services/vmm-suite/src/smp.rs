@@ -21,7 +21,7 @@ pub fn suite(t: &mut Tally) {
     cfg.vcpus = 2;
     if let Some(s) = crate::passing_guest(
         t,
-        "2 vCPUs: AP started by INIT/SIPI, APIC IDs, IPI ping-pong, a halted vCPU woken, INIT restart (EPT)",
+        "2 vCPUs: AP started by INIT/SIPI, APIC IDs, IPI ping-pong, a halted vCPU woken by an IPI and by an NMI, INIT restart (EPT)",
         &cfg,
     ) {
         let hlt = crate::exits_of(&s, reason::HLT);
