@@ -536,3 +536,32 @@ fn an_iret_that_faulted_keeps_its_nmi_blocking() {
     );
     assert_eq!(blocking(&v), 0);
 }
+
+/// An NMI written with `VcpuState`, then NMI blocking written too: VM entry would refuse it,
+/// so the entry fails cleanly (as the hardware reports an invalid control field).
+#[test]
+fn an_nmi_written_with_vcpu_state_under_nmi_blocking_fails_the_entry() {
+    let mut v = vmm();
+    with_virtual_nmis(&mut v);
+    write_state(
+        &mut v.k,
+        v.vcpu,
+        &[(field::VM_ENTRY_INTR_INFO, 0x8000_0202)],
+    );
+    write_state(
+        &mut v.k,
+        v.vcpu,
+        &[(
+            field::GUEST_INTERRUPTIBILITY,
+            u64::from(interruptibility::NMI),
+        )],
+    );
+    let k = &mut v.k;
+    let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
+    let runner = runner as super::queue::ThreadId;
+    let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    assert_eq!(next, Next::User(runner));
+    let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
+    assert_ne!(next, Next::Guest(v.vt), "the guest is not entered");
+    assert_eq!(run_result(k, runner), (stop::ENTRY_FAILED, 0, 7));
+}
