@@ -565,3 +565,35 @@ fn an_nmi_written_with_vcpu_state_under_nmi_blocking_fails_the_entry() {
     assert_ne!(next, Next::Guest(v.vt), "the guest is not entered");
     assert_eq!(run_result(k, runner), (stop::ENTRY_FAILED, 0, 7));
 }
+
+/// A shadow-paging #PF (or an EPT violation) while an injected NMI was being delivered: the
+/// CPU set NMI blocking for it; the handler delivers it again, which VM entry would refuse
+/// under that blocking, so the kernel clears it at the exit.
+#[test]
+fn an_nmi_whose_delivery_faulted_can_be_delivered_again_by_the_handler() {
+    let (mut v, run) = at_first_exit_with(&[reason::EXCEPTION_NMI]);
+    with_virtual_nmis(&mut v);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    hw(&mut v).insert(field::IDT_VECTORING_INFO, 0x8000_0202);
+    hw(&mut v).insert(field::EXIT_INTR_INFO, 0x8000_0b0e);
+    hw(&mut v).insert(
+        field::GUEST_INTERRUPTIBILITY,
+        u64::from(interruptibility::NMI),
+    );
+    assert_eq!(
+        exit(&mut v.k, reason::EXCEPTION_NMI, 0x1000, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::GUEST_INTERRUPTIBILITY), 0);
+    take(&mut v, &run);
+    let again = ExitReply {
+        flags: reply::INJECT,
+        inject: 0x8000_0202,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &again), Next::Guest(v.vt));
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0202);
+}

@@ -75,7 +75,7 @@ impl<M: Machine> Kernel<M> {
             let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
             self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window);
         } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
-            self.nmi_blocking_after_iret_fault(vi, basic, exit.qualification);
+            self.nmi_blocking_at_exit(vi, basic, exit.qualification);
         }
         let portal = self
             .vcpu(vi)
@@ -132,28 +132,37 @@ impl<M: Machine> Kernel<M> {
         true
     }
 
-    /// A fault or EPT violation during the guest's IRET (SDM 28.2.3): with virtual NMIs the
-    /// CPU cleared the NMI blocking the IRET was ending before the exit and says so in bit
-    /// 12 of the exit qualification (an EPT violation) or of the interruption information
-    /// (an exception). The IRET did not complete, so the blocking is set again: the
-    /// handler resumes the guest at the IRET (or injects the fault) and no NMI may come
-    /// before the IRET completes (as KVM does). Not when the exit came during an event's
-    /// delivery (IDT-vectoring information valid), where bit 12 means nothing.
-    fn nmi_blocking_after_iret_fault(&mut self, vi: u16, basic: u32, qualification: u64) {
-        let unblocked = if basic == reason::EPT_VIOLATION {
-            qualification
-        } else {
-            self.vmcs_read(vi, field::EXIT_INTR_INFO)
-        };
-        if unblocked & NMI_UNBLOCKING_BY_IRET == 0
+    /// NMI blocking at an exit a handler may answer by delivering an event again (an EPT
+    /// violation, an exception such as a shadow-paging #PF), with virtual NMIs:
+    /// - the exit interrupted an NMI's delivery (IDT-vectoring information, type NMI): the
+    ///   CPU set virtual-NMI blocking for it (SDM 28.2.3), under which VM entry refuses to
+    ///   inject an NMI (26.3.1.5). The NMI was not delivered: the blocking is cleared, and
+    ///   the handler's redelivery sets it again (as KVM and bhyve do);
+    /// - the exit came from a fault during the guest's IRET (bit 12 of the exit
+    ///   qualification, for an EPT violation, or of the interruption information): the CPU
+    ///   cleared the blocking the IRET was ending. The IRET did not complete and runs again
+    ///   (or the handler injects its fault): the blocking is set again (as KVM does), so no
+    ///   NMI comes before the IRET completes.
+    fn nmi_blocking_at_exit(&mut self, vi: u16, basic: u32, qualification: u64) {
+        let vectoring = self.vmcs_read(vi, field::IDT_VECTORING_INFO);
+        let vectoring_nmi = vectoring & (1 << 31) != 0 && (vectoring >> 8) & 7 == NMI_TYPE;
+        let iret = vectoring & (1 << 31) == 0
+            && NMI_UNBLOCKING_BY_IRET
+                & if basic == reason::EPT_VIOLATION {
+                    qualification
+                } else {
+                    self.vmcs_read(vi, field::EXIT_INTR_INFO)
+                }
+                != 0;
+        if !(vectoring_nmi || iret)
             || self.vmcs_read(vi, field::PIN_BASED_CONTROLS) & vmx::pin_based::VIRTUAL_NMIS == 0
-            || self.vmcs_read(vi, field::IDT_VECTORING_INFO) & (1 << 31) != 0
         {
             return;
         }
         let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
         let nmi = u64::from(vmx::interruptibility::NMI);
-        self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b | nmi);
+        let b = if iret { b | nmi } else { b & !nmi };
+        self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b);
     }
 
     /// Whether vCPU `vi`'s deadline ([`field::DEADLINE`]) has passed at time-stamp `tsc`
