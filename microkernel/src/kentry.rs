@@ -238,6 +238,18 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         let next = if real { k.on_tick(None) } else { k.schedule() };
         resume(k, next)
     }
+    if reason & 0xffff == abi::vmx::reason::EXCEPTION_NMI {
+        let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
+        if (info >> 8) & 7 == 2 {
+            // A host NMI (NMI exiting is on with virtual NMIs): the host's, never the
+            // guest's. Umbra's host arms no NMI source (no watchdog, no performance
+            // counters): logged and counted like a host interrupt; the guest goes on.
+            crate::log!(warn, "vmx", "host NMI during a guest run");
+            k.count_exit(t, reason, tsc);
+            let next = k.schedule();
+            resume(k, next)
+        }
+    }
     let exit = VmExit {
         reason,
         qualification: vmx::read_current(abi::vmx::field::EXIT_QUALIFICATION),

@@ -14,7 +14,7 @@ use vmm_service::exit::{portal_mask, required_groups};
 use vmm_service::vm::{self, Env, Event, VmModel};
 
 /// The reasons the VMM handles itself (EPT violations go to the MMU service).
-const HANDLED: [u32; 12] = [
+const HANDLED: [u32; 13] = [
     reason::CPUID,
     reason::IO,
     reason::RDMSR,
@@ -25,9 +25,11 @@ const HANDLED: [u32; 12] = [
     reason::TRIPLE_FAULT,
     reason::EPT_MISCONFIG,
     reason::DR_ACCESS,
-    // Interrupt delivery (`vmm_service::irq`): a deadline passed, an interrupt window opened.
+    // Interrupt delivery (`vmm_service::irq`): a deadline passed, an interrupt window or
+    // an NMI window opened.
     reason::PREEMPTION_TIMER,
     reason::INTERRUPT_WINDOW,
+    reason::NMI_WINDOW,
 ];
 use vm::hypercall::REFLECTABLE;
 

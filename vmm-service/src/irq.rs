@@ -14,6 +14,13 @@
 //! - **ask for the window** (`reply::INTR_WINDOW`) otherwise: the guest exits as soon as it
 //!   can take an interrupt, and that exit injects it.
 //!
+//! An NMI the local APIC holds (an NMI IPI, LINT1 in NMI mode) goes first: injected (type
+//! NMI, vector 2) when the exit's interruptibility state shows no NMI, MOV SS or STI
+//! blocking (the last two end if the reply advances RIP), otherwise asked for with
+//! `reply::NMI_WINDOW`, whose exit delivers it. One NMI is latched: more NMIs before it is
+//! injected are one, and one sent while the guest's NMI handler runs waits for its IRET. An
+//! application processor waiting for its SIPI keeps its NMI pending.
+//!
 //! The acknowledge (the PIC's INTA) happens when the reply injects, so IRR and ISR are what
 //! the guest would see on hardware. An exit that stops the VM or already injects an
 //! exception delivers nothing (the request stays in the PIC for the next exit).
@@ -29,7 +36,7 @@
 //! timer running, nothing requested) nothing could ever wake it: the model resumes the guest
 //! after the HLT instead, as if an event had woken it, rather than leave it halted for good.
 
-use abi::vmx::{group, reason, reply, ExitMessage, ExitReply};
+use abi::vmx::{group, interruptibility, reason, reply, ExitMessage, ExitReply};
 
 use crate::devices::bus::PortBus;
 use crate::devices::ioapic::Ioapic;
@@ -67,6 +74,8 @@ pub mod isa {
 const RFLAGS_IF: u64 = 1 << 9;
 /// VM-entry interruption information: valid, type 0 (external interrupt).
 const EXTERNAL_INTERRUPT: u64 = 1 << 31;
+/// VM-entry interruption information: valid, type 2 (NMI), vector 2, no error code.
+pub const NMI_EVENT: u64 = (1 << 31) | (2 << 8) | crate::exception::NMI as u64;
 
 /// The host clock: the TSC now and its rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +163,10 @@ pub struct Interrupts {
     pub injected: u64,
     /// Interrupt-window exits asked for.
     pub windows: u64,
+    /// NMIs injected.
+    pub nmis: u64,
+    /// NMI-window exits asked for.
+    pub nmi_windows: u64,
     /// PIT periods whose IRQ 0 edge found the previous one still unacknowledged.
     pub lost_ticks: u64,
     /// HLTs the guest waited in.
@@ -187,6 +200,8 @@ impl Interrupts {
             levels: 0,
             injected: 0,
             windows: 0,
+            nmis: 0,
+            nmi_windows: 0,
             lost_ticks: 0,
             halts: 0,
         }
@@ -398,7 +413,29 @@ impl Interrupts {
             .iter()
             .enumerate()
             .any(|(i, l)| i != self.current && l.mp_state() == lapic::MpState::Running);
-        self.requested(bus) || self.next_event(bus, clock).is_some() || others
+        self.requested(bus) || self.nmi_waiting() || self.next_event(bus, clock).is_some() || others
+    }
+
+    /// Whether the current vCPU has an NMI to deliver (pending in its local APIC, and the
+    /// vCPU running: after INIT it waits for its SIPI with the NMI still pending).
+    fn nmi_waiting(&self) -> bool {
+        let l = &self.lapics[self.current];
+        l.nmi_pending() && l.mp_state() == lapic::MpState::Running
+    }
+
+    /// Whether the guest can take an NMI at the entry after reply `r` to exit `m`: the
+    /// exit's interruptibility state (unknown without [`group::RIP`]: then no) shows no NMI,
+    /// MOV SS or STI blocking, the last two ending if the reply advances RIP (the kernel
+    /// ends them, the instruction having completed).
+    fn nmi_ok(m: &ExitMessage, r: &ExitReply) -> bool {
+        if m.mask & group::RIP == 0 {
+            return false;
+        }
+        let mut blocking = m.interruptibility;
+        if r.flags & reply::ADVANCE_RIP != 0 {
+            blocking &= !interruptibility::ONE_INSTRUCTION;
+        }
+        interruptibility::nmi_ok(blocking)
     }
 
     /// Completes `r`, the model's answer to exit `m`: delivers what the devices request and
@@ -430,6 +467,25 @@ impl Interrupts {
             self.halts += 1;
         }
         self.poll(bus, clock);
+        // The model's own injection (an exception) goes first and keeps the external
+        // interrupt waiting in its controller.
+        let model_injects = r.flags & reply::INJECT != 0;
+        if self.nmi_waiting() {
+            if !model_injects && Self::nmi_ok(m, r) {
+                self.lapics[self.current].take_nmi();
+                r.flags |= reply::INJECT;
+                r.inject = NMI_EVENT;
+                self.nmis += 1;
+            } else {
+                r.flags |= reply::NMI_WINDOW;
+                self.nmi_windows += 1;
+            }
+        }
+        if r.flags & reply::INJECT != 0 && !model_injects && self.requested(bus) {
+            // An NMI went first: the interrupt waits for its window.
+            r.flags |= reply::INTR_WINDOW;
+            self.windows += 1;
+        }
         if r.flags & reply::INJECT == 0 && self.requested(bus) {
             let rflags = if r.flags & reply::SET_RFLAGS != 0 {
                 r.rflags
@@ -456,7 +512,8 @@ impl Interrupts {
         if r.flags & reply::INJECT != 0 {
             self.cpus[self.current].halted = false;
         }
-        self.cpus[self.current].settled = r.flags & (reply::INJECT | reply::INTR_WINDOW) == 0;
+        let delivering = reply::INJECT | reply::INTR_WINDOW | reply::NMI_WINDOW;
+        self.cpus[self.current].settled = r.flags & delivering == 0;
         let next = self.next_event(bus, clock).unwrap_or(0);
         if next != self.cpus[self.current].deadline {
             r.flags |= reply::SET_DEADLINE;
@@ -549,5 +606,7 @@ impl Devices for PlatformMmio<'_> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_nmi;
 #[cfg(test)]
 mod tests_smp;

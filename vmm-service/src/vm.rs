@@ -478,7 +478,7 @@ impl VmModel {
             // A deadline passed, or the guest can take an interrupt: [`Interrupts::finish`]
             // delivers.
             Exit::Other {
-                reason: reason::PREEMPTION_TIMER | reason::INTERRUPT_WINDOW,
+                reason: reason::PREEMPTION_TIMER | reason::INTERRUPT_WINDOW | reason::NMI_WINDOW,
             } => ExitReply::resume(),
             // EPT violations go to the MMU service: one here was forwarded as a device access
             // (and so was a #PF of a shadow-paged guest).

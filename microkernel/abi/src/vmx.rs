@@ -39,6 +39,8 @@ pub mod reason {
     pub const INIT: u32 = 3;
     pub const SIPI: u32 = 4;
     pub const INTERRUPT_WINDOW: u32 = 7;
+    /// The guest can take an NMI ([`super::reply::NMI_WINDOW`]).
+    pub const NMI_WINDOW: u32 = 8;
     pub const TASK_SWITCH: u32 = 9;
     pub const CPUID: u32 = 10;
     pub const GETSEC: u32 = 11;
@@ -94,6 +96,7 @@ pub mod reason {
             INIT => "init",
             SIPI => "sipi",
             INTERRUPT_WINDOW => "interrupt-window",
+            NMI_WINDOW => "nmi-window",
             TASK_SWITCH => "task-switch",
             CPUID => "cpuid",
             GETSEC => "getsec",
@@ -157,7 +160,8 @@ pub mod stop {
 pub mod group {
     /// The 16 general-purpose registers, in [`super::Gpr`] order.
     pub const GPRS: u32 = 1 << 0;
-    /// RIP, RFLAGS and the exiting instruction's length.
+    /// RIP, RFLAGS, the exiting instruction's length and the guest's interruptibility state
+    /// (in the length's word: bits 31:0 the length, bits 63:32 the state).
     pub const RIP: u32 = 1 << 1;
     /// CR0, CR3, CR4, EFER, and CR0/CR4 as the guest reads them (the read shadow for the
     /// intercepted bits, the real value for the others).
@@ -201,6 +205,36 @@ pub mod field;
 pub mod proc_based {
     /// Interrupt-window exiting ([`super::reply::INTR_WINDOW`]).
     pub const INTR_WINDOW_EXITING: u64 = 1 << 2;
+    /// NMI-window exiting ([`super::reply::NMI_WINDOW`]; needs [`super::pin_based::VIRTUAL_NMIS`]).
+    pub const NMI_WINDOW_EXITING: u64 = 1 << 22;
+}
+
+/// Pin-based controls ([`field::PIN_BASED_CONTROLS`]) that decide how NMIs reach a guest.
+pub mod pin_based {
+    /// A host NMI exits (reason 0, interruption type NMI) instead of reaching the guest.
+    pub const NMI_EXITING: u64 = 1 << 3;
+    /// The CPU tracks the guest's NMI blocking (bit 3 of the interruptibility state is
+    /// virtual-NMI blocking: set by an injected NMI, cleared by the guest's IRET). Needs
+    /// [`NMI_EXITING`].
+    pub const VIRTUAL_NMIS: u64 = 1 << 5;
+}
+
+/// Bits of [`field::GUEST_INTERRUPTIBILITY`] (SDM 25.4.2).
+pub mod interruptibility {
+    /// Blocking by STI: for one instruction after an STI that set IF.
+    pub const STI: u32 = 1 << 0;
+    /// Blocking by MOV SS (or POP SS): for one instruction.
+    pub const MOV_SS: u32 = 1 << 1;
+    /// Blocking by NMI: the guest is in an NMI handler (until its IRET).
+    pub const NMI: u32 = 1 << 3;
+    /// The one-instruction blockings, which end when the instruction completes.
+    pub const ONE_INSTRUCTION: u32 = STI | MOV_SS;
+    /// Whether a guest in this state can take an NMI now (SDM 26.3.1.5: an NMI is not
+    /// injected under MOV SS blocking nor, with virtual NMIs, under NMI blocking; some
+    /// processors refuse it under STI blocking too, so Umbra never does).
+    pub const fn nmi_ok(state: u32) -> bool {
+        state & (ONE_INSTRUCTION | NMI) == 0
+    }
 }
 
 /// Secondary processor-based controls the kernel switches per vCPU.
@@ -267,6 +301,8 @@ pub struct ExitMessage {
     pub rip: u64,
     pub rflags: u64,
     pub instruction_len: u32,
+    /// The guest interruptibility state ([`interruptibility`]), with [`group::RIP`].
+    pub interruptibility: u32,
     pub cr0: u64,
     pub cr3: u64,
     pub cr4: u64,
@@ -381,7 +417,7 @@ impl ExitMessage {
         if mask & group::RIP != 0 {
             w.u64(self.rip)?;
             w.u64(self.rflags)?;
-            w.u64(self.instruction_len as u64)?;
+            w.u64(u64::from(self.instruction_len) | u64::from(self.interruptibility) << 32)?;
         }
         if mask & group::CRS != 0 {
             for v in [
@@ -469,9 +505,12 @@ impl ExitMessage {
         if mask & group::RIP != 0 {
             self.rip = u64_();
             self.rflags = u64_();
-            self.instruction_len = u64_() as u32;
+            let len = u64_();
+            self.instruction_len = len as u32;
+            self.interruptibility = (len >> 32) as u32;
         } else {
             (self.rip, self.rflags, self.instruction_len) = (0, 0, 0);
+            self.interruptibility = 0;
         }
         if mask & group::CRS != 0 {
             self.cr0 = u64_();
@@ -565,9 +604,16 @@ pub mod reply {
     /// [`super::stop::BAD_REPLY`]. A vCPU without an MMIO endpoint portal stops with
     /// [`super::stop::UNHANDLED`] (qualification: the address).
     pub const FORWARD: u32 = 1 << 14;
-    pub const ALL: u32 = 0x7fff;
+    /// Exit with [`super::reason::NMI_WINDOW`] (to that reason's portal) as soon as the
+    /// guest can take an NMI (no NMI, MOV SS or STI blocking); at once if it already can. The
+    /// request ends with that exit. On a CPU without virtual NMIs the kernel asks for the
+    /// interrupt window instead ([`INTR_WINDOW`]'s exit, reason 7): the NMI blocking an
+    /// injected NMI set then ends with the guest's IRET, which the handler sees in the
+    /// interruptibility state of that exit.
+    pub const NMI_WINDOW: u32 = 1 << 15;
+    pub const ALL: u32 = 0xffff;
     /// The flags that carry no value in the encoded reply.
-    pub const NO_VALUE: u32 = ADVANCE_RIP | INTR_WINDOW | HALT;
+    pub const NO_VALUE: u32 = ADVANCE_RIP | INTR_WINDOW | HALT | NMI_WINDOW;
 }
 
 /// A handler's answer to an exit message. Registers named in `gpr_mask` are written.

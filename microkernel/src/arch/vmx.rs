@@ -9,7 +9,7 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::vmx::{field, guest_features, proc_based2};
+use abi::vmx::{field, guest_features, pin_based, proc_based2};
 use microkernel::kobj::regs::UserRegs;
 use spin::Once;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
@@ -46,7 +46,6 @@ const VMCS_LINK_POINTER: u64 = 0x2800;
 const GUEST_IA32_DEBUGCTL: u64 = 0x2802;
 const HOST_IA32_PAT: u64 = 0x2c00;
 const HOST_IA32_EFER: u64 = 0x2c02;
-const PIN_BASED_CONTROLS: u64 = 0x4000;
 const PREEMPTION_TIMER_VALUE: u64 = 0x482e;
 const PAGE_FAULT_ERROR_MASK: u64 = 0x4006;
 const PAGE_FAULT_ERROR_MATCH: u64 = 0x4008;
@@ -70,6 +69,9 @@ const HOST_RIP: u64 = 0x6c16;
 /// Pin-based: external-interrupt exiting (the host's timer keeps ticking) and the
 /// VMX-preemption timer.
 const PIN_WANT: u32 = 1 | (1 << 6);
+/// Pin-based, where the CPU allows both: NMI exiting and virtual NMIs (the CPU tracks the
+/// guest's NMI blocking, and NMI-window exiting becomes available: `reply::NMI_WINDOW`).
+const PIN_NMI: u32 = (pin_based::NMI_EXITING | pin_based::VIRTUAL_NMIS) as u32;
 /// The longest a guest runs between two VM exits, in TSC ticks: every entry arms the
 /// VMX-preemption timer with it. External interrupts already exit in the active and HLT
 /// states; the timer also bounds a run in which they cannot (an activity state the object
@@ -212,7 +214,13 @@ pub fn init() -> Result<(), &'static str> {
     let may = |optional: u32| optional & (proc2_msr >> 32) as u32;
     let proc2_shadow = adjust(proc2_msr, may(PROC2_SHADOW_OPTIONAL)).ok_or("secondary controls")?;
     // Every CPU with unrestricted guest has the preemption timer; Umbra needs both.
-    let pin = adjust(read(MSR_VMX_TRUE_PINBASED)?, PIN_WANT).ok_or("VMX-preemption timer")?;
+    let pin_msr = read(MSR_VMX_TRUE_PINBASED)?;
+    let nmi = if (pin_msr >> 32) as u32 & PIN_NMI == PIN_NMI {
+        PIN_NMI
+    } else {
+        0
+    };
+    let pin = adjust(pin_msr, PIN_WANT | nmi).ok_or("VMX-preemption timer")?;
     let rate = read(MSR_VMX_MISC)? & 0x1f;
     let slice = (GUEST_SLICE_TSC >> rate).clamp(1, u64::from(u32::MAX)) as u32;
     let c = Controls {
@@ -394,7 +402,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         (c.proc, c.proc2, eptp, u64::from(vpid) + 1)
     };
     for (f, v) in [
-        (PIN_BASED_CONTROLS, c.pin as u64),
+        (field::PIN_BASED_CONTROLS, c.pin as u64),
         (field::PROC_BASED_CONTROLS, proc as u64),
         (field::PROC_BASED_CONTROLS2, proc2 as u64),
         (EXIT_CONTROLS, c.exit as u64),

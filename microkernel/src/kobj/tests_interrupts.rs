@@ -1,8 +1,11 @@
 //! Issue 12's interrupt-delivery requests in a reply: the deadline, the interrupt-window
-//! request and the HLT activity state.
+//! and NMI-window requests, the HLT activity state, and NMI injection.
 
-use abi::vmx::{activity, field, proc_based, reason, reply, ExitReply};
+use abi::vmx::{activity, field, interruptibility, pin_based, proc_based, reason, reply};
+use abi::vmx::{stop, ExitReply};
 use abi::{Error, Sys};
+
+use super::objects::ThreadState;
 
 use super::kernel::Next;
 use super::tests::*;
@@ -31,9 +34,19 @@ fn portal(v: &mut Vmm, r: u32) -> Result<(), Error> {
 /// A guest running with CPUID routed to the server, which has answered nothing yet: the
 /// first CPUID exit is in the server's hands.
 fn at_first_exit(deadline_portal: bool) -> (Vmm, Running) {
+    let portals: &[u32] = if deadline_portal {
+        &[reason::PREEMPTION_TIMER]
+    } else {
+        &[]
+    };
+    at_first_exit_with(portals)
+}
+
+/// [`at_first_exit`] with portals for `reasons` (to the server) too.
+fn at_first_exit_with(reasons: &[u32]) -> (Vmm, Running) {
     let mut v = vmm();
-    if deadline_portal {
-        portal(&mut v, reason::PREEMPTION_TIMER).expect("deadline portal");
+    for &r in reasons {
+        portal(&mut v, r).expect("portal");
     }
     portal(&mut v, reason::INTERRUPT_WINDOW).expect("window portal");
     let run = run(&mut v, true);
@@ -307,4 +320,280 @@ fn a_host_interrupt_the_machine_takes_itself_also_redelivers_the_event_it_cut_sh
     v.k.vm_exited(t, reason::EXTERNAL_INTERRUPT);
     v.k.count_exit(t, reason::EXTERNAL_INTERRUPT, 5);
     assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0030);
+}
+
+/// The guest's VMCS, to set what the CPU would have (the fake machine's VMCS is a map).
+fn hw(v: &mut Vmm) -> &mut std::collections::BTreeMap<u64, u64> {
+    &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw
+}
+
+/// A VMCS made on a CPU with virtual NMIs (`arch::vmx` sets both pin-based controls then).
+fn with_virtual_nmis(v: &mut Vmm) {
+    let pin = pin_based::NMI_EXITING | pin_based::VIRTUAL_NMIS;
+    hw(v).insert(field::PIN_BASED_CONTROLS, pin);
+}
+
+#[test]
+fn an_nmi_window_request_lasts_until_its_own_exit() {
+    let (mut v, run) = at_first_exit_with(&[reason::NMI_WINDOW]);
+    with_virtual_nmis(&mut v);
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::NMI_WINDOW,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    let controls = |v: &Vmm| vmcs(&v.k, v.vi, field::PROC_BASED_CONTROLS);
+    assert_ne!(controls(&v) & proc_based::NMI_WINDOW_EXITING, 0);
+    assert_eq!(controls(&v) & proc_based::INTR_WINDOW_EXITING, 0);
+    assert_eq!(
+        exit(&mut v.k, reason::NMI_WINDOW, 0, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(controls(&v) & proc_based::NMI_WINDOW_EXITING, 0);
+    assert_eq!(take(&mut v, &run).0, reason::NMI_WINDOW);
+}
+
+#[test]
+fn without_virtual_nmis_the_nmi_window_is_the_interrupt_window() {
+    let (mut v, run) = at_first_exit(false);
+    let r = ExitReply {
+        flags: reply::ADVANCE_RIP | reply::NMI_WINDOW,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
+    let controls = vmcs(&v.k, v.vi, field::PROC_BASED_CONTROLS);
+    assert_eq!(
+        controls & proc_based::NMI_WINDOW_EXITING,
+        0,
+        "VM entry would fail"
+    );
+    assert_ne!(controls & proc_based::INTR_WINDOW_EXITING, 0);
+    assert_eq!(
+        exit(&mut v.k, reason::INTERRUPT_WINDOW, 0, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(take(&mut v, &run).0, reason::INTERRUPT_WINDOW);
+}
+
+#[test]
+fn the_nmi_window_flag_carries_no_value_and_round_trips() {
+    let r = ExitReply {
+        flags: reply::NMI_WINDOW | reply::INTR_WINDOW | reply::SET_DEADLINE,
+        deadline: 9,
+        ..ExitReply::default()
+    };
+    let mut buf = [0u8; ExitReply::MAX_SIZE];
+    let n = r.encode(&mut buf).unwrap();
+    assert_eq!(n, 8 + 8, "only the deadline has a value");
+    assert_eq!(ExitReply::decode(&buf[..n]), Ok(r));
+    assert_eq!(reply::ALL & reply::NMI_WINDOW, reply::NMI_WINDOW);
+    assert_eq!(reply::ALL.count_ones(), 16, "every flag a distinct bit");
+}
+
+#[test]
+fn the_exit_message_carries_the_interruptibility_state() {
+    let (mut v, run) = at_first_exit_with(&[reason::HLT]);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    hw(&mut v).insert(field::GUEST_INTERRUPTIBILITY, 0b1001);
+    assert_eq!(exit(&mut v.k, reason::HLT, 0, 1), Next::User(run.server));
+    let (next, _) = sys(&mut v.k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
+    assert_eq!(next, Next::User(run.server));
+    let (m, _) = received(&v.k, run.server);
+    assert_eq!(m.reason, reason::HLT);
+    assert_eq!(m.instruction_len, 1);
+    assert_eq!(
+        m.interruptibility,
+        interruptibility::NMI | interruptibility::STI
+    );
+    assert!(!interruptibility::nmi_ok(m.interruptibility));
+    assert!(interruptibility::nmi_ok(0));
+}
+
+/// An NMI injection is refused (the vCPU stops with `BAD_REPLY` instead of a failed VM
+/// entry) in the states VM entry refuses it in, and taken in the others.
+#[test]
+fn an_nmi_is_injected_only_where_the_guest_can_take_it() {
+    const NMI: u64 = 0x8000_0202;
+    // (interruptibility, advance RIP, accepted)
+    for (blocking, advance, ok) in [
+        (0u64, false, true),
+        (u64::from(interruptibility::NMI), false, false),
+        (u64::from(interruptibility::MOV_SS), false, false),
+        (u64::from(interruptibility::STI), false, false),
+        // Advancing RIP ends the one-instruction blockings, not NMI blocking.
+        (u64::from(interruptibility::MOV_SS), true, true),
+        (
+            u64::from(interruptibility::NMI | interruptibility::STI),
+            true,
+            false,
+        ),
+    ] {
+        let (mut v, run) = at_first_exit(false);
+        with_virtual_nmis(&mut v);
+        hw(&mut v).insert(field::GUEST_INTERRUPTIBILITY, blocking);
+        let mut flags = reply::INJECT;
+        if advance {
+            flags |= reply::ADVANCE_RIP;
+        }
+        let r = ExitReply {
+            flags,
+            inject: NMI,
+            ..ExitReply::default()
+        };
+        let next = reply_with(&mut v.k, &r);
+        let case = format!("blocking {blocking:#x}, advance {advance}");
+        if ok {
+            assert_eq!(next, Next::Guest(v.vt), "{case}");
+            assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), NMI, "{case}");
+            continue;
+        }
+        assert_eq!(next, Next::User(run.server), "{case}");
+        assert_eq!(v.k.thread(v.vt).state, ThreadState::Suspended, "{case}");
+        let (next, _) = sys(&mut v.k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
+        assert_eq!(next, Next::User(run.runner));
+        assert_eq!(run_result(&v.k, run.runner).0, stop::BAD_REPLY, "{case}");
+    }
+}
+
+#[test]
+fn an_external_interrupt_is_not_injected_under_sti_or_mov_ss_blocking() {
+    for (blocking, ok) in [(0u64, true), (1, false), (2, false), (8, true)] {
+        let (mut v, run) = at_first_exit(false);
+        hw(&mut v).insert(field::GUEST_INTERRUPTIBILITY, blocking);
+        let r = ExitReply {
+            flags: reply::INJECT,
+            inject: 0x8000_0030,
+            ..ExitReply::default()
+        };
+        let want = if ok {
+            Next::Guest(v.vt)
+        } else {
+            Next::User(run.server)
+        };
+        assert_eq!(reply_with(&mut v.k, &r), want, "blocking {blocking}");
+    }
+}
+
+#[test]
+fn an_nmi_a_host_interrupt_cut_short_is_delivered_again_with_nmi_blocking_cleared() {
+    let (mut v, _run) = at_first_exit(false);
+    with_virtual_nmis(&mut v);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    hw(&mut v).insert(field::IDT_VECTORING_INFO, 0x8000_0202);
+    hw(&mut v).insert(field::GUEST_INTERRUPTIBILITY, 0b1000);
+    assert_eq!(
+        exit(&mut v.k, reason::EXTERNAL_INTERRUPT, 0, 0),
+        Next::Guest(v.vt)
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0202);
+    assert_eq!(vmcs(&v.k, v.vi, field::GUEST_INTERRUPTIBILITY), 0);
+}
+
+/// An EPT violation during the guest's IRET (its stack page not yet mapped): the CPU ended
+/// the NMI blocking the IRET was ending, and says so in bit 12 of the qualification. The
+/// IRET runs again after the fault is handled, so the blocking is set again meanwhile.
+#[test]
+fn an_iret_that_faulted_keeps_its_nmi_blocking() {
+    let (mut v, run) = at_first_exit_with(&[reason::EPT_VIOLATION]);
+    with_virtual_nmis(&mut v);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    let blocking = |v: &Vmm| vmcs(&v.k, v.vi, field::GUEST_INTERRUPTIBILITY);
+    assert_eq!(
+        exit(&mut v.k, reason::EPT_VIOLATION, (1 << 12) | 0x2, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(blocking(&v), u64::from(interruptibility::NMI));
+    take(&mut v, &run);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::resume()),
+        Next::Guest(v.vt)
+    );
+    // Without bit 12, or while an event was being delivered, nothing changes.
+    hw(&mut v).insert(field::GUEST_INTERRUPTIBILITY, 0);
+    assert_eq!(
+        exit(&mut v.k, reason::EPT_VIOLATION, 0x2, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(blocking(&v), 0);
+    take(&mut v, &run);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::resume()),
+        Next::Guest(v.vt)
+    );
+    hw(&mut v).insert(field::IDT_VECTORING_INFO, 0x8000_0030);
+    assert_eq!(
+        exit(&mut v.k, reason::EPT_VIOLATION, (1 << 12) | 0x2, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(blocking(&v), 0);
+}
+
+/// An NMI written with `VcpuState`, then NMI blocking written too: VM entry would refuse it,
+/// so the entry fails cleanly (as the hardware reports an invalid control field).
+#[test]
+fn an_nmi_written_with_vcpu_state_under_nmi_blocking_fails_the_entry() {
+    let mut v = vmm();
+    with_virtual_nmis(&mut v);
+    write_state(
+        &mut v.k,
+        v.vcpu,
+        &[(field::VM_ENTRY_INTR_INFO, 0x8000_0202)],
+    );
+    write_state(
+        &mut v.k,
+        v.vcpu,
+        &[(
+            field::GUEST_INTERRUPTIBILITY,
+            u64::from(interruptibility::NMI),
+        )],
+    );
+    let k = &mut v.k;
+    let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
+    let runner = runner as super::queue::ThreadId;
+    let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
+    assert_eq!(next, Next::User(runner));
+    let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
+    assert_ne!(next, Next::Guest(v.vt), "the guest is not entered");
+    assert_eq!(run_result(k, runner), (stop::ENTRY_FAILED, 0, 7));
+}
+
+/// A shadow-paging #PF (or an EPT violation) while an injected NMI was being delivered: the
+/// CPU set NMI blocking for it; the handler delivers it again, which VM entry would refuse
+/// under that blocking, so the kernel clears it at the exit.
+#[test]
+fn an_nmi_whose_delivery_faulted_can_be_delivered_again_by_the_handler() {
+    let (mut v, run) = at_first_exit_with(&[reason::EXCEPTION_NMI]);
+    with_virtual_nmis(&mut v);
+    assert_eq!(
+        reply_with(&mut v.k, &ExitReply::advance()),
+        Next::Guest(v.vt)
+    );
+    hw(&mut v).insert(field::IDT_VECTORING_INFO, 0x8000_0202);
+    hw(&mut v).insert(field::EXIT_INTR_INFO, 0x8000_0b0e);
+    hw(&mut v).insert(
+        field::GUEST_INTERRUPTIBILITY,
+        u64::from(interruptibility::NMI),
+    );
+    assert_eq!(
+        exit(&mut v.k, reason::EXCEPTION_NMI, 0x1000, 0),
+        Next::User(run.server)
+    );
+    assert_eq!(vmcs(&v.k, v.vi, field::GUEST_INTERRUPTIBILITY), 0);
+    take(&mut v, &run);
+    let again = ExitReply {
+        flags: reply::INJECT,
+        inject: 0x8000_0202,
+        ..ExitReply::default()
+    };
+    assert_eq!(reply_with(&mut v.k, &again), Next::Guest(v.vt));
+    assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0202);
 }

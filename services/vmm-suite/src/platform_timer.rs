@@ -33,9 +33,9 @@ pub fn suite(t: &mut Tally) {
     let cfg = crate::config("lapic", "guest-lapic", 16, EntryMode::Multiboot);
     for (mode, cfg) in [("EPT", cfg.clone()), ("shadow", crate::shadow(&cfg, false))] {
         let what = if mode == "EPT" {
-            "local APIC timer, self-IPIs and TPR through x2APIC MSRs (EPT)"
+            "local APIC timer, self-IPIs, TPR and a self-NMI through x2APIC MSRs (EPT)"
         } else {
-            "local APIC timer, self-IPIs and TPR through x2APIC MSRs (shadow paging)"
+            "local APIC timer, self-IPIs, TPR and a self-NMI through x2APIC MSRs (shadow paging)"
         };
         crate::passing_guest(t, what, &cfg);
     }

@@ -21,7 +21,7 @@ pub fn suite(t: &mut Tally) {
     let ept = cfg.clone();
     let shadow = crate::shadow(&cfg, true);
     let what = [
-        "2 vCPUs: AP started by INIT/SIPI, APIC IDs, IPI ping-pong, a halted vCPU woken, INIT restart (EPT)",
+        "2 vCPUs: AP started by INIT/SIPI, APIC IDs, IPI ping-pong, a halted vCPU woken by an IPI and by an NMI, INIT restart (EPT)",
         "2 vCPUs: the same on shadow paging, audited",
     ];
     for (what, c) in what.into_iter().zip([&ept, &shadow]) {

@@ -20,6 +20,8 @@ pub const GUEST_PDPTE1: u64 = 0x280c;
 pub const GUEST_PDPTE2: u64 = 0x280e;
 pub const GUEST_PDPTE3: u64 = 0x2810;
 // 32-bit control and exit information.
+/// Pin-based controls: the kernel's alone (no user access).
+pub const PIN_BASED_CONTROLS: u64 = 0x4000;
 /// Primary and secondary processor-based controls: the kernel's alone (no user access).
 pub const PROC_BASED_CONTROLS: u64 = 0x4002;
 pub const PROC_BASED_CONTROLS2: u64 = 0x401e;

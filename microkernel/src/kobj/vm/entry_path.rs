@@ -22,7 +22,7 @@ use crate::kobj::queue::ThreadId;
 use crate::kobj::shadow;
 
 /// Guest interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
-const INTERRUPTIBILITY_STI_MOV_SS: u64 = 0b11;
+const INTERRUPTIBILITY_STI_MOV_SS: u64 = vmx::interruptibility::ONE_INSTRUCTION as u64;
 
 impl<M: Machine> Kernel<M> {
     /// Runs before a vCPU thread enters the guest: applies the handler's reply, re-sends an
@@ -56,7 +56,8 @@ impl<M: Machine> Kernel<M> {
         let error = self.vmcs_read(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE);
         let len = self.vmcs_read(vi, field::VM_ENTRY_INSTRUCTION_LEN);
         let pe = self.vmcs_read(vi, field::GUEST_CR0) & CR0_PE != 0;
-        if entry_event_ok(info, error, len, pe) {
+        let blocking = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+        if entry_event_ok(info, error, len, pe) && entry_blocking_ok(info, blocking) {
             return true;
         }
         if code == stop::ENTRY_FAILED {
@@ -244,7 +245,8 @@ impl<M: Machine> Kernel<M> {
             self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
             self.vcpu_mut(vi).check_event = Some(stop::BAD_REPLY);
         }
-        if r.flags & (reply::INTR_WINDOW | reply::HALT | reply::SET_DEADLINE) != 0 {
+        let requests = reply::INTR_WINDOW | reply::NMI_WINDOW | reply::HALT | reply::SET_DEADLINE;
+        if r.flags & requests != 0 {
             self.apply_interrupt_requests(vi, r);
         }
         if r.flags & reply::STOP != 0 {
@@ -261,13 +263,23 @@ impl<M: Machine> Kernel<M> {
         if r.flags & reply::SET_DEADLINE != 0 {
             self.vmcs_write(vi, field::DEADLINE, r.deadline);
         }
+        let mut window = 0;
         if r.flags & reply::INTR_WINDOW != 0 {
+            window |= vmx::proc_based::INTR_WINDOW_EXITING;
+        }
+        if r.flags & reply::NMI_WINDOW != 0 {
+            // NMI-window exiting needs virtual NMIs (SDM 26.2.1.1); without them the
+            // interrupt window stands in (see `reply::NMI_WINDOW`).
+            let pin = self.vmcs_read(vi, field::PIN_BASED_CONTROLS);
+            window |= if pin & vmx::pin_based::VIRTUAL_NMIS != 0 {
+                vmx::proc_based::NMI_WINDOW_EXITING
+            } else {
+                vmx::proc_based::INTR_WINDOW_EXITING
+            };
+        }
+        if window != 0 {
             let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
-            self.vmcs_write(
-                vi,
-                field::PROC_BASED_CONTROLS,
-                p | vmx::proc_based::INTR_WINDOW_EXITING,
-            );
+            self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p | window);
         }
         if r.flags & reply::HALT != 0 && r.flags & reply::INJECT == 0 {
             self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::HLT);
@@ -369,4 +381,21 @@ pub(crate) fn entry_event_ok(info: u64, error: u64, len: u64, pe: bool) -> bool 
     let error_ok = deliver == wants_error && (!deliver || error <= 0xffff);
     let len_ok = !matches!(kind, 4..=6) || (1..=15).contains(&len);
     kind_ok && error_ok && len_ok
+}
+
+/// Whether VM entry accepts event `info` in guest interruptibility state `blocking` (SDM
+/// 26.3.1.5, "Checks on Guest Non-Register State"): an external interrupt under neither
+/// STI nor MOV SS blocking; an NMI under no blocking at all (MOV SS and, with virtual NMIs,
+/// NMI blocking are refused; some processors refuse STI blocking too). Without virtual NMIs
+/// an NMI under NMI blocking would be accepted by the CPU but nest in the guest's handler:
+/// refused as well.
+pub(crate) fn entry_blocking_ok(info: u64, blocking: u64) -> bool {
+    if info & (1 << 31) == 0 {
+        return true;
+    }
+    match (info >> 8) & 7 {
+        0 => blocking & INTERRUPTIBILITY_STI_MOV_SS == 0,
+        2 => vmx::interruptibility::nmi_ok(blocking as u32) && blocking >> 32 == 0,
+        _ => true,
+    }
 }

@@ -17,6 +17,12 @@ use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
 use crate::kobj::queue::ThreadId;
 
+/// Interruption type NMI (bits 10:8 of the interruption information).
+pub(super) const NMI_TYPE: u64 = 2;
+/// Bit 12 of an EPT violation's qualification and of an exception's interruption
+/// information: NMI unblocking due to IRET.
+const NMI_UNBLOCKING_BY_IRET: u64 = 1 << 12;
+
 impl<M: Machine> Kernel<M> {
     /// A VM exit of the current thread's vCPU; its guest registers are already in the
     /// thread's register file.
@@ -59,14 +65,17 @@ impl<M: Machine> Kernel<M> {
             exit.qualification = 0;
             exit.instruction_len = 0;
             self.vcpu_mut(vi).last_exit = (exit.reason, 0, 0);
-        } else if basic == reason::INTERRUPT_WINDOW {
+        } else if basic == reason::INTERRUPT_WINDOW || basic == reason::NMI_WINDOW {
             // The window the handler asked for is open: the request ends here.
+            let window = if basic == reason::NMI_WINDOW {
+                vmx::proc_based::NMI_WINDOW_EXITING
+            } else {
+                vmx::proc_based::INTR_WINDOW_EXITING
+            };
             let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
-            self.vmcs_write(
-                vi,
-                field::PROC_BASED_CONTROLS,
-                p & !vmx::proc_based::INTR_WINDOW_EXITING,
-            );
+            self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window);
+        } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
+            self.nmi_blocking_at_exit(vi, basic, exit.qualification);
         }
         let portal = self
             .vcpu(vi)
@@ -111,9 +120,49 @@ impl<M: Machine> Kernel<M> {
         // Valid, type, vector and deliver-error-code; bit 12 (NMI unblocking) is not part of
         // the entry format.
         self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info & 0x8000_0fff);
+        if (info >> 8) & 7 == NMI_TYPE {
+            // An NMI cut short leaves NMI blocking set; VM entry refuses to inject one under
+            // it (SDM 26.3.1.5), and the delivery sets it again (as KVM and bhyve do).
+            let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+            let nmi = u64::from(vmx::interruptibility::NMI);
+            self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b & !nmi);
+        }
         self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, error);
         self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
         true
+    }
+
+    /// NMI blocking at an exit a handler may answer by delivering an event again (an EPT
+    /// violation, an exception such as a shadow-paging #PF), with virtual NMIs:
+    /// - the exit interrupted an NMI's delivery (IDT-vectoring information, type NMI): the
+    ///   CPU set virtual-NMI blocking for it (SDM 28.2.3), under which VM entry refuses to
+    ///   inject an NMI (26.3.1.5). The NMI was not delivered: the blocking is cleared, and
+    ///   the handler's redelivery sets it again (as KVM and bhyve do);
+    /// - the exit came from a fault during the guest's IRET (bit 12 of the exit
+    ///   qualification, for an EPT violation, or of the interruption information): the CPU
+    ///   cleared the blocking the IRET was ending. The IRET did not complete and runs again
+    ///   (or the handler injects its fault): the blocking is set again (as KVM does), so no
+    ///   NMI comes before the IRET completes.
+    fn nmi_blocking_at_exit(&mut self, vi: u16, basic: u32, qualification: u64) {
+        let vectoring = self.vmcs_read(vi, field::IDT_VECTORING_INFO);
+        let vectoring_nmi = vectoring & (1 << 31) != 0 && (vectoring >> 8) & 7 == NMI_TYPE;
+        let iret = vectoring & (1 << 31) == 0
+            && NMI_UNBLOCKING_BY_IRET
+                & if basic == reason::EPT_VIOLATION {
+                    qualification
+                } else {
+                    self.vmcs_read(vi, field::EXIT_INTR_INFO)
+                }
+                != 0;
+        if !(vectoring_nmi || iret)
+            || self.vmcs_read(vi, field::PIN_BASED_CONTROLS) & vmx::pin_based::VIRTUAL_NMIS == 0
+        {
+            return;
+        }
+        let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+        let nmi = u64::from(vmx::interruptibility::NMI);
+        let b = if iret { b | nmi } else { b & !nmi };
+        self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b);
     }
 
     /// Whether vCPU `vi`'s deadline ([`field::DEADLINE`]) has passed at time-stamp `tsc`
@@ -223,7 +272,8 @@ impl<M: Machine> Kernel<M> {
         if mask & group::RIP != 0 {
             put(&rd(field::GUEST_RIP).to_le_bytes());
             put(&rd(field::GUEST_RFLAGS).to_le_bytes());
-            put(&exit.instruction_len.to_le_bytes());
+            let blocking = rd(field::GUEST_INTERRUPTIBILITY);
+            put(&((exit.instruction_len & 0xffff_ffff) | blocking << 32).to_le_bytes());
         }
         if mask & group::CRS != 0 {
             let (cr0, cr4) = (rd(field::GUEST_CR0), rd(field::GUEST_CR4));

@@ -275,6 +275,7 @@ impl<M: Machine> Kernel<M> {
                 | field::VM_ENTRY_EXCEPTION_ERROR_CODE
                 | field::VM_ENTRY_INSTRUCTION_LEN
                 | field::GUEST_CR0
+                | field::GUEST_INTERRUPTIBILITY
         ) {
             let v = self.vcpu_mut(vi);
             v.check_event = v.check_event.or(Some(stop::ENTRY_FAILED));

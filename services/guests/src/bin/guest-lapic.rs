@@ -14,6 +14,10 @@
 //!   their vector (0x50, 0x51) once.
 //! - `tpr-masking`: with TPR 0x60 a self-IPI of vector 0x50 (class 5) stays in the IRR; with
 //!   TPR 0 it is delivered.
+//! - `self-nmi`: an ICR write with destination its own APIC ID (0) and delivery mode NMI,
+//!   interrupts off: the NMI handler (vector 2) runs. It sends a second self-NMI the same
+//!   way and spins: the second is held while the handler runs (NMI blocking), and is
+//!   delivered once, after the handler's IRET. Two NMIs in all, none nested.
 //!
 //! Console on success: one `name: ok` line per check, then `result: pass`; exit 0x10 through
 //! port 0xf4 (0x11 after any failure).
@@ -47,6 +51,10 @@ timer_count: .long 0
 isr_seen:    .long 0
 ipi50:       .long 0
 ipi51:       .long 0
+nmi_count:   .long 0
+nmi_in:      .long 0               # the handler runs
+nmi_nested:  .long 0               # an NMI came while the handler ran
+nmi_inside:  .long 0               # NMIs counted at the end of the first handler
 
     .section .rodata.guest, "a"
 msg_hello:  .asciz "lapic: hello from guest-lapic\n"
@@ -57,12 +65,14 @@ name_per:   .asciz "timer-periodic"
 name_dl:    .asciz "timer-tsc-deadline"
 name_ipi:   .asciz "self-ipi"
 name_tpr:   .asciz "tpr-masking"
+name_nmi:   .asciz "self-nmi"
 det_cpuid:  .asciz "CPUID.1 EDX (APIC) and ECX (x2APIC, deadline) bits, EBX[31:24]:"
 det_base:   .asciz "IA32_APIC_BASE at reset:"
 det_one:    .asciz "interrupts (high word), ISR seen (bit 0), current count left (bit 1):"
 det_count:  .asciz "interrupts:"
 det_ipi:    .asciz "vector 0x50 (high word) and 0x51 (low word) deliveries:"
 det_tpr:    .asciz "deliveries while TPR 0x60 (high word), after TPR 0 (low word):"
+det_nmi:    .asciz "NMIs (bits 23:16), counted at the first handler's end (15:8), nested (7:0):"
 
     .section .text.guest, "ax"
     .code32
@@ -284,6 +294,33 @@ guest_main:
     movl $name_tpr, %esi
     movl $det_tpr, %edi
     call report32_val
+
+    # self-nmi: ICR destination 0 (this APIC), delivery mode NMI, level assert; IF clear
+    # (an NMI does not wait for IF).
+    cli
+    movl $ICR, %ecx
+    movl $0x4400, %eax
+    xorl %edx, %edx
+    wrmsr
+    movl $SPIN_LIMIT, %ebx
+1:  cmpl $2, nmi_count
+    jae 2f
+    decl %ebx
+    jnz 1b
+2:  movl $2000000, %ebx            # a third NMI would show
+3:  decl %ebx
+    jnz 3b
+    movl nmi_count, %edx
+    shll $8, %edx
+    orl nmi_inside, %edx
+    shll $8, %edx
+    orl nmi_nested, %edx
+    xorl %eax, %eax
+    cmpl $0x20100, %edx
+    setne %al
+    movl $name_nmi, %esi
+    movl $det_nmi, %edi
+    call report32_val
     ret                            # to finish32
 
 # apic_idt: the runtime's wide IDT: 0x40 the timer, 0x50/0x51 the IPIs, 0xff the spurious
@@ -303,7 +340,38 @@ apic_idt:
     movl $0xff, %ecx
     movl $spurious, %edx
     call idt32_gate
+    movl $2, %ecx
+    movl $nmi_handler, %edx
+    call idt32_gate
     ret
+
+# nmi_handler (vector 2): counts; the first one sends a second self-NMI and spins well past
+# the time it takes to arrive, then notes the count (1 if it was held until the IRET).
+nmi_handler:
+    pushl %eax
+    pushl %ecx
+    pushl %edx
+    cmpl $0, nmi_in
+    je 1f
+    incl nmi_nested
+1:  movl $1, nmi_in
+    incl nmi_count
+    cmpl $1, nmi_count
+    jne 3f
+    movl $ICR, %ecx
+    movl $0x4400, %eax
+    xorl %edx, %edx
+    wrmsr
+    movl $1000000, %ecx
+2:  decl %ecx
+    jnz 2b
+    movl nmi_count, %eax
+    movl %eax, nmi_inside
+3:  movl $0, nmi_in
+    popl %edx
+    popl %ecx
+    popl %eax
+    iretl
 
 
 apic_timer:

@@ -13,6 +13,9 @@
 //!   side counts exactly 20 deliveries.
 //! - `halted-wakeup`: the AP waits in HLT with nothing else to wake it; the BSP spins well
 //!   past that, then sends vector 0x62: the AP wakes, counts it and answers with 0x61.
+//! - `nmi-wakeup`: the AP waits in HLT (interrupts on, nothing else to wake it); the BSP
+//!   spins well past that, then sends an NMI to APIC ID 1 (ICR delivery mode NMI): the AP's
+//!   NMI handler (vector 2) runs once and answers with 0x61.
 //! - `init-restart`: INIT puts the running AP back in wait-for-SIPI; a SIPI starts it again
 //!   through the trampoline (its second start, which only reports in).
 //!
@@ -48,6 +51,7 @@ pong_count:  .long 0               # 0x61 deliveries on the BSP
 wake_count:  .long 0               # 0x62 deliveries on the AP
 ap_halting:  .long 0
 ap_back:     .long 0               # set by the AP's second start
+nmi_count:   .long 0               # NMIs on the AP
 
     .section .bss.guest, "aw", @nobits
     .balign 16
@@ -61,11 +65,13 @@ name_start: .asciz "ap-startup"
 name_pp:    .asciz "ipi-ping-pong"
 name_wake:  .asciz "halted-wakeup"
 name_init:  .asciz "init-restart"
+name_nmi:   .asciz "nmi-wakeup"
 det_id:     .asciz "BSP CPUID id, x2APIC id (high byte pair), AP's (low byte pair):"
 det_start:  .asciz "AP alive (high word), starts (low word):"
 det_pp:     .asciz "pings on the AP (high word), pongs on the BSP (low word):"
 det_wake:   .asciz "wake-ups on the AP (high word), pongs on the BSP (low word):"
 det_init:   .asciz "back (high word), starts (low word):"
+det_nmi:    .asciz "NMIs on the AP (high word), pongs on the BSP (low word):"
 
     .section .text.guest, "ax"
     .code32
@@ -118,6 +124,9 @@ guest_main:
     call report32_val
     movl $name_wake, %esi
     movl $det_wake, %edi
+    call report32_val
+    movl $name_nmi, %esi
+    movl $det_nmi, %edi
     call report32_val
     movl $name_init, %esi
     movl $det_init, %edi
@@ -211,6 +220,40 @@ guest_main:
     movl $det_wake, %edi
     call report32_val
 
+    # nmi-wakeup: the AP says it halts for good; wait well past it, then an NMI to it.
+    movl $SPIN_LIMIT, %ebx
+1:  cmpl $2, ap_halting
+    je 2f
+    pause
+    decl %ebx
+    jnz 1b
+2:  call delay
+    call delay
+    movl $ICR, %ecx
+    movl $1, %edx
+    movl $0x4400, %eax             # NMI, level assert, physical, to APIC ID 1
+    wrmsr
+    movl $SPIN_LIMIT, %esi
+3:  cli
+    cmpl $ROUNDS + 2, pong_count
+    jae 4f
+    sti
+    hlt
+    decl %esi
+    jnz 3b
+4:  sti
+    call delay                     # a second NMI handler run would show
+    cli
+    movl nmi_count, %edx
+    shll $16, %edx
+    orl pong_count, %edx
+    xorl %eax, %eax
+    cmpl $(1 << 16) | (ROUNDS + 2), %edx
+    setne %al
+    movl $name_nmi, %esi
+    movl $det_nmi, %edi
+    call report32_val
+
     # init-restart: INIT parks the AP (it was halted, interrupts on); then a SIPI.
     movl $ICR, %ecx
     movl $1, %edx
@@ -277,7 +320,22 @@ smp_idt:
     movl $0xff, %ecx
     movl $spurious, %edx
     call idt32_gate
+    movl $2, %ecx
+    movl $on_nmi, %edx
+    call idt32_gate
     ret
+
+# on_nmi (vector 2, the AP's): counts and answers with a pong.
+on_nmi:
+    pushl %eax
+    pushl %ecx
+    pushl %edx
+    lock incl nmi_count
+    call pong
+    popl %edx
+    popl %ecx
+    popl %eax
+    iretl
 
 
 on_ping:
@@ -348,6 +406,7 @@ ap_main:
     jmp 3b
 4:  sti
     call pong
+    movl $2, ap_halting            # nmi-wakeup: halted for good from here
 5:  hlt                            # interrupts on: the VM goes on with the BSP
     jmp 5b
 

@@ -503,6 +503,11 @@ impl Lapic {
         self.tmr.get(v).then_some(v)
     }
 
+    /// Whether an NMI is pending (one is latched: more NMIs before it is taken are one).
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi_pending
+    }
+
     /// An NMI is pending (from an IPI or an LVT entry in NMI mode); clears it.
     pub fn take_nmi(&mut self) -> bool {
         core::mem::take(&mut self.nmi_pending)
