@@ -33,6 +33,9 @@ static MIRROR_E9: AtomicBool = AtomicBool::new(false);
 static FIFO_DEPTH: AtomicUsize = AtomicUsize::new(1);
 /// What COM1 has still to send.
 static TX: Mutex<Deque<u8, TX_BYTES>> = Mutex::new(Deque::new());
+/// Whether the ring may hold bytes: [`pump`], called at every return to ring 3 or a guest,
+/// looks at nothing else while it is clear.
+static PENDING: AtomicBool = AtomicBool::new(false);
 const TX_BYTES: usize = 256 * 1024;
 
 /// The screen console: the text state and the framebuffer's pixels (through the direct map).
@@ -109,12 +112,16 @@ fn burst(tx: &mut Deque<u8, TX_BYTES>) {
 
 /// Moves what the ring holds into the UART as far as its FIFO is empty now; never waits.
 pub fn pump() {
+    if !PENDING.load(Ordering::Relaxed) {
+        return;
+    }
     let Some(mut tx) = TX.try_lock() else {
         return; // a print is under way and pumps itself
     };
     if !tx.is_empty() && inb(COM1 + 5) & LSR_THR_EMPTY != 0 {
         burst(&mut tx);
     }
+    PENDING.store(!tx.is_empty(), Ordering::Relaxed);
 }
 
 /// Sends everything the ring holds, waiting for the UART.
@@ -123,6 +130,7 @@ fn flush(tx: &mut Deque<u8, TX_BYTES>) {
         wait_fifo_empty();
         burst(tx);
     }
+    PENDING.store(false, Ordering::Relaxed);
 }
 
 /// Sends everything buffered, waiting for the UART: for the idle loop, where the CPU has
@@ -189,6 +197,7 @@ impl Buffered<'_> {
             burst(self.0);
         }
         let _ = self.0.push_back(b);
+        PENDING.store(true, Ordering::Relaxed);
     }
 }
 

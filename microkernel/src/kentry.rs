@@ -147,7 +147,14 @@ fn end(how: End) -> ! {
     usertest::ended(how)
 }
 
-/// `syscall` from ring 3.
+/// `syscall` from ring 3, its registers saved in the running thread's own storage.
+pub fn syscall_saved() -> ! {
+    let mut k = KERNEL.enter();
+    let next = k.on_syscall_saved();
+    resume(k, next)
+}
+
+/// `syscall` from ring 3 (registers in the scratch area: the ring-3 self-tests).
 pub fn syscall(regs: &mut UserRegs) -> ! {
     if !usertest::active() {
         let mut k = KERNEL.enter();

@@ -95,6 +95,7 @@ impl<T> Entered<'_, T> {
         // SAFETY: `p` points into the cell's value, which lives in a static. Interrupts are
         // off and there is one CPU, so no entry can enter the cell and change the registers
         // between here and the `iretq` that reads them.
-        super::user::return_to_user(unsafe { &*p })
+        // The next `syscall` saves the thread's registers back there.
+        super::user::return_to_user_saving_into_regs(unsafe { &*p })
     }
 }

@@ -43,14 +43,27 @@ user_entry_stack_top:
     .balign 8
 syscall_user_rsp:
     .skip 8
+    /* Where a `syscall` without a thread of the object model saves its registers. */
+    .balign 16
+entry_scratch_regs:
+    .skip 144
+entry_scratch_regs_top:
+
+    .section .data
+    .balign 8
+    /* The end of the UserRegs the next `syscall` saves into (see `return_to_user`). */
+    .global entry_save_top
+entry_save_top:
+    .quad entry_scratch_regs_top
 
     .section .text
     .balign 16
     .global syscall_entry
 syscall_entry:
     movq %rsp, syscall_user_rsp(%rip)
-    leaq user_entry_stack_top(%rip), %rsp
-    /* A UserRegs, last field first: rsp, rflags (r11), rip (rcx), r15 .. rax. */
+    movq entry_save_top(%rip), %rsp
+    /* A UserRegs, last field first: rsp, rflags (r11), rip (rcx), r15 .. rax, written
+       straight into the running thread's own storage (or the scratch area). */
     pushq syscall_user_rsp(%rip)
     pushq %r11
     pushq %rcx
@@ -70,6 +83,7 @@ syscall_entry:
     pushq %rbx
     pushq %rax
     movq %rsp, %rdi
+    leaq user_entry_stack_top(%rip), %rsp
     cld
     call user_syscall_rust
     ud2
@@ -148,6 +162,8 @@ irq_common:
 extern "C" {
     static user_entry_stack_bottom: u8;
     static user_entry_stack_top: u8;
+    static entry_scratch_regs: u8;
+    static mut entry_save_top: u64;
     static irq_stubs: u8;
     fn syscall_entry();
 }
@@ -313,6 +329,26 @@ fn clear_user_segments() {
 /// no TF/NT/AC/...). A `rip` outside the user half is not returned to: it is delivered as a
 /// #GP through `kentry::user_exception` instead, so `iretq` cannot fault in ring 0.
 pub fn return_to_user(regs: &UserRegs) -> ! {
+    return_saving_into(regs, (&raw const entry_scratch_regs).cast())
+}
+
+/// [`return_to_user`] with `regs` where the thread's next `syscall` saves its registers: the
+/// running thread's own storage, which lives in a static (the object model's), so that the
+/// entry writes them once, where the kernel keeps them.
+pub fn return_to_user_saving_into_regs(regs: &UserRegs) -> ! {
+    return_saving_into(regs, regs)
+}
+
+/// Whether `regs` (from `user_syscall_rust`) is the scratch area: the registers were not
+/// saved into a thread's storage.
+fn is_scratch(regs: *const UserRegs) -> bool {
+    regs.cast() == (&raw const entry_scratch_regs)
+}
+
+fn return_saving_into(regs: &UserRegs, save: *const UserRegs) -> ! {
+    // SAFETY: one CPU with interrupts off: nothing else reads or writes the pointer, which
+    // the next `syscall` entry reads. `save` is the scratch area or a UserRegs in a static.
+    unsafe { entry_save_top = save as u64 + core::mem::size_of::<UserRegs>() as u64 };
     if !is_user_rip(regs.rip) {
         let mut copy = *regs;
         crate::kentry::user_exception(13, 0, 0, &mut copy)
@@ -377,8 +413,14 @@ pub fn interrupt_window() {
 }
 
 #[no_mangle]
-extern "C" fn user_syscall_rust(regs: &mut UserRegs) -> ! {
-    crate::kentry::syscall(regs)
+extern "C" fn user_syscall_rust(regs: *mut UserRegs) -> ! {
+    if is_scratch(regs) {
+        // SAFETY: the scratch area, which only this entry and the return that follows use.
+        crate::kentry::syscall(unsafe { &mut *regs })
+    }
+    // Saved into the running thread's own storage (`return_to_user_saving_into_regs`): the
+    // object model reads them there.
+    crate::kentry::syscall_saved()
 }
 
 #[no_mangle]

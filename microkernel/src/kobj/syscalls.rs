@@ -26,11 +26,19 @@ fn user_addr(va: u64) -> bool {
 impl<M: Machine> Kernel<M> {
     /// A `syscall` from the current thread, whose registers are `regs`.
     pub fn on_syscall(&mut self, regs: &UserRegs) -> Next {
+        if let Some(c) = self.current {
+            self.thread_mut(c).regs = *regs;
+        }
+        self.on_syscall_saved()
+    }
+
+    /// [`Kernel::on_syscall`] with the registers already in the current thread's storage
+    /// (the entry saved them there).
+    pub fn on_syscall_saved(&mut self) -> Next {
         let Some(c) = self.current else {
             return self.schedule();
         };
-        self.thread_mut(c).regs = *regs;
-        let (n, a) = regs.syscall_args();
+        let (n, a) = self.thread(c).regs.syscall_args();
         if self.fast_ipc && self.exit_code.is_none() {
             let fast = match n {
                 n if n == Sys::Call as u64 => self.fast_call(c, a),
