@@ -215,8 +215,9 @@ pub fn irq_in_kernel(_vector: u8) {
     }
 }
 
-/// A VM exit: the guest's general-purpose registers are in `regs`.
-pub fn vm_exit(regs: &mut UserRegs) -> ! {
+/// A VM exit: the entry saved the guest's general-purpose registers in the vCPU thread's
+/// own storage.
+pub fn vm_exit() -> ! {
     let tsc = crate::arch::cpu::rdtsc();
     let reason = vmx::read_current(abi::vmx::field::EXIT_REASON) as u32;
     let mut k = KERNEL.enter();
@@ -230,10 +231,7 @@ pub fn vm_exit(regs: &mut UserRegs) -> ! {
         crate::scenario::exit(ExitCode::Crash)
     };
     {
-        let (guest, vmcs, _) = k.guest_context(t);
-        let (rip, rflags, rsp) = (guest.rip, guest.rflags, guest.rsp);
-        *guest = *regs;
-        (guest.rip, guest.rflags, guest.rsp) = (rip, rflags, rsp);
+        let (_, vmcs, _) = k.guest_context(t);
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
         vmcs.dr[4] = crate::arch::xstate::read_dr6();
     }

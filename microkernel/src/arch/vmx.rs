@@ -1,9 +1,10 @@
 //! VMX root operation: VMXON, the VMCS instructions, a new VMCS's controls and host state,
 //! VM entry and the VM-exit entry point.
 //!
-//! Like the `syscall` entry, a VM exit lands at the top of the kernel entry stack (HOST_RSP),
-//! saves the guest's general-purpose registers there as a `UserRegs` and calls
-//! `kentry::vm_exit`, which never returns: it ends in a VM entry or a return to ring 3.
+//! Like the `syscall` entry, a VM exit saves the guest's general-purpose registers straight
+//! into the vCPU thread's `UserRegs` (HOST_RSP points at their end, set at every entry), moves
+//! to the top of the kernel entry stack and calls `kentry::vm_exit`, which never returns: it
+//! ends in a VM entry or a return to ring 3.
 //! Single CPU: the current VMCS is tracked in a static.
 
 use core::arch::{asm, global_asm};
@@ -518,11 +519,8 @@ global_asm!(
     .balign 16
     .global vmx_exit_entry
 vmx_exit_entry:
-    /* HOST_RSP is the top of the entry stack. A UserRegs: rsp, rflags, rip (unused for a
-       guest: they are in the VMCS), then r15 .. rax. */
-    pushq $0
-    pushq $0
-    pushq $0
+    /* HOST_RSP is the end of the vCPU thread's general-purpose registers in its UserRegs
+       (`enter`): r15 .. rax go straight there; rip, rflags and rsp are in the VMCS. */
     pushq %r15
     pushq %r14
     pushq %r13
@@ -542,7 +540,7 @@ vmx_exit_entry:
        them): load the kernel's, or ring 3 reaches kernel memory past the GDT. */
     lgdt UMBRA_KERNEL_GDTR(%rip)
     lidt UMBRA_KERNEL_IDTR(%rip)
-    movq %rsp, %rdi
+    leaq user_entry_stack_top(%rip), %rsp
     cld
     call vmx_exit_rust
     ud2
@@ -559,6 +557,11 @@ extern "C" {
 /// `kentry::vm_exit`; a failed entry enters `kentry::vm_entry_failed`.
 pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     make_current(vmcs.phys);
+    // The exit saves the guest's registers back where they come from (`vmx_exit_entry`).
+    vmwrite(
+        HOST_RSP,
+        regs as *const UserRegs as u64 + core::mem::offset_of!(UserRegs, rip) as u64,
+    );
     if let Some(c) = CONTROLS.get() {
         // The timer counts down from here; reaching zero exits (reason 52).
         vmwrite(
@@ -611,11 +614,11 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
 }
 
 #[no_mangle]
-extern "C" fn vmx_exit_rust(regs: &mut UserRegs) -> ! {
+extern "C" fn vmx_exit_rust() -> ! {
     super::xstate::note_vm_exit();
     super::xstate::load_host_xcr0();
     super::user::clear_ac();
-    crate::kentry::vm_exit(regs)
+    crate::kentry::vm_exit()
 }
 
 #[no_mangle]
