@@ -136,36 +136,37 @@ impl<M: Machine> Kernel<M> {
     /// its bytes, without building an `ExitReply`; `None` for any other reply (including a
     /// malformed one), which the general path decodes and judges.
     fn apply_simple_reply(&mut self, vi: u16, t: ThreadId) -> Option<bool> {
-        let mut words = [0u64; 16];
-        let (flags, gpr_mask) = {
-            let msg = &self.thread(t).msg;
-            let bytes = msg.data.get(..msg.len)?;
-            let h = bytes.get(..8)?;
-            let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-            let gpr_mask = u16::from_le_bytes([h[4], h[5]]);
-            if flags & !reply::ADVANCE_RIP != 0
-                || h[6] != 0
-                || h[7] != 0
-                || bytes.len() != ExitReply::size_of(flags, gpr_mask)
-            {
-                return None;
+        // Straight from the bytes into the registers: this is on every exit a handler answers.
+        let th = self.threads.0.get_mut(t as usize)?.as_mut()?;
+        let (msg, regs) = (&th.msg, &mut th.regs);
+        let bytes = msg.data.get(..msg.len)?;
+        let h = bytes.get(..8)?;
+        let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let gpr_mask = u16::from_le_bytes([h[4], h[5]]);
+        if flags & !reply::ADVANCE_RIP != 0
+            || h[6] != 0
+            || h[7] != 0
+            || bytes.len() != ExitReply::size_of(flags, gpr_mask)
+        {
+            return None;
+        }
+        let mut rsp = None;
+        let mut mask = gpr_mask;
+        for b in bytes[8..].chunks_exact(8) {
+            if mask == 0 {
+                break;
             }
-            for (w, b) in words.iter_mut().zip(bytes[8..].chunks_exact(8)) {
-                *w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            }
-            (flags, gpr_mask)
-        };
-        self.vcpu_mut(vi).run = VcpuRun::Running;
-        let mut regs = gpr_mask;
-        let mut next = words.into_iter();
-        while regs != 0 {
-            let n = regs.trailing_zeros() as usize;
-            regs &= regs - 1;
-            let v = next.next().unwrap_or(0);
-            match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+            let n = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            match Self::gpr_mut(regs, n) {
                 Some(reg) => *reg = v,
-                None => self.vmcs_write(vi, field::GUEST_RSP, v),
+                None => rsp = Some(v),
             }
+        }
+        self.vcpu_mut(vi).run = VcpuRun::Running;
+        if let Some(v) = rsp {
+            self.vmcs_write(vi, field::GUEST_RSP, v);
         }
         if flags & reply::ADVANCE_RIP != 0 {
             self.advance_rip(vi);
