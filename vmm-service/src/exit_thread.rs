@@ -5,13 +5,13 @@
 //! an exit reason's portal to the kernel's floor (`PORTAL_REFLECT`) and back.
 
 use abi::ipc::MAX_PAYLOAD;
-use abi::vmx::{self, field, reason, ExitMessage, ExitReply, Gpr};
+use abi::vmx::{self, field, reason, ExitMessage, ExitReply, ExitView, Gpr};
 use abi::{CapSlot, Error};
 use spin::Mutex;
 use userlib::proto::vmm::VmResult;
 use userlib::sys::{self, ThreadStack};
 use vmm_service::exit::{portal_mask, required_groups};
-use vmm_service::vm::{self, Env, Event, VmModel};
+use vmm_service::vm::{self, Env, Event, QuickReply, VmModel};
 
 /// The reasons the VMM handles itself (EPT violations go to the MMU service).
 const HANDLED: [u32; 13] = [
@@ -269,6 +269,13 @@ extern "C" fn exit_thread(ep: u64) -> ! {
                 continue;
             }
         };
+        let bytes = &buf[..msg.len.min(MAX_PAYLOAD)];
+        if msg.label == vmx::EXIT_LABEL {
+            if let Some(n) = quick_exit(bytes).and_then(|q| q.encode(&mut buf)) {
+                reply_len = n;
+                continue;
+            }
+        }
         let reply = if msg.label == vmx::EXIT_LABEL {
             match m.decode_into(&buf[..msg.len.min(MAX_PAYLOAD)]) {
                 Ok(()) => on_exit(&m),
@@ -283,6 +290,34 @@ extern "C" fn exit_thread(ep: u64) -> ! {
         };
         reply_len = reply.encode(&mut buf).unwrap_or(0);
     }
+}
+
+/// The quiet frequent exits (CPUID, VMCALL) straight from the message bytes
+/// ([`VmModel::handle_quick`]); `None` leaves the exit to [`on_exit`], nothing changed.
+fn quick_exit(bytes: &[u8]) -> Option<QuickReply> {
+    // The reason first: the other exits pay for nothing more.
+    let reason = u32::from_le_bytes(*bytes.first_chunk::<4>()?);
+    if !vm::QUICK_REASONS.contains(&reason) {
+        return None;
+    }
+    let v = ExitView::new(bytes).ok()?;
+    let mut guard = lock_run();
+    let run = guard.as_mut()?;
+    let index = (v.vcpu() & 0xffff) as usize;
+    let &vcpu = run.vcpus.get(index)?;
+    // What `smp::before_exit` would answer itself (an ending VM, an AP's INIT) is its own.
+    if run.ending || (index != 0 && run.model.irq.lapics.get(index)?.init_pending()) {
+        return None;
+    }
+    let mut env = ServiceEnv {
+        ram: run.ram,
+        ram_map: run.ram_map.as_mut(),
+        vcpu,
+    };
+    run.model.irq.select(index);
+    let reply = run.model.handle_quick(&v, &mut env)?;
+    crate::smp::after_exit(run, index, false);
+    Some(reply)
 }
 
 fn on_exit(m: &ExitMessage) -> ExitReply {
@@ -353,7 +388,7 @@ fn on_exit(m: &ExitMessage) -> ExitReply {
         }
     }
     drop(events);
-    crate::smp::after_exit(run, index, &reply);
+    crate::smp::after_exit(run, index, reply.flags & vmx::reply::STOP != 0);
     reply
 }
 

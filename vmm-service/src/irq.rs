@@ -95,12 +95,20 @@ impl Clock {
             return None;
         }
         // Device time is the TSC scaled ([`Clock::ticks_at`]): the inverse, rounded up.
+        // In 64 bits while the product fits (the 128-bit division is a library call).
+        if let Some(p) = ticks.checked_mul(self.tsc_hz) {
+            return Some(p.div_ceil(PIT_HZ));
+        }
         let tsc = (ticks as u128 * self.tsc_hz as u128).div_ceil(PIT_HZ as u128);
         Some(u64::try_from(tsc).unwrap_or(u64::MAX))
     }
 
     /// PIT periods at host TSC `tsc` for a TSC of `tsc_hz` Hz.
     pub fn ticks_at(tsc: u64, tsc_hz: u64) -> u64 {
+        // In 64 bits while the product fits (the 128-bit division is a library call).
+        if let Some(p) = tsc.checked_mul(PIT_HZ) {
+            return p / tsc_hz.max(1);
+        }
         (tsc as u128 * PIT_HZ as u128 / tsc_hz.max(1) as u128) as u64
     }
 }
@@ -448,10 +456,13 @@ impl Interrupts {
     /// deadline exit). This keeps CPUID and VMCALL round trips as short as they were before
     /// interrupts were delivered.
     pub fn settled(&self, m: &ExitMessage, tsc: u64) -> bool {
+        self.settled_after(m.basic_reason(), tsc)
+    }
+
+    /// [`Interrupts::settled`] for an exit of basic reason `basic`.
+    pub fn settled_after(&self, basic: u32, tsc: u64) -> bool {
         let cpu = &self.cpus[self.current];
-        cpu.settled
-            && QUIET_REASONS.contains(&m.basic_reason())
-            && (cpu.deadline == 0 || tsc < cpu.deadline)
+        cpu.settled && QUIET_REASONS.contains(&basic) && (cpu.deadline == 0 || tsc < cpu.deadline)
     }
 
     pub fn finish(&mut self, m: &ExitMessage, r: &mut ExitReply, bus: &mut PortBus, clock: &Clock) {

@@ -165,9 +165,10 @@ pub(crate) fn before_exit(run: &mut Run, index: usize, vcpu: CapSlot) -> Option<
     }
 }
 
-/// After vCPU `index`'s exit was handled with `reply`: the other vCPUs that received an
-/// interrupt are kicked, an AP whose SIPI came is started, and a stop ends the VM.
-pub(crate) fn after_exit(run: &mut Run, index: usize, reply: &ExitReply) {
+/// After vCPU `index`'s exit was handled (with a stop reply if `stopped`): the other vCPUs
+/// that received an interrupt are kicked, an AP whose SIPI came is started, and a stop ends
+/// the VM.
+pub(crate) fn after_exit(run: &mut Run, index: usize, stopped: bool) {
     if run.vcpus.len() < 2 {
         return;
     }
@@ -186,7 +187,7 @@ pub(crate) fn after_exit(run: &mut Run, index: usize, reply: &ExitReply) {
             start_if_sipi(run, i);
         }
     }
-    if reply.flags & abi::vmx::reply::STOP != 0 && !run.ending {
+    if stopped && !run.ending {
         end_run(run);
     }
 }

@@ -36,6 +36,9 @@ const OUTSIDE_RAM_REPORTED: u64 = 3;
 /// Why a VM stops when the kernel refuses the VMM's own access to the vCPU's state.
 const STATE_REFUSED: &str = "the kernel refused access to the vCPU's state (VcpuState)";
 pub use crate::report::{stop_code, Name, Report, Stop, VmResult};
+pub use quick::{QuickReply, QUICK_REASONS};
+
+mod quick;
 
 /// IA32_APIC_BASE: the local APIC is globally enabled.
 const APIC_GLOBAL_ENABLE: u64 = 1 << 11;

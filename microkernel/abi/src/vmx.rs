@@ -563,6 +563,80 @@ impl ExitMessage {
     }
 }
 
+/// A message read in place: the header, the registers and the qualification of a valid
+/// message, without building an [`ExitMessage`] (the handlers of the frequent exits need
+/// only those). The same checks as [`ExitMessage::decode`].
+#[derive(Clone, Copy, Debug)]
+pub struct ExitView<'a> {
+    bytes: &'a [u8],
+    mask: u32,
+}
+
+impl<'a> ExitView<'a> {
+    pub fn new(bytes: &'a [u8]) -> Result<ExitView<'a>, LayoutError> {
+        let header = bytes
+            .first_chunk::<{ ExitMessage::HEADER }>()
+            .ok_or(LayoutError::Truncated)?;
+        let mask = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if mask & !group::ALL != 0 {
+            return Err(LayoutError::UnknownBits);
+        }
+        let size = ExitMessage::size_of_mask(mask);
+        if bytes.len() < size {
+            return Err(LayoutError::Truncated);
+        }
+        if bytes.len() > size {
+            return Err(LayoutError::TrailingBytes);
+        }
+        Ok(ExitView { bytes, mask })
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        self.bytes
+            .get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        self.bytes.get(at..at + 8).map_or(0, |b| {
+            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+        })
+    }
+
+    /// [`ExitMessage::reason`].
+    pub fn reason(&self) -> u32 {
+        self.u32_at(0)
+    }
+
+    /// [`ExitMessage::mask`].
+    pub fn mask(&self) -> u32 {
+        self.mask
+    }
+
+    /// [`ExitMessage::vcpu`].
+    pub fn vcpu(&self) -> u32 {
+        self.u32_at(8)
+    }
+
+    /// Register `r` (0 without [`group::GPRS`]).
+    pub fn gpr(&self, r: Gpr) -> u64 {
+        if self.mask & group::GPRS == 0 {
+            return 0;
+        }
+        self.u64_at(ExitMessage::HEADER + 8 * r as usize)
+    }
+
+    /// [`ExitMessage::qualification`] (0 without [`group::QUAL`]).
+    pub fn qualification(&self) -> u64 {
+        if self.mask & group::QUAL == 0 {
+            return 0;
+        }
+        // The groups before it in the layout.
+        let before = group::GPRS | group::RIP | group::CRS | group::SEGS;
+        self.u64_at(ExitMessage::size_of_mask(self.mask & before))
+    }
+}
+
 /// What a reply asks the kernel to do before resuming (bits of [`ExitReply::flags`]).
 pub mod reply {
     /// Add the exiting instruction's length to RIP.
@@ -745,6 +819,33 @@ impl ExitReply {
         Some(n)
     }
 
+    /// The bytes [`ExitReply::encode`] writes for a reply of `flags` without values (the
+    /// [`reply::NO_VALUE`] ones) that writes `values` to the registers of `gpr_mask`, in
+    /// register order, without building an [`ExitReply`]; `None` when `out` is too small,
+    /// `flags` carry a value or `values` are not one per register.
+    pub fn encode_registers(
+        out: &mut [u8],
+        flags: u32,
+        gpr_mask: u16,
+        values: &[u64],
+    ) -> Option<usize> {
+        if flags & !reply::NO_VALUE & reply::ALL != 0
+            || values.len() != gpr_mask.count_ones() as usize
+        {
+            return None;
+        }
+        let flags = flags & reply::ALL;
+        let n = Self::size_of(flags, gpr_mask);
+        let out = out.get_mut(..n)?;
+        out[..4].copy_from_slice(&flags.to_le_bytes());
+        out[4..6].copy_from_slice(&gpr_mask.to_le_bytes());
+        out[6..8].copy_from_slice(&[0, 0]);
+        for (w, v) in out[8..].chunks_exact_mut(8).zip(values) {
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+        Some(n)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<ExitReply, LayoutError> {
         let header = bytes.get(..8).ok_or(LayoutError::Truncated)?;
         let flags = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -897,6 +998,69 @@ mod tests {
         );
         // The empty reply is "resume".
         assert_eq!(ExitReply::decode(&[0u8; 8]), Ok(ExitReply::resume()));
+    }
+
+    #[test]
+    fn views_read_what_decode_reads() {
+        let full = full_message();
+        for mask in 0..=group::ALL {
+            let mut buf = [0u8; ExitMessage::MAX_SIZE + 1];
+            let mut src = full;
+            src.mask = mask;
+            let n = src.encode(&mut buf).expect("fits");
+            let m = ExitMessage::decode(&buf[..n]).expect("decodes");
+            let v = ExitView::new(&buf[..n]).expect("valid");
+            assert_eq!((v.reason(), v.mask(), v.vcpu()), (m.reason, m.mask, m.vcpu));
+            for r in [Gpr::Rax, Gpr::Rcx, Gpr::Rsi, Gpr::R15] {
+                assert_eq!(v.gpr(r), m.gprs[r as usize]);
+            }
+            assert_eq!(v.qualification(), m.qualification);
+            for cut in 0..n {
+                assert_eq!(
+                    ExitView::new(&buf[..cut]).map(|v| v.mask()),
+                    Err(LayoutError::Truncated)
+                );
+            }
+            assert_eq!(
+                ExitView::new(&buf[..n + 1]).map(|v| v.mask()),
+                Err(LayoutError::TrailingBytes)
+            );
+        }
+        let mut bad = [0u8; 16];
+        bad[4] = 0x40;
+        assert_eq!(
+            ExitView::new(&bad).map(|v| v.mask()),
+            Err(LayoutError::UnknownBits)
+        );
+    }
+
+    #[test]
+    fn register_replies_encode_as_replies_do() {
+        let mut r = ExitReply::advance();
+        r.set_gpr(Gpr::Rax, 1)
+            .set_gpr(Gpr::Rcx, 2)
+            .set_gpr(Gpr::Rdx, 3)
+            .set_gpr(Gpr::Rbx, 4);
+        let (mut a, mut b) = ([0u8; ExitReply::MAX_SIZE], [0u8; ExitReply::MAX_SIZE]);
+        let n = r.encode(&mut a).expect("fits");
+        let m = ExitReply::encode_registers(&mut b, reply::ADVANCE_RIP, 0b1111, &[1, 2, 3, 4]);
+        assert_eq!(m, Some(n));
+        assert_eq!(a[..n], b[..n]);
+        r.flags |= reply::HALT;
+        let n = r.encode(&mut a).expect("fits");
+        let flags = reply::ADVANCE_RIP | reply::HALT;
+        assert_eq!(
+            ExitReply::encode_registers(&mut b, flags, 0b1111, &[1, 2, 3, 4]),
+            Some(n)
+        );
+        assert_eq!(a[..n], b[..n]);
+        // Value flags, a register count that does not match, a short buffer: refused.
+        assert_eq!(
+            ExitReply::encode_registers(&mut b, reply::STOP, 0, &[]),
+            None
+        );
+        assert_eq!(ExitReply::encode_registers(&mut b, 0, 0b11, &[1]), None);
+        assert_eq!(ExitReply::encode_registers(&mut b[..15], 0, 1, &[1]), None);
     }
 
     #[test]

@@ -254,3 +254,33 @@ fn quiet_exits_skip_the_devices_only_while_nothing_can_have_changed() {
     assert_ne!(r.flags & reply::INTR_WINDOW, 0);
     assert!(!irq.settled(&cpuid, deadline + 1));
 }
+
+#[test]
+fn clock_conversions_match_the_128_bit_arithmetic() {
+    let samples = [
+        0u64,
+        1,
+        999,
+        1_193_181,
+        1_193_182,
+        3_000_000_000,
+        1 << 40,
+        1 << 53,
+        u64::MAX / 3,
+        u64::MAX,
+    ];
+    for &hz in &[1u64, 1_193_182, 2_000_000_000, 3_600_000_000, u64::MAX] {
+        let c = Clock {
+            tsc: 0,
+            tsc_hz: hz,
+            ticks: 0,
+        };
+        for &x in &samples {
+            let ticks = (x as u128 * PIT_HZ as u128 / hz as u128) as u64;
+            assert_eq!(Clock::ticks_at(x, hz), ticks, "ticks_at({x}, {hz})");
+            let tsc = (x as u128 * hz as u128).div_ceil(PIT_HZ as u128);
+            let tsc = u64::try_from(tsc).unwrap_or(u64::MAX);
+            assert_eq!(c.tsc_at(x), Some(tsc), "tsc_at({x}) at {hz}");
+        }
+    }
+}

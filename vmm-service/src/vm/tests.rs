@@ -710,3 +710,5 @@ fn a_reset_puts_the_devices_at_power_on_and_keeps_the_cmos() {
     let o = run(&mut v, &io(0x92, 1, false, 0x01));
     assert_eq!(o.stopped(), Some(&Stop::reset(0x92)));
 }
+
+mod quick;

@@ -513,6 +513,11 @@ impl Lapic {
         core::mem::take(&mut self.nmi_pending)
     }
 
+    /// An INIT arrived and was not taken yet ([`Lapic::take_init`]).
+    pub fn init_pending(&self) -> bool {
+        self.init_received
+    }
+
     /// An INIT arrived since the last call (the caller resets the vCPU's state); clears it.
     pub fn take_init(&mut self) -> bool {
         core::mem::take(&mut self.init_received)

@@ -1,0 +1,110 @@
+//! The frequent quiet exits (CPUID, VMCALL) answered from the message bytes ([`ExitView`]):
+//! no [`abi::vmx::ExitMessage`], no [`crate::exit::Exit`], no full [`ExitReply`]. The
+//! answer is the one [`VmModel::handle_into`] gives; an exit whose handling could do more
+//! than answer with registers (an event, a stop, a look at the devices) is left to it, with
+//! nothing changed.
+
+use abi::vmx::{reason, reply, ExitReply, ExitView, Gpr};
+
+use super::{guest_cr4, hypercall, Env, VmModel};
+use crate::exit::{required_groups, ENTRY_FAILURE_BIT};
+
+/// The reasons [`VmModel::handle_quick`] may answer.
+pub const QUICK_REASONS: [u32; 2] = [reason::CPUID, reason::VMCALL];
+
+/// A register-only answer: advance RIP and write `values` to the registers of `gpr_mask`
+/// (in register order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuickReply {
+    pub gpr_mask: u16,
+    values: [u64; 4],
+}
+
+impl QuickReply {
+    /// The flags of the reply ([`abi::vmx::ExitReply::encode_registers`]).
+    pub const FLAGS: u32 = reply::ADVANCE_RIP;
+
+    /// The register values, in register order.
+    pub fn values(&self) -> &[u64] {
+        &self.values[..self.gpr_mask.count_ones() as usize]
+    }
+
+    /// The reply's bytes ([`ExitReply::encode`]'s layout); `None` if `out` is too small.
+    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        ExitReply::encode_registers(out, Self::FLAGS, self.gpr_mask, self.values())
+    }
+
+    /// The same answer as an [`ExitReply`].
+    pub fn to_reply(&self) -> ExitReply {
+        let mut r = ExitReply::advance();
+        r.gpr_mask = self.gpr_mask;
+        let mut regs = self.gpr_mask;
+        for &v in self.values() {
+            let i = regs.trailing_zeros() as usize;
+            regs &= regs - 1;
+            r.gprs[i] = v;
+        }
+        r
+    }
+}
+
+impl VmModel {
+    /// Answers `v` when it is a CPUID or VMCALL exit with just the registers, whose handling
+    /// only writes registers and advances RIP, and after which interrupt delivery has nothing
+    /// to do ([`crate::irq::Interrupts::settled_after`]); counts it. `None`: nothing changed,
+    /// [`VmModel::handle_into`] handles it.
+    pub fn handle_quick(&mut self, v: &ExitView, env: &mut impl Env) -> Option<QuickReply> {
+        let full = v.reason();
+        if self.result.is_some() || full & ENTRY_FAILURE_BIT != 0 {
+            return None;
+        }
+        let basic = full & 0xffff;
+        if !QUICK_REASONS.contains(&basic) {
+            return None;
+        }
+        let need = required_groups(basic);
+        if v.mask() & need != need {
+            return None;
+        }
+        let r = match basic {
+            reason::CPUID => {
+                let (leaf, subleaf) = (v.gpr(Gpr::Rax) as u32, v.gpr(Gpr::Rcx) as u32);
+                if self.benchmark && leaf == hypercall::UNREFLECT_LEAF {
+                    return None; // an event
+                }
+                let cr4 = if matches!(leaf, 1 | 7) {
+                    guest_cr4(env)?
+                } else {
+                    0
+                };
+                let [a, b, c, d] = self.guest_cpuid(leaf, subleaf, cr4, env);
+                // Register order: RAX, RCX, RDX, RBX.
+                QuickReply {
+                    gpr_mask: 0b1111,
+                    values: [a.into(), c.into(), d.into(), b.into()],
+                }
+            }
+            reason::VMCALL => {
+                let rax = match hypercall::number(v.gpr(Gpr::Rax)) {
+                    None => hypercall::ENOSYS,
+                    Some(n) if u64::from(n) | hypercall::SIGNATURE == hypercall::NOP => {
+                        hypercall::OK
+                    }
+                    Some(_) => return None,
+                };
+                QuickReply {
+                    gpr_mask: 1 << Gpr::Rax as u16,
+                    values: [rax, 0, 0, 0],
+                }
+            }
+            _ => return None,
+        };
+        if !self.irq.settled_after(basic, env.tsc()) {
+            return None;
+        }
+        if let Some(c) = self.counts.get_mut(basic as usize) {
+            *c += 1;
+        }
+        Some(r)
+    }
+}
