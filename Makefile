@@ -65,7 +65,7 @@ LIMINE_TOOL := $(BUILD)/limine
 LOADER ?= auto
 FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace profile boot-configs scenarios clean
 
 # A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
 # any command line (quotes, `$`) reaches the guest as typed.
@@ -104,6 +104,8 @@ help:
 	@echo "  make bench         benchmarks in Bochs: IPC round trips (build/bench/ipc.csv), VM exit round trips"
 	@echo "                     via the VMM vs the in-kernel floor (build/bench/vmm.csv), the shadow MMU per"
 	@echo "                     paging mode (build/bench/mmu.csv); shadow MMU on the host (criterion)"
+	@echo "  make profile       one path's instructions from a Bochs trace, per function (default: a CPUID"
+	@echo "                     exit via the VMM; SCENARIO=, BREAK=ELF:FUNCTION:BYTES, SKIP=, STEPS=)"
 	@echo "  make trace         run a scenario with exit tracing on (SCENARIO=demo, EMU=bochs unless named, TIMEOUT=secs):"
 	@echo "                     per VM, a table of exit reasons (count, % of exits, % of time, min/median/p99/max"
 	@echo "                     cycles), build/trace/SCENARIO.csv and build/trace/SCENARIO.svg (latency per reason);"
@@ -232,6 +234,16 @@ trace: ensure-setup harness $(if $(GUEST),guest-check) $(if $(LOG),,iso)
 	@$(HARNESS) trace $(if $(GUEST),$(GUEST_ARGS),--scenario $(TRACE_SCENARIO)) \
 		$(if $(LOG),--log $(LOG),--emu $(if $(filter undefined,$(EMU_ORIGIN)),bochs,$(EMU)) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT)) --loader $(or $(LOADER),auto))
+
+# Where one path's instructions go, from a Bochs instruction trace (tests/src/profile.rs).
+# Default: a CPUID exit handled by the VMM (bench-vmm's guest, its 9th CPUID). The IPC call:
+#   make profile SCENARIO=bench-ipc BREAK=$(PROFILE_BIN)/bench-ipc:userlib::sys::call:0f05 STEPS=1200
+PROFILE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
+profile: ensure-setup harness iso
+	@$(HARNESS) profile --scenario $(if $(filter command line environment,$(origin SCENARIO)),$(SCENARIO),bench-vmm) \
+		--break $(or $(BREAK),$(PROFILE_BIN)/guest-bench:measure_cpuid:0fa2) \
+		$(if $(SKIP),--skip $(SKIP)) $(if $(STEPS),--steps $(STEPS)) \
+		--kernel $(PROFILE_BIN)/umbra-kernel --loader grub
 
 boot-configs: harness
 	@$(HARNESS) boot-configs

@@ -40,6 +40,13 @@ commands:
                        and BUILD/trace/NAME.svg; exit 0 iff the run passed and its log held a
                        trace report; --log PATH: boot nothing, report on an existing serial log
                        (NAME: --scenario, else the log file's name)
+  profile --scenario NAME --break ADDR|ELF:FUNCTION:BYTES [--skip N] [--steps N] [--kernel ELF]
+                       boot the scenario in Bochs with its debugger: stop at the address (or at
+                       the first BYTES, in hex, inside FUNCTION of ELF), let N more hits pass
+                       (--skip, default 8), trace --steps instructions (default 3000) and name
+                       each with the kernel's symbols (--kernel, default the release kernel):
+                       the path cut at syscall / return / VM entry / VM exit, instructions per
+                       function; written to BUILD/profile/NAME.txt
   limine-iso           build BUILD/umbra-limine.iso (the menu, limine.cfg) from BUILD/limine-root
   screen-check         boot scenario=kernel through Limine on UEFI in QEMU and check that the
                        screen (QEMU's screendump) shows the log's last lines
@@ -88,6 +95,10 @@ struct Args {
     guest_cmdline: Option<String>,
     vcpus: Option<String>,
     flat: bool,
+    break_at: Option<String>,
+    skip: Option<u32>,
+    steps: Option<u32>,
+    kernel: Option<PathBuf>,
     iso: PathBuf,
     build_dir: PathBuf,
 }
@@ -114,6 +125,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
         mmu: None,
         guest_cmdline: None,
         vcpus: None,
+        break_at: None,
+        skip: None,
+        steps: None,
+        kernel: None,
         flat: false,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
@@ -146,6 +161,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--guest-cmdline" => a.guest_cmdline = Some(value("--guest-cmdline")?),
             "--flat" => a.flat = true,
             "--vcpus" => a.vcpus = Some(value("--vcpus")?),
+            "--break" => a.break_at = Some(value("--break")?),
+            "--skip" => a.skip = Some(number("--skip", &value("--skip")?)?),
+            "--steps" => a.steps = Some(number("--steps", &value("--steps")?)?),
+            "--kernel" => a.kernel = Some(PathBuf::from(value("--kernel")?)),
             "--iso" => a.iso = PathBuf::from(value("--iso")?),
             "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
             "-h" | "--help" => {
@@ -210,6 +229,7 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
         loader,
         firmware,
         guest,
+        bochs_debugger: None,
     })
 }
 
@@ -288,6 +308,74 @@ fn trace(a: &Args) -> Result<u8, String> {
     Ok(if run_passed && reported { 0 } else { 1 })
 }
 
+fn number(flag: &str, v: &str) -> Result<u32, String> {
+    v.parse().map_err(|_| format!("{flag} {v}: not a number"))
+}
+
+/// `profile`: one path's instructions from a Bochs trace ([`umbra_tests::profile`]).
+fn profile(a: &Args) -> Result<u8, String> {
+    use umbra_tests::profile as p;
+    let spec = a.break_at.as_deref().ok_or("profile needs --break")?;
+    let break_at = p::resolve_break(spec)?;
+    let kernel = a
+        .kernel
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/x86_64-unknown-none/release/umbra-kernel"));
+    let symbols = p::Symbols::from_elf(
+        &std::fs::read(&kernel).map_err(|e| format!("{}: {e}", kernel.display()))?,
+    )?;
+    let mut opts = run_options(a, a.cmdline.clone())?;
+    opts.emu = umbra_tests::emu::Emu::Bochs;
+    opts.bochs_debugger = Some(p::debugger_commands(
+        break_at,
+        a.skip.unwrap_or(8),
+        a.steps.unwrap_or(3000),
+    ));
+    let r = runner::run(&opts).map_err(|e| e.0)?;
+    let run_dir = r
+        .log_path
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let trace_path = run_dir
+        .join(format!("bochs-{}", opts.scenario))
+        .join("trace.txt");
+    let trace_path = if trace_path.exists() {
+        trace_path
+    } else {
+        find_trace(&a.build_dir, &opts.scenario).ok_or("the run left no trace.txt")?
+    };
+    let text = std::fs::read_to_string(&trace_path)
+        .map_err(|e| format!("{}: {e}", trace_path.display()))?;
+    let steps = p::parse_trace(&text);
+    if steps.is_empty() {
+        return Err(format!(
+            "nothing traced: the breakpoint {break_at:#x} was never hit {} times (see {})",
+            a.skip.unwrap_or(8) + 1,
+            trace_path.display()
+        ));
+    }
+    let title = format!("{} from {spec}", opts.scenario);
+    let report = p::render(&p::profile(&steps, &symbols), &title);
+    print!("{report}");
+    let out = a.build_dir.join("profile");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let file = out.join(format!("{}.txt", opts.scenario));
+    std::fs::write(&file, &report).map_err(|e| e.to_string())?;
+    println!("umbra-harness: profile written to {}", file.display());
+    Ok(0)
+}
+
+/// The newest `trace.txt` of a Bochs run of `scenario` under `build/run`.
+fn find_trace(build: &std::path::Path, scenario: &str) -> Option<PathBuf> {
+    std::fs::read_dir(build.join("run"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("trace.txt"))
+        .filter(|p| p.exists() && p.to_string_lossy().contains(scenario))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
 fn real_main(args: &[String]) -> Result<u8, String> {
     let a = parse(args)?;
     match a.command.as_str() {
@@ -324,6 +412,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
             Ok(0)
         }
         "trace" => trace(&a),
+        "profile" => profile(&a),
         "limine-iso" => {
             let parts = limine::Parts::find(&a.build_dir)?;
             let out = a.build_dir.join(limine::ISO);

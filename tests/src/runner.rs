@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// A user's own guest (`make run GUEST=...`, scenario `guest`): on the boot media as a
     /// module, its `guest.*` words on the kernel command line, the machine sized for its RAM.
     pub guest: Option<UserGuest>,
+    /// Bochs only: debugger commands instead of "continue" (`umbra-harness profile`); the
+    /// instructions the debugger traces go to `trace.txt` in the run's directory.
+    pub bochs_debugger: Option<String>,
 }
 
 impl RunOptions {
@@ -59,6 +62,7 @@ impl RunOptions {
             loader: Loader::Grub,
             firmware: Firmware::Bios,
             guest: None,
+            bochs_debugger: None,
         }
     }
 
@@ -287,7 +291,13 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
                 cfg_disk_cylinders,
                 memory_mib,
             };
-            run_bochs(&files, &run_dir, &log_path, timeout)?
+            run_bochs(
+                &files,
+                &run_dir,
+                &log_path,
+                timeout,
+                opts.bochs_debugger.as_deref(),
+            )?
         }
     };
     let elapsed = start.elapsed();
@@ -402,6 +412,7 @@ fn run_bochs(
     run_dir: &Path,
     log_path: &Path,
     timeout: u64,
+    debugger: Option<&str>,
 ) -> Result<Outcome, SetupError> {
     for f in [
         "/usr/share/bochs/BIOS-bochs-latest",
@@ -419,7 +430,11 @@ fn run_bochs(
     let config = run_dir.join("bochsrc.txt");
     let debugger_cmds = run_dir.join("debugger-cmds.txt");
     fs::write(&config, emu::bochs_config(files))?;
-    fs::write(&debugger_cmds, "c\n")?;
+    fs::write(&debugger_cmds, debugger.unwrap_or("c\n"))?;
+    let mut trace = match debugger {
+        Some(_) => Some(File::create(run_dir.join("trace.txt"))?),
+        None => None,
+    };
     let mut cmd = emu::bochs_command(&config, &debugger_cmds);
     cmd.current_dir(run_dir)
         .stdin(Stdio::null())
@@ -429,6 +444,10 @@ fn run_bochs(
     let mirror = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&mirror);
     let reader = stream_lines(child.stdout.take(), move |line| {
+        if let Some(t) = trace.as_mut().filter(|_| line.starts_with("(0)")) {
+            let _ = writeln!(t, "{line}");
+            return;
+        }
         if !emu::is_bochs_chatter(line) {
             println!("{line}");
             let mut m = sink.lock().unwrap_or_else(|e| e.into_inner());
