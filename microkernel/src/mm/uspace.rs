@@ -381,6 +381,24 @@ impl Machine for KernelMachine {
         va: u64,
         out: &mut [u8],
     ) -> Result<(), BadUserAddress> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        // Within one page (an exit reply, most IPC): one walk, one copy.
+        if (va & (PAGE_SIZE - 1)) + out.len() as u64 <= PAGE_SIZE {
+            let phys = user_phys(space, va, false).ok_or(BadUserAddress)?;
+            // SAFETY: `phys..phys + len` lies in one user-readable frame of `space` (the walk
+            // checked it; the range does not cross the page), read through the direct map;
+            // a user frame never overlaps a kernel buffer.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    phys_to_virt(phys) as *const u8,
+                    out.as_mut_ptr(),
+                    out.len(),
+                )
+            };
+            return Ok(());
+        }
         for (uva, off, n) in pieces(va, out.len()).ok_or(BadUserAddress)? {
             let phys = user_phys(space, uva, false).ok_or(BadUserAddress)?;
             let src = phys_to_virt(phys) as *const u8;
@@ -407,6 +425,21 @@ impl Machine for KernelMachine {
         data: &[u8],
     ) -> Result<(), BadUserAddress> {
         if data.is_empty() {
+            return Ok(());
+        }
+        // Within one page (an exit message, most IPC): one walk, one copy.
+        if (va & (PAGE_SIZE - 1)) + data.len() as u64 <= PAGE_SIZE {
+            let phys = user_phys(space, va, true).ok_or(BadUserAddress)?;
+            // SAFETY: `phys..phys + len` lies in one user-writable frame of `space` (the walk
+            // checked it; the range does not cross the page), which holds no Rust objects;
+            // written through the direct map.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    phys_to_virt(phys) as *mut u8,
+                    data.len(),
+                )
+            };
             return Ok(());
         }
         // Translate every page first: a refused copy writes nothing.
@@ -452,6 +485,23 @@ impl Machine for KernelMachine {
         dst_va: u64,
         len: usize,
     ) -> Result<(), BadUserAddress> {
+        // Each side within one page (most IPC): two walks, one copy.
+        let in_page = |va: u64| (va & (PAGE_SIZE - 1)) + len as u64 <= PAGE_SIZE;
+        if len > 0 && in_page(src_va) && in_page(dst_va) {
+            let sp = user_phys(src, src_va, false).ok_or(BadUserAddress)?;
+            let dp = user_phys(dst, dst_va, true).ok_or(BadUserAddress)?;
+            // SAFETY: both ranges lie in one user frame each (checked by the walks; neither
+            // crosses its page), readable and writable respectively, holding no Rust objects;
+            // `ptr::copy` allows the two to overlap (a task sending to itself).
+            unsafe {
+                core::ptr::copy(
+                    phys_to_virt(sp) as *const u8,
+                    phys_to_virt(dp) as *mut u8,
+                    len,
+                )
+            };
+            return Ok(());
+        }
         // Translate every piece first (at most three for a payload of one page or less: each
         // side crosses at most one page boundary), so a refused copy writes nothing.
         let mut pieces = [(0u64, 0u64, 0usize); 3];
