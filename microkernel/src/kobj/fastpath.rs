@@ -85,6 +85,56 @@ impl<M: Machine> Kernel<M> {
         Some(Next::User(r))
     }
 
+    /// An exit message (already in vCPU thread `t`'s message buffer) called to portal `cap`
+    /// when a handler waits there with a buffer that takes it and owes no other reply: what
+    /// `send_loaded` would do, in one pass (`tests_vm.rs` runs exits both ways). `None`
+    /// leaves everything as it was (the general path then delivers or queues it).
+    pub(crate) fn fast_send_exit(&mut self, t: ThreadId, cap: super::captable::Cap) -> Option<()> {
+        if self.traced_vms != 0 {
+            return None; // the trace stamps the delivery (`transfer`)
+        }
+        let ep = slot_get(&self.endpoints, cap.obj)?;
+        if ep.state == EndpointState::Closed {
+            return None;
+        }
+        let r = ep.receivers.head?;
+        let (rt, rbuf, rcap, rprio) = {
+            let th = self.thread(r);
+            if th.reply_to.is_some() || th.vcpu.is_some() {
+                return None;
+            }
+            (th.task, th.buf, th.buf_cap, th.prio)
+        };
+        if self.run_queue.highest().is_some_and(|h| h > rprio) {
+            return None;
+        }
+        let (len, label, badge) = {
+            let m = &self.thread(t).msg;
+            (m.len, m.label, m.badge)
+        };
+        if len as u64 > rcap || !self.buffer_writable(r, rbuf, rcap) {
+            return None;
+        }
+        {
+            let space = &self.tasks[rt as usize].obj.as_ref()?.space;
+            let msg = &self.threads.0[t as usize].as_ref()?.msg;
+            self.machine
+                .copy_to_user(space, rbuf, msg.data.get(..len)?)
+                .ok()?;
+        }
+        // Committed: nothing below fails.
+        let epi = cap.obj.index;
+        let e = self.endpoints[epi as usize].obj.as_mut()?;
+        e.receivers.remove(&mut self.threads, r);
+        self.thread_mut(t).state = ThreadState::BlockedReply { server: r, ep: epi };
+        let th = self.thread_mut(r);
+        th.regs.set_result(0, [len as u64, label, badge, NO_CAP]);
+        th.reply_to = Some(t);
+        th.state = ThreadState::Ready;
+        self.current = Some(r);
+        Some(())
+    }
+
     /// `reply_recv(ep, buf, reply_len, buf_cap, label, grant)` answering a caller when the
     /// endpoint has nothing queued: the server blocks receiving, the caller runs.
     pub(crate) fn fast_reply_recv(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {

@@ -337,6 +337,9 @@ impl<M: Machine> Kernel<M> {
             v.call_result = None;
             v.call_ep = Some(cap);
         }
+        if self.fast_ipc && self.exit_code.is_none() && self.fast_send_exit(t, cap).is_some() {
+            return;
+        }
         let open =
             slot_get(&self.endpoints, cap.obj).is_some_and(|e| e.state != EndpointState::Closed);
         if !open {
