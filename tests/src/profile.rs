@@ -125,8 +125,11 @@ pub fn resolve_break(spec: &str) -> Result<u64, String> {
     if let Some(hex) = spec.strip_prefix("0x") {
         return u64::from_str_radix(hex, 16).map_err(|_| format!("--break {spec}: not an address"));
     }
-    let mut it = spec.rsplitn(3, ':');
-    let (Some(pattern), Some(function), Some(file)) = (it.next(), it.next(), it.next()) else {
+    // FUNCTION may hold `::`: the file ends at the first colon, the bytes start after the last.
+    let parts = spec
+        .rsplit_once(':')
+        .and_then(|(rest, bytes)| Some((rest.split_once(':')?, bytes)));
+    let Some(((file, function), pattern)) = parts else {
         return Err(format!("--break {spec}: an address or ELF:FUNCTION:BYTES"));
     };
     let pattern = (0..pattern.len())
@@ -413,6 +416,11 @@ Next at t=646882605
             "microkernel::kobj::schedule"
         );
         assert_eq!(demangle("memcpy"), "memcpy");
+        assert!(resolve_break("/nonexistent:userlib::sys::call:0f05")
+            .unwrap_err()
+            .starts_with("/nonexistent:"));
+        assert_eq!(resolve_break("0x1000"), Ok(0x1000));
+        assert!(resolve_break("nothing").is_err());
         assert_eq!(
             demangle(
                 "_ZN12umbra_kernel6kentry6resume17hc941f99bff861e36E.llvm.3578295705227807527"
