@@ -1117,7 +1117,15 @@ fn an_event_written_with_vcpu_state_that_vm_entry_would_refuse_fails_the_entry()
 
 #[test]
 fn reflect_portals_answer_cpuid_and_vmcall_in_the_kernel() {
+    // With the floor's shortcut (`guest_continues`) and without: the same answers.
+    for fast in [true, false] {
+        reflect_portals_answer(fast);
+    }
+}
+
+fn reflect_portals_answer(fast: bool) {
     let mut v = vmm();
+    v.k.fast_ipc = fast;
     let k = &mut v.k;
     let refl = |k: &mut Kernel<Model>, r: u32| {
         status(

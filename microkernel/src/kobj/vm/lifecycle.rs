@@ -263,7 +263,7 @@ impl<M: Machine> Kernel<M> {
         let portal = match a[2] {
             NO_CAP => Portal::None,
             vmx::PORTAL_REFLECT => {
-                if mmio || ![reason::CPUID, reason::VMCALL, reason::IO].contains(&(r as u32)) {
+                if mmio || !super::REFLECT_REASONS.contains(&(r as u32)) {
                     return Err(err(Error::InvalidArgument));
                 }
                 Portal::Reflect

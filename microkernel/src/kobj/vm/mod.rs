@@ -27,7 +27,7 @@
 
 use abi::cpu::cr0::{NE as CR0_NE, PE as CR0_PE, PG as CR0_PG};
 use abi::cpu::cr4::VMXE as CR4_VMXE;
-use abi::vmx::EXIT_REASONS;
+use abi::vmx::{reason, EXIT_REASONS};
 use abi::Error;
 
 use super::captable::{Cap, ObjRef};
@@ -52,6 +52,9 @@ pub const CR0_OWNED: u64 = CR0_NE | CR0_PE | CR0_PG;
 pub const CR4_OWNED: u64 = CR4_VMXE;
 
 /// Where an exit reason goes.
+/// The exits a portal may answer in the kernel ([`Portal::Reflect`], the benchmark floor).
+pub(super) const REFLECT_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Portal {
     /// Nowhere: the vCPU stops ([`stop::UNHANDLED`](abi::vmx::stop::UNHANDLED)).
