@@ -90,9 +90,6 @@ impl<M: Machine> Kernel<M> {
     /// `send_loaded` would do, in one pass (`tests_vm.rs` runs exits both ways). `None`
     /// leaves everything as it was (the general path then delivers or queues it).
     pub(crate) fn fast_send_exit(&mut self, t: ThreadId, cap: super::captable::Cap) -> Option<()> {
-        if self.traced_vms != 0 {
-            return None; // the trace stamps the delivery (`transfer`)
-        }
         let ep = slot_get(&self.endpoints, cap.obj)?;
         if ep.state == EndpointState::Closed {
             return None;
@@ -132,6 +129,8 @@ impl<M: Machine> Kernel<M> {
         th.reply_to = Some(t);
         th.state = ThreadState::Ready;
         self.current = Some(r);
+        // A traced VM's record notes the delivery, as `transfer` does.
+        self.trace_received(t);
         Some(())
     }
 
