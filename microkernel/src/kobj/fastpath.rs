@@ -7,6 +7,7 @@
 use abi::ipc::MAX_PAYLOAD;
 use abi::{CapKind, Rights, NO_CAP};
 
+use super::captable::ObjRef;
 use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::objects::{slot_get, EndpointState, ThreadState};
@@ -39,6 +40,26 @@ impl<M: Machine> Kernel<M> {
         Some(())
     }
 
+    /// The thread waiting to receive on endpoint `ep` (open) that a fast path may hand a
+    /// message and the CPU: a plain thread (not a vCPU) owing no reply, with no thread of
+    /// higher priority ready. With its `(task, buffer, capacity)`.
+    #[inline]
+    fn waiting_receiver(&self, ep: ObjRef) -> Option<(ThreadId, (u16, u64, u64))> {
+        let e = slot_get(&self.endpoints, ep)?;
+        if e.state == EndpointState::Closed {
+            return None;
+        }
+        let r = e.receivers.head?;
+        let th = self.thread(r);
+        if th.reply_to.is_some()
+            || th.vcpu.is_some()
+            || self.run_queue.highest().is_some_and(|h| h > th.prio)
+        {
+            return None;
+        }
+        Some((r, (th.task, th.buf, th.buf_cap)))
+    }
+
     /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
     pub(crate) fn fast_call(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
         let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
@@ -51,22 +72,8 @@ impl<M: Machine> Kernel<M> {
         if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::SEND) {
             return None;
         }
-        let ep = slot_get(&self.endpoints, cap.obj)?;
-        if ep.state == EndpointState::Closed {
-            return None;
-        }
-        let r = ep.receivers.head?;
-        let (rt, rbuf, rcap, rprio) = {
-            let th = self.thread(r);
-            if th.reply_to.is_some() {
-                return None;
-            }
-            (th.task, th.buf, th.buf_cap, th.prio)
-        };
-        if self.run_queue.highest().is_some_and(|h| h > rprio) {
-            return None;
-        }
-        self.fast_transfer(c, buf, buf_cap, len, (rt, rbuf, rcap))?;
+        let (r, to) = self.waiting_receiver(cap.obj)?;
+        self.fast_transfer(c, buf, buf_cap, len, to)?;
         // Committed: nothing below fails.
         let epi = cap.obj.index;
         let e = self.endpoints[epi as usize].obj.as_mut()?;
@@ -90,21 +97,7 @@ impl<M: Machine> Kernel<M> {
     /// `send_loaded` would do, in one pass (`tests_vm.rs` runs exits both ways). `None`
     /// leaves everything as it was (the general path then delivers or queues it).
     pub(crate) fn fast_send_exit(&mut self, t: ThreadId, cap: super::captable::Cap) -> Option<()> {
-        let ep = slot_get(&self.endpoints, cap.obj)?;
-        if ep.state == EndpointState::Closed {
-            return None;
-        }
-        let r = ep.receivers.head?;
-        let (rt, rbuf, rcap, rprio) = {
-            let th = self.thread(r);
-            if th.reply_to.is_some() || th.vcpu.is_some() {
-                return None;
-            }
-            (th.task, th.buf, th.buf_cap, th.prio)
-        };
-        if self.run_queue.highest().is_some_and(|h| h > rprio) {
-            return None;
-        }
+        let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
         let (len, label, badge) = {
             let m = &self.thread(t).msg;
             (m.len, m.label, m.badge)

@@ -556,14 +556,7 @@ fn an_nmi_written_with_vcpu_state_under_nmi_blocking_fails_the_entry() {
             u64::from(interruptibility::NMI),
         )],
     );
-    let k = &mut v.k;
-    let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
-    let runner = runner as super::queue::ThreadId;
-    let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
-    assert_eq!(next, Next::User(runner));
-    let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
-    assert_ne!(next, Next::Guest(v.vt), "the guest is not entered");
-    assert_eq!(run_result(k, runner), (stop::ENTRY_FAILED, 0, 7));
+    super::tests_vm::assert_entry_refused(&mut v);
 }
 
 /// A shadow-paging #PF (or an EPT violation) while an injected NMI was being delivered: the

@@ -1103,6 +1103,12 @@ fn an_event_written_with_vcpu_state_that_vm_entry_would_refuse_fails_the_entry()
         v.vcpu,
         &[(field::VM_ENTRY_INTR_INFO, 0x8000_0700)],
     );
+    assert_entry_refused(&mut v);
+}
+
+/// A runner thread runs vCPU `v`: VM entry is refused before the guest runs, and the run
+/// ends with [`stop::ENTRY_FAILED`] (a refused event: VMfail "invalid control field(s)").
+pub(super) fn assert_entry_refused(v: &mut Vmm) {
     let k = &mut v.k;
     let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
     let runner = runner as ThreadId;

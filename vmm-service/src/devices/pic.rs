@@ -296,5 +296,25 @@ impl Pic {
     }
 }
 
+/// Test support: the initialisation words Linux writes (vectors 0x20 and 0x28, cascade on
+/// line 2, 8086 mode), then the masks `(master, slave)`.
+#[cfg(test)]
+pub(crate) fn init_like_linux(pic: &mut Pic, masks: (u8, u8)) {
+    for (port, v) in [
+        (0x20, 0x11),
+        (0x21, 0x20),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0xa0, 0x11),
+        (0xa1, 0x28),
+        (0xa1, 0x02),
+        (0xa1, 0x01),
+    ] {
+        pic.write(port, v);
+    }
+    pic.write(0x21, masks.0);
+    pic.write(0xa1, masks.1);
+}
+
 #[cfg(test)]
 mod tests;

@@ -17,20 +17,7 @@ fn clock(tsc: u64) -> Clock {
 /// as a rate generator of `period` PIT periods, programmed at `tsc`.
 fn bus(period: u16, tsc: u64) -> PortBus {
     let mut b = PortBus::new(1 << 20);
-    for (port, v) in [
-        (0x20, 0x11),
-        (0x21, 0x20),
-        (0x21, 0x04),
-        (0x21, 0x01),
-        (0xa0, 0x11),
-        (0xa1, 0x28),
-        (0xa1, 0x02),
-        (0xa1, 0x01),
-        (0x21, 0xfa),
-        (0xa1, 0xff),
-    ] {
-        b.pic.write(port, v);
-    }
+    crate::devices::pic::init_like_linux(&mut b.pic, (0xfa, 0xff));
     let t = clock(tsc).ticks;
     b.pit.write(0x43, 0x34, t);
     let [lo, hi] = period.to_le_bytes();

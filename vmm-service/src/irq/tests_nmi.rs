@@ -19,20 +19,7 @@ fn clock() -> Clock {
 /// The 8259 pair as Linux programs it (vectors 0x20/0x28), line 0 unmasked; no timer runs.
 fn bus() -> PortBus {
     let mut b = PortBus::new(1 << 20);
-    for (port, v) in [
-        (0x20, 0x11),
-        (0x21, 0x20),
-        (0x21, 0x04),
-        (0x21, 0x01),
-        (0xa0, 0x11),
-        (0xa1, 0x28),
-        (0xa1, 0x02),
-        (0xa1, 0x01),
-        (0x21, 0xfe),
-        (0xa1, 0xff),
-    ] {
-        b.pic.write(port, v);
-    }
+    crate::devices::pic::init_like_linux(&mut b.pic, (0xfe, 0xff));
     b
 }
 
