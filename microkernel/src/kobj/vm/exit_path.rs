@@ -133,7 +133,7 @@ impl<M: Machine> Kernel<M> {
             && !self.rotate
             && self.current == Some(t)
             && th.state == ThreadState::Ready
-            && !self.run_queue.highest().is_some_and(|h| h > th.prio)
+            && self.run_queue.highest().is_none_or(|h| h <= th.prio)
             && v.run == VcpuRun::Running
             && v.run_ticks == 0
             && v.check_event.is_none()
