@@ -29,6 +29,12 @@ static TSS: LazyLock<TaskStateSegment> = LazyLock::new(|| {
     tss
 });
 
+/// The ring-3 selectors the GDT's order gives (user data at index 3, user code at 4, RPL 3):
+/// every return to ring 3 names them, without a look at the lazily built table. `init`
+/// checks that the table agrees.
+pub const USER_DATA: u16 = (3 << 3) | 3;
+pub const USER_CODE: u16 = (4 << 3) | 3;
+
 pub struct Selectors {
     pub kernel_code: SegmentSelector,
     pub kernel_data: SegmentSelector,
@@ -65,6 +71,10 @@ static GDT: LazyLock<(GlobalDescriptorTable, Selectors)> = LazyLock::new(|| {
 /// `user::return_to_user` can tell in one comparison whether ring 3 loaded one of them.
 pub fn init() {
     let (gdt, sel) = &*GDT;
+    assert!(
+        sel.user_data.0 == USER_DATA && sel.user_code.0 == USER_CODE,
+        "the GDT's user selectors moved: update gdt::USER_DATA and USER_CODE"
+    );
     gdt.load();
     // SAFETY: the selectors index descriptors of the GDT just loaded, which lives in a static
     // for the kernel's lifetime: a 64-bit code segment, a data segment and an available TSS.

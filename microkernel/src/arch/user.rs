@@ -355,9 +355,8 @@ fn return_saving_into(regs: &UserRegs, save: *const UserRegs) -> ! {
     }
     clear_user_segments();
     let rflags = sanitize_rflags(regs.rflags);
-    let sel = gdt::selectors();
-    let cs = u64::from(sel.user_code.0);
-    let ss = u64::from(sel.user_data.0);
+    let cs = u64::from(gdt::USER_CODE);
+    let ss = u64::from(gdt::USER_DATA);
     // SAFETY: the frame names the ring-3 code and data selectors, a user-half rip and
     // sanitized flags, so `iretq` goes to ring 3 without faulting (a bad user rsp faults in
     // ring 3). Nothing on the abandoned kernel stack is used again: every later entry starts
