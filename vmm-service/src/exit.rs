@@ -165,18 +165,15 @@ pub fn decode(m: &ExitMessage) -> Result<Exit, ExitError> {
             subleaf: g(Gpr::Rcx) as u32,
         },
         reason::IO => {
-            let size: u8 = match q & 7 {
-                0 => 1,
-                1 => 2,
-                3 => 4,
-                _ => return Err(ExitError::BadIoSize { qualification: q }),
+            let Some(size) = io_size(q) else {
+                return Err(ExitError::BadIoSize { qualification: q });
             };
-            let direction = if bit(q, 3) {
+            let direction = if q & IO_IN != 0 {
                 IoDirection::In
             } else {
                 IoDirection::Out
             };
-            let string = bit(q, 4);
+            let string = q & IO_STRING != 0;
             let value = if direction == IoDirection::Out && !string {
                 (g(Gpr::Rax) & size_mask(size)) as u32
             } else {
@@ -237,6 +234,21 @@ pub fn decode(m: &ExitMessage) -> Result<Exit, ExitError> {
         reason::EXTERNAL_INTERRUPT => Exit::ExternalInterrupt,
         _ => Exit::Other { reason: m.reason },
     })
+}
+
+/// I/O exit qualification: the access is an IN.
+pub const IO_IN: u64 = 1 << 3;
+/// I/O exit qualification: a string instruction (INS/OUTS).
+pub const IO_STRING: u64 = 1 << 4;
+
+/// The size in bytes of an I/O exit's access (qualification bits 2:0); `None` if invalid.
+pub fn io_size(qualification: u64) -> Option<u8> {
+    match qualification & 7 {
+        0 => Some(1),
+        1 => Some(2),
+        3 => Some(4),
+        _ => None,
+    }
 }
 
 /// All-ones mask of `size` bytes (1, 2, 4 or 8; anything else is treated as 8).

@@ -459,10 +459,23 @@ impl Interrupts {
         self.settled_after(m.basic_reason(), tsc)
     }
 
+    /// The level ISA line `irq` was last given (by the last look at the devices).
+    pub fn line_level(&self, irq: u8) -> bool {
+        (self.levels >> irq) & 1 != 0
+    }
+
     /// [`Interrupts::settled`] for an exit of basic reason `basic`.
     pub fn settled_after(&self, basic: u32, tsc: u64) -> bool {
+        QUIET_REASONS.contains(&basic) && self.settled_at(tsc)
+    }
+
+    /// Whether, at host time-stamp `tsc`, the last look at the devices for the current vCPU
+    /// left nothing to deliver and its deadline has not come: an exit that changes nothing
+    /// the look reads (a [`QUIET_REASONS`] exit, a [`PortBus::quiet`] access) can skip
+    /// [`Interrupts::finish`], which would change nothing either.
+    pub fn settled_at(&self, tsc: u64) -> bool {
         let cpu = &self.cpus[self.current];
-        cpu.settled && QUIET_REASONS.contains(&basic) && (cpu.deadline == 0 || tsc < cpu.deadline)
+        cpu.settled && (cpu.deadline == 0 || tsc < cpu.deadline)
     }
 
     pub fn finish(&mut self, m: &ExitMessage, r: &mut ExitReply, bus: &mut PortBus, clock: &Clock) {

@@ -25,7 +25,7 @@ use crate::devices::bus::{BusEvent, PortBus};
 use crate::devices::mmio::MmioBus;
 use crate::devices::Text;
 use crate::exception;
-use crate::exit::{decode, size_mask, Exit, ExitError, IoDirection};
+use crate::exit::{decode, io_size, size_mask, Exit, ExitError, IoDirection, IO_STRING};
 use crate::insn;
 use crate::irq::{Clock, Interrupts};
 use crate::msr::{MsrError, MsrModel, MsrWrite};
@@ -299,11 +299,41 @@ impl VmModel {
         ev: &mut Vec<Event, MAX_EVENTS>,
     ) -> ExitReply {
         let mut reply = self.dispatch(m, env, ev);
-        if self.result.is_none() && !self.irq.settled(m, env.tsc()) {
+        if self.result.is_none() && !self.settled_after(m, env.tsc()) {
             let clock = Self::clock(env);
             self.irq.finish(m, &mut reply, &mut self.bus, &clock);
         }
         reply
+    }
+
+    /// [`VmModel::handle`] with the look at the devices after every exit but the quiet
+    /// reasons' (as before port I/O could skip it): the reference of the quick paths' tests.
+    #[cfg(test)]
+    pub(crate) fn handle_looking(&mut self, m: &ExitMessage, env: &mut impl Env) -> Outcome {
+        let mut events = Vec::new();
+        let mut reply = self.dispatch(m, env, &mut events);
+        if self.result.is_none() && !self.irq.settled(m, env.tsc()) {
+            let clock = Self::clock(env);
+            self.irq.finish(m, &mut reply, &mut self.bus, &clock);
+        }
+        Outcome { reply, events }
+    }
+
+    /// Whether exit `m`, just handled, can skip [`Interrupts::finish`] at host time-stamp
+    /// `tsc` (it would change nothing): a quiet reason ([`Interrupts::settled`]), or a port
+    /// access that touched the UART alone and left its interrupt output at the level the
+    /// last look gave IRQ 4 ([`Interrupts::settled_at`]: nothing else to deliver, the
+    /// deadline not come).
+    fn settled_after(&self, m: &ExitMessage, tsc: u64) -> bool {
+        if m.basic_reason() != reason::IO {
+            return self.irq.settled(m, tsc);
+        }
+        let q = m.qualification;
+        let uart_alone = q & IO_STRING == 0
+            && io_size(q).is_some_and(|size| PortBus::uart_alone((q >> 16) as u16, size));
+        uart_alone
+            && self.irq.line_level(crate::irq::isa::UART) == self.bus.serial.irq_level()
+            && self.irq.settled_at(tsc)
     }
 
     /// The host clock now, with device time (PIT periods) derived from the TSC when its rate
@@ -674,16 +704,8 @@ impl VmModel {
         match direction {
             IoDirection::Out => self.bus.write(port, size, value, ticks, &mut sink),
             IoDirection::In => {
-                let v = self.bus.read(port, size, ticks, &mut sink) as u64;
-                let rax = m.gprs[Gpr::Rax as usize];
-                // 8/16-bit IN keeps the rest of RAX; 32-bit IN zero-extends like any 32-bit
-                // register write in 64-bit mode (bits 63:32 are 0 outside 64-bit mode anyway).
-                let new = if size == 4 {
-                    v
-                } else {
-                    (rax & !size_mask(size)) | v
-                };
-                reply.set_gpr(Gpr::Rax, new);
+                let v = self.bus.read(port, size, ticks, &mut sink);
+                reply.set_gpr(Gpr::Rax, in_rax(m.gprs[Gpr::Rax as usize], size, v));
             }
         }
         if let Some(code) = debug_exit {
@@ -744,6 +766,17 @@ impl VmModel {
         };
         reply.set_gpr(Gpr::Rax, rax);
         reply
+    }
+}
+
+/// RAX after an IN of `size` bytes that read `v`, RAX having been `rax`: 8/16-bit IN keeps
+/// the rest of RAX; 32-bit IN zero-extends like any 32-bit register write in 64-bit mode
+/// (bits 63:32 are 0 outside 64-bit mode anyway).
+fn in_rax(rax: u64, size: u8, v: u32) -> u64 {
+    if size == 4 {
+        u64::from(v)
+    } else {
+        (rax & !size_mask(size)) | u64::from(v)
     }
 }
 

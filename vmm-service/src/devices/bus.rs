@@ -102,6 +102,23 @@ impl PortBus {
             || FwCfg::claims(port)
     }
 
+    /// Whether an access of `size` bytes at `port` (a read, or a write of any value when
+    /// `write`) touches the UART alone and leaves its interrupt output as it is, producing no
+    /// event ([`Serial::quiet`], every byte judged now, before the access). Such an access
+    /// changes nothing interrupt delivery looks at: no interrupt line, no device's next
+    /// event, nothing requested.
+    pub fn quiet(&self, port: u16, size: u8, write: bool) -> bool {
+        Self::uart_alone(port, size)
+            && (0..size.clamp(1, 4))
+                .all(|i| self.serial.quiet(port + u16::from(i) - serial::COM1, write))
+    }
+
+    /// Whether every byte of an access of `size` bytes at `port` is the UART's.
+    pub fn uart_alone(port: u16, size: u8) -> bool {
+        let last = port.checked_add(u16::from(size.clamp(1, 4)) - 1);
+        Serial::claims(port) && last.is_some_and(Serial::claims)
+    }
+
     /// `IN` of `size` bytes (1, 2 or 4; other sizes are treated as 4) at `port`; the result
     /// has the access's size. `ticks` drives the PIT.
     pub fn read(

@@ -1,16 +1,18 @@
-//! The frequent quiet exits (CPUID, VMCALL) answered from the message bytes ([`ExitView`]):
-//! no [`abi::vmx::ExitMessage`], no [`crate::exit::Exit`], no full [`ExitReply`]. The
-//! answer is the one [`VmModel::handle_into`] gives; an exit whose handling could do more
-//! than answer with registers (an event, a stop, a look at the devices) is left to it, with
-//! nothing changed.
+//! The frequent quiet exits (CPUID, VMCALL, port I/O the devices answer quietly) answered
+//! from the message bytes ([`ExitView`]): no [`abi::vmx::ExitMessage`], no
+//! [`crate::exit::Exit`], no full [`ExitReply`]. The answer is the one
+//! [`VmModel::handle_into`] gives; an exit whose handling could do more than answer with
+//! registers (an event, a stop, a look at the devices) is left to it, with nothing changed.
 
 use abi::vmx::{reason, reply, ExitReply, ExitView, Gpr};
 
-use super::{guest_cr4, hypercall, Env, VmModel};
-use crate::exit::{required_groups, ENTRY_FAILURE_BIT};
+use super::{guest_cr4, hypercall, in_rax, Env, VmModel};
+use crate::exit::{io_size, required_groups, size_mask, ENTRY_FAILURE_BIT, IO_IN, IO_STRING};
 
 /// The reasons [`VmModel::handle_quick`] may answer.
-pub const QUICK_REASONS: [u32; 2] = [reason::CPUID, reason::VMCALL];
+/// (CPUID and VMCALL, whose answers are the same registers whatever the devices; and port
+/// I/O, [`VmModel::quick_io`], tried apart so that the others' path stays as short.)
+pub const QUICK_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
 
 /// A register-only answer: advance RIP and write `values` to the registers of `gpr_mask`
 /// (in register order).
@@ -51,7 +53,8 @@ impl QuickReply {
 impl VmModel {
     /// Answers `v` when it is a CPUID or VMCALL exit with just the registers, whose handling
     /// only writes registers and advances RIP, and after which interrupt delivery has nothing
-    /// to do ([`crate::irq::Interrupts::settled_after`]); counts it. `None`: nothing changed,
+    /// to do ([`crate::irq::Interrupts::settled_after`]), or a port access the devices answer
+    /// quietly ([`VmModel::quick_io`]); counts it. `None`: nothing changed,
     /// [`VmModel::handle_into`] handles it.
     pub fn handle_quick(&mut self, v: &ExitView, env: &mut impl Env) -> Option<QuickReply> {
         let full = v.reason();
@@ -59,8 +62,14 @@ impl VmModel {
             return None;
         }
         let basic = full & 0xffff;
-        if !QUICK_REASONS.contains(&basic) {
-            return None;
+        if basic != reason::CPUID && basic != reason::VMCALL {
+            let need = required_groups(reason::IO);
+            if basic != reason::IO || v.mask() & need != need {
+                return None;
+            }
+            let r = self.quick_io(v, env)?;
+            self.count(basic);
+            return Some(r);
         }
         let need = required_groups(basic);
         if v.mask() & need != need {
@@ -102,9 +111,50 @@ impl VmModel {
         if !self.irq.settled_after(basic, env.tsc()) {
             return None;
         }
+        self.count(basic);
+        Some(r)
+    }
+
+    fn count(&mut self, basic: u32) {
         if let Some(c) = self.counts.get_mut(basic as usize) {
             *c += 1;
         }
-        Some(r)
+    }
+
+    /// A port access (not a string one) that touches only what [`PortBus::quiet`] allows, at
+    /// a time when interrupt delivery is settled ([`crate::irq::Interrupts::settled_at`]):
+    /// the access changes nothing [`crate::irq::Interrupts::finish`] looks at, so finish
+    /// would change nothing and is skipped; the answer is RAX for an IN, nothing for an
+    /// OUT. Judged before anything changes: `None` leaves the exit to the full path.
+    ///
+    /// [`PortBus::quiet`]: crate::devices::bus::PortBus::quiet
+    fn quick_io(&mut self, v: &ExitView, env: &mut impl Env) -> Option<QuickReply> {
+        let q = v.qualification();
+        let size = io_size(q)?;
+        if q & IO_STRING != 0 {
+            return None;
+        }
+        let (port, input) = ((q >> 16) as u16, q & IO_IN != 0);
+        if !self.bus.quiet(port, size, !input) || !self.irq.settled_at(env.tsc()) {
+            return None;
+        }
+        let ticks = env.ticks();
+        // A quiet access gives no event (judged above).
+        let mut sink = |_| {};
+        let rax = v.gpr(Gpr::Rax);
+        Some(if input {
+            let got = self.bus.read(port, size, ticks, &mut sink);
+            QuickReply {
+                gpr_mask: 1 << Gpr::Rax as u16,
+                values: [in_rax(rax, size, got), 0, 0, 0],
+            }
+        } else {
+            let value = (rax & size_mask(size)) as u32;
+            self.bus.write(port, size, value, ticks, &mut sink);
+            QuickReply {
+                gpr_mask: 0,
+                values: [0; 4],
+            }
+        })
     }
 }

@@ -8,6 +8,8 @@ struct TestEnv {
     ram: std::vec::Vec<u8>,
     tsc: u64,
     ticks: u64,
+    /// The TSC's rate (0: unknown).
+    tsc_hz: u64,
     /// The vCPU's state fields, refused as the kernel refuses them.
     state: std::collections::BTreeMap<u64, u64>,
 }
@@ -18,6 +20,7 @@ impl TestEnv {
             ram: vec![0; 1 << 20],
             tsc: 1_000_000,
             ticks: 0,
+            tsc_hz: 0,
             state: std::collections::BTreeMap::new(),
         }
     }
@@ -62,6 +65,9 @@ impl Env for TestEnv {
     }
     fn ticks(&mut self) -> u64 {
         self.ticks
+    }
+    fn tsc_hz(&mut self) -> u64 {
+        self.tsc_hz
     }
     fn vcpu_read(&mut self, fields: &[u64], out: &mut [u64]) -> bool {
         use abi::vmx::field::{access, Access};
@@ -712,3 +718,4 @@ fn a_reset_puts_the_devices_at_power_on_and_keeps_the_cmos() {
 }
 
 mod quick;
+mod quick_io;

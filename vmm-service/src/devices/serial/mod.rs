@@ -229,6 +229,30 @@ impl Serial {
         self.source() != iir::NONE && self.mcr & (mcr::OUT2 | mcr::LOOP) == mcr::OUT2
     }
 
+    /// Whether reading (or, if `write`, writing any byte to) register `offset` (0..=7) now
+    /// leaves the UART's interrupt output ([`Serial::irq_level`]) as it is and produces no
+    /// console text: a register that reads without side effects (or whose side effect has
+    /// nothing to clear), the divisor latch, LCR (DLAB and the word length bear on no
+    /// interrupt source), the scratch register, the read-only LSR and MSR. Not THR (text, THR
+    /// empty), IER, FCR (the receive FIFO, the trigger level) or MCR (OUT2, loopback, the
+    /// modem deltas).
+    ///
+    /// The quiet writes change only DLL, DLM (offsets 0 and 1 under DLAB), LCR and SCR, so
+    /// the bytes of one access can all be judged before it: only LCR changes how a later
+    /// offset is read, and offsets 0 and 1 never follow offset 3 within one access.
+    pub fn quiet(&self, offset: u16, write: bool) -> bool {
+        match (offset, write) {
+            (reg::RBR_THR | reg::IER, _) if self.dlab() => true,
+            (reg::RBR_THR, false) => self.rx.is_empty(),
+            (reg::IER | reg::LCR | reg::MCR | reg::SCR, false) => true,
+            (reg::IIR_FCR, false) => self.source() != iir::THR_EMPTY,
+            (reg::LSR, false) => !self.overrun,
+            (reg::MSR, false) => self.msr_deltas == 0,
+            (reg::LCR | reg::LSR | reg::MSR | reg::SCR, true) => true,
+            _ => false,
+        }
+    }
+
     /// Reads register `offset` (0..=7), with the read side effects (RBR pops a byte, LSR
     /// clears OE, MSR clears the deltas, IIR clears a reported THR-empty interrupt).
     pub fn read(&mut self, offset: u16) -> u8 {
