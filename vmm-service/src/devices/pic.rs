@@ -296,20 +296,24 @@ impl Pic {
     }
 }
 
-/// Test support: the initialisation words Linux writes (vectors 0x20 and 0x28, cascade on
+/// Test support: the initialisation words Linux writes to the pair (ICW1-4 of each).
+#[cfg(test)]
+pub(crate) const LINUX_INIT: [(u16, u8); 8] = [
+    (0x20, 0x11),
+    (0x21, 0x20),
+    (0x21, 0x04),
+    (0x21, 0x01),
+    (0xa0, 0x11),
+    (0xa1, 0x28),
+    (0xa1, 0x02),
+    (0xa1, 0x01),
+];
+
+/// Test support: [`LINUX_INIT`] (vectors 0x20 and 0x28, cascade on
 /// line 2, 8086 mode), then the masks `(master, slave)`.
 #[cfg(test)]
 pub(crate) fn init_like_linux(pic: &mut Pic, masks: (u8, u8)) {
-    for (port, v) in [
-        (0x20, 0x11),
-        (0x21, 0x20),
-        (0x21, 0x04),
-        (0x21, 0x01),
-        (0xa0, 0x11),
-        (0xa1, 0x28),
-        (0xa1, 0x02),
-        (0xa1, 0x01),
-    ] {
+    for (port, v) in LINUX_INIT {
         pic.write(port, v);
     }
     pic.write(0x21, masks.0);

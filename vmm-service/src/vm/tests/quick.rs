@@ -15,6 +15,18 @@ pub(super) fn bytes_of(m: &ExitMessage) -> std::vec::Vec<u8> {
 
 /// Runs `m` through the quick path of `quick` and the full one of `full` (two copies of
 /// the same model); returns whether the quick path answered.
+/// The quick path's answer `q` is the full path's outcome `o` for exit `m`: the same reply,
+/// encoded to the same bytes, and no events.
+pub(super) fn assert_same_reply(q: &QuickReply, o: &Outcome, m: &ExitMessage) {
+    assert_eq!(q.to_reply(), o.reply, "{m:?}");
+    assert!(o.events.is_empty(), "{m:?}: {:?}", o.events);
+    let mut a = [0u8; ExitReply::MAX_SIZE];
+    let mut b = [0u8; ExitReply::MAX_SIZE];
+    let n = o.reply.encode(&mut a).unwrap();
+    assert_eq!(q.encode(&mut b), Some(n));
+    assert_eq!(a[..n], b[..n]);
+}
+
 fn same_answer(quick: &mut VmModel, full: &mut VmModel, m: &ExitMessage) -> bool {
     let mut env = TestEnv::new();
     env.state.insert(abi::vmx::field::CR4_READ_SHADOW, 0x4_0000);
@@ -27,13 +39,7 @@ fn same_answer(quick: &mut VmModel, full: &mut VmModel, m: &ExitMessage) -> bool
     let o = full.handle(&m, &mut full_env);
     match quick_reply {
         Some(q) => {
-            assert_eq!(q.to_reply(), o.reply, "{m:?}");
-            assert!(o.events.is_empty(), "{m:?}: {:?}", o.events);
-            let mut a = [0u8; ExitReply::MAX_SIZE];
-            let mut b = [0u8; ExitReply::MAX_SIZE];
-            let n = o.reply.encode(&mut a).unwrap();
-            assert_eq!(q.encode(&mut b), Some(n));
-            assert_eq!(a[..n], b[..n]);
+            assert_same_reply(&q, &o, &m);
             true
         }
         None => {
