@@ -49,6 +49,24 @@ pub enum RealModeAccess {
     OutsideRam { gpa: u64 },
 }
 
+impl<M: crate::GuestMemory, P: crate::ShadowPagePool> crate::Mmu<M, P> {
+    /// An EPT violation at `gpa` (a `write` or not) of a vCPU in real mode: what to map
+    /// ([`RealModeEpt::access`]), with the shadow pages of a written page table zapped first.
+    pub fn real_mode_violation(&mut self, gpa: u64, write: bool) -> RealModeAccess {
+        let tracked = self.write_tracked(gpa / PAGE_SIZE);
+        let a = RealModeEpt::access(gpa, write, self.mem().ram_pages(), tracked);
+        if let RealModeAccess::Map {
+            gfn,
+            unprotect: true,
+            ..
+        } = a
+        {
+            self.unprotect_gfn(gfn);
+        }
+        a
+    }
+}
+
 /// The pages a shadow-paged VM's EPT maps, and whether each is writable.
 #[derive(Clone, Debug, Default)]
 pub struct RealModeEpt {
@@ -98,10 +116,6 @@ impl RealModeEpt {
     /// Every mapped page, forgotten (the caller unmaps them).
     pub fn take_all(&mut self) -> heapless::Vec<(u64, bool), { RealModeEpt::CAPACITY }> {
         core::mem::take(&mut self.pages)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
     }
 
     /// Whether the EPT lets the guest write `gfn` (no violation, the MMU does not see it).
@@ -182,7 +196,6 @@ mod tests {
         );
 
         let mut e = RealModeEpt::default();
-        assert!(e.is_empty());
         assert!(e.mapped(3, true) && e.mapped(4, false));
         assert!(e.writable(3) && !e.writable(4) && !e.writable(5));
         assert!(!e.write_protect(4), "read-only already");
@@ -196,7 +209,7 @@ mod tests {
         assert!(!e.mapped(7, true), "full");
         assert!(e.mapped(100, false), "an update still fits");
         assert_eq!(e.take_all().len(), RealModeEpt::CAPACITY);
-        assert!(e.is_empty());
+        assert!(e.take_all().is_empty());
     }
 
     proptest! {

@@ -117,7 +117,7 @@ impl<M: GuestMemory, P: ShadowPagePool> Mmu<M, P> {
     /// The guest is about to write `gfn` other than through the shadow tables (a vCPU in real
     /// mode, on the VM's EPT): its shadow pages are zapped, which unprotects it (KVM's
     /// `kvm_mmu_unprotect_page`). Returns how many were zapped.
-    pub fn unprotect_gfn(&mut self, gfn: u64) -> usize {
+    pub(crate) fn unprotect_gfn(&mut self, gfn: u64) -> usize {
         self.zap_gfn(gfn)
     }
 

@@ -380,18 +380,10 @@ fn real_mode_violation(
     quiet: bool,
 ) -> Result<ExitReply, u64> {
     let (write, fetch) = (m.qualification & 2 != 0, m.qualification & 4 != 0);
-    let tracked = mmu.write_tracked(m.gpa / PAGE);
-    match RealModeEpt::access(m.gpa, write, mmu.mem().pages, tracked) {
+    match mmu.real_mode_violation(m.gpa, write) {
         RealModeAccess::OutsideRam { gpa } if !fetch => Ok(shadow_exit::forward(gpa)),
         RealModeAccess::OutsideRam { gpa } => Err(report(m, &Stop::OutsideRam { gpa }, quiet)),
-        RealModeAccess::Map {
-            gfn,
-            writable,
-            unprotect,
-        } => {
-            if unprotect {
-                mmu.unprotect_gfn(gfn);
-            }
+        RealModeAccess::Map { gfn, writable, .. } => {
             let ram = mmu.mem_mut();
             if !ram.ept.mapped(gfn, writable) {
                 ram.unmap_ept();

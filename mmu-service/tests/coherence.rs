@@ -798,23 +798,15 @@ impl Scenario {
     /// unprotected first), or directly when the EPT already lets it write. The paging vCPUs'
     /// TLBs may keep what they cached, as after any guest write they were not told of.
     fn real_mode_write(&mut self, cpu: usize, sel: u64) {
-        use mmu_service::ept::{RealModeAccess, RealModeEpt};
+        use mmu_service::ept::RealModeAccess;
         let (gpa, value) = self.pick_write(cpu, sel);
         let gfn = gpa >> 12;
         if !self.mmu.mem().ept.writable(gfn) {
-            let tracked = self.mmu.write_tracked(gfn);
-            let RealModeAccess::Map {
-                gfn,
-                writable,
-                unprotect,
-            } = RealModeEpt::access(gpa, true, RAM_PAGES, tracked)
+            let RealModeAccess::Map { gfn, writable, .. } = self.mmu.real_mode_violation(gpa, true)
             else {
                 panic!("a table gpa outside RAM: {gpa:#x}");
             };
             assert!(writable);
-            if unprotect {
-                self.mmu.unprotect_gfn(gfn);
-            }
             let ept = &mut self.mmu.mem_mut().ept;
             if !ept.mapped(gfn, true) {
                 ept.take_all();
