@@ -171,52 +171,11 @@ fn function_bytes(elf_bytes: &[u8], start: u64, size: u64) -> Result<Vec<u8>, St
     Err(format!("no section holds {start:#x}"))
 }
 
-/// Rust's legacy mangling (`_ZN4core3fmt5write17h…E`) as a path, without the hash; other
-/// names as they are. (Written here: the demangler crates are for full symbol syntax, and a
-/// report needs only the path.)
+/// A symbol as a path without its hash (`rustc-demangle`); LLVM's suffix of a function it
+/// made local (`….llvm.5832285378245698044`) dropped first.
 fn demangle(name: &str) -> String {
-    // LLVM's suffix of a function it made local (`….llvm.5832285378245698044`).
     let name = name.split(".llvm.").next().unwrap_or(name);
-    let Some(mut rest) = name.strip_prefix("_ZN").and_then(|n| n.strip_suffix('E')) else {
-        return name.to_string();
-    };
-    let mut parts = Vec::new();
-    while let Some(end) = rest.find(|c: char| !c.is_ascii_digit()) {
-        let Ok(len) = rest[..end].parse::<usize>() else {
-            break;
-        };
-        let Some(part) = rest.get(end..end + len) else {
-            break;
-        };
-        parts.push(part);
-        rest = &rest[end + len..];
-    }
-    if parts
-        .last()
-        .is_some_and(|p| p.starts_with('h') && p.len() == 17)
-    {
-        parts.pop();
-    }
-    if parts.is_empty() {
-        return name.to_string();
-    }
-    let path = parts
-        .iter()
-        .map(|p| {
-            p.strip_prefix('_')
-                .filter(|r| r.starts_with('$'))
-                .unwrap_or(p)
-        })
-        .collect::<Vec<_>>()
-        .join("::");
-    path.replace("$LT$", "<")
-        .replace("$GT$", ">")
-        .replace("$u20$", " ")
-        .replace("$C$", ",")
-        .replace("$RF$", "&")
-        .replace("$u7b$", "{")
-        .replace("$u7d$", "}")
-        .replace("..", "::")
+    format!("{:#}", rustc_demangle::demangle(name))
 }
 
 /// Where instruction `s` runs: a kernel function, or the ring.
