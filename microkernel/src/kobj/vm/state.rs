@@ -239,7 +239,9 @@ impl<M: Machine> Kernel<M> {
     /// Runs shadow vCPU `vi` on its VM's EPT with unrestricted guest (`on`: its guest entered
     /// real mode) or on shadow tables again.
     pub(super) fn set_real_mode_ept(&mut self, vi: u16, on: bool) {
-        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
+        let Some(v) = self.vcpus.get_mut(vi as usize).and_then(|s| s.obj.as_mut()) else {
+            return;
+        };
         let ept = slot_get(&self.vms, v.vm).map(|vm| &vm.ept);
         self.machine
             .vmcs_real_mode_ept(&mut v.hw, ept.filter(|_| on));
