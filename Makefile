@@ -69,10 +69,11 @@ FIRMWARE ?= bios
 
 # A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
 # any command line (quotes, `$`) reaches the guest as typed.
-export GUEST CMDLINE RAM MMU FLAT VCPUS
+export GUEST CMDLINE RAM MMU FLAT VCPUS INITRD POOL
 # The harness options of a GUEST= run.
 GUEST_ARGS = --guest "$$GUEST" --guest-cmdline "$$CMDLINE" $(if $(RAM),--ram "$$RAM") $(if $(MMU),--mmu "$$MMU") \
-	$(if $(VCPUS),--vcpus "$$VCPUS") $(if $(filter-out 0 no,$(FLAT)),--flat)
+	$(if $(VCPUS),--vcpus "$$VCPUS") $(if $(filter-out 0 no,$(FLAT)),--flat) \
+	$(if $(INITRD),--initrd "$$INITRD") $(if $(POOL),--pool "$$POOL")
 
 # The example kernel (tests/example-kernel), built with the system's assembler and linker.
 EXAMPLE_KERNEL := $(BUILD)/example-kernel.elf

@@ -206,8 +206,8 @@ pub const USER_GUEST_MANIFEST: &str = "image=guest";
 /// Where a user's guest goes in a per-run Limine ISO.
 pub const USER_GUEST_DIR_IN_ISO: &str = "/boot/user";
 
-/// A user's own guest kernel on the boot media of one run (`make run GUEST=...`): the boot
-/// module `<name> image=guest` holding the file at `path`.
+/// A user's own guest kernel, or its initramfs, on the boot media of one run (`make run
+/// GUEST=...`): the boot module `<name> image=guest` holding the file at `path`.
 #[derive(Clone, Copy, Debug)]
 pub struct GuestFile<'a> {
     /// The module's name: the file's name (the first word of the guest's command line).
@@ -251,6 +251,9 @@ fn grub_cfg_for(scenarios: &[Scenario]) -> String {
          {modules}\
          \x20   if [ -n \"$umbra_guest\" ]; then\n\
          \x20     module2 (hd0)/$umbra_guest $umbra_guest {USER_GUEST_MANIFEST}\n\
+         \x20   fi\n\
+         \x20   if [ -n \"$umbra_initrd\" ]; then\n\
+         \x20     module2 (hd0)/$umbra_initrd $umbra_initrd {USER_GUEST_MANIFEST}\n\
          \x20   fi\n\
          \x20   boot\n\
          \x20 }}\n\
@@ -313,7 +316,7 @@ fn limine_entry(title: &str, cmdline: &str) -> String {
 /// The Limine configuration of one harness run: no menu, one entry booting `cmdline`. (Limine
 /// reads its configuration only from the boot volume, so each run gets its own ISO; see
 /// `crate::limine`.)
-pub fn limine_run_cfg(cmdline: &str, guest: Option<&GuestFile<'_>>) -> String {
+pub fn limine_run_cfg(cmdline: &str, guest: &[GuestFile<'_>]) -> String {
     // A line break would end the option; command lines never hold one, but keep the file valid.
     let cmdline = cmdline.replace(['\n', '\r'], " ");
     let mut cfg = format!(
@@ -321,7 +324,7 @@ pub fn limine_run_cfg(cmdline: &str, guest: Option<&GuestFile<'_>>) -> String {
          timeout: 0\nserial: yes\n{}",
         limine_entry(&format!("Umbra (harness): {cmdline}"), &cmdline)
     );
-    if let Some(g) = guest {
+    for g in guest {
         cfg.push_str(&format!(
             "    module_path: boot():{USER_GUEST_DIR_IN_ISO}/{name}\n    module_cmdline: {name} {USER_GUEST_MANIFEST}\n",
             name = g.name
@@ -330,8 +333,12 @@ pub fn limine_run_cfg(cmdline: &str, guest: Option<&GuestFile<'_>>) -> String {
     cfg
 }
 
+/// The GRUB variables that name a user's guest files on the config disk, in the order the
+/// files come (the kernel, then a Linux guest's initramfs).
+pub const GUEST_FILE_VARIABLES: [&str; 2] = ["umbra_guest", "umbra_initrd"];
+
 /// The GRUB script the harness puts on the config disk to boot `cmdline` at once.
-pub fn harness_script(cmdline: &str, guest: Option<&str>) -> String {
+pub fn harness_script(cmdline: &str, guest: &[&str]) -> String {
     // GRUB double-quoted strings treat `"`, `$` and `\` specially; scenario names never
     // contain them, but escape anyway so any command line arrives intact.
     let mut quoted = String::new();
@@ -348,10 +355,11 @@ pub fn harness_script(cmdline: &str, guest: Option<&str>) -> String {
          set default=harness\n\
          set timeout=0\n{guest}",
         // The user's guest is on this disk under its own name (checked to be a plain name).
-        guest = match guest {
-            Some(name) => format!("set umbra_guest=\"{name}\"\nexport umbra_guest\n"),
-            None => String::new(),
-        }
+        guest = GUEST_FILE_VARIABLES
+            .iter()
+            .zip(guest)
+            .map(|(var, name)| format!("set {var}=\"{name}\"\nexport {var}\n"))
+            .collect::<String>()
     )
 }
 
@@ -370,17 +378,19 @@ pub fn cfg_disk_cylinders(guest_bytes: u64) -> u32 {
 /// Writes the config disk: a FAT superfloppy holding [`HARNESS_SCRIPT`] (mtools).
 /// With `guest`, the disk also holds the user's guest file under its name, and the script
 /// has GRUB load it as a boot module (the disk is then [`cfg_disk_cylinders`] large).
-pub fn write_cfg_disk(
-    image: &Path,
-    cmdline: &str,
-    guest: Option<&GuestFile<'_>>,
-) -> io::Result<()> {
+pub fn write_cfg_disk(image: &Path, cmdline: &str, guest: &[GuestFile<'_>]) -> io::Result<()> {
+    if guest.len() > GUEST_FILE_VARIABLES.len() {
+        return Err(io::Error::other(
+            "more guest files than the GRUB menu loads",
+        ));
+    }
     let script_path = image.with_extension("cfg");
-    fs::write(&script_path, harness_script(cmdline, guest.map(|g| g.name)))?;
-    let guest_bytes = match guest {
-        Some(g) => fs::metadata(g.path)?.len(),
-        None => 0,
-    };
+    let names: Vec<&str> = guest.iter().map(|g| g.name).collect();
+    fs::write(&script_path, harness_script(cmdline, &names))?;
+    let mut guest_bytes = 0;
+    for g in guest {
+        guest_bytes += fs::metadata(g.path)?.len();
+    }
     let cylinders = cfg_disk_cylinders(guest_bytes);
     let _ = fs::remove_file(image);
     // Bochs leaves `<image>.lock` behind when it is killed; a stale one refuses the next run.
@@ -405,7 +415,7 @@ pub fn write_cfg_disk(
             .arg(&script_path)
             .arg(format!("::{HARNESS_SCRIPT}")),
     )?;
-    if let Some(g) = guest {
+    for g in guest {
         run_tool(
             Command::new("mcopy")
                 .arg("-o")
@@ -611,14 +621,17 @@ mod tests {
 
     #[test]
     fn harness_script_selects_the_harness_entry() {
-        let s = harness_script("scenario=kernel", None);
+        let s = harness_script("scenario=kernel", &[]);
         assert!(s.contains("set umbra_cmdline=\"scenario=kernel\"\n"));
         assert!(s.contains("export umbra_cmdline\n"));
         assert!(s.contains("set default=harness\n"));
         assert!(s.contains("set timeout=0\n"));
         assert!(!s.contains("umbra_guest"));
-        let g = harness_script("scenario=guest", Some("kernel.elf"));
+        let g = harness_script("scenario=guest", &["kernel.elf"]);
         assert!(g.contains("set umbra_guest=\"kernel.elf\"\nexport umbra_guest\n"));
-        assert!(harness_script("a=\"$x\\\"", None).contains(r#"set umbra_cmdline="a=\"\$x\\\"""#));
+        assert!(!g.contains("umbra_initrd"));
+        let l = harness_script("scenario=guest", &["vmlinuz", "initramfs"]);
+        assert!(l.contains("set umbra_initrd=\"initramfs\"\nexport umbra_initrd\n"));
+        assert!(harness_script("a=\"$x\\\"", &[]).contains(r#"set umbra_cmdline="a=\"\$x\\\"""#));
     }
 }

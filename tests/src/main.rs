@@ -22,9 +22,12 @@ commands:
                        --cmdline adds kernel command-line words (e.g. `fuzz.seed=7 fuzz.count=1000`);
                        --loader: auto (default) is limine when `make iso` built its parts, else grub;
                        --firmware uefi boots OVMF (QEMU only)
-  run --guest PATH [--ram SIZE] [--mmu ept|shadow] [--vcpus N] [--guest-cmdline WORDS] [--flat] [options of run]
+  run --guest PATH [--ram SIZE] [--mmu ept|shadow] [--vcpus N] [--guest-cmdline WORDS] [--flat]
+      [--initrd PATH] [--pool PAGES] [options of run]
                        run a user's own kernel (scenario `guest`): PATH is a multiboot (v1) ELF
-                       kernel, or with --flat a flat 64-bit image loaded and entered at 2 MiB; it is
+                       kernel, a Linux bzImage (found by its header; --initrd its initramfs,
+                       --pool the shadow page pool), or with --flat a flat 64-bit image loaded and
+                       entered at 2 MiB; it is
                        checked with the VMM's loader against its RAM (SIZE: 64M default, up to 1G)
                        first, then put on the boot media as the module `<file name> image=guest`;
                        its command line is `<file name> WORDS`; exit 0 iff it wrote 0 to port 0xf4
@@ -94,6 +97,8 @@ struct Args {
     mmu: Option<String>,
     guest_cmdline: Option<String>,
     vcpus: Option<String>,
+    initrd: Option<PathBuf>,
+    pool: Option<String>,
     flat: bool,
     break_at: Option<String>,
     skip: Option<u32>,
@@ -125,6 +130,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
         mmu: None,
         guest_cmdline: None,
         vcpus: None,
+        initrd: None,
+        pool: None,
         break_at: None,
         skip: None,
         steps: None,
@@ -161,6 +168,8 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--guest-cmdline" => a.guest_cmdline = Some(value("--guest-cmdline")?),
             "--flat" => a.flat = true,
             "--vcpus" => a.vcpus = Some(value("--vcpus")?),
+            "--initrd" => a.initrd = Some(PathBuf::from(value("--initrd")?)),
+            "--pool" => a.pool = Some(value("--pool")?),
             "--break" => a.break_at = Some(value("--break")?),
             "--skip" => a.skip = Some(number("--skip", &value("--skip")?)?),
             "--steps" => a.steps = Some(number("--steps", &value("--steps")?)?),
@@ -241,9 +250,13 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
             || a.guest_cmdline.is_some()
             || a.flat
             || a.vcpus.is_some()
+            || a.initrd.is_some()
+            || a.pool.is_some()
         {
             return Err(
-                "--ram, --mmu, --guest-cmdline, --vcpus and --flat go with --guest PATH".into(),
+                "--ram, --mmu, --guest-cmdline, --vcpus, --initrd, --pool and --flat go with \
+                 --guest PATH"
+                    .into(),
             );
         }
         return Ok(None);
@@ -254,11 +267,17 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
     };
     let mmu = userguest::parse_mmu(a.mmu.as_deref().unwrap_or(""))?;
     let cmdline = a.guest_cmdline.as_deref().unwrap_or("");
-    let guest = UserGuest::new(path, ram, mmu, a.flat, cmdline)?;
-    match a.vcpus.as_deref().map(str::trim) {
-        None | Some("") => Ok(Some(guest)),
-        Some(n) => guest.with_vcpus(n).map(Some),
+    let mut guest = UserGuest::new(path, ram, mmu, a.flat, cmdline)?;
+    if let Some(n) = a.vcpus.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        guest = guest.with_vcpus(n)?;
     }
+    if let Some(i) = a.initrd.as_deref().filter(|i| !i.as_os_str().is_empty()) {
+        guest = guest.with_initrd(i)?;
+    }
+    if let Some(p) = a.pool.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        guest = guest.with_pool(p)?;
+    }
+    Ok(Some(guest))
 }
 
 /// `trace`: boots the scenario with `trace` on the kernel command line (or takes `--log`),
@@ -401,13 +420,16 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         "check-guest" => {
             let g = user_guest(&a)?.ok_or("check-guest needs --guest PATH")?;
             println!(
-                "umbra-harness: GUEST={}: {} bytes, a {} that fits {} MiB of RAM; its command line: \"{} {}\"",
+                "umbra-harness: GUEST={}: {} bytes, a {} that fits {} MiB of RAM{}; its command line: \"{}\"",
                 g.path.display(),
                 g.bytes,
-                if g.flat { "flat 64-bit image" } else { "multiboot kernel" },
+                g.kind_words(),
                 g.ram_mib,
-                g.name,
-                g.cmdline
+                match &g.initrd {
+                    Some((p, _, bytes)) => format!(" with its initramfs {} ({bytes} bytes)", p.display()),
+                    None => String::new(),
+                },
+                g.guest_cmdline()
             );
             Ok(0)
         }

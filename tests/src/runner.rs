@@ -207,27 +207,27 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
         cmdline.push(' ');
         cmdline.push_str(&g.kernel_cmdline_words());
         println!(
-            "umbra-harness: guest {} ({} bytes, {} MiB RAM, {:?}{}) as boot module `{} {}`; \
+            "umbra-harness: guest {} ({} bytes, {} MiB RAM, {:?}, {}) as boot module `{} {}`; \
              machine memory {} MiB",
             g.path.display(),
             g.bytes,
             g.ram_mib,
             g.mmu,
-            if g.flat {
-                ", flat 64-bit"
-            } else {
-                ", multiboot"
-            },
+            g.kind_words(),
             g.name,
             bootcfg::USER_GUEST_MANIFEST,
             g.machine_mib()
         );
     }
-    let guest_file = opts.guest.as_ref().map(UserGuest::file);
+    let guest_files = opts
+        .guest
+        .as_ref()
+        .map(UserGuest::files)
+        .unwrap_or_default();
     let cfg_disk = run_dir.join("cfg.img");
-    bootcfg::write_cfg_disk(&cfg_disk, &cmdline, guest_file.as_ref())?;
+    bootcfg::write_cfg_disk(&cfg_disk, &cmdline, &guest_files)?;
     let cfg_disk_cylinders =
-        bootcfg::cfg_disk_cylinders(opts.guest.as_ref().map_or(0, |g| g.bytes));
+        bootcfg::cfg_disk_cylinders(opts.guest.as_ref().map_or(0, UserGuest::files_bytes));
     let memory_mib = opts
         .guest
         .as_ref()
@@ -238,12 +238,9 @@ pub fn run(opts: &RunOptions) -> Result<RunResult, SetupError> {
             // Limine reads its configuration only from the boot volume: a per-run ISO.
             let parts = limine::Parts::find(&build_dir).map_err(SetupError)?;
             let conf = run_dir.join("limine.conf");
-            fs::write(
-                &conf,
-                bootcfg::limine_run_cfg(&cmdline, guest_file.as_ref()),
-            )?;
+            fs::write(&conf, bootcfg::limine_run_cfg(&cmdline, &guest_files))?;
             let iso = run_dir.join(limine::ISO);
-            let grafts: Vec<(String, PathBuf)> = guest_file
+            let grafts: Vec<(String, PathBuf)> = guest_files
                 .iter()
                 .map(|g| {
                     (

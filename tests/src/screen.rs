@@ -45,7 +45,7 @@ pub fn check(build_dir: &Path) -> Result<String, String> {
     fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
     let conf = run_dir.join("limine.conf");
     let cmdline = scenarios::cmdline_for(abi::scenario::KERNEL);
-    fs::write(&conf, bootcfg::limine_run_cfg(&cmdline, None)).map_err(|e| e.to_string())?;
+    fs::write(&conf, bootcfg::limine_run_cfg(&cmdline, &[])).map_err(|e| e.to_string())?;
     let iso = run_dir.join(limine::ISO);
     limine::build_iso(&parts, &conf, &iso)?;
 

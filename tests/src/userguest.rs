@@ -10,11 +10,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM, GUEST_VCPUS};
+use abi::scenario::{
+    GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_MMU, GUEST_MODULE, GUEST_POOL, GUEST_RAM,
+    GUEST_VCPUS,
+};
 use userlib::proto::vmm::{
     CMDLINE_MAX, DEFAULT_FLAT_LOAD_GPA, MODULE_MAX, RAM_MAX_MIB, RAM_MIN_MIB,
 };
-use vmm_service::loader::{flat64, multiboot, LoadError};
+use vmm_service::loader::{flat64, linux, multiboot, LoadError};
 
 use crate::bootcfg::{GuestFile, BOOT_MODULES};
 use crate::emu::MACHINE_MIB;
@@ -47,6 +50,12 @@ pub struct UserGuest {
     pub mmu: GuestMmu,
     /// A flat 64-bit image (loaded at [`DEFAULT_FLAT_LOAD_GPA`]) rather than multiboot.
     pub flat: bool,
+    /// A Linux bzImage (found by its header), booted by the Linux boot protocol.
+    pub linux: bool,
+    /// A Linux guest's initramfs (`INITRD=`): its file, module name and size.
+    pub initrd: Option<(PathBuf, String, u64)>,
+    /// Shadow page pool pages (absent: the VMM's default).
+    pub pool_pages: Option<u32>,
     /// The guest's command line after its file name.
     pub cmdline: String,
     /// vCPUs (`VCPUS=`; 1 unless [`UserGuest::with_vcpus`] says otherwise).
@@ -120,6 +129,24 @@ pub fn load_error_words(e: LoadError) -> String {
         LoadError::InfoDoesNotFit => "the command line is too long for the multiboot information".into(),
         LoadError::ImageLargerThanRam => "the file is larger than the guest's RAM (raise RAM=)".into(),
         LoadError::BadCpuCount => "the ACPI tables cannot describe that many vCPUs (1 to 255)".into(),
+        LoadError::BadLinux(p) => linux_problem_words(p),
+    }
+}
+
+/// Why the VMM's Linux loader refuses a bzImage, in words.
+fn linux_problem_words(p: linux::LinuxProblem) -> String {
+    use linux::LinuxProblem as P;
+    match p {
+        P::NotBzImage => "no Linux boot header (\"HdrS\" at 0x202): not a bzImage".into(),
+        P::OldProtocol { version } => format!(
+            "boot protocol {}.{:02}: Umbra needs 2.10 or later (Linux 2.6.31+)",
+            version >> 8,
+            version & 0xff
+        ),
+        P::NotLoadedHigh => "a zImage (loads below 1 MiB): only bzImages are booted".into(),
+        P::CmdlineTooLong => "the command line is longer than the kernel takes".into(),
+        P::NoRoom => "the kernel's decompression area and the initramfs do not fit in the guest's RAM (raise RAM=)".into(),
+        P::OutsideIdentityMap => "the kernel's area ends above the first GiB the 64-bit entry maps".into(),
     }
 }
 
@@ -183,16 +210,22 @@ impl UserGuest {
         }
         let image = fs::read(path).map_err(|e| format!("GUEST={shown}: {e}"))?;
         let ram_bytes = u64::from(ram_mib) << 20;
+        let linux = !flat && linux::is_bzimage(&image);
         let planned = if image.len() as u64 > ram_bytes {
             Err(LoadError::ImageLargerThanRam)
         } else if flat {
             flat64::flat64_plan(image.len(), DEFAULT_FLAT_LOAD_GPA, ram_bytes)
+        } else if linux {
+            // Planned again with its initramfs by `with_initrd`.
+            linux::plan(&image, ram_bytes, 0, cmdline.len()).map(|p| p.load)
         } else {
             multiboot::plan(&image, ram_bytes)
         };
         if let Err(e) = planned {
             let kind = if flat {
                 "flat 64-bit image"
+            } else if linux {
+                "Linux kernel"
             } else {
                 "multiboot kernel"
             };
@@ -207,6 +240,9 @@ impl UserGuest {
             ram_mib,
             mmu,
             flat,
+            linux,
+            initrd: None,
+            pool_pages: None,
             cmdline,
             vcpus: 1,
             bytes: image.len() as u64,
@@ -236,6 +272,95 @@ impl UserGuest {
         Ok(self)
     }
 
+    /// The guest with the initramfs at `path` (`INITRD=`; a Linux kernel only), checked to fit
+    /// its RAM above the kernel as the VMM places it.
+    pub fn with_initrd(mut self, path: &Path) -> Result<UserGuest, String> {
+        let shown = path.display();
+        if !self.linux {
+            return Err(format!(
+                "INITRD={shown}: only a Linux kernel (a bzImage) takes an initramfs"
+            ));
+        }
+        let bytes = fs::metadata(path)
+            .map_err(|e| format!("INITRD={shown}: {e}"))?
+            .len();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !valid_module_name(&name) || name == self.name {
+            return Err(format!(
+                "INITRD={shown}: the file name `{name}` becomes a boot module's name: use \
+                 letters, digits, `-`, `_` and `.` (at most {MODULE_MAX} bytes), not the \
+                 kernel's name"
+            ));
+        }
+        let image = fs::read(&self.path).map_err(|e| format!("GUEST: {e}"))?;
+        linux::plan(
+            &image,
+            u64::from(self.ram_mib) << 20,
+            bytes,
+            self.cmdline.len(),
+        )
+        .map_err(|e| {
+            format!(
+                "INITRD={shown}: the kernel and its initramfs do not fit in {} MiB of RAM: \
+                     {}",
+                self.ram_mib,
+                load_error_words(e)
+            )
+        })?;
+        let path = crate::runner::absolute(path).map_err(|e| format!("INITRD={shown}: {e}"))?;
+        self.initrd = Some((path, name, bytes));
+        Ok(self)
+    }
+
+    /// The guest with a shadow page pool of `pages` pages (`POOL=`).
+    pub fn with_pool(mut self, pages: &str) -> Result<UserGuest, String> {
+        use userlib::proto::vmm::{POOL_MAX_PAGES, POOL_MIN_PAGES};
+        let n: u32 = pages
+            .trim()
+            .parse()
+            .map_err(|_| format!("POOL={pages}: not a number of pages"))?;
+        if !(POOL_MIN_PAGES..=POOL_MAX_PAGES).contains(&n) {
+            return Err(format!(
+                "POOL={n}: a shadow page pool has {POOL_MIN_PAGES} to {POOL_MAX_PAGES} pages"
+            ));
+        }
+        self.pool_pages = Some(n);
+        Ok(self)
+    }
+
+    /// What the image is, in words.
+    pub fn kind_words(&self) -> &'static str {
+        match self.entry_word() {
+            "flat" => "flat 64-bit image",
+            "linux" => "Linux kernel",
+            _ => "multiboot kernel",
+        }
+    }
+
+    /// The command line the guest reads: a multiboot kernel its file name first, a Linux
+    /// kernel its command line alone.
+    pub fn guest_cmdline(&self) -> String {
+        match (self.linux, self.cmdline.is_empty()) {
+            (true, _) => self.cmdline.clone(),
+            (false, true) => self.name.clone(),
+            (false, false) => format!("{} {}", self.name, self.cmdline),
+        }
+    }
+
+    /// How the guest is booted, in the `guest.entry=` word's terms.
+    pub fn entry_word(&self) -> &'static str {
+        if self.flat {
+            "flat"
+        } else if self.linux {
+            "linux"
+        } else {
+            "multiboot"
+        }
+    }
+
     /// The words the `guest` scenario reads from the kernel command line (the guest's own
     /// command line last: it runs to the end).
     pub fn kernel_cmdline_words(&self) -> String {
@@ -244,15 +369,24 @@ impl UserGuest {
         } else {
             String::new()
         };
+        let initrd = match &self.initrd {
+            Some((_, name, _)) => format!("{GUEST_INITRD}{name} "),
+            None => String::new(),
+        };
+        let pool = match self.pool_pages {
+            Some(n) => format!("{GUEST_POOL}{n} "),
+            None => String::new(),
+        };
         format!(
-            "{GUEST_MODULE}{} {GUEST_RAM}{} {GUEST_MMU}{} {GUEST_ENTRY}{} {vcpus}{GUEST_CMDLINE}{}",
+            "{GUEST_MODULE}{} {GUEST_RAM}{} {GUEST_MMU}{} {GUEST_ENTRY}{} \
+             {vcpus}{initrd}{pool}{GUEST_CMDLINE}{}",
             self.name,
             self.ram_mib,
             match self.mmu {
                 GuestMmu::Ept => "ept",
                 GuestMmu::Shadow => "shadow",
             },
-            if self.flat { "flat" } else { "multiboot" },
+            self.entry_word(),
             self.cmdline
         )
     }
@@ -262,12 +396,21 @@ impl UserGuest {
         MACHINE_MIB.max(self.ram_mib + MACHINE_MIB_BESIDE_GUEST)
     }
 
-    /// The file as the boot media carry it.
-    pub fn file(&self) -> GuestFile<'_> {
-        GuestFile {
+    /// The files as the boot media carry them: the kernel, then its initramfs.
+    pub fn files(&self) -> Vec<GuestFile<'_>> {
+        let mut v = vec![GuestFile {
             name: &self.name,
             path: &self.path,
+        }];
+        if let Some((path, name, _)) = &self.initrd {
+            v.push(GuestFile { name, path });
         }
+        v
+    }
+
+    /// Bytes of every file the boot media carry.
+    pub fn files_bytes(&self) -> u64 {
+        self.bytes + self.initrd.as_ref().map_or(0, |i| i.2)
     }
 }
 

@@ -47,7 +47,7 @@ fn check_golden<M: Message + PartialEq + Debug>(cases: &[(M, &str)]) {
 fn labels() {
     assert_eq!(supervisor::LABEL, 0x0001_0003);
     assert_eq!(echo::LABEL, 0x0100_0001);
-    assert_eq!(vmm::LABEL, 0x0002_0008);
+    assert_eq!(vmm::LABEL, 0x0002_0009);
     assert_eq!(mmu::LABEL, 0x0003_0003);
     assert_eq!(trace::LABEL, 0x0004_0001);
     assert_eq!(<trace::Trace as Protocol>::LABEL, trace::LABEL);
@@ -328,14 +328,14 @@ fn vmm_requests() {
     use vmm::Request;
     check_golden(&[
         // name, module, ram_mib, entry, vcpus (a raw u8), cmdline, mmu, benchmark, time_limit_ms,
-        // trace, max_resets (a raw u8).
+        // trace, max_resets (a raw u8), initrd.
         (
             Request::RunVm {
                 config: VmConfig {
                     name: common::ascii("linux"),
                     module: common::ascii("guest.elf"),
                     ram_mib: 64,
-                    entry: EntryMode::Multiboot,
+                    entry: EntryMode::Linux,
                     vcpus: 1,
                     cmdline: common::ascii("console=ttyS0"),
                     mmu: MmuMode::Ept,
@@ -343,10 +343,12 @@ fn vmm_requests() {
                     time_limit_ms: 0,
                     trace: true,
                     max_resets: 8,
+                    initrd: common::ascii("initrd"),
                 },
             },
-            "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  00  01 \
-             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00  01  08",
+            "00  05 6c 69 6e 75 78  09 67 75 65 73 74 2e 65 6c 66  40  02  01 \
+             0d 63 6f 6e 73 6f 6c 65 3d 74 74 79 53 30  00  00  00  01  08 \
+             06 69 6e 69 74 72 64",
         ),
         // load_gpa 0x20_0000 = 1 << 21: three 7-bit groups of zeros, then 1.
         // Shadow: variant 1, prev_roots (raw u8), pool_pages 512, kvm_policy, audit.
@@ -371,10 +373,11 @@ fn vmm_requests() {
                     time_limit_ms: 0,
                     trace: false,
                     max_resets: 0,
+                    initrd: heapless::String::new(),
                 },
             },
             "00  06 73 68 61 64 6f 77  04 66 6c 61 74  20  01 80 80 80 01  01  00 \
-             01 08 80 04 01 00  01  00  00  00",
+             01 08 80 04 01 00  01  00  00  00  00",
         ),
         // 2048 = 0x800 = 16 * 128: 0x80, then 0x10; 30 = 0x1e.
         (
@@ -396,9 +399,10 @@ fn vmm_requests() {
                     time_limit_ms: 0,
                     trace: false,
                     max_resets: 0,
+                    initrd: heapless::String::new(),
                 },
             },
-            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00  00  00",
+            "00  01 61  01 6d  02  00  00  03 78 20 79  01 1e 80 10 00 01  00  00  00  00  00",
         ),
         (
             Request::RunVm {
@@ -414,9 +418,10 @@ fn vmm_requests() {
                     time_limit_ms: 0,
                     trace: false,
                     max_resets: 0,
+                    initrd: heapless::String::new(),
                 },
             },
-            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00  00",
+            "00  01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00  00  00",
         ),
         // ProbeIsolation: the probe (EPT, flat at 2 MiB), then the neighbour.
         (
@@ -435,6 +440,7 @@ fn vmm_requests() {
                     time_limit_ms: 0,
                     trace: false,
                     max_resets: 0,
+                    initrd: heapless::String::new(),
                 },
                 neighbour: VmConfig {
                     name: common::ascii("d"),
@@ -448,10 +454,11 @@ fn vmm_requests() {
                     time_limit_ms: 0,
                     trace: false,
                     max_resets: 0,
+                    initrd: heapless::String::new(),
                 },
             },
-            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00  00  00 \
-                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00  00",
+            "01  01 70  01 67  04  01 80 80 80 01  01  00  00  00  00  00  00  00 \
+                 01 64  01 64  10  00  01  00  01 08 80 04 00 00  00  00  00  00  00",
         ),
     ]);
 }
@@ -1058,8 +1065,8 @@ fn maximal_messages_fit_one_payload() {
     );
     // VmConfig: name 1 + 16, module 1 + 32, ram_mib 5, Flat64 1 + 10, vcpus 1,
     // cmdline 2 + 128, Shadow 1 + 1 + 5 + 1 + 1, benchmark 1, time_limit_ms 5, trace 1,
-    // max_resets 1 = 214; RunVm 215; ProbeIsolation 1 + 2 * 214 = 429.
-    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [215, 429]);
+    // max_resets 1, initrd 1 + 32 = 247; RunVm 248; ProbeIsolation 1 + 2 * 247 = 495.
+    assert_eq!(encoded_lengths(&common::maximal_vmm_requests()), [248, 495]);
     // Error: Service, Kernel, u64 = 1 + 1 + 1 + 1 + 10 = 13. ShadowStats: 15 * 10 + 2 * 5 = 160.
     // Finished: 1 + EntryFailed 16 + rip 10 + exits (1 + 16 * 6) + total 10 + Some 161
     // + trace Some (1 + 5) + resets 5 = 306.

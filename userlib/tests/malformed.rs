@@ -465,7 +465,7 @@ fn typed_errors_by_example() {
 #[test]
 fn typed_errors_by_example_vmm_mmu() {
     // RunVm { name "a", module "m", ram 2, Multiboot, vcpus 1, cmdline "" } before its mmu
-    // (and benchmark, time_limit_ms, trace, max_resets).
+    // (and benchmark, time_limit_ms, trace, max_resets, initrd).
     let config = |mmu: &[u8]| {
         let mut bytes = vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x00, 0x01, 0x00];
         bytes.extend_from_slice(mmu);
@@ -473,11 +473,25 @@ fn typed_errors_by_example_vmm_mmu() {
     };
     let mut name_17 = vec![0x00, 0x11];
     name_17.extend([b'a'; 17]);
-    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00, 0x00])).is_ok());
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00, 0x00, 0x00])).is_ok());
     // max_resets is a raw u8: 0xff is a value, not a varint's first byte.
-    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00, 0xff])).is_ok());
+    assert!(codec::decode::<vmm::Request>(&config(&[0x00, 0x00, 0x00, 0x00, 0xff, 0x00])).is_ok());
     let cases: &[(&str, Vec<u8>, DecodeError)] = &[
         ("mmu mode 2", config(&[0x02]), DecodeError::Malformed),
+        (
+            "ends before initrd",
+            config(&[0x00, 0x00, 0x00, 0x00, 0x00]),
+            DecodeError::Truncated,
+        ),
+        (
+            "initrd of 33 bytes",
+            {
+                let mut b = config(&[0x00, 0x00, 0x00, 0x00, 0x00, 33]);
+                b.extend([b'i'; 33]);
+                b
+            },
+            DecodeError::Malformed,
+        ),
         ("benchmark 2", config(&[0x00, 0x02]), DecodeError::Malformed),
         (
             "ends before benchmark",
@@ -515,8 +529,8 @@ fn typed_errors_by_example_vmm_mmu() {
             DecodeError::Truncated,
         ),
         (
-            "entry mode 2",
-            vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x02],
+            "entry mode 3",
+            vec![0x00, 0x01, b'a', 0x01, b'm', 0x02, 0x03],
             DecodeError::Malformed,
         ),
         ("name of 17 bytes", name_17, DecodeError::Malformed),

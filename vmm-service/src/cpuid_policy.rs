@@ -337,6 +337,13 @@ pub const PASSED_LEAVES: &[u32] = &[
     0x8000_0008,
 ];
 
+/// Leaf 0xD subleaf 1 EAX, the XSAVE variants, is a feature register inside a passed leaf:
+/// XSAVEOPT (bit 0) and XGETBV with ECX = 1 (bit 2) run natively and are shown; XSAVEC (bit 1)
+/// and XSAVES/XRSTORS with IA32_XSS (bit 3) are hidden: the VMM keeps no IA32_XSS, and the
+/// compacted-format size this leaf's EBX reports is the standard format's on Bochs, which
+/// Linux rejects ("XSAVE consistency problem").
+pub const XSAVE_VARIANTS_SHOWN: u32 = (1 << 0) | (1 << 2);
+
 /// Leaves with feature bits filtered through [`FEATURES`].
 pub const FEATURE_LEAVES: &[u32] = &[1, 7, 0x8000_0001, 0x8000_0007];
 
@@ -406,6 +413,10 @@ pub fn answer(
             ])
         };
         return [HV_MAX, w(0), w(4), w(8)];
+    }
+    if (leaf, subleaf) == (0xd, 1) {
+        let [eax, ebx, ecx, edx] = host(leaf, subleaf);
+        return [eax & XSAVE_VARIANTS_SHOWN, ebx, ecx, edx];
     }
     if PASSED_LEAVES.contains(&leaf) {
         return host(leaf, subleaf);

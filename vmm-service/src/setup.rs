@@ -19,7 +19,7 @@ use userlib::proto::vmm::{
     RAM_MIN_MIB, SUMMARY_REASONS,
 };
 use userlib::sys;
-use vmm_service::loader::{self, entry, flat64, info, multiboot, LoadError, LoadPlan};
+use vmm_service::loader::{self, entry, flat64, info, linux, multiboot, LoadError, LoadPlan};
 use vmm_service::vm::VmModel;
 
 use crate::exit_thread::{self, Outcome as RunOutcome};
@@ -61,6 +61,7 @@ fn bad_image(e: LoadError) -> VmmError {
         LoadError::InfoDoesNotFit => 16,
         LoadError::ImageLargerThanRam => 17,
         LoadError::BadCpuCount => 18,
+        LoadError::BadLinux(_) => 19,
     };
     VmmError::BadImage { what }
 }
@@ -81,6 +82,9 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
         {
             return Err(ConfigError::ShadowConfig);
         }
+    }
+    if !cfg.initrd.is_empty() && cfg.entry != EntryMode::Linux {
+        return Err(ConfigError::InitrdNotLinux);
     }
     if let EntryMode::Flat64 { load_gpa } = cfg.entry {
         let ram = u64::from(cfg.ram_mib) * MIB;
@@ -305,14 +309,23 @@ pub fn prepare_on(
     if size == 0 {
         return Err(bad_image(LoadError::Truncated));
     }
-    // The guest's command line: the image's file name first, as a multiboot loader gives it.
+    // The guest's command line: the image's file name first, as a multiboot loader gives it
+    // (a Linux kernel gets its command line alone).
     let mut cmdline: heapless::String<{ userlib::proto::vmm::MODULE_MAX + 1 + CMDLINE_MAX }> =
         heapless::String::new();
-    let _ = cmdline.push_str(cfg.module.as_str());
+    if cfg.entry != EntryMode::Linux {
+        let _ = cmdline.push_str(cfg.module.as_str());
+    }
     if !cfg.cmdline.is_empty() {
-        let _ = cmdline.push(' ');
+        if !cmdline.is_empty() {
+            let _ = cmdline.push(' ');
+        }
         let _ = cmdline.push_str(cfg.cmdline.as_str());
     }
+    let initrd = match cfg.initrd.as_str() {
+        "" => None,
+        name => Some(find_module(name)?),
+    };
     let image_mem = sys::mem_alloc(size.div_ceil(PAGE)).map_err(kernel)?;
     let ram = match ram {
         Some(r) => r,
@@ -324,12 +337,12 @@ pub fn prepare_on(
     let loaded = sys::with_mapped(image_mem, IMAGE_VA, |image_buf| {
         load_image(
             cfg,
-            module,
-            size,
+            (module, size),
             image_buf,
             ram,
             ram_bytes,
             cmdline.as_bytes(),
+            initrd,
         )
     });
     // The image's memory is freed whatever happened; the guest's RAM holds what it needs.
@@ -473,30 +486,31 @@ fn top_reasons(counts: &[u64; EXIT_REASONS]) -> Vec<(u8, u32), SUMMARY_REASONS> 
 }
 
 /// Reads the image (`size` bytes of boot module `module`) into `image_buf`, plans its load
-/// and loads it into `ram` with its boot information: the load plan and the entry state.
+/// and loads it into `ram` with its boot information (a Linux guest's initramfs, boot module
+/// and size in `initrd`, read straight into RAM): the load plan and the entry state.
 fn load_image(
     cfg: &VmConfig,
-    module: u64,
-    size: u64,
+    (module, size): (u64, u64),
     image_buf: &mut [u8],
     ram: CapSlot,
     ram_bytes: u64,
     cmdline: &[u8],
+    initrd: Option<(u64, u64)>,
 ) -> Result<(LoadPlan, Vec<(u64, u64), 64>), VmmError> {
-    let size = (size as usize).min(image_buf.len());
-    let mut len = 0;
-    while len < size {
-        let n = sys::module_read(crate::boot(), module, len as u64, &mut image_buf[len..size])
-            .map_err(kernel)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
+    let len = read_module(module, size, image_buf)?;
     let image = &image_buf[..len];
-    let plan: LoadPlan = match cfg.entry {
-        EntryMode::Multiboot => multiboot::plan(image, ram_bytes),
-        EntryMode::Flat64 { load_gpa } => flat64::flat64_plan(len, load_gpa, ram_bytes),
+    let initrd_len = initrd.map_or(0, |(_, size)| size);
+    let linux_plan = match cfg.entry {
+        EntryMode::Linux => {
+            Some(linux::plan(image, ram_bytes, initrd_len, cmdline.len()).map_err(bad_image)?)
+        }
+        _ => None,
+    };
+    let plan: LoadPlan = match (cfg.entry, &linux_plan) {
+        (EntryMode::Multiboot, _) => multiboot::plan(image, ram_bytes),
+        (EntryMode::Flat64 { load_gpa }, _) => flat64::flat64_plan(len, load_gpa, ram_bytes),
+        (EntryMode::Linux, Some(p)) => Ok(p.load.clone()),
+        (EntryMode::Linux, None) => Err(LoadError::NoSegments),
     }
     .map_err(bad_image)?;
     let pairs = sys::with_mapped(
@@ -511,6 +525,21 @@ fn load_image(
                     let info = info::write_info(ram, info::INFO_GPA, cmdline)?;
                     let _ =
                         v.extend_from_slice(&entry::protected_mode_entry(plan.entry as u32, info));
+                }
+                EntryMode::Linux => {
+                    let p = linux_plan.as_ref().ok_or(LoadError::NoSegments)?;
+                    if let Some((module, size)) = initrd {
+                        let at = p.initrd_gpa as usize;
+                        let dst = ram
+                            .get_mut(at..at + size as usize)
+                            .ok_or(LoadError::RamTooSmall)?;
+                        // A module that reads short would leave the kernel a damaged
+                        // initramfs: refuse it instead.
+                        if read_module(module, size, dst) != Ok(size as usize) {
+                            return Err(LoadError::Truncated);
+                        }
+                    }
+                    let _ = v.extend_from_slice(&linux::write_boot(p, image, ram, cmdline)?);
                 }
                 EntryMode::Flat64 { load_gpa } => {
                     flat64::write_tables(ram)?;
@@ -529,6 +558,21 @@ fn load_image(
     .map_err(kernel)?
     .map_err(bad_image)?;
     Ok((plan, pairs))
+}
+
+/// Reads up to `size` bytes of boot module `module` into `buf`: the bytes read.
+fn read_module(module: u64, size: u64, buf: &mut [u8]) -> Result<usize, VmmError> {
+    let size = (size as usize).min(buf.len());
+    let mut len = 0;
+    while len < size {
+        let n = sys::module_read(crate::boot(), module, len as u64, &mut buf[len..size])
+            .map_err(kernel)?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok(len)
 }
 
 /// The exits an EPT VM's MMU portals take (with the state groups they carry).

@@ -57,12 +57,16 @@ pub mod scenario {
     pub const GUEST: &str = "guest";
 
     /// The kernel command-line words of the `guest` scenario: the boot module holding the
-    /// image (its file name), RAM in MiB, `ept` or `shadow`, `multiboot` or `flat`, and the
-    /// guest's command line, which runs to the end of the kernel's.
+    /// image (its file name), RAM in MiB, `ept` or `shadow`, `multiboot`, `flat` or `linux`,
+    /// a Linux guest's initramfs module, and the guest's command line, which runs to the end
+    /// of the kernel's.
     pub const GUEST_MODULE: &str = "guest.module=";
     pub const GUEST_RAM: &str = "guest.ram=";
     pub const GUEST_MMU: &str = "guest.mmu=";
     pub const GUEST_ENTRY: &str = "guest.entry=";
+    pub const GUEST_INITRD: &str = "guest.initrd=";
+    /// Shadow page pool pages (absent: the VMM's default).
+    pub const GUEST_POOL: &str = "guest.pool=";
     /// vCPUs (`VCPUS=n`; absent: 1).
     pub const GUEST_VCPUS: &str = "guest.vcpus=";
     pub const GUEST_CMDLINE: &str = "guest.cmdline=";

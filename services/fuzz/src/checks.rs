@@ -122,6 +122,7 @@ fn invalid_vm() -> VmConfig {
         time_limit_ms: 0,
         trace: false,
         max_resets: 0,
+        initrd: heapless::String::new(),
     }
 }
 

@@ -92,6 +92,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             time_limit_ms: TIME_LIMIT_MS,
             trace: false,
             max_resets: 0,
+            initrd: heapless::String::new(),
         };
         let r = client::<Vmm>(vmm()).call(&vmm::Request::RunVm { config });
         PROGRESS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
@@ -136,6 +137,7 @@ pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
             time_limit_ms: 0,
             trace: false,
             max_resets: 0,
+            initrd: heapless::String::new(),
         };
         let r = client::<Vmm>(vmm()).call(&vmm::Request::RunVm { config });
         let ok = matches!(&r, Ok(vmm::Response::Finished(s))

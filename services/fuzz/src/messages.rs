@@ -238,12 +238,12 @@ impl Fuzzed for Vmm {
             module: short_string(rng, &modules),
             // Mostly outside 2..=1024 MiB: a valid configuration allocates its RAM.
             ram_mib: rng.pick(&[0, 1, 2, 1025, 5000, u32::MAX, rng.below(80) as u32]),
-            entry: if rng.chance(1, 2) {
-                EntryMode::Multiboot
-            } else {
-                EntryMode::Flat64 {
+            entry: match rng.below(3) {
+                0 => EntryMode::Multiboot,
+                1 => EntryMode::Linux,
+                _ => EntryMode::Flat64 {
                     load_gpa: rng.pick(&[0, 0x20_0000, 0x10_0001, rng.next()]),
-                }
+                },
             },
             vcpus: rng.pick(&[0, 1, 2, rng.next() as u8]),
             cmdline: short_string(rng, &["", "fuzz"]),
@@ -252,6 +252,7 @@ impl Fuzzed for Vmm {
             time_limit_ms: rng.pick(&[0, 1, 1000, rng.next() as u32]),
             trace: rng.chance(1, 4),
             max_resets: rng.pick(&[0, 1, 8, rng.next() as u8]),
+            initrd: short_string(rng, &modules),
         };
         vmm::Request::RunVm { config }
     }

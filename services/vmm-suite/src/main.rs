@@ -114,6 +114,7 @@ fn config(name: &str, module: &str, ram_mib: u32, entry: EntryMode) -> VmConfig 
         time_limit_ms: 0,
         trace: tracing::TRACE_ALL.load(Ordering::Relaxed),
         max_resets: 0,
+        initrd: heapless::String::new(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `guest` scenario: a user's own kernel (`make run GUEST=path`), put on the boot media by
 //! the harness as a boot module named by its file name. The kernel command line says what to
 //! run (`abi::scenario::GUEST_*` words): `guest.module=FILE guest.ram=MIB guest.mmu=ept|shadow
-//! guest.entry=multiboot|flat guest.cmdline=...`, the guest's command line running to the end.
+//! guest.entry=multiboot|flat|linux [guest.initrd=FILE] [guest.pool=PAGES] guest.cmdline=...`,
+//! the guest's command line running to the end.
 //!
 //! The run prints the guest's console (the VMM's `guest:` lines), its result and the exit
 //! summary, and passes iff the guest wrote 0 to the isa-debug-exit port (QEMU's convention:
@@ -9,7 +10,10 @@
 
 use core::fmt::Write;
 
-use abi::scenario::{GUEST_CMDLINE, GUEST_ENTRY, GUEST_MMU, GUEST_MODULE, GUEST_RAM, GUEST_VCPUS};
+use abi::scenario::{
+    GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_MMU, GUEST_MODULE, GUEST_POOL, GUEST_RAM,
+    GUEST_VCPUS,
+};
 use heapless::String;
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Response, ShadowConfig, VmConfig, VmResult, VmmError,
@@ -30,13 +34,42 @@ pub struct GuestArgs {
     pub module: String<MODULE_MAX>,
     pub ram_mib: u32,
     pub shadow: bool,
-    pub flat: bool,
+    /// Shadow page pool pages (`guest.pool=`; absent: the default).
+    pub pool_pages: Option<u32>,
+    pub entry: GuestEntry,
+    /// A Linux guest's initramfs module (`guest.initrd=`; empty: none).
+    pub initrd: String<MODULE_MAX>,
     /// vCPUs (`guest.vcpus=`, 1 when absent).
     pub vcpus: u8,
     pub cmdline: String<CMDLINE_MAX>,
     /// The word `trace` before the guest's command line (`make trace GUEST=...`): its exits
     /// are traced and the report follows the run.
     pub trace: bool,
+}
+
+/// How the image is booted (`guest.entry=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestEntry {
+    Multiboot,
+    Flat,
+    Linux,
+}
+
+impl GuestEntry {
+    /// The word after `guest.entry=` and the kind in words, one row per entry.
+    const WORDS: [(GuestEntry, &'static str, &'static str); 3] = [
+        (GuestEntry::Multiboot, "multiboot", "Multiboot"),
+        (GuestEntry::Flat, "flat", "flat 64-bit"),
+        (GuestEntry::Linux, "linux", "Linux bzImage"),
+    ];
+
+    fn parse(w: &str) -> Option<GuestEntry> {
+        Self::WORDS.iter().find(|r| r.1 == w).map(|r| r.0)
+    }
+
+    fn words(self) -> &'static str {
+        Self::WORDS.iter().find(|r| r.0 == self).map_or("", |r| r.2)
+    }
 }
 
 /// Reads the `guest.*` words of a kernel command line; the guest's command line is everything
@@ -50,7 +83,9 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
         module: String::new(),
         ram_mib: 0,
         shadow: false,
-        flat: false,
+        pool_pages: None,
+        entry: GuestEntry::Multiboot,
+        initrd: String::new(),
         vcpus: 1,
         cmdline: String::try_from(cmdline).map_err(|_| "guest.cmdline= is too long")?,
         trace: false,
@@ -71,11 +106,12 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
                 _ => return Err("guest.mmu= is neither ept nor shadow"),
             };
         } else if let Some(v) = w.strip_prefix(GUEST_ENTRY) {
-            args.flat = match v {
-                "multiboot" => false,
-                "flat" => true,
-                _ => return Err("guest.entry= is neither multiboot nor flat"),
-            };
+            args.entry =
+                GuestEntry::parse(v).ok_or("guest.entry= is not multiboot, flat or linux")?;
+        } else if let Some(v) = w.strip_prefix(GUEST_INITRD) {
+            args.initrd = String::try_from(v).map_err(|_| "guest.initrd= is too long")?;
+        } else if let Some(v) = w.strip_prefix(GUEST_POOL) {
+            args.pool_pages = Some(v.parse().map_err(|_| "guest.pool= is not a number")?);
         }
     }
     if args.module.is_empty() {
@@ -93,17 +129,20 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         name: String::try_from(VM_NAME).unwrap_or_default(),
         module: a.module.clone(),
         ram_mib: a.ram_mib,
-        entry: if a.flat {
-            EntryMode::Flat64 {
+        entry: match a.entry {
+            GuestEntry::Flat => EntryMode::Flat64 {
                 load_gpa: DEFAULT_FLAT_LOAD_GPA,
-            }
-        } else {
-            EntryMode::Multiboot
+            },
+            GuestEntry::Multiboot => EntryMode::Multiboot,
+            GuestEntry::Linux => EntryMode::Linux,
         },
         vcpus: a.vcpus,
         cmdline: a.cmdline.clone(),
         mmu: if a.shadow {
-            MmuMode::Shadow(ShadowConfig::DEFAULT)
+            MmuMode::Shadow(ShadowConfig {
+                pool_pages: a.pool_pages.unwrap_or(ShadowConfig::DEFAULT.pool_pages),
+                ..ShadowConfig::DEFAULT
+            })
         } else {
             MmuMode::Ept
         },
@@ -111,6 +150,7 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         time_limit_ms: 0,
         trace: a.trace,
         max_resets: MAX_RESETS,
+        initrd: a.initrd.clone(),
     }
 }
 
@@ -190,17 +230,28 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
     };
     let cfg = config(&args);
     userlib::println!(
-        "guest: running {} ({} MiB RAM, {}, {}), command line \"{}{}{}\"",
+        "guest: running {} ({} MiB RAM, {}, {}{}{}), command line \"{}{}{}\"",
         args.module.as_str(),
         args.ram_mib,
-        if args.flat {
-            "flat 64-bit"
-        } else {
-            "Multiboot"
-        },
+        args.entry.words(),
         if args.shadow { "shadow paging" } else { "EPT" },
-        args.module.as_str(),
-        if args.cmdline.is_empty() { "" } else { " " },
+        if args.initrd.is_empty() {
+            ""
+        } else {
+            ", initramfs "
+        },
+        args.initrd.as_str(),
+        // A multiboot kernel reads its file name first; a Linux kernel its command line alone.
+        if args.entry == GuestEntry::Linux {
+            ""
+        } else {
+            args.module.as_str()
+        },
+        if args.cmdline.is_empty() || args.entry == GuestEntry::Linux {
+            ""
+        } else {
+            " "
+        },
         args.cmdline.as_str()
     );
     let r = crate::run(&cfg);
@@ -248,7 +299,7 @@ mod tests {
         .unwrap();
         assert_eq!(a.module.as_str(), "kernel.elf");
         assert_eq!(a.ram_mib, 1024);
-        assert!(a.shadow && !a.flat && !a.trace);
+        assert!(a.shadow && a.entry == GuestEntry::Multiboot && !a.trace);
         assert_eq!(a.cmdline.as_str(), "console=ttyS0  root=/dev/x guest.ram=2");
         let traced =
             parse("scenario=guest trace guest.module=k guest.ram=8 guest.cmdline=x").unwrap();
@@ -261,7 +312,18 @@ mod tests {
         assert_eq!(c.entry, EntryMode::Multiboot);
 
         let b = parse("guest.module=k.bin guest.ram=64 guest.entry=flat").unwrap();
-        assert!(b.flat && !b.shadow && b.cmdline.is_empty());
+        assert!(b.entry == GuestEntry::Flat && !b.shadow && b.cmdline.is_empty());
+        let l = parse(
+            "guest.module=vmlinuz guest.ram=256 guest.entry=linux guest.initrd=initramfs \
+             guest.mmu=shadow guest.pool=2048 guest.cmdline=console=ttyS0",
+        )
+        .unwrap();
+        let lc = config(&l);
+        assert_eq!(lc.entry, EntryMode::Linux);
+        assert_eq!(lc.initrd.as_str(), "initramfs");
+        assert!(matches!(lc.mmu, MmuMode::Shadow(s) if s.pool_pages == 2048));
+        assert!(parse("guest.module=k guest.ram=8 guest.entry=pe").is_err());
+        assert!(parse("guest.module=k guest.ram=8 guest.pool=many").is_err());
         assert_eq!(config(&b).vcpus, 1, "one vCPU unless told");
         let smp = parse("guest.module=k guest.ram=8 guest.vcpus=2 guest.cmdline=x").unwrap();
         assert_eq!(config(&smp).vcpus, 2);

@@ -14,8 +14,8 @@ use crate::codec::{label, Message};
 pub mod isolation;
 
 pub const PROTOCOL_ID: u16 = ids::VMM;
-pub const VERSION: u16 = 8;
-/// `0x0002_0008`.
+pub const VERSION: u16 = 9;
+/// `0x0002_0009`.
 pub const LABEL: u64 = label(PROTOCOL_ID, VERSION);
 
 /// Longest VM name, module name and guest command line.
@@ -59,6 +59,10 @@ pub enum EntryMode {
     /// A flat 64-bit image loaded at `load_gpa` and entered there in long mode with identity
     /// paging of the first GiB.
     Flat64 { load_gpa: u64 },
+    /// A Linux bzImage, by the Linux/x86 boot protocol: the zero page with the e820 map, the
+    /// command line and [`VmConfig::initrd`]; the 64-bit entry when the image has one, else the
+    /// 32-bit protected-mode entry (`vmm_service::loader::linux`).
+    Linux,
 }
 
 /// Default number of previous roots a shadow-paged vCPU caches (KVM: 3).
@@ -133,6 +137,9 @@ pub struct VmConfig {
     /// stops it ([`VmResult::Reset`], [`VmResult::TripleFault`]). 0: the first reset stops
     /// it (QEMU's `-no-reboot`). [`VmSummary::resets`] counts the restarts.
     pub max_resets: u8,
+    /// The boot module holding the initramfs of a [`EntryMode::Linux`] guest (empty: none;
+    /// other entries must leave it empty).
+    pub initrd: String<MODULE_MAX>,
 }
 
 // A probe carries two configurations; requests are built once per VM run and the protocol
@@ -241,6 +248,8 @@ pub enum ConfigError {
     /// An isolation probe's VM is not a flat 64-bit image, the probe's RAM does not hold its
     /// point list, or the neighbour's RAM ends at or below [`isolation::FILL_START`].
     ProbeConfig,
+    /// An initramfs named for an entry other than [`EntryMode::Linux`].
+    InitrdNotLinux,
 }
 
 /// Errors of the VMM service (`ProtoError::Service`).

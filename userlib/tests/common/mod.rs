@@ -294,6 +294,7 @@ pub fn any_entry_mode() -> impl Strategy<Value = EntryMode> {
     prop_oneof![
         Just(EntryMode::Multiboot),
         any::<u64>().prop_map(|load_gpa| EntryMode::Flat64 { load_gpa }),
+        Just(EntryMode::Linux),
     ]
 }
 
@@ -324,7 +325,13 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
         any::<u8>(),
         any_ascii::<CMDLINE_MAX>(),
         any_mmu_mode(),
-        (any::<bool>(), any::<u32>(), any::<bool>(), any::<u8>()),
+        (
+            any::<bool>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<u8>(),
+            any_ascii::<MODULE_MAX>(),
+        ),
     )
         .prop_map(
             |(
@@ -335,7 +342,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
                 vcpus,
                 cmdline,
                 mmu,
-                (benchmark, time_limit_ms, trace, max_resets),
+                (benchmark, time_limit_ms, trace, max_resets, initrd),
             )| {
                 VmConfig {
                     name,
@@ -349,6 +356,7 @@ pub fn any_vm_config() -> impl Strategy<Value = VmConfig> {
                     time_limit_ms,
                     trace,
                     max_resets,
+                    initrd,
                 }
             },
         )
@@ -640,6 +648,7 @@ pub fn maximal_vm_config() -> VmConfig {
         time_limit_ms: u32::MAX,
         trace: true,
         max_resets: u8::MAX,
+        initrd: ascii(&"i".repeat(MODULE_MAX)),
     }
 }
 

@@ -152,6 +152,17 @@ fn named_promises() {
     assert_ne!(ext[3] & (1 << 11), 0, "SYSCALL");
     assert_ne!(ext[3] & (1 << 29), 0, "long mode");
     assert_eq!(answer(4, 2, &EPT, |l, s| [l, s, 5, 6]), [4, 2, 5, 6]);
+    // XSAVE variants: XSAVEOPT and XGETBV(1) shown, XSAVEC and XSAVES (IA32_XSS) not; the
+    // rest of leaf 0xD is the host's.
+    let xsave = answer(0xd, 1, &EPT, all);
+    assert_eq!(xsave[0], 0b0101);
+    assert_eq!(xsave[1..], [u32::MAX; 3]);
+    assert_eq!(answer(0xd, 0, &EPT, all), [u32::MAX; 4]);
+    let mut cpu = Cpu;
+    assert!(
+        MsrModel::default().read(0xda0, &mut cpu).is_err(),
+        "no IA32_XSS"
+    );
 }
 
 #[test]

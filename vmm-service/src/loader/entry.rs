@@ -8,7 +8,9 @@
 
 use abi::cpu::{cr0, cr4, efer, rflags};
 use abi::vmx::field::*;
+use abi::vmx::Gpr;
 
+use super::flat64::STACK_TOP;
 use super::multiboot::BOOTLOADER_MAGIC;
 
 /// A VMCS field id and its value.
@@ -18,6 +20,8 @@ pub type Pair = (u64, u64);
 pub const PROTECTED_MODE_PAIRS: usize = 47;
 /// Number of pairs from [`long_mode_entry`].
 pub const LONG_MODE_PAIRS: usize = 45;
+/// Number of pairs from [`linux_entry`].
+pub const LINUX_PAIRS: usize = 49;
 /// Number of pairs from [`sipi_entry`].
 pub const SIPI_PAIRS: usize = 62;
 
@@ -111,17 +115,22 @@ fn fill<const N: usize>(pairs: impl Iterator<Item = Pair>) -> [Pair; N] {
     out
 }
 
-/// Flat segments, TR, LDTR, GDTR and IDTR: 36 pairs.
-fn segments(cs_ar: u64, gdtr: (u64, u64)) -> impl Iterator<Item = Pair> {
+/// Flat segments (CS at selector `code`, the others at `data`), TR, LDTR, GDTR and IDTR:
+/// 36 pairs.
+fn segments_at(
+    cs_ar: u64,
+    gdtr: (u64, u64),
+    (code, data): (u64, u64),
+) -> impl Iterator<Item = Pair> {
     SEGMENTS
         .into_iter()
         .enumerate()
         .flat_map(move |(i, (sel, ar, limit, base))| {
             let (s, a, l) = match i {
-                0 => (SEL_CODE, cs_ar, 0xffff_ffff),
+                0 => (code, cs_ar, 0xffff_ffff),
                 6 => (0, AR_TSS, 0x67),
                 7 => (0, AR_UNUSABLE, 0),
-                _ => (SEL_DATA, AR_DATA, 0xffff_ffff),
+                _ => (data, AR_DATA, 0xffff_ffff),
             };
             [(sel, s), (ar, a), (limit, l), (base, 0)]
         })
@@ -131,6 +140,11 @@ fn segments(cs_ar: u64, gdtr: (u64, u64)) -> impl Iterator<Item = Pair> {
             (GUEST_IDTR_BASE, 0),
             (GUEST_IDTR_LIMIT, 0xffff),
         ])
+}
+
+/// [`segments_at`] the multiboot and flat-image selectors ([`SEL_CODE`], [`SEL_DATA`]).
+fn segments(cs_ar: u64, gdtr: (u64, u64)) -> impl Iterator<Item = Pair> {
+    segments_at(cs_ar, gdtr, (SEL_CODE, SEL_DATA))
 }
 
 /// Control registers and RIP/RSP/RFLAGS: 9 pairs.
@@ -167,6 +181,35 @@ pub fn protected_mode_entry(entry: u32, info_gpa: u32) -> [Pair; PROTECTED_MODE_
 /// `gdtr = (base, limit)`, RIP = `rip`, RSP = `rsp`.
 pub fn long_mode_entry(rip: u64, rsp: u64, cr3: u64, gdtr: (u64, u64)) -> [Pair; LONG_MODE_PAIRS] {
     fill(segments(AR_CODE64, gdtr).chain(control(CR0_PAGED, cr3, cr4::PAE, EFER_LONG, rip, rsp)))
+}
+
+/// The Linux boot protocol's entry (`boot.rst`, "64-bit boot protocol" and "32-bit boot
+/// protocol"): CS = `__BOOT_CS` (0x10), the data segments `__BOOT_DS` (0x18), flat, from the
+/// GDT at `gdtr`; interrupts off; RSI = `zero_page`; RBP, RDI, RBX zero. `long`: long mode with
+/// paging on (`cr3`), else protected mode with paging off. RSP is the flat images' stack top
+/// (the protocol asks for none; the kernel sets its own).
+pub fn linux_entry(
+    long: bool,
+    rip: u64,
+    zero_page: u64,
+    cr3: u64,
+    gdtr: (u64, u64),
+) -> [Pair; LINUX_PAIRS] {
+    let selectors = (super::linux::BOOT_CS, super::linux::BOOT_DS);
+    let (cs_ar, control) = if long {
+        (
+            AR_CODE64,
+            control(CR0_PAGED, cr3, cr4::PAE, EFER_LONG, rip, STACK_TOP),
+        )
+    } else {
+        (AR_CODE32, control(CR0_PROTECTED, 0, 0, 0, rip, STACK_TOP))
+    };
+    fill(segments_at(cs_ar, gdtr, selectors).chain(control).chain([
+        (GPR_BASE + Gpr::Rsi as u64, zero_page),
+        (GPR_BASE + Gpr::Rbp as u64, 0),
+        (GPR_BASE + Gpr::Rdi as u64, 0),
+        (GPR_BASE + Gpr::Rbx as u64, 0),
+    ]))
 }
 
 /// The state of an application processor that received a SIPI with `vector` (SDM 9.4.4 and

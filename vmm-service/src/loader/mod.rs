@@ -14,6 +14,7 @@ pub mod boot;
 pub mod entry;
 pub mod flat64;
 pub mod info;
+pub mod linux;
 pub mod multiboot;
 
 use heapless::Vec;
@@ -64,6 +65,8 @@ pub enum LoadError {
     InfoDoesNotFit,
     /// The image file is larger than the guest's RAM (it cannot fit, whatever it holds).
     ImageLargerThanRam,
+    /// Not a Linux bzImage this loader boots, or it does not fit (see [`linux`]).
+    BadLinux(linux::LinuxProblem),
     /// The ACPI tables cannot describe this many vCPUs (0, or above [`crate::acpi::MAX_CPUS`]).
     BadCpuCount,
 }

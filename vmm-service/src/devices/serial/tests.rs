@@ -20,7 +20,7 @@ fn lines_on_newline_and_overflow() {
     assert_eq!(send(&mut s, b"hello\r\nworld"), vec![b"hello".to_vec()]);
     assert_eq!(s.flush().map(|l| l.to_vec()), Some(b"world".to_vec()));
     assert_eq!(s.flush(), None);
-    let long = [b'x'; 130];
+    let long = [b'x'; LINE_MAX + 10];
     let lines = send(&mut s, &long);
     assert_eq!(lines, vec![vec![b'x'; LINE_MAX]]);
     assert_eq!(s.flush().map(|l| l.len()), Some(10));
