@@ -3,7 +3,10 @@
 //!
 //! - `PM1a_EVT_BLK` ([`PM1A_EVT`], 4 bytes): PM1_STS (word, write 1 to clear) then PM1_EN
 //!   (word). Only the timer status (TMR_STS, bit 0) is ever set: it is set each time bit 23
-//!   of the PM timer changes, and raises the SCI while TMR_EN is set.
+//!   of the PM timer changes, and raises the SCI while TMR_EN is set. The other fixed events'
+//!   enables ([`pm1::ENABLES`]: global lock, power and sleep buttons, RTC alarm) hold what is
+//!   written, as an OS checks, but their events never occur (no BIOS takes the global lock,
+//!   there are no buttons, the RTC alarm interrupts through IRQ 8).
 //! - `PM1a_CNT_BLK` ([`PM1A_CNT`], 2 bytes): SCI_EN (always 1: there is no SMI command port,
 //!   the platform is in ACPI mode from reset), SLP_TYP (bits 12:10), SLP_EN (bit 13, write
 //!   only). Writing SLP_EN with SLP_TYP = [`SLP_TYP_S5`] powers the VM off; any other sleep
@@ -42,6 +45,14 @@ pub const TMR_BITS: u32 = 24;
 pub mod pm1 {
     /// Timer carry (bit 23 changed) status / enable.
     pub const TMR: u16 = 1 << 0;
+    /// Global lock released by the BIOS.
+    pub const GBL: u16 = 1 << 5;
+    pub const PWRBTN: u16 = 1 << 8;
+    pub const SLPBTN: u16 = 1 << 9;
+    /// RTC alarm.
+    pub const RTC: u16 = 1 << 10;
+    /// The enable bits PM1_EN holds.
+    pub const ENABLES: u16 = TMR | GBL | PWRBTN | SLPBTN | RTC;
 }
 
 /// PM1_CNT bits.
@@ -122,7 +133,7 @@ impl Pm {
             }
             2 | 3 => {
                 let mask = 0xff << (8 * (off - 2));
-                self.enable = (self.enable & !mask) | (shifted(off - 2) & pm1::TMR);
+                self.enable = (self.enable & !mask) | (shifted(off - 2) & mask & pm1::ENABLES);
             }
             4 | 5 => {
                 let value = shifted(off - 4);
@@ -198,9 +209,13 @@ mod tests {
         // Not enabled: no SCI, no event.
         assert!(!pm.irq_level(carry));
         assert_eq!(pm.next_event(0), None);
+        // The other fixed events' enables hold (an OS reads them back) but raise nothing.
+        write16(&mut pm, PM1A_EVT + 2, 0xffff & !pm1::TMR, 0);
+        assert_eq!(read16(&pm, PM1A_EVT + 2, 0), pm1::ENABLES & !pm1::TMR);
+        assert!(!pm.irq_level(carry));
+        assert_eq!(pm.next_event(0), None);
         write16(&mut pm, PM1A_EVT + 2, 0xffff, 0);
-        // Only TMR_EN is implemented.
-        assert_eq!(read16(&pm, PM1A_EVT + 2, 0), pm1::TMR);
+        assert_eq!(read16(&pm, PM1A_EVT + 2, 0), pm1::ENABLES);
         assert_eq!(pm.next_event(0), Some(carry));
         assert!(!pm.irq_level(carry - 1));
         assert!(pm.irq_level(carry));
