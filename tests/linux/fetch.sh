@@ -10,8 +10,8 @@
 #   tests/linux/fetch.sh [amd64] [i386]   (default: both)
 #
 # Idempotent: an arch whose files match the versions apt's lists name is not downloaded again.
-# Non-interactive (CI=true, no stdin, root on Debian 12). On success it prints one line per arch;
-# on failure, apt's own output and what failed.
+# Non-interactive (CI=true, no stdin, root on Debian 12). On success it prints one line (each
+# arch's kernel package, downloaded or cached); on failure, apt's own output and what failed.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -115,6 +115,7 @@ kernel_package() {
     grep -- '-unsigned$' <<<"$names" | head -n1 || head -n1 <<<"$names"
 }
 
+done_list=()
 for arch in "${archs[@]}"; do
     dir=$out/$arch
     mkdir -p "$dir"
@@ -129,7 +130,7 @@ for arch in "${archs[@]}"; do
     if [[ -f $dir/vmlinuz && -f $dir/busybox && -f $dir/kernel-version && -f $dir/busybox-version &&
         $(sed -n 2p "$dir/kernel-version") == "$stamp" &&
         $(cat "$dir/busybox-version") == "busybox-static $bb_version" ]]; then
-        echo "linux-assets: $arch cached: $(head -n1 "$dir/kernel-version"), busybox-static $bb_version"
+        done_list+=("$arch $(head -n1 "$dir/kernel-version") (cached)")
         continue
     fi
 
@@ -163,5 +164,7 @@ for arch in "${archs[@]}"; do
     echo "busybox-static $bb_version" >"$dir/busybox-version"
     rm -rf "$tmp"
     trap - EXIT
-    echo "linux-assets: $arch downloaded: $(head -n1 "$dir/kernel-version") ($(basename "$vmlinuz"), $(du -k "$dir/vmlinuz" | cut -f1) KiB), busybox-static $bb_version"
+    done_list+=("$arch $(head -n1 "$dir/kernel-version") (downloaded)")
 done
+summary=$(printf ', %s' "${done_list[@]}")
+echo "linux-assets: ${summary:2}; busybox-static in $out/<arch>/"

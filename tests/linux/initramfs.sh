@@ -30,6 +30,7 @@ for tool in as ld bsdtar gzip; do
     }
 done
 
+sizes=()
 for arch in "${archs[@]}"; do
     dir=$out/$arch
     case $arch in
@@ -69,5 +70,7 @@ for arch in "${archs[@]}"; do
     bsdtar -c -f - --format newc "@$spec" | gzip -n -9 >"$dir/initramfs.cpio.gz.tmp"
     mv "$dir/initramfs.cpio.gz.tmp" "$dir/initramfs.cpio.gz"
     rm -f "$spec"
-    echo "linux-assets: $arch initramfs $dir/initramfs.cpio.gz ($(du -k "$dir/initramfs.cpio.gz" | cut -f1) KiB)"
+    sizes+=("$arch $(($(stat -c %s "$dir/initramfs.cpio.gz") / 1024)) KiB")
 done
+summary=$(printf ', %s' "${sizes[@]}")
+echo "linux-assets: test initramfs $out/<arch>/initramfs.cpio.gz: ${summary:2}"
