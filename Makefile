@@ -65,7 +65,7 @@ LIMINE_TOOL := $(BUILD)/limine
 LOADER ?= auto
 FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace profile boot-configs scenarios clean
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace profile boot-configs scenarios clean linux-assets linux-native
 
 # A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
 # any command line (quotes, `$`) reaches the guest as typed.
@@ -111,6 +111,10 @@ help:
 	@echo "                     per VM, a table of exit reasons (count, % of exits, % of time, min/median/p99/max"
 	@echo "                     cycles), build/trace/SCENARIO.csv and build/trace/SCENARIO.svg (latency per reason);"
 	@echo "                     LOG=path reports on an existing serial log without booting"
+	@echo "  make linux-assets  download Debian's amd64 and 686-pae kernels and busybox-static into $(BUILD)/linux/ARCH/"
+	@echo "                     (cached) and build the test initramfs (tests/linux/: init, tsc.S)"
+	@echo "  make linux-native  boot a Linux kernel and the test initramfs in Bochs without Umbra (the baseline):"
+	@echo "                     ARCH=amd64|i386 (default amd64), TIMEOUT=secs; prints the init's report"
 	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
@@ -245,6 +249,16 @@ profile: ensure-setup harness iso
 		--break $(or $(BREAK),$(PROFILE_BIN)/guest-bench:measure_cpuid:0fa2) \
 		$(if $(SKIP),--skip $(SKIP)) $(if $(STEPS),--steps $(STEPS)) \
 		--kernel $(PROFILE_BIN)/umbra-kernel --loader grub
+
+# Linux guests (issue #13): Debian's kernels and busybox-static through apt, cached in
+# $(BUILD)/linux/ARCH/ (tests/linux/fetch.sh), then the test initramfs (tests/linux/initramfs.sh).
+linux-assets: ensure-setup
+	@tests/linux/fetch.sh
+	@tests/linux/initramfs.sh
+
+# A Linux kernel and the test initramfs booted by GRUB in Bochs, no Umbra (tests/src/linux.rs).
+linux-native: ensure-setup harness linux-assets
+	@$(HARNESS) linux-native --arch $(or $(ARCH),amd64) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 boot-configs: harness
 	@$(HARNESS) boot-configs

@@ -26,6 +26,11 @@ need_file /usr/share/ovmf/OVMF.fd ovmf                 # UEFI firmware for QEMU 
 need_file /usr/lib/grub/x86_64-efi/modinfo.sh grub-efi-amd64-bin   # grub-mkrescue: UEFI boot too
 need_cmd xorriso xorriso
 need_cmd objcopy binutils                          # service stripping, flat guest images
+need_cmd as binutils                               # example kernel, Linux test initramfs (tsc.S)
+need_cmd ld binutils
+need_cmd bsdtar libarchive-tools                   # the Linux test initramfs (newc cpio)
+need_cmd gzip gzip
+need_cmd dpkg-deb dpkg                             # Linux assets: Debian's kernel packages
 need_cmd mformat mtools
 need_cmd mcopy mtools
 need_cmd cc gcc                                   # host linker for build scripts and tests

@@ -11,6 +11,7 @@
 //! - [`bench`]: `make bench`: IPC round trips, VM exit round trips, the shadow MMU.
 //! - [`userguest`]: `make run GUEST=path`: a user's own kernel, checked, then booted.
 //! - [`trace`] and [`trace_svg`]: `make trace`: the exit trace report, its CSV and its SVG.
+//! - [`linux`]: Linux guests' assets, the test init's report, the native (no Umbra) boot.
 //! - [`profile`]: `make profile`: where one path's instructions go, from a Bochs trace.
 
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod bootcfg;
 pub mod emu;
 pub mod judge;
 pub mod limine;
+pub mod linux;
 pub mod orchestrate;
 pub mod profile;
 pub mod runner;

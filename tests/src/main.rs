@@ -9,7 +9,7 @@ use umbra_tests::orchestrate::{self, TestOptions};
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
 use umbra_tests::userguest::{self, UserGuest};
-use umbra_tests::{bench, bootcfg, judge, limine, screen, trace};
+use umbra_tests::{bench, bootcfg, judge, limine, linux, screen, trace};
 
 const USAGE: &str = "\
 usage: umbra-harness <command> [options]
@@ -50,6 +50,11 @@ commands:
                        each with the kernel's symbols (--kernel, default the release kernel):
                        the path cut at syscall / return / VM entry / VM exit, instructions per
                        function; written to BUILD/profile/NAME.txt
+  linux-native --arch amd64|i386 [--timeout SECS]
+                       boot Debian's kernel and the test initramfs (`make linux-assets`) through
+                       GRUB in Bochs without Umbra, stream COM1, print the init's report (the
+                       TSC at its first line: instructions from power-on); exit 0 iff it passed
+                       and powered off
   limine-iso           build BUILD/umbra-limine.iso (the menu, limine.cfg) from BUILD/limine-root
   screen-check         boot scenario=kernel through Limine on UEFI in QEMU and check that the
                        screen (QEMU's screendump) shows the log's last lines
@@ -104,6 +109,7 @@ struct Args {
     skip: Option<u32>,
     steps: Option<u32>,
     kernel: Option<PathBuf>,
+    arch: Option<String>,
     iso: PathBuf,
     build_dir: PathBuf,
 }
@@ -136,6 +142,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         skip: None,
         steps: None,
         kernel: None,
+        arch: None,
         flat: false,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
@@ -174,6 +181,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--skip" => a.skip = Some(number("--skip", &value("--skip")?)?),
             "--steps" => a.steps = Some(number("--steps", &value("--steps")?)?),
             "--kernel" => a.kernel = Some(PathBuf::from(value("--kernel")?)),
+            "--arch" => a.arch = Some(value("--arch")?),
             "--iso" => a.iso = PathBuf::from(value("--iso")?),
             "--build-dir" => a.build_dir = PathBuf::from(value("--build-dir")?),
             "-h" | "--help" => {
@@ -435,6 +443,10 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         }
         "trace" => trace(&a),
         "profile" => profile(&a),
+        "linux-native" => {
+            let arch = linux::Arch::parse(a.arch.as_deref().ok_or("linux-native needs --arch")?)?;
+            linux::native_main(&a.build_dir, arch, a.timeout)
+        }
         "limine-iso" => {
             let parts = limine::Parts::find(&a.build_dir)?;
             let out = a.build_dir.join(limine::ISO);
