@@ -65,15 +65,16 @@ LIMINE_TOOL := $(BUILD)/limine
 LOADER ?= auto
 FIRMWARE ?= bios
 
-.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace profile boot-configs scenarios clean linux-assets linux-native
+.PHONY: help setup ensure-setup kernel services harness iso limine-iso limine-stage run guest-check example-kernel test fuzz fuzz-vm bench trace profile boot-configs scenarios clean linux-assets linux-native linux
 
 # A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
 # any command line (quotes, `$`) reaches the guest as typed.
-export GUEST CMDLINE RAM MMU FLAT VCPUS INITRD POOL
+export GUEST CMDLINE RAM MMU FLAT VCPUS INITRD POOL KVM_POLICY
 # The harness options of a GUEST= run.
 GUEST_ARGS = --guest "$$GUEST" --guest-cmdline "$$CMDLINE" $(if $(RAM),--ram "$$RAM") $(if $(MMU),--mmu "$$MMU") \
 	$(if $(VCPUS),--vcpus "$$VCPUS") $(if $(filter-out 0 no,$(FLAT)),--flat) \
-	$(if $(INITRD),--initrd "$$INITRD") $(if $(POOL),--pool "$$POOL")
+	$(if $(INITRD),--initrd "$$INITRD") $(if $(POOL),--pool "$$POOL") \
+	$(if $(filter-out 0 no,$(KVM_POLICY)),--kvm-policy)
 
 # The example kernel (tests/example-kernel), built with the system's assembler and linker.
 EXAMPLE_KERNEL := $(BUILD)/example-kernel.elf
@@ -95,6 +96,11 @@ help:
 	@echo "                     at 2 MiB) under the VMM: its console, its result, the exit summary; RAM up to 1G;"
 	@echo "                     exit 0 iff it wrote 0 to port 0xf4 (isa-debug-exit). Example: make example-kernel,"
 	@echo "                     then make run GUEST=$(EXAMPLE_KERNEL) CMDLINE=\"hello world\""
+	@echo "                     A Linux bzImage is booted by the Linux boot protocol: INITRD=path, POOL=pages"
+	@echo "                     (shadow page pool), KVM_POLICY=1 (shadow: PAE roots never cached)"
+	@echo "  make run GUEST=linux64|linux-pae [MMU=ept|shadow] [KVM_POLICY=1] EMU=bochs"
+	@echo "                     Debian's 64-bit or 32-bit PAE kernel with the test initramfs (make linux-assets"
+	@echo "                     first): the Linux console, the init's checks, exits and shadow MMU figures"
 	@echo "  make example-kernel  build $(EXAMPLE_KERNEL) (tests/example-kernel, with as and ld)"
 	@echo "  make test          fmt, clippy, host tests, scenarios on QEMU and Bochs;"
 	@echo "                     last line: N passed, M failed"
@@ -115,6 +121,8 @@ help:
 	@echo "                     (cached) and build the test initramfs (tests/linux/: init, tsc.S)"
 	@echo "  make linux-native  boot a Linux kernel and the test initramfs in Bochs without Umbra (the baseline):"
 	@echo "                     ARCH=amd64|i386 (default amd64), TIMEOUT=secs; prints the init's report"
+	@echo "  make linux         every Linux combination on Bochs (~20 min): native, EPT, shadow, KVM policy;"
+	@echo "                     boot ratios, prev_roots hit rates, $(BUILD)/linux/report.csv"
 	@echo "  make boot-configs  regenerate tests/boot/grub.cfg and limine.cfg from the scenario table"
 	@echo "  make clean         remove $(BUILD)/ and cargo's target/"
 
@@ -185,7 +193,11 @@ limine-stage:
 	@if [ -f "$(LIMINE_FOUND)/BOOTIA32.EFI" ]; then cp "$(LIMINE_FOUND)/BOOTIA32.EFI" $(LIMINE_ROOT)/EFI/BOOT/; fi
 	@$(HARNESS) limine-iso --build-dir $(BUILD)
 
-run: ensure-setup harness $(if $(GUEST),guest-check) iso
+# Linux guests by name (GUEST=linux64 or SCENARIO=linux-pae): their assets come first.
+LINUX_GUESTS := linux64 linux-pae
+LINUX_NAMED := $(filter $(LINUX_GUESTS),$(GUEST) $(SCENARIO))
+
+run: ensure-setup harness $(if $(LINUX_NAMED),linux-assets) $(if $(GUEST),guest-check) iso
 	@$(HARNESS) run --emu $(or $(EMU),auto) $(if $(GUEST),$(GUEST_ARGS),--scenario $(or $(SCENARIO),demo)) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT)) --loader $(or $(LOADER),auto) --firmware $(or $(FIRMWARE),bios)
 
@@ -235,7 +247,7 @@ bench: ensure-setup harness iso
 # A scenario with exit tracing on (`trace` on the kernel command line), in Bochs unless EMU is
 # named: the report table, build/trace/SCENARIO.csv and .svg. LOG=path: only report on a log.
 # GUEST=: a user's own kernel traced (scenario guest; the GUEST= options of `make run`).
-trace: ensure-setup harness $(if $(GUEST),guest-check) $(if $(LOG),,iso)
+trace: ensure-setup harness $(if $(LINUX_NAMED),linux-assets) $(if $(GUEST),guest-check) $(if $(LOG),,iso)
 	@$(HARNESS) trace $(if $(GUEST),$(GUEST_ARGS),--scenario $(TRACE_SCENARIO)) \
 		$(if $(LOG),--log $(LOG),--emu $(if $(filter undefined,$(EMU_ORIGIN)),bochs,$(EMU)) \
 		$(if $(TIMEOUT),--timeout $(TIMEOUT)) --loader $(or $(LOADER),auto))
@@ -259,6 +271,13 @@ linux-assets: ensure-setup
 # A Linux kernel and the test initramfs booted by GRUB in Bochs, no Umbra (tests/src/linux.rs).
 linux-native: ensure-setup harness linux-assets
 	@$(HARNESS) linux-native --arch $(or $(ARCH),amd64) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+# Every Linux combination on Bochs (about 20 minutes; wrap it in the Bochs lock on a shared
+# machine): the native boots, then 64-bit and PAE on EPT and shadow paging, PAE also with KVM's
+# root policy; the init's checks of each, the table of boot ratios and hit rates
+# ($(BUILD)/linux/report.csv).
+linux: ensure-setup harness linux-assets iso
+	@$(HARNESS) linux-report
 
 boot-configs: harness
 	@$(HARNESS) boot-configs

@@ -20,6 +20,7 @@ pub mod emu;
 pub mod judge;
 pub mod limine;
 pub mod linux;
+pub mod linux_run;
 pub mod orchestrate;
 pub mod profile;
 pub mod runner;

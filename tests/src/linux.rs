@@ -12,6 +12,7 @@
 //! umbra-init: pipes <bytes> bytes through <n> processes, md5 <got> expected <want>: ok|FAIL
 //! umbra-init: context switches <n>
 //! umbra-init: memory <MiB> MiB filled and checksummed: ok|FAIL
+//! umbra-init: end tsc <decimal>
 //! umbra-init: result pass|fail
 //! ```
 
@@ -159,6 +160,9 @@ pub struct InitReport {
     pub memory_ok: bool,
     /// `result pass`.
     pub result_pass: bool,
+    /// The time-stamp counter when the workloads ended (the `end tsc` line; absent from
+    /// inits older than it).
+    pub end_tsc: Option<u64>,
 }
 
 impl InitReport {
@@ -213,6 +217,11 @@ impl InitReport {
             .ok_or_else(bad_memory)?;
         let memory_ok = ok_or_fail(verdict).ok_or_else(bad_memory)?;
 
+        let end_tsc = match line("end tsc ") {
+            Ok(t) => Some(number(t, "end tsc")?),
+            Err(_) if !lines.iter().any(|l| l.starts_with("end tsc")) => None,
+            Err(e) => return Err(e),
+        };
         let result = line("result ")?;
         let result_pass = match result {
             "pass" => true,
@@ -233,6 +242,7 @@ impl InitReport {
             memory_mib: number(mib, "memory MiB")?,
             memory_ok,
             result_pass,
+            end_tsc,
         })
     }
 

@@ -13,6 +13,7 @@ umbra-init: pipes 524288 bytes through 5 processes, md5 f4bf52a92fef001b9740b714
 umbra-init: context switches 30123
 [    7.338471] clocksource: Switched to clocksource tsc
 umbra-init: memory 32 MiB filled and checksummed: ok
+umbra-init: end tsc 9123456789
 umbra-init: result pass
 [    7.524509] ACPI: PM: Preparing to enter system sleep state S5
 ";
@@ -37,8 +38,14 @@ fn a_passing_console_parses_into_every_figure() {
             memory_mib: 32,
             memory_ok: true,
             result_pass: true,
+            end_tsc: Some(9_123_456_789),
         }
     );
+    // An init without the end line still parses; a malformed one does not.
+    let no_end = NATIVE.replace("umbra-init: end tsc 9123456789\n", "");
+    assert_eq!(InitReport::parse(&no_end).unwrap().end_tsc, None);
+    let bad_end = NATIVE.replace("end tsc 9123456789", "end tsc 9x");
+    assert!(InitReport::parse(&bad_end).is_err());
     assert!(r.failures(Arch::Amd64).is_empty());
     // The amd64 kernel's report is not a pass of the i386 guest.
     assert_eq!(r.failures(Arch::I386).len(), 1);
@@ -229,6 +236,7 @@ fn the_init_script_prints_what_the_parser_reads() {
         "say \"pipes $PIPE_BYTES bytes through 5 processes, md5 $got expected $want: $v\"",
         "say \"context switches $((after - before))\"",
         "say \"memory $MEM_MIB MiB filled and checksummed: $v\"",
+        "say \"end ${t#umbra-init: }\"",
         "say \"result pass\"",
         "say \"result fail\"",
     ] {

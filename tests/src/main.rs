@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use umbra_tests::emu::{Emu, Firmware, Loader};
+use umbra_tests::linux_run;
 use umbra_tests::orchestrate::{self, TestOptions};
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
+use umbra_tests::tally::Tally;
 use umbra_tests::userguest::{self, UserGuest};
 use umbra_tests::{bench, bootcfg, judge, limine, linux, screen, trace};
 
@@ -50,6 +52,9 @@ commands:
                        each with the kernel's symbols (--kernel, default the release kernel):
                        the path cut at syscall / return / VM entry / VM exit, instructions per
                        function; written to BUILD/profile/NAME.txt
+  linux-report         `make linux`: Debian's 64-bit and PAE kernels natively and under Umbra (EPT,
+                       shadow paging, the PAE kernel also with KVM's root policy) on Bochs: each
+                       init's checks, boot ratios, prev_roots hit rates, BUILD/linux/report.csv
   linux-native --arch amd64|i386 [--timeout SECS]
                        boot Debian's kernel and the test initramfs (`make linux-assets`) through
                        GRUB in Bochs without Umbra, stream COM1, print the init's report (the
@@ -105,6 +110,7 @@ struct Args {
     initrd: Option<PathBuf>,
     pool: Option<String>,
     flat: bool,
+    kvm_policy: bool,
     break_at: Option<String>,
     skip: Option<u32>,
     steps: Option<u32>,
@@ -144,6 +150,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         kernel: None,
         arch: None,
         flat: false,
+        kvm_policy: false,
         iso: PathBuf::from("build/umbra.iso"),
         build_dir: PathBuf::from("build"),
     };
@@ -174,6 +181,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--mmu" => a.mmu = Some(value("--mmu")?),
             "--guest-cmdline" => a.guest_cmdline = Some(value("--guest-cmdline")?),
             "--flat" => a.flat = true,
+            "--kvm-policy" => a.kvm_policy = true,
             "--vcpus" => a.vcpus = Some(value("--vcpus")?),
             "--initrd" => a.initrd = Some(PathBuf::from(value("--initrd")?)),
             "--pool" => a.pool = Some(value("--pool")?),
@@ -206,6 +214,7 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
     let guest = user_guest(a)?;
     let scenario = match (&guest, a.scenario.as_deref()) {
         (Some(_), None | Some("") | Some(abi::scenario::GUEST)) => abi::scenario::GUEST.to_string(),
+        (Some(_), Some(s)) if linux_run::named(s).is_some() => abi::scenario::GUEST.to_string(),
         (Some(_), Some(other)) => {
             return Err(format!(
                 "--guest runs scenario `{}`, not `{other}`",
@@ -239,7 +248,9 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
         extra_cmdline: cmdline,
         emu,
         scenario,
-        timeout_secs: a.timeout,
+        timeout_secs: a
+            .timeout
+            .or(linux_alias(a).map(|_| linux_run::TIMEOUT_SECS)),
         expect: a.expect_crash.then_some(Expect::Crash),
         iso: a.iso.clone(),
         build_dir: a.build_dir.clone(),
@@ -250,8 +261,33 @@ fn run_options(a: &Args, cmdline: Option<String>) -> Result<RunOptions, String> 
     })
 }
 
+/// The Linux guest `--guest` (or `--scenario`) names: `linux64` or `linux-pae`, unless a file
+/// of that name exists.
+fn linux_alias(a: &Args) -> Option<linux::Arch> {
+    match &a.guest {
+        Some(p) if !p.exists() => p.to_str().and_then(linux_run::named),
+        Some(_) => None,
+        None => a.scenario.as_deref().and_then(linux_run::named),
+    }
+}
+
 /// The user's guest of `--guest`, checked (a clear error before anything boots).
 fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
+    if let Some(arch) = linux_alias(a) {
+        let ram = match a.ram.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(r) => Some(userguest::parse_ram(r)?),
+        };
+        let mmu = userguest::parse_mmu(a.mmu.as_deref().unwrap_or(""))?;
+        let o = linux_run::Options {
+            ram_mib: ram,
+            shadow: mmu == userguest::GuestMmu::Shadow,
+            kvm_policy: a.kvm_policy,
+            cmdline: a.guest_cmdline.as_deref(),
+            pool: a.pool.as_deref().filter(|p| !p.trim().is_empty()),
+        };
+        return linux_run::guest(&a.build_dir, arch, &o).map(Some);
+    }
     let Some(path) = &a.guest else {
         if a.ram.is_some()
             || a.mmu.is_some()
@@ -260,10 +296,11 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
             || a.vcpus.is_some()
             || a.initrd.is_some()
             || a.pool.is_some()
+            || a.kvm_policy
         {
             return Err(
-                "--ram, --mmu, --guest-cmdline, --vcpus, --initrd, --pool and --flat go with \
-                 --guest PATH"
+                "--ram, --mmu, --guest-cmdline, --vcpus, --initrd, --pool, --kvm-policy and \
+                 --flat go with --guest PATH"
                     .into(),
             );
         }
@@ -284,6 +321,9 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
     }
     if let Some(p) = a.pool.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
         guest = guest.with_pool(p)?;
+    }
+    if a.kvm_policy {
+        guest = guest.with_kvm_policy()?;
     }
     Ok(Some(guest))
 }
@@ -409,13 +449,19 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         "run" => {
             let opts = run_options(&a, a.cmdline.clone())?;
             let r = runner::run(&opts).map_err(|e| e.0)?;
+            let mut passed = r.verdict.check_passed;
             if opts.guest.is_some() {
-                let log = std::fs::read(&r.log_path).unwrap_or_default();
-                for line in userguest::result_lines(&judge::clean_console(&log)) {
+                let log = judge::clean_console(&std::fs::read(&r.log_path).unwrap_or_default());
+                for line in userguest::result_lines(&log) {
                     println!("umbra-harness: {line}");
                 }
+                // A Linux guest of ours passes when its init's checks pass.
+                if let Some(arch) = linux_alias(&a) {
+                    let mut tally = Tally::default();
+                    passed &= linux_run::judge(&log, arch, &mut tally).0;
+                }
             }
-            Ok(if r.verdict.check_passed { 0 } else { 1 })
+            Ok(if passed { 0 } else { 1 })
         }
         "example-guest" => {
             let (ok, seen, tally) = userguest::run_example(&a.build_dir, &a.iso)?;
@@ -443,6 +489,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         }
         "trace" => trace(&a),
         "profile" => profile(&a),
+        "linux-report" => linux_run::report_main(&a.build_dir, &a.iso),
         "linux-native" => {
             let arch = linux::Arch::parse(a.arch.as_deref().ok_or("linux-native needs --arch")?)?;
             linux::native_main(&a.build_dir, arch, a.timeout)

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::emu::Loader;
 use crate::judge::clean_console;
 use crate::limine;
+use crate::linux::Arch;
+use crate::linux_run;
 use crate::runner::{self, flush_stdout, RunOptions};
 use crate::scenarios::{Expect, LIMINE_RUNS, SCENARIOS};
 use crate::screen;
@@ -148,8 +150,8 @@ const CARGO_STEPS: &[CmdStep] = &[
 pub fn test(opts: &TestOptions) -> i32 {
     let started = Instant::now();
     let runs = scenario_runs(opts);
-    // + make iso, + the screen console check, + the example kernel through `GUEST=`.
-    let total_steps = CARGO_STEPS.len() + 1 + runs.len() + 1 + 1;
+    // + make iso, + the screen console check, + the example kernel through `GUEST=`, + Linux.
+    let total_steps = CARGO_STEPS.len() + 1 + runs.len() + 1 + 1 + 1;
     let mut n = 0;
     let mut results = Vec::new();
 
@@ -248,6 +250,8 @@ pub fn test(opts: &TestOptions) -> i32 {
 
     n += 1;
     results.push(example_kernel_step(n, total_steps, opts, iso_ok));
+    n += 1;
+    results.push(linux_step(n, total_steps, opts, iso_ok));
 
     let mut total = Tally::default();
     println!();
@@ -339,6 +343,57 @@ fn example_kernel_step(n: usize, total: usize, opts: &TestOptions, iso_ok: bool)
     }
     match userguest::run_example(&opts.build_dir, &opts.iso) {
         Ok((ok, detail, tally)) => StepResult {
+            name,
+            ok,
+            skipped: false,
+            detail,
+            tally,
+            elapsed: t0.elapsed(),
+        },
+        Err(e) => failed_step(name, &e, t0),
+    }
+}
+
+/// The Linux guest `make test` boots: Debian's 32-bit PAE kernel on shadow paging, the case
+/// Umbra's PAE root cache is for (`make linux` boots every combination).
+pub const LINUX_TEST: (Arch, bool) = (Arch::I386, true);
+
+/// `make linux-assets` (Debian's kernels, busybox, the test initramfs), then [`LINUX_TEST`]
+/// booted as `make run GUEST=linux-pae MMU=shadow` does, its init's checks judged.
+fn linux_step(n: usize, total: usize, opts: &TestOptions, iso_ok: bool) -> StepResult {
+    let (arch, shadow) = LINUX_TEST;
+    let name = format!(
+        "Linux: {} on {}",
+        linux_run::name_of(arch),
+        if shadow { "shadow paging" } else { "EPT" }
+    );
+    header(
+        n,
+        total,
+        &name,
+        "make linux-assets, then Debian's kernel and the test init under the VMM on bochs",
+    );
+    let t0 = Instant::now();
+    if !iso_ok {
+        return failed_step(name, "not run: ISO build failed", t0);
+    }
+    let fetched = Command::new(&opts.make)
+        .args(["--no-print-directory", "linux-assets"])
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .status();
+    if !matches!(fetched, Ok(s) if s.success()) {
+        return failed_step(name, &format!("make linux-assets failed: {fetched:?}"), t0);
+    }
+    let o = linux_run::Options {
+        shadow,
+        ..linux_run::Options::default()
+    };
+    let run = linux_run::guest(&opts.build_dir, arch, &o)
+        .and_then(|g| linux_run::run_checked(&opts.build_dir, &opts.iso, arch, g));
+    match run {
+        Ok((ok, detail, _, tally)) => StepResult {
             name,
             ok,
             skipped: false,

@@ -11,8 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use abi::scenario::{
-    GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_MMU, GUEST_MODULE, GUEST_POOL, GUEST_RAM,
-    GUEST_VCPUS,
+    GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_KVM_POLICY, GUEST_MMU, GUEST_MODULE,
+    GUEST_POOL, GUEST_RAM, GUEST_VCPUS,
 };
 use userlib::proto::vmm::{
     CMDLINE_MAX, DEFAULT_FLAT_LOAD_GPA, MODULE_MAX, RAM_MAX_MIB, RAM_MIN_MIB,
@@ -56,6 +56,8 @@ pub struct UserGuest {
     pub initrd: Option<(PathBuf, String, u64)>,
     /// Shadow page pool pages (absent: the VMM's default).
     pub pool_pages: Option<u32>,
+    /// Shadow paging with KVM's policy: per-vCPU PAE roots never cached (`KVM_POLICY=1`).
+    pub kvm_policy: bool,
     /// The guest's command line after its file name.
     pub cmdline: String,
     /// vCPUs (`VCPUS=`; 1 unless [`UserGuest::with_vcpus`] says otherwise).
@@ -243,6 +245,7 @@ impl UserGuest {
             linux,
             initrd: None,
             pool_pages: None,
+            kvm_policy: false,
             cmdline,
             vcpus: 1,
             bytes: image.len() as u64,
@@ -318,6 +321,9 @@ impl UserGuest {
     /// The guest with a shadow page pool of `pages` pages (`POOL=`).
     pub fn with_pool(mut self, pages: &str) -> Result<UserGuest, String> {
         use userlib::proto::vmm::{POOL_MAX_PAGES, POOL_MIN_PAGES};
+        if self.mmu != GuestMmu::Shadow {
+            return Err(format!("POOL={pages}: the shadow page pool (MMU=shadow)"));
+        }
         let n: u32 = pages
             .trim()
             .parse()
@@ -328,6 +334,15 @@ impl UserGuest {
             ));
         }
         self.pool_pages = Some(n);
+        Ok(self)
+    }
+
+    /// The guest on shadow paging with KVM's policy (`KVM_POLICY=1`; shadow paging only).
+    pub fn with_kvm_policy(mut self) -> Result<UserGuest, String> {
+        if self.mmu != GuestMmu::Shadow {
+            return Err("KVM_POLICY=1: a root-caching policy of shadow paging (MMU=shadow)".into());
+        }
+        self.kvm_policy = true;
         Ok(self)
     }
 
@@ -373,10 +388,14 @@ impl UserGuest {
             Some((_, name, _)) => format!("{GUEST_INITRD}{name} "),
             None => String::new(),
         };
-        let pool = match self.pool_pages {
+        let mut pool = match self.pool_pages {
             Some(n) => format!("{GUEST_POOL}{n} "),
             None => String::new(),
         };
+        if self.kvm_policy {
+            pool.push_str(GUEST_KVM_POLICY);
+            pool.push(' ');
+        }
         format!(
             "{GUEST_MODULE}{} {GUEST_RAM}{} {GUEST_MMU}{} {GUEST_ENTRY}{} \
              {vcpus}{initrd}{pool}{GUEST_CMDLINE}{}",

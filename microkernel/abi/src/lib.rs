@@ -67,6 +67,8 @@ pub mod scenario {
     pub const GUEST_INITRD: &str = "guest.initrd=";
     /// Shadow page pool pages (absent: the VMM's default).
     pub const GUEST_POOL: &str = "guest.pool=";
+    /// A word alone: shadow paging with KVM's policy (per-vCPU PAE roots never cached).
+    pub const GUEST_KVM_POLICY: &str = "guest.kvm-policy";
     /// vCPUs (`VCPUS=n`; absent: 1).
     pub const GUEST_VCPUS: &str = "guest.vcpus=";
     pub const GUEST_CMDLINE: &str = "guest.cmdline=";

@@ -11,8 +11,8 @@
 use core::fmt::Write;
 
 use abi::scenario::{
-    GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_MMU, GUEST_MODULE, GUEST_POOL, GUEST_RAM,
-    GUEST_VCPUS,
+    GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_KVM_POLICY, GUEST_MMU, GUEST_MODULE,
+    GUEST_POOL, GUEST_RAM, GUEST_VCPUS,
 };
 use heapless::String;
 use userlib::proto::vmm::{
@@ -36,6 +36,8 @@ pub struct GuestArgs {
     pub shadow: bool,
     /// Shadow page pool pages (`guest.pool=`; absent: the default).
     pub pool_pages: Option<u32>,
+    /// Shadow paging with KVM's policy (`guest.kvm-policy`).
+    pub kvm_policy: bool,
     pub entry: GuestEntry,
     /// A Linux guest's initramfs module (`guest.initrd=`; empty: none).
     pub initrd: String<MODULE_MAX>,
@@ -84,6 +86,7 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
         ram_mib: 0,
         shadow: false,
         pool_pages: None,
+        kvm_policy: false,
         entry: GuestEntry::Multiboot,
         initrd: String::new(),
         vcpus: 1,
@@ -93,6 +96,8 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
     for w in head.split_ascii_whitespace() {
         if w == "trace" {
             args.trace = true;
+        } else if w == GUEST_KVM_POLICY {
+            args.kvm_policy = true;
         } else if let Some(v) = w.strip_prefix(GUEST_MODULE) {
             args.module = String::try_from(v).map_err(|_| "guest.module= is too long")?;
         } else if let Some(v) = w.strip_prefix(GUEST_RAM) {
@@ -141,6 +146,7 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         mmu: if a.shadow {
             MmuMode::Shadow(ShadowConfig {
                 pool_pages: a.pool_pages.unwrap_or(ShadowConfig::DEFAULT.pool_pages),
+                kvm_policy: a.kvm_policy,
                 ..ShadowConfig::DEFAULT
             })
         } else {
@@ -234,7 +240,11 @@ pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
         args.module.as_str(),
         args.ram_mib,
         args.entry.words(),
-        if args.shadow { "shadow paging" } else { "EPT" },
+        match (args.shadow, args.kvm_policy) {
+            (true, true) => "shadow paging, KVM's root policy",
+            (true, false) => "shadow paging",
+            _ => "EPT",
+        },
         if args.initrd.is_empty() {
             ""
         } else {
@@ -315,10 +325,12 @@ mod tests {
         assert!(b.entry == GuestEntry::Flat && !b.shadow && b.cmdline.is_empty());
         let l = parse(
             "guest.module=vmlinuz guest.ram=256 guest.entry=linux guest.initrd=initramfs \
-             guest.mmu=shadow guest.pool=2048 guest.cmdline=console=ttyS0",
+             guest.mmu=shadow guest.pool=2048 guest.kvm-policy guest.cmdline=console=ttyS0",
         )
         .unwrap();
         let lc = config(&l);
+        assert!(matches!(lc.mmu, MmuMode::Shadow(s) if s.kvm_policy));
+        assert!(!matches!(config(&b).mmu, MmuMode::Shadow(s) if s.kvm_policy));
         assert_eq!(lc.entry, EntryMode::Linux);
         assert_eq!(lc.initrd.as_str(), "initramfs");
         assert!(matches!(lc.mmu, MmuMode::Shadow(s) if s.pool_pages == 2048));
