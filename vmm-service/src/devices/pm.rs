@@ -210,7 +210,7 @@ mod tests {
         assert!(!pm.irq_level(carry));
         assert_eq!(pm.next_event(0), None);
         // The other fixed events' enables hold (an OS reads them back) but raise nothing.
-        write16(&mut pm, PM1A_EVT + 2, 0xffff & !pm1::TMR, 0);
+        write16(&mut pm, PM1A_EVT + 2, !pm1::TMR, 0);
         assert_eq!(read16(&pm, PM1A_EVT + 2, 0), pm1::ENABLES & !pm1::TMR);
         assert!(!pm.irq_level(carry));
         assert_eq!(pm.next_event(0), None);
