@@ -539,6 +539,19 @@ fn real_main(args: &[String]) -> Result<u8, String> {
                     s.timeout_secs
                 );
             }
+            for (name, arch) in linux_run::NAMES {
+                println!(
+                    "{name:<16} Debian's {} kernel and the test init as a user's guest (GUEST={name}; \
+                     bochs; make test: {}; timeout {} s)",
+                    arch.name(),
+                    if orchestrate::LINUX_TEST.0 == arch {
+                        "on shadow paging"
+                    } else {
+                        "no (make linux)"
+                    },
+                    linux_run::TIMEOUT_SECS
+                );
+            }
             Ok(0)
         }
         "bench-ipc" => bench::run_ipc(&a.iso, &a.build_dir),
