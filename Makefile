@@ -69,11 +69,12 @@ FIRMWARE ?= bios
 
 # A user's own kernel (`make run GUEST=...`): the harness reads these from the environment, so
 # any command line (quotes, `$`) reaches the guest as typed.
-export GUEST CMDLINE RAM MMU FLAT VCPUS INITRD POOL KVM_POLICY
+export GUEST CMDLINE RAM MMU FLAT VCPUS INITRD POOL PREV_ROOTS KVM_POLICY
 # The harness options of a GUEST= run.
 GUEST_ARGS = --guest "$$GUEST" --guest-cmdline "$$CMDLINE" $(if $(RAM),--ram "$$RAM") $(if $(MMU),--mmu "$$MMU") \
 	$(if $(VCPUS),--vcpus "$$VCPUS") $(if $(filter-out 0 no,$(FLAT)),--flat) \
 	$(if $(INITRD),--initrd "$$INITRD") $(if $(POOL),--pool "$$POOL") \
+	$(if $(PREV_ROOTS),--prev-roots "$$PREV_ROOTS") \
 	$(if $(filter-out 0 no,$(KVM_POLICY)),--kvm-policy)
 
 # The example kernel (tests/example-kernel), built with the system's assembler and linker.
@@ -98,6 +99,7 @@ help:
 	@echo "                     then make run GUEST=$(EXAMPLE_KERNEL) CMDLINE=\"hello world\""
 	@echo "                     A Linux bzImage is booted by the Linux boot protocol: INITRD=path, POOL=pages"
 	@echo "                     (shadow page pool), KVM_POLICY=1 (shadow: PAE roots never cached)"
+	@echo "                     PREV_ROOTS=0..30: previous roots each shadow-paged vCPU caches (default 8)"
 	@echo "  make run GUEST=linux64|linux-pae [MMU=ept|shadow] [KVM_POLICY=1] EMU=bochs"
 	@echo "                     Debian's 64-bit or 32-bit PAE kernel with the test initramfs (make linux-assets"
 	@echo "                     first): the Linux console, the init's checks, exits and shadow MMU figures"

@@ -46,6 +46,7 @@ pub struct Options<'a> {
     pub kvm_policy: bool,
     pub cmdline: Option<&'a str>,
     pub pool: Option<&'a str>,
+    pub prev_roots: Option<&'a str>,
 }
 
 /// `arch`'s kernel and initramfs as a user's guest, checked like any `GUEST=`.
@@ -67,6 +68,9 @@ pub fn guest(build_dir: &Path, arch: Arch, o: &Options<'_>) -> Result<UserGuest,
     .with_initrd(&assets.initramfs)?;
     if o.shadow {
         g = g.with_pool(o.pool.unwrap_or(&POOL_PAGES.to_string()))?;
+    }
+    if let Some(n) = o.prev_roots {
+        g = g.with_prev_roots(n)?;
     }
     if o.kvm_policy {
         g = g.with_kvm_policy()?;

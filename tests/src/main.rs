@@ -25,10 +25,11 @@ commands:
                        --loader: auto (default) is limine when `make iso` built its parts, else grub;
                        --firmware uefi boots OVMF (QEMU only)
   run --guest PATH [--ram SIZE] [--mmu ept|shadow] [--vcpus N] [--guest-cmdline WORDS] [--flat]
-      [--initrd PATH] [--pool PAGES] [options of run]
+      [--initrd PATH] [--pool PAGES] [--prev-roots N] [--kvm-policy] [options of run]
                        run a user's own kernel (scenario `guest`): PATH is a multiboot (v1) ELF
                        kernel, a Linux bzImage (found by its header; --initrd its initramfs,
-                       --pool the shadow page pool), or with --flat a flat 64-bit image loaded and
+                       --pool the shadow page pool; --prev-roots the previous roots each shadow-paged
+                       vCPU caches, --kvm-policy no PAE root caching), or with --flat a flat 64-bit image loaded and
                        entered at 2 MiB; it is
                        checked with the VMM's loader against its RAM (SIZE: 64M default, up to 1G)
                        first, then put on the boot media as the module `<file name> image=guest`;
@@ -109,6 +110,7 @@ struct Args {
     vcpus: Option<String>,
     initrd: Option<PathBuf>,
     pool: Option<String>,
+    prev_roots: Option<String>,
     flat: bool,
     kvm_policy: bool,
     break_at: Option<String>,
@@ -144,6 +146,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         vcpus: None,
         initrd: None,
         pool: None,
+        prev_roots: None,
         break_at: None,
         skip: None,
         steps: None,
@@ -185,6 +188,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--vcpus" => a.vcpus = Some(value("--vcpus")?),
             "--initrd" => a.initrd = Some(PathBuf::from(value("--initrd")?)),
             "--pool" => a.pool = Some(value("--pool")?),
+            "--prev-roots" => a.prev_roots = Some(value("--prev-roots")?),
             "--break" => a.break_at = Some(value("--break")?),
             "--skip" => a.skip = Some(number("--skip", &value("--skip")?)?),
             "--steps" => a.steps = Some(number("--steps", &value("--steps")?)?),
@@ -285,6 +289,7 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
             kvm_policy: a.kvm_policy,
             cmdline: a.guest_cmdline.as_deref(),
             pool: a.pool.as_deref().filter(|p| !p.trim().is_empty()),
+            prev_roots: a.prev_roots.as_deref().filter(|p| !p.trim().is_empty()),
         };
         return linux_run::guest(&a.build_dir, arch, &o).map(Some);
     }
@@ -296,10 +301,11 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
             || a.vcpus.is_some()
             || a.initrd.is_some()
             || a.pool.is_some()
+            || a.prev_roots.is_some()
             || a.kvm_policy
         {
             return Err(
-                "--ram, --mmu, --guest-cmdline, --vcpus, --initrd, --pool, --kvm-policy and \
+                "--ram, --mmu, --guest-cmdline, --vcpus, --initrd, --pool, --prev-roots, --kvm-policy and \
                  --flat go with --guest PATH"
                     .into(),
             );
@@ -321,6 +327,9 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
     }
     if let Some(p) = a.pool.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
         guest = guest.with_pool(p)?;
+    }
+    if let Some(n) = a.prev_roots.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        guest = guest.with_prev_roots(n)?;
     }
     if a.kvm_policy {
         guest = guest.with_kvm_policy()?;

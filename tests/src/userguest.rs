@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use abi::scenario::{
     GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_KVM_POLICY, GUEST_MMU, GUEST_MODULE,
-    GUEST_POOL, GUEST_RAM, GUEST_VCPUS,
+    GUEST_POOL, GUEST_PREV_ROOTS, GUEST_RAM, GUEST_VCPUS,
 };
 use userlib::proto::vmm::{
     CMDLINE_MAX, DEFAULT_FLAT_LOAD_GPA, MODULE_MAX, RAM_MAX_MIB, RAM_MIN_MIB,
@@ -56,6 +56,8 @@ pub struct UserGuest {
     pub initrd: Option<(PathBuf, String, u64)>,
     /// Shadow page pool pages (absent: the VMM's default).
     pub pool_pages: Option<u32>,
+    /// Previous roots each vCPU caches (`PREV_ROOTS=`; absent: the VMM's default).
+    pub prev_roots: Option<u8>,
     /// Shadow paging with KVM's policy: per-vCPU PAE roots never cached (`KVM_POLICY=1`).
     pub kvm_policy: bool,
     /// The guest's command line after its file name.
@@ -245,6 +247,7 @@ impl UserGuest {
             linux,
             initrd: None,
             pool_pages: None,
+            prev_roots: None,
             kvm_policy: false,
             cmdline,
             vcpus: 1,
@@ -337,6 +340,24 @@ impl UserGuest {
         Ok(self)
     }
 
+    /// The guest with `n` previous roots cached per vCPU (`PREV_ROOTS=`; shadow paging only).
+    pub fn with_prev_roots(mut self, n: &str) -> Result<UserGuest, String> {
+        use userlib::proto::vmm::MAX_PREV_ROOTS;
+        if self.mmu != GuestMmu::Shadow {
+            return Err(format!(
+                "PREV_ROOTS={n}: the fast CR3 switch's cache of shadow paging (MMU=shadow)"
+            ));
+        }
+        let count: u8 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c <= MAX_PREV_ROOTS)
+            .ok_or_else(|| format!("PREV_ROOTS={n}: a number of roots from 0 to {MAX_PREV_ROOTS}"))?;
+        self.prev_roots = Some(count);
+        Ok(self)
+    }
+
     /// The guest on shadow paging with KVM's policy (`KVM_POLICY=1`; shadow paging only).
     pub fn with_kvm_policy(mut self) -> Result<UserGuest, String> {
         if self.mmu != GuestMmu::Shadow {
@@ -392,6 +413,9 @@ impl UserGuest {
             Some(n) => format!("{GUEST_POOL}{n} "),
             None => String::new(),
         };
+        if let Some(n) = self.prev_roots {
+            pool.push_str(&format!("{GUEST_PREV_ROOTS}{n} "));
+        }
         if self.kvm_policy {
             pool.push_str(GUEST_KVM_POLICY);
             pool.push(' ');

@@ -67,6 +67,8 @@ pub mod scenario {
     pub const GUEST_INITRD: &str = "guest.initrd=";
     /// Shadow page pool pages (absent: the VMM's default).
     pub const GUEST_POOL: &str = "guest.pool=";
+    /// Previous roots a shadow-paged vCPU caches (absent: the VMM's default).
+    pub const GUEST_PREV_ROOTS: &str = "guest.prev-roots=";
     /// A word alone: shadow paging with KVM's policy (per-vCPU PAE roots never cached).
     pub const GUEST_KVM_POLICY: &str = "guest.kvm-policy";
     /// vCPUs (`VCPUS=n`; absent: 1).

@@ -12,7 +12,7 @@ use core::fmt::Write;
 
 use abi::scenario::{
     GUEST_CMDLINE, GUEST_ENTRY, GUEST_INITRD, GUEST_KVM_POLICY, GUEST_MMU, GUEST_MODULE,
-    GUEST_POOL, GUEST_RAM, GUEST_VCPUS,
+    GUEST_POOL, GUEST_PREV_ROOTS, GUEST_RAM, GUEST_VCPUS,
 };
 use heapless::String;
 use userlib::proto::vmm::{
@@ -36,6 +36,8 @@ pub struct GuestArgs {
     pub shadow: bool,
     /// Shadow page pool pages (`guest.pool=`; absent: the default).
     pub pool_pages: Option<u32>,
+    /// Previous roots cached per vCPU (`guest.prev-roots=`; absent: the default).
+    pub prev_roots: Option<u8>,
     /// Shadow paging with KVM's policy (`guest.kvm-policy`).
     pub kvm_policy: bool,
     pub entry: GuestEntry,
@@ -86,6 +88,7 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
         ram_mib: 0,
         shadow: false,
         pool_pages: None,
+        prev_roots: None,
         kvm_policy: false,
         entry: GuestEntry::Multiboot,
         initrd: String::new(),
@@ -117,6 +120,8 @@ pub fn parse(line: &str) -> Result<GuestArgs, &'static str> {
             args.initrd = String::try_from(v).map_err(|_| "guest.initrd= is too long")?;
         } else if let Some(v) = w.strip_prefix(GUEST_POOL) {
             args.pool_pages = Some(v.parse().map_err(|_| "guest.pool= is not a number")?);
+        } else if let Some(v) = w.strip_prefix(GUEST_PREV_ROOTS) {
+            args.prev_roots = Some(v.parse().map_err(|_| "guest.prev-roots= is not a number")?);
         }
     }
     if args.module.is_empty() {
@@ -146,6 +151,7 @@ pub fn config(a: &GuestArgs) -> VmConfig {
         mmu: if a.shadow {
             MmuMode::Shadow(ShadowConfig {
                 pool_pages: a.pool_pages.unwrap_or(ShadowConfig::DEFAULT.pool_pages),
+                prev_roots: a.prev_roots.unwrap_or(ShadowConfig::DEFAULT.prev_roots),
                 kvm_policy: a.kvm_policy,
                 ..ShadowConfig::DEFAULT
             })
@@ -325,7 +331,8 @@ mod tests {
         assert!(b.entry == GuestEntry::Flat && !b.shadow && b.cmdline.is_empty());
         let l = parse(
             "guest.module=vmlinuz guest.ram=256 guest.entry=linux guest.initrd=initramfs \
-             guest.mmu=shadow guest.pool=2048 guest.kvm-policy guest.cmdline=console=ttyS0",
+             guest.mmu=shadow guest.pool=2048 guest.kvm-policy guest.prev-roots=16 \
+             guest.cmdline=console=ttyS0",
         )
         .unwrap();
         let lc = config(&l);
@@ -334,6 +341,12 @@ mod tests {
         assert_eq!(lc.entry, EntryMode::Linux);
         assert_eq!(lc.initrd.as_str(), "initramfs");
         assert!(matches!(lc.mmu, MmuMode::Shadow(s) if s.pool_pages == 2048));
+        assert!(matches!(lc.mmu, MmuMode::Shadow(s) if s.prev_roots == 16));
+        assert!(
+            matches!(config(&parse("guest.module=k guest.ram=8 guest.mmu=shadow").unwrap()).mmu,
+                MmuMode::Shadow(s) if s.prev_roots == ShadowConfig::DEFAULT.prev_roots)
+        );
+        assert!(parse("guest.module=k guest.ram=8 guest.prev-roots=300").is_err());
         assert!(parse("guest.module=k guest.ram=8 guest.entry=pe").is_err());
         assert!(parse("guest.module=k guest.ram=8 guest.pool=many").is_err());
         assert_eq!(config(&b).vcpus, 1, "one vCPU unless told");
