@@ -328,7 +328,12 @@ fn user_guest(a: &Args) -> Result<Option<UserGuest>, String> {
     if let Some(p) = a.pool.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
         guest = guest.with_pool(p)?;
     }
-    if let Some(n) = a.prev_roots.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+    if let Some(n) = a
+        .prev_roots
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
         guest = guest.with_prev_roots(n)?;
     }
     if a.kvm_policy {

@@ -317,41 +317,20 @@ fn failed_step(name: String, why: &str, t0: Instant) -> StepResult {
     }
 }
 
-/// A step that cannot run here (Limine's binaries not found): said, and counted neither way.
 /// `make example-kernel` (the system's `as` and `ld`), then the example kernel run like
 /// `make run GUEST=build/example-kernel.elf` on Bochs ([`userguest::run_example`]).
 fn example_kernel_step(n: usize, total: usize, opts: &TestOptions, iso_ok: bool) -> StepResult {
     let name = "user guest: example kernel (GUEST=)".to_string();
-    header(
+    let what = "make example-kernel, then boot it as a user's guest in 1 GiB of RAM on bochs";
+    guest_step(
         n,
         total,
-        &name,
-        "make example-kernel, then boot it as a user's guest in 1 GiB of RAM on bochs",
-    );
-    let t0 = Instant::now();
-    if !iso_ok {
-        return failed_step(name, "not run: ISO build failed", t0);
-    }
-    let built = Command::new(&opts.make)
-        .args(["--no-print-directory", "example-kernel"])
-        .env_remove("MAKEFLAGS")
-        .env_remove("MFLAGS")
-        .env_remove("MAKELEVEL")
-        .status();
-    if !matches!(built, Ok(s) if s.success()) {
-        return failed_step(name, &format!("make example-kernel failed: {built:?}"), t0);
-    }
-    match userguest::run_example(&opts.build_dir, &opts.iso) {
-        Ok((ok, detail, tally)) => StepResult {
-            name,
-            ok,
-            skipped: false,
-            detail,
-            tally,
-            elapsed: t0.elapsed(),
-        },
-        Err(e) => failed_step(name, &e, t0),
-    }
+        opts,
+        iso_ok,
+        (name, what),
+        "example-kernel",
+        || userguest::run_example(&opts.build_dir, &opts.iso),
+    )
 }
 
 /// The Linux guest `make test` boots: Debian's 32-bit PAE kernel on shadow paging, the case
@@ -367,33 +346,45 @@ fn linux_step(n: usize, total: usize, opts: &TestOptions, iso_ok: bool) -> StepR
         linux_run::name_of(arch),
         if shadow { "shadow paging" } else { "EPT" }
     );
-    header(
-        n,
-        total,
-        &name,
-        "make linux-assets, then Debian's kernel and the test init under the VMM on bochs",
-    );
+    let what = "make linux-assets, then Debian's kernel and the test init under the VMM on bochs";
+    guest_step(n, total, opts, iso_ok, (name, what), "linux-assets", || {
+        let o = linux_run::Options {
+            shadow,
+            ..linux_run::Options::default()
+        };
+        linux_run::guest(&opts.build_dir, arch, &o)
+            .and_then(|g| linux_run::run_checked(&opts.build_dir, &opts.iso, arch, g))
+            .map(|(ok, detail, _, tally)| (ok, detail, tally))
+    })
+}
+
+/// A step that runs `make PREPARE` (a sub-make of its own, without the outer make's flags),
+/// then `run`, which boots a user's guest and says whether it passed, how, and its tally.
+fn guest_step(
+    n: usize,
+    total: usize,
+    opts: &TestOptions,
+    iso_ok: bool,
+    (name, what): (String, &str),
+    prepare: &str,
+    run: impl FnOnce() -> Result<(bool, String, Tally), String>,
+) -> StepResult {
+    header(n, total, &name, what);
     let t0 = Instant::now();
     if !iso_ok {
         return failed_step(name, "not run: ISO build failed", t0);
     }
-    let fetched = Command::new(&opts.make)
-        .args(["--no-print-directory", "linux-assets"])
+    let prepared = Command::new(&opts.make)
+        .args(["--no-print-directory", prepare])
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS")
         .env_remove("MAKELEVEL")
         .status();
-    if !matches!(fetched, Ok(s) if s.success()) {
-        return failed_step(name, &format!("make linux-assets failed: {fetched:?}"), t0);
+    if !matches!(prepared, Ok(s) if s.success()) {
+        return failed_step(name, &format!("make {prepare} failed: {prepared:?}"), t0);
     }
-    let o = linux_run::Options {
-        shadow,
-        ..linux_run::Options::default()
-    };
-    let run = linux_run::guest(&opts.build_dir, arch, &o)
-        .and_then(|g| linux_run::run_checked(&opts.build_dir, &opts.iso, arch, g));
-    match run {
-        Ok((ok, detail, _, tally)) => StepResult {
+    match run() {
+        Ok((ok, detail, tally)) => StepResult {
             name,
             ok,
             skipped: false,
@@ -405,6 +396,7 @@ fn linux_step(n: usize, total: usize, opts: &TestOptions, iso_ok: bool) -> StepR
     }
 }
 
+/// A step that cannot run here (Limine's binaries not found): said, and counted neither way.
 fn skipped_step(name: String, why: &str, t0: Instant) -> StepResult {
     println!("SKIP {name}: {why}");
     StepResult {

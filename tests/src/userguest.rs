@@ -353,7 +353,9 @@ impl UserGuest {
             .parse()
             .ok()
             .filter(|c| *c <= MAX_PREV_ROOTS)
-            .ok_or_else(|| format!("PREV_ROOTS={n}: a number of roots from 0 to {MAX_PREV_ROOTS}"))?;
+            .ok_or_else(|| {
+                format!("PREV_ROOTS={n}: a number of roots from 0 to {MAX_PREV_ROOTS}")
+            })?;
         self.prev_roots = Some(count);
         Ok(self)
     }
@@ -684,6 +686,27 @@ mod tests {
         assert!(ept.clone().with_vcpus("9").is_err());
         assert!(ept.clone().with_vcpus("0").is_err());
         assert!(ept.clone().with_vcpus("two").is_err());
+        let tuned = g.clone().with_pool("1024").unwrap();
+        let tuned = tuned
+            .with_prev_roots("16")
+            .unwrap()
+            .with_kvm_policy()
+            .unwrap();
+        assert!(tuned
+            .kernel_cmdline_words()
+            .contains("guest.pool=1024 guest.prev-roots=16 guest.kvm-policy guest.cmdline=a b=c"));
+        assert!(
+            g.clone().with_prev_roots("31").is_err(),
+            "at most MAX_PREV_ROOTS"
+        );
+        assert!(g.clone().with_prev_roots("-1").is_err());
+        assert!(g.clone().with_prev_roots("0").is_ok(), "0: no cache");
+        assert!(
+            ept.clone().with_prev_roots("8").is_err(),
+            "shadow paging only"
+        );
+        assert!(ept.clone().with_pool("512").is_err(), "shadow paging only");
+        assert!(ept.clone().with_kvm_policy().is_err(), "shadow paging only");
         let big = UserGuest::new(&p, 1024, GuestMmu::Ept, false, "").unwrap();
         assert_eq!(big.machine_mib(), 1280);
     }
