@@ -107,16 +107,12 @@ fn run(next: Next) -> ! {
     resume(KERNEL.enter(), next)
 }
 
-/// Interrupts taken from ring 3 and in the idle loop.
-static IRQS_FROM_USER: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken in the idle loop.
 static IRQS_IN_KERNEL: AtomicU64 = AtomicU64::new(0);
 
-/// Interrupts seen so far: (from ring 3, in the kernel's idle loop).
-pub fn irq_counts() -> (u64, u64) {
-    (
-        IRQS_FROM_USER.load(Ordering::Relaxed),
-        IRQS_IN_KERNEL.load(Ordering::Relaxed),
-    )
+/// Interrupts taken in the kernel's idle loop so far.
+pub fn idle_irqs() -> u64 {
+    IRQS_IN_KERNEL.load(Ordering::Relaxed)
 }
 
 /// `syscall` from ring 3, its registers saved in the running thread's own storage.
@@ -136,7 +132,6 @@ pub fn syscall(regs: &mut UserRegs) -> ! {
 
 /// A hardware interrupt (already acknowledged) taken in ring 3: resume the same thread.
 pub fn irq_from_user(_vector: u8, regs: &mut UserRegs) -> ! {
-    IRQS_FROM_USER.fetch_add(1, Ordering::Relaxed);
     let next = KERNEL.enter().on_tick(Some(regs));
     run(next)
 }
@@ -237,12 +232,12 @@ pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs
         {
             let task = k.thread(t).task;
             crate::log!(
-                    warn,
-                    "task",
-                    "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
-                    k.task(task).name,
-                    regs.rip
-                );
+                warn,
+                "task",
+                "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
+                k.task(task).name,
+                regs.rip
+            );
         }
         k.on_user_fault(regs, vector.into(), error_code, address)
     };
