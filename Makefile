@@ -37,7 +37,7 @@ HARNESS := $(TARGET_DIR)/release/umbra-harness
 # SERVICES, GUESTS and FLAT_GUESTS are the definition: the harness tests check that
 # BOOT_MODULES (tests/src/bootcfg.rs) and the services clippy step (tests/src/orchestrate.rs)
 # name exactly these.
-SERVICES := supervisor echo ipc-suite bench-ipc mmu-service trace vmm-service vmm-suite fuzz
+SERVICES := supervisor kernel-tests echo ipc-suite bench-ipc mmu-service trace vmm-service vmm-suite fuzz
 # Test guests (services/guests), loaded as boot modules from /boot/guests/<name> for the VMM;
 # guest-bench and guest-isolation are flat 64-bit images (objcopy -O binary).
 GUESTS := guest-multiboot guest-msr guest-long guest-pae guest-badmem guest-unsupported guest-triple guest-random guest-spaces64 guest-spacespae guest-spaces32 \

@@ -3,54 +3,56 @@
 //! except `irq_in_kernel`. Each hands the entry to the kernel object model
 //! (`microkernel::kobj::Kernel`, in [`KERNEL`]) and runs what it picks next: a user thread,
 //! the idle loop, or the end of the scenario.
-//!
-//! The ring-3 self-tests of the `kernel` scenario (`usertest`) run one hand-made thread at a
-//! time without the object model; while `usertest::active()`, entries go to that path.
 
 use crate::arch::entry_cell::{Entered, EntryCell};
-use crate::arch::user::{idle_wait, interrupt_window, return_to_user};
+use crate::arch::user::{idle_wait, interrupt_window};
 use crate::arch::vmx;
-use crate::mm::uspace::{self, AddressSpace, KernelMachine};
-use crate::usertest::{self, End};
-use abi::{Error, ExitCode, Sys};
+use crate::mm::uspace::{self, KernelMachine};
+use abi::ExitCode;
 use core::sync::atomic::{AtomicU64, Ordering};
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
 use microkernel::kobj::vm::VmExit;
 use microkernel::kobj::{Kernel, Next};
-use spin::Mutex;
 
 /// The kernel object model: every task, thread and object.
 static KERNEL: EntryCell<Kernel<KernelMachine>> = EntryCell::new(Kernel::new(KernelMachine));
 
-/// Starts the first task (the boot module named `supervisor`) and runs user mode from then on.
+/// Starts the first task of the services' scenarios, the boot module named `supervisor`,
+/// and runs user mode from then on.
 pub fn start_services() -> ! {
+    start_first_task("supervisor", 0)
+}
+
+/// Starts the boot module named `name` (the first word of its command line) as the first
+/// task, with `arg` in its `rdi`, and runs user mode from then on.
+pub fn start_first_task(name: &str, arg: u64) -> ! {
     let next = {
         let mut k = KERNEL.enter();
         let count = k.machine.module_count();
         let index = (0..count).find(|&i| {
             k.machine
                 .module(i)
-                .is_some_and(|(line, _)| line.split_whitespace().next() == Some("supervisor"))
+                .is_some_and(|(line, _)| line.split_whitespace().next() == Some(name))
         });
         let Some(index) = index else {
             drop(k);
             crate::log!(
                 error,
                 "task",
-                "no boot module named 'supervisor' ({count} module(s))"
+                "no boot module named '{name}' ({count} module(s))"
             );
             crate::scenario::exit(ExitCode::Failure)
         };
-        match k.start_init(index) {
+        match k.start_init(index, arg) {
             Ok(task) => crate::log!(
                 info,
                 "task",
-                "started supervisor (module {index}) as task {task}"
+                "started {name} (module {index}) as task {task}"
             ),
             Err(e) => {
                 drop(k);
-                crate::log!(error, "task", "cannot start the supervisor: {e:?}");
+                crate::log!(error, "task", "cannot start {name}: {e:?}");
                 crate::scenario::exit(ExitCode::Failure)
             }
         }
@@ -105,46 +107,12 @@ fn run(next: Next) -> ! {
     resume(KERNEL.enter(), next)
 }
 
-/// The running user thread: its task's name and address space.
-struct Current {
-    name: &'static str,
-    space: AddressSpace,
-}
-
-static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
-
-/// Interrupts taken from ring 3 and in the idle loop.
-static IRQS_FROM_USER: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken in the idle loop.
 static IRQS_IN_KERNEL: AtomicU64 = AtomicU64::new(0);
 
-/// Longest `DebugWrite` accepted.
-const DEBUG_WRITE_MAX: usize = 1024;
-
-/// Interrupts seen so far: (from ring 3, in the kernel's idle loop).
-pub fn irq_counts() -> (u64, u64) {
-    (
-        IRQS_FROM_USER.load(Ordering::Relaxed),
-        IRQS_IN_KERNEL.load(Ordering::Relaxed),
-    )
-}
-
-/// Runs `space` as the one user thread (of task `name`) from `regs`.
-pub fn enter(name: &'static str, space: AddressSpace, regs: &UserRegs) -> ! {
-    uspace::activate(&space);
-    let old = CURRENT.lock().replace(Current { name, space });
-    if let Some(old) = old {
-        KernelMachine.space_destroy(old.space);
-    }
-    return_to_user(regs)
-}
-
-/// Ends the current thread: its space is freed and `usertest` decides what runs next.
-fn end(how: End) -> ! {
-    let current = CURRENT.lock().take();
-    if let Some(current) = current {
-        KernelMachine.space_destroy(current.space);
-    }
-    usertest::ended(how)
+/// Interrupts taken in the kernel's idle loop so far.
+pub fn idle_irqs() -> u64 {
+    IRQS_IN_KERNEL.load(Ordering::Relaxed)
 }
 
 /// `syscall` from ring 3, its registers saved in the running thread's own storage.
@@ -154,65 +122,24 @@ pub fn syscall_saved() -> ! {
     resume(k, next)
 }
 
-/// `syscall` from ring 3 (registers in the scratch area: the ring-3 self-tests).
+/// `syscall` from ring 3 with its registers in the entry's scratch area (before the first
+/// return to ring 3 has named a thread's storage).
 pub fn syscall(regs: &mut UserRegs) -> ! {
-    if !usertest::active() {
-        let mut k = KERNEL.enter();
-        let next = k.on_syscall(regs);
-        resume(k, next)
-    }
-    let (number, args) = regs.syscall_args();
-    let (status, ret) = match Sys::from_u64(number) {
-        Some(Sys::DebugWrite) => (debug_write(args[0], args[1]), [0; 4]),
-        Some(Sys::TaskExit) => end(End::Exit(args[0])),
-        Some(Sys::Yield) => (0, [0; 4]),
-        Some(Sys::Clock) => {
-            let (ticks, hz) = KernelMachine.clock();
-            (0, [ticks, hz, 0, 0])
-        }
-        _ => (Error::UnknownSyscall as u64, [0; 4]),
-    };
-    regs.set_result(status, ret);
-    return_to_user(regs)
-}
-
-fn debug_write(ptr: u64, len: u64) -> u64 {
-    let len = match usize::try_from(len) {
-        Ok(len) if len <= DEBUG_WRITE_MAX => len,
-        _ => return Error::BadLength as u64,
-    };
-    let mut buf = [0u8; DEBUG_WRITE_MAX];
-    let guard = CURRENT.lock();
-    let Some(current) = guard.as_ref() else {
-        return Error::InvalidArgument as u64;
-    };
-    if KernelMachine
-        .copy_from_user(&current.space, ptr, &mut buf[..len])
-        .is_err()
-    {
-        return Error::BadPointer as u64;
-    }
-    KernelMachine.console_write(current.name, &buf[..len]);
-    0
+    let mut k = KERNEL.enter();
+    let next = k.on_syscall(regs);
+    resume(k, next)
 }
 
 /// A hardware interrupt (already acknowledged) taken in ring 3: resume the same thread.
-pub fn irq_from_user(vector: u8, regs: &mut UserRegs) -> ! {
-    IRQS_FROM_USER.fetch_add(1, Ordering::Relaxed);
-    if !usertest::active() {
-        let next = KERNEL.enter().on_tick(Some(regs));
-        run(next)
-    }
-    usertest::irq_from_user(vector);
-    return_to_user(regs)
+pub fn irq_from_user(_vector: u8, regs: &mut UserRegs) -> ! {
+    let next = KERNEL.enter().on_tick(Some(regs));
+    run(next)
 }
 
 /// A hardware interrupt (already acknowledged) taken in the idle loop.
 pub fn irq_in_kernel(_vector: u8) {
     IRQS_IN_KERNEL.fetch_add(1, Ordering::Relaxed);
-    if !usertest::active() {
-        KERNEL.enter().on_tick(None);
-    }
+    KERNEL.enter().on_tick(None);
 }
 
 /// A VM exit: the entry saved the guest's general-purpose registers in the vCPU thread's
@@ -288,39 +215,31 @@ pub fn vm_entry_failed(error: u64) -> ! {
 
 /// An exception in ring 3 (`cr2` is 0 unless `vector` is 14): the thread ends with a fault.
 pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs) -> ! {
-    if vector == 7 && !usertest::active() {
+    if vector == 7 {
         // #NM: the thread's first x87/SSE/AVX instruction while another thread owns those
         // registers (CR0.TS). It takes them and runs the instruction again.
         let next = KERNEL.enter().on_device_not_available(regs);
         run(next)
     }
-    if !usertest::active() {
-        let address = if vector == 14 { cr2 } else { regs.rip };
-        let next = {
-            let mut k = KERNEL.enter();
-            // A supervised task's fault goes to its supervisor, which reports it; the kernel
-            // logs only the others (the console is slow: a line is ~0.8 ms at 115200 baud).
-            if let Some(t) = k
-                .current
-                .filter(|&t| k.task(k.thread(t).task).fault_ep.is_none())
-            {
-                let task = k.thread(t).task;
-                crate::log!(
-                    warn,
-                    "task",
-                    "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
-                    k.task(task).name,
-                    regs.rip
-                );
-            }
-            k.on_user_fault(regs, vector.into(), error_code, address)
-        };
-        run(next)
-    }
-    end(End::Fault {
-        vector,
-        error_code,
-        cr2,
-        regs: *regs,
-    })
+    let address = if vector == 14 { cr2 } else { regs.rip };
+    let next = {
+        let mut k = KERNEL.enter();
+        // A supervised task's fault goes to its supervisor, which reports it; the kernel
+        // logs only the others (the console is slow: a line is ~0.8 ms at 115200 baud).
+        if let Some(t) = k
+            .current
+            .filter(|&t| k.task(k.thread(t).task).fault_ep.is_none())
+        {
+            let task = k.thread(t).task;
+            crate::log!(
+                warn,
+                "task",
+                "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
+                k.task(task).name,
+                regs.rip
+            );
+        }
+        k.on_user_fault(regs, vector.into(), error_code, address)
+    };
+    run(next)
 }

@@ -16,7 +16,7 @@ mod kentry;
 mod mm;
 mod scenario;
 mod selftest;
-mod usertest;
+mod selftest_user;
 mod vmx;
 
 use core::fmt;

@@ -7,15 +7,7 @@ use microkernel::bootinfo::BootInfo;
 
 pub fn run(boot: &BootInfo, name: &str) -> ! {
     match name {
-        abi::scenario::KERNEL => {
-            let (passed, failed) = crate::selftest::run(boot);
-            crate::println!("kernel: {passed} passed, {failed} failed");
-            exit(if failed == 0 {
-                ExitCode::Success
-            } else {
-                ExitCode::Failure
-            })
-        }
+        abi::scenario::KERNEL => crate::selftest::run(boot),
         abi::scenario::IPC
         | abi::scenario::BENCH_IPC
         | abi::scenario::DEMO

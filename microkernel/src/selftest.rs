@@ -1,8 +1,10 @@
 //! The `kernel` scenario: in-kernel self-tests of boot information, the frame allocator, the
-//! kernel page tables, exception recovery, the GDT/TSS and VMX discovery, user address spaces,
-//! the timer, then the ring-3 tests of `usertest`. Each check prints `ok`/`FAIL` with its name
-//! and is tallied by [`record`]; the last ring-3 test prints `kernel: N passed, M failed` and
-//! ends the scenario (entries from ring 3 never return, so neither does [`run`]).
+//! kernel page tables, exception recovery, the GDT/TSS and VMX discovery, then those of ring-3
+//! support (`selftest_user`: user address spaces, the timer). Each check prints `ok`/`FAIL`
+//! with its name and is tallied by [`record`]. Then the kernel starts the `kernel-tests` boot
+//! module as the first task with the tally in its start argument (`abi::ktests::StartArg`):
+//! it runs the ring-3 checks through the ordinary syscall path and object model, prints
+//! `kernel: N passed, M failed` (these checks included) and ends the scenario.
 
 // A failure carries its message inline (no heap in the kernel); size is no concern off the hot
 // path.
@@ -60,10 +62,9 @@ pub fn totals() -> (u32, u32) {
     )
 }
 
-/// Runs every in-kernel check, then the ring-3 tests (`usertest::run`), which print the
-/// summary and end the scenario: this never actually returns (the type is what
-/// `scenario::run` expects).
-pub fn run(boot: &BootInfo) -> (u32, u32) {
+/// Runs every in-kernel check, then starts the `kernel-tests` task, which runs the ring-3
+/// checks, prints the summary and ends the scenario.
+pub fn run(boot: &BootInfo) -> ! {
     let checks: &[(&str, Check)] = &[
         ("boot.memory_map", boot_memory_map),
         ("boot.hhdm", boot_hhdm),
@@ -87,10 +88,22 @@ pub fn run(boot: &BootInfo) -> (u32, u32) {
         ("gdt.tss_and_ist", gdt_tss_and_ist),
         ("vmx.discovery_consistent", vmx_discovery_consistent),
     ];
-    for (name, check) in checks.iter().chain(crate::usertest::KERNEL_CHECKS) {
+    for (name, check) in checks.iter().chain(crate::selftest_user::KERNEL_CHECKS) {
         record(name, check(boot));
     }
-    crate::usertest::run()
+    let (passed, failed) = totals();
+    crate::log!(
+        info,
+        "selftest",
+        "starting {} for the ring-3 checks",
+        abi::ktests::MODULE
+    );
+    let arg = abi::ktests::StartArg {
+        passed: u16::try_from(passed).unwrap_or(u16::MAX),
+        failed: u16::try_from(failed).unwrap_or(u16::MAX),
+        first_selector_past_gdt: u16::try_from(gdt::first_selector_past()).unwrap_or(u16::MAX),
+    };
+    crate::kentry::start_first_task(abi::ktests::MODULE, arg.encode())
 }
 
 fn boot_memory_map(boot: &BootInfo) -> Outcome {

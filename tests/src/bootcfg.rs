@@ -40,6 +40,12 @@ pub const BOOT_MODULES: &[BootModule] = &[
         path: "/boot/services/supervisor",
         manifest: "supervisor",
     },
+    // The first task of the `kernel` scenario, which the kernel starts in the supervisor's
+    // place (the supervisor never runs there, so it never starts it).
+    BootModule {
+        path: "/boot/services/kernel-tests",
+        manifest: "kernel-tests run=kernel",
+    },
     BootModule {
         path: "/boot/services/echo",
         manifest: "echo restart=8 backoff=1",

@@ -109,6 +109,8 @@ const CARGO_STEPS: &[CmdStep] = &[
             "-p",
             "supervisor",
             "-p",
+            "kernel-tests",
+            "-p",
             "echo",
             "-p",
             "ipc-suite",

@@ -2,7 +2,8 @@
 //!
 //! Syscall numbers and the register convention ([`syscall`]), error codes ([`error`]),
 //! capability slots, kinds and rights ([`cap`]), the IPC limits and the fault notice ([`ipc`]),
-//! and what the boot scenarios and the test harness agree on.
+//! the `kernel-tests` task's start argument ([`ktests`]), and what the boot scenarios and the
+//! test harness agree on.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,7 @@ pub mod cpu;
 pub mod error;
 pub mod hypercall;
 pub mod ipc;
+pub mod ktests;
 pub mod syscall;
 pub mod trace;
 pub mod vmx;

@@ -816,9 +816,10 @@ impl<M: Machine> Kernel<M> {
         self.end_task(ti, Death::Notice(notice));
     }
 
-    /// Starts the first task (the supervisor) from module `module` with the spawn, machine
-    /// and boot capabilities in their fixed slots.
-    pub fn start_init(&mut self, module: usize) -> Result<u16, Error> {
+    /// Starts the first task (the supervisor, or `kernel-tests` in the `kernel` scenario)
+    /// from module `module` with the spawn, machine and boot capabilities in their fixed
+    /// slots and `arg` in its first thread's `rdi`.
+    pub fn start_init(&mut self, module: usize, arg: u64) -> Result<u16, Error> {
         let ti = self.spawn(module, 1, super::queue::PRIORITIES as u8 - 2, None)?;
         self.init_task = Some(ti);
         self.task_mut(ti).page_budget = u64::MAX;
@@ -867,6 +868,7 @@ impl<M: Machine> Kernel<M> {
         };
         caps.insert_at(slot::TRACE, trace);
         let t = self.task(ti).main_thread;
+        self.thread_mut(t).regs.rdi = arg;
         self.make_ready(t);
         Ok(ti)
     }

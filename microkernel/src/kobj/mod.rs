@@ -27,6 +27,8 @@ mod tests_exits;
 #[cfg(test)]
 mod tests_forward;
 #[cfg(test)]
+mod tests_init;
+#[cfg(test)]
 mod tests_interrupts;
 #[cfg(test)]
 mod tests_invariants;

@@ -330,7 +330,7 @@ pub(super) fn read_user(k: &Kernel<Model>, t: ThreadId, va: u64, len: usize) -> 
 
 /// Boots: init (supervisor) from module 0 runs; returns its thread.
 pub(super) fn boot(k: &mut Kernel<Model>) -> ThreadId {
-    k.start_init(0).unwrap();
+    k.start_init(0, 0).unwrap();
     match k.schedule() {
         Next::User(t) => t,
         other => panic!("{other:?}"),
