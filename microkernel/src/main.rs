@@ -17,7 +17,6 @@ mod mm;
 mod scenario;
 mod selftest;
 mod selftest_user;
-mod vmx;
 
 use core::fmt;
 use microkernel::bootinfo::{BootInfo, Loader, RawBootInfo};
@@ -114,7 +113,7 @@ fn kernel_main(raw: &RawBootInfo<'_>) -> ! {
         "TSC at {} kHz (measured against PIT channel 2)",
         arch::timer::tsc_hz() / 1000
     );
-    println!("{}", vmx::discover());
+    println!("{}", arch::vmx_discover::discover());
     match arch::vmx::init() {
         Ok(()) => log!(
             info,

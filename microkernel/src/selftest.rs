@@ -408,7 +408,7 @@ fn gdt_tss_and_ist(_: &BootInfo) -> Outcome {
 
 fn vmx_discovery_consistent(_: &BootInfo) -> Outcome {
     use microkernel::vmx_caps::{Unavailable, VmxSupport};
-    let support = crate::vmx::discover();
+    let support = crate::arch::vmx_discover::discover();
     if !cpu::has_vmx() {
         ensure!(
             support == VmxSupport::Unavailable(Unavailable::NoCpuidFlag),

@@ -8,5 +8,6 @@ pub mod timer;
 pub mod trap;
 pub mod user;
 pub mod vmx;
+pub mod vmx_discover;
 pub mod vmx_msr;
 pub mod xstate;
