@@ -27,9 +27,9 @@ static KERNEL: EntryCell<Kernel<KernelMachine>> = EntryCell::new(Kernel::new(Ker
 pub fn start_services() -> ! {
     let next = {
         let mut k = KERNEL.enter();
-        let count = k.machine.module_count();
+        let count = k.machine().module_count();
         let index = (0..count).find(|&i| {
-            k.machine
+            k.machine()
                 .module(i)
                 .is_some_and(|(line, _)| line.split_whitespace().next() == Some("supervisor"))
         });
@@ -65,15 +65,23 @@ fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
     crate::console::pump();
     k.switch_xstate(next);
     match next {
-        Next::User(t) => k.return_to_user(|k| {
-            let (regs, space) = k.context(t);
-            uspace::activate(space);
-            regs
-        }),
-        Next::Guest(t) => k.enter_guest(|k| {
-            k.trace_entry(t);
-            k.guest_context(t)
-        }),
+        // `schedule` picks live threads (and vCPU threads with a live vCPU): were `t` gone,
+        // the CPU would wait for the next interrupt instead.
+        Next::User(t) => {
+            let k = k.return_to_user(|k| {
+                let (regs, space) = k.context(t).ok()?;
+                uspace::activate(space);
+                Some(regs)
+            });
+            resume(k, Next::Idle)
+        }
+        Next::Guest(t) => {
+            let k = k.enter_guest(|k| {
+                k.trace_entry(t);
+                k.guest_context(t).ok()
+            });
+            resume(k, Next::Idle)
+        }
         Next::MachineExit(code) => {
             drop(k);
             crate::scenario::exit(match code {
@@ -221,7 +229,7 @@ pub fn vm_exit() -> ! {
     let tsc = crate::arch::cpu::rdtsc();
     let reason = vmx::read_current(abi::vmx::field::EXIT_REASON) as u32;
     let mut k = KERNEL.enter();
-    let Some(t) = k.current else {
+    let Some(t) = k.current() else {
         drop(k);
         crate::log!(
             error,
@@ -230,8 +238,7 @@ pub fn vm_exit() -> ! {
         );
         crate::scenario::exit(ExitCode::Crash)
     };
-    {
-        let (_, vmcs, _) = k.guest_context(t);
+    if let Ok((_, vmcs, _)) = k.guest_context(t) {
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
         vmcs.dr[4] = crate::arch::xstate::read_dr6();
     }
@@ -300,16 +307,17 @@ pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs
             let mut k = KERNEL.enter();
             // A supervised task's fault goes to its supervisor, which reports it; the kernel
             // logs only the others (the console is slow: a line is ~0.8 ms at 115200 baud).
-            if let Some(t) = k
-                .current
-                .filter(|&t| k.task(k.thread(t).task).fault_ep.is_none())
-            {
-                let task = k.thread(t).task;
+            let unsupervised = k
+                .current()
+                .and_then(|t| k.thread(t).ok())
+                .and_then(|th| k.task(th.task).ok())
+                .filter(|task| task.fault_ep.is_none());
+            if let Some(task) = unsupervised {
                 crate::log!(
                     warn,
                     "task",
                     "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
-                    k.task(task).name,
+                    task.name,
                     regs.rip
                 );
             }

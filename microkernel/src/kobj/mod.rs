@@ -4,6 +4,7 @@
 
 pub mod captable;
 mod fastpath;
+pub mod ids;
 pub mod image;
 mod ipc;
 pub mod kernel;
