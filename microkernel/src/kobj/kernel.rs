@@ -144,11 +144,6 @@ impl<M: Machine> Kernel<M> {
         &self.machine
     }
 
-    #[inline]
-    pub fn machine_mut(&mut self) -> &mut M {
-        &mut self.machine
-    }
-
     /// The thread running (or last picked to run).
     #[inline]
     pub fn current(&self) -> Option<ThreadId> {

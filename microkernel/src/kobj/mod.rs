@@ -28,6 +28,8 @@ mod tests_exits;
 #[cfg(test)]
 mod tests_forward;
 #[cfg(test)]
+mod tests_gone;
+#[cfg(test)]
 mod tests_interrupts;
 #[cfg(test)]
 mod tests_invariants;
