@@ -43,7 +43,7 @@ impl<M: Machine> Kernel<M> {
     /// The thread waiting to receive on endpoint `ep` (open) that a fast path may hand a
     /// message and the CPU: a plain thread (not a vCPU) owing no reply, with no thread of
     /// higher priority ready. With its `(task, buffer, capacity)`.
-    #[inline]
+    #[inline(always)]
     fn waiting_receiver(&self, ep: ObjRef) -> Option<(ThreadId, (TaskId, u64, u64))> {
         let e = slot_get(&self.endpoints, ep)?;
         if e.state == EndpointState::Closed {

@@ -30,12 +30,33 @@ pub enum Next {
     Guest(ThreadId),
 }
 
-/// Thread slots, as the queues see them, and a spare set of links.
-pub struct Threads(pub(crate) [Option<Thread>; MAX_THREADS], Links);
+/// Thread slots, and the queue links of each slot (one more: a spare for any id past the
+/// table), as the queues see them.
+pub struct Threads(
+    pub(crate) [Option<Thread>; MAX_THREADS],
+    [Links; MAX_THREADS + 1],
+);
 
 impl Threads {
     pub(crate) const fn new() -> Self {
-        Threads([const { None }; MAX_THREADS], Links::new())
+        Threads(
+            [const { None }; MAX_THREADS],
+            [const { Links::new() }; MAX_THREADS + 1],
+        )
+    }
+
+    /// Fills slot `i` with a thread in no queue.
+    fn fill(&mut self, i: usize, th: Thread) {
+        if let (Some(s), Some(l)) = (self.0.get_mut(i), self.1.get_mut(i)) {
+            *s = Some(th);
+            *l = Links::new();
+        }
+    }
+
+    /// The queue links of slot `t` (for the invariant checks of the tests).
+    #[cfg(test)]
+    pub(crate) fn links_of(&self, t: ThreadId) -> Links {
+        self.1[t.index().min(MAX_THREADS)]
     }
 
     /// The live thread in slot `t`.
@@ -49,27 +70,22 @@ impl Threads {
         self.0.get_mut(t.index()).and_then(Option::as_mut)
     }
 
-    /// Empties slot `t`.
+    /// Empties slot `t` (and its links).
     pub(crate) fn clear(&mut self, t: ThreadId) {
-        if let Some(s) = self.0.get_mut(t.index()) {
+        if let (Some(s), Some(l)) = (self.0.get_mut(t.index()), self.1.get_mut(t.index())) {
             *s = None;
+            *l = Links::new();
         }
     }
 }
 
 impl LinkArena for Threads {
     /// The queues hold only live threads ([`Kernel::detach`] takes a thread out of its queue
-    /// before its slot empties). A slot found empty gets the spare links, reset: a queue
-    /// could lose its way, the kernel does not stop.
-    #[inline]
+    /// before its slot empties); an id past the table (none is made) would get the spare
+    /// entry: a queue could lose its way, the kernel does not stop.
+    #[inline(always)]
     fn links(&mut self, t: ThreadId) -> &mut Links {
-        match self.0.get_mut(t.index()).and_then(Option::as_mut) {
-            Some(th) => &mut th.links,
-            None => {
-                self.1 = Links::new();
-                &mut self.1
-            }
-        }
+        &mut self.1[t.index().min(MAX_THREADS)]
     }
 }
 
@@ -271,10 +287,12 @@ impl<M: Machine> Kernel<M> {
             return Next::MachineExit(code);
         }
         let rotate = core::mem::take(&mut self.rotate);
-        let cur = self
-            .current
-            .and_then(|c| self.threads.get(c).map(|th| (c, th.state, th.prio)));
-        if let Some((c, state, prio)) = cur {
+        if let Some(c) = self.current {
+            // A current thread that is gone (none is) is not run again.
+            let (state, prio) = match self.threads.get(c) {
+                Some(th) => (th.state, th.prio),
+                None => (ThreadState::Suspended, 0),
+            };
             if state == ThreadState::Ready {
                 let higher = self.run_queue.highest().is_some_and(|h| h > prio);
                 let peer = self.run_queue.highest().is_some_and(|h| h == prio);
@@ -686,19 +704,21 @@ impl<M: Machine> Kernel<M> {
     pub(crate) fn new_thread(&mut self, ti: TaskId, regs: UserRegs, prio: u8) -> Option<ThreadId> {
         self.task(ti).ok()?;
         let i = self.threads.0.iter().position(Option::is_none)?;
-        self.threads.0[i] = Some(Thread {
-            task: ti,
-            prio,
-            state: ThreadState::Suspended,
-            links: Links::default(),
-            regs,
-            msg: Message::empty(),
-            reply_to: None,
-            buf: 0,
-            buf_cap: 0,
-            checked_buf: None,
-            vcpu: None,
-        });
+        self.threads.fill(
+            i,
+            Thread {
+                task: ti,
+                prio,
+                state: ThreadState::Suspended,
+                regs,
+                msg: Message::empty(),
+                reply_to: None,
+                buf: 0,
+                buf_cap: 0,
+                checked_buf: None,
+                vcpu: None,
+            },
+        );
         let t = ThreadId::from_index(i);
         if let Ok(task) = self.task_mut(ti) {
             task.threads += 1;

@@ -6,7 +6,7 @@ use heapless::{Deque, String};
 
 use super::captable::{Cap, CapTable, ObjRef};
 use super::ids::{EndpointId, Gone, Id, NotificationId, TaskId, ThreadId, VcpuId};
-use super::queue::{Links, Queue};
+use super::queue::Queue;
 use super::regs::UserRegs;
 
 pub const MAX_TASKS: usize = 16;
@@ -140,7 +140,6 @@ pub struct Thread {
     pub task: TaskId,
     pub prio: u8,
     pub state: ThreadState,
-    pub links: Links,
     pub regs: UserRegs,
     /// The outgoing message while blocked sending.
     pub msg: Message,

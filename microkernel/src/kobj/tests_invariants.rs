@@ -81,14 +81,15 @@ fn walk(
         let th = k.threads.0[t.index()]
             .as_ref()
             .ok_or(format!("{what}: dead thread {t}"))?;
-        ensure!(th.links.queued, "{what}: thread {t} is not marked queued");
-        ensure!(th.links.prev == prev, "{what}: thread {t}'s prev link");
+        let links = k.threads.links_of(t);
+        ensure!(links.queued, "{what}: thread {t} is not marked queued");
+        ensure!(links.prev == prev, "{what}: thread {t}'s prev link");
         ensure!(want(th), "{what}: thread {t} is {:?}", th.state);
         if let Some(other) = seen[t.index()].replace(what.into()) {
             return Err(format!("thread {t} is in {other} and in {what}"));
         }
         prev = Some(t);
-        at = th.links.next;
+        at = links.next;
     }
     ensure!(q.tail == prev, "{what}: tail {:?}, last {prev:?}", q.tail);
     Ok(())
@@ -440,7 +441,8 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
     for (t, th) in k.threads.0.iter().enumerate() {
         let Some(th) = th else { continue };
         let queued = seen[t].is_some();
-        ensure!(th.links.queued == queued, "thread {t}: queued mark");
+        let links = k.threads.links_of(ThreadId::from_index(t));
+        ensure!(links.queued == queued, "thread {t}: queued mark");
         let wants_queue = match th.state {
             ThreadState::Ready => k.current != Some(ThreadId::from_index(t)),
             ThreadState::BlockedSend { .. }
@@ -534,7 +536,12 @@ pub(super) fn digest(k: &Kernel<Model>, caller: Option<ThreadId>) -> String {
         let _ = writeln!(
             s,
             "thread {i}: task {} prio {} {:?} {:?} reply_to {:?} vcpu {:?} {regs:?}",
-            th.task, th.prio, th.state, th.links, th.reply_to, th.vcpu
+            th.task,
+            th.prio,
+            th.state,
+            k.threads.links_of(ThreadId::from_index(i)),
+            th.reply_to,
+            th.vcpu
         );
         if !mine {
             let m = &th.msg;

@@ -14,7 +14,7 @@ use abi::cpu::cr0::PE as CR0_PE;
 use abi::vmx::{self, field, reply, stop, ExitReply};
 use abi::Error;
 
-use super::VcpuRun;
+use super::{Vcpu, VcpuRun};
 use crate::kobj::ids::{Gone, ThreadId, VcpuId};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
@@ -94,15 +94,16 @@ impl<M: Machine> Kernel<M> {
 
     #[inline]
     fn prepare_entry(&mut self, vi: VcpuId, t: ThreadId) -> Result<bool, Gone> {
-        match self.vcpu(vi)?.run {
+        let v = self.vcpu_mut(vi)?;
+        let call_result = match v.run {
             VcpuRun::Running => return Ok(true),
             VcpuRun::Stopped => {
                 self.thread_mut(t)?.state = ThreadState::Suspended;
                 return Ok(false);
             }
-            VcpuRun::AwaitingReply => {}
-        }
-        Ok(match self.vcpu_mut(vi)?.call_result.take() {
+            VcpuRun::AwaitingReply => v.call_result.take(),
+        };
+        Ok(match call_result {
             None => {
                 // Woken without an answer: wait on.
                 false
@@ -156,12 +157,14 @@ impl<M: Machine> Kernel<M> {
         let Some((flags, rsp)) = Self::simple_reply_gprs(&th.msg, &mut th.regs) else {
             return Ok(None);
         };
-        self.vcpu_mut(vi)?.run = VcpuRun::Running;
-        if let Some(v) = rsp {
-            self.vmcs_write(vi, field::GUEST_RSP, v)?;
+        // One lookup for the whole reply: this is on every exit a handler answers.
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        v.run = VcpuRun::Running;
+        if let Some(rsp) = rsp {
+            self.machine.vmcs_write(&mut v.hw, field::GUEST_RSP, rsp);
         }
         if flags & reply::ADVANCE_RIP != 0 {
-            self.advance_rip(vi)?;
+            Self::skip_instruction(&mut self.machine, v);
         }
         Ok(Some(true))
     }
@@ -204,18 +207,25 @@ impl<M: Machine> Kernel<M> {
     /// or MOV SS, which lasts one instruction, ends with it (as KVM's skip does): an
     /// interrupt injected next is legal.
     fn advance_rip(&mut self, vi: VcpuId) -> Result<(), Gone> {
-        let len = self.vcpu(vi)?.last_exit.2;
-        let rip = self.vmcs_read(vi, field::GUEST_RIP)?;
-        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len))?;
-        let blocking = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY)?;
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        Self::skip_instruction(&mut self.machine, v);
+        Ok(())
+    }
+
+    /// [`Self::advance_rip`] of a vCPU at hand.
+    #[inline(always)]
+    fn skip_instruction(m: &mut M, v: &mut Vcpu<M::Vmcs>) {
+        let len = v.last_exit.2;
+        let rip = m.vmcs_read(&mut v.hw, field::GUEST_RIP);
+        m.vmcs_write(&mut v.hw, field::GUEST_RIP, rip.wrapping_add(len));
+        let blocking = m.vmcs_read(&mut v.hw, field::GUEST_INTERRUPTIBILITY);
         if blocking & INTERRUPTIBILITY_STI_MOV_SS != 0 {
-            self.vmcs_write(
-                vi,
+            m.vmcs_write(
+                &mut v.hw,
                 field::GUEST_INTERRUPTIBILITY,
                 blocking & !INTERRUPTIBILITY_STI_MOV_SS,
-            )?;
+            );
         }
-        Ok(())
     }
 
     /// Applies a handler's reply; `false` when it stopped the vCPU.

@@ -383,13 +383,13 @@ impl<M: Machine> Kernel<M> {
 
     /// Calls the portal endpoint with the exit message held in the vCPU thread.
     pub(super) fn send_exit(&mut self, vi: VcpuId, cap: Cap) -> Result<(), Gone> {
-        let t = self.vcpu(vi)?.thread;
-        {
+        let t = {
             let v = self.vcpu_mut(vi)?;
             v.run = VcpuRun::AwaitingReply;
             v.call_result = None;
             v.call_ep = Some(cap);
-        }
+            v.thread
+        };
         if self.fast_ipc && self.exit_code.is_none() && self.fast_send_exit(t, cap).is_some() {
             return Ok(());
         }
