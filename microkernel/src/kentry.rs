@@ -238,11 +238,10 @@ pub fn vm_exit() -> ! {
         );
         crate::scenario::exit(ExitCode::Crash)
     };
-    if let Ok((_, vmcs, _)) = k.guest_context(t) {
+    if let Some(vmcs) = k.vm_exited(t, reason) {
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
         vmcs.dr[4] = crate::arch::xstate::read_dr6();
     }
-    k.vm_exited(t, reason);
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
         let real = vmx::acknowledge_exit_interrupt(info);

@@ -270,42 +270,45 @@ impl<M: Machine> Kernel<M> {
     pub fn schedule(&mut self) -> Next {
         loop {
             match self.schedule_thread() {
-                Next::User(t) if self.threads.get(t).is_some_and(|th| th.vcpu.is_some()) => {
+                (Next::User(t), true) => {
                     if self.vcpu_prepare(t) {
                         return Next::Guest(t);
                     }
                     // It blocked again or stopped: pick another.
                 }
-                next => return next,
+                (next, _) => return next,
             }
         }
     }
 
-    /// Picks the next thread (vCPU threads included).
-    fn schedule_thread(&mut self) -> Next {
+    /// Picks the next thread (vCPU threads included), and whether it is a vCPU thread.
+    fn schedule_thread(&mut self) -> (Next, bool) {
         if let Some(code) = self.exit_code {
-            return Next::MachineExit(code);
+            return (Next::MachineExit(code), false);
         }
         let rotate = core::mem::take(&mut self.rotate);
         if let Some(c) = self.current {
             // A current thread that is gone (none is) is not run again.
-            let (state, prio) = match self.threads.get(c) {
-                Some(th) => (th.state, th.prio),
-                None => (ThreadState::Suspended, 0),
+            let (state, prio, vcpu) = match self.threads.get(c) {
+                Some(th) => (th.state, th.prio, th.vcpu.is_some()),
+                None => (ThreadState::Suspended, 0, false),
             };
             if state == ThreadState::Ready {
                 let higher = self.run_queue.highest().is_some_and(|h| h > prio);
                 let peer = self.run_queue.highest().is_some_and(|h| h == prio);
                 if !(higher || rotate && peer) {
-                    return Next::User(c);
+                    return (Next::User(c), vcpu);
                 }
                 self.run_queue.push(&mut self.threads, c, prio);
             }
         }
         self.current = self.run_queue.pop(&mut self.threads);
         match self.current {
-            Some(t) => Next::User(t),
-            None => Next::Idle,
+            Some(t) => (
+                Next::User(t),
+                self.threads.get(t).is_some_and(|th| th.vcpu.is_some()),
+            ),
+            None => (Next::Idle, false),
         }
     }
 

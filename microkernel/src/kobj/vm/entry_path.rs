@@ -136,7 +136,7 @@ impl<M: Machine> Kernel<M> {
                 match cap {
                     Some(cap) if self.alive(cap.obj) => {
                         self.thread_mut(t)?.msg.label = vmx::EXIT_LABEL;
-                        self.send_exit(vi, cap)?;
+                        self.send_exit(vi, cap);
                     }
                     _ => self.vcpu_stop(vi, stop::PORTAL_GONE),
                 }

@@ -33,27 +33,35 @@ impl<M: Machine> Kernel<M> {
         let Some(vi) = self.vcpu_of(c) else {
             return self.schedule();
         };
-        // A vCPU gone under its thread: `vcpu_prepare` parks the thread.
-        self.exit_to_portal(c, vi, exit)
-            .unwrap_or_else(|Gone| self.schedule())
+        // A vCPU gone under its thread (`Err`): `vcpu_prepare` parks the thread.
+        if let Ok(true) = self.exit_to_portal(c, vi, exit) {
+            return Next::Guest(c);
+        }
+        self.schedule()
     }
 
-    /// [`Kernel::on_vm_exit`] of vCPU `vi` (thread `c`).
+    /// [`Kernel::on_vm_exit`] of vCPU `vi` (thread `c`): whether its guest goes on at once
+    /// (an exit the kernel answered, see [`Self::guest_continues`]); else the scheduler picks.
     #[inline(always)]
-    fn exit_to_portal(&mut self, c: ThreadId, vi: VcpuId, exit: VmExit) -> Result<Next, Gone> {
+    fn exit_to_portal(&mut self, c: ThreadId, vi: VcpuId, exit: VmExit) -> Result<bool, Gone> {
         let basic = exit.reason & 0xffff;
-        {
+        // Where the exit goes, read with the rest: one lookup of the vCPU on every exit.
+        let mut portal = {
             let v = self.vcpu_mut(vi)?;
             if let Some(n) = v.exits.get_mut(basic as usize) {
                 *n = n.saturating_add(1);
             }
             v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
             v.forwarded = false;
-        }
+            v.portals
+                .get(basic as usize)
+                .copied()
+                .unwrap_or(Portal::None)
+        };
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
-            return Ok(self.schedule());
+            return Ok(false);
         }
         let mut exit = exit;
         let mut basic = basic;
@@ -65,14 +73,20 @@ impl<M: Machine> Kernel<M> {
                 self.trace_kernel_handled(vi);
                 // The run's slice ended (or a host interrupt the machine already took):
                 // counted, and the vCPU stays runnable.
-                return Ok(self.schedule());
+                return Ok(false);
             }
             // The vCPU's deadline: its handler hears of it as a preemption-timer exit.
             basic = reason::PREEMPTION_TIMER;
             exit.reason = basic;
             exit.qualification = 0;
             exit.instruction_len = 0;
-            self.vcpu_mut(vi)?.last_exit = (exit.reason, 0, 0);
+            let v = self.vcpu_mut(vi)?;
+            v.last_exit = (exit.reason, 0, 0);
+            portal = v
+                .portals
+                .get(basic as usize)
+                .copied()
+                .unwrap_or(Portal::None);
         } else if basic == reason::INTERRUPT_WINDOW || basic == reason::NMI_WINDOW {
             // The window the handler asked for is open: the request ends here.
             let window = if basic == reason::NMI_WINDOW {
@@ -85,21 +99,15 @@ impl<M: Machine> Kernel<M> {
         } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
             self.nmi_blocking_at_exit(vi, basic, exit.qualification)?;
         }
-        let portal = self
-            .vcpu(vi)?
-            .portals
-            .get(basic as usize)
-            .copied()
-            .unwrap_or(Portal::None);
         match portal {
             Portal::Reflect => {
                 self.trace_kernel_handled(vi);
                 self.reflect(vi, basic, exit.instruction_len)?;
-                Ok(self.schedule_after_reflect(c, vi))
+                Ok(self.guest_continues(c, vi))
             }
             Portal::None => {
                 self.vcpu_stop(vi, stop::UNHANDLED | basic as u64);
-                Ok(self.schedule())
+                Ok(false)
             }
             Portal::Endpoint { cap, mask } => {
                 let len = self.write_exit_message(vi, exit, mask);
@@ -108,8 +116,8 @@ impl<M: Machine> Kernel<M> {
                 th.msg.badge = cap.badge;
                 th.msg.grant = None;
                 th.msg.len = len;
-                self.send_exit(vi, cap)?;
-                Ok(self.schedule())
+                self.send_exit(vi, cap);
+                Ok(false)
             }
         }
     }
@@ -121,14 +129,6 @@ impl<M: Machine> Kernel<M> {
     /// the machine's end go through it (`tests_vm.rs` runs the floor both ways; the shortcut
     /// is off without `fast_ipc`).
     #[inline(never)] // off the exits a handler takes, which it would otherwise slow down
-    fn schedule_after_reflect(&mut self, t: ThreadId, vi: VcpuId) -> Next {
-        if self.guest_continues(t, vi) {
-            Next::Guest(t)
-        } else {
-            self.schedule()
-        }
-    }
-
     fn guest_continues(&self, t: ThreadId, vi: VcpuId) -> bool {
         let (Some(th), Some(v)) = (self.threads.get(t), slot_at(&self.vcpus, vi).ok()) else {
             return false;
@@ -258,23 +258,21 @@ impl<M: Machine> Kernel<M> {
 
     /// Answers CPUID, VMCALL and port I/O in the kernel (the floor of an exit round trip).
     fn reflect(&mut self, vi: VcpuId, basic: u32, len: u64) -> Result<(), Gone> {
-        let t = self.vcpu(vi)?.thread;
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        let r = &mut self.threads.get_mut(v.thread).ok_or(Gone)?.regs;
+        let m = &mut self.machine;
         if basic == reason::CPUID {
-            let (leaf, sub) = {
-                let r = &self.thread(t)?.regs;
-                (r.rax as u32, r.rcx as u32)
-            };
-            let v = self.machine.host_cpuid(leaf, sub);
-            let r = &mut self.thread_mut(t)?.regs;
-            r.rax = v[0] as u64;
-            r.rbx = v[1] as u64;
-            r.rcx = v[2] as u64;
-            r.rdx = v[3] as u64;
+            let out = m.host_cpuid(r.rax as u32, r.rcx as u32);
+            r.rax = out[0] as u64;
+            r.rbx = out[1] as u64;
+            r.rcx = out[2] as u64;
+            r.rdx = out[3] as u64;
         } else if basic == reason::VMCALL {
-            self.thread_mut(t)?.regs.rax = 0;
+            r.rax = 0;
         }
-        let rip = self.vmcs_read(vi, field::GUEST_RIP)?;
-        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len))
+        let rip = m.vmcs_read(&mut v.hw, field::GUEST_RIP);
+        m.vmcs_write(&mut v.hw, field::GUEST_RIP, rip.wrapping_add(len));
+        Ok(())
     }
 
     /// Writes the exit message with the groups in `mask` straight into the vCPU thread's
@@ -382,25 +380,26 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Calls the portal endpoint with the exit message held in the vCPU thread.
-    pub(super) fn send_exit(&mut self, vi: VcpuId, cap: Cap) -> Result<(), Gone> {
+    pub(super) fn send_exit(&mut self, vi: VcpuId, cap: Cap) {
         let t = {
-            let v = self.vcpu_mut(vi)?;
+            let Ok(v) = self.vcpu_mut(vi) else {
+                return;
+            };
             v.run = VcpuRun::AwaitingReply;
             v.call_result = None;
             v.call_ep = Some(cap);
             v.thread
         };
         if self.fast_ipc && self.exit_code.is_none() && self.fast_send_exit(t, cap).is_some() {
-            return Ok(());
+            return;
         }
         let open =
             slot_get(&self.endpoints, cap.obj).is_some_and(|e| e.state != EndpointState::Closed);
         if !open {
             self.vcpu_stop(vi, stop::PORTAL_GONE);
-            return Ok(());
+            return;
         }
         // A call always blocks the caller (`Ok(None)`); delivery errors go to the receiver.
         let _ = self.send_loaded(t, cap.obj.id(), true);
-        Ok(())
     }
 }

@@ -57,7 +57,7 @@ impl<M: Machine> Kernel<M> {
         th.msg.grant = None;
         th.msg.len = len;
         self.vcpu_mut(vi)?.forwarded = true;
-        self.send_exit(vi, cap)?;
+        self.send_exit(vi, cap);
         Ok(false)
     }
 

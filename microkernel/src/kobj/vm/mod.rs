@@ -177,12 +177,14 @@ impl<M: Machine> Kernel<M> {
     /// The machine left the guest of thread `t` with exit `reason` (every exit, before it is
     /// handled). An exit with the entry-failure bit (31) leaves the launch state as it was:
     /// a failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
-    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) {
-        if reason & (1 << 31) != 0 {
-            return;
-        }
-        if let Some(v) = self.vcpu_of(t).and_then(|vi| self.vcpu_mut(vi).ok()) {
+    /// Returns the VMCS, for the state the machine keeps beside it (CR2, DR6), unless the
+    /// thread or its vCPU is gone.
+    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) -> Option<&mut M::Vmcs> {
+        let vi = self.threads.get(t)?.vcpu?;
+        let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
+        if reason & (1 << 31) == 0 {
             v.launched = true;
         }
+        Some(&mut v.hw)
     }
 }
