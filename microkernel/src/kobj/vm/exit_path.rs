@@ -25,68 +25,56 @@ const NMI_UNBLOCKING_BY_IRET: u64 = 1 << 12;
 
 impl<M: Machine> Kernel<M> {
     /// A VM exit of the current thread's vCPU; its guest registers are already in the
-    /// thread's register file.
+    /// thread's register file. A vCPU found gone on the way (none is: `destroy_vm_object`
+    /// takes its thread along) ends the handling; `vcpu_prepare` then parks the thread.
     pub fn on_vm_exit(&mut self, exit: VmExit) -> Next {
+        /// The value of a lookup, or (the vCPU is gone) on to the scheduler.
+        macro_rules! or_schedule {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(Gone) => return self.schedule(),
+                }
+            };
+        }
         let Some(c) = self.current else {
             return self.schedule();
         };
         let Some(vi) = self.vcpu_of(c) else {
             return self.schedule();
         };
-        // A vCPU gone under its thread (`Err`): `vcpu_prepare` parks the thread.
-        if let Ok(true) = self.exit_to_portal(c, vi, exit) {
-            return Next::Guest(c);
-        }
-        self.schedule()
-    }
-
-    /// [`Kernel::on_vm_exit`] of vCPU `vi` (thread `c`): whether its guest goes on at once
-    /// (an exit the kernel answered, see [`Self::guest_continues`]); else the scheduler picks.
-    #[inline(always)]
-    fn exit_to_portal(&mut self, c: ThreadId, vi: VcpuId, exit: VmExit) -> Result<bool, Gone> {
         let basic = exit.reason & 0xffff;
-        // Where the exit goes, read with the rest: one lookup of the vCPU on every exit.
-        let mut portal = {
-            let v = self.vcpu_mut(vi)?;
+        {
+            let v = or_schedule!(self.vcpu_mut(vi));
             if let Some(n) = v.exits.get_mut(basic as usize) {
                 *n = n.saturating_add(1);
             }
             v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
             v.forwarded = false;
-            v.portals
-                .get(basic as usize)
-                .copied()
-                .unwrap_or(Portal::None)
-        };
+        }
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
-            return Ok(false);
+            return self.schedule();
         }
         let mut exit = exit;
         let mut basic = basic;
         if reason::KERNEL_HANDLED.contains(&basic) {
             // An event the exit interrupted on its way into the guest is delivered again
             // (the handler hears of the deadline at the next exit, after it).
-            let reinjected = self.reinject_vectoring(vi)?;
-            if reinjected || !self.deadline_passed(vi, exit.tsc)? {
+            let reinjected = or_schedule!(self.reinject_vectoring(vi));
+            if reinjected || !or_schedule!(self.deadline_passed(vi, exit.tsc)) {
                 self.trace_kernel_handled(vi);
                 // The run's slice ended (or a host interrupt the machine already took):
                 // counted, and the vCPU stays runnable.
-                return Ok(false);
+                return self.schedule();
             }
             // The vCPU's deadline: its handler hears of it as a preemption-timer exit.
             basic = reason::PREEMPTION_TIMER;
             exit.reason = basic;
             exit.qualification = 0;
             exit.instruction_len = 0;
-            let v = self.vcpu_mut(vi)?;
-            v.last_exit = (exit.reason, 0, 0);
-            portal = v
-                .portals
-                .get(basic as usize)
-                .copied()
-                .unwrap_or(Portal::None);
+            or_schedule!(self.vcpu_mut(vi)).last_exit = (exit.reason, 0, 0);
         } else if basic == reason::INTERRUPT_WINDOW || basic == reason::NMI_WINDOW {
             // The window the handler asked for is open: the request ends here.
             let window = if basic == reason::NMI_WINDOW {
@@ -94,30 +82,35 @@ impl<M: Machine> Kernel<M> {
             } else {
                 vmx::proc_based::INTR_WINDOW_EXITING
             };
-            let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS)?;
-            self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window)?;
+            let p = or_schedule!(self.vmcs_read(vi, field::PROC_BASED_CONTROLS));
+            or_schedule!(self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window));
         } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
-            self.nmi_blocking_at_exit(vi, basic, exit.qualification)?;
+            or_schedule!(self.nmi_blocking_at_exit(vi, basic, exit.qualification));
         }
+        let portal = or_schedule!(self.vcpu(vi))
+            .portals
+            .get(basic as usize)
+            .copied()
+            .unwrap_or(Portal::None);
         match portal {
             Portal::Reflect => {
                 self.trace_kernel_handled(vi);
-                self.reflect(vi, basic, exit.instruction_len)?;
-                Ok(self.guest_continues(c, vi))
+                or_schedule!(self.reflect(vi, basic, exit.instruction_len));
+                self.schedule_after_reflect(c, vi)
             }
             Portal::None => {
                 self.vcpu_stop(vi, stop::UNHANDLED | basic as u64);
-                Ok(false)
+                self.schedule()
             }
             Portal::Endpoint { cap, mask } => {
                 let len = self.write_exit_message(vi, exit, mask);
-                let th = self.thread_mut(c)?;
+                let th = or_schedule!(self.thread_mut(c));
                 th.msg.label = vmx::EXIT_LABEL;
                 th.msg.badge = cap.badge;
                 th.msg.grant = None;
                 th.msg.len = len;
                 self.send_exit(vi, cap);
-                Ok(false)
+                self.schedule()
             }
         }
     }
@@ -129,6 +122,14 @@ impl<M: Machine> Kernel<M> {
     /// the machine's end go through it (`tests_vm.rs` runs the floor both ways; the shortcut
     /// is off without `fast_ipc`).
     #[inline(never)] // off the exits a handler takes, which it would otherwise slow down
+    fn schedule_after_reflect(&mut self, t: ThreadId, vi: VcpuId) -> Next {
+        if self.guest_continues(t, vi) {
+            Next::Guest(t)
+        } else {
+            self.schedule()
+        }
+    }
+
     fn guest_continues(&self, t: ThreadId, vi: VcpuId) -> bool {
         let (Some(th), Some(v)) = (self.threads.get(t), slot_at(&self.vcpus, vi).ok()) else {
             return false;
