@@ -12,8 +12,9 @@ use super::ids::{EndpointId, Gone, MemoryId, NotificationId, TaskId, ThreadId, V
 use super::image;
 use super::machine::{Machine, PageAccess};
 use super::objects::*;
-use super::queue::{LinkArena, Links, RunQueue};
+use super::queue::RunQueue;
 use super::regs::UserRegs;
+use super::threads::Threads;
 use super::vm::{Vcpu, Vm, MAX_VCPUS, MAX_VMS};
 use crate::PAGE_SIZE;
 
@@ -28,65 +29,6 @@ pub enum Next {
     MachineExit(u32),
     /// Enter the guest of this vCPU thread ([`Kernel::guest_context`]).
     Guest(ThreadId),
-}
-
-/// Thread slots, and the queue links of each slot (one more: a spare for any id past the
-/// table), as the queues see them.
-pub struct Threads(
-    pub(crate) [Option<Thread>; MAX_THREADS],
-    [Links; MAX_THREADS + 1],
-);
-
-impl Threads {
-    pub(crate) const fn new() -> Self {
-        Threads(
-            [const { None }; MAX_THREADS],
-            [const { Links::new() }; MAX_THREADS + 1],
-        )
-    }
-
-    /// Fills slot `i` with a thread in no queue.
-    fn fill(&mut self, i: usize, th: Thread) {
-        if let (Some(s), Some(l)) = (self.0.get_mut(i), self.1.get_mut(i)) {
-            *s = Some(th);
-            *l = Links::new();
-        }
-    }
-
-    /// The queue links of slot `t` (for the invariant checks of the tests).
-    #[cfg(test)]
-    pub(crate) fn links_of(&self, t: ThreadId) -> Links {
-        self.1[t.index().min(MAX_THREADS)]
-    }
-
-    /// The live thread in slot `t`.
-    #[inline(always)]
-    pub fn get(&self, t: ThreadId) -> Option<&Thread> {
-        self.0.get(t.index()).and_then(Option::as_ref)
-    }
-
-    #[inline(always)]
-    pub(crate) fn get_mut(&mut self, t: ThreadId) -> Option<&mut Thread> {
-        self.0.get_mut(t.index()).and_then(Option::as_mut)
-    }
-
-    /// Empties slot `t` (and its links).
-    pub(crate) fn clear(&mut self, t: ThreadId) {
-        if let (Some(s), Some(l)) = (self.0.get_mut(t.index()), self.1.get_mut(t.index())) {
-            *s = None;
-            *l = Links::new();
-        }
-    }
-}
-
-impl LinkArena for Threads {
-    /// The queues hold only live threads ([`Kernel::detach`] takes a thread out of its queue
-    /// before its slot empties); an id past the table (none is made) would get the spare
-    /// entry: a queue could lose its way, the kernel does not stop.
-    #[inline(always)]
-    fn links(&mut self, t: ThreadId) -> &mut Links {
-        &mut self.1[t.index().min(MAX_THREADS)]
-    }
 }
 
 /// Why a task ends.
@@ -469,118 +411,6 @@ impl<M: Machine> Kernel<M> {
         let slot = self.task_mut(task)?.caps.insert(cap)?;
         self.acquire(cap.obj);
         Ok(slot)
-    }
-
-    /// A new memory object of `pages` zeroed frames, with no references yet.
-    pub(crate) fn new_memory(
-        &mut self,
-        pages: u64,
-        owner: Option<(TaskId, u32)>,
-    ) -> Result<ObjRef, Error> {
-        if pages == 0 || pages > MAX_MEMORY_PAGES {
-            return Err(Error::BadLength);
-        }
-        if !self.memory.iter().any(|s| s.obj.is_none()) {
-            return Err(Error::NoMemory);
-        }
-        let phys = self.machine.frames_alloc(pages).ok_or(Error::NoMemory)?;
-        let memory = Memory {
-            phys,
-            pages,
-            refs: 0,
-            owner,
-        };
-        match slot_insert::<MemoryId, _>(&mut self.memory, memory) {
-            Ok((id, generation)) => Ok(ObjRef::new(CapKind::Memory, id, generation)),
-            Err(m) => {
-                self.machine.frames_free(m.phys, m.pages);
-                Err(Error::NoMemory)
-            }
-        }
-    }
-
-    /// Pages of live memory objects that `owner` (task index, slot generation) allocated.
-    pub(crate) fn pages_owned(&self, owner: (TaskId, u32)) -> u64 {
-        self.memory
-            .iter()
-            .filter_map(|s| s.obj.as_ref())
-            .filter(|m| m.owner == Some(owner))
-            .map(|m| m.pages)
-            .sum()
-    }
-
-    /// Maps a memory object into a task; the mapping holds a reference.
-    pub(crate) fn map_memory(
-        &mut self,
-        task: TaskId,
-        mem: ObjRef,
-        va: u64,
-        access: PageAccess,
-    ) -> Result<(), Error> {
-        let (phys, pages) = {
-            let m = slot_get(&self.memory, mem).ok_or(Error::StaleCap)?;
-            (m.phys, m.pages)
-        };
-        let end = va
-            .checked_add(pages * PAGE_SIZE)
-            .ok_or(Error::InvalidArgument)?;
-        if !va.is_multiple_of(PAGE_SIZE)
-            || va < abi::ipc::layout::USER_MIN
-            || end > abi::ipc::layout::USER_END
-        {
-            return Err(Error::InvalidArgument);
-        }
-        let t = self.task(task)?;
-        let overlaps = t
-            .mappings
-            .iter()
-            .flatten()
-            .any(|m| va < m.va + m.pages * PAGE_SIZE && m.va < end);
-        if overlaps {
-            return Err(Error::AddressInUse);
-        }
-        let free = t
-            .mappings
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::NoMemory)?;
-        let task_ref = slot_at_mut(&mut self.tasks, task)?;
-        let r = self
-            .machine
-            .map_range(&mut task_ref.space, va, phys, pages, access);
-        if let Err((e, mapped)) = r {
-            task_ref.unmaps += 1;
-            for j in 0..mapped {
-                self.machine.unmap(&mut task_ref.space, va + j * PAGE_SIZE);
-            }
-            return Err(match e {
-                super::machine::MapError::AlreadyMapped => Error::AddressInUse,
-                super::machine::MapError::NoMemory => Error::NoMemory,
-                super::machine::MapError::BadAddress => Error::InvalidArgument,
-            });
-        }
-        task_ref.mappings[free] = Some(Mapping { va, pages, mem });
-        self.acquire(mem);
-        Ok(())
-    }
-
-    /// Removes mapping `mi` of a task; `release` drops its reference (false while the
-    /// object is being destroyed anyway).
-    pub(crate) fn unmap_mapping(&mut self, task: TaskId, mi: usize, m: Mapping, release: bool) {
-        let Ok(task_ref) = slot_at_mut(&mut self.tasks, task) else {
-            return;
-        };
-        task_ref.unmaps += 1;
-        for i in 0..m.pages {
-            self.machine
-                .unmap(&mut task_ref.space, m.va + i * PAGE_SIZE);
-        }
-        if let Some(slot) = task_ref.mappings.get_mut(mi) {
-            *slot = None;
-        }
-        if release {
-            self.release(m.mem);
-        }
     }
 
     // ----- tasks -----
