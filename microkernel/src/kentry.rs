@@ -29,9 +29,9 @@ pub fn start_services() -> ! {
 pub fn start_first_task(name: &str, arg: u64) -> ! {
     let next = {
         let mut k = KERNEL.enter();
-        let count = k.machine.module_count();
+        let count = k.machine().module_count();
         let index = (0..count).find(|&i| {
-            k.machine
+            k.machine()
                 .module(i)
                 .is_some_and(|(line, _)| line.split_whitespace().next() == Some(name))
         });
@@ -67,15 +67,23 @@ fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
     crate::console::pump();
     k.switch_xstate(next);
     match next {
-        Next::User(t) => k.return_to_user(|k| {
-            let (regs, space) = k.context(t);
-            uspace::activate(space);
-            regs
-        }),
-        Next::Guest(t) => k.enter_guest(|k| {
-            k.trace_entry(t);
-            k.guest_context(t)
-        }),
+        // `schedule` picks live threads (and vCPU threads with a live vCPU): were `t` gone,
+        // the CPU would wait for the next interrupt instead.
+        Next::User(t) => {
+            let k = k.return_to_user(|k| {
+                let (regs, space) = k.context(t).ok()?;
+                uspace::activate(space);
+                Some(regs)
+            });
+            resume(k, Next::Idle)
+        }
+        Next::Guest(t) => {
+            let k = k.enter_guest(|k| {
+                k.trace_entry(t);
+                k.guest_context(t).ok()
+            });
+            resume(k, Next::Idle)
+        }
         Next::MachineExit(code) => {
             drop(k);
             crate::scenario::exit(match code {
@@ -148,7 +156,7 @@ pub fn vm_exit() -> ! {
     let tsc = crate::arch::cpu::rdtsc();
     let reason = vmx::read_current(abi::vmx::field::EXIT_REASON) as u32;
     let mut k = KERNEL.enter();
-    let Some(t) = k.current else {
+    let Some(t) = k.current() else {
         drop(k);
         crate::log!(
             error,
@@ -157,12 +165,10 @@ pub fn vm_exit() -> ! {
         );
         crate::scenario::exit(ExitCode::Crash)
     };
-    {
-        let (_, vmcs, _) = k.guest_context(t);
+    if let Some(vmcs) = k.vm_exited(t, reason) {
         vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
         vmcs.dr[4] = crate::arch::xstate::read_dr6();
     }
-    k.vm_exited(t, reason);
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);
         let real = vmx::acknowledge_exit_interrupt(info);
@@ -226,16 +232,17 @@ pub fn user_exception(vector: u8, error_code: u64, cr2: u64, regs: &mut UserRegs
         let mut k = KERNEL.enter();
         // A supervised task's fault goes to its supervisor, which reports it; the kernel
         // logs only the others (the console is slow: a line is ~0.8 ms at 115200 baud).
-        if let Some(t) = k
-            .current
-            .filter(|&t| k.task(k.thread(t).task).fault_ep.is_none())
-        {
-            let task = k.thread(t).task;
+        let unsupervised = k
+            .current()
+            .and_then(|t| k.thread(t).ok())
+            .and_then(|th| k.task(th.task).ok())
+            .filter(|task| task.fault_ep.is_none());
+        if let Some(task) = unsupervised {
             crate::log!(
                 warn,
                 "task",
                 "{} faulted: vector {vector} error {error_code:#x} address {address:#x} rip {:#x}; stopping it",
-                k.task(task).name,
+                task.name,
                 regs.rip
             );
         }

@@ -68,13 +68,15 @@ impl<T> Drop for Entered<'_, T> {
 
 impl<T> Entered<'_, T> {
     /// Leaves the cell and enters a guest with the registers and VMCS `pick` chooses inside
-    /// it (see [`super::vmx::enter`]).
+    /// it (see [`super::vmx::enter`]). Returns (still in the cell) only if `pick` finds none.
     #[inline]
     pub fn enter_guest(
         mut self,
-        pick: impl FnOnce(&mut T) -> (&mut UserRegs, &mut super::vmx::Vmcs, bool),
-    ) -> ! {
-        let (regs, vmcs, launched) = pick(&mut self);
+        pick: impl FnOnce(&mut T) -> Option<(&mut UserRegs, &mut super::vmx::Vmcs, bool)>,
+    ) -> Self {
+        let Some((regs, vmcs, launched)) = pick(&mut self) else {
+            return self;
+        };
         let (regs, vmcs): (*const UserRegs, *const super::vmx::Vmcs) = (regs, vmcs);
         let cell = self.cell;
         core::mem::forget(self);
@@ -85,10 +87,14 @@ impl<T> Entered<'_, T> {
     }
 
     /// Leaves the cell and returns to ring 3 with the registers `regs` picks inside it (see
-    /// [`super::user::return_to_user`] for what is checked on the way).
+    /// [`super::user::return_to_user`] for what is checked on the way). Returns (still in
+    /// the cell) only if `regs` finds none.
     #[inline]
-    pub fn return_to_user(self, regs: impl FnOnce(&T) -> &UserRegs) -> ! {
-        let p: *const UserRegs = regs(&self);
+    pub fn return_to_user(self, regs: impl FnOnce(&T) -> Option<&UserRegs>) -> Self {
+        let Some(p) = regs(&self) else {
+            return self;
+        };
+        let p: *const UserRegs = p;
         let cell = self.cell;
         core::mem::forget(self);
         cell.entered.store(false, Ordering::Release);

@@ -165,9 +165,9 @@ pub fn host_xcr0() -> u64 {
 }
 
 fn area(t: ThreadId) -> *mut Area {
-    assert!((t as usize) < MAX_THREADS, "thread id in range");
+    assert!(t.index() < MAX_THREADS, "thread id in range");
     // SAFETY: in bounds (checked); see `Areas` for why no access overlaps.
-    unsafe { (AREAS.0.get() as *mut Area).add(t as usize) }
+    unsafe { (AREAS.0.get() as *mut Area).add(t.index()) }
 }
 
 /// Whether CR0.TS is set now (the kernel's copy: CR0 is not read on every return). A VM

@@ -5,12 +5,32 @@
 use abi::cap::{slot, CAP_SLOTS};
 use abi::{CapKind, CapSlot, Error, Rights};
 
+use super::ids::Id;
+
 /// A reference to a kernel object slot at one generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjRef {
     pub kind: CapKind,
     pub index: u16,
     pub generation: u32,
+}
+
+impl ObjRef {
+    /// A reference to slot `id` of kind `kind` at `generation`.
+    #[inline]
+    pub fn new(kind: CapKind, id: impl Id, generation: u32) -> Self {
+        ObjRef {
+            kind,
+            index: id.index() as u16,
+            generation,
+        }
+    }
+
+    /// The slot it names, as the id type of its table (the caller knows the kind).
+    #[inline(always)]
+    pub fn id<I: Id>(self) -> I {
+        I::from_index(self.index as usize)
+    }
 }
 
 /// One capability.

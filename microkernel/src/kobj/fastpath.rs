@@ -8,10 +8,10 @@ use abi::ipc::MAX_PAYLOAD;
 use abi::{CapKind, Rights, NO_CAP};
 
 use super::captable::ObjRef;
+use super::ids::{EndpointId, TaskId, ThreadId};
 use super::kernel::{Kernel, Next};
 use super::machine::Machine;
-use super::objects::{slot_get, EndpointState, ThreadState};
-use super::queue::ThreadId;
+use super::objects::{slot_at, slot_at_mut, slot_get, EndpointState, ThreadState};
 
 impl<M: Machine> Kernel<M> {
     /// The part both fast paths share: `c`'s next receive buffer `[buf, buf + buf_cap)` must
@@ -23,7 +23,7 @@ impl<M: Machine> Kernel<M> {
         buf: u64,
         buf_cap: u64,
         len: u64,
-        to: (u16, u64, u64),
+        to: (TaskId, u64, u64),
     ) -> Option<()> {
         let (to_task, to_buf, to_cap) = to;
         if len > to_cap || !self.buffer_writable(c, buf, buf_cap) {
@@ -31,8 +31,8 @@ impl<M: Machine> Kernel<M> {
         }
         if len > 0 {
             let tasks = &self.tasks;
-            let src = &tasks[self.thread(c).task as usize].obj.as_ref()?.space;
-            let dst = &tasks[to_task as usize].obj.as_ref()?.space;
+            let src = &slot_at(tasks, self.threads.get(c)?.task).ok()?.space;
+            let dst = &slot_at(tasks, to_task).ok()?.space;
             self.machine
                 .copy_user_to_user(src, buf, dst, to_buf, len as usize)
                 .ok()?;
@@ -43,14 +43,14 @@ impl<M: Machine> Kernel<M> {
     /// The thread waiting to receive on endpoint `ep` (open) that a fast path may hand a
     /// message and the CPU: a plain thread (not a vCPU) owing no reply, with no thread of
     /// higher priority ready. With its `(task, buffer, capacity)`.
-    #[inline]
-    fn waiting_receiver(&self, ep: ObjRef) -> Option<(ThreadId, (u16, u64, u64))> {
+    #[inline(always)]
+    fn waiting_receiver(&self, ep: ObjRef) -> Option<(ThreadId, (TaskId, u64, u64))> {
         let e = slot_get(&self.endpoints, ep)?;
         if e.state == EndpointState::Closed {
             return None;
         }
         let r = e.receivers.head?;
-        let th = self.thread(r);
+        let th = self.threads.get(r)?;
         if th.reply_to.is_some()
             || th.vcpu.is_some()
             || self.run_queue.highest().is_some_and(|h| h > th.prio)
@@ -67,24 +67,24 @@ impl<M: Machine> Kernel<M> {
             return None;
         }
         let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let ct = self.thread(c).task;
-        let cap = self.task(ct).caps.get(ep_slot).ok()?;
+        let ct = self.threads.get(c)?.task;
+        let cap = self.task(ct).ok()?.caps.get(ep_slot).ok()?;
         if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::SEND) {
             return None;
         }
         let (r, to) = self.waiting_receiver(cap.obj)?;
         self.fast_transfer(c, buf, buf_cap, len, to)?;
-        // Committed: nothing below fails.
-        let epi = cap.obj.index;
-        let e = self.endpoints[epi as usize].obj.as_mut()?;
+        // Committed: nothing below fails (the lookups found these objects above).
+        let epi: EndpointId = cap.obj.id();
+        let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.remove(&mut self.threads, r);
         {
-            let th = self.thread_mut(c);
+            let th = self.threads.get_mut(c)?;
             th.buf = buf;
             th.buf_cap = buf_cap;
             th.state = ThreadState::BlockedReply { server: r, ep: epi };
         }
-        let th = self.thread_mut(r);
+        let th = self.threads.get_mut(r)?;
         th.regs.set_result(0, [len, label, cap.badge, NO_CAP]);
         th.reply_to = Some(c);
         th.state = ThreadState::Ready;
@@ -99,25 +99,25 @@ impl<M: Machine> Kernel<M> {
     pub(crate) fn fast_send_exit(&mut self, t: ThreadId, cap: super::captable::Cap) -> Option<()> {
         let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
         let (len, label, badge) = {
-            let m = &self.thread(t).msg;
+            let m = &self.threads.get(t)?.msg;
             (m.len, m.label, m.badge)
         };
         if len as u64 > rcap || !self.buffer_writable(r, rbuf, rcap) {
             return None;
         }
         {
-            let space = &self.tasks[rt as usize].obj.as_ref()?.space;
-            let msg = &self.threads.0[t as usize].as_ref()?.msg;
+            let space = &slot_at(&self.tasks, rt).ok()?.space;
+            let msg = &self.threads.get(t)?.msg;
             self.machine
                 .copy_to_user(space, rbuf, msg.data.get(..len)?)
                 .ok()?;
         }
-        // Committed: nothing below fails.
-        let epi = cap.obj.index;
-        let e = self.endpoints[epi as usize].obj.as_mut()?;
+        // Committed: nothing below fails (the lookups found these objects above).
+        let epi: EndpointId = cap.obj.id();
+        let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.remove(&mut self.threads, r);
-        self.thread_mut(t).state = ThreadState::BlockedReply { server: r, ep: epi };
-        let th = self.thread_mut(r);
+        self.threads.get_mut(t)?.state = ThreadState::BlockedReply { server: r, ep: epi };
+        let th = self.threads.get_mut(r)?;
         th.regs.set_result(0, [len as u64, label, badge, NO_CAP]);
         th.reply_to = Some(t);
         th.state = ThreadState::Ready;
@@ -136,10 +136,10 @@ impl<M: Machine> Kernel<M> {
         }
         let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
         let (ct, caller) = {
-            let th = self.thread(c);
+            let th = self.threads.get(c)?;
             (th.task, th.reply_to?)
         };
-        let cap = self.task(ct).caps.get(ep_slot).ok()?;
+        let cap = self.task(ct).ok()?.caps.get(ep_slot).ok()?;
         if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::RECV) {
             return None;
         }
@@ -147,17 +147,16 @@ impl<M: Machine> Kernel<M> {
         if !ep.senders.is_empty() || !ep.notices.is_empty() {
             return None;
         }
-        let (kt, kbuf, kcap, kprio) = {
-            let th = self.thread(caller);
+        let (kt, kbuf, kcap, kprio, vcpu) = {
+            let th = self.threads.get(caller)?;
             if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c) {
                 return None;
             }
-            (th.task, th.buf, th.buf_cap, th.prio)
+            (th.task, th.buf, th.buf_cap, th.prio, th.vcpu)
         };
         if self.run_queue.highest().is_some_and(|h| h > kprio) {
             return None;
         }
-        let vcpu = self.thread(caller).vcpu;
         if vcpu.is_some() {
             // The answer to an exit message: into the vCPU thread's message buffer, where
             // `vcpu_prepare` reads it. Only from inside the checked buffer, so the copy cannot
@@ -165,9 +164,8 @@ impl<M: Machine> Kernel<M> {
             if len > buf_cap || !self.buffer_writable(c, buf, buf_cap) {
                 return None;
             }
-            let ct = self.thread(c).task;
-            let vth = self.threads.0[caller as usize].as_mut()?;
-            let space = &self.tasks[ct as usize].obj.as_ref()?.space;
+            let vth = self.threads.get_mut(caller)?;
+            let space = &slot_at(&self.tasks, ct).ok()?.space;
             self.machine
                 .copy_from_user(space, buf, &mut vth.msg.data[..len as usize])
                 .ok()?;
@@ -176,19 +174,19 @@ impl<M: Machine> Kernel<M> {
         } else {
             self.fast_transfer(c, buf, buf_cap, len, (kt, kbuf, kcap))?;
         }
-        // Committed: nothing below fails.
-        let epi = cap.obj.index;
+        // Committed: nothing below fails (the lookups found these objects above).
+        let epi: EndpointId = cap.obj.id();
         {
-            let th = self.thread_mut(c);
+            let th = self.threads.get_mut(c)?;
             th.reply_to = None;
             th.buf = buf;
             th.buf_cap = buf_cap;
             th.state = ThreadState::BlockedRecv { ep: epi };
         }
-        let e = self.endpoints[epi as usize].obj.as_mut()?;
+        let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.push_back(&mut self.threads, c);
         if let Some(vi) = vcpu {
-            self.thread_mut(caller).state = ThreadState::Ready;
+            self.threads.get_mut(caller)?.state = ThreadState::Ready;
             self.current = Some(caller);
             self.vcpu_call_done(vi, Ok(()));
             return Some(if self.vcpu_prepare(caller) {
@@ -197,7 +195,7 @@ impl<M: Machine> Kernel<M> {
                 self.schedule()
             });
         }
-        let th = self.thread_mut(caller);
+        let th = self.threads.get_mut(caller)?;
         th.regs.set_result(0, [len, label, 0, NO_CAP]);
         th.state = ThreadState::Ready;
         self.current = Some(caller);

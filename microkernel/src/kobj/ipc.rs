@@ -5,10 +5,10 @@
 use abi::ipc::{FaultNotice, FAULT_LABEL, MAX_PAYLOAD};
 use abi::{CapKind, Error, Rights, NO_CAP};
 
+use super::ids::{EndpointId, Gone, TaskId, ThreadId};
 use super::kernel::Kernel;
 use super::machine::Machine;
 use super::objects::*;
-use super::queue::ThreadId;
 
 /// A syscall's outcome: results now, or `None` when the thread blocked (its result is set
 /// when it wakes); errors carry one extra value for `rdi`.
@@ -23,13 +23,13 @@ pub(crate) fn err(e: Error) -> (Error, u64) {
 fn copy_out<M: Machine>(
     machine: &mut M,
     tasks: &[Slot<Task<M::Space>>],
-    task: u16,
+    task: TaskId,
     buf: u64,
     buf_cap: u64,
     msg: &Message,
 ) -> Result<bool, Error> {
     let n = msg.len.min(buf_cap as usize);
-    let space = &tasks[task as usize].obj.as_ref().expect("live task").space;
+    let space = &slot_at(tasks, task)?.space;
     machine
         .copy_to_user(space, buf, &msg.data[..n])
         .map_err(|_| Error::BadPointer)?;
@@ -55,16 +55,16 @@ impl<M: Machine> Kernel<M> {
             if !ep_cap.rights.contains(Rights::GRANT) {
                 return Err(err(Error::NoRights));
             }
-            let g = self.task(self.cur_task()).caps.get(grant).map_err(err)?;
+            let g = self.task(self.cur_task()?)?.caps.get(grant).map_err(err)?;
             if !self.alive(g.obj) {
                 return Err(err(Error::StaleCap));
             }
             Some(g)
         };
-        let c = self.current.expect("current");
-        let ti = self.cur_task();
-        let th = self.threads.0[c as usize].as_mut().expect("live");
-        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        let c = self.cur()?;
+        let ti = self.cur_task()?;
+        let th = self.threads.get_mut(c).ok_or(Gone)?;
+        let space = &slot_at(&self.tasks, ti)?.space;
         self.machine
             .copy_from_user(space, buf, &mut th.msg.data[..len as usize])
             .map_err(|_| err(Error::BadPointer))?;
@@ -78,11 +78,11 @@ impl<M: Machine> Kernel<M> {
     /// Checks and records where the current thread takes its next message.
     fn set_receive_buffer(&mut self, buf: u64, buf_cap: u64) -> Result<(), (Error, u64)> {
         let cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let c = self.current.expect("current");
+        let c = self.cur()?;
         if !self.buffer_writable(c, buf, cap) {
             return Err(err(Error::BadPointer));
         }
-        let th = self.thread_mut(c);
+        let th = self.thread_mut(c)?;
         th.buf = buf;
         th.buf_cap = cap;
         Ok(())
@@ -94,16 +94,19 @@ impl<M: Machine> Kernel<M> {
     // (`make bench`, Bochs).
     #[inline(always)]
     pub(crate) fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
-        let task = self.thread(t).task;
-        let unmaps = self.task(task).unmaps;
-        if self.thread(t).checked_buf == Some((buf, cap, unmaps)) {
+        let Some(th) = self.threads.get_mut(t) else {
+            return false;
+        };
+        let Ok(task) = slot_at(&self.tasks, th.task) else {
+            return false;
+        };
+        let unmaps = task.unmaps;
+        if th.checked_buf == Some((buf, cap, unmaps)) {
             return true;
         }
-        let ok = self
-            .machine
-            .user_range_ok(&self.task(task).space, buf, cap, true);
+        let ok = self.machine.user_range_ok(&task.space, buf, cap, true);
         if ok {
-            self.thread_mut(t).checked_buf = Some((buf, cap, unmaps));
+            th.checked_buf = Some((buf, cap, unmaps));
         }
         ok
     }
@@ -111,21 +114,21 @@ impl<M: Machine> Kernel<M> {
     /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its
     /// capability. Returns `to`'s syscall result.
     fn transfer(&mut self, from: ThreadId, to: ThreadId) -> Result<[u64; 4], (Error, u64)> {
-        if self.traced_vms != 0 && self.thread(from).vcpu.is_some() {
+        if self.traced_vms != 0 && self.thread(from)?.vcpu.is_some() {
             // An exit message of a traced VM's vCPU reaches its handler.
             self.trace_received(from);
         }
-        if self.thread(to).vcpu.is_some() {
+        if self.thread(to)?.vcpu.is_some() {
             // A reply to an exit message: the kernel keeps it for `vcpu_prepare` (only the
             // bytes; a grant to a vCPU is dropped).
             let (len, label) = {
-                let m = &self.thread(from).msg;
+                let m = &self.thread(from)?.msg;
                 (m.len.min(MAX_PAYLOAD), m.label)
             };
             let [Some(src), Some(dst)] = self
                 .threads
                 .0
-                .get_disjoint_mut([from as usize, to as usize])
+                .get_disjoint_mut([from.index(), to.index()])
                 .map_err(|_| err(Error::InvalidArgument))?
             else {
                 return Err(err(Error::InvalidArgument));
@@ -136,10 +139,10 @@ impl<M: Machine> Kernel<M> {
             return Ok([len as u64, label, 0, NO_CAP]);
         }
         let (to_task, buf, buf_cap) = {
-            let t = self.thread(to);
+            let t = self.thread(to)?;
             (t.task, t.buf, t.buf_cap)
         };
-        let msg = &self.threads.0[from as usize].as_ref().expect("live").msg;
+        let msg = &self.threads.get(from).ok_or(Gone)?.msg;
         let (label, len, badge, grant) = (msg.label, msg.len, msg.badge, msg.grant);
         let cut =
             copy_out(&mut self.machine, &self.tasks, to_task, buf, buf_cap, msg).map_err(err)?;
@@ -155,9 +158,9 @@ impl<M: Machine> Kernel<M> {
 
     /// Delivers a fault notice to the current thread, which is receiving.
     fn take_notice(&mut self, notice: FaultNotice, badge: u64) -> SysResult {
-        let c = self.current.expect("current");
+        let c = self.cur()?;
         let (task, buf, buf_cap) = {
-            let t = self.thread(c);
+            let t = self.thread(c)?;
             (t.task, t.buf, t.buf_cap)
         };
         let mut msg = Message::empty();
@@ -174,16 +177,18 @@ impl<M: Machine> Kernel<M> {
 
     /// Delivers a kernel-built message (a fault notice) to a thread blocked in `recv`.
     pub(crate) fn deliver(&mut self, to: ThreadId, msg: &Message) {
-        let (to_task, buf, buf_cap) = {
-            let t = self.thread(to);
-            (t.task, t.buf, t.buf_cap)
+        let Ok(t) = self.thread(to) else {
+            return;
         };
+        let (to_task, buf, buf_cap) = (t.task, t.buf, t.buf_cap);
         let result = match copy_out(&mut self.machine, &self.tasks, to_task, buf, buf_cap, msg) {
             Ok(false) => (0, [msg.len as u64, msg.label, msg.badge, NO_CAP]),
             Ok(true) => (Error::Truncated as u64, [msg.len as u64, 0, 0, 0]),
             Err(e) => (e as u64, [0; 4]),
         };
-        self.thread_mut(to).regs.set_result(result.0, result.1);
+        if let Ok(th) = self.thread_mut(to) {
+            th.regs.set_result(result.0, result.1);
+        }
     }
 
     /// `call(ep, buf, send_len, buf_cap, label, grant)`.
@@ -214,9 +219,9 @@ impl<M: Machine> Kernel<M> {
             self.set_receive_buffer(buf, rc)?;
         }
         self.load_message(cap, buf, len, label, grant)?;
-        let c = self.current.expect("current");
-        let epi = cap.obj.index;
-        let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+        let c = self.cur()?;
+        let epi = cap.obj.id();
+        let e = slot_at(&self.endpoints, epi)?;
         if e.state == EndpointState::Closed {
             return Err(err(Error::ServerGone));
         }
@@ -225,18 +230,17 @@ impl<M: Machine> Kernel<M> {
 
     /// Sends the message thread `c` holds on endpoint `epi` (open): to a waiting receiver,
     /// or into the sender queue. A `call` then waits for the reply.
-    pub(crate) fn send_loaded(&mut self, c: ThreadId, epi: u16, call: bool) -> SysResult {
-        let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+    pub(crate) fn send_loaded(&mut self, c: ThreadId, epi: EndpointId, call: bool) -> SysResult {
+        let e = slot_at_mut(&mut self.endpoints, epi)?;
         let Some(r) = e.receivers.pop_front(&mut self.threads) else {
-            let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
             e.senders.push_back(&mut self.threads, c);
-            self.thread_mut(c).state = ThreadState::BlockedSend { ep: epi, call };
+            self.thread_mut(c)?.state = ThreadState::BlockedSend { ep: epi, call };
             return Ok(None);
         };
         let result = self.transfer(c, r);
         self.set_regs(r, result);
         if call {
-            self.thread_mut(c).state = ThreadState::BlockedReply { server: r, ep: epi };
+            self.thread_mut(c)?.state = ThreadState::BlockedReply { server: r, ep: epi };
             self.set_reply_to(r, c);
             self.wake_direct(r);
             Ok(None)
@@ -247,11 +251,14 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn set_regs(&mut self, t: ThreadId, result: Result<[u64; 4], (Error, u64)>) {
-        if let Some(vi) = self.thread(t).vcpu {
+        let Some(th) = self.threads.get_mut(t) else {
+            return;
+        };
+        if let Some(vi) = th.vcpu {
             self.vcpu_call_done(vi, result.map(drop).map_err(|e| e.0));
             return;
         }
-        let regs = &mut self.thread_mut(t).regs;
+        let regs = &mut th.regs;
         match result {
             Ok(ret) => regs.set_result(0, ret),
             Err((e, info)) => regs.set_result(e as u64, [info, 0, 0, 0]),
@@ -261,7 +268,11 @@ impl<M: Machine> Kernel<M> {
     /// Records that `server` owes `caller` a reply; a caller it still owed one to is told
     /// the server moved on.
     fn set_reply_to(&mut self, server: ThreadId, caller: ThreadId) {
-        if let Some(old) = self.thread_mut(server).reply_to.replace(caller) {
+        let old = self
+            .threads
+            .get_mut(server)
+            .and_then(|th| th.reply_to.replace(caller));
+        if let Some(old) = old {
             self.complete(old, Err(err(Error::ServerGone)));
         }
     }
@@ -272,26 +283,25 @@ impl<M: Machine> Kernel<M> {
             .cap(a[0], CapKind::Endpoint, Rights::RECV)
             .map_err(err)?;
         self.set_receive_buffer(a[1], a[2])?;
-        self.receive(cap.obj.index)
+        self.receive(cap.obj.id())
     }
 
     /// The receiving half: a pending notice, a queued sender, or block.
-    fn receive(&mut self, epi: u16) -> SysResult {
-        let c = self.current.expect("current");
-        let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
+    fn receive(&mut self, epi: EndpointId) -> SysResult {
+        let c = self.cur()?;
+        let e = slot_at_mut(&mut self.endpoints, epi)?;
         if let Some((notice, badge)) = e.notices.pop_front() {
             return self.take_notice(notice, badge);
         }
         let Some(s) = e.senders.pop_front(&mut self.threads) else {
-            let e = self.endpoints[epi as usize].obj.as_mut().expect("alive");
             e.receivers.push_back(&mut self.threads, c);
-            self.thread_mut(c).state = ThreadState::BlockedRecv { ep: epi };
+            self.thread_mut(c)?.state = ThreadState::BlockedRecv { ep: epi };
             return Ok(None);
         };
         let result = self.transfer(s, c);
-        match self.thread(s).state {
+        match self.thread(s)?.state {
             ThreadState::BlockedSend { call: true, .. } => {
-                self.thread_mut(s).state = ThreadState::BlockedReply { server: c, ep: epi };
+                self.thread_mut(s)?.state = ThreadState::BlockedReply { server: c, ep: epi };
                 self.set_reply_to(c, s);
             }
             _ => self.complete(s, Ok([0; 4])),
@@ -308,8 +318,8 @@ impl<M: Machine> Kernel<M> {
         label: u64,
         grant: u64,
     ) -> Result<ThreadId, (Error, u64)> {
-        let c = self.current.expect("current");
-        let caller = self.thread(c).reply_to.ok_or(err(Error::NoCaller))?;
+        let c = self.cur()?;
+        let caller = self.thread(c)?.reply_to.ok_or(err(Error::NoCaller))?;
         let reply_ep = super::captable::Cap {
             obj: super::captable::ObjRef {
                 kind: CapKind::Endpoint,
@@ -320,7 +330,7 @@ impl<M: Machine> Kernel<M> {
             badge: 0,
         };
         self.load_message(reply_ep, buf, len, label, grant)?;
-        self.thread_mut(c).reply_to = None;
+        self.thread_mut(c)?.reply_to = None;
         let result = self.transfer(c, caller);
         self.set_regs(caller, result);
         Ok(caller)
@@ -342,13 +352,13 @@ impl<M: Machine> Kernel<M> {
         // The receive buffer is checked before the reply goes: a call refused for it must not
         // have answered the caller.
         self.set_receive_buffer(a[1], a[3])?;
-        let c = self.current.expect("current");
-        let caller = if self.thread(c).reply_to.is_some() {
+        let c = self.cur()?;
+        let caller = if self.thread(c)?.reply_to.is_some() {
             Some(self.reply_part(a[1], a[2], a[4], a[5])?)
         } else {
             None
         };
-        let received = self.receive(cap.obj.index);
+        let received = self.receive(cap.obj.id());
         if let Some(caller) = caller {
             // The caller's registers already hold its result.
             self.wake_direct(caller);

@@ -8,11 +8,13 @@ use abi::{CapKind, Error, Rights};
 use heapless::String;
 
 use super::captable::{Cap, CapTable, ObjRef};
+use super::ids::{EndpointId, Gone, MemoryId, NotificationId, TaskId, ThreadId, VcpuId};
 use super::image;
 use super::machine::{Machine, PageAccess};
 use super::objects::*;
-use super::queue::{LinkArena, Links, RunQueue, ThreadId};
+use super::queue::RunQueue;
 use super::regs::UserRegs;
+use super::threads::Threads;
 use super::vm::{Vcpu, Vm, MAX_VCPUS, MAX_VMS};
 use crate::PAGE_SIZE;
 
@@ -29,19 +31,6 @@ pub enum Next {
     Guest(ThreadId),
 }
 
-/// Thread slots, as the queues see them.
-pub struct Threads(pub [Option<Thread>; MAX_THREADS]);
-
-impl LinkArena for Threads {
-    #[inline]
-    fn links(&mut self, t: ThreadId) -> &mut Links {
-        &mut self.0[t as usize]
-            .as_mut()
-            .expect("queued thread exists")
-            .links
-    }
-}
-
 /// Why a task ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Death {
@@ -51,40 +40,43 @@ pub enum Death {
     Notice(FaultNotice),
 }
 
+/// The kernel object model. Its state is the kernel's own: the modules of `kobj` keep its
+/// invariants (queues, reference counts, capability tables); the binary and the tests reach
+/// it through the accessors below.
 pub struct Kernel<M: Machine> {
-    pub machine: M,
-    pub threads: Threads,
-    pub tasks: [Slot<Task<M::Space>>; MAX_TASKS],
-    pub endpoints: [Slot<Endpoint>; MAX_ENDPOINTS],
-    pub notifications: [Slot<Notification>; MAX_NOTIFICATIONS],
-    pub memory: [Slot<Memory>; MAX_MEMORY],
-    pub vms: [Slot<Vm<M::Ept>>; MAX_VMS],
-    pub vcpus: [Slot<Vcpu<M::Vmcs>>; MAX_VCPUS],
-    pub run_queue: RunQueue,
-    pub current: Option<ThreadId>,
+    pub(crate) machine: M,
+    pub(crate) threads: Threads,
+    pub(crate) tasks: [Slot<Task<M::Space>>; MAX_TASKS],
+    pub(crate) endpoints: [Slot<Endpoint>; MAX_ENDPOINTS],
+    pub(crate) notifications: [Slot<Notification>; MAX_NOTIFICATIONS],
+    pub(crate) memory: [Slot<Memory>; MAX_MEMORY],
+    pub(crate) vms: [Slot<Vm<M::Ept>>; MAX_VMS],
+    pub(crate) vcpus: [Slot<Vcpu<M::Vmcs>>; MAX_VCPUS],
+    pub(crate) run_queue: RunQueue,
+    pub(crate) current: Option<ThreadId>,
     /// Set by yield and the timer: the current thread goes behind its peers.
     pub(crate) rotate: bool,
     /// Set when a syscall ends the scenario.
     pub(crate) exit_code: Option<u32>,
     /// Whether `call` and `reply_recv` may take the fast path (tests turn it off to compare).
-    pub fast_ipc: bool,
+    pub(crate) fast_ipc: bool,
     /// The first task (the supervisor): its objects are not counted against a quota.
-    pub(crate) init_task: Option<u16>,
+    pub(crate) init_task: Option<TaskId>,
     /// The exit trace ring.
-    pub trace: super::trace::TraceRing,
+    pub(crate) trace: super::trace::TraceRing,
     /// The trace id the next VM gets (its `vm` in trace records).
     pub(crate) next_vm_trace_id: u32,
     /// Live VMs with tracing on: at 0, every trace hook returns at its first test.
     pub(crate) traced_vms: u32,
     /// The thread whose extended state (x87/SSE/AVX) is in the registers ([`Kernel::switch_xstate`]).
-    pub xstate_owner: Option<ThreadId>,
+    pub(crate) xstate_owner: Option<ThreadId>,
 }
 
 impl<M: Machine> Kernel<M> {
     pub const fn new(machine: M) -> Self {
         Kernel {
             machine,
-            threads: Threads([const { None }; MAX_THREADS]),
+            threads: Threads::new(),
             tasks: [const { Slot::empty() }; MAX_TASKS],
             endpoints: [const { Slot::empty() }; MAX_ENDPOINTS],
             notifications: [const { Slot::empty() }; MAX_NOTIFICATIONS],
@@ -104,36 +96,64 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
+    /// The machine the kernel runs on.
+    #[inline]
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// The thread running (or last picked to run).
+    #[inline]
+    pub fn current(&self) -> Option<ThreadId> {
+        self.current
+    }
+
+    /// The live thread `t`.
     #[inline(always)]
-    pub fn thread(&self, t: ThreadId) -> &Thread {
-        self.threads.0[t as usize].as_ref().expect("live thread")
+    pub fn thread(&self, t: ThreadId) -> Result<&Thread, Gone> {
+        self.threads.get(t).ok_or(Gone)
     }
 
     #[inline(always)]
-    pub fn thread_mut(&mut self, t: ThreadId) -> &mut Thread {
-        self.threads.0[t as usize].as_mut().expect("live thread")
+    pub(crate) fn thread_mut(&mut self, t: ThreadId) -> Result<&mut Thread, Gone> {
+        self.threads.get_mut(t).ok_or(Gone)
+    }
+
+    /// The live task `ti`.
+    #[inline]
+    pub fn task(&self, ti: TaskId) -> Result<&Task<M::Space>, Gone> {
+        slot_at(&self.tasks, ti)
     }
 
     #[inline]
-    pub fn task(&self, index: u16) -> &Task<M::Space> {
-        self.tasks[index as usize].obj.as_ref().expect("live task")
+    pub(crate) fn task_mut(&mut self, ti: TaskId) -> Result<&mut Task<M::Space>, Gone> {
+        slot_at_mut(&mut self.tasks, ti)
     }
 
-    #[inline]
-    pub fn task_mut(&mut self, index: u16) -> &mut Task<M::Space> {
-        self.tasks[index as usize].obj.as_mut().expect("live task")
+    /// Task `ti` as an owner of objects: (its id, its slot generation).
+    pub(crate) fn owner_of(&self, ti: TaskId) -> Result<(TaskId, u32), Gone> {
+        let s = self.tasks.get(ti.index()).ok_or(Gone)?;
+        s.obj.as_ref().ok_or(Gone)?;
+        Ok((ti, s.generation))
     }
 
     /// The registers and address space to return to for a [`Next::User`] thread.
     #[inline]
-    pub fn context(&self, t: ThreadId) -> (&UserRegs, &M::Space) {
-        let th = self.thread(t);
-        (&th.regs, &self.task(th.task).space)
+    pub fn context(&self, t: ThreadId) -> Result<(&UserRegs, &M::Space), Gone> {
+        let th = self.thread(t)?;
+        Ok((&th.regs, &self.task(th.task)?.space))
     }
 
-    /// The current thread's task index.
-    pub(crate) fn cur_task(&self) -> u16 {
-        self.thread(self.current.expect("a current thread")).task
+    /// The current thread (a syscall's caller).
+    #[inline(always)]
+    pub(crate) fn cur(&self) -> Result<ThreadId, Gone> {
+        self.current.ok_or(Gone)
+    }
+
+    /// The current thread's task.
+    #[inline]
+    pub(crate) fn cur_task(&self) -> Result<TaskId, Gone> {
+        Ok(self.thread(self.cur()?)?.task)
     }
 
     // ----- scheduling -----
@@ -141,7 +161,9 @@ impl<M: Machine> Kernel<M> {
     /// Makes a blocked or new thread ready.
     pub(crate) fn make_ready(&mut self, t: ThreadId) {
         let prio = {
-            let th = self.thread_mut(t);
+            let Ok(th) = self.thread_mut(t) else {
+                return;
+            };
             th.state = ThreadState::Ready;
             th.prio
         };
@@ -153,12 +175,15 @@ impl<M: Machine> Kernel<M> {
     /// Wakes `t` and, when the current thread just blocked and nothing more urgent waits,
     /// runs it next without a trip through the run queue (the IPC fast path).
     pub(crate) fn wake_direct(&mut self, t: ThreadId) {
-        let cur_blocked = self
-            .current
-            .is_some_and(|c| self.thread(c).state != ThreadState::Ready);
-        let prio = self.thread(t).prio;
-        if cur_blocked && self.run_queue.highest().is_none_or(|h| h <= prio) {
-            self.thread_mut(t).state = ThreadState::Ready;
+        let cur_blocked = self.current.is_some_and(|c| {
+            self.thread(c)
+                .is_ok_and(|th| th.state != ThreadState::Ready)
+        });
+        let Some(th) = self.threads.get_mut(t) else {
+            return;
+        };
+        if cur_blocked && self.run_queue.highest().is_none_or(|h| h <= th.prio) {
+            th.state = ThreadState::Ready;
             self.current = Some(t);
         } else {
             self.make_ready(t);
@@ -167,12 +192,15 @@ impl<M: Machine> Kernel<M> {
 
     /// Sets a blocked thread's syscall result and makes it ready.
     pub(crate) fn complete(&mut self, t: ThreadId, result: Result<[u64; 4], (Error, u64)>) {
-        if let Some(vi) = self.thread(t).vcpu {
+        let Ok(th) = self.thread_mut(t) else {
+            return;
+        };
+        if let Some(vi) = th.vcpu {
             self.vcpu_call_done(vi, result.map(drop).map_err(|e| e.0));
             self.make_ready(t);
             return;
         }
-        let regs = &mut self.thread_mut(t).regs;
+        let regs = &mut th.regs;
         match result {
             Ok(ret) => regs.set_result(0, ret),
             Err((e, info)) => regs.set_result(e as u64, [info, 0, 0, 0]),
@@ -184,57 +212,59 @@ impl<M: Machine> Kernel<M> {
     pub fn schedule(&mut self) -> Next {
         loop {
             match self.schedule_thread() {
-                Next::User(t)
-                    if self.threads.0[t as usize]
-                        .as_ref()
-                        .is_some_and(|th| th.vcpu.is_some()) =>
-                {
+                (Next::User(t), true) => {
                     if self.vcpu_prepare(t) {
                         return Next::Guest(t);
                     }
                     // It blocked again or stopped: pick another.
                 }
-                next => return next,
+                (next, _) => return next,
             }
         }
     }
 
-    /// Picks the next thread (vCPU threads included).
-    fn schedule_thread(&mut self) -> Next {
+    /// Picks the next thread (vCPU threads included), and whether it is a vCPU thread.
+    fn schedule_thread(&mut self) -> (Next, bool) {
         if let Some(code) = self.exit_code {
-            return Next::MachineExit(code);
+            return (Next::MachineExit(code), false);
         }
         let rotate = core::mem::take(&mut self.rotate);
         if let Some(c) = self.current {
-            let (state, prio) = {
-                let th = self.thread(c);
-                (th.state, th.prio)
+            // A current thread that is gone (none is) is not run again.
+            let (state, prio, vcpu) = match self.threads.get(c) {
+                Some(th) => (th.state, th.prio, th.vcpu.is_some()),
+                None => (ThreadState::Suspended, 0, false),
             };
             if state == ThreadState::Ready {
                 let higher = self.run_queue.highest().is_some_and(|h| h > prio);
                 let peer = self.run_queue.highest().is_some_and(|h| h == prio);
                 if !(higher || rotate && peer) {
-                    return Next::User(c);
+                    return (Next::User(c), vcpu);
                 }
                 self.run_queue.push(&mut self.threads, c, prio);
             }
         }
         self.current = self.run_queue.pop(&mut self.threads);
         match self.current {
-            Some(t) => Next::User(t),
-            None => Next::Idle,
+            Some(t) => (
+                Next::User(t),
+                self.threads.get(t).is_some_and(|th| th.vcpu.is_some()),
+            ),
+            None => (Next::Idle, false),
         }
     }
 
     /// A timer tick: wakes sleepers whose time came and rotates the current thread.
     pub fn on_tick(&mut self, regs: Option<&UserRegs>) -> Next {
         if let (Some(c), Some(r)) = (self.current, regs) {
-            self.thread_mut(c).regs = *r;
+            if let Some(th) = self.threads.get_mut(c) {
+                th.regs = *r;
+            }
         }
         let now = self.machine.clock().0;
-        for t in 0..MAX_THREADS as ThreadId {
+        for t in (0..MAX_THREADS).map(ThreadId::from_index) {
             let due = matches!(
-                self.threads.0[t as usize].as_ref().map(|th| th.state),
+                self.threads.get(t).map(|th| th.state),
                 Some(ThreadState::Sleeping { until }) if until <= now
             );
             if due {
@@ -300,8 +330,7 @@ impl<M: Machine> Kernel<M> {
                 if slot_get(&self.endpoints, r).is_none() {
                     return;
                 }
-                loop {
-                    let ep = slot_get_mut(&mut self.endpoints, r).expect("checked");
+                while let Some(ep) = slot_get_mut(&mut self.endpoints, r) {
                     let t = match ep.senders.pop_front(&mut self.threads) {
                         Some(t) => t,
                         None => match ep.receivers.pop_front(&mut self.threads) {
@@ -311,42 +340,38 @@ impl<M: Machine> Kernel<M> {
                     };
                     self.complete(t, Err((Error::StaleCap, 0)));
                 }
-                slot_remove(&mut self.endpoints, r.index);
+                slot_remove(&mut self.endpoints, r.id::<EndpointId>());
             }
             CapKind::Notification => {
                 if slot_get(&self.notifications, r).is_none() {
                     return;
                 }
-                loop {
-                    let n = slot_get_mut(&mut self.notifications, r).expect("checked");
+                while let Some(n) = slot_get_mut(&mut self.notifications, r) {
                     match n.waiters.pop_front(&mut self.threads) {
                         Some(t) => self.complete(t, Err((Error::StaleCap, 0))),
                         None => break,
                     }
                 }
-                slot_remove(&mut self.notifications, r.index);
+                slot_remove(&mut self.notifications, r.id::<NotificationId>());
             }
             CapKind::Memory => {
                 // Mappings hold references, so a memory object mapped somewhere is only
                 // destroyed by revocation: unmap it from every task first.
-                for ti in 0..MAX_TASKS as u16 {
-                    if self.tasks[ti as usize].obj.is_none() {
-                        continue;
-                    }
+                for ti in (0..MAX_TASKS).map(TaskId::from_index) {
                     for mi in 0..MAX_MAPPINGS {
-                        let m = self.task(ti).mappings[mi];
+                        let m = self.task(ti).ok().and_then(|t| t.mappings[mi]);
                         if let Some(m) = m.filter(|m| m.mem == r) {
                             self.unmap_mapping(ti, mi, m, false);
                         }
                     }
                 }
-                if let Some(m) = slot_remove(&mut self.memory, r.index) {
+                if let Some(m) = slot_remove(&mut self.memory, r.id::<MemoryId>()) {
                     self.machine.frames_free(m.phys, m.pages);
                 }
             }
             CapKind::Task => {
                 if slot_get(&self.tasks, r).is_some() {
-                    self.end_task(r.index, Death::Killed);
+                    self.end_task(r.id(), Death::Killed);
                 }
             }
             CapKind::Vm | CapKind::Vcpu => self.destroy_vm_object(r),
@@ -371,7 +396,10 @@ impl<M: Machine> Kernel<M> {
 
     /// Looks up a capability of the current task and checks that its object lives.
     pub(crate) fn cap(&self, slot: u64, kind: CapKind, rights: Rights) -> Result<Cap, Error> {
-        let cap = self.task(self.cur_task()).caps.lookup(slot, kind, rights)?;
+        let cap = self
+            .task(self.cur_task()?)?
+            .caps
+            .lookup(slot, kind, rights)?;
         if !self.alive(cap.obj) {
             return Err(Error::StaleCap);
         }
@@ -379,121 +407,10 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Puts a capability into a task's table, counting the reference.
-    pub(crate) fn insert_cap(&mut self, task: u16, cap: Cap) -> Result<u64, Error> {
-        let slot = self.task_mut(task).caps.insert(cap)?;
+    pub(crate) fn insert_cap(&mut self, task: TaskId, cap: Cap) -> Result<u64, Error> {
+        let slot = self.task_mut(task)?.caps.insert(cap)?;
         self.acquire(cap.obj);
         Ok(slot)
-    }
-
-    /// A new memory object of `pages` zeroed frames, with no references yet.
-    pub(crate) fn new_memory(
-        &mut self,
-        pages: u64,
-        owner: Option<(u16, u32)>,
-    ) -> Result<ObjRef, Error> {
-        if pages == 0 || pages > MAX_MEMORY_PAGES {
-            return Err(Error::BadLength);
-        }
-        if !self.memory.iter().any(|s| s.obj.is_none()) {
-            return Err(Error::NoMemory);
-        }
-        let phys = self.machine.frames_alloc(pages).ok_or(Error::NoMemory)?;
-        let (index, generation) = slot_insert(
-            &mut self.memory,
-            Memory {
-                phys,
-                pages,
-                refs: 0,
-                owner,
-            },
-        )
-        .expect("checked for a free slot");
-        Ok(ObjRef {
-            kind: CapKind::Memory,
-            index,
-            generation,
-        })
-    }
-
-    /// Pages of live memory objects that `owner` (task index, slot generation) allocated.
-    pub(crate) fn pages_owned(&self, owner: (u16, u32)) -> u64 {
-        self.memory
-            .iter()
-            .filter_map(|s| s.obj.as_ref())
-            .filter(|m| m.owner == Some(owner))
-            .map(|m| m.pages)
-            .sum()
-    }
-
-    /// Maps a memory object into a task; the mapping holds a reference.
-    pub(crate) fn map_memory(
-        &mut self,
-        task: u16,
-        mem: ObjRef,
-        va: u64,
-        access: PageAccess,
-    ) -> Result<(), Error> {
-        let (phys, pages) = {
-            let m = slot_get(&self.memory, mem).ok_or(Error::StaleCap)?;
-            (m.phys, m.pages)
-        };
-        let end = va
-            .checked_add(pages * PAGE_SIZE)
-            .ok_or(Error::InvalidArgument)?;
-        if !va.is_multiple_of(PAGE_SIZE)
-            || va < abi::ipc::layout::USER_MIN
-            || end > abi::ipc::layout::USER_END
-        {
-            return Err(Error::InvalidArgument);
-        }
-        let t = self.task(task);
-        let overlaps = t
-            .mappings
-            .iter()
-            .flatten()
-            .any(|m| va < m.va + m.pages * PAGE_SIZE && m.va < end);
-        if overlaps {
-            return Err(Error::AddressInUse);
-        }
-        let free = t
-            .mappings
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::NoMemory)?;
-        let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
-        let r = self
-            .machine
-            .map_range(&mut task_ref.space, va, phys, pages, access);
-        if let Err((e, mapped)) = r {
-            self.task_mut(task).unmaps += 1;
-            for j in 0..mapped {
-                let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
-                self.machine.unmap(&mut task_ref.space, va + j * PAGE_SIZE);
-            }
-            return Err(match e {
-                super::machine::MapError::AlreadyMapped => Error::AddressInUse,
-                super::machine::MapError::NoMemory => Error::NoMemory,
-                super::machine::MapError::BadAddress => Error::InvalidArgument,
-            });
-        }
-        self.task_mut(task).mappings[free] = Some(Mapping { va, pages, mem });
-        self.acquire(mem);
-        Ok(())
-    }
-
-    /// Removes mapping `mi` of a task; `release` drops its reference (false while the
-    /// object is being destroyed anyway).
-    pub(crate) fn unmap_mapping(&mut self, task: u16, mi: usize, m: Mapping, release: bool) {
-        self.task_mut(task).unmaps += 1;
-        for i in 0..m.pages {
-            let task_ref = self.tasks[task as usize].obj.as_mut().expect("live task");
-            self.machine
-                .unmap(&mut task_ref.space, m.va + i * PAGE_SIZE);
-        }
-        self.task_mut(task).mappings[mi] = None;
-        if release {
-            self.release(m.mem);
-        }
     }
 
     // ----- tasks -----
@@ -505,7 +422,7 @@ impl<M: Machine> Kernel<M> {
         generation: u64,
         prio: u8,
         fault_ep: Option<Cap>,
-    ) -> Result<u16, Error> {
+    ) -> Result<TaskId, Error> {
         if prio as usize >= super::queue::PRIORITIES {
             return Err(Error::InvalidArgument);
         }
@@ -528,50 +445,68 @@ impl<M: Machine> Kernel<M> {
             return Err(Error::NoMemory);
         }
         let space = self.machine.space_new().ok_or(Error::NoMemory)?;
-        let (ti, _) = slot_insert(
-            &mut self.tasks,
-            Task {
-                name,
-                generation,
-                space,
-                caps: CapTable::new(),
-                prio,
-                fault_ep: None,
-                mappings: [None; MAX_MAPPINGS],
-                threads: 0,
-                main_thread: 0,
-                unmaps: 0,
-                page_budget: 0,
-            },
-        )
-        .expect("checked for a free slot");
+        let task = Task {
+            name,
+            generation,
+            space,
+            caps: CapTable::new(),
+            prio,
+            fault_ep: None,
+            mappings: [None; MAX_MAPPINGS],
+            threads: 0,
+            main_thread: ThreadId::new(0),
+            unmaps: 0,
+            page_budget: 0,
+        };
+        let ti = match slot_insert(&mut self.tasks, task) {
+            Ok((ti, _)) => ti,
+            Err(task) => {
+                self.machine.space_destroy(task.space);
+                return Err(Error::NoMemory);
+            }
+        };
         if let Err(e) = self.load_image(ti, module, &plan) {
             self.end_task(ti, Death::Killed);
             return Err(e);
         }
-        let t = self
-            .new_thread(ti, UserRegs::new_thread(plan.entry, STACK_TOP, 0), prio)
-            .expect("checked for a free thread");
-        self.task_mut(ti).main_thread = t;
+        let Some(t) = self.new_thread(ti, UserRegs::new_thread(plan.entry, STACK_TOP, 0), prio)
+        else {
+            self.end_task(ti, Death::Killed);
+            return Err(Error::NoMemory);
+        };
+        self.task_mut(ti)?.main_thread = t;
         if let Some(cap) = fault_ep {
             self.acquire(cap.obj);
-            self.task_mut(ti).fault_ep = Some(cap);
+            self.task_mut(ti)?.fault_ep = Some(cap);
         }
         Ok(ti)
     }
 
-    fn load_image(&mut self, ti: u16, module: usize, plan: &image::LoadPlan) -> Result<(), Error> {
+    fn load_image(
+        &mut self,
+        ti: TaskId,
+        module: usize,
+        plan: &image::LoadPlan,
+    ) -> Result<(), Error> {
         for seg in &plan.segments {
             let mem = self.new_memory(seg.pages, None)?;
-            let phys = slot_get(&self.memory, mem).expect("new").phys;
+            let phys = slot_get(&self.memory, mem).ok_or(Gone)?.phys;
             // Copy through a bounce buffer: the module and the machine are both `self`.
             let mut off = 0;
             let mut chunk = [0u8; 256];
             while off < seg.file_len {
                 let n = (seg.file_len - off).min(chunk.len());
-                let (_, bytes) = self.machine.module(module).expect("checked");
                 let from = seg.file_start + off;
-                chunk[..n].copy_from_slice(&bytes[from..from + n]);
+                // The plan was made from these bytes: the segment lies inside them.
+                let bytes = self
+                    .machine
+                    .module(module)
+                    .and_then(|(_, bytes)| bytes.get(from..from + n));
+                let Some(bytes) = bytes else {
+                    self.destroy(mem);
+                    return Err(Error::BadImage);
+                };
+                chunk[..n].copy_from_slice(bytes);
                 self.machine
                     .write_phys(phys + seg.page_offset + off as u64, &chunk[..n]);
                 off += n;
@@ -599,53 +534,59 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// A new suspended thread in task `ti`.
-    pub(crate) fn new_thread(&mut self, ti: u16, regs: UserRegs, prio: u8) -> Option<ThreadId> {
+    pub(crate) fn new_thread(&mut self, ti: TaskId, regs: UserRegs, prio: u8) -> Option<ThreadId> {
+        self.task(ti).ok()?;
         let i = self.threads.0.iter().position(Option::is_none)?;
-        self.threads.0[i] = Some(Thread {
-            task: ti,
-            prio,
-            state: ThreadState::Suspended,
-            links: Links::default(),
-            regs,
-            msg: Message::empty(),
-            reply_to: None,
-            buf: 0,
-            buf_cap: 0,
-            checked_buf: None,
-            vcpu: None,
-        });
-        self.task_mut(ti).threads += 1;
-        self.xstate_new_thread(i as ThreadId);
-        Some(i as ThreadId)
+        self.threads.fill(
+            i,
+            Thread {
+                task: ti,
+                prio,
+                state: ThreadState::Suspended,
+                regs,
+                msg: Message::empty(),
+                reply_to: None,
+                buf: 0,
+                buf_cap: 0,
+                checked_buf: None,
+                vcpu: None,
+            },
+        );
+        let t = ThreadId::from_index(i);
+        if let Ok(task) = self.task_mut(ti) {
+            task.threads += 1;
+        }
+        self.xstate_new_thread(t);
+        Some(t)
     }
 
-    /// Takes a thread out of whatever it waits on and answers the callers it owes replies.
-    pub(crate) fn detach(&mut self, t: ThreadId, dying_task: u16) {
-        let (state, prio) = {
-            let th = self.thread(t);
-            (th.state, th.prio)
+    /// Takes a thread out of whatever it waits on and answers the callers it owes replies
+    /// (`dying_task`: the task it goes with, if it goes with one).
+    pub(crate) fn detach(&mut self, t: ThreadId, dying_task: Option<TaskId>) {
+        let Some((state, prio)) = self.threads.get(t).map(|th| (th.state, th.prio)) else {
+            return;
         };
         match state {
             ThreadState::Ready if self.current != Some(t) => {
                 self.run_queue.remove(&mut self.threads, t, prio)
             }
             ThreadState::BlockedSend { ep, .. } => {
-                if let Some(e) = self.endpoints[ep as usize].obj.as_mut() {
+                if let Ok(e) = slot_at_mut(&mut self.endpoints, ep) {
                     e.senders.remove(&mut self.threads, t);
                 }
             }
             ThreadState::BlockedRecv { ep } => {
-                if let Some(e) = self.endpoints[ep as usize].obj.as_mut() {
+                if let Ok(e) = slot_at_mut(&mut self.endpoints, ep) {
                     e.receivers.remove(&mut self.threads, t);
                 }
             }
             ThreadState::BlockedWait { ntfn } => {
-                if let Some(n) = self.notifications[ntfn as usize].obj.as_mut() {
+                if let Ok(n) = slot_at_mut(&mut self.notifications, ntfn) {
                     n.waiters.remove(&mut self.threads, t);
                 }
             }
             ThreadState::BlockedReply { server, .. } => {
-                if let Some(s) = self.threads.0[server as usize].as_mut() {
+                if let Some(s) = self.threads.get_mut(server) {
                     if s.reply_to == Some(t) {
                         s.reply_to = None;
                     }
@@ -654,7 +595,7 @@ impl<M: Machine> Kernel<M> {
             ThreadState::BlockedRun { vcpu } => {
                 // The vCPU stops with its runner: nobody else could hear why it stops, nor
                 // run it again meanwhile (`Busy`).
-                if let Some(v) = self.vcpus[vcpu as usize].obj.as_mut() {
+                if let Ok(v) = slot_at_mut(&mut self.vcpus, vcpu) {
                     if v.runner == Some(t) {
                         v.runner = None;
                         self.vcpu_stop(vcpu, abi::vmx::stop::PORTAL_GONE);
@@ -663,10 +604,11 @@ impl<M: Machine> Kernel<M> {
             }
             _ => {}
         }
-        if let Some(caller) = self.thread_mut(t).reply_to.take() {
-            let ep = match self.thread(caller).state {
-                ThreadState::BlockedReply { ep, .. } => ep,
-                _ => u16::MAX,
+        let caller = self.threads.get_mut(t).and_then(|th| th.reply_to.take());
+        if let Some(caller) = caller {
+            let ep = match self.threads.get(caller).map(|th| th.state) {
+                Some(ThreadState::BlockedReply { ep, .. }) => Some(ep),
+                _ => None,
             };
             let result = self.restart_result(ep, dying_task);
             self.complete(caller, Err(result));
@@ -675,13 +617,16 @@ impl<M: Machine> Kernel<M> {
 
     /// What a caller whose server died hears: `ServerRestarted` with the generation of the
     /// next incarnation when the endpoint is bound to the dying task, else `ServerGone`.
-    fn restart_result(&self, ep: u16, dying_task: u16) -> (Error, u64) {
-        let Some(e) = self.endpoints.get(ep as usize).and_then(|s| s.obj.as_ref()) else {
+    fn restart_result(&self, ep: Option<EndpointId>, dying_task: Option<TaskId>) -> (Error, u64) {
+        let Some(e) = ep.and_then(|ep| slot_at(&self.endpoints, ep).ok()) else {
             return (Error::ServerGone, 0);
         };
-        let bound_here = e.server.is_some_and(|(ti, _)| ti == dying_task);
-        if bound_here && e.state != EndpointState::Closed {
-            (Error::ServerRestarted, self.task(dying_task).generation + 1)
+        // The dying task is still in its slot (`end_task` frees it after its threads).
+        let dying = dying_task
+            .filter(|&d| e.server.is_some_and(|(ti, _)| ti == d))
+            .and_then(|d| self.task(d).ok());
+        if let Some(task) = dying.filter(|_| e.state != EndpointState::Closed) {
+            (Error::ServerRestarted, task.generation + 1)
         } else if e.state == EndpointState::Restarting {
             (Error::ServerRestarted, e.generation + 1)
         } else {
@@ -692,34 +637,28 @@ impl<M: Machine> Kernel<M> {
     /// Ends a task: detaches and frees its threads, answers callers, marks the endpoints it
     /// served as restarting, drops its capabilities and mappings, frees its address space,
     /// and sends the notice (if any) to its fault endpoint.
-    pub fn end_task(&mut self, ti: u16, death: Death) {
-        if self.tasks[ti as usize].obj.is_none() {
+    pub fn end_task(&mut self, ti: TaskId, death: Death) {
+        if self.task(ti).is_err() {
             return;
         }
         // vCPUs run on threads of the task that created them: they go with it.
-        for vi in 0..MAX_VCPUS as u16 {
-            let s = &self.vcpus[vi as usize];
-            let mine = s.obj.as_ref().is_some_and(|v| {
-                self.threads.0[v.thread as usize]
-                    .as_ref()
-                    .is_some_and(|th| th.task == ti)
-            });
+        for vi in (0..MAX_VCPUS).map(VcpuId::from_index) {
+            let Some(s) = self.vcpus.get(vi.index()) else {
+                continue;
+            };
+            let mine = s
+                .obj
+                .as_ref()
+                .is_some_and(|v| self.threads.get(v.thread).is_some_and(|th| th.task == ti));
             if mine {
-                let r = ObjRef {
-                    kind: CapKind::Vcpu,
-                    index: vi,
-                    generation: s.generation,
-                };
+                let r = ObjRef::new(CapKind::Vcpu, vi, s.generation);
                 self.destroy_vm_object(r);
             }
         }
-        for t in 0..MAX_THREADS as ThreadId {
-            if self.threads.0[t as usize]
-                .as_ref()
-                .is_some_and(|th| th.task == ti)
-            {
-                self.detach(t, ti);
-                self.threads.0[t as usize] = None;
+        for t in (0..MAX_THREADS).map(ThreadId::from_index) {
+            if self.threads.get(t).is_some_and(|th| th.task == ti) {
+                self.detach(t, Some(ti));
+                self.threads.clear(t);
                 if self.current == Some(t) {
                     self.current = None;
                 }
@@ -736,8 +675,10 @@ impl<M: Machine> Kernel<M> {
             }
         }
         let mut caps: heapless::Vec<Cap, { abi::cap::CAP_SLOTS }> = heapless::Vec::new();
-        for cap in self.task_mut(ti).caps.drain() {
-            let _ = caps.push(cap);
+        if let Ok(task) = self.task_mut(ti) {
+            for cap in task.caps.drain() {
+                let _ = caps.push(cap);
+            }
         }
         for cap in caps {
             self.release(cap.obj);
@@ -745,15 +686,12 @@ impl<M: Machine> Kernel<M> {
         // The address space goes whole, its leaf entries with its tables (one pass over the
         // tables, not a walk per mapped page); then the memory objects the mappings held.
         let mut held: heapless::Vec<ObjRef, MAX_MAPPINGS> = heapless::Vec::new();
-        for m in self
-            .task_mut(ti)
-            .mappings
-            .iter_mut()
-            .filter_map(Option::take)
-        {
+        let Some(task) = slot_remove(&mut self.tasks, ti) else {
+            return;
+        };
+        for m in task.mappings.iter().flatten() {
             let _ = held.push(m.mem);
         }
-        let task = slot_remove(&mut self.tasks, ti).expect("checked");
         self.machine.space_destroy(task.space);
         for mem in held {
             self.release(mem);
@@ -795,7 +733,9 @@ impl<M: Machine> Kernel<M> {
         address: u64,
     ) -> Next {
         if let Some(c) = self.current {
-            self.thread_mut(c).regs = *regs;
+            if let Some(th) = self.threads.get_mut(c) {
+                th.regs = *regs;
+            }
             self.fault_current(vector, error_code, address);
         }
         self.schedule()
@@ -803,15 +743,20 @@ impl<M: Machine> Kernel<M> {
 
     /// Ends the current thread's task with a notice.
     pub(crate) fn fault_current(&mut self, vector: u64, error_code: u64, address: u64) {
-        let c = self.current.expect("a current thread");
-        let ti = self.thread(c).task;
+        let Some(th) = self.current.and_then(|c| self.threads.get(c)) else {
+            return;
+        };
+        let (ti, rip) = (th.task, th.regs.rip);
+        let Ok(task) = self.task(ti) else {
+            return;
+        };
         let notice = FaultNotice {
-            task: ti as u64,
-            generation: self.task(ti).generation,
+            task: ti.raw() as u64,
+            generation: task.generation,
             vector,
             error_code,
             address,
-            rip: self.thread(c).regs.rip,
+            rip,
         };
         self.end_task(ti, Death::Notice(notice));
     }
@@ -819,10 +764,10 @@ impl<M: Machine> Kernel<M> {
     /// Starts the first task (the supervisor, or `kernel-tests` in the `kernel` scenario)
     /// from module `module` with the spawn, machine and boot capabilities in their fixed
     /// slots and `arg` in its first thread's `rdi`.
-    pub fn start_init(&mut self, module: usize, arg: u64) -> Result<u16, Error> {
+    pub fn start_init(&mut self, module: usize, arg: u64) -> Result<TaskId, Error> {
         let ti = self.spawn(module, 1, super::queue::PRIORITIES as u8 - 2, None)?;
         self.init_task = Some(ti);
-        self.task_mut(ti).page_budget = u64::MAX;
+        self.task_mut(ti)?.page_budget = u64::MAX;
         let spawn = Cap {
             obj: ObjRef {
                 kind: CapKind::Spawn,
@@ -854,7 +799,7 @@ impl<M: Machine> Kernel<M> {
             },
             ..boot
         };
-        let caps = &mut self.task_mut(ti).caps;
+        let caps = &mut self.task_mut(ti)?.caps;
         caps.insert_at(slot::SPAWN, spawn);
         caps.insert_at(slot::MACHINE, machine);
         caps.insert_at(slot::BOOT, boot);
@@ -867,8 +812,8 @@ impl<M: Machine> Kernel<M> {
             ..boot
         };
         caps.insert_at(slot::TRACE, trace);
-        let t = self.task(ti).main_thread;
-        self.thread_mut(t).regs.rdi = arg;
+        let t = self.task(ti)?.main_thread;
+        self.thread_mut(t)?.regs.rdi = arg;
         self.make_ready(t);
         Ok(ti)
     }

@@ -4,15 +4,18 @@
 
 pub mod captable;
 mod fastpath;
+pub mod ids;
 pub mod image;
 mod ipc;
 pub mod kernel;
 pub mod machine;
+mod memory;
 pub mod objects;
 pub mod queue;
 pub mod regs;
 pub mod shadow;
 mod syscalls;
+mod threads;
 pub mod trace;
 pub mod vm;
 mod xstate;
@@ -26,6 +29,8 @@ mod tests;
 mod tests_exits;
 #[cfg(test)]
 mod tests_forward;
+#[cfg(test)]
+mod tests_gone;
 #[cfg(test)]
 mod tests_init;
 #[cfg(test)]

@@ -5,7 +5,8 @@ use abi::ipc::{FaultNotice, MAX_PAYLOAD};
 use heapless::{Deque, String};
 
 use super::captable::{Cap, CapTable, ObjRef};
-use super::queue::{Links, Queue, ThreadId};
+use super::ids::{EndpointId, Gone, Id, NotificationId, TaskId, ThreadId, VcpuId};
+use super::queue::Queue;
 use super::regs::UserRegs;
 
 pub const MAX_TASKS: usize = 16;
@@ -35,16 +36,18 @@ impl<T> Slot<T> {
     }
 }
 
-/// Finds a free slot, fills it, returns (index, generation).
-pub fn slot_insert<T>(slots: &mut [Slot<T>], obj: T) -> Option<(u16, u32)> {
-    let i = slots.iter().position(|s| s.obj.is_none())?;
-    slots[i].obj = Some(obj);
-    Some((i as u16, slots[i].generation))
+/// Finds a free slot, fills it, returns (id, generation); `Err(obj)` when the table is full.
+pub fn slot_insert<I: Id, T>(slots: &mut [Slot<T>], obj: T) -> Result<(I, u32), T> {
+    let Some(s) = slots.iter_mut().position(|s| s.obj.is_none()) else {
+        return Err(obj);
+    };
+    slots[s].obj = Some(obj);
+    Ok((I::from_index(s), slots[s].generation))
 }
 
 /// Empties a slot and moves its generation on, so capabilities to the old object go stale.
-pub fn slot_remove<T>(slots: &mut [Slot<T>], index: u16) -> Option<T> {
-    let s = slots.get_mut(index as usize)?;
+pub fn slot_remove<I: Id, T>(slots: &mut [Slot<T>], id: I) -> Option<T> {
+    let s = slots.get_mut(id.index())?;
     let obj = s.obj.take();
     if obj.is_some() {
         s.generation = s.generation.wrapping_add(1).max(1);
@@ -67,6 +70,24 @@ pub fn slot_get_mut<T>(slots: &mut [Slot<T>], r: ObjRef) -> Option<&mut T> {
         return None;
     }
     s.obj.as_mut()
+}
+
+/// The live object in slot `id`, whatever its generation (the kernel's own references: a
+/// thread's state, a vCPU's thread).
+#[inline(always)]
+pub fn slot_at<I: Id, T>(slots: &[Slot<T>], id: I) -> Result<&T, Gone> {
+    slots
+        .get(id.index())
+        .and_then(|s| s.obj.as_ref())
+        .ok_or(Gone)
+}
+
+#[inline(always)]
+pub fn slot_at_mut<I: Id, T>(slots: &mut [Slot<T>], id: I) -> Result<&mut T, Gone> {
+    slots
+        .get_mut(id.index())
+        .and_then(|s| s.obj.as_mut())
+        .ok_or(Gone)
 }
 
 /// A message held by the kernel between a send and its delivery.
@@ -101,25 +122,24 @@ pub enum ThreadState {
     /// Running or in the run queue.
     Ready,
     /// In endpoint `ep`'s sender queue with its message; `call` waits for a reply after.
-    BlockedSend { ep: u16, call: bool },
+    BlockedSend { ep: EndpointId, call: bool },
     /// In endpoint `ep`'s receiver queue.
-    BlockedRecv { ep: u16 },
+    BlockedRecv { ep: EndpointId },
     /// Waiting for `server`'s reply to a call made on endpoint `ep`.
-    BlockedReply { server: ThreadId, ep: u16 },
+    BlockedReply { server: ThreadId, ep: EndpointId },
     /// In notification `ntfn`'s waiter queue.
-    BlockedWait { ntfn: u16 },
+    BlockedWait { ntfn: NotificationId },
     /// Until the tick count reaches `until`.
     Sleeping { until: u64 },
     /// In `VcpuRun` until vCPU `vcpu` stops.
-    BlockedRun { vcpu: u16 },
+    BlockedRun { vcpu: VcpuId },
 }
 
 #[derive(Debug)]
 pub struct Thread {
-    pub task: u16,
+    pub task: TaskId,
     pub prio: u8,
     pub state: ThreadState,
-    pub links: Links,
     pub regs: UserRegs,
     /// The outgoing message while blocked sending.
     pub msg: Message,
@@ -132,7 +152,7 @@ pub struct Thread {
     /// task has unmapped nothing since (mappings only go away through unmaps).
     pub checked_buf: Option<(u64, u64, u64)>,
     /// The vCPU this thread runs (its `regs` are then the guest's registers).
-    pub vcpu: Option<u16>,
+    pub vcpu: Option<VcpuId>,
 }
 
 /// A mapping of a memory object into a task.
@@ -178,7 +198,7 @@ pub struct Endpoint {
     pub senders: Queue,
     pub receivers: Queue,
     /// The task serving it, as (task index, task slot generation).
-    pub server: Option<(u16, u32)>,
+    pub server: Option<(TaskId, u32)>,
     /// The generation of the server incarnation (the task's generation at bind time).
     pub generation: u64,
     pub state: EndpointState,
@@ -186,7 +206,7 @@ pub struct Endpoint {
     /// Capabilities naming it.
     pub refs: u32,
     /// The task that created it, as (task index, task slot generation): what its quota counts.
-    pub owner: (u16, u32),
+    pub owner: (TaskId, u32),
 }
 
 #[derive(Debug)]
@@ -195,7 +215,7 @@ pub struct Notification {
     pub waiters: Queue,
     pub refs: u32,
     /// The task that created it (see [`Endpoint::owner`]).
-    pub owner: (u16, u32),
+    pub owner: (TaskId, u32),
 }
 
 /// Endpoints and notifications a task other than the first may have created and still alive
@@ -218,5 +238,5 @@ pub struct Memory {
     pub refs: u32,
     /// The task that allocated it with `MemAlloc` (see [`Endpoint::owner`]), whose page
     /// budget it counts against; `None` for what the kernel made (task images, stacks).
-    pub owner: Option<(u16, u32)>,
+    pub owner: Option<(TaskId, u32)>,
 }

@@ -2,8 +2,7 @@
 //! in at most one queue: a run queue, an endpoint's senders or receivers, a notification's
 //! waiters), and the priority run queue over them.
 
-/// Index of a thread slot.
-pub type ThreadId = u16;
+pub use super::ids::ThreadId;
 
 /// Links each thread carries for the queue it is in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -11,6 +10,16 @@ pub struct Links {
     pub next: Option<ThreadId>,
     pub prev: Option<ThreadId>,
     pub queued: bool,
+}
+
+impl Links {
+    pub const fn new() -> Self {
+        Links {
+            next: None,
+            prev: None,
+            queued: false,
+        }
+    }
 }
 
 /// A FIFO of threads.
@@ -150,7 +159,7 @@ mod tests {
     struct Arena(Vec<Links>);
     impl LinkArena for Arena {
         fn links(&mut self, t: ThreadId) -> &mut Links {
-            &mut self.0[t as usize]
+            &mut self.0[t.index()]
         }
     }
 
@@ -158,19 +167,20 @@ mod tests {
         /// The run queue behaves like one FIFO per priority, served highest first.
         #[test]
         fn run_queue_matches_a_model(ops in proptest::collection::vec((0u8..4, 0u16..16, 0u8..32), 0..200)) {
+            let ops = ops.into_iter().map(|(op, t, p)| (op, ThreadId::new(t), p));
             let mut arena = Arena(vec![Links::default(); 16]);
             let mut rq = RunQueue::new();
-            let mut model: Vec<VecDeque<u16>> = vec![VecDeque::new(); PRIORITIES];
+            let mut model: Vec<VecDeque<ThreadId>> = vec![VecDeque::new(); PRIORITIES];
             let mut prio_of = [0u8; 16];
             for (op, t, p) in ops {
                 match op {
-                    0 | 1 => if !arena.0[t as usize].queued {
+                    0 | 1 => if !arena.0[t.index()].queued {
                         rq.push(&mut arena, t, p);
                         model[p as usize].push_back(t);
-                        prio_of[t as usize] = p;
+                        prio_of[t.index()] = p;
                     },
-                    2 => if arena.0[t as usize].queued {
-                        let p = prio_of[t as usize];
+                    2 => if arena.0[t.index()].queued {
+                        let p = prio_of[t.index()];
                         rq.remove(&mut arena, t, p);
                         model[p as usize].retain(|&x| x != t);
                     },

@@ -5,6 +5,7 @@ use abi::ipc::{FAULT_EXIT, FAULT_PANIC};
 use abi::{CapKind, Error, Rights, Sys, NO_CAP};
 
 use super::captable::{Cap, ObjRef};
+use super::ids::{EndpointId, NotificationId, TaskId, ThreadId};
 use super::ipc::{err, SysResult};
 use super::kernel::{Death, Kernel, Next};
 use super::machine::{Machine, PageAccess};
@@ -26,8 +27,8 @@ fn user_addr(va: u64) -> bool {
 impl<M: Machine> Kernel<M> {
     /// A `syscall` from the current thread, whose registers are `regs`.
     pub fn on_syscall(&mut self, regs: &UserRegs) -> Next {
-        if let Some(c) = self.current {
-            self.thread_mut(c).regs = *regs;
+        if let Some(th) = self.current.and_then(|c| self.threads.get_mut(c)) {
+            th.regs = *regs;
         }
         self.on_syscall_saved()
     }
@@ -35,10 +36,10 @@ impl<M: Machine> Kernel<M> {
     /// [`Kernel::on_syscall`] with the registers already in the current thread's storage
     /// (the entry saved them there).
     pub fn on_syscall_saved(&mut self) -> Next {
-        let Some(c) = self.current else {
+        let Some((c, th)) = self.current.and_then(|c| Some((c, self.threads.get(c)?))) else {
             return self.schedule();
         };
-        let (n, a) = self.thread(c).regs.syscall_args();
+        let (n, a) = th.regs.syscall_args();
         if self.fast_ipc && self.exit_code.is_none() {
             let fast = match n {
                 n if n == Sys::Call as u64 => self.fast_call(c, a),
@@ -53,14 +54,12 @@ impl<M: Machine> Kernel<M> {
             Some(sys) => self.dispatch(sys, a),
             None => Err(err(Error::UnknownSyscall)),
         };
-        let alive = self.threads.0[c as usize].is_some();
-        match result {
-            Ok(Some(ret)) if alive => self.thread_mut(c).regs.set_result(0, ret),
-            Err((e, info)) if alive => self
-                .thread_mut(c)
-                .regs
-                .set_result(e as u64, [info, 0, 0, 0]),
-            _ => {}
+        if let Some(th) = self.threads.get_mut(c) {
+            match result {
+                Ok(Some(ret)) => th.regs.set_result(0, ret),
+                Err((e, info)) => th.regs.set_result(e as u64, [info, 0, 0, 0]),
+                Ok(None) => {}
+            }
         }
         self.schedule()
     }
@@ -106,14 +105,14 @@ impl<M: Machine> Kernel<M> {
             }
             Sys::CapCopy => self.sys_cap_copy(a[0], a[1], a[2]),
             Sys::CapDelete => {
-                let ti = self.cur_task();
-                let cap = self.task_mut(ti).caps.remove(a[0]).map_err(err)?;
+                let ti = self.cur_task()?;
+                let cap = self.task_mut(ti)?.caps.remove(a[0]).map_err(err)?;
                 self.release(cap.obj);
                 Ok(Some([0; 4]))
             }
             Sys::CapRevoke => self.sys_cap_revoke(a[0]),
             Sys::CapInfo => {
-                let cap = self.task(self.cur_task()).caps.get(a[0]).map_err(err)?;
+                let cap = self.task(self.cur_task()?)?.caps.get(a[0]).map_err(err)?;
                 if !self.alive(cap.obj) {
                     return Err(err(Error::StaleCap));
                 }
@@ -125,7 +124,7 @@ impl<M: Machine> Kernel<M> {
             Sys::TaskSetPages => self.sys_task_set_pages(a[0], a[1]),
             Sys::TaskKill => {
                 let cap = self.cap(a[0], CapKind::Task, Rights::WRITE).map_err(err)?;
-                self.end_task(cap.obj.index, Death::Killed);
+                self.end_task(cap.obj.id(), Death::Killed);
                 Ok(Some([0; 4]))
             }
             Sys::EndpointBind => self.sys_endpoint_bind(a[0], a[1]),
@@ -176,8 +175,8 @@ impl<M: Machine> Kernel<M> {
         if (data.len() as u64) > cap {
             return Err((Error::BadLength, data.len() as u64));
         }
-        let ti = self.cur_task();
-        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        let ti = self.cur_task()?;
+        let space = &slot_at(&self.tasks, ti)?.space;
         self.machine
             .copy_to_user(space, buf, data)
             .map_err(|_| err(Error::BadPointer))
@@ -194,11 +193,11 @@ impl<M: Machine> Kernel<M> {
             bytes.len() as u64
         };
         let n = len.min(size.saturating_sub(offset));
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
         if n > 0
             && !self
                 .machine
-                .user_range_ok(&self.task(ti).space, buf, n, true)
+                .user_range_ok(&self.task(ti)?.space, buf, n, true)
         {
             return Err(err(Error::BadPointer));
         }
@@ -208,8 +207,13 @@ impl<M: Machine> Kernel<M> {
             let k = (n - done).min(chunk.len() as u64) as usize;
             let from = (offset + done) as usize;
             {
-                let (_, bytes) = self.machine.module(index as usize).expect("checked");
-                chunk[..k].copy_from_slice(&bytes[from..from + k]);
+                // Inside the module: `n` stops at its end.
+                let bytes = self
+                    .machine
+                    .module(index as usize)
+                    .and_then(|(_, bytes)| bytes.get(from..from + k))
+                    .ok_or(err(Error::InvalidArgument))?;
+                chunk[..k].copy_from_slice(bytes);
             }
             self.copy_to_current(buf + done, k as u64, &chunk[..k])?;
             done += k as u64;
@@ -221,17 +225,17 @@ impl<M: Machine> Kernel<M> {
         if len > MAX_DEBUG_WRITE {
             return Err(err(Error::BadLength));
         }
-        let ti = self.cur_task();
-        let space = &self.task(ti).space;
+        let ti = self.cur_task()?;
+        let space = &self.task(ti)?.space;
         if !self.machine.user_range_ok(space, ptr, len, false) {
             return Err(err(Error::BadPointer));
         }
-        let name = self.task(ti).name.clone();
+        let name = self.task(ti)?.name.clone();
         let mut chunk = [0u8; 256];
         let mut off = 0;
         while off < len {
             let n = (len - off).min(chunk.len() as u64) as usize;
-            let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+            let space = &slot_at(&self.tasks, ti)?.space;
             self.machine
                 .copy_from_user(space, ptr + off, &mut chunk[..n])
                 .map_err(|_| err(Error::BadPointer))?;
@@ -242,11 +246,11 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn sys_panic(&mut self, ptr: u64, len: u64) -> SysResult {
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
         let mut line = [0u8; 220];
         line[..7].copy_from_slice(b"panic: ");
         let n = len.min(200) as usize;
-        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        let space = &slot_at(&self.tasks, ti)?.space;
         let mut end = if self
             .machine
             .copy_from_user(space, ptr, &mut line[7..7 + n])
@@ -262,9 +266,9 @@ impl<M: Machine> Kernel<M> {
             line[end] = b'\n';
             end += 1;
         }
-        let name = self.task(ti).name.clone();
+        let name = self.task(ti)?.name.clone();
         self.machine.console_write(&name, &line[..end]);
-        let rip = self.thread(self.current.expect("current")).regs.rip;
+        let rip = self.thread(self.cur()?)?.regs.rip;
         self.fault_current(FAULT_PANIC, 0, rip);
         Ok(None)
     }
@@ -275,8 +279,8 @@ impl<M: Machine> Kernel<M> {
             return Ok(Some([0; 4]));
         }
         let now = self.machine.clock().0;
-        let c = self.current.expect("current");
-        self.thread_mut(c).state = ThreadState::Sleeping {
+        let c = self.cur()?;
+        self.thread_mut(c)?.state = ThreadState::Sleeping {
             until: now.saturating_add(ticks),
         };
         Ok(None)
@@ -284,14 +288,14 @@ impl<M: Machine> Kernel<M> {
 
     fn sys_thread_create(&mut self, a: [u64; 6]) -> SysResult {
         let (entry, stack_top, arg, prio) = (a[0], a[1], a[2], a[3]);
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
         if !user_addr(entry) || !user_addr(stack_top.wrapping_sub(8)) || stack_top % 16 != 0 {
             return Err(err(Error::InvalidArgument));
         }
-        if prio >= PRIORITIES as u64 || prio > self.task(ti).prio as u64 {
+        if prio >= PRIORITIES as u64 || prio > self.task(ti)?.prio as u64 {
             return Err(err(Error::InvalidArgument));
         }
-        if self.task(ti).threads >= MAX_THREADS_PER_TASK {
+        if self.task(ti)?.threads >= MAX_THREADS_PER_TASK {
             return Err(err(Error::NoMemory));
         }
         let regs = UserRegs::new_thread(entry, stack_top, arg);
@@ -299,16 +303,16 @@ impl<M: Machine> Kernel<M> {
             .new_thread(ti, regs, prio as u8)
             .ok_or(err(Error::NoMemory))?;
         self.make_ready(t);
-        Ok(Some([t as u64, 0, 0, 0]))
+        Ok(Some([t.raw() as u64, 0, 0, 0]))
     }
 
     fn sys_thread_exit(&mut self) -> SysResult {
-        let ti = self.cur_task();
-        if self.task(ti).threads <= 1 {
+        let ti = self.cur_task()?;
+        if self.task(ti)?.threads <= 1 {
             self.fault_current(FAULT_EXIT, 0, 0);
             return Ok(None);
         }
-        let c = self.current.expect("current");
+        let c = self.cur()?;
         self.end_thread(c);
         Ok(None)
     }
@@ -317,7 +321,7 @@ impl<M: Machine> Kernel<M> {
     /// a slot, found before anything is made (a refused call leaves no trace, not an object
     /// made and destroyed again).
     pub(crate) fn check_cap_slot(&self) -> Result<(), (Error, u64)> {
-        if self.task(self.cur_task()).caps.has_free_slot() {
+        if self.task(self.cur_task()?)?.caps.has_free_slot() {
             Ok(())
         } else {
             Err(err(Error::NoMemory))
@@ -327,7 +331,7 @@ impl<M: Machine> Kernel<M> {
     /// Puts a capability with every right to a new object into the current task. The caller
     /// checked for a slot ([`Kernel::check_cap_slot`]); were there none, the object goes.
     pub(crate) fn new_cap_for_current(&mut self, obj: ObjRef) -> Result<u64, (Error, u64)> {
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
         let cap = Cap {
             obj,
             rights: Rights::all(),
@@ -346,15 +350,12 @@ impl<M: Machine> Kernel<M> {
     /// live ones of that kind with `free` slots left in the table: the first task always;
     /// others up to [`OBJECT_QUOTA`], and never into the supervisor's reserve.
     fn within_quota(&self, owned: usize, free: usize) -> bool {
-        self.init_task == Some(self.cur_task())
+        self.cur_task().is_ok_and(|t| self.init_task == Some(t))
             || (owned < OBJECT_QUOTA && free > SUPERVISOR_RESERVE)
     }
 
     fn sys_endpoint_create(&mut self) -> SysResult {
-        let owner = (
-            self.cur_task(),
-            self.tasks[self.cur_task() as usize].generation,
-        );
+        let owner = self.owner_of(self.cur_task()?)?;
         let owned = self
             .endpoints
             .iter()
@@ -365,7 +366,7 @@ impl<M: Machine> Kernel<M> {
             return Err(err(Error::NoMemory));
         }
         self.check_cap_slot()?;
-        let (index, generation) = slot_insert(
+        let (index, generation) = slot_insert::<EndpointId, _>(
             &mut self.endpoints,
             Endpoint {
                 senders: Default::default(),
@@ -378,20 +379,13 @@ impl<M: Machine> Kernel<M> {
                 owner,
             },
         )
-        .ok_or(err(Error::NoMemory))?;
-        let obj = ObjRef {
-            kind: CapKind::Endpoint,
-            index,
-            generation,
-        };
+        .map_err(|_| err(Error::NoMemory))?;
+        let obj = ObjRef::new(CapKind::Endpoint, index, generation);
         Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
     }
 
     fn sys_notification_create(&mut self) -> SysResult {
-        let owner = (
-            self.cur_task(),
-            self.tasks[self.cur_task() as usize].generation,
-        );
+        let owner = self.owner_of(self.cur_task()?)?;
         let owned = self
             .notifications
             .iter()
@@ -406,7 +400,7 @@ impl<M: Machine> Kernel<M> {
             return Err(err(Error::NoMemory));
         }
         self.check_cap_slot()?;
-        let (index, generation) = slot_insert(
+        let (index, generation) = slot_insert::<NotificationId, _>(
             &mut self.notifications,
             Notification {
                 bits: 0,
@@ -415,12 +409,8 @@ impl<M: Machine> Kernel<M> {
                 owner,
             },
         )
-        .ok_or(err(Error::NoMemory))?;
-        let obj = ObjRef {
-            kind: CapKind::Notification,
-            index,
-            generation,
-        };
+        .map_err(|_| err(Error::NoMemory))?;
+        let obj = ObjRef::new(CapKind::Notification, index, generation);
         Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
     }
 
@@ -451,16 +441,14 @@ impl<M: Machine> Kernel<M> {
         let cap = self
             .cap(slot, CapKind::Notification, Rights::READ)
             .map_err(err)?;
-        let n = slot_get_mut(&mut self.notifications, cap.obj).expect("alive");
+        let c = self.cur()?;
+        let n = slot_get_mut(&mut self.notifications, cap.obj).ok_or(err(Error::StaleCap))?;
         let bits = core::mem::take(&mut n.bits);
         if bits != 0 || !block {
             return Ok(Some([bits, 0, 0, 0]));
         }
-        let c = self.current.expect("current");
         n.waiters.push_back(&mut self.threads, c);
-        self.thread_mut(c).state = ThreadState::BlockedWait {
-            ntfn: cap.obj.index,
-        };
+        self.thread_mut(c)?.state = ThreadState::BlockedWait { ntfn: cap.obj.id() };
         Ok(None)
     }
 
@@ -471,10 +459,10 @@ impl<M: Machine> Kernel<M> {
         if pages == 0 || pages > MAX_MEMORY_PAGES {
             return Err(err(Error::BadLength));
         }
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
+        let owner = self.owner_of(ti)?;
         if self.init_task != Some(ti) {
-            let owner = (ti, self.tasks[ti as usize].generation);
-            let budget = self.task(ti).page_budget;
+            let budget = self.task(ti)?.page_budget;
             let in_use = self.pages_owned(owner);
             let available = self.machine.frames_available();
             if in_use + pages > budget || available < pages + FRAME_RESERVE {
@@ -482,7 +470,7 @@ impl<M: Machine> Kernel<M> {
             }
         }
         self.check_cap_slot()?;
-        let owner = (self.init_task != Some(ti)).then(|| (ti, self.tasks[ti as usize].generation));
+        let owner = (self.init_task != Some(ti)).then_some(owner);
         let obj = self.new_memory(pages, owner).map_err(err)?;
         Ok(Some([self.new_cap_for_current(obj)?, 0, 0, 0]))
     }
@@ -490,9 +478,9 @@ impl<M: Machine> Kernel<M> {
     /// `TaskSetPages(task, pages) -> (previous, in_use)`.
     fn sys_task_set_pages(&mut self, task: u64, pages: u64) -> SysResult {
         let cap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
-        let ti = cap.obj.index;
+        let ti: TaskId = cap.obj.id();
         let in_use = self.pages_owned((ti, cap.obj.generation));
-        let previous = core::mem::replace(&mut self.task_mut(ti).page_budget, pages);
+        let previous = core::mem::replace(&mut self.task_mut(ti)?.page_budget, pages);
         Ok(Some([previous, in_use, 0, 0]))
     }
 
@@ -510,7 +498,7 @@ impl<M: Machine> Kernel<M> {
             write: want.contains(Rights::WRITE),
             exec: want.contains(Rights::EXEC),
         };
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
         self.map_memory(ti, cap.obj, va, access).map_err(err)?;
         Ok(Some([0; 4]))
     }
@@ -519,9 +507,9 @@ impl<M: Machine> Kernel<M> {
         let cap = self
             .cap(slot, CapKind::Memory, Rights::empty())
             .map_err(err)?;
-        let ti = self.cur_task();
+        let ti = self.cur_task()?;
         let found = self
-            .task(ti)
+            .task(ti)?
             .mappings
             .iter()
             .enumerate()
@@ -532,8 +520,8 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn sys_cap_copy(&mut self, slot: u64, rights: u64, badge: u64) -> SysResult {
-        let ti = self.cur_task();
-        let mut cap = self.task(ti).caps.get(slot).map_err(err)?;
+        let ti = self.cur_task()?;
+        let mut cap = self.task(ti)?.caps.get(slot).map_err(err)?;
         if !self.alive(cap.obj) {
             return Err(err(Error::StaleCap));
         }
@@ -548,8 +536,8 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn sys_cap_revoke(&mut self, slot: u64) -> SysResult {
-        let ti = self.cur_task();
-        let cap = self.task(ti).caps.get(slot).map_err(err)?;
+        let ti = self.cur_task()?;
+        let cap = self.task(ti)?.caps.get(slot).map_err(err)?;
         if !cap.rights.contains(Rights::REVOKE) {
             return Err(err(Error::NoRights));
         }
@@ -565,9 +553,9 @@ impl<M: Machine> Kernel<M> {
         if cap.obj.kind == CapKind::Memory && self.memory_used_by_vm(cap.obj) {
             return Err(err(Error::Busy));
         }
-        let own_task = cap.obj.kind == CapKind::Task && cap.obj.index == ti;
+        let own_task = cap.obj.kind == CapKind::Task && cap.obj.id::<TaskId>() == ti;
         if !own_task {
-            let _ = self.task_mut(ti).caps.remove(slot);
+            let _ = self.task_mut(ti)?.caps.remove(slot);
         }
         self.destroy(cap.obj);
         Ok(Some([0; 4]))
@@ -585,8 +573,8 @@ impl<M: Machine> Kernel<M> {
                     .map_err(err)?,
             )
         };
-        let ti = self.cur_task();
-        if prio > self.task(ti).prio as u64 {
+        let ti = self.cur_task()?;
+        if prio > self.task(ti)?.prio as u64 {
             return Err(err(Error::InvalidArgument));
         }
         let module = usize::try_from(module).map_err(|_| err(Error::InvalidArgument))?;
@@ -596,11 +584,10 @@ impl<M: Machine> Kernel<M> {
         let new = self
             .spawn(module, generation, prio as u8, fault_ep)
             .map_err(err)?;
-        let obj = ObjRef {
-            kind: CapKind::Task,
-            index: new,
-            generation: self.tasks[new as usize].generation,
+        let Ok((_, generation)) = self.owner_of(new) else {
+            return Err(err(Error::NoMemory));
         };
+        let obj = ObjRef::new(CapKind::Task, new, generation);
         let cap = Cap {
             obj,
             rights: Rights::all(),
@@ -617,34 +604,29 @@ impl<M: Machine> Kernel<M> {
 
     fn sys_task_grant(&mut self, task: u64, slot: u64, rights: u64) -> SysResult {
         let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
-        let ti = self.cur_task();
-        let mut cap = self.task(ti).caps.get(slot).map_err(err)?;
+        let ti = self.cur_task()?;
+        let mut cap = self.task(ti)?.caps.get(slot).map_err(err)?;
         if !self.alive(cap.obj) {
             return Err(err(Error::StaleCap));
         }
         cap.rights &= Rights::from_bits_truncate(rights);
-        let got = self.insert_cap(tcap.obj.index, cap).map_err(err)?;
+        let got = self.insert_cap(tcap.obj.id(), cap).map_err(err)?;
         Ok(Some([got, 0, 0, 0]))
     }
 
     fn sys_task_start(&mut self, task: u64, arg: u64) -> SysResult {
         let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
-        let ti = tcap.obj.index;
-        let t = self.task(ti).main_thread;
+        let ti: TaskId = tcap.obj.id();
+        let t = self.task(ti)?.main_thread;
         // The main thread may have exited since (and its slot been reused): only a live,
         // never-started thread of this task, not a vCPU's, is started.
-        let startable = self
-            .threads
-            .0
-            .get(t as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|th| {
-                th.task == ti && th.state == ThreadState::Suspended && th.vcpu.is_none()
-            });
+        let startable = self.threads.get(t).is_some_and(|th| {
+            th.task == ti && th.state == ThreadState::Suspended && th.vcpu.is_none()
+        });
         if !startable {
             return Err(err(Error::InvalidArgument));
         }
-        self.thread_mut(t).regs.rdi = arg;
+        self.thread_mut(t)?.regs.rdi = arg;
         self.make_ready(t);
         Ok(Some([0; 4]))
     }
@@ -654,9 +636,9 @@ impl<M: Machine> Kernel<M> {
             .cap(ep, CapKind::Endpoint, Rights::REVOKE)
             .map_err(err)?;
         let tcap = self.cap(task, CapKind::Task, Rights::WRITE).map_err(err)?;
-        let generation = self.task(tcap.obj.index).generation;
-        let e = slot_get_mut(&mut self.endpoints, ecap.obj).expect("alive");
-        e.server = Some((tcap.obj.index, tcap.obj.generation));
+        let generation = self.task(tcap.obj.id())?.generation;
+        let e = slot_get_mut(&mut self.endpoints, ecap.obj).ok_or(err(Error::StaleCap))?;
+        e.server = Some((tcap.obj.id(), tcap.obj.generation));
         e.generation = generation;
         e.state = EndpointState::Open;
         Ok(Some([0; 4]))
@@ -666,11 +648,10 @@ impl<M: Machine> Kernel<M> {
         let ecap = self
             .cap(ep, CapKind::Endpoint, Rights::REVOKE)
             .map_err(err)?;
-        let e = slot_get_mut(&mut self.endpoints, ecap.obj).expect("alive");
+        let e = slot_get_mut(&mut self.endpoints, ecap.obj).ok_or(err(Error::StaleCap))?;
         e.state = EndpointState::Closed;
         e.server = None;
-        loop {
-            let e = slot_get_mut(&mut self.endpoints, ecap.obj).expect("alive");
+        while let Some(e) = slot_get_mut(&mut self.endpoints, ecap.obj) {
             match e.senders.pop_front(&mut self.threads) {
                 Some(s) => self.complete(s, Err(err(Error::ServerGone))),
                 None => break,
@@ -694,11 +675,15 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Ends one thread of a task that keeps others.
-    fn end_thread(&mut self, t: super::queue::ThreadId) {
-        let ti = self.thread(t).task;
-        self.detach(t, ti);
-        self.threads.0[t as usize] = None;
-        self.task_mut(ti).threads -= 1;
+    fn end_thread(&mut self, t: ThreadId) {
+        let Ok(ti) = self.thread(t).map(|th| th.task) else {
+            return;
+        };
+        self.detach(t, Some(ti));
+        self.threads.clear(t);
+        if let Ok(task) = self.task_mut(ti) {
+            task.threads -= 1;
+        }
         if self.current == Some(t) {
             self.current = None;
         }

@@ -296,11 +296,11 @@ pub(super) fn kernel(modules: &[&str]) -> Kernel<Model> {
 /// registers afterwards (meaningful when it did not block).
 pub(super) fn sys(k: &mut Kernel<Model>, n: Sys, args: [u64; 6]) -> (Next, UserRegs) {
     let t = k.current.expect("a current thread");
-    let mut regs = k.thread(t).regs;
+    let mut regs = k.thread(t).unwrap().regs;
     regs.rax = n as u64;
     [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = args;
     let next = k.on_syscall(&regs);
-    let after = k.threads.0[t as usize].as_ref().map_or(regs, |th| th.regs);
+    let after = k.threads.0[t.index()].as_ref().map_or(regs, |th| th.regs);
     (next, after)
 }
 
@@ -314,16 +314,16 @@ pub(super) fn status(r: &UserRegs) -> Result<(), Error> {
 }
 
 pub(super) fn write_user(k: &mut Kernel<Model>, t: ThreadId, va: u64, data: &[u8]) {
-    let ti = k.thread(t).task;
-    let space = k.task(ti).space.clone();
+    let ti = k.thread(t).unwrap().task;
+    let space = k.task(ti).unwrap().space.clone();
     k.machine.copy_to_user(&space, va, data).unwrap();
 }
 
 pub(super) fn read_user(k: &Kernel<Model>, t: ThreadId, va: u64, len: usize) -> Vec<u8> {
-    let ti = k.thread(t).task;
+    let ti = k.thread(t).unwrap().task;
     let mut out = vec![0; len];
     k.machine
-        .copy_from_user(&k.task(ti).space, va, &mut out)
+        .copy_from_user(&k.task(ti).unwrap().space, va, &mut out)
         .unwrap();
     out
 }
@@ -370,10 +370,13 @@ fn init_writes_to_the_console_and_bad_pointers_fail() {
     assert_eq!(ok(&r), 0);
     let (_, r) = sys(&mut k, Sys::DebugWrite, [0, 0, 0, 0, 0, 0]);
     assert_eq!(ok(&r), 0, "an empty write needs no buffer");
-    let mut regs = k.thread(t).regs;
+    let mut regs = k.thread(t).unwrap().regs;
     regs.rax = 9999;
     k.on_syscall(&regs);
-    assert_eq!(status(&k.thread(t).regs), Err(Error::UnknownSyscall));
+    assert_eq!(
+        status(&k.thread(t).unwrap().regs),
+        Err(Error::UnknownSyscall)
+    );
 }
 
 #[test]
@@ -413,7 +416,7 @@ fn call_and_reply_between_tasks_with_a_badge_and_a_granted_cap() {
         Next::User(server),
         "the call switches straight to the server"
     );
-    let sr = k.thread(server).regs;
+    let sr = k.thread(server).unwrap().regs;
     assert_eq!(ok(&sr), 4);
     assert_eq!((sr.rsi, sr.rdx), (7, 42), "label and badge");
     assert_ne!(sr.r8, NO_CAP, "the memory cap arrived");
@@ -425,14 +428,14 @@ fn call_and_reply_between_tasks_with_a_badge_and_a_granted_cap() {
         Next::User(sup),
         "reply_recv switches back to the caller"
     );
-    let cr = k.thread(sup).regs;
+    let cr = k.thread(sup).unwrap().regs;
     assert_eq!((ok(&cr), cr.rsi), (5, 9));
     assert_eq!(read_user(&k, sup, DATA, 5), b"pong!");
     // Oversized reply buffer contents are cut: Truncated with the full length.
     let (next, _) = sys(&mut k, Sys::Call, [client_ep, DATA, 4, 2, 7, NO_CAP]);
     assert_eq!(next, Next::User(server));
     let (_, _) = sys(&mut k, Sys::ReplyRecv, [2, DATA, 5, 512, 9, NO_CAP]);
-    let cr = k.thread(sup).regs;
+    let cr = k.thread(sup).unwrap().regs;
     assert_eq!((status(&cr), cr.rdi), (Err(Error::Truncated), 5));
     // Sending without SEND, receiving without RECV, over-long payloads.
     let (_, r) = sys(
@@ -485,10 +488,10 @@ fn server_fault_mid_call_gives_server_restarted_and_a_fault_notice() {
     assert_eq!(k.on_tick(None), Next::User(sup));
     let (next, _) = sys(&mut k, Sys::Call, [ep, DATA, 3, 512, 1, NO_CAP]);
     let Next::User(server) = next else { panic!() };
-    let regs = k.thread(server).regs;
+    let regs = k.thread(server).unwrap().regs;
     let next = k.on_user_fault(&regs, 14, 4, 0xdead);
     assert_eq!(next, Next::User(sup));
-    let cr = k.thread(sup).regs;
+    let cr = k.thread(sup).unwrap().regs;
     assert_eq!((status(&cr), cr.rdi), (Err(Error::ServerRestarted), 2));
     // The supervisor gets the notice with the fault endpoint's badge.
     let (_, r) = sys(&mut k, Sys::Recv, [fault_ep, DATA, 512, 0, 0, 0]);
@@ -523,7 +526,7 @@ fn server_fault_mid_call_gives_server_restarted_and_a_fault_notice() {
     };
     assert_ne!(server2, sup);
     assert_eq!(
-        k.thread(server2).regs.rip,
+        k.thread(server2).unwrap().regs.rip,
         0x40_0000,
         "the new server starts fresh"
     );
@@ -535,7 +538,7 @@ fn server_fault_mid_call_gives_server_restarted_and_a_fault_notice() {
     );
     let (next, _) = sys(&mut k, Sys::ReplyRecv, [2, DATA, 1, 512, 0, NO_CAP]);
     assert_eq!(next, Next::User(sup));
-    assert_eq!(ok(&k.thread(sup).regs), 1);
+    assert_eq!(ok(&k.thread(sup).unwrap().regs), 1);
     // Closing the endpoint: later callers get ServerGone.
     ok(&sys(&mut k, Sys::EndpointClose, [ep, 0, 0, 0, 0, 0]).1);
     assert_eq!(
@@ -636,7 +639,7 @@ fn revoked_caps_are_stale_and_memory_is_shared_and_freed() {
         frames - 2,
         "revocation frees the frames"
     );
-    let space = &k.task(k.thread(t).task).space;
+    let space = &k.task(k.thread(t).unwrap().task).unwrap().space;
     assert!(!space.contains_key(&0x60_0000) && !space.contains_key(&0x70_0000));
     ok(&sys(&mut k, Sys::CapDelete, [ro, 0, 0, 0, 0, 0]).1);
     assert_eq!(
@@ -678,7 +681,7 @@ fn higher_priority_threads_preempt_and_sleepers_wake() {
         Sys::ThreadCreate,
         [0x40_0000, 0x50_1000, 5, 3, 0, 0],
     );
-    let low = ok(&r) as ThreadId;
+    let low = ThreadId::from_index((ok(&r)) as usize);
     assert_eq!(
         k.current,
         Some(sup),
@@ -686,7 +689,7 @@ fn higher_priority_threads_preempt_and_sleepers_wake() {
     );
     let (next, _) = sys(&mut k, Sys::Sleep, [2, 0, 0, 0, 0, 0]);
     assert_eq!(next, Next::User(low));
-    assert_eq!(k.thread(low).regs.rdi, 5);
+    assert_eq!(k.thread(low).unwrap().regs.rdi, 5);
     k.machine.ticks = 1;
     assert_eq!(k.on_tick(None), Next::User(low));
     k.machine.ticks = 2;
@@ -723,11 +726,11 @@ proptest! {
                     _ => break,
                 }
             };
-            let mut regs = k.thread(t).regs;
+            let mut regs = k.thread(t).unwrap().regs;
             regs.rax = n;
             [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = args;
             match k.on_syscall(&regs) {
-                Next::User(t) => prop_assert!(k.threads.0[t as usize].is_some()),
+                Next::User(t) => prop_assert!(k.threads.0[t.index()].is_some()),
                 Next::Idle => prop_assert!(k.current.is_none()),
                 Next::MachineExit(_) => break,
                 Next::Guest(t) => prop_assert!(k.vcpu_of(t).is_some()),
@@ -772,7 +775,10 @@ fn observable(k: &Kernel<Model>) -> Vec<String> {
                 "{i}: {:?} {:?} reply_to {:?}",
                 t.state, t.regs, t.reply_to
             ));
-            out.push(format!("{:?}", read_user(k, i as ThreadId, DATA, 600)));
+            out.push(format!(
+                "{:?}",
+                read_user(k, ThreadId::from_index(i), DATA, 600)
+            ));
         }
     }
     out
@@ -816,19 +822,23 @@ proptest! {
 fn the_fast_path_is_taken_for_plain_calls_and_replies() {
     let (mut k, ep) = ipc_pair(true);
     let client = k.current.unwrap();
-    let server = k
-        .threads
-        .0
-        .iter()
-        .position(|t| t.as_ref().is_some_and(|t| t.task != k.thread(client).task))
-        .unwrap() as ThreadId;
+    let server = ThreadId::from_index(
+        k.threads
+            .0
+            .iter()
+            .position(|t| {
+                t.as_ref()
+                    .is_some_and(|t| t.task != k.thread(client).unwrap().task)
+            })
+            .unwrap(),
+    );
     // Turn the general path into a trap: if it ran, the server's message buffer would change.
-    k.thread_mut(client).msg.label = 0xaaaa;
+    k.thread_mut(client).unwrap().msg.label = 0xaaaa;
     write_user(&mut k, client, DATA, b"abc");
     let next = k.fast_call(client, [ep, DATA, 3, 512, 5, NO_CAP]);
     assert_eq!(next, Some(Next::User(server)));
     assert_eq!(
-        k.thread(client).msg.label,
+        k.thread(client).unwrap().msg.label,
         0xaaaa,
         "the message went user to user"
     );
@@ -836,7 +846,10 @@ fn the_fast_path_is_taken_for_plain_calls_and_replies() {
     let next = k.fast_reply_recv(server, [2, DATA, 2, 512, 6, NO_CAP]);
     assert_eq!(next, Some(Next::User(client)));
     assert_eq!(
-        (ok(&k.thread(client).regs), k.thread(client).regs.rsi),
+        (
+            ok(&k.thread(client).unwrap().regs),
+            k.thread(client).unwrap().regs.rsi
+        ),
         (2, 6)
     );
     // A grant, or a reply longer than the caller's buffer, is the general path's.
@@ -854,7 +867,7 @@ fn a_remembered_buffer_check_is_dropped_when_the_task_unmaps() {
     // A call with its reply buffer in the mapped page: checked and remembered.
     let (next, _) = sys(&mut k, Sys::Call, [ep, 0x60_0000, 0, 512, 1, NO_CAP]);
     let Next::User(server) = next else { panic!() };
-    assert!(k.thread(client).checked_buf.is_some());
+    assert!(k.thread(client).unwrap().checked_buf.is_some());
     sys(&mut k, Sys::ReplyRecv, [2, DATA, 0, 512, 1, NO_CAP]);
     assert_eq!(k.current, Some(client));
     ok(&sys(&mut k, Sys::MemUnmap, [mem, 0x60_0000, 0, 0, 0, 0]).1);
@@ -863,8 +876,10 @@ fn a_remembered_buffer_check_is_dropped_when_the_task_unmaps() {
     assert_eq!(next, Next::User(client));
     assert_eq!(status(&r), Err(Error::BadPointer));
     assert_eq!(
-        k.thread(server).state,
-        super::objects::ThreadState::BlockedRecv { ep: 0 }
+        k.thread(server).unwrap().state,
+        super::objects::ThreadState::BlockedRecv {
+            ep: super::ids::EndpointId::new(0)
+        }
     );
 }
 
@@ -893,7 +908,7 @@ fn task_start_after_the_main_thread_exited_is_an_error_not_a_panic() {
     .1);
     sys(&mut k, Sys::ThreadExit, [0; 6]);
     assert!(
-        k.threads.0[main as usize].is_none(),
+        k.threads.0[main.index()].is_none(),
         "the main thread is gone"
     );
     k.machine.ticks = 1;
@@ -912,7 +927,7 @@ fn a_spawn_refused_for_a_full_capability_table_leaves_no_trace() {
     boot(&mut k);
     // Fill init's table with copies of one endpoint capability.
     let ep = ok(&sys(&mut k, Sys::EndpointCreate, [0; 6]).1);
-    while k.task(k.cur_task()).caps.has_free_slot() {
+    while k.task(k.cur_task().unwrap()).unwrap().caps.has_free_slot() {
         ok(&sys(&mut k, Sys::CapCopy, [ep, Rights::SEND.bits(), 0, 0, 0, 0]).1);
     }
     let generations: Vec<u32> = k.tasks.iter().map(|s| s.generation).collect();

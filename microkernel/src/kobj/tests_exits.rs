@@ -12,13 +12,13 @@ fn guest_features_follow_the_secondary_controls() {
     let mut v = vmm_with(0);
     assert_eq!(read_one(&mut v.k, v.vcpu, field::GUEST_FEATURES), 0);
     // The VMCS as `vmcs_new` would set it where the CPU allows both controls.
-    let vcpu = v.k.vcpus[v.vi as usize].obj.as_mut().unwrap();
+    let vcpu = v.k.vcpus[v.vi.index()].obj.as_mut().unwrap();
     vcpu.hw.insert(0x401e, 1 << 3 | 1 << 12 | 1 << 1);
     assert_eq!(
         read_one(&mut v.k, v.vcpu, field::GUEST_FEATURES),
         RDTSCP | INVPCID
     );
-    let vcpu = v.k.vcpus[v.vi as usize].obj.as_mut().unwrap();
+    let vcpu = v.k.vcpus[v.vi.index()].obj.as_mut().unwrap();
     vcpu.hw.insert(0x401e, 1 << 3);
     assert_eq!(read_one(&mut v.k, v.vcpu, field::GUEST_FEATURES), RDTSCP);
     // Read-only.

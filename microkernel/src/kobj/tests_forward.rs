@@ -41,7 +41,7 @@ fn running_ept(mmio: bool) -> (Vmm, Running) {
 }
 
 fn vcpu_run_state(v: &Vmm) -> VcpuRun {
-    v.k.vcpus[v.vi as usize].obj.as_ref().unwrap().run
+    v.k.vcpus[v.vi.index()].obj.as_ref().unwrap().run
 }
 
 #[test]
@@ -65,11 +65,11 @@ fn the_mmio_portal_takes_an_endpoint_only() {
         Err(Error::InvalidArgument)
     );
     let vcpu =
-        |k: &super::kernel::Kernel<_>| k.vcpus[v.vi as usize].obj.as_ref().unwrap().mmio_portal;
+        |k: &super::kernel::Kernel<_>| k.vcpus[v.vi.index()].obj.as_ref().unwrap().mmio_portal;
     assert_eq!(vcpu(k), Portal::None, "nothing changed");
     ok(&sys(k, Sys::VcpuPortal, [v.vcpu, mmio, v.ep, 0x21, 0, 0]).1);
     assert!(matches!(vcpu(k), Portal::Endpoint { mask: 0x21, .. }));
-    let portals = k.vcpus[v.vi as usize].obj.as_ref().unwrap().portals;
+    let portals = k.vcpus[v.vi.index()].obj.as_ref().unwrap().portals;
     assert!(
         portals.iter().all(|p| *p == Portal::None),
         "no exit reason's portal changed"
@@ -82,7 +82,7 @@ fn the_mmio_portal_takes_an_endpoint_only() {
 fn a_forwarded_ept_violation_reaches_the_mmio_portal_with_the_device_address() {
     let (mut v, r) = running_ept(true);
     let (k, vt, vi) = (&mut v.k, v.vt, v.vi);
-    k.thread_mut(vt).regs.rbx = 0xb0b;
+    k.thread_mut(vt).unwrap().regs.rbx = 0xb0b;
     let qual = 0x182; // a write, with a valid linear address
     assert_eq!(
         exit(k, reason::EPT_VIOLATION, qual, 6),
@@ -110,7 +110,7 @@ fn a_forwarded_ept_violation_reaches_the_mmio_portal_with_the_device_address() {
     done.set_gpr(Gpr::Rax, 0x55);
     assert_eq!(reply_recv(k, &r, &done), Next::Guest(vt));
     assert_eq!(vmcs(k, vi, field::GUEST_RIP), 0x1006);
-    assert_eq!(k.thread(vt).regs.rax, 0x55);
+    assert_eq!(k.thread(vt).unwrap().regs.rax, 0x55);
     // A later exit is a fresh one: it may be forwarded again.
     exit(k, reason::EPT_VIOLATION, 1, 2);
     reply_recv(k, &r, &forward(DEVICE_GPA + 8));
@@ -151,7 +151,7 @@ fn forward_with_other_changes_or_for_another_exit_is_a_bad_reply() {
         reply_recv(k, &r, &bad);
         assert_eq!(run_result(k, r.runner).0, stop::BAD_REPLY, "{bad:?}");
         assert_eq!(vmcs(k, v.vi, field::GUEST_RIP), 0x1000, "nothing applied");
-        assert_eq!(k.thread(v.vt).regs.rax, 1);
+        assert_eq!(k.thread(v.vt).unwrap().regs.rax, 1);
     }
     // A CPUID exit is not the MMU endpoint's to forward.
     let (mut v, r) = running_ept(true);

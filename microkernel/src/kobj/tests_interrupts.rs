@@ -204,7 +204,7 @@ fn the_new_reply_flags_round_trip_and_carry_values_only_where_they_have_one() {
 #[test]
 fn advancing_past_an_instruction_ends_sti_and_mov_ss_blocking() {
     let (mut v, _run) = at_first_exit(false);
-    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    let hw = &mut v.k.vcpus[v.vi.index()].obj.as_mut().unwrap().hw;
     hw.insert(field::GUEST_INTERRUPTIBILITY, 0b1011);
     assert_eq!(
         reply_with(&mut v.k, &ExitReply::advance()),
@@ -227,7 +227,7 @@ fn an_event_a_host_interrupt_cut_short_is_delivered_again_before_the_deadline() 
     };
     assert_eq!(reply_with(&mut v.k, &r), Next::Guest(v.vt));
     // The exit came while the guest's #PF (error code 2) was being delivered.
-    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    let hw = &mut v.k.vcpus[v.vi.index()].obj.as_mut().unwrap().hw;
     hw.insert(field::IDT_VECTORING_INFO, 0x8000_0b0e);
     hw.insert(field::IDT_VECTORING_ERROR_CODE, 2);
     assert_eq!(
@@ -239,7 +239,7 @@ fn an_event_a_host_interrupt_cut_short_is_delivered_again_before_the_deadline() 
     assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE), 2);
     assert_eq!(vmcs(&v.k, v.vi, field::DEADLINE), 1, "still pending");
     // Delivered; the next exit tells the handler.
-    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    let hw = &mut v.k.vcpus[v.vi.index()].obj.as_mut().unwrap().hw;
     hw.insert(field::IDT_VECTORING_INFO, 0);
     assert_eq!(
         exit(&mut v.k, reason::PREEMPTION_TIMER, 0, 0),
@@ -312,7 +312,7 @@ fn a_host_interrupt_the_machine_takes_itself_also_redelivers_the_event_it_cut_sh
         reply_with(&mut v.k, &ExitReply::advance()),
         Next::Guest(v.vt)
     );
-    let hw = &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw;
+    let hw = &mut v.k.vcpus[v.vi.index()].obj.as_mut().unwrap().hw;
     hw.insert(field::IDT_VECTORING_INFO, 0x8000_0030);
     hw.insert(field::VM_ENTRY_INTR_INFO, 0);
     // As `kentry::vm_exit` does for an external interrupt: counted, not routed.
@@ -324,7 +324,7 @@ fn a_host_interrupt_the_machine_takes_itself_also_redelivers_the_event_it_cut_sh
 
 /// The guest's VMCS, to set what the CPU would have (the fake machine's VMCS is a map).
 fn hw(v: &mut Vmm) -> &mut std::collections::BTreeMap<u64, u64> {
-    &mut v.k.vcpus[v.vi as usize].obj.as_mut().unwrap().hw
+    &mut v.k.vcpus[v.vi.index()].obj.as_mut().unwrap().hw
 }
 
 /// A VMCS made on a CPU with virtual NMIs (`arch::vmx` sets both pin-based controls then).
@@ -451,7 +451,11 @@ fn an_nmi_is_injected_only_where_the_guest_can_take_it() {
             continue;
         }
         assert_eq!(next, Next::User(run.server), "{case}");
-        assert_eq!(v.k.thread(v.vt).state, ThreadState::Suspended, "{case}");
+        assert_eq!(
+            v.k.thread(v.vt).unwrap().state,
+            ThreadState::Suspended,
+            "{case}"
+        );
         let (next, _) = sys(&mut v.k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
         assert_eq!(next, Next::User(run.runner));
         assert_eq!(run_result(&v.k, run.runner).0, stop::BAD_REPLY, "{case}");

@@ -10,9 +10,10 @@ use abi::cap::CAP_SLOTS;
 use abi::CapKind;
 
 use super::captable::ObjRef;
+use super::ids::{EndpointId, NotificationId, TaskId, ThreadId, VcpuId};
 use super::kernel::Kernel;
 use super::objects::*;
-use super::queue::{Queue, ThreadId};
+use super::queue::Queue;
 use super::syscalls::MAX_THREADS_PER_TASK;
 use super::tests::Model;
 use super::vm::{Portal, VcpuRun};
@@ -77,17 +78,18 @@ fn walk(
     while let Some(t) = at {
         n += 1;
         ensure!(n <= seen.len(), "{what}: a cycle");
-        let th = k.threads.0[t as usize]
+        let th = k.threads.0[t.index()]
             .as_ref()
             .ok_or(format!("{what}: dead thread {t}"))?;
-        ensure!(th.links.queued, "{what}: thread {t} is not marked queued");
-        ensure!(th.links.prev == prev, "{what}: thread {t}'s prev link");
+        let links = k.threads.links_of(t);
+        ensure!(links.queued, "{what}: thread {t} is not marked queued");
+        ensure!(links.prev == prev, "{what}: thread {t}'s prev link");
         ensure!(want(th), "{what}: thread {t} is {:?}", th.state);
-        if let Some(other) = seen[t as usize].replace(what.into()) {
+        if let Some(other) = seen[t.index()].replace(what.into()) {
             return Err(format!("thread {t} is in {other} and in {what}"));
         }
         prev = Some(t);
-        at = th.links.next;
+        at = links.next;
     }
     ensure!(q.tail == prev, "{what}: tail {:?}, last {prev:?}", q.tail);
     Ok(())
@@ -103,13 +105,13 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
     for (t, th) in k.threads.0.iter().enumerate() {
         let Some(th) = th else { continue };
         ensure!(
-            k.tasks[th.task as usize].obj.is_some(),
+            k.tasks[th.task.index()].obj.is_some(),
             "thread {t} of dead task {}",
             th.task
         );
-        threads_of[th.task as usize] += 1;
+        threads_of[th.task.index()] += 1;
         if th.vcpu.is_none() {
-            user_threads_of[th.task as usize] += 1;
+            user_threads_of[th.task.index()] += 1;
         }
     }
     let mut live_tasks = 0;
@@ -220,19 +222,22 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
             "vcpu {vi}: VM gone"
         );
         count(v.vm);
-        let th = k.threads.0[v.thread as usize]
+        let th = k.threads.0[v.thread.index()]
             .as_ref()
             .ok_or(format!("vcpu {vi}: thread {} dead", v.thread))?;
         ensure!(
-            th.vcpu == Some(vi as u16),
+            th.vcpu == Some(VcpuId::from_index(vi)),
             "vcpu {vi}: its thread runs {:?}",
             th.vcpu
         );
         match v.runner {
             Some(r) => {
-                let rt = k.threads.0[r as usize].as_ref();
+                let rt = k.threads.0[r.index()].as_ref();
                 ensure!(
-                    rt.is_some_and(|r| r.state == ThreadState::BlockedRun { vcpu: vi as u16 }),
+                    rt.is_some_and(|r| r.state
+                        == ThreadState::BlockedRun {
+                            vcpu: VcpuId::from_index(vi)
+                        }),
                     "vcpu {vi}: runner {r} is not waiting for it"
                 );
             }
@@ -346,10 +351,10 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
 
     // Quotas: a task other than the supervisor holds at most its share.
     for (ti, slot) in k.tasks.iter().enumerate() {
-        if slot.obj.is_none() || k.init_task == Some(ti as u16) {
+        if slot.obj.is_none() || k.init_task == Some(TaskId::from_index(ti)) {
             continue;
         }
-        let owner = (ti as u16, slot.generation);
+        let owner = (TaskId::from_index(ti), slot.generation);
         let eps = k.endpoints.iter().flat_map(|s| &s.obj);
         let n = eps.filter(|e| e.owner == owner).count();
         ensure!(n <= OBJECT_QUOTA, "task {ti} owns {n} endpoints");
@@ -362,7 +367,7 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
     let mut seen: Vec<Option<String>> = vec![None; MAX_THREADS];
     for (i, s) in k.endpoints.iter().enumerate() {
         let Some(e) = &s.obj else { continue };
-        let ep = i as u16;
+        let ep = EndpointId::from_index(i);
         walk(
             k,
             e.senders,
@@ -391,7 +396,7 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
                 "endpoint {i} is {:?} with a server",
                 e.state
             );
-            let s = &k.tasks[ti as usize];
+            let s = &k.tasks[ti.index()];
             ensure!(
                 s.obj.is_some() && s.generation == generation,
                 "endpoint {i}: server task {ti} is gone"
@@ -403,7 +408,7 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
     }
     for (i, s) in k.notifications.iter().enumerate() {
         let Some(n) = &s.obj else { continue };
-        let ntfn = i as u16;
+        let ntfn = NotificationId::from_index(i);
         walk(k, n.waiters, &format!("ntfn {i} waiters"), &mut seen, |t| {
             t.state == ThreadState::BlockedWait { ntfn }
         })?;
@@ -421,7 +426,7 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
 
     // Thread states: what each waits on agrees with the queues and with its partner.
     if let Some(c) = k.current {
-        let th = k.threads.0[c as usize].as_ref();
+        let th = k.threads.0[c.index()].as_ref();
         ensure!(
             th.is_some_and(|t| t.state == ThreadState::Ready),
             "current thread {c}: {:?}",
@@ -436,24 +441,25 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
     for (t, th) in k.threads.0.iter().enumerate() {
         let Some(th) = th else { continue };
         let queued = seen[t].is_some();
-        ensure!(th.links.queued == queued, "thread {t}: queued mark");
+        let links = k.threads.links_of(ThreadId::from_index(t));
+        ensure!(links.queued == queued, "thread {t}: queued mark");
         let wants_queue = match th.state {
-            ThreadState::Ready => k.current != Some(t as ThreadId),
+            ThreadState::Ready => k.current != Some(ThreadId::from_index(t)),
             ThreadState::BlockedSend { .. }
             | ThreadState::BlockedRecv { .. }
             | ThreadState::BlockedWait { .. } => true,
             ThreadState::BlockedReply { server, .. } => {
-                let s = k.threads.0[server as usize].as_ref();
+                let s = k.threads.0[server.index()].as_ref();
                 ensure!(
-                    s.is_some_and(|s| s.reply_to == Some(t as ThreadId)),
+                    s.is_some_and(|s| s.reply_to == Some(ThreadId::from_index(t))),
                     "thread {t} waits for a reply server {server} does not owe"
                 );
                 false
             }
             ThreadState::BlockedRun { vcpu } => {
-                let v = k.vcpus[vcpu as usize].obj.as_ref();
+                let v = k.vcpus[vcpu.index()].obj.as_ref();
                 ensure!(
-                    v.is_some_and(|v| v.runner == Some(t as ThreadId)),
+                    v.is_some_and(|v| v.runner == Some(ThreadId::from_index(t))),
                     "thread {t} waits for vcpu {vcpu}, which it does not run"
                 );
                 false
@@ -466,17 +472,17 @@ pub(super) fn check_invariants(k: &Kernel<Model>) -> Result<(), String> {
             th.state
         );
         if let Some(c) = th.reply_to {
-            let ct = k.threads.0[c as usize].as_ref();
+            let ct = k.threads.0[c.index()].as_ref();
             ensure!(
                 ct.is_some_and(|c| matches!(c.state,
-                    ThreadState::BlockedReply { server, .. } if server == t as ThreadId)),
+                    ThreadState::BlockedReply { server, .. } if server == ThreadId::from_index(t))),
                 "thread {t} owes a reply to {c}, which does not wait for it"
             );
         }
         if let Some(vi) = th.vcpu {
-            let v = k.vcpus[vi as usize].obj.as_ref();
+            let v = k.vcpus[vi.index()].obj.as_ref();
             ensure!(
-                v.is_some_and(|v| v.thread == t as ThreadId),
+                v.is_some_and(|v| v.thread == ThreadId::from_index(t)),
                 "thread {t} runs vcpu {vi}, which is not its"
             );
         }
@@ -523,14 +529,19 @@ pub(super) fn digest(k: &Kernel<Model>, caller: Option<ThreadId>) -> String {
     for (i, th) in k.threads.0.iter().enumerate() {
         let Some(th) = th else { continue };
         let mut regs = th.regs;
-        let mine = caller == Some(i as ThreadId);
+        let mine = caller == Some(ThreadId::from_index(i));
         if mine {
             regs.set_result(0, [0; 4]);
         }
         let _ = writeln!(
             s,
             "thread {i}: task {} prio {} {:?} {:?} reply_to {:?} vcpu {:?} {regs:?}",
-            th.task, th.prio, th.state, th.links, th.reply_to, th.vcpu
+            th.task,
+            th.prio,
+            th.state,
+            k.threads.links_of(ThreadId::from_index(i)),
+            th.reply_to,
+            th.vcpu
         );
         if !mine {
             let m = &th.msg;

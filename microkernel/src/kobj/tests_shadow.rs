@@ -187,10 +187,10 @@ fn a_restarted_mmu_service_registers_again_and_no_vcpu_keeps_an_old_root() {
     // through writing shadow entries of the old pool).
     exit(k, reason::EXCEPTION_NMI, 0x5678, 0);
     let (first, _) = received(k, r.server);
-    let regs = k.thread(r.server).regs;
+    let regs = k.thread(r.server).unwrap().regs;
     k.on_user_fault(&regs, 14, 4, 0xdead);
     assert!(matches!(
-        k.thread(v.vt).state,
+        k.thread(v.vt).unwrap().state,
         ThreadState::BlockedSend { call: true, .. }
     ));
     assert_eq!(vmcs(k, v.vi, field::GUEST_CR3), old_root);
@@ -295,7 +295,7 @@ fn a_paging_change_behind_the_mmus_back_drops_the_root_and_a_rewrite_does_not() 
         vm.shadow.unwrap().empty_root
     };
     // The VMM's reply to a WRMSR that writes EFER with the value it has: the root stays.
-    let efer = k.vcpus[v.vi as usize].obj.as_ref().unwrap().guest_efer;
+    let efer = k.vcpus[v.vi.index()].obj.as_ref().unwrap().guest_efer;
     let same = ExitReply {
         flags: reply::SET_EFER,
         efer,

@@ -17,9 +17,9 @@ use abi::vmx::reason;
 use abi::{CapKind, Error, Rights, Sys, NO_CAP};
 use proptest::prelude::*;
 
+use super::ids::{TaskId, ThreadId};
 use super::kernel::{Kernel, Next};
 use super::objects::{ThreadState, MAX_MEMORY_PAGES, MAX_THREADS};
-use super::queue::ThreadId;
 use super::tests::{boot, kernel, ok, sys, Model, DATA};
 use super::tests_invariants::{check_invariants, digest};
 use super::vm::VmExit;
@@ -308,7 +308,7 @@ fn world() -> Kernel<Model> {
     )
     .1);
     ok(&sys(&mut k, Sys::VmSetShadow, [svm, pool, ep, 0, 0, 0]).1);
-    let prio = k.thread(k.current.unwrap()).prio as u64;
+    let prio = k.thread(k.current.unwrap()).unwrap().prio as u64;
     for (fault, extra) in [(ep, [vm, vcpu]), (NO_CAP, [svm, ram])] {
         let spawn = abi::cap::slot::SPAWN;
         let task = ok(&sys(&mut k, Sys::TaskSpawn, [1, 1, prio, fault, spawn, 0]).1);
@@ -341,9 +341,9 @@ fn world() -> Kernel<Model> {
 /// The main threads of the two children of [`world`].
 fn children(k: &Kernel<Model>) -> [ThreadId; 2] {
     let init = k.init_task;
-    let mut t = (0..MAX_THREADS as ThreadId).filter(|&t| {
-        k.threads.0[t as usize]
-            .as_ref()
+    let mut t = (0..MAX_THREADS).map(ThreadId::from_index).filter(|&t| {
+        k.threads
+            .get(t)
             .is_some_and(|th| th.vcpu.is_none() && Some(th.task) != init)
     });
     [t.next().unwrap(), t.next().unwrap()]
@@ -353,11 +353,11 @@ fn children(k: &Kernel<Model>) -> [ThreadId; 2] {
 /// priority: the current one first.
 fn ready_threads(k: &Kernel<Model>) -> Vec<ThreadId> {
     let mut v: Vec<ThreadId> = k.current.into_iter().collect();
-    let Some(prio) = k.current.map(|c| k.thread(c).prio) else {
+    let Some(prio) = k.current.map(|c| k.thread(c).unwrap().prio) else {
         return v;
     };
     for (t, th) in k.threads.0.iter().enumerate() {
-        let t = t as ThreadId;
+        let t = ThreadId::from_index(t);
         if let Some(th) = th {
             let peer = th.state == ThreadState::Ready && th.prio == prio;
             if peer && th.vcpu.is_none() && Some(t) != k.current {
@@ -373,11 +373,11 @@ fn switch_to(k: &mut Kernel<Model>, t: ThreadId) {
     if k.current == Some(t) {
         return;
     }
-    let prio = k.thread(t).prio;
+    let prio = k.thread(t).unwrap().prio;
     k.run_queue.remove(&mut k.threads, t, prio);
     if let Some(c) = k.current {
-        if k.thread(c).state == ThreadState::Ready {
-            let p = k.thread(c).prio;
+        if k.thread(c).unwrap().state == ThreadState::Ready {
+            let p = k.thread(c).unwrap().prio;
             k.run_queue.push(&mut k.threads, c, p);
         }
     }
@@ -385,18 +385,19 @@ fn switch_to(k: &mut Kernel<Model>, t: ThreadId) {
 }
 
 fn resolve(k: &Kernel<Model>, t: ThreadId, a: Arg) -> u64 {
-    let task = k.task(k.thread(t).task);
+    let task = k.task(k.thread(t).unwrap().task);
     let full = |kind: Option<CapKind>| -> Vec<u64> {
         (0..abi::cap::CAP_SLOTS as u64)
             .filter(|&s| {
-                task.caps
+                task.unwrap()
+                    .caps
                     .get(s)
                     .is_ok_and(|c| kind.is_none_or(|k| c.obj.kind == k))
             })
             .collect()
     };
     let pick = |v: Vec<u64>, i: u8| v.get(i as usize % v.len().max(1)).copied();
-    let maps: Vec<_> = task.mappings.iter().flatten().collect();
+    let maps: Vec<_> = task.unwrap().mappings.iter().flatten().collect();
     match a {
         Arg::Held(i) => pick(full(None), i).unwrap_or(0),
         Arg::HeldKind(kind, i) => pick(full(Some(kind)), i)
@@ -484,13 +485,13 @@ fn settle(k: &mut Kernel<Model>, mut next: Next, exit: u8) -> Result<Option<Thre
 /// everything as it was. Returns what runs next.
 fn issue(k: &mut Kernel<Model>, t: ThreadId, n: u64, args: [u64; 6]) -> Result<Next, String> {
     switch_to(k, t);
-    let mut regs = k.thread(t).regs;
+    let mut regs = k.thread(t).unwrap().regs;
     regs.rax = n;
     [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = args;
-    k.thread_mut(t).regs = regs;
+    k.thread_mut(t).unwrap().regs = regs;
     let before = digest(k, Some(t));
     let next = k.on_syscall(&regs);
-    let Some(th) = k.threads.0[t as usize].as_ref() else {
+    let Some(th) = k.threads.0[t.index()].as_ref() else {
         return Ok(next);
     };
     // Returned at once (not blocked, not ended) with an error: nothing else may have
@@ -565,9 +566,9 @@ fn run(ops: &[Op]) -> Result<(), String> {
             Op::Fill { who, left } => {
                 let ready = ready_threads(&k);
                 let t = ready[who as usize % ready.len()];
-                let ti = k.thread(t).task;
+                let ti = k.thread(t).unwrap().task;
                 let Some(src) = (2..abi::cap::CAP_SLOTS as u64).find(|&s| {
-                    k.task(ti).caps.get(s).is_ok_and(|c| {
+                    k.task(ti).unwrap().caps.get(s).is_ok_and(|c| {
                         !matches!(c.obj.kind, abi::CapKind::Spawn | abi::CapKind::Machine)
                     })
                 }) else {
@@ -575,13 +576,13 @@ fn run(ops: &[Op]) -> Result<(), String> {
                 };
                 let free = |k: &Kernel<Model>| {
                     (2..abi::cap::CAP_SLOTS as u64)
-                        .filter(|&s| k.task(ti).caps.get(s).is_err())
+                        .filter(|&s| k.task(ti).unwrap().caps.get(s).is_err())
                         .count()
                 };
                 while free(&k) > left as usize {
                     let args = [src, Rights::all().bits(), 0, 0, 0, 0];
                     let next = issue(&mut k, t, Sys::CapCopy as u64, args).map_err(step)?;
-                    let failed = k.threads.0[t as usize]
+                    let failed = k.threads.0[t.index()]
                         .as_ref()
                         .is_none_or(|th| th.regs.rax != 0);
                     cur = settle(&mut k, next, 0).map_err(step)?;
@@ -646,7 +647,11 @@ fn refused(k: &mut Kernel<Model>, t: ThreadId, n: Sys, args: [u64; 6], want: Err
         panic!("{e}");
     }
     let th = k.thread(t);
-    assert_eq!(Error::check(th.regs.rax), Err(want), "{n:?} {args:x?}");
+    assert_eq!(
+        Error::check(th.unwrap().regs.rax),
+        Err(want),
+        "{n:?} {args:x?}"
+    );
     check_invariants(k).unwrap();
 }
 
@@ -654,7 +659,7 @@ fn refused(k: &mut Kernel<Model>, t: ThreadId, n: Sys, args: [u64; 6], want: Err
 fn done(k: &mut Kernel<Model>, t: ThreadId, n: Sys, args: [u64; 6]) -> u64 {
     issue(k, t, n as u64, args).unwrap();
     check_invariants(k).unwrap();
-    ok(&k.thread(t).regs)
+    ok(&k.thread(t).unwrap().regs)
 }
 
 /// Creating an object (endpoint, notification, memory, VM, vCPU, task) with a full capability
@@ -671,7 +676,7 @@ fn creating_an_object_with_a_full_capability_table_changes_nothing() {
         Sys::VmCreate,
         [mem, 0, abi::cap::slot::VMX, 0, 0, 0],
     );
-    while k.task(k.cur_task()).caps.has_free_slot() {
+    while k.task(k.cur_task().unwrap()).unwrap().caps.has_free_slot() {
         done(
             &mut k,
             sup,
@@ -729,7 +734,7 @@ fn a_reply_recv_refused_for_its_receive_buffer_does_not_reply() {
         Error::BadPointer,
     );
     assert!(matches!(
-        k.thread(client).state,
+        k.thread(client).unwrap().state,
         ThreadState::BlockedReply { server: s, .. } if s == server
     ));
 }
@@ -760,14 +765,15 @@ fn a_vcpu_stops_when_the_thread_running_it_ends() {
     let next = k.on_vm_exit(hlt);
     settle(&mut k, next, 0).unwrap();
     // The supervisor kills the runner's task.
-    let sup_task = k.thread(sup).task;
-    let child = k.thread(runner).task;
+    let sup_task = k.thread(sup).unwrap().task;
+    let child = k.thread(runner).unwrap().task;
     let task_cap = (0..abi::cap::CAP_SLOTS as u64)
         .find(|&s| {
             k.task(sup_task)
+                .unwrap()
                 .caps
                 .get(s)
-                .is_ok_and(|c| c.obj.kind == CapKind::Task && c.obj.index == child)
+                .is_ok_and(|c| c.obj.kind == CapKind::Task && c.obj.id::<TaskId>() == child)
         })
         .unwrap();
     done(&mut k, sup, Sys::TaskKill, [task_cap, 0, 0, 0, 0, 0]);
@@ -775,6 +781,7 @@ fn a_vcpu_stops_when_the_thread_running_it_ends() {
     let own_vcpu = (0..abi::cap::CAP_SLOTS as u64)
         .find(|&s| {
             k.task(sup_task)
+                .unwrap()
                 .caps
                 .get(s)
                 .is_ok_and(|c| c.obj.kind == CapKind::Vcpu)
@@ -782,7 +789,7 @@ fn a_vcpu_stops_when_the_thread_running_it_ends() {
         .unwrap();
     issue(&mut k, sup, Sys::VcpuRun as u64, [own_vcpu, 0, 0, 0, 0, 0]).unwrap();
     assert!(matches!(
-        k.thread(sup).state,
+        k.thread(sup).unwrap().state,
         ThreadState::BlockedRun { .. }
     ));
 }

@@ -11,10 +11,10 @@ use abi::vmx::{
 use abi::{CapKind, Error, Rights, Sys, NO_CAP};
 use proptest::prelude::*;
 
+use super::ids::{ThreadId, VcpuId};
 use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::objects::{slot_get, ThreadState};
-use super::queue::ThreadId;
 use super::regs::UserRegs;
 use super::tests::{boot, kernel, ok, read_user, status, sys, write_user, Model, DATA};
 use super::vm::{VcpuRun, VmExit};
@@ -43,7 +43,7 @@ pub(super) struct Vmm {
     pub(super) vm: u64,
     pub(super) vcpu: u64,
     /// The vCPU's object index and thread.
-    pub(super) vi: u16,
+    pub(super) vi: VcpuId,
     pub(super) vt: ThreadId,
     pub(super) ep: u64,
 }
@@ -69,8 +69,15 @@ pub(super) fn vmm_with(flags: u64) -> Vmm {
         ok(&sys(&mut k, Sys::VmMapRam, [vm, 0, RAM_PAGES, RWX, 0, 0]).1);
     }
     let vcpu = ok(&sys(&mut k, Sys::VcpuCreate, [vm, 3, 0, 0, 0, 0]).1);
-    let vi = k.task(k.cur_task()).caps.get(vcpu).unwrap().obj.index;
-    let vt = k.vcpus[vi as usize].obj.as_ref().unwrap().thread;
+    let vi = k
+        .task(k.cur_task().unwrap())
+        .unwrap()
+        .caps
+        .get(vcpu)
+        .unwrap()
+        .obj
+        .id::<VcpuId>();
+    let vt = k.vcpus[vi.index()].obj.as_ref().unwrap().thread;
     let ep = ok(&sys(&mut k, Sys::EndpointCreate, [0; 6]).1);
     Vmm {
         k,
@@ -125,8 +132,8 @@ pub(super) fn read_one(k: &mut Kernel<Model>, vcpu: u64, f: u64) -> u64 {
 }
 
 /// A VMCS field as the model machine holds it.
-pub(super) fn vmcs(k: &Kernel<Model>, vi: u16, f: u64) -> u64 {
-    let v = k.vcpus[vi as usize].obj.as_ref().unwrap();
+pub(super) fn vmcs(k: &Kernel<Model>, vi: VcpuId, f: u64) -> u64 {
+    let v = k.vcpus[vi.index()].obj.as_ref().unwrap();
     v.hw.get(&f).copied().unwrap_or(0)
 }
 
@@ -182,7 +189,7 @@ pub(super) fn run(v: &mut Vmm, cpuid_portal: bool) -> Running {
     let (task, server_ep) = spawn_server(v, 1);
     let k = &mut v.k;
     let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
-    let runner = runner as ThreadId;
+    let runner = ThreadId::from_index(runner as usize);
     let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
     let Next::User(server) = next else {
         panic!("{next:?}")
@@ -193,7 +200,7 @@ pub(super) fn run(v: &mut Vmm, cpuid_portal: bool) -> Running {
     let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
     assert_eq!(next, Next::Guest(v.vt), "the vCPU thread enters the guest");
     assert_eq!(
-        k.thread(runner).state,
+        k.thread(runner).unwrap().state,
         ThreadState::BlockedRun { vcpu: v.vi }
     );
     assert_eq!(k.current, Some(v.vt));
@@ -225,7 +232,7 @@ pub(super) fn exit(
 
 /// The exit message the server thread `t` received (checks the label).
 pub(super) fn received(k: &Kernel<Model>, t: ThreadId) -> (ExitMessage, Vec<u8>) {
-    let r = k.thread(t).regs;
+    let r = k.thread(t).unwrap().regs;
     let len = ok(&r) as usize;
     assert_eq!(r.rsi, EXIT_LABEL);
     let bytes = read_user(k, t, DATA, len);
@@ -256,7 +263,7 @@ pub(super) fn reply_with(k: &mut Kernel<Model>, r: &ExitReply) -> Next {
 
 /// The runner's `VcpuRun` results: (stop, reason, qualification).
 pub(super) fn run_result(k: &Kernel<Model>, runner: ThreadId) -> (u64, u64, u64) {
-    let r = k.thread(runner).regs;
+    let r = k.thread(runner).unwrap().regs;
     (ok(&r), r.rsi, r.rdx)
 }
 
@@ -307,7 +314,13 @@ fn vm_create_needs_vmx_and_a_writable_memory_object() {
         Err(Error::InvalidCap)
     );
     // The VM keeps its RAM alive: deleting the memory caps does not free the frames.
-    let ram = k.task(k.cur_task()).caps.get(mem).unwrap().obj;
+    let ram = k
+        .task(k.cur_task().unwrap())
+        .unwrap()
+        .caps
+        .get(mem)
+        .unwrap()
+        .obj;
     ok(&sys(&mut k, Sys::CapDelete, [mem, 0, 0, 0, 0, 0]).1);
     ok(&sys(&mut k, Sys::CapDelete, [ro, 0, 0, 0, 0, 0]).1);
     assert!(slot_get(&k.memory, ram).is_some());
@@ -431,13 +444,13 @@ fn vcpu_state_refuses_host_state_and_controls_with_the_index() {
     assert_eq!((status(&r), r.rdi), (Err(Error::InvalidArgument), 2));
     // A refused batch changes nothing, not even the pairs before the bad one.
     assert_eq!(vmcs(&v.k, v.vi, field::GUEST_RIP), 0);
-    assert!(!v.k.vcpus[v.vi as usize]
+    assert!(!v.k.vcpus[v.vi.index()]
         .obj
         .as_ref()
         .unwrap()
         .hw
         .contains_key(&0x4002));
-    assert!(!v.k.vcpus[v.vi as usize]
+    assert!(!v.k.vcpus[v.vi.index()]
         .obj
         .as_ref()
         .unwrap()
@@ -566,7 +579,7 @@ fn gpr_pseudo_fields_are_the_vcpu_threads_registers_and_rsp_is_the_vmcs() {
     let (k, vcpu, vi, vt) = (&mut v.k, v.vcpu, v.vi, v.vt);
     let pairs: Vec<(u64, u64)> = (0..16).map(|n| (field::GPR_BASE + n, 0x100 + n)).collect();
     write_state(k, vcpu, &pairs);
-    let r = k.thread(vt).regs;
+    let r = k.thread(vt).unwrap().regs;
     let got = [
         r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
         r.r13, r.r14, r.r15,
@@ -580,7 +593,7 @@ fn gpr_pseudo_fields_are_the_vcpu_threads_registers_and_rsp_is_the_vmcs() {
     ok(&r);
     assert_eq!(back, pairs);
     // The caller's own registers are untouched by the writes.
-    assert_ne!(k.thread(v.sup).regs.rbx, 0x103);
+    assert_ne!(k.thread(v.sup).unwrap().regs.rbx, 0x103);
     // Exit counts are readable (none yet) and the batch reads every pair.
     let (r, back) = state(
         k,
@@ -702,8 +715,8 @@ fn an_exit_goes_to_the_portal_server_and_its_reply_is_applied() {
     let run = run(&mut v, true);
     let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
     // The guest changed registers since (the machine saved them in the thread).
-    k.thread_mut(vt).regs.rbx = 0xb0b;
-    k.thread_mut(vt).regs.r15 = 0xf15;
+    k.thread_mut(vt).unwrap().regs.rbx = 0xb0b;
+    k.thread_mut(vt).unwrap().regs.r15 = 0xf15;
     let next = exit(k, reason::CPUID, 0, 2);
     assert_eq!(
         next,
@@ -722,11 +735,11 @@ fn an_exit_goes_to_the_portal_server_and_its_reply_is_applied() {
     assert_eq!((m.rip, m.rflags, m.instruction_len), (0x1000, 0x202, 2));
     assert_eq!(m.cr0, 0, "groups outside the mask are absent");
     assert!(matches!(
-        k.thread(vt).state,
+        k.thread(vt).unwrap().state,
         ThreadState::BlockedReply { server, .. } if server == run.server
     ));
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().run,
+        k.vcpus[vi.index()].obj.as_ref().unwrap().run,
         VcpuRun::AwaitingReply
     );
     let mut r = ExitReply::advance();
@@ -735,7 +748,7 @@ fn an_exit_goes_to_the_portal_server_and_its_reply_is_applied() {
         .set_gpr(Gpr::Rsp, 0x7ff0);
     let next = reply_with(k, &r);
     assert_eq!(next, Next::Guest(vt), "the vCPU resumes at once");
-    let regs = k.thread(vt).regs;
+    let regs = k.thread(vt).unwrap().regs;
     assert_eq!((regs.rax, regs.rdx, regs.rbx), (0x1234, 0x5678, 0xb0b));
     assert_eq!(
         vmcs(k, vi, field::GUEST_RIP),
@@ -744,18 +757,18 @@ fn an_exit_goes_to_the_portal_server_and_its_reply_is_applied() {
     );
     assert_eq!(vmcs(k, vi, field::GUEST_RSP), 0x7ff0);
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().run,
+        k.vcpus[vi.index()].obj.as_ref().unwrap().run,
         VcpuRun::Running
     );
     assert_eq!(
-        k.thread(run.runner).state,
+        k.thread(run.runner).unwrap().state,
         ThreadState::BlockedRun { vcpu: vi }
     );
     // A second exit before the server receives again: it queues, and the server (ready,
     // lower priority) runs and takes it at once.
     assert_eq!(exit(k, reason::CPUID, 0, 3), Next::User(run.server));
     assert!(matches!(
-        k.thread(vt).state,
+        k.thread(vt).unwrap().state,
         ThreadState::BlockedSend { call: true, .. }
     ));
     let (next, _) = sys(k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
@@ -789,9 +802,9 @@ fn an_exit_goes_to_the_portal_server_and_its_reply_is_applied() {
     assert_eq!(vmcs(k, vi, field::VM_ENTRY_INTR_INFO), 0x8000_0b0e);
     assert_eq!(vmcs(k, vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE), 0x1f);
     assert_eq!(vmcs(k, vi, field::VM_ENTRY_INSTRUCTION_LEN), 3);
-    assert_eq!(k.thread(vt).regs.rcx, 9);
+    assert_eq!(k.thread(vt).unwrap().regs.rcx, 9);
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().exits[reason::CPUID as usize],
+        k.vcpus[vi.index()].obj.as_ref().unwrap().exits[reason::CPUID as usize],
         2
     );
 }
@@ -808,9 +821,9 @@ fn a_stop_reply_ends_vcpu_run_with_the_handlers_code() {
         Next::User(run.server),
         "the stopped vCPU is not entered"
     );
-    assert_eq!(k.thread(vt).state, ThreadState::Suspended);
+    assert_eq!(k.thread(vt).unwrap().state, ThreadState::Suspended);
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().run,
+        k.vcpus[vi.index()].obj.as_ref().unwrap().run,
         VcpuRun::Stopped
     );
     let (next, _) = sys(k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
@@ -835,7 +848,7 @@ fn a_stop_reply_ends_vcpu_run_with_the_handlers_code() {
     assert_eq!(next, Next::Idle);
     k.machine.ticks = 1;
     assert_eq!(k.on_tick(None), Next::User(v.sup));
-    assert_eq!(k.thread(vt).state, ThreadState::Suspended);
+    assert_eq!(k.thread(vt).unwrap().state, ThreadState::Suspended);
     // The VMM may run it again.
     let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
     assert_eq!(next, Next::Guest(vt));
@@ -852,9 +865,12 @@ fn an_exit_without_a_portal_stops_the_vcpu_as_unhandled() {
         run_result(k, run.runner),
         (stop::UNHANDLED | reason::HLT as u64, reason::HLT as u64, 5)
     );
-    assert_eq!(k.thread(vt).state, ThreadState::Suspended);
+    assert_eq!(k.thread(vt).unwrap().state, ThreadState::Suspended);
     assert!(
-        matches!(k.thread(run.server).state, ThreadState::BlockedRecv { .. }),
+        matches!(
+            k.thread(run.server).unwrap().state,
+            ThreadState::BlockedRecv { .. }
+        ),
         "the server got nothing"
     );
     // Running again; removing the CPUID portal makes CPUID unhandled too.
@@ -880,7 +896,7 @@ fn an_exit_without_a_portal_stops_the_vcpu_as_unhandled() {
     let (_, r) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
     assert_eq!(status(&r), Err(Error::Busy));
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().runner,
+        k.vcpus[vi.index()].obj.as_ref().unwrap().runner,
         Some(run.runner)
     );
 }
@@ -913,7 +929,7 @@ fn failed_entries_and_closed_portals_stop_the_vcpu() {
     let next = exit(k, reason::CPUID, 0, 2);
     assert_eq!(next, Next::User(run.runner));
     assert_eq!(run_result(k, run.runner).0, stop::PORTAL_GONE);
-    assert_eq!(k.thread(vt).state, ThreadState::Suspended);
+    assert_eq!(k.thread(vt).unwrap().state, ThreadState::Suspended);
 }
 
 #[test]
@@ -921,9 +937,9 @@ fn only_an_exit_after_a_successful_entry_marks_the_vmcs_launched() {
     let mut v = vmm();
     let run = run(&mut v, true);
     let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
-    let launched = |k: &Kernel<Model>| k.vcpus[vi as usize].obj.as_ref().unwrap().launched;
+    let launched = |k: &Kernel<Model>| k.vcpus[vi.index()].obj.as_ref().unwrap().launched;
     assert!(
-        !k.guest_context(vt).2,
+        !k.guest_context(vt).unwrap().2,
         "a new vCPU is entered with VMLAUNCH"
     );
     // The first entry fails (invalid guest state): the next one must still be VMLAUNCH.
@@ -936,7 +952,7 @@ fn only_an_exit_after_a_successful_entry_marks_the_vmcs_launched() {
         sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]).0,
         Next::Guest(vt)
     );
-    assert!(!k.guest_context(vt).2);
+    assert!(!k.guest_context(vt).unwrap().2);
     // An ordinary exit: from now on VMRESUME.
     exit(k, reason::HLT, 0, 1);
     assert!(launched(k));
@@ -963,15 +979,18 @@ fn the_preemption_timer_ends_a_slice_and_the_guest_goes_on() {
         Next::Guest(vt),
         "nothing else is runnable: the guest goes on"
     );
-    let vcpu = k.vcpus[vi as usize].obj.as_ref().unwrap();
+    let vcpu = k.vcpus[vi.index()].obj.as_ref().unwrap();
     assert_eq!(vcpu.exits[reason::PREEMPTION_TIMER as usize], 1);
     assert_eq!(
-        k.thread(run.runner).state,
+        k.thread(run.runner).unwrap().state,
         ThreadState::BlockedRun { vcpu: vi },
         "VcpuRun did not return"
     );
     assert!(
-        matches!(k.thread(run.server).state, ThreadState::BlockedRecv { .. }),
+        matches!(
+            k.thread(run.server).unwrap().state,
+            ThreadState::BlockedRecv { .. }
+        ),
         "the server got nothing"
     );
 }
@@ -999,7 +1018,7 @@ fn a_run_time_limit_stops_a_guest_that_never_exits_to_a_handler() {
     assert_eq!(stopped, stop::TIME_LIMIT);
     assert_eq!(why, u64::from(reason::PREEMPTION_TIMER));
     assert_eq!(
-        k.vcpus[v.vi as usize].obj.as_ref().unwrap().run,
+        k.vcpus[v.vi.index()].obj.as_ref().unwrap().run,
         VcpuRun::Stopped
     );
 }
@@ -1020,7 +1039,7 @@ fn a_malformed_reply_stops_the_vcpu_with_bad_reply() {
         assert_eq!(exit(k, reason::CPUID, 0, 2), Next::User(run.server));
         let next = reply_bytes(k, &bad);
         assert_eq!(next, Next::User(run.server), "{bad:?}");
-        assert_eq!(k.thread(vt).state, ThreadState::Suspended);
+        assert_eq!(k.thread(vt).unwrap().state, ThreadState::Suspended);
         let (next, _) = sys(k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
         assert_eq!(next, Next::User(run.runner));
         assert_eq!(
@@ -1033,7 +1052,7 @@ fn a_malformed_reply_stops_the_vcpu_with_bad_reply() {
             0x1000,
             "nothing of it was applied"
         );
-        assert_eq!(k.thread(vt).regs.rax, 1);
+        assert_eq!(k.thread(vt).unwrap().regs.rax, 1);
     }
 }
 
@@ -1062,7 +1081,11 @@ fn an_injected_event_vm_entry_would_refuse_stops_the_vcpu_with_bad_reply() {
         };
         let next = reply_with(k, &r);
         assert_eq!(next, Next::User(run.server), "{bad:#x}");
-        assert_eq!(k.thread(vt).state, ThreadState::Suspended, "{bad:#x}");
+        assert_eq!(
+            k.thread(vt).unwrap().state,
+            ThreadState::Suspended,
+            "{bad:#x}"
+        );
         let (next, _) = sys(k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
         assert_eq!(next, Next::User(run.runner));
         assert_eq!(
@@ -1111,7 +1134,7 @@ fn an_event_written_with_vcpu_state_that_vm_entry_would_refuse_fails_the_entry()
 pub(super) fn assert_entry_refused(v: &mut Vmm) {
     let k = &mut v.k;
     let runner = ok(&sys(k, Sys::ThreadCreate, [0x40_0000, DATA + 0x2000, 0, 3, 0, 0]).1);
-    let runner = runner as ThreadId;
+    let runner = ThreadId::from_index(runner as usize);
     let (next, _) = sys(k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
     assert_eq!(next, Next::User(runner));
     let (next, _) = sys(k, Sys::VcpuRun, [v.vcpu, 0, 0, 0, 0, 0]);
@@ -1152,27 +1175,27 @@ fn reflect_portals_answer(fast: bool) {
     let run = run(&mut v, false);
     let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
     {
-        let r = &mut k.thread_mut(vt).regs;
+        let r = &mut k.thread_mut(vt).unwrap().regs;
         r.rax = 0xffff_ffff_4000_0001; // only EAX is the leaf
         r.rbx = 0xdead;
         r.rcx = 0xffff_ffff_0000_0000;
         r.rdx = 0xdead;
     }
     assert_eq!(exit(k, reason::CPUID, 0, 2), Next::Guest(vt));
-    let r = k.thread(vt).regs;
+    let r = k.thread(vt).unwrap().regs;
     assert_eq!((r.rax, r.rbx, r.rcx, r.rdx), (0x4000_0001, 1, 2, 3));
     assert_eq!(vmcs(k, vi, field::GUEST_RIP), 0x1002);
-    k.thread_mut(vt).regs.rax = 0x55;
+    k.thread_mut(vt).unwrap().regs.rax = 0x55;
     assert_eq!(exit(k, reason::VMCALL, 0, 3), Next::Guest(vt));
-    assert_eq!(k.thread(vt).regs.rax, 0);
+    assert_eq!(k.thread(vt).unwrap().regs.rax, 0);
     assert_eq!(vmcs(k, vi, field::GUEST_RIP), 0x1005);
     assert_eq!(exit(k, reason::IO, 0x3f8_0000, 1), Next::Guest(vt));
     assert_eq!(vmcs(k, vi, field::GUEST_RIP), 0x1006);
     assert!(matches!(
-        k.thread(run.server).state,
+        k.thread(run.server).unwrap().state,
         ThreadState::BlockedRecv { .. }
     ));
-    let exits = &k.vcpus[vi as usize].obj.as_ref().unwrap().exits;
+    let exits = &k.vcpus[vi.index()].obj.as_ref().unwrap().exits;
     assert_eq!((exits[10], exits[18], exits[30]), (1, 1, 1));
 }
 
@@ -1210,13 +1233,13 @@ fn vcpu_portal_checks_its_arguments() {
     );
     let badged = ok(&sys(k, Sys::CapCopy, [v.ep, Rights::SEND.bits(), 0x99, 0, 0, 0]).1);
     assert_eq!(portal(k, [v.vcpu, 10, badged, all]), Ok(()));
-    let portals = k.vcpus[v.vi as usize].obj.as_ref().unwrap().portals;
+    let portals = k.vcpus[v.vi.index()].obj.as_ref().unwrap().portals;
     assert!(matches!(
         portals[10],
         super::vm::Portal::Endpoint { cap, mask } if cap.badge == 0x99 && mask == group::ALL
     ));
     assert_eq!(portal(k, [v.vcpu, 10, NO_CAP, 0]), Ok(()));
-    let portals = k.vcpus[v.vi as usize].obj.as_ref().unwrap().portals;
+    let portals = k.vcpus[v.vi.index()].obj.as_ref().unwrap().portals;
     assert_eq!(portals[10], super::vm::Portal::None);
 }
 
@@ -1258,7 +1281,7 @@ fn the_exit_message_carries_every_group_and_the_badge() {
     let run = run(&mut v, false);
     let (k, vi) = (&mut v.k, v.vi);
     {
-        let hw = &mut k.vcpus[vi as usize].obj.as_mut().unwrap().hw;
+        let hw = &mut k.vcpus[vi.index()].obj.as_mut().unwrap().hw;
         hw.insert(field::GUEST_PHYSICAL_ADDRESS, 0xfee0_0000);
         hw.insert(field::GUEST_LINEAR_ADDRESS, 0x1234);
         hw.insert(field::EXIT_INSTRUCTION_INFO, 5);
@@ -1268,7 +1291,7 @@ fn the_exit_message_carries_every_group_and_the_badge() {
         Next::User(run.server)
     );
     assert_eq!(
-        k.thread(run.server).regs.rdx,
+        k.thread(run.server).unwrap().regs.rdx,
         0x99,
         "the portal cap's badge"
     );
@@ -1302,27 +1325,27 @@ fn a_restarted_handler_gets_the_same_exit_again_and_its_reply_applies() {
     assert_eq!(exit(k, reason::CPUID, 0x44, 2), Next::User(run.server));
     let (first, first_bytes) = received(k, run.server);
     // The server faults before replying.
-    let regs = k.thread(run.server).regs;
+    let regs = k.thread(run.server).unwrap().regs;
     let next = k.on_user_fault(&regs, 14, 4, 0xdead);
     assert_eq!(
         next,
         Next::Idle,
         "init sleeps, the runner waits, the vCPU waits"
     );
-    assert!(k.threads.0[run.server as usize].is_none());
+    assert!(k.threads.0[run.server.index()].is_none());
     assert!(matches!(
-        k.thread(vt).state,
+        k.thread(vt).unwrap().state,
         ThreadState::BlockedSend { call: true, .. }
     ));
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().run,
+        k.vcpus[vi.index()].obj.as_ref().unwrap().run,
         VcpuRun::AwaitingReply
     );
     assert_eq!(
-        k.thread(run.runner).state,
+        k.thread(run.runner).unwrap().state,
         ThreadState::BlockedRun { vcpu: vi }
     );
-    assert_eq!(k.thread(vt).regs.rax, 1, "the guest saw nothing");
+    assert_eq!(k.thread(vt).unwrap().regs.rax, 1, "the guest saw nothing");
     // Init wakes, starts a new incarnation bound to the endpoint.
     k.machine.ticks = 1;
     assert_eq!(k.on_tick(None), Next::User(v.sup));
@@ -1348,15 +1371,15 @@ fn a_restarted_handler_gets_the_same_exit_again_and_its_reply_applies() {
     let mut r = ExitReply::advance();
     r.set_gpr(Gpr::Rax, 0xabc);
     assert_eq!(reply_with(k, &r), Next::Guest(vt));
-    assert_eq!(k.thread(vt).regs.rax, 0xabc);
+    assert_eq!(k.thread(vt).unwrap().regs.rax, 0xabc);
     assert_eq!(vmcs(k, vi, field::GUEST_RIP), 0x1002, "advanced once");
     assert_eq!(
-        k.vcpus[vi as usize].obj.as_ref().unwrap().exits[10],
+        k.vcpus[vi.index()].obj.as_ref().unwrap().exits[10],
         1,
         "one exit"
     );
     assert_eq!(
-        k.thread(run.runner).state,
+        k.thread(run.runner).unwrap().state,
         ThreadState::BlockedRun { vcpu: vi }
     );
 }
@@ -1368,7 +1391,8 @@ fn a_handler_dying_on_an_unbound_endpoint_stops_the_vcpu() {
     let k = &mut v.k;
     // The endpoint names no server task (as if never bound); then the handler dies.
     let epi = k
-        .task(k.thread(v.sup).task)
+        .task(k.thread(v.sup).unwrap().task)
+        .unwrap()
         .caps
         .get(v.ep)
         .unwrap()
@@ -1376,11 +1400,11 @@ fn a_handler_dying_on_an_unbound_endpoint_stops_the_vcpu() {
         .index;
     k.endpoints[epi as usize].obj.as_mut().unwrap().server = None;
     assert_eq!(exit(k, reason::CPUID, 0, 2), Next::User(run.server));
-    let regs = k.thread(run.server).regs;
+    let regs = k.thread(run.server).unwrap().regs;
     let next = k.on_user_fault(&regs, 13, 0, 0);
     assert_eq!(next, Next::User(run.runner));
     assert_eq!(run_result(k, run.runner).0, stop::PORTAL_GONE);
-    assert_eq!(k.thread(v.vt).state, ThreadState::Suspended);
+    assert_eq!(k.thread(v.vt).unwrap().state, ThreadState::Suspended);
 }
 
 // ----- 10. destruction -----
@@ -1427,7 +1451,7 @@ fn vmm_task(k: &mut Kernel<Model>, mem: u64) -> (u64, ThreadId, ThreadId) {
     let Next::Guest(vt) = next else {
         panic!("{next:?}")
     };
-    assert_eq!(k.thread(vt).task, k.thread(t).task);
+    assert_eq!(k.thread(vt).unwrap().task, k.thread(t).unwrap().task);
     (task, t, vt)
 }
 
@@ -1443,7 +1467,7 @@ fn killing_the_vmm_task_destroys_its_vcpus_and_vms() {
     k.machine.ticks = 1;
     assert_eq!(k.on_tick(None), Next::User(sup));
     assert_eq!(
-        k.thread(vt).state,
+        k.thread(vt).unwrap().state,
         ThreadState::Ready,
         "the guest is runnable"
     );
@@ -1453,7 +1477,7 @@ fn killing_the_vmm_task_destroys_its_vcpus_and_vms() {
         k.vms.iter().all(|s| s.obj.is_none()),
         "the VM went with its caps"
     );
-    assert!(k.threads.0[t as usize].is_none() && k.threads.0[vt as usize].is_none());
+    assert!(k.threads.0[t.index()].is_none() && k.threads.0[vt.index()].is_none());
     // Init's RAM survives; nothing stale is left in the run queue.
     assert_eq!(sys(&mut k, Sys::MemInfo, [mem, 0, 0, 0, 0, 0]).1.rdi, 4);
     let (next, _) = sys(&mut k, Sys::Sleep, [1, 0, 0, 0, 0, 0]);
@@ -1474,14 +1498,14 @@ fn killing_the_vmm_task_destroys_its_vcpus_and_vms() {
 fn revoking_a_vm_destroys_its_vcpus_and_their_threads() {
     let mut v = vmm();
     let k = &mut v.k;
-    let threads = k.task(k.cur_task()).threads;
+    let threads = k.task(k.cur_task().unwrap()).unwrap().threads;
     let vcpu2 = ok(&sys(k, Sys::VcpuCreate, [v.vm, 4, 0, 0, 0, 0]).1);
-    assert_eq!(k.task(k.cur_task()).threads, threads + 1);
+    assert_eq!(k.task(k.cur_task().unwrap()).unwrap().threads, threads + 1);
     ok(&sys(k, Sys::CapRevoke, [v.vm, 0, 0, 0, 0, 0]).1);
     assert!(k.vcpus.iter().all(|s| s.obj.is_none()));
     assert!(k.vms.iter().all(|s| s.obj.is_none()));
-    assert!(k.threads.0[v.vt as usize].is_none());
-    assert_eq!(k.task(k.cur_task()).threads, threads - 1);
+    assert!(k.threads.0[v.vt.index()].is_none());
+    assert_eq!(k.task(k.cur_task().unwrap()).unwrap().threads, threads - 1);
     for (slot, n) in [
         (v.vcpu, Sys::VcpuRun),
         (vcpu2, Sys::VcpuRun),
@@ -1516,7 +1540,7 @@ fn killing_the_vmm_while_its_vcpu_waits_for_a_handler_does_not_panic() {
     let next = exit(&mut k, reason::CPUID, 0, 2);
     assert_eq!(next, Next::Idle);
     assert!(matches!(
-        k.thread(vt).state,
+        k.thread(vt).unwrap().state,
         ThreadState::BlockedSend { .. }
     ));
     k.machine.ticks = 1;
@@ -1537,7 +1561,7 @@ fn deleting_a_vcpu_that_awaits_a_reply_leaves_the_handler_nothing_to_answer() {
     k.machine.ticks = 1;
     assert_eq!(k.on_tick(None), Next::User(v.sup));
     ok(&sys(k, Sys::CapRevoke, [v.vcpu, 0, 0, 0, 0, 0]).1);
-    assert!(k.threads.0[v.vt as usize].is_none());
+    assert!(k.threads.0[v.vt.index()].is_none());
     assert_eq!(run_result(k, run.runner).0, stop::PORTAL_GONE);
     // Init sleeps; the server's reply finds no caller.
     let (next, _) = sys(k, Sys::Sleep, [5, 0, 0, 0, 0, 0]);
@@ -1575,7 +1599,7 @@ proptest! {
                 }
             };
             if let Some(vi) = k.vcpu_of(t) {
-                prop_assert_eq!(k.vcpus[vi as usize].obj.as_ref().unwrap().run, VcpuRun::Running);
+                prop_assert_eq!(k.vcpus[vi.index()].obj.as_ref().unwrap().run, VcpuRun::Running);
                 let next = exit(k, why, pairs[0], pairs[1] & 0xf);
                 if let Next::Guest(g) = next {
                     prop_assert!(k.vcpu_of(g).is_some());
@@ -1587,17 +1611,17 @@ proptest! {
                 .flat_map(|w| w.to_le_bytes())
                 .collect();
             write_user(k, t, DATA, &bytes);
-            let mut regs = k.thread(t).regs;
+            let mut regs = k.thread(t).unwrap().regs;
             regs.rax = n;
             [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] = args;
             match k.on_syscall(&regs) {
-                Next::User(t) => prop_assert!(k.threads.0[t as usize].is_some()),
+                Next::User(t) => prop_assert!(k.threads.0[t.index()].is_some()),
                 Next::Idle => prop_assert!(k.current.is_none()),
                 Next::MachineExit(_) => break,
                 Next::Guest(t) => {
                     let vi = k.vcpu_of(t);
                     prop_assert!(vi.is_some());
-                    let run = k.vcpus[vi.unwrap() as usize].obj.as_ref().unwrap().run;
+                    let run = k.vcpus[(vi.unwrap()).index()].obj.as_ref().unwrap().run;
                     prop_assert_eq!(run, VcpuRun::Running);
                 }
             }
@@ -1624,7 +1648,7 @@ fn a_failed_reply_leaves_the_exit_message_for_a_restarted_handler_intact() {
     assert_eq!(next, Next::User(run.server));
     assert_eq!(status(&r), Err(Error::BadPointer));
     // The server dies before answering properly; its successor gets the same exit.
-    let regs = k.thread(run.server).regs;
+    let regs = k.thread(run.server).unwrap().regs;
     assert_eq!(k.on_user_fault(&regs, 14, 4, 0), Next::Idle);
     k.machine.ticks = 1;
     assert_eq!(k.on_tick(None), Next::User(v.sup));
@@ -1657,14 +1681,14 @@ fn a_reply_recv_to_a_vcpu_enters_the_guest_and_the_handler_waits_again() {
         let a = [run.server_ep, DATA, n as u64, 512, REPLY_LABEL, NO_CAP];
         let (next, _) = sys(k, Sys::ReplyRecv, a);
         assert_eq!(next, Next::Guest(vt), "fast path {fast}");
-        assert_eq!(k.thread(vt).regs.rbx, 0xbb);
+        assert_eq!(k.thread(vt).unwrap().regs.rbx, 0xbb);
         assert!(matches!(
-            k.thread(run.server).state,
+            k.thread(run.server).unwrap().state,
             ThreadState::BlockedRecv { .. }
         ));
-        assert_eq!(k.thread(run.server).reply_to, None);
+        assert_eq!(k.thread(run.server).unwrap().reply_to, None);
         // Reset RIP for the next round.
-        let hw = &mut k.vcpus[vi as usize].obj.as_mut().unwrap().hw;
+        let hw = &mut k.vcpus[vi.index()].obj.as_mut().unwrap().hw;
         assert_eq!(hw[&field::GUEST_RIP], 0x1002);
         hw.insert(field::GUEST_RIP, 0x1000);
     }
@@ -1674,7 +1698,13 @@ fn a_reply_recv_to_a_vcpu_enters_the_guest_and_the_handler_waits_again() {
 fn a_vms_ram_cannot_be_revoked_while_the_vm_lives() {
     let mut v = vmm();
     let k = &mut v.k;
-    let ram = k.task(k.cur_task()).caps.get(v.mem).unwrap().obj;
+    let ram = k
+        .task(k.cur_task().unwrap())
+        .unwrap()
+        .caps
+        .get(v.mem)
+        .unwrap()
+        .obj;
     let frames = k.machine.frames_in_use();
     // Revocation would free frames the EPT still maps: refused, nothing changes.
     assert_eq!(
@@ -1684,7 +1714,11 @@ fn a_vms_ram_cannot_be_revoked_while_the_vm_lives() {
     assert!(slot_get(&k.memory, ram).is_some());
     assert_eq!(k.machine.frames_in_use(), frames);
     assert!(
-        k.task(k.cur_task()).caps.get(v.mem).is_ok(),
+        k.task(k.cur_task().unwrap())
+            .unwrap()
+            .caps
+            .get(v.mem)
+            .is_ok(),
         "the cap stays too"
     );
     // Once the VM is gone, the RAM can go.

@@ -27,7 +27,7 @@ fn go(k: &mut Kernel<Model>, next: Next) -> ThreadId {
 /// value in the registers (0, the initial state, the first time), and leaves its value there.
 fn runs(k: &mut Kernel<Model>, mine: &mut HashMap<ThreadId, u64>, t: ThreadId) {
     if k.machine.xstate_trapped {
-        let regs = k.thread(t).regs;
+        let regs = k.thread(t).unwrap().regs;
         let next = k.on_device_not_available(&regs);
         assert_eq!(next, Next::User(t), "#NM resumes the same thread");
         k.switch_xstate(next);
@@ -38,7 +38,7 @@ fn runs(k: &mut Kernel<Model>, mine: &mut HashMap<ThreadId, u64>, t: ThreadId) {
         k.machine.xstate_live, expect,
         "thread {t} finds its own extended state"
     );
-    let value = 0x1000 + u64::from(t) * 0x11;
+    let value = 0x1000 + u64::from(t.raw()) * 0x11;
     k.machine.xstate_live = value;
     mine.insert(t, value);
 }
@@ -50,7 +50,7 @@ fn threads_keep_their_own_extended_state_across_yields() {
     let mut mine = HashMap::new();
     let t = go(&mut k, Next::User(sup));
     runs(&mut k, &mut mine, t);
-    let prio = k.thread(sup).prio;
+    let prio = k.thread(sup).unwrap().prio;
     for _ in 0..2 {
         ok(&sys(
             &mut k,
@@ -88,13 +88,15 @@ fn a_new_thread_in_a_dead_threads_slot_starts_from_the_initial_state() {
     let mut mine = HashMap::new();
     go(&mut k, Next::User(sup));
     runs(&mut k, &mut mine, sup);
-    let prio = k.thread(sup).prio;
-    let a = ok(&sys(
-        &mut k,
-        Sys::ThreadCreate,
-        [0x40_0000, DATA + 0x1000, 0, prio.into(), 0, 0],
-    )
-    .1) as ThreadId;
+    let prio = k.thread(sup).unwrap().prio;
+    let a = ThreadId::from_index(
+        (ok(&sys(
+            &mut k,
+            Sys::ThreadCreate,
+            [0x40_0000, DATA + 0x1000, 0, prio.into(), 0, 0],
+        )
+        .1)) as usize,
+    );
     let (next, _) = sys(&mut k, Sys::Yield, [0; 6]);
     assert_eq!(go(&mut k, next), a);
     runs(&mut k, &mut mine, a);
@@ -103,12 +105,14 @@ fn a_new_thread_in_a_dead_threads_slot_starts_from_the_initial_state() {
     assert_eq!(go(&mut k, next), sup);
     runs(&mut k, &mut mine, sup);
     assert_eq!(k.machine.xstate_switches.last(), Some(&(None, sup)));
-    let b = ok(&sys(
-        &mut k,
-        Sys::ThreadCreate,
-        [0x40_0000, DATA + 0x1000, 0, prio.into(), 0, 0],
-    )
-    .1) as ThreadId;
+    let b = ThreadId::from_index(
+        (ok(&sys(
+            &mut k,
+            Sys::ThreadCreate,
+            [0x40_0000, DATA + 0x1000, 0, prio.into(), 0, 0],
+        )
+        .1)) as usize,
+    );
     assert_eq!(b, a, "the slot is reused");
     mine.remove(&a);
     let (next, _) = sys(&mut k, Sys::Yield, [0; 6]);

@@ -12,12 +12,12 @@ use abi::trace::{self, flags, header, Record};
 use abi::{CapKind, Error, Rights};
 
 use super::captable::{Cap, ObjRef};
+use super::ids::{ThreadId, VcpuId};
 use super::ipc::err;
 use super::ipc::SysResult;
 use super::kernel::Kernel;
 use super::machine::Machine;
-use super::objects::slot_get_mut;
-use super::queue::ThreadId;
+use super::objects::{slot_at, slot_at_mut, slot_get_mut};
 
 /// The ring's state in the kernel (the header in the ring is a copy for the reader).
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl<M: Machine> Kernel<M> {
             rights: Rights::READ,
             badge: 0,
         };
-        let slot = self.insert_cap(self.cur_task(), cap).map_err(err)?;
+        let slot = self.insert_cap(self.cur_task()?, cap).map_err(err)?;
         self.trace.wake = Some(ntfn.obj);
         self.trace.woken = false;
         self.wake_reader_if_due();
@@ -145,11 +145,11 @@ impl<M: Machine> Kernel<M> {
     /// A traced vCPU left the guest: starts its record (a record still open, whose entry
     /// never came, is written first).
     #[inline]
-    pub(crate) fn trace_exit(&mut self, vi: u16, reason: u32, qualification: u64, tsc: u64) {
+    pub(crate) fn trace_exit(&mut self, vi: VcpuId, reason: u32, qualification: u64, tsc: u64) {
         if self.traced_vms == 0 {
             return;
         }
-        let Some(v) = self.vcpus[vi as usize].obj.as_mut() else {
+        let Ok(v) = slot_at_mut(&mut self.vcpus, vi) else {
             return;
         };
         let Some(vm) = v.trace else {
@@ -171,13 +171,12 @@ impl<M: Machine> Kernel<M> {
 
     /// Marks the open record of vCPU `vi` as answered by the kernel (no handler stamps).
     #[inline]
-    pub(crate) fn trace_kernel_handled(&mut self, vi: u16) {
+    pub(crate) fn trace_kernel_handled(&mut self, vi: VcpuId) {
         if self.traced_vms == 0 {
             return;
         }
-        if let Some(r) = self.vcpus[vi as usize]
-            .obj
-            .as_mut()
+        if let Some(r) = slot_at_mut(&mut self.vcpus, vi)
+            .ok()
             .and_then(|v| v.trace_record.as_mut())
         {
             r.flags |= flags::KERNEL;
@@ -197,7 +196,7 @@ impl<M: Machine> Kernel<M> {
 
     /// The handler's reply to vCPU `vi`'s exit arrived.
     #[inline]
-    pub(crate) fn trace_replied(&mut self, vi: u16) {
+    pub(crate) fn trace_replied(&mut self, vi: VcpuId) {
         if self.traced_vms == 0 {
             return;
         }
@@ -205,18 +204,14 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Stamps vCPU `vi`'s open record (if any) with the time now.
-    fn trace_stamp(&mut self, vi: u16, set: impl FnOnce(&mut Record, u64)) {
-        let open = self.vcpus[vi as usize]
-            .obj
-            .as_ref()
-            .is_some_and(|v| v.trace_record.is_some());
+    fn trace_stamp(&mut self, vi: VcpuId, set: impl FnOnce(&mut Record, u64)) {
+        let open = slot_at(&self.vcpus, vi).is_ok_and(|v| v.trace_record.is_some());
         if !open {
             return;
         }
         let now = self.machine.tsc();
-        if let Some(r) = self.vcpus[vi as usize]
-            .obj
-            .as_mut()
+        if let Some(r) = slot_at_mut(&mut self.vcpus, vi)
+            .ok()
             .and_then(|v| v.trace_record.as_mut())
         {
             set(r, now);
@@ -236,7 +231,7 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// vCPU `vi` stopped: its open record is written without an entry.
-    pub(crate) fn trace_stopped(&mut self, vi: u16) {
+    pub(crate) fn trace_stopped(&mut self, vi: VcpuId) {
         if self.traced_vms == 0 {
             return;
         }
@@ -244,10 +239,9 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Takes vCPU `vi`'s open record (if any), finishes it with `finish` and writes it.
-    fn trace_close(&mut self, vi: u16, finish: impl FnOnce(&mut Record)) {
-        if let Some(mut r) = self.vcpus[vi as usize]
-            .obj
-            .as_mut()
+    fn trace_close(&mut self, vi: VcpuId, finish: impl FnOnce(&mut Record)) {
+        if let Some(mut r) = slot_at_mut(&mut self.vcpus, vi)
+            .ok()
             .and_then(|v| v.trace_record.take())
         {
             finish(&mut r);

@@ -23,9 +23,9 @@
 use abi::cpu::xcr0;
 use abi::vmx::field;
 
+use super::ids::ThreadId;
 use super::kernel::{Kernel, Next};
 use super::machine::Machine;
-use super::queue::ThreadId;
 
 impl<M: Machine> Kernel<M> {
     /// Before the machine runs `next`: if it runs a thread other than the owner of the
@@ -45,9 +45,7 @@ impl<M: Machine> Kernel<M> {
 
     /// Saves the owner's state (unless it is dead) and loads `t`'s; `t` owns it from now.
     fn take_xstate(&mut self, t: ThreadId) {
-        let from = self
-            .xstate_owner
-            .filter(|&o| self.threads.0[o as usize].is_some());
+        let from = self.xstate_owner.filter(|&o| self.threads.get(o).is_some());
         self.machine.xstate_switch(from, t);
         self.xstate_owner = Some(t);
     }
@@ -58,7 +56,9 @@ impl<M: Machine> Kernel<M> {
         let Some(c) = self.current else {
             return self.schedule();
         };
-        self.thread_mut(c).regs = *regs;
+        if let Ok(th) = self.thread_mut(c) {
+            th.regs = *regs;
+        }
         if self.xstate_owner != Some(c) {
             self.take_xstate(c);
         }

@@ -14,11 +14,12 @@ use abi::cpu::cr0::PE as CR0_PE;
 use abi::vmx::{self, field, reply, stop, ExitReply};
 use abi::Error;
 
-use super::VcpuRun;
+use super::{Vcpu, VcpuRun};
+use crate::kobj::ids::{Gone, ThreadId, VcpuId};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
-use crate::kobj::queue::ThreadId;
+use crate::kobj::regs::UserRegs;
 use crate::kobj::shadow;
 
 /// Guest interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
@@ -32,78 +33,94 @@ impl<M: Machine> Kernel<M> {
         let Some(vi) = self.vcpu_of(t) else {
             return false;
         };
-        if self.over_time_limit(vi) {
+        match self.prepare_vcpu(vi, t) {
+            Ok(enter) => enter,
+            Err(Gone) => {
+                // A vCPU thread outlives its vCPU only if `destroy_vm_object` failed to take
+                // it along: it never runs again, rather than have the scheduler pick it
+                // over and over.
+                if let Ok(th) = self.thread_mut(t) {
+                    th.state = ThreadState::Suspended;
+                }
+                false
+            }
+        }
+    }
+
+    fn prepare_vcpu(&mut self, vi: VcpuId, t: ThreadId) -> Result<bool, Gone> {
+        if self.over_time_limit(vi)? {
             self.vcpu_stop(vi, stop::TIME_LIMIT);
-            return false;
+            return Ok(false);
         }
-        let enter = self.prepare_entry(vi, t);
-        if enter && !self.entry_event_checked(vi) {
-            return false;
+        let enter = self.prepare_entry(vi, t)?;
+        if enter && !self.entry_event_checked(vi)? {
+            return Ok(false);
         }
-        if enter && self.vcpu(vi).shadow {
+        if enter && self.vcpu(vi)?.shadow {
             return self.audit_entry(vi);
         }
-        enter
+        Ok(enter)
     }
 
     /// Checks the event VM entry would inject if its fields changed since the last entry;
     /// stops the vCPU (and returns `false`) when VM entry would refuse it.
-    fn entry_event_checked(&mut self, vi: u16) -> bool {
-        let Some(code) = self.vcpu_mut(vi).check_event.take() else {
-            return true;
+    fn entry_event_checked(&mut self, vi: VcpuId) -> Result<bool, Gone> {
+        let Some(code) = self.vcpu_mut(vi)?.check_event.take() else {
+            return Ok(true);
         };
-        let info = self.vmcs_read(vi, field::VM_ENTRY_INTR_INFO);
-        let error = self.vmcs_read(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE);
-        let len = self.vmcs_read(vi, field::VM_ENTRY_INSTRUCTION_LEN);
-        let pe = self.vmcs_read(vi, field::GUEST_CR0) & CR0_PE != 0;
-        let blocking = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+        let info = self.vmcs_read(vi, field::VM_ENTRY_INTR_INFO)?;
+        let error = self.vmcs_read(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE)?;
+        let len = self.vmcs_read(vi, field::VM_ENTRY_INSTRUCTION_LEN)?;
+        let pe = self.vmcs_read(vi, field::GUEST_CR0)? & CR0_PE != 0;
+        let blocking = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY)?;
         if entry_event_ok(info, error, len, pe) && entry_blocking_ok(info, blocking) {
-            return true;
+            return Ok(true);
         }
         if code == stop::ENTRY_FAILED {
             // As the hardware reports it: VMfail, "invalid control field(s)".
-            self.vcpu_mut(vi).last_exit = (1 << 31, VMFAIL_INVALID_CONTROL, 0);
+            self.vcpu_mut(vi)?.last_exit = (1 << 31, VMFAIL_INVALID_CONTROL, 0);
         }
         self.vcpu_stop(vi, code);
-        false
+        Ok(false)
     }
 
     /// Whether vCPU `vi`'s run has lasted its time limit ([`field::RUN_TICKS`]).
-    fn over_time_limit(&self, vi: u16) -> bool {
-        let v = self.vcpu(vi);
-        v.run_ticks != 0
+    fn over_time_limit(&self, vi: VcpuId) -> Result<bool, Gone> {
+        let v = self.vcpu(vi)?;
+        Ok(v.run_ticks != 0
             && v.run != VcpuRun::Stopped
-            && self.machine.clock().0.saturating_sub(v.run_start) >= v.run_ticks
+            && self.machine.clock().0.saturating_sub(v.run_start) >= v.run_ticks)
     }
 
     #[inline]
-    fn prepare_entry(&mut self, vi: u16, t: ThreadId) -> bool {
-        match self.vcpu(vi).run {
-            VcpuRun::Running => return true,
+    fn prepare_entry(&mut self, vi: VcpuId, t: ThreadId) -> Result<bool, Gone> {
+        let v = self.vcpu_mut(vi)?;
+        let call_result = match v.run {
+            VcpuRun::Running => return Ok(true),
             VcpuRun::Stopped => {
-                self.thread_mut(t).state = ThreadState::Suspended;
-                return false;
+                self.thread_mut(t)?.state = ThreadState::Suspended;
+                return Ok(false);
             }
-            VcpuRun::AwaitingReply => {}
-        }
-        match self.vcpu_mut(vi).call_result.take() {
+            VcpuRun::AwaitingReply => v.call_result.take(),
+        };
+        Ok(match call_result {
             None => {
                 // Woken without an answer: wait on.
                 false
             }
             Some(Ok(())) => {
-                if let Some(entered) = self.apply_simple_reply(vi, t) {
-                    return entered;
+                if let Some(entered) = self.apply_simple_reply(vi, t)? {
+                    return Ok(entered);
                 }
                 let reply = {
-                    let msg = &self.thread(t).msg;
+                    let msg = &self.thread(t)?.msg;
                     ExitReply::decode(&msg.data[..msg.len.min(msg.data.len())])
                 };
                 match reply {
-                    Ok(r) if r.flags & reply::FORWARD != 0 => self.forward_exit(vi, t, &r),
+                    Ok(r) if r.flags & reply::FORWARD != 0 => self.forward_exit(vi, t, &r)?,
                     Ok(r) => {
-                        self.vcpu_mut(vi).run = VcpuRun::Running;
-                        self.apply_reply(vi, &r)
+                        self.vcpu_mut(vi)?.run = VcpuRun::Running;
+                        self.apply_reply(vi, &r)?
                     }
                     Err(_) => {
                         self.vcpu_stop(vi, stop::BAD_REPLY);
@@ -115,10 +132,10 @@ impl<M: Machine> Kernel<M> {
                 // The handler died before answering: the same exit goes to its successor
                 // (the message is still in the thread). Rebuild it (the reply did not
                 // overwrite it, but be safe about the label).
-                let cap = self.vcpu(vi).call_ep;
+                let cap = self.vcpu(vi)?.call_ep;
                 match cap {
                     Some(cap) if self.alive(cap.obj) => {
-                        self.thread_mut(t).msg.label = vmx::EXIT_LABEL;
+                        self.thread_mut(t)?.msg.label = vmx::EXIT_LABEL;
                         self.send_exit(vi, cap);
                     }
                     _ => self.vcpu_stop(vi, stop::PORTAL_GONE),
@@ -129,16 +146,35 @@ impl<M: Machine> Kernel<M> {
                 self.vcpu_stop(vi, stop::PORTAL_GONE);
                 false
             }
-        }
+        })
     }
 
     /// The common reply (registers and "advance RIP", nothing else) applied straight from
     /// its bytes, without building an `ExitReply`; `None` for any other reply (including a
     /// malformed one), which the general path decodes and judges.
-    fn apply_simple_reply(&mut self, vi: u16, t: ThreadId) -> Option<bool> {
+    fn apply_simple_reply(&mut self, vi: VcpuId, t: ThreadId) -> Result<Option<bool>, Gone> {
+        let th = self.threads.get_mut(t).ok_or(Gone)?;
+        let Some((flags, rsp)) = Self::simple_reply_gprs(&th.msg, &mut th.regs) else {
+            return Ok(None);
+        };
+        // One lookup for the whole reply: this is on every exit a handler answers.
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        v.run = VcpuRun::Running;
+        if let Some(rsp) = rsp {
+            self.machine.vmcs_write(&mut v.hw, field::GUEST_RSP, rsp);
+        }
+        if flags & reply::ADVANCE_RIP != 0 {
+            Self::skip_instruction(&mut self.machine, v);
+        }
+        Ok(Some(true))
+    }
+
+    /// The general-purpose registers of a simple reply (see
+    /// [`Self::apply_simple_reply`]) into `regs`: its flags and the RSP it sets, if any.
+    /// `None`, with `regs` untouched, for any other reply.
+    #[inline(always)]
+    fn simple_reply_gprs(msg: &Message, regs: &mut UserRegs) -> Option<(u32, Option<u64>)> {
         // Straight from the bytes into the registers: this is on every exit a handler answers.
-        let th = self.threads.0.get_mut(t as usize)?.as_mut()?;
-        let (msg, regs) = (&th.msg, &mut th.regs);
         let bytes = msg.data.get(..msg.len)?;
         let h = bytes.get(..8)?;
         let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
@@ -164,27 +200,28 @@ impl<M: Machine> Kernel<M> {
                 None => rsp = Some(v),
             }
         }
-        self.vcpu_mut(vi).run = VcpuRun::Running;
-        if let Some(v) = rsp {
-            self.vmcs_write(vi, field::GUEST_RSP, v);
-        }
-        if flags & reply::ADVANCE_RIP != 0 {
-            self.advance_rip(vi);
-        }
-        Some(true)
+        Some((flags, rsp))
     }
 
     /// Moves RIP past the exiting instruction. The instruction completed, so blocking by STI
     /// or MOV SS, which lasts one instruction, ends with it (as KVM's skip does): an
     /// interrupt injected next is legal.
-    fn advance_rip(&mut self, vi: u16) {
-        let len = self.vcpu(vi).last_exit.2;
-        let rip = self.vmcs_read(vi, field::GUEST_RIP);
-        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
-        let blocking = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+    fn advance_rip(&mut self, vi: VcpuId) -> Result<(), Gone> {
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        Self::skip_instruction(&mut self.machine, v);
+        Ok(())
+    }
+
+    /// [`Self::advance_rip`] of a vCPU at hand.
+    #[inline(always)]
+    fn skip_instruction(m: &mut M, v: &mut Vcpu<M::Vmcs>) {
+        let len = v.last_exit.2;
+        let rip = m.vmcs_read(&mut v.hw, field::GUEST_RIP);
+        m.vmcs_write(&mut v.hw, field::GUEST_RIP, rip.wrapping_add(len));
+        let blocking = m.vmcs_read(&mut v.hw, field::GUEST_INTERRUPTIBILITY);
         if blocking & INTERRUPTIBILITY_STI_MOV_SS != 0 {
-            self.vmcs_write(
-                vi,
+            m.vmcs_write(
+                &mut v.hw,
                 field::GUEST_INTERRUPTIBILITY,
                 blocking & !INTERRUPTIBILITY_STI_MOV_SS,
             );
@@ -192,77 +229,77 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Applies a handler's reply; `false` when it stopped the vCPU.
-    fn apply_reply(&mut self, vi: u16, r: &ExitReply) -> bool {
-        let t = self.vcpu(vi).thread;
+    fn apply_reply(&mut self, vi: VcpuId, r: &ExitReply) -> Result<bool, Gone> {
+        let t = self.vcpu(vi)?.thread;
         let mut regs = r.gpr_mask;
         while regs != 0 {
             let n = regs.trailing_zeros() as usize;
             regs &= regs - 1;
-            match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+            match Self::gpr_mut(&mut self.thread_mut(t)?.regs, n) {
                 Some(reg) => *reg = r.gprs[n],
-                None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n]),
+                None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n])?,
             }
         }
         if r.flags & reply::SET_RIP != 0 {
-            self.vmcs_write(vi, field::GUEST_RIP, r.rip);
+            self.vmcs_write(vi, field::GUEST_RIP, r.rip)?;
         }
         if r.flags & reply::ADVANCE_RIP != 0 {
-            self.advance_rip(vi);
+            self.advance_rip(vi)?;
         }
         if r.flags & reply::SET_RFLAGS != 0 {
-            self.write_state(vi, field::GUEST_RFLAGS, r.rflags);
+            self.write_state(vi, field::GUEST_RFLAGS, r.rflags)?;
         }
         let paging = reply::SET_CR0 | reply::SET_CR3 | reply::SET_CR4 | reply::SET_EFER;
         if r.flags & reply::SET_CR0 != 0 {
-            self.write_state(vi, field::GUEST_CR0, r.cr0);
+            self.write_state(vi, field::GUEST_CR0, r.cr0)?;
         }
         if r.flags & reply::SET_CR3 != 0 {
-            self.write_state(vi, field::GUEST_CR3, r.cr3);
+            self.write_state(vi, field::GUEST_CR3, r.cr3)?;
         }
         if r.flags & reply::SET_CR4 != 0 {
-            self.write_state(vi, field::GUEST_CR4, r.cr4);
+            self.write_state(vi, field::GUEST_CR4, r.cr4)?;
         }
         if r.flags & reply::SET_EFER != 0 {
-            self.write_state(vi, field::GUEST_IA32_EFER, r.efer);
+            self.write_state(vi, field::GUEST_IA32_EFER, r.efer)?;
         }
         if r.flags & paging != 0 {
-            self.refresh_paging(vi);
+            self.refresh_paging(vi)?;
         }
         if r.flags & reply::SET_CR2 != 0 {
-            self.vmcs_write(vi, field::GUEST_CR2, r.cr2);
+            self.vmcs_write(vi, field::GUEST_CR2, r.cr2)?;
         }
-        if r.flags & reply::SET_SHADOW_CR3 != 0 && !self.set_shadow_root(vi, r.shadow_cr3) {
+        if r.flags & reply::SET_SHADOW_CR3 != 0 && !self.set_shadow_root(vi, r.shadow_cr3)? {
             self.vcpu_stop(vi, stop::BAD_ROOT);
-            return false;
+            return Ok(false);
         }
         if r.flags & reply::INJECT != 0 {
             // Valid bit, type and vector, deliver-error-code: reserved bits 30:12 clear.
             let info = (r.inject as u32) & 0x8000_0fff;
             // An event delivered by VM entry leaves the guest active (a halted guest wakes).
-            self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::ACTIVE);
-            self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info as u64);
-            self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32);
-            let len = self.vcpu(vi).last_exit.2;
-            self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
-            self.vcpu_mut(vi).check_event = Some(stop::BAD_REPLY);
+            self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::ACTIVE)?;
+            self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info as u64)?;
+            self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, r.inject >> 32)?;
+            let len = self.vcpu(vi)?.last_exit.2;
+            self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len)?;
+            self.vcpu_mut(vi)?.check_event = Some(stop::BAD_REPLY);
         }
         let requests = reply::INTR_WINDOW | reply::NMI_WINDOW | reply::HALT | reply::SET_DEADLINE;
         if r.flags & requests != 0 {
-            self.apply_interrupt_requests(vi, r);
+            self.apply_interrupt_requests(vi, r)?;
         }
         if r.flags & reply::STOP != 0 {
             self.vcpu_stop(vi, stop::HANDLER | (r.stop_code & !stop::KIND_MASK));
-            return false;
+            return Ok(false);
         }
-        true
+        Ok(true)
     }
 
     /// The reply's interrupt-delivery requests (issue 12): the deadline, the
     /// interrupt-window request and the HLT activity state. An injection in the same reply
     /// wakes the guest instead of halting it: VM entry delivers the event in the active state.
-    fn apply_interrupt_requests(&mut self, vi: u16, r: &ExitReply) {
+    fn apply_interrupt_requests(&mut self, vi: VcpuId, r: &ExitReply) -> Result<(), Gone> {
         if r.flags & reply::SET_DEADLINE != 0 {
-            self.vmcs_write(vi, field::DEADLINE, r.deadline);
+            self.vmcs_write(vi, field::DEADLINE, r.deadline)?;
         }
         let mut window = 0;
         if r.flags & reply::INTR_WINDOW != 0 {
@@ -271,7 +308,7 @@ impl<M: Machine> Kernel<M> {
         if r.flags & reply::NMI_WINDOW != 0 {
             // NMI-window exiting needs virtual NMIs (SDM 26.2.1.1); without them the
             // interrupt window stands in (see `reply::NMI_WINDOW`).
-            let pin = self.vmcs_read(vi, field::PIN_BASED_CONTROLS);
+            let pin = self.vmcs_read(vi, field::PIN_BASED_CONTROLS)?;
             window |= if pin & vmx::pin_based::VIRTUAL_NMIS != 0 {
                 vmx::proc_based::NMI_WINDOW_EXITING
             } else {
@@ -279,54 +316,55 @@ impl<M: Machine> Kernel<M> {
             };
         }
         if window != 0 {
-            let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
-            self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p | window);
+            let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS)?;
+            self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p | window)?;
         }
         if r.flags & reply::HALT != 0 && r.flags & reply::INJECT == 0 {
-            self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::HLT);
+            self.vmcs_write(vi, field::GUEST_ACTIVITY_STATE, vmx::activity::HLT)?;
         }
+        Ok(())
     }
 
     /// Makes `root` the hardware CR3 of shadow vCPU `vi` if the exit being answered went to
     /// the VM's MMU endpoint and `root` is one the kernel may enter with
     /// ([`ShadowVm::root_ok`](crate::kobj::shadow::ShadowVm::root_ok)). Returns whether it did; nothing changes otherwise.
-    fn set_shadow_root(&mut self, vi: u16, root: u64) -> bool {
+    fn set_shadow_root(&mut self, vi: VcpuId, root: u64) -> Result<bool, Gone> {
         let Some(s) = self.shadow_vm(vi) else {
-            return false;
+            return Ok(false);
         };
-        let from_mmu = match (s.pool, self.vcpu(vi).call_ep) {
+        let from_mmu = match (s.pool, self.vcpu(vi)?.call_ep) {
             (Some(pool), Some(ep)) => ep.obj == pool.mmu_ep,
             _ => false,
         };
-        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
-        let long = shadow::long_mode(cr0, self.vcpu(vi).guest_efer);
+        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW)?;
+        let long = shadow::long_mode(cr0, self.vcpu(vi)?.guest_efer);
         if !from_mmu || !s.root_ok(root, long) {
-            self.vcpu_mut(vi).last_exit.1 = root;
-            return false;
+            self.vcpu_mut(vi)?.last_exit.1 = root;
+            return Ok(false);
         }
-        self.vmcs_write(vi, field::GUEST_CR3, root);
-        true
+        self.vmcs_write(vi, field::GUEST_CR3, root)?;
+        Ok(true)
     }
 
     /// Audit mode: walks the shadow tables vCPU `vi` is about to enter with; stops it (with
     /// the physical address of the bad entry as the qualification) when one names a frame
     /// outside the VM's RAM or pool. Returns whether to enter.
-    fn audit_entry(&mut self, vi: u16) -> bool {
-        let Some(vm) = slot_get(&self.vms, self.vcpu(vi).vm) else {
-            return true;
+    fn audit_entry(&mut self, vi: VcpuId) -> Result<bool, Gone> {
+        let Some(vm) = slot_get(&self.vms, self.vcpu(vi)?.vm) else {
+            return Ok(true);
         };
         let (Some(s), ram_phys, ram_pages) = (vm.shadow, vm.ram_phys, vm.ram_pages) else {
-            return true;
+            return Ok(true);
         };
-        let root = self.vmcs_read(vi, field::GUEST_CR3);
+        let root = self.vmcs_read(vi, field::GUEST_CR3)?;
         let (true, Some(pool)) = (s.audit, s.pool) else {
-            return true;
+            return Ok(true);
         };
         if root == s.empty_root {
-            return true;
+            return Ok(true);
         }
-        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
-        let long = shadow::long_mode(cr0, self.vcpu(vi).guest_efer);
+        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW)?;
+        let long = shadow::long_mode(cr0, self.vcpu(vi)?.guest_efer);
         let m = &self.machine;
         let mut read = |pa: u64| {
             let mut b = [0u8; 8];
@@ -334,22 +372,24 @@ impl<M: Machine> Kernel<M> {
             u64::from_le_bytes(b)
         };
         match shadow::audit(root, long, &pool, ram_phys, ram_pages, &mut read) {
-            Ok(()) => true,
+            Ok(()) => Ok(true),
             Err(at) => {
-                self.vcpu_mut(vi).last_exit.1 = at;
+                self.vcpu_mut(vi)?.last_exit.1 = at;
                 self.vcpu_stop(vi, stop::AUDIT);
-                false
+                Ok(false)
             }
         }
     }
 
     /// Records the outcome of the vCPU thread's pending exit call (instead of writing
     /// syscall results into guest registers).
-    pub(crate) fn vcpu_call_done(&mut self, vi: u16, result: Result<(), Error>) {
+    pub(crate) fn vcpu_call_done(&mut self, vi: VcpuId, result: Result<(), Error>) {
         // Stamped whatever the outcome (one test while nothing is traced): a failed call
         // stops the vCPU or re-sends the exit, which stamps again.
         self.trace_replied(vi);
-        self.vcpu_mut(vi).call_result = Some(result);
+        if let Ok(v) = self.vcpu_mut(vi) {
+            v.call_result = Some(result);
+        }
     }
 }
 

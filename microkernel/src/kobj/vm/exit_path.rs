@@ -12,10 +12,10 @@ use abi::vmx::{self, field, group, reason, stop};
 
 use super::{Portal, VcpuRun, VmExit};
 use crate::kobj::captable::Cap;
+use crate::kobj::ids::{Gone, ThreadId, VcpuId};
 use crate::kobj::kernel::{Kernel, Next};
 use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
-use crate::kobj::queue::ThreadId;
 
 /// Interruption type NMI (bits 10:8 of the interruption information).
 pub(super) const NMI_TYPE: u64 = 2;
@@ -25,8 +25,18 @@ const NMI_UNBLOCKING_BY_IRET: u64 = 1 << 12;
 
 impl<M: Machine> Kernel<M> {
     /// A VM exit of the current thread's vCPU; its guest registers are already in the
-    /// thread's register file.
+    /// thread's register file. A vCPU found gone on the way (none is: `destroy_vm_object`
+    /// takes its thread along) ends the handling; `vcpu_prepare` then parks the thread.
     pub fn on_vm_exit(&mut self, exit: VmExit) -> Next {
+        /// The value of a lookup, or (the vCPU is gone) on to the scheduler.
+        macro_rules! or_schedule {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(Gone) => return self.schedule(),
+                }
+            };
+        }
         let Some(c) = self.current else {
             return self.schedule();
         };
@@ -35,7 +45,7 @@ impl<M: Machine> Kernel<M> {
         };
         let basic = exit.reason & 0xffff;
         {
-            let v = self.vcpu_mut(vi);
+            let v = or_schedule!(self.vcpu_mut(vi));
             if let Some(n) = v.exits.get_mut(basic as usize) {
                 *n = n.saturating_add(1);
             }
@@ -52,8 +62,8 @@ impl<M: Machine> Kernel<M> {
         if reason::KERNEL_HANDLED.contains(&basic) {
             // An event the exit interrupted on its way into the guest is delivered again
             // (the handler hears of the deadline at the next exit, after it).
-            let reinjected = self.reinject_vectoring(vi);
-            if reinjected || !self.deadline_passed(vi, exit.tsc) {
+            let reinjected = or_schedule!(self.reinject_vectoring(vi));
+            if reinjected || !or_schedule!(self.deadline_passed(vi, exit.tsc)) {
                 self.trace_kernel_handled(vi);
                 // The run's slice ended (or a host interrupt the machine already took):
                 // counted, and the vCPU stays runnable.
@@ -64,7 +74,7 @@ impl<M: Machine> Kernel<M> {
             exit.reason = basic;
             exit.qualification = 0;
             exit.instruction_len = 0;
-            self.vcpu_mut(vi).last_exit = (exit.reason, 0, 0);
+            or_schedule!(self.vcpu_mut(vi)).last_exit = (exit.reason, 0, 0);
         } else if basic == reason::INTERRUPT_WINDOW || basic == reason::NMI_WINDOW {
             // The window the handler asked for is open: the request ends here.
             let window = if basic == reason::NMI_WINDOW {
@@ -72,13 +82,12 @@ impl<M: Machine> Kernel<M> {
             } else {
                 vmx::proc_based::INTR_WINDOW_EXITING
             };
-            let p = self.vmcs_read(vi, field::PROC_BASED_CONTROLS);
-            self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window);
+            let p = or_schedule!(self.vmcs_read(vi, field::PROC_BASED_CONTROLS));
+            or_schedule!(self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window));
         } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
-            self.nmi_blocking_at_exit(vi, basic, exit.qualification);
+            or_schedule!(self.nmi_blocking_at_exit(vi, basic, exit.qualification));
         }
-        let portal = self
-            .vcpu(vi)
+        let portal = or_schedule!(self.vcpu(vi))
             .portals
             .get(basic as usize)
             .copied()
@@ -86,7 +95,7 @@ impl<M: Machine> Kernel<M> {
         match portal {
             Portal::Reflect => {
                 self.trace_kernel_handled(vi);
-                self.reflect(vi, basic, exit.instruction_len);
+                or_schedule!(self.reflect(vi, basic, exit.instruction_len));
                 self.schedule_after_reflect(c, vi)
             }
             Portal::None => {
@@ -95,7 +104,7 @@ impl<M: Machine> Kernel<M> {
             }
             Portal::Endpoint { cap, mask } => {
                 let len = self.write_exit_message(vi, exit, mask);
-                let th = self.thread_mut(c);
+                let th = or_schedule!(self.thread_mut(c));
                 th.msg.label = vmx::EXIT_LABEL;
                 th.msg.badge = cap.badge;
                 th.msg.grant = None;
@@ -113,7 +122,7 @@ impl<M: Machine> Kernel<M> {
     /// the machine's end go through it (`tests_vm.rs` runs the floor both ways; the shortcut
     /// is off without `fast_ipc`).
     #[inline(never)] // off the exits a handler takes, which it would otherwise slow down
-    fn schedule_after_reflect(&mut self, t: ThreadId, vi: u16) -> Next {
+    fn schedule_after_reflect(&mut self, t: ThreadId, vi: VcpuId) -> Next {
         if self.guest_continues(t, vi) {
             Next::Guest(t)
         } else {
@@ -121,11 +130,8 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
-    fn guest_continues(&self, t: ThreadId, vi: u16) -> bool {
-        let (Some(th), Some(v)) = (
-            self.threads.0.get(t as usize).and_then(Option::as_ref),
-            self.vcpus.get(vi as usize).and_then(|s| s.obj.as_ref()),
-        ) else {
+    fn guest_continues(&self, t: ThreadId, vi: VcpuId) -> bool {
+        let (Some(th), Some(v)) = (self.threads.get(t), slot_at(&self.vcpus, vi).ok()) else {
             return false;
         };
         self.fast_ipc
@@ -144,26 +150,26 @@ impl<M: Machine> Kernel<M> {
     /// event (IDT-vectoring information valid), VM entry delivers it again, as SDM 28.2.4
     /// asks (with its error code and, for software events, the instruction length).
     /// Returns whether there was one.
-    fn reinject_vectoring(&mut self, vi: u16) -> bool {
-        let info = self.vmcs_read(vi, field::IDT_VECTORING_INFO);
+    fn reinject_vectoring(&mut self, vi: VcpuId) -> Result<bool, Gone> {
+        let info = self.vmcs_read(vi, field::IDT_VECTORING_INFO)?;
         if info & (1 << 31) == 0 {
-            return false;
+            return Ok(false);
         }
-        let error = self.vmcs_read(vi, field::IDT_VECTORING_ERROR_CODE);
-        let len = self.vmcs_read(vi, field::EXIT_INSTRUCTION_LEN);
+        let error = self.vmcs_read(vi, field::IDT_VECTORING_ERROR_CODE)?;
+        let len = self.vmcs_read(vi, field::EXIT_INSTRUCTION_LEN)?;
         // Valid, type, vector and deliver-error-code; bit 12 (NMI unblocking) is not part of
         // the entry format.
-        self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info & 0x8000_0fff);
+        self.vmcs_write(vi, field::VM_ENTRY_INTR_INFO, info & 0x8000_0fff)?;
         if (info >> 8) & 7 == NMI_TYPE {
             // An NMI cut short leaves NMI blocking set; VM entry refuses to inject one under
             // it (SDM 26.3.1.5), and the delivery sets it again (as KVM and bhyve do).
-            let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+            let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY)?;
             let nmi = u64::from(vmx::interruptibility::NMI);
-            self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b & !nmi);
+            self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b & !nmi)?;
         }
-        self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, error);
-        self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len);
-        true
+        self.vmcs_write(vi, field::VM_ENTRY_EXCEPTION_ERROR_CODE, error)?;
+        self.vmcs_write(vi, field::VM_ENTRY_INSTRUCTION_LEN, len)?;
+        Ok(true)
     }
 
     /// NMI blocking at an exit a handler may answer by delivering an event again (an EPT
@@ -177,41 +183,48 @@ impl<M: Machine> Kernel<M> {
     ///   cleared the blocking the IRET was ending. The IRET did not complete and runs again
     ///   (or the handler injects its fault): the blocking is set again (as KVM does), so no
     ///   NMI comes before the IRET completes.
-    fn nmi_blocking_at_exit(&mut self, vi: u16, basic: u32, qualification: u64) {
-        let vectoring = self.vmcs_read(vi, field::IDT_VECTORING_INFO);
+    fn nmi_blocking_at_exit(
+        &mut self,
+        vi: VcpuId,
+        basic: u32,
+        qualification: u64,
+    ) -> Result<(), Gone> {
+        let vectoring = self.vmcs_read(vi, field::IDT_VECTORING_INFO)?;
         let vectoring_nmi = vectoring & (1 << 31) != 0 && (vectoring >> 8) & 7 == NMI_TYPE;
         let iret = vectoring & (1 << 31) == 0
             && NMI_UNBLOCKING_BY_IRET
                 & if basic == reason::EPT_VIOLATION {
                     qualification
                 } else {
-                    self.vmcs_read(vi, field::EXIT_INTR_INFO)
+                    self.vmcs_read(vi, field::EXIT_INTR_INFO)?
                 }
                 != 0;
         if !(vectoring_nmi || iret)
-            || self.vmcs_read(vi, field::PIN_BASED_CONTROLS) & vmx::pin_based::VIRTUAL_NMIS == 0
+            || self.vmcs_read(vi, field::PIN_BASED_CONTROLS)? & vmx::pin_based::VIRTUAL_NMIS == 0
         {
-            return;
+            return Ok(());
         }
-        let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY);
+        let b = self.vmcs_read(vi, field::GUEST_INTERRUPTIBILITY)?;
         let nmi = u64::from(vmx::interruptibility::NMI);
         let b = if iret { b | nmi } else { b & !nmi };
-        self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b);
+        self.vmcs_write(vi, field::GUEST_INTERRUPTIBILITY, b)
     }
 
     /// Whether vCPU `vi`'s deadline ([`field::DEADLINE`]) has passed at time-stamp `tsc`
     /// and its portal for [`reason::PREEMPTION_TIMER`] is an endpoint to tell. A passed
     /// deadline is cleared either way.
-    fn deadline_passed(&mut self, vi: u16, tsc: u64) -> bool {
-        let deadline = self.vmcs_read(vi, field::DEADLINE);
+    fn deadline_passed(&mut self, vi: VcpuId, tsc: u64) -> Result<bool, Gone> {
+        let deadline = self.vmcs_read(vi, field::DEADLINE)?;
         if deadline == 0 || tsc < deadline {
-            return false;
+            return Ok(false);
         }
-        self.vmcs_write(vi, field::DEADLINE, 0);
-        matches!(
-            self.vcpu(vi).portals.get(reason::PREEMPTION_TIMER as usize),
+        self.vmcs_write(vi, field::DEADLINE, 0)?;
+        Ok(matches!(
+            self.vcpu(vi)?
+                .portals
+                .get(reason::PREEMPTION_TIMER as usize),
             Some(Portal::Endpoint { .. })
-        )
+        ))
     }
 
     /// Counts (and traces) an exit the machine handled itself (an external interrupt) at
@@ -219,8 +232,13 @@ impl<M: Machine> Kernel<M> {
     /// delivered again at the next entry ([`Self::reinject_vectoring`]).
     pub fn count_exit(&mut self, t: ThreadId, reason: u32, tsc: u64) {
         if let Some(vi) = self.vcpu_of(t) {
-            self.reinject_vectoring(vi);
-            if let Some(n) = self.vcpu_mut(vi).exits.get_mut((reason & 0xffff) as usize) {
+            // Gone: nothing to deliver again, nothing to count.
+            let _ = self.reinject_vectoring(vi);
+            let n = self
+                .vcpu_mut(vi)
+                .ok()
+                .and_then(|v| v.exits.get_mut((reason & 0xffff) as usize));
+            if let Some(n) = n {
                 *n = n.saturating_add(1);
             }
             self.trace_exit(vi, reason, 0, tsc);
@@ -231,41 +249,41 @@ impl<M: Machine> Kernel<M> {
     /// VMLAUNCH or VMRESUME of the current vCPU failed with VM-instruction error `error`.
     pub fn on_entry_failed(&mut self, error: u64) -> Next {
         if let Some(vi) = self.current.and_then(|c| self.vcpu_of(c)) {
-            self.vcpu_mut(vi).last_exit = (1 << 31, error, 0);
-            self.vcpu_stop(vi, stop::ENTRY_FAILED);
+            if let Ok(v) = self.vcpu_mut(vi) {
+                v.last_exit = (1 << 31, error, 0);
+                self.vcpu_stop(vi, stop::ENTRY_FAILED);
+            }
         }
         self.schedule()
     }
 
     /// Answers CPUID, VMCALL and port I/O in the kernel (the floor of an exit round trip).
-    fn reflect(&mut self, vi: u16, basic: u32, len: u64) {
-        let t = self.vcpu(vi).thread;
+    fn reflect(&mut self, vi: VcpuId, basic: u32, len: u64) -> Result<(), Gone> {
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        let r = &mut self.threads.get_mut(v.thread).ok_or(Gone)?.regs;
+        let m = &mut self.machine;
         if basic == reason::CPUID {
-            let (leaf, sub) = {
-                let r = &self.thread(t).regs;
-                (r.rax as u32, r.rcx as u32)
-            };
-            let v = self.machine.host_cpuid(leaf, sub);
-            let r = &mut self.thread_mut(t).regs;
-            r.rax = v[0] as u64;
-            r.rbx = v[1] as u64;
-            r.rcx = v[2] as u64;
-            r.rdx = v[3] as u64;
+            let out = m.host_cpuid(r.rax as u32, r.rcx as u32);
+            r.rax = out[0] as u64;
+            r.rbx = out[1] as u64;
+            r.rcx = out[2] as u64;
+            r.rdx = out[3] as u64;
         } else if basic == reason::VMCALL {
-            self.thread_mut(t).regs.rax = 0;
+            r.rax = 0;
         }
-        let rip = self.vmcs_read(vi, field::GUEST_RIP);
-        self.vmcs_write(vi, field::GUEST_RIP, rip.wrapping_add(len));
+        let rip = m.vmcs_read(&mut v.hw, field::GUEST_RIP);
+        m.vmcs_write(&mut v.hw, field::GUEST_RIP, rip.wrapping_add(len));
+        Ok(())
     }
 
     /// Writes the exit message with the groups in `mask` straight into the vCPU thread's
     /// message buffer (the `ExitMessage` layout of `abi::vmx`, without building the struct:
     /// this is on every exit). Returns its length.
-    pub(super) fn write_exit_message(&mut self, vi: u16, exit: VmExit, mask: u32) -> usize {
-        let Some(v) = self.vcpus[vi as usize].obj.as_mut() else {
+    pub(super) fn write_exit_message(&mut self, vi: VcpuId, exit: VmExit, mask: u32) -> usize {
+        let Ok(v) = slot_at_mut(&mut self.vcpus, vi) else {
             return 0;
         };
-        let Some(th) = self.threads.0[v.thread as usize].as_mut() else {
+        let Some(th) = self.threads.get_mut(v.thread) else {
             return 0;
         };
         let m = &mut self.machine;
@@ -363,14 +381,16 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Calls the portal endpoint with the exit message held in the vCPU thread.
-    pub(super) fn send_exit(&mut self, vi: u16, cap: Cap) {
-        let t = self.vcpu(vi).thread;
-        {
-            let v = self.vcpu_mut(vi);
+    pub(super) fn send_exit(&mut self, vi: VcpuId, cap: Cap) {
+        let t = {
+            let Ok(v) = self.vcpu_mut(vi) else {
+                return;
+            };
             v.run = VcpuRun::AwaitingReply;
             v.call_result = None;
             v.call_ep = Some(cap);
-        }
+            v.thread
+        };
         if self.fast_ipc && self.exit_code.is_none() && self.fast_send_exit(t, cap).is_some() {
             return;
         }
@@ -381,6 +401,6 @@ impl<M: Machine> Kernel<M> {
             return;
         }
         // A call always blocks the caller (`Ok(None)`); delivery errors go to the receiver.
-        let _ = self.send_loaded(t, cap.obj.index, true);
+        let _ = self.send_loaded(t, cap.obj.id(), true);
     }
 }

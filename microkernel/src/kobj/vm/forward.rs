@@ -18,53 +18,58 @@
 use abi::vmx::{self, group, reason, reply, stop, ExitReply};
 
 use super::{Portal, VmExit};
+use crate::kobj::ids::{Gone, ThreadId, VcpuId};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
-use crate::kobj::queue::ThreadId;
 
 impl<M: Machine> Kernel<M> {
     /// Applies a reply with [`reply::FORWARD`] to vCPU `vi` (thread `t`): sends the exit on
     /// to the MMIO portal, or stops the vCPU. Returns whether to enter the guest (never).
-    pub(super) fn forward_exit(&mut self, vi: u16, t: ThreadId, r: &ExitReply) -> bool {
-        if r.flags != reply::FORWARD || r.gpr_mask != 0 || !self.may_forward(vi) {
+    pub(super) fn forward_exit(
+        &mut self,
+        vi: VcpuId,
+        t: ThreadId,
+        r: &ExitReply,
+    ) -> Result<bool, Gone> {
+        if r.flags != reply::FORWARD || r.gpr_mask != 0 || !self.may_forward(vi)? {
             self.vcpu_stop(vi, stop::BAD_REPLY);
-            return false;
+            return Ok(false);
         }
-        let (cap, mask) = match self.vcpu(vi).mmio_portal {
+        let (cap, mask) = match self.vcpu(vi)?.mmio_portal {
             Portal::Endpoint { cap, mask } => (cap, mask),
             Portal::None | Portal::Reflect => {
-                self.vcpu_mut(vi).last_exit.1 = r.forward_gpa;
+                self.vcpu_mut(vi)?.last_exit.1 = r.forward_gpa;
                 self.vcpu_stop(vi, stop::UNHANDLED);
-                return false;
+                return Ok(false);
             }
         };
-        let (reason, qualification, instruction_len) = self.vcpu(vi).last_exit;
+        let (reason, qualification, instruction_len) = self.vcpu(vi)?.last_exit;
         let exit = VmExit {
             reason,
             qualification,
             instruction_len,
             tsc: 0,
         };
-        let len = self.write_forwarded_message(vi, exit, mask, r.forward_gpa);
-        let th = self.thread_mut(t);
+        let len = self.write_forwarded_message(vi, exit, mask, r.forward_gpa)?;
+        let th = self.thread_mut(t)?;
         th.msg.label = vmx::EXIT_LABEL;
         th.msg.badge = cap.badge;
         th.msg.grant = None;
         th.msg.len = len;
-        self.vcpu_mut(vi).forwarded = true;
+        self.vcpu_mut(vi)?.forwarded = true;
         self.send_exit(vi, cap);
-        false
+        Ok(false)
     }
 
     /// Whether the exit vCPU `vi` is answering went to the VM's MMU endpoint (and was not
     /// forwarded already).
-    fn may_forward(&self, vi: u16) -> bool {
-        let v = self.vcpu(vi);
+    fn may_forward(&self, vi: VcpuId) -> Result<bool, Gone> {
+        let v = self.vcpu(vi)?;
         let Some(ep) = v.call_ep else {
-            return false;
+            return Ok(false);
         };
         if v.forwarded {
-            return false;
+            return Ok(false);
         }
         let basic = v.last_exit.0 & 0xffff;
         let sent_to_portal = |r: u32| {
@@ -73,26 +78,32 @@ impl<M: Machine> Kernel<M> {
                     if cap.obj == ep.obj)
         };
         if !v.shadow {
-            return sent_to_portal(reason::EPT_VIOLATION);
+            return Ok(sent_to_portal(reason::EPT_VIOLATION));
         }
         let mmu_ep = self.shadow_vm(vi).and_then(|s| s.pool).map(|p| p.mmu_ep);
         // An EPT violation: a shadow vCPU in real mode runs on the VM's EPT.
-        (sent_to_portal(reason::EXCEPTION_NMI)
+        Ok((sent_to_portal(reason::EXCEPTION_NMI)
             || sent_to_portal(reason::CR_ACCESS)
             || sent_to_portal(reason::EPT_VIOLATION))
-            && mmu_ep == Some(ep.obj)
+            && mmu_ep == Some(ep.obj))
     }
 
     /// The exit message of `exit` with the groups in `mask`, its guest-physical address
     /// replaced by `gpa` (the ADDR group ends the message). Returns its length.
-    fn write_forwarded_message(&mut self, vi: u16, exit: VmExit, mask: u32, gpa: u64) -> usize {
+    fn write_forwarded_message(
+        &mut self,
+        vi: VcpuId,
+        exit: VmExit,
+        mask: u32,
+        gpa: u64,
+    ) -> Result<usize, Gone> {
         let len = self.write_exit_message(vi, exit, mask);
         if mask & group::ADDR != 0 && len >= 16 {
-            let t = self.vcpu(vi).thread;
-            if let Some(d) = self.thread_mut(t).msg.data.get_mut(len - 16..len - 8) {
+            let t = self.vcpu(vi)?.thread;
+            if let Some(d) = self.thread_mut(t)?.msg.data.get_mut(len - 16..len - 8) {
                 d.copy_from_slice(&gpa.to_le_bytes());
             }
         }
-        len
+        Ok(len)
     }
 }

@@ -12,6 +12,7 @@ use abi::{CapKind, Error, Rights, NO_CAP};
 
 use super::{Portal, Vcpu, VcpuRun, Vm, MAX_VCPUS};
 use crate::kobj::captable::ObjRef;
+use crate::kobj::ids::{ThreadId, VcpuId, VmId};
 use crate::kobj::ipc::{err, SysResult};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
@@ -59,27 +60,29 @@ impl<M: Machine> Kernel<M> {
             }
             return Err(err(Error::NoMemory));
         };
-        let (index, generation) = slot_insert(
-            &mut self.vms,
-            Vm {
-                ram: cap.obj,
-                ram_phys,
-                ram_pages,
-                ept,
-                shadow,
-                refs: 0,
-                trace_id: self.next_vm_trace_id,
-                traced: false,
-            },
-        )
-        .expect("checked for a free slot");
+        let vm = Vm {
+            ram: cap.obj,
+            ram_phys,
+            ram_pages,
+            ept,
+            shadow,
+            refs: 0,
+            trace_id: self.next_vm_trace_id,
+            traced: false,
+        };
+        let (index, generation) = match slot_insert::<VmId, _>(&mut self.vms, vm) {
+            Ok(slot) => slot,
+            Err(vm) => {
+                self.machine.ept_destroy(vm.ept);
+                if let Some(s) = vm.shadow {
+                    self.machine.frames_free(s.empty_root, 1);
+                }
+                return Err(err(Error::NoMemory));
+            }
+        };
         self.next_vm_trace_id = self.next_vm_trace_id.wrapping_add(1).max(1);
         self.acquire(cap.obj);
-        let vm = ObjRef {
-            kind: CapKind::Vm,
-            index,
-            generation,
-        };
+        let vm = ObjRef::new(CapKind::Vm, index, generation);
         let slot = self.new_cap_for_current(vm)?;
         Ok(Some([slot, 0, 0, 0]))
     }
@@ -120,16 +123,12 @@ impl<M: Machine> Kernel<M> {
             // guest on a table its new MMU instance has not built.
             self.release(old.mem);
             self.release(old.mmu_ep);
-            let vcpus: heapless::Vec<u16, MAX_VCPUS> = (0..MAX_VCPUS as u16)
-                .filter(|&i| {
-                    self.vcpus[i as usize]
-                        .obj
-                        .as_ref()
-                        .is_some_and(|c| c.vm == vm.obj)
-                })
+            let vcpus: heapless::Vec<VcpuId, MAX_VCPUS> = (0..MAX_VCPUS)
+                .map(VcpuId::from_index)
+                .filter(|&i| slot_at(&self.vcpus, i).is_ok_and(|c| c.vm == vm.obj))
                 .collect();
             for vi in vcpus {
-                self.drop_shadow_root(vi);
+                self.drop_shadow_root(vi)?;
             }
         }
         Ok(Some([0; 4]))
@@ -185,8 +184,8 @@ impl<M: Machine> Kernel<M> {
             return Err(err(Error::NoMemory));
         }
         self.check_cap_slot()?;
-        let ti = self.cur_task();
-        let prio = self.thread(self.current.expect("current")).prio;
+        let ti = self.cur_task()?;
+        let prio = self.thread(self.cur()?)?.prio;
         let vm = slot_get(&self.vms, cap.obj).ok_or(err(Error::StaleCap))?;
         let shadow = vm.shadow;
         let trace = vm.traced.then_some(vm.trace_id);
@@ -198,7 +197,7 @@ impl<M: Machine> Kernel<M> {
             self.machine.vmcs_destroy(hw);
             return Err(err(Error::NoMemory));
         };
-        let (index, generation) = slot_insert(
+        let inserted = slot_insert::<VcpuId, _>(
             &mut self.vcpus,
             Vcpu {
                 vm: cap.obj,
@@ -225,30 +224,33 @@ impl<M: Machine> Kernel<M> {
                 trace,
                 trace_record: None,
             },
-        )
-        .expect("checked for a free slot");
-        self.thread_mut(t).vcpu = Some(index);
-        self.acquire(cap.obj);
-        let vcpu = ObjRef {
-            kind: CapKind::Vcpu,
-            index,
-            generation,
+        );
+        let (index, generation) = match inserted {
+            Ok(slot) => slot,
+            Err(v) => {
+                self.machine.vmcs_destroy(v.hw);
+                self.end_vcpu_thread(t);
+                return Err(err(Error::NoMemory));
+            }
         };
+        self.thread_mut(t)?.vcpu = Some(index);
+        self.acquire(cap.obj);
+        let vcpu = ObjRef::new(CapKind::Vcpu, index, generation);
         let slot = self.new_cap_for_current(vcpu)?;
         // The kernel's share of the CR masks.
-        self.write_state(index, field::CR0_GUEST_HOST_MASK, 0);
-        self.write_state(index, field::CR4_GUEST_HOST_MASK, 0);
+        self.write_state(index, field::CR0_GUEST_HOST_MASK, 0)?;
+        self.write_state(index, field::CR4_GUEST_HOST_MASK, 0)?;
         if let Some(s) = shadow {
             // #PF exits; the initial guest state (vmcs_new's) as the guest's view, on the
             // empty root.
-            self.write_state(index, field::EXCEPTION_BITMAP, 0);
-            let cr0 = self.vmcs_read(index, field::CR0_READ_SHADOW);
-            self.write_state(index, field::GUEST_CR0, cr0);
-            self.set_real_mode_ept(index, shadow::real_mode(cr0));
-            self.write_state(index, field::GUEST_CR4, 0);
-            self.write_state(index, field::GUEST_IA32_EFER, 0);
-            self.vmcs_write(index, field::GUEST_CR3, s.empty_root);
-            self.refresh_paging(index);
+            self.write_state(index, field::EXCEPTION_BITMAP, 0)?;
+            let cr0 = self.vmcs_read(index, field::CR0_READ_SHADOW)?;
+            self.write_state(index, field::GUEST_CR0, cr0)?;
+            self.set_real_mode_ept(index, shadow::real_mode(cr0))?;
+            self.write_state(index, field::GUEST_CR4, 0)?;
+            self.write_state(index, field::GUEST_IA32_EFER, 0)?;
+            self.vmcs_write(index, field::GUEST_CR3, s.empty_root)?;
+            self.refresh_paging(index)?;
         }
         Ok(Some([slot, 0, 0, 0]))
     }
@@ -288,45 +290,62 @@ impl<M: Machine> Kernel<M> {
     /// `VcpuRun(vcpu)`: the caller waits until the vCPU stops.
     pub(crate) fn sys_vcpu_run(&mut self, slot: u64) -> SysResult {
         let cap = self.cap(slot, CapKind::Vcpu, Rights::WRITE).map_err(err)?;
-        let vi = cap.obj.index;
-        let c = self.current.expect("current");
+        let vi: VcpuId = cap.obj.id();
+        let c = self.cur()?;
         let (t, run) = {
-            let v = self.vcpu(vi);
+            let v = self.vcpu(vi)?;
             (v.thread, v.run)
         };
-        if run != VcpuRun::Stopped || self.threads.0[t as usize].is_none() {
+        if run != VcpuRun::Stopped || self.threads.get(t).is_none() {
             return Err(err(Error::Busy));
         }
         let now = self.machine.clock().0;
-        let v = self.vcpu_mut(vi);
+        let v = self.vcpu_mut(vi)?;
         v.run = VcpuRun::Running;
         v.runner = Some(c);
         v.call_result = None;
         v.run_start = now;
-        self.thread_mut(c).state = ThreadState::BlockedRun { vcpu: vi };
+        self.thread_mut(c)?.state = ThreadState::BlockedRun { vcpu: vi };
         self.make_ready(t);
         Ok(None)
     }
 
     /// Stops a vCPU and answers the thread waiting in `VcpuRun`.
-    pub(crate) fn vcpu_stop(&mut self, vi: u16, code: u64) {
+    pub(crate) fn vcpu_stop(&mut self, vi: VcpuId, code: u64) {
         self.trace_stopped(vi);
-        let (t, runner, last) = {
-            let v = self.vcpu_mut(vi);
-            v.run = VcpuRun::Stopped;
-            v.call_ep = None;
-            (v.thread, v.runner.take(), v.last_exit)
+        let Ok(v) = self.vcpu_mut(vi) else {
+            return;
         };
-        if self.threads.0[t as usize].is_some() {
+        v.run = VcpuRun::Stopped;
+        v.call_ep = None;
+        let (t, runner, last) = (v.thread, v.runner.take(), v.last_exit);
+        if self.threads.get(t).is_some() {
             // Out of every queue it is in (run queue, a portal's senders, a handler's
             // `reply_to`), so nothing names the thread once it is stopped or destroyed.
-            self.detach(t, u16::MAX);
-            self.thread_mut(t).state = ThreadState::Suspended;
+            self.detach(t, None);
+            if let Ok(th) = self.thread_mut(t) {
+                th.state = ThreadState::Suspended;
+            }
         }
         if let Some(r) = runner {
-            if self.threads.0[r as usize].is_some() {
+            if self.threads.get(r).is_some() {
                 self.complete(r, Ok([code, (last.0 & 0xffff) as u64, last.1, 0]));
             }
+        }
+    }
+
+    /// Frees vCPU thread `t` (its vCPU is gone or never was), counting it off its task.
+    fn end_vcpu_thread(&mut self, t: ThreadId) {
+        let Some(task) = self.threads.get(t).map(|th| th.task) else {
+            return;
+        };
+        self.detach(t, None);
+        self.threads.clear(t);
+        if self.current == Some(t) {
+            self.current = None;
+        }
+        if let Ok(task) = self.task_mut(task) {
+            task.threads = task.threads.saturating_sub(1);
         }
     }
 
@@ -376,20 +395,12 @@ impl<M: Machine> Kernel<M> {
                 if slot_get(&self.vcpus, r).is_none() {
                     return;
                 }
-                self.vcpu_stop(r.index, stop::PORTAL_GONE);
-                let v = slot_remove(&mut self.vcpus, r.index).expect("checked");
-                let t = v.thread;
-                if let Some(th) = self.threads.0[t as usize].as_ref() {
-                    let task = th.task;
-                    self.detach(t, u16::MAX);
-                    self.threads.0[t as usize] = None;
-                    if self.current == Some(t) {
-                        self.current = None;
-                    }
-                    if let Some(task) = self.tasks[task as usize].obj.as_mut() {
-                        task.threads = task.threads.saturating_sub(1);
-                    }
-                }
+                let vi: VcpuId = r.id();
+                self.vcpu_stop(vi, stop::PORTAL_GONE);
+                let Some(v) = slot_remove(&mut self.vcpus, vi) else {
+                    return;
+                };
+                self.end_vcpu_thread(v.thread);
                 self.machine.vmcs_destroy(v.hw);
                 self.release(v.vm);
             }
@@ -397,21 +408,17 @@ impl<M: Machine> Kernel<M> {
                 if slot_get(&self.vms, r).is_none() {
                     return;
                 }
-                for i in 0..MAX_VCPUS as u16 {
-                    let of_vm = self.vcpus[i as usize]
-                        .obj
-                        .as_ref()
-                        .is_some_and(|v| v.vm == r);
-                    if of_vm {
-                        let generation = self.vcpus[i as usize].generation;
-                        self.destroy_vm_object(ObjRef {
-                            kind: CapKind::Vcpu,
-                            index: i,
-                            generation,
-                        });
+                let mut of_vm: heapless::Vec<ObjRef, MAX_VCPUS> = heapless::Vec::new();
+                for (i, s) in self.vcpus.iter().enumerate() {
+                    if s.obj.as_ref().is_some_and(|v| v.vm == r) {
+                        let vcpu = ObjRef::new(CapKind::Vcpu, VcpuId::from_index(i), s.generation);
+                        of_vm.push(vcpu).ok();
                     }
                 }
-                if let Some(vm) = slot_remove(&mut self.vms, r.index) {
+                for vcpu in of_vm {
+                    self.destroy_vm_object(vcpu);
+                }
+                if let Some(vm) = slot_remove(&mut self.vms, r.id::<VmId>()) {
                     if vm.traced {
                         self.traced_vms -= 1;
                     }

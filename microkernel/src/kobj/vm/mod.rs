@@ -31,9 +31,10 @@ use abi::vmx::{reason, EXIT_REASONS};
 use abi::Error;
 
 use super::captable::{Cap, ObjRef};
+use super::ids::{Gone, ThreadId, VcpuId};
 use super::kernel::Kernel;
 use super::machine::Machine;
-use super::queue::ThreadId;
+use super::objects::{slot_at, slot_at_mut};
 use super::shadow::ShadowVm;
 
 mod entry_path;
@@ -146,18 +147,20 @@ pub struct VmExit {
 }
 
 impl<M: Machine> Kernel<M> {
-    fn vcpu(&self, vi: u16) -> &Vcpu<M::Vmcs> {
-        self.vcpus[vi as usize].obj.as_ref().expect("live vcpu")
+    #[inline(always)]
+    fn vcpu(&self, vi: VcpuId) -> Result<&Vcpu<M::Vmcs>, Gone> {
+        slot_at(&self.vcpus, vi)
     }
 
-    fn vcpu_mut(&mut self, vi: u16) -> &mut Vcpu<M::Vmcs> {
-        self.vcpus[vi as usize].obj.as_mut().expect("live vcpu")
+    #[inline(always)]
+    fn vcpu_mut(&mut self, vi: VcpuId) -> Result<&mut Vcpu<M::Vmcs>, Gone> {
+        slot_at_mut(&mut self.vcpus, vi)
     }
 
     /// The vCPU a thread runs, if it is a vCPU thread.
     #[inline]
-    pub fn vcpu_of(&self, t: ThreadId) -> Option<u16> {
-        self.threads.0[t as usize].as_ref().and_then(|th| th.vcpu)
+    pub fn vcpu_of(&self, t: ThreadId) -> Option<VcpuId> {
+        self.threads.get(t).and_then(|th| th.vcpu)
     }
 
     /// The guest register file and VMCS to enter for a [`Next::Guest`](super::Next::Guest) thread, and whether
@@ -165,22 +168,23 @@ impl<M: Machine> Kernel<M> {
     pub fn guest_context(
         &mut self,
         t: ThreadId,
-    ) -> (&mut super::regs::UserRegs, &mut M::Vmcs, bool) {
-        let vi = self.vcpu_of(t).expect("a vcpu thread");
-        let th = self.threads.0[t as usize].as_mut().expect("live");
-        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
-        (&mut th.regs, &mut v.hw, v.launched)
+    ) -> Result<(&mut super::regs::UserRegs, &mut M::Vmcs, bool), Gone> {
+        let th = self.threads.get_mut(t).ok_or(Gone)?;
+        let v = slot_at_mut(&mut self.vcpus, th.vcpu.ok_or(Gone)?)?;
+        Ok((&mut th.regs, &mut v.hw, v.launched))
     }
 
     /// The machine left the guest of thread `t` with exit `reason` (every exit, before it is
     /// handled). An exit with the entry-failure bit (31) leaves the launch state as it was:
     /// a failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
-    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) {
-        if reason & (1 << 31) != 0 {
-            return;
+    /// Returns the VMCS, for the state the machine keeps beside it (CR2, DR6), unless the
+    /// thread or its vCPU is gone.
+    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) -> Option<&mut M::Vmcs> {
+        let vi = self.threads.get(t)?.vcpu?;
+        let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
+        if reason & (1 << 31) == 0 {
+            v.launched = true;
         }
-        if let Some(vi) = self.vcpu_of(t) {
-            self.vcpu_mut(vi).launched = true;
-        }
+        Some(&mut v.hw)
     }
 }

@@ -15,6 +15,7 @@ use abi::vmx::{self, field, stop, EXIT_REASONS};
 use abi::{CapKind, Error, Rights};
 
 use super::{CR0_OWNED, CR4_OWNED};
+use crate::kobj::ids::{Gone, VcpuId};
 use crate::kobj::ipc::{err, SysResult};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
@@ -33,15 +34,15 @@ impl<M: Machine> Kernel<M> {
         let (buf, count, write) = (a[1], a[2], a[3] != 0);
         let rights = if write { Rights::WRITE } else { Rights::READ };
         let cap = self.cap(a[0], CapKind::Vcpu, rights).map_err(err)?;
-        let vi = cap.obj.index;
+        let vi: VcpuId = cap.obj.id();
         if count as usize > BATCH {
             return Err(err(Error::BadLength));
         }
         let n = count as usize;
         let mut bytes = [0u8; BATCH * 16];
         {
-            let ti = self.cur_task();
-            let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+            let ti = self.cur_task()?;
+            let space = &slot_at(&self.tasks, ti)?.space;
             self.machine
                 .copy_from_user(space, buf, &mut bytes[..n * 16])
                 .map_err(|_| err(Error::BadPointer))?;
@@ -72,14 +73,14 @@ impl<M: Machine> Kernel<M> {
             let f = word(&bytes, 2 * i);
             if write {
                 let v = word(&bytes, 2 * i + 1);
-                self.write_state(vi, f, v);
+                self.write_state(vi, f, v)?;
             } else {
-                let v = self.read_state(vi, f);
+                let v = self.read_state(vi, f)?;
                 bytes[(2 * i + 1) * 8..(2 * i + 2) * 8].copy_from_slice(&v.to_le_bytes());
             }
         }
         if write {
-            self.refresh_paging(vi);
+            self.refresh_paging(vi)?;
         } else {
             self.copy_to_current_raw(buf, &bytes[..n * 16])?;
         }
@@ -87,8 +88,8 @@ impl<M: Machine> Kernel<M> {
     }
 
     fn copy_to_current_raw(&mut self, buf: u64, data: &[u8]) -> Result<(), (Error, u64)> {
-        let ti = self.cur_task();
-        let space = &self.tasks[ti as usize].obj.as_ref().expect("live").space;
+        let ti = self.cur_task()?;
+        let space = &slot_at(&self.tasks, ti)?.space;
         self.machine
             .copy_to_user(space, buf, data)
             .map_err(|_| err(Error::BadPointer))
@@ -137,140 +138,146 @@ impl<M: Machine> Kernel<M> {
         })
     }
 
-    fn read_state(&mut self, vi: u16, f: u64) -> u64 {
+    fn read_state(&mut self, vi: VcpuId, f: u64) -> Result<u64, Gone> {
         if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) {
             let n = (f - field::GPR_BASE) as usize;
-            let t = self.vcpu(vi).thread;
-            return match Self::gpr(&self.thread(t).regs, n) {
-                Some(r) => r,
+            let t = self.vcpu(vi)?.thread;
+            return match Self::gpr(&self.thread(t)?.regs, n) {
+                Some(r) => Ok(r),
                 None => self.vmcs_read(vi, field::GUEST_RSP),
             };
         }
+        let v = self.vcpu(vi)?;
         if (field::EXIT_COUNT_BASE..field::EXIT_COUNT_BASE + EXIT_REASONS as u64).contains(&f) {
-            return self.vcpu(vi).exits[(f - field::EXIT_COUNT_BASE) as usize] as u64;
+            let n = v.exits.get((f - field::EXIT_COUNT_BASE) as usize);
+            return Ok(n.copied().map_or(0, u64::from));
         }
-        let v = self.vcpu(vi);
-        match f {
+        Ok(match f {
             field::GUEST_CR3 if v.shadow => v.guest_cr3,
             field::GUEST_IA32_EFER if v.shadow => v.guest_efer,
-            field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3),
+            field::SHADOW_CR3 => self.vmcs_read(vi, field::GUEST_CR3)?,
             field::RUN_TICKS => v.run_ticks,
             field::GUEST_FEATURES => {
-                let proc2 = self.vmcs_read(vi, field::PROC_BASED_CONTROLS2);
+                let proc2 = self.vmcs_read(vi, field::PROC_BASED_CONTROLS2)?;
                 vmx::guest_features::CONTROLS
                     .iter()
                     .filter(|(_, ctl)| proc2 & u64::from(*ctl) != 0)
                     .fold(0, |acc, (bit, _)| acc | bit)
             }
-            _ => self.vmcs_read(vi, f),
-        }
+            _ => self.vmcs_read(vi, f)?,
+        })
     }
 
     /// The shadow state of vCPU `vi`'s VM (`None` for an EPT VM).
-    pub(super) fn shadow_vm(&self, vi: u16) -> Option<ShadowVm> {
-        slot_get(&self.vms, self.vcpu(vi).vm).and_then(|vm| vm.shadow)
+    pub(super) fn shadow_vm(&self, vi: VcpuId) -> Option<ShadowVm> {
+        slot_get(&self.vms, self.vcpu(vi).ok()?.vm).and_then(|vm| vm.shadow)
     }
 
     /// A shadow vCPU's guest paging state changed other than through its MMU endpoint: back
     /// to the empty root, so that the next guest access faults to the MMU service, which then
     /// builds the root for the new state.
-    pub(super) fn drop_shadow_root(&mut self, vi: u16) {
+    pub(super) fn drop_shadow_root(&mut self, vi: VcpuId) -> Result<(), Gone> {
         if let Some(s) = self.shadow_vm(vi) {
-            self.vmcs_write(vi, field::GUEST_CR3, s.empty_root);
+            self.vmcs_write(vi, field::GUEST_CR3, s.empty_root)?;
         }
+        Ok(())
     }
 
     /// [`Kernel::write_state`] for the paging registers of a shadow vCPU: `value` is the
     /// guest's view; the hardware gets what [`shadow`] derives from it. Returns `false` for
     /// the fields that are the same in both modes.
-    fn write_shadow_state(&mut self, vi: u16, f: u64, value: u64) -> bool {
+    fn write_shadow_state(&mut self, vi: VcpuId, f: u64, value: u64) -> Result<bool, Gone> {
         // Whether the write changes how the guest's tables are read: only then is the root
         // dropped (a write of the same value keeps it, which the MMU service relies on).
         let changed = match f {
             field::GUEST_CR0 | field::CR0_READ_SHADOW => {
-                let old = self.vmcs_read(vi, field::CR0_READ_SHADOW);
+                let old = self.vmcs_read(vi, field::CR0_READ_SHADOW)?;
                 if shadow::real_mode(old) != shadow::real_mode(value) {
-                    self.set_real_mode_ept(vi, shadow::real_mode(value));
+                    self.set_real_mode_ept(vi, shadow::real_mode(value))?;
                     if !shadow::real_mode(value) {
-                        self.fix_protected_segments(vi);
+                        self.fix_protected_segments(vi)?;
                     }
                 }
-                self.vmcs_write(vi, field::GUEST_CR0, shadow::hw_cr0(value));
-                self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
+                self.vmcs_write(vi, field::GUEST_CR0, shadow::hw_cr0(value))?;
+                self.vmcs_write(vi, field::CR0_READ_SHADOW, value)?;
                 // The hardware's SMEP/SMAP follow the guest's CR0.PG.
-                let cr4 = self.vmcs_read(vi, field::CR4_READ_SHADOW);
-                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(cr4, value));
+                let cr4 = self.vmcs_read(vi, field::CR4_READ_SHADOW)?;
+                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(cr4, value))?;
                 (old ^ value) & shadow::CR0_OWNED != 0
             }
             field::GUEST_CR4 | field::CR4_READ_SHADOW => {
-                let old = self.vmcs_read(vi, field::CR4_READ_SHADOW);
-                let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
-                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(value, cr0));
-                self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE);
+                let old = self.vmcs_read(vi, field::CR4_READ_SHADOW)?;
+                let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW)?;
+                self.vmcs_write(vi, field::GUEST_CR4, shadow::hw_cr4(value, cr0))?;
+                self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE)?;
                 (old ^ value) & shadow::CR4_OWNED & !CR4_VMXE != 0
             }
             field::GUEST_CR3 => {
-                core::mem::replace(&mut self.vcpu_mut(vi).guest_cr3, value) != value
+                core::mem::replace(&mut self.vcpu_mut(vi)?.guest_cr3, value) != value
             }
             field::GUEST_IA32_EFER => {
-                let old = core::mem::replace(&mut self.vcpu_mut(vi).guest_efer, value);
+                let old = core::mem::replace(&mut self.vcpu_mut(vi)?.guest_efer, value);
                 (old ^ value) & !EFER_LMA != 0 // LMA follows LME and CR0.PG
             }
             field::CR0_GUEST_HOST_MASK => {
-                self.vmcs_write(vi, f, value | CR0_OWNED | shadow::CR0_OWNED);
-                return true;
+                self.vmcs_write(vi, f, value | CR0_OWNED | shadow::CR0_OWNED)?;
+                return Ok(true);
             }
             field::CR4_GUEST_HOST_MASK => {
-                self.vmcs_write(vi, f, value | CR4_OWNED | shadow::CR4_OWNED);
-                return true;
+                self.vmcs_write(vi, f, value | CR4_OWNED | shadow::CR4_OWNED)?;
+                return Ok(true);
             }
             field::EXCEPTION_BITMAP => {
-                self.vmcs_write(vi, f, value | shadow::PF_EXITS);
-                return true;
+                self.vmcs_write(vi, f, value | shadow::PF_EXITS)?;
+                return Ok(true);
             }
-            _ => return false,
+            _ => return Ok(false),
         };
         if changed {
-            self.drop_shadow_root(vi);
+            self.drop_shadow_root(vi)?;
         }
-        true
+        Ok(true)
     }
 
     /// Runs shadow vCPU `vi` on its VM's EPT with unrestricted guest (`on`: its guest entered
     /// real mode) or on shadow tables again.
-    pub(super) fn set_real_mode_ept(&mut self, vi: u16, on: bool) {
-        let Some(v) = self.vcpus.get_mut(vi as usize).and_then(|s| s.obj.as_mut()) else {
-            return;
-        };
+    pub(super) fn set_real_mode_ept(&mut self, vi: VcpuId, on: bool) -> Result<(), Gone> {
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
         let ept = slot_get(&self.vms, v.vm).map(|vm| &vm.ept);
         self.machine
             .vmcs_real_mode_ept(&mut v.hw, ept.filter(|_| on));
+        Ok(())
     }
 
     /// Shadow vCPU `vi` left real mode: its segments as VM entry without unrestricted guest
     /// accepts them ([`shadow::protected_mode_segment`]).
-    fn fix_protected_segments(&mut self, vi: u16) {
+    fn fix_protected_segments(&mut self, vi: VcpuId) -> Result<(), Gone> {
         for n in 0..6 {
             let (sel_f, ar_f) = (field::GUEST_ES_SELECTOR + 2 * n, field::GUEST_ES_AR + 2 * n);
-            let (sel, ar) = (self.vmcs_read(vi, sel_f), self.vmcs_read(vi, ar_f));
+            let (sel, ar) = (self.vmcs_read(vi, sel_f)?, self.vmcs_read(vi, ar_f)?);
             let (sel, ar) = shadow::protected_mode_segment(n, sel, ar);
-            self.vmcs_write(vi, sel_f, sel);
-            self.vmcs_write(vi, ar_f, ar);
+            self.vmcs_write(vi, sel_f, sel)?;
+            self.vmcs_write(vi, ar_f, ar)?;
         }
+        Ok(())
     }
 
-    pub(super) fn vmcs_read(&mut self, vi: u16, f: u64) -> u64 {
-        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
-        self.machine.vmcs_read(&mut v.hw, f)
+    /// Field `f` of vCPU `vi`'s VMCS.
+    #[inline]
+    pub(super) fn vmcs_read(&mut self, vi: VcpuId, f: u64) -> Result<u64, Gone> {
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        Ok(self.machine.vmcs_read(&mut v.hw, f))
     }
 
-    pub(super) fn vmcs_write(&mut self, vi: u16, f: u64, value: u64) {
-        let v = self.vcpus[vi as usize].obj.as_mut().expect("live vcpu");
+    #[inline]
+    pub(super) fn vmcs_write(&mut self, vi: VcpuId, f: u64, value: u64) -> Result<(), Gone> {
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
         self.machine.vmcs_write(&mut v.hw, f, value);
+        Ok(())
     }
 
     /// Writes a field the caller may write, forcing what VMX and the kernel need.
-    pub(super) fn write_state(&mut self, vi: u16, f: u64, value: u64) {
+    pub(super) fn write_state(&mut self, vi: VcpuId, f: u64, value: u64) -> Result<(), Gone> {
         if matches!(
             f,
             field::VM_ENTRY_INTR_INFO
@@ -279,61 +286,62 @@ impl<M: Machine> Kernel<M> {
                 | field::GUEST_CR0
                 | field::GUEST_INTERRUPTIBILITY
         ) {
-            let v = self.vcpu_mut(vi);
+            let v = self.vcpu_mut(vi)?;
             v.check_event = v.check_event.or(Some(stop::ENTRY_FAILED));
         }
-        if self.vcpu(vi).shadow && self.write_shadow_state(vi, f, value) {
-            return;
+        if self.vcpu(vi)?.shadow && self.write_shadow_state(vi, f, value)? {
+            return Ok(());
         }
         match f {
-            field::RUN_TICKS => self.vcpu_mut(vi).run_ticks = value,
+            field::RUN_TICKS => self.vcpu_mut(vi)?.run_ticks = value,
             _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
                 let n = (f - field::GPR_BASE) as usize;
-                let t = self.vcpu(vi).thread;
-                match Self::gpr_mut(&mut self.thread_mut(t).regs, n) {
+                let t = self.vcpu(vi)?.thread;
+                match Self::gpr_mut(&mut self.thread_mut(t)?.regs, n) {
                     Some(r) => *r = value,
-                    None => self.vmcs_write(vi, field::GUEST_RSP, value),
+                    None => self.vmcs_write(vi, field::GUEST_RSP, value)?,
                 }
             }
             field::GUEST_CR0 => {
-                self.vmcs_write(vi, field::GUEST_CR0, value | CR0_NE);
-                self.vmcs_write(vi, field::CR0_READ_SHADOW, value);
+                self.vmcs_write(vi, field::GUEST_CR0, value | CR0_NE)?;
+                self.vmcs_write(vi, field::CR0_READ_SHADOW, value)?;
             }
             field::GUEST_CR4 => {
-                self.vmcs_write(vi, field::GUEST_CR4, value | CR4_VMXE);
-                self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE);
+                self.vmcs_write(vi, field::GUEST_CR4, value | CR4_VMXE)?;
+                self.vmcs_write(vi, field::CR4_READ_SHADOW, value & !CR4_VMXE)?;
             }
-            field::CR0_GUEST_HOST_MASK => self.vmcs_write(vi, f, value | CR0_OWNED),
-            field::CR4_GUEST_HOST_MASK => self.vmcs_write(vi, f, value | CR4_OWNED),
-            field::CR4_READ_SHADOW => self.vmcs_write(vi, f, value & !CR4_VMXE),
-            field::GUEST_RFLAGS => self.vmcs_write(vi, f, sanitize_rflags(value)),
-            _ => self.vmcs_write(vi, f, value),
+            field::CR0_GUEST_HOST_MASK => self.vmcs_write(vi, f, value | CR0_OWNED)?,
+            field::CR4_GUEST_HOST_MASK => self.vmcs_write(vi, f, value | CR4_OWNED)?,
+            field::CR4_READ_SHADOW => self.vmcs_write(vi, f, value & !CR4_VMXE)?,
+            field::GUEST_RFLAGS => self.vmcs_write(vi, f, sanitize_rflags(value))?,
+            _ => self.vmcs_write(vi, f, value)?,
         }
+        Ok(())
     }
 
     /// After CR0, CR3, CR4 or EFER changed: EFER.LMA and the IA-32e entry control follow
     /// EFER.LME and CR0.PG, and PAE paging without long mode gets its PDPTEs loaded from the
     /// guest's CR3 (the VMCS holds them under EPT).
-    pub(super) fn refresh_paging(&mut self, vi: u16) {
-        if self.vcpu(vi).shadow {
+    pub(super) fn refresh_paging(&mut self, vi: VcpuId) -> Result<(), Gone> {
+        if self.vcpu(vi)?.shadow {
             // The guest's view decides long mode; the PDPTEs come from the shadow root at
             // VM entry (no EPT).
-            let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW);
-            let efer = self.vcpu(vi).guest_efer;
-            self.vcpu_mut(vi).guest_efer = shadow::guest_efer(efer, cr0);
-            self.vmcs_write(vi, field::GUEST_IA32_EFER, shadow::hw_efer(efer, cr0));
-            let ctl = self.vmcs_read(vi, field::VM_ENTRY_CONTROLS);
+            let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW)?;
+            let efer = self.vcpu(vi)?.guest_efer;
+            self.vcpu_mut(vi)?.guest_efer = shadow::guest_efer(efer, cr0);
+            self.vmcs_write(vi, field::GUEST_IA32_EFER, shadow::hw_efer(efer, cr0))?;
+            let ctl = self.vmcs_read(vi, field::VM_ENTRY_CONTROLS)?;
             let ctl = if shadow::long_mode(cr0, efer) {
                 ctl | ENTRY_IA32E
             } else {
                 ctl & !ENTRY_IA32E
             };
-            self.vmcs_write(vi, field::VM_ENTRY_CONTROLS, ctl);
-            return;
+            self.vmcs_write(vi, field::VM_ENTRY_CONTROLS, ctl)?;
+            return Ok(());
         }
-        let cr0 = self.vmcs_read(vi, field::GUEST_CR0);
-        let cr4 = self.vmcs_read(vi, field::GUEST_CR4);
-        let efer = self.vmcs_read(vi, field::GUEST_IA32_EFER);
+        let cr0 = self.vmcs_read(vi, field::GUEST_CR0)?;
+        let cr4 = self.vmcs_read(vi, field::GUEST_CR4)?;
+        let efer = self.vmcs_read(vi, field::GUEST_IA32_EFER)?;
         let lma = efer & EFER_LME != 0 && cr0 & CR0_PG != 0;
         let new_efer = if lma {
             efer | EFER_LMA
@@ -341,20 +349,20 @@ impl<M: Machine> Kernel<M> {
             efer & !EFER_LMA
         };
         if new_efer != efer {
-            self.vmcs_write(vi, field::GUEST_IA32_EFER, new_efer);
+            self.vmcs_write(vi, field::GUEST_IA32_EFER, new_efer)?;
         }
-        let ctl = self.vmcs_read(vi, field::VM_ENTRY_CONTROLS);
+        let ctl = self.vmcs_read(vi, field::VM_ENTRY_CONTROLS)?;
         let new_ctl = if lma {
             ctl | ENTRY_IA32E
         } else {
             ctl & !ENTRY_IA32E
         };
         if new_ctl != ctl {
-            self.vmcs_write(vi, field::VM_ENTRY_CONTROLS, new_ctl);
+            self.vmcs_write(vi, field::VM_ENTRY_CONTROLS, new_ctl)?;
         }
         if cr0 & CR0_PG != 0 && cr4 & CR4_PAE != 0 && !lma {
-            let cr3 = self.vmcs_read(vi, field::GUEST_CR3) & 0xffff_ffe0;
-            let vm = slot_get(&self.vms, self.vcpu(vi).vm).map(|v| (v.ram_phys, v.ram_pages));
+            let cr3 = self.vmcs_read(vi, field::GUEST_CR3)? & 0xffff_ffe0;
+            let vm = slot_get(&self.vms, self.vcpu(vi)?.vm).map(|v| (v.ram_phys, v.ram_pages));
             let mut pdptes = [0u64; 4];
             if let Some((phys, pages)) = vm {
                 if cr3 + 32 <= pages * PAGE_SIZE {
@@ -368,9 +376,10 @@ impl<M: Machine> Kernel<M> {
                 }
             }
             for (i, p) in pdptes.into_iter().enumerate() {
-                self.vmcs_write(vi, field::GUEST_PDPTE0 + 2 * i as u64, p);
+                self.vmcs_write(vi, field::GUEST_PDPTE0 + 2 * i as u64, p)?;
             }
         }
+        Ok(())
     }
 }
 
