@@ -155,6 +155,7 @@ pub struct ShadowVm {
 impl ShadowVm {
     /// Whether `root` may become the hardware CR3 of a vCPU whose guest is (`long_mode`) or
     /// is not in long mode.
+    #[inline(always)]
     pub fn root_ok(&self, root: u64, long_mode: bool) -> bool {
         if root == self.empty_root {
             return true;

@@ -329,37 +329,43 @@ impl<M: Machine> Kernel<M> {
     /// the VM's MMU endpoint and `root` is one the kernel may enter with
     /// ([`ShadowVm::root_ok`](crate::kobj::shadow::ShadowVm::root_ok)). Returns whether it did; nothing changes otherwise.
     fn set_shadow_root(&mut self, vi: VcpuId, root: u64) -> Result<bool, Gone> {
-        let Some(s) = self.shadow_vm(vi) else {
+        // One lookup of the vCPU and one of its VM, no copies: this is on every CR3 load of
+        // a shadow-paged guest.
+        let v = slot_at_mut(&mut self.vcpus, vi)?;
+        let Some(s) = slot_get(&self.vms, v.vm).and_then(|vm| vm.shadow.as_ref()) else {
             return Ok(false);
         };
-        let from_mmu = match (s.pool, self.vcpu(vi)?.call_ep) {
+        let from_mmu = match (s.pool, v.call_ep) {
             (Some(pool), Some(ep)) => ep.obj == pool.mmu_ep,
             _ => false,
         };
-        let cr0 = self.vmcs_read(vi, field::CR0_READ_SHADOW)?;
-        let long = shadow::long_mode(cr0, self.vcpu(vi)?.guest_efer);
+        let cr0 = self.machine.vmcs_read(&mut v.hw, field::CR0_READ_SHADOW);
+        let long = shadow::long_mode(cr0, v.guest_efer);
         if !from_mmu || !s.root_ok(root, long) {
-            self.vcpu_mut(vi)?.last_exit.1 = root;
+            v.last_exit.1 = root;
             return Ok(false);
         }
-        self.vmcs_write(vi, field::GUEST_CR3, root)?;
+        self.machine.vmcs_write(&mut v.hw, field::GUEST_CR3, root);
         Ok(true)
     }
 
     /// Audit mode: walks the shadow tables vCPU `vi` is about to enter with; stops it (with
     /// the physical address of the bad entry as the qualification) when one names a frame
     /// outside the VM's RAM or pool. Returns whether to enter.
+    #[inline(always)]
     fn audit_entry(&mut self, vi: VcpuId) -> Result<bool, Gone> {
         let Some(vm) = slot_get(&self.vms, self.vcpu(vi)?.vm) else {
             return Ok(true);
         };
-        let (Some(s), ram_phys, ram_pages) = (vm.shadow, vm.ram_phys, vm.ram_pages) else {
+        // Audit off (the usual case): nothing to copy or read.
+        let Some(&s) = vm.shadow.as_ref().filter(|s| s.audit) else {
+            return Ok(true);
+        };
+        let (ram_phys, ram_pages) = (vm.ram_phys, vm.ram_pages);
+        let Some(pool) = s.pool else {
             return Ok(true);
         };
         let root = self.vmcs_read(vi, field::GUEST_CR3)?;
-        let (true, Some(pool)) = (s.audit, s.pool) else {
-            return Ok(true);
-        };
         if root == s.empty_root {
             return Ok(true);
         }
