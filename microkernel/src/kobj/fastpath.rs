@@ -14,30 +14,17 @@ use super::machine::Machine;
 use super::objects::{slot_at, slot_at_mut, slot_get, EndpointState, ThreadState};
 
 impl<M: Machine> Kernel<M> {
-    /// The part both fast paths share: `c`'s next receive buffer `[buf, buf + buf_cap)` must
-    /// be writable, and its `len` payload bytes at `buf` go to `to = (task, buffer, capacity)`
-    /// (which must hold them all). `None` leaves everything as it was.
-    fn fast_transfer(
-        &mut self,
-        c: ThreadId,
-        buf: u64,
-        buf_cap: u64,
-        len: u64,
-        to: (TaskId, u64, u64),
-    ) -> Option<()> {
-        let (to_task, to_buf, to_cap) = to;
-        if len > to_cap || !self.buffer_writable(c, buf, buf_cap) {
-            return None;
-        }
-        if len > 0 {
-            let tasks = &self.tasks;
-            let src = &slot_at(tasks, self.threads.get(c)?.task).ok()?.space;
-            let dst = &slot_at(tasks, to_task).ok()?.space;
-            self.machine
-                .copy_user_to_user(src, buf, dst, to_buf, len as usize)
-                .ok()?;
-        }
-        Some(())
+    /// Copies `len` bytes from `from`'s buffer at `src` to `to = (task, buffer)`: the part
+    /// of the fast paths that only a payload pays for, out of line. `None` leaves everything
+    /// as it was (the copy checks both ranges before it writes).
+    #[inline(never)]
+    fn fast_copy(&mut self, from: TaskId, src: u64, len: u64, to: (TaskId, u64)) -> Option<()> {
+        let tasks = &self.tasks;
+        let src_space = &slot_at(tasks, from).ok()?.space;
+        let dst_space = &slot_at(tasks, to.0).ok()?.space;
+        self.machine
+            .copy_user_to_user(src_space, src, dst_space, to.1, len as usize)
+            .ok()
     }
 
     /// The thread waiting to receive on endpoint `ep` (open) that a fast path may hand a
@@ -51,33 +38,43 @@ impl<M: Machine> Kernel<M> {
         }
         let r = e.receivers.head?;
         let th = self.threads.get(r)?;
-        if th.reply_to.is_some()
-            || th.vcpu.is_some()
-            || self.run_queue.highest().is_some_and(|h| h > th.prio)
-        {
+        if th.reply_to.is_some() || th.vcpu.is_some() || self.run_queue.outranks(th.prio) {
             return None;
         }
         Some((r, (th.task, th.buf, th.buf_cap)))
     }
 
     /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
+    #[inline(always)]
     pub(crate) fn fast_call(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
         let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
         if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
             return None;
         }
         let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let ct = self.threads.get(c)?.task;
-        let cap = self.task(ct).ok()?.caps.get(ep_slot).ok()?;
+        let (ct, cap, known) = {
+            let th = self.threads.get(c)?;
+            let task = slot_at(&self.tasks, th.task).ok()?;
+            let cap = task.caps.get(ep_slot).ok()?;
+            let known = th
+                .checked_buf
+                .is_some_and(|b| b.holds(buf, buf_cap, task.unmaps));
+            (th.task, cap, known)
+        };
         if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::SEND) {
             return None;
         }
-        let (r, to) = self.waiting_receiver(cap.obj)?;
-        self.fast_transfer(c, buf, buf_cap, len, to)?;
+        let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
+        if len > rcap || !(known || self.buffer_writable(c, buf, buf_cap)) {
+            return None;
+        }
+        if len > 0 {
+            self.fast_copy(ct, buf, len, (rt, rbuf))?;
+        }
         // Committed: nothing below fails (the lookups found these objects above).
         let epi: EndpointId = cap.obj.id();
         let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
-        e.receivers.remove(&mut self.threads, r);
+        e.receivers.pop_front(&mut self.threads);
         {
             let th = self.threads.get_mut(c)?;
             th.buf = buf;
@@ -96,21 +93,30 @@ impl<M: Machine> Kernel<M> {
     /// when a handler waits there with a buffer that takes it and owes no other reply: what
     /// `send_loaded` would do, in one pass (`tests_vm.rs` runs exits both ways). `None`
     /// leaves everything as it was (the general path then delivers or queues it).
-    pub(crate) fn fast_send_exit(&mut self, t: ThreadId, cap: super::captable::Cap) -> Option<()> {
+    pub(crate) fn fast_send_exit(
+        &mut self,
+        t: ThreadId,
+        cap: super::captable::Cap,
+    ) -> Option<ThreadId> {
         let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
         let (len, label, badge) = {
             let m = &self.threads.get(t)?.msg;
             (m.len, m.label, m.badge)
         };
-        if len as u64 > rcap || !self.buffer_writable(r, rbuf, rcap) {
+        if len as u64 > rcap {
             return None;
         }
+        let to = self.receive_buffer(r, rbuf, rcap)?;
         {
-            let space = &slot_at(&self.tasks, rt).ok()?.space;
-            let msg = &self.threads.get(t)?.msg;
-            self.machine
-                .copy_to_user(space, rbuf, msg.data.get(..len)?)
-                .ok()?;
+            let data = self.threads.get(t)?.msg.data.get(..len)?;
+            match to.phys {
+                // Checked writable and in one page: no walk of the handler's tables.
+                Some(phys) => self.machine.write_user_frame(phys, data),
+                None => {
+                    let space = &slot_at(&self.tasks, rt).ok()?.space;
+                    self.machine.copy_to_user(space, rbuf, data).ok()?;
+                }
+            }
         }
         // Committed: nothing below fails (the lookups found these objects above).
         let epi: EndpointId = cap.obj.id();
@@ -124,22 +130,27 @@ impl<M: Machine> Kernel<M> {
         self.current = Some(r);
         // A traced VM's record notes the delivery, as `transfer` does.
         self.trace_received(t);
-        Some(())
+        Some(r)
     }
 
     /// `reply_recv(ep, buf, reply_len, buf_cap, label, grant)` answering a caller when the
     /// endpoint has nothing queued: the server blocks receiving, the caller runs.
+    #[inline(always)]
     pub(crate) fn fast_reply_recv(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
         let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
         if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
             return None;
         }
         let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let (ct, caller) = {
+        let (ct, caller, cap, known) = {
             let th = self.threads.get(c)?;
-            (th.task, th.reply_to?)
+            let task = slot_at(&self.tasks, th.task).ok()?;
+            let cap = task.caps.get(ep_slot).ok()?;
+            let known = th
+                .checked_buf
+                .is_some_and(|b| b.holds(buf, buf_cap, task.unmaps));
+            (th.task, th.reply_to?, cap, known)
         };
-        let cap = self.task(ct).ok()?.caps.get(ep_slot).ok()?;
         if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::RECV) {
             return None;
         }
@@ -147,32 +158,46 @@ impl<M: Machine> Kernel<M> {
         if !ep.senders.is_empty() || !ep.notices.is_empty() {
             return None;
         }
-        let (kt, kbuf, kcap, kprio, vcpu) = {
+        let (kt, kbuf, kcap, vcpu) = {
             let th = self.threads.get(caller)?;
-            if !matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c) {
+            let waits = matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c);
+            if !waits || self.run_queue.outranks(th.prio) {
                 return None;
             }
-            (th.task, th.buf, th.buf_cap, th.prio, th.vcpu)
+            (th.task, th.buf, th.buf_cap, th.vcpu)
         };
-        if self.run_queue.highest().is_some_and(|h| h > kprio) {
-            return None;
-        }
+        // The server's next receive buffer, and the reply inside it (a vCPU's answer is read
+        // from there, so the copy cannot fail half way: the exit message must stay intact for
+        // a re-send).
         if vcpu.is_some() {
             // The answer to an exit message: into the vCPU thread's message buffer, where
-            // `vcpu_prepare` reads it. Only from inside the checked buffer, so the copy cannot
-            // fail half way (the exit message must stay intact for a re-send).
-            if len > buf_cap || !self.buffer_writable(c, buf, buf_cap) {
+            // `vcpu_prepare` reads it.
+            if len > buf_cap {
                 return None;
             }
+            let from = self.receive_buffer(c, buf, buf_cap)?;
             let vth = self.threads.get_mut(caller)?;
-            let space = &slot_at(&self.tasks, ct).ok()?.space;
-            self.machine
-                .copy_from_user(space, buf, &mut vth.msg.data[..len as usize])
-                .ok()?;
+            let out = vth.msg.data.get_mut(..len as usize)?;
+            match from.phys {
+                // Checked writable (so readable) and in one page: no walk.
+                Some(phys) => self.machine.read_user_frame(phys, out),
+                None => {
+                    let space = &slot_at(&self.tasks, ct).ok()?.space;
+                    self.machine.copy_from_user(space, buf, out).ok()?;
+                }
+            }
             vth.msg.len = len as usize;
             vth.msg.label = label;
         } else {
-            self.fast_transfer(c, buf, buf_cap, len, (kt, kbuf, kcap))?;
+            if !(known || self.buffer_writable(c, buf, buf_cap)) {
+                return None;
+            }
+            if len > kcap {
+                return None;
+            }
+            if len > 0 {
+                self.fast_copy(ct, buf, len, (kt, kbuf))?;
+            }
         }
         // Committed: nothing below fails (the lookups found these objects above).
         let epi: EndpointId = cap.obj.id();

@@ -9,6 +9,7 @@ use super::ids::{EndpointId, Gone, TaskId, ThreadId};
 use super::kernel::Kernel;
 use super::machine::Machine;
 use super::objects::*;
+use crate::PAGE_SIZE;
 
 /// A syscall's outcome: results now, or `None` when the thread blocked (its result is set
 /// when it wakes); errors carry one extra value for `rdi`.
@@ -90,25 +91,45 @@ impl<M: Machine> Kernel<M> {
 
     /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
     /// until its task unmaps something.
-    // Inlined into both IPC fast paths: as a call it costs 37 instructions per round trip
-    // (`make bench`, Bochs).
-    #[inline(always)]
+    // The fast paths check the remembered answer themselves and call this only without one.
     pub(crate) fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
-        let Some(th) = self.threads.get_mut(t) else {
-            return false;
-        };
-        let Ok(task) = slot_at(&self.tasks, th.task) else {
-            return false;
-        };
+        self.receive_buffer(t, buf, cap).is_some()
+    }
+
+    /// [`Kernel::buffer_writable`], with where the buffer is in physical memory when it
+    /// lies in one page: `None` if it is not writable.
+    #[inline(always)]
+    pub(crate) fn receive_buffer(&mut self, t: ThreadId, buf: u64, cap: u64) -> Option<CheckedBuf> {
+        let th = self.threads.get(t)?;
+        let unmaps = slot_at(&self.tasks, th.task).ok()?.unmaps;
+        match th.checked_buf {
+            Some(known) if known.holds(buf, cap, unmaps) => Some(known),
+            _ => self.check_receive_buffer(t, buf, cap),
+        }
+    }
+
+    /// [`Kernel::receive_buffer`] without a remembered answer: walks the task's tables.
+    #[inline(never)]
+    fn check_receive_buffer(&mut self, t: ThreadId, buf: u64, cap: u64) -> Option<CheckedBuf> {
+        let th = self.threads.get_mut(t)?;
+        let task = slot_at(&self.tasks, th.task).ok()?;
         let unmaps = task.unmaps;
-        if th.checked_buf == Some((buf, cap, unmaps)) {
-            return true;
+        if !self.machine.user_range_ok(&task.space, buf, cap, true) {
+            return None;
         }
-        let ok = self.machine.user_range_ok(&task.space, buf, cap, true);
-        if ok {
-            th.checked_buf = Some((buf, cap, unmaps));
-        }
-        ok
+        let one_page = cap > 0 && (buf & (PAGE_SIZE - 1)) + cap <= PAGE_SIZE;
+        let checked = CheckedBuf {
+            buf,
+            cap,
+            unmaps,
+            phys: if one_page {
+                self.machine.user_frame(&task.space, buf, true)
+            } else {
+                None
+            },
+        };
+        th.checked_buf = Some(checked);
+        Some(checked)
     }
 
     /// Moves the message held by `from` (a sender, or a replier) to `to`'s buffer, with its

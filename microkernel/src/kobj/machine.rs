@@ -78,6 +78,20 @@ pub trait Machine {
             va >= abi::ipc::layout::USER_MIN && end <= abi::ipc::layout::USER_END
         })
     }
+    /// The physical address user address `va` maps to in `space`, if it is mapped
+    /// user-accessible (and writable if `write`).
+    fn user_frame(&self, space: &Self::Space, va: u64, write: bool) -> Option<u64>;
+    /// Writes `data` at `phys`, inside one page of a user frame that [`Machine::user_frame`]
+    /// found writable in a space that has unmapped nothing since (a remembered receive
+    /// buffer, [`super::objects::CheckedBuf`]): no walk. Nothing is written if the range
+    /// crosses its page.
+    fn write_user_frame(&mut self, phys: u64, data: &[u8]) {
+        self.write_phys(phys, data)
+    }
+    /// Reads `out.len()` bytes at `phys`, as [`Machine::write_user_frame`] writes them.
+    fn read_user_frame(&self, phys: u64, out: &mut [u8]) {
+        self.read_phys(phys, out)
+    }
     /// Copies `data` to user address `va`. Fails unless every byte is mapped user-writable.
     fn copy_to_user(
         &mut self,

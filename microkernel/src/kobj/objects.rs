@@ -148,11 +148,31 @@ pub struct Thread {
     /// Where an incoming message or reply goes.
     pub buf: u64,
     pub buf_cap: u64,
-    /// The last buffer found writable, `(buf, cap, task's unmap count)`: still good while the
-    /// task has unmapped nothing since (mappings only go away through unmaps).
-    pub checked_buf: Option<(u64, u64, u64)>,
+    /// The last buffer found writable: still good while the task has unmapped nothing since
+    /// (mappings only go away through unmaps).
+    pub checked_buf: Option<CheckedBuf>,
     /// The vCPU this thread runs (its `regs` are then the guest's registers).
     pub vcpu: Option<VcpuId>,
+}
+
+/// A receive buffer found writable ([`Thread::checked_buf`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckedBuf {
+    pub buf: u64,
+    pub cap: u64,
+    /// The task's unmap count when it was checked.
+    pub unmaps: u64,
+    /// Where `buf` is in physical memory, when the whole buffer lies in one page: the exit
+    /// paths then copy without walking the task's page tables.
+    pub phys: Option<u64>,
+}
+
+impl CheckedBuf {
+    /// Whether this is the answer for `(buf, cap)` in a task that has unmapped `unmaps`.
+    #[inline(always)]
+    pub fn holds(&self, buf: u64, cap: u64, unmaps: u64) -> bool {
+        self.buf == buf && self.cap == cap && self.unmaps == unmaps
+    }
 }
 
 /// A mapping of a memory object into a task.

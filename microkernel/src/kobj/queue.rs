@@ -69,7 +69,7 @@ impl Queue {
     }
 
     /// Removes `t`, which must be in this queue.
-    #[inline]
+    #[inline(always)]
     pub fn remove(&mut self, arena: &mut impl LinkArena, t: ThreadId) {
         let Links { next, prev, .. } = *arena.links(t);
         match prev {
@@ -113,6 +113,12 @@ impl RunQueue {
         let p = prio as usize % PRIORITIES;
         self.levels[p].push_back(arena, t);
         self.bitmap |= 1 << p;
+    }
+
+    /// Whether a thread of higher priority than `prio` is ready.
+    #[inline(always)]
+    pub fn outranks(&self, prio: u8) -> bool {
+        u64::from(self.bitmap) >> (u32::from(prio) % PRIORITIES as u32 + 1) != 0
     }
 
     /// The highest priority with a ready thread.

@@ -118,6 +118,12 @@ impl Machine for Model {
         }
         Ok(())
     }
+    fn user_frame(&self, s: &Space, va: u64, write: bool) -> Option<u64> {
+        match s.get(&(va & !(PAGE_SIZE - 1))) {
+            Some((p, acc)) if acc.write || !write => Some(p + va % PAGE_SIZE),
+            _ => None,
+        }
+    }
     fn user_range_ok(&self, s: &Space, va: u64, len: u64, write: bool) -> bool {
         let Some(end) = va.checked_add(len) else {
             return false;

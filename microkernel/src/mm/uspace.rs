@@ -410,6 +410,37 @@ impl Machine for KernelMachine {
         Ok(())
     }
 
+    fn user_frame(&self, space: &AddressSpace, va: u64, write: bool) -> Option<u64> {
+        user_phys(space, va, write)
+    }
+
+    fn write_user_frame(&mut self, phys: u64, data: &[u8]) {
+        if (phys & (PAGE_SIZE - 1)) + data.len() as u64 > PAGE_SIZE {
+            return;
+        }
+        // SAFETY: `phys..phys + len` lies in one page (checked) of a frame a user space maps
+        // writable now (the caller's contract: a walk found it and the space has unmapped
+        // nothing since, so the frame is still mapped and so still allocated); user frames
+        // hold no Rust objects. Written through the direct map.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys) as *mut u8, data.len())
+        };
+    }
+
+    fn read_user_frame(&self, phys: u64, out: &mut [u8]) {
+        if (phys & (PAGE_SIZE - 1)) + out.len() as u64 > PAGE_SIZE {
+            return;
+        }
+        // SAFETY: as for `write_user_frame`; the bytes are copied out, no reference is kept.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(phys) as *const u8,
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+    }
+
     fn user_range_ok(&self, space: &AddressSpace, va: u64, len: u64, write: bool) -> bool {
         let Ok(len) = usize::try_from(len) else {
             return false;

@@ -109,8 +109,13 @@ impl<M: Machine> Kernel<M> {
                 th.msg.badge = cap.badge;
                 th.msg.grant = None;
                 th.msg.len = len;
-                self.send_exit(vi, cap);
-                self.schedule()
+                match self.send_exit(vi, cap) {
+                    // What `schedule` would pick: the handler the fast path made current,
+                    // ready, with nothing of higher priority ready (its check), when no
+                    // rotation is due.
+                    Some(r) if !self.rotate => Next::User(r),
+                    _ => self.schedule(),
+                }
             }
         }
     }
@@ -380,27 +385,31 @@ impl<M: Machine> Kernel<M> {
         at.min(out.len())
     }
 
-    /// Calls the portal endpoint with the exit message held in the vCPU thread.
-    pub(super) fn send_exit(&mut self, vi: VcpuId, cap: Cap) {
+    /// Calls the portal endpoint with the exit message held in the vCPU thread. Returns the
+    /// handler when the fast path handed it the message and made it current.
+    pub(super) fn send_exit(&mut self, vi: VcpuId, cap: Cap) -> Option<ThreadId> {
         let t = {
             let Ok(v) = self.vcpu_mut(vi) else {
-                return;
+                return None;
             };
             v.run = VcpuRun::AwaitingReply;
             v.call_result = None;
             v.call_ep = Some(cap);
             v.thread
         };
-        if self.fast_ipc && self.exit_code.is_none() && self.fast_send_exit(t, cap).is_some() {
-            return;
+        if self.fast_ipc && self.exit_code.is_none() {
+            if let Some(r) = self.fast_send_exit(t, cap) {
+                return Some(r);
+            }
         }
         let open =
             slot_get(&self.endpoints, cap.obj).is_some_and(|e| e.state != EndpointState::Closed);
         if !open {
             self.vcpu_stop(vi, stop::PORTAL_GONE);
-            return;
+            return None;
         }
         // A call always blocks the caller (`Ok(None)`); delivery errors go to the receiver.
         let _ = self.send_loaded(t, cap.obj.id(), true);
+        None
     }
 }
