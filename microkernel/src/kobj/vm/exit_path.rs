@@ -44,18 +44,23 @@ impl<M: Machine> Kernel<M> {
             return self.schedule();
         };
         let basic = exit.reason & 0xffff;
-        {
+        let reflect = {
             let v = or_schedule!(self.vcpu_mut(vi));
             if let Some(n) = v.exits.get_mut(basic as usize) {
                 *n = n.saturating_add(1);
             }
             v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
             v.forwarded = false;
-        }
+            v.portals.get(basic as usize) == Some(&Portal::Reflect)
+        };
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
             return self.schedule();
+        }
+        if reflect {
+            // CPUID, VMCALL or port I/O (`REFLECT_REASONS`): none of the cases below.
+            return self.reflect_and_go_on(c, vi, basic, exit.instruction_len);
         }
         let mut exit = exit;
         let mut basic = basic;
@@ -93,11 +98,7 @@ impl<M: Machine> Kernel<M> {
             .copied()
             .unwrap_or(Portal::None);
         match portal {
-            Portal::Reflect => {
-                self.trace_kernel_handled(vi);
-                or_schedule!(self.reflect(vi, basic, exit.instruction_len));
-                self.schedule_after_reflect(c, vi)
-            }
+            Portal::Reflect => self.reflect_and_go_on(c, vi, basic, exit.instruction_len),
             Portal::None => {
                 self.vcpu_stop(vi, stop::UNHANDLED | basic as u64);
                 self.schedule()
@@ -120,15 +121,17 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
-    /// After an exit the kernel answered itself ([`Portal::Reflect`], the benchmark floor):
-    /// whether [`Kernel::schedule`] would pick vCPU thread `t` again and enter its guest at
-    /// once, judged without changing anything: then the floor skips it. A run with a time
+    /// An exit the kernel answers itself ([`Portal::Reflect`], the benchmark floor): answered
+    /// ([`Kernel::reflect`]), then, if [`Kernel::schedule`] would pick vCPU thread `t` again and enter its guest at
+    /// once (judged without changing anything), straight back into it: the floor skips
+    /// `schedule`. A run with a time
     /// limit, a shadow vCPU (audits), an event to check, a thread that should run instead or
     /// the machine's end go through it (`tests_vm.rs` runs the floor both ways; the shortcut
     /// is off without `fast_ipc`).
     #[inline(never)] // off the exits a handler takes, which it would otherwise slow down
-    fn schedule_after_reflect(&mut self, t: ThreadId, vi: VcpuId) -> Next {
-        if self.guest_continues(t, vi) {
+    fn reflect_and_go_on(&mut self, t: ThreadId, vi: VcpuId, basic: u32, len: u64) -> Next {
+        self.trace_kernel_handled(vi);
+        if self.reflect(vi, basic, len).is_ok() && self.guest_continues(t, vi) {
             Next::Guest(t)
         } else {
             self.schedule()
@@ -144,7 +147,7 @@ impl<M: Machine> Kernel<M> {
             && !self.rotate
             && self.current == Some(t)
             && th.state == ThreadState::Ready
-            && self.run_queue.highest().is_none_or(|h| h <= th.prio)
+            && !self.run_queue.outranks(th.prio)
             && v.run == VcpuRun::Running
             && v.run_ticks == 0
             && v.check_event.is_none()
@@ -263,6 +266,7 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Answers CPUID, VMCALL and port I/O in the kernel (the floor of an exit round trip).
+    #[inline(always)]
     fn reflect(&mut self, vi: VcpuId, basic: u32, len: u64) -> Result<(), Gone> {
         let v = slot_at_mut(&mut self.vcpus, vi)?;
         let r = &mut self.threads.get_mut(v.thread).ok_or(Gone)?.regs;

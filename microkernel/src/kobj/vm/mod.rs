@@ -52,10 +52,10 @@ pub const CR0_OWNED: u64 = CR0_NE | CR0_PE | CR0_PG;
 /// The CR4 bits the kernel always intercepts (VMXE must stay set and is hidden).
 pub const CR4_OWNED: u64 = CR4_VMXE;
 
-/// Where an exit reason goes.
 /// The exits a portal may answer in the kernel ([`Portal::Reflect`], the benchmark floor).
 pub(super) const REFLECT_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
 
+/// Where an exit reason goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Portal {
     /// Nowhere: the vCPU stops ([`stop::UNHANDLED`](abi::vmx::stop::UNHANDLED)).
