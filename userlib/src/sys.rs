@@ -1271,6 +1271,7 @@ pub fn hostile_syscall(nr: u64, args: [u64; 6]) -> Option<RawRet> {
 
 /// The time-stamp counter (`rdtsc`; the kernel leaves CR4.TSD clear). In Bochs it counts
 /// instructions, so differences are deterministic path lengths.
+#[inline]
 pub fn rdtsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     {

@@ -116,6 +116,7 @@ pub const ENTRY_FAILURE_BIT: u32 = 1 << 31;
 /// The state groups [`decode`] needs for basic reason `basic` (and what the VM model needs to
 /// handle it). The service binary can use this (plus [`group::RIP`] for reports) as the exit
 /// portal mask.
+#[inline]
 pub fn required_groups(basic: u32) -> u32 {
     match basic {
         reason::CPUID | reason::WRMSR | reason::VMCALL => group::GPRS,

@@ -168,10 +168,15 @@ pub(crate) fn before_exit(run: &mut Run, index: usize, vcpu: CapSlot) -> Option<
 /// After vCPU `index`'s exit was handled (with a stop reply if `stopped`): the other vCPUs
 /// that received an interrupt are kicked, an AP whose SIPI came is started, and a stop ends
 /// the VM.
+#[inline]
 pub(crate) fn after_exit(run: &mut Run, index: usize, stopped: bool) {
-    if run.vcpus.len() < 2 {
-        return;
+    if run.vcpus.len() >= 2 {
+        after_exit_smp(run, index, stopped);
     }
+}
+
+/// [`after_exit`] with application processors.
+fn after_exit_smp(run: &mut Run, index: usize, stopped: bool) {
     let kicks = run.model.irq.take_kicks();
     for i in 0..run.vcpus.len() {
         if i == index {

@@ -68,14 +68,21 @@ impl Error {
 
     /// Decodes `rax` after a syscall: `Ok(())` for 0, the error otherwise (an unknown
     /// value maps to [`Error::InvalidArgument`] rather than panicking).
+    #[inline]
     pub fn check(rax: u64) -> Result<(), Error> {
         if rax == 0 {
             return Ok(());
         }
-        Err(Error::ALL
+        Err(Self::from_code(rax))
+    }
+
+    /// The error of a non-zero `rax` ([`Error::InvalidArgument`] for an unknown one).
+    #[inline(never)]
+    fn from_code(rax: u64) -> Error {
+        Error::ALL
             .iter()
             .copied()
             .find(|e| *e as u64 == rax)
-            .unwrap_or(Error::InvalidArgument))
+            .unwrap_or(Error::InvalidArgument)
     }
 }

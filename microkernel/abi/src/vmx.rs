@@ -573,6 +573,7 @@ pub struct ExitView<'a> {
 }
 
 impl<'a> ExitView<'a> {
+    #[inline]
     pub fn new(bytes: &'a [u8]) -> Result<ExitView<'a>, LayoutError> {
         let header = bytes
             .first_chunk::<{ ExitMessage::HEADER }>()
@@ -591,12 +592,14 @@ impl<'a> ExitView<'a> {
         Ok(ExitView { bytes, mask })
     }
 
+    #[inline]
     fn u32_at(&self, at: usize) -> u32 {
         self.bytes
             .get(at..at + 4)
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    #[inline]
     fn u64_at(&self, at: usize) -> u64 {
         self.bytes.get(at..at + 8).map_or(0, |b| {
             u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
@@ -604,21 +607,25 @@ impl<'a> ExitView<'a> {
     }
 
     /// [`ExitMessage::reason`].
+    #[inline]
     pub fn reason(&self) -> u32 {
         self.u32_at(0)
     }
 
     /// [`ExitMessage::mask`].
+    #[inline]
     pub fn mask(&self) -> u32 {
         self.mask
     }
 
     /// [`ExitMessage::vcpu`].
+    #[inline]
     pub fn vcpu(&self) -> u32 {
         self.u32_at(8)
     }
 
     /// Register `r` (0 without [`group::GPRS`]).
+    #[inline]
     pub fn gpr(&self, r: Gpr) -> u64 {
         if self.mask & group::GPRS == 0 {
             return 0;
@@ -627,6 +634,7 @@ impl<'a> ExitView<'a> {
     }
 
     /// [`ExitMessage::qualification`] (0 without [`group::QUAL`]).
+    #[inline]
     pub fn qualification(&self) -> u64 {
         if self.mask & group::QUAL == 0 {
             return 0;

@@ -182,6 +182,9 @@ pub struct Vmcs {
     /// The vCPU's deadline, a host TSC value (0: none): the preemption timer of an entry
     /// fires no later than it ([`abi::vmx::field::DEADLINE`]).
     pub deadline: u64,
+    /// The HOST_RSP field as the last entry wrote it (0: not yet): the next entry with the
+    /// same register file leaves it.
+    host_rsp: core::cell::Cell<u64>,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -498,6 +501,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         dr: [0, 0, 0, 0, abi::cpu::dr6::INIT],
         xcr0: abi::cpu::xcr0::INIT,
         deadline: 0,
+        host_rsp: core::cell::Cell::new(0),
     })
 }
 
@@ -558,10 +562,11 @@ extern "C" {
 pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     make_current(vmcs.phys);
     // The exit saves the guest's registers back where they come from (`vmx_exit_entry`).
-    vmwrite(
-        HOST_RSP,
-        regs as *const UserRegs as u64 + core::mem::offset_of!(UserRegs, rip) as u64,
-    );
+    let host_rsp = regs as *const UserRegs as u64 + core::mem::offset_of!(UserRegs, rip) as u64;
+    if vmcs.host_rsp.get() != host_rsp {
+        vmwrite(HOST_RSP, host_rsp);
+        vmcs.host_rsp.set(host_rsp);
+    }
     if let Some(c) = CONTROLS.get() {
         // The timer counts down from here; reaching zero exits (reason 52).
         vmwrite(
@@ -613,11 +618,12 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     }
 }
 
+/// A VM exit. RFLAGS is 2 (SDM 28.5.3: every flag clear), so AC is clear: SMAP holds. The
+/// guest's XCR0 stays loaded until `kentry::vm_exit` knows whether the kernel goes back
+/// into the same guest at once (the floor) or on to anything that needs the host's.
 #[no_mangle]
 extern "C" fn vmx_exit_rust() -> ! {
     super::xstate::note_vm_exit();
-    super::xstate::load_host_xcr0();
-    super::user::clear_ac();
     crate::kentry::vm_exit()
 }
 

@@ -218,16 +218,21 @@ pub(super) fn exit(
     qualification: u64,
     instruction_len: u64,
 ) -> Next {
-    // As `kentry::vm_exit` does: the launch state first, then the exit's handling.
+    // As `kentry::vm_exit` does: the launch state first, the floor's fast path, then the
+    // exit's handling.
     let t = k.current.expect("a guest is running");
     k.vm_exited(t, reason);
     let tsc = k.machine.tsc();
-    k.on_vm_exit(VmExit {
+    let exit = VmExit {
         reason,
         qualification,
         instruction_len,
         tsc,
-    })
+    };
+    if k.reflect_at_once(t, exit) {
+        return Next::Guest(t);
+    }
+    k.on_vm_exit(exit)
 }
 
 /// The exit message the server thread `t` received (checks the label).
@@ -1150,6 +1155,65 @@ fn reflect_portals_answer_cpuid_and_vmcall_in_the_kernel() {
     for fast in [true, false] {
         reflect_portals_answer(fast);
     }
+}
+
+/// The floor's fast path (`reflect_at_once`, taken while the vCPU thread owns the extended
+/// state) leaves the kernel as `on_vm_exit` does, exit after exit.
+#[test]
+fn the_floor_answers_at_once_as_on_vm_exit_does() {
+    let mut ways = Vec::new();
+    for at_once in [true, false] {
+        let mut v = vmm();
+        let k = &mut v.k;
+        for r in [reason::CPUID, reason::VMCALL, reason::IO] {
+            let a = [v.vcpu, r as u64, PORTAL_REFLECT, 0, 0, 0];
+            assert_eq!(status(&sys(k, Sys::VcpuPortal, a).1), Ok(()));
+        }
+        run(&mut v, false);
+        let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
+        if at_once {
+            k.switch_xstate(Next::Guest(vt));
+        }
+        let mut seen = Vec::new();
+        for (i, (r, q, len)) in [
+            (reason::CPUID, 0, 2),
+            (reason::VMCALL, 0, 3),
+            (reason::IO, 0x3f8_0000, 1),
+            (reason::CPUID, 0, 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            k.thread_mut(vt).unwrap().regs.rax = 0x4000_0000 + i as u64;
+            k.vm_exited(vt, r);
+            let e = VmExit {
+                reason: r,
+                qualification: q,
+                instruction_len: len,
+                tsc: 100 * i as u64,
+            };
+            let next = if k.reflect_at_once(vt, e) {
+                Next::Guest(vt)
+            } else {
+                assert!(
+                    !at_once,
+                    "the fast path is taken while the thread owns the state"
+                );
+                k.on_vm_exit(e)
+            };
+            let vc = k.vcpus[vi.index()].obj.as_ref().unwrap();
+            seen.push(format!(
+                "{next:?} {:?} rip {:#x} exits {:?} last {:?} fwd {}",
+                k.thread(vt).unwrap().regs,
+                vmcs(k, vi, field::GUEST_RIP),
+                &vc.exits[..],
+                vc.last_exit,
+                vc.forwarded
+            ));
+        }
+        ways.push(seen);
+    }
+    assert_eq!(ways[0], ways[1]);
 }
 
 fn reflect_portals_answer(fast: bool) {

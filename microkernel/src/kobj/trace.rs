@@ -144,11 +144,14 @@ impl<M: Machine> Kernel<M> {
 
     /// A traced vCPU left the guest: starts its record (a record still open, whose entry
     /// never came, is written first).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn trace_exit(&mut self, vi: VcpuId, reason: u32, qualification: u64, tsc: u64) {
-        if self.traced_vms == 0 {
-            return;
+        if self.traced_vms != 0 {
+            self.trace_exit_record(vi, reason, qualification, tsc);
         }
+    }
+
+    fn trace_exit_record(&mut self, vi: VcpuId, reason: u32, qualification: u64, tsc: u64) {
         let Ok(v) = slot_at_mut(&mut self.vcpus, vi) else {
             return;
         };

@@ -16,6 +16,10 @@ use crate::kobj::ids::{Gone, ThreadId, VcpuId};
 use crate::kobj::kernel::{Kernel, Next};
 use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
+use crate::kobj::regs::UserRegs;
+
+/// CPUID leaf 0xD (XSAVE features and sizes, which follow XCR0).
+const XSAVE_LEAF: u32 = 0xd;
 
 /// Interruption type NMI (bits 10:8 of the interruption information).
 pub(super) const NMI_TYPE: u64 = 2;
@@ -121,6 +125,69 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
+    /// Whether vCPU thread `t`'s portal for basic reason `basic` is [`Portal::Reflect`]: the
+    /// machine's cheap test before [`Self::reflect_at_once`].
+    #[inline]
+    pub fn reflects(&self, t: ThreadId, basic: u32) -> bool {
+        self.threads
+            .get(t)
+            .and_then(|th| slot_at(&self.vcpus, th.vcpu?).ok())
+            .is_some_and(|v| v.portals.get(basic as usize) == Some(&Portal::Reflect))
+    }
+
+    /// The floor's fast path ([`Portal::Reflect`]): exit `exit` of the current vCPU thread
+    /// `t` answered in the kernel when its guest goes straight on afterwards (see
+    /// [`Self::guest_continues`]) and `t` owns the extended-state registers, so that entering
+    /// the guest again needs nothing of the host's: counted, traced and answered exactly as
+    /// [`Kernel::on_vm_exit`] would, and `true`; then the machine enters `t`'s guest at once
+    /// ([`Kernel::trace_entry`] and [`Kernel::guest_context`]). `false`: nothing changed.
+    #[inline(never)] // off the exits a handler takes
+    pub fn reflect_at_once(&mut self, t: ThreadId, exit: VmExit) -> bool {
+        let basic = exit.reason & 0xffff;
+        let Some((vi, leaf)) = self
+            .threads
+            .get(t)
+            .and_then(|th| Some((th.vcpu?, th.regs.rax as u32)))
+        else {
+            return false;
+        };
+        if basic == reason::CPUID && leaf == XSAVE_LEAF {
+            // Its answer depends on the XCR0 in force, which the machine leaves the guest's
+            // on this path: the general path answers it, with the host's, as always.
+            return false;
+        }
+        if exit.reason & (1 << 31) != 0
+            || self.xstate_owner != Some(t)
+            || !self.guest_continues(t, vi)
+        {
+            return false;
+        }
+        let reflect = slot_at(&self.vcpus, vi)
+            .is_ok_and(|v| v.portals.get(basic as usize) == Some(&Portal::Reflect));
+        if !reflect {
+            return false;
+        }
+        // What `on_vm_exit` and `reflect_and_go_on` do, in their order where it matters.
+        self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
+        self.trace_kernel_handled(vi);
+        let (Ok(v), Some(th)) = (slot_at_mut(&mut self.vcpus, vi), self.threads.get_mut(t)) else {
+            return false; // found above: not taken
+        };
+        if let Some(n) = v.exits.get_mut(basic as usize) {
+            *n = n.saturating_add(1);
+        }
+        v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
+        v.forwarded = false;
+        answer(
+            &mut self.machine,
+            &mut v.hw,
+            &mut th.regs,
+            basic,
+            exit.instruction_len,
+        );
+        true
+    }
+
     /// An exit the kernel answers itself ([`Portal::Reflect`], the benchmark floor): answered
     /// ([`Kernel::reflect`]), then, if [`Kernel::schedule`] would pick vCPU thread `t` again and enter its guest at
     /// once (judged without changing anything), straight back into it: the floor skips
@@ -138,6 +205,7 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
+    #[inline(always)]
     fn guest_continues(&self, t: ThreadId, vi: VcpuId) -> bool {
         let (Some(th), Some(v)) = (self.threads.get(t), slot_at(&self.vcpus, vi).ok()) else {
             return false;
@@ -146,7 +214,7 @@ impl<M: Machine> Kernel<M> {
             && self.exit_code.is_none()
             && !self.rotate
             && self.current == Some(t)
-            && th.state == ThreadState::Ready
+            && matches!(th.state, ThreadState::Ready)
             && !self.run_queue.outranks(th.prio)
             && v.run == VcpuRun::Running
             && v.run_ticks == 0
@@ -270,18 +338,7 @@ impl<M: Machine> Kernel<M> {
     fn reflect(&mut self, vi: VcpuId, basic: u32, len: u64) -> Result<(), Gone> {
         let v = slot_at_mut(&mut self.vcpus, vi)?;
         let r = &mut self.threads.get_mut(v.thread).ok_or(Gone)?.regs;
-        let m = &mut self.machine;
-        if basic == reason::CPUID {
-            let out = m.host_cpuid(r.rax as u32, r.rcx as u32);
-            r.rax = out[0] as u64;
-            r.rbx = out[1] as u64;
-            r.rcx = out[2] as u64;
-            r.rdx = out[3] as u64;
-        } else if basic == reason::VMCALL {
-            r.rax = 0;
-        }
-        let rip = m.vmcs_read(&mut v.hw, field::GUEST_RIP);
-        m.vmcs_write(&mut v.hw, field::GUEST_RIP, rip.wrapping_add(len));
+        answer(&mut self.machine, &mut v.hw, r, basic, len);
         Ok(())
     }
 
@@ -416,4 +473,21 @@ impl<M: Machine> Kernel<M> {
         let _ = self.send_loaded(t, cap.obj.id(), true);
         None
     }
+}
+
+/// The floor's answer to a reflected exit of basic reason `basic` (CPUID from the host,
+/// VMCALL 0 in RAX, port I/O nothing) and RIP past the `len`-byte instruction.
+#[inline(always)]
+fn answer<M: Machine>(m: &mut M, hw: &mut M::Vmcs, r: &mut UserRegs, basic: u32, len: u64) {
+    if basic == reason::CPUID {
+        let out = m.host_cpuid(r.rax as u32, r.rcx as u32);
+        r.rax = out[0] as u64;
+        r.rbx = out[1] as u64;
+        r.rcx = out[2] as u64;
+        r.rdx = out[3] as u64;
+    } else if basic == reason::VMCALL {
+        r.rax = 0;
+    }
+    let rip = m.vmcs_read(hw, field::GUEST_RIP);
+    m.vmcs_write(hw, field::GUEST_RIP, rip.wrapping_add(len));
 }

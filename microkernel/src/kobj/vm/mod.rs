@@ -53,7 +53,7 @@ pub const CR0_OWNED: u64 = CR0_NE | CR0_PE | CR0_PG;
 pub const CR4_OWNED: u64 = CR4_VMXE;
 
 /// The exits a portal may answer in the kernel ([`Portal::Reflect`], the benchmark floor).
-pub(super) const REFLECT_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
+pub const REFLECT_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
 
 /// Where an exit reason goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
