@@ -15,7 +15,7 @@ use userlib::proto::vmm::{
 
 use crate::counts::{kind_name, Counts};
 use crate::rng::Rng;
-use crate::{vmm, Tally, PROGRESS};
+use crate::{vmm, Suite, PROGRESS};
 
 /// The time limit of one random guest: enough for a loop of exits to show, short enough that a
 /// guest looping without exits costs little.
@@ -36,7 +36,7 @@ fn name(s: &str) -> String<16> {
 
 /// `runs` random guests, then a normal guest that must still pass. With `only`, the guest
 /// seed `only` in each of its four kinds instead (to repeat one run).
-pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
+pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Suite) {
     let runs = if only.is_some() {
         4
     } else {

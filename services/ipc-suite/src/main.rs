@@ -29,7 +29,7 @@ pub fn echo() -> CapSlot {
     ECHO.load(Ordering::Relaxed)
 }
 
-pub use userlib::tally::Tally;
+pub use userlib::suite::Suite;
 
 fn suite_main(generation: u64) {
     userlib::println!("ipc: suite starting (generation {generation})");
@@ -37,7 +37,7 @@ fn suite_main(generation: u64) {
         Ok(ep) => ECHO.store(ep, Ordering::Relaxed),
         Err(e) => userlib::println!("ipc: no echo endpoint: {e}"),
     }
-    let mut t = Tally::new("ipc");
+    let mut t = Suite::new("ipc");
     checks::supervisor_protocol(&mut t);
     checks::echo_protocol(&mut t);
     checks::malformed(&mut t);

@@ -11,7 +11,7 @@ use userlib::client::ClientError;
 use userlib::proto::trace::{Request, Response, Row, Share, Totals, Trace, TraceError};
 use userlib::proto::vmm::{EntryMode, VmSummary};
 use userlib::proto::ProtoError;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 /// The trace service's endpoint (when the manifest wires it).
 pub static TRACE: AtomicU64 = AtomicU64::new(abi::NO_CAP);
@@ -165,7 +165,7 @@ fn print_buckets(name: &str, vm: u32, code: u16, share: Share) {
 
 /// The trace service's counts of a run against the VMM's summary (the kernel's per-reason
 /// counters) and, for a shadow VM, the MMU service's.
-fn counts_agree(t: &mut Tally, label: &str, s: &VmSummary) -> Option<Report> {
+fn counts_agree(t: &mut Suite, label: &str, s: &VmSummary) -> Option<Report> {
     let Some(vm) = s.trace else {
         t.check(label, false, format_args!("the run was not traced: {s:?}"));
         return None;
@@ -240,7 +240,7 @@ fn status() -> Result<userlib::proto::trace::Status, ClientError> {
 }
 
 /// The `trace` scenario.
-pub fn trace_suite(t: &mut Tally) {
+pub fn trace_suite(t: &mut Suite) {
     let demo = crate::config("demo", "guest-multiboot", 16, EntryMode::Multiboot);
     if let Some(s) = crate::passing_guest(t, "demo guest, traced", &demo) {
         if let Some(r) = counts_agree(t, "  trace counts equal the VMM's, reason by reason", &s) {
@@ -304,7 +304,7 @@ pub fn trace_suite(t: &mut Tally) {
 
 /// The trace service crashes on request; its next generation says the histograms are lost,
 /// knows nothing of the VMs before, and traces the next run like the first.
-fn restart(t: &mut Tally, demo: &userlib::proto::vmm::VmConfig) {
+fn restart(t: &mut Suite, demo: &userlib::proto::vmm::VmConfig) {
     let before = status();
     let Ok(before) = before else {
         t.check("trace service status", false, format_args!("{before:?}"));

@@ -1,21 +1,22 @@
-//! Counting a suite's checks: each prints `NAME: ok   WHAT` or `NAME: FAIL WHAT: DETAIL`, and
-//! the counts make the suite's last line, `NAME: N passed, M failed`, which the harness reads.
+//! An on-target test suite's checks: each prints `NAME: ok   WHAT` or `NAME: FAIL WHAT: DETAIL`,
+//! and the counts make the suite's last line, `NAME: N passed, M failed`, which the harness
+//! reads. (The harness's own sums of such lines are `umbra_tests::pass_fail::PassFail`.)
 #![forbid(unsafe_code)]
 
 use core::fmt;
 
-/// The checks of one suite so far.
+/// One suite's checks so far: its name and how many passed and failed.
 #[derive(Debug)]
-pub struct Tally {
+pub struct Suite {
     /// The suite's name, the first word of each line.
     pub name: &'static str,
     pub passed: u32,
     pub failed: u32,
 }
 
-impl Tally {
+impl Suite {
     pub const fn new(name: &'static str) -> Self {
-        Tally {
+        Suite {
             name,
             passed: 0,
             failed: 0,
