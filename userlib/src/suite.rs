@@ -34,6 +34,16 @@ impl Suite {
         }
     }
 
+    /// The scenario's exit code for these counts (what the suite asks the supervisor's
+    /// `Shutdown` for): success iff nothing failed.
+    pub fn exit_code(&self) -> abi::ExitCode {
+        if self.failed == 0 {
+            abi::ExitCode::Success
+        } else {
+            abi::ExitCode::Failure
+        }
+    }
+
     /// Prints `NAME: N passed, M failed`.
     pub fn summary(&self) {
         crate::println!(

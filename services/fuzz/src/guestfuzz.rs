@@ -10,7 +10,7 @@ use core::fmt::Write;
 use heapless::String;
 use userlib::ipc::client;
 use userlib::proto::vmm::{
-    self, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, Vmm, DEFAULT_PREV_ROOTS,
+    self, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, Vmm, DEFAULT_PREV_ROOTS, GUEST_PASS,
 };
 
 use crate::counts::{kind_name, Counts};
@@ -25,8 +25,6 @@ const TIME_LIMIT_MS: u32 = 300;
 /// with IF = 0 after an I/O exit; Bochs kept the timer interrupt from exiting it and the
 /// machine hung (the kernel now lets pending interrupts in at the end of each slice).
 const REGRESSIONS: [(u32, bool, bool); 1] = [(0xdff5_aa35, false, false)];
-/// What `guest-multiboot` reports when every check passed (isa-debug-exit 0x10).
-const GUEST_PASS: u32 = 0x21;
 
 fn name(s: &str) -> String<16> {
     let mut out = String::new();

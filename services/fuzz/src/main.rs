@@ -137,7 +137,7 @@ fn fuzz_main(arg: u64) {
         abi::scenario::FUZZ
     };
     userlib::println!("{scenario}: {} passed, {} failed", t.passed, t.failed);
-    let code = u32::from(t.failed > 0);
+    let code = t.exit_code() as u32;
     let r = userlib::ipc::client::<Supervisor>(SUPERVISOR).call(&SupRequest::Shutdown { code });
     userlib::println!("fuzz: shutdown request returned {r:?}");
 }
@@ -422,8 +422,10 @@ extern "C" fn watchdog_main(_: u64) -> ! {
                     abi::scenario::FUZZ
                 };
                 userlib::println!("{scenario}: 0 passed, 1 failed");
-                let _ = userlib::ipc::client::<Supervisor>(SUPERVISOR)
-                    .call(&SupRequest::Shutdown { code: 1 });
+                let _ =
+                    userlib::ipc::client::<Supervisor>(SUPERVISOR).call(&SupRequest::Shutdown {
+                        code: abi::ExitCode::Failure as u32,
+                    });
             }
             PHASE_SYSCALLS => {
                 let ep = WATCHDOG_EP.load(Ordering::Relaxed);

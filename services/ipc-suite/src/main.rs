@@ -50,7 +50,7 @@ fn suite_main(generation: u64) {
     xstate::threads_keep_their_registers(&mut t);
     xstate::threads_keep_their_ymm(&mut t);
     t.summary();
-    let code = u32::from(t.failed > 0);
+    let code = t.exit_code() as u32;
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&SupRequest::Shutdown { code });
     userlib::println!("ipc: shutdown request returned {r:?}");

@@ -60,7 +60,7 @@ use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
 use userlib::proto::vmm::isolation::Problem;
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Request, Response, ShadowConfig, VmConfig, VmResult,
-    VmSummary, Vmm, VmmError,
+    VmSummary, Vmm, VmmError, GUEST_PASS,
 };
 use userlib::proto::ProtoError;
 use userlib::sys;
@@ -77,8 +77,6 @@ fn vmm() -> CapSlot {
     VMM.load(Ordering::Relaxed)
 }
 
-/// What every passing test guest reports: it wrote 0x10 to the debug-exit port.
-const GUEST_PASS: u32 = 0x21;
 const MIB: u64 = 1 << 20;
 
 use userlib::suite::Suite;
@@ -711,7 +709,7 @@ fn suite_main(generation: u64) {
         }
     }
     t.summary();
-    let code = u32::from(t.failed > 0);
+    let code = t.exit_code() as u32;
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&SupRequest::Shutdown { code });
     userlib::println!("{name}: shutdown request returned {r:?}");

@@ -9,9 +9,9 @@ use abi::CapSlot;
 use core::sync::atomic::{AtomicU64, Ordering};
 use userlib::proto::mmu::{self, Mmu};
 use userlib::proto::supervisor::{self, ServiceState, Supervisor};
-use userlib::proto::vmm::{EntryMode, Response, VmResult};
+use userlib::proto::vmm::{EntryMode, Response, VmResult, GUEST_PASS};
 
-use crate::{config, finished, run, shadow, Suite, GUEST_PASS, SUPERVISOR};
+use crate::{config, finished, run, shadow, Suite, SUPERVISOR};
 
 /// The MMU service's endpoint (manifest `needs=mmu-service`), found by name at start.
 pub static MMU: AtomicU64 = AtomicU64::new(abi::NO_CAP);
