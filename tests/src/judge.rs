@@ -257,7 +257,8 @@ pub fn judge(scenario: &str, expect: Expect, emu: Emu, facts: &Facts, end: &End)
     if emu.exit_status_is_meaningful() {
         if let End::Exited(status) = end {
             match (status, facts.exit_code) {
-                (Some(s), Some(code)) if *s == ((code as i32) << 1) | 1 => {}
+                (Some(s), Some(code))
+                    if u64::try_from(*s) == Ok(abi::qemu_debug_exit_status(code)) => {}
                 (Some(0), _) => reasons.push(
                     "QEMU exited with status 0: the guest reset or powered off without isa-debug-exit \
                      (a triple fault ends QEMU this way with -no-reboot)"

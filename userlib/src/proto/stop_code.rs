@@ -110,6 +110,13 @@ mod tests {
     }
 
     #[test]
+    fn guest_verdicts_are_what_the_guests_write_to_port_0xf4() {
+        // `finish32`/`finish64` write 0x10 (pass) or 0x11 (fail).
+        assert_eq!(crate::proto::vmm::GUEST_PASS, 0x21);
+        assert_eq!(crate::proto::vmm::GUEST_FAIL, 0x23);
+    }
+
+    #[test]
     fn outside_ram_round_trips_the_page() {
         assert_eq!(outside_ram(0x1234_5678), 0x0a01_2345);
         assert_eq!(outside_ram_gpa(outside_ram(0x1234_5678)), Some(0x1234_5000));
