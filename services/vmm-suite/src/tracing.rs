@@ -124,10 +124,7 @@ pub fn print_report(name: &str, vm: u32) -> Option<Report> {
 fn print_buckets(name: &str, vm: u32, code: u16, share: Share) {
     let mut c = client();
     let mut from = 0;
-    let share_name = match share {
-        Share::Full => "full",
-        Share::Handler => "handler",
-    };
+    let share_name = share.name();
     loop {
         let Ok(Response::Buckets { buckets, next }) = c.call(&Request::Buckets {
             vm,
