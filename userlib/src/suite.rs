@@ -46,11 +46,12 @@ impl Suite {
 
     /// Prints `NAME: N passed, M failed`.
     pub fn summary(&self) {
-        crate::println!(
-            "{}: {} passed, {} failed",
-            self.name,
-            self.passed,
-            self.failed
-        );
+        self.summary_as(self.name);
+    }
+
+    /// Prints `SCENARIO: N passed, M failed`: the verdict line of a suite whose checks run
+    /// under one name for several scenarios (`fuzz` serves `fuzz` and `fuzz-vm`).
+    pub fn summary_as(&self, scenario: &str) {
+        crate::println!("{scenario}: {} passed, {} failed", self.passed, self.failed);
     }
 }

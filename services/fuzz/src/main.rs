@@ -136,7 +136,7 @@ fn fuzz_main(arg: u64) {
     } else {
         abi::scenario::FUZZ
     };
-    userlib::println!("{scenario}: {} passed, {} failed", t.passed, t.failed);
+    t.summary_as(scenario);
     let code = t.exit_code() as u32;
     let r = userlib::ipc::client::<Supervisor>(SUPERVISOR).call(&SupRequest::Shutdown { code });
     userlib::println!("fuzz: shutdown request returned {r:?}");
