@@ -249,6 +249,7 @@ bench: ensure-setup harness iso
 # A scenario with exit tracing on (`trace` on the kernel command line), in Bochs unless EMU is
 # named: the report table, build/trace/SCENARIO.csv and .svg. LOG=path: only report on a log.
 # GUEST=: a user's own kernel traced (scenario guest; the GUEST= options of `make run`).
+TRACE_SCENARIO := $(or $(SCENARIO),demo)
 trace: ensure-setup harness $(if $(LINUX_NAMED),linux-assets) $(if $(GUEST),guest-check) $(if $(LOG),,iso)
 	@$(HARNESS) trace $(if $(GUEST),$(GUEST_ARGS),--scenario $(TRACE_SCENARIO)) \
 		$(if $(LOG),--log $(LOG),--emu $(if $(filter undefined,$(EMU_ORIGIN)),bochs,$(EMU)) \

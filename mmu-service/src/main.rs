@@ -29,10 +29,8 @@ use abi::{CapKind, CapSlot, Rights};
 use alloc::boxed::Box;
 use mmu_service::ept::{on_violation, Violation};
 use mmu_service::journal::{self, CapKey, Injection, VmRecord};
-use userlib::proto::mmu::{
-    handle_of, outside_ram_code, Mmu, MmuError, Request, Response, MAX_VMS, STOP_MMU_ERROR,
-};
-use userlib::proto::ProtoError;
+use userlib::proto::mmu::{handle_of, Mmu, MmuError, Request, Response, MAX_VMS};
+use userlib::proto::{stop_code, ProtoError};
 use userlib::server::serve_one;
 use userlib::sys;
 use userlib::wiring::Wiring;
@@ -424,14 +422,14 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
     let msg = &mut state.exit;
     if let Err(e) = msg.decode_into(bytes) {
         userlib::println!("mmu: malformed exit message ({e:?}); stopping the VM");
-        return ExitReply::stop(STOP_MMU_ERROR);
+        return ExitReply::stop(stop_code::MMU_ERROR);
     }
     let msg = &state.exit;
     let handle = handle_of(msg.vcpu);
     let vm = state.vms.get_mut(handle as usize).and_then(Option::as_mut);
     let Some(vm) = vm else {
         userlib::println!("mmu: exit for an unknown VM (handle {handle}); stopping it");
-        return ExitReply::stop(STOP_MMU_ERROR);
+        return ExitReply::stop(stop_code::MMU_ERROR);
     };
     if let Some(s) = vm.shadow.as_mut() {
         return s.on_exit(msg, quiet(vm.stopped)).unwrap_or_else(|code| {
@@ -445,7 +443,7 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
             msg.basic_reason(),
             msg.rip
         );
-        return ExitReply::stop(STOP_MMU_ERROR);
+        return ExitReply::stop(stop_code::MMU_ERROR);
     }
     vm.violations += 1;
     match on_violation(msg.gpa, vm.ram_pages) {
@@ -459,7 +457,7 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
                 Err(e) => {
                     userlib::println!("mmu: mapping gpa {gpa:#x} failed: {e:?}; stopping the VM");
                     vm.stopped += 1;
-                    ExitReply::stop(outside_ram_code(msg.gpa))
+                    ExitReply::stop(stop_code::outside_ram(msg.gpa))
                 }
             }
         }
@@ -484,7 +482,7 @@ fn on_exit(state: &mut State, bytes: &[u8]) -> ExitReply {
                 );
             }
             vm.stopped += 1;
-            ExitReply::stop(outside_ram_code(gpa))
+            ExitReply::stop(stop_code::outside_ram(gpa))
         }
     }
 }

@@ -7,9 +7,8 @@ use abi::{CapSlot, Rights};
 use mmu_service::ept::{RealModeAccess, RealModeEpt};
 use mmu_service::shadow_exit::{self, handle_exit, MoreState, ShadowVcpu, Stop};
 use mmu_service::{GuestMemory, MemoryError, MmuConfig, ShadowPagePool};
-use userlib::proto::mmu::{
-    outside_ram_code, MmuError, ShadowParams, ShadowStats, STOP_MMU_ERROR, STOP_UNEMULATED,
-};
+use userlib::proto::mmu::{MmuError, ShadowParams, ShadowStats};
+use userlib::proto::stop_code;
 use userlib::sys::{self, Mapping};
 
 /// vCPUs per VM this service tracks (the index in the vCPU id).
@@ -316,12 +315,12 @@ impl ShadowVm {
                 "mmu: shadow VM {} runs before its RAM was granted; stopping it",
                 self.handle
             );
-            return Err(STOP_MMU_ERROR);
+            return Err(stop_code::MMU_ERROR);
         };
         let index = (m.vcpu & 0xffff) as usize;
         let Some(sv) = self.vcpus.get_mut(index) else {
             userlib::println!("mmu: vCPU index {index} out of range; stopping the VM");
-            return Err(STOP_MMU_ERROR);
+            return Err(stop_code::MMU_ERROR);
         };
         if m.basic_reason() == reason::EPT_VIOLATION {
             return real_mode_violation(mmu, m, quiet);
@@ -399,7 +398,7 @@ fn real_mode_violation(
                     userlib::println!(
                         "mmu: mapping gfn {gfn:#x} in the EPT failed: {e:?}; stopping the VM"
                     );
-                    Err(STOP_MMU_ERROR)
+                    Err(stop_code::MMU_ERROR)
                 }
             }
         }
@@ -416,13 +415,13 @@ fn report(m: &ExitMessage, stop: &Stop, quiet: bool) -> u64 {
                 m.rip
             );
             }
-            outside_ram_code(*gpa)
+            stop_code::outside_ram(*gpa)
         }
         Stop::Unemulated { rip, bytes, error } => {
             userlib::println!(
                 "mmu: cannot emulate the write to a guest page table at rip {rip:#x} ({error:?}); bytes {bytes:02x?}: stopping the VM"
             );
-            STOP_UNEMULATED
+            stop_code::UNEMULATED
         }
         Stop::Mmu(e) => {
             userlib::println!(
@@ -430,14 +429,14 @@ fn report(m: &ExitMessage, stop: &Stop, quiet: bool) -> u64 {
                 m.reason,
                 m.rip
             );
-            STOP_MMU_ERROR
+            stop_code::MMU_ERROR
         }
         Stop::NoRegisters => {
             userlib::println!(
                 "mmu: a page-table write to emulate at rip {:#x}, and the vCPU's registers cannot be read (no AttachVcpu?): stopping the VM",
                 m.rip
             );
-            STOP_MMU_ERROR
+            stop_code::MMU_ERROR
         }
         Stop::TripleFault => {
             userlib::println!(
@@ -452,7 +451,7 @@ fn report(m: &ExitMessage, stop: &Stop, quiet: bool) -> u64 {
                 m.qualification,
                 m.rip
             );
-            STOP_MMU_ERROR
+            stop_code::MMU_ERROR
         }
     }
 }

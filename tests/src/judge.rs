@@ -7,8 +7,8 @@
 use abi::ExitCode;
 
 use crate::emu::Emu;
+use crate::pass_fail::PassFail;
 use crate::scenarios::Expect;
-use crate::tally::Tally;
 
 /// Turns raw console bytes into plain text: drops terminal escape sequences (GRUB clears the
 /// screen on the serial line), carriage returns and other control characters.
@@ -54,22 +54,13 @@ pub fn clean_console(raw: &[u8]) -> String {
     out
 }
 
-/// Counts from a `<name>: N passed, M failed` line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Counts {
-    /// Checks that passed.
-    pub passed: u64,
-    /// Checks that failed.
-    pub failed: u64,
-}
-
 /// What a serial log says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
     /// The code of the last `umbra: exit <code>` line.
     pub exit_code: Option<u32>,
     /// The last `<scenario>: N passed, M failed` line.
-    pub summary: Option<Counts>,
+    pub summary: Option<PassFail>,
     /// The first line of an exception report (`EXCEPTION ...`).
     pub exception: Option<String>,
     /// Whether register-dump lines follow the exception line.
@@ -143,7 +134,7 @@ pub fn parse_exit_line(t: &str) -> Option<u32> {
 
 /// Parses `<name>: N passed, M failed` (possibly after a log prefix; `name` must not be the
 /// tail of a longer word such as `mykernel`).
-pub fn parse_summary(t: &str, name: &str) -> Option<Counts> {
+pub fn parse_summary(t: &str, name: &str) -> Option<PassFail> {
     let key = format!("{name}: ");
     let mut from = 0;
     let mut found = None;
@@ -159,12 +150,12 @@ pub fn parse_summary(t: &str, name: &str) -> Option<Counts> {
 }
 
 /// Parses `N passed<sep>M failed` at the start of `s`.
-pub(crate) fn parse_counts(s: &str, sep: &str) -> Option<Counts> {
+pub(crate) fn parse_counts(s: &str, sep: &str) -> Option<PassFail> {
     let (passed, rest) = leading_number(s)?;
     let rest = rest.strip_prefix(" passed")?.strip_prefix(sep)?;
     let (failed, rest) = leading_number(rest)?;
     rest.strip_prefix(" failed")?;
-    Some(Counts { passed, failed })
+    Some(PassFail { passed, failed })
 }
 
 fn leading_number(s: &str) -> Option<(u64, &str)> {
@@ -211,7 +202,7 @@ pub struct Verdict {
     /// One-line description of what was seen.
     pub seen: String,
     /// What this run adds to the `make test` total.
-    pub tally: Tally,
+    pub tally: PassFail,
 }
 
 fn exit_code_name(code: u32) -> &'static str {
@@ -266,7 +257,8 @@ pub fn judge(scenario: &str, expect: Expect, emu: Emu, facts: &Facts, end: &End)
     if emu.exit_status_is_meaningful() {
         if let End::Exited(status) = end {
             match (status, facts.exit_code) {
-                (Some(s), Some(code)) if *s == ((code as i32) << 1) | 1 => {}
+                (Some(s), Some(code))
+                    if u64::try_from(*s) == Ok(abi::qemu_debug_exit_status(code)) => {}
                 (Some(0), _) => reasons.push(
                     "QEMU exited with status 0: the guest reset or powered off without isa-debug-exit \
                      (a triple fault ends QEMU this way with -no-reboot)"
@@ -309,7 +301,7 @@ pub fn judge(scenario: &str, expect: Expect, emu: Emu, facts: &Facts, end: &End)
 
     match expect {
         Expect::Pass => {
-            let mut tally = Tally::default();
+            let mut tally = PassFail::default();
             if let Some(c) = facts.summary {
                 tally.passed += c.passed;
                 tally.failed += c.failed;
@@ -357,7 +349,7 @@ pub fn judge(scenario: &str, expect: Expect, emu: Emu, facts: &Facts, end: &End)
                 }
             }
             let check_passed = why.is_empty();
-            let mut tally = Tally::default();
+            let mut tally = PassFail::default();
             tally.add_check(check_passed);
             Verdict {
                 scenario_passed,
@@ -423,7 +415,7 @@ mod tests {
     #[test]
     fn summary_parsing() {
         let c = |p, f| {
-            Some(Counts {
+            Some(PassFail {
                 passed: p,
                 failed: f,
             })
@@ -462,7 +454,7 @@ mod tests {
         assert_eq!(f.exit_code, Some(0));
         assert_eq!(
             f.summary,
-            Some(Counts {
+            Some(PassFail {
                 passed: 12,
                 failed: 0
             })
@@ -471,7 +463,7 @@ mod tests {
         assert!(v.scenario_passed && v.check_passed, "{:?}", v.reasons);
         assert_eq!(
             v.tally,
-            Tally {
+            PassFail {
                 passed: 13,
                 failed: 0
             }
@@ -523,7 +515,7 @@ mod tests {
         assert!(v.reasons.iter().any(|r| r == "kernel: 10 passed, 2 failed"));
         assert_eq!(
             v.tally,
-            Tally {
+            PassFail {
                 passed: 10,
                 failed: 3
             }
@@ -542,7 +534,7 @@ mod tests {
             .any(|r| r.contains("no `kernel: N passed, M failed` line")));
         assert_eq!(
             v.tally,
-            Tally {
+            PassFail {
                 passed: 0,
                 failed: 1
             }
@@ -608,7 +600,7 @@ mod tests {
         assert!(v.check_passed, "{:?}", v.reasons);
         assert_eq!(
             v.tally,
-            Tally {
+            PassFail {
                 passed: 1,
                 failed: 0
             }
@@ -642,7 +634,7 @@ mod tests {
         assert!(v.reasons.iter().any(|r| r.contains("no exception report")));
         assert_eq!(
             v.tally,
-            Tally {
+            PassFail {
                 passed: 0,
                 failed: 1
             }

@@ -11,8 +11,8 @@ use std::path::Path;
 use userlib::proto::vmm::POOL_MAX_PAGES;
 
 use crate::linux::{self, Arch, InitReport};
+use crate::pass_fail::PassFail;
 use crate::runner::{self, RunOptions};
-use crate::tally::Tally;
 use crate::userguest::{GuestMmu, UserGuest};
 
 /// Guest RAM of a Linux guest unless `RAM=` says otherwise.
@@ -177,7 +177,7 @@ impl LinuxRun {
 
 /// Judges a finished Linux run: the init's report and the power-off, added to `tally` (one
 /// check each), with the failures printed. True iff it passed.
-pub fn judge(console: &str, arch: Arch, tally: &mut Tally) -> (bool, LinuxRun) {
+pub fn judge(console: &str, arch: Arch, tally: &mut PassFail) -> (bool, LinuxRun) {
     let run = LinuxRun::from_console(console);
     let why = run.failures(arch);
     tally.add_check(run.report.is_ok() && why.is_empty());
@@ -199,7 +199,7 @@ pub fn run_checked(
     iso: &Path,
     arch: Arch,
     g: UserGuest,
-) -> Result<(bool, String, LinuxRun, Tally), String> {
+) -> Result<(bool, String, LinuxRun, PassFail), String> {
     let opts = RunOptions {
         guest: Some(g),
         timeout_secs: Some(TIMEOUT_SECS),

@@ -46,7 +46,7 @@ fn a_runs_figures_come_from_the_summary_lines() {
 
 #[test]
 fn a_run_fails_without_power_off_enough_switches_or_a_report() {
-    let mut tally = Tally::default();
+    let mut tally = PassFail::default();
     let (ok, _) = judge(SHADOW_RUN, Arch::I386, &mut tally);
     assert!(ok && tally.ok());
     let no_off = SHADOW_RUN.replace("result PoweredOff", "result Halted");
@@ -62,7 +62,7 @@ fn a_run_fails_without_power_off_enough_switches_or_a_report() {
         .take(3)
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut t = Tally::default();
+    let mut t = PassFail::default();
     let (ok, run) = judge(&cut, Arch::I386, &mut t);
     assert!(!ok && !t.ok() && run.report.is_err());
 }

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use umbra_tests::emu::{Emu, Firmware, Loader};
 use umbra_tests::linux_run;
 use umbra_tests::orchestrate::{self, TestOptions};
+use umbra_tests::pass_fail::PassFail;
 use umbra_tests::runner::{self, RunOptions};
 use umbra_tests::scenarios::{self, Expect};
-use umbra_tests::tally::Tally;
 use umbra_tests::userguest::{self, UserGuest};
 use umbra_tests::{bench, bootcfg, judge, limine, linux, screen, trace};
 
@@ -471,7 +471,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
                 }
                 // A Linux guest of ours passes when its init's checks pass.
                 if let Some(arch) = linux_alias(&a) {
-                    let mut tally = Tally::default();
+                    let mut tally = PassFail::default();
                     passed &= linux_run::judge(&log, arch, &mut tally).0;
                 }
             }

@@ -13,10 +13,10 @@ use crate::judge::clean_console;
 use crate::limine;
 use crate::linux::Arch;
 use crate::linux_run;
+use crate::pass_fail::{sum_cargo_results, PassFail};
 use crate::runner::{self, flush_stdout, RunOptions};
 use crate::scenarios::{Expect, LIMINE_RUNS, SCENARIOS};
 use crate::screen;
-use crate::tally::{sum_cargo_results, Tally};
 use crate::userguest;
 
 /// Where `make test` finds things.
@@ -35,7 +35,7 @@ struct StepResult {
     ok: bool,
     skipped: bool,
     detail: String,
-    tally: Tally,
+    tally: PassFail,
     elapsed: Duration,
 }
 
@@ -235,7 +235,7 @@ pub fn test(opts: &TestOptions) -> i32 {
         (Ok(_), true) => match screen::check(&opts.build_dir) {
             Ok(seen) => {
                 println!("PASS {name}: {seen}");
-                let mut tally = Tally::default();
+                let mut tally = PassFail::default();
                 tally.add_check(true);
                 StepResult {
                     name,
@@ -255,7 +255,7 @@ pub fn test(opts: &TestOptions) -> i32 {
     n += 1;
     results.push(linux_step(n, total_steps, opts, iso_ok));
 
-    let mut total = Tally::default();
+    let mut total = PassFail::default();
     println!();
     println!("==> summary ({:.0} s)", started.elapsed().as_secs_f64());
     for r in &results {
@@ -307,7 +307,7 @@ fn scenario_runs(opts: &TestOptions) -> Vec<RunOptions> {
 
 fn failed_step(name: String, why: &str, t0: Instant) -> StepResult {
     println!("FAIL {name}: {why}");
-    let mut tally = Tally::default();
+    let mut tally = PassFail::default();
     tally.add_check(false);
     StepResult {
         name,
@@ -369,7 +369,7 @@ fn guest_step(
     iso_ok: bool,
     (name, what): (String, &str),
     prepare: &str,
-    run: impl FnOnce() -> Result<(bool, String, Tally), String>,
+    run: impl FnOnce() -> Result<(bool, String, PassFail), String>,
 ) -> StepResult {
     header(n, total, &name, what);
     let t0 = Instant::now();
@@ -406,7 +406,7 @@ fn skipped_step(name: String, why: &str, t0: Instant) -> StepResult {
         ok: true,
         skipped: true,
         detail: format!("skipped: {why}"),
-        tally: Tally::default(),
+        tally: PassFail::default(),
         elapsed: t0.elapsed(),
     }
 }
@@ -429,7 +429,7 @@ fn run_cmd_step(n: usize, total: usize, name: &str, argv: &[&str], cargo_test: b
     for var in ["MAKEFLAGS", "MFLAGS", "MAKELEVEL"] {
         cmd.env_remove(var);
     }
-    let mut tally = Tally::default();
+    let mut tally = PassFail::default();
     let (ok, detail) = match cmd.spawn() {
         Err(e) => (
             false,

@@ -41,31 +41,9 @@ pub struct TraceRow {
     pub handler_total: u64,
 }
 
-/// Which time a histogram counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Share {
-    /// Exit to entry (`t_entry - t_exit`).
-    Full,
-    /// The handler's part (`t_reply - t_recv`).
-    Handler,
-}
-
-impl Share {
-    pub fn name(self) -> &'static str {
-        match self {
-            Share::Full => "full",
-            Share::Handler => "handler",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Share> {
-        match s {
-            "full" => Some(Share::Full),
-            "handler" => Some(Share::Handler),
-            _ => None,
-        }
-    }
-}
+/// Which time a histogram counts: the trace protocol's own, named in `share=` as
+/// [`Share::name`] says.
+pub use userlib::proto::trace::Share;
 
 /// One histogram bucket: `count` exits took `[lo, hi)` cycles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,7 +262,7 @@ fn parse_line(body: &str) -> Result<Line<'_>, String> {
     if let Some(words) = body.strip_prefix("trace-hist: ") {
         let f = Fields::new(words)?;
         let share = f.str("share")?;
-        let share = Share::parse(share)
+        let share = Share::from_name(share)
             .ok_or_else(|| format!("`share={share}` is neither full nor handler"))?;
         return Ok(Line::Hist {
             vm: f.str("vm")?,

@@ -21,8 +21,8 @@ use vmm_service::loader::{flat64, linux, multiboot, LoadError};
 
 use crate::bootcfg::{GuestFile, BOOT_MODULES};
 use crate::emu::MACHINE_MIB;
+use crate::pass_fail::PassFail;
 use crate::runner::RunOptions;
-use crate::tally::Tally;
 
 /// Guest RAM when `RAM=` is not given.
 pub const DEFAULT_RAM_MIB: u32 = 64;
@@ -494,7 +494,7 @@ pub fn example_expected_lines(ram_mib: u32) -> Vec<String> {
 /// `make test`'s run of the example kernel through the `GUEST=` path on Bochs (it needs VMX):
 /// the file checked like `make run GUEST=...` does, booted, then the run's verdict and each of
 /// [`example_expected_lines`] in its log. Returns (passed, what was seen, counts).
-pub fn run_example(build_dir: &Path, iso: &Path) -> Result<(bool, String, Tally), String> {
+pub fn run_example(build_dir: &Path, iso: &Path) -> Result<(bool, String, PassFail), String> {
     let path = build_dir.join(EXAMPLE_KERNEL);
     let guest = UserGuest::new(
         &path,

@@ -16,9 +16,9 @@ pub mod manifest;
 pub mod proto;
 pub mod rt;
 pub mod server;
+pub mod suite;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod tally;
 pub mod wiring;
 #[allow(unsafe_code)]
 pub mod xregs;

@@ -9,40 +9,10 @@ pub use userlib::proto::vmm::VmResult;
 /// A VM's name (truncated to 32 bytes).
 pub type Name = heapless::String<32>;
 
-/// The `stop_code` of a stopping reply: `kind | (detail & DETAIL_MASK)`. It fits in 32 bits,
-/// so `VcpuRun` returns it unchanged as `abi::vmx::stop::HANDLER | stop_code`. The full
+/// The `stop_code` of a stopping reply, `kind | (detail & DETAIL_MASK)`: the kinds of the VMM
+/// and the MMU service are one number space, defined in `userlib::proto::stop_code`. The full
 /// values (64-bit exit codes and the report) are in the [`Stop`] of the `Stopped` event.
-pub mod stop_code {
-    /// Hypercall exit: detail = the guest's code (RBX), truncated.
-    pub const EXITED: u64 = 1 << 24;
-    /// Debug-exit port: detail = `(v << 1) | 1`, truncated.
-    pub const DEBUG_EXIT: u64 = 2 << 24;
-    /// Triple fault: detail 0.
-    pub const TRIPLE_FAULT: u64 = 3 << 24;
-    /// VM entry failed (invalid guest state, MSR loading, machine check): detail = full
-    /// exit reason & DETAIL_MASK.
-    pub const ENTRY_FAILED: u64 = 4 << 24;
-    /// An exit the model does not handle: detail = basic exit reason.
-    pub const UNHANDLED: u64 = 5 << 24;
-    /// An access outside RAM and every device: detail = the guest-physical page number,
-    /// truncated (the MMU service's code, `userlib::proto::mmu::STOP_OUTSIDE_RAM`).
-    pub const OUTSIDE_RAM: u64 = userlib::proto::mmu::STOP_OUTSIDE_RAM;
-    /// A malformed exit message (missing state groups): detail = basic exit reason.
-    pub const BAD_EXIT: u64 = 6 << 24;
-    /// HLT with interrupts disabled (nothing can wake the vCPU): detail 0.
-    pub const HALTED: u64 = 7 << 24;
-    /// ACPI S5 through PM1a_CNT: detail 0.
-    pub const POWERED_OFF: u64 = 8 << 24;
-    /// A reset through a port: detail = the port.
-    pub const RESET: u64 = 9 << 24;
-    /// An application processor received INIT: its vCPU stops and waits for a SIPI (the VM
-    /// goes on). Detail 0.
-    pub const PARKED: u64 = 0x10 << 24;
-    /// Another vCPU's stop ended the VM (multi-vCPU VMs). Detail 0.
-    pub const VM_ENDED: u64 = 0x11 << 24;
-    pub const KIND_MASK: u64 = 0xff << 24;
-    pub const DETAIL_MASK: u64 = 0xff_ffff;
-}
+pub use userlib::proto::stop_code;
 
 /// What the console should show about an exit that stopped the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,29 +278,12 @@ mod tests {
             &VmResult::Reset { port: 0xcf9 }
         );
         assert_eq!(Stop::reset(0xcf9).stop_code(), 0x0900_0cf9);
-        // Every stop kind is distinct, the MMU service's included (a stop's kind names
-        // whoever decided it).
-        use userlib::proto::mmu;
-        let kinds = [
-            stop_code::EXITED,
-            stop_code::DEBUG_EXIT,
-            stop_code::TRIPLE_FAULT,
-            stop_code::ENTRY_FAILED,
-            stop_code::UNHANDLED,
-            stop_code::BAD_EXIT,
-            stop_code::HALTED,
-            stop_code::POWERED_OFF,
-            stop_code::RESET,
-            stop_code::PARKED,
-            stop_code::VM_ENDED,
-            mmu::STOP_OUTSIDE_RAM,
-            mmu::STOP_MMU_ERROR,
-            mmu::STOP_UNEMULATED,
-        ];
-        for (i, a) in kinds.iter().enumerate() {
-            assert_eq!(a & !stop_code::KIND_MASK, 0);
-            assert!(kinds[i + 1..].iter().all(|b| a != b), "{a:#x}");
-        }
+        // (That every stop kind is distinct, the MMU service's included, is
+        // `userlib::proto::stop_code`'s test.)
+        assert_eq!(
+            Stop::outside_ram(None, 0xd000_0000).stop_code(),
+            stop_code::outside_ram(0xd000_0000)
+        );
         // A report of a bare message is one line.
         let bare = Report::new(&name, &ExitMessage::default(), "x");
         assert_eq!(format!("{bare}").lines().count(), 1);

@@ -13,6 +13,7 @@ use abi::vmx::{field, group, reason, stop, vm_flags, EXIT_REASONS};
 use abi::{CapSlot, Error};
 use heapless::Vec;
 use userlib::proto::mmu::{self, Mmu};
+use userlib::proto::stop_code;
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Response, VmConfig, VmResult, VmSummary, VmmError,
     CMDLINE_MAX, MAX_PREV_ROOTS, MAX_VCPUS, POOL_MAX_PAGES, POOL_MIN_PAGES, RAM_MAX_MIB,
@@ -216,8 +217,7 @@ pub fn run_vm(cfg: &VmConfig, exit_ep: CapSlot) -> Result<Response, VmmError> {
         crate::smp::finish();
         let mut outcome = exit_thread::end();
         // The BSP stopped because an application processor's stop ended the VM: that stop.
-        let ended_by_ap =
-            matches!(run, Ok(s) if crate::smp::kind_is(&s, vmm_service::vm::stop_code::VM_ENDED));
+        let ended_by_ap = matches!(run, Ok(s) if crate::smp::kind_is(&s, stop_code::VM_ENDED));
         let (vcpu, run) = match outcome.ap_stop {
             Some((i, ap)) if ended_by_ap => (vm.vcpus[i], ap),
             _ => (vm.vcpu, run),
@@ -679,10 +679,10 @@ impl Drop for Detach {
 
 /// The guest-physical page of a stop the MMU service made for an access outside RAM.
 pub fn outside_ram(s: &sys::VcpuStop) -> Option<u64> {
-    let detail = s.stop & !stop::KIND_MASK;
-    (s.stop & stop::KIND_MASK == stop::HANDLER
-        && detail & vmm_service::vm::stop_code::KIND_MASK == mmu::STOP_OUTSIDE_RAM)
-        .then_some((detail & 0xff_ffff) << 12)
+    if s.stop & stop::KIND_MASK != stop::HANDLER {
+        return None;
+    }
+    stop_code::outside_ram_gpa(s.stop & !stop::KIND_MASK)
 }
 
 /// How a run ended, from the kernel's stop and the model's conclusion.

@@ -23,8 +23,15 @@ pub use error::Error;
 pub use syscall::Sys;
 
 /// I/O port of QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`).
-/// Writing `code` ends QEMU with status `(code << 1) | 1`.
+/// Writing `code` ends QEMU with status [`qemu_debug_exit_status`]`(code)`.
 pub const QEMU_DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// The status QEMU's `isa-debug-exit` reports for a write of `value` to its port:
+/// `(value << 1) | 1`, so never 0. The one definition: the kernel's [`ExitCode::qemu_status`],
+/// the harness and the VMM's model of the port (a guest's `VmResult::DebugExit { code }`) use it.
+pub const fn qemu_debug_exit_status(value: u32) -> u64 {
+    ((value as u64) << 1) | 1
+}
 
 /// I/O port of Bochs' power-management "shutdown" hack: writing the bytes of `Shutdown` ends Bochs.
 pub const BOCHS_SHUTDOWN_PORT: u16 = 0x8900;
@@ -165,7 +172,18 @@ pub enum ExitCode {
 impl ExitCode {
     /// The process status QEMU's `isa-debug-exit` produces for this code.
     pub const fn qemu_status(self) -> i32 {
-        ((self as i32) << 1) | 1
+        qemu_debug_exit_status(self as u32) as i32
+    }
+
+    /// The exit code a `MachineExit` syscall's `code` asks for: one of the codes above, and
+    /// any other value a failure.
+    pub const fn from_raw(code: u64) -> ExitCode {
+        match code {
+            0 => ExitCode::Success,
+            2 => ExitCode::UnknownScenario,
+            3 => ExitCode::Crash,
+            _ => ExitCode::Failure,
+        }
     }
 }
 
@@ -178,5 +196,21 @@ mod tests {
         assert_eq!(ExitCode::Success.qemu_status(), 1);
         assert_eq!(ExitCode::Failure.qemu_status(), 3);
         assert_eq!(ExitCode::Crash.qemu_status(), 7);
+        assert_eq!(qemu_debug_exit_status(0x10), 0x21);
+        assert_eq!(qemu_debug_exit_status(u32::MAX), 0x1_ffff_ffff);
+    }
+
+    #[test]
+    fn raw_codes_map_to_their_exit_code_and_the_rest_to_failure() {
+        for c in [
+            ExitCode::Success,
+            ExitCode::Failure,
+            ExitCode::UnknownScenario,
+            ExitCode::Crash,
+        ] {
+            assert_eq!(ExitCode::from_raw(c as u64), c);
+        }
+        assert_eq!(ExitCode::from_raw(4), ExitCode::Failure);
+        assert_eq!(ExitCode::from_raw(u64::MAX), ExitCode::Failure);
     }
 }

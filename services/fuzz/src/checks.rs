@@ -15,7 +15,7 @@ use userlib::proto::ProtoError;
 use userlib::sys;
 
 use crate::messages::ECHO_BENCH_LABEL;
-use crate::{echo, mmu, vmm, Tally, SUPERVISOR};
+use crate::{echo, mmu, vmm, Suite, SUPERVISOR};
 
 /// The state the fuzzing must leave as it found it.
 pub struct Snapshot {
@@ -128,7 +128,7 @@ fn invalid_vm() -> VmConfig {
 
 /// The MMU service takes only a VM capability as a VM (run first, while its capability
 /// table has room: a foreign object in a VM slot would take the slot from the VMM's VMs).
-pub fn mmu_refuses_foreign_vm(canary: CapSlot, t: &mut Tally) {
+pub fn mmu_refuses_foreign_vm(canary: CapSlot, t: &mut Suite) {
     let r = client::<Mmu>(mmu()).call_with_cap(
         &mmu::Request::AttachVm {
             key: u64::MAX,
@@ -172,7 +172,7 @@ pub fn stray_grants(grant: CapSlot) {
 }
 
 /// Runs every check; returns how many of the four services answered.
-pub fn verify(before: &Snapshot, canary: CapSlot, canary_bytes: &[u8], t: &mut Tally) -> u32 {
+pub fn verify(before: &Snapshot, canary: CapSlot, canary_bytes: &[u8], t: &mut Suite) -> u32 {
     let mut answering = 0;
     let mut sup = client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&supervisor::Request::Version);

@@ -21,7 +21,7 @@ use vmm_service::loader::entry;
 
 use crate::counts::Counts;
 use crate::rng::Rng;
-use crate::{Tally, PROGRESS};
+use crate::{Suite, PROGRESS};
 
 /// Guest RAM of a fuzzed VM (pages) and its shadow page pool.
 const RAM_PAGES: u64 = 512;
@@ -428,7 +428,7 @@ fn stop_name(s: u64) -> &'static str {
 }
 
 /// Runs `runs` vCPU runs against the random handler; then the sane check.
-pub fn run(seed: u64, runs: u64, ep: CapSlot, t: &mut Tally) -> Result<(), &'static str> {
+pub fn run(seed: u64, runs: u64, ep: CapSlot, t: &mut Suite) -> Result<(), &'static str> {
     let rng = Rng::new(seed ^ 0xe417);
     start_handler(ep, seed)?;
     let mut stops = Counts::new();
@@ -496,7 +496,7 @@ pub fn run(seed: u64, runs: u64, ep: CapSlot, t: &mut Tally) -> Result<(), &'sta
 
 /// A fresh EPT VM, answered sanely: the guest's loop exits in its order, twice, and the
 /// handler's stop ends the run.
-fn sane_run(ep: CapSlot, t: &mut Tally) {
+fn sane_run(ep: CapSlot, t: &mut Suite) {
     SANE.store(true, Ordering::Relaxed);
     RUN_REPLIES.store(0, Ordering::Relaxed);
     let result = (|| {

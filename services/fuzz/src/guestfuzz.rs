@@ -10,12 +10,12 @@ use core::fmt::Write;
 use heapless::String;
 use userlib::ipc::client;
 use userlib::proto::vmm::{
-    self, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, Vmm, DEFAULT_PREV_ROOTS,
+    self, EntryMode, MmuMode, ShadowConfig, VmConfig, VmResult, Vmm, DEFAULT_PREV_ROOTS, GUEST_PASS,
 };
 
 use crate::counts::{kind_name, Counts};
 use crate::rng::Rng;
-use crate::{vmm, Tally, PROGRESS};
+use crate::{vmm, Suite, PROGRESS};
 
 /// The time limit of one random guest: enough for a loop of exits to show, short enough that a
 /// guest looping without exits costs little.
@@ -25,8 +25,6 @@ const TIME_LIMIT_MS: u32 = 300;
 /// with IF = 0 after an I/O exit; Bochs kept the timer interrupt from exiting it and the
 /// machine hung (the kernel now lets pending interrupts in at the end of each slice).
 const REGRESSIONS: [(u32, bool, bool); 1] = [(0xdff5_aa35, false, false)];
-/// What `guest-multiboot` reports when every check passed (isa-debug-exit 0x10).
-const GUEST_PASS: u32 = 0x21;
 
 fn name(s: &str) -> String<16> {
     let mut out = String::new();
@@ -36,7 +34,7 @@ fn name(s: &str) -> String<16> {
 
 /// `runs` random guests, then a normal guest that must still pass. With `only`, the guest
 /// seed `only` in each of its four kinds instead (to repeat one run).
-pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Tally) {
+pub fn run(seed: u64, runs: u64, only: Option<u32>, t: &mut Suite) {
     let runs = if only.is_some() {
         4
     } else {

@@ -120,13 +120,13 @@ const PHASE_VM: u8 = 3;
 static WATCHDOG_EP: AtomicU64 = AtomicU64::new(abi::NO_CAP);
 static WATCHDOG_STACK: ThreadStack<16384> = ThreadStack::new();
 
-pub use userlib::tally::Tally;
+pub use userlib::suite::Suite;
 
 fn fuzz_main(arg: u64) {
     if arg & CHILD_ARG != 0 {
         child::run();
     }
-    let mut t = Tally::new("fuzz");
+    let mut t = Suite::new("fuzz");
     if let Err(why) = fuzz(&mut t) {
         t.check("setup", false, format_args!("{why}"));
     }
@@ -136,8 +136,8 @@ fn fuzz_main(arg: u64) {
     } else {
         abi::scenario::FUZZ
     };
-    userlib::println!("{scenario}: {} passed, {} failed", t.passed, t.failed);
-    let code = u32::from(t.failed > 0);
+    t.summary_as(scenario);
+    let code = t.exit_code() as u32;
     let r = userlib::ipc::client::<Supervisor>(SUPERVISOR).call(&SupRequest::Shutdown { code });
     userlib::println!("fuzz: shutdown request returned {r:?}");
 }
@@ -230,7 +230,7 @@ fn own_module() -> Result<u64, &'static str> {
     Err("no boot module named fuzz")
 }
 
-fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
+fn fuzz(t: &mut Suite) -> Result<(), &'static str> {
     check_caps()?;
     let cfg = config()?;
     if cfg.vm {
@@ -351,7 +351,7 @@ fn fuzz(t: &mut Tally) -> Result<(), &'static str> {
 /// Scenario `fuzz-vm`: `runs` vCPU runs against a hostile exit handler, `runs /
 /// RUNS_PER_GUEST` random guests through the VMM, then every service must still answer as
 /// before and no VM object may have leaked.
-fn fuzz_vm(seed: u64, runs: u64, guest: Option<u32>, t: &mut Tally) -> Result<(), &'static str> {
+fn fuzz_vm(seed: u64, runs: u64, guest: Option<u32>, t: &mut Suite) -> Result<(), &'static str> {
     let guests = runs / RUNS_PER_GUEST;
     userlib::println!(
         "fuzz: seed {seed}, count {runs}: {runs} hostile-handler runs, {guests} random guests"
@@ -422,8 +422,10 @@ extern "C" fn watchdog_main(_: u64) -> ! {
                     abi::scenario::FUZZ
                 };
                 userlib::println!("{scenario}: 0 passed, 1 failed");
-                let _ = userlib::ipc::client::<Supervisor>(SUPERVISOR)
-                    .call(&SupRequest::Shutdown { code: 1 });
+                let _ =
+                    userlib::ipc::client::<Supervisor>(SUPERVISOR).call(&SupRequest::Shutdown {
+                        code: abi::ExitCode::Failure as u32,
+                    });
             }
             PHASE_SYSCALLS => {
                 let ep = WATCHDOG_EP.load(Ordering::Relaxed);

@@ -10,7 +10,7 @@ use userlib::proto::supervisor::{self, ServiceState, Supervisor, SupervisorError
 use userlib::proto::{ProtoError, Protocol};
 use userlib::sys::{self, SysError};
 
-use crate::{echo, Tally, SUPERVISOR};
+use crate::{echo, Suite, SUPERVISOR};
 
 fn name(s: &str) -> supervisor::ServiceName {
     let mut n = supervisor::ServiceName::new();
@@ -28,7 +28,7 @@ fn generation_of(service: &str) -> Option<u32> {
     }
 }
 
-pub fn supervisor_protocol(t: &mut Tally) {
+pub fn supervisor_protocol(t: &mut Suite) {
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&supervisor::Request::Version);
     t.check(
@@ -133,7 +133,7 @@ pub fn supervisor_protocol(t: &mut Tally) {
     );
 }
 
-pub fn echo_protocol(t: &mut Tally) {
+pub fn echo_protocol(t: &mut Suite) {
     let mut echo = userlib::ipc::client::<Echo>(echo());
     let r = echo.call(&echo::Request::Ping);
     t.check(
@@ -235,7 +235,7 @@ fn is_error(r: &Result<echo::Response, SysError>, want: ProtoError<EchoError>) -
     matches!(r, Ok(echo::Response::Error(e)) if *e == want)
 }
 
-pub fn malformed(t: &mut Tally) {
+pub fn malformed(t: &mut Suite) {
     let label = Echo::LABEL;
     let r = raw_echo(label, &[]);
     t.check(
@@ -305,7 +305,7 @@ pub fn malformed(t: &mut Tally) {
     );
 }
 
-pub fn capabilities(t: &mut Tally) {
+pub fn capabilities(t: &mut Suite) {
     let mut buf = [0u8; 16];
     let r = sys::call(40, &mut buf, 0, 0, None);
     t.check(
@@ -396,7 +396,7 @@ pub fn capabilities(t: &mut Tally) {
 
 /// The echo server dies mid-call in each way; the caller sees `ServerRestarted` with the next
 /// generation, and its retry is answered by that generation.
-pub fn crash_mid_call(t: &mut Tally) {
+pub fn crash_mid_call(t: &mut Suite) {
     let mut echo = userlib::ipc::client::<Echo>(echo());
     for kind in [
         CrashKind::PageFault,
@@ -425,7 +425,7 @@ pub fn crash_mid_call(t: &mut Tally) {
     }
 }
 
-pub fn restart_on_request(t: &mut Tally) {
+pub fn restart_on_request(t: &mut Suite) {
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let before = generation_of("echo").unwrap_or(0);
     let r = sup.call(&supervisor::Request::Restart { name: name("echo") });

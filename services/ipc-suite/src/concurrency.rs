@@ -6,7 +6,7 @@ use heapless::Vec;
 use userlib::proto::echo::{self, Echo};
 use userlib::sys::{self, ThreadStack};
 
-use crate::{echo, Tally};
+use crate::{echo, Suite};
 
 const WORKERS: u64 = 3;
 const CALLS: u32 = 25;
@@ -39,7 +39,7 @@ extern "C" fn worker(index: u64) -> ! {
     sys::thread_exit()
 }
 
-pub fn concurrent_clients(t: &mut Tally) {
+pub fn concurrent_clients(t: &mut Suite) {
     let ntfn = match sys::notification_create() {
         Ok(n) => n,
         Err(e) => return t.check("concurrent clients", false, format_args!("{e:?}")),

@@ -4,12 +4,12 @@
 use abi::{Error, Sys, NO_CAP};
 use userlib::sys::{self, NEVER_MAPPED};
 
-use crate::{echo, Tally};
+use crate::{echo, Suite};
 
 const KERNEL_VA: u64 = 0xffff_8000_0000_0000;
 const OWN_EP: u64 = userlib::wiring::OWN_ENDPOINT;
 
-pub fn bad_arguments(t: &mut Tally) {
+pub fn bad_arguments(t: &mut Suite) {
     let unmapped = NEVER_MAPPED.start;
     let mem = sys::mem_alloc(1).unwrap_or(NO_CAP);
     let cases: &[(&str, Sys, [u64; 6], Error)] = &[
@@ -275,7 +275,7 @@ pub fn bad_arguments(t: &mut Tally) {
 
 /// A service takes memory from its page budget (the manifest's `pages=`, 1024 pages for this
 /// suite): it cannot take the machine's frames from the supervisor and the other services.
-pub fn page_budget(t: &mut Tally) {
+pub fn page_budget(t: &mut Suite) {
     let budget = userlib::manifest::DEFAULT_PAGES;
     let mut held = [NO_CAP; 64];
     let mut pages = 0;

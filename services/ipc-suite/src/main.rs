@@ -29,7 +29,7 @@ pub fn echo() -> CapSlot {
     ECHO.load(Ordering::Relaxed)
 }
 
-pub use userlib::tally::Tally;
+pub use userlib::suite::Suite;
 
 fn suite_main(generation: u64) {
     userlib::println!("ipc: suite starting (generation {generation})");
@@ -37,7 +37,7 @@ fn suite_main(generation: u64) {
         Ok(ep) => ECHO.store(ep, Ordering::Relaxed),
         Err(e) => userlib::println!("ipc: no echo endpoint: {e}"),
     }
-    let mut t = Tally::new("ipc");
+    let mut t = Suite::new("ipc");
     checks::supervisor_protocol(&mut t);
     checks::echo_protocol(&mut t);
     checks::malformed(&mut t);
@@ -50,7 +50,7 @@ fn suite_main(generation: u64) {
     xstate::threads_keep_their_registers(&mut t);
     xstate::threads_keep_their_ymm(&mut t);
     t.summary();
-    let code = u32::from(t.failed > 0);
+    let code = t.exit_code() as u32;
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&SupRequest::Shutdown { code });
     userlib::println!("ipc: shutdown request returned {r:?}");

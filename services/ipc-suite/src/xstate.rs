@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use userlib::sys::{self, ThreadStack};
 use userlib::xregs::{self, Regs, Ymm};
 
-use crate::Tally;
+use crate::Suite;
 
 const WORKERS: usize = 2;
 /// Yields per thread, and the spin between two (long enough for timer ticks to preempt the
@@ -41,7 +41,7 @@ extern "C" fn ymm_worker(index: u64) -> ! {
 }
 
 /// The same with YMM0..15 (all 256 bits), when the CPU and the kernel's XCR0 offer AVX.
-pub fn threads_keep_their_ymm(t: &mut Tally) {
+pub fn threads_keep_their_ymm(t: &mut Suite) {
     if !xregs::avx_usable() {
         userlib::println!("ipc: xstate: no AVX in ring 3 (CPUID/XCR0): YMM check skipped");
         return;
@@ -84,7 +84,7 @@ pub fn threads_keep_their_ymm(t: &mut Tally) {
     let _ = sys::cap_delete(ntfn);
 }
 
-pub fn threads_keep_their_registers(t: &mut Tally) {
+pub fn threads_keep_their_registers(t: &mut Suite) {
     let ntfn = match sys::notification_create() {
         Ok(n) => n,
         Err(e) => return t.check("xstate: notification", false, format_args!("{e:?}")),

@@ -5,7 +5,7 @@
 
 use abi::vmx::reason;
 use userlib::proto::vmm::EntryMode;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 use crate::{config, exits_of, passing_guest, shadow};
 
@@ -18,7 +18,7 @@ const ALWAYS: [(&str, u32); 4] = [
     ("vmxon", 27),
 ];
 
-pub fn suite(t: &mut Tally) {
+pub fn suite(t: &mut Suite) {
     let cfg = config("exits", "guest-exits", 16, EntryMode::Multiboot);
     for (mode, cfg) in [("ept", cfg.clone()), ("shadow", shadow(&cfg, false))] {
         let what = if mode == "ept" {

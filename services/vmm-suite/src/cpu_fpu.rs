@@ -8,8 +8,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use abi::vmx::reason;
 use userlib::proto::vmm::EntryMode;
+use userlib::suite::Suite;
 use userlib::sys::{self, ThreadStack};
-use userlib::tally::Tally;
 use userlib::xregs::{self, Regs};
 
 static STACK: ThreadStack<8192> = ThreadStack::new();
@@ -30,7 +30,7 @@ extern "C" fn host_side(_: u64) -> ! {
     sys::thread_exit()
 }
 
-pub fn fpu_suite(t: &mut Tally) {
+pub fn fpu_suite(t: &mut Suite) {
     let ntfn = match sys::notification_create() {
         Ok(n) => n,
         Err(e) => return t.check("fpu: notification", false, format_args!("{e:?}")),

@@ -5,11 +5,11 @@
 
 use abi::vmx::reason;
 use userlib::proto::vmm::EntryMode;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 use crate::{config, exits_of, passing_guest, passing_shadow_guest};
 
-pub fn msr_suite(t: &mut Tally) {
+pub fn msr_suite(t: &mut Suite) {
     let cfg = config("msr", "guest-msr", 16, EntryMode::Multiboot);
     if let Some(s) = passing_guest(t, "guest MSRs are its real state (EPT)", &cfg) {
         let (rd, wr) = (exits_of(&s, reason::RDMSR), exits_of(&s, reason::WRMSR));

@@ -60,7 +60,7 @@ use userlib::proto::supervisor::{Request as SupRequest, Supervisor};
 use userlib::proto::vmm::isolation::Problem;
 use userlib::proto::vmm::{
     ConfigError, EntryMode, MmuMode, Request, Response, ShadowConfig, VmConfig, VmResult,
-    VmSummary, Vmm, VmmError,
+    VmSummary, Vmm, VmmError, GUEST_PASS,
 };
 use userlib::proto::ProtoError;
 use userlib::sys;
@@ -77,11 +77,9 @@ fn vmm() -> CapSlot {
     VMM.load(Ordering::Relaxed)
 }
 
-/// What every passing test guest reports: it wrote 0x10 to the debug-exit port.
-const GUEST_PASS: u32 = 0x21;
 const MIB: u64 = 1 << 20;
 
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 fn scenario() -> String<32> {
     let mut buf = [0u8; 256];
@@ -130,7 +128,7 @@ fn shadow(cfg: &VmConfig, audit: bool) -> VmConfig {
 
 /// A guest on shadow paging: it passes, the MMU service fixed faults and kept statistics,
 /// and every #PF and CR3 load of the guest went through it.
-fn passing_shadow_guest(t: &mut Tally, what: &str, cfg: &VmConfig, audit: bool) {
+fn passing_shadow_guest(t: &mut Suite, what: &str, cfg: &VmConfig, audit: bool) {
     let cfg = shadow(cfg, audit);
     let Some(s) = passing_guest(t, what, &cfg) else {
         return;
@@ -171,7 +169,7 @@ fn exits_of(s: &VmSummary, reason: u32) -> u32 {
 }
 
 /// Runs a guest that must verify itself and exit through the debug-exit port.
-fn passing_guest(t: &mut Tally, what: &str, cfg: &VmConfig) -> Option<VmSummary> {
+fn passing_guest(t: &mut Suite, what: &str, cfg: &VmConfig) -> Option<VmSummary> {
     let r = run(cfg);
     if matches!(r, Ok(Response::Error(ProtoError::Service(VmmError::NoVmx)))) {
         userlib::println!(
@@ -187,19 +185,19 @@ fn passing_guest(t: &mut Tally, what: &str, cfg: &VmConfig) -> Option<VmSummary>
     s
 }
 
-fn refused(t: &mut Tally, what: &str, cfg: &VmConfig, want: VmmError) {
+fn refused(t: &mut Suite, what: &str, cfg: &VmConfig, want: VmmError) {
     let r = run(cfg);
     let ok = matches!(&r, Ok(Response::Error(ProtoError::Service(e))) if *e == want);
     t.check(what, ok, format_args!("{r:?}"));
 }
 
-fn stopped(t: &mut Tally, what: &str, cfg: &VmConfig, want: fn(&VmResult) -> bool) {
+fn stopped(t: &mut Suite, what: &str, cfg: &VmConfig, want: fn(&VmResult) -> bool) {
     let r = run(cfg);
     let ok = finished(&r).is_some_and(|s| want(&s.result));
     t.check(what, ok, format_args!("{r:?}"));
 }
 
-fn vmm_suite(t: &mut Tally) {
+fn vmm_suite(t: &mut Suite) {
     use abi::vmx::reason;
     // Before any guest of this boot has run (the suite asks for the first one below).
     #[cfg(target_os = "none")]
@@ -419,7 +417,7 @@ fn vmm_suite(t: &mut Tally) {
 
 /// The shadow-paging scenario: the three multi-address-space guests, each paging mode, with
 /// the kernel auditing the shadow tables before every entry; then once more without the audit.
-fn shadow_suite(t: &mut Tally) {
+fn shadow_suite(t: &mut Suite) {
     let guests = [
         ("64-bit", "spaces64", "guest-spaces64", 3usize),
         ("PAE", "spacespae", "guest-spacespae", 2),
@@ -476,7 +474,7 @@ const MMU_BENCH_FIRST_TOUCHES: u64 = 256;
 /// counters (hits and misses of prev_roots in the guest's paging mode), which the harness joins
 /// with the guest's lines by (mode, policy, spaces): the guest echoes its command line
 /// `policy=P spaces=N`.
-fn bench_mmu_suite(t: &mut Tally) {
+fn bench_mmu_suite(t: &mut Suite) {
     userlib::println!("bench-mmu: csv mode,policy,spaces,hits,misses,faults,cr3_loads,pool_used");
     for (mode, module, mode_index, kvm_differs) in MMU_BENCH_GUESTS {
         for kvm_policy in [false, true] {
@@ -539,7 +537,7 @@ fn bench_mmu_suite(t: &mut Tally) {
 /// The `isolation` scenario: the probe (4 MiB of RAM) beside a neighbour (8 MiB) that filled
 /// its RAM with the foreign marker and stays alive, in both MMU modes; then a probe the VMM
 /// must refuse.
-fn isolation_suite(t: &mut Tally) {
+fn isolation_suite(t: &mut Suite) {
     let flat = EntryMode::Flat64 { load_gpa: 2 * MIB };
     let modes = [
         ("ept", MmuMode::Ept),
@@ -670,7 +668,7 @@ fn suite_main(generation: u64) {
         _ => "demo",
     };
     userlib::println!("{name}: client starting (generation {generation})");
-    let mut t = Tally::new(name);
+    let mut t = Suite::new(name);
     match name {
         "vmm" => vmm_suite(&mut t),
         "shadow" => shadow_suite(&mut t),
@@ -711,7 +709,7 @@ fn suite_main(generation: u64) {
         }
     }
     t.summary();
-    let code = u32::from(t.failed > 0);
+    let code = t.exit_code() as u32;
     let mut sup = userlib::ipc::client::<Supervisor>(SUPERVISOR);
     let r = sup.call(&SupRequest::Shutdown { code });
     userlib::println!("{name}: shutdown request returned {r:?}");

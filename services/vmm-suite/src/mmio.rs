@@ -8,7 +8,7 @@
 
 use abi::vmx::reason;
 use userlib::proto::vmm::{EntryMode, VmResult};
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 use crate::{config, exits_of, finished, run, shadow};
 
@@ -16,7 +16,7 @@ use crate::{config, exits_of, finished, run, shadow};
 /// once per element).
 const MIN_ACCESSES: u32 = 60;
 
-pub fn suite(t: &mut Tally) {
+pub fn suite(t: &mut Suite) {
     let cfg = config("mmio", "guest-mmio", 16, EntryMode::Multiboot);
     for (mode, cfg, basic) in [
         ("EPT", cfg.clone(), reason::EPT_VIOLATION),

@@ -20,7 +20,7 @@ use core::fmt::Write;
 
 use heapless::String;
 use userlib::proto::vmm::{EntryMode, VmConfig, VmResult};
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 use crate::{config, finished, run, shadow};
 
@@ -28,7 +28,7 @@ use crate::{config, finished, run, shadow};
 const REBOOT_RESETS: u32 = 4;
 
 /// Runs `cfg` and checks it ended with `want` after `resets` restarts.
-fn restarts(t: &mut Tally, what: &str, cfg: &VmConfig, want: VmResult, resets: u32) {
+fn restarts(t: &mut Suite, what: &str, cfg: &VmConfig, want: VmResult, resets: u32) {
     let r = run(cfg);
     let ok = finished(&r).is_some_and(|s| s.result == want && s.resets == resets);
     t.check(
@@ -46,7 +46,7 @@ fn reboot_config(max_resets: u8) -> VmConfig {
     }
 }
 
-pub fn reboot_suite(t: &mut Tally) {
+pub fn reboot_suite(t: &mut Suite) {
     let cfg = reboot_config(8);
     restarts(
         t,
@@ -79,13 +79,13 @@ pub fn reboot_suite(t: &mut Tally) {
 }
 
 /// Runs `cfg` and checks it ended with `want`.
-fn ends_with(t: &mut Tally, what: &str, cfg: &VmConfig, want: VmResult) {
+fn ends_with(t: &mut Suite, what: &str, cfg: &VmConfig, want: VmResult) {
     let r = run(cfg);
     let ok = finished(&r).is_some_and(|s| s.result == want);
     t.check(what, ok, format_args!("want {want:?}, got {r:?}"));
 }
 
-pub fn platform_suite(t: &mut Tally) {
+pub fn platform_suite(t: &mut Suite) {
     let cfg = config("acpi", "guest-acpi", 16, EntryMode::Multiboot);
     ends_with(
         t,

@@ -7,9 +7,9 @@
 
 use abi::vmx::reason;
 use userlib::proto::vmm::EntryMode;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
-pub fn suite(t: &mut Tally) {
+pub fn suite(t: &mut Suite) {
     let cfg = crate::config("timer", "guest-timer", 16, EntryMode::Multiboot);
     for (mode, cfg) in [("EPT", cfg.clone()), ("shadow", crate::shadow(&cfg, false))] {
         let what = if mode == "EPT" {

@@ -9,9 +9,9 @@ use abi::CapSlot;
 use core::sync::atomic::{AtomicU64, Ordering};
 use userlib::proto::mmu::{self, Mmu};
 use userlib::proto::supervisor::{self, ServiceState, Supervisor};
-use userlib::proto::vmm::{EntryMode, Response, VmResult};
+use userlib::proto::vmm::{EntryMode, Response, VmResult, GUEST_PASS};
 
-use crate::{config, finished, run, shadow, Tally, GUEST_PASS, SUPERVISOR};
+use crate::{config, finished, run, shadow, Suite, SUPERVISOR};
 
 /// The MMU service's endpoint (manifest `needs=mmu-service`), found by name at start.
 pub static MMU: AtomicU64 = AtomicU64::new(abi::NO_CAP);
@@ -78,7 +78,7 @@ fn mmu_service_status() -> Option<supervisor::ServiceInfo> {
     }
 }
 
-pub fn mmu_restart_suite(t: &mut Tally) {
+pub fn mmu_restart_suite(t: &mut Suite) {
     let restarts_before = mmu_service_status().map_or(0, |s| s.restarts);
     let base = config("restart", "guest-spaces64", 16, EntryMode::Multiboot);
     // EPT: only EPT violations reach the MMU service (a few per run), so it crashes at every
@@ -162,7 +162,7 @@ pub fn mmu_restart_suite(t: &mut Tally) {
 
 /// The service crashes at every exit, the re-sent one too, until the supervisor gives up:
 /// the VM stops, reported as the MMU service gone, and nothing hangs.
-fn give_up(t: &mut Tally) {
+fn give_up(t: &mut Suite) {
     if let Err(r) = inject(1, u32::MAX, false) {
         t.check("give-up: injection", false, format_args!("{r:?}"));
         return;

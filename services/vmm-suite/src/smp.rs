@@ -9,13 +9,10 @@
 //! The same guest with one vCPU must fail (its AP never reports in): the checks can fail.
 
 use abi::vmx::reason;
-use userlib::proto::vmm::{EntryMode, VmResult};
-use userlib::tally::Tally;
+use userlib::proto::vmm::{EntryMode, VmResult, GUEST_FAIL};
+use userlib::suite::Suite;
 
-/// The guest's exit code after a failed check (0x11 through port 0xf4).
-const GUEST_FAIL: u32 = 0x23;
-
-pub fn suite(t: &mut Tally) {
+pub fn suite(t: &mut Suite) {
     let mut cfg = crate::config("smp", "guest-smp", 16, EntryMode::Multiboot);
     cfg.vcpus = 2;
     let ept = cfg.clone();

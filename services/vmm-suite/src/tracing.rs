@@ -11,7 +11,7 @@ use userlib::client::ClientError;
 use userlib::proto::trace::{Request, Response, Row, Share, Totals, Trace, TraceError};
 use userlib::proto::vmm::{EntryMode, VmSummary};
 use userlib::proto::ProtoError;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 /// The trace service's endpoint (when the manifest wires it).
 pub static TRACE: AtomicU64 = AtomicU64::new(abi::NO_CAP);
@@ -21,8 +21,9 @@ pub static TRACE_ALL: AtomicBool = AtomicBool::new(false);
 /// Most exit reasons a report holds.
 const MAX_ROWS: usize = 32;
 
-/// What the trace service answered about one VM.
-pub struct Report {
+/// What the trace service answered about one VM (the harness parses the lines
+/// [`print_report`] makes into its own `umbra_tests::trace::TraceReport`).
+pub struct TraceReport {
     pub totals: Totals,
     pub rows: Vec<Row, MAX_ROWS>,
 }
@@ -32,7 +33,7 @@ fn client() -> userlib::client::Client<userlib::ipc::Endpoint, Trace> {
 }
 
 /// Every row of VM `vm` (all pages).
-pub fn query(vm: u32) -> Result<Report, String<96>> {
+pub fn query(vm: u32) -> Result<TraceReport, String<96>> {
     let mut c = client();
     let mut from = 0;
     let mut rows: Vec<Row, MAX_ROWS> = Vec::new();
@@ -50,7 +51,7 @@ pub fn query(vm: u32) -> Result<Report, String<96>> {
                 rows.extend(page.iter().take(MAX_ROWS - rows.len()).cloned());
                 match next {
                     Some(n) if n > from => from = n,
-                    _ => return Ok(Report { totals, rows }),
+                    _ => return Ok(TraceReport { totals, rows }),
                 }
             }
             other => return Err(what(format_args!("query of VM {vm}: {other:?}"))),
@@ -75,7 +76,7 @@ fn reason_name(code: u16) -> String<24> {
 }
 
 /// Prints VM `vm`'s report in the console format of `make trace` and returns it.
-pub fn print_report(name: &str, vm: u32) -> Option<Report> {
+pub fn print_report(name: &str, vm: u32) -> Option<TraceReport> {
     let report = match query(vm) {
         Ok(r) => r,
         Err(e) => {
@@ -124,10 +125,7 @@ pub fn print_report(name: &str, vm: u32) -> Option<Report> {
 fn print_buckets(name: &str, vm: u32, code: u16, share: Share) {
     let mut c = client();
     let mut from = 0;
-    let share_name = match share {
-        Share::Full => "full",
-        Share::Handler => "handler",
-    };
+    let share_name = share.name();
     loop {
         let Ok(Response::Buckets { buckets, next }) = c.call(&Request::Buckets {
             vm,
@@ -165,7 +163,7 @@ fn print_buckets(name: &str, vm: u32, code: u16, share: Share) {
 
 /// The trace service's counts of a run against the VMM's summary (the kernel's per-reason
 /// counters) and, for a shadow VM, the MMU service's.
-fn counts_agree(t: &mut Tally, label: &str, s: &VmSummary) -> Option<Report> {
+fn counts_agree(t: &mut Suite, label: &str, s: &VmSummary) -> Option<TraceReport> {
     let Some(vm) = s.trace else {
         t.check(label, false, format_args!("the run was not traced: {s:?}"));
         return None;
@@ -220,7 +218,7 @@ fn counts_agree(t: &mut Tally, label: &str, s: &VmSummary) -> Option<Report> {
 }
 
 /// Whether the handler's share was measured for a reason the VMM handles.
-fn handler_measured(report: &Report, code: u32) -> bool {
+fn handler_measured(report: &TraceReport, code: u32) -> bool {
     report
         .rows
         .iter()
@@ -240,7 +238,7 @@ fn status() -> Result<userlib::proto::trace::Status, ClientError> {
 }
 
 /// The `trace` scenario.
-pub fn trace_suite(t: &mut Tally) {
+pub fn trace_suite(t: &mut Suite) {
     let demo = crate::config("demo", "guest-multiboot", 16, EntryMode::Multiboot);
     if let Some(s) = crate::passing_guest(t, "demo guest, traced", &demo) {
         if let Some(r) = counts_agree(t, "  trace counts equal the VMM's, reason by reason", &s) {
@@ -304,7 +302,7 @@ pub fn trace_suite(t: &mut Tally) {
 
 /// The trace service crashes on request; its next generation says the histograms are lost,
 /// knows nothing of the VMs before, and traces the next run like the first.
-fn restart(t: &mut Tally, demo: &userlib::proto::vmm::VmConfig) {
+fn restart(t: &mut Suite, demo: &userlib::proto::vmm::VmConfig) {
     let before = status();
     let Ok(before) = before else {
         t.check("trace service status", false, format_args!("{before:?}"));

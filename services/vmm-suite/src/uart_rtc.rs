@@ -7,11 +7,11 @@
 
 use abi::vmx::reason;
 use userlib::proto::vmm::EntryMode;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 use crate::{config, exits_of, passing_guest, shadow};
 
-pub fn suite(t: &mut Tally) {
+pub fn suite(t: &mut Suite) {
     let cfg = config("uart-rtc", "guest-uart-rtc", 16, EntryMode::Multiboot);
     for (cfg, what) in [
         (

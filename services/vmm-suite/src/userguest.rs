@@ -20,7 +20,7 @@ use userlib::proto::vmm::{
     CMDLINE_MAX, DEFAULT_FLAT_LOAD_GPA, MODULE_MAX, RAM_MAX_MIB, RAM_MIN_MIB,
 };
 use userlib::proto::ProtoError;
-use userlib::tally::Tally;
+use userlib::suite::Suite;
 
 /// The VM's name: the prefix of the guest's console lines.
 pub const VM_NAME: &str = "guest";
@@ -228,7 +228,7 @@ fn refusal(e: &VmmError) -> &'static str {
 }
 
 /// The scenario: runs the guest the command line names, one check (its result).
-pub fn guest_suite(t: &mut Tally, kernel_cmdline: &str) {
+pub fn guest_suite(t: &mut Suite, kernel_cmdline: &str) {
     let args = match parse(kernel_cmdline) {
         Ok(a) => a,
         Err(why) => {

@@ -27,20 +27,8 @@ pub const fn handle_of(vcpu_id: u32) -> u32 {
 
 /// VMs the MMU service tracks at once.
 pub const MAX_VMS: usize = 4;
-/// Stop code the MMU service puts in a "stop VM" reply for an access outside RAM (kind in
-/// bits 24..32, like the VMM's own stop codes); the guest page number (gpa >> 12) is in the
-/// low 24 bits ([`outside_ram_code`]).
-pub const STOP_OUTSIDE_RAM: u64 = 0x0a << 24;
-/// Stop code for an exit the MMU service cannot take (malformed, unknown VM, wrong reason,
-/// the shadow MMU out of pool pages or failing).
-pub const STOP_MMU_ERROR: u64 = 0x0b << 24;
-/// Stop code for a write to a guest page table that could not be emulated.
-pub const STOP_UNEMULATED: u64 = 0x0c << 24;
-
-/// The stop code for an access at `gpa` outside RAM.
-pub fn outside_ram_code(gpa: u64) -> u64 {
-    STOP_OUTSIDE_RAM | ((gpa >> 12) & 0xff_ffff)
-}
+// The stop codes of the MMU service's "stop VM" replies are in `super::stop_code`
+// (`OUTSIDE_RAM`, `MMU_ERROR`, `UNEMULATED`), one number space with the VMM's.
 
 pub type Error = ProtoError<MmuError>;
 

@@ -9,10 +9,15 @@
 //! with the byte `0x00` followed by the [`ProtoError`] in every protocol and version.
 //! Changing an encoding is a deliberate version bump: the golden tests in
 //! `userlib/tests/golden.rs` pin every variant.
+//!
+//! [`stop_code`] is not a protocol: it holds the stop codes the VMM and the MMU service put in
+//! a stopping exit reply, one number space for both, and says where the other stop and exit
+//! numbers live.
 #![forbid(unsafe_code)]
 
 pub mod echo;
 pub mod mmu;
+pub mod stop_code;
 pub mod supervisor;
 pub mod trace;
 pub mod vmm;

@@ -55,7 +55,8 @@ pub enum Request {
     Lookup { name: ServiceName },
     /// Kills the service and starts its next generation; answered with [`Response::Restarted`].
     Restart { name: ServiceName },
-    /// Ends the scenario with exit code `code`; answered with [`Response::ShuttingDown`].
+    /// Ends the scenario with exit code `code` (an `abi::ExitCode`); answered with
+    /// [`Response::ShuttingDown`].
     Shutdown { code: u32 },
     /// Where the capabilities the caller's manifest line `needs=` landed in its table;
     /// answered with [`Response::Wiring`] (see `userlib::wiring`).

@@ -91,6 +91,24 @@ pub enum Share {
     Handler,
 }
 
+impl Share {
+    /// Its word in the `share=` field of a `trace-hist:` console line, which the harness
+    /// parses back with [`Share::from_name`].
+    pub const fn name(self) -> &'static str {
+        match self {
+            Share::Full => "full",
+            Share::Handler => "handler",
+        }
+    }
+
+    /// The share a [`Share::name`] names.
+    pub fn from_name(s: &str) -> Option<Share> {
+        [Share::Full, Share::Handler]
+            .into_iter()
+            .find(|share| share.name() == s)
+    }
+}
+
 /// The service's state ([`Response::Status`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {

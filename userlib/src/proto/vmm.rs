@@ -162,6 +162,13 @@ impl Message for Request {
     const OPCODE_COUNT: u32 = 2;
 }
 
+/// The test guests' verdict when every check passed: they write 0x10 to port 0xf4
+/// (`finish32`/`finish64` in `services/guests/src/rt/`), reported as
+/// `VmResult::DebugExit { code: GUEST_PASS }`.
+pub const GUEST_PASS: u32 = abi::qemu_debug_exit_status(0x10) as u32;
+/// The test guests' verdict after a failed check: 0x11 to port 0xf4.
+pub const GUEST_FAIL: u32 = abi::qemu_debug_exit_status(0x11) as u32;
+
 /// How a VM ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmResult {

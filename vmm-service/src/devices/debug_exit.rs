@@ -2,11 +2,11 @@
 //! with the reported code `(v << 1) | 1`, so a guest can never report 0.
 
 /// The port.
-pub const PORT: u16 = 0xf4;
+pub const PORT: u16 = abi::QEMU_DEBUG_EXIT_PORT;
 
 /// The exit code reported for a write of `v`.
 pub fn code(v: u32) -> u64 {
-    ((v as u64) << 1) | 1
+    abi::qemu_debug_exit_status(v)
 }
 
 #[cfg(test)]

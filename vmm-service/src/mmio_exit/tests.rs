@@ -226,7 +226,7 @@ fn the_vm_model_answers_forwarded_exits_and_stops_with_a_report() {
     assert_eq!(stop.result(), &VmResult::OutsideRam { gpa: 0xd000_0000 });
     assert_eq!(
         stop.stop_code(),
-        userlib::proto::mmu::outside_ram_code(0xd000_0000)
+        userlib::proto::stop_code::outside_ram(0xd000_0000)
     );
     // An instruction not emulated: unhandled, with the bytes in the report.
     let mut model = VmModel::new("mmio", 2 << 20);

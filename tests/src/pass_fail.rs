@@ -1,4 +1,6 @@
-//! Summing results for `make test`'s last line, `N passed, M failed`.
+//! Pass/fail counts: what a `<name>: N passed, M failed` line or a `cargo test` result line
+//! says, and their sums for `make test`'s last line, `N passed, M failed`. (An on-target
+//! suite's own counter, which prints such lines, is `userlib::suite::Suite`.)
 //!
 //! What counts: every `test result:` line of `cargo test`, every scenario's
 //! `<name>: N passed, M failed` line, and one per check step (fmt, clippy, each cargo
@@ -11,14 +13,14 @@ use crate::judge::parse_counts;
 
 /// Passed and failed counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tally {
+pub struct PassFail {
     /// Things that passed.
     pub passed: u64,
     /// Things that failed.
     pub failed: u64,
 }
 
-impl Tally {
+impl PassFail {
     /// Counts one check.
     pub fn add_check(&mut self, ok: bool) {
         if ok {
@@ -34,14 +36,14 @@ impl Tally {
     }
 }
 
-impl AddAssign for Tally {
-    fn add_assign(&mut self, rhs: Tally) {
+impl AddAssign for PassFail {
+    fn add_assign(&mut self, rhs: PassFail) {
         self.passed += rhs.passed;
         self.failed += rhs.failed;
     }
 }
 
-impl fmt::Display for Tally {
+impl fmt::Display for PassFail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} passed, {} failed", self.passed, self.failed)
     }
@@ -49,22 +51,18 @@ impl fmt::Display for Tally {
 
 /// Parses one line of `cargo test` output:
 /// `test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
-pub fn parse_cargo_result_line(line: &str) -> Option<Tally> {
+pub fn parse_cargo_result_line(line: &str) -> Option<PassFail> {
     let rest = line.trim().strip_prefix("test result: ")?;
     let (_status, rest) = rest.split_once(". ")?;
-    let c = parse_counts(rest, "; ")?;
-    Some(Tally {
-        passed: c.passed,
-        failed: c.failed,
-    })
+    parse_counts(rest, "; ")
 }
 
 /// Sums every `test result:` line in a `cargo test` output; `None` when there is none.
-pub fn sum_cargo_results(output: &str) -> Option<Tally> {
+pub fn sum_cargo_results(output: &str) -> Option<PassFail> {
     let mut total = None;
     for line in output.lines() {
         if let Some(t) = parse_cargo_result_line(line) {
-            *total.get_or_insert_with(Tally::default) += t;
+            *total.get_or_insert_with(PassFail::default) += t;
         }
     }
     total
@@ -80,13 +78,13 @@ mod tests {
             parse_cargo_result_line(
                 "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
             ),
-            Some(Tally { passed: 12, failed: 0 })
+            Some(PassFail { passed: 12, failed: 0 })
         );
         assert_eq!(
             parse_cargo_result_line(
                 "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.20s"
             ),
-            Some(Tally { passed: 3, failed: 2 })
+            Some(PassFail { passed: 3, failed: 2 })
         );
         assert_eq!(parse_cargo_result_line("test foo ... ok"), None);
         assert_eq!(parse_cargo_result_line("test result: ok."), None);
@@ -113,7 +111,7 @@ test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
 ";
         assert_eq!(
             sum_cargo_results(out),
-            Some(Tally {
+            Some(PassFail {
                 passed: 4,
                 failed: 1
             })
@@ -123,10 +121,10 @@ test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; 
 
     #[test]
     fn final_line_format() {
-        let mut t = Tally::default();
+        let mut t = PassFail::default();
         t.add_check(true);
         t.add_check(false);
-        t += Tally {
+        t += PassFail {
             passed: 10,
             failed: 0,
         };
