@@ -86,12 +86,7 @@ fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
         }
         Next::MachineExit(code) => {
             drop(k);
-            crate::scenario::exit(match code {
-                0 => ExitCode::Success,
-                2 => ExitCode::UnknownScenario,
-                3 => ExitCode::Crash,
-                _ => ExitCode::Failure,
-            })
+            crate::scenario::exit(ExitCode::from_raw(u64::from(code)))
         }
         Next::Idle => {
             drop(k);
