@@ -507,6 +507,8 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
 
 /// Frees a VMCS region (VMCLEAR first so the CPU holds no cached copy).
 pub fn vmcs_destroy(vmcs: Vmcs) {
+    // Its `dr` array's address may hold another vCPU's next.
+    super::xstate::debug_changed();
     // SAFETY: the region is a VMCS this module created; after VMCLEAR the CPU no longer
     // uses it.
     unsafe { asm!("vmclear [{p}]", p = in(reg) &vmcs.phys, options(nostack)) };

@@ -257,11 +257,31 @@ static LIVE_DR: [AtomicU64; 5] = [
     AtomicU64::new(dr6::INIT),
 ];
 
+/// Where the values DR0..DR3 and DR6 hold came from: the address of a vCPU's `dr` array
+/// that [`load_debug`] loaded and that has not been written since but by [`read_dr6`]'s
+/// caller (0: none). [`debug_changed`] forgets it.
+static LIVE_DR_OF: AtomicU64 = AtomicU64::new(0);
+
+/// A vCPU's `dr` array was written (or is going away): the next [`load_debug`] compares.
+#[inline]
+pub fn debug_changed() {
+    LIVE_DR_OF.store(0, Ordering::Relaxed);
+}
+
 /// Loads a vCPU's DR0..DR3 and DR6 (`dr[4]` is DR6) before VM entry: only those that differ
 /// from what the registers hold. (DR7 is the VMCS's guest field; a VM exit sets the host's
 /// DR7 to 0x400, so no breakpoint is armed in the host.)
-#[inline]
+#[inline(always)]
 pub fn load_debug(dr: &[u64; 5]) {
+    // The common case: the same vCPU again, its array unwritten since (its DR6 is written
+    // at every exit from what the register holds, which `read_dr6` records).
+    if LIVE_DR_OF.load(Ordering::Relaxed) != dr.as_ptr() as u64 {
+        load_debug_values(dr);
+    }
+}
+
+fn load_debug_values(dr: &[u64; 5]) {
+    LIVE_DR_OF.store(dr.as_ptr() as u64, Ordering::Relaxed);
     let live = |i: usize| LIVE_DR[i].load(Ordering::Relaxed) ^ dr[i];
     if live(0) | live(1) | live(2) | live(3) | live(4) == 0 {
         return; // the common case: the same vCPU again, its registers unchanged

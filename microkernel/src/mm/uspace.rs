@@ -775,6 +775,7 @@ impl Machine for KernelMachine {
         }
         if let Some(r) = fpu_field(vmcs, field) {
             *r = value;
+            crate::arch::xstate::debug_changed();
             return;
         }
         vmx::write(vmcs, field, value);
