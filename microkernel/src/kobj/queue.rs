@@ -46,7 +46,7 @@ impl Queue {
         self.head.is_none()
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn push_back(&mut self, arena: &mut impl LinkArena, t: ThreadId) {
         debug_assert!(!arena.links(t).queued, "thread {t} is already queued");
         *arena.links(t) = Links {
