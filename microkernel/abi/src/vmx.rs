@@ -6,6 +6,8 @@
 //! reads them on every exit, and the groups a portal did not ask for are simply absent.
 //! `ExitMessage::decode` and `ExitReply::decode` never panic on bad input.
 
+use core::mem::{offset_of, size_of};
+
 /// Label of an exit message (the IPC label the handler receives).
 pub const EXIT_LABEL: u64 = 0xe417;
 /// Label a handler replies with (any label is accepted; this one is conventional).
@@ -174,6 +176,175 @@ pub mod group {
     /// Guest-physical and guest-linear address.
     pub const ADDR: u32 = 1 << 5;
     pub const ALL: u32 = 0x3f;
+}
+
+/// The exit message's and the reply's layout, defined once: fixed `#[repr(C)]` records
+/// (little-endian, no padding) whose validity the state-group mask says, as NOVA's UTCB
+/// does. An exit message is a [`Header`], then the record of each group its `mask` names,
+/// in [`GROUPS`] order; a reply is a [`ReplyHeader`], then 8-byte values. The kernel writes
+/// and reads these bytes at the offsets derived here ([`group_at`], `offset_of!`), and so
+/// do [`super::ExitMessage`], [`super::ExitView`] and [`super::ExitReply`]; the tests tie
+/// every mask.
+pub mod layout {
+    use super::group;
+    use core::mem::{offset_of, size_of};
+
+    /// The message header.
+    #[repr(C)]
+    pub struct Header {
+        pub reason: u32,
+        /// The state groups that follow.
+        pub mask: u32,
+        /// The vCPU's id (`vcpu_id`).
+        pub vcpu: u32,
+        pub reserved: u32,
+    }
+
+    /// [`group::GPRS`]: the 16 registers in [`super::Gpr`] order.
+    #[repr(C)]
+    pub struct Gprs {
+        pub gprs: [u64; 16],
+    }
+
+    /// [`group::RIP`].
+    #[repr(C)]
+    pub struct Rip {
+        pub rip: u64,
+        pub rflags: u64,
+        /// Bits 31:0 the exiting instruction's length, 63:32 the interruptibility state.
+        pub length_and_blocking: u64,
+    }
+
+    /// [`group::CRS`].
+    #[repr(C)]
+    pub struct Crs {
+        pub cr0: u64,
+        pub cr3: u64,
+        pub cr4: u64,
+        pub efer: u64,
+        /// CR0 and CR4 as the guest reads them.
+        pub cr0_shadow: u64,
+        pub cr4_shadow: u64,
+    }
+
+    /// One segment of [`group::SEGS`] (CS, SS, DS, ES, FS, GS, TR, LDTR, in that order).
+    #[repr(C)]
+    pub struct Segment {
+        pub selector: u16,
+        pub reserved0: u16,
+        pub access_rights: u32,
+        pub limit: u32,
+        pub reserved1: u32,
+        pub base: u64,
+    }
+
+    /// The segments of [`group::SEGS`].
+    pub const SEGMENTS: usize = 8;
+
+    /// [`group::QUAL`].
+    #[repr(C)]
+    pub struct Qual {
+        pub qualification: u64,
+        pub intr_info: u32,
+        pub intr_error: u32,
+        pub idt_vectoring_info: u32,
+        pub idt_vectoring_error: u32,
+        pub instruction_info: u32,
+        pub reserved: u32,
+    }
+
+    /// [`group::ADDR`].
+    #[repr(C)]
+    pub struct Addr {
+        pub gpa: u64,
+        pub gla: u64,
+    }
+
+    /// Bytes of the header.
+    pub const HEADER: usize = size_of::<Header>();
+
+    /// The groups in message order, with their sizes.
+    pub const GROUPS: [(u32, usize); 6] = [
+        (group::GPRS, size_of::<Gprs>()),
+        (group::RIP, size_of::<Rip>()),
+        (group::CRS, size_of::<Crs>()),
+        (group::SEGS, SEGMENTS * size_of::<Segment>()),
+        (group::QUAL, size_of::<Qual>()),
+        (group::ADDR, size_of::<Addr>()),
+    ];
+
+    /// Where group `g` starts in a message with groups `mask` (where it would start, if
+    /// `mask` lacks it).
+    pub const fn group_at(mask: u32, g: u32) -> usize {
+        let mut at = HEADER;
+        let mut i = 0;
+        while i < GROUPS.len() {
+            let (bit, size) = GROUPS[i];
+            if bit == g {
+                break;
+            }
+            if mask & bit != 0 {
+                at += size;
+            }
+            i += 1;
+        }
+        at
+    }
+
+    /// The size of a message with groups `mask`.
+    pub const fn size_of_mask(mask: u32) -> usize {
+        group_at(mask, 0)
+    }
+
+    /// The reply header; the values follow it.
+    #[repr(C)]
+    pub struct ReplyHeader {
+        pub flags: u32,
+        /// The registers whose values come first, in [`super::Gpr`] order.
+        pub gpr_mask: u16,
+        pub reserved: u16,
+    }
+
+    /// Bytes of the reply header.
+    pub const REPLY_HEADER: usize = size_of::<ReplyHeader>();
+
+    /// Writes a reply header into `out` (at least [`REPLY_HEADER`] bytes; nothing otherwise).
+    #[inline]
+    pub fn put_reply_header(out: &mut [u8], flags: u32, gpr_mask: u16) {
+        if let Some(h) = out.get_mut(..REPLY_HEADER) {
+            let (f, g) = (
+                offset_of!(ReplyHeader, flags),
+                offset_of!(ReplyHeader, gpr_mask),
+            );
+            let r = offset_of!(ReplyHeader, reserved);
+            h[f..f + 4].copy_from_slice(&flags.to_le_bytes());
+            h[g..g + 2].copy_from_slice(&gpr_mask.to_le_bytes());
+            h[r..r + 2].copy_from_slice(&0u16.to_le_bytes());
+        }
+    }
+
+    /// A reply's header: `(flags, gpr_mask, reserved)`, if `bytes` hold one.
+    #[inline]
+    pub fn reply_header(bytes: &[u8]) -> Option<(u32, u16, u16)> {
+        let h = bytes.get(..REPLY_HEADER)?;
+        let (f, g) = (
+            offset_of!(ReplyHeader, flags),
+            offset_of!(ReplyHeader, gpr_mask),
+        );
+        let r = offset_of!(ReplyHeader, reserved);
+        Some((
+            u32::from_le_bytes([h[f], h[f + 1], h[f + 2], h[f + 3]]),
+            u16::from_le_bytes([h[g], h[g + 1]]),
+            u16::from_le_bytes([h[r], h[r + 1]]),
+        ))
+    }
+
+    // No padding anywhere: the records are their fields, back to back.
+    const _: () = {
+        assert!(HEADER == 16 && size_of::<Gprs>() == 128 && size_of::<Rip>() == 24);
+        assert!(size_of::<Crs>() == 48 && size_of::<Segment>() == 24);
+        assert!(size_of::<Qual>() == 32 && size_of::<Addr>() == 16 && REPLY_HEADER == 8);
+    };
 }
 
 /// General-purpose registers in the order of the instruction encoding (so the register fields
@@ -371,33 +542,14 @@ impl Reader<'_> {
 }
 
 impl ExitMessage {
-    /// Bytes of the header (reason, mask, vcpu, reserved).
-    pub const HEADER: usize = 16;
+    /// Bytes of the header (reason, mask, vcpu, reserved: [`layout::Header`]).
+    pub const HEADER: usize = layout::HEADER;
     /// The largest message (every group).
     pub const MAX_SIZE: usize = Self::size_of_mask(group::ALL);
 
-    /// The encoded size for a mask.
+    /// The encoded size for a mask ([`layout::size_of_mask`]).
     pub const fn size_of_mask(mask: u32) -> usize {
-        let mut n = Self::HEADER;
-        if mask & group::GPRS != 0 {
-            n += 16 * 8;
-        }
-        if mask & group::RIP != 0 {
-            n += 8 + 8 + 8;
-        }
-        if mask & group::CRS != 0 {
-            n += 6 * 8;
-        }
-        if mask & group::SEGS != 0 {
-            n += 8 * 24;
-        }
-        if mask & group::QUAL != 0 {
-            n += 8 + 5 * 4 + 4;
-        }
-        if mask & group::ADDR != 0 {
-            n += 16;
-        }
-        n
+        layout::size_of_mask(mask)
     }
 
     /// Writes the header and the groups in `self.mask`; returns the length, or `None` when
@@ -476,7 +628,7 @@ impl ExitMessage {
         if bytes.len() < Self::HEADER {
             return Err(LayoutError::Truncated);
         }
-        let mask = word32(4);
+        let mask = word32(offset_of!(layout::Header, mask));
         if mask & !group::ALL != 0 {
             return Err(LayoutError::UnknownBits);
         }
@@ -488,16 +640,20 @@ impl ExitMessage {
             return Err(LayoutError::TrailingBytes);
         }
         // The length is checked: the reads below cannot run past the end.
-        let mut r = Reader { bytes, at: 16 };
-        self.reason = word32(0);
+        let mut r = Reader {
+            bytes,
+            at: layout::HEADER,
+        };
+        self.reason = word32(offset_of!(layout::Header, reason));
         self.mask = mask;
-        self.vcpu = word32(8);
+        self.vcpu = word32(offset_of!(layout::Header, vcpu));
         if mask & group::GPRS != 0 {
-            let regs = bytes.get(16..16 + 128).unwrap_or(&[]);
+            let at = layout::group_at(mask, group::GPRS);
+            let regs = bytes.get(at..at + size_of::<layout::Gprs>()).unwrap_or(&[]);
             for (g, w) in self.gprs.iter_mut().zip(regs.chunks_exact(8)) {
                 *g = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
             }
-            r.at = 16 + 128;
+            r.at = at + size_of::<layout::Gprs>();
         } else {
             self.gprs = [0; 16];
         }
@@ -578,7 +734,8 @@ impl<'a> ExitView<'a> {
         let header = bytes
             .first_chunk::<{ ExitMessage::HEADER }>()
             .ok_or(LayoutError::Truncated)?;
-        let mask = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let at = offset_of!(layout::Header, mask);
+        let mask = u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
         if mask & !group::ALL != 0 {
             return Err(LayoutError::UnknownBits);
         }
@@ -609,7 +766,7 @@ impl<'a> ExitView<'a> {
     /// [`ExitMessage::reason`].
     #[inline]
     pub fn reason(&self) -> u32 {
-        self.u32_at(0)
+        self.u32_at(offset_of!(layout::Header, reason))
     }
 
     /// [`ExitMessage::mask`].
@@ -621,7 +778,7 @@ impl<'a> ExitView<'a> {
     /// [`ExitMessage::vcpu`].
     #[inline]
     pub fn vcpu(&self) -> u32 {
-        self.u32_at(8)
+        self.u32_at(offset_of!(layout::Header, vcpu))
     }
 
     /// Register `r` (0 without [`group::GPRS`]).
@@ -630,7 +787,7 @@ impl<'a> ExitView<'a> {
         if self.mask & group::GPRS == 0 {
             return 0;
         }
-        self.u64_at(ExitMessage::HEADER + 8 * r as usize)
+        self.u64_at(layout::group_at(self.mask, group::GPRS) + 8 * r as usize)
     }
 
     /// [`ExitMessage::qualification`] (0 without [`group::QUAL`]).
@@ -639,9 +796,9 @@ impl<'a> ExitView<'a> {
         if self.mask & group::QUAL == 0 {
             return 0;
         }
-        // The groups before it in the layout.
-        let before = group::GPRS | group::RIP | group::CRS | group::SEGS;
-        self.u64_at(ExitMessage::size_of_mask(self.mask & before))
+        self.u64_at(
+            layout::group_at(self.mask, group::QUAL) + offset_of!(layout::Qual, qualification),
+        )
     }
 }
 
@@ -723,7 +880,7 @@ pub struct ExitReply {
 
 impl ExitReply {
     /// The largest reply.
-    pub const MAX_SIZE: usize = 8 + 16 * 8 + Self::VALUE_FLAGS.len() * 8;
+    pub const MAX_SIZE: usize = layout::REPLY_HEADER + 16 * 8 + Self::VALUE_FLAGS.len() * 8;
 
     /// Resume after the instruction.
     pub fn advance() -> ExitReply {
@@ -791,7 +948,7 @@ impl ExitReply {
     /// The encoded size of a reply with these flags and registers.
     pub const fn size_of(flags: u32, gpr_mask: u16) -> usize {
         let values = (flags & !reply::NO_VALUE & reply::ALL).count_ones();
-        8 + 8 * (gpr_mask.count_ones() + values) as usize
+        layout::REPLY_HEADER + 8 * (gpr_mask.count_ones() + values) as usize
     }
 
     /// Header (flags u32, gpr_mask u16, 0u16), then the named registers in order, then
@@ -800,10 +957,8 @@ impl ExitReply {
         let flags = self.flags & reply::ALL;
         let n = Self::size_of(flags, self.gpr_mask);
         let out = out.get_mut(..n)?;
-        out[..4].copy_from_slice(&flags.to_le_bytes());
-        out[4..6].copy_from_slice(&self.gpr_mask.to_le_bytes());
-        out[6..8].copy_from_slice(&[0, 0]);
-        let mut words = out[8..].chunks_exact_mut(8);
+        layout::put_reply_header(out, flags, self.gpr_mask);
+        let mut words = out[layout::REPLY_HEADER..].chunks_exact_mut(8);
         let mut regs = self.gpr_mask;
         while regs != 0 {
             let i = regs.trailing_zeros() as usize;
@@ -845,20 +1000,17 @@ impl ExitReply {
         let flags = flags & reply::ALL;
         let n = Self::size_of(flags, gpr_mask);
         let out = out.get_mut(..n)?;
-        out[..4].copy_from_slice(&flags.to_le_bytes());
-        out[4..6].copy_from_slice(&gpr_mask.to_le_bytes());
-        out[6..8].copy_from_slice(&[0, 0]);
-        for (w, v) in out[8..].chunks_exact_mut(8).zip(values) {
+        layout::put_reply_header(out, flags, gpr_mask);
+        for (w, v) in out[layout::REPLY_HEADER..].chunks_exact_mut(8).zip(values) {
             w.copy_from_slice(&v.to_le_bytes());
         }
         Some(n)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ExitReply, LayoutError> {
-        let header = bytes.get(..8).ok_or(LayoutError::Truncated)?;
-        let flags = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let gpr_mask = u16::from_le_bytes([header[4], header[5]]);
-        if flags & !reply::ALL != 0 || header[6] != 0 || header[7] != 0 {
+        let (flags, gpr_mask, reserved) =
+            layout::reply_header(bytes).ok_or(LayoutError::Truncated)?;
+        if flags & !reply::ALL != 0 || reserved != 0 {
             return Err(LayoutError::UnknownBits);
         }
         let n = Self::size_of(flags, gpr_mask);
@@ -873,7 +1025,7 @@ impl ExitReply {
             gpr_mask,
             ..ExitReply::default()
         };
-        let mut words = bytes[8..]
+        let mut words = bytes[layout::REPLY_HEADER..]
             .chunks_exact(8)
             .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
         let mut regs = gpr_mask;

@@ -714,6 +714,68 @@ fn pae_paging_without_long_mode_loads_the_pdptes_from_guest_ram() {
 
 // ----- 4.-7. exit portals -----
 
+/// Every mask a portal may ask for: the message the kernel writes has the size
+/// `abi::vmx::layout` gives, decodes, and holds the state of each group it names (the one
+/// layout, written by the kernel and read by `ExitMessage` and `ExitView`).
+#[test]
+fn the_kernel_writes_every_mask_in_the_abi_layout() {
+    let mut v = vmm();
+    let run = run(&mut v, true);
+    let (k, vi, vt) = (&mut v.k, v.vi, v.vt);
+    write_state(
+        k,
+        v.vcpu,
+        &[
+            (field::GUEST_CR0, 0x8000_0031),
+            (field::GUEST_CS_SELECTOR, 0x10),
+            (field::GUEST_CS_BASE, 0x7000),
+        ],
+    );
+    k.thread_mut(vt).unwrap().regs.r15 = 0xf15;
+    for mask in 0..=group::ALL {
+        if let Some(super::vm::Portal::Endpoint { mask: m, .. }) = k.vcpus[vi.index()]
+            .obj
+            .as_mut()
+            .unwrap()
+            .portals
+            .get_mut(reason::CPUID as usize)
+        {
+            *m = mask;
+        }
+        assert_eq!(exit(k, reason::CPUID, 0x55, 2), Next::User(run.server));
+        if mask > 0 {
+            // The server replied with `Reply` last time: it receives again (the exit queued).
+            let (next, _) = sys(k, Sys::Recv, [run.server_ep, DATA, 512, 0, 0, 0]);
+            assert_eq!(next, Next::User(run.server));
+        }
+        let (m, bytes) = received(k, run.server);
+        assert_eq!(
+            bytes.len(),
+            ExitMessage::size_of_mask(mask),
+            "mask {mask:#x}"
+        );
+        let view = abi::vmx::ExitView::new(&bytes).expect("a valid message");
+        assert_eq!((m.reason, m.mask, m.vcpu), (reason::CPUID, mask, 3));
+        assert_eq!(
+            (view.reason(), view.mask(), view.vcpu()),
+            (reason::CPUID, mask, 3)
+        );
+        let has = |g: u32| mask & g != 0;
+        assert_eq!(m.gprs[15] == 0xf15, has(group::GPRS), "mask {mask:#x}");
+        assert_eq!(view.gpr(Gpr::R15) == 0xf15, has(group::GPRS));
+        assert_eq!(m.rip == 0x1000, has(group::RIP), "mask {mask:#x}");
+        assert_eq!(m.cr0 == 0x8000_0031, has(group::CRS), "mask {mask:#x}");
+        assert_eq!(
+            (m.segments[0].selector, m.segments[0].base) == (0x10, 0x7000),
+            has(group::SEGS),
+            "mask {mask:#x}"
+        );
+        assert_eq!(m.qualification == 0x55, has(group::QUAL), "mask {mask:#x}");
+        assert_eq!(view.qualification() == 0x55, has(group::QUAL));
+        assert_eq!(reply_with(k, &ExitReply::resume()), Next::Guest(vt));
+    }
+}
+
 #[test]
 fn an_exit_goes_to_the_portal_server_and_its_reply_is_applied() {
     let mut v = vmm();

@@ -176,19 +176,16 @@ impl<M: Machine> Kernel<M> {
     fn simple_reply_gprs(msg: &Message, regs: &mut UserRegs) -> Option<(u32, Option<u64>)> {
         // Straight from the bytes into the registers: this is on every exit a handler answers.
         let bytes = msg.data.get(..msg.len)?;
-        let h = bytes.get(..8)?;
-        let flags = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let gpr_mask = u16::from_le_bytes([h[4], h[5]]);
+        let (flags, gpr_mask, reserved) = vmx::layout::reply_header(bytes)?;
         if flags & !reply::ADVANCE_RIP != 0
-            || h[6] != 0
-            || h[7] != 0
+            || reserved != 0
             || bytes.len() != ExitReply::size_of(flags, gpr_mask)
         {
             return None;
         }
         let mut rsp = None;
         let mut mask = gpr_mask;
-        for b in bytes[8..].chunks_exact(8) {
+        for b in bytes[vmx::layout::REPLY_HEADER..].chunks_exact(8) {
             if mask == 0 {
                 break;
             }

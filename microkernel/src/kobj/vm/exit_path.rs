@@ -8,7 +8,8 @@
 //! straight into the vCPU thread's message buffer on every exit; a closed portal endpoint
 //! stops the vCPU ([`stop::PORTAL_GONE`]).
 
-use abi::vmx::{self, field, group, reason, stop};
+use abi::vmx::{self, field, group, layout, reason, stop};
+use core::mem::{offset_of, size_of};
 
 use super::{Portal, VcpuRun, VmExit};
 use crate::kobj::captable::Cap;
@@ -364,21 +365,26 @@ impl<M: Machine> Kernel<M> {
                 r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
                 r.r12, r.r13, r.r14, r.r15,
             ];
-            if let Some(dst) = out.get_mut(16..16 + 128) {
+            let gprs = layout::group_at(mask, group::GPRS);
+            if let Some(dst) = out.get_mut(gprs..gprs + size_of::<layout::Gprs>()) {
                 for (w, v) in dst.chunks_exact_mut(8).zip(words) {
                     w.copy_from_slice(&v.to_le_bytes());
                 }
             }
-            at = 16 + 128;
+            at = gprs + size_of::<layout::Gprs>();
         }
-        if let Some(h) = out.get_mut(..16) {
-            h[..4].copy_from_slice(&exit.reason.to_le_bytes());
-            h[4..8].copy_from_slice(&mask.to_le_bytes());
-            h[8..12].copy_from_slice(&v.id.to_le_bytes());
-            h[12..16].copy_from_slice(&0u32.to_le_bytes());
+        if let Some(h) = out.get_mut(..layout::HEADER) {
+            for (field, value) in [
+                (offset_of!(layout::Header, reason), exit.reason),
+                (offset_of!(layout::Header, mask), mask),
+                (offset_of!(layout::Header, vcpu), v.id),
+                (offset_of!(layout::Header, reserved), 0),
+            ] {
+                h[field..field + 4].copy_from_slice(&value.to_le_bytes());
+            }
         }
         if at == 0 {
-            at = 16;
+            at = layout::HEADER;
         }
         let mut put = |bytes: &[u8]| {
             if let Some(d) = out.get_mut(at..at + bytes.len()) {

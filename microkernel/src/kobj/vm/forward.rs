@@ -15,7 +15,8 @@
 //! - a vCPU without an MMIO endpoint portal stops as an exit nobody handles
 //!   ([`stop::UNHANDLED`], the exit's basic reason, the forwarded address as qualification).
 
-use abi::vmx::{self, group, reason, reply, stop, ExitReply};
+use abi::vmx::{self, group, layout, reason, reply, stop, ExitReply};
+use core::mem::offset_of;
 
 use super::{Portal, VmExit};
 use crate::kobj::ids::{Gone, ThreadId, VcpuId};
@@ -89,7 +90,7 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// The exit message of `exit` with the groups in `mask`, its guest-physical address
-    /// replaced by `gpa` (the ADDR group ends the message). Returns its length.
+    /// replaced by `gpa`. Returns its length.
     fn write_forwarded_message(
         &mut self,
         vi: VcpuId,
@@ -98,9 +99,10 @@ impl<M: Machine> Kernel<M> {
         gpa: u64,
     ) -> Result<usize, Gone> {
         let len = self.write_exit_message(vi, exit, mask);
-        if mask & group::ADDR != 0 && len >= 16 {
+        if mask & group::ADDR != 0 {
+            let at = layout::group_at(mask, group::ADDR) + offset_of!(layout::Addr, gpa);
             let t = self.vcpu(vi)?.thread;
-            if let Some(d) = self.thread_mut(t)?.msg.data.get_mut(len - 16..len - 8) {
+            if let Some(d) = self.thread_mut(t)?.msg.data.get_mut(at..at + 8) {
                 d.copy_from_slice(&gpa.to_le_bytes());
             }
         }
