@@ -12,7 +12,7 @@ use abi::ExitCode;
 use core::sync::atomic::{AtomicU64, Ordering};
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
-use microkernel::kobj::vm::{VmExit, REFLECT_REASONS};
+use microkernel::kobj::vm::VmExit;
 use microkernel::kobj::{Kernel, Next};
 
 /// The kernel object model: every task, thread and object.
@@ -161,30 +161,27 @@ pub fn vm_exit() -> ! {
         );
         crate::scenario::exit(ExitCode::Crash)
     };
-    if let Some(vmcs) = k.vm_exited(t, reason) {
-        vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
-        vmcs.dr[4] = crate::arch::xstate::read_dr6();
-    }
-    if REFLECT_REASONS.contains(&(reason & 0xffff)) && k.reflects(t, reason & 0xffff) {
+    let reflects = match k.vm_exited(t, reason) {
+        Some((vmcs, reflects)) => {
+            vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
+            vmcs.dr[4] = crate::arch::xstate::read_dr6();
+            reflects
+        }
+        None => false,
+    };
+    if reflects {
         // The floor: answered in the kernel and straight back into the same guest, with the
         // guest's XCR0 still loaded (`reflect_at_once` asks that the thread own the
-        // extended state, so nothing here saves or loads it).
-        let exit = VmExit {
-            reason,
-            qualification: vmx::read_current(abi::vmx::field::EXIT_QUALIFICATION),
-            instruction_len: vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
-            tsc,
-        };
-        if k.reflect_at_once(t, exit) {
-            let mut k = k.enter_guest(|k| {
-                k.trace_entry(t);
-                k.guest_context(t).ok()
-            });
-            // The thread's vCPU is gone (`reflect_at_once` found it: it is not).
-            crate::arch::xstate::load_host_xcr0();
-            let next = k.schedule();
-            resume(k, next)
-        }
+        // extended state, so nothing here saves or loads it). Back here only if it did not
+        // take the exit, nothing changed.
+        k = k.enter_guest(|k| {
+            k.reflect_at_once(t, reason, tsc, || {
+                (
+                    vmx::read_current(abi::vmx::field::EXIT_QUALIFICATION),
+                    vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
+                )
+            })
+        });
     }
     crate::arch::xstate::load_host_xcr0();
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {

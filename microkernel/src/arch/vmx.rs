@@ -111,6 +111,9 @@ const PROC_SHADOW_WANT: u32 = PROC_WANT | (1 << 9) | (1 << 15) | (1 << 16);
 /// acknowledge interrupt on exit, save/load PAT and EFER.
 const EXIT_WANT: u32 =
     (1 << 2) | (1 << 9) | (1 << 15) | (1 << 18) | (1 << 19) | (1 << 20) | (1 << 21);
+/// Exit control "save VMX-preemption timer value" (not wanted: [`enter`] relies on the field
+/// keeping what it wrote).
+const EXIT_SAVE_TIMER: u32 = 1 << 22;
 /// Entry: load debug controls (the guest's DR7 and DEBUGCTL from the VMCS: with the true
 /// controls this bit may be 0, and the guest would then run with the host's DR7), load PAT
 /// and EFER (IA-32e mode guest is set per vCPU by the object model).
@@ -185,6 +188,10 @@ pub struct Vmcs {
     /// The HOST_RSP field as the last entry wrote it (0: not yet): the next entry with the
     /// same register file leaves it.
     host_rsp: core::cell::Cell<u64>,
+    /// The preemption-timer value the last entry wrote (`u64::MAX`: none yet). VM entry
+    /// loads the timer from the field, which no exit saves (no "save VMX-preemption timer
+    /// value" control) and no task may write: the same value need not be written again.
+    timer: core::cell::Cell<u64>,
 }
 
 /// `want` adjusted to a control MSR: bits that must be 1 are set; `None` if a wanted bit
@@ -502,6 +509,7 @@ pub fn vmcs_new(eptp: u64, vpid: u16, shadow: bool) -> Option<Vmcs> {
         xcr0: abi::cpu::xcr0::INIT,
         deadline: 0,
         host_rsp: core::cell::Cell::new(0),
+        timer: core::cell::Cell::new(u64::MAX),
     })
 }
 
@@ -571,10 +579,11 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     }
     if let Some(c) = CONTROLS.get() {
         // The timer counts down from here; reaching zero exits (reason 52).
-        vmwrite(
-            PREEMPTION_TIMER_VALUE,
-            u64::from(c.timer_value(vmcs.deadline)),
-        );
+        let timer = u64::from(c.timer_value(vmcs.deadline));
+        if vmcs.timer.get() != timer || c.exit & EXIT_SAVE_TIMER != 0 {
+            vmwrite(PREEMPTION_TIMER_VALUE, timer);
+            vmcs.timer.set(timer);
+        }
     }
     // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
     // between here and the VM entry, so the guest finds its own value.

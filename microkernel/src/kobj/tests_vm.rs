@@ -229,7 +229,9 @@ pub(super) fn exit(
         instruction_len,
         tsc,
     };
-    if k.reflect_at_once(t, exit) {
+    if k.reflect_at_once(t, reason, tsc, || (qualification, instruction_len))
+        .is_some()
+    {
         return Next::Guest(t);
     }
     k.on_vm_exit(exit)
@@ -1254,7 +1256,7 @@ fn the_floor_answers_at_once_as_on_vm_exit_does() {
                 instruction_len: len,
                 tsc: 100 * i as u64,
             };
-            let next = if k.reflect_at_once(vt, e) {
+            let next = if k.reflect_at_once(vt, r, e.tsc, || (q, len)).is_some() {
                 Next::Guest(vt)
             } else {
                 assert!(

@@ -222,11 +222,14 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// Thread `t` enters its guest now: closes and writes its vCPU's open record.
-    #[inline]
+    #[inline(always)]
     pub fn trace_entry(&mut self, t: ThreadId) {
-        if self.traced_vms == 0 {
-            return;
+        if self.traced_vms != 0 {
+            self.trace_entry_record(t);
         }
+    }
+
+    fn trace_entry_record(&mut self, t: ThreadId) {
         if let Some(vi) = self.vcpu_of(t) {
             let now = self.machine.tsc();
             self.trace_close(vi, |r| r.t_entry = now);

@@ -126,67 +126,57 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
-    /// Whether vCPU thread `t`'s portal for basic reason `basic` is [`Portal::Reflect`]: the
-    /// machine's cheap test before [`Self::reflect_at_once`].
-    #[inline]
-    pub fn reflects(&self, t: ThreadId, basic: u32) -> bool {
-        self.threads
-            .get(t)
-            .and_then(|th| slot_at(&self.vcpus, th.vcpu?).ok())
-            .is_some_and(|v| v.portals.get(basic as usize) == Some(&Portal::Reflect))
-    }
-
-    /// The floor's fast path ([`Portal::Reflect`]): exit `exit` of the current vCPU thread
-    /// `t` answered in the kernel when its guest goes straight on afterwards (see
-    /// [`Self::guest_continues`]) and `t` owns the extended-state registers, so that entering
-    /// the guest again needs nothing of the host's: counted, traced and answered exactly as
-    /// [`Kernel::on_vm_exit`] would, and `true`; then the machine enters `t`'s guest at once
-    /// ([`Kernel::trace_entry`] and [`Kernel::guest_context`]). `false`: nothing changed.
+    /// The floor's fast path ([`Portal::Reflect`]): the exit (`reason` at time-stamp `tsc`)
+    /// of the current vCPU thread `t` answered in the kernel when its guest goes straight on
+    /// afterwards ([`Self::guest_continues`]) and `t` owns the extended-state registers, so
+    /// that entering the guest again needs nothing of the host's. Counted, traced and
+    /// answered exactly as [`Kernel::on_vm_exit`] would (`read` gives the qualification and
+    /// the instruction length, read only when the path is taken), the entry traced as the
+    /// machine's entry does; returns what to enter ([`Kernel::guest_context`]). `None`:
+    /// nothing changed.
     #[inline(never)] // off the exits a handler takes
-    pub fn reflect_at_once(&mut self, t: ThreadId, exit: VmExit) -> bool {
-        let basic = exit.reason & 0xffff;
-        let Some((vi, leaf)) = self
-            .threads
-            .get(t)
-            .and_then(|th| Some((th.vcpu?, th.regs.rax as u32)))
-        else {
-            return false;
+    pub fn reflect_at_once(
+        &mut self,
+        t: ThreadId,
+        reason: u32,
+        tsc: u64,
+        read: impl FnOnce() -> (u64, u64),
+    ) -> Option<(&mut UserRegs, &mut M::Vmcs, bool)> {
+        let basic = reason & 0xffff;
+        let vi = {
+            let th = self.threads.get(t)?;
+            let vi = th.vcpu?;
+            let v = slot_at(&self.vcpus, vi).ok()?;
+            if v.portals.get(basic as usize) != Some(&Portal::Reflect)
+                || reason & (1 << 31) != 0
+                || self.xstate_owner != Some(t)
+                || !self.continues(t, th, v)
+            {
+                return None;
+            }
+            if basic == reason::CPUID && th.regs.rax as u32 == XSAVE_LEAF {
+                // Its answer depends on the XCR0 in force, which the machine leaves the
+                // guest's on this path: the general path answers it, with the host's.
+                return None;
+            }
+            vi
         };
-        if basic == reason::CPUID && leaf == XSAVE_LEAF {
-            // Its answer depends on the XCR0 in force, which the machine leaves the guest's
-            // on this path: the general path answers it, with the host's, as always.
-            return false;
-        }
-        if exit.reason & (1 << 31) != 0
-            || self.xstate_owner != Some(t)
-            || !self.guest_continues(t, vi)
-        {
-            return false;
-        }
-        let reflect = slot_at(&self.vcpus, vi)
-            .is_ok_and(|v| v.portals.get(basic as usize) == Some(&Portal::Reflect));
-        if !reflect {
-            return false;
-        }
-        // What `on_vm_exit` and `reflect_and_go_on` do, in their order where it matters.
-        self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
+        let (qualification, len) = read();
+        // What `on_vm_exit`, `reflect_and_go_on` and the entry do, in their order where it
+        // matters (the trace hooks touch only the trace record and ring).
+        self.trace_exit(vi, reason, qualification, tsc);
         self.trace_kernel_handled(vi);
-        let (Ok(v), Some(th)) = (slot_at_mut(&mut self.vcpus, vi), self.threads.get_mut(t)) else {
-            return false; // found above: not taken
-        };
+        self.trace_entry(t);
+        // Both found above: these lookups do not fail.
+        let th = self.threads.get_mut(t)?;
+        let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
         if let Some(n) = v.exits.get_mut(basic as usize) {
             *n = n.saturating_add(1);
         }
-        v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
+        v.last_exit = (reason, qualification, len);
         v.forwarded = false;
-        answer(
-            &mut self.machine,
-            &mut v.hw,
-            &mut th.regs,
-            basic,
-            exit.instruction_len,
-        );
-        true
+        answer(&mut self.machine, &mut v.hw, &mut th.regs, basic, len);
+        Some((&mut th.regs, &mut v.hw, v.launched))
     }
 
     /// An exit the kernel answers itself ([`Portal::Reflect`], the benchmark floor): answered
@@ -208,9 +198,15 @@ impl<M: Machine> Kernel<M> {
 
     #[inline(always)]
     fn guest_continues(&self, t: ThreadId, vi: VcpuId) -> bool {
-        let (Some(th), Some(v)) = (self.threads.get(t), slot_at(&self.vcpus, vi).ok()) else {
-            return false;
-        };
+        match (self.threads.get(t), slot_at(&self.vcpus, vi).ok()) {
+            (Some(th), Some(v)) => self.continues(t, th, v),
+            _ => false,
+        }
+    }
+
+    /// [`Self::guest_continues`] of thread `t` (`th`) and its vCPU `v`, at hand.
+    #[inline(always)]
+    fn continues(&self, t: ThreadId, th: &Thread, v: &super::Vcpu<M::Vmcs>) -> bool {
         self.fast_ipc
             && self.exit_code.is_none()
             && !self.rotate

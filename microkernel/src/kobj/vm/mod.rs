@@ -53,7 +53,7 @@ pub const CR0_OWNED: u64 = CR0_NE | CR0_PE | CR0_PG;
 pub const CR4_OWNED: u64 = CR4_VMXE;
 
 /// The exits a portal may answer in the kernel ([`Portal::Reflect`], the benchmark floor).
-pub const REFLECT_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
+pub(super) const REFLECT_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
 
 /// Where an exit reason goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,14 +177,17 @@ impl<M: Machine> Kernel<M> {
     /// The machine left the guest of thread `t` with exit `reason` (every exit, before it is
     /// handled). An exit with the entry-failure bit (31) leaves the launch state as it was:
     /// a failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
-    /// Returns the VMCS, for the state the machine keeps beside it (CR2, DR6), unless the
-    /// thread or its vCPU is gone.
-    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) -> Option<&mut M::Vmcs> {
+    /// Returns the VMCS, for the state the machine keeps beside it (CR2, DR6), and whether
+    /// the portal of the exit's basic reason is [`Portal::Reflect`] (the floor, whose fast
+    /// path the machine may try: [`Kernel::reflect_at_once`]), unless the thread or its vCPU
+    /// is gone.
+    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) -> Option<(&mut M::Vmcs, bool)> {
         let vi = self.threads.get(t)?.vcpu?;
         let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
         if reason & (1 << 31) == 0 {
             v.launched = true;
         }
-        Some(&mut v.hw)
+        let reflects = v.portals.get((reason & 0xffff) as usize) == Some(&Portal::Reflect);
+        Some((&mut v.hw, reflects))
     }
 }
