@@ -117,7 +117,7 @@ impl<M: Machine> Kernel<M> {
                     ExitReply::decode(&msg.data[..msg.len.min(msg.data.len())])
                 };
                 match reply {
-                    Ok(r) if r.flags & reply::FORWARD != 0 => self.forward_exit(vi, t, &r)?,
+                    Ok(r) if r.flags & reply::FORWARD != 0 => self.forward_exit(vi, &r)?,
                     Ok(r) => {
                         self.vcpu_mut(vi)?.run = VcpuRun::Running;
                         self.apply_reply(vi, &r)?

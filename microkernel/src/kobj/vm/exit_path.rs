@@ -49,15 +49,19 @@ impl<M: Machine> Kernel<M> {
             return self.schedule();
         };
         let basic = exit.reason & 0xffff;
-        let reflect = {
+        let portal = {
             let v = or_schedule!(self.vcpu_mut(vi));
             if let Some(n) = v.exits.get_mut(basic as usize) {
                 *n = n.saturating_add(1);
             }
             v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
             v.forwarded = false;
-            v.portals.get(basic as usize) == Some(&Portal::Reflect)
+            v.portals
+                .get(basic as usize)
+                .copied()
+                .unwrap_or(Portal::None)
         };
+        let reflect = portal == Portal::Reflect;
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
@@ -67,6 +71,7 @@ impl<M: Machine> Kernel<M> {
             // CPUID, VMCALL or port I/O (`REFLECT_REASONS`): none of the cases below.
             return self.reflect_and_go_on(c, vi, basic, exit.instruction_len);
         }
+        let exited = basic;
         let mut exit = exit;
         let mut basic = basic;
         if reason::KERNEL_HANDLED.contains(&basic) {
@@ -97,11 +102,16 @@ impl<M: Machine> Kernel<M> {
         } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
             or_schedule!(self.nmi_blocking_at_exit(vi, basic, exit.qualification));
         }
-        let portal = or_schedule!(self.vcpu(vi))
-            .portals
-            .get(basic as usize)
-            .copied()
-            .unwrap_or(Portal::None);
+        let portal = if basic == exited {
+            portal
+        } else {
+            // A deadline became a preemption-timer exit: that reason's portal.
+            or_schedule!(self.vcpu(vi))
+                .portals
+                .get(basic as usize)
+                .copied()
+                .unwrap_or(Portal::None)
+        };
         match portal {
             Portal::Reflect => self.reflect_and_go_on(c, vi, basic, exit.instruction_len),
             Portal::None => {
@@ -109,12 +119,7 @@ impl<M: Machine> Kernel<M> {
                 self.schedule()
             }
             Portal::Endpoint { cap, mask } => {
-                let len = self.write_exit_message(vi, exit, mask);
-                let th = or_schedule!(self.thread_mut(c));
-                th.msg.label = vmx::EXIT_LABEL;
-                th.msg.badge = cap.badge;
-                th.msg.grant = None;
-                th.msg.len = len;
+                self.write_exit_message(vi, exit, mask, cap.badge);
                 match self.send_exit(vi, cap) {
                     // What `schedule` would pick: the handler the fast path made current,
                     // ready, with nothing of higher priority ready (its check), when no
@@ -341,15 +346,38 @@ impl<M: Machine> Kernel<M> {
 
     /// Writes the exit message with the groups in `mask` straight into the vCPU thread's
     /// message buffer (the `ExitMessage` layout of `abi::vmx`, without building the struct:
-    /// this is on every exit). Returns its length.
-    pub(super) fn write_exit_message(&mut self, vi: VcpuId, exit: VmExit, mask: u32) -> usize {
+    /// this is on every exit), as a message with [`vmx::EXIT_LABEL`] and `badge` (the
+    /// portal capability's). Returns its length.
+    pub(super) fn write_exit_message(
+        &mut self,
+        vi: VcpuId,
+        exit: VmExit,
+        mask: u32,
+        badge: u64,
+    ) -> usize {
         let Ok(v) = slot_at_mut(&mut self.vcpus, vi) else {
             return 0;
         };
         let Some(th) = self.threads.get_mut(v.thread) else {
             return 0;
         };
-        let m = &mut self.machine;
+        th.msg.label = vmx::EXIT_LABEL;
+        th.msg.badge = badge;
+        th.msg.grant = None;
+        let len = Self::exit_message_bytes(&mut self.machine, v, th, exit, mask);
+        th.msg.len = len;
+        len
+    }
+
+    /// The bytes of [`Self::write_exit_message`], into `th`'s message buffer; their length.
+    #[inline(always)]
+    fn exit_message_bytes(
+        m: &mut M,
+        v: &mut super::Vcpu<M::Vmcs>,
+        th: &mut Thread,
+        exit: VmExit,
+        mask: u32,
+    ) -> usize {
         let hw = &mut v.hw;
         let out = &mut th.msg.data;
         let mut at = 0;

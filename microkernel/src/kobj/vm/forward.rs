@@ -15,23 +15,18 @@
 //! - a vCPU without an MMIO endpoint portal stops as an exit nobody handles
 //!   ([`stop::UNHANDLED`], the exit's basic reason, the forwarded address as qualification).
 
-use abi::vmx::{self, group, layout, reason, reply, stop, ExitReply};
+use abi::vmx::{group, layout, reason, reply, stop, ExitReply};
 use core::mem::offset_of;
 
 use super::{Portal, VmExit};
-use crate::kobj::ids::{Gone, ThreadId, VcpuId};
+use crate::kobj::ids::{Gone, VcpuId};
 use crate::kobj::kernel::Kernel;
 use crate::kobj::machine::Machine;
 
 impl<M: Machine> Kernel<M> {
-    /// Applies a reply with [`reply::FORWARD`] to vCPU `vi` (thread `t`): sends the exit on
-    /// to the MMIO portal, or stops the vCPU. Returns whether to enter the guest (never).
-    pub(super) fn forward_exit(
-        &mut self,
-        vi: VcpuId,
-        t: ThreadId,
-        r: &ExitReply,
-    ) -> Result<bool, Gone> {
+    /// Applies a reply with [`reply::FORWARD`] to vCPU `vi`: sends the exit on to the MMIO
+    /// portal, or stops the vCPU. Returns whether to enter the guest (never).
+    pub(super) fn forward_exit(&mut self, vi: VcpuId, r: &ExitReply) -> Result<bool, Gone> {
         if r.flags != reply::FORWARD || r.gpr_mask != 0 || !self.may_forward(vi)? {
             self.vcpu_stop(vi, stop::BAD_REPLY);
             return Ok(false);
@@ -51,12 +46,7 @@ impl<M: Machine> Kernel<M> {
             instruction_len,
             tsc: 0,
         };
-        let len = self.write_forwarded_message(vi, exit, mask, r.forward_gpa)?;
-        let th = self.thread_mut(t)?;
-        th.msg.label = vmx::EXIT_LABEL;
-        th.msg.badge = cap.badge;
-        th.msg.grant = None;
-        th.msg.len = len;
+        self.write_forwarded_message(vi, exit, mask, cap.badge, r.forward_gpa)?;
         self.vcpu_mut(vi)?.forwarded = true;
         self.send_exit(vi, cap);
         Ok(false)
@@ -96,9 +86,10 @@ impl<M: Machine> Kernel<M> {
         vi: VcpuId,
         exit: VmExit,
         mask: u32,
+        badge: u64,
         gpa: u64,
     ) -> Result<usize, Gone> {
-        let len = self.write_exit_message(vi, exit, mask);
+        let len = self.write_exit_message(vi, exit, mask, badge);
         if mask & group::ADDR != 0 {
             let at = layout::group_at(mask, group::ADDR) + offset_of!(layout::Addr, gpa);
             let t = self.vcpu(vi)?.thread;
