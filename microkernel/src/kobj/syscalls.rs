@@ -50,13 +50,6 @@ impl<M: Machine> Kernel<M> {
                 return next;
             }
         }
-        self.on_syscall_general(c, n, a)
-    }
-
-    /// Every syscall the fast paths leave: dispatched, its result in the caller's registers.
-    /// Out of line, so that the fast paths pay nothing for its frame.
-    #[inline(never)]
-    fn on_syscall_general(&mut self, c: ThreadId, n: u64, a: [u64; 6]) -> Next {
         let result = match Sys::from_u64(n) {
             Some(sys) => self.dispatch(sys, a),
             None => Err(err(Error::UnknownSyscall)),
