@@ -7,13 +7,58 @@
 use abi::ipc::MAX_PAYLOAD;
 use abi::{CapKind, Rights, NO_CAP};
 
-use super::captable::ObjRef;
+use super::captable::{Cap, ObjRef};
 use super::ids::{EndpointId, TaskId, ThreadId};
 use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::objects::{slot_at, slot_at_mut, slot_get, EndpointState, ThreadState};
 
+/// What both IPC fast paths read first: the arguments `(ep, buf, len, buf_cap, label, grant)`
+/// of the calling thread, its task, the endpoint capability, whether its buffer is known
+/// writable, and whom it owes a reply.
+struct FastArgs {
+    task: TaskId,
+    cap: Cap,
+    buf: u64,
+    len: u64,
+    /// At most [`MAX_PAYLOAD`].
+    buf_cap: u64,
+    label: u64,
+    /// The buffer `[buf, buf + buf_cap)` was found writable and nothing was unmapped since.
+    known: bool,
+    reply_to: Option<ThreadId>,
+}
+
 impl<M: Machine> Kernel<M> {
+    /// The [`FastArgs`] of thread `c`'s syscall arguments `a`, when the capability is an
+    /// endpoint with `need` and the message has no grant and fits; `None` otherwise.
+    #[inline(always)]
+    fn fast_args(&self, c: ThreadId, a: [u64; 6], need: Rights) -> Option<FastArgs> {
+        let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
+        if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
+            return None;
+        }
+        let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
+        let th = self.threads.get(c)?;
+        let task = slot_at(&self.tasks, th.task).ok()?;
+        let cap = task.caps.get(ep_slot).ok()?;
+        if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(need) {
+            return None;
+        }
+        Some(FastArgs {
+            task: th.task,
+            cap,
+            buf,
+            len,
+            buf_cap,
+            label,
+            known: th
+                .checked_buf
+                .is_some_and(|b| b.holds(buf, buf_cap, task.unmaps)),
+            reply_to: th.reply_to,
+        })
+    }
+
     /// Copies `len` bytes from `from`'s buffer at `src` to `to = (task, buffer)`: the part
     /// of the fast paths that only a payload pays for, out of line. `None` leaves everything
     /// as it was (the copy checks both ranges before it writes).
@@ -47,23 +92,9 @@ impl<M: Machine> Kernel<M> {
     /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
     #[inline(always)]
     pub(crate) fn fast_call(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
-        let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
-        if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
-            return None;
-        }
-        let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let (ct, cap, known) = {
-            let th = self.threads.get(c)?;
-            let task = slot_at(&self.tasks, th.task).ok()?;
-            let cap = task.caps.get(ep_slot).ok()?;
-            let known = th
-                .checked_buf
-                .is_some_and(|b| b.holds(buf, buf_cap, task.unmaps));
-            (th.task, cap, known)
-        };
-        if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::SEND) {
-            return None;
-        }
+        let f = self.fast_args(c, a, Rights::SEND)?;
+        let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
+        let known = f.known;
         let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
         if len > rcap || !(known || self.buffer_writable(c, buf, buf_cap)) {
             return None;
@@ -93,11 +124,7 @@ impl<M: Machine> Kernel<M> {
     /// when a handler waits there with a buffer that takes it and owes no other reply: what
     /// `send_loaded` would do, in one pass (`tests_vm.rs` runs exits both ways). `None`
     /// leaves everything as it was (the general path then delivers or queues it).
-    pub(crate) fn fast_send_exit(
-        &mut self,
-        t: ThreadId,
-        cap: super::captable::Cap,
-    ) -> Option<ThreadId> {
+    pub(crate) fn fast_send_exit(&mut self, t: ThreadId, cap: Cap) -> Option<ThreadId> {
         let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
         let (len, label, badge) = {
             let m = &self.threads.get(t)?.msg;
@@ -137,23 +164,9 @@ impl<M: Machine> Kernel<M> {
     /// endpoint has nothing queued: the server blocks receiving, the caller runs.
     #[inline(always)]
     pub(crate) fn fast_reply_recv(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
-        let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
-        if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
-            return None;
-        }
-        let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let (ct, caller, cap, known) = {
-            let th = self.threads.get(c)?;
-            let task = slot_at(&self.tasks, th.task).ok()?;
-            let cap = task.caps.get(ep_slot).ok()?;
-            let known = th
-                .checked_buf
-                .is_some_and(|b| b.holds(buf, buf_cap, task.unmaps));
-            (th.task, th.reply_to?, cap, known)
-        };
-        if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(Rights::RECV) {
-            return None;
-        }
+        let f = self.fast_args(c, a, Rights::RECV)?;
+        let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
+        let (known, caller) = (f.known, f.reply_to?);
         let ep = slot_get(&self.endpoints, cap.obj)?;
         if !ep.senders.is_empty() || !ep.notices.is_empty() {
             return None;
