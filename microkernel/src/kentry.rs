@@ -125,14 +125,6 @@ pub fn syscall_saved() -> ! {
     resume(k, next)
 }
 
-/// `syscall` from ring 3 with its registers in the entry's scratch area (before the first
-/// return to ring 3 has named a thread's storage).
-pub fn syscall(regs: &mut UserRegs) -> ! {
-    let mut k = KERNEL.enter();
-    let next = k.on_syscall(regs);
-    resume(k, next)
-}
-
 /// A hardware interrupt (already acknowledged) taken in ring 3: resume the same thread.
 pub fn irq_from_user(_vector: u8, regs: &mut UserRegs) -> ! {
     let next = KERNEL.enter().on_tick(Some(regs));

@@ -43,7 +43,9 @@ user_entry_stack_top:
     .balign 8
 syscall_user_rsp:
     .skip 8
-    /* Where a `syscall` without a thread of the object model saves its registers. */
+    /* Where `entry_save_top` points until the first return to ring 3 names a thread's
+       storage. No `syscall` saves here: every return to ring 3 names the thread's own
+       storage first (`user_syscall_rust` stops the machine if one did). */
     .balign 16
 entry_scratch_regs:
     .skip 144
@@ -324,31 +326,31 @@ fn clear_user_segments() {
 }
 
 /// Loads every register from `regs` and returns to ring 3 with `iretq` (in the address space
-/// currently in CR3), abandoning the current kernel stack. DS, ES, FS and GS are null on the
-/// way out ([`clear_user_segments`]). RFLAGS is sanitized (IF on, IOPL 0,
-/// no TF/NT/AC/...). A `rip` outside the user half is not returned to: it is delivered as a
-/// #GP through `kentry::user_exception` instead, so `iretq` cannot fault in ring 0.
-pub fn return_to_user(regs: &UserRegs) -> ! {
-    return_saving_into(regs, (&raw const entry_scratch_regs).cast())
-}
-
-/// [`return_to_user`] with `regs` where the thread's next `syscall` saves its registers: the
-/// running thread's own storage, which lives in a static (the object model's), so that the
-/// entry writes them once, where the kernel keeps them.
+/// currently in CR3), abandoning the current kernel stack, with `regs` where the thread's
+/// next `syscall` saves its registers: the running thread's own storage, which lives in a
+/// static (the object model's), so that the entry writes them once, where the kernel keeps
+/// them. DS, ES, FS and GS are null on the way out ([`clear_user_segments`]). RFLAGS is
+/// sanitized (IF on, IOPL 0, no TF/NT/AC/...). A `rip` outside the user half is not returned
+/// to: it is delivered as a #GP through `kentry::user_exception` instead, so `iretq` cannot
+/// fault in ring 0.
 pub fn return_to_user_saving_into_regs(regs: &UserRegs) -> ! {
-    return_saving_into(regs, regs)
+    // SAFETY: one CPU with interrupts off: nothing else reads or writes the pointer, which
+    // the next `syscall` entry reads. `regs` is a UserRegs in a static.
+    unsafe {
+        entry_save_top = regs as *const UserRegs as u64 + core::mem::size_of::<UserRegs>() as u64
+    };
+    return_to_same_thread(regs)
 }
 
-/// Whether `regs` (from `user_syscall_rust`) is the scratch area: the registers were not
-/// saved into a thread's storage.
+/// Whether `regs` (from `user_syscall_rust`) is the scratch area: no return to ring 3 named
+/// a thread's storage before this `syscall`, which cannot happen.
 fn is_scratch(regs: *const UserRegs) -> bool {
     regs.cast() == (&raw const entry_scratch_regs)
 }
 
-fn return_saving_into(regs: &UserRegs, save: *const UserRegs) -> ! {
-    // SAFETY: one CPU with interrupts off: nothing else reads or writes the pointer, which
-    // the next `syscall` entry reads. `save` is the scratch area or a UserRegs in a static.
-    unsafe { entry_save_top = save as u64 + core::mem::size_of::<UserRegs>() as u64 };
+/// [`return_to_user_saving_into_regs`] to the thread that was interrupted, whose storage
+/// the next `syscall` saves into already: `regs` are its registers as the entry saved them.
+fn return_to_same_thread(regs: &UserRegs) -> ! {
     if !is_user_rip(regs.rip) {
         let mut copy = *regs;
         crate::kentry::user_exception(13, 0, 0, &mut copy)
@@ -414,8 +416,9 @@ pub fn interrupt_window() {
 #[no_mangle]
 extern "C" fn user_syscall_rust(regs: *mut UserRegs) -> ! {
     if is_scratch(regs) {
-        // SAFETY: the scratch area, which only this entry and the return that follows use.
-        crate::kentry::syscall(unsafe { &mut *regs })
+        // A kernel bug: a return to ring 3 that named no thread's storage.
+        crate::log!(error, "task", "syscall saved into the entry's scratch area");
+        crate::scenario::exit(abi::ExitCode::Crash)
     }
     // Saved into the running thread's own storage (`return_to_user_saving_into_regs`): the
     // object model reads them there.
@@ -428,7 +431,7 @@ extern "C" fn irq_user_rust(vector: u64, regs: &mut UserRegs) -> ! {
     let vector = vector as u8;
     if !timer::acknowledge(vector) {
         // Spurious: resume the interrupted thread.
-        return_to_user(regs)
+        return_to_same_thread(regs)
     }
     crate::kentry::irq_from_user(vector, regs)
 }
