@@ -21,12 +21,12 @@ static KERNEL: EntryCell<Kernel<KernelMachine>> = EntryCell::new(Kernel::new(Ker
 /// Starts the first task of the services' scenarios, the boot module named `supervisor`,
 /// and runs user mode from then on.
 pub fn start_services() -> ! {
-    start_first_task("supervisor", 0)
+    start_first_task("supervisor", |_| 0)
 }
 
 /// Starts the boot module named `name` (the first word of its command line) as the first
-/// task, with `arg` in its `rdi`, and runs user mode from then on.
-pub fn start_first_task(name: &str, arg: u64) -> ! {
+/// task, with `arg(its module index)` in its `rdi`, and runs user mode from then on.
+pub fn start_first_task(name: &str, arg: impl FnOnce(usize) -> u64) -> ! {
     let next = {
         let mut k = KERNEL.enter();
         let count = k.machine().module_count();
@@ -44,7 +44,7 @@ pub fn start_first_task(name: &str, arg: u64) -> ! {
             );
             crate::scenario::exit(ExitCode::Failure)
         };
-        match k.start_init(index, arg) {
+        match k.start_init(index, arg(index)) {
             Ok(task) => crate::log!(
                 info,
                 "task",

@@ -98,12 +98,15 @@ pub fn run(boot: &BootInfo) -> ! {
         "starting {} for the ring-3 checks",
         abi::ktests::MODULE
     );
-    let arg = abi::ktests::StartArg {
-        passed: u16::try_from(passed).unwrap_or(u16::MAX),
-        failed: u16::try_from(failed).unwrap_or(u16::MAX),
-        first_selector_past_gdt: u16::try_from(gdt::first_selector_past()).unwrap_or(u16::MAX),
-    };
-    crate::kentry::start_first_task(abi::ktests::MODULE, arg.encode())
+    crate::kentry::start_first_task(abi::ktests::MODULE, |module| {
+        abi::ktests::StartArg {
+            passed: u16::try_from(passed).unwrap_or(u16::MAX),
+            failed: u16::try_from(failed).unwrap_or(u16::MAX),
+            first_selector_past_gdt: u16::try_from(gdt::first_selector_past()).unwrap_or(u16::MAX),
+            module: u8::try_from(module).unwrap_or(u8::MAX),
+        }
+        .encode()
+    })
 }
 
 fn boot_memory_map(boot: &BootInfo) -> Outcome {

@@ -22,25 +22,30 @@ pub struct StartArg {
     /// The first ring-3 selector past the end of the GDT (its limit + 1, RPL 3): with UMIP
     /// on, ring 3 cannot read the GDT's limit itself.
     pub first_selector_past_gdt: u16,
+    /// The task's own boot-module index (each test program runs in a fresh copy of it).
+    pub module: u8,
 }
 
 impl StartArg {
-    /// Bits 0..16 `passed`, 16..32 `failed`, 32..48 the selector; bit 63 clear.
+    /// Bits 0..16 `passed`, 16..32 `failed`, 32..48 the selector, 48..56 the module; bit 63
+    /// clear.
     pub const fn encode(self) -> u64 {
         self.passed as u64
             | (self.failed as u64) << 16
             | (self.first_selector_past_gdt as u64) << 32
+            | (self.module as u64) << 48
     }
 
     /// `None` for a program's argument ([`PROGRAM_FLAG`] set) or unknown bits.
     pub const fn decode(arg: u64) -> Option<StartArg> {
-        if arg >> 48 != 0 {
+        if arg >> 56 != 0 {
             return None;
         }
         Some(StartArg {
             passed: arg as u16,
             failed: (arg >> 16) as u16,
             first_selector_past_gdt: (arg >> 32) as u16,
+            module: (arg >> 48) as u8,
         })
     }
 }
@@ -55,10 +60,11 @@ mod tests {
             passed: 23,
             failed: 1,
             first_selector_past_gdt: 0x3b,
+            module: 2,
         };
-        assert_eq!(a.encode(), 0x3b_0001_0017);
+        assert_eq!(a.encode(), 0x02_003b_0001_0017);
         assert_eq!(StartArg::decode(a.encode()), Some(a));
         assert_eq!(StartArg::decode(PROGRAM_FLAG | 3), None);
-        assert_eq!(StartArg::decode(1 << 48), None);
+        assert_eq!(StartArg::decode(1 << 56), None);
     }
 }

@@ -99,31 +99,18 @@ impl Runner {
     }
 }
 
-/// This task's boot-module index, found by its name.
-fn own_module() -> Option<u64> {
-    let mut name = [0u8; abi::MODULE_CMDLINE_MAX];
-    let count = sys::module_info(slot::BOOT, 0, &mut name).ok()?.count;
-    (0..count).find(|&i| {
-        sys::module_info(slot::BOOT, i, &mut name).is_ok_and(|info| {
-            let line = &name[..info.name_len.min(name.len())];
-            line.split(|&b| b == b' ').next() == Some(abi::ktests::MODULE.as_bytes())
-        })
-    })
-}
-
 fn suite(arg: u64) {
     let Some(start) = StartArg::decode(arg) else {
         userlib::println!("kernel-tests: start argument {arg:#x} is not the kernel's tally");
         end(ExitCode::Failure)
     };
     let mut tally = (u32::from(start.passed), u32::from(start.failed));
-    let runner = own_module().zip(sys::endpoint_create().ok());
-    let Some((module, fault_ep)) = runner else {
-        userlib::println!("kernel-tests: no boot module named kernel-tests, or no endpoint");
+    let Ok(fault_ep) = sys::endpoint_create() else {
+        userlib::println!("kernel-tests: no endpoint for the programs' fault notices");
         end(ExitCode::Failure)
     };
     let mut runner = Runner {
-        module,
+        module: u64::from(start.module),
         fault_ep,
         generation: 0,
     };
