@@ -17,7 +17,7 @@ use super::ipc::err;
 use super::ipc::SysResult;
 use super::kernel::Kernel;
 use super::machine::Machine;
-use super::objects::{slot_at, slot_at_mut, slot_get_mut};
+use super::objects::{slot_at_mut, slot_get_mut};
 
 /// The ring's state in the kernel (the header in the ring is a copy for the reader).
 #[derive(Debug)]
@@ -208,16 +208,11 @@ impl<M: Machine> Kernel<M> {
 
     /// Stamps vCPU `vi`'s open record (if any) with the time now.
     fn trace_stamp(&mut self, vi: VcpuId, set: impl FnOnce(&mut Record, u64)) {
-        let open = slot_at(&self.vcpus, vi).is_ok_and(|v| v.trace_record.is_some());
-        if !open {
-            return;
-        }
-        let now = self.machine.tsc();
         if let Some(r) = slot_at_mut(&mut self.vcpus, vi)
             .ok()
             .and_then(|v| v.trace_record.as_mut())
         {
-            set(r, now);
+            set(r, self.machine.tsc());
         }
     }
 

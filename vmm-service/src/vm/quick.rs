@@ -4,7 +4,7 @@
 //! [`VmModel::handle_into`] gives; an exit whose handling could do more than answer with
 //! registers (an event, a stop, a look at the devices) is left to it, with nothing changed.
 
-use abi::vmx::{reason, reply, ExitReply, ExitView, Gpr};
+use abi::vmx::{layout, reason, reply, ExitReply, ExitView, Gpr};
 
 use super::{guest_cr4, hypercall, in_rax, Env, VmModel};
 use crate::exit::{io_size, required_groups, size_mask, ENTRY_FAILURE_BIT, IO_IN, IO_STRING};
@@ -18,7 +18,9 @@ pub const QUICK_REASONS: [u32; 3] = [reason::CPUID, reason::VMCALL, reason::IO];
 /// (in register order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuickReply {
-    pub gpr_mask: u16,
+    gpr_mask: u16,
+    /// How many registers `gpr_mask` names (at most four).
+    len: u8,
     values: [u64; 4],
 }
 
@@ -26,14 +28,39 @@ impl QuickReply {
     /// The flags of the reply ([`abi::vmx::ExitReply::encode_registers`]).
     pub const FLAGS: u32 = reply::ADVANCE_RIP;
 
-    /// The register values, in register order.
-    pub fn values(&self) -> &[u64] {
-        &self.values[..self.gpr_mask.count_ones() as usize]
+    /// An answer that writes `values` (in register order) to the registers of `gpr_mask`,
+    /// which names at most four.
+    const fn new(gpr_mask: u16, values: [u64; 4]) -> QuickReply {
+        QuickReply {
+            gpr_mask,
+            len: gpr_mask.count_ones() as u8,
+            values,
+        }
     }
 
-    /// The reply's bytes ([`ExitReply::encode`]'s layout); `None` if `out` is too small.
+    /// The registers it writes.
+    pub fn gpr_mask(&self) -> u16 {
+        self.gpr_mask
+    }
+
+    /// The register values, in register order.
+    #[inline]
+    pub fn values(&self) -> &[u64] {
+        self.values.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    /// The reply's bytes ([`ExitReply::encode`]'s layout, [`abi::vmx::layout`]); `None` if
+    /// `out` is too small.
+    #[inline]
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
-        ExitReply::encode_registers(out, Self::FLAGS, self.gpr_mask, self.values())
+        let values = self.values();
+        let n = layout::REPLY_HEADER + 8 * values.len();
+        let out = out.get_mut(..n)?;
+        layout::put_reply_header(out, Self::FLAGS, self.gpr_mask);
+        for (w, v) in out[layout::REPLY_HEADER..].chunks_exact_mut(8).zip(values) {
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+        Some(n)
     }
 
     /// The same answer as an [`ExitReply`].
@@ -88,10 +115,7 @@ impl VmModel {
                 };
                 let [a, b, c, d] = self.guest_cpuid(leaf, subleaf, cr4, env);
                 // Register order: RAX, RCX, RDX, RBX.
-                QuickReply {
-                    gpr_mask: 0b1111,
-                    values: [a.into(), c.into(), d.into(), b.into()],
-                }
+                QuickReply::new(0b1111, [a.into(), c.into(), d.into(), b.into()])
             }
             reason::VMCALL => {
                 let rax = match hypercall::number(v.gpr(Gpr::Rax)) {
@@ -101,10 +125,7 @@ impl VmModel {
                     }
                     Some(_) => return None,
                 };
-                QuickReply {
-                    gpr_mask: 1 << Gpr::Rax as u16,
-                    values: [rax, 0, 0, 0],
-                }
+                QuickReply::new(1 << Gpr::Rax as u16, [rax, 0, 0, 0])
             }
             _ => return None,
         };
@@ -144,17 +165,11 @@ impl VmModel {
         let rax = v.gpr(Gpr::Rax);
         Some(if input {
             let got = self.bus.read(port, size, ticks, &mut sink);
-            QuickReply {
-                gpr_mask: 1 << Gpr::Rax as u16,
-                values: [in_rax(rax, size, got), 0, 0, 0],
-            }
+            QuickReply::new(1 << Gpr::Rax as u16, [in_rax(rax, size, got), 0, 0, 0])
         } else {
             let value = (rax & size_mask(size)) as u32;
             self.bus.write(port, size, value, ticks, &mut sink);
-            QuickReply {
-                gpr_mask: 0,
-                values: [0; 4],
-            }
+            QuickReply::new(0, [0; 4])
         })
     }
 }
