@@ -96,7 +96,7 @@ impl<M: Machine> Kernel<M> {
         let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
         let known = f.known;
         let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
-        if len > rcap || !(known || self.buffer_writable(c, buf, buf_cap)) {
+        if len > rcap || (!known && self.check_receive_buffer(c, buf, buf_cap).is_none()) {
             return None;
         }
         if len > 0 {
@@ -179,12 +179,11 @@ impl<M: Machine> Kernel<M> {
             }
             (th.task, th.buf, th.buf_cap, th.vcpu)
         };
-        // The server's next receive buffer, and the reply inside it (a vCPU's answer is read
-        // from there, so the copy cannot fail half way: the exit message must stay intact for
-        // a re-send).
         if vcpu.is_some() {
             // The answer to an exit message: into the vCPU thread's message buffer, where
-            // `vcpu_prepare` reads it.
+            // `vcpu_prepare` reads it; only from inside the server's checked receive buffer,
+            // so the copy cannot fail half way (the exit message must stay intact for a
+            // re-send).
             if len > buf_cap {
                 return None;
             }
@@ -202,7 +201,7 @@ impl<M: Machine> Kernel<M> {
             vth.msg.len = len as usize;
             vth.msg.label = label;
         } else {
-            if !(known || self.buffer_writable(c, buf, buf_cap)) {
+            if !known && self.check_receive_buffer(c, buf, buf_cap).is_none() {
                 return None;
             }
             if len > kcap {

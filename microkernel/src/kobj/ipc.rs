@@ -91,7 +91,6 @@ impl<M: Machine> Kernel<M> {
 
     /// Whether thread `t` may receive into `[buf, buf + cap)`, remembering a positive answer
     /// until its task unmaps something.
-    // The fast paths check the remembered answer themselves and call this only without one.
     pub(crate) fn buffer_writable(&mut self, t: ThreadId, buf: u64, cap: u64) -> bool {
         self.receive_buffer(t, buf, cap).is_some()
     }
@@ -110,7 +109,12 @@ impl<M: Machine> Kernel<M> {
 
     /// [`Kernel::receive_buffer`] without a remembered answer: walks the task's tables.
     #[inline(never)]
-    fn check_receive_buffer(&mut self, t: ThreadId, buf: u64, cap: u64) -> Option<CheckedBuf> {
+    pub(crate) fn check_receive_buffer(
+        &mut self,
+        t: ThreadId,
+        buf: u64,
+        cap: u64,
+    ) -> Option<CheckedBuf> {
         let th = self.threads.get_mut(t)?;
         let task = slot_at(&self.tasks, th.task).ok()?;
         let unmaps = task.unmaps;

@@ -61,15 +61,10 @@ impl<M: Machine> Kernel<M> {
                 .copied()
                 .unwrap_or(Portal::None)
         };
-        let reflect = portal == Portal::Reflect;
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
         if exit.reason & (1 << 31) != 0 {
             self.vcpu_stop(vi, stop::ENTRY_FAILED | basic as u64);
             return self.schedule();
-        }
-        if reflect {
-            // CPUID, VMCALL or port I/O (`REFLECT_REASONS`): none of the cases below.
-            return self.reflect_and_go_on(c, vi, basic, exit.instruction_len);
         }
         let exited = basic;
         let mut exit = exit;
@@ -184,13 +179,13 @@ impl<M: Machine> Kernel<M> {
         Some((&mut th.regs, &mut v.hw, v.launched))
     }
 
-    /// An exit the kernel answers itself ([`Portal::Reflect`], the benchmark floor): answered
-    /// ([`Kernel::reflect`]), then, if [`Kernel::schedule`] would pick vCPU thread `t` again and enter its guest at
-    /// once (judged without changing anything), straight back into it: the floor skips
-    /// `schedule`. A run with a time
-    /// limit, a shadow vCPU (audits), an event to check, a thread that should run instead or
-    /// the machine's end go through it (`tests_vm.rs` runs the floor both ways; the shortcut
-    /// is off without `fast_ipc`).
+    /// An exit the kernel answers itself ([`Portal::Reflect`], the benchmark floor) that
+    /// [`Self::reflect_at_once`] did not take: answered ([`Self::reflect`]), then, if
+    /// [`Kernel::schedule`] would pick vCPU thread `t` again and enter its guest at once
+    /// (judged without changing anything), straight back into it. A run with a time limit,
+    /// a shadow vCPU (audits), an event to check, a thread that should run instead or the
+    /// machine's end go through `schedule` (`tests_vm.rs` runs the floor both ways; the
+    /// shortcut is off without `fast_ipc`).
     #[inline(never)] // off the exits a handler takes, which it would otherwise slow down
     fn reflect_and_go_on(&mut self, t: ThreadId, vi: VcpuId, basic: u32, len: u64) -> Next {
         self.trace_kernel_handled(vi);
