@@ -153,28 +153,27 @@ pub fn vm_exit() -> ! {
         );
         crate::scenario::exit(ExitCode::Crash)
     };
-    let reflects = match k.vm_exited(t, reason) {
-        Some((vmcs, reflects)) => {
-            vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
-            vmcs.dr[4] = crate::arch::xstate::read_dr6();
-            reflects
-        }
-        None => false,
-    };
-    if reflects {
-        // The floor: answered in the kernel and straight back into the same guest, with the
-        // guest's XCR0 still loaded (`reflect_at_once` asks that the thread own the
-        // extended state, so nothing here saves or loads it). Back here only if it did not
-        // take the exit, nothing changed.
-        k = k.enter_guest(|k| {
-            k.reflect_at_once(t, reason, tsc, || {
+    // The floor: answered in the kernel and straight back into the same guest, which finds
+    // its CR2, DR6 and XCR0 still in the CPU (`vm_exited` asks that the thread own the
+    // extended state). Back here only if it did not take the exit; the VMCS then keeps
+    // what the CPU holds of the guest's.
+    k = k.reenter_guest(|k| {
+        k.vm_exited(
+            t,
+            reason,
+            tsc,
+            || {
                 (
                     vmx::read_current(abi::vmx::field::EXIT_QUALIFICATION),
                     vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
                 )
-            })
-        });
-    }
+            },
+            |vmcs| {
+                vmcs.cr2 = x86_64::registers::control::Cr2::read_raw();
+                vmcs.dr[4] = crate::arch::xstate::read_dr6();
+            },
+        )
+    });
     crate::arch::xstate::load_host_xcr0();
     if reason & 0xffff == abi::vmx::reason::EXTERNAL_INTERRUPT {
         let info = vmx::read_current(abi::vmx::field::EXIT_INTR_INFO);

@@ -86,6 +86,25 @@ impl<T> Entered<'_, T> {
         super::vmx::enter(unsafe { &*regs }, unsafe { &*vmcs }, launched)
     }
 
+    /// Leaves the cell and enters the guest that just exited again, with the registers and
+    /// VMCS `pick` chooses inside it (see [`super::vmx::reenter`]). Returns (still in the
+    /// cell) only if `pick` finds none.
+    #[inline]
+    pub fn reenter_guest(
+        mut self,
+        pick: impl FnOnce(&mut T) -> Option<(&mut UserRegs, &mut super::vmx::Vmcs)>,
+    ) -> Self {
+        let Some((regs, vmcs)) = pick(&mut self) else {
+            return self;
+        };
+        let (regs, vmcs): (*const UserRegs, *const super::vmx::Vmcs) = (regs, vmcs);
+        let cell = self.cell;
+        core::mem::forget(self);
+        cell.entered.store(false, Ordering::Release);
+        // SAFETY: as for `enter_guest`.
+        super::vmx::reenter(unsafe { &*regs }, unsafe { &*vmcs })
+    }
+
     /// Leaves the cell and returns to ring 3 with the registers `regs` picks inside it (see
     /// [`super::user::return_to_user`] for what is checked on the way). Returns (still in
     /// the cell) only if `regs` finds none.

@@ -577,6 +577,32 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
         vmwrite(HOST_RSP, host_rsp);
         vmcs.host_rsp.set(host_rsp);
     }
+    program_timer(vmcs);
+    // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
+    // between here and the VM entry, so the guest finds its own value.
+    unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
+    super::xstate::load_debug(&vmcs.dr);
+    super::xstate::load_guest_xcr0(vmcs.xcr0);
+    resume_or_launch(regs, launched)
+}
+
+/// Enters again the guest whose exit the kernel answered at once (the floor,
+/// `kentry::vm_exit`): the exit left its VMCS current, HOST_RSP naming `regs`, and the guest's
+/// CR2, DR0..DR3, DR6 and XCR0 in the CPU (the kernel loaded nothing of its own since), so
+/// only the preemption timer is programmed, as [`enter`] does; then VMRESUME.
+pub fn reenter(regs: &UserRegs, vmcs: &Vmcs) -> ! {
+    debug_assert_eq!(CURRENT.load(Ordering::Relaxed), vmcs.phys);
+    debug_assert_eq!(
+        vmcs.host_rsp.get(),
+        regs as *const UserRegs as u64 + core::mem::offset_of!(UserRegs, rip) as u64
+    );
+    program_timer(vmcs);
+    resume_or_launch(regs, true)
+}
+
+/// The preemption timer's value for an entry of `vmcs` (see [`Controls::timer_value`]).
+#[inline(always)]
+fn program_timer(vmcs: &Vmcs) {
     if let Some(c) = CONTROLS.get() {
         // The timer counts down from here; reaching zero exits (reason 52).
         let timer = u64::from(c.timer_value(vmcs.deadline));
@@ -585,11 +611,12 @@ pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
             vmcs.timer.set(timer);
         }
     }
-    // SAFETY: CR2 only holds the last page-fault address; the kernel takes no page fault
-    // between here and the VM entry, so the guest finds its own value.
-    unsafe { asm!("mov cr2, {}", in(reg) vmcs.cr2, options(nostack, nomem)) };
-    super::xstate::load_debug(&vmcs.dr);
-    super::xstate::load_guest_xcr0(vmcs.xcr0);
+}
+
+/// Loads the guest's general-purpose registers from `regs` and enters the current VMCS
+/// (VMRESUME if `launched`, else VMLAUNCH); a failed entry goes to `vmx_entry_failed_rust`.
+#[inline(always)]
+fn resume_or_launch(regs: &UserRegs, launched: bool) -> ! {
     let launched = u64::from(launched);
     // SAFETY: the current VMCS was built by `vmcs_new` (host state returns to
     // `vmx_exit_entry` on the entry stack with the kernel's CR3), and its guest state is

@@ -317,7 +317,10 @@ fn a_host_interrupt_the_machine_takes_itself_also_redelivers_the_event_it_cut_sh
     hw.insert(field::VM_ENTRY_INTR_INFO, 0);
     // As `kentry::vm_exit` does for an external interrupt: counted, not routed.
     let t = v.k.current.unwrap();
-    v.k.vm_exited(t, reason::EXTERNAL_INTERRUPT);
+    assert!(v
+        .k
+        .vm_exited(t, reason::EXTERNAL_INTERRUPT, 5, || (0, 0), |_| {})
+        .is_none());
     v.k.count_exit(t, reason::EXTERNAL_INTERRUPT, 5);
     assert_eq!(vmcs(&v.k, v.vi, field::VM_ENTRY_INTR_INFO), 0x8000_0030);
 }

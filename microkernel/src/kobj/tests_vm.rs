@@ -221,7 +221,6 @@ pub(super) fn exit(
     // As `kentry::vm_exit` does: the launch state first, the floor's fast path, then the
     // exit's handling.
     let t = k.current.expect("a guest is running");
-    k.vm_exited(t, reason);
     let tsc = k.machine.tsc();
     let exit = VmExit {
         reason,
@@ -229,7 +228,7 @@ pub(super) fn exit(
         instruction_len,
         tsc,
     };
-    if k.reflect_at_once(t, reason, tsc, || (qualification, instruction_len))
+    if k.vm_exited(t, reason, tsc, || (qualification, instruction_len), |_| {})
         .is_some()
     {
         return Next::Guest(t);
@@ -1221,7 +1220,7 @@ fn reflect_portals_answer_cpuid_and_vmcall_in_the_kernel() {
     }
 }
 
-/// The floor's fast path (`reflect_at_once`, taken while the vCPU thread owns the extended
+/// The floor's fast path (`vm_exited`'s, taken while the vCPU thread owns the extended
 /// state) leaves the kernel as `on_vm_exit` does, exit after exit.
 #[test]
 fn the_floor_answers_at_once_as_on_vm_exit_does() {
@@ -1249,14 +1248,13 @@ fn the_floor_answers_at_once_as_on_vm_exit_does() {
         .enumerate()
         {
             k.thread_mut(vt).unwrap().regs.rax = 0x4000_0000 + i as u64;
-            k.vm_exited(vt, r);
             let e = VmExit {
                 reason: r,
                 qualification: q,
                 instruction_len: len,
                 tsc: 100 * i as u64,
             };
-            let next = if k.reflect_at_once(vt, r, e.tsc, || (q, len)).is_some() {
+            let next = if k.vm_exited(vt, r, e.tsc, || (q, len), |_| {}).is_some() {
                 Next::Guest(vt)
             } else {
                 assert!(

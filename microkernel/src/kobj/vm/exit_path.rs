@@ -17,6 +17,7 @@ use crate::kobj::ids::{Gone, ThreadId, VcpuId};
 use crate::kobj::kernel::{Kernel, Next};
 use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
+use crate::kobj::queue::RunQueue;
 use crate::kobj::regs::UserRegs;
 
 /// CPUID leaf 0xD (XSAVE features and sizes, which follow XCR0).
@@ -126,61 +127,113 @@ impl<M: Machine> Kernel<M> {
         }
     }
 
-    /// The floor's fast path ([`Portal::Reflect`]): the exit (`reason` at time-stamp `tsc`)
-    /// of the current vCPU thread `t` answered in the kernel when its guest goes straight on
-    /// afterwards ([`Self::guest_continues`]) and `t` owns the extended-state registers, so
-    /// that entering the guest again needs nothing of the host's. Counted, traced and
-    /// answered exactly as [`Kernel::on_vm_exit`] would (`read` gives the qualification and
-    /// the instruction length, read only when the path is taken), the entry traced as the
-    /// machine's entry does; returns what to enter ([`Kernel::guest_context`]). `None`:
-    /// nothing changed.
-    #[inline(never)] // off the exits a handler takes
-    pub fn reflect_at_once(
+    /// The machine left the guest of the current vCPU thread `t` with exit `reason` at
+    /// time-stamp `tsc` (every exit, before anything else looks at it). An exit with the
+    /// entry-failure bit (31) leaves the launch state as it was: a failed VMLAUNCH must be
+    /// retried with VMLAUNCH, or the vCPU could never run again.
+    ///
+    /// The floor's fast path ([`Portal::Reflect`]): when the guest goes straight on afterwards
+    /// ([`Self::guest_continues`]) and `t` owns the extended-state registers, so that entering
+    /// it again needs nothing of the host's, the exit is counted, answered and traced exactly
+    /// as [`Kernel::on_vm_exit`] would (`read` gives the qualification and the instruction
+    /// length, read only on this path), the entry traced as the machine's entry does, and the
+    /// registers and VMCS to enter again come back: the same VMCS, launched, with the state
+    /// the machine keeps beside it (CR2, DR0..DR3, DR6, XCR0) still the guest's in the CPU.
+    /// Otherwise `save` gets the VMCS, to keep what the machine keeps beside it (CR2, DR6) in
+    /// it, and the exit goes on to `on_vm_exit` (`None`, also when the thread or its vCPU is
+    /// gone): the floor's CR2 and DR6 stay in the CPU, where the next exit that leaves the
+    /// guest reads them.
+    #[inline(always)]
+    pub fn vm_exited(
         &mut self,
         t: ThreadId,
         reason: u32,
         tsc: u64,
         read: impl FnOnce() -> (u64, u64),
-    ) -> Option<(&mut UserRegs, &mut M::Vmcs, bool)> {
-        let basic = reason & 0xffff;
+        save: impl FnOnce(&mut M::Vmcs),
+    ) -> Option<(&mut UserRegs, &mut M::Vmcs)> {
+        let failed = reason & (1 << 31) != 0;
         let vi = {
-            let th = self.threads.get(t)?;
-            let vi = th.vcpu?;
-            let v = slot_at(&self.vcpus, vi).ok()?;
-            if v.portals.get(basic as usize) != Some(&Portal::Reflect)
-                || reason & (1 << 31) != 0
-                || self.xstate_owner != Some(t)
-                || !self.continues(t, th, v)
-            {
-                return None;
+            let vi = self.threads.get(t)?.vcpu?;
+            let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
+            if !failed {
+                v.launched = true;
             }
-            if basic == reason::CPUID && th.regs.rax as u32 == XSAVE_LEAF {
-                // Its answer depends on the XCR0 in force, which the machine leaves the
-                // guest's on this path: the general path answers it, with the host's.
+            if v.portals.get((reason & 0xffff) as usize) != Some(&Portal::Reflect) {
+                save(&mut v.hw);
                 return None;
             }
             vi
         };
-        let (qualification, len) = read();
-        // What `on_vm_exit`, `reflect_and_go_on` and the entry do, in their order where it
-        // matters (the trace hooks touch only the trace record and ring).
+        if failed || self.xstate_owner != Some(t) || !self.may_go_on(t) {
+            save(&mut slot_at_mut(&mut self.vcpus, vi).ok()?.hw);
+            return None;
+        }
+        if self.traced_vms != 0 {
+            return self.reflect_traced(t, vi, reason, tsc, read, save);
+        }
+        self.reflect_at_once(t, vi, reason, read, save)
+            .map(|(regs, hw, _)| (regs, hw))
+    }
+
+    /// [`Self::reflect_at_once`] while a VM is traced: the exit traced after it was answered
+    /// (the trace hooks touch only the trace record and ring).
+    #[inline(never)] // off the untraced exits
+    fn reflect_traced(
+        &mut self,
+        t: ThreadId,
+        vi: VcpuId,
+        reason: u32,
+        tsc: u64,
+        read: impl FnOnce() -> (u64, u64),
+        save: impl FnOnce(&mut M::Vmcs),
+    ) -> Option<(&mut UserRegs, &mut M::Vmcs)> {
+        let (_, _, qualification) = self.reflect_at_once(t, vi, reason, read, save)?;
         self.trace_exit(vi, reason, qualification, tsc);
         self.trace_kernel_handled(vi);
         self.trace_entry(t);
-        // Both found above: these lookups do not fail.
+        // Found above: these lookups do not fail.
         let th = self.threads.get_mut(t)?;
         let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
+        Some((&mut th.regs, &mut v.hw))
+    }
+
+    /// The floor's answer to the exit `reason` of vCPU `vi` (thread `t`, whose portal for it
+    /// is [`Portal::Reflect`], with the kernel-wide conditions met) when the thread and its
+    /// vCPU go straight on too: counted and answered as `on_vm_exit` would, but for the trace.
+    /// Also returns the exit's qualification. Otherwise `save` gets the VMCS.
+    #[inline(always)]
+    fn reflect_at_once(
+        &mut self,
+        t: ThreadId,
+        vi: VcpuId,
+        reason: u32,
+        read: impl FnOnce() -> (u64, u64),
+        save: impl FnOnce(&mut M::Vmcs),
+    ) -> Option<(&mut UserRegs, &mut M::Vmcs, u64)> {
+        let basic = reason & 0xffff;
+        let th = self.threads.get_mut(t)?;
+        let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
+        let floor = Self::thread_goes_on(&self.run_queue, th, v)
+            // CPUID leaf 0xD's answer depends on the XCR0 in force, which the machine leaves
+            // the guest's on this path: the general path answers it, with the host's.
+            && !(basic == reason::CPUID && th.regs.rax as u32 == XSAVE_LEAF);
+        if !floor {
+            save(&mut v.hw);
+            return None;
+        }
+        let (qualification, len) = read();
         if let Some(n) = v.exits.get_mut(basic as usize) {
             *n = n.saturating_add(1);
         }
         v.last_exit = (reason, qualification, len);
         v.forwarded = false;
         answer(&mut self.machine, &mut v.hw, &mut th.regs, basic, len);
-        Some((&mut th.regs, &mut v.hw, v.launched))
+        Some((&mut th.regs, &mut v.hw, qualification))
     }
 
     /// An exit the kernel answers itself ([`Portal::Reflect`], the benchmark floor) that
-    /// [`Self::reflect_at_once`] did not take: answered ([`Self::reflect`]), then, if
+    /// [`Self::vm_exited`] did not take: answered ([`Self::reflect`]), then, if
     /// [`Kernel::schedule`] would pick vCPU thread `t` again and enter its guest at once
     /// (judged without changing anything), straight back into it. A run with a time limit,
     /// a shadow vCPU (audits), an event to check, a thread that should run instead or the
@@ -207,12 +260,22 @@ impl<M: Machine> Kernel<M> {
     /// [`Self::guest_continues`] of thread `t` (`th`) and its vCPU `v`, at hand.
     #[inline(always)]
     fn continues(&self, t: ThreadId, th: &Thread, v: &super::Vcpu<M::Vmcs>) -> bool {
-        self.fast_ipc
-            && self.exit_code.is_none()
-            && !self.rotate
-            && self.current == Some(t)
-            && matches!(th.state, ThreadState::Ready)
-            && !self.run_queue.outranks(th.prio)
+        self.may_go_on(t) && Self::thread_goes_on(&self.run_queue, th, v)
+    }
+
+    /// The kernel-wide half of [`Self::continues`]: the fast paths are on, the machine goes
+    /// on, no rotation is due and `t` is the current thread.
+    #[inline(always)]
+    fn may_go_on(&self, t: ThreadId) -> bool {
+        self.fast_ipc && self.exit_code.is_none() && !self.rotate && self.current == Some(t)
+    }
+
+    /// The half of [`Self::continues`] that the thread `th` and its vCPU `v` decide (with
+    /// the run queue: nothing of higher priority is ready).
+    #[inline(always)]
+    fn thread_goes_on(run_queue: &RunQueue, th: &Thread, v: &super::Vcpu<M::Vmcs>) -> bool {
+        matches!(th.state, ThreadState::Ready)
+            && !run_queue.outranks(th.prio)
             && v.run == VcpuRun::Running
             && v.run_ticks == 0
             && v.check_event.is_none()

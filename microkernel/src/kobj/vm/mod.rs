@@ -173,21 +173,4 @@ impl<M: Machine> Kernel<M> {
         let v = slot_at_mut(&mut self.vcpus, th.vcpu.ok_or(Gone)?)?;
         Ok((&mut th.regs, &mut v.hw, v.launched))
     }
-
-    /// The machine left the guest of thread `t` with exit `reason` (every exit, before it is
-    /// handled). An exit with the entry-failure bit (31) leaves the launch state as it was:
-    /// a failed VMLAUNCH must be retried with VMLAUNCH, or the vCPU could never run again.
-    /// Returns the VMCS, for the state the machine keeps beside it (CR2, DR6), and whether
-    /// the portal of the exit's basic reason is [`Portal::Reflect`] (the floor, whose fast
-    /// path the machine may try: [`Kernel::reflect_at_once`]), unless the thread or its vCPU
-    /// is gone.
-    pub fn vm_exited(&mut self, t: ThreadId, reason: u32) -> Option<(&mut M::Vmcs, bool)> {
-        let vi = self.threads.get(t)?.vcpu?;
-        let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
-        if reason & (1 << 31) == 0 {
-            v.launched = true;
-        }
-        let reflects = v.portals.get((reason & 0xffff) as usize) == Some(&Portal::Reflect);
-        Some((&mut v.hw, reflects))
-    }
 }
