@@ -333,6 +333,7 @@ fn clear_user_segments() {
 /// sanitized (IF on, IOPL 0, no TF/NT/AC/...). A `rip` outside the user half is not returned
 /// to: it is delivered as a #GP through `kentry::user_exception` instead, so `iretq` cannot
 /// fault in ring 0.
+#[inline(always)]
 pub fn return_to_user_saving_into_regs(regs: &UserRegs) -> ! {
     // SAFETY: one CPU with interrupts off: nothing else reads or writes the pointer, which
     // the next `syscall` entry reads. `regs` is a UserRegs in a static.
@@ -350,6 +351,7 @@ fn is_scratch(regs: *const UserRegs) -> bool {
 
 /// [`return_to_user_saving_into_regs`] to the thread that was interrupted, whose storage
 /// the next `syscall` saves into already: `regs` are its registers as the entry saved them.
+#[inline(always)]
 fn return_to_same_thread(regs: &UserRegs) -> ! {
     if !is_user_rip(regs.rip) {
         let mut copy = *regs;

@@ -30,16 +30,18 @@ struct FastArgs {
 }
 
 impl<M: Machine> Kernel<M> {
-    /// The [`FastArgs`] of thread `c`'s syscall arguments `a`, when the capability is an
-    /// endpoint with `need` and the message has no grant and fits; `None` otherwise.
+    /// The [`FastArgs`] of thread `c`'s syscall arguments (read where the entry saved
+    /// them), when the capability is an endpoint with `need` and the message has no grant
+    /// and fits; `None` otherwise.
     #[inline(always)]
-    fn fast_args(&self, c: ThreadId, a: [u64; 6], need: Rights) -> Option<FastArgs> {
+    fn fast_args(&self, c: ThreadId, need: Rights) -> Option<FastArgs> {
+        let th = self.threads.get(c)?;
+        let (_, a) = th.regs.syscall_args();
         let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
         if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
             return None;
         }
         let buf_cap = buf_cap.min(MAX_PAYLOAD as u64);
-        let th = self.threads.get(c)?;
         let task = slot_at(&self.tasks, th.task).ok()?;
         let cap = task.caps.get(ep_slot).ok()?;
         if cap.obj.kind != CapKind::Endpoint || !cap.rights.contains(need) {
@@ -91,8 +93,8 @@ impl<M: Machine> Kernel<M> {
 
     /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
     #[inline(always)]
-    pub(crate) fn fast_call(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
-        let f = self.fast_args(c, a, Rights::SEND)?;
+    pub(crate) fn fast_call(&mut self, c: ThreadId) -> Option<Next> {
+        let f = self.fast_args(c, Rights::SEND)?;
         let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
         let known = f.known;
         let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
@@ -163,8 +165,8 @@ impl<M: Machine> Kernel<M> {
     /// `reply_recv(ep, buf, reply_len, buf_cap, label, grant)` answering a caller when the
     /// endpoint has nothing queued: the server blocks receiving, the caller runs.
     #[inline(always)]
-    pub(crate) fn fast_reply_recv(&mut self, c: ThreadId, a: [u64; 6]) -> Option<Next> {
-        let f = self.fast_args(c, a, Rights::RECV)?;
+    pub(crate) fn fast_reply_recv(&mut self, c: ThreadId) -> Option<Next> {
+        let f = self.fast_args(c, Rights::RECV)?;
         let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
         let (known, caller) = (f.known, f.reply_to?);
         let ep = slot_get(&self.endpoints, cap.obj)?;

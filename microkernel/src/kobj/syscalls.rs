@@ -39,17 +39,21 @@ impl<M: Machine> Kernel<M> {
         let Some((c, th)) = self.current.and_then(|c| Some((c, self.threads.get(c)?))) else {
             return self.schedule();
         };
-        let (n, a) = th.regs.syscall_args();
         if self.fast_ipc && self.exit_code.is_none() {
-            let fast = match n {
-                n if n == Sys::Call as u64 => self.fast_call(c, a),
-                n if n == Sys::ReplyRecv as u64 => self.fast_reply_recv(c, a),
+            // The fast paths read the arguments where the entry saved them.
+            let fast = match th.regs.rax {
+                n if n == Sys::Call as u64 => self.fast_call(c),
+                n if n == Sys::ReplyRecv as u64 => self.fast_reply_recv(c),
                 _ => None,
             };
             if let Some(next) = fast {
                 return next;
             }
         }
+        let Some(th) = self.threads.get(c) else {
+            return self.schedule();
+        };
+        let (n, a) = th.regs.syscall_args();
         let result = match Sys::from_u64(n) {
             Some(sys) => self.dispatch(sys, a),
             None => Err(err(Error::UnknownSyscall)),

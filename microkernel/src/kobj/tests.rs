@@ -841,7 +841,7 @@ fn the_fast_path_is_taken_for_plain_calls_and_replies() {
     // Turn the general path into a trap: if it ran, the server's message buffer would change.
     k.thread_mut(client).unwrap().msg.label = 0xaaaa;
     write_user(&mut k, client, DATA, b"abc");
-    let next = k.fast_call(client, [ep, DATA, 3, 512, 5, NO_CAP]);
+    let next = fast(&mut k, client, Sys::Call, [ep, DATA, 3, 512, 5, NO_CAP]);
     assert_eq!(next, Some(Next::User(server)));
     assert_eq!(
         k.thread(client).unwrap().msg.label,
@@ -849,7 +849,7 @@ fn the_fast_path_is_taken_for_plain_calls_and_replies() {
         "the message went user to user"
     );
     assert_eq!(read_user(&k, server, DATA, 3), b"abc");
-    let next = k.fast_reply_recv(server, [2, DATA, 2, 512, 6, NO_CAP]);
+    let next = fast(&mut k, server, Sys::ReplyRecv, [2, DATA, 2, 512, 6, NO_CAP]);
     assert_eq!(next, Some(Next::User(client)));
     assert_eq!(
         (
@@ -859,7 +859,23 @@ fn the_fast_path_is_taken_for_plain_calls_and_replies() {
         (2, 6)
     );
     // A grant, or a reply longer than the caller's buffer, is the general path's.
-    assert_eq!(k.fast_call(client, [ep, DATA, 3, 512, 5, 2]), None);
+    assert_eq!(
+        fast(&mut k, client, Sys::Call, [ep, DATA, 3, 512, 5, 2]),
+        None
+    );
+}
+
+/// Thread `t`'s syscall `n` with arguments `a`, saved as the entry saves them, through the
+/// fast path of `call` or `reply_recv` only.
+fn fast(k: &mut Kernel<Model>, t: ThreadId, n: Sys, a: [u64; 6]) -> Option<Next> {
+    let r = &mut k.thread_mut(t).unwrap().regs;
+    r.rax = n as u64;
+    [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9] = a;
+    match n {
+        Sys::Call => k.fast_call(t),
+        Sys::ReplyRecv => k.fast_reply_recv(t),
+        _ => unreachable!("{n:?} has no fast path"),
+    }
 }
 
 #[test]
