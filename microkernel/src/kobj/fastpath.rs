@@ -138,7 +138,7 @@ impl<M: Machine> Kernel<M> {
         let to = self.receive_buffer(r, rbuf, rcap)?;
         {
             let data = self.threads.get(t)?.msg.data.get(..len)?;
-            match to.phys {
+            match to {
                 // Checked writable and in one page: no walk of the handler's tables.
                 Some(phys) => self.machine.write_user_frame(phys, data),
                 None => {
@@ -192,7 +192,7 @@ impl<M: Machine> Kernel<M> {
             let from = self.receive_buffer(c, buf, buf_cap)?;
             let vth = self.threads.get_mut(caller)?;
             let out = vth.msg.data.get_mut(..len as usize)?;
-            match from.phys {
+            match from {
                 // Checked writable (so readable) and in one page: no walk.
                 Some(phys) => self.machine.read_user_frame(phys, out),
                 None => {

@@ -96,14 +96,19 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// [`Kernel::buffer_writable`], with where the buffer is in physical memory when it
-    /// lies in one page: `None` if it is not writable.
+    /// lies in one page (`Some(None)` when it does not): `None` if it is not writable.
     #[inline(always)]
-    pub(crate) fn receive_buffer(&mut self, t: ThreadId, buf: u64, cap: u64) -> Option<CheckedBuf> {
+    pub(crate) fn receive_buffer(
+        &mut self,
+        t: ThreadId,
+        buf: u64,
+        cap: u64,
+    ) -> Option<Option<u64>> {
         let th = self.threads.get(t)?;
         let unmaps = slot_at(&self.tasks, th.task).ok()?.unmaps;
-        match th.checked_buf {
-            Some(known) if known.holds(buf, cap, unmaps) => Some(known),
-            _ => self.check_receive_buffer(t, buf, cap),
+        match &th.checked_buf {
+            Some(known) if known.holds(buf, cap, unmaps) => Some(known.phys),
+            _ => self.check_receive_buffer(t, buf, cap).map(|b| b.phys),
         }
     }
 
