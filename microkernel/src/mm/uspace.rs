@@ -16,7 +16,7 @@ use microkernel::kobj::queue::ThreadId;
 use microkernel::memmap::{MemoryMap, RegionKind};
 use microkernel::PAGE_SIZE;
 use spin::Once;
-use x86_64::registers::control::{Cr3, Cr3Flags};
+use x86_64::registers::control::Cr3;
 use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::PhysFrame;
 use x86_64::PhysAddr;
@@ -172,15 +172,17 @@ pub fn current_root() -> u64 {
 
 #[inline]
 fn load_cr3(pml4: u64) {
-    if current_root() == pml4 {
+    if Cr3::read_raw().0.start_address().as_u64() == pml4 {
         return;
     }
-    // SAFETY: `pml4` is the kernel's PML4 or a user space's, whose upper half is the kernel's:
-    // every kernel address (image, stacks, direct map) stays mapped the same way.
+    // SAFETY: `pml4` is the kernel's PML4 or a user space's (a page-aligned frame from the
+    // allocator, so the unchecked frame is a frame), whose upper half is the kernel's: every
+    // kernel address (image, stacks, direct map) stays mapped the same way. No flag: no
+    // PCID, PWT and PCD clear.
     unsafe {
-        Cr3::write(
-            PhysFrame::containing_address(PhysAddr::new(pml4)),
-            Cr3Flags::empty(),
+        Cr3::write_raw(
+            PhysFrame::from_start_address_unchecked(PhysAddr::new_unsafe(pml4)),
+            0,
         )
     };
 }
