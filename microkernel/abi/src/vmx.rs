@@ -878,6 +878,23 @@ pub struct ExitReply {
     pub forward_gpa: u64,
 }
 
+
+/// How many registers a `gpr_mask` names: two table loads, where `count_ones` is a dozen
+/// shifts and masks on a target without POPCNT (the kernel's, which reads this on every reply).
+pub const fn registers(gpr_mask: u16) -> u32 {
+    /// The set bits of each byte.
+    const ONES: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = (i as u8).count_ones() as u8;
+            i += 1;
+        }
+        t
+    };
+    ONES[(gpr_mask & 0xff) as usize] as u32 + ONES[(gpr_mask >> 8) as usize] as u32
+}
+
 impl ExitReply {
     /// The largest reply.
     pub const MAX_SIZE: usize = layout::REPLY_HEADER + 16 * 8 + Self::VALUE_FLAGS.len() * 8;
@@ -948,7 +965,7 @@ impl ExitReply {
     /// The encoded size of a reply with these flags and registers.
     pub const fn size_of(flags: u32, gpr_mask: u16) -> usize {
         let values = (flags & !reply::NO_VALUE & reply::ALL).count_ones();
-        layout::REPLY_HEADER + 8 * (gpr_mask.count_ones() + values) as usize
+        layout::REPLY_HEADER + 8 * (registers(gpr_mask) + values) as usize
     }
 
     /// Header (flags u32, gpr_mask u16, 0u16), then the named registers in order, then
@@ -993,7 +1010,7 @@ impl ExitReply {
         values: &[u64],
     ) -> Option<usize> {
         if flags & !reply::NO_VALUE & reply::ALL != 0
-            || values.len() != gpr_mask.count_ones() as usize
+            || values.len() != registers(gpr_mask) as usize
         {
             return None;
         }
@@ -1048,6 +1065,13 @@ impl ExitReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registers_counts_every_mask() {
+        for m in 0..=u16::MAX {
+            assert_eq!(registers(m), m.count_ones(), "{m:#x}");
+        }
+    }
 
     fn full_message() -> ExitMessage {
         let mut m = ExitMessage {

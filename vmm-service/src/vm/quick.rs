@@ -33,7 +33,7 @@ impl QuickReply {
     const fn new(gpr_mask: u16, values: [u64; 4]) -> QuickReply {
         QuickReply {
             gpr_mask,
-            len: gpr_mask.count_ones() as u8,
+            len: abi::vmx::registers(gpr_mask) as u8,
             values,
         }
     }
