@@ -878,7 +878,6 @@ pub struct ExitReply {
     pub forward_gpa: u64,
 }
 
-
 /// How many registers a `gpr_mask` names: two table loads, where `count_ones` is a dozen
 /// shifts and masks on a target without POPCNT (the kernel's, which reads this on every reply).
 pub const fn registers(gpr_mask: u16) -> u32 {
