@@ -116,6 +116,9 @@ fn burst(tx: &mut Deque<u8, TX_BYTES>) {
 }
 
 /// Moves what the ring holds into the UART as far as its FIFO is empty now; never waits.
+/// Inlined into every return to user mode or a guest: nothing pending, or a pump put off
+/// while the UART sends, costs a few instructions there.
+#[inline(always)]
 pub fn pump() {
     if !PENDING.load(Ordering::Relaxed) {
         return;
@@ -125,6 +128,12 @@ pub fn pump() {
         PUMP_SKIPS.store(skips - 1, Ordering::Relaxed);
         return;
     }
+    pump_now();
+}
+
+/// [`pump`] when it is due.
+#[inline(never)]
+fn pump_now() {
     let Some(mut tx) = TX.try_lock() else {
         return; // a print is under way and pumps itself
     };

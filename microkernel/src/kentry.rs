@@ -10,6 +10,7 @@ use crate::arch::vmx;
 use crate::mm::uspace::{self, KernelMachine};
 use abi::ExitCode;
 use core::sync::atomic::{AtomicU64, Ordering};
+use microkernel::kobj::ids::ThreadId;
 use microkernel::kobj::machine::Machine;
 use microkernel::kobj::regs::UserRegs;
 use microkernel::kobj::vm::VmExit;
@@ -69,14 +70,7 @@ fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
     match next {
         // `schedule` picks live threads (and vCPU threads with a live vCPU): were `t` gone,
         // the CPU would wait for the next interrupt instead.
-        Next::User(t) => {
-            let k = k.return_to_user(|k| {
-                let (regs, space) = k.context(t).ok()?;
-                uspace::activate(space);
-                Some(regs)
-            });
-            resume(k, Next::Idle)
-        }
+        Next::User(t) => return_to_thread(k, t),
         Next::Guest(t) => {
             let k = k.enter_guest(|k| {
                 k.trace_entry(t);
@@ -105,6 +99,26 @@ fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
     }
 }
 
+/// [`resume`] of [`Next::User`]`(t)`, inlined where a user thread is the common next (the
+/// syscall and the exit paths).
+#[inline(always)]
+fn resume_user(mut k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
+    crate::console::pump();
+    k.switch_xstate(Next::User(t));
+    return_to_thread(k, t)
+}
+
+/// Returns to user thread `t` (the console pumped and the extended state switched).
+#[inline(always)]
+fn return_to_thread(k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
+    let k = k.return_to_user(|k| {
+        let (regs, space) = k.context(t).ok()?;
+        uspace::activate(space);
+        Some(regs)
+    });
+    resume(k, Next::Idle)
+}
+
 /// Runs what the object model picked.
 fn run(next: Next) -> ! {
     resume(KERNEL.enter(), next)
@@ -121,8 +135,10 @@ pub fn idle_irqs() -> u64 {
 /// `syscall` from ring 3, its registers saved in the running thread's own storage.
 pub fn syscall_saved() -> ! {
     let mut k = KERNEL.enter();
-    let next = k.on_syscall_saved();
-    resume(k, next)
+    match k.on_syscall_saved() {
+        Next::User(t) => resume_user(k, t),
+        next => resume(k, next),
+    }
 }
 
 /// A hardware interrupt (already acknowledged) taken in ring 3: resume the same thread.
@@ -214,7 +230,11 @@ pub fn vm_exit() -> ! {
         let next = k.schedule();
         resume(k, next)
     }
-    resume(k, next)
+    match next {
+        // The common next after an exit: its handler.
+        Next::User(t) => resume_user(k, t),
+        next => resume(k, next),
+    }
 }
 
 /// VMLAUNCH/VMRESUME failed (VMfail): the vCPU stops with the VM-instruction error.

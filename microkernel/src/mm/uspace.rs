@@ -683,7 +683,7 @@ impl Machine for KernelMachine {
         crate::arch::xstate::host_xcr0()
     }
 
-    #[inline]
+    #[inline(always)]
     fn xstate_trap(&mut self, on: bool) {
         crate::arch::xstate::set_trap(on);
     }
