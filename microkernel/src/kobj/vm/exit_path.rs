@@ -443,15 +443,32 @@ impl<M: Machine> Kernel<M> {
             // The header and the registers in one pass: this is what most portals ask for.
             let r = &th.regs;
             let rsp = m.vmcs_read(hw, field::GUEST_RSP);
-            let words = [
-                r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-                r.r12, r.r13, r.r14, r.r15,
-            ];
             let gprs = layout::group_at(mask, group::GPRS);
             if let Some(dst) = out.get_mut(gprs..gprs + size_of::<layout::Gprs>()) {
-                for (w, v) in dst.chunks_exact_mut(8).zip(words) {
-                    w.copy_from_slice(&v.to_le_bytes());
-                }
+                // Each register stored as it is read (an array of all sixteen first would be
+                // spilled to the stack and read back).
+                let mut words = dst.chunks_exact_mut(8);
+                let mut put = |v: u64| {
+                    if let Some(w) = words.next() {
+                        w.copy_from_slice(&v.to_le_bytes());
+                    }
+                };
+                put(r.rax);
+                put(r.rcx);
+                put(r.rdx);
+                put(r.rbx);
+                put(rsp);
+                put(r.rbp);
+                put(r.rsi);
+                put(r.rdi);
+                put(r.r8);
+                put(r.r9);
+                put(r.r10);
+                put(r.r11);
+                put(r.r12);
+                put(r.r13);
+                put(r.r14);
+                put(r.r15);
             }
             at = gprs + size_of::<layout::Gprs>();
         }
