@@ -78,9 +78,8 @@ impl<T> Entered<'_, T> {
             return self;
         };
         let (regs, vmcs): (*const UserRegs, *const super::vmx::Vmcs) = (regs, vmcs);
-        let cell = self.cell;
-        core::mem::forget(self);
-        cell.entered.store(false, Ordering::Release);
+        // Leaves the cell (the pointers borrow nothing).
+        drop(self);
         // SAFETY: both point into the cell's value, in a static. Interrupts are off and there
         // is one CPU, so nothing enters the cell before VM entry has read them.
         super::vmx::enter(unsafe { &*regs }, unsafe { &*vmcs }, launched)
@@ -98,9 +97,8 @@ impl<T> Entered<'_, T> {
             return self;
         };
         let (regs, vmcs): (*const UserRegs, *const super::vmx::Vmcs) = (regs, vmcs);
-        let cell = self.cell;
-        core::mem::forget(self);
-        cell.entered.store(false, Ordering::Release);
+        // Leaves the cell (the pointers borrow nothing).
+        drop(self);
         // SAFETY: as for `enter_guest`.
         super::vmx::reenter(unsafe { &*regs }, unsafe { &*vmcs })
     }
@@ -114,9 +112,8 @@ impl<T> Entered<'_, T> {
             return self;
         };
         let p: *const UserRegs = p;
-        let cell = self.cell;
-        core::mem::forget(self);
-        cell.entered.store(false, Ordering::Release);
+        // Leaves the cell (the pointers borrow nothing).
+        drop(self);
         // SAFETY: `p` points into the cell's value, which lives in a static. Interrupts are
         // off and there is one CPU, so no entry can enter the cell and change the registers
         // between here and the `iretq` that reads them.

@@ -166,13 +166,14 @@ pub fn activate_kernel() {
 }
 
 /// Physical address of the PML4 in CR3.
+#[inline]
 pub fn current_root() -> u64 {
-    Cr3::read().0.start_address().as_u64()
+    Cr3::read_raw().0.start_address().as_u64()
 }
 
 #[inline]
 fn load_cr3(pml4: u64) {
-    if Cr3::read_raw().0.start_address().as_u64() == pml4 {
+    if current_root() == pml4 {
         return;
     }
     // SAFETY: `pml4` is the kernel's PML4 or a user space's (a page-aligned frame from the
