@@ -78,7 +78,7 @@ impl<M: Machine> Kernel<M> {
     /// message and the CPU: a plain thread (not a vCPU) owing no reply, with no thread of
     /// higher priority ready. With its `(task, buffer, capacity)`.
     #[inline(always)]
-    fn waiting_receiver(&self, ep: ObjRef) -> Option<(ThreadId, (TaskId, u64, u64))> {
+    pub(crate) fn waiting_receiver(&self, ep: ObjRef) -> Option<(ThreadId, (TaskId, u64, u64))> {
         let e = slot_get(&self.endpoints, ep)?;
         if e.state == EndpointState::Closed {
             return None;
@@ -148,7 +148,21 @@ impl<M: Machine> Kernel<M> {
             }
         }
         // Committed: nothing below fails (the lookups found these objects above).
-        let epi: EndpointId = cap.obj.id();
+        self.exit_delivered(t, r, cap.obj.id(), (len, label, badge))
+    }
+
+    /// The end of a fast exit delivery: vCPU thread `t`'s exit message (`len` bytes, with
+    /// `label` and `badge`), already in the buffer of `r` (waiting at endpoint `epi`), is
+    /// received: `t` waits for the reply and `r` runs. The callers found both threads and
+    /// the endpoint: nothing here fails.
+    #[inline(always)]
+    pub(crate) fn exit_delivered(
+        &mut self,
+        t: ThreadId,
+        r: ThreadId,
+        epi: EndpointId,
+        (len, label, badge): (usize, u64, u64),
+    ) -> Option<ThreadId> {
         let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.remove(&mut self.threads, r);
         self.threads.get_mut(t)?.state = ThreadState::BlockedReply { server: r, ep: epi };
@@ -225,14 +239,8 @@ impl<M: Machine> Kernel<M> {
         let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.push_back(&mut self.threads, c);
         if let Some(vi) = vcpu {
-            self.threads.get_mut(caller)?.state = ThreadState::Ready;
             self.current = Some(caller);
-            self.vcpu_call_done(vi, Ok(()));
-            return Some(if self.vcpu_prepare(caller) {
-                Next::Guest(caller)
-            } else {
-                self.schedule()
-            });
+            return Some(self.vcpu_replied(caller, vi));
         }
         let th = self.threads.get_mut(caller)?;
         th.regs.set_result(0, [len, label, 0, NO_CAP]);

@@ -29,6 +29,8 @@ pub use kernel::{Kernel, Next};
 mod tests;
 
 #[cfg(test)]
+mod tests_exit_fast;
+#[cfg(test)]
 mod tests_exits;
 #[cfg(test)]
 mod tests_forward;

@@ -16,7 +16,7 @@ use abi::Error;
 
 use super::{Vcpu, VcpuRun};
 use crate::kobj::ids::{Gone, ThreadId, VcpuId};
-use crate::kobj::kernel::Kernel;
+use crate::kobj::kernel::{Kernel, Next};
 use crate::kobj::machine::Machine;
 use crate::kobj::objects::*;
 use crate::kobj::regs::UserRegs;
@@ -44,6 +44,44 @@ impl<M: Machine> Kernel<M> {
                 }
                 false
             }
+        }
+    }
+
+    /// The handler's reply to vCPU thread `t`'s exit is in `t`'s message buffer (put there
+    /// by the `reply_recv` fast path; `t` is current): the thread is ready and its guest is
+    /// entered ([`Next::Guest`]) if [`Self::vcpu_prepare`] lets it, otherwise the scheduler
+    /// picks. The common case in one pass, as `vcpu_prepare` would judge it: a vCPU with no
+    /// time limit, no event to check and no shadow tables to audit, and a simple reply.
+    #[inline(always)]
+    pub(crate) fn vcpu_replied(&mut self, t: ThreadId, vi: VcpuId) -> Next {
+        self.trace_replied(vi);
+        if let (Some(th), Ok(v)) = (self.threads.get_mut(t), slot_at_mut(&mut self.vcpus, vi)) {
+            th.state = ThreadState::Ready;
+            let plain = v.run == VcpuRun::AwaitingReply
+                && v.run_ticks == 0
+                && v.check_event.is_none()
+                && !v.shadow;
+            let simple = if plain {
+                Self::simple_reply_gprs(&th.msg, &mut th.regs)
+            } else {
+                None
+            };
+            if let Some((flags, rsp)) = simple {
+                v.run = VcpuRun::Running;
+                if let Some(rsp) = rsp {
+                    self.machine.vmcs_write(&mut v.hw, field::GUEST_RSP, rsp);
+                }
+                if flags & reply::ADVANCE_RIP != 0 {
+                    Self::skip_instruction(&mut self.machine, v);
+                }
+                return Next::Guest(t);
+            }
+            v.call_result = Some(Ok(()));
+        }
+        if self.vcpu_prepare(t) {
+            Next::Guest(t)
+        } else {
+            self.schedule()
         }
     }
 
@@ -192,9 +230,8 @@ impl<M: Machine> Kernel<M> {
             let n = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            match Self::gpr_mut(regs, n) {
-                Some(reg) => *reg = v,
-                None => rsp = Some(v),
+            if !Self::set_gpr(regs, n, v) {
+                rsp = Some(v);
             }
         }
         Some((flags, rsp))

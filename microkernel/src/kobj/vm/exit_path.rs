@@ -20,6 +20,18 @@ use crate::kobj::objects::*;
 use crate::kobj::queue::RunQueue;
 use crate::kobj::regs::UserRegs;
 
+/// The basic exit reasons `on_vm_exit` handles before (or instead of) their portal: the
+/// kernel's own exits, the windows a handler asked for, and the exits whose NMI blocking it
+/// mends. Any other reason goes straight to its portal.
+const SPECIAL_AT_EXIT: [u32; 6] = [
+    reason::KERNEL_HANDLED[0],
+    reason::KERNEL_HANDLED[1],
+    reason::INTERRUPT_WINDOW,
+    reason::NMI_WINDOW,
+    reason::EPT_VIOLATION,
+    reason::EXCEPTION_NMI,
+];
+
 /// CPUID leaf 0xD (XSAVE features and sizes, which follow XCR0).
 const XSAVE_LEAF: u32 = 0xd;
 
@@ -46,6 +58,9 @@ impl<M: Machine> Kernel<M> {
         let Some(c) = self.current else {
             return self.schedule();
         };
+        if let Some(r) = self.exit_to_waiting_handler(c, exit) {
+            return Next::User(r);
+        }
         let Some(vi) = self.vcpu_of(c) else {
             return self.schedule();
         };
@@ -70,6 +85,7 @@ impl<M: Machine> Kernel<M> {
         let exited = basic;
         let mut exit = exit;
         let mut basic = basic;
+        // The reasons handled here before their portal ([`SPECIAL_AT_EXIT`]).
         if reason::KERNEL_HANDLED.contains(&basic) {
             // An event the exit interrupted on its way into the guest is delivered again
             // (the handler hears of the deadline at the next exit, after it).
@@ -125,6 +141,58 @@ impl<M: Machine> Kernel<M> {
                 }
             }
         }
+    }
+
+    /// The common exit in one pass: an exit of the current vCPU thread `t` whose reason
+    /// `on_vm_exit` handles no other way than through its portal (none of
+    /// [`SPECIAL_AT_EXIT`]), to a portal endpoint where a handler waits with a checked buffer
+    /// in one page that takes the message, with the fast paths on and no rotation due.
+    /// Counted, traced and written as `on_vm_exit` does, delivered as `fast_send_exit`
+    /// does, with one lookup of each object; returns the handler, now current. `None`
+    /// leaves everything as it was (the general path then takes the exit; `tests_vm.rs`
+    /// runs exits both ways).
+    #[inline(always)]
+    fn exit_to_waiting_handler(&mut self, t: ThreadId, exit: VmExit) -> Option<ThreadId> {
+        let basic = exit.reason & 0xffff;
+        if !self.fast_ipc
+            || self.exit_code.is_some()
+            || self.rotate
+            || exit.reason & (1 << 31) != 0
+            || SPECIAL_AT_EXIT.contains(&basic)
+        {
+            return None;
+        }
+        let vi = self.threads.get(t)?.vcpu?;
+        let Some(&Portal::Endpoint { cap, mask }) =
+            slot_at(&self.vcpus, vi).ok()?.portals.get(basic as usize)
+        else {
+            return None;
+        };
+        let (r, (_, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
+        if layout::size_of_mask(mask) as u64 > rcap {
+            return None;
+        }
+        // A buffer across pages takes the general path.
+        let phys = self.receive_buffer(r, rbuf, rcap)??;
+        // Committed: nothing below fails (the lookups found these objects above).
+        self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
+        let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
+        if let Some(n) = v.exits.get_mut(basic as usize) {
+            *n = n.saturating_add(1);
+        }
+        v.last_exit = (exit.reason, exit.qualification, exit.instruction_len);
+        v.forwarded = false;
+        v.run = VcpuRun::AwaitingReply;
+        v.call_result = None;
+        v.call_ep = Some(cap);
+        let th = self.threads.get_mut(t)?;
+        th.msg.label = vmx::EXIT_LABEL;
+        th.msg.badge = cap.badge;
+        th.msg.grant = None;
+        let len = Self::exit_message_bytes(&mut self.machine, v, th, exit, mask);
+        th.msg.len = len;
+        self.machine.write_user_frame(phys, th.msg.data.get(..len)?);
+        self.exit_delivered(t, r, cap.obj.id(), (len, vmx::EXIT_LABEL, cap.badge))
     }
 
     /// The machine left the guest of the current vCPU thread `t` with exit `reason` at
@@ -444,31 +512,21 @@ impl<M: Machine> Kernel<M> {
             let r = &th.regs;
             let rsp = m.vmcs_read(hw, field::GUEST_RSP);
             let gprs = layout::group_at(mask, group::GPRS);
-            if let Some(dst) = out.get_mut(gprs..gprs + size_of::<layout::Gprs>()) {
-                // Each register stored as it is read (an array of all sixteen first would be
-                // spilled to the stack and read back).
-                let mut words = dst.chunks_exact_mut(8);
-                let mut put = |v: u64| {
-                    if let Some(w) = words.next() {
-                        w.copy_from_slice(&v.to_le_bytes());
-                    }
-                };
-                put(r.rax);
-                put(r.rcx);
-                put(r.rdx);
-                put(r.rbx);
-                put(rsp);
-                put(r.rbp);
-                put(r.rsi);
-                put(r.rdi);
-                put(r.r8);
-                put(r.r9);
-                put(r.r10);
-                put(r.r11);
-                put(r.r12);
-                put(r.r13);
-                put(r.r14);
-                put(r.r15);
+            let dst: Option<&mut [u8; size_of::<layout::Gprs>()]> = out
+                .get_mut(gprs..gprs + size_of::<layout::Gprs>())
+                .and_then(|d| d.try_into().ok());
+            if let Some(dst) = dst {
+                // Each register stored as it is read, in straight-line code (an array of all
+                // sixteen first would be spilled to the stack and read back; a closure may
+                // be called sixteen times).
+                macro_rules! put {
+                    ($($n:literal: $v:expr),*) => {
+                        $(dst[$n * 8..$n * 8 + 8].copy_from_slice(&$v.to_le_bytes());)*
+                    };
+                }
+                put!(0: r.rax, 1: r.rcx, 2: r.rdx, 3: r.rbx, 4: rsp, 5: r.rbp, 6: r.rsi,
+                    7: r.rdi, 8: r.r8, 9: r.r9, 10: r.r10, 11: r.r11, 12: r.r12, 13: r.r13,
+                    14: r.r14, 15: r.r15);
             }
             at = gprs + size_of::<layout::Gprs>();
         }

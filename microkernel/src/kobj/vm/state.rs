@@ -116,6 +116,32 @@ impl<M: Machine> Kernel<M> {
         })
     }
 
+    /// Sets guest register `n` (Intel order, below 16) in the thread's register file to
+    /// `v`, as [`Self::gpr_mut`] would (a store in each arm, no reference returned: this is
+    /// on every reply a handler sends); `false` for RSP, which is in the VMCS.
+    #[inline(always)]
+    pub(super) fn set_gpr(regs: &mut UserRegs, n: usize, v: u64) -> bool {
+        match n {
+            0 => regs.rax = v,
+            1 => regs.rcx = v,
+            2 => regs.rdx = v,
+            3 => regs.rbx = v,
+            5 => regs.rbp = v,
+            6 => regs.rsi = v,
+            7 => regs.rdi = v,
+            8 => regs.r8 = v,
+            9 => regs.r9 = v,
+            10 => regs.r10 = v,
+            11 => regs.r11 = v,
+            12 => regs.r12 = v,
+            13 => regs.r13 = v,
+            14 => regs.r14 = v,
+            15 => regs.r15 = v,
+            _ => return false,
+        }
+        true
+    }
+
     /// Guest register `n` (Intel order) from the thread's register file; `None` for RSP.
     fn gpr(regs: &UserRegs, n: usize) -> Option<u64> {
         Some(match n {
