@@ -339,6 +339,22 @@ pub fn write(vmcs: &Vmcs, f: u64, v: u64) {
     vmwrite(f, v);
 }
 
+/// [`crate::kobj::machine::Machine::vmcs_skip_instruction`] with one VMCS load: RIP moved
+/// `len` bytes on, blocking by STI or MOV SS ended.
+#[inline(always)]
+pub fn skip_instruction(vmcs: &Vmcs, len: u64) {
+    use abi::vmx::{field, interruptibility::ONE_INSTRUCTION};
+    make_current(vmcs.phys);
+    vmwrite(field::GUEST_RIP, vmread(field::GUEST_RIP).wrapping_add(len));
+    let blocking = vmread(field::GUEST_INTERRUPTIBILITY);
+    if blocking & u64::from(ONE_INSTRUCTION) != 0 {
+        vmwrite(
+            field::GUEST_INTERRUPTIBILITY,
+            blocking & !u64::from(ONE_INSTRUCTION),
+        );
+    }
+}
+
 /// Switches a shadow-paged VMCS between shadow paging (`eptp` `None`: EPT and unrestricted
 /// guest off) and running its guest's real mode on the VM's EPT with unrestricted guest
 /// (`Some`): VMX cannot run real mode otherwise. The other secondary controls stay.

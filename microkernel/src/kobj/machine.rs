@@ -177,6 +177,19 @@ pub trait Machine {
     /// Reads a VMCS field (the kernel checked that the field exists).
     fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64;
     fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64);
+    /// Moves the guest's RIP `len` bytes on, past an instruction an exit completed, and ends
+    /// blocking by STI or MOV SS, which lasts one instruction (as KVM's skip does). The
+    /// default goes field by field; a machine may do it with one VMCS load.
+    fn vmcs_skip_instruction(&mut self, vmcs: &mut Self::Vmcs, len: u64) {
+        use abi::vmx::{field, interruptibility::ONE_INSTRUCTION};
+        let rip = self.vmcs_read(vmcs, field::GUEST_RIP);
+        self.vmcs_write(vmcs, field::GUEST_RIP, rip.wrapping_add(len));
+        let blocking = self.vmcs_read(vmcs, field::GUEST_INTERRUPTIBILITY);
+        if blocking & u64::from(ONE_INSTRUCTION) != 0 {
+            let blocking = blocking & !u64::from(ONE_INSTRUCTION);
+            self.vmcs_write(vmcs, field::GUEST_INTERRUPTIBILITY, blocking);
+        }
+    }
     /// The host's CPUID values (eax, ebx, ecx, edx).
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
 

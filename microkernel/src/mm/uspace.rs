@@ -425,9 +425,7 @@ impl Machine for KernelMachine {
         // writable now (the caller's contract: a walk found it and the space has unmapped
         // nothing since, so the frame is still mapped and so still allocated); user frames
         // hold no Rust objects. Written through the direct map.
-        unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys) as *mut u8, data.len())
-        };
+        unsafe { copy_words(phys_to_virt(phys) as *mut u8, data.as_ptr(), data.len()) };
     }
 
     fn read_user_frame(&self, phys: u64, out: &mut [u8]) {
@@ -435,13 +433,7 @@ impl Machine for KernelMachine {
             return;
         }
         // SAFETY: as for `write_user_frame`; the bytes are copied out, no reference is kept.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                phys_to_virt(phys) as *const u8,
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
+        unsafe { copy_words(out.as_mut_ptr(), phys_to_virt(phys) as *const u8, out.len()) };
     }
 
     fn user_range_ok(&self, space: &AddressSpace, va: u64, len: u64, write: bool) -> bool {
@@ -629,9 +621,7 @@ impl Machine for KernelMachine {
         }
         // SAFETY: every byte lies in frames the allocator handed out (checked above), which
         // callers own (from `frames_alloc`) and which hold no Rust objects.
-        unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys) as *mut u8, data.len())
-        };
+        unsafe { copy_words(phys_to_virt(phys) as *mut u8, data.as_ptr(), data.len()) };
     }
 
     fn module(&self, index: usize) -> Option<(&str, &[u8])> {
@@ -692,13 +682,7 @@ impl Machine for KernelMachine {
     fn read_phys(&self, phys: u64, out: &mut [u8]) {
         // SAFETY: callers name guest RAM, frames of a memory object, mapped in the direct
         // map; the bytes are copied out, no reference is kept.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                phys_to_virt(phys) as *const u8,
-                out.as_mut_ptr(),
-                out.len(),
-            )
-        };
+        unsafe { copy_words(out.as_mut_ptr(), phys_to_virt(phys) as *const u8, out.len()) };
     }
 
     type Ept = super::ept::Ept;
@@ -784,10 +768,42 @@ impl Machine for KernelMachine {
         vmx::write(vmcs, field, value);
     }
 
+    #[inline(always)]
+    fn vmcs_skip_instruction(&mut self, vmcs: &mut Self::Vmcs, len: u64) {
+        vmx::skip_instruction(vmcs, len);
+    }
+
     fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         let (a, b, c, d) = crate::arch::cpu::cpuid(leaf, subleaf);
         [a, b, c, d]
     }
+}
+
+/// Copies `len` bytes from `src` to `dst` as eight-byte words, then the rest as bytes: the
+/// exit messages and replies that go through a user frame are whole words (their layout,
+/// `abi::vmx::layout`), and these few instructions replace a `memcpy` call that first aligns
+/// the destination.
+///
+/// # Safety
+///
+/// As for `core::ptr::copy_nonoverlapping`: `src` readable and `dst` writable for `len`
+/// bytes, the two ranges apart.
+#[inline(always)]
+unsafe fn copy_words(dst: *mut u8, src: *const u8, len: usize) {
+    // SAFETY: the caller's contract; the kernel runs with RFLAGS.DF clear (every entry clears
+    // it), so both strings move forwards.
+    unsafe {
+        core::arch::asm!(
+            "rep movsq",
+            "mov ecx, {tail:e}",
+            "rep movsb",
+            tail = in(reg) len & 7,
+            inout("rcx") len >> 3 => _,
+            inout("rdi") dst => _,
+            inout("rsi") src => _,
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// The `fpu` pseudo-fields a [`vmx::Vmcs`] keeps: DR0..DR3, DR6 and XCR0.

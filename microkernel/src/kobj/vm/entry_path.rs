@@ -249,17 +249,7 @@ impl<M: Machine> Kernel<M> {
     /// [`Self::advance_rip`] of a vCPU at hand.
     #[inline(always)]
     fn skip_instruction(m: &mut M, v: &mut Vcpu<M::Vmcs>) {
-        let len = v.last_exit.2;
-        let rip = m.vmcs_read(&mut v.hw, field::GUEST_RIP);
-        m.vmcs_write(&mut v.hw, field::GUEST_RIP, rip.wrapping_add(len));
-        let blocking = m.vmcs_read(&mut v.hw, field::GUEST_INTERRUPTIBILITY);
-        if blocking & INTERRUPTIBILITY_STI_MOV_SS != 0 {
-            m.vmcs_write(
-                &mut v.hw,
-                field::GUEST_INTERRUPTIBILITY,
-                blocking & !INTERRUPTIBILITY_STI_MOV_SS,
-            );
-        }
+        m.vmcs_skip_instruction(&mut v.hw, v.last_exit.2);
     }
 
     /// Applies a handler's reply; `false` when it stopped the vCPU.
