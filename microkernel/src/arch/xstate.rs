@@ -186,7 +186,8 @@ pub fn set_trap(on: bool) {
     // is handled (`kentry::user_exception`).
     unsafe {
         if on {
-            Cr0::update(|f| f.insert(Cr0Flags::TASK_SWITCHED));
+            // Raw: `Cr0::update` reads CR0 twice (once more to keep the reserved bits).
+            Cr0::write_raw(Cr0::read_raw() | Cr0Flags::TASK_SWITCHED.bits());
         } else {
             asm!("clts", options(nostack, nomem));
         }
