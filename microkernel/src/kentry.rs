@@ -71,13 +71,7 @@ fn resume(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
         // `schedule` picks live threads (and vCPU threads with a live vCPU): were `t` gone,
         // the CPU would wait for the next interrupt instead.
         Next::User(t) => return_to_thread(k, t),
-        Next::Guest(t) => {
-            let k = k.enter_guest(|k| {
-                k.trace_entry(t);
-                k.guest_context(t).ok()
-            });
-            resume(k, Next::Idle)
-        }
+        Next::Guest(t) => enter_guest(k, t),
         Next::MachineExit(code) => {
             drop(k);
             crate::scenario::exit(ExitCode::from_raw(u64::from(code)))
@@ -106,6 +100,25 @@ fn resume_user(mut k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
     crate::console::pump();
     k.switch_xstate(Next::User(t));
     return_to_thread(k, t)
+}
+
+/// [`resume`] of [`Next::Guest`]`(t)`, inlined where a guest is the common next (a reply
+/// to an exit).
+#[inline(always)]
+fn resume_guest(mut k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
+    crate::console::pump();
+    k.switch_xstate(Next::Guest(t));
+    enter_guest(k, t)
+}
+
+/// Enters vCPU thread `t`'s guest (the console pumped and the extended state switched).
+#[inline(always)]
+fn enter_guest(k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
+    let k = k.enter_guest(|k| {
+        k.trace_entry(t);
+        k.guest_context(t).ok()
+    });
+    resume(k, Next::Idle)
 }
 
 /// Returns to user thread `t` (the console pumped and the extended state switched).
@@ -137,6 +150,8 @@ pub fn syscall_saved() -> ! {
     let mut k = KERNEL.enter();
     match k.on_syscall_saved() {
         Next::User(t) => resume_user(k, t),
+        // A handler's reply to an exit.
+        Next::Guest(t) => resume_guest(k, t),
         next => resume(k, next),
     }
 }

@@ -562,6 +562,8 @@ pub fn reply(msg: &[u8], label: u64, grant: Option<CapSlot>) -> Result<(), Error
 }
 
 /// [`reply`] with `buf[..reply_len]`, then [`recv`] on `ep` into `buf`, in one entry.
+/// Inlined: a server's loop then reads the result from registers, not from a copy.
+#[inline]
 pub fn reply_recv(
     ep: CapSlot,
     buf: &mut [u8],
