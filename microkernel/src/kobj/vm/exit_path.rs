@@ -21,16 +21,20 @@ use crate::kobj::queue::RunQueue;
 use crate::kobj::regs::UserRegs;
 
 /// The basic exit reasons `on_vm_exit` handles before (or instead of) their portal: the
-/// kernel's own exits, the windows a handler asked for, and the exits whose NMI blocking it
-/// mends. Any other reason goes straight to its portal.
-const SPECIAL_AT_EXIT: [u32; 6] = [
+/// kernel's own exits and the windows a handler asked for. Any other reason goes to its
+/// portal (after the NMI blocking is mended, for [`NMI_BLOCKING_AT_EXIT`]).
+/// (EPT violations and exceptions, whose NMI blocking it mends, are not among them: the
+/// one-pass path mends it too.)
+const SPECIAL_AT_EXIT: [u32; 4] = [
     reason::KERNEL_HANDLED[0],
     reason::KERNEL_HANDLED[1],
     reason::INTERRUPT_WINDOW,
     reason::NMI_WINDOW,
-    reason::EPT_VIOLATION,
-    reason::EXCEPTION_NMI,
 ];
+
+/// The exits whose NMI blocking `on_vm_exit` mends before their portal
+/// ([`Kernel::nmi_blocking_at_exit`]).
+const NMI_BLOCKING_AT_EXIT: [u32; 2] = [reason::EPT_VIOLATION, reason::EXCEPTION_NMI];
 
 /// CPUID leaf 0xD (XSAVE features and sizes, which follow XCR0).
 const XSAVE_LEAF: u32 = 0xd;
@@ -111,7 +115,7 @@ impl<M: Machine> Kernel<M> {
             };
             let p = or_schedule!(self.vmcs_read(vi, field::PROC_BASED_CONTROLS));
             or_schedule!(self.vmcs_write(vi, field::PROC_BASED_CONTROLS, p & !window));
-        } else if basic == reason::EPT_VIOLATION || basic == reason::EXCEPTION_NMI {
+        } else if NMI_BLOCKING_AT_EXIT.contains(&basic) {
             or_schedule!(self.nmi_blocking_at_exit(vi, basic, exit.qualification));
         }
         let portal = if basic == exited {
@@ -144,9 +148,10 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// The common exit in one pass: an exit of the current vCPU thread `t` whose reason
-    /// `on_vm_exit` handles no other way than through its portal (none of
-    /// [`SPECIAL_AT_EXIT`]), to a portal endpoint where a handler waits with a checked buffer
-    /// in one page that takes the message, with the fast paths on and no rotation due.
+    /// `on_vm_exit` handles only through its portal (none of [`SPECIAL_AT_EXIT`]; the NMI
+    /// blocking of an EPT violation or an exception mended as there), to a portal endpoint
+    /// where a handler waits with a checked buffer in one page that takes the message, with
+    /// the fast paths on and no rotation due.
     /// Counted, traced and written as `on_vm_exit` does, delivered as `fast_send_exit`
     /// does, with one lookup of each object; returns the handler, now current. `None`
     /// leaves everything as it was (the general path then takes the exit; `tests_vm.rs`
@@ -176,6 +181,11 @@ impl<M: Machine> Kernel<M> {
         let phys = self.receive_buffer(r, rbuf, rcap)??;
         // Committed: nothing below fails (the lookups found these objects above).
         self.trace_exit(vi, exit.reason, exit.qualification, exit.tsc);
+        if NMI_BLOCKING_AT_EXIT.contains(&basic) {
+            // Before the message, which holds the interruptibility state.
+            self.nmi_blocking_at_exit(vi, basic, exit.qualification)
+                .ok()?;
+        }
         let v = slot_at_mut(&mut self.vcpus, vi).ok()?;
         if let Some(n) = v.exits.get_mut(basic as usize) {
             *n = n.saturating_add(1);
