@@ -102,10 +102,13 @@ fn resume_user(mut k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
     return_to_thread(k, t)
 }
 
-/// [`resume`] of [`Next::Guest`]`(t)`, inlined where a guest is the common next (a reply
-/// to an exit).
+/// [`resume`] of `next`, a [`Next::Guest`], inlined where a guest is a common next (a
+/// reply to an exit): no pass through `resume`'s match.
 #[inline(always)]
-fn resume_guest(mut k: Entered<'_, Kernel<KernelMachine>>, t: ThreadId) -> ! {
+fn resume_guest(mut k: Entered<'_, Kernel<KernelMachine>>, next: Next) -> ! {
+    let Next::Guest(t) = next else {
+        resume(k, next)
+    };
     crate::console::pump();
     k.switch_xstate(Next::Guest(t));
     enter_guest(k, t)
@@ -150,8 +153,9 @@ pub fn syscall_saved() -> ! {
     let mut k = KERNEL.enter();
     match k.on_syscall_saved() {
         Next::User(t) => resume_user(k, t),
-        // A handler's reply to an exit.
-        Next::Guest(t) => resume_guest(k, t),
+        // A handler's reply to an exit (the thread taken out of `next` there, so that the
+        // user path above does not pay for it).
+        next @ Next::Guest(_) => resume_guest(k, next),
         next => resume(k, next),
     }
 }
