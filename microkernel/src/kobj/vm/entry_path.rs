@@ -61,19 +61,7 @@ impl<M: Machine> Kernel<M> {
                 && v.run_ticks == 0
                 && v.check_event.is_none()
                 && !v.shadow;
-            let simple = if plain {
-                Self::simple_reply_gprs(&th.msg, &mut th.regs)
-            } else {
-                None
-            };
-            if let Some((flags, rsp)) = simple {
-                v.run = VcpuRun::Running;
-                if let Some(rsp) = rsp {
-                    self.machine.vmcs_write(&mut v.hw, field::GUEST_RSP, rsp);
-                }
-                if flags & reply::ADVANCE_RIP != 0 {
-                    Self::skip_instruction(&mut self.machine, v);
-                }
+            if plain && Self::simple_reply_applied(&mut self.machine, th, v) {
                 return Next::Guest(t);
             }
             v.call_result = Some(Ok(()));
@@ -191,20 +179,28 @@ impl<M: Machine> Kernel<M> {
     /// its bytes, without building an `ExitReply`; `None` for any other reply (including a
     /// malformed one), which the general path decodes and judges.
     fn apply_simple_reply(&mut self, vi: VcpuId, t: ThreadId) -> Result<Option<bool>, Gone> {
+        // One lookup of each for the whole reply: this is on every exit a handler answers.
         let th = self.threads.get_mut(t).ok_or(Gone)?;
-        let Some((flags, rsp)) = Self::simple_reply_gprs(&th.msg, &mut th.regs) else {
-            return Ok(None);
-        };
-        // One lookup for the whole reply: this is on every exit a handler answers.
         let v = slot_at_mut(&mut self.vcpus, vi)?;
+        Ok(Self::simple_reply_applied(&mut self.machine, th, v).then_some(true))
+    }
+
+    /// Applies the reply in vCPU thread `th`'s message buffer to it and its vCPU `v` if it is
+    /// a simple one (see [`Self::apply_simple_reply`]): the registers, RSP, RIP past the
+    /// instruction, and the vCPU running. `false`, with nothing changed, for any other reply.
+    #[inline(always)]
+    fn simple_reply_applied(m: &mut M, th: &mut Thread, v: &mut Vcpu<M::Vmcs>) -> bool {
+        let Some((flags, rsp)) = Self::simple_reply_gprs(&th.msg, &mut th.regs) else {
+            return false;
+        };
         v.run = VcpuRun::Running;
         if let Some(rsp) = rsp {
-            self.machine.vmcs_write(&mut v.hw, field::GUEST_RSP, rsp);
+            m.vmcs_write(&mut v.hw, field::GUEST_RSP, rsp);
         }
         if flags & reply::ADVANCE_RIP != 0 {
-            Self::skip_instruction(&mut self.machine, v);
+            Self::skip_instruction(m, v);
         }
-        Ok(Some(true))
+        true
     }
 
     /// The general-purpose registers of a simple reply (see
@@ -259,9 +255,8 @@ impl<M: Machine> Kernel<M> {
         while regs != 0 {
             let n = regs.trailing_zeros() as usize;
             regs &= regs - 1;
-            match Self::gpr_mut(&mut self.thread_mut(t)?.regs, n) {
-                Some(reg) => *reg = r.gprs[n],
-                None => self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n])?,
+            if !Self::set_gpr(&mut self.thread_mut(t)?.regs, n, r.gprs[n]) {
+                self.vmcs_write(vi, field::GUEST_RSP, r.gprs[n])?;
             }
         }
         if r.flags & reply::SET_RIP != 0 {

@@ -20,17 +20,27 @@ use crate::kobj::objects::*;
 use crate::kobj::queue::RunQueue;
 use crate::kobj::regs::UserRegs;
 
-/// The basic exit reasons `on_vm_exit` handles before (or instead of) their portal: the
-/// kernel's own exits and the windows a handler asked for. Any other reason goes to its
-/// portal (after the NMI blocking is mended, for [`NMI_BLOCKING_AT_EXIT`]).
-/// (EPT violations and exceptions, whose NMI blocking it mends, are not among them: the
-/// one-pass path mends it too.)
-const SPECIAL_AT_EXIT: [u32; 4] = [
-    reason::KERNEL_HANDLED[0],
-    reason::KERNEL_HANDLED[1],
-    reason::INTERRUPT_WINDOW,
-    reason::NMI_WINDOW,
-];
+/// The windows a handler asks for, which `on_vm_exit` closes before their portal. With
+/// [`reason::KERNEL_HANDLED`], the reasons it handles before (or instead of) their portal;
+/// any other reason goes to its portal (after the NMI blocking is mended, for
+/// [`NMI_BLOCKING_AT_EXIT`], which the one-pass path mends too).
+const WINDOWS: [u32; 2] = [reason::INTERRUPT_WINDOW, reason::NMI_WINDOW];
+
+/// [`reason::KERNEL_HANDLED`] and [`WINDOWS`]: the reasons the one-pass exit path leaves to
+/// `on_vm_exit` (one list, tested in one go on every exit).
+const SPECIAL_AT_EXIT: [u32; 4] = {
+    let mut all = [0; 4];
+    let mut i = 0;
+    while i < all.len() {
+        all[i] = if i < reason::KERNEL_HANDLED.len() {
+            reason::KERNEL_HANDLED[i]
+        } else {
+            WINDOWS[i - reason::KERNEL_HANDLED.len()]
+        };
+        i += 1;
+    }
+    all
+};
 
 /// The exits whose NMI blocking `on_vm_exit` mends before their portal
 /// ([`Kernel::nmi_blocking_at_exit`]).
@@ -89,7 +99,6 @@ impl<M: Machine> Kernel<M> {
         let exited = basic;
         let mut exit = exit;
         let mut basic = basic;
-        // The reasons handled here before their portal ([`SPECIAL_AT_EXIT`]).
         if reason::KERNEL_HANDLED.contains(&basic) {
             // An event the exit interrupted on its way into the guest is delivered again
             // (the handler hears of the deadline at the next exit, after it).
@@ -106,7 +115,7 @@ impl<M: Machine> Kernel<M> {
             exit.qualification = 0;
             exit.instruction_len = 0;
             or_schedule!(self.vcpu_mut(vi)).last_exit = (exit.reason, 0, 0);
-        } else if basic == reason::INTERRUPT_WINDOW || basic == reason::NMI_WINDOW {
+        } else if WINDOWS.contains(&basic) {
             // The window the handler asked for is open: the request ends here.
             let window = if basic == reason::NMI_WINDOW {
                 vmx::proc_based::NMI_WINDOW_EXITING
@@ -151,11 +160,10 @@ impl<M: Machine> Kernel<M> {
     /// `on_vm_exit` handles only through its portal (none of [`SPECIAL_AT_EXIT`]; the NMI
     /// blocking of an EPT violation or an exception mended as there), to a portal endpoint
     /// where a handler waits with a checked buffer in one page that takes the message, with
-    /// the fast paths on and no rotation due.
-    /// Counted, traced and written as `on_vm_exit` does, delivered as `fast_send_exit`
-    /// does, with one lookup of each object; returns the handler, now current. `None`
-    /// leaves everything as it was (the general path then takes the exit; `tests_vm.rs`
-    /// runs exits both ways).
+    /// the fast paths on and no rotation due. Counted, traced and written as `on_vm_exit`
+    /// does, delivered as `fast_send_exit` does, with one lookup of each object; returns the
+    /// handler, now current. `None` leaves everything as it was (the general path then takes
+    /// the exit; `tests_exit_fast.rs` runs exits both ways).
     #[inline(always)]
     fn exit_to_waiting_handler(&mut self, t: ThreadId, exit: VmExit) -> Option<ThreadId> {
         let basic = exit.reason & 0xffff;
@@ -196,11 +204,7 @@ impl<M: Machine> Kernel<M> {
         v.call_result = None;
         v.call_ep = Some(cap);
         let th = self.threads.get_mut(t)?;
-        th.msg.label = vmx::EXIT_LABEL;
-        th.msg.badge = cap.badge;
-        th.msg.grant = None;
-        let len = Self::exit_message_bytes(&mut self.machine, v, th, exit, mask);
-        th.msg.len = len;
+        let len = Self::put_exit_message(&mut self.machine, v, th, exit, mask, cap.badge);
         self.machine.write_user_frame(phys, th.msg.data.get(..len)?);
         self.exit_delivered(t, r, cap.obj.id(), (len, vmx::EXIT_LABEL, cap.badge))
     }
@@ -497,10 +501,23 @@ impl<M: Machine> Kernel<M> {
         let Some(th) = self.threads.get_mut(v.thread) else {
             return 0;
         };
+        Self::put_exit_message(&mut self.machine, v, th, exit, mask, badge)
+    }
+
+    /// [`Self::write_exit_message`] of vCPU `v` and its thread `th`, at hand.
+    #[inline(always)]
+    fn put_exit_message(
+        m: &mut M,
+        v: &mut super::Vcpu<M::Vmcs>,
+        th: &mut Thread,
+        exit: VmExit,
+        mask: u32,
+        badge: u64,
+    ) -> usize {
         th.msg.label = vmx::EXIT_LABEL;
         th.msg.badge = badge;
         th.msg.grant = None;
-        let len = Self::exit_message_bytes(&mut self.machine, v, th, exit, mask);
+        let len = Self::exit_message_bytes(m, v, th, exit, mask);
         th.msg.len = len;
         len
     }

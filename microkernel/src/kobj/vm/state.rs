@@ -95,30 +95,9 @@ impl<M: Machine> Kernel<M> {
             .map_err(|_| err(Error::BadPointer))
     }
 
-    pub(super) fn gpr_mut(regs: &mut UserRegs, n: usize) -> Option<&mut u64> {
-        Some(match n {
-            0 => &mut regs.rax,
-            1 => &mut regs.rcx,
-            2 => &mut regs.rdx,
-            3 => &mut regs.rbx,
-            5 => &mut regs.rbp,
-            6 => &mut regs.rsi,
-            7 => &mut regs.rdi,
-            8 => &mut regs.r8,
-            9 => &mut regs.r9,
-            10 => &mut regs.r10,
-            11 => &mut regs.r11,
-            12 => &mut regs.r12,
-            13 => &mut regs.r13,
-            14 => &mut regs.r14,
-            15 => &mut regs.r15,
-            _ => return None, // 4 is RSP, in the VMCS
-        })
-    }
-
     /// Sets guest register `n` (Intel order, below 16) in the thread's register file to
-    /// `v`, as [`Self::gpr_mut`] would (a store in each arm, no reference returned: this is
-    /// on every reply a handler sends); `false` for RSP, which is in the VMCS.
+    /// `v` (a store in each arm, no reference returned: this is on every reply a handler
+    /// sends); `false` for RSP (4), which is in the VMCS.
     #[inline(always)]
     pub(super) fn set_gpr(regs: &mut UserRegs, n: usize, v: u64) -> bool {
         match n {
@@ -323,9 +302,8 @@ impl<M: Machine> Kernel<M> {
             _ if (field::GPR_BASE..field::GPR_BASE + 16).contains(&f) => {
                 let n = (f - field::GPR_BASE) as usize;
                 let t = self.vcpu(vi)?.thread;
-                match Self::gpr_mut(&mut self.thread_mut(t)?.regs, n) {
-                    Some(r) => *r = value,
-                    None => self.vmcs_write(vi, field::GUEST_RSP, value)?,
+                if !Self::set_gpr(&mut self.thread_mut(t)?.regs, n, value) {
+                    self.vmcs_write(vi, field::GUEST_RSP, value)?;
                 }
             }
             field::GUEST_CR0 => {
