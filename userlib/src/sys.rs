@@ -416,6 +416,7 @@ impl SysError {
         }
     }
 
+    #[inline(always)]
     fn from_ret(rax: u64, ret: [u64; 4]) -> Result<[u64; 4], SysError> {
         match Error::check(rax) {
             Ok(()) => Ok(ret),
@@ -480,7 +481,9 @@ fn buf_cap(buf: &[u8]) -> u64 {
 }
 
 /// Sends `buf[..send_len]` on endpoint `ep` with `label` (granting capability `grant`) and
-/// waits for the reply, which overwrites `buf` (at most [`MAX_PAYLOAD`] bytes).
+/// waits for the reply, which overwrites `buf` (at most [`MAX_PAYLOAD`] bytes). Inlined, as
+/// [`reply_recv`] is: the caller reads the result from registers.
+#[inline]
 pub fn call(
     ep: CapSlot,
     buf: &mut [u8],
@@ -537,6 +540,7 @@ pub fn recv(ep: CapSlot, buf: &mut [u8]) -> Result<RecvResult, SysError> {
     SysError::from_ret(rax, ret).map(recv_result)
 }
 
+#[inline(always)]
 fn recv_result(r: [u64; 4]) -> RecvResult {
     RecvResult {
         len: r[0] as usize,
