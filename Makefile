@@ -257,7 +257,7 @@ trace: ensure-setup harness $(if $(LINUX_NAMED),linux-assets) $(if $(GUEST),gues
 
 # Where one path's instructions go, from a Bochs instruction trace (tests/src/profile.rs).
 # Default: a CPUID exit handled by the VMM (bench-vmm's guest, its 9th CPUID). The IPC call:
-#   make profile SCENARIO=bench-ipc BREAK=$(PROFILE_BIN)/bench-ipc:userlib::sys::call:0f05 STEPS=1200
+#   make profile SCENARIO=bench-ipc BREAK=$(PROFILE_BIN)/bench-ipc:bench_ipc::measure:0f05 STEPS=1200
 PROFILE_BIN := $(TARGET_DIR)/$(KERNEL_TARGET)/release
 profile: ensure-setup harness iso
 	@$(HARNESS) profile --scenario $(if $(filter command line environment,$(origin SCENARIO)),$(SCENARIO),bench-vmm) \

@@ -34,7 +34,10 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// [`Kernel::on_syscall`] with the registers already in the current thread's storage
-    /// (the entry saved them there).
+    /// (the entry saved them there). Always inlined into the kernel's one caller
+    /// (`kentry::syscall_saved`): the fast paths then run in that frame, with no call and no
+    /// second prologue.
+    #[inline(always)]
     pub fn on_syscall_saved(&mut self) -> Next {
         let Some((c, th)) = self.current.and_then(|c| Some((c, self.threads.get(c)?))) else {
             return self.schedule();

@@ -85,6 +85,8 @@ struct Stats {
 }
 
 /// Times `ROUNDS` round trips of `size` bytes; `None` if one failed or came back wrong.
+/// Never inlined: its first `syscall` is the timed call, where `make profile` breaks.
+#[inline(never)]
 fn measure(echo: CapSlot, size: usize) -> Option<Stats> {
     let mut buf = [0u8; MAX_PAYLOAD];
     let mut samples = [0u32; ROUNDS];
