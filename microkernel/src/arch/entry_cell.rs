@@ -106,7 +106,7 @@ impl<T> Entered<'_, T> {
     /// Leaves the cell and returns to ring 3 with the registers `regs` picks inside it (see
     /// [`super::user::return_to_user`] for what is checked on the way). Returns (still in
     /// the cell) only if `regs` finds none.
-    #[inline]
+    #[inline(always)]
     pub fn return_to_user(self, regs: impl FnOnce(&T) -> Option<&UserRegs>) -> Self {
         let Some(p) = regs(&self) else {
             return self;

@@ -132,7 +132,7 @@ impl<M: Machine> Kernel<M> {
     }
 
     /// The registers and address space to return to for a [`Next::User`] thread.
-    #[inline]
+    #[inline(always)]
     pub fn context(&self, t: ThreadId) -> Result<(&UserRegs, &M::Space), Gone> {
         let th = self.thread(t)?;
         Ok((&th.regs, &self.task(th.task)?.space))
