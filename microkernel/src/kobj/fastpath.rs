@@ -13,9 +13,10 @@ use super::kernel::{Kernel, Next};
 use super::machine::Machine;
 use super::objects::{slot_at, slot_at_mut, slot_get, EndpointState, ThreadState};
 
-/// What both IPC fast paths read first: the arguments `(ep, buf, len, buf_cap, label, grant)`
+/// What both IPC fast paths read first: the arguments `(ep, buf, len, buf_cap, _, grant)`
 /// of the calling thread, its task, the endpoint capability, whether its buffer is known
-/// writable, and whom it owes a reply.
+/// writable, and whom it owes a reply. The label is read where the commit stores it: held
+/// through the checks, it cost a spill.
 struct FastArgs {
     task: TaskId,
     cap: Cap,
@@ -23,7 +24,6 @@ struct FastArgs {
     len: u64,
     /// At most [`MAX_PAYLOAD`].
     buf_cap: u64,
-    label: u64,
     /// The buffer `[buf, buf + buf_cap)` was found writable and nothing was unmapped since.
     known: bool,
     reply_to: Option<ThreadId>,
@@ -37,7 +37,7 @@ impl<M: Machine> Kernel<M> {
     fn fast_args(&self, c: ThreadId, need: Rights) -> Option<FastArgs> {
         let th = self.threads.get(c)?;
         let (_, a) = th.regs.syscall_args();
-        let (ep_slot, buf, len, buf_cap, label) = (a[0], a[1], a[2], a[3], a[4]);
+        let (ep_slot, buf, len, buf_cap) = (a[0], a[1], a[2], a[3]);
         if a[5] != NO_CAP || len > MAX_PAYLOAD as u64 {
             return None;
         }
@@ -53,7 +53,6 @@ impl<M: Machine> Kernel<M> {
             buf,
             len,
             buf_cap,
-            label,
             known: th
                 .checked_buf
                 .is_some_and(|b| b.holds(buf, buf_cap, task.unmaps)),
@@ -61,16 +60,21 @@ impl<M: Machine> Kernel<M> {
         })
     }
 
-    /// Copies `len` bytes from `from`'s buffer at `src` to `to = (task, buffer)`: the part
-    /// of the fast paths that only a payload pays for, out of line. `None` leaves everything
-    /// as it was (the copy checks both ranges before it writes).
+    /// Copies `len` bytes from `from`'s buffer at `src` to the receive buffer of thread `to`:
+    /// the part of the fast paths that only a payload pays for, out of line (the receiver's
+    /// task and buffer are read here, so the checks before it need not hold them). `None`
+    /// leaves everything as it was (the copy checks both ranges before it writes).
     #[inline(never)]
-    fn fast_copy(&mut self, from: TaskId, src: u64, len: u64, to: (TaskId, u64)) -> Option<()> {
+    fn fast_copy(&mut self, from: TaskId, src: u64, len: u64, to: ThreadId) -> Option<()> {
+        let (rt, rbuf) = {
+            let th = self.threads.get(to)?;
+            (th.task, th.buf)
+        };
         let tasks = &self.tasks;
         let src_space = &slot_at(tasks, from).ok()?.space;
-        let dst_space = &slot_at(tasks, to.0).ok()?.space;
+        let dst_space = &slot_at(tasks, rt).ok()?.space;
         self.machine
-            .copy_user_to_user(src_space, src, dst_space, to.1, len as usize)
+            .copy_user_to_user(src_space, src, dst_space, rbuf, len as usize)
             .ok()
     }
 
@@ -95,25 +99,26 @@ impl<M: Machine> Kernel<M> {
     #[inline(always)]
     pub(crate) fn fast_call(&mut self, c: ThreadId) -> Option<Next> {
         let f = self.fast_args(c, Rights::SEND)?;
-        let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
-        let known = f.known;
-        let (r, (rt, rbuf, rcap)) = self.waiting_receiver(cap.obj)?;
-        if len > rcap || (!known && self.check_receive_buffer(c, buf, buf_cap).is_none()) {
+        let (ct, cap, buf, len, buf_cap) = (f.task, f.cap, f.buf, f.len, f.buf_cap);
+        let (r, (_, _, rcap)) = self.waiting_receiver(cap.obj)?;
+        if len > rcap || (!f.known && self.check_receive_buffer(c, buf, buf_cap).is_none()) {
             return None;
         }
         if len > 0 {
-            self.fast_copy(ct, buf, len, (rt, rbuf))?;
+            self.fast_copy(ct, buf, len, r)?;
         }
         // Committed: nothing below fails (the lookups found these objects above).
         let epi: EndpointId = cap.obj.id();
         let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.pop_front(&mut self.threads);
-        {
+        let label = {
             let th = self.threads.get_mut(c)?;
             th.buf = buf;
             th.buf_cap = buf_cap;
             th.state = ThreadState::BlockedReply { server: r, ep: epi };
-        }
+            // Read here, not held through the checks above.
+            th.regs.syscall_args().1[4]
+        };
         let th = self.threads.get_mut(r)?;
         th.regs.set_result(0, [len, label, cap.badge, NO_CAP]);
         th.reply_to = Some(c);
@@ -181,19 +186,19 @@ impl<M: Machine> Kernel<M> {
     #[inline(always)]
     pub(crate) fn fast_reply_recv(&mut self, c: ThreadId) -> Option<Next> {
         let f = self.fast_args(c, Rights::RECV)?;
-        let (ct, cap, buf, len, buf_cap, label) = (f.task, f.cap, f.buf, f.len, f.buf_cap, f.label);
+        let (ct, cap, buf, len, buf_cap) = (f.task, f.cap, f.buf, f.len, f.buf_cap);
         let (known, caller) = (f.known, f.reply_to?);
         let ep = slot_get(&self.endpoints, cap.obj)?;
         if !ep.senders.is_empty() || !ep.notices.is_empty() {
             return None;
         }
-        let (kt, kbuf, kcap, vcpu) = {
+        let (kcap, vcpu) = {
             let th = self.threads.get(caller)?;
             let waits = matches!(th.state, ThreadState::BlockedReply { server, .. } if server == c);
             if !waits || self.run_queue.outranks(th.prio) {
                 return None;
             }
-            (th.task, th.buf, th.buf_cap, th.vcpu)
+            (th.buf_cap, th.vcpu)
         };
         if vcpu.is_some() {
             // The answer to an exit message: into the vCPU thread's message buffer, where
@@ -204,6 +209,7 @@ impl<M: Machine> Kernel<M> {
                 return None;
             }
             let from = self.receive_buffer(c, buf, buf_cap)?;
+            let label = self.threads.get(c)?.regs.syscall_args().1[4];
             let vth = self.threads.get_mut(caller)?;
             let out = vth.msg.data.get_mut(..len as usize)?;
             match from {
@@ -224,18 +230,19 @@ impl<M: Machine> Kernel<M> {
                 return None;
             }
             if len > 0 {
-                self.fast_copy(ct, buf, len, (kt, kbuf))?;
+                self.fast_copy(ct, buf, len, caller)?;
             }
         }
         // Committed: nothing below fails (the lookups found these objects above).
         let epi: EndpointId = cap.obj.id();
-        {
+        let label = {
             let th = self.threads.get_mut(c)?;
             th.reply_to = None;
             th.buf = buf;
             th.buf_cap = buf_cap;
             th.state = ThreadState::BlockedRecv { ep: epi };
-        }
+            th.regs.syscall_args().1[4]
+        };
         let e = slot_at_mut(&mut self.endpoints, epi).ok()?;
         e.receivers.push_back(&mut self.threads, c);
         if let Some(vi) = vcpu {
