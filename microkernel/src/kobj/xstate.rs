@@ -34,11 +34,11 @@ impl<M: Machine> Kernel<M> {
     pub fn switch_xstate(&mut self, next: Next) {
         match next {
             Next::Guest(t) => {
-                if self.xstate_owner != Some(t) {
+                if !t.is_in(self.xstate_owner) {
                     self.take_xstate(t);
                 }
             }
-            Next::User(t) => self.machine.xstate_trap(self.xstate_owner != Some(t)),
+            Next::User(t) => self.machine.xstate_trap(!t.is_in(self.xstate_owner)),
             Next::Idle | Next::MachineExit(_) => {}
         }
     }
@@ -59,7 +59,7 @@ impl<M: Machine> Kernel<M> {
         if let Ok(th) = self.thread_mut(c) {
             th.regs = *regs;
         }
-        if self.xstate_owner != Some(c) {
+        if !c.is_in(self.xstate_owner) {
             self.take_xstate(c);
         }
         Next::User(c)

@@ -247,7 +247,7 @@ impl<M: Machine> Kernel<M> {
             }
             vi
         };
-        if failed || self.xstate_owner != Some(t) || !self.may_go_on(t) {
+        if failed || !t.is_in(self.xstate_owner) || !self.may_go_on(t) {
             save(&mut slot_at_mut(&mut self.vcpus, vi).ok()?.hw);
             return None;
         }
