@@ -52,7 +52,9 @@ pub struct Kernel<M: Machine> {
     pub(crate) rotate: bool,
     /// Set when a syscall ends the scenario.
     pub(crate) exit_code: Option<u32>,
-    /// Whether `call` and `reply_recv` may take the fast path (tests turn it off to compare).
+    /// Whether the fast paths may run (`call`, `reply_recv`, the one-pass exit and reply,
+    /// the floor): tests turn it off to compare, and the machine's exit (`exit_code`) ends
+    /// it, so that one test covers both.
     pub(crate) fast_ipc: bool,
     /// The first task (the supervisor): its objects are not counted against a quota.
     pub(crate) init_task: Option<TaskId>,

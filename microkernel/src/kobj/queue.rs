@@ -61,10 +61,18 @@ impl Queue {
         self.tail = Some(t);
     }
 
+    /// Takes the first thread: [`Queue::remove`] of the head, which has no `prev`.
     #[inline]
     pub fn pop_front(&mut self, arena: &mut impl LinkArena) -> Option<ThreadId> {
         let t = self.head?;
-        self.remove(arena, t);
+        let Links { next, prev, .. } = *arena.links(t);
+        debug_assert!(prev.is_none(), "the head of a queue has no prev");
+        self.head = next;
+        match next {
+            Some(n) => arena.links(n).prev = None,
+            None => self.tail = None,
+        }
+        *arena.links(t) = Links::default();
         Some(t)
     }
 
@@ -118,7 +126,9 @@ impl RunQueue {
     /// Whether a thread of higher priority than `prio` is ready.
     #[inline(always)]
     pub fn outranks(&self, prio: u8) -> bool {
-        u64::from(self.bitmap) >> (u32::from(prio) % PRIORITIES as u32 + 1) != 0
+        // A bit above `prio` is set iff the bitmap shifted down by `prio` exceeds 1 (a 32-bit
+        // shift, whose count `% PRIORITIES` the CPU's shift takes as it is).
+        self.bitmap >> (u32::from(prio) % PRIORITIES as u32) > 1
     }
 
     /// The highest priority with a ready thread.

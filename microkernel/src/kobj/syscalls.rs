@@ -42,7 +42,7 @@ impl<M: Machine> Kernel<M> {
         let Some((c, th)) = self.current.and_then(|c| Some((c, self.threads.get(c)?))) else {
             return self.schedule();
         };
-        if self.fast_ipc && self.exit_code.is_none() {
+        if self.fast_ipc {
             // The fast paths read the arguments where the entry saved them.
             let fast = match th.regs.rax {
                 n if n == Sys::Call as u64 => self.fast_call(c),
@@ -144,6 +144,8 @@ impl<M: Machine> Kernel<M> {
                 self.cap(a[0], CapKind::Machine, Rights::empty())
                     .map_err(err)?;
                 self.exit_code = Some(a[1] as u32);
+                // No fast path runs past the exit: the general path schedules it.
+                self.fast_ipc = false;
                 Ok(Some([0; 4]))
             }
             Sys::ModuleRead => {

@@ -168,7 +168,6 @@ impl<M: Machine> Kernel<M> {
     fn exit_to_waiting_handler(&mut self, t: ThreadId, exit: VmExit) -> Option<ThreadId> {
         let basic = exit.reason & 0xffff;
         if !self.fast_ipc
-            || self.exit_code.is_some()
             || self.rotate
             || exit.reason & (1 << 31) != 0
             || SPECIAL_AT_EXIT.contains(&basic)
@@ -349,7 +348,7 @@ impl<M: Machine> Kernel<M> {
     /// on, no rotation is due and `t` is the current thread.
     #[inline(always)]
     fn may_go_on(&self, t: ThreadId) -> bool {
-        self.fast_ipc && self.exit_code.is_none() && !self.rotate && self.current == Some(t)
+        self.fast_ipc && !self.rotate && self.current == Some(t)
     }
 
     /// The half of [`Self::continues`] that the thread `th` and its vCPU `v` decide (with
@@ -648,7 +647,7 @@ impl<M: Machine> Kernel<M> {
             v.call_ep = Some(cap);
             v.thread
         };
-        if self.fast_ipc && self.exit_code.is_none() {
+        if self.fast_ipc {
             if let Some(r) = self.fast_send_exit(t, cap) {
                 return Some(r);
             }
