@@ -62,7 +62,7 @@ impl Queue {
     }
 
     /// Takes the first thread: [`Queue::remove`] of the head, which has no `prev`.
-    #[inline]
+    #[inline(always)]
     pub fn pop_front(&mut self, arena: &mut impl LinkArena) -> Option<ThreadId> {
         let t = self.head?;
         let Links { next, prev, .. } = *arena.links(t);
