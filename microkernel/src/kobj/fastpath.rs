@@ -95,9 +95,10 @@ impl<M: Machine> Kernel<M> {
         Some((r, (th.task, th.buf, th.buf_cap)))
     }
 
-    /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver.
+    /// `call(ep, buf, len, buf_cap, label, grant)` straight to a waiting receiver, which
+    /// runs next (returned).
     #[inline(always)]
-    pub(crate) fn fast_call(&mut self, c: ThreadId) -> Option<Next> {
+    pub(crate) fn fast_call(&mut self, c: ThreadId) -> Option<ThreadId> {
         let f = self.fast_args(c, Rights::SEND)?;
         let (ct, cap, buf, len, buf_cap) = (f.task, f.cap, f.buf, f.len, f.buf_cap);
         let (r, (_, _, rcap)) = self.waiting_receiver(cap.obj)?;
@@ -124,7 +125,7 @@ impl<M: Machine> Kernel<M> {
         th.reply_to = Some(c);
         th.state = ThreadState::Ready;
         self.current = Some(r);
-        Some(Next::User(r))
+        Some(r)
     }
 
     /// An exit message (already in vCPU thread `t`'s message buffer) called to portal `cap`

@@ -44,13 +44,18 @@ impl<M: Machine> Kernel<M> {
         };
         if self.fast_ipc {
             // The fast paths read the arguments where the entry saved them.
-            let fast = match th.regs.rax {
-                n if n == Sys::Call as u64 => self.fast_call(c),
-                n if n == Sys::ReplyRecv as u64 => self.fast_reply_recv(c),
-                _ => None,
-            };
-            if let Some(next) = fast {
-                return next;
+            match th.regs.rax {
+                n if n == Sys::Call as u64 => {
+                    if let Some(r) = self.fast_call(c) {
+                        return Next::User(r);
+                    }
+                }
+                n if n == Sys::ReplyRecv as u64 => {
+                    if let Some(next) = self.fast_reply_recv(c) {
+                        return next;
+                    }
+                }
+                _ => {}
             }
         }
         let Some(th) = self.threads.get(c) else {

@@ -872,7 +872,7 @@ fn fast(k: &mut Kernel<Model>, t: ThreadId, n: Sys, a: [u64; 6]) -> Option<Next>
     r.rax = n as u64;
     [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9] = a;
     match n {
-        Sys::Call => k.fast_call(t),
+        Sys::Call => k.fast_call(t).map(Next::User),
         Sys::ReplyRecv => k.fast_reply_recv(t),
         _ => unreachable!("{n:?} has no fast path"),
     }
