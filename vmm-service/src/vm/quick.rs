@@ -49,15 +49,19 @@ impl QuickReply {
         self.values.get(..usize::from(self.len)).unwrap_or(&[])
     }
 
-    /// The reply's bytes ([`ExitReply::encode`]'s layout, [`abi::vmx::layout`]); `None` if
-    /// `out` is too small.
+    /// The reply's bytes ([`ExitReply::encode`]'s layout, [`abi::vmx::layout`]): their
+    /// length, which takes the registers `gpr_mask` names. All four value slots are written
+    /// (the unused ones as zeros, past the reply's end), so that the encoding is straight-line
+    /// stores with no loop over the count; `None` if `out` cannot hold all four.
     #[inline]
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
-        let values = self.values();
-        let n = layout::REPLY_HEADER + 8 * values.len();
-        let out = out.get_mut(..n)?;
+        let n = layout::REPLY_HEADER + 8 * usize::from(self.len);
+        let out = out.get_mut(..layout::REPLY_HEADER + 8 * self.values.len())?;
         layout::put_reply_header(out, Self::FLAGS, self.gpr_mask);
-        for (w, v) in out[layout::REPLY_HEADER..].chunks_exact_mut(8).zip(values) {
+        for (w, v) in out[layout::REPLY_HEADER..]
+            .chunks_exact_mut(8)
+            .zip(&self.values)
+        {
             w.copy_from_slice(&v.to_le_bytes());
         }
         Some(n)
