@@ -218,14 +218,25 @@ impl<M: Machine> Kernel<M> {
             return None;
         }
         let mut rsp = None;
-        let mut mask = gpr_mask;
-        for b in bytes[vmx::layout::REPLY_HEADER..].chunks_exact(8) {
-            if mask == 0 {
-                break;
+        if gpr_mask == 0 {
+            return Some((flags, rsp));
+        }
+        // The length was checked above: there is a word for every register of the mask, so
+        // `next()?` never returns half way.
+        let mut words = bytes[vmx::layout::REPLY_HEADER..].chunks_exact(8);
+        let mut next = || words.next().and_then(|b| b.first_chunk::<8>().copied());
+        // RAX, RCX, RDX and RBX (what CPUID and most hypercalls answer in) unrolled: a test
+        // and a store each, where the loop below pays a jump through its table.
+        for n in 0..4 {
+            if gpr_mask & (1 << n) != 0 {
+                Self::set_gpr(regs, n, u64::from_le_bytes(next()?));
             }
+        }
+        let mut mask = gpr_mask & !0xf;
+        while mask != 0 {
             let n = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            let v = u64::from_le_bytes(next()?);
             if !Self::set_gpr(regs, n, v) {
                 rsp = Some(v);
             }
