@@ -235,7 +235,12 @@ pub fn vm_exit() -> ! {
         instruction_len: vmx::read_current(abi::vmx::field::EXIT_INSTRUCTION_LEN),
         tsc,
     };
-    let next = k.on_vm_exit(exit);
+    // The common exit, straight to its waiting handler (run from here, not through the
+    // match below).
+    if let Some(r) = k.fast_vm_exit(exit) {
+        resume_user(k, r)
+    }
+    let next = k.general_vm_exit(exit);
     if reason & 0xffff == abi::vmx::reason::PREEMPTION_TIMER {
         // The end of a guest slice: let a pending host interrupt in before the next entry,
         // outside the kernel state, as the idle loop does. On hardware the interrupt would

@@ -60,6 +60,24 @@ impl<M: Machine> Kernel<M> {
     /// thread's register file. A vCPU found gone on the way (none is: `destroy_vm_object`
     /// takes its thread along) ends the handling; `vcpu_prepare` then parks the thread.
     pub fn on_vm_exit(&mut self, exit: VmExit) -> Next {
+        match self.fast_vm_exit(exit) {
+            Some(r) => Next::User(r),
+            None => self.general_vm_exit(exit),
+        }
+    }
+
+    /// The one-pass delivery of a VM exit of the current thread's vCPU to a waiting
+    /// handler ([`Self::exit_to_waiting_handler`]), which runs next (returned). `None`
+    /// changes nothing: [`Self::general_vm_exit`] then takes the exit. Always inlined into
+    /// the kernel's exit entry (`kentry::vm_exit`), which runs the handler from there.
+    #[inline(always)]
+    pub fn fast_vm_exit(&mut self, exit: VmExit) -> Option<ThreadId> {
+        let c = self.current?;
+        self.exit_to_waiting_handler(c, exit)
+    }
+
+    /// [`Self::on_vm_exit`] of an exit that [`Self::fast_vm_exit`] did not take.
+    pub fn general_vm_exit(&mut self, exit: VmExit) -> Next {
         /// The value of a lookup, or (the vCPU is gone) on to the scheduler.
         macro_rules! or_schedule {
             ($e:expr) => {
@@ -72,9 +90,6 @@ impl<M: Machine> Kernel<M> {
         let Some(c) = self.current else {
             return self.schedule();
         };
-        if let Some(r) = self.exit_to_waiting_handler(c, exit) {
-            return Next::User(r);
-        }
         let Some(vi) = self.vcpu_of(c) else {
             return self.schedule();
         };
