@@ -69,7 +69,7 @@ impl<T> Drop for Entered<'_, T> {
 impl<T> Entered<'_, T> {
     /// Leaves the cell and enters a guest with the registers and VMCS `pick` chooses inside
     /// it (see [`super::vmx::enter`]). Returns (still in the cell) only if `pick` finds none.
-    #[inline]
+    #[inline(always)]
     pub fn enter_guest(
         mut self,
         pick: impl FnOnce(&mut T) -> Option<(&mut UserRegs, &mut super::vmx::Vmcs, bool)>,

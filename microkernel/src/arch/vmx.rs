@@ -585,6 +585,7 @@ extern "C" {
 /// Enters the guest whose VMCS is `vmcs` with general-purpose registers from `regs`
 /// (VMRESUME if the object model says it was `launched`, VMLAUNCH otherwise). Never returns: the next VM exit enters
 /// `kentry::vm_exit`; a failed entry enters `kentry::vm_entry_failed`.
+#[inline(always)]
 pub fn enter(regs: &UserRegs, vmcs: &Vmcs, launched: bool) -> ! {
     make_current(vmcs.phys);
     // The exit saves the guest's registers back where they come from (`vmx_exit_entry`).

@@ -165,6 +165,7 @@ impl<M: Machine> Kernel<M> {
 
     /// The guest register file and VMCS to enter for a [`Next::Guest`](super::Next::Guest) thread, and whether
     /// the VMCS was launched (VMRESUME) or not (VMLAUNCH).
+    #[inline(always)]
     pub fn guest_context(
         &mut self,
         t: ThreadId,
