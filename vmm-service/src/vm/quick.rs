@@ -86,7 +86,9 @@ impl VmModel {
     /// only writes registers and advances RIP, and after which interrupt delivery has nothing
     /// to do ([`crate::irq::Interrupts::settled_after`]), or a port access the devices answer
     /// quietly ([`VmModel::quick_io`]); counts it. `None`: nothing changed,
-    /// [`VmModel::handle_into`] handles it.
+    /// [`VmModel::handle_into`] handles it. Always inlined into its one caller, the exit
+    /// thread's loop: this is on every frequent exit.
+    #[inline(always)]
     pub fn handle_quick(&mut self, v: &ExitView, env: &mut impl Env) -> Option<QuickReply> {
         let full = v.reason();
         if self.result.is_some() || full & ENTRY_FAILURE_BIT != 0 {
