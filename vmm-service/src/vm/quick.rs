@@ -155,6 +155,7 @@ impl VmModel {
     /// OUT. Judged before anything changes: `None` leaves the exit to the full path.
     ///
     /// [`PortBus::quiet`]: crate::devices::bus::PortBus::quiet
+    #[inline(always)]
     fn quick_io(&mut self, v: &ExitView, env: &mut impl Env) -> Option<QuickReply> {
         let q = v.qualification();
         let size = io_size(q)?;
