@@ -334,6 +334,14 @@ pub fn read(vmcs: &Vmcs, f: u64) -> u64 {
     vmread(f)
 }
 
+/// [`read`] of several fields with one VMCS load
+/// ([`crate::kobj::machine::Machine::vmcs_read_plain`]).
+#[inline(always)]
+pub fn read_plain<const N: usize>(vmcs: &Vmcs, fields: [u64; N]) -> [u64; N] {
+    make_current(vmcs.phys);
+    fields.map(vmread)
+}
+
 pub fn write(vmcs: &Vmcs, f: u64, v: u64) {
     make_current(vmcs.phys);
     vmwrite(f, v);

@@ -177,6 +177,17 @@ pub trait Machine {
     /// Reads a VMCS field (the kernel checked that the field exists).
     fn vmcs_read(&mut self, vmcs: &mut Self::Vmcs, field: u64) -> u64;
     fn vmcs_write(&mut self, vmcs: &mut Self::Vmcs, field: u64, value: u64);
+    /// Reads `fields`, which the VMCS itself holds (exit information, guest state: none of
+    /// the fields [`Self::vmcs_read`] keeps aside, such as CR2 or an MSR). The default goes
+    /// field by field; a machine may load the VMCS once for all of them.
+    #[inline(always)]
+    fn vmcs_read_plain<const N: usize>(
+        &mut self,
+        vmcs: &mut Self::Vmcs,
+        fields: [u64; N],
+    ) -> [u64; N] {
+        fields.map(|f| self.vmcs_read(vmcs, f))
+    }
     /// Moves the guest's RIP `len` bytes on, past an instruction an exit completed, and ends
     /// blocking by STI or MOV SS, which lasts one instruction (as KVM's skip does). The
     /// default goes field by field; a machine may do it with one VMCS load.

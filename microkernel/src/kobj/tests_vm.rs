@@ -732,6 +732,20 @@ fn the_kernel_writes_every_mask_in_the_abi_layout() {
             (field::GUEST_CS_BASE, 0x7000),
         ],
     );
+    // The exit-information fields of QUAL and ADDR, each a value of its own: a field put in
+    // another's place fails below.
+    let hw = &mut k.vcpus[vi.index()].obj.as_mut().unwrap().hw;
+    for (f, value) in [
+        (field::EXIT_INTR_INFO, 0x8000_0b0e),
+        (field::EXIT_INTR_ERROR_CODE, 0x11),
+        (field::IDT_VECTORING_INFO, 0x8000_0322),
+        (field::IDT_VECTORING_ERROR_CODE, 0x33),
+        (field::EXIT_INSTRUCTION_INFO, 0x44),
+        (field::GUEST_PHYSICAL_ADDRESS, 0x5000),
+        (field::GUEST_LINEAR_ADDRESS, 0x6000),
+    ] {
+        hw.insert(f, value);
+    }
     k.thread_mut(vt).unwrap().regs.r15 = 0xf15;
     for mask in 0..=group::ALL {
         if let Some(super::vm::Portal::Endpoint { mask: m, .. }) = k.vcpus[vi.index()]
@@ -773,6 +787,23 @@ fn the_kernel_writes_every_mask_in_the_abi_layout() {
         );
         assert_eq!(m.qualification == 0x55, has(group::QUAL), "mask {mask:#x}");
         assert_eq!(view.qualification() == 0x55, has(group::QUAL));
+        let info = (
+            m.intr_info,
+            m.intr_error,
+            m.idt_vectoring_info,
+            m.idt_vectoring_error,
+            m.instruction_info,
+        );
+        assert_eq!(
+            info == (0x8000_0b0e, 0x11, 0x8000_0322, 0x33, 0x44),
+            has(group::QUAL),
+            "mask {mask:#x}: {info:x?}"
+        );
+        assert_eq!(
+            (m.gpa, m.gla) == (0x5000, 0x6000),
+            has(group::ADDR),
+            "mask {mask:#x}"
+        );
         assert_eq!(reply_with(k, &ExitReply::resume()), Next::Guest(vt));
     }
 }

@@ -769,6 +769,15 @@ impl Machine for KernelMachine {
     }
 
     #[inline(always)]
+    fn vmcs_read_plain<const N: usize>(
+        &mut self,
+        vmcs: &mut Self::Vmcs,
+        fields: [u64; N],
+    ) -> [u64; N] {
+        vmx::read_plain(vmcs, fields)
+    }
+
+    #[inline(always)]
     fn vmcs_skip_instruction(&mut self, vmcs: &mut Self::Vmcs, len: u64) {
         vmx::skip_instruction(vmcs, len);
     }
