@@ -113,6 +113,31 @@ impl PortBus {
                 .all(|i| self.serial.quiet(port + u16::from(i) - serial::COM1, write))
     }
 
+    /// [`Self::read`] of an access [`Self::quiet`] allowed: every byte is the UART's, so it
+    /// goes to the UART without asking each device whether the port is its own.
+    #[inline]
+    pub fn read_quiet(&mut self, port: u16, size: u8) -> u32 {
+        debug_assert!(Self::uart_alone(port, size), "not the UART's: {port:#x}");
+        (0..size.clamp(1, 4)).fold(0, |v, i| {
+            let byte = self.serial.read(port + u16::from(i) - serial::COM1);
+            v | u32::from(byte) << (8 * i)
+        })
+    }
+
+    /// [`Self::write`] of an access [`Self::quiet`] allowed: every byte is the UART's and
+    /// gives no event, so it goes to the UART without asking each device whether the port
+    /// is its own.
+    #[inline]
+    pub fn write_quiet(&mut self, port: u16, size: u8, value: u32) {
+        debug_assert!(Self::uart_alone(port, size), "not the UART's: {port:#x}");
+        for i in 0..size.clamp(1, 4) {
+            let line = self
+                .serial
+                .write(port + u16::from(i) - serial::COM1, (value >> (8 * i)) as u8);
+            debug_assert!(line.is_none(), "a quiet write gives no line");
+        }
+    }
+
     /// Whether every byte of an access of `size` bytes at `port` is the UART's.
     pub fn uart_alone(port: u16, size: u8) -> bool {
         let last = port.checked_add(u16::from(size.clamp(1, 4)) - 1);
