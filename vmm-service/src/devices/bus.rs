@@ -107,6 +107,7 @@ impl PortBus {
     /// event ([`Serial::quiet`], every byte judged now, before the access). Such an access
     /// changes nothing interrupt delivery looks at: no interrupt line, no device's next
     /// event, nothing requested.
+    #[inline]
     pub fn quiet(&self, port: u16, size: u8, write: bool) -> bool {
         Self::uart_alone(port, size)
             && (0..size.clamp(1, 4))
@@ -139,6 +140,7 @@ impl PortBus {
     }
 
     /// Whether every byte of an access of `size` bytes at `port` is the UART's.
+    #[inline]
     pub fn uart_alone(port: u16, size: u8) -> bool {
         let last = port.checked_add(u16::from(size.clamp(1, 4)) - 1);
         Serial::claims(port) && last.is_some_and(Serial::claims)
