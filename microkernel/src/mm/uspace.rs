@@ -774,7 +774,14 @@ impl Machine for KernelMachine {
         vmcs: &mut Self::Vmcs,
         fields: [u64; N],
     ) -> [u64; N] {
-        vmx::read_plain(vmcs, fields)
+        let values = vmx::read_plain(vmcs, fields);
+        // None of the fields the kernel keeps aside (they would read the VMCS, not the value).
+        debug_assert_eq!(
+            values,
+            fields.map(|f| self.vmcs_read(vmcs, f)),
+            "{fields:x?}"
+        );
+        values
     }
 
     #[inline(always)]

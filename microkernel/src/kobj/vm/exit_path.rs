@@ -46,6 +46,28 @@ const SPECIAL_AT_EXIT: [u32; 4] = {
 /// ([`Kernel::nmi_blocking_at_exit`]).
 const NMI_BLOCKING_AT_EXIT: [u32; 2] = [reason::EPT_VIOLATION, reason::EXCEPTION_NMI];
 
+/// The [`group::QUAL`] fields after the qualification: each VMCS field with its offset in
+/// [`layout::Qual`] (a 32-bit value there).
+const QUAL_FIELDS: [(u64, usize); 5] = [
+    (field::EXIT_INTR_INFO, offset_of!(layout::Qual, intr_info)),
+    (
+        field::EXIT_INTR_ERROR_CODE,
+        offset_of!(layout::Qual, intr_error),
+    ),
+    (
+        field::IDT_VECTORING_INFO,
+        offset_of!(layout::Qual, idt_vectoring_info),
+    ),
+    (
+        field::IDT_VECTORING_ERROR_CODE,
+        offset_of!(layout::Qual, idt_vectoring_error),
+    ),
+    (
+        field::EXIT_INSTRUCTION_INFO,
+        offset_of!(layout::Qual, instruction_info),
+    ),
+];
+
 /// CPUID leaf 0xD (XSAVE features and sizes, which follow XCR0).
 const XSAVE_LEAF: u32 = 0xd;
 
@@ -590,25 +612,37 @@ impl<M: Machine> Kernel<M> {
             }
             at += bytes.len();
         };
-        let mut rd = |f: u64| m.vmcs_read(hw, f);
+        // Each group's fields are real VMCS fields, read with one VMCS load per group.
         if mask & group::RIP != 0 {
-            put(&rd(field::GUEST_RIP).to_le_bytes());
-            put(&rd(field::GUEST_RFLAGS).to_le_bytes());
-            let blocking = rd(field::GUEST_INTERRUPTIBILITY);
+            let [rip, rflags, blocking] = m.vmcs_read_plain(
+                hw,
+                [
+                    field::GUEST_RIP,
+                    field::GUEST_RFLAGS,
+                    field::GUEST_INTERRUPTIBILITY,
+                ],
+            );
+            put(&rip.to_le_bytes());
+            put(&rflags.to_le_bytes());
             put(&((exit.instruction_len & 0xffff_ffff) | blocking << 32).to_le_bytes());
         }
         if mask & group::CRS != 0 {
-            let (cr0, cr4) = (rd(field::GUEST_CR0), rd(field::GUEST_CR4));
-            let (mask0, mask4) = (
-                rd(field::CR0_GUEST_HOST_MASK),
-                rd(field::CR4_GUEST_HOST_MASK),
+            let [cr0, cr4, mask0, mask4, shadow0, shadow4] = m.vmcs_read_plain(
+                hw,
+                [
+                    field::GUEST_CR0,
+                    field::GUEST_CR4,
+                    field::CR0_GUEST_HOST_MASK,
+                    field::CR4_GUEST_HOST_MASK,
+                    field::CR0_READ_SHADOW,
+                    field::CR4_READ_SHADOW,
+                ],
             );
-            let (shadow0, shadow4) = (rd(field::CR0_READ_SHADOW), rd(field::CR4_READ_SHADOW));
             // A shadow vCPU's guest has its own CR3 and EFER.
-            let (cr3, efer) = if v.shadow {
-                (v.guest_cr3, v.guest_efer)
+            let [cr3, efer] = if v.shadow {
+                [v.guest_cr3, v.guest_efer]
             } else {
-                (rd(field::GUEST_CR3), rd(field::GUEST_IA32_EFER))
+                m.vmcs_read_plain(hw, [field::GUEST_CR3, field::GUEST_IA32_EFER])
             };
             put(&cr0.to_le_bytes());
             put(&cr3.to_le_bytes());
@@ -622,39 +656,30 @@ impl<M: Machine> Kernel<M> {
             // cs, ss, ds, es, fs, gs, tr, ldtr: VMCS index (es = 0, cs = 1, ss = 2, ds = 3,
             // fs = 4, gs = 5, ldtr = 6, tr = 7).
             for n in [1u64, 2, 3, 0, 4, 5, 7, 6] {
-                put(&(rd(field::GUEST_ES_SELECTOR + 2 * n) as u16).to_le_bytes());
+                let [selector, ar, limit, base] = m.vmcs_read_plain(
+                    hw,
+                    [
+                        field::GUEST_ES_SELECTOR + 2 * n,
+                        field::GUEST_ES_AR + 2 * n,
+                        field::GUEST_ES_LIMIT + 2 * n,
+                        field::GUEST_ES_BASE + 2 * n,
+                    ],
+                );
+                put(&(selector as u16).to_le_bytes());
                 put(&0u16.to_le_bytes());
-                put(&(rd(field::GUEST_ES_AR + 2 * n) as u32).to_le_bytes());
-                put(&(rd(field::GUEST_ES_LIMIT + 2 * n) as u32).to_le_bytes());
+                put(&(ar as u32).to_le_bytes());
+                put(&(limit as u32).to_le_bytes());
                 put(&0u32.to_le_bytes());
-                put(&rd(field::GUEST_ES_BASE + 2 * n).to_le_bytes());
+                put(&base.to_le_bytes());
             }
         }
         if mask & group::QUAL != 0 {
-            // Built whole, then put once: the five fields read with one VMCS load.
-            let info = m.vmcs_read_plain(
-                hw,
-                [
-                    field::EXIT_INTR_INFO,
-                    field::EXIT_INTR_ERROR_CODE,
-                    field::IDT_VECTORING_INFO,
-                    field::IDT_VECTORING_ERROR_CODE,
-                    field::EXIT_INSTRUCTION_INFO,
-                ],
-            );
+            // Built whole, then put once.
+            let info = m.vmcs_read_plain(hw, QUAL_FIELDS.map(|(f, _)| f));
             let mut q = [0u8; size_of::<layout::Qual>()];
             let at = offset_of!(layout::Qual, qualification);
             q[at..at + 8].copy_from_slice(&exit.qualification.to_le_bytes());
-            for (at, v) in [
-                offset_of!(layout::Qual, intr_info),
-                offset_of!(layout::Qual, intr_error),
-                offset_of!(layout::Qual, idt_vectoring_info),
-                offset_of!(layout::Qual, idt_vectoring_error),
-                offset_of!(layout::Qual, instruction_info),
-            ]
-            .into_iter()
-            .zip(info)
-            {
+            for ((_, at), v) in QUAL_FIELDS.into_iter().zip(info) {
                 q[at..at + 4].copy_from_slice(&(v as u32).to_le_bytes());
             }
             put(&q);
